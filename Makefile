@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Both bootstrap .venv from nothing.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test bench bench-quick lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	rm -f $(VENV)/.installed-* && touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/cryptobt demo
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check pipeline flows tests bench
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e ".[test,bench]"
+	$(PY) -m bench.run
+
+bench-quick: $(STAMP)
+	$(PY) -m bench.run --quick
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pipeline flows tests bench
+
+clean:
+	rm -rf $(VENV) .prefect .pytest_cache data/lake data/results data/trades data/runs out

@@ -1,0 +1,7 @@
+"""cryptobt: PostgreSQL -> Parquet lake -> DuckDB -> Numba kernels -> Redis + results table."""
+
+__version__ = "0.1.0"
+
+# Bumped whenever a change to the kernels, strategies or result shaping can change
+# a result: it is part of every cache key, so a code change never serves an old result.
+ENGINE_VERSION = "1"

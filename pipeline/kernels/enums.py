@@ -1,0 +1,103 @@
+"""Constants and record layouts shared by the kernels and their callers.
+
+Everything here is a plain int, tuple or NumPy dtype so that Numba freezes the
+integers into compiled code and Python code can name columns without importing
+Numba.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# --- strategy codes ---------------------------------------------------------
+# The kernels dispatch on these with if/elif; pipeline.strategies maps names to them.
+STRAT_RSI = 0
+STRAT_MA_CROSSOVER = 1
+STRAT_BOLLINGER = 2
+STRAT_MACD = 3
+STRAT_BUY_AND_HOLD = 4
+
+STRATEGY_CODES: dict[str, int] = {
+    "rsi": STRAT_RSI,
+    "ma_crossover": STRAT_MA_CROSSOVER,
+    "bollinger": STRAT_BOLLINGER,
+    "macd": STRAT_MACD,
+    "buy_and_hold": STRAT_BUY_AND_HOLD,
+}
+
+# Width of a parameter row in the (C x N_PARAMS) combos matrix; unused slots are 0.
+N_PARAMS = 4
+
+# Number of per-bar indicator buffers a strategy may fill (e.g. MACD line + signal).
+N_IND_BUFFERS = 3
+
+# --- metrics ----------------------------------------------------------------
+# Column order of one result row (simulate_1d writes the first N_SIM_METRICS,
+# run_grid adds the symbol's position in the time grid and a status).
+METRIC_NAMES: tuple[str, ...] = (
+    "final_value",
+    "total_return_pct",
+    "buy_hold_return_pct",
+    "num_trades",
+    "closed_trades",
+    "win_rate_pct",
+    "max_drawdown_pct",
+    "sharpe",
+    "exposure_pct",
+    "bars",
+    "first_index",
+    "last_index",
+    "status",
+)
+M_FINAL_VALUE = 0
+M_TOTAL_RETURN_PCT = 1
+M_BUY_HOLD_RETURN_PCT = 2
+M_NUM_TRADES = 3
+M_CLOSED_TRADES = 4
+M_WIN_RATE_PCT = 5
+M_MAX_DRAWDOWN_PCT = 6
+M_SHARPE = 7
+M_EXPOSURE_PCT = 8
+M_BARS = 9
+M_FIRST_INDEX = 10
+M_LAST_INDEX = 11
+M_STATUS = 12
+N_SIM_METRICS = 10
+N_METRICS = len(METRIC_NAMES)
+
+# --- status of one (symbol, combo) result -----------------------------------
+STATUS_OK = 0
+# Fewer bars than the strategy's warm-up: no signal can fire, so zero trades.
+STATUS_TOO_FEW_BARS = 1
+# The symbol has no bar at all in the requested range.
+STATUS_NO_BARS = 2
+
+STATUS_NAMES: dict[int, str] = {
+    STATUS_OK: "ok",
+    STATUS_TOO_FEW_BARS: "too_few_bars",
+    STATUS_NO_BARS: "no_bars",
+}
+
+# --- trade log --------------------------------------------------------------
+ACTION_BUY = 1
+ACTION_SELL = -1
+
+# One fill. `bar` is the bar index of the fill (compacted index inside
+# simulate_1d; time-grid index in what batch.run_single returns). `signal_bar`
+# is the bar whose close produced the signal (differs from `bar` with
+# fill=next_open). `value` is the cash spent including the fee for a buy and the
+# net cash received for a sell. `indicator` is the strategy's indicator at the
+# signal bar (see pipeline.strategies.indicator_label).
+TRADE_DTYPE = np.dtype(
+    [
+        ("bar", np.int64),
+        ("signal_bar", np.int64),
+        ("action", np.int64),
+        ("price", np.float64),
+        ("units", np.float64),
+        ("value", np.float64),
+        ("fee", np.float64),
+        ("indicator", np.float64),
+    ],
+    align=True,
+)

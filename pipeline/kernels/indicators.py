@@ -1,0 +1,417 @@
+"""Technical indicators as Numba kernels that reproduce TA-Lib bit for bit.
+
+The `_1d` functions take a contiguous float64 series without NaN (the caller
+removes missing bars: a missing bar is not a bar) and write into preallocated
+outputs, NaN during the warm-up, exactly where TA-Lib is NaN. They follow the
+arithmetic of the TA-Lib C library bundled with the `ta-lib` 0.8.x wheels
+(C core 0.8.1), operation for operation, so that results are identical and not
+merely close:
+
+- SMA: running sum, each value `sum / period`.
+- EMA: seeded with the SMA of the first `period` values, then
+  `fma(x - prev, k, prev)` with `k = 2 / (period + 1)` (TA-Lib's EMA is a fused
+  multiply-add since 0.7; a separate multiply and add differs in the last bit).
+- RSI: Wilder; the first `period` gains/losses averaged, then
+  `(avg * (period - 1) + new) * (1 / period)`; output 0 when avg gain + avg loss
+  is exactly 0 (0.8.x dropped the old 1e-8 epsilon, which zeroed RSI for
+  satoshi-priced pairs).
+- BBANDS (SMA middle band): population variance from running sums of
+  deviations from a shift, re-anchored to the window mean with a two-pass
+  rebuild when cancellation threatens (variance < 1e-6 of the mean squared
+  deviation, a departing term > 1e6 times the remaining sum, or every 32
+  windows); a rebuilt variance below 1e-12 of its mean square is 0. The
+  standard deviation is the plain square root (no fixed epsilon any more).
+- MACD: slow and fast EMAs both start at bar `slow - 1` (the fast one seeded
+  with the mean of `x[slow-fast:slow]`), signal = EMA of the MACD line, and
+  the MACD line is NaN until the signal line exists.
+
+The `_2d` wrappers take (symbols x time) arrays with NaN at missing bars, run
+the `_1d` function per row over that row's bars only and put NaN back at the
+missing bars.
+
+`strategy_indicators_1d` is the indicator dispatch of the batch engine: one
+branch per strategy code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from pipeline.kernels.enums import (
+    STRAT_BOLLINGER,
+    STRAT_BUY_AND_HOLD,
+    STRAT_MA_CROSSOVER,
+    STRAT_MACD,
+    STRAT_RSI,
+)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c with a single rounding (LLVM's llvm.fma: hardware or libm, exact either way)."""
+    sig = types.float64(types.float64, types.float64, types.float64)
+
+    def codegen(context, builder, signature, args):
+        dbl = ir.DoubleType()
+        fnty = ir.FunctionType(dbl, [dbl, dbl, dbl])
+        fn = builder.module.declare_intrinsic("llvm.fma", [dbl], fnty)
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@njit(cache=True)
+def fma_nb(a: float, b: float, c: float) -> float:
+    """Fused multiply-add, exposed so tests can check it against exact arithmetic."""
+    return _fma(float(a), float(b), float(c))
+
+
+# --- moving averages ----------------------------------------------------------
+
+
+@njit(cache=True)
+def sma_1d(x, period, out):
+    """Simple moving average (TA-Lib SMA). First value at index period-1."""
+    n = x.shape[0]
+    out[:] = np.nan
+    if period < 1 or n < period:
+        return
+    total = 0.0
+    for i in range(period - 1):
+        total += x[i]
+    for i in range(period - 1, n):
+        total += x[i]
+        value = total
+        total -= x[i - period + 1]
+        out[i] = value / period
+
+
+@njit(cache=True)
+def _ema_from(x, period, k, start, out):
+    # TA-Lib's TA_INT_EMA asked for outputs from `start` on: seed with the mean of
+    # the `period` values ending at `start`, then step with a fused multiply-add.
+    n = x.shape[0]
+    total = 0.0
+    for i in range(start - period + 1, start + 1):
+        total += x[i]
+    prev = total / period
+    out[start] = prev
+    for i in range(start + 1, n):
+        prev = _fma(x[i] - prev, k, prev)
+        out[i] = prev
+
+
+@njit(cache=True)
+def ema_1d(x, period, out):
+    """Exponential moving average (TA-Lib EMA), seeded with the SMA of the first `period` values."""
+    n = x.shape[0]
+    out[:] = np.nan
+    if period < 1 or n < period:
+        return
+    _ema_from(x, period, 2.0 / (period + 1), period - 1, out)
+
+
+# --- RSI ----------------------------------------------------------------------
+
+
+@njit(cache=True)
+def rsi_1d(x, period, out):
+    """Wilder's RSI (TA-Lib RSI). First value at index `period`."""
+    n = x.shape[0]
+    out[:] = np.nan
+    if period < 1 or n <= period:
+        return
+    if period == 1:
+        # TA-Lib copies the input for period 1 (the strategies never allow it).
+        for i in range(1, n):
+            out[i] = x[i]
+        return
+    inv = 1.0 / period
+    prev_gain = 0.0
+    prev_loss = 0.0
+    prev_value = x[0]
+    for i in range(1, period + 1):
+        diff = x[i] - prev_value
+        prev_value = x[i]
+        if diff < 0.0:
+            prev_loss -= diff
+        else:
+            prev_gain += diff
+    prev_loss *= inv
+    prev_gain *= inv
+    total = prev_gain + prev_loss
+    out[period] = 0.0 if total == 0.0 else 100.0 * (prev_gain / total)
+    for i in range(period + 1, n):
+        diff = x[i] - prev_value
+        prev_value = x[i]
+        prev_loss *= period - 1
+        prev_gain *= period - 1
+        if diff < 0.0:
+            prev_loss -= diff
+        else:
+            prev_gain += diff
+        prev_loss *= inv
+        prev_gain *= inv
+        total = prev_gain + prev_loss
+        out[i] = 0.0 if total == 0.0 else 100.0 * (prev_gain / total)
+
+
+# --- Bollinger bands ----------------------------------------------------------
+
+
+@njit(cache=True)
+def bb_std_1d(x, period, middle, std):
+    """SMA middle band and population standard deviation, as TA-Lib's BBANDS computes them.
+
+    Split from `bbands_1d` so a sweep over `bb_std` reuses one computation:
+    the bands are then `middle +/- std * nbdev`, exactly TA-Lib's last step.
+    """
+    n = x.shape[0]
+    middle[:] = np.nan
+    std[:] = np.nan
+    if period < 1 or n < period:
+        return
+    lookback = period - 1
+    inv = 1.0 / period
+    trailing = 0
+    shift = x[0]
+    ma_total = 0.0
+    total1 = 0.0
+    total2 = 0.0
+    for j in range(lookback):
+        ma_total += x[j]
+        d = x[j] - shift
+        total1 += d
+        total2 += d * d
+    bars_since_reseed = 32 * period
+    for i in range(lookback, n):
+        ma_total += x[i]
+        d = x[i] - shift
+        total1 += d
+        total2 += d * d
+        mean1 = total1 * inv
+        variance = total2 * inv - mean1 * mean1
+        middle[i] = ma_total / period
+        ma_total -= x[trailing]
+        d = x[trailing] - shift
+        total1 -= d
+        departing = d * d
+        total2 -= departing
+        trailing += 1
+        bars_since_reseed -= 1
+        if (
+            variance < 0.000001 * (total2 * inv)
+            or departing > 1000000.0 * total2
+            or bars_since_reseed <= 0
+        ):
+            # The shift went stale: rebuild the sums around the window mean.
+            bars_since_reseed = 32 * period
+            start = i - lookback
+            acc = 0.0
+            for j in range(start, i + 1):
+                acc += x[j]
+            shift = acc * inv
+            total1 = 0.0
+            total2 = 0.0
+            for j in range(start, i + 1):
+                d = x[j] - shift
+                total1 += d
+                total2 += d * d
+            mean1 = total1 * inv
+            variance = total2 * inv - mean1 * mean1
+            if variance < 0.000000000001 * (total2 * inv):
+                variance = 0.0
+            d = x[start] - shift
+            total1 -= d
+            total2 -= d * d
+        std[i] = np.sqrt(variance)
+
+
+@njit(cache=True)
+def bands_from_std_1d(middle, std, nbdev, upper, lower):
+    """upper/lower = middle +/- std * nbdev (NaN stays NaN)."""
+    for i in range(middle.shape[0]):
+        width = std[i] * nbdev
+        upper[i] = middle[i] + width
+        lower[i] = middle[i] - width
+
+
+@njit(cache=True)
+def bbands_1d(x, period, nbdev, upper, middle, lower):
+    """Bollinger bands (TA-Lib BBANDS, matype=SMA, nbdevup = nbdevdn = nbdev)."""
+    std = np.empty(x.shape[0])
+    bb_std_1d(x, period, middle, std)
+    bands_from_std_1d(middle, std, nbdev, upper, lower)
+
+
+# --- MACD ---------------------------------------------------------------------
+
+
+@njit(cache=True)
+def macd_1d(x, fast, slow, signal, macd_out, signal_out):
+    """MACD line and signal line (TA-Lib MACD). Both first valid at index slow + signal - 2."""
+    n = x.shape[0]
+    macd_out[:] = np.nan
+    signal_out[:] = np.nan
+    if slow < fast:
+        fast, slow = slow, fast
+    if fast < 1 or signal < 1:
+        return
+    first = slow - 1 + signal - 1
+    if n <= first:
+        return
+    # Both EMAs start at bar slow-1, so the fast one is seeded with x[slow-fast:slow].
+    k_slow = 2.0 / (slow + 1)
+    k_fast = 2.0 / (fast + 1)
+    slow_total = 0.0
+    for i in range(slow):
+        slow_total += x[i]
+    fast_total = 0.0
+    for i in range(slow - fast, slow):
+        fast_total += x[i]
+    slow_prev = slow_total / slow
+    fast_prev = fast_total / fast
+    macd_out[slow - 1] = fast_prev - slow_prev
+    for i in range(slow, n):
+        slow_prev = _fma(x[i] - slow_prev, k_slow, slow_prev)
+        fast_prev = _fma(x[i] - fast_prev, k_fast, fast_prev)
+        macd_out[i] = fast_prev - slow_prev
+    _ema_from(macd_out, signal, 2.0 / (signal + 1), first, signal_out)
+    # TA-Lib reports the MACD line only where the signal line exists.
+    for i in range(slow - 1, first):
+        macd_out[i] = np.nan
+
+
+# --- strategy dispatch --------------------------------------------------------
+
+
+@njit(cache=True)
+def strategy_indicators_1d(code, x, params, buf0, buf1, buf2):
+    """Fill the indicator buffers strategy `code` reads, from close prices `x`.
+
+    Buffers per strategy: rsi -> buf0 = RSI; ma_crossover -> buf0 = fast SMA,
+    buf1 = slow SMA; bollinger -> buf0 = middle band, buf1 = standard deviation
+    (the bands depend on bb_std and are formed in the signal step); macd ->
+    buf0 = MACD line, buf1 = signal line; buy_and_hold -> none.
+    """
+    if code == STRAT_RSI:
+        rsi_1d(x, int(params[0]), buf0)
+    elif code == STRAT_MA_CROSSOVER:
+        sma_1d(x, int(params[0]), buf0)
+        sma_1d(x, int(params[1]), buf1)
+    elif code == STRAT_BOLLINGER:
+        bb_std_1d(x, int(params[0]), buf0, buf1)
+    elif code == STRAT_MACD:
+        macd_1d(x, int(params[0]), int(params[1]), int(params[2]), buf0, buf1)
+    elif code == STRAT_BUY_AND_HOLD:
+        pass
+
+
+# --- 2-D wrappers (symbols x time, NaN = no bar) ------------------------------
+
+
+@njit(cache=True)
+def compact_1d(row, buf, index):
+    """Copy the non-NaN values of `row` into `buf` and their positions into `index`; return the count."""
+    m = 0
+    for t in range(row.shape[0]):
+        v = row[t]
+        if not np.isnan(v):
+            buf[m] = v
+            index[m] = t
+            m += 1
+    return m
+
+
+@njit(cache=True)
+def _scatter(values, index, m, out_row):
+    out_row[:] = np.nan
+    for j in range(m):
+        out_row[index[j]] = values[j]
+
+
+@njit(cache=True, parallel=True)
+def sma_2d(x, period):
+    """SMA per row over the row's bars only; NaN at missing bars."""
+    s_count, t_count = x.shape
+    out = np.empty((s_count, t_count))
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        res = np.empty(t_count)
+        m = compact_1d(x[s], buf, index)
+        sma_1d(buf[:m], period, res[:m])
+        _scatter(res, index, m, out[s])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def ema_2d(x, period):
+    """EMA per row over the row's bars only; NaN at missing bars."""
+    s_count, t_count = x.shape
+    out = np.empty((s_count, t_count))
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        res = np.empty(t_count)
+        m = compact_1d(x[s], buf, index)
+        ema_1d(buf[:m], period, res[:m])
+        _scatter(res, index, m, out[s])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def rsi_2d(x, period):
+    """RSI per row over the row's bars only; NaN at missing bars."""
+    s_count, t_count = x.shape
+    out = np.empty((s_count, t_count))
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        res = np.empty(t_count)
+        m = compact_1d(x[s], buf, index)
+        rsi_1d(buf[:m], period, res[:m])
+        _scatter(res, index, m, out[s])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def bbands_2d(x, period, nbdev):
+    """Bollinger bands per row over the row's bars only; returns (upper, middle, lower)."""
+    s_count, t_count = x.shape
+    upper = np.empty((s_count, t_count))
+    middle = np.empty((s_count, t_count))
+    lower = np.empty((s_count, t_count))
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        up = np.empty(t_count)
+        mid = np.empty(t_count)
+        low = np.empty(t_count)
+        m = compact_1d(x[s], buf, index)
+        bbands_1d(buf[:m], period, nbdev, up[:m], mid[:m], low[:m])
+        _scatter(up, index, m, upper[s])
+        _scatter(mid, index, m, middle[s])
+        _scatter(low, index, m, lower[s])
+    return upper, middle, lower
+
+
+@njit(cache=True, parallel=True)
+def macd_2d(x, fast, slow, signal):
+    """MACD per row over the row's bars only; returns (macd, signal)."""
+    s_count, t_count = x.shape
+    macd = np.empty((s_count, t_count))
+    sig = np.empty((s_count, t_count))
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        m_res = np.empty(t_count)
+        s_res = np.empty(t_count)
+        m = compact_1d(x[s], buf, index)
+        macd_1d(buf[:m], fast, slow, signal, m_res[:m], s_res[:m])
+        _scatter(m_res, index, m, macd[s])
+        _scatter(s_res, index, m, sig[s])
+    return macd, sig

@@ -1,0 +1,215 @@
+"""Long-only, all-in/all-out portfolio simulation with streaming metrics (SPEC section 4).
+
+One pass over the bars: fills, equity at every close, and every metric, without
+storing the equity curve unless asked to.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pipeline.kernels.enums import (
+    ACTION_BUY,
+    ACTION_SELL,
+    M_BARS,
+    M_BUY_HOLD_RETURN_PCT,
+    M_CLOSED_TRADES,
+    M_EXPOSURE_PCT,
+    M_FINAL_VALUE,
+    M_MAX_DRAWDOWN_PCT,
+    M_NUM_TRADES,
+    M_SHARPE,
+    M_TOTAL_RETURN_PCT,
+    M_WIN_RATE_PCT,
+)
+
+
+@njit(cache=True)
+def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indicator):
+    rec = trades[k]
+    rec["bar"] = bar
+    rec["signal_bar"] = signal_bar
+    rec["action"] = action
+    rec["price"] = price
+    rec["units"] = units
+    rec["value"] = value
+    rec["fee"] = fee
+    rec["indicator"] = indicator
+
+
+@njit(cache=True)
+def simulate_1d(
+    open_,
+    close,
+    entries,
+    exits,
+    sig_value,
+    fee_frac,
+    initial,
+    fill_next_open,
+    bars_per_year,
+    metrics_out,
+    equity_out,
+    trades_out,
+):
+    """Simulate one symbol over its bars (no NaN) and write the metrics.
+
+    Args:
+        open_, close: prices of the symbol's bars, in time order.
+        entries, exits: signals per bar (flat -> long, long -> flat).
+        sig_value: indicator value recorded in the trade log for a signal at that bar.
+        fee_frac: fee as a fraction (0.001 for 0.1 %).
+        initial: starting cash.
+        fill_next_open: False fills at the signal bar's close, True at the next
+            bar's open (a signal on the last bar is then not filled).
+        bars_per_year: annualisation factor of the Sharpe ratio.
+        metrics_out: written at the M_* indices of the first N_SIM_METRICS columns.
+        equity_out: length n to receive the equity at every close, or length 0.
+        trades_out: TRADE_DTYPE records of length n, or length 0 to skip the log.
+
+    Returns:
+        The number of trade records written (0 when the log is skipped).
+
+    Equity is `cash + units * close[t]` after the fills of bar t. Per-bar returns
+    are `eq[t] / eq[t-1] - 1` for t >= 1; the Sharpe ratio is their mean over
+    their sample standard deviation times sqrt(bars_per_year), NaN with fewer
+    than two returns or zero deviation. A position open after the last bar is
+    marked at the last close, not sold.
+    """
+    n = close.shape[0]
+    keep_equity = equity_out.shape[0] == n and n > 0
+    keep_trades = trades_out.shape[0] >= n and n > 0
+
+    cash = initial
+    units = 0.0
+    in_position = False
+    entry_cash = 0.0
+    pending = 0  # next_open: order to fill at the next bar's open
+    pending_bar = -1
+    num_trades = 0
+    closed_trades = 0
+    wins = 0
+    n_records = 0
+    held_bars = 0
+
+    peak = -np.inf
+    max_dd = 0.0
+    prev_equity = np.nan
+    # Welford's running mean/variance: stable and exactly 0 for constant returns.
+    r_count = 0
+    r_mean = 0.0
+    r_m2 = 0.0
+
+    for t in range(n):
+        if pending != 0:
+            price = open_[t]
+            if pending == ACTION_BUY:
+                fee = cash * fee_frac
+                units = (cash - fee) / price
+                entry_cash = cash
+                if keep_trades:
+                    _record(trades_out, n_records, t, pending_bar, ACTION_BUY, price, units,
+                            cash, fee, sig_value[pending_bar])
+                    n_records += 1
+                cash = 0.0
+                in_position = True
+                num_trades += 1
+            else:
+                proceeds = units * price
+                fee = proceeds * fee_frac
+                cash = proceeds - fee
+                if cash > entry_cash:
+                    wins += 1
+                if keep_trades:
+                    _record(trades_out, n_records, t, pending_bar, ACTION_SELL, price, units,
+                            cash, fee, sig_value[pending_bar])
+                    n_records += 1
+                units = 0.0
+                in_position = False
+                closed_trades += 1
+            pending = 0
+
+        if not in_position and entries[t]:
+            if fill_next_open:
+                if t + 1 < n:
+                    pending = ACTION_BUY
+                    pending_bar = t
+            else:
+                price = close[t]
+                fee = cash * fee_frac
+                units = (cash - fee) / price
+                entry_cash = cash
+                if keep_trades:
+                    _record(trades_out, n_records, t, t, ACTION_BUY, price, units, cash, fee,
+                            sig_value[t])
+                    n_records += 1
+                cash = 0.0
+                in_position = True
+                num_trades += 1
+        elif in_position and exits[t]:
+            if fill_next_open:
+                if t + 1 < n:
+                    pending = ACTION_SELL
+                    pending_bar = t
+            else:
+                price = close[t]
+                proceeds = units * price
+                fee = proceeds * fee_frac
+                cash = proceeds - fee
+                if cash > entry_cash:
+                    wins += 1
+                if keep_trades:
+                    _record(trades_out, n_records, t, t, ACTION_SELL, price, units, cash, fee,
+                            sig_value[t])
+                    n_records += 1
+                units = 0.0
+                in_position = False
+                closed_trades += 1
+
+        equity = cash + units * close[t]
+        if keep_equity:
+            equity_out[t] = equity
+        if in_position:
+            held_bars += 1
+        if equity > peak:
+            peak = equity
+        if peak > 0.0:
+            dd = (peak - equity) / peak
+            if dd > max_dd:
+                max_dd = dd
+        if t > 0:
+            r = equity / prev_equity - 1.0
+            r_count += 1
+            delta = r - r_mean
+            r_mean += delta / r_count
+            r_m2 += delta * (r - r_mean)
+        prev_equity = equity
+
+    if n > 0:
+        final_value = cash + units * close[n - 1]
+        buy_hold = (close[n - 1] / close[0] - 1.0) * 100.0
+        exposure = held_bars / n * 100.0
+        max_dd_pct = max_dd * 100.0
+    else:
+        final_value = cash
+        buy_hold = np.nan
+        exposure = np.nan
+        max_dd_pct = np.nan
+    sharpe = np.nan
+    if r_count >= 2:
+        std = np.sqrt(r_m2 / (r_count - 1))
+        if std > 0.0:
+            sharpe = r_mean / std * np.sqrt(bars_per_year)
+
+    metrics_out[M_FINAL_VALUE] = final_value
+    metrics_out[M_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
+    metrics_out[M_BUY_HOLD_RETURN_PCT] = buy_hold
+    metrics_out[M_NUM_TRADES] = num_trades
+    metrics_out[M_CLOSED_TRADES] = closed_trades
+    metrics_out[M_WIN_RATE_PCT] = wins / closed_trades * 100.0 if closed_trades > 0 else np.nan
+    metrics_out[M_MAX_DRAWDOWN_PCT] = max_dd_pct
+    metrics_out[M_SHARPE] = sharpe
+    metrics_out[M_EXPOSURE_PCT] = exposure
+    metrics_out[M_BARS] = n
+    return n_records

@@ -1,0 +1,523 @@
+"""The append-only results tables: results, trades and runs, as hive-partitioned Parquet.
+
+Layout (``root`` is ``settings.results_root``, ``data/results`` by default)::
+
+    <root>/run_date=YYYY-MM-DD/strategy=<name>/<run_id>.parquet           results
+    <root>/../trades/run_date=YYYY-MM-DD/strategy=<name>/<run_id>.parquet trades
+    <root>/../runs/run_date=YYYY-MM-DD/strategy=<name>/<run_id>.parquet   runs
+
+Trades and runs sit *next to* the results directory, not inside it, so that
+``read_parquet('data/results/**/*.parquet', hive_partitioning = true)`` sees result
+rows only. ``run_date`` is the UTC date of ``created_at`` (``started_at`` for runs); it
+and ``strategy`` come from the path, and ``strategy`` is also stored in every file so a
+file read on its own is complete.
+
+Writes never touch an existing file: each run writes a new file per strategy, first to a
+hidden temp file in the same directory (``.<run_id>.parquet.<random>.tmp``, which no
+``*.parquet`` glob matches), fsynced, then published under its final name with a hard
+link, which fails instead of overwriting. A writer killed midway leaves only a hidden
+temp file behind; readers never see it.
+
+Column sets are the schema constants below (``RESULT_SCHEMA``, ``TRADE_SCHEMA``,
+``RUN_SCHEMA``). Parameters live in ``params_json`` (canonical JSON: sorted keys, no
+spaces) and in one nullable DOUBLE column per parameter name of every strategy
+(``PARAM_COLUMNS``), so one query spans all strategies. Note that ``end`` is an SQL
+keyword: write ``"end"`` in queries. Trades join results on
+``(run_id, symbol, strategy, interval, params_json)``. Undefined numbers (None or NaN in
+a record) are stored as NULL, never NaN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import ENGINE_VERSION, __version__
+from pipeline.errors import InputError, PipelineError
+
+# The fixed superset of every strategy's parameter names; one DOUBLE column each.
+PARAM_COLUMNS: tuple[str, ...] = (
+    "bb_period",
+    "bb_std",
+    "fast_period",
+    "overbought_threshold",
+    "oversold_threshold",
+    "rsi_period",
+    "signal_period",
+    "slow_period",
+)
+
+_TS = pa.timestamp("us", tz="UTC")
+
+RESULT_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("interval", pa.string(), nullable=False),
+        pa.field("params_json", pa.string(), nullable=False),
+        *(pa.field(name, pa.float64()) for name in PARAM_COLUMNS),
+        pa.field("start", _TS),
+        pa.field("end", _TS),
+        pa.field("timerange_start", _TS),
+        pa.field("timerange_end", _TS),
+        pa.field("bars", pa.int64()),
+        pa.field("days_of_data", pa.float64()),
+        pa.field("final_value", pa.float64()),
+        pa.field("total_return_pct", pa.float64()),
+        pa.field("buy_hold_return_pct", pa.float64()),
+        pa.field("num_trades", pa.int64()),
+        pa.field("closed_trades", pa.int64()),
+        pa.field("win_rate_pct", pa.float64()),
+        pa.field("max_drawdown_pct", pa.float64()),
+        pa.field("sharpe", pa.float64()),
+        pa.field("exposure_pct", pa.float64()),
+        pa.field("fill", pa.string()),
+        pa.field("fee_pct", pa.float64()),
+        pa.field("initial_investment", pa.float64()),
+        pa.field("snapshot_id", pa.string()),
+        pa.field("data_version", pa.string()),
+        pa.field("engine_version", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("from_cache", pa.bool_()),
+    ]
+)
+
+TRADE_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", _TS, nullable=False),
+        pa.field("symbol", pa.string(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("interval", pa.string(), nullable=False),
+        pa.field("params_json", pa.string(), nullable=False),
+        pa.field("snapshot_id", pa.string()),
+        pa.field("data_version", pa.string()),
+        pa.field("trade_no", pa.int64(), nullable=False),  # 0-based, within its result
+        pa.field("time", _TS),
+        pa.field("action", pa.string()),
+        pa.field("price", pa.float64()),
+        pa.field("units", pa.float64()),
+        pa.field("value", pa.float64()),
+        pa.field("fee", pa.float64()),
+        pa.field("indicator", pa.float64()),
+    ]
+)
+
+RUN_SCHEMA = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("started_at", _TS, nullable=False),
+        pa.field("duration_s", pa.float64(), nullable=False),
+        pa.field("strategy", pa.string(), nullable=False),
+        pa.field("n_symbols", pa.int64()),
+        pa.field("n_results", pa.int64()),
+        pa.field("bars", pa.int64()),  # bar-steps simulated: sum of `bars` over the results
+        pa.field("cache_hits", pa.int64()),
+        pa.field("cache_misses", pa.int64()),
+        pa.field("hit_ratio", pa.float64()),  # null when nothing was looked up
+        pa.field("throughput", pa.float64()),  # bar-steps per second
+        pa.field("snapshot_id", pa.string()),
+        pa.field("engine_version", pa.string()),
+        pa.field("code_version", pa.string()),
+        pa.field("command", pa.string()),
+    ]
+)
+
+# Hive partition columns as DuckDB infers them; used for the empty views.
+_PARTITION_FIELDS = [pa.field("run_date", pa.date32())]
+
+_TIMESTAMP_FIELDS = ("start", "end", "timerange_start", "timerange_end")
+_REQUIRED_FIELDS = ("symbol", "strategy", "interval", "params")
+# Path components come from run ids and strategy names: no separators, no leading dot.
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+_TOP_SQL = """
+SELECT symbol, strategy, params_json, interval, total_return_pct, buy_hold_return_pct,
+       sharpe, max_drawdown_pct, win_rate_pct, num_trades, final_value, data_version,
+       run_id, created_at
+FROM results
+WHERE ($1::VARCHAR IS NULL OR strategy = $1)
+  AND ($2::VARCHAR IS NULL OR run_id = $2)
+  AND total_return_pct IS NOT NULL
+-- The same backtest re-run in later runs counts once: keep its newest row.
+QUALIFY row_number() OVER (
+    PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
+                 fill, fee_pct, initial_investment, data_version, engine_version
+    ORDER BY created_at DESC, run_id DESC) = 1
+ORDER BY total_return_pct DESC, symbol, params_json
+LIMIT $3
+"""
+
+_RUN_STATS_SQL = """
+SELECT count(*) AS runs,
+       quantile_cont(duration_s, [0.5, 0.95, 0.99]) AS duration_quantiles,
+       sum(cache_hits) AS cache_hits,
+       sum(cache_misses) AS cache_misses,
+       sum(bars) AS bar_steps,
+       sum(duration_s) AS total_duration_s,
+       sum(n_results) AS results
+FROM runs
+WHERE started_at >= $1
+"""
+
+
+def trades_root(results_root: str | os.PathLike[str]) -> Path:
+    """Root of the trades table: the sibling ``trades`` directory of the results root."""
+    return Path(results_root).parent / "trades"
+
+
+def runs_root(results_root: str | os.PathLike[str]) -> Path:
+    """Root of the runs table: the sibling ``runs`` directory of the results root."""
+    return Path(results_root).parent / "runs"
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """A run id that sorts by creation time: ``YYYYMMDDTHHMMSSffffffZ-<8 hex>``."""
+    now = _utc_now() if now is None else _as_utc(now, "now")
+    return f"{now:%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def params_json(params: Mapping[str, Any]) -> str:
+    """Canonical JSON of a parameter set: sorted keys, no spaces."""
+    return json.dumps(_plain(dict(params)), sort_keys=True, separators=(",", ":"))
+
+
+def append_results(
+    results_root: str | os.PathLike[str],
+    run_id: str,
+    results: Iterable[Mapping[str, Any]],
+    created_at: datetime | None = None,
+) -> list[Path]:
+    """Append result records as new files, one per strategy; returns the files written."""
+    created = _utc_now() if created_at is None else _as_utc(created_at, "created_at")
+    rows_by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for record in results:
+        row = _result_row(record, run_id, created)
+        rows_by_strategy.setdefault(row["strategy"], []).append(row)
+    return [
+        _write_table(Path(results_root), run_id, strategy, created, rows, RESULT_SCHEMA)
+        for strategy, rows in rows_by_strategy.items()
+    ]
+
+
+def append_trades(
+    results_root: str | os.PathLike[str],
+    run_id: str,
+    results: Iterable[Mapping[str, Any]],
+    created_at: datetime | None = None,
+) -> list[Path]:
+    """Append the ``trades`` lists of result records to the trades table; returns the files."""
+    created = _utc_now() if created_at is None else _as_utc(created_at, "created_at")
+    rows_by_strategy: dict[str, list[dict[str, Any]]] = {}
+    for record in results:
+        trades = record.get("trades") or ()
+        if not trades:
+            continue
+        head = _result_row(record, run_id, created)
+        for trade_no, trade in enumerate(trades):
+            rows_by_strategy.setdefault(head["strategy"], []).append(
+                {
+                    "run_id": run_id,
+                    "created_at": created,
+                    "symbol": head["symbol"],
+                    "strategy": head["strategy"],
+                    "interval": head["interval"],
+                    "params_json": head["params_json"],
+                    "snapshot_id": head["snapshot_id"],
+                    "data_version": head["data_version"],
+                    "trade_no": trade_no,
+                    "time": _parse_ts(trade.get("time"), "trades.time"),
+                    "action": trade.get("action"),
+                    "price": _plain(trade.get("price")),
+                    "units": _plain(trade.get("units")),
+                    "value": _plain(trade.get("value")),
+                    "fee": _plain(trade.get("fee")),
+                    "indicator": _plain(trade.get("indicator")),
+                }
+            )
+    root = trades_root(results_root)
+    return [
+        _write_table(root, run_id, strategy, created, rows, TRADE_SCHEMA)
+        for strategy, rows in rows_by_strategy.items()
+    ]
+
+
+def append_run_metrics(
+    results_root: str | os.PathLike[str],
+    run_id: str,
+    *,
+    started_at: datetime,
+    duration_s: float,
+    strategy: str,
+    n_symbols: int,
+    n_results: int,
+    bars: int,
+    cache_hits: int = 0,
+    cache_misses: int = 0,
+    snapshot_id: str | None = None,
+    command: str = "",
+    code_version: str = __version__,
+    engine_version: str = ENGINE_VERSION,
+) -> Path:
+    """Append one row to the runs table; ``bars`` is the bar-steps simulated in the run."""
+    started = _as_utc(started_at, "started_at")
+    lookups = cache_hits + cache_misses
+    row = {
+        "run_id": run_id,
+        "started_at": started,
+        "duration_s": float(duration_s),
+        "strategy": strategy,
+        "n_symbols": n_symbols,
+        "n_results": n_results,
+        "bars": bars,
+        "cache_hits": cache_hits,
+        "cache_misses": cache_misses,
+        "hit_ratio": cache_hits / lookups if lookups else None,
+        "throughput": bars / duration_s if duration_s > 0 else None,
+        "snapshot_id": snapshot_id,
+        "engine_version": engine_version,
+        "code_version": code_version,
+        "command": command,
+    }
+    return _write_table(runs_root(results_root), run_id, strategy, started, [row], RUN_SCHEMA)
+
+
+def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs``."""
+    con = duckdb.connect(":memory:")
+    tables = (
+        ("results", Path(results_root), RESULT_SCHEMA),
+        ("trades", trades_root(results_root), TRADE_SCHEMA),
+        ("runs", runs_root(results_root), RUN_SCHEMA),
+    )
+    for name, root, schema in tables:
+        if root.is_dir() and next(root.rglob("*.parquet"), None) is not None:
+            # union_by_name: files written before a column was added still read.
+            relation = con.read_parquet(
+                str(root / "**" / "*.parquet"), hive_partitioning=True, union_by_name=True
+            )
+            relation.create_view(name)
+        else:
+            # No file yet: an empty table of the same shape, so queries still run.
+            empty = pa.schema(list(schema) + _PARTITION_FIELDS).empty_table()
+            con.register(name, empty)
+    return con
+
+
+def query(
+    results_root: str | os.PathLike[str],
+    sql: str,
+    parameters: Sequence[Any] | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run SQL over the views ``results``, ``trades``, ``runs``; returns (columns, rows)."""
+    con = connect(results_root)
+    try:
+        cursor = con.execute(sql, parameters) if parameters is not None else con.execute(sql)
+        if cursor.description is None:
+            return [], []
+        return [d[0] for d in cursor.description], cursor.fetchall()
+    except duckdb.Error as exc:
+        raise PipelineError(f"query failed: {exc}") from exc
+    finally:
+        con.close()
+
+
+def top(
+    results_root: str | os.PathLike[str],
+    strategy: str | None = None,
+    n: int = 10,
+    run_id: str | None = None,
+) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The ``n`` best results by total return (a backtest repeated across runs counts once)."""
+    if n < 1:
+        raise InputError(f"n={n} must be >= 1")
+    return query(results_root, _TOP_SQL, [strategy, run_id, n])
+
+
+def run_stats(
+    results_root: str | os.PathLike[str],
+    hours: float = 24.0,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Run metrics over the runs started in the last ``hours``.
+
+    Percentiles interpolate linearly (DuckDB ``quantile_cont``, NumPy's default);
+    hit rate and throughput are totals over the window, not means of per-run ratios.
+    """
+    now = _utc_now() if now is None else _as_utc(now, "now")
+    since = now - timedelta(hours=hours)
+    columns, rows = query(results_root, _RUN_STATS_SQL, [since])
+    stats = dict(zip(columns, rows[0], strict=True))
+    runs = int(stats["runs"])
+    quantiles = stats["duration_quantiles"] or [None, None, None]
+    hits = int(stats["cache_hits"] or 0)
+    misses = int(stats["cache_misses"] or 0)
+    bar_steps = int(stats["bar_steps"] or 0)
+    total_s = float(stats["total_duration_s"] or 0.0)
+    return {
+        "hours": hours,
+        "since": since,
+        "runs": runs,
+        "results": int(stats["results"] or 0),
+        "duration_p50_s": quantiles[0],
+        "duration_p95_s": quantiles[1],
+        "duration_p99_s": quantiles[2],
+        "cache_hits": hits,
+        "cache_misses": misses,
+        "hit_rate": hits / (hits + misses) if hits + misses else None,
+        "bar_steps": bar_steps,
+        "throughput_bar_steps_per_s": bar_steps / total_s if total_s > 0 else None,
+    }
+
+
+# --- rows -----------------------------------------------------------------------------
+
+
+def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> dict[str, Any]:
+    missing = [name for name in _REQUIRED_FIELDS if record.get(name) is None]
+    if missing:
+        raise InputError(f"result record lacks {', '.join(missing)}: {dict(record)!r:.200}")
+    params = record["params"]
+    if not isinstance(params, Mapping):
+        raise InputError(f"result params must be a mapping, got {params!r}")
+    row: dict[str, Any] = {
+        name: _plain(record.get(name)) for name in RESULT_SCHEMA.names if name in record
+    }
+    for name in _TIMESTAMP_FIELDS:
+        row[name] = _parse_ts(record.get(name), name)
+    row.update(
+        run_id=run_id,
+        created_at=created,
+        params_json=params_json(params),
+        from_cache=bool(record.get("from_cache", False)),
+    )
+    # Parameters a strategy does not have stay null; unknown names live in params_json only.
+    for name in PARAM_COLUMNS:
+        value = params.get(name)
+        row[name] = None if value is None else float(value)
+    return row
+
+
+def _write_table(
+    root: Path,
+    run_id: str,
+    strategy: str,
+    when: datetime,
+    rows: list[dict[str, Any]],
+    schema: pa.Schema,
+) -> Path:
+    _check_name(run_id, "run_id")
+    _check_name(strategy, "strategy")
+    columns = {}
+    for field in schema:
+        values = [row.get(field.name) for row in rows]
+        try:
+            # from_pandas: NaN becomes NULL. An undefined metric is NULL in SQL, and DuckDB's
+            # filter pushdown mishandles NaN in Parquet (`NOT isnan(x)` can keep NaN rows).
+            columns[field.name] = pa.array(values, type=field.type, from_pandas=True)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
+            raise InputError(f"column {field.name!r}: {exc}") from None
+    table = pa.Table.from_pydict(columns, schema=schema)
+    directory = root / f"run_date={when.date().isoformat()}" / f"strategy={strategy}"
+    return _publish(table, directory / f"{run_id}.parquet")
+
+
+def _publish(table: pa.Table, final: Path) -> Path:
+    """Write ``table`` to ``final`` atomically; never replaces an existing file."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(temp, "wb") as handle:
+            pq.write_table(table, handle, compression="zstd")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            # A hard link publishes atomically *and* fails if the name exists, which
+            # os.replace would silently overwrite.
+            os.link(temp, final)
+        except FileExistsError:
+            raise PipelineError(
+                f"{final} already exists; results are append-only (use a new run id)"
+            ) from None
+        except OSError:
+            # Filesystems without hard links: check, then replace (same directory, atomic).
+            if final.exists():
+                raise PipelineError(f"{final} already exists; results are append-only") from None
+            os.replace(temp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temp.unlink()
+    _fsync_dir(final.parent)
+    return final
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the new directory entry durable; not possible on every platform.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --- values ---------------------------------------------------------------------------
+
+
+def _check_name(value: str, what: str) -> None:
+    if not isinstance(value, str) or not _SAFE_NAME.match(value):
+        raise InputError(f"{what}={value!r} must match {_SAFE_NAME.pattern} (it names a path)")
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime, what: str) -> datetime:
+    if not isinstance(value, datetime):
+        raise InputError(f"{what}={value!r} is not a datetime")
+    # Naive timestamps are UTC throughout the project.
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _parse_ts(value: Any, what: str) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return _as_utc(value, what)
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if isinstance(value, str):
+        try:
+            return _as_utc(datetime.fromisoformat(value), what)
+        except ValueError:
+            raise InputError(f"{what}={value!r} is not an ISO-8601 timestamp") from None
+    raise InputError(f"{what}={value!r} is not a timestamp")
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars to Python ones (JSON and Arrow both want them)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value

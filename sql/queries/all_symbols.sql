@@ -1,0 +1,1 @@
+SELECT id, symbol FROM cryptocurrencies ORDER BY id;

@@ -1,0 +1,12 @@
+-- The next watermark, read inside the export's REPEATABLE READ snapshot before any row.
+-- A writer still in flight may commit rows stamped earlier than now(); moving the
+-- watermark back to the start of the oldest such transaction makes the next export
+-- read them (rows read twice are unchanged, so they change no data version).
+SELECT least(
+           now(),
+           coalesce((SELECT min(xact_start) - interval '1 microsecond'
+                     FROM pg_stat_activity
+                     WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), now())
+       ) AS watermark,
+       coalesce((SELECT max(id) FROM cryptocurrencies), 0) + 1 AS id_end,
+       pg_export_snapshot() AS snapshot_name;

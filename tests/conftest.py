@@ -1,0 +1,149 @@
+"""Shared fixtures: real services only (no mocks, no fakeredis)."""
+
+import pytest
+
+# --- redis fixtures ---
+# Self-contained apart from `pytest` (imports inside the fixtures), so other blocks of
+# fixtures can sit around it without import-order conflicts.
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """REDIS_URL (or 127.0.0.1:6379); fails, never skips, when Redis does not answer."""
+    import os
+
+    import redis
+
+    url = os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    problem = None
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        problem = exc
+    finally:
+        client.close()
+    if problem is not None:  # failed outside the except block: no chained tracebacks
+        pytest.fail(
+            f"Redis at {url} is not reachable ({problem}). Tests need a real Redis; start one"
+            ' with:\n  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save ""'
+            " --appendonly no",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url: str):
+    """A raw client for assertions; deletes every key of the session's prefix at the end."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    yield client
+    batch = []
+    for key in client.scan_iter(match=f"{_REDIS_SESSION_PREFIX}*", count=1000):
+        batch.append(key)
+        if len(batch) >= 500:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
+    client.close()
+
+
+def _new_redis_session_prefix() -> str:
+    import uuid
+
+    return f"cryptobt-test-{uuid.uuid4().hex[:12]}"
+
+
+_REDIS_SESSION_PREFIX = _new_redis_session_prefix()
+
+
+@pytest.fixture
+def redis_prefix(redis_client) -> str:
+    """A key prefix unique to this test, under the session's prefix (cleaned at session end)."""
+    import uuid
+
+    return f"{_REDIS_SESSION_PREFIX}:{uuid.uuid4().hex[:8]}"
+
+
+# --- end redis fixtures ---
+
+
+# --- postgres fixtures ---
+SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
+BINANCE_DIR = SHARED_DATA / "binance-5m"
+
+
+def _admin_url() -> str:
+    import os
+
+    return os.environ.get("TEST_DATABASE_ADMIN_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    """The maintenance database; fails, never skips, when PostgreSQL does not answer."""
+    import psycopg
+
+    url = _admin_url()
+    try:
+        with psycopg.connect(url, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL at {url} is not reachable ({exc}). Tests need a real server; start it with:\n"
+            "  pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start\n"
+            "or point TEST_DATABASE_ADMIN_URL at one (trust or password auth, CREATEDB rights).",
+            pytrace=False,
+        )
+    return url
+
+
+@pytest.fixture
+def make_database(pg_admin_url: str):
+    """Factory: a fresh, empty database URL per call; every one dropped after the test."""
+    import uuid
+
+    import psycopg
+    from psycopg import sql
+
+    created: list[str] = []
+
+    def make() -> str:
+        name = f"cryptobt_test_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        created.append(name)
+        return pg_admin_url.rsplit("/", 1)[0] + "/" + name
+
+    yield make
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        for name in created:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def database_url(make_database) -> str:
+    """A fresh database with the schema applied."""
+    from pipeline import source
+
+    url = make_database()
+    source.apply_schema(url)
+    return url
+
+
+@pytest.fixture
+def binance_files(tmp_path):
+    """Copies of the real Binance 5m files (shared data is never written to)."""
+    import shutil
+
+    if not BINANCE_DIR.exists():
+        pytest.fail(f"real market data missing: {BINANCE_DIR} (the repo expects ../shared/data beside it)")
+    target = tmp_path / "binance-5m"
+    shutil.copytree(BINANCE_DIR, target)
+    return sorted(target.glob("*.feather"))
+
+
+# --- end postgres fixtures ---

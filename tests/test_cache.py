@@ -1,0 +1,438 @@
+"""The Redis result cache against a real Redis server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import pickle
+import shutil
+import socket
+import subprocess
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from pipeline import ENGINE_VERSION
+from pipeline.cache import CacheWarning, ResultCache, cache_key
+from pipeline.config import Settings
+
+CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
+
+
+def make_result(symbol: str = "BTC", **overrides: Any) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "symbol": symbol,
+        "strategy": "rsi",
+        "params": {"rsi_period": 14, "oversold_threshold": 30, "overbought_threshold": 70},
+        "interval": "1h",
+        "start": "2024-01-01T00:00:00+00:00",
+        "end": "2024-01-21T19:00:00+00:00",
+        "timerange_start": None,
+        "timerange_end": None,
+        "bars": 500,
+        "days_of_data": 20.79,
+        "final_value": 1012.5,
+        "total_return_pct": 1.25,
+        "buy_hold_return_pct": -3.0,
+        "num_trades": 3,
+        "closed_trades": 2,
+        "win_rate_pct": 50.0,
+        "max_drawdown_pct": -4.2,
+        "sharpe": 0.8,
+        "exposure_pct": None,
+        "fill": "close",
+        "fee_pct": 0.1,
+        "initial_investment": 1000.0,
+        "snapshot_id": "snap-1",
+        "data_version": f"dv-{symbol}",
+        "engine_version": ENGINE_VERSION,
+        "reason": None,
+        "from_cache": False,
+        "trades": [
+            {
+                "time": "2024-01-03T05:00:00+00:00",
+                "action": "buy",
+                "price": 42000.5,
+                "units": 0.0237,
+                "value": 999.0,
+                "fee": 1.0,
+                "indicator": 28.4,
+            }
+        ],
+    }
+    record.update(overrides)
+    return record
+
+
+KEY_FIELDS: dict[str, Any] = {
+    "strategy": "rsi",
+    "params": {"rsi_period": 14, "oversold_threshold": 30, "overbought_threshold": 70},
+    "symbol": "BTC",
+    "interval": "1h",
+    "timerange_start": "2024-01-01T00:00:00+00:00",
+    "timerange_end": None,
+    "fill": "close",
+    "fee_pct": 0.1,
+    "initial_investment": 1000.0,
+    "data_version": "dv-1",
+    "engine_version": "1",
+}
+
+
+@pytest.fixture
+def cache(redis_url: str, redis_prefix: str):
+    cache = ResultCache(redis_url, redis_prefix, ttl_seconds=3600, timeout_seconds=2.0)
+    yield cache
+    cache.clear()
+    cache.close()
+
+
+def stored(cache: ResultCache, *records: dict[str, Any]) -> list[str]:
+    items = [(cache.key_for_record(r), r) for r in records]
+    assert cache.put_many(items) == len(items)
+    return [key for key, _ in items]
+
+
+def test_stored_records_come_back_equal_from_a_second_get(cache: ResultCache) -> None:
+    records = [make_result("BTC"), make_result("ETH", sharpe=None, reason="too few bars")]
+    keys = stored(cache, *records)
+
+    first = cache.get_many(keys)
+    second = cache.get_many(keys)
+
+    expected = {k: {**r, "from_cache": True} for k, r in zip(keys, records, strict=True)}
+    assert first == expected
+    assert second == expected
+    assert (cache.hits, cache.misses) == (4, 0)
+
+
+def test_get_many_returns_only_hits(cache: ResultCache) -> None:
+    (key,) = stored(cache, make_result("BTC"))
+    absent = cache.key(**{**KEY_FIELDS, "symbol": "NOPE"})
+
+    assert set(cache.get_many([key, absent])) == {key}
+    assert cache.get_many([]) == {}
+    assert (cache.hits, cache.misses) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("data_version", "dv-2"),
+        ("engine_version", "2"),
+        ("fee_pct", 0.2),
+        ("fill", "next_open"),
+        ("params", {"rsi_period": 21, "oversold_threshold": 30, "overbought_threshold": 70}),
+        ("strategy", "bollinger"),
+        ("symbol", "ETH"),
+        ("interval", "1d"),
+        ("timerange_start", "2024-02-01T00:00:00+00:00"),
+        ("timerange_end", "2024-03-01T00:00:00+00:00"),
+        ("initial_investment", 5000.0),
+    ],
+)
+def test_cache_key_changes_when_any_key_field_changes(field: str, value: Any) -> None:
+    assert cache_key("p", **KEY_FIELDS) != cache_key("p", **{**KEY_FIELDS, field: value})
+
+
+def test_cache_key_ignores_params_order_and_int_float_spelling() -> None:
+    reordered = {"overbought_threshold": 70, "rsi_period": 14, "oversold_threshold": 30}
+    as_floats = {"rsi_period": 14.0, "oversold_threshold": 30.0, "overbought_threshold": 70.0}
+
+    key = cache_key("p", **KEY_FIELDS)
+    assert cache_key("p", **{**KEY_FIELDS, "params": reordered}) == key
+    assert cache_key("p", **{**KEY_FIELDS, "params": as_floats}) == key
+    assert key.startswith("p:bt:") and len(key) == len("p:bt:") + 64
+
+
+def test_key_for_record_equals_key_built_from_the_request(cache: ResultCache) -> None:
+    record = make_result("BTC", timerange_start="2024-01-01T00:00:00+00:00")
+    request = {name: record[name] for name in KEY_FIELDS}
+
+    assert cache.key_for_record(record) == cache.key(**request)
+
+
+def test_cached_entry_and_symbol_index_carry_the_configured_ttl(
+    cache: ResultCache, redis_client: redis.Redis
+) -> None:
+    (key,) = stored(cache, make_result("BTC"))
+
+    assert 3590 <= redis_client.ttl(key) <= 3600
+    assert 3590 <= redis_client.ttl(f"{cache.prefix}:sym:BTC") <= 3600
+
+
+def test_invalidate_symbol_deletes_exactly_that_symbols_keys(
+    cache: ResultCache, redis_client: redis.Redis
+) -> None:
+    btc = stored(cache, make_result("BTC"), make_result("BTC", params={"rsi_period": 21}))
+    eth = stored(cache, make_result("ETH"))
+
+    assert cache.invalidate_symbol("BTC") == 2
+
+    assert redis_client.exists(*btc) == 0
+    assert redis_client.exists(*eth) == 1
+    assert set(cache.get_many(eth)) == set(eth)
+    assert cache.invalidate_symbol("BTC") == 0
+    assert cache.invalidate_symbol("NEVER-CACHED") == 0
+
+
+def test_clear_deletes_only_keys_under_the_prefix(
+    cache: ResultCache, redis_client: redis.Redis
+) -> None:
+    stored(cache, make_result("BTC"), make_result("ETH"))
+    cache.record_hits(1, 1)
+    # Same characters plus more: a naive `<prefix>*` pattern would catch this one.
+    neighbour = f"{cache.prefix}x:bt:kept"
+    redis_client.set(neighbour, "1", ex=600)
+
+    deleted = cache.clear()
+
+    assert deleted == 2 + 2 + 2  # two entries, two symbol indexes, two counters
+    assert list(redis_client.scan_iter(match=f"{cache.prefix}:*")) == []
+    assert redis_client.get(neighbour) == b"1"
+
+
+def test_clear_treats_glob_characters_in_the_prefix_literally(
+    redis_url: str, redis_prefix: str, redis_client: redis.Redis
+) -> None:
+    starred = ResultCache(redis_url, f"{redis_prefix}:a*", timeout_seconds=2.0)
+    starred.put_many([(starred.key_for_record(make_result()), make_result())])
+    other = f"{redis_prefix}:ab:bt:kept"
+    redis_client.set(other, "1", ex=600)
+
+    assert starred.clear() == 2
+    assert redis_client.get(other) == b"1"
+
+
+def test_unreachable_redis_gives_all_misses_and_exactly_one_warning() -> None:
+    cache = ResultCache(CLOSED_PORT_URL, "p", timeout_seconds=0.5)
+    record = make_result()
+    key = cache.key_for_record(record)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert cache.get_many([key]) == {}
+        assert cache.put_many([(key, record)]) == 0
+        assert cache.get_many([key, key]) == {}
+        cache.record_hits(1, 0)
+        assert cache.invalidate_symbol("BTC") == 0
+        assert cache.clear() == 0
+        assert cache.stats()["available"] is False
+
+    assert [w.category for w in caught] == [CacheWarning]
+    message = str(caught[0].message)
+    assert "127.0.0.1:1" in message and "redis-server --daemonize yes" in message
+    assert not cache.available and cache.enabled
+
+
+def test_warning_goes_to_the_callback_when_one_is_given() -> None:
+    messages: list[str] = []
+    cache = ResultCache(CLOSED_PORT_URL, "p", on_warning=messages.append)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warnings.warn would fail the test
+        cache.get_many(["p:bt:x"])
+        cache.put_many([("p:bt:x", make_result())])
+
+    assert len(messages) == 1 and "unavailable" in messages[0]
+
+
+def test_stalled_redis_times_out_once_and_then_is_skipped() -> None:
+    # A socket that accepts connections (kernel backlog) but never answers a command.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        messages: list[str] = []
+        cache = ResultCache(
+            f"redis://127.0.0.1:{port}/0", "p", timeout_seconds=0.3, on_warning=messages.append
+        )
+
+        began = time.monotonic()
+        assert cache.get_many(["p:bt:x"]) == {}
+        first_call = time.monotonic() - began
+        began = time.monotonic()
+        assert cache.put_many([("p:bt:x", make_result())]) == 0
+        assert cache.get_many(["p:bt:x"]) == {}
+        later_calls = time.monotonic() - began
+
+    assert first_call < 2.0
+    assert later_calls < 0.1
+    assert len(messages) == 1 and "Timeout" in messages[0]
+
+
+def test_redis_error_on_write_drops_the_batch_and_reads_keep_working(
+    cache: ResultCache, redis_client: redis.Redis
+) -> None:
+    messages: list[str] = []
+    cache._on_warning = messages.append
+    (eth_key,) = stored(cache, make_result("ETH"))
+    # A string where the BTC index set should be: SADD fails with WRONGTYPE.
+    redis_client.set(f"{cache.prefix}:sym:BTC", "not a set", ex=600)
+
+    assert cache.put_many([(cache.key_for_record(make_result("BTC")), make_result("BTC"))]) == 0
+    assert cache.put_many([(cache.key_for_record(make_result("BTC")), make_result("BTC"))]) == 0
+
+    assert len(messages) == 1 and "WRONGTYPE" in messages[0]
+    assert set(cache.get_many([eth_key])) == {eth_key}
+
+
+@pytest.fixture
+def tiny_redis():
+    """A private redis-server with maxmemory 1mb + noeviction, so every write hits OOM."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server binary not on PATH (needed to start a tiny OOM server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory",
+            "1mb",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(redis.ConnectionError):
+                client.ping()
+                break
+            time.sleep(0.02)
+        yield url, client
+    finally:
+        client.close()
+        process.terminate()
+        process.wait(timeout=5)
+
+
+def test_redis_out_of_memory_drops_puts_and_the_run_continues(tiny_redis) -> None:
+    url, client = tiny_redis
+    messages: list[str] = []
+    cache = ResultCache(url, "p", on_warning=messages.append)
+    big = make_result("BTC", trades=[make_result()["trades"][0]] * 20_000)  # ~3 MB of JSON
+    key = cache.key_for_record(big)
+
+    assert cache.put_many([(key, big)]) == 0
+    assert cache.put_many([(key, big)]) == 0
+    assert cache.get_many([key]) == {}
+
+    assert len(messages) == 1
+    assert "OutOfMemoryError" in messages[0] and "maxmemory" in messages[0]
+    assert len(messages[0]) < 1000  # the 3 MB payload is not quoted back
+    assert client.exists(key) == 0
+
+
+def test_garbage_and_wrong_shaped_values_are_misses_and_get_deleted(
+    cache: ResultCache, redis_client: redis.Redis
+) -> None:
+    good = make_result()
+    keys = {
+        "garbage": f"{cache.prefix}:bt:garbage",
+        "not_utf8": f"{cache.prefix}:bt:not-utf8",
+        "list": f"{cache.prefix}:bt:list",
+        "missing_fields": f"{cache.prefix}:bt:missing",
+        "wrong_type": f"{cache.prefix}:bt:wrong-type",
+    }
+    redis_client.set(keys["garbage"], b"{not json", ex=600)
+    redis_client.set(keys["not_utf8"], b"\xff\xfe\x00", ex=600)
+    redis_client.set(keys["list"], b"[1, 2, 3]", ex=600)
+    redis_client.set(keys["missing_fields"], b'{"symbol": "BTC"}', ex=600)
+    redis_client.set(keys["wrong_type"], json.dumps({**good, "bars": "500"}), ex=600)
+
+    assert cache.get_many(list(keys.values())) == {}
+    assert redis_client.exists(*keys.values()) == 0
+    assert cache.misses == len(keys)
+
+
+class _ArmedPayload:
+    """Unpickling this creates `marker`: the side effect a pickle-decoding cache would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_cache_value_that_is_a_pickle_is_never_unpickled(
+    cache: ResultCache, redis_client: redis.Redis, tmp_path: Path
+) -> None:
+    # Prove the payload is armed: unpickling it really creates its marker file.
+    proof = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_ArmedPayload(proof))).close()
+    assert proof.exists()
+    marker = tmp_path / "unpickled"
+    key = f"{cache.prefix}:bt:pickled"
+    redis_client.set(key, pickle.dumps(_ArmedPayload(marker)), ex=600)
+
+    assert cache.get_many([key]) == {}
+
+    assert not marker.exists()
+    assert redis_client.exists(key) == 0
+
+
+def test_stats_count_entries_hits_misses_and_memory(cache: ResultCache) -> None:
+    stored(cache, make_result("BTC"), make_result("ETH"), make_result("SOL"))
+    cache.record_hits(5, 3)
+    cache.record_hits(1, 0)
+
+    stats = cache.stats()
+
+    assert stats["available"] is True
+    assert stats["keys"] == 3  # result entries only, not indexes or counters
+    assert (stats["hits"], stats["misses"]) == (6, 3)
+    assert stats["hit_rate"] == pytest.approx(6 / 9)
+    assert stats["used_memory"] > 0
+
+
+def test_stats_of_an_empty_prefix_have_no_hit_rate(cache: ResultCache) -> None:
+    stats = cache.stats()
+    assert (stats["keys"], stats["hits"], stats["misses"], stats["hit_rate"]) == (0, 0, 0, None)
+
+
+def test_disabled_cache_is_a_no_op_without_warning() -> None:
+    settings = Settings(redis_url="", cache_enabled=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cache in (ResultCache(None), ResultCache.from_settings(settings)):
+            assert not cache.enabled
+            assert cache.put_many([("k", make_result())]) == 0
+            assert cache.get_many(["k"]) == {}
+            assert cache.invalidate_symbol("BTC") == 0
+            assert cache.clear() == 0
+            cache.record_hits(1, 1)
+            assert cache.stats()["enabled"] is False
+            assert not cache.warned
+
+
+def test_from_settings_uses_the_settings_prefix_ttl_and_timeout(redis_url: str) -> None:
+    settings = Settings(
+        redis_url=redis_url,
+        cache_prefix="custom",
+        cache_ttl_seconds=60,
+        redis_timeout_seconds=0.25,
+    )
+    cache = ResultCache.from_settings(settings)
+
+    assert (cache.prefix, cache.ttl_seconds, cache.timeout_seconds) == ("custom", 60, 0.25)
+    assert cache.key(**KEY_FIELDS).startswith("custom:bt:")
+    cache.close()
