@@ -318,7 +318,8 @@ def extract_changed(
     since = since or datetime(1970, 1, 1, tzinfo=UTC)
     use_psql = shutil.which("psql") is not None
     with connect(url) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
         watermark, id_end, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
         symbols = symbol_names(conn)
         bounds = np.linspace(1, max(id_end, 2), num=max(connections, 1) + 1).astype(int)
@@ -334,7 +335,7 @@ def extract_changed(
                 payloads = list(pool.map(lambda s: _copy_out_psql(url, snapshot_name, s[1]), statements))
         else:
             payloads = [_copy_out_psycopg(conn, statement) for _, statement in statements]
-        conn.execute("COMMIT")
+        conn.commit()
     frames: dict[str, list[pl.DataFrame]] = {interval: [] for interval in intervals}
     for (interval, _), payload in zip(statements, payloads, strict=True):
         frames[interval].append(_decode_extract(payload))

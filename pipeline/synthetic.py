@@ -61,6 +61,11 @@ def generate_symbol(rng: np.random.Generator, hours: int, start: datetime) -> pl
     volume = np.exp(rng.normal(np.log(1e5 / np.sqrt(start_price)), 0.8, size=n)) * (
         1.0 + 50.0 * np.abs(log_returns)
     )
+    # Exchanges quote on a tick (here 6 significant digits of the bar's close) and
+    # volumes in lots; one tick per bar keeps low <= open, close <= high after rounding.
+    tick = 10.0 ** (np.floor(np.log10(close)) - 5)
+    open_, high, low, close = (np.round(x / tick) * tick for x in (open_, high, low, close))
+    volume = np.round(volume, 2)
     keep = np.ones(n, dtype=bool)
     for _ in range(rng.poisson(3)):  # exchange outages
         at = int(rng.integers(0, n))

@@ -9,8 +9,9 @@ merely close:
 
 - SMA: running sum, each value `sum / period`.
 - EMA: seeded with the SMA of the first `period` values, then
-  `fma(x - prev, k, prev)` with `k = 2 / (period + 1)` (TA-Lib's EMA is a fused
-  multiply-add since 0.7; a separate multiply and add differs in the last bit).
+  `fma(x - prev, k, prev)` with `k = 2 / (period + 1)` (TA-Lib's EMA step is a
+  fused multiply-add; a separate multiply and add differs in the last bit);
+  period 1 is a copy of the input.
 - RSI: Wilder; the first `period` gains/losses averaged, then
   `(avg * (period - 1) + new) * (1 / period)`; output 0 when avg gain + avg loss
   is exactly 0 (0.8.x dropped the old 1e-8 epsilon, which zeroed RSI for
@@ -94,6 +95,11 @@ def _ema_from(x, period, k, start, out):
     # TA-Lib's TA_INT_EMA asked for outputs from `start` on: seed with the mean of
     # the `period` values ending at `start`, then step with a fused multiply-add.
     n = x.shape[0]
+    if period == 1:
+        # TA-Lib copies the input for period 1 (k = 1 would round x - prev + prev).
+        for i in range(start, n):
+            out[i] = x[i]
+        return
     total = 0.0
     for i in range(start - period + 1, start + 1):
         total += x[i]
@@ -276,8 +282,9 @@ def macd_1d(x, fast, slow, signal, macd_out, signal_out):
     fast_prev = fast_total / fast
     macd_out[slow - 1] = fast_prev - slow_prev
     for i in range(slow, n):
-        slow_prev = _fma(x[i] - slow_prev, k_slow, slow_prev)
-        fast_prev = _fma(x[i] - fast_prev, k_fast, fast_prev)
+        # A period-1 EMA is the input itself, as in ema_1d.
+        slow_prev = x[i] if slow == 1 else _fma(x[i] - slow_prev, k_slow, slow_prev)
+        fast_prev = x[i] if fast == 1 else _fma(x[i] - fast_prev, k_fast, fast_prev)
         macd_out[i] = fast_prev - slow_prev
     _ema_from(macd_out, signal, 2.0 / (signal + 1), first, signal_out)
     # TA-Lib reports the MACD line only where the signal line exists.

@@ -1,0 +1,116 @@
+"""The export's steps, PostgreSQL -> lake. `flows/export.py` runs them as Prefect tasks;
+`run_export` runs the same steps in-process (cron, tests, `cryptobt export --no-prefect`).
+
+Steps hand each other paths, not frames: the extract lands in the lake's staging area
+as Parquet, so a retried commit never re-reads PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import polars as pl
+
+from pipeline import lake, source
+from pipeline.config import Settings
+
+
+@dataclass(frozen=True)
+class StagedExtract:
+    path: Path  # Parquet of the changed hourly rows
+    symbols_path: Path
+    watermark: datetime
+    rows_read: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    snapshot_id: str
+    created: bool
+    rows_read: int
+    changed_symbols: list[str]
+    files_written: int
+    files_linked: int
+    removed_snapshots: list[str]
+    seconds: float
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_read / self.seconds if self.seconds > 0 else float("inf")
+
+
+def since_for(settings: Settings, full: bool) -> datetime | None:
+    """The watermark to read from: None (everything) for a full or first export."""
+    parent = lake.current_snapshot(settings.lake_root)
+    return None if full or parent is None else parent.watermark
+
+
+def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtract:
+    """Read the rows changed since `since` and park them in the lake's staging area."""
+    started = time.perf_counter()
+    extract = source.extract_changed(
+        settings.database_url, since, connections=settings.export_connections
+    )
+    staging = Path(settings.lake_root) / ".staging"
+    staging.mkdir(parents=True, exist_ok=True)
+    stem = lake.new_snapshot_id()
+    path = staging / f"extract-{stem}.parquet"
+    extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_parquet(path, compression="lz4")
+    symbols_path = staging / f"extract-{stem}.symbols.json"
+    symbols_path.write_text(json.dumps({str(k): v for k, v in extract.symbols.items()}))
+    return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
+                         time.perf_counter() - started)
+
+
+def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
+                  fail_at: str | None = None) -> lake.CommitResult:
+    """Merge the staged rows into a new snapshot (or none, if nothing changed)."""
+    hourly = pl.read_parquet(staged.path)
+    symbols = {int(k): v for k, v in json.loads(staged.symbols_path.read_text()).items()}
+    result = lake.commit(
+        settings.lake_root, hourly, symbols, full=full, watermark=staged.watermark,
+        rows_read=staged.rows_read, source="postgresql", fail_at=fail_at,
+    )
+    staged.path.unlink(missing_ok=True)
+    staged.symbols_path.unlink(missing_ok=True)
+    return result
+
+
+def vacuum(settings: Settings) -> list[str]:
+    return lake.vacuum(settings.lake_root, keep=settings.snapshot_keep,
+                       keep_hours=settings.snapshot_keep_hours)
+
+
+def run_export(
+    settings: Settings,
+    *,
+    full: bool = False,
+    wait_seconds: float = 0.0,
+    fail_at: str | None = None,
+    log: Callable[[str], None] = lambda _: None,
+) -> ExportReport:
+    """Export PostgreSQL into a new lake snapshot, in-process. `fail_at` is for kill tests."""
+    started = time.perf_counter()
+    lake.check_writable(settings.lake_root)
+    with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
+        since = since_for(settings, full)
+        log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
+        staged = extract_to_staging(settings, since)
+        log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
+        if fail_at == "after-read":
+            os._exit(137)
+        result = commit_staged(settings, staged, full, fail_at=fail_at)
+        removed = vacuum(settings)
+    return ExportReport(
+        snapshot_id=result.snapshot.id, created=result.created, rows_read=result.rows_read,
+        changed_symbols=result.changed_symbols, files_written=result.files_written,
+        files_linked=result.files_linked, removed_snapshots=removed,
+        seconds=time.perf_counter() - started,
+    )

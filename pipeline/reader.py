@@ -1,0 +1,203 @@
+"""DuckDB reads from the lake into aligned arrays for the kernels: one batched read.
+
+For a set of symbols (or all), an interval, a date range and a column list, one
+DuckDB scan over the snapshot's files (only the years in range; row groups of other
+symbols are skipped by their statistics) fills (symbols x time) float64 arrays on a
+regular grid, NaN where a symbol has no bar. Kernels skip NaN bars, so a gap stays a
+gap (SPEC section 3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from pipeline import lake
+from pipeline.errors import PipelineError
+
+STEP_SECONDS = {"1h": 3_600, "1d": 86_400}
+BARS_PER_YEAR = {"1h": 8_760, "1d": 365}
+ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
+DEFAULT_MAX_POINTS = 50_000
+
+
+@dataclass
+class PriceBatch:
+    """Aligned prices of many symbols: `columns[name][i, t]` is symbol i at `times[t]`."""
+
+    snapshot_id: str
+    interval: str
+    symbols: list[str]
+    times: np.ndarray  # int64 epoch seconds of each grid column (bar open time, UTC)
+    columns: dict[str, np.ndarray]
+    data_versions: list[str]
+    requested_start: datetime | None = None
+    requested_end: datetime | None = None
+    bars: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def bars_per_year(self) -> int:
+        return BARS_PER_YEAR[self.interval]
+
+    def first_last(self) -> tuple[np.ndarray, np.ndarray]:
+        """Grid index of each symbol's first and last bar (-1 when it has none)."""
+        valid = ~np.isnan(self.columns["close"])
+        has = valid.any(axis=1)
+        first = np.where(has, valid.argmax(axis=1), -1)
+        last = np.where(has, valid.shape[1] - 1 - valid[:, ::-1].argmax(axis=1), -1)
+        return first, last
+
+
+def parse_timerange(text: str | None) -> tuple[datetime | None, datetime | None]:
+    """freqtrade's `YYYYMMDD-YYYYMMDD`, either side open (`20240101-`, `-20241231`).
+
+    The end date is inclusive: `20240101-20240131` covers all of January.
+    """
+    if text is None or text.strip() == "":
+        return None, None
+    parts = text.strip().split("-")
+    if len(parts) != 2:
+        raise PipelineError(f"--timerange {text!r} is not YYYYMMDD-YYYYMMDD (either side may be empty)")
+
+    def parse(part: str) -> datetime | None:
+        if part == "":
+            return None
+        try:
+            return datetime.strptime(part, "%Y%m%d").replace(tzinfo=UTC)
+        except ValueError:
+            raise PipelineError(f"--timerange {text!r}: {part!r} is not a date in YYYYMMDD form") from None
+
+    start, end = parse(parts[0]), parse(parts[1])
+    if start is None and end is None:
+        raise PipelineError(f"--timerange {text!r} names no date; use YYYYMMDD-YYYYMMDD")
+    if end is not None:
+        end = end + timedelta(days=1)  # inclusive end day -> exclusive bound
+    if start is not None and end is not None and start >= end:
+        raise PipelineError(f"--timerange {text!r}: start is after end")
+    return start, end
+
+
+def resolve_symbols(snapshot: lake.Snapshot, symbols: list[str] | None) -> list[str]:
+    """The requested symbols in lake order, or all; unknown ones are an error naming them."""
+    known = snapshot.symbols
+    if not symbols:
+        return sorted(known)
+    missing = [s for s in symbols if s not in known]
+    if missing:
+        sample = ", ".join(sorted(known)[:8])
+        raise PipelineError(
+            f"unknown symbol(s) {', '.join(repr(s) for s in missing)}; the lake has {len(known)} "
+            f"symbols (e.g. {sample}); see `cryptobt lake snapshots`"
+        )
+    return list(dict.fromkeys(symbols))
+
+
+def choose_interval(snapshot: lake.Snapshot, symbols: list[str], start: datetime | None,
+                    end: datetime | None, max_points: int) -> str:
+    """`auto`: 1h when every symbol's hourly bars in range fit in `max_points`, else 1d."""
+    metas = [snapshot.symbols[s].get("1h") for s in symbols]
+    metas = [m for m in metas if m]
+    if not metas:
+        return "1d"
+    first = min(datetime.fromisoformat(m["first"]) for m in metas)
+    last = max(datetime.fromisoformat(m["last"]) for m in metas)
+    lo = max(first, start) if start else first
+    hi = min(last + timedelta(hours=1), end) if end else last + timedelta(hours=1)
+    hours = max((hi - lo).total_seconds() / 3600, 0)
+    return "1h" if hours <= max_points else "1d"
+
+
+def read_prices(
+    lake_root: Path,
+    symbols: list[str] | None = None,
+    interval: str = "1h",
+    start: datetime | None = None,
+    end: datetime | None = None,
+    columns: tuple[str, ...] = ("open", "close"),
+    max_points: int = DEFAULT_MAX_POINTS,
+    snapshot: lake.Snapshot | None = None,
+) -> PriceBatch:
+    """One batched read of `columns` for `symbols` (None = all) in [start, end)."""
+    snapshot = snapshot or lake.require_snapshot(Path(lake_root))
+    if interval not in ("1h", "1d", "auto"):
+        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    bad = [c for c in columns if c not in ALLOWED_COLUMNS]
+    if bad:
+        raise PipelineError(f"unknown column(s) {', '.join(bad)}; allowed: {', '.join(ALLOWED_COLUMNS)}")
+    if start is not None and end is not None and start >= end:
+        raise PipelineError(f"start {start.isoformat()} is not before end {end.isoformat()}")
+    names = resolve_symbols(snapshot, symbols)
+    if interval == "auto":
+        interval = choose_interval(snapshot, names, start, end, max_points)
+    columns = tuple(dict.fromkeys(("close", *columns)))
+    versions = [snapshot.symbols[s]["data_version"] for s in names]
+    ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
+
+    years = None
+    if start is not None or end is not None:
+        lo_year = start.year if start else 1970
+        hi_year = (end - timedelta(microseconds=1)).year if end else 9999
+        years = range(lo_year, hi_year + 1)
+    files = [str(p) for p in snapshot.files(interval, years)]
+    empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
+                       {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
+                       np.zeros(len(names), dtype=np.int64))
+    if not files or not names:
+        return empty
+
+    filters, params = [], []
+    if symbols:
+        filters.append(f"symbol_id IN ({', '.join('?' * len(ids))})")
+        params.extend(int(i) for i in ids)
+    if start is not None:
+        filters.append("ts >= ?")
+        params.append(start)
+    if end is not None:
+        filters.append("ts < ?")
+        params.append(end)
+    where = ("WHERE " + " AND ".join(filters)) if filters else ""
+    select = ", ".join(columns)
+    query = (
+        f"SELECT symbol_id, epoch(ts)::BIGINT AS t, {select} "  # noqa: S608 - names checked above
+        f"FROM read_parquet(?) {where}"
+    )
+    with duckdb.connect() as con:
+        data = con.execute(query, [files, *params]).fetchnumpy()
+    if len(data["t"]) == 0:
+        return empty
+    t = np.asarray(data["t"], dtype=np.int64)
+    step = STEP_SECONDS[interval]
+    t0 = int(t.min())
+    width = int((t.max() - t0) // step) + 1
+    row_of = np.full(int(ids.max()) + 1 if ids.size else 1, -1, dtype=np.int64)
+    row_of[ids] = np.arange(ids.size)
+    rows = row_of[np.asarray(data["symbol_id"], dtype=np.int64)]
+    cols = (t - t0) // step
+    out = {}
+    for name in columns:
+        matrix = np.full((len(names), width), np.nan)
+        matrix[rows, cols] = np.asarray(data[name], dtype=np.float64)
+        out[name] = matrix
+    bars = np.bincount(rows, minlength=len(names)).astype(np.int64)
+    times = t0 + np.arange(width, dtype=np.int64) * step
+    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars)
+
+
+def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h") -> str:
+    """DuckDB's EXPLAIN ANALYZE of the one-symbol, one-year read (for tests and the docs)."""
+    snapshot = lake.require_snapshot(Path(lake_root))
+    symbol_id = snapshot.symbols[symbol]["symbol_id"]
+    files = [str(p) for p in snapshot.files(interval, range(year, year + 1))]
+    start = datetime(year, 1, 1, tzinfo=UTC)
+    with duckdb.connect() as con:
+        con.execute("PRAGMA enable_profiling = 'json'")
+        rows = con.execute(
+            "EXPLAIN ANALYZE SELECT epoch(ts), close FROM read_parquet(?) "
+            "WHERE symbol_id = ? AND ts >= ? AND ts < ?",
+            [files, symbol_id, start, start.replace(year=year + 1)],
+        ).fetchall()
+    return "\n".join(str(r[1]) for r in rows)

@@ -1,0 +1,220 @@
+"""Plain-Python references for the kernels, written from SPEC sections 3 and 4.
+
+Nothing here imports pipeline.kernels: indicators come from TA-Lib, and the
+signal rules and the portfolio simulation are straightforward loops over Python
+floats, so that a test comparing the kernels with these checks them against an
+independent reading of the contract.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import numpy as np
+import talib
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full(n, np.nan)
+
+
+def reference_indicators(strategy: str, close: np.ndarray, params: dict) -> dict[str, np.ndarray]:
+    """The indicator series a strategy's signals read, computed with TA-Lib."""
+    close = np.ascontiguousarray(close, dtype=np.float64)
+    n = close.shape[0]
+    if strategy == "rsi":
+        period = int(params["rsi_period"])
+        rsi = talib.RSI(close, period) if n > 0 else _nan(0)
+        return {"rsi": rsi}
+    if strategy == "ma_crossover":
+        fast = talib.SMA(close, int(params["fast_period"])) if n > 0 else _nan(0)
+        slow = talib.SMA(close, int(params["slow_period"])) if n > 0 else _nan(0)
+        return {"fast": fast, "slow": slow}
+    if strategy == "bollinger":
+        period = int(params["bb_period"])
+        nbdev = float(params["bb_std"])
+        if period == 1:
+            # TA-Lib refuses period 1; a one-bar window has zero deviation, so
+            # all three bands are the close itself.
+            return {"upper": close.copy(), "middle": close.copy(), "lower": close.copy()}
+        if n == 0:
+            return {"upper": _nan(0), "middle": _nan(0), "lower": _nan(0)}
+        upper, middle, lower = talib.BBANDS(close, period, nbdev, nbdev, 0)
+        return {"upper": upper, "middle": middle, "lower": lower}
+    if strategy == "macd":
+        if n == 0:
+            return {"macd": _nan(0), "signal": _nan(0)}
+        macd, signal, _hist = talib.MACD(
+            close, int(params["fast_period"]), int(params["slow_period"]), int(params["signal_period"])
+        )
+        return {"macd": macd, "signal": signal}
+    if strategy == "buy_and_hold":
+        return {}
+    raise ValueError(strategy)
+
+
+def _below(a_prev: float, a_now: float, b_prev: float, b_now: float) -> bool:
+    if any(math.isnan(v) for v in (a_prev, a_now, b_prev, b_now)):
+        return False
+    return a_now < b_now and a_prev >= b_prev
+
+
+def _above(a_prev: float, a_now: float, b_prev: float, b_now: float) -> bool:
+    if any(math.isnan(v) for v in (a_prev, a_now, b_prev, b_now)):
+        return False
+    return a_now > b_now and a_prev <= b_prev
+
+
+def reference_signals(
+    strategy: str, close: np.ndarray, params: dict
+) -> tuple[list[bool], list[bool], list[float]]:
+    """(entries, exits, recorded indicator value) per bar, from SPEC section 3's table."""
+    ind = {k: [float(v) for v in arr] for k, arr in reference_indicators(strategy, close, params).items()}
+    n = len(close)
+    entries = [False] * n
+    exits = [False] * n
+    values = [math.nan] * n
+    c = [float(v) for v in close]
+    for t in range(n):
+        if strategy == "rsi":
+            r = ind["rsi"]
+            os_, ob = float(params["oversold_threshold"]), float(params["overbought_threshold"])
+            values[t] = r[t]
+            if t > 0:
+                entries[t] = _below(r[t - 1], r[t], os_, os_)
+                exits[t] = _above(r[t - 1], r[t], ob, ob)
+        elif strategy == "ma_crossover":
+            f, s = ind["fast"], ind["slow"]
+            values[t] = f[t]
+            if t > 0:
+                entries[t] = _above(f[t - 1], f[t], s[t - 1], s[t])
+                exits[t] = _below(f[t - 1], f[t], s[t - 1], s[t])
+        elif strategy == "bollinger":
+            up, low = ind["upper"], ind["lower"]
+            if t > 0:
+                entries[t] = _below(c[t - 1], c[t], low[t - 1], low[t])
+                exits[t] = _above(c[t - 1], c[t], up[t - 1], up[t])
+            values[t] = low[t] if entries[t] else up[t]
+        elif strategy == "macd":
+            m, s = ind["macd"], ind["signal"]
+            values[t] = m[t]
+            if t > 0:
+                entries[t] = _above(m[t - 1], m[t], s[t - 1], s[t])
+                exits[t] = _below(m[t - 1], m[t], s[t - 1], s[t])
+        elif strategy == "buy_and_hold":
+            entries[t] = t == 0
+            values[t] = c[t]
+    return entries, exits, values
+
+
+@dataclass
+class Trade:
+    bar: int
+    signal_bar: int
+    action: int  # 1 buy, -1 sell
+    price: float
+    units: float
+    value: float
+    fee: float
+    indicator: float
+
+
+@dataclass
+class Backtest:
+    metrics: dict[str, float]
+    trades: list[Trade] = field(default_factory=list)
+    equity: list[float] = field(default_factory=list)
+
+
+def reference_backtest(
+    open_: np.ndarray,
+    close: np.ndarray,
+    entries: list[bool],
+    exits: list[bool],
+    values: list[float],
+    fee_frac: float,
+    initial: float,
+    fill: str,
+    bars_per_year: float,
+) -> Backtest:
+    """SPEC section 4, bar by bar: long-only, all-in/all-out, at most one position."""
+    n = len(close)
+    o = [float(v) for v in open_]
+    c = [float(v) for v in close]
+    cash = float(initial)
+    units = 0.0
+    long = False
+    cash_before_buy = 0.0
+    order: tuple[str, int] | None = None  # (side, signal bar) waiting for the next open
+    trades: list[Trade] = []
+    equity: list[float] = []
+    held = 0
+    wins = 0
+
+    def buy(t: int, signal_bar: int, price: float) -> None:
+        nonlocal cash, units, long, cash_before_buy
+        fee = cash * fee_frac
+        units = (cash - fee) / price
+        trades.append(Trade(t, signal_bar, 1, price, units, cash, fee, values[signal_bar]))
+        cash_before_buy = cash
+        cash = 0.0
+        long = True
+
+    def sell(t: int, signal_bar: int, price: float) -> None:
+        nonlocal cash, units, long, wins
+        proceeds = units * price
+        fee = proceeds * fee_frac
+        cash = proceeds - fee
+        trades.append(Trade(t, signal_bar, -1, price, units, cash, fee, values[signal_bar]))
+        if cash > cash_before_buy:
+            wins += 1
+        units = 0.0
+        long = False
+
+    for t in range(n):
+        if order is not None:
+            side, signal_bar = order
+            order = None
+            if side == "buy":
+                buy(t, signal_bar, o[t])
+            else:
+                sell(t, signal_bar, o[t])
+        want_buy = (not long) and entries[t]
+        want_sell = long and exits[t]
+        if want_buy or want_sell:
+            if fill == "close":
+                (buy if want_buy else sell)(t, t, c[t])
+            elif t + 1 < n:  # next_open: a signal on the last bar is not filled
+                order = ("buy" if want_buy else "sell", t)
+        equity.append(cash + units * c[t])
+        if long:
+            held += 1
+
+    final_value = cash + units * c[-1] if n else cash
+    returns = [equity[t] / equity[t - 1] - 1.0 for t in range(1, n)]
+    sharpe = math.nan
+    if len(returns) >= 2:
+        sd = statistics.stdev(returns)
+        if sd > 0:
+            sharpe = statistics.mean(returns) / sd * math.sqrt(bars_per_year)
+    max_dd = 0.0
+    peak = -math.inf
+    for e in equity:
+        peak = max(peak, e)
+        max_dd = max(max_dd, (peak - e) / peak)
+    closed = sum(1 for tr in trades if tr.action == -1)
+    metrics = {
+        "final_value": final_value,
+        "total_return_pct": (final_value / initial - 1.0) * 100.0,
+        "buy_hold_return_pct": (c[-1] / c[0] - 1.0) * 100.0 if n else math.nan,
+        "num_trades": float(sum(1 for tr in trades if tr.action == 1)),
+        "closed_trades": float(closed),
+        "win_rate_pct": wins / closed * 100.0 if closed else math.nan,
+        "max_drawdown_pct": max_dd * 100.0 if n else math.nan,
+        "sharpe": sharpe,
+        "exposure_pct": held / n * 100.0 if n else math.nan,
+        "bars": float(n),
+    }
+    return Backtest(metrics, trades, equity)
