@@ -1,11 +1,13 @@
-"""The simulator and batch kernels: SPEC section 4 by hand, against the reference, causality, determinism."""
+"""Simulator and batch kernels: SPEC section 4 by hand, the reference, causality, determinism."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numba
 import numpy as np
+import pyarrow.feather as feather
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,7 +20,10 @@ from pipeline.kernels.simulate import simulate_1d
 from tests.reference import reference_backtest, reference_signals
 
 HYP = settings(max_examples=25, deadline=None)
+BINANCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-5m"
+BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))
 SIM_METRICS = enums.METRIC_NAMES[: enums.N_SIM_METRICS]
+ALL_STRATEGIES = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
 
 # --- helpers ----------------------------------------------------------------------
@@ -163,7 +168,7 @@ def test_sharpe_is_nan_without_two_returns_or_without_variation():
 
 
 @pytest.mark.parametrize("fill", ["close", "next_open"])
-@pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
+@pytest.mark.parametrize("name", ALL_STRATEGIES)
 @HYP
 @given(data=st.data())
 def test_simulator_matches_the_reference_trade_by_trade(name, fill, data):
@@ -185,6 +190,43 @@ def test_simulator_matches_the_reference_trade_by_trade(name, fill, data):
                                    rtol=1e-9, atol=0, err_msg=field)
     np.testing.assert_allclose(equity, ref.equity, rtol=1e-9, atol=0)
     assert_metrics_close(dict(zip(enums.METRIC_NAMES, metrics, strict=True)), ref.metrics)
+
+
+@pytest.fixture(scope="module")
+def binance_markets():
+    if len(BINANCE_FILES) != 10:
+        pytest.fail(f"expected the ten real Binance 5m files in {BINANCE_DIR}")
+    markets = {}
+    for path in BINANCE_FILES:
+        table = feather.read_table(path, columns=["open", "close"])
+        markets[path.stem] = tuple(
+            np.ascontiguousarray(table[c].to_numpy(), dtype=np.float64) for c in ("open", "close")
+        )
+    return markets
+
+
+@pytest.mark.parametrize("fill", ["close", "next_open"])
+def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, fill):
+    total_trades = 0
+    for symbol, (open_, close) in binance_markets.items():
+        for name in ALL_STRATEGIES:
+            params = strategies.resolve_params(name, {})
+            entries, exits, values = reference_signals(name, close, params)
+            ref = reference_backtest(open_, close, entries, exits, values, 0.001, 1000.0, fill,
+                                     105120.0)
+            metrics, trades, equity = batch.run_single(
+                strategies.get_strategy(name).code, open_, close, param_row(name, params), 0.001,
+                1000.0, fill == "next_open", 105120.0)
+            where = f"{symbol} {name}"
+            assert [(int(t["bar"]), int(t["action"])) for t in trades] == [
+                (t.bar, t.action) for t in ref.trades], where
+            for field in ("price", "units", "value", "fee", "indicator"):
+                np.testing.assert_allclose(trades[field], [getattr(t, field) for t in ref.trades],
+                                           rtol=1e-9, atol=0, err_msg=f"{where} {field}")
+            np.testing.assert_allclose(equity, ref.equity, rtol=1e-9, atol=0, err_msg=where)
+            assert_metrics_close(dict(zip(enums.METRIC_NAMES, metrics, strict=True)), ref.metrics)
+            total_trades += len(trades)
+    assert total_trades > 100  # the comparison is about real trades, not empty logs
 
 
 # --- causality ------------------------------------------------------------------------
@@ -266,11 +308,13 @@ def test_run_grid_over_a_sweep_equals_the_same_combos_run_one_by_one(name, next_
 def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
     rng = np.random.default_rng(5)
     open_, close = gappy_panel(rng, 9, 800)
-    combos, recompute, _ = strategies.combos_matrix("rsi", strategies.parse_grid("rsi", SWEEPS["rsi"]))
+    grid = strategies.parse_grid("rsi", SWEEPS["rsi"])
+    combos, recompute, _ = strategies.combos_matrix("rsi", grid)
+    assert numba.config.NUMBA_NUM_THREADS >= 2, "set NUMBA_NUM_THREADS >= 2 to test parallel runs"
     results = []
     before = numba.get_num_threads()
     try:
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
             out = np.empty((9, len(combos), enums.N_METRICS))
             batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0,
@@ -278,7 +322,7 @@ def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
             results.append(out)
     finally:
         numba.set_num_threads(before)
-    assert results[0].tobytes() == results[1].tobytes()
+    assert results[0].tobytes() == results[1].tobytes() == results[2].tobytes()
 
 
 def test_missing_bars_are_skipped_not_filled():
@@ -328,7 +372,7 @@ def test_symbols_with_too_few_bars_or_none_get_a_status_and_zero_trades():
     assert (out[2, 0, enums.M_FIRST_INDEX], out[2, 0, enums.M_LAST_INDEX]) == (-1, -1)
 
 
-@pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
+@pytest.mark.parametrize("name", ALL_STRATEGIES)
 @settings(max_examples=20, deadline=None)
 @given(data=st.data())
 def test_no_signal_fires_before_the_warmup(name, data):
@@ -347,46 +391,3 @@ def test_a_signal_can_fire_on_the_last_warmup_bar():
                                                      "overbought_threshold": 70.0})
     assert entries[3] and strategies.warmup_bars("rsi", {"rsi_period": 2}) == 4
 
-
-DEFAULT_STRATEGIES = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
-
-
-@pytest.fixture(scope="module")
-def binance_markets():
-    import pyarrow.feather as feather
-
-    from tests.test_indicators import BINANCE_FILES
-
-    if len(BINANCE_FILES) != 10:
-        pytest.fail("expected the ten real Binance 5m files in ../shared/data/binance-5m")
-    markets = {}
-    for path in BINANCE_FILES:
-        table = feather.read_table(path, columns=["open", "close"])
-        markets[path.stem] = tuple(
-            np.ascontiguousarray(table[c].to_numpy(), dtype=np.float64) for c in ("open", "close")
-        )
-    return markets
-
-
-@pytest.mark.parametrize("fill", ["close", "next_open"])
-def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, fill):
-    total_trades = 0
-    for symbol, (open_, close) in binance_markets.items():
-        for name in DEFAULT_STRATEGIES:
-            params = strategies.resolve_params(name, {})
-            entries, exits, values = reference_signals(name, close, params)
-            ref = reference_backtest(open_, close, entries, exits, values, 0.001, 1000.0, fill,
-                                     105120.0)
-            metrics, trades, equity = batch.run_single(
-                strategies.get_strategy(name).code, open_, close, param_row(name, params), 0.001,
-                1000.0, fill == "next_open", 105120.0)
-            where = f"{symbol} {name}"
-            assert [(int(t["bar"]), int(t["action"])) for t in trades] == [
-                (t.bar, t.action) for t in ref.trades], where
-            for field in ("price", "units", "value", "fee", "indicator"):
-                np.testing.assert_allclose(trades[field], [getattr(t, field) for t in ref.trades],
-                                           rtol=1e-9, atol=0, err_msg=f"{where} {field}")
-            np.testing.assert_allclose(equity, ref.equity, rtol=1e-9, atol=0, err_msg=where)
-            assert_metrics_close(dict(zip(enums.METRIC_NAMES, metrics, strict=True)), ref.metrics)
-            total_trades += len(trades)
-    assert total_trades > 100  # the comparison is about real trades, not empty logs

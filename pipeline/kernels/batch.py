@@ -62,17 +62,17 @@ def _finish_row(metrics, m, index, warmup):
 
 @njit(cache=True, parallel=True)
 def run_grid(
-    strategy_code,
-    open2d,
-    close2d,
-    combos,
-    recompute,
-    fee_frac,
-    initial,
-    fill_next_open,
-    bars_per_year,
-    out,
-):
+    strategy_code: int,
+    open2d: np.ndarray,
+    close2d: np.ndarray,
+    combos: np.ndarray,
+    recompute: np.ndarray,
+    fee_frac: float,
+    initial: float,
+    fill_next_open: bool,
+    bars_per_year: float,
+    out: np.ndarray,
+) -> None:
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and combo c.
 
     Args:
@@ -127,15 +127,15 @@ def run_grid(
 
 @njit(cache=True)
 def run_single(
-    strategy_code,
-    open1d,
-    close1d,
-    params,
-    fee_frac,
-    initial,
-    fill_next_open,
-    bars_per_year,
-):
+    strategy_code: int,
+    open1d: np.ndarray,
+    close1d: np.ndarray,
+    params: np.ndarray,
+    fee_frac: float,
+    initial: float,
+    fill_next_open: bool,
+    bars_per_year: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One symbol, one combo, with the trade log and the equity curve.
 
     Args:
@@ -180,7 +180,7 @@ def run_single(
 
 
 @njit(cache=True)
-def indicators_single(strategy_code, close1d, params):
+def indicators_single(strategy_code: int, close1d: np.ndarray, params: np.ndarray) -> np.ndarray:
     """The strategy's indicator buffers for one symbol, on the time grid (NaN at missing bars).
 
     Returns a (N_IND_BUFFERS x T) array; see indicators.strategy_indicators_1d

@@ -14,8 +14,8 @@ merely close:
   period 1 is a copy of the input.
 - RSI: Wilder; the first `period` gains/losses averaged, then
   `(avg * (period - 1) + new) * (1 / period)`; output 0 when avg gain + avg loss
-  is exactly 0 (0.8.x dropped the old 1e-8 epsilon, which zeroed RSI for
-  satoshi-priced pairs).
+  is exactly 0 (older TA-Lib releases compared with a fixed epsilon, 1e-8 then
+  1e-14, which zeroed the RSI of satoshi-priced pairs; the bundled one does not).
 - BBANDS (SMA middle band): population variance from running sums of
   deviations from a shift, re-anchored to the window mean with a two-pass
   rebuild when cancellation threatens (variance < 1e-6 of the mean squared
@@ -74,7 +74,7 @@ def fma_nb(a: float, b: float, c: float) -> float:
 
 
 @njit(cache=True)
-def sma_1d(x, period, out):
+def sma_1d(x: np.ndarray, period: int, out: np.ndarray) -> None:
     """Simple moving average (TA-Lib SMA). First value at index period-1."""
     n = x.shape[0]
     out[:] = np.nan
@@ -111,7 +111,7 @@ def _ema_from(x, period, k, start, out):
 
 
 @njit(cache=True)
-def ema_1d(x, period, out):
+def ema_1d(x: np.ndarray, period: int, out: np.ndarray) -> None:
     """Exponential moving average (TA-Lib EMA), seeded with the SMA of the first `period` values."""
     n = x.shape[0]
     out[:] = np.nan
@@ -124,7 +124,7 @@ def ema_1d(x, period, out):
 
 
 @njit(cache=True)
-def rsi_1d(x, period, out):
+def rsi_1d(x: np.ndarray, period: int, out: np.ndarray) -> None:
     """Wilder's RSI (TA-Lib RSI). First value at index `period`."""
     n = x.shape[0]
     out[:] = np.nan
@@ -169,7 +169,7 @@ def rsi_1d(x, period, out):
 
 
 @njit(cache=True)
-def bb_std_1d(x, period, middle, std):
+def bb_std_1d(x: np.ndarray, period: int, middle: np.ndarray, std: np.ndarray) -> None:
     """SMA middle band and population standard deviation, as TA-Lib's BBANDS computes them.
 
     Split from `bbands_1d` so a sweep over `bb_std` reuses one computation:
@@ -237,7 +237,9 @@ def bb_std_1d(x, period, middle, std):
 
 
 @njit(cache=True)
-def bands_from_std_1d(middle, std, nbdev, upper, lower):
+def bands_from_std_1d(
+    middle: np.ndarray, std: np.ndarray, nbdev: float, upper: np.ndarray, lower: np.ndarray
+) -> None:
     """upper/lower = middle +/- std * nbdev (NaN stays NaN)."""
     for i in range(middle.shape[0]):
         width = std[i] * nbdev
@@ -246,7 +248,14 @@ def bands_from_std_1d(middle, std, nbdev, upper, lower):
 
 
 @njit(cache=True)
-def bbands_1d(x, period, nbdev, upper, middle, lower):
+def bbands_1d(
+    x: np.ndarray,
+    period: int,
+    nbdev: float,
+    upper: np.ndarray,
+    middle: np.ndarray,
+    lower: np.ndarray,
+) -> None:
     """Bollinger bands (TA-Lib BBANDS, matype=SMA, nbdevup = nbdevdn = nbdev)."""
     std = np.empty(x.shape[0])
     bb_std_1d(x, period, middle, std)
@@ -257,7 +266,14 @@ def bbands_1d(x, period, nbdev, upper, middle, lower):
 
 
 @njit(cache=True)
-def macd_1d(x, fast, slow, signal, macd_out, signal_out):
+def macd_1d(
+    x: np.ndarray,
+    fast: int,
+    slow: int,
+    signal: int,
+    macd_out: np.ndarray,
+    signal_out: np.ndarray,
+) -> None:
     """MACD line and signal line (TA-Lib MACD). Both first valid at index slow + signal - 2."""
     n = x.shape[0]
     macd_out[:] = np.nan
@@ -296,7 +312,14 @@ def macd_1d(x, fast, slow, signal, macd_out, signal_out):
 
 
 @njit(cache=True)
-def strategy_indicators_1d(code, x, params, buf0, buf1, buf2):
+def strategy_indicators_1d(
+    code: int,
+    x: np.ndarray,
+    params: np.ndarray,
+    buf0: np.ndarray,
+    buf1: np.ndarray,
+    buf2: np.ndarray,
+) -> None:
     """Fill the indicator buffers strategy `code` reads, from close prices `x`.
 
     Buffers per strategy: rsi -> buf0 = RSI; ma_crossover -> buf0 = fast SMA,
@@ -321,7 +344,7 @@ def strategy_indicators_1d(code, x, params, buf0, buf1, buf2):
 
 
 @njit(cache=True)
-def compact_1d(row, buf, index):
+def compact_1d(row: np.ndarray, buf: np.ndarray, index: np.ndarray) -> int:
     """Copy the non-NaN values of `row` into `buf` and their positions into `index`; return the count."""
     m = 0
     for t in range(row.shape[0]):
@@ -341,7 +364,7 @@ def _scatter(values, index, m, out_row):
 
 
 @njit(cache=True, parallel=True)
-def sma_2d(x, period):
+def sma_2d(x: np.ndarray, period: int) -> np.ndarray:
     """SMA per row over the row's bars only; NaN at missing bars."""
     s_count, t_count = x.shape
     out = np.empty((s_count, t_count))
@@ -356,7 +379,7 @@ def sma_2d(x, period):
 
 
 @njit(cache=True, parallel=True)
-def ema_2d(x, period):
+def ema_2d(x: np.ndarray, period: int) -> np.ndarray:
     """EMA per row over the row's bars only; NaN at missing bars."""
     s_count, t_count = x.shape
     out = np.empty((s_count, t_count))
@@ -371,7 +394,7 @@ def ema_2d(x, period):
 
 
 @njit(cache=True, parallel=True)
-def rsi_2d(x, period):
+def rsi_2d(x: np.ndarray, period: int) -> np.ndarray:
     """RSI per row over the row's bars only; NaN at missing bars."""
     s_count, t_count = x.shape
     out = np.empty((s_count, t_count))
@@ -386,7 +409,9 @@ def rsi_2d(x, period):
 
 
 @njit(cache=True, parallel=True)
-def bbands_2d(x, period, nbdev):
+def bbands_2d(
+    x: np.ndarray, period: int, nbdev: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bollinger bands per row over the row's bars only; returns (upper, middle, lower)."""
     s_count, t_count = x.shape
     upper = np.empty((s_count, t_count))
@@ -407,7 +432,9 @@ def bbands_2d(x, period, nbdev):
 
 
 @njit(cache=True, parallel=True)
-def macd_2d(x, fast, slow, signal):
+def macd_2d(
+    x: np.ndarray, fast: int, slow: int, signal: int
+) -> tuple[np.ndarray, np.ndarray]:
     """MACD per row over the row's bars only; returns (macd, signal)."""
     s_count, t_count = x.shape
     macd = np.empty((s_count, t_count))

@@ -31,14 +31,14 @@ from pipeline.kernels.enums import (
 
 
 @njit(cache=True)
-def cross_below(a_prev, a_now, b_prev, b_now):
+def cross_below(a_prev: float, a_now: float, b_prev: float, b_now: float) -> bool:
     """a crosses below b at this bar: a[t] < b[t] and a[t-1] >= b[t-1] (False if any NaN)."""
     # NaN compares False, so the rule itself already yields False on NaN.
     return a_now < b_now and a_prev >= b_prev
 
 
 @njit(cache=True)
-def cross_above(a_prev, a_now, b_prev, b_now):
+def cross_above(a_prev: float, a_now: float, b_prev: float, b_now: float) -> bool:
     """a crosses above b at this bar: a[t] > b[t] and a[t-1] <= b[t-1] (False if any NaN)."""
     return a_now > b_now and a_prev <= b_prev
 
@@ -47,7 +47,14 @@ def cross_above(a_prev, a_now, b_prev, b_now):
 
 
 @njit(cache=True)
-def rsi_signals_1d(rsi, oversold, overbought, entries, exits, sig_value):
+def rsi_signals_1d(
+    rsi: np.ndarray,
+    oversold: float,
+    overbought: float,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+) -> None:
     """Entry: RSI crosses below `oversold`. Exit: RSI crosses above `overbought`."""
     n = rsi.shape[0]
     if n > 0:
@@ -61,7 +68,13 @@ def rsi_signals_1d(rsi, oversold, overbought, entries, exits, sig_value):
 
 
 @njit(cache=True)
-def ma_crossover_signals_1d(fast, slow, entries, exits, sig_value):
+def ma_crossover_signals_1d(
+    fast: np.ndarray,
+    slow: np.ndarray,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+) -> None:
     """Entry: fast SMA crosses above slow SMA. Exit: fast SMA crosses below slow SMA."""
     n = fast.shape[0]
     if n > 0:
@@ -75,7 +88,15 @@ def ma_crossover_signals_1d(fast, slow, entries, exits, sig_value):
 
 
 @njit(cache=True)
-def bollinger_signals_1d(close, middle, std, nbdev, entries, exits, sig_value):
+def bollinger_signals_1d(
+    close: np.ndarray,
+    middle: np.ndarray,
+    std: np.ndarray,
+    nbdev: float,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+) -> None:
     """Entry: close crosses below the lower band. Exit: close crosses above the upper band.
 
     Bands are `middle -/+ std * nbdev`, the same arithmetic as TA-Lib's BBANDS.
@@ -100,7 +121,13 @@ def bollinger_signals_1d(close, middle, std, nbdev, entries, exits, sig_value):
 
 
 @njit(cache=True)
-def macd_signals_1d(macd, signal, entries, exits, sig_value):
+def macd_signals_1d(
+    macd: np.ndarray,
+    signal: np.ndarray,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+) -> None:
     """Entry: MACD line crosses above its signal line. Exit: crosses below."""
     n = macd.shape[0]
     if n > 0:
@@ -114,7 +141,9 @@ def macd_signals_1d(macd, signal, entries, exits, sig_value):
 
 
 @njit(cache=True)
-def buy_and_hold_signals_1d(close, entries, exits, sig_value):
+def buy_and_hold_signals_1d(
+    close: np.ndarray, entries: np.ndarray, exits: np.ndarray, sig_value: np.ndarray
+) -> None:
     """Entry on the first bar, never an exit. The recorded value is the close."""
     n = close.shape[0]
     for t in range(n):
@@ -127,7 +156,17 @@ def buy_and_hold_signals_1d(close, entries, exits, sig_value):
 
 
 @njit(cache=True)
-def strategy_signals_1d(code, close, params, buf0, buf1, buf2, entries, exits, sig_value):
+def strategy_signals_1d(
+    code: int,
+    close: np.ndarray,
+    params: np.ndarray,
+    buf0: np.ndarray,
+    buf1: np.ndarray,
+    buf2: np.ndarray,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+) -> None:
     """Signals of strategy `code` from the buffers `indicators.strategy_indicators_1d` filled."""
     if code == STRAT_RSI:
         rsi_signals_1d(buf0, params[1], params[2], entries, exits, sig_value)
@@ -146,7 +185,7 @@ def strategy_signals_1d(code, close, params, buf0, buf1, buf2, entries, exits, s
 
 
 @njit(cache=True)
-def warmup_bars_nb(code, params):
+def warmup_bars_nb(code: int, params: np.ndarray) -> int:
     """Bars a symbol needs before the strategy's first signal can fire.
 
     A crossing needs the indicator at t and t-1, so this is the index of the

@@ -40,19 +40,19 @@ def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indica
 
 @njit(cache=True)
 def simulate_1d(
-    open_,
-    close,
-    entries,
-    exits,
-    sig_value,
-    fee_frac,
-    initial,
-    fill_next_open,
-    bars_per_year,
-    metrics_out,
-    equity_out,
-    trades_out,
-):
+    open_: np.ndarray,
+    close: np.ndarray,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+    fee_frac: float,
+    initial: float,
+    fill_next_open: bool,
+    bars_per_year: float,
+    metrics_out: np.ndarray,
+    equity_out: np.ndarray,
+    trades_out: np.ndarray,
+) -> int:
     """Simulate one symbol over its bars (no NaN) and write the metrics.
 
     Args:

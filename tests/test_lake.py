@@ -1,0 +1,310 @@
+"""The lake: export semantics (SPEC section 2) and batched reads, against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import psycopg
+import pytest
+
+from pipeline import lake, loaders, reader
+from pipeline.config import Settings
+from pipeline.errors import LakeBusy, PipelineError
+from pipeline.export import run_export
+
+GLOB = "current/interval=*/*/*.parquet"
+
+
+@pytest.fixture
+def seeded(database_url, tmp_path) -> Settings:
+    loaders.seed_database(database_url, n_symbols=6, years=0.4, seed=5)
+    return replace(Settings(), database_url=database_url, lake_root=tmp_path / "lake",
+                   results_root=tmp_path / "results", snapshot_keep=2, snapshot_keep_hours=0)
+
+
+def _lake_rows(lake_root: Path) -> list[tuple]:
+    return duckdb.sql(
+        f"SELECT symbol, interval, ts, open, high, low, close, volume FROM read_parquet("
+        f"'{lake_root}/{GLOB}', hive_partitioning = true) ORDER BY ALL"
+    ).fetchall()
+
+
+def _files_with_mtimes(lake_root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in lake_root.rglob("*.parquet")}
+
+
+def test_export_twice_changes_nothing_a_reader_can_see(seeded):
+    first = run_export(seeded)
+    assert first.created and first.rows_read > 0
+    before = _files_with_mtimes(seeded.lake_root)
+    versions = lake.current_snapshot(seeded.lake_root).data_versions()
+    second = run_export(seeded)
+    assert not second.created
+    assert second.rows_read == 0
+    assert second.snapshot_id == first.snapshot_id
+    assert _files_with_mtimes(seeded.lake_root) == before
+    assert lake.current_snapshot(seeded.lake_root).data_versions() == versions
+
+
+def test_full_reexport_of_unchanged_data_keeps_every_data_version(seeded):
+    run_export(seeded)
+    versions = lake.current_snapshot(seeded.lake_root).data_versions()
+    rows = _lake_rows(seeded.lake_root)
+    again = run_export(seeded, full=True)
+    assert again.rows_read > 0 and not again.created
+    assert lake.current_snapshot(seeded.lake_root).data_versions() == versions
+    assert _lake_rows(seeded.lake_root) == rows
+
+
+def test_glob_over_current_snapshot_returns_each_bar_once(seeded):
+    run_export(seeded)
+    dupes = duckdb.sql(
+        f"SELECT symbol, interval, ts, count(*) AS n FROM read_parquet('{seeded.lake_root}/{GLOB}',"
+        " hive_partitioning = true) GROUP BY ALL HAVING n > 1"
+    ).fetchall()
+    assert dupes == []
+    with psycopg.connect(seeded.database_url) as conn:
+        hourly = conn.execute("SELECT count(*) FROM crypto_prices WHERE interval_type = '1h'").fetchone()[0]
+    counted = duckdb.sql(
+        f"SELECT count(*) FROM read_parquet('{seeded.lake_root}/{GLOB}', hive_partitioning = true)"
+        " WHERE interval = '1h'"
+    ).fetchall()[0][0]
+    assert counted == hourly
+
+
+def test_incremental_export_reads_only_new_and_corrected_rows(seeded):
+    run_export(seeded)
+    parent = lake.current_snapshot(seeded.lake_root)
+    versions = parent.data_versions()
+    with psycopg.connect(seeded.database_url) as conn:
+        (a_id, a_sym), (b_id, b_sym) = conn.execute(
+            "SELECT id, symbol FROM cryptocurrencies ORDER BY id LIMIT 2").fetchall()
+        last_a = conn.execute(
+            "SELECT max(datetime), (array_agg(close_price ORDER BY datetime DESC))[1] FROM crypto_prices"
+            " WHERE crypto_id = %s AND interval_type = '1h'", (a_id,)).fetchone()
+        conn.execute(
+            "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price,"
+            " low_price, close_price, volume) VALUES (%s, '1h', %s, %s, %s, %s, %s, 10)",
+            (a_id, last_a[0] + timedelta(hours=1), last_a[1], last_a[1] * 1.01, last_a[1] * 0.99, last_a[1]),
+        )
+        old_bar = conn.execute(
+            "SELECT datetime, high_price FROM crypto_prices WHERE crypto_id = %s AND interval_type = '1h'"
+            " ORDER BY datetime OFFSET 30 LIMIT 1", (b_id,)).fetchone()
+        conn.execute(
+            "UPDATE crypto_prices SET high_price = high_price * 2 WHERE crypto_id = %s"
+            " AND interval_type = '1h' AND datetime = %s", (b_id, old_bar[0]))
+    report = run_export(seeded)
+    assert report.created
+    assert report.rows_read == 2
+    assert sorted(report.changed_symbols) == sorted([a_sym, b_sym])
+    snapshot = lake.current_snapshot(seeded.lake_root)
+    new_versions = snapshot.data_versions()
+    for symbol, version in versions.items():
+        if symbol in (a_sym, b_sym):
+            assert new_versions[symbol] != version
+        else:
+            assert new_versions[symbol] == version
+    day = old_bar[0].replace(hour=0, minute=0, second=0)
+    batch = reader.read_prices(seeded.lake_root, [b_sym], "1h", old_bar[0], old_bar[0] + timedelta(hours=1),
+                               columns=("high",))
+    assert batch.columns["high"][0, 0] == pytest.approx(old_bar[1] * 2)
+    daily = reader.read_prices(seeded.lake_root, [b_sym], "1d", day, day + timedelta(days=1), columns=("high",))
+    assert daily.columns["high"][0, 0] == pytest.approx(old_bar[1] * 2)
+    assert snapshot.symbols[a_sym]["1h"]["last"] == (last_a[0] + timedelta(hours=1)).isoformat()
+
+
+def test_daily_lake_bars_of_real_binance_files_match_a_hand_computed_day(database_url, binance_files, tmp_path):
+    import pyarrow.feather as feather
+
+    loaders.import_files(database_url, binance_files)
+    settings = replace(Settings(), database_url=database_url, lake_root=tmp_path / "lake")
+    run_export(settings)
+    table = feather.read_table(next(p for p in binance_files if p.name.startswith("ADA_BTC")))
+    ts = table["date"].to_numpy().astype("datetime64[us]").astype(np.int64)
+    day = datetime(2018, 1, 20, tzinfo=UTC)
+    start = int(day.timestamp() * 1e6)
+    mask = (ts >= start) & (ts < start + 86_400_000_000)
+    hand = (table["open"].to_numpy()[mask][0], table["high"].to_numpy()[mask].max(),
+            table["low"].to_numpy()[mask].min(), table["close"].to_numpy()[mask][-1],
+            table["volume"].to_numpy()[mask].sum(), len(np.unique(ts[mask] // 3_600_000_000)))
+    row = duckdb.sql(
+        f"SELECT open, high, low, close, volume, bars FROM read_parquet('{settings.lake_root}/{GLOB}',"
+        " hive_partitioning = true) WHERE interval = '1d' AND symbol = 'ADA_BTC'"
+        " AND ts = TIMESTAMPTZ '2018-01-20 00:00:00+00'"
+    ).fetchall()[0]
+    assert row[:4] == hand[:4]
+    assert row[4] == pytest.approx(hand[4], rel=1e-12)
+    assert row[5] == hand[5]
+
+
+EXPORT_CHILD = textwrap.dedent("""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+    from pipeline.config import Settings
+    from pipeline.export import run_export
+    settings = replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2]),
+                       snapshot_keep=2, snapshot_keep_hours=0)
+    run_export(settings, full=sys.argv[3] == "full", fail_at=sys.argv[4] or None)
+""")
+
+
+def _export_in_child(settings: Settings, fail_at: str = "", full: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", EXPORT_CHILD, settings.database_url, str(settings.lake_root),
+         "full" if full else "incremental", fail_at],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+
+def _change_every_symbol(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE crypto_prices SET volume = volume + 1 WHERE interval_type = '1h'"
+                     " AND datetime = (SELECT max(datetime) FROM crypto_prices)")
+        conn.execute("UPDATE crypto_prices SET volume = volume + 1 WHERE interval_type = '1h'"
+                     " AND (crypto_id, datetime) IN (SELECT crypto_id, min(datetime) FROM crypto_prices"
+                     " GROUP BY crypto_id)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_at", ["sigkill-during-read", "after-read", "mid-write", "before-commit"])
+def test_export_killed_midway_leaves_previous_snapshot_and_next_export_completes(seeded, tmp_path, fail_at):
+    run_export(seeded)
+    previous = lake.current_snapshot(seeded.lake_root)
+    rows_before = _lake_rows(seeded.lake_root)
+    _change_every_symbol(seeded.database_url)
+    if fail_at == "sigkill-during-read":
+        # Hold the table so the child's COPY blocks inside PostgreSQL, then SIGKILL it there.
+        with psycopg.connect(seeded.database_url) as blocker:
+            blocker.execute("LOCK TABLE crypto_prices IN ACCESS EXCLUSIVE MODE")
+            child = _export_in_child(seeded)
+            deadline = time.monotonic() + 60
+            with psycopg.connect(seeded.database_url, autocommit=True) as watcher:
+                while time.monotonic() < deadline:
+                    waiting = watcher.execute(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND position('TO STDOUT' in query) > 0").fetchone()[0]
+                    if waiting:
+                        break
+                    time.sleep(0.05)
+            assert waiting, "the export never reached its COPY"
+            child.send_signal(signal.SIGKILL)
+            child.wait(timeout=60)
+    else:
+        child = _export_in_child(seeded, fail_at)
+        child.wait(timeout=120)
+    assert child.returncode != 0, child.stderr.read().decode()
+    assert lake.current_snapshot(seeded.lake_root).id == previous.id
+    assert _lake_rows(seeded.lake_root) == rows_before
+    visible = {str(p) for p in seeded.lake_root.glob(GLOB)}
+    assert all(".staging" not in p for p in visible)
+    finished = run_export(seeded)
+    assert finished.created
+    # An uninterrupted export of the same PostgreSQL data gives the same lake.
+    reference = replace(seeded, lake_root=tmp_path / "reference")
+    run_export(reference)
+    assert _lake_rows(seeded.lake_root) == _lake_rows(reference.lake_root)
+    assert lake.current_snapshot(seeded.lake_root).data_versions() == \
+        lake.current_snapshot(reference.lake_root).data_versions()
+
+
+def test_second_concurrent_export_fails_clearly_while_the_first_holds_the_lock(seeded):
+    with lake.export_lock(seeded.lake_root):
+        with pytest.raises(LakeBusy, match="another export is writing the lake"):
+            run_export(seeded)
+    assert run_export(seeded).created
+
+
+def test_vacuum_keeps_the_newest_snapshots_and_the_current_one(seeded):
+    run_export(seeded)
+    for _ in range(3):
+        _change_every_symbol(seeded.database_url)
+        run_export(seeded)  # vacuums with keep=2, keep_hours=0
+    snapshots = lake.list_snapshots(seeded.lake_root)
+    assert len(snapshots) == 2
+    assert snapshots[-1].id == lake.current_snapshot(seeded.lake_root).id
+    assert len(_lake_rows(seeded.lake_root)) > 0
+
+
+def test_one_symbol_one_year_read_scans_only_its_file_and_row_groups(database_url, tmp_path):
+    # Enough symbols that a year file holds several row groups.
+    loaders.seed_database(database_url, n_symbols=60, years=1.2, seed=9)
+    seeded = replace(Settings(), database_url=database_url, lake_root=tmp_path / "lake")
+    run_export(seeded)
+    snapshot = lake.current_snapshot(seeded.lake_root)
+    symbol = sorted(snapshot.symbols)[30]
+    year = int(snapshot.symbols[symbol]["1h"]["last"][:4])
+    profile = json.loads(reader.explain_analyze(seeded.lake_root, symbol, year))
+
+    def scans(node):
+        if node.get("type") == "TABLE_SCAN":
+            yield node
+        for child in node.get("children", []):
+            yield from scans(child)
+
+    scan = next(s for op in profile["operator"] for s in scans(op))
+    assert scan["extra_info"]["Total Files Read"] == "1"
+    assert f"year={year}" in scan["extra_info"]["Filename(s)"]
+    assert scan["row_groups_scanned"] < scan["total_row_groups_to_scan"]
+    assert "symbol_id" in scan["extra_info"]["Filters"]
+
+
+def test_reader_aligns_symbols_on_one_grid_with_nan_for_missing_bars(seeded):
+    run_export(seeded)
+    batch = reader.read_prices(seeded.lake_root, None, "1h", columns=("open", "close"))
+    snapshot = lake.current_snapshot(seeded.lake_root)
+    assert batch.symbols == sorted(snapshot.symbols)
+    assert batch.columns["close"].shape == (6, batch.times.size)
+    assert np.all(np.diff(batch.times) == 3600)
+    for i, symbol in enumerate(batch.symbols):
+        assert batch.bars[i] == snapshot.symbols[symbol]["1h"]["bars"]
+        assert np.count_nonzero(~np.isnan(batch.columns["close"][i])) == batch.bars[i]
+    assert np.isnan(batch.columns["close"]).any(), "listing dates and outages leave NaN"
+    assert batch.data_versions == [snapshot.symbols[s]["data_version"] for s in batch.symbols]
+
+
+def test_auto_interval_picks_hourly_when_it_fits_else_daily(seeded):
+    run_export(seeded)
+    assert reader.read_prices(seeded.lake_root, interval="auto", max_points=100_000).interval == "1h"
+    assert reader.read_prices(seeded.lake_root, interval="auto", max_points=100).interval == "1d"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("2024-01-01", "is not YYYYMMDD-YYYYMMDD"), ("20240230-", "'20240230' is not a date"),
+     ("20240301-20240101", "start is after end"), ("-", "names no date")],
+)
+def test_bad_timerange_is_rejected_naming_it(text, message):
+    with pytest.raises(PipelineError, match=message):
+        reader.parse_timerange(text)
+
+
+def test_timerange_end_day_is_inclusive_and_sides_may_be_open():
+    assert reader.parse_timerange("20240101-20240131") == (
+        datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 1, tzinfo=UTC))
+    assert reader.parse_timerange("20240101-") == (datetime(2024, 1, 1, tzinfo=UTC), None)
+
+
+def test_unknown_symbol_is_an_error_naming_it(seeded):
+    run_export(seeded)
+    with pytest.raises(PipelineError, match="unknown symbol.*'NOPE'"):
+        reader.read_prices(seeded.lake_root, ["NOPE"])
+
+
+def test_lake_root_that_is_not_writable_fails_before_reading_postgres(seeded, tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file, not a directory")
+    with pytest.raises(PipelineError, match="is not writable"):
+        run_export(replace(seeded, lake_root=blocked / "lake"))
+    assert os.path.isfile(blocked)
