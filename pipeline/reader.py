@@ -162,25 +162,26 @@ def read_prices(
     where = ("WHERE " + " AND ".join(filters)) if filters else ""
     select = ", ".join(columns)
     query = (
-        f"SELECT symbol_id, epoch(ts)::BIGINT AS t, {select} "  # noqa: S608 - names checked above
+        f"SELECT symbol_id, epoch_us(ts) AS t, {select} "  # noqa: S608 - names checked above
         f"FROM read_parquet(?) {where}"
     )
     with duckdb.connect() as con:
         data = con.execute(query, [files, *params]).fetchnumpy()
     if len(data["t"]) == 0:
         return empty
-    t = np.asarray(data["t"], dtype=np.int64)
     step = STEP_SECONDS[interval]
+    t = np.asarray(data["t"], dtype=np.int64) // 1_000_000
     t0 = int(t.min())
     width = int((t.max() - t0) // step) + 1
     row_of = np.full(int(ids.max()) + 1 if ids.size else 1, -1, dtype=np.int64)
     row_of[ids] = np.arange(ids.size)
     rows = row_of[np.asarray(data["symbol_id"], dtype=np.int64)]
-    cols = (t - t0) // step
+    # One flat index per value: a 1-D scatter is several times faster than a 2-D one.
+    flat = rows * width + (t - t0) // step
     out = {}
     for name in columns:
         matrix = np.full((len(names), width), np.nan)
-        matrix[rows, cols] = np.asarray(data[name], dtype=np.float64)
+        matrix.ravel()[flat] = np.asarray(data[name], dtype=np.float64)
         out[name] = matrix
     bars = np.bincount(rows, minlength=len(names)).astype(np.int64)
     times = t0 + np.arange(width, dtype=np.int64) * step

@@ -1,0 +1,245 @@
+"""One batch: aligned prices in, kernels run over every symbol and parameter set, results out.
+
+No I/O here beyond what the reader returns: the cache and the results table are
+wired around this by `pipeline.runs`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numba
+import numpy as np
+
+from pipeline import ENGINE_VERSION, strategies
+from pipeline.errors import PipelineError
+from pipeline.kernels import enums
+from pipeline.kernels.batch import run_grid, run_single
+from pipeline.reader import STEP_SECONDS, PriceBatch
+
+FILLS = ("close", "next_open")
+REASONS = {
+    enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
+    enums.STATUS_NO_BARS: "no bars in the requested range",
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What is common to every result of a run (SPEC section 4's common parameters)."""
+
+    strategy: str
+    params_list: list[dict[str, Any]]
+    fee_pct: float = 0.1
+    fill: str = "close"
+    initial: float = 1000.0
+    trades: bool = False
+    timerange_start: datetime | None = None
+    timerange_end: datetime | None = None
+    grid_dropped: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fee_frac(self) -> float:
+        return self.fee_pct / 100.0
+
+
+def make_config(
+    strategy: str,
+    params: dict[str, object] | list[dict[str, object]] | None = None,
+    *,
+    fee_pct: float = 0.1,
+    fill: str = "close",
+    initial: float = 1000.0,
+    trades: bool = False,
+    timerange_start: datetime | None = None,
+    timerange_end: datetime | None = None,
+) -> RunConfig:
+    """Validate everything about a run before any work: strategy, parameters, fee, fill, cash."""
+    strategies.get_strategy(strategy)
+    if isinstance(params, list):
+        params_list = [strategies.resolve_params(strategy, p) for p in params]
+        dropped = getattr(params, "dropped", 0)
+    else:
+        params_list = [strategies.resolve_params(strategy, params or {})]
+        dropped = 0
+    if not params_list:
+        raise PipelineError("the parameter grid is empty")
+    if not (isinstance(fee_pct, int | float) and math.isfinite(fee_pct) and 0 <= fee_pct < 100):
+        raise PipelineError(f"--fee {fee_pct!r} is out of range: a percentage >= 0 and < 100 (0.1 means 0.1 %)")
+    if fill not in FILLS:
+        raise PipelineError(f"--fill {fill!r} is not allowed; use one of: {', '.join(FILLS)}")
+    if not (isinstance(initial, int | float) and math.isfinite(initial) and initial > 0):
+        raise PipelineError(f"--initial {initial!r} must be a number > 0")
+    return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
+                     timerange_start, timerange_end, dropped)
+
+
+def set_threads(workers: int) -> None:
+    """Numba threads for the kernels; 0 = all cores. Results do not depend on it."""
+    available = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(available if workers <= 0 else min(workers, available))
+
+
+def estimate_memory(n_symbols: int, n_time: int, n_combos: int) -> int:
+    """Bytes a run needs: the price arrays, the metrics cube and the shaped result rows."""
+    prices = 2 * n_symbols * n_time * 8
+    cube = n_symbols * n_combos * enums.N_METRICS * 8
+    rows = n_symbols * n_combos * 2_000  # a result dict with its params, as Python objects
+    buffers = numba.get_num_threads() * n_time * 8 * 10
+    return prices + cube + rows + buffers
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(n_symbols: int, n_time: int, n_combos: int) -> None:
+    """Refuse a run that would not fit, saying what it would need."""
+    need = estimate_memory(n_symbols, n_time, n_combos)
+    have = available_memory()
+    if need > 0.8 * have:
+        raise PipelineError(
+            f"this run needs about {need / 2**30:.1f} GiB ({n_symbols} symbols x {n_combos} parameter sets x "
+            f"{n_time} bars) but only {have / 2**30:.1f} GiB is available; narrow the grid, the symbols "
+            "or the --timerange"
+        )
+
+
+def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
+    """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set."""
+    combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
+    open_ = batch.columns.get("open")
+    if config.fill == "next_open" and open_ is None:
+        raise PipelineError("fill=next_open needs the open column")
+    close = np.ascontiguousarray(batch.columns["close"])
+    open_ = np.ascontiguousarray(open_ if open_ is not None else close)
+    out = np.empty((close.shape[0], combos.shape[0], enums.N_METRICS))
+    if close.shape[0] and close.shape[1]:
+        run_grid(enums.STRATEGY_CODES[config.strategy], open_, close, combos, recompute,
+                 config.fee_frac, config.initial, config.fill == "next_open",
+                 float(batch.bars_per_year), out)
+    else:
+        out[:] = 0.0
+        out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
+        out[:, :, enums.M_FIRST_INDEX] = -1
+    # Back to the caller's parameter order.
+    unsorted = np.empty_like(out)
+    unsorted[:, order] = out
+    return unsorted
+
+
+def _iso(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(int(epoch_seconds), UTC).isoformat()
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) or math.isinf(value) else float(value)
+
+
+def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
+                 metrics: np.ndarray) -> dict[str, Any]:
+    """One result with SPEC section 4's field names."""
+    status = int(metrics[enums.M_STATUS])
+    bars = int(metrics[enums.M_BARS])
+    first, last = int(metrics[enums.M_FIRST_INDEX]), int(metrics[enums.M_LAST_INDEX])
+    step = STEP_SECONDS[batch.interval]
+    has_bars = first >= 0 and batch.times.size > 0
+    reason = None
+    if status != enums.STATUS_OK:
+        needed = strategies.warmup_bars(config.strategy, params)
+        reason = REASONS[status].format(bars=bars, needed=needed)
+    return {
+        "symbol": batch.symbols[symbol_index],
+        "strategy": config.strategy,
+        "params": dict(params),
+        "interval": batch.interval,
+        "start": _iso(batch.times[first]) if has_bars else None,
+        "end": _iso(batch.times[last]) if has_bars else None,
+        "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
+        "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
+        "bars": bars,
+        "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
+        "final_value": _number(metrics[enums.M_FINAL_VALUE]) if has_bars else config.initial,
+        "total_return_pct": _number(metrics[enums.M_TOTAL_RETURN_PCT]) if has_bars else 0.0,
+        "buy_hold_return_pct": _number(metrics[enums.M_BUY_HOLD_RETURN_PCT]) if has_bars else None,
+        "num_trades": int(metrics[enums.M_NUM_TRADES]) if has_bars else 0,
+        "closed_trades": int(metrics[enums.M_CLOSED_TRADES]) if has_bars else 0,
+        "win_rate_pct": _number(metrics[enums.M_WIN_RATE_PCT]) if has_bars else None,
+        "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
+        "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
+        "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
+        "fill": config.fill,
+        "fee_pct": config.fee_pct,
+        "initial_investment": config.initial,
+        "snapshot_id": batch.snapshot_id,
+        "data_version": batch.data_versions[symbol_index],
+        "engine_version": ENGINE_VERSION,
+        "reason": reason,
+        "from_cache": False,
+    }
+
+
+def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int,
+              params: dict[str, Any]) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The trades (SPEC: time, action, price, units, value, fee, indicator) and the equity curve."""
+    combos, _, _ = strategies.combos_matrix(config.strategy, [params])
+    close = np.ascontiguousarray(batch.columns["close"][symbol_index])
+    open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
+    _, trades, equity = run_single(
+        enums.STRATEGY_CODES[config.strategy], open_, close, combos[0], config.fee_frac,
+        config.initial, config.fill == "next_open", float(batch.bars_per_year),
+    )
+    log = [
+        {
+            "time": _iso(batch.times[t["bar"]]),
+            "action": "buy" if t["action"] == enums.ACTION_BUY else "sell",
+            "price": float(t["price"]),
+            "units": float(t["units"]),
+            "value": float(t["value"]),
+            "fee": float(t["fee"]),
+            "indicator": _number(float(t["indicator"])),
+        }
+        for t in trades
+    ]
+    return log, equity
+
+
+def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
+    """Every (symbol, parameter set) result of `config` over `batch`, trades attached if asked."""
+    cube = run_metrics(batch, config)
+    results = []
+    for i in range(len(batch.symbols)):
+        for c, params in enumerate(config.params_list):
+            result = shape_result(batch, config, i, params, cube[i, c])
+            if config.trades:
+                result["trades"], _ = trade_log(batch, config, i, params)
+            results.append(result)
+    return results
+
+
+def leaderboard(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Best total return first; results without a return (no bars) last."""
+    return sorted(results, key=lambda r: (r["total_return_pct"] is None, -(r["total_return_pct"] or 0.0),
+                                          r["symbol"]))
+
+
+def top_per_symbol(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The `n` best parameter sets of each symbol, symbols in leaderboard order."""
+    by_symbol: dict[str, list[dict[str, Any]]] = {}
+    for result in leaderboard(results):
+        kept = by_symbol.setdefault(result["symbol"], [])
+        if len(kept) < n:
+            kept.append(result)
+    return [r for rows in by_symbol.values() for r in rows]

@@ -1,0 +1,159 @@
+"""A run, end to end: lake snapshot -> cache lookup -> kernels for the misses -> cache + results.
+
+The CLI, the Prefect flows and the demo all call `backtest`; it is the one place
+where the cache, the engine and the results table meet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline import engine, lake, reader, results
+from pipeline.cache import ResultCache
+from pipeline.config import Settings
+from pipeline.engine import RunConfig
+
+# Sweeps write every combination to the results table but do not fill Redis with
+# thousands of keys per symbol: past this many parameter sets the cache is skipped.
+MAX_CACHED_COMBOS = 16
+STREAM_CHUNK = 16
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    results: list[dict[str, Any]]
+    snapshot_id: str
+    interval: str
+    cache_hits: int
+    cache_misses: int
+    seconds: float
+    kernel_seconds: float
+    bar_steps: int
+    cache_used: bool
+    paths: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def hit_ratio(self) -> float | None:
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else None
+
+
+def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, version: str) -> dict:
+    return {
+        "strategy": config.strategy, "params": params, "symbol": symbol, "interval": interval,
+        "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
+        "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
+        "data_version": version,
+    }
+
+
+def backtest(
+    settings: Settings,
+    config: RunConfig,
+    symbols: list[str] | None = None,
+    interval: str = "1h",
+    *,
+    cache: ResultCache | None = None,
+    write_results: bool = True,
+    on_results: Callable[[list[dict[str, Any]]], None] | None = None,
+    command: str = "",
+    max_points: int = reader.DEFAULT_MAX_POINTS,
+) -> RunOutcome:
+    """Run `config` over `symbols` (None = all) of the current snapshot.
+
+    Asks the cache once for every (symbol, parameter set), computes only the symbols
+    with a miss (one batched read, one kernel call per chunk), stores them in one
+    pipeline, and appends every result to the results table. `on_results` receives
+    results as they are ready (cached ones first), for streaming.
+    """
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    engine.set_threads(settings.workers)
+    snapshot = lake.require_snapshot(settings.lake_root)
+    names = reader.resolve_symbols(snapshot, symbols)
+    if interval == "auto":
+        interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
+                                          max_points)
+    elif interval not in reader.STEP_SECONDS:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    versions = {s: snapshot.symbols[s]["data_version"] for s in names}
+    n_params = len(config.params_list)
+    use_cache = cache is not None and cache.enabled and n_params <= MAX_CACHED_COMBOS
+
+    hits: dict[tuple[str, int], dict[str, Any]] = {}
+    keys: dict[tuple[str, int], str] = {}
+    if use_cache:
+        for symbol in names:
+            for c, params in enumerate(config.params_list):
+                keys[(symbol, c)] = cache.key(**_key_fields(config, symbol, interval, params, versions[symbol]))
+        found = cache.get_many(list(keys.values()))
+        for slot, key in keys.items():
+            record = found.get(key)
+            if record is not None and (not config.trades or "trades" in record):
+                hits[slot] = record
+    missing = [s for s in names if any((s, c) not in hits for c in range(n_params))]
+
+    collected: list[dict[str, Any]] = []
+    cached_now = [hits[(s, c)] for s in names for c in range(n_params) if (s, c) in hits and s not in missing]
+    collected.extend(cached_now)
+    if on_results and cached_now:
+        on_results(cached_now)
+
+    kernel_seconds = 0.0
+    bar_steps = 0
+    computed: list[dict[str, Any]] = []
+    interrupted = False
+    chunk = STREAM_CHUNK if on_results else max(len(missing), 1)
+    try:
+        for offset in range(0, len(missing), chunk):
+            part = missing[offset: offset + chunk]
+            columns = ("open", "close")
+            batch = reader.read_prices(settings.lake_root, part, interval, config.timerange_start,
+                                       config.timerange_end, columns=columns, snapshot=snapshot)
+            engine.check_memory(len(part), batch.times.size, n_params)
+            t0 = time.perf_counter()
+            fresh = engine.run(batch, config)
+            kernel_seconds += time.perf_counter() - t0
+            bar_steps += int(batch.bars.sum()) * n_params
+            computed.extend(fresh)
+            collected.extend(fresh)
+            if on_results:
+                on_results(fresh)
+    except KeyboardInterrupt:
+        # Keep what finished: it is cached and written below.
+        interrupted = True
+
+    if use_cache and computed:
+        cache.put_many([(keys[(r["symbol"], config.params_list.index(r["params"]))], r) for r in computed])
+    hit_count = len(cached_now)
+    miss_count = len(computed)
+    if use_cache:
+        cache.record_hits(hit_count, miss_count)
+
+    ordered = engine.leaderboard(collected)
+    run_id = results.new_run_id(started_at)
+    paths: list[str] = []
+    seconds = time.perf_counter() - started
+    if write_results and ordered:
+        paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered, started_at)]
+        if config.trades:
+            paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered, started_at)]
+        results.append_run_metrics(
+            settings.results_root, run_id, started_at=started_at, duration_s=seconds,
+            strategy=config.strategy, n_symbols=len(names), n_results=len(ordered), bars=bar_steps,
+            cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
+            snapshot_id=snapshot.id, command=command,
+        )
+    return RunOutcome(
+        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=interval,
+        cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
+        bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
+    )
