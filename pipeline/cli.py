@@ -12,6 +12,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
 from pipeline.config import Settings, redact_url
 from pipeline.errors import PipelineError
@@ -26,7 +27,13 @@ app = typer.Typer(
     add_completion=False,
 )
 db_app = typer.Typer(help="PostgreSQL: schema, synthetic seed, file import.", no_args_is_help=True)
+lake_app = typer.Typer(help="The Parquet lake: snapshots and retention.", no_args_is_help=True)
+results_app = typer.Typer(help="The append-only results table (plain DuckDB works too).", no_args_is_help=True)
+cache_app = typer.Typer(help="The Redis result cache.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(lake_app, name="lake")
+app.add_typer(results_app, name="results")
+app.add_typer(cache_app, name="cache")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -120,6 +127,414 @@ def db_import(
         f"imported {len(paths)} file(s), {report.symbols} symbol(s): {report.rows['1h']:,} hourly + "
         f"{report.rows['1d']:,} daily bars in {report.seconds:.2f} s"
     )
+
+
+# --- export and lake -------------------------------------------------------
+
+
+@app.command("export")
+@user_errors
+def export_command(
+    full: Annotated[bool, typer.Option("--full", help="Re-read everything (also drops rows deleted in PostgreSQL).")] = False,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for another export's lock.")] = 0.0,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (tracked, retried).")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Export PostgreSQL into a new lake snapshot (incremental unless --full).
+
+    Examples: cryptobt export | cryptobt export --full --no-prefect
+    """
+    import json
+
+    settings = Settings.from_env()
+    if prefect:
+        from flows.export import export_flow
+
+        summary = export_flow(full=full, wait_seconds=wait)
+    else:
+        from pipeline.export import run_export
+
+        report = run_export(settings, full=full, wait_seconds=wait, log=lambda m: err_console.print(m))
+        summary = {"snapshot_id": report.snapshot_id, "created": report.created, "rows_read": report.rows_read,
+                   "changed_symbols": report.changed_symbols, "removed_snapshots": report.removed_snapshots,
+                   "seconds": round(report.seconds, 3)}
+    if as_json:
+        print(json.dumps(summary))
+        return
+    state = "new snapshot" if summary["created"] else "unchanged, snapshot stands"
+    console.print(f"{state}: {summary['snapshot_id']} ({summary['rows_read']:,} rows read, "
+                  f"{len(summary['changed_symbols'])} symbols changed)")
+
+
+@lake_app.command("snapshots")
+@user_errors
+def lake_snapshots(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List the lake's snapshots, oldest first; * marks the current one.
+
+    Example: cryptobt lake snapshots
+    """
+    import json
+
+    from pipeline import lake
+
+    settings = Settings.from_env()
+    current = lake.current_snapshot(settings.lake_root)
+    rows = [{"snapshot_id": s.id, "created_at": s.manifest["created_at"], "source": s.manifest["source"],
+             "symbols": len(s.symbols), "changed": len(s.manifest["changed_symbols"]),
+             "rows_read": s.manifest["rows_read"], "current": current is not None and s.id == current.id}
+            for s in lake.list_snapshots(settings.lake_root)]
+    if as_json:
+        print(json.dumps(rows))
+        return
+    table = Table("", "snapshot", "created (UTC)", "source", "symbols", "changed", "rows read")
+    for r in rows:
+        table.add_row("*" if r["current"] else "", r["snapshot_id"], r["created_at"][:19], r["source"],
+                      str(r["symbols"]), str(r["changed"]), f"{r['rows_read']:,}")
+    console.print(table if rows else f"no snapshots under {settings.lake_root}")
+
+
+@lake_app.command("vacuum")
+@user_errors
+def lake_vacuum(
+    keep: Annotated[int | None, typer.Option(help="Snapshots to keep (default CRYPTOBT_SNAPSHOT_KEEP).")] = None,
+    keep_hours: Annotated[float | None, typer.Option(help="Keep any younger than this.")] = None,
+) -> None:
+    """Remove snapshots past the retention (never the current one).
+
+    Example: cryptobt lake vacuum --keep 3 --keep-hours 0
+    """
+    from pipeline import lake
+
+    settings = Settings.from_env()
+    if keep is not None and keep < 1:
+        raise PipelineError(f"--keep {keep} must be >= 1")
+    with lake.export_lock(settings.lake_root, wait_seconds=30):
+        removed = lake.vacuum(settings.lake_root, keep=keep or settings.snapshot_keep,
+                              keep_hours=settings.snapshot_keep_hours if keep_hours is None else keep_hours)
+    console.print(f"removed {len(removed)} snapshot(s)" + (": " + ", ".join(removed) if removed else ""))
+
+
+# --- backtests --------------------------------------------------------------
+
+RESULT_COLUMNS = ("symbol", "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct",
+                  "max_drawdown_pct", "sharpe", "bars", "days_of_data")
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise PipelineError(f"--param {item!r} is not name=value (e.g. --param rsi_period=21)")
+        name, value = item.split("=", 1)
+        params[name.strip()] = value.strip()
+    return params
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
+    columns = list(RESULT_COLUMNS) + (["params"] if with_params else [])
+    table = Table(*columns, title=title)
+    for r in results[:limit]:
+        cells = [_fmt(r[c]) for c in RESULT_COLUMNS]
+        if with_params:
+            cells.append(" ".join(f"{k}={v}" for k, v in r["params"].items()))
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _emit_json(results: list[dict[str, Any]]) -> None:
+    import json
+
+    print(json.dumps(results, default=str, allow_nan=False))
+
+
+def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
+         interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
+         stream: bool, command: str) -> tuple[Any, Any, Settings]:
+    from pipeline import engine, reader, runs
+    from pipeline.cache import ResultCache
+
+    if symbols and all_:
+        raise PipelineError("use either --symbol or --all, not both")
+    start, end = reader.parse_timerange(timerange)
+    config = engine.make_config(strategy, params, fee_pct=fee, fill=fill, initial=initial, trades=trades,
+                                timerange_start=start, timerange_end=end)
+    settings = Settings.from_env()
+    cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    on_results = None
+    if stream:
+        import json
+
+        def on_results(batch: list[dict[str, Any]]) -> None:
+            for result in batch:
+                print(json.dumps(result, default=str, allow_nan=False), flush=True)
+
+    outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
+                            command=command)
+    return outcome, config, settings
+
+
+def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool, top: int) -> None:
+    from pipeline import plots, runs
+
+    best = outcome.results[:top]
+    curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval,
+                                best[0]["params"] if best else None)
+    written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
+                               outcome.results, curves, outcome.results if sweep else None)
+    err_console.print(f"picture written to {written}")
+
+
+@app.command("backtest")
+@user_errors
+def backtest_command(
+    strategy: Annotated[str, typer.Argument(help="rsi, ma_crossover, bollinger, macd or buy_and_hold.")],
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
+    interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
+    timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD, either side open.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
+    fill: Annotated[str, typer.Option(help="close (signal bar) or next_open.")] = "close",
+    initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
+    trades: Annotated[bool, typer.Option("--trades", help="Include each result's trade log.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list of results.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
+    top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
+) -> None:
+    """Backtest one strategy over many symbols at once.
+
+    Examples:
+      cryptobt backtest rsi --all
+      cryptobt backtest macd -s SYN001 -s SYN002 --interval 1d --timerange 20230101- --json
+      cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
+    """
+    outcome, config, settings = _run(strategy, _parse_params(param or []), symbol, all_, interval, timerange,
+                                     fee, fill, initial, trades, stream, "backtest")
+    if plot:
+        _plot(plot, settings, config, outcome, False, top)
+    if stream:
+        return
+    if as_json:
+        _emit_json(outcome.results)
+        return
+    _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})", top)
+    cache_note = (f"{outcome.cache_hits} from cache, {outcome.cache_misses} computed" if outcome.cache_used
+                  else "cache off")
+    console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms ({cache_note}); "
+                  f"snapshot {outcome.snapshot_id}; results in {settings.results_root}")
+    if outcome.interrupted:
+        console.print("[yellow]interrupted: the results above are the symbols that finished[/]")
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    strategy: Annotated[str, typer.Argument(help="Strategy to sweep.")],
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s")] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
+    timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD.")] = None,
+    fee: Annotated[float, typer.Option(help="Fee in percent.")] = 0.1,
+    fill: Annotated[str, typer.Option(help="close or next_open.")] = "close",
+    initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
+    top: Annotated[int, typer.Option(help="Best N per symbol and overall.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write pictures (with a heatmap) to .html or .png.")] = None,
+) -> None:
+    """Run a parameter grid over many symbols in one pass; print the best sets.
+
+    Examples:
+      cryptobt sweep rsi -g rsi_period=7:28:7 -g oversold_threshold=20,25,30 -g overbought_threshold=70,75,80
+      cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
+    """
+    from pipeline import engine, strategies
+
+    params_list = strategies.parse_grid(strategy, grid)
+    if params_list.dropped:
+        err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
+    outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
+                                     False, False, "sweep")
+    best = outcome.results[:top]
+    per_symbol = engine.top_per_symbol(outcome.results, top)
+    if plot:
+        _plot(plot, settings, config, outcome, True, top)
+    if as_json:
+        _emit_json(best + [r for r in per_symbol if r not in best])
+        return
+    _print_board(best, f"best {top} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top, True)
+    _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
+    console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.0f} "
+                  f"M bar-steps/s; results in {settings.results_root}")
+
+
+# --- results, cache, stats -------------------------------------------------
+
+
+@results_app.command("sql")
+@user_errors
+def results_sql(
+    query: Annotated[str, typer.Argument(help="SQL over the views results, trades and runs.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Query the results with DuckDB.
+
+    Example: cryptobt results sql "SELECT symbol, max(total_return_pct) FROM results GROUP BY ALL ORDER BY 2 DESC LIMIT 5"
+    """
+    from pipeline import results
+
+    columns, rows = results.query(Settings.from_env().results_root, query)
+    if as_json:
+        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    console.print(table)
+
+
+@results_app.command("top")
+@user_errors
+def results_top(
+    strategy: Annotated[str | None, typer.Option(help="Only this strategy.")] = None,
+    n: Annotated[int, typer.Option(help="How many.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The best results ever recorded (newest run of each backtest).
+
+    Example: cryptobt results top --strategy rsi --n 5
+    """
+    from pipeline import results
+
+    if n < 1:
+        raise PipelineError(f"--n {n} must be >= 1")
+    columns, rows = results.top(Settings.from_env().results_root, strategy, n)
+    if as_json:
+        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    console.print(table)
+
+
+def _cache() -> Any:
+    from pipeline.cache import ResultCache
+
+    return ResultCache.from_settings(Settings.from_env(),
+                                     on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+
+
+@cache_app.command("stats")
+@user_errors
+def cache_stats(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Keys, hits, misses, hit rate and memory of the cache.
+
+    Example: cryptobt cache stats
+    """
+    import json
+
+    stats = _cache().stats()
+    if as_json:
+        print(json.dumps(stats, default=str))
+        return
+    for key, value in stats.items():
+        console.print(f"{key}: {value}")
+
+
+@cache_app.command("clear")
+@user_errors
+def cache_clear() -> None:
+    """Delete every cached result (only keys under the cache prefix).
+
+    Example: cryptobt cache clear
+    """
+    console.print(f"deleted {_cache().clear()} key(s)")
+
+
+@cache_app.command("invalidate")
+@user_errors
+def cache_invalidate(symbol: Annotated[str, typer.Option(help="Symbol whose results to drop.")]) -> None:
+    """Drop one symbol's cached results.
+
+    Example: cryptobt cache invalidate --symbol SYN001
+    """
+    console.print(f"deleted {_cache().invalidate_symbol(symbol)} key(s) of {symbol}")
+
+
+@app.command("stats")
+@user_errors
+def stats_command(
+    hours: Annotated[float, typer.Option(help="Look back this many hours.")] = 24.0,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Run metrics: p50/p95/p99 duration, cache hit rate, throughput.
+
+    Example: cryptobt stats --hours 24
+    """
+    import json
+
+    from pipeline import results
+
+    if hours <= 0:
+        raise PipelineError(f"--hours {hours} must be > 0")
+    stats = results.run_stats(Settings.from_env().results_root, hours)
+    if as_json:
+        print(json.dumps(stats, default=str))
+        return
+    for key, value in stats.items():
+        console.print(f"{key}: {_fmt(value)}")
+
+
+# --- scheduling and demo ------------------------------------------------------
+
+
+@app.command("serve")
+@user_errors
+def serve_command(
+    export_cron: Annotated[str, typer.Option(help="Cron for the export flow.")] = "0 * * * *",
+    backtest_cron: Annotated[str, typer.Option(help="Cron for the backtest flow.")] = "30 2 * * *",
+) -> None:
+    """Serve the export (hourly) and backtest (nightly) flows on schedules with Prefect.
+
+    Example: cryptobt serve --export-cron "5 * * * *" --backtest-cron "0 3 * * *"
+    """
+    from prefect import serve
+
+    from flows.backtest import backtest_flow
+    from flows.export import export_flow
+
+    serve(
+        export_flow.to_deployment(name="export-hourly", cron=export_cron),
+        backtest_flow.to_deployment(name="backtest-nightly", cron=backtest_cron),
+    )
+
+
+@app.command("demo")
+@user_errors
+def demo_command(
+    workdir: Annotated[Path, typer.Option(help="Where the sample lake, results and pictures go.")] = Path("data"),
+    sample: Annotated[Path | None, typer.Option(help="Folder of real OHLCV files to include.")] = None,
+    symbols: Annotated[int, typer.Option(help="Synthetic symbols in the sample lake.")] = 60,
+    years: Annotated[float, typer.Option(help="Years of synthetic history.")] = 2.0,
+) -> None:
+    """Build a sample lake (or use PostgreSQL/Redis when DATABASE_URL/REDIS_URL are set), run a
+    backtest of every symbol and a small sweep, write results and pictures.
+
+    Example: cryptobt demo --workdir /tmp/cryptobt-demo
+    """
+    from pipeline import demo
+
+    demo.run_demo(workdir, sample, symbols, years, console=console, err_console=err_console)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -157,3 +157,26 @@ def backtest(
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
         bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
     )
+
+
+def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], interval: str,
+                  params: dict[str, Any] | None = None) -> list:
+    """Equity against buy & hold for `symbols` (for pictures): one batched read, one kernel each."""
+    import numpy as np
+
+    from pipeline.plots import EquityCurve
+
+    if not symbols:
+        return []
+    batch = reader.read_prices(settings.lake_root, symbols, interval, config.timerange_start,
+                               config.timerange_end, columns=("open", "close"))
+    curves = []
+    for i, symbol in enumerate(batch.symbols):
+        _, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
+        close = batch.columns["close"][i]
+        valid = ~np.isnan(close)
+        if not valid.any():
+            continue
+        buy_hold = config.initial * close / close[valid][0]
+        curves.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid]))
+    return curves

@@ -1,0 +1,73 @@
+"""Prefect flow: export PostgreSQL into a new lake snapshot (hourly schedule).
+
+The flow is the plan; each step is a task that can be retried on its own and hands
+the next one a path. The export lock is held for the whole plan.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import export, lake
+from pipeline.config import Settings
+from pipeline.errors import ServiceUnavailable
+
+
+def _transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Retry only what a restart of PostgreSQL explains; a bad query fails at once."""
+    try:
+        state.result()
+    except (psycopg.OperationalError, ServiceUnavailable):
+        return True
+    except Exception:  # noqa: BLE001 - anything else is not transient
+        return False
+    return False
+
+
+@task(name="extract-changed-rows", retries=4, retry_delay_seconds=[1, 2, 4, 8],
+      retry_condition_fn=_transient, cache_policy=NO_CACHE)
+def extract_task(settings: Settings, since: Any) -> export.StagedExtract:
+    staged = export.extract_to_staging(settings, since)
+    get_run_logger().info("read %s rows changed since %s in %.2f s", f"{staged.rows_read:,}",
+                          since.isoformat() if since else "the beginning", staged.seconds)
+    return staged
+
+
+@task(name="commit-snapshot", cache_policy=NO_CACHE)
+def commit_task(settings: Settings, staged: export.StagedExtract, full: bool) -> lake.CommitResult:
+    result = export.commit_staged(settings, staged, full)
+    logger = get_run_logger()
+    if result.created:
+        logger.info("snapshot %s: %d symbols changed, %d files written, %d linked", result.snapshot.id,
+                    len(result.changed_symbols), result.files_written, result.files_linked)
+    else:
+        logger.info("nothing changed; snapshot %s stands", result.snapshot.id)
+    return result
+
+
+@task(name="vacuum-snapshots", cache_policy=NO_CACHE)
+def vacuum_task(settings: Settings) -> list[str]:
+    removed = export.vacuum(settings)
+    if removed:
+        get_run_logger().info("removed %d old snapshot(s): %s", len(removed), ", ".join(removed))
+    return removed
+
+
+@flow(name="export-prices", log_prints=True)
+def export_flow(full: bool = False, wait_seconds: float = 0.0) -> dict[str, Any]:
+    """PostgreSQL -> lake snapshot: incremental unless `full`."""
+    settings = Settings.from_env()
+    lake.check_writable(settings.lake_root)
+    with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
+        since = export.since_for(settings, full)
+        staged = extract_task(settings, since)
+        result = commit_task(settings, staged, full)
+        removed = vacuum_task(settings)
+    return {
+        "snapshot_id": result.snapshot.id, "created": result.created, "rows_read": result.rows_read,
+        "changed_symbols": result.changed_symbols, "removed_snapshots": removed,
+    }

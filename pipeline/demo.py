@@ -1,0 +1,126 @@
+"""`cryptobt demo`: the whole pipeline on a fresh clone, with or without services.
+
+Without DATABASE_URL/REDIS_URL in the environment it builds a sample lake (a
+synthetic market plus the real Binance sample when it is beside the repo) and runs
+the local engine; with them it runs PostgreSQL -> export flow -> lake -> engine ->
+Redis + results.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console
+from rich.table import Table
+
+from pipeline import engine, lake, plots, runs, strategies
+from pipeline.cache import ResultCache
+from pipeline.config import PROJECT_ROOT, Settings
+from pipeline.ohlcv import read_ohlcv_file, symbol_from_path, to_hourly_and_daily
+from pipeline.synthetic import generate_market
+
+DEFAULT_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "binance-5m"
+SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
+
+
+def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> lake.CommitResult:
+    """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists."""
+    names, hourly = generate_market(n_symbols, years, seed=42)
+    frames = [hourly.rename({"symbol_index": "symbol_id"}).with_columns(pl.col("symbol_id") + 1)]
+    symbols = {i + 1: name for i, name in enumerate(names)}
+    if sample is not None and sample.exists():
+        for path in sorted(sample.glob("*.*")):
+            if path.suffix.lower() not in (".feather", ".parquet", ".csv"):
+                continue
+            symbol_id = len(symbols) + 1
+            symbols[symbol_id] = symbol_from_path(path)
+            real = to_hourly_and_daily(read_ohlcv_file(path), str(path))["1h"]
+            frames.append(real.with_columns(pl.lit(symbol_id, pl.Int32).alias("symbol_id")))
+    merged = pl.concat([f.select("symbol_id", "ts", "open", "high", "low", "close", "volume") for f in frames])
+    with lake.export_lock(lake_root, wait_seconds=30):
+        return lake.commit(lake_root, merged, symbols, full=True, watermark=None,
+                           rows_read=merged.height, source="sample")
+
+
+def _full_path(settings: Settings, console: Console) -> None:
+    from flows.export import export_flow
+    from pipeline import loaders, source
+
+    source.apply_schema(settings.database_url)
+    with source.connect(settings.database_url) as conn:
+        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM crypto_prices)").fetchone()[0]
+    if empty:
+        report = loaders.seed_database(settings.database_url, 60, 2.0)
+        console.print(f"seeded PostgreSQL: {report.total_rows:,} rows ({report.rows_per_second:,.0f} rows/s)")
+        if DEFAULT_SAMPLE.exists():
+            loaders.import_files(settings.database_url, sorted(DEFAULT_SAMPLE.glob("*.feather")))
+    summary = export_flow(full=False)
+    console.print(f"export flow: snapshot {summary['snapshot_id']} ({summary['rows_read']:,} rows read)")
+
+
+def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *,
+             console: Console, err_console: Console) -> dict:
+    workdir = Path(workdir)
+    use_services = bool(os.environ.get("DATABASE_URL"))
+    base = Settings.from_env()
+    settings = replace(base, lake_root=workdir / "lake", results_root=workdir / "results")
+    lake.check_writable(settings.lake_root)
+    started = time.perf_counter()
+    if use_services:
+        os.environ["CRYPTOBT_LAKE_ROOT"] = str(settings.lake_root)
+        os.environ["CRYPTOBT_RESULTS_ROOT"] = str(settings.results_root)
+        _full_path(settings, console)
+    else:
+        result = build_sample_lake(settings.lake_root, n_symbols, years, sample or DEFAULT_SAMPLE)
+        snapshot = result.snapshot
+        console.print(f"sample lake {settings.lake_root}: snapshot {snapshot.id}, {len(snapshot.symbols)} symbols "
+                      f"({result.rows_read:,} hourly bars)")
+    cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
+        if os.environ.get("REDIS_URL") else None
+
+    table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
+    outcomes = {}
+    for name in strategies.strategy_names():
+        config = engine.make_config(name, {})
+        outcome = runs.backtest(settings, config, None, "1h", cache=cache, command="demo")
+        outcomes[name] = (config, outcome)
+        returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
+        best = outcome.results[0]
+        table.add_row(name, str(len(outcome.results)), best["symbol"], f"{best['total_return_pct']:,.2f}",
+                      f"{returns[len(returns) // 2]:,.2f}", f"{outcome.seconds * 1000:,.0f}")
+    console.print(table)
+
+    rsi_config, rsi_outcome = outcomes["rsi"]
+    board = Table("symbol", "return %", "buy & hold %", "trades", "win %", "max dd %", "sharpe", title="RSI(14, 30/70) leaderboard, top 10")
+    for r in rsi_outcome.results[:10]:
+        board.add_row(r["symbol"], *(f"{r[k]:,.2f}" if r[k] is not None else "-" for k in
+                      ("total_return_pct", "buy_hold_return_pct")), str(r["num_trades"]),
+                      *(f"{r[k]:,.2f}" if r[k] is not None else "-" for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
+    console.print(board)
+
+    grid = strategies.parse_grid("rsi", SWEEP_GRID)
+    sweep_config = engine.make_config("rsi", grid)
+    sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
+    console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
+                  f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "
+                  f"{sweep.results[0]['total_return_pct']:,.2f} %")
+
+    pictures = workdir / "plots"
+    top_symbols = [r["symbol"] for r in rsi_outcome.results[:5]]
+    curves = runs.equity_curves(settings, rsi_config, top_symbols, "1h")
+    written = [
+        plots.write_plot(pictures / "rsi.html", "RSI(14, 30/70): top symbols", rsi_outcome.results, curves, sweep.results),
+        plots.write_plot(pictures / "rsi.png", "RSI(14, 30/70): top symbols", rsi_outcome.results, curves, sweep.results),
+    ]
+    console.print(f"pictures: {', '.join(str(p) for p in written)}")
+    console.print(f"results:  {settings.results_root} (append-only Parquet)")
+    console.print("query them with plain DuckDB:")
+    console.print(f"  duckdb -c \"SELECT strategy, symbol, total_return_pct FROM read_parquet("  # noqa: S608 - printed example
+                  f"'{settings.results_root}/**/*.parquet', hive_partitioning = true) "
+                  f"ORDER BY total_return_pct DESC LIMIT 10\"", highlight=False, soft_wrap=True)
+    console.print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return {"outcomes": outcomes, "sweep": sweep, "pictures": written, "settings": settings}
