@@ -1,0 +1,233 @@
+"""Runs end to end: cache (real Redis), results table, CLI output, streaming, pictures, demo."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from pipeline import demo, engine, lake, loaders, runs
+from pipeline.cache import ResultCache
+from pipeline.cli import app
+from pipeline.config import Settings
+from pipeline.export import run_export
+
+
+@pytest.fixture(scope="module")
+def sample_lake(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sample") / "lake"
+    demo.build_sample_lake(root, n_symbols=12, years=0.5, sample=None)
+    return root
+
+
+@pytest.fixture
+def settings(sample_lake, tmp_path, redis_url, redis_prefix) -> Settings:
+    return replace(Settings(), lake_root=sample_lake, results_root=tmp_path / "results", redis_url=redis_url,
+                   cache_prefix=redis_prefix)
+
+
+@pytest.fixture
+def cli_env(monkeypatch, settings):
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(settings.lake_root))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(settings.results_root))
+    monkeypatch.setenv("REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("CRYPTOBT_CACHE_PREFIX", settings.cache_prefix)
+    return settings
+
+
+def _strip(results):
+    return [{k: v for k, v in r.items() if k != "from_cache"} for r in results]
+
+
+def test_second_identical_run_is_served_entirely_from_cache_and_equals_the_first(settings):
+    cache = ResultCache.from_settings(settings)
+    config = engine.make_config("rsi", {"rsi_period": 10}, trades=True)
+    first = runs.backtest(settings, config, cache=cache)
+    second = runs.backtest(settings, config, cache=cache)
+    assert first.cache_misses == 12 and first.cache_hits == 0
+    assert second.cache_hits == 12 and second.cache_misses == 0 and second.bar_steps == 0
+    assert all(r["from_cache"] for r in second.results)
+    assert _strip(first.results) == _strip(second.results)
+    stats = cache.stats()
+    assert stats["hits"] == 12 and stats["misses"] == 12
+
+
+def test_new_export_that_changes_one_symbol_recomputes_exactly_that_symbol(database_url, tmp_path, redis_url,
+                                                                           redis_prefix):
+    loaders.seed_database(database_url, n_symbols=5, years=0.3, seed=2)
+    settings = replace(Settings(), database_url=database_url, lake_root=tmp_path / "lake",
+                       results_root=tmp_path / "results", redis_url=redis_url, cache_prefix=redis_prefix)
+    run_export(settings)
+    cache = ResultCache.from_settings(settings)
+    config = engine.make_config("macd", {})
+    runs.backtest(settings, config, cache=cache)
+    with psycopg.connect(database_url) as conn:
+        symbol = conn.execute("SELECT symbol FROM cryptocurrencies ORDER BY id LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE crypto_prices SET close_price = (high_price + low_price) / 2 WHERE crypto_id ="
+                     " (SELECT id FROM cryptocurrencies WHERE symbol = %s) AND interval_type = '1h'"
+                     " AND datetime = (SELECT max(datetime) FROM crypto_prices)", (symbol,))
+    assert run_export(settings).changed_symbols == [symbol]
+    again = runs.backtest(settings, config, cache=cache)
+    assert again.cache_misses == 1 and again.cache_hits == 4
+    assert [r["symbol"] for r in again.results if not r["from_cache"]] == [symbol]
+
+
+def test_invalidate_symbol_forces_only_that_symbol_to_be_recomputed(settings):
+    cache = ResultCache.from_settings(settings)
+    config = engine.make_config("bollinger", {})
+    first = runs.backtest(settings, config, cache=cache)
+    target = first.results[0]["symbol"]
+    assert cache.invalidate_symbol(target) == 1
+    again = runs.backtest(settings, config, cache=cache)
+    assert [r["symbol"] for r in again.results if not r["from_cache"]] == [target]
+    cache.clear()
+    assert runs.backtest(settings, config, cache=cache).cache_hits == 0
+
+
+def test_run_completes_uncached_with_one_warning_when_redis_is_down(settings, cli_env, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    result = CliRunner().invoke(app, ["backtest", "rsi", "--json"])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("warning:") == 1
+    payload = json.loads(result.output[result.output.index("["):])
+    assert len(payload) == 12
+
+
+def test_results_table_read_by_plain_duckdb_matches_the_json_output(cli_env):
+    result = CliRunner().invoke(app, ["backtest", "ma_crossover", "-p", "fast_period=5", "-p", "slow_period=20",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    printed = {r["symbol"]: r for r in json.loads(result.output)}
+    rows = duckdb.sql(
+        f"SELECT symbol, final_value, num_trades, fast_period, slow_period, params_json, data_version FROM "
+        f"read_parquet('{cli_env.results_root}/**/*.parquet', hive_partitioning = true)"
+        " WHERE strategy = 'ma_crossover'"
+    ).fetchall()
+    assert len(rows) == len(printed) == 12
+    for symbol, final_value, trades, fast, slow, params, version in rows:
+        assert final_value == pytest.approx(printed[symbol]["final_value"], rel=1e-12)
+        assert trades == printed[symbol]["num_trades"]
+        assert (fast, slow) == (5, 20)
+        assert json.loads(params) == {"fast_period": 5, "slow_period": 20}
+        assert version == printed[symbol]["data_version"]
+
+
+def test_stream_prints_one_json_line_per_symbol(cli_env):
+    result = CliRunner().invoke(app, ["backtest", "rsi", "--stream"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    assert sorted(r["symbol"] for r in parsed) == sorted(lake.current_snapshot(cli_env.lake_root).symbols)
+
+
+def test_trades_are_listed_with_spec_fields_and_follow_the_state_machine(cli_env):
+    result = CliRunner().invoke(app, ["backtest", "rsi", "--trades", "--json", "--fill", "next_open"])
+    assert result.exit_code == 0, result.output
+    for r in json.loads(result.output):
+        actions = [t["action"] for t in r["trades"]]
+        assert actions[::2] == ["buy"] * len(actions[::2]) and actions[1::2] == ["sell"] * len(actions[1::2])
+        assert r["num_trades"] == actions.count("buy") and r["closed_trades"] == actions.count("sell")
+        for t in r["trades"]:
+            assert set(t) == {"time", "action", "price", "units", "value", "fee", "indicator"}
+
+
+def test_plot_html_and_png_contain_the_expected_series(cli_env, tmp_path):
+    html = tmp_path / "rsi.html"
+    png = tmp_path / "rsi.png"
+    for path in (html, png):
+        result = CliRunner().invoke(app, ["sweep", "rsi", "-g", "rsi_period=7,14", "-g", "oversold_threshold=25,30",
+                                          "--plot", str(path)])
+        assert result.exit_code == 0, result.output
+    text = html.read_text()
+    assert "buy & hold" in text and "strategy" in text and "Leaderboard" in text
+    assert "Sweep: mean total return % by" in text and '"type":"heatmap"' in text
+    assert "cdn.plot.ly" not in text.split("<script")[1][:200]  # plotly.js inlined: opens offline
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from matplotlib import image
+
+    pixels = image.imread(png)
+    assert pixels.shape[0] > 800 and pixels.std() > 0.05  # drawn, not blank
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["backtest", "nope"], "unknown strategy 'nope'"),
+        (["backtest", "rsi", "-p", "rsi_period=1"], "rsi_period"),
+        (["backtest", "rsi", "-p", "bogus=3"], "bogus"),
+        (["backtest", "ma_crossover", "-p", "fast_period=30", "-p", "slow_period=10"], "fast_period"),
+        (["backtest", "rsi", "--fee", "-1"], "--fee"),
+        (["backtest", "rsi", "--fill", "open"], "--fill 'open'"),
+        (["backtest", "rsi", "--timerange", "2024"], "--timerange"),
+        (["backtest", "rsi", "--timerange", "20240301-20240101"], "start is after end"),
+        (["backtest", "rsi", "--symbol", "x'); DROP TABLE crypto_prices;--"], "unknown symbol"),
+        (["backtest", "rsi", "--interval", "5m"], "--interval '5m'"),
+        (["sweep", "rsi", "-g", "rsi_period=a:b"], "rsi_period"),
+    ],
+)
+def test_bad_input_is_one_line_error_naming_it_with_nonzero_exit(cli_env, args, message):
+    before = sorted(p.name for p in Path(cli_env.results_root).rglob("*.parquet")) if Path(
+        cli_env.results_root).exists() else []
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+    after = sorted(p.name for p in Path(cli_env.results_root).rglob("*.parquet")) if Path(
+        cli_env.results_root).exists() else []
+    assert after == before, "nothing is written on bad input"
+
+
+def test_symbol_with_sql_injection_cannot_touch_postgres(database_url, tmp_path):
+    evil = "x'); DROP TABLE crypto_prices;--"
+    csv = tmp_path / "evil.csv"
+    csv.write_text("Date,Open,High,Low,Close,Volume\n2024-01-01 00:00:00,1,2,0.5,1.5,10\n")
+    from pipeline.errors import InputError
+
+    with pytest.raises(InputError, match="is not allowed"):
+        loaders.import_files(database_url, [csv], symbol=evil)
+    with psycopg.connect(database_url) as conn:
+        # Parameterised all the way: registering the name stores it verbatim.
+        from pipeline import source
+
+        ids = source.register_symbols(conn, [evil])
+        assert list(ids) == [evil]
+        assert conn.execute("SELECT count(*) FROM crypto_prices").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_without_services(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--symbols", "8", "--years", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert "RSI(14, 30/70) leaderboard" in result.output and "read_parquet(" in result.output
+    assert (tmp_path / "d" / "plots" / "rsi.html").stat().st_size > 1_000_000
+    count = duckdb.sql(f"SELECT count(DISTINCT strategy) FROM read_parquet('{tmp_path}/d/results/**/*.parquet',"
+                       " hive_partitioning = true)").fetchall()[0][0]
+    assert count == 5
+
+
+@pytest.mark.slow
+def test_concurrent_backtest_processes_give_identical_results(cli_env):
+    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(cli_env.lake_root),
+           "CRYPTOBT_RESULTS_ROOT": str(cli_env.results_root), "REDIS_URL": cli_env.redis_url,
+           "CRYPTOBT_CACHE_PREFIX": cli_env.cache_prefix}
+    processes = [subprocess.Popen([sys.executable, "-m", "pipeline", "backtest", "rsi", "--all", "--json"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) for _ in range(20)]
+    outputs = []
+    for process in processes:
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err.decode()
+        outputs.append(_strip(json.loads(out)))
+    assert all(o == outputs[0] for o in outputs)
+    rows = duckdb.sql(f"SELECT count(*), count(DISTINCT run_id) FROM read_parquet("
+                      f"'{cli_env.results_root}/**/*.parquet', hive_partitioning = true)").fetchall()[0]
+    assert rows == (20 * 12, 20)
