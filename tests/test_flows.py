@@ -1,0 +1,67 @@
+"""Prefect flows under a test harness: export flow, and the backtest flow on Dask equals local."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from pipeline import demo, engine, loaders, runs
+from pipeline.config import Settings
+
+
+@pytest.fixture(scope="module")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _key(r):
+    return (r["symbol"], r["strategy"], tuple(sorted(r["params"].items())))
+
+
+@pytest.mark.slow
+def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, tmp_path, monkeypatch):
+    from distributed import LocalCluster
+    from prefect_dask import DaskTaskRunner
+
+    from flows.backtest import backtest_flow
+
+    lake_root = tmp_path / "lake"
+    demo.build_sample_lake(lake_root, n_symbols=9, years=0.4, sample=None)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(lake_root))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("REDIS_URL", "")
+    settings = replace(Settings.from_env())
+    grid = {"rsi": ["rsi_period=7,14", "oversold_threshold=25,30"]}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        on_dask = backtest_flow.with_options(task_runner=DaskTaskRunner(address=cluster.scheduler_address))(
+            strategy_names=["rsi", "macd"], grid=grid, shards=3)
+    local = {}
+    for name, specs in (("rsi", grid["rsi"]), ("macd", None)):
+        from pipeline import strategies
+
+        params = list(strategies.parse_grid(name, specs)) if specs else [{}]
+        for r in runs.backtest(settings, engine.make_config(name, params), write_results=False).results:
+            local[_key(r)] = r
+    assert len(on_dask) == len(local) == 9 * 4 + 9
+    for r in on_dask:
+        expected = local[_key(r)]
+        assert {k: v for k, v in r.items() if k != "from_cache"} == \
+            {k: v for k, v in expected.items() if k != "from_cache"}
+
+
+@pytest.mark.slow
+def test_export_flow_writes_a_snapshot_and_is_idempotent(prefect_harness, database_url, tmp_path, monkeypatch):
+    from flows.export import export_flow
+
+    loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=1)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
+    first = export_flow()
+    second = export_flow()
+    assert first["created"] and first["rows_read"] > 0
+    assert not second["created"] and second["rows_read"] == 0
+    assert second["snapshot_id"] == first["snapshot_id"]
