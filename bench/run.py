@@ -1,0 +1,292 @@
+"""The benchmark: our pipeline next to the seeds' approaches and vectorbt, in one run.
+
+    python -m bench.run            # seed scale: 211 cryptos x 5 years hourly + daily
+    python -m bench.run --quick    # 20 x 1 year, for CI-friendly smoke runs
+
+Needs PostgreSQL (DATABASE_URL's server; the benchmark uses its own database) and
+Redis. Writes bench/RESULTS.md and bench/results.json. Timings are medians of
+repeated runs; ratios are taken within this run. Goals are printed next to the
+measured values; a miss is reported, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numba
+import numpy as np
+import psycopg
+
+from pipeline import engine, lake, loaders, reader, runs, source, strategies
+from pipeline.cache import ResultCache
+from pipeline.config import Settings
+from pipeline.export import run_export
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / ".work"
+
+
+def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": repeat}
+
+
+def ensure_database(admin_url: str, name: str, cryptos: int, years: float) -> tuple[str, dict]:
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    source.ensure_database(url)
+    source.apply_schema(url)
+    with psycopg.connect(url) as conn:
+        n = conn.execute("SELECT count(DISTINCT crypto_id) FROM crypto_prices").fetchone()[0]
+    seed = {}
+    if n != cryptos:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("TRUNCATE crypto_prices")
+            conn.execute("DELETE FROM cryptocurrencies")
+        report = loaders.seed_database(url, cryptos, years, seed=42)
+        seed = {"rows": report.total_rows, "seconds": report.seconds, "rows_per_second": report.rows_per_second}
+    return url, seed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE, help="Where RESULTS.md and results.json go.")
+    args = parser.parse_args()
+    cryptos, years = (20, 1.0) if args.quick else (211, 5.0)
+    out: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                             "cpus": numba.config.NUMBA_NUM_THREADS},
+                 "date": datetime.now(UTC).isoformat(timespec="seconds"), "scale": {"cryptos": cryptos, "years": years},
+                 "versions": {}}
+    for module in ("duckdb", "numba", "numpy", "polars", "pyarrow", "psycopg", "redis", "prefect"):
+        out["versions"][module] = __import__(module).__version__
+    base = Settings.from_env()
+    admin = base.database_url.rsplit("/", 1)[0] + "/postgres"
+    url, out["seed"] = ensure_database(admin, "cryptobt_bench_quick" if args.quick else "cryptobt_bench",
+                                       cryptos, years)
+    WORK.mkdir(exist_ok=True)
+    tag = "quick" if args.quick else "full"
+    settings = replace(base, database_url=url, lake_root=WORK / f"lake-{tag}", results_root=WORK / f"results-{tag}",
+                       cache_prefix=f"cryptobt-bench-{tag}")
+    import shutil
+
+    shutil.rmtree(settings.lake_root, ignore_errors=True)
+
+    print("export (full)...", flush=True)
+    full = run_export(settings, full=True)
+    out["export_full"] = {"rows": full.rows_read, "seconds": full.seconds, "rows_per_second": full.rows_per_second}
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, low_price,"
+            " close_price, volume) SELECT crypto_id, '1h', datetime + interval '1 hour', close_price, close_price,"
+            " close_price, close_price, 1 FROM (SELECT DISTINCT ON (crypto_id) * FROM crypto_prices"
+            " WHERE interval_type = '1h' ORDER BY crypto_id, datetime DESC) last")
+    incremental = run_export(settings)
+    out["export_incremental"] = {"rows": incremental.rows_read, "seconds": incremental.seconds,
+                                 "changed_symbols": len(incremental.changed_symbols)}
+    sizes = source.table_sizes(url)
+    lake_bytes = sum(p.stat().st_size for p in lake.current_snapshot(settings.lake_root).path.rglob("*.parquet"))
+    out["size"] = {"lake_bytes": lake_bytes, "postgres_bytes": sizes["crypto_prices"],
+                   "ratio_pct": 100 * lake_bytes / sizes["crypto_prices"]}
+
+    print("reads...", flush=True)
+    snapshot = lake.current_snapshot(settings.lake_root)
+    one = sorted(snapshot.symbols)[len(snapshot.symbols) // 2]
+    last_year = int(snapshot.symbols[one]["1h"]["last"][:4])
+    y0, y1 = datetime(last_year, 1, 1, tzinfo=UTC), datetime(last_year + 1, 1, 1, tzinfo=UTC)
+    out["read_one_symbol_year"] = timed(lambda: reader.read_prices(
+        settings.lake_root, [one], "1h", y0, y1, ("open", "high", "low", "close", "volume"), snapshot=snapshot), 10)
+    out["read_all_daily"] = timed(lambda: reader.read_prices(
+        settings.lake_root, None, "1d", columns=("open", "high", "low", "close", "volume"), snapshot=snapshot), 10)
+    out["read_all_hourly_close"] = timed(lambda: reader.read_prices(
+        settings.lake_root, None, "1h", columns=("close",), snapshot=snapshot), 10)
+
+    print("kernels...", flush=True)
+    batch = reader.read_prices(settings.lake_root, None, "1h", columns=("open", "close"), snapshot=snapshot)
+    config = engine.make_config("rsi", {})
+    bar_steps = int(batch.bars.sum())
+    for threads in (1, 2):
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        stats = timed(lambda: engine.run_metrics(batch, config), 10)
+        stats["bar_steps_per_second"] = bar_steps / stats["median"]
+        out[f"rsi_kernel_threads_{threads}"] = stats
+    engine.set_threads(0)
+    out["rsi_end_to_end_warm"] = timed(lambda: runs.backtest(settings, config, write_results=False), 5)
+    out["rsi_end_to_end_warm"]["kernel_share_pct"] = (
+        100 * out["rsi_kernel_threads_2"]["median"] / out["rsi_end_to_end_warm"]["median"])
+
+    print("cache...", flush=True)
+    cache = ResultCache.from_settings(settings)
+    cache.clear()
+    out["cache_miss_batch"] = {"seconds": runs.backtest(settings, config, cache=cache, write_results=False).seconds}
+    out["cache_hit_batch"] = timed(lambda: runs.backtest(settings, config, cache=cache, write_results=False), 10)
+    out["cache_hit_single"] = timed(lambda: runs.backtest(settings, config, [one], cache=cache,
+                                                          write_results=False), 20)
+    cache.clear()
+
+    print("cold CLI...", flush=True)
+    env = {"CRYPTOBT_LAKE_ROOT": str(settings.lake_root), "CRYPTOBT_RESULTS_ROOT": str(settings.results_root),
+           "REDIS_URL": "", "PATH": "/usr/bin:/bin", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    cold = []
+    for _ in range(3):
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pipeline", "backtest", "rsi", "--all", "--json"], env=env,
+                       check=True, capture_output=True)
+        cold.append(time.perf_counter() - t)
+    out["cold_cli"] = {"median": statistics.median(cold), "min": min(cold), "max": max(cold),
+                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+
+    print("sweep 1,000 combinations...", flush=True)
+    grid = strategies.parse_grid("rsi", ["rsi_period=5:50:5", "oversold_threshold=15:42:3",
+                                         "overbought_threshold=60:87:3"])
+    sweep_config = engine.make_config("rsi", grid)
+    t = time.perf_counter()
+    cube = engine.run_metrics(batch, sweep_config)
+    sweep_kernel = time.perf_counter() - t
+    t = time.perf_counter()
+    sweep = runs.backtest(settings, sweep_config, write_results=True)
+    out["sweep_1000"] = {"combos": len(grid), "kernel_seconds": sweep_kernel, "end_to_end_seconds":
+                         time.perf_counter() - t, "bar_steps_per_second": bar_steps * len(grid) / sweep_kernel,
+                         "results": len(sweep.results), "cube_shape": list(cube.shape)}
+
+    print("baselines...", flush=True)
+    out["baselines"] = run_baselines(url, batch, config, args.quick)
+    out["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(out, indent=1, default=str))
+    write_report(out, args.out / "RESULTS.md")
+    print((args.out / "RESULTS.md").read_text())
+
+
+def run_baselines(url: str, batch, config, quick: bool) -> dict:
+    """The seeds' approaches and vectorbt, where their modules are present (bench/baselines)."""
+    found: dict = {}
+    ours = engine.run_metrics(batch, config)[:, 0, 0]
+    try:
+        from bench.baselines import seeds_original
+    except ImportError as exc:
+        found["seeds_original"] = {"skipped": f"not available: {exc}"}
+    else:
+        n = 5 if quick else 10
+        t = time.perf_counter()
+        got = seeds_original.run_rsi_all(url, limit_symbols=n)
+        seconds = time.perf_counter() - t
+        found["seeds_original"] = {"symbols": n, "seconds": seconds,
+                                   "seconds_per_symbol": seconds / n,
+                                   "estimated_all_symbols_seconds": seconds / n * len(batch.symbols),
+                                   "max_rel_diff_final_value": _max_diff(got, batch, ours)}
+    try:
+        from bench.baselines import seeds_phase12
+    except ImportError as exc:
+        found["seeds_phase12"] = {"skipped": f"not available: {exc}"}
+    else:
+        t = time.perf_counter()
+        got = seeds_phase12.run_rsi_all(url, interval="1h")
+        found["seeds_phase12_hourly"] = {"seconds": time.perf_counter() - t,
+                                         "max_rel_diff_final_value": _max_diff(got, batch, ours)}
+        t = time.perf_counter()
+        seeds_phase12.run_rsi_all(url, interval="1d")
+        found["seeds_phase12_daily"] = {"seconds": time.perf_counter() - t}
+    try:
+        from bench.baselines import vectorbt_rsi
+    except ImportError as exc:
+        found["vectorbt"] = {"skipped": f"not available: {exc}"}
+    else:
+        close = batch.columns["close"]
+        stats = timed(lambda: vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0), 3)
+        got = vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0)
+        stats["max_rel_diff_final_value"] = float(np.nanmax(np.abs(got["final_value"] / ours - 1)))
+        found["vectorbt"] = stats
+    return found
+
+
+def _max_diff(got: dict, batch, ours: np.ndarray) -> float:
+    diffs = [abs(v["final_value"] / ours[batch.symbols.index(s)] - 1) for s, v in got.items() if s in batch.symbols]
+    return float(max(diffs)) if diffs else float("nan")
+
+
+def _goal(measured: float, goal: float, lower_is_better: bool = True) -> str:
+    met = measured <= goal if lower_is_better else measured >= goal
+    return "met" if met else "**missed**"
+
+
+def write_report(r: dict, path: Path) -> None:
+    k1, k2 = r["rsi_kernel_threads_1"], r["rsi_kernel_threads_2"]
+    e2e = r["rsi_end_to_end_warm"]
+    b = r["baselines"]
+    lines = [
+        "# Benchmark results", "",
+        f"Date: {r['date']} · machine: {r['machine']['platform']}, {r['machine']['cpus']} cores, "
+        f"Python {r['machine']['python']} · scale: {r['scale']['cryptos']} cryptos x {r['scale']['years']} years "
+        f"hourly + daily.", "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in r["versions"].items()), "",
+        "Timings are medians of repeated runs (min/median/max where shown); ratios are within this run.", "",
+        "| scenario | measured | goal | |", "|---|---|---|---|",
+        f"| RSI(14, 30/70) all symbols, kernel, 2 threads | {k2['median'] * 1000:.1f} ms "
+        f"({k2['min'] * 1000:.1f}/{k2['median'] * 1000:.1f}/{k2['max'] * 1000:.1f}) | <= 200 ms | {_goal(k2['median'], 0.2)} |",
+        f"| RSI all symbols, lake read + kernel + results (warm) | {e2e['median'] * 1000:.1f} ms "
+        f"(kernel share {e2e['kernel_share_pct']:.0f} %) | <= 200 ms | {_goal(e2e['median'], 0.2)} |",
+        f"| kernel bar-steps/s (1 thread / 2 threads) | {k1['bar_steps_per_second'] / 1e6:,.0f} M / "
+        f"{k2['bar_steps_per_second'] / 1e6:,.0f} M | | parallel speed-up {k1['median'] / k2['median']:.2f}x |",
+        f"| cold CLI process: lake -> leaderboard | {r['cold_cli']['median']:.2f} s | <= 3 s | "
+        f"{_goal(r['cold_cli']['median'], 3)} |",
+        f"| peak RSS of that CLI process | {r['cold_cli']['peak_rss_mb']:.0f} MB | <= 1024 MB | "
+        f"{_goal(r['cold_cli']['peak_rss_mb'], 1024)} |",
+        f"| sweep {r['sweep_1000']['combos']} RSI combinations, kernel | {r['sweep_1000']['kernel_seconds']:.2f} s "
+        f"({r['sweep_1000']['bar_steps_per_second'] / 1e6:,.0f} M bar-steps/s) | <= 60 s | "
+        f"{_goal(r['sweep_1000']['kernel_seconds'], 60)} |",
+        f"| sweep end to end (read, kernel, {r['sweep_1000']['results']:,} results written) | "
+        f"{r['sweep_1000']['end_to_end_seconds']:.2f} s | | |",
+        f"| full export PostgreSQL -> lake | {r['export_full']['rows_per_second']:,.0f} rows/s "
+        f"({r['export_full']['rows']:,} rows, {r['export_full']['seconds']:.2f} s) | >= 2,000,000 rows/s | "
+        f"{_goal(r['export_full']['rows_per_second'], 2e6, False)} |",
+        f"| incremental export, one new hour per symbol | {r['export_incremental']['seconds']:.2f} s "
+        f"({r['export_incremental']['rows']} rows) | <= 2 s | {_goal(r['export_incremental']['seconds'], 2)} |",
+        f"| read one symbol, one year | {r['read_one_symbol_year']['median'] * 1000:.1f} ms | <= 10 ms | "
+        f"{_goal(r['read_one_symbol_year']['median'], 0.01)} |",
+        f"| read all symbols daily | {r['read_all_daily']['median'] * 1000:.1f} ms | <= 50 ms | "
+        f"{_goal(r['read_all_daily']['median'], 0.05)} |",
+        f"| read all symbols hourly close into an array | {r['read_all_hourly_close']['median'] * 1000:.1f} ms | "
+        f"<= 150 ms | {_goal(r['read_all_hourly_close']['median'], 0.15)} |",
+        f"| cache hit, {r['scale']['cryptos']}-symbol batch | {r['cache_hit_batch']['median'] * 1000:.2f} ms "
+        f"(miss: {r['cache_miss_batch']['seconds'] * 1000:.0f} ms) | <= 20 ms | {_goal(r['cache_hit_batch']['median'], 0.02)} |",
+        f"| cache hit, single result | {r['cache_hit_single']['median'] * 1000:.2f} ms | <= 1 ms | "
+        f"{_goal(r['cache_hit_single']['median'], 0.001)} |",
+        f"| lake size vs PostgreSQL table + indexes | {r['size']['ratio_pct']:.1f} % "
+        f"({r['size']['lake_bytes'] / 2**20:.0f} MB vs {r['size']['postgres_bytes'] / 2**20:.0f} MB) | <= 15 % | "
+        f"{_goal(r['size']['ratio_pct'], 15)} |",
+    ]
+    if r.get("seed"):
+        lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
+                     f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")
+    lines += ["", "## Baselines (same data, same run)", "", "| method | time | ours is | agreement |", "|---|---|---|---|"]
+    ours = e2e["median"]
+    for name, stats in b.items():
+        if "skipped" in stats:
+            lines.append(f"| {name} | skipped: {stats['skipped']} | | |")
+            continue
+        seconds = stats.get("estimated_all_symbols_seconds") or stats.get("median") or stats.get("seconds")
+        note = " (measured on a subset, scaled to all symbols)" if "estimated_all_symbols_seconds" in stats else ""
+        agree = stats.get("max_rel_diff_final_value")
+        lines.append(f"| {name}{note} | {seconds:.2f} s | {seconds / ours:,.0f}x faster | "
+                     f"{'max rel. diff of final value ' + format(agree, '.1e') if agree is not None else ''} |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""The quick benchmark runs end to end and writes its report (times are reported, never asserted)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_quick_benchmark_writes_a_report_with_every_scenario(tmp_path, pg_admin_url, redis_url):
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (tmp_path / "RESULTS.md").read_text()
+    raw = json.loads((tmp_path / "results.json").read_text())
+    for scenario in ("rsi_kernel_threads_1", "rsi_kernel_threads_2", "cold_cli", "sweep_1000", "export_full",
+                     "export_incremental", "cache_hit_batch", "cache_miss_batch", "read_all_hourly_close"):
+        assert scenario in raw
+    assert raw["sweep_1000"]["combos"] == 1000
+    assert "| RSI(14, 30/70) all symbols" in report and "## Baselines" in report
