@@ -23,7 +23,7 @@ from pipeline.config import Settings
 
 @dataclass(frozen=True)
 class StagedExtract:
-    path: Path  # Parquet of the changed hourly rows
+    path: Path  # Arrow IPC file of the changed hourly rows
     symbols_path: Path
     watermark: datetime
     rows_read: int
@@ -61,8 +61,8 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
-    path = staging / f"extract-{stem}.parquet"
-    extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_parquet(path, compression="lz4")
+    path = staging / f"extract-{stem}.arrow"
+    extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_ipc(path, compression="uncompressed")
     symbols_path = staging / f"extract-{stem}.symbols.json"
     symbols_path.write_text(json.dumps({str(k): v for k, v in extract.symbols.items()}))
     return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
@@ -72,7 +72,7 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
                   fail_at: str | None = None) -> lake.CommitResult:
     """Merge the staged rows into a new snapshot (or none, if nothing changed)."""
-    hourly = pl.read_parquet(staged.path)
+    hourly = pl.read_ipc(staged.path)
     symbols = {int(k): v for k, v in json.loads(staged.symbols_path.read_text()).items()}
     result = lake.commit(
         settings.lake_root, hourly, symbols, full=full, watermark=staged.watermark,

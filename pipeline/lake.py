@@ -35,6 +35,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -50,6 +51,9 @@ from pipeline.ohlcv import resample
 INTERVALS = ("1h", "1d")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
+# Per (symbol, year) content hashes and bar stats: what the next commit needs to
+# compute versions, kept out of the manifest so readers parse a small file.
+STATE = "_state.json"
 ROW_GROUP_ROWS = 65_536
 LAKE_SCHEMA = {
     "symbol_id": pl.Int32,
@@ -134,9 +138,23 @@ def current_snapshot(lake_root: Path) -> Snapshot | None:
     return load_snapshot(path)
 
 
+_loaded: dict[str, Snapshot] = {}
+
+
 def load_snapshot(path: Path) -> Snapshot:
-    manifest = json.loads((path / MANIFEST).read_text())
-    return Snapshot(id=manifest["snapshot_id"], path=path, manifest=manifest)
+    """The snapshot at `path`. A committed snapshot never changes, so it is parsed once per process."""
+    key = str(path)
+    snapshot = _loaded.get(key)
+    if snapshot is None:
+        manifest = json.loads((path / MANIFEST).read_text())
+        snapshot = _loaded[key] = Snapshot(id=manifest["snapshot_id"], path=path, manifest=manifest)
+    return snapshot
+
+
+def _load_state(snapshot: Snapshot | None) -> dict:
+    if snapshot is None:
+        return {}
+    return json.loads((snapshot.path / STATE).read_text())
 
 
 def require_snapshot(lake_root: Path) -> Snapshot:
@@ -303,16 +321,24 @@ def commit(
     staging = lake_root / ".staging" / snapshot_id
     staging.mkdir(parents=True)
     try:
+        state = _load_state(parent)
         year_hashes: dict[str, dict[str, str]] = {
-            sym: dict(meta.get("year_hashes", {})) for sym, meta in (parent.symbols.items() if parent else [])
+            sym: dict(meta.get("year_hashes", {})) for sym, meta in state.items()
         }
         year_stats: dict[str, dict[str, dict[str, dict]]] = {
             sym: {iv: dict(meta.get("year_stats", {}).get(iv, {})) for iv in INTERVALS}
-            for sym, meta in (parent.symbols.items() if parent else [])
+            for sym, meta in state.items()
         }
-        new_years: dict[int, pl.DataFrame] = {}
-        for year in years:
-            delta = hourly.filter(pl.col("ts").dt.year() == year)
+        # One pass splits the rows by year; each year then merges, sorts and hashes on its
+        # own thread (polars, pyarrow and hashlib release the GIL).
+        by_year = {
+            key[0]: frame for key, frame in hourly.with_columns(pl.col("ts").dt.year().alias("_year"))
+            .partition_by("_year", as_dict=True, include_key=False).items()
+        }
+        empty = hourly.clear()
+
+        def merge_year(year: int) -> tuple[int, pl.DataFrame, dict[int, str]]:
+            delta = by_year.get(year, empty)
             old = None if full else _read_year(parent, "1h", year)
             if old is not None:
                 kept = old.join(delta.select("symbol_id", "ts"), on=["symbol_id", "ts"], how="anti")
@@ -320,12 +346,16 @@ def commit(
             else:
                 merged = delta
             merged = merged.select(list(LAKE_SCHEMA)).sort("symbol_id", "ts")
-            new_years[year] = merged
+            return year, merged, _hash_symbols(merged)
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            merged_years = list(pool.map(merge_year, years))
+        new_years: dict[int, pl.DataFrame] = {year: merged for year, merged, _ in merged_years}
+        year_content = {year: hashes for year, _, hashes in merged_years}
 
         changed_ids: set[int] = set()
         touched_symbols = set(hourly["symbol_id"].unique().to_list())
-        for year, merged in new_years.items():
-            hashes = _hash_symbols(merged)
+        for year, hashes in year_content.items():
             scope = set(hashes) | (
                 {sid for sid, name in symbols.items() if str(year) in year_hashes.get(name, {})}
                 if full else touched_symbols
@@ -356,35 +386,48 @@ def commit(
                 os.link(parent.path / entry["path"], target)
                 files[interval][year] = entry
                 linked += 1
-        for year, merged in new_years.items():
-            if merged.height == 0:
-                continue
+        def write_year(year: int) -> list[tuple[str, int, str, pl.DataFrame]]:
+            merged = new_years[year]
             daily = resample(merged.drop("bars"), "1d", by=("symbol_id", "symbol")).select(list(LAKE_SCHEMA))
+            done = []
             for interval, frame in (("1h", merged), ("1d", daily)):
                 relative = f"interval={interval}/year={year}/{interval}-{year}.parquet"
                 _write_parquet(frame, staging / relative)
                 if fail_at == "mid-write":
                     os._exit(137)
-                files[interval][str(year)] = {"path": relative, "rows": frame.height}
-                written += 1
-                for sid, stats in _symbol_stats(frame).items():
-                    year_stats.setdefault(symbols[sid], {iv: {} for iv in INTERVALS})[interval][str(year)] = stats
-                present = {symbols[sid] for sid in frame["symbol_id"].unique().to_list()}
-                for name, per_interval in year_stats.items():
-                    if name not in present:
+                done.append((interval, year, relative, frame))
+            return done
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            outputs = list(pool.map(write_year, [y for y, m in new_years.items() if m.height]))
+        for interval, year, relative, frame in (item for done in outputs for item in done):
+            files[interval][str(year)] = {"path": relative, "rows": frame.height}
+            written += 1
+            for sid, stats in _symbol_stats(frame).items():
+                year_stats.setdefault(symbols[sid], {iv: {} for iv in INTERVALS})[interval][str(year)] = stats
+            present = {symbols[sid] for sid in frame["symbol_id"].unique().to_list()}
+            for name, per_interval in year_stats.items():
+                if name not in present:
+                    per_interval[interval].pop(str(year), None)
+        # Years whose rows all disappeared (full export after deletions) keep no stats.
+        for year, merged in new_years.items():
+            if merged.height == 0:
+                for per_interval in year_stats.values():
+                    for interval in INTERVALS:
                         per_interval[interval].pop(str(year), None)
 
         id_of = {name: sid for sid, name in symbols.items()}
         if parent:
             id_of.update({name: meta["symbol_id"] for name, meta in parent.symbols.items() if name not in id_of})
         symbol_meta = {}
+        new_state: dict[str, dict] = {}
         for name in sorted(year_hashes):
             hashes = year_hashes[name]
             if not hashes:
                 continue
             version = hashlib.blake2b(json.dumps(hashes, sort_keys=True).encode(), digest_size=8).hexdigest()
-            meta = {"symbol_id": id_of[name], "data_version": version, "year_hashes": hashes,
-                    "year_stats": year_stats.get(name, {})}
+            meta = {"symbol_id": id_of[name], "data_version": version}
+            new_state[name] = {"year_hashes": hashes, "year_stats": year_stats.get(name, {})}
             for interval in INTERVALS:
                 per_year = year_stats.get(name, {}).get(interval, {})
                 if per_year:
@@ -408,6 +451,7 @@ def commit(
             "files": files,
             "symbols": symbol_meta,
         }
+        (staging / STATE).write_text(json.dumps(new_state, sort_keys=True))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_dir(staging)
         if fail_at == "before-commit":

@@ -11,7 +11,7 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -267,13 +267,20 @@ def _decode_extract(payload: bytes) -> pl.DataFrame:
     }).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
 
-def _extract_statement(conn: psycopg.Connection, interval: str, watermark: datetime,
-                       id_from: int, id_to: int) -> str:
+def _extract_statement(conn: psycopg.Connection, interval: str, watermark: datetime | None,
+                       slice_from: int, slice_to: int) -> str:
+    """COPY of one slice: pages [from, to) for a full read, crypto ids [from, to) for a delta."""
+    if watermark is None:
+        return sql.SQL(load_sql("extract_prices_full.sql")).format(
+            interval=sql.Literal(interval),
+            ctid_from=sql.Literal(f"({slice_from},0)"),
+            ctid_to=sql.Literal(f"({slice_to},0)"),
+        ).as_string(conn)
     return sql.SQL(load_sql("extract_prices.sql")).format(
         interval=sql.Literal(interval),
         watermark=sql.Literal(watermark),
-        id_from=sql.Literal(id_from),
-        id_to=sql.Literal(id_to),
+        id_from=sql.Literal(slice_from),
+        id_to=sql.Literal(slice_to),
     ).as_string(conn)
 
 
@@ -309,20 +316,22 @@ def extract_changed(
     connections: int = 2,
     intervals: tuple[str, ...] = ("1h",),
 ) -> Extract:
-    """Rows of `intervals` whose updated_at is after `since` (all rows when None).
+    """Rows of `intervals` whose updated_at is after `since` (every row when None).
 
     One REPEATABLE READ transaction takes the next watermark and exports its snapshot;
     the COPY streams run in that same snapshot over `connections` connections, each on
     a slice of crypto ids, so the result is consistent whatever commits meanwhile.
     """
-    since = since or datetime(1970, 1, 1, tzinfo=UTC)
     use_psql = shutil.which("psql") is not None
     with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        watermark, id_end, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
+        watermark, id_end, pages, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
         symbols = symbol_names(conn)
-        bounds = np.linspace(1, max(id_end, 2), num=max(connections, 1) + 1).astype(int)
+        # A full read splits the heap's pages; a delta splits crypto ids (it reads few rows
+        # through the updated_at index, wherever they are).
+        low, high = (0, int(pages) + 1) if since is None else (1, max(int(id_end), 2))
+        bounds = np.linspace(low, high, num=max(connections, 1) + 1).astype(int)
         slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         statements = [
             (interval, _extract_statement(conn, interval, since, a, b))

@@ -9,4 +9,5 @@ SELECT least(
                      WHERE backend_xid IS NOT NULL AND pid <> pg_backend_pid()), now())
        ) AS watermark,
        coalesce((SELECT max(id) FROM cryptocurrencies), 0) + 1 AS id_end,
+       pg_relation_size('crypto_prices') / current_setting('block_size')::bigint + 1 AS pages,
        pg_export_snapshot() AS snapshot_name;
