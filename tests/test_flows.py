@@ -65,3 +65,90 @@ def test_export_flow_writes_a_snapshot_and_is_idempotent(prefect_harness, databa
     assert first["created"] and first["rows_read"] > 0
     assert not second["created"] and second["rows_read"] == 0
     assert second["snapshot_id"] == first["snapshot_id"]
+
+
+class FlakyPostgresProxy:
+    """A loopback TCP proxy to the real PostgreSQL that drops the first `refuse` connections,
+    as a server that is restarting does."""
+
+    def __init__(self, target_port: int, refuse: int) -> None:
+        import socket
+        import threading
+
+        self.refuse = refuse
+        self.refused = 0
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _pipe(self, source, sink) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def _serve(self) -> None:
+        import socket
+        import threading
+
+        while not self.stopped:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refused < self.refuse:
+                self.refused += 1
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
+
+    def close(self) -> None:
+        self.stopped = True
+        self.listener.close()
+
+
+@pytest.mark.slow
+def test_export_flow_retries_while_postgres_restarts_and_commits_once(prefect_harness, database_url, tmp_path,
+                                                                      monkeypatch):
+    from flows.export import export_flow
+    from pipeline import lake
+
+    loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=4)
+    proxy = FlakyPostgresProxy(5432, refuse=2)
+    try:
+        monkeypatch.setenv("DATABASE_URL", database_url.replace(":5432/", f":{proxy.port}/"))
+        monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
+        summary = export_flow()
+    finally:
+        proxy.close()
+    assert proxy.refused == 2, "the first attempts must have hit the 'restarting' server"
+    assert summary["created"] and summary["rows_read"] > 0
+    assert len(lake.list_snapshots(tmp_path / "lake")) == 1
+
+
+@pytest.mark.slow
+def test_export_flow_against_unreachable_postgres_fails_naming_the_url_and_commits_nothing(
+        prefect_harness, tmp_path, monkeypatch):
+    from flows.export import export_flow
+    from pipeline import lake
+    from pipeline.errors import ServiceUnavailable
+
+    monkeypatch.setenv("DATABASE_URL", "postgresql://cryptobt:hunter2@127.0.0.1:1/cryptobt")
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
+    with pytest.raises(ServiceUnavailable) as excinfo:
+        export_flow.with_options(retries=0)()
+    message = str(excinfo.value)
+    assert "postgresql://cryptobt:***@127.0.0.1:1/cryptobt" in message and "hunter2" not in message
+    assert "start it" in message
+    assert lake.current_snapshot(tmp_path / "lake") is None
