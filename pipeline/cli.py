@@ -218,6 +218,9 @@ def lake_vacuum(
 
 RESULT_COLUMNS = ("symbol", "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct",
                   "max_drawdown_pct", "sharpe", "bars", "days_of_data")
+# Short headers so the leaderboard fits an 80-column terminal; --json keeps SPEC's names.
+HEADERS = {"total_return_pct": "return %", "buy_hold_return_pct": "b&h %", "num_trades": "trades",
+           "win_rate_pct": "win %", "max_drawdown_pct": "max dd %", "days_of_data": "days"}
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -234,12 +237,12 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:,.2f}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
     return str(value)
 
 
 def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
-    columns = list(RESULT_COLUMNS) + (["params"] if with_params else [])
+    columns = [HEADERS.get(c, c) for c in RESULT_COLUMNS] + (["params"] if with_params else [])
     table = Table(*columns, title=title)
     for r in results[:limit]:
         cells = [_fmt(r[c]) for c in RESULT_COLUMNS]
@@ -276,8 +279,12 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
             for result in batch:
                 print(json.dumps(result, default=str, allow_nan=False), flush=True)
 
-    outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
-                            command=command)
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("symbols", total=None)
+        watch = None if stream or progress.disable else (
+            lambda done, total: progress.update(task, completed=done, total=total))
+        outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
+                                on_progress=watch, command=command)
     return outcome, config, settings
 
 
@@ -380,6 +387,16 @@ def sweep_command(
 # --- results, cache, stats -------------------------------------------------
 
 
+def _print_rows(columns: list[str], rows: list[tuple], as_json: bool) -> None:
+    if as_json:
+        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*[_fmt(v) for v in row])
+    console.print(table)
+
+
 @results_app.command("sql")
 @user_errors
 def results_sql(
@@ -392,14 +409,7 @@ def results_sql(
     """
     from pipeline import results
 
-    columns, rows = results.query(Settings.from_env().results_root, query)
-    if as_json:
-        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
-        return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*[_fmt(v) for v in row])
-    console.print(table)
+    _print_rows(*results.query(Settings.from_env().results_root, query), as_json)
 
 
 @results_app.command("top")
@@ -417,14 +427,7 @@ def results_top(
 
     if n < 1:
         raise PipelineError(f"--n {n} must be >= 1")
-    columns, rows = results.top(Settings.from_env().results_root, strategy, n)
-    if as_json:
-        _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
-        return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*[_fmt(v) for v in row])
-    console.print(table)
+    _print_rows(*results.top(Settings.from_env().results_root, strategy, n), as_json)
 
 
 def _cache() -> Any:

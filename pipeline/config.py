@@ -19,27 +19,14 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/cryptobt"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _int_env(name: str, default: int, minimum: int = 0) -> int:
+def _number_env(name: str, default: float, minimum: float, kind: type = int) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
-    return value
-
-
-def _float_env(name: str, default: float, minimum: float = 0.0) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number") from None
+        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
     if value < minimum:
         raise ConfigError(f"{name}={value} must be >= {minimum}")
     return value
@@ -76,13 +63,13 @@ class Settings:
             cache_enabled=redis_url != "",
             lake_root=lake_root,
             results_root=results_root,
-            workers=_int_env("CRYPTOBT_WORKERS", 0),
-            export_connections=_int_env("CRYPTOBT_EXPORT_CONNECTIONS", 2, minimum=1),
+            workers=_number_env("CRYPTOBT_WORKERS", 0, 0),
+            export_connections=_number_env("CRYPTOBT_EXPORT_CONNECTIONS", 2, 1),
             cache_prefix=os.environ.get("CRYPTOBT_CACHE_PREFIX") or "cryptobt",
-            cache_ttl_seconds=_int_env("CRYPTOBT_CACHE_TTL", 86_400, minimum=1),
-            redis_timeout_seconds=_float_env("CRYPTOBT_REDIS_TIMEOUT", 0.5),
-            snapshot_keep=_int_env("CRYPTOBT_SNAPSHOT_KEEP", 5, minimum=1),
-            snapshot_keep_hours=_float_env("CRYPTOBT_SNAPSHOT_KEEP_HOURS", 24.0),
+            cache_ttl_seconds=_number_env("CRYPTOBT_CACHE_TTL", 86_400, 1),
+            redis_timeout_seconds=_number_env("CRYPTOBT_REDIS_TIMEOUT", 0.5, 0.0, float),
+            snapshot_keep=_number_env("CRYPTOBT_SNAPSHOT_KEEP", 5, 1),
+            snapshot_keep_hours=_number_env("CRYPTOBT_SNAPSHOT_KEEP_HOURS", 24.0, 0.0, float),
         )
 
 

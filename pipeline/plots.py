@@ -77,18 +77,26 @@ def _write_html(path, title, top, curves, sweep, axes) -> None:
     titles = ["Equity vs buy & hold (top symbols)", "Leaderboard: total return %"]
     if axes:
         titles.append(f"Sweep: mean total return % by {axes[0]} x {axes[1]}")
+    import plotly.colors
+
     fig = make_subplots(rows=rows, cols=1, subplot_titles=titles, vertical_spacing=0.08)
-    for curve in curves:
+    palette = plotly.colors.qualitative.Plotly
+    for i, curve in enumerate(curves):
         dates = _dates(curve.times)
+        color = palette[i % len(palette)]
         fig.add_trace(go.Scatter(x=dates, y=curve.equity, name=f"{curve.symbol} strategy", mode="lines",
-                                 connectgaps=False), row=1, col=1)
+                                 line={"color": color}, connectgaps=False), row=1, col=1)
         fig.add_trace(go.Scatter(x=dates, y=curve.buy_hold, name=f"{curve.symbol} buy & hold", mode="lines",
-                                 line={"dash": "dot"}, connectgaps=False), row=1, col=1)
+                                 line={"dash": "dot", "color": color}, connectgaps=False), row=1, col=1)
+    # Returns compound: on a log axis equal slopes mean equal growth rates.
+    fig.update_yaxes(type="log", title_text="equity", row=1, col=1)
     fig.add_trace(go.Bar(x=[r["symbol"] for r in top], y=[r["total_return_pct"] for r in top],
                          name="total return %"), row=2, col=1)
     if axes:
         xs, ys, z = _heatmap_grid(sweep, *axes)
-        fig.add_trace(go.Heatmap(x=xs, y=ys, z=z, colorscale="RdYlGn", name="mean return %",
+        # Parameter values as categories: a grid of 7, 14, 21 is three cells, not a continuous axis.
+        fig.add_trace(go.Heatmap(x=[str(v) for v in xs], y=[str(v) for v in ys], z=z, colorscale="RdYlGn",
+                                 name="mean return %",
                                  colorbar={"title": "%", "y": 0.15, "len": 0.3}), row=3, col=1)
         fig.update_xaxes(title_text=axes[0], row=3, col=1)
         fig.update_yaxes(title_text=axes[1], row=3, col=1)
@@ -109,6 +117,7 @@ def _write_png(path, title, top, curves, sweep, axes) -> None:
         line = grid[0].plot(dates, curve.equity, label=f"{curve.symbol} strategy")[0]
         grid[0].plot(dates, curve.buy_hold, linestyle=":", color=line.get_color(),
                      label=f"{curve.symbol} buy & hold")
+    grid[0].set_yscale("log")
     grid[0].set_title("Equity vs buy & hold (top symbols)")
     grid[0].legend(fontsize=7, ncol=2)
     grid[1].bar([r["symbol"] for r in top], [r["total_return_pct"] for r in top])

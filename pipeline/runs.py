@@ -20,7 +20,10 @@ from pipeline.engine import RunConfig
 # Sweeps write every combination to the results table but do not fill Redis with
 # thousands of keys per symbol: past this many parameter sets the cache is skipped.
 MAX_CACHED_COMBOS = 16
+# Symbols per kernel call when someone watches: small enough to stream or move a
+# progress bar, large enough that the per-call read stays cheap.
 STREAM_CHUNK = 16
+PROGRESS_CHUNK = 64
 
 
 @dataclass
@@ -62,6 +65,7 @@ def backtest(
     cache: ResultCache | None = None,
     write_results: bool = True,
     on_results: Callable[[list[dict[str, Any]]], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
     command: str = "",
     max_points: int = reader.DEFAULT_MAX_POINTS,
 ) -> RunOutcome:
@@ -70,7 +74,8 @@ def backtest(
     Asks the cache once for every (symbol, parameter set), computes only the symbols
     with a miss (one batched read, one kernel call per chunk), stores them in one
     pipeline, and appends every result to the results table. `on_results` receives
-    results as they are ready (cached ones first), for streaming.
+    results as they are ready (cached ones first), for streaming; `on_progress`
+    receives (symbols done, symbols in all).
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -111,7 +116,9 @@ def backtest(
     bar_steps = 0
     computed: list[dict[str, Any]] = []
     interrupted = False
-    chunk = STREAM_CHUNK if on_results else max(len(missing), 1)
+    chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else max(len(missing), 1)
+    if on_progress:
+        on_progress(len(names) - len(missing), len(names))
     try:
         for offset in range(0, len(missing), chunk):
             part = missing[offset: offset + chunk]
@@ -127,6 +134,8 @@ def backtest(
             collected.extend(fresh)
             if on_results:
                 on_results(fresh)
+            if on_progress:
+                on_progress(len(names) - len(missing) + offset + len(part), len(names))
     except KeyboardInterrupt:
         # Keep what finished: it is cached and written below.
         interrupted = True
