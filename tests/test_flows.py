@@ -152,3 +152,43 @@ def test_export_flow_against_unreachable_postgres_fails_naming_the_url_and_commi
     assert "postgresql://cryptobt:***@127.0.0.1:1/cryptobt" in message and "hunter2" not in message
     assert "start it" in message
     assert lake.current_snapshot(tmp_path / "lake") is None
+
+
+@pytest.mark.slow
+def test_demo_with_services_runs_postgres_export_flow_engine_redis_and_results(
+        prefect_harness, make_database, tmp_path, monkeypatch, redis_url, redis_prefix):
+    from typer.testing import CliRunner
+
+    from pipeline import source
+    from pipeline.cli import app
+
+    url = make_database()
+    source.apply_schema(url)
+    loaders.seed_database(url, n_symbols=4, years=0.2, seed=8)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("CRYPTOBT_CACHE_PREFIX", redis_prefix)
+    # The demo points the flow at its work folder through these; monkeypatch restores them.
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "d" / "lake"))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "d" / "results"))
+    first = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d")])
+    assert first.exit_code == 0, first.output
+    assert "export flow: snapshot" in first.output
+    again = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d")])
+    assert again.exit_code == 0, again.output
+    assert "(0 rows read)" in again.output
+    from pipeline.cache import ResultCache
+    from pipeline.config import Settings
+
+    stats = ResultCache.from_settings(replace(Settings.from_env(), cache_prefix=redis_prefix)).stats()
+    assert stats["hits"] >= 5 * 4, stats  # the second demo run served every strategy from Redis
+
+
+def test_serve_deployments_carry_their_schedules():
+    from flows.backtest import backtest_flow
+    from flows.export import export_flow
+
+    export = export_flow.to_deployment(name="export-hourly", cron="0 * * * *")
+    nightly = backtest_flow.to_deployment(name="backtest-nightly", cron="30 2 * * *")
+    assert export.schedules[0].schedule.cron == "0 * * * *"
+    assert nightly.schedules[0].schedule.cron == "30 2 * * *"

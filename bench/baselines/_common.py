@@ -33,7 +33,7 @@ def sqlalchemy_url(database_url: str) -> str:
     """`postgresql://...` -> `postgresql+psycopg://...` (SQLAlchemy would pick psycopg2)."""
     for prefix in ("postgresql://", "postgres://"):
         if database_url.startswith(prefix):
-            return "postgresql+psycopg://" + database_url[len(prefix):]
+            return "postgresql+psycopg://" + database_url[len(prefix) :]
     return database_url
 
 
@@ -79,4 +79,10 @@ def wilder_rsi(close: pd.Series, period: int) -> pd.Series:
 
 
 def empty_result(initial: float, bars: int, reason: str) -> dict:
-    return {"final_value": float(initial), "num_trades": 0, "trades": [], "bars": bars, "reason": reason}
+    return {
+        "final_value": float(initial),
+        "num_trades": 0,
+        "trades": [],
+        "bars": bars,
+        "reason": reason,
+    }

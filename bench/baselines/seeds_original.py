@@ -32,7 +32,9 @@ from bench.baselines._common import (
 
 def get_price_data(conn, crypto_id: int, interval: str = "1h") -> pd.DataFrame:
     """All rows of one crypto and interval, oldest first, indexed by datetime."""
-    df = pd.read_sql(text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval})
+    df = pd.read_sql(
+        text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval}
+    )
     if not df.empty:
         df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
         df = df.set_index("datetime")
@@ -40,7 +42,12 @@ def get_price_data(conn, crypto_id: int, interval: str = "1h") -> pd.DataFrame:
 
 
 def backtest_rsi_iterrows(
-    df: pd.DataFrame, period: int, oversold: float, overbought: float, fee_pct: float, initial: float
+    df: pd.DataFrame,
+    period: int,
+    oversold: float,
+    overbought: float,
+    fee_pct: float,
+    initial: float,
 ) -> dict:
     """The seeds' per-row loop over `df.iterrows()` (SPEC section 4 semantics)."""
     if len(df) <= period:
@@ -102,7 +109,9 @@ def run_rsi_all(
         with engine.connect() as conn:
             for crypto_id, symbol in cryptos:
                 df = get_price_data(conn, crypto_id, "1h")
-                results[symbol] = backtest_rsi_iterrows(df, period, oversold, overbought, fee_pct, initial)
+                results[symbol] = backtest_rsi_iterrows(
+                    df, period, oversold, overbought, fee_pct, initial
+                )
     finally:
         engine.dispose()
     return results

@@ -42,7 +42,9 @@ def _init_worker(database_url: str) -> None:
 
 
 def get_price_data(conn, crypto_id: int, interval: str) -> pd.DataFrame:
-    df = pd.read_sql(text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval})
+    df = pd.read_sql(
+        text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval}
+    )
     if not df.empty:
         df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
         df = df.set_index("datetime")
@@ -50,7 +52,12 @@ def get_price_data(conn, crypto_id: int, interval: str) -> pd.DataFrame:
 
 
 def backtest_rsi_vectorized(
-    df: pd.DataFrame, period: int, oversold: float, overbought: float, fee_pct: float, initial: float
+    df: pd.DataFrame,
+    period: int,
+    oversold: float,
+    overbought: float,
+    fee_pct: float,
+    initial: float,
 ) -> dict:
     """Signals with pandas, then a loop over the signal rows only (SPEC section 4)."""
     if len(df) <= period:
@@ -89,8 +96,16 @@ def backtest_rsi_vectorized(
     }
 
 
-def _run_one(crypto_id: int, symbol: str, interval: str, period: int, oversold: float,
-             overbought: float, fee_pct: float, initial: float) -> tuple[str, dict]:
+def _run_one(
+    crypto_id: int,
+    symbol: str,
+    interval: str,
+    period: int,
+    oversold: float,
+    overbought: float,
+    fee_pct: float,
+    initial: float,
+) -> tuple[str, dict]:
     with _engine.connect() as conn:
         df = get_price_data(conn, crypto_id, interval)
     return symbol, backtest_rsi_vectorized(df, period, oversold, overbought, fee_pct, initial)
@@ -120,8 +135,11 @@ def run_rsi_all(
         return {}
     if processes is None:
         processes = min(os.cpu_count() or 1, len(cryptos), 8)
-    args = [(cid, sym, interval, period, oversold, overbought, fee_pct, initial) for cid, sym in cryptos]
-    with multiprocessing.Pool(processes=processes, initializer=_init_worker,
-                              initargs=(database_url,)) as pool:
+    args = [
+        (cid, sym, interval, period, oversold, overbought, fee_pct, initial) for cid, sym in cryptos
+    ]
+    with multiprocessing.Pool(
+        processes=processes, initializer=_init_worker, initargs=(database_url,)
+    ) as pool:
         results = pool.starmap(_run_one, args)
     return dict(results)

@@ -60,7 +60,9 @@ def compact(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def rsi_matrix(close_tx: np.ndarray, period: int, rsi: str = "talib") -> np.ndarray:
     """RSI of a (time x symbols) array through vectorbt (see the module docstring)."""
     if rsi == "talib":
-        return np.asarray(_talib_rsi_indicator().run(close_tx, timeperiod=period).real, dtype=np.float64)
+        return np.asarray(
+            _talib_rsi_indicator().run(close_tx, timeperiod=period).real, dtype=np.float64
+        )
     if rsi == "vbt":
         out = vbt.RSI.run(close_tx, window=2 * period - 1, ewm=True, adjust=False).rsi
         return np.asarray(out, dtype=np.float64)
@@ -83,7 +85,10 @@ def run_rsi(
     packed, bars = compact(close)
     n_symbols = packed.shape[0]
     if packed.shape[1] == 0:
-        return {"final_value": np.full(n_symbols, float(initial)), "num_trades": np.zeros(n_symbols, np.int64)}
+        return {
+            "final_value": np.full(n_symbols, float(initial)),
+            "num_trades": np.zeros(n_symbols, np.int64),
+        }
     close_tx = np.ascontiguousarray(packed.T)  # vectorbt: rows are time, columns are symbols
     values = rsi_matrix(close_tx, period, rsi)
     prev = np.vstack([np.full((1, n_symbols), np.nan), values[:-1]])
@@ -93,15 +98,22 @@ def run_rsi(
     f = fee_pct / 100.0
     fees = np.where(entries, f / (1.0 - f), f)
     pf = vbt.Portfolio.from_signals(
-        close_tx, entries, exits,
-        size=np.inf, fees=fees, init_cash=float(initial),
-        direction="longonly", accumulate=False,
+        close_tx,
+        entries,
+        exits,
+        size=np.inf,
+        fees=fees,
+        init_cash=float(initial),
+        direction="longonly",
+        accumulate=False,
     )
     cash = np.asarray(pf.cash(), dtype=np.float64).reshape(close_tx.shape)
     assets = np.asarray(pf.assets(), dtype=np.float64).reshape(close_tx.shape)
     last = np.maximum(bars - 1, 0)
     cols = np.arange(n_symbols)
-    final_value = cash[last, cols] + assets[last, cols] * np.where(bars > 0, close_tx[last, cols], 0.0)
+    final_value = cash[last, cols] + assets[last, cols] * np.where(
+        bars > 0, close_tx[last, cols], 0.0
+    )
     final_value = np.where(bars > 0, final_value, float(initial))
     records = pf.orders.values
     buys = records["col"][records["side"] == 0]
