@@ -142,10 +142,12 @@ def main() -> None:
     print("cold CLI...", flush=True)
     env = {"CRYPTOBT_LAKE_ROOT": str(settings.lake_root), "CRYPTOBT_RESULTS_ROOT": str(settings.results_root),
            "REDIS_URL": "", "PATH": "/usr/bin:/bin", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    # The child reports its own peak RSS (RUSAGE_CHILDREN would give the largest child ever).
-    child = ("import resource, sys\nfrom pipeline.cli import app\nsys.argv = ['cryptobt', 'backtest', 'rsi', "
+    # The child reports its own peak RSS as VmHWM: ru_maxrss survives exec, so a child forked
+    # from this (large) process would report the parent's size.
+    child = ("import sys\nfrom pipeline.cli import app\nsys.argv = ['cryptobt', 'backtest', 'rsi', "
              "'--all', '--json']\ntry:\n    app(prog_name='cryptobt')\nexcept SystemExit:\n    pass\n"
-             "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)")
+             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+             "print('RSS', hwm, file=sys.stderr)")
     cold, rss = [], []
     for _ in range(3):
         t = time.perf_counter()

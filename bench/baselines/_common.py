@@ -86,3 +86,14 @@ def empty_result(initial: float, bars: int, reason: str) -> dict:
         "bars": bars,
         "reason": reason,
     }
+
+
+def get_price_data(conn, crypto_id: int, interval: str = "1h") -> pd.DataFrame:
+    """All rows of one crypto and interval, oldest first, indexed by datetime (the seeds' query)."""
+    from sqlalchemy import text
+
+    df = pd.read_sql(text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval})
+    if not df.empty:
+        df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
+        df = df.set_index("datetime")
+    return df

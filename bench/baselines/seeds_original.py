@@ -19,26 +19,15 @@ from __future__ import annotations
 import math
 
 import pandas as pd
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from bench.baselines._common import (
-    PRICES_QUERY,
     empty_result,
+    get_price_data,
     list_symbols,
     sqlalchemy_url,
     wilder_rsi,
 )
-
-
-def get_price_data(conn, crypto_id: int, interval: str = "1h") -> pd.DataFrame:
-    """All rows of one crypto and interval, oldest first, indexed by datetime."""
-    df = pd.read_sql(
-        text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval}
-    )
-    if not df.empty:
-        df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
-        df = df.set_index("datetime")
-    return df
 
 
 def backtest_rsi_iterrows(

@@ -23,11 +23,11 @@ import os
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 
 from bench.baselines._common import (
-    PRICES_QUERY,
     empty_result,
+    get_price_data,
     list_symbols,
     sqlalchemy_url,
     wilder_rsi,
@@ -39,16 +39,6 @@ _engine = None  # one per worker process
 def _init_worker(database_url: str) -> None:
     global _engine
     _engine = create_engine(sqlalchemy_url(database_url), pool_size=1, max_overflow=0)
-
-
-def get_price_data(conn, crypto_id: int, interval: str) -> pd.DataFrame:
-    df = pd.read_sql(
-        text(PRICES_QUERY), conn, params={"crypto_id": crypto_id, "interval": interval}
-    )
-    if not df.empty:
-        df["datetime"] = pd.to_datetime(df["datetime"], utc=True)
-        df = df.set_index("datetime")
-    return df
 
 
 def backtest_rsi_vectorized(
