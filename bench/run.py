@@ -213,7 +213,7 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
     found: dict = {}
     ours = engine.run_metrics(batch, config)[:, 0, 0]
     try:
-        from bench.baselines import seeds_original, seeds_phase12, vectorbt_rsi
+        from bench.baselines import seeds_original, seeds_phase12
     except ImportError as exc:
         return {"baselines": {"skipped": f"not installed ({exc}); run `make bench`"}}
     n = 5 if quick else 10
@@ -238,6 +238,11 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
     found["seeds_phase12_daily"] = {
         "label": "seeds phase 1+2 as they run it: daily data (24x fewer bars)",
         "seconds": seconds, "ratio": seconds / ours_end_to_end}
+    try:
+        from bench.baselines import vectorbt_rsi
+    except ImportError as exc:
+        found["vectorbt"] = {"skipped": f"vectorbt not installed ({exc}); run `make bench`"}
+        return found
     close = batch.columns["close"]
     stats = timed(lambda: vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0), 3)
     got = vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0)
