@@ -259,16 +259,17 @@ def write_chart(r: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [(s["label"].split(":")[0], s["ratio"]) for s in r["baselines"].values() if "ratio" in s]
+    rows = [(s["label"].split(":")[0].split(" (")[0], s["ratio"]) for s in r["baselines"].values() if "ratio" in s]
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(9, 0.6 * len(rows) + 1.5))
+    fig, ax = plt.subplots(figsize=(10, 0.6 * len(rows) + 1.8))
     ax.barh([name for name, _ in rows], [ratio for _, ratio in rows], color="tab:green")
     ax.set_xscale("log")
     ax.set_xlabel("how many times faster our pipeline is (log scale)")
     for i, (_, ratio) in enumerate(rows):
         ax.text(ratio, i, f" {ratio:,.0f}x", va="center")
-    ax.set_title(f"RSI over {r['scale']['cryptos']} cryptos x {r['scale']['years']:g} y hourly, {r['date'][:10]}")
+    ax.set_xlim(1, max(ratio for _, ratio in rows) * 4)
+    ax.set_title(f"RSI over {r['scale']['cryptos']} cryptos x {r['scale']['years']:g} y hourly ({r['date'][:10]})")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
