@@ -126,6 +126,7 @@ def main() -> None:
         stats["bar_steps_per_second"] = bar_steps / stats["median"]
         out[f"rsi_kernel_threads_{threads}"] = stats
     engine.set_threads(0)
+    out["single_backtest"] = timed(lambda: runs.backtest(settings, config, [one], write_results=False), 10)
     out["rsi_end_to_end_warm"] = timed(lambda: runs.backtest(settings, config, write_results=False), 5)
     out["rsi_end_to_end_warm"]["kernel_share_pct"] = (
         100 * out["rsi_kernel_threads_2"]["median"] / out["rsi_end_to_end_warm"]["median"])
@@ -211,7 +212,8 @@ def export_seeds_way(url: str, n: int, total: int) -> dict:
 def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, ours_kernel: float) -> dict:
     """The seeds' approaches and vectorbt (bench/baselines; `pip install -e .[bench]`)."""
     found: dict = {}
-    ours = engine.run_metrics(batch, config)[:, 0, 0]
+    cube = engine.run_metrics(batch, config)
+    ours, our_trades = cube[:, 0, 0], cube[:, 0, 3]
     try:
         from bench.baselines import seeds_original, seeds_phase12
     except ImportError as exc:
@@ -224,14 +226,16 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
         "label": f"seeds original: per-crypto SQL + pandas iterrows, sequential (measured on {n} symbols, "
                  f"scaled to {len(batch.symbols)})",
         "seconds": seconds, "ratio": seconds / ours_end_to_end, "goal": ">= 1000x",
-        "max_rel_diff_final_value": _max_diff(got, batch, ours)}
+        "max_rel_diff_final_value": _max_diff(got, batch, ours),
+        "trade_count_mismatches": _trade_mismatches(got, batch, our_trades)}
     t = time.perf_counter()
     got = seeds_phase12.run_rsi_all(url, interval="1h")
     seconds = time.perf_counter() - t
     found["seeds_phase12_hourly"] = {
         "label": "seeds phase 1+2 on the same hourly data: pandas signals + multiprocessing.Pool",
         "seconds": seconds, "ratio": seconds / ours_end_to_end, "goal": ">= 50x",
-        "max_rel_diff_final_value": _max_diff(got, batch, ours)}
+        "max_rel_diff_final_value": _max_diff(got, batch, ours),
+        "trade_count_mismatches": _trade_mismatches(got, batch, our_trades)}
     t = time.perf_counter()
     seeds_phase12.run_rsi_all(url, interval="1d")
     seconds = time.perf_counter() - t
@@ -249,7 +253,8 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
     found["vectorbt"] = {
         "label": "vectorbt 1.2 (TA-Lib RSI + Portfolio.from_signals) on the same arrays, warm",
         "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": ">= 10x",
-        "max_rel_diff_final_value": float(np.nanmax(np.abs(got["final_value"] / ours - 1)))}
+        "max_rel_diff_final_value": float(np.nanmax(np.abs(got["final_value"] / ours - 1))),
+        "trade_count_mismatches": int(np.sum(got["num_trades"] != our_trades))}
     return found
 
 
@@ -273,6 +278,12 @@ def write_chart(r: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def _trade_mismatches(got: dict, batch, our_trades: np.ndarray) -> int:
+    """Symbols whose number of entries differs from ours."""
+    return sum(1 for s, v in got.items() if s in batch.symbols
+               and v["num_trades"] != int(our_trades[batch.symbols.index(s)]))
 
 
 def _max_diff(got: dict, batch, ours: np.ndarray) -> float:
@@ -299,6 +310,9 @@ def write_report(r: dict, path: Path) -> None:
         "| scenario | measured | goal | |", "|---|---|---|---|",
         f"| RSI(14, 30/70) all symbols, kernel, 2 threads | {k2['median'] * 1000:.1f} ms "
         f"({k2['min'] * 1000:.1f}/{k2['median'] * 1000:.1f}/{k2['max'] * 1000:.1f}) | <= 200 ms | {_goal(k2['median'], 0.2)} |",
+        f"| single backtest: one symbol, 5 years hourly, read + kernel (warm-up + 10 runs) | "
+        f"{r['single_backtest']['median'] * 1000:.1f} ms ({r['single_backtest']['min'] * 1000:.1f}/"
+        f"{r['single_backtest']['median'] * 1000:.1f}/{r['single_backtest']['max'] * 1000:.1f}) | | |",
         f"| RSI all symbols, lake read + kernel + results (warm) | {e2e['median'] * 1000:.1f} ms "
         f"(kernel share {e2e['kernel_share_pct']:.0f} %) | <= 200 ms | {_goal(e2e['median'], 0.2)} |",
         f"| kernel bar-steps/s (1 thread / 2 threads) | {k1['bar_steps_per_second'] / 1e6:,.0f} M / "
@@ -341,14 +355,17 @@ def write_report(r: dict, path: Path) -> None:
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")
     lines += ["", "## Baselines (same data, same run)", "",
               "End-to-end rows compare with our warm end-to-end run (lake read + kernel + results); "
-              "vectorbt gets the same aligned arrays as our kernel and is compared with the kernel alone.", "",
+              "vectorbt gets the same aligned arrays as our kernel and is compared with the kernel alone. "
+              "Agreement is checked per symbol: final value (tolerance 1e-9 relative) and number of trades "
+              "(must be equal).", "",
               "| method | time | ours is | goal | agreement with ours |", "|---|---|---|---|---|"]
     for name, stats in b.items():
         if "skipped" in stats:
             lines.append(f"| {name} | skipped: {stats['skipped']} | | | |")
             continue
         agree = stats.get("max_rel_diff_final_value")
-        agreement = f"max rel. diff of final value {agree:.1e}" if agree is not None else "(different data: daily)"
+        agreement = (f"final value max rel. diff {agree:.1e}; symbols with another trade count: "
+                     f"{stats['trade_count_mismatches']}" if agree is not None else "(different data: daily)")
         lines.append(f"| {stats['label']} | {stats['seconds']:.2f} s | {stats['ratio']:,.0f}x faster | "
                      f"{stats.get('goal', '')} | {agreement} |")
     lines += ["", "![ratios](ratios.png)"]

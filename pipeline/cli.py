@@ -461,7 +461,8 @@ def cache_clear() -> None:
 
     Example: cryptobt cache clear
     """
-    console.print(f"deleted {_cache().clear()} key(s)")
+    cache = _cache()
+    console.print(f"deleted {cache.clear()} key(s) under the prefix {cache.prefix!r} (results, indexes, counters)")
 
 
 @cache_app.command("invalidate")

@@ -231,3 +231,25 @@ def test_concurrent_backtest_processes_give_identical_results(cli_env):
     rows = duckdb.sql(f"SELECT count(*), count(DISTINCT run_id) FROM read_parquet("
                       f"'{cli_env.results_root}/**/*.parquet', hive_partitioning = true)").fetchall()[0]
     assert rows == (20 * 12, 20)
+
+
+def test_results_cache_and_stats_commands_report_what_the_runs_did(cli_env):
+    runner = CliRunner()
+    assert runner.invoke(app, ["backtest", "rsi"]).exit_code == 0
+    assert runner.invoke(app, ["backtest", "rsi"]).exit_code == 0  # served from cache
+    top = json.loads(runner.invoke(app, ["results", "top", "--strategy", "rsi", "--n", "3", "--json"]).output)
+    assert len(top) == 3 and all(r["strategy"] == "rsi" for r in top)
+    rows = json.loads(runner.invoke(app, ["results", "sql", "SELECT count(*) AS n, count(DISTINCT run_id) AS runs"
+                                          " FROM results", "--json"]).output)
+    assert rows == [{"n": 24, "runs": 2}]
+    stats = json.loads(runner.invoke(app, ["stats", "--json"]).output)
+    assert stats["runs"] == 2 and stats["hit_rate"] == pytest.approx(0.5)
+    cache = json.loads(runner.invoke(app, ["cache", "stats", "--json"]).output)
+    assert cache["keys"] == 12 and cache["hits"] == 12 and cache["misses"] == 12
+    symbol = top[0]["symbol"]
+    out = runner.invoke(app, ["cache", "invalidate", "--symbol", symbol]).output
+    assert f"deleted 1 key(s) of {symbol}" in out
+    assert runner.invoke(app, ["cache", "clear"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["cache", "stats", "--json"]).output)["keys"] == 0
+    bad = runner.invoke(app, ["results", "sql", "SELECT nope FROM results"])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
