@@ -122,7 +122,8 @@ def backtest(
     try:
         for offset in range(0, len(missing), chunk):
             part = missing[offset: offset + chunk]
-            columns = ("open", "close")
+            # Opens matter only to fill at the next open: not reading them saves a third of the read.
+            columns = ("open", "close") if config.fill == "next_open" else ("close",)
             batch = reader.read_prices(settings.lake_root, part, interval, config.timerange_start,
                                        config.timerange_end, columns=columns, snapshot=snapshot)
             engine.check_memory(len(part), batch.times.size, n_params)
