@@ -241,13 +241,18 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+SWEEP_COLUMNS = ("symbol", "total_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe")
+
+
 def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
-    columns = [HEADERS.get(c, c) for c in RESULT_COLUMNS] + (["params"] if with_params else [])
+    # A sweep's rows need room for their parameters: fewer metric columns there.
+    shown = SWEEP_COLUMNS if with_params else RESULT_COLUMNS
+    columns = [HEADERS.get(c, c) for c in shown] + (["params"] if with_params else [])
     table = Table(*columns, title=title)
     for r in results[:limit]:
-        cells = [_fmt(r[c]) for c in RESULT_COLUMNS]
+        cells = [_fmt(r[c]) for c in shown]
         if with_params:
-            cells.append(" ".join(f"{k}={v}" for k, v in r["params"].items()))
+            cells.append(" ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()))
         table.add_row(*cells)
     console.print(table)
 
@@ -380,7 +385,7 @@ def sweep_command(
         return
     _print_board(best, f"best {top} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top, True)
     _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
-    console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.0f} "
+    console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
 
 

@@ -308,3 +308,26 @@ def test_lake_root_that_is_not_writable_fails_before_reading_postgres(seeded, tm
     with pytest.raises(PipelineError, match="is not writable"):
         run_export(replace(seeded, lake_root=blocked / "lake"))
     assert os.path.isfile(blocked)
+
+
+def test_cli_export_snapshots_and_vacuum(seeded, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    monkeypatch.setenv("DATABASE_URL", seeded.database_url)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(seeded.lake_root))
+    runner = CliRunner()
+    first = json.loads(runner.invoke(app, ["export", "--no-prefect", "--json"]).output.splitlines()[-1])
+    assert first["created"] and first["rows_read"] > 0
+    _change_every_symbol(seeded.database_url)
+    second = json.loads(runner.invoke(app, ["export", "--no-prefect", "--json"]).output.splitlines()[-1])
+    assert second["created"] and len(second["changed_symbols"]) == 6
+    listed = json.loads(runner.invoke(app, ["lake", "snapshots", "--json"]).output)
+    assert [s["snapshot_id"] for s in listed] == [first["snapshot_id"], second["snapshot_id"]]
+    assert [s["current"] for s in listed] == [False, True]
+    vacuumed = runner.invoke(app, ["lake", "vacuum", "--keep", "1", "--keep-hours", "0"])
+    assert vacuumed.exit_code == 0 and first["snapshot_id"] in vacuumed.output
+    assert [s["snapshot_id"] for s in json.loads(runner.invoke(app, ["lake", "snapshots", "--json"]).output)] == \
+        [second["snapshot_id"]]
+    assert runner.invoke(app, ["lake", "vacuum", "--keep", "0"]).exit_code == 1
