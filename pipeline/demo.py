@@ -118,9 +118,10 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     ]
     console.print(f"pictures: {', '.join(str(p) for p in written)}")
     console.print(f"results:  {settings.results_root} (append-only Parquet)")
-    console.print("query them with plain DuckDB:")
-    console.print(f"  duckdb -c \"SELECT strategy, symbol, total_return_pct FROM read_parquet("  # noqa: S608 - printed example
-                  f"'{settings.results_root}/**/*.parquet', hive_partitioning = true) "
-                  f"ORDER BY total_return_pct DESC LIMIT 10\"", highlight=False, soft_wrap=True)
+    query = (f"SELECT strategy, symbol, total_return_pct FROM read_parquet('{settings.results_root}/**/*.parquet', "  # noqa: S608 - printed example
+             "hive_partitioning = true) ORDER BY total_return_pct DESC LIMIT 10")
+    console.print("query them with plain DuckDB (any client), e.g. from this venv:", highlight=False)
+    console.print(f"  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"",
+                  highlight=False, soft_wrap=True)
     console.print(f"demo finished in {time.perf_counter() - started:.1f} s")
     return {"outcomes": outcomes, "sweep": sweep, "pictures": written, "settings": settings}
