@@ -331,3 +331,14 @@ def test_cli_export_snapshots_and_vacuum(seeded, monkeypatch):
     assert [s["snapshot_id"] for s in json.loads(runner.invoke(app, ["lake", "snapshots", "--json"]).output)] == \
         [second["snapshot_id"]]
     assert runner.invoke(app, ["lake", "vacuum", "--keep", "0"]).exit_code == 1
+
+
+def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seeded, monkeypatch):
+    from pipeline import source
+
+    with_psql = source.extract_changed(seeded.database_url, None)
+    monkeypatch.setattr(source.shutil, "which", lambda name: None)
+    without = source.extract_changed(seeded.database_url, None)
+    assert without.rows_read == with_psql.rows_read > 0
+    key = ["crypto_id", "ts"]
+    assert without.frames["1h"].sort(key).equals(with_psql.frames["1h"].sort(key))
