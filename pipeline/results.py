@@ -36,6 +36,7 @@ import re
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,12 @@ def new_run_id(now: datetime | None = None) -> str:
 def params_json(params: Mapping[str, Any]) -> str:
     """Canonical JSON of a parameter set: sorted keys, no spaces."""
     return json.dumps(_plain(dict(params)), sort_keys=True, separators=(",", ":"))
+
+
+@lru_cache(maxsize=65_536)
+def _params_json_cached(items: tuple) -> str:
+    # A sweep repeats each parameter set across every symbol: encode each once.
+    return params_json(dict(items))
 
 
 def append_results(
@@ -401,7 +408,7 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     row.update(
         run_id=run_id,
         created_at=created,
-        params_json=params_json(params),
+        params_json=_params_json_cached(tuple(sorted(params.items()))),
         from_cache=bool(record.get("from_cache", False)),
     )
     # Parameters a strategy does not have stay null; unknown names live in params_json only.
@@ -505,11 +512,21 @@ def _parse_ts(value: Any, what: str) -> datetime | None:
     if isinstance(value, date):
         return datetime(value.year, value.month, value.day, tzinfo=UTC)
     if isinstance(value, str):
-        try:
-            return _as_utc(datetime.fromisoformat(value), what)
-        except ValueError:
-            raise InputError(f"{what}={value!r} is not an ISO-8601 timestamp") from None
+        parsed = _parse_iso(value)
+        if parsed is None:
+            raise InputError(f"{what}={value!r} is not an ISO-8601 timestamp")
+        return parsed
     raise InputError(f"{what}={value!r} is not a timestamp")
+
+
+@lru_cache(maxsize=65_536)
+def _parse_iso(value: str) -> datetime | None:
+    # A sweep repeats each symbol's start/end across every parameter set: parse each once.
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _plain(value: Any) -> Any:
