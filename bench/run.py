@@ -68,6 +68,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE, help="Where RESULTS.md and results.json go.")
+    parser.add_argument("--database", help="Database to seed and use (default cryptobt_bench[_quick]).")
+    parser.add_argument("--workdir", type=Path, default=WORK, help="Where the bench's lakes and results go.")
     args = parser.parse_args()
     cryptos, years = (20, 1.0) if args.quick else (211, 5.0)
     out: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -78,12 +80,12 @@ def main() -> None:
         out["versions"][module] = __import__(module).__version__
     base = Settings.from_env()
     admin = base.database_url.rsplit("/", 1)[0] + "/postgres"
-    url, out["seed"] = ensure_database(admin, "cryptobt_bench_quick" if args.quick else "cryptobt_bench",
-                                       cryptos, years)
-    WORK.mkdir(exist_ok=True)
-    tag = "quick" if args.quick else "full"
-    settings = replace(base, database_url=url, lake_root=WORK / f"lake-{tag}", results_root=WORK / f"results-{tag}",
-                       cache_prefix=f"cryptobt-bench-{tag}")
+    name = args.database or ("cryptobt_bench_quick" if args.quick else "cryptobt_bench")
+    url, out["seed"] = ensure_database(admin, name, cryptos, years)
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    settings = replace(base, database_url=url, lake_root=work / f"lake-{name}", results_root=work / f"results-{name}",
+                       cache_prefix=f"cryptobt-bench-{name}")
     shutil.rmtree(settings.lake_root, ignore_errors=True)
 
     print("export (full, 3 runs)...", flush=True)
@@ -108,7 +110,7 @@ def main() -> None:
                                  "seconds": statistics.median(i.seconds for i in incrementals),
                                  "runs_seconds": [i.seconds for i in incrementals],
                                  "changed_symbols": len(incrementals[0].changed_symbols)}
-    out["export_seeds_way"] = export_seeds_way(url, 10 if args.quick else 20, cryptos)
+    out["export_seeds_way"] = export_seeds_way(url, 10 if args.quick else 20, cryptos, work)
     sizes = source.table_sizes(url)
     lake_bytes = sum(p.stat().st_size for p in lake.current_snapshot(settings.lake_root).path.rglob("*.parquet"))
     out["size"] = {"lake_bytes": lake_bytes, "postgres_bytes": sizes["crypto_prices"],
@@ -192,7 +194,7 @@ def main() -> None:
     print((args.out / "RESULTS.md").read_text())
 
 
-def export_seeds_way(url: str, n: int, total: int) -> dict:
+def export_seeds_way(url: str, n: int, total: int, work: Path) -> dict:
     """The seeds' way to a Parquet copy: pandas.read_sql + to_parquet, one crypto at a time."""
     try:
         import pandas as pd
@@ -200,7 +202,7 @@ def export_seeds_way(url: str, n: int, total: int) -> dict:
     except ImportError as exc:
         return {"skipped": f"pandas/sqlalchemy not installed ({exc}); run `make bench`"}
     engine_ = sqlalchemy.create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1))
-    target = WORK / "seeds-export"
+    target = work / "seeds-export"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     rows = 0

@@ -199,7 +199,7 @@ def params_json(params: Mapping[str, Any]) -> str:
 @lru_cache(maxsize=65_536)
 def _params_json_cached(items: tuple) -> str:
     # A sweep repeats each parameter set across every symbol: encode each once.
-    return params_json(dict(items))
+    return params_json({name: value for name, _, value in items})
 
 
 def append_results(
@@ -408,7 +408,8 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     row.update(
         run_id=run_id,
         created_at=created,
-        params_json=_params_json_cached(tuple(sorted(params.items()))),
+        # The type is part of the key: 14 == 14.0 as dict keys, but their JSON differs.
+        params_json=_params_json_cached(tuple(sorted((k, type(v), v) for k, v in params.items()))),
         from_cache=bool(record.get("from_cache", False)),
     )
     # Parameters a strategy does not have stay null; unknown names live in params_json only.

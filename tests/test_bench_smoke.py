@@ -9,8 +9,18 @@ import pytest
 
 @pytest.mark.slow
 def test_quick_benchmark_writes_a_report_with_every_scenario(tmp_path, pg_admin_url, redis_url):
-    done = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    import uuid
+
+    import psycopg
+
+    database = f"cryptobt_test_bench_{uuid.uuid4().hex[:8]}"
+    try:
+        done = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path),
+                               "--database", database, "--workdir", str(tmp_path / "work")],
+                              capture_output=True, text=True, timeout=600)
+    finally:
+        with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
     assert done.returncode == 0, done.stderr[-3000:]
     report = (tmp_path / "RESULTS.md").read_text()
     raw = json.loads((tmp_path / "results.json").read_text())
