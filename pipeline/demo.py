@@ -52,7 +52,7 @@ def _full_path(settings: Settings, console: Console) -> None:
 
     source.apply_schema(settings.database_url)
     with source.connect(settings.database_url) as conn:
-        empty = conn.execute("SELECT NOT EXISTS (SELECT 1 FROM crypto_prices)").fetchone()[0]
+        empty = not source.has_prices(conn)
     if empty:
         report = loaders.seed_database(settings.database_url, 60, 2.0)
         console.print(f"seeded PostgreSQL: {report.total_rows:,} rows ({report.rows_per_second:,.0f} rows/s)")

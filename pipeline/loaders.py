@@ -66,9 +66,7 @@ def seed_database(
         ids_by_symbol = source.register_symbols(conn, symbols)
         conn.commit()
         ids = [ids_by_symbol[s] for s in symbols]
-        existing = conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM crypto_prices WHERE crypto_id = ANY(%s))", (ids,)
-        ).fetchone()[0]
+        existing = source.has_prices(conn, ids)
     frames = {"1h": _with_ids(hourly, ids, "symbol_index"), "1d": _with_ids(daily, ids, "symbol_index")}
     source.load_prices_parallel(url, frames, upsert=bool(existing), connections=connections,
                                 progress=progress)

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -111,8 +110,7 @@ def apply_schema(url: str) -> list[str]:
     ensure_database(url)
     applied = []
     with connect(url) as conn:
-        # Two `db init` at once would race on CREATE ... IF NOT EXISTS.
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext('cryptobt.schema'))")
+        conn.execute(load_sql("schema_lock.sql"))
         for path in schema_files():
             conn.execute(path.read_text())
             applied.append(path.name)
@@ -353,28 +351,18 @@ def extract_changed(
     return Extract(frames=merged, symbols=symbols, watermark=watermark, rows_read=rows_read)
 
 
-@contextmanager
-def advisory_lock(url: str, name: str, *, wait: bool) -> Iterator[bool]:
-    """Hold a session-level advisory lock named `name`; yields False if busy and not waiting."""
-    with connect(url, autocommit=True) as conn:
-        if wait:
-            conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (name,))
-            acquired = True
-        else:
-            acquired = bool(conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (name,)).fetchone()[0])
-        try:
-            yield acquired
-        finally:
-            if acquired:
-                conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (name,))
-
-
 def table_sizes(url: str) -> dict[str, int]:
     """Bytes on disk of each table with its indexes (pg_total_relation_size)."""
     with connect(url) as conn:
         rows = conn.execute(
-            "SELECT relname, pg_total_relation_size(oid) FROM pg_class "
-            "WHERE relname = ANY(%s) AND relkind = 'r'",
-            (["cryptocurrencies", "crypto_prices", "crypto_strategies"],),
+            load_sql("table_sizes.sql"),
+            {"tables": ["cryptocurrencies", "crypto_prices", "crypto_strategies"]},
         ).fetchall()
     return dict(rows)
+
+
+def has_prices(conn: psycopg.Connection, crypto_ids: list[int] | None = None) -> bool:
+    """Whether crypto_prices holds any row (of `crypto_ids`, when given)."""
+    if crypto_ids is None:
+        return not conn.execute(load_sql("prices_empty.sql")).fetchone()[0]
+    return bool(conn.execute(load_sql("symbols_have_prices.sql"), {"ids": crypto_ids}).fetchone()[0])
