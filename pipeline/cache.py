@@ -156,36 +156,9 @@ class ResultCache:
         """Whether this object has reported a problem."""
         return self._warned
 
-    def key(
-        self,
-        *,
-        strategy: str,
-        params: Mapping[str, Any],
-        symbol: str,
-        interval: str,
-        timerange_start: str | datetime | None,
-        timerange_end: str | datetime | None,
-        fill: str,
-        fee_pct: float,
-        initial_investment: float,
-        data_version: str,
-        engine_version: str = ENGINE_VERSION,
-    ) -> str:
-        """The key of one backtest under this cache's prefix (see `cache_key`)."""
-        return cache_key(
-            self.prefix,
-            strategy=strategy,
-            params=params,
-            symbol=symbol,
-            interval=interval,
-            timerange_start=timerange_start,
-            timerange_end=timerange_end,
-            fill=fill,
-            fee_pct=fee_pct,
-            initial_investment=initial_investment,
-            data_version=data_version,
-            engine_version=engine_version,
-        )
+    def key(self, **fields: Any) -> str:
+        """The key of one backtest under this cache's prefix; `fields` are `cache_key`'s keywords."""
+        return cache_key(self.prefix, **fields)
 
     def key_for_record(self, record: Mapping[str, Any]) -> str:
         """The key of the backtest that produced ``record``."""
