@@ -38,6 +38,16 @@ def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indica
     rec["indicator"] = indicator
 
 
+@njit(cache=True, inline="always")
+def _signal(in_position: bool, entry: bool, exit_: bool) -> int:
+    """The order a bar's signals give: a signal that does not change the state is ignored."""
+    if not in_position and entry:
+        return ACTION_BUY
+    if in_position and exit_:
+        return ACTION_SELL
+    return 0
+
+
 @njit(cache=True)
 def simulate_1d(
     open_: np.ndarray,
@@ -102,70 +112,44 @@ def simulate_1d(
     r_m2 = 0.0
 
     for t in range(n):
-        if pending != 0:
-            price = open_[t]
-            if pending == ACTION_BUY:
-                fee = cash * fee_frac
-                units = (cash - fee) / price
-                entry_cash = cash
-                if keep_trades:
-                    _record(trades_out, n_records, t, pending_bar, ACTION_BUY, price, units,
-                            cash, fee, sig_value[pending_bar])
-                    n_records += 1
-                cash = 0.0
-                in_position = True
-                num_trades += 1
-            else:
-                proceeds = units * price
-                fee = proceeds * fee_frac
-                cash = proceeds - fee
-                if cash > entry_cash:
-                    wins += 1
-                if keep_trades:
-                    _record(trades_out, n_records, t, pending_bar, ACTION_SELL, price, units,
-                            cash, fee, sig_value[pending_bar])
-                    n_records += 1
-                units = 0.0
-                in_position = False
-                closed_trades += 1
-            pending = 0
-
-        if not in_position and entries[t]:
-            if fill_next_open:
-                if t + 1 < n:
-                    pending = ACTION_BUY
-                    pending_bar = t
-            else:
-                price = close[t]
-                fee = cash * fee_frac
-                units = (cash - fee) / price
-                entry_cash = cash
-                if keep_trades:
-                    _record(trades_out, n_records, t, t, ACTION_BUY, price, units, cash, fee,
-                            sig_value[t])
-                    n_records += 1
-                cash = 0.0
-                in_position = True
-                num_trades += 1
-        elif in_position and exits[t]:
-            if fill_next_open:
-                if t + 1 < n:
-                    pending = ACTION_SELL
-                    pending_bar = t
-            else:
-                price = close[t]
-                proceeds = units * price
-                fee = proceeds * fee_frac
-                cash = proceeds - fee
-                if cash > entry_cash:
-                    wins += 1
-                if keep_trades:
-                    _record(trades_out, n_records, t, t, ACTION_SELL, price, units, cash, fee,
-                            sig_value[t])
-                    n_records += 1
-                units = 0.0
-                in_position = False
-                closed_trades += 1
+        # At most one fill per bar: an order pending from the previous close fills at this
+        # open (next_open), or this bar's own signal fills at its close (close).
+        action = pending
+        price = open_[t]
+        signal_bar = pending_bar
+        pending = 0
+        if action == 0 and not fill_next_open:
+            action = _signal(in_position, entries[t], exits[t])
+            price = close[t]
+            signal_bar = t
+        if action == ACTION_BUY:
+            fee = cash * fee_frac
+            units = (cash - fee) / price
+            entry_cash = cash
+            if keep_trades:
+                _record(trades_out, n_records, t, signal_bar, ACTION_BUY, price, units,
+                        cash, fee, sig_value[signal_bar])
+                n_records += 1
+            cash = 0.0
+            in_position = True
+            num_trades += 1
+        elif action == ACTION_SELL:
+            proceeds = units * price
+            fee = proceeds * fee_frac
+            cash = proceeds - fee
+            if cash > entry_cash:
+                wins += 1
+            if keep_trades:
+                _record(trades_out, n_records, t, signal_bar, ACTION_SELL, price, units,
+                        cash, fee, sig_value[signal_bar])
+                n_records += 1
+            units = 0.0
+            in_position = False
+            closed_trades += 1
+        if fill_next_open and t + 1 < n:
+            # The state after this bar's fill decides; a signal on the last bar is not filled.
+            pending = _signal(in_position, entries[t], exits[t])
+            pending_bar = t
 
         equity = cash + units * close[t]
         if keep_equity:
