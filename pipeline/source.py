@@ -31,30 +31,21 @@ _PG_EPOCH_US = 946_684_800_000_000
 _COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _COPY_TRAILER = b"\xff\xff"
 
-# One binary COPY tuple as written by `load_prices`: field count, then (length, value)
-# per column. Fixed width because every column is fixed width and NOT NULL.
-_LOAD_ROW = np.dtype([
-    ("nfields", ">i2"),
-    ("l_id", ">i4"), ("crypto_id", ">i4"),
-    ("l_iv", ">i4"), ("interval_type", "S2"),
-    ("l_ts", ">i4"), ("datetime", ">i8"),
-    ("l_o", ">i4"), ("open", ">f8"),
-    ("l_h", ">i4"), ("high", ">f8"),
-    ("l_l", ">i4"), ("low", ">f8"),
-    ("l_c", ">i4"), ("close", ">f8"),
-    ("l_v", ">i4"), ("volume", ">f8"),
-])
-# One tuple as produced by sql/queries/extract_prices.sql.
-_EXTRACT_ROW = np.dtype([
-    ("nfields", ">i2"),
-    ("l_id", ">i4"), ("crypto_id", ">i4"),
-    ("l_ts", ">i4"), ("datetime", ">i8"),
-    ("l_o", ">i4"), ("open", ">f8"),
-    ("l_h", ">i4"), ("high", ">f8"),
-    ("l_l", ">i4"), ("low", ">f8"),
-    ("l_c", ">i4"), ("close", ">f8"),
-    ("l_v", ">i4"), ("volume", ">f8"),
-])
+_PRICE_FIELDS = [(column, ">f8") for column in PRICE_COLUMNS]
+
+
+def _copy_row_dtype(columns: list[tuple[str, str]]) -> np.dtype:
+    """One binary COPY tuple: the field count, then (length, value) per column. Fixed width
+    because every column is fixed width and NOT NULL, so numpy reads and writes it whole."""
+    fields = [("nfields", ">i2")]
+    for name, kind in columns:
+        fields += [(f"len_{name}", ">i4"), (name, kind)]
+    return np.dtype(fields)
+
+
+# As written by `load_prices`, and as produced by sql/queries/extract_prices*.sql.
+_LOAD_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_type", "S2"), ("datetime", ">i8"), *_PRICE_FIELDS])
+_EXTRACT_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("datetime", ">i8"), *_PRICE_FIELDS])
 
 
 @cache
@@ -137,10 +128,10 @@ def encode_copy_rows(frame: pl.DataFrame, interval: str) -> np.ndarray:
     """Binary COPY tuples for a price frame (columns crypto_id, ts, open..volume)."""
     n = frame.height
     rows = np.empty(n, dtype=_LOAD_ROW)
-    rows["nfields"] = 8
-    for length_field, size in (("l_id", 4), ("l_iv", 2), ("l_ts", 8), ("l_o", 8),
-                               ("l_h", 8), ("l_l", 8), ("l_c", 8), ("l_v", 8)):
-        rows[length_field] = size
+    value_fields = [name for name in _LOAD_ROW.names if name != "nfields" and not name.startswith("len_")]
+    rows["nfields"] = len(value_fields)
+    for name in value_fields:
+        rows[f"len_{name}"] = _LOAD_ROW.fields[name][0].itemsize
     rows["crypto_id"] = frame["crypto_id"].to_numpy()
     rows["interval_type"] = interval.encode()
     rows["datetime"] = _timestamps_us(frame["ts"]) - _PG_EPOCH_US
