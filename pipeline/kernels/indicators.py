@@ -356,96 +356,60 @@ def compact_1d(row: np.ndarray, buf: np.ndarray, index: np.ndarray) -> int:
     return m
 
 
-@njit(cache=True)
-def _scatter(values, index, m, out_row):
-    out_row[:] = np.nan
-    for j in range(m):
-        out_row[index[j]] = values[j]
+_SMA, _EMA, _RSI, _BBANDS, _MACD = 0, 1, 2, 3, 4
 
 
 @njit(cache=True, parallel=True)
+def _rows_2d(kind: int, x: np.ndarray, p0: float, p1: float, p2: float) -> np.ndarray:
+    """Apply one 1-D indicator to every row over the row's bars only; NaN at missing bars.
+
+    Returns (3 x S x T): the indicator's outputs in its 1-D order (unused planes stay NaN).
+    """
+    s_count, t_count = x.shape
+    out = np.full((3, s_count, t_count), np.nan)
+    for s in prange(s_count):
+        buf = np.empty(t_count)
+        index = np.empty(t_count, dtype=np.int64)
+        res = np.full((3, t_count), np.nan)
+        m = compact_1d(x[s], buf, index)
+        if kind == _SMA:
+            sma_1d(buf[:m], int(p0), res[0, :m])
+        elif kind == _EMA:
+            ema_1d(buf[:m], int(p0), res[0, :m])
+        elif kind == _RSI:
+            rsi_1d(buf[:m], int(p0), res[0, :m])
+        elif kind == _BBANDS:
+            bbands_1d(buf[:m], int(p0), p1, res[0, :m], res[1, :m], res[2, :m])
+        else:
+            macd_1d(buf[:m], int(p0), int(p1), int(p2), res[0, :m], res[1, :m])
+        for k in range(3):
+            for j in range(m):
+                out[k, s, index[j]] = res[k, j]
+    return out
+
+
 def sma_2d(x: np.ndarray, period: int) -> np.ndarray:
     """SMA per row over the row's bars only; NaN at missing bars."""
-    s_count, t_count = x.shape
-    out = np.empty((s_count, t_count))
-    for s in prange(s_count):
-        buf = np.empty(t_count)
-        index = np.empty(t_count, dtype=np.int64)
-        res = np.empty(t_count)
-        m = compact_1d(x[s], buf, index)
-        sma_1d(buf[:m], period, res[:m])
-        _scatter(res, index, m, out[s])
-    return out
+    return _rows_2d(_SMA, x, period, 0.0, 0.0)[0]
 
 
-@njit(cache=True, parallel=True)
 def ema_2d(x: np.ndarray, period: int) -> np.ndarray:
     """EMA per row over the row's bars only; NaN at missing bars."""
-    s_count, t_count = x.shape
-    out = np.empty((s_count, t_count))
-    for s in prange(s_count):
-        buf = np.empty(t_count)
-        index = np.empty(t_count, dtype=np.int64)
-        res = np.empty(t_count)
-        m = compact_1d(x[s], buf, index)
-        ema_1d(buf[:m], period, res[:m])
-        _scatter(res, index, m, out[s])
-    return out
+    return _rows_2d(_EMA, x, period, 0.0, 0.0)[0]
 
 
-@njit(cache=True, parallel=True)
 def rsi_2d(x: np.ndarray, period: int) -> np.ndarray:
     """RSI per row over the row's bars only; NaN at missing bars."""
-    s_count, t_count = x.shape
-    out = np.empty((s_count, t_count))
-    for s in prange(s_count):
-        buf = np.empty(t_count)
-        index = np.empty(t_count, dtype=np.int64)
-        res = np.empty(t_count)
-        m = compact_1d(x[s], buf, index)
-        rsi_1d(buf[:m], period, res[:m])
-        _scatter(res, index, m, out[s])
-    return out
+    return _rows_2d(_RSI, x, period, 0.0, 0.0)[0]
 
 
-@njit(cache=True, parallel=True)
-def bbands_2d(
-    x: np.ndarray, period: int, nbdev: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def bbands_2d(x: np.ndarray, period: int, nbdev: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Bollinger bands per row over the row's bars only; returns (upper, middle, lower)."""
-    s_count, t_count = x.shape
-    upper = np.empty((s_count, t_count))
-    middle = np.empty((s_count, t_count))
-    lower = np.empty((s_count, t_count))
-    for s in prange(s_count):
-        buf = np.empty(t_count)
-        index = np.empty(t_count, dtype=np.int64)
-        up = np.empty(t_count)
-        mid = np.empty(t_count)
-        low = np.empty(t_count)
-        m = compact_1d(x[s], buf, index)
-        bbands_1d(buf[:m], period, nbdev, up[:m], mid[:m], low[:m])
-        _scatter(up, index, m, upper[s])
-        _scatter(mid, index, m, middle[s])
-        _scatter(low, index, m, lower[s])
+    upper, middle, lower = _rows_2d(_BBANDS, x, period, nbdev, 0.0)
     return upper, middle, lower
 
 
-@njit(cache=True, parallel=True)
-def macd_2d(
-    x: np.ndarray, fast: int, slow: int, signal: int
-) -> tuple[np.ndarray, np.ndarray]:
+def macd_2d(x: np.ndarray, fast: int, slow: int, signal: int) -> tuple[np.ndarray, np.ndarray]:
     """MACD per row over the row's bars only; returns (macd, signal)."""
-    s_count, t_count = x.shape
-    macd = np.empty((s_count, t_count))
-    sig = np.empty((s_count, t_count))
-    for s in prange(s_count):
-        buf = np.empty(t_count)
-        index = np.empty(t_count, dtype=np.int64)
-        m_res = np.empty(t_count)
-        s_res = np.empty(t_count)
-        m = compact_1d(x[s], buf, index)
-        macd_1d(buf[:m], fast, slow, signal, m_res[:m], s_res[:m])
-        _scatter(m_res, index, m, macd[s])
-        _scatter(s_res, index, m, sig[s])
-    return macd, sig
+    planes = _rows_2d(_MACD, x, fast, slow, signal)
+    return planes[0], planes[1]
