@@ -265,7 +265,7 @@ def _emit_json(results: list[dict[str, Any]]) -> None:
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
-         stream: bool, command: str) -> tuple[Any, Any, Settings]:
+         stream: bool, command: str, no_cache: bool = False) -> tuple[Any, Any, Settings]:
     from pipeline import engine, reader, runs
     from pipeline.cache import ResultCache
 
@@ -275,7 +275,8 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
     config = engine.make_config(strategy, params, fee_pct=fee, fill=fill, initial=initial, trades=trades,
                                 timerange_start=start, timerange_end=end)
     settings = Settings.from_env()
-    cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+    cache = None if no_cache else ResultCache.from_settings(
+        settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
     on_results = None
     if stream:
         import json
@@ -321,6 +322,7 @@ def backtest_command(
     stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -330,7 +332,7 @@ def backtest_command(
       cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
     """
     outcome, config, settings = _run(strategy, _parse_params(param or []), symbol, all_, interval, timerange,
-                                     fee, fill, initial, trades, stream, "backtest")
+                                     fee, fill, initial, trades, stream, "backtest", no_cache)
     if plot:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -362,6 +364,7 @@ def sweep_command(
     top: Annotated[int, typer.Option(help="Best N per symbol and overall.")] = 5,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures (with a heatmap) to .html or .png.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -375,7 +378,7 @@ def sweep_command(
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
-                                     False, False, "sweep")
+                                     False, False, "sweep", no_cache)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot:

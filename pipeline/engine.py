@@ -184,6 +184,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,
         "snapshot_id": batch.snapshot_id,
+        "computed_snapshot_id": batch.snapshot_id,
         "data_version": batch.data_versions[symbol_index],
         "engine_version": ENGINE_VERSION,
         "reason": reason,

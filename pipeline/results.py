@@ -89,6 +89,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("fee_pct", pa.float64()),
         pa.field("initial_investment", pa.float64()),
         pa.field("snapshot_id", pa.string()),
+        pa.field("computed_snapshot_id", pa.string()),
         pa.field("data_version", pa.string()),
         pa.field("engine_version", pa.string()),
         pa.field("reason", pa.string()),

@@ -103,6 +103,10 @@ def backtest(
         for slot, key in keys.items():
             record = found.get(key)
             if record is not None and (not config.trades or "trades" in record):
+                # Lineage: the row names the snapshot this run read (its data version proves the
+                # number still holds there) and, apart, the snapshot it was first computed on.
+                record["computed_snapshot_id"] = record.get("computed_snapshot_id") or record["snapshot_id"]
+                record["snapshot_id"] = snapshot.id
                 hits[slot] = record
     missing = [s for s in names if any((s, c) not in hits for c in range(n_params))]
 

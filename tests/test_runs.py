@@ -101,6 +101,17 @@ def test_run_completes_uncached_with_one_warning_when_redis_is_down(settings, cl
     assert len(payload) == 12
 
 
+@pytest.mark.parametrize("command", [["backtest", "rsi"], ["sweep", "rsi", "-g", "rsi_period=10,14"]])
+def test_no_cache_neither_reads_nor_writes_redis(cli_env, redis_client, command):
+    for _ in range(2):
+        result = CliRunner().invoke(app, [*command, "--no-cache", "--json"])
+        assert result.exit_code == 0, result.output
+        assert not any(r["from_cache"] for r in json.loads(result.output))
+    assert list(redis_client.scan_iter(match=f"{cli_env.cache_prefix}*")) == []
+    cached = CliRunner().invoke(app, [*command, "--json"])
+    assert cached.exit_code == 0 and list(redis_client.scan_iter(match=f"{cli_env.cache_prefix}*"))
+
+
 def test_results_table_read_by_plain_duckdb_matches_the_json_output(cli_env):
     result = CliRunner().invoke(app, ["backtest", "ma_crossover", "-p", "fast_period=5", "-p", "slow_period=20",
                                       "--json"])
@@ -253,3 +264,36 @@ def test_results_cache_and_stats_commands_report_what_the_runs_did(cli_env):
     assert json.loads(runner.invoke(app, ["cache", "stats", "--json"]).output)["keys"] == 0
     bad = runner.invoke(app, ["results", "sql", "SELECT nope FROM results"])
     assert bad.exit_code == 1 and "Traceback" not in bad.output
+
+
+def test_cached_row_carries_the_snapshot_it_was_read_from_and_the_one_it_was_computed_on(
+        database_url, tmp_path, redis_url, redis_prefix):
+    """Lineage: a result served from cache after a new export names the snapshot the run read."""
+    loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=4)
+    settings = replace(Settings(), database_url=database_url, lake_root=tmp_path / "lake",
+                       results_root=tmp_path / "results", redis_url=redis_url, cache_prefix=redis_prefix)
+    first_snapshot = run_export(settings).snapshot_id
+    cache = ResultCache.from_settings(settings)
+    config = engine.make_config("rsi", {})
+    first = runs.backtest(settings, config, cache=cache)
+    with psycopg.connect(database_url) as conn:  # a new snapshot that changes one symbol only
+        changed = conn.execute("SELECT symbol FROM cryptocurrencies ORDER BY id LIMIT 1").fetchone()[0]
+        conn.execute("UPDATE crypto_prices SET volume = volume + 1 WHERE crypto_id ="
+                     " (SELECT id FROM cryptocurrencies WHERE symbol = %s) AND interval_type = '1h'"
+                     " AND datetime = (SELECT max(datetime) FROM crypto_prices)", (changed,))
+    second_snapshot = run_export(settings).snapshot_id
+    assert second_snapshot != first_snapshot
+    second = runs.backtest(settings, config, cache=cache)
+    assert second.cache_hits == 2 and second.snapshot_id == second_snapshot
+    assert {r["snapshot_id"] for r in first.results} == {first_snapshot}
+    assert {r["computed_snapshot_id"] for r in first.results} == {first_snapshot}
+    assert {r["snapshot_id"] for r in second.results} == {second_snapshot}
+    assert {r["symbol"]: r["computed_snapshot_id"] for r in second.results} == {
+        r["symbol"]: second_snapshot if r["symbol"] == changed else first_snapshot for r in second.results}
+    rows = duckdb.sql(
+        f"SELECT run_id, snapshot_id, computed_snapshot_id FROM read_parquet("
+        f"'{settings.results_root}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+    ).fetchall()
+    assert sorted(rows) == sorted([(first.run_id, first_snapshot, first_snapshot)] * 3
+                                  + [(second.run_id, second_snapshot, first_snapshot)] * 2
+                                  + [(second.run_id, second_snapshot, second_snapshot)])
