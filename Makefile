@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick lint clean
+.PHONY: demo test bench bench-quick soak lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,6 +28,10 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick
+
+# An hour of mixed load (imports, exports, backtests, sweeps, vacuum, invalidations); writes bench/SOAK.md.
+soak: $(STAMP)
+	$(PY) -m bench.soak --minutes 60
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
