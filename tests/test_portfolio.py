@@ -1,0 +1,168 @@
+"""Portfolio mode: one account, shared cash, limited slots, ranked entries (kernel level)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.kernels import portfolio as pk
+
+
+def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_is_fraction, stake, fee,
+                        slippage, initial, next_open):
+    """A plain-Python loop of the documented rules, written from the README's contract, not the kernel."""
+    n_sym, n_time = close2d.shape
+    cash = initial
+    pos: dict[int, dict] = {}
+    last: dict[int, float] = {}
+    pending: dict[int, tuple[int, float]] = {}  # symbol -> (+1/-1, rank at the signal)
+    trades, equity, skipped = [], [], [0, 0]
+    for t in range(n_time):
+        here = [s for s in range(n_sym) if not math.isnan(close2d[s, t])]
+        if not here:
+            equity.append(math.nan)
+            continue
+        for s in here:  # exits first
+            if s not in pos:
+                continue
+            if next_open:
+                if pending.get(s, (0, 0))[0] != -1:
+                    continue
+                price = open2d[s, t] * (1 - slippage)
+            else:
+                if not exits[s, t]:
+                    continue
+                price = close2d[s, t] * (1 - slippage)
+            pending.pop(s, None)
+            p = pos.pop(s)
+            proceeds = p["units"] * price
+            cash += proceeds - proceeds * fee
+            pnl = proceeds - proceeds * fee - p["cost"]
+            trades.append((s, p["bar"], p["price"], t, price, p["units"], pnl))
+        if next_open:
+            cands = [s for s in here if s not in pos and pending.get(s, (0, 0))[0] == 1]
+            key = {s: pending[s][1] for s in cands}
+        else:
+            cands = [s for s in here if s not in pos and entries[s, t]]
+            key = {s: rank[s, t] for s in cands}
+        cands.sort(key=lambda s: (math.isnan(key[s]), -key[s] if not math.isnan(key[s]) else 0, s))
+        equity_now = cash + sum(p["units"] * last[s] for s, p in pos.items())
+        for s in cands:
+            pending.pop(s, None)
+            if len(pos) >= max_open:
+                skipped[0] += 1
+                continue
+            cost = stake * equity_now if stake_is_fraction else stake
+            if cost > cash * (1 + 1e-9):
+                skipped[1] += 1
+                continue
+            cost = min(cost, cash)
+            price = (open2d[s, t] if next_open else close2d[s, t]) * (1 + slippage)
+            pos[s] = {"units": (cost - cost * fee) / price, "cost": cost, "price": price, "bar": t}
+            cash -= cost
+        for s in here:
+            last[s] = close2d[s, t]
+            if next_open:
+                if s in pos and exits[s, t]:
+                    pending[s] = (-1, 0.0)
+                elif s not in pos and entries[s, t]:
+                    pending[s] = (1, rank[s, t])
+                else:
+                    pending.pop(s, None)
+        equity.append(cash + sum(p["units"] * last[s] for s, p in pos.items()))
+    for s, p in sorted(pos.items()):
+        trades.append((s, p["bar"], p["price"], -1, last[s], p["units"], p["units"] * last[s] - p["cost"]))
+    return trades, np.array(equity), skipped
+
+
+def random_market(n_sym: int, n_time: int, seed: int):
+    rng = np.random.default_rng(seed)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (n_sym, n_time)), axis=1))
+    open_ = close * np.exp(rng.normal(0, 0.002, (n_sym, n_time)))
+    gaps = rng.random((n_sym, n_time)) < 0.05
+    gaps[:, 0] = False
+    close[gaps] = np.nan
+    open_[gaps] = np.nan
+    late = rng.integers(0, n_time // 4, n_sym)  # symbols list at different times
+    for s, start in enumerate(late):
+        close[s, :start] = np.nan
+        open_[s, :start] = np.nan
+    entries = rng.random((n_sym, n_time)) < 0.04
+    exits = rng.random((n_sym, n_time)) < 0.04
+    rank = np.round(rng.random((n_sym, n_time)) * 4)  # coarse: ties are common and must go by symbol
+    return open_, close, entries, exits, rank
+
+
+def run_kernel(open_, close, entries, exits, rank, max_open, frac, stake, fee, slip, initial, next_open):
+    n_sym, n_time = close.shape
+    metrics = np.empty(pk.N_PORTFOLIO_METRICS)
+    contrib = np.empty((n_sym, pk.N_CONTRIB))
+    equity = np.empty(n_time)
+    trades = np.empty(int(entries.sum()) + n_sym, dtype=pk.PORTFOLIO_TRADE_DTYPE)
+    k = pk.simulate_portfolio(open_, close, entries, exits, rank, max_open, frac, stake, fee, slip, initial,
+                              next_open, 8760.0, metrics, contrib, equity, trades)
+    return metrics, contrib, equity, trades[:k]
+
+
+@pytest.mark.parametrize("next_open", [False, True])
+@pytest.mark.parametrize(("frac", "stake"), [(True, 0.25), (False, 180.0)])
+def test_ten_symbol_portfolio_with_slot_contention_equals_a_plain_python_loop_trade_by_trade(next_open, frac,
+                                                                                               stake):
+    args = random_market(10, 3_000, seed=11)
+    metrics, contrib, equity, trades = run_kernel(*args, 3, frac, stake, 0.001, 0.0005, 1000.0, next_open)
+    ref_trades, ref_equity, ref_skipped = reference_portfolio(*args, 3, frac, stake, 0.001, 0.0005, 1000.0,
+                                                              next_open)
+    assert len(trades) == len(ref_trades) > 50
+    got = [(int(r["symbol"]), int(r["entry_bar"]), r["entry_price"], int(r["exit_bar"]), r["exit_price"],
+            r["units"], r["pnl"]) for r in trades]
+    order = lambda rows: np.array(sorted(rows, key=lambda x: (x[3] if x[3] >= 0 else 10**9, x[0])),  # noqa: E731
+                                  dtype=float)
+    np.testing.assert_allclose(order(got), order(ref_trades), rtol=1e-12)
+    np.testing.assert_allclose(equity, ref_equity, rtol=1e-12)
+    assert [metrics[pk.P_SKIPPED_NO_SLOT], metrics[pk.P_SKIPPED_NO_CASH]] == ref_skipped
+    assert metrics[pk.P_SKIPPED_NO_SLOT] > 0  # contention really happened
+    assert metrics[pk.P_MAX_OPEN_SEEN] == 3
+    assert metrics[pk.P_FINAL_VALUE] == pytest.approx(ref_equity[~np.isnan(ref_equity)][-1], rel=1e-12)
+    assert contrib[:, pk.CONTRIB_PNL].sum() == pytest.approx(metrics[pk.P_FINAL_VALUE] - 1000.0, rel=1e-9)
+
+
+def test_ties_in_rank_go_to_the_symbol_that_sorts_first_and_runs_are_deterministic():
+    close = np.full((3, 4), 10.0)
+    entries = np.zeros((3, 4), dtype=np.bool_)
+    entries[:, 1] = True
+    exits = np.zeros_like(entries)
+    rank = np.zeros((3, 4))
+    rank[2, 1] = 5.0  # the highest rank wins the one slot, whatever its place
+    _, _, _, trades = run_kernel(close, close, entries, exits, rank, 1, True, 1.0, 0.0, 0.0, 100.0, False)
+    assert [int(t["symbol"]) for t in trades] == [2]
+    rank[2, 1] = 0.0  # all equal: the first symbol (by name) wins
+    metrics, contrib, _, trades = run_kernel(close, close, entries, exits, rank, 1, True, 1.0, 0.0, 0.0, 100.0,
+                                             False)
+    assert [int(t["symbol"]) for t in trades] == [0]
+    assert metrics[pk.P_SKIPPED_NO_SLOT] == 2 and list(contrib[:, pk.CONTRIB_SKIPPED]) == [0, 1, 1]
+
+
+def test_an_entry_that_cannot_be_funded_is_skipped_and_counted():
+    close = np.full((2, 3), 10.0)
+    entries = np.zeros((2, 3), dtype=np.bool_)
+    entries[0, 0] = entries[1, 1] = True
+    metrics, _, _, trades = run_kernel(close, close, entries, np.zeros_like(entries), np.zeros((2, 3)), 5,
+                                       False, 600.0, 0.0, 0.0, 1000.0, False)
+    assert [int(t["symbol"]) for t in trades] == [0]
+    assert metrics[pk.P_SKIPPED_NO_CASH] == 1 and metrics[pk.P_SKIPPED_NO_SLOT] == 0
+
+
+def test_parallel_grid_equals_one_account_at_a_time():
+    open_, close, entries, exits, rank = random_market(6, 800, seed=3)
+    max_open = np.array([1, 2, 6, 3], dtype=np.int64)
+    frac = np.array([True, True, False, True])
+    stake = np.array([1.0, 0.5, 100.0, 0.2])
+    out = np.empty((4, pk.N_PORTFOLIO_METRICS))
+    pk.run_portfolio_grid(open_, close, entries[None], exits[None], np.zeros(4, dtype=np.int64), rank, max_open,
+                          frac, stake, 0.001, 0.0, 1000.0, False, 8760.0, out)
+    for c in range(4):
+        single, *_ = run_kernel(open_, close, entries, exits, rank, int(max_open[c]), bool(frac[c]),
+                                float(stake[c]), 0.001, 0.0, 1000.0, False)
+        np.testing.assert_array_equal(out[c], single)
