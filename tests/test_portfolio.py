@@ -166,3 +166,70 @@ def test_parallel_grid_equals_one_account_at_a_time():
         single, *_ = run_kernel(open_, close, entries, exits, rank, int(max_open[c]), bool(frac[c]),
                                 float(stake[c]), 0.001, 0.0, 1000.0, False)
         np.testing.assert_array_equal(out[c], single)
+
+
+# --- the account over real runs: parity with the single-symbol engine ------------------------
+
+from pipeline import demo, engine, reader  # noqa: E402
+from pipeline import portfolio as pf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lake_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("portfolio") / "lake"
+    demo.build_sample_lake(root, n_symbols=8, years=0.5, sample=None)
+    return root
+
+
+SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades", "win_rate_pct",
+                 "max_drawdown_pct", "sharpe", "exposure_pct", "bars")
+
+
+@pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "ma_crossover", "buy_and_hold"])
+@pytest.mark.parametrize("fill", ["close", "next_open"])
+def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):
+    config = engine.make_config(strategy, {}, fill=fill)
+    for symbol in reader.resolve_symbols(__import__("pipeline").lake.require_snapshot(lake_root), None)[:4]:
+        batch = reader.read_prices(lake_root, [symbol], "1h", columns=("open", "close", "volume"))
+        single = engine.run(batch, config)[0]
+        account = pf.run(batch, config, pf.make_sets(config, [1], [pf.Stake.parse("1.0")]))[0]
+        assert {k: account[k] for k in SINGLE_FIELDS} == {k: single[k] for k in SINGLE_FIELDS}, symbol
+        assert account["buy_hold_return_pct"] == pytest.approx(single["buy_hold_return_pct"], rel=1e-12)
+
+
+def test_unlimited_slots_and_fixed_stakes_equal_the_sum_of_independent_accounts(lake_root):
+    config = engine.make_config("buy_and_hold", {}, fee_pct=0.1)
+    batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
+    n = len(batch.symbols)
+    share = engine.make_config("buy_and_hold", {}, fee_pct=0.1, initial=1000.0 / n)
+    independent = sum(r["final_value"] for r in engine.run(batch, share))
+    account = pf.run(batch, config, pf.make_sets(config, [n], [pf.Stake.parse(str(1000.0 / n))]))[0]
+    assert account["final_value"] == pytest.approx(independent, rel=1e-12)
+    assert account["skipped_no_slot"] == account["skipped_no_cash"] == 0 and account["num_trades"] == n
+
+
+def test_detail_round_trips_and_contributions_add_up_to_the_account(lake_root):
+    config = engine.make_config("rsi", {})
+    batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
+    chosen = pf.make_sets(config, [3], [pf.Stake.parse("30%")])[0]
+    full = pf.detail(batch, config, chosen)
+    assert full["final_value"] == pf.run(batch, config, [chosen])[0]["final_value"]
+    assert sum(c["pnl"] for c in full["contributions"]) == pytest.approx(full["final_value"] - 1000.0, rel=1e-9)
+    assert sum(t["pnl"] for t in full["round_trips"]) == pytest.approx(full["final_value"] - 1000.0, rel=1e-9)
+    assert {t["exit_reason"] for t in full["round_trips"]} <= {"signal", "end_of_data"}
+    assert full["skipped_no_slot"] == sum(c["skipped_entries"] for c in full["contributions"]) - full[
+        "skipped_no_cash"]
+    equity = full["equity_curve"]["equity"]
+    assert equity[~np.isnan(equity)][-1] == pytest.approx(full["final_value"], rel=1e-12)
+
+
+@pytest.mark.parametrize(("text", "value", "fraction"), [("0.1", 0.1, True), ("10%", 0.1, True),
+                                                         ("1", 1.0, True), ("250", 250.0, False)])
+def test_stake_is_a_fraction_of_equity_or_an_amount(text, value, fraction):
+    assert pf.Stake.parse(text) == pf.Stake(value, fraction)
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "abc", "nan", "150%", "inf"])
+def test_bad_stake_is_one_line_error_naming_it(text):
+    with pytest.raises(pf.PipelineError, match="--stake"):
+        pf.Stake.parse(text)
