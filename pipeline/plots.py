@@ -53,9 +53,13 @@ def sweep_axes(results: list[dict[str, Any]]) -> tuple[str, str] | None:
     return (varying[0][1], varying[1][1]) if len(varying) >= 2 else None
 
 
+DEFAULT_TITLES = ("Equity vs buy & hold (top symbols)", "Leaderboard: total return %")
+
+
 def write_plot(path: Path, title: str, board: list[dict[str, Any]], curves: list[EquityCurve],
-               sweep: list[dict[str, Any]] | None = None, top_n: int = 20) -> Path:
-    """Write the run's pictures to `path` (.html or .png)."""
+               sweep: list[dict[str, Any]] | None = None, top_n: int = 20,
+               titles: tuple[str, str] = DEFAULT_TITLES) -> Path:
+    """Write the run's pictures to `path` (.html or .png); `titles` name the curves and the bars."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".png"):
         raise PipelineError(f"--plot {path}: use a .html or .png file name")
@@ -63,18 +67,18 @@ def write_plot(path: Path, title: str, board: list[dict[str, Any]], curves: list
     axes = sweep_axes(sweep) if sweep else None
     top = [r for r in board if r["total_return_pct"] is not None][:top_n]
     if path.suffix.lower() == ".html":
-        _write_html(path, title, top, curves, sweep, axes)
+        _write_html(path, title, top, curves, sweep, axes, titles)
     else:
-        _write_png(path, title, top, curves, sweep, axes)
+        _write_png(path, title, top, curves, sweep, axes, titles)
     return path
 
 
-def _write_html(path, title, top, curves, sweep, axes) -> None:
+def _write_html(path, title, top, curves, sweep, axes, titles) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     rows = 3 if axes else 2
-    titles = ["Equity vs buy & hold (top symbols)", "Leaderboard: total return %"]
+    titles = list(titles)
     if axes:
         titles.append(f"Sweep: mean total return % by {axes[0]} x {axes[1]}")
     import plotly.colors
@@ -104,7 +108,7 @@ def _write_html(path, title, top, curves, sweep, axes) -> None:
     fig.write_html(path, include_plotlyjs=True, full_html=True)
 
 
-def _write_png(path, title, top, curves, sweep, axes) -> None:
+def _write_png(path, title, top, curves, sweep, axes, titles) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -118,10 +122,10 @@ def _write_png(path, title, top, curves, sweep, axes) -> None:
         grid[0].plot(dates, curve.buy_hold, linestyle=":", color=line.get_color(),
                      label=f"{curve.symbol} buy & hold")
     grid[0].set_yscale("log")
-    grid[0].set_title("Equity vs buy & hold (top symbols)")
+    grid[0].set_title(titles[0])
     grid[0].legend(fontsize=7, ncol=2)
     grid[1].bar([r["symbol"] for r in top], [r["total_return_pct"] for r in top])
-    grid[1].set_title("Leaderboard: total return %")
+    grid[1].set_title(titles[1])
     grid[1].tick_params(axis="x", rotation=60, labelsize=7)
     if axes:
         xs, ys, z = _heatmap_grid(sweep, *axes)

@@ -94,6 +94,16 @@ RESULT_SCHEMA = pa.schema(
         pa.field("engine_version", pa.string()),
         pa.field("reason", pa.string()),
         pa.field("from_cache", pa.bool_()),
+        # 'single' (one account per symbol) or 'portfolio' (one account over `n_symbols`
+        # symbols; `symbol` is '*'); the portfolio's settings follow, NULL for single rows.
+        pa.field("mode", pa.string()),
+        pa.field("n_symbols", pa.int64()),
+        pa.field("max_open", pa.int64()),
+        pa.field("stake", pa.float64()),
+        pa.field("stake_mode", pa.string()),
+        pa.field("rank_by", pa.string()),
+        pa.field("skipped_no_slot", pa.int64()),
+        pa.field("skipped_no_cash", pa.int64()),
     ]
 )
 
@@ -138,6 +148,10 @@ RUN_SCHEMA = pa.schema(
     ]
 )
 
+# DuckDB spelling of the column types above (for columns older files lack).
+_DUCKDB_TYPES = {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN",
+                 pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ"}
+
 # Hive partition columns as DuckDB infers them; used for the empty views.
 _PARTITION_FIELDS = [pa.field("run_date", pa.date32())]
 
@@ -154,6 +168,7 @@ FROM results
 WHERE ($1::VARCHAR IS NULL OR strategy = $1)
   AND ($2::VARCHAR IS NULL OR run_id = $2)
   AND total_return_pct IS NOT NULL
+  AND coalesce(mode, 'single') = 'single'
 -- The same backtest re-run in later runs counts once: keep its newest row.
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
@@ -317,6 +332,11 @@ def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
             relation = con.read_parquet(
                 str(root / "**" / "*.parquet"), hive_partitioning=True, union_by_name=True
             )
+            # Columns added after every file on disk was written read as NULL.
+            missing = [f for f in schema if f.name not in relation.columns]
+            if missing:
+                relation = relation.select(", ".join(
+                    ["*"] + [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in missing]))
             relation.create_view(name)
         else:
             # No file yet: an empty table of the same shape, so queries still run.
@@ -412,7 +432,10 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
         # The type is part of the key: 14 == 14.0 as dict keys, but their JSON differs.
         params_json=_params_json_cached(tuple(sorted((k, type(v), v) for k, v in params.items()))),
         from_cache=bool(record.get("from_cache", False)),
+        mode=record.get("mode", "single"),
     )
+    if "symbols" in record:
+        row["n_symbols"] = len(record["symbols"])
     # Parameters a strategy does not have stay null; unknown names live in params_json only.
     for name in PARAM_COLUMNS:
         value = params.get(name)

@@ -56,6 +56,22 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, ver
     }
 
 
+def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str,
+              max_points: int) -> tuple[lake.Snapshot, list[str], str]:
+    """The snapshot a run reads, its symbols and its interval (`auto` resolved); threads set."""
+    engine.set_threads(settings.workers)
+    snapshot = lake.require_snapshot(settings.lake_root)
+    names = reader.resolve_symbols(snapshot, symbols)
+    if interval == "auto":
+        interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
+                                          max_points)
+    elif interval not in reader.STEP_SECONDS:
+        from pipeline.errors import PipelineError
+
+        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    return snapshot, names, interval
+
+
 def backtest(
     settings: Settings,
     config: RunConfig,
@@ -79,16 +95,7 @@ def backtest(
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    engine.set_threads(settings.workers)
-    snapshot = lake.require_snapshot(settings.lake_root)
-    names = reader.resolve_symbols(snapshot, symbols)
-    if interval == "auto":
-        interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
-                                          max_points)
-    elif interval not in reader.STEP_SECONDS:
-        from pipeline.errors import PipelineError
-
-        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    snapshot, names, interval = _open_run(settings, config, symbols, interval, max_points)
     versions = {s: snapshot.symbols[s]["data_version"] for s in names}
     n_params = len(config.params_list)
     use_cache = cache is not None and cache.enabled and n_params <= MAX_CACHED_COMBOS
@@ -194,3 +201,67 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
         buy_hold = config.initial * close / close[valid][0]
         curves.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid]))
     return curves
+
+
+@dataclass
+class PortfolioOutcome:
+    run_id: str
+    results: list[dict[str, Any]]  # one per account, best total return first
+    best: dict[str, Any] | None  # the best account in full: contributions, round trips, curves
+    snapshot_id: str
+    interval: str
+    seconds: float
+    kernel_seconds: float
+    bar_steps: int
+    paths: list[str] = field(default_factory=list)
+
+
+def portfolio(
+    settings: Settings,
+    config: RunConfig,
+    sets: list,
+    symbols: list[str] | None = None,
+    interval: str = "1h",
+    *,
+    rank_by: str = "auto",
+    slippage: float = 0.0,
+    write_results: bool = True,
+    command: str = "",
+) -> PortfolioOutcome:
+    """One shared account per entry of `sets` (pipeline.portfolio.make_sets) over `symbols` (None = all).
+
+    One batched read; signals once per distinct strategy parameter set; the best account is
+    re-simulated in full for its trade list and curves. Portfolio results are not cached
+    (one account depends on every symbol's data); they are appended to the results table
+    with mode = 'portfolio'.
+    """
+    from pipeline import portfolio as pf
+
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
+    columns = ("close", "volume") + (("open",) if config.fill == "next_open" else ())
+    batch = reader.read_prices(settings.lake_root, names, interval, config.timerange_start,
+                               config.timerange_end, columns=columns, snapshot=snapshot)
+    engine.check_memory(len(names), batch.times.size, len(sets))
+    t0 = time.perf_counter()
+    accounts = pf.run(batch, config, sets, rank_by, slippage)
+    kernel_seconds = time.perf_counter() - t0
+    best = None
+    if accounts:
+        chosen = next(s for s in sets if s.params == accounts[0]["params"] and s.max_open == accounts[0]["max_open"]
+                      and s.stake.value == accounts[0]["stake"])
+        best = pf.detail(batch, config, chosen, rank_by, slippage)
+    run_id = results.new_run_id(started_at)
+    bar_steps = int(batch.bars.sum()) * len(sets)
+    seconds = time.perf_counter() - started
+    paths: list[str] = []
+    if write_results and accounts:
+        paths += [str(p) for p in results.append_results(settings.results_root, run_id, accounts, started_at)]
+        results.append_run_metrics(
+            settings.results_root, run_id, started_at=started_at, duration_s=seconds, strategy=config.strategy,
+            n_symbols=len(names), n_results=len(accounts), bars=bar_steps, snapshot_id=snapshot.id,
+            command=command,
+        )
+    return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
+                            paths)

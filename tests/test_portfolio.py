@@ -233,3 +233,82 @@ def test_stake_is_a_fraction_of_equity_or_an_amount(text, value, fraction):
 def test_bad_stake_is_one_line_error_naming_it(text):
     with pytest.raises(pf.PipelineError, match="--stake"):
         pf.Stake.parse(text)
+
+
+def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lake_root, tmp_path):
+    from dataclasses import replace
+
+    import duckdb
+
+    from pipeline import runs
+    from pipeline.config import Settings
+
+    settings = replace(Settings(), lake_root=lake_root, results_root=tmp_path / "results", redis_url="")
+    config = engine.make_config("rsi", [{"rsi_period": 10}, {"rsi_period": 14}])
+    sets = pf.make_sets(config, [2, 4], [pf.Stake.parse("0.25"), pf.Stake.parse("100")])
+    outcome = runs.portfolio(settings, config, sets, command="test")
+    assert len(outcome.results) == 8 and outcome.best["final_value"] == outcome.results[0]["final_value"]
+    rows = duckdb.sql(
+        f"SELECT mode, symbol, n_symbols, max_open, stake, stake_mode, params_json, final_value FROM read_parquet("
+        f"'{settings.results_root}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+    ).fetchall()
+    assert len(rows) == 8 and {r[0] for r in rows} == {"portfolio"} and {r[1] for r in rows} == {"*"}
+    assert {(r[3], r[4], r[5]) for r in rows} == {(2, 0.25, "fraction"), (4, 0.25, "fraction"),
+                                                  (2, 100.0, "amount"), (4, 100.0, "amount")}
+    assert max(r[7] for r in rows) == outcome.best["final_value"]
+    single = runs.backtest(settings, engine.make_config("rsi", {}), cache=None)
+    from pipeline import results
+
+    _, top = results.top(settings.results_root, n=100)
+    assert len(top) == len(single.results) and "*" not in {row[0] for row in top}
+
+
+@pytest.fixture
+def portfolio_env(lake_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(lake_root))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("REDIS_URL", "")
+    return tmp_path / "results"
+
+
+def test_portfolio_cli_json_and_picture(portfolio_env, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    picture = tmp_path / "p.png"
+    result = CliRunner().invoke(app, ["portfolio", "macd", "--max-open", "2,4", "--stake", "25%", "--json",
+                                      "--plot", str(picture)])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [a["max_open"] for a in payload["accounts"]] and len(payload["accounts"]) == 2
+    best = payload["best"]
+    assert best["final_value"] == payload["accounts"][0]["final_value"]
+    assert len(best["contributions"]) == 8 and best["round_trips"]
+    assert set(best["round_trips"][0]) == {"symbol", "entry_time", "entry_price", "exit_time", "exit_price",
+                                           "units", "fees", "pnl", "return_pct", "bars_held", "exit_reason"}
+    assert picture.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--max-open", "0"], "--max-open '0' is not allowed"),
+    (["--max-open", "x"], "--max-open 'x' is not allowed"),
+    (["--stake", "150%"], "--stake '150%' is out of range"),
+    (["--stake", "5000"], "--stake 5000 is more than the initial cash"),
+    (["--rank-by", "luck"], "--rank-by 'luck' is not allowed"),
+    (["--slippage", "-1"], "--slippage -1.0 is out of range"),
+    (["--plot", "out.svg"], "use a .html or .png file name"),
+    (["-p", "rsi_period=1"], "rsi_period=1 is out of range"),
+])
+def test_portfolio_bad_input_is_one_line_before_anything_is_written(portfolio_env, args, message):
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["portfolio", "rsi", *args])
+    assert result.exit_code == 1
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not portfolio_env.exists()
