@@ -18,6 +18,8 @@ from pipeline import engine, lake, reader, runs, strategies
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 
+PORTFOLIO_COLUMNS = ("strategy", "max_open", "stake", "stake_mode", "total_return_pct", "buy_hold_return_pct",
+                     "num_trades", "skipped_no_slot", "skipped_no_cash", "max_drawdown_pct", "sharpe")
 LEADERBOARD_COLUMNS = ("symbol", "strategy", "total_return_pct", "buy_hold_return_pct", "num_trades",
                        "win_rate_pct", "max_drawdown_pct", "sharpe")
 
@@ -34,6 +36,20 @@ def shard_task(strategy: str, params_list: list[dict[str, Any]], symbols: list[s
     return outcome.results
 
 
+@task(name="portfolio", cache_policy=NO_CACHE)
+def portfolio_task(strategy: str, params_list: list[dict[str, Any]], interval: str, fee_pct: float, fill: str,
+                   initial: float, max_open: list[int], stakes: list[str], rank_by: str) -> list[dict[str, Any]]:
+    """One shared account per (parameters, slots, stake) over every symbol: one task, it spans them all."""
+    from pipeline import portfolio as pf
+
+    settings = Settings.from_env()
+    config = engine.make_config(strategy, params_list, fee_pct=fee_pct, fill=fill, initial=initial)
+    sets = pf.make_sets(config, max_open, [pf.Stake.parse(s) for s in stakes])
+    outcome = runs.portfolio(settings, config, sets, None, interval, rank_by=rank_by, command="flow:portfolio")
+    get_run_logger().info("%s portfolio: %d accounts in %.2f s", strategy, len(sets), outcome.seconds)
+    return [{k: v for k, v in r.items() if k != "symbols"} for r in outcome.results]
+
+
 def shard(items: list[str], shards: int) -> list[list[str]]:
     shards = max(1, min(shards, len(items)))
     return [items[i::shards] for i in range(shards)]
@@ -48,8 +64,18 @@ def backtest_flow(
     fee_pct: float = 0.1,
     fill: str = "close",
     initial: float = 1000.0,
+    mode: str = "single",
+    max_open: list[int] | None = None,
+    stake: list[str] | None = None,
+    rank_by: str = "auto",
 ) -> list[dict[str, Any]]:
-    """Every strategy (default: all) over every symbol; `grid` maps a strategy to sweep specs."""
+    """Every strategy (default: all) over every symbol; `grid` maps a strategy to sweep specs.
+
+    `mode="portfolio"` runs one shared account per strategy instead (`max_open` slots, `stake`
+    per entry, `--rank-by` rule: see `cryptobt portfolio --help`) and publishes its accounts.
+    """
+    if mode not in ("single", "portfolio"):
+        raise ValueError(f"mode {mode!r} is not allowed; use single or portfolio")
     settings = Settings.from_env()
     names = strategy_names or strategies.strategy_names()
     for name in names:
@@ -62,9 +88,22 @@ def backtest_flow(
         params_list = list(strategies.parse_grid(name, specs)) if specs else [strategies.resolve_params(name, {})]
         # Validate once here so a bad grid fails before any shard starts.
         engine.make_config(name, params_list, fee_pct=fee_pct, fill=fill, initial=initial)
+        if mode == "portfolio":
+            futures.append(portfolio_task.submit(name, params_list, interval, fee_pct, fill, initial,
+                                                 max_open or [10], stake or ["10%"], rank_by))
+            continue
         for part in shard(symbols, shards):
             futures.append(shard_task.submit(name, params_list, part, interval, fee_pct, fill, initial))
     results = [r for future in futures for r in future.result()]
+    if mode == "portfolio":
+        accounts = sorted(results, key=lambda r: -(r["total_return_pct"] or 0.0))
+        create_table_artifact(
+            key="portfolio-accounts",
+            table=[{k: r[k] for k in PORTFOLIO_COLUMNS} for r in accounts[:50]],
+            description=f"Top 50 of {len(accounts)} portfolio accounts over {len(symbols)} symbols on snapshot "
+                        f"{snapshot.id}",
+        )
+        return accounts
     board = engine.leaderboard(results)
     create_table_artifact(
         key="backtest-leaderboard",

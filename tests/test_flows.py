@@ -54,6 +54,26 @@ def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, t
 
 
 @pytest.mark.slow
+def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(prefect_harness, tmp_path,
+                                                                              monkeypatch):
+    from flows.backtest import backtest_flow
+    from pipeline import portfolio as pf
+
+    lake_root = tmp_path / "lake"
+    demo.build_sample_lake(lake_root, n_symbols=6, years=0.3, sample=None)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(lake_root))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("REDIS_URL", "")
+    accounts = backtest_flow(strategy_names=["rsi"], mode="portfolio", max_open=[2, 3], stake=["30%"])
+    config = engine.make_config("rsi", {})
+    local = runs.portfolio(Settings.from_env(), config, pf.make_sets(config, [2, 3], [pf.Stake.parse("30%")]),
+                           write_results=False).results
+    assert [(a["max_open"], a["final_value"]) for a in accounts] == [(a["max_open"], a["final_value"])
+                                                                   for a in local]
+
+
+
+@pytest.mark.slow
 def test_export_flow_writes_a_snapshot_and_is_idempotent(prefect_harness, database_url, tmp_path, monkeypatch):
     from flows.export import export_flow
 
