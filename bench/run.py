@@ -183,6 +183,9 @@ def main() -> None:
                          time.perf_counter() - t, "bar_steps_per_second": bar_steps * len(grid) / sweep_kernel,
                          "results": len(sweep.results), "cube_shape": list(cube.shape)}
 
+    print("portfolio...", flush=True)
+    out["portfolio"] = bench_portfolio(settings, snapshot)
+
     print("baselines...", flush=True)
     engine.set_threads(0)
     out["baselines"] = run_baselines(url, batch, config, args.quick, out["rsi_end_to_end_warm"]["median"],
@@ -192,6 +195,36 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(out, indent=1, default=str))
     write_report(out, args.out / "RESULTS.md")
     print((args.out / "RESULTS.md").read_text())
+
+
+def bench_portfolio(settings: Settings, snapshot: lake.Snapshot) -> dict:
+    """One shared account over every symbol (RSI, 10 slots, 10 % stakes), and vectorbt's shared cash."""
+    from pipeline import portfolio as pf
+
+    batch = reader.read_prices(settings.lake_root, None, "1h", columns=("close", "volume"), snapshot=snapshot)
+    config = engine.make_config("rsi", {})
+    sets = pf.make_sets(config, [10], [pf.Stake.parse("10%")])
+    found = {"end_to_end": timed(lambda: runs.portfolio(settings, config, sets, write_results=False), 5),
+             "no_read": timed(lambda: pf.run(batch, config, sets), 5)}
+    found["accounts_100"] = timed(lambda: pf.run(batch, config, pf.make_sets(
+        config, list(range(1, 11)), [pf.Stake.parse(f"{k}%") for k in range(1, 11)])), 3)
+    # Where the semantics match vectorbt's (fees 0, fixed stake, unlimited slots, cash never short).
+    same = engine.make_config("rsi", {}, fee_pct=0.0, initial=1e9)
+    wide = pf.make_sets(same, [len(batch.symbols)], [pf.Stake.parse("100")])
+    ours = pf.run(batch, same, wide)[0]
+    found["ours_agreement_case"] = timed(lambda: pf.run(batch, same, wide), 5)
+    try:
+        from bench.baselines import vectorbt_portfolio
+    except ImportError as exc:
+        found["vectorbt"] = {"skipped": f"vectorbt not installed ({exc}); run `make bench`"}
+        return found
+    entries, exits = pf._signals(batch, "rsi", same.params_list[0])
+    close = batch.columns["close"]
+    stats = timed(lambda: vectorbt_portfolio.run_shared(close, entries, exits, 100.0, 1e9), 3)
+    theirs = vectorbt_portfolio.run_shared(close, entries, exits, 100.0, 1e9)
+    found["vectorbt"] = {**stats, "rel_diff_final_value": abs(ours["final_value"] / theirs - 1),
+                         "skipped": None, "ours_skipped": ours["skipped_no_cash"] + ours["skipped_no_slot"]}
+    return found
 
 
 def export_seeds_way(url: str, n: int, total: int, work: Path) -> dict:
@@ -362,6 +395,26 @@ def write_report(r: dict, path: Path) -> None:
         f"({r['size']['lake_bytes'] / 2**20:.0f} MB vs {r['size']['postgres_bytes'] / 2**20:.0f} MB) | <= 15 % | "
         f"{_goal(r['size']['ratio_pct'], 15)} |",
     ]
+    p = r.get("portfolio")
+    if p:
+        lines += [
+            f"| portfolio RSI, one account over all symbols, 10 slots, 10 % stakes: read + signals + account "
+            f"(warm) | {p['end_to_end']['median'] * 1000:.1f} ms (independent accounts, same strategy: "
+            f"{e2e['median'] * 1000:.1f} ms) | <= 500 ms | {_goal(p['end_to_end']['median'], 0.5)} |",
+            f"| the same without the read (signals + account) | {p['no_read']['median'] * 1000:.1f} ms | | |",
+            f"| portfolio sweep: 100 accounts (10 slot counts x 10 stakes), one signal set | "
+            f"{p['accounts_100']['median']:.2f} s | | |",
+        ]
+        v = p.get("vectorbt", {})
+        if v.get("skipped"):
+            lines.append(f"| vectorbt shared cash | skipped: {v['skipped']} | | |")
+        elif v:
+            lines.append(
+                f"| vectorbt 1.2 `from_signals(cash_sharing=True, group_by=True)`, same signals and prices, fees 0, "
+                f"fixed stake, unlimited slots | {v['median'] * 1000:.0f} ms vs ours "
+                f"{p['ours_agreement_case']['median'] * 1000:.1f} ms "
+                f"({v['median'] / p['ours_agreement_case']['median']:,.0f}x) | | final value rel. diff "
+                f"{v['rel_diff_final_value']:.1e} ({v['ours_skipped']} entries skipped) |")
     if r.get("seed"):
         lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")

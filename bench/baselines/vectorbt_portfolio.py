@@ -1,0 +1,32 @@
+"""Baseline: vectorbt's shared-cash portfolio on the same signals and prices as our portfolio kernel.
+
+    run_shared(close, entries, exits, stake, initial) -> final value
+
+`Portfolio.from_signals(close, entries, exits, size=stake, size_type="value",
+cash_sharing=True, group_by=True, fees=0, init_cash=initial)` over the (time x symbols)
+grid. Where the semantics match, the final values must agree with ours:
+
+- vectorbt has no limit on open positions and sizes an order's value before fees;
+  ours caps positions at --max-open and takes the fee out of the stake. With fees 0,
+  a fixed stake, more slots than symbols and enough cash that no entry is ever
+  skipped, the two define the same account (checked in the benchmark).
+- vectorbt orders same-bar entries by its call sequence, ours by rank; that matters
+  only when cash or slots run out, which the agreement case excludes.
+- Missing bars: vectorbt skips orders at a NaN price and values a position at the
+  last valid close, as our kernel does.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import vectorbt as vbt
+
+
+def run_shared(close: np.ndarray, entries: np.ndarray, exits: np.ndarray, stake: float, initial: float) -> float:
+    """Final value of one shared-cash account; inputs are (symbols x time) like ours."""
+    portfolio = vbt.Portfolio.from_signals(
+        close.T, entries.T, exits.T, size=stake, size_type="value", fees=0.0, init_cash=initial,
+        cash_sharing=True, group_by=True, direction="longonly", accumulate=False, freq="1h",
+    )
+    value = portfolio.value().to_numpy()
+    return float(value[~np.isnan(value)][-1])
