@@ -117,7 +117,7 @@ def db_import(
 ) -> None:
     """Import real OHLCV files, resampled to 1h and 1d, upserted (re-import is a no-op).
 
-    Example: cryptobt db import ../shared/data/binance-5m/*.feather
+    Example: cryptobt db import data/sample/binance-5m/*.feather
     """
     from pipeline import loaders, source
 

@@ -1,13 +1,14 @@
 """`cryptobt demo`: the whole pipeline on a fresh clone, with or without services.
 
 Without DATABASE_URL/REDIS_URL in the environment it builds a sample lake (a
-synthetic market plus the real Binance sample when it is beside the repo) and runs
+synthetic market plus the project's real Binance sample, data/sample) and runs
 the local engine; with them it runs PostgreSQL -> export flow -> lake -> engine ->
 Redis + results.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import replace
@@ -20,10 +21,12 @@ from rich.table import Table
 from pipeline import engine, lake, plots, runs, strategies
 from pipeline.cache import ResultCache
 from pipeline.config import PROJECT_ROOT, Settings
+from pipeline.errors import PipelineError
 from pipeline.ohlcv import read_ohlcv_file, symbol_from_path, to_hourly_and_daily
 from pipeline.synthetic import generate_market
 
-DEFAULT_SAMPLE = PROJECT_ROOT.parent / "shared" / "data" / "binance-5m"
+# Real Binance pairs shipped with the project (data/sample/README.md says where they come from).
+DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
 SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
 
 
@@ -65,6 +68,13 @@ def _full_path(settings: Settings, console: Console) -> None:
 def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *,
              console: Console, err_console: Console) -> dict:
     workdir = Path(workdir)
+    if sample is not None and not Path(sample).is_dir():
+        raise PipelineError(f"--sample {sample}: no such folder; give a folder of CSV, Parquet or Feather "
+                            f"OHLCV files (the project's own is {DEFAULT_SAMPLE})")
+    if not 1 <= n_symbols <= 1000:
+        raise PipelineError(f"--symbols {n_symbols} is out of range: an integer from 1 to 1000")
+    if not (math.isfinite(years) and 0 < years <= 20):
+        raise PipelineError(f"--years {years} is out of range: a number > 0 and <= 20")
     use_services = bool(os.environ.get("DATABASE_URL"))
     base = Settings.from_env()
     settings = replace(base, lake_root=workdir / "lake", results_root=workdir / "results")
@@ -77,8 +87,10 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     else:
         result = build_sample_lake(settings.lake_root, n_symbols, years, sample or DEFAULT_SAMPLE)
         snapshot = result.snapshot
+        real = sorted(symbol_from_path(p) for p in (sample or DEFAULT_SAMPLE).glob("*.*"))
         console.print(f"sample lake {settings.lake_root}: snapshot {snapshot.id}, {len(snapshot.symbols)} symbols "
-                      f"({result.rows_read:,} hourly bars)")
+                      f"({result.rows_read:,} hourly bars): {n_symbols} synthetic and {len(real)} real Binance "
+                      f"pairs from {sample or 'data/sample'} ({', '.join(real)})")
     cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
         if os.environ.get("REDIS_URL") else None
 

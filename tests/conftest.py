@@ -72,8 +72,8 @@ def redis_prefix(redis_client) -> str:
 
 
 # --- postgres fixtures ---
-SHARED_DATA = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "data"
-BINANCE_DIR = SHARED_DATA / "binance-5m"
+# The project's own real-market sample (never ../shared, which a user's clone lacks).
+BINANCE_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 
 
 def _admin_url() -> str:
@@ -136,11 +136,11 @@ def database_url(make_database) -> str:
 
 @pytest.fixture
 def binance_files(tmp_path):
-    """Copies of the real Binance 5m files (shared data is never written to)."""
+    """Copies of the real Binance 5m sample files (the tracked sample is never written to)."""
     import shutil
 
     if not BINANCE_DIR.exists():
-        pytest.fail(f"real market data missing: {BINANCE_DIR} (the repo expects ../shared/data beside it)")
+        pytest.fail(f"the project's real-market sample is missing: {BINANCE_DIR} (see data/sample/README.md)")
     target = tmp_path / "binance-5m"
     shutil.copytree(BINANCE_DIR, target)
     return sorted(target.glob("*.feather"))

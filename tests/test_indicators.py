@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pipeline.kernels import indicators as ind
 
-BINANCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-5m"
+BINANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))
 
 HYP = settings(max_examples=40, deadline=None)
@@ -61,8 +61,8 @@ def check_all_against_talib(x: np.ndarray) -> None:
 
 @pytest.fixture(scope="module")
 def binance_closes() -> dict[str, np.ndarray]:
-    if len(BINANCE_FILES) != 10:
-        pytest.fail(f"expected the ten real Binance 5m files in {BINANCE_DIR}, found {len(BINANCE_FILES)}")
+    if len(BINANCE_FILES) != 4:
+        pytest.fail(f"expected the four real Binance 5m sample files in {BINANCE_DIR}, found {len(BINANCE_FILES)}")
     return {
         p.stem: np.ascontiguousarray(feather.read_table(p)["close"].to_numpy(), dtype=np.float64)
         for p in BINANCE_FILES

@@ -20,7 +20,7 @@ from pipeline.kernels.simulate import simulate_1d
 from tests.reference import reference_backtest, reference_signals
 
 HYP = settings(max_examples=25, deadline=None)
-BINANCE_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-5m"
+BINANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))
 SIM_METRICS = enums.METRIC_NAMES[: enums.N_SIM_METRICS]
 ALL_STRATEGIES = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
@@ -194,8 +194,8 @@ def test_simulator_matches_the_reference_trade_by_trade(name, fill, data):
 
 @pytest.fixture(scope="module")
 def binance_markets():
-    if len(BINANCE_FILES) != 10:
-        pytest.fail(f"expected the ten real Binance 5m files in {BINANCE_DIR}")
+    if len(BINANCE_FILES) != 4:
+        pytest.fail(f"expected the four real Binance 5m sample files in {BINANCE_DIR}")
     markets = {}
     for path in BINANCE_FILES:
         table = feather.read_table(path, columns=["open", "close"])
