@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline import options
 from pipeline.config import Settings, redact_url
 from pipeline.errors import PipelineError
 
@@ -22,7 +23,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 app = typer.Typer(
     name="cryptobt",
-    help="Backtest strategies over every crypto at once: PostgreSQL -> Parquet lake -> Numba -> Redis + results.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -31,6 +31,9 @@ db_app = typer.Typer(help="PostgreSQL: schema, synthetic seed, file import.", no
 lake_app = typer.Typer(help="The Parquet lake: snapshots and retention.", no_args_is_help=True)
 results_app = typer.Typer(help="The append-only results table (plain DuckDB works too).", no_args_is_help=True)
 cache_app = typer.Typer(help="The Redis result cache.", no_args_is_help=True)
+strategies_app = typer.Typer(help="The strategies a run can name: parameters, defaults, allowed ranges.",
+                             invoke_without_command=True)
+app.add_typer(strategies_app, name="strategies")
 app.add_typer(db_app, name="db")
 app.add_typer(lake_app, name="lake")
 app.add_typer(results_app, name="results")
@@ -58,6 +61,55 @@ def user_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from pipeline import ENGINE_VERSION, __version__
+
+        print(f"cryptobt {__version__} (engine {ENGINE_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """Backtest strategies over every crypto at once: PostgreSQL -> Parquet lake -> Numba -> Redis + results."""
+
+
+@strategies_app.callback()
+@user_errors
+def strategies_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """List every strategy with its parameters, defaults and allowed ranges.
+
+    Example: cryptobt strategies
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from pipeline import strategies
+
+    rows = []
+    for name in strategies.strategy_names():
+        strategy = strategies.get_strategy(name)
+        rows.append({"name": name, "description": strategy.description, "parameters": [
+            {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
+             "description": p.description} for p in strategy.params]})
+    if as_json:
+        import json
+
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        console.print(f"[bold]{row['name']}[/]: {row['description']}", highlight=False)
+        for p in row["parameters"]:
+            console.print(f"  {p['name']} = {p['default']}  ({p['allowed']}): {p['description']}", highlight=False)
+        if not row["parameters"]:
+            console.print("  (no parameters)")
+
+
 def progress_bar(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -69,15 +121,18 @@ def progress_bar(transient: bool = False) -> Progress:
 @db_app.command("init")
 @user_errors
 def db_init() -> None:
-    """Create the database if needed and apply sql/*.sql (idempotent).
+    """Create the database if needed, apply sql/*.sql and list the strategies in crypto_strategies (idempotent).
 
     Example: cryptobt db init
     """
-    from pipeline import source
+    from pipeline import source, strategies
 
     settings = Settings.from_env()
     applied = source.apply_schema(settings.database_url)
-    console.print(f"schema applied to {redact_url(settings.database_url)}: {', '.join(applied)}")
+    names = strategies.strategy_names()
+    source.write_strategies(settings.database_url, {n: strategies.get_strategy(n).defaults for n in names})
+    console.print(f"schema applied to {redact_url(settings.database_url)}: {', '.join(applied)}; "
+                  f"crypto_strategies lists {', '.join(names)}")
 
 
 @db_app.command("seed")
@@ -93,6 +148,7 @@ def db_seed(
     """
     from pipeline import loaders, source
 
+    loaders.check_seed_args(cryptos, years, seed)
     settings = Settings.from_env()
     source.apply_schema(settings.database_url)
     with progress_bar() as progress:
@@ -121,6 +177,9 @@ def db_import(
     """
     from pipeline import loaders, source
 
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise PipelineError(f"no such file: {', '.join(missing)}")
     settings = Settings.from_env()
     source.apply_schema(settings.database_url)
     report = loaders.import_files(settings.database_url, list(paths), symbol)
@@ -224,16 +283,6 @@ HEADERS = {"total_return_pct": "return %", "buy_hold_return_pct": "b&h %", "num_
            "win_rate_pct": "win %", "max_drawdown_pct": "max dd %", "days_of_data": "days"}
 
 
-def _parse_params(items: list[str]) -> dict[str, str]:
-    params = {}
-    for item in items:
-        if "=" not in item:
-            raise PipelineError(f"--param {item!r} is not name=value (e.g. --param rsi_period=21)")
-        name, value = item.split("=", 1)
-        params[name.strip()] = value.strip()
-    return params
-
-
 def _fmt(value: Any) -> str:
     if value is None:
         return "-"
@@ -258,23 +307,33 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     console.print(table)
 
 
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities (from user SQL, say) become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def _emit_json(results: list[dict[str, Any]]) -> None:
     import json
 
-    print(json.dumps(results, default=str, allow_nan=False))
+    print(json.dumps(_json_safe(results), default=str, allow_nan=False))
 
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
          stream: bool, command: str, no_cache: bool = False) -> tuple[Any, Any, Settings]:
-    from pipeline import engine, reader, runs
+    from pipeline import runs
     from pipeline.cache import ResultCache
 
-    if symbols and all_:
-        raise PipelineError("use either --symbol or --all, not both")
-    start, end = reader.parse_timerange(timerange)
-    config = engine.make_config(strategy, params, fee_pct=fee, fill=fill, initial=initial, trades=trades,
-                                timerange_start=start, timerange_end=end)
+    symbols = options.check_symbols(symbols, all_)
+    options.check_interval(interval)
+    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
+                                trades=trades)
     settings = Settings.from_env()
     cache = None if no_cache else ResultCache.from_settings(
         settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
@@ -332,7 +391,9 @@ def backtest_command(
       cryptobt backtest macd -s SYN001 -s SYN002 --interval 1d --timerange 20230101- --json
       cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
     """
-    outcome, config, settings = _run(strategy, _parse_params(param or []), symbol, all_, interval, timerange,
+    options.check_top(top)
+    options.check_plot(plot)
+    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
                                      fee, fill, initial, trades, stream, "backtest", no_cache)
     if plot:
         _plot(plot, settings, config, outcome, False, top)
@@ -375,6 +436,8 @@ def sweep_command(
     """
     from pipeline import engine, strategies
 
+    options.check_top(top)
+    options.check_plot(plot)
     params_list = strategies.parse_grid(strategy, grid)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
@@ -437,15 +500,13 @@ def portfolio_command(
       cryptobt portfolio macd --max-open 5,10,20 --stake 0.05,0.1 --rank-by volume --plot out/portfolio.html
       cryptobt portfolio rsi -g rsi_period=10:20:5 --max-open 10 --stake 100 --json
     """
-    from pipeline import engine, reader, runs, strategies
     from pipeline import portfolio as pf
+    from pipeline import runs, strategies
 
-    if symbol and all_:
-        raise PipelineError("use either --symbol or --all, not both")
-    if top < 1:
-        raise PipelineError(f"--top {top} must be >= 1")
-    if plot is not None and plot.suffix.lower() not in (".html", ".png"):
-        raise PipelineError(f"--plot {plot}: use a .html or .png file name")
+    symbols = options.check_symbols(symbol, all_)
+    options.check_top(top)
+    options.check_plot(plot)
+    options.check_interval(interval)
     if not (math.isfinite(slippage) and 0 <= slippage < 100):
         raise PipelineError(f"--slippage {slippage!r} is out of range: a percentage >= 0 and < 100")
     slots = []
@@ -458,13 +519,11 @@ def portfolio_command(
         raise PipelineError(f"--rank-by {rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
-    params: Any = strategies.parse_grid(strategy, grid) if grid else _parse_params(param or [])
-    start, end = reader.parse_timerange(timerange)
-    config = engine.make_config(strategy, params, fee_pct=fee, fill=fill, initial=initial,
-                                timerange_start=start, timerange_end=end)
+    params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
+    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
-    outcome = runs.portfolio(settings, config, sets, symbol or None, interval, rank_by=rank_by,
+    outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by,
                              slippage=slippage / 100.0, command="portfolio")
     best = outcome.best
     if plot and best:
@@ -660,6 +719,20 @@ def serve_command(
     Example: cryptobt serve --export-cron "5 * * * *" --backtest-cron "0 3 * * *"
     """
     from prefect import serve
+    from prefect.client.schemas.schedules import CronSchedule
+    from pydantic import ValidationError
+
+    for option, text in (("--export-cron", export_cron), ("--backtest-cron", backtest_cron)):
+        try:
+            CronSchedule(cron=text)
+        except ValidationError:
+            raise PipelineError(f"{option} {text!r} is not a cron expression (five fields, e.g. '0 * * * *')") from None
+    if not os.environ.get("PREFECT_API_URL"):
+        err_console.print(
+            "PREFECT_API_URL is not set: Prefect starts a temporary server for this process; its deployments "
+            "vanish when it stops and other shells cannot reach them. For a lasting server run "
+            "`prefect server start` and export PREFECT_API_URL=http://127.0.0.1:4200/api first.",
+            highlight=False, soft_wrap=True)
 
     from flows.backtest import backtest_flow
     from flows.export import export_flow
@@ -688,8 +761,31 @@ def demo_command(
     demo.run_demo(workdir, sample, symbols, years, console=console, err_console=err_console)
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app(prog_name="cryptobt")
+def main() -> int:
+    """The console entry point: a usage error is one line on stderr (exit 2), never a panel or a traceback."""
+    try:  # typer >= 0.20 vendors click
+        from typer._click import exceptions as click_errors
+    except ImportError:  # pragma: no cover - older typer on plain click
+        from click import exceptions as click_errors
+
+    try:
+        result = app(prog_name="cryptobt", standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        print(exc.ctx.get_help() if exc.ctx else exc)
+        return 0
+    except click_errors.UsageError as exc:
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+        message = " ".join(exc.format_message().split()).rstrip(".")
+        err_console.print(f"[bold red]error:[/] {message}{where}", highlight=False, soft_wrap=True)
+        return 2
+    except click_errors.ClickException as exc:
+        err_console.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}", highlight=False,
+                          soft_wrap=True)
+        return exc.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,16 @@ def _with_ids(frame: pl.DataFrame, ids: list[int], index_column: str) -> pl.Data
     return frame.join(lookup, on=index_column, how="left").drop(index_column)
 
 
+def check_seed_args(n_symbols: int, years: float, seed: int) -> None:
+    """The seed's sizes, before anything connects or writes."""
+    if not 1 <= n_symbols <= 10_000:
+        raise InputError(f"--cryptos {n_symbols} is out of range: an integer from 1 to 10,000")
+    if not (math.isfinite(years) and 1 / 365 <= years <= 20):
+        raise InputError(f"--years {years} is out of range: a number from 1/365 (one day) to 20")
+    if not 0 <= seed < 2**32:
+        raise InputError(f"--seed {seed} is out of range: an integer from 0 to 2**32 - 1")
+
+
 def seed_database(
     url: str,
     n_symbols: int,
@@ -53,10 +64,7 @@ def seed_database(
     Symbols that already have prices are merged (corrected bars replace old ones),
     new ones are copied straight in, all in one transaction.
     """
-    if n_symbols < 1:
-        raise InputError(f"--cryptos {n_symbols} must be >= 1")
-    if not 0 < years <= 20:
-        raise InputError(f"--years {years} must be > 0 and <= 20")
+    check_seed_args(n_symbols, years, seed)
     symbols, hourly = generate_market(n_symbols, years, seed)
     daily = daily_from_hourly(hourly, "symbol_index").drop("bars")
     if on_total:

@@ -358,7 +358,8 @@ def query(
             return [], []
         return [d[0] for d in cursor.description], cursor.fetchall()
     except duckdb.Error as exc:
-        raise PipelineError(f"query failed: {exc}") from exc
+        # DuckDB's message spans lines (the query with a caret under the error): keep its first line.
+        raise PipelineError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         con.close()
 

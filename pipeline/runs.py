@@ -69,7 +69,24 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
         from pipeline.errors import PipelineError
 
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    _check_range_has_bars(snapshot, names, interval, config)
     return snapshot, names, interval
+
+
+def _check_range_has_bars(snapshot: lake.Snapshot, names: list[str], interval: str, config: RunConfig) -> None:
+    """Refuse, before any read or write, a --timerange in which none of the symbols has a bar."""
+    start, end = config.timerange_start, config.timerange_end
+    if start is None and end is None:
+        return
+    spans = [snapshot.symbols[s].get(interval) for s in names]
+    spans = [(datetime.fromisoformat(m["first"]), datetime.fromisoformat(m["last"])) for m in spans if m]
+    if any((start is None or last >= start) and (end is None or first < end) for first, last in spans):
+        return
+    from pipeline.errors import PipelineError
+
+    have = (f"the lake's {interval} bars of these symbols span {min(f for f, _ in spans):%Y-%m-%d} to "
+            f"{max(la for _, la in spans):%Y-%m-%d}" if spans else f"these symbols have no {interval} bars")
+    raise PipelineError(f"--timerange has no bars: {have}")
 
 
 def backtest(

@@ -108,6 +108,16 @@ def apply_schema(url: str) -> list[str]:
     return applied
 
 
+def write_strategies(url: str, defaults: dict[str, dict[str, object]]) -> None:
+    """Upsert each strategy's default parameters into crypto_strategies (for SQL users)."""
+    import json
+
+    names = sorted(defaults)
+    with connect(url) as conn:
+        conn.execute(load_sql("upsert_strategies.sql"),
+                     {"names": names, "defaults": [json.dumps(defaults[n], sort_keys=True) for n in names]})
+
+
 def register_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, int]:
     """Ids for `symbols`, creating the missing ones."""
     conn.execute(load_sql("upsert_symbols.sql"), {"symbols": symbols})

@@ -20,20 +20,28 @@ def _count(url: str, where: str = "TRUE") -> int:
         return conn.execute(f"SELECT count(*) FROM crypto_prices WHERE {where}").fetchone()[0]  # noqa: S608
 
 
-def test_schema_applies_twice_without_change(make_database):
+def test_schema_applies_twice_without_change(make_database, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pipeline import strategies as registry
+    from pipeline.cli import app
+
     url = make_database()
-    source.apply_schema(url)
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert CliRunner().invoke(app, ["db", "init"]).exit_code == 0
     with psycopg.connect(url) as conn:
         before = conn.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
         ).fetchall()
         strategies = conn.execute("SELECT name, strategy_type FROM crypto_strategies ORDER BY 1").fetchall()
-    source.apply_schema(url)
+    assert CliRunner().invoke(app, ["db", "init"]).exit_code == 0
     with psycopg.connect(url) as conn:
         after = conn.execute(
             "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
         ).fetchall()
-        assert conn.execute("SELECT count(*) FROM crypto_strategies").fetchone()[0] == 5
+        # crypto_strategies mirrors the registry, defaults included: one source of truth.
+        rows = conn.execute("SELECT name, default_parameters FROM crypto_strategies ORDER BY 1").fetchall()
+        assert rows == [(n, registry.get_strategy(n).defaults) for n in sorted(registry.strategy_names())]
     assert before == after
     names = {name for name, _ in before}
     assert {"crypto_prices_pkey", "idx_crypto_prices_daily", "idx_crypto_prices_updated_at",

@@ -182,6 +182,15 @@ def test_plot_html_and_png_contain_the_expected_series(cli_env, tmp_path):
         (["backtest", "rsi", "--symbol", "x'); DROP TABLE crypto_prices;--"], "unknown symbol"),
         (["backtest", "rsi", "--interval", "5m"], "--interval '5m'"),
         (["sweep", "rsi", "-g", "rsi_period=a:b"], "rsi_period"),
+        # Issue 12: each of these ran, or wrote results, before it was refused.
+        (["backtest", "rsi", "--timerange", "20300101-"], "--timerange has no bars"),
+        (["sweep", "rsi", "-g", "rsi_period=7,14", "--timerange", "-19990101"], "--timerange has no bars"),
+        (["backtest", "rsi", "--plot", "out.svg"], "use a .html or .png file name"),
+        (["sweep", "rsi", "-g", "rsi_period=7,14", "--plot", "out.svg"], "use a .html or .png file name"),
+        (["backtest", "rsi", "--top", "-3"], "--top -3 is out of range"),
+        (["backtest", "rsi", "--top", "0"], "--top 0 is out of range"),
+        (["sweep", "rsi", "-g", "rsi_period=7,14", "--top", "0"], "--top 0 is out of range"),
+        (["results", "top", "--n", "0"], "--n 0"),
     ],
 )
 def test_bad_input_is_one_line_error_naming_it_with_nonzero_exit(cli_env, args, message):
@@ -191,6 +200,7 @@ def test_bad_input_is_one_line_error_naming_it_with_nonzero_exit(cli_env, args, 
     assert result.exit_code != 0
     assert message in result.output
     assert "Traceback" not in result.output
+    assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
     after = sorted(p.name for p in Path(cli_env.results_root).rglob("*.parquet")) if Path(
         cli_env.results_root).exists() else []
     assert after == before, "nothing is written on bad input"

@@ -1,0 +1,76 @@
+"""The one validation of what a user asks a run for, shared by the CLI, the notebook and the HTTP API.
+
+Every check here runs before anything is read or written, and fails with a
+`PipelineError` whose one-line message names the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:  # the CLI imports this module for every command: keep Numba out of its start-up
+    from pipeline.engine import RunConfig
+
+PLOT_SUFFIXES = (".html", ".png")
+INTERVALS = ("1h", "1d", "auto")
+
+
+def parse_params(items: Sequence[str]) -> dict[str, str]:
+    """`["rsi_period=21", ...]` -> `{"rsi_period": "21"}` (values are checked by the strategy)."""
+    params = {}
+    for item in items:
+        if "=" not in item:
+            raise PipelineError(f"--param {item!r} is not name=value (e.g. --param rsi_period=21)")
+        name, value = item.split("=", 1)
+        params[name.strip()] = value.strip()
+    return params
+
+
+def check_top(top: int, option: str = "--top") -> int:
+    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
+        raise PipelineError(f"{option} {top!r} is out of range: an integer >= 1")
+    return top
+
+
+def check_plot(path: Path | str | None) -> Path | None:
+    if path is None:
+        return None
+    path = Path(path)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise PipelineError(f"--plot {path}: use a .html or .png file name")
+    return path
+
+
+def check_symbols(symbols: Sequence[str] | None, all_: bool) -> list[str] | None:
+    if symbols and all_:
+        raise PipelineError("use either --symbol or --all, not both")
+    return list(symbols) if symbols else None
+
+
+def check_interval(interval: str) -> str:
+    if interval not in INTERVALS:
+        raise PipelineError(f"--interval {interval!r} is not allowed; use one of: {', '.join(INTERVALS)}")
+    return interval
+
+
+def run_config(
+    strategy: str,
+    params: Mapping[str, Any] | list[dict[str, Any]] | None,
+    *,
+    timerange: str | None = None,
+    fee: float = 0.1,
+    fill: str = "close",
+    initial: float = 1000.0,
+    trades: bool = False,
+) -> RunConfig:
+    """Strategy, parameters, time range, fee, fill and cash, checked together: the run's config."""
+    from pipeline import engine, reader
+
+    start, end = reader.parse_timerange(timerange)
+    return engine.make_config(strategy, params if isinstance(params, list) else dict(params or {}),
+                              fee_pct=fee, fill=fill, initial=initial, trades=trades,
+                              timerange_start=start, timerange_end=end)
