@@ -51,6 +51,8 @@ from pipeline.ohlcv import resample
 INTERVALS = ("1h", "1d")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
+# A snapshot folder being removed by vacuum (hidden: never listed, never globbed).
+REMOVING_PREFIX = ".removing-"
 # Per (symbol, year) content hashes and bar stats: what the next commit needs to
 # compute versions, kept out of the manifest so readers parse a small file.
 STATE = "_state.json"
@@ -174,7 +176,7 @@ def list_snapshots(lake_root: Path) -> list[Snapshot]:
         return []
     found = []
     for path in sorted(root.iterdir()):
-        if (path / MANIFEST).exists():
+        if not path.name.startswith(".") and (path / MANIFEST).exists():
             found.append(load_snapshot(path))
     return found
 
@@ -487,15 +489,31 @@ def vacuum(lake_root: Path, *, keep: int, keep_hours: float, now: datetime | Non
     snapshots = list_snapshots(lake_root)
     removable = snapshots[: max(len(snapshots) - keep, 0)]
     removed = []
+    folder = lake_root / "snapshots"
     for snapshot in removable:
         if current is not None and snapshot.id == current.id:
             continue
         if now - snapshot.created_at < timedelta(hours=keep_hours):
             continue
-        shutil.rmtree(snapshot.path)
+        # Renamed out of the listing first (atomic), deleted after: a vacuum killed midway
+        # leaves a hidden folder, never a listed snapshot with some of its files gone.
+        os.rename(snapshot.path, folder / f"{REMOVING_PREFIX}{snapshot.id}")
         removed.append(snapshot.id)
+    if folder.exists():
+        _fsync_dir(folder)
+        for leftover in folder.iterdir():
+            # What earlier killed vacuums left: renamed folders, or folders whose manifest went first.
+            if leftover.name.startswith(REMOVING_PREFIX) or not (leftover / MANIFEST).exists():
+                _remove(leftover)
     staging = lake_root / ".staging"
-    if staging.exists():
+    if staging.exists():  # the caller holds the export lock: nothing in here is in use
         for leftover in staging.iterdir():
-            shutil.rmtree(leftover, ignore_errors=True)
+            _remove(leftover)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
