@@ -19,3 +19,32 @@ class InputError(PipelineError):
 
 class LakeBusy(PipelineError):
     """Another export holds the lake's lock."""
+
+
+class DiskFull(PipelineError):
+    """The disk under the lake or the results filled up; nothing was published."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT from the OS, or the same wrapped by Arrow or Polars (which may drop errno)."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "os error 28" in text or "Disk quota exceeded" in text
+
+
+def disk_full(path: object, needed_bytes: int | None, setting: str) -> DiskFull:
+    """One line naming the full disk's path, what is free, what was needed and what to do."""
+    import shutil
+    from pathlib import Path
+
+    where = Path(str(path))
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = f", about {needed_bytes / 2**20:,.1f} MiB needed" if needed_bytes else ""
+    return DiskFull(f"no space left on the disk holding {where}: {free / 2**20:,.1f} MiB free{need}; "
+                    f"nothing was published; free some space or point {setting} at a larger disk")

@@ -19,6 +19,7 @@ import polars as pl
 
 from pipeline import lake, source
 from pipeline.config import Settings
+from pipeline.errors import disk_full, is_disk_full
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,16 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
     path = staging / f"extract-{stem}.arrow"
-    extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_ipc(path, compression="uncompressed")
     symbols_path = staging / f"extract-{stem}.symbols.json"
-    symbols_path.write_text(json.dumps({str(k): v for k, v in extract.symbols.items()}))
+    try:
+        extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_ipc(path, compression="uncompressed")
+        symbols_path.write_text(json.dumps({str(k): v for k, v in extract.symbols.items()}))
+    except BaseException as exc:
+        path.unlink(missing_ok=True)
+        symbols_path.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise disk_full(settings.lake_root, _bytes_needed(extract.rows_read), "CRYPTOBT_LAKE_ROOT") from None
+        raise
     return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
                          time.perf_counter() - started)
 
@@ -81,6 +89,12 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
     staged.path.unlink(missing_ok=True)
     staged.symbols_path.unlink(missing_ok=True)
     return result
+
+
+def _bytes_needed(rows: int) -> int:
+    """About what an export of `rows` writes: the staged extract (uncompressed Arrow IPC, ~52 bytes
+    a row) and the new snapshot files (zstd Parquet, ~10 bytes a row)."""
+    return rows * 62
 
 
 def vacuum(settings: Settings) -> list[str]:
@@ -102,11 +116,22 @@ def run_export(
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
         since = since_for(settings, full)
         log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
-        staged = extract_to_staging(settings, since)
-        log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
-        if fail_at == "after-read":
-            os._exit(137)
-        result = commit_staged(settings, staged, full, fail_at=fail_at)
+        staged = None
+        try:
+            staged = extract_to_staging(settings, since)
+            log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
+            if fail_at == "after-read":
+                os._exit(137)
+            result = commit_staged(settings, staged, full, fail_at=fail_at)
+        except Exception as exc:
+            if is_disk_full(exc) and staged is not None:
+                raise disk_full(settings.lake_root, _bytes_needed(staged.rows_read), "CRYPTOBT_LAKE_ROOT") from None
+            raise
+        finally:
+            # The export's own staging goes on every exit path (a SIGKILL's leftovers go at the next vacuum).
+            if staged is not None:
+                staged.path.unlink(missing_ok=True)
+                staged.symbols_path.unlink(missing_ok=True)
         removed = vacuum(settings)
     return ExportReport(
         snapshot_id=result.snapshot.id, created=result.created, rows_read=result.rows_read,

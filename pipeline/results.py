@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import ENGINE_VERSION, __version__
-from pipeline.errors import InputError, PipelineError
+from pipeline.errors import InputError, PipelineError, disk_full, is_disk_full
 
 # The fixed superset of every strategy's parameter names; one DOUBLE column each.
 PARAM_COLUMNS: tuple[str, ...] = (
@@ -473,10 +473,15 @@ def _publish(table: pa.Table, final: Path) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(temp, "wb") as handle:
-            pq.write_table(table, handle, compression="zstd")
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            with open(temp, "wb") as handle:
+                pq.write_table(table, handle, compression="zstd")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise disk_full(final.parent, table.nbytes, "CRYPTOBT_RESULTS_ROOT") from None
+            raise
         try:
             # A hard link publishes atomically *and* fails if the name exists, which
             # os.replace would silently overwrite.
