@@ -17,9 +17,10 @@ import numpy as np
 
 from pipeline import ENGINE_VERSION, strategies
 from pipeline.errors import PipelineError
+from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
 from pipeline.kernels.batch import run_grid, run_single
-from pipeline.reader import STEP_SECONDS, PriceBatch
+from pipeline.reader import PriceBatch
 
 FILLS = ("close", "next_open")
 REASONS = {

@@ -20,9 +20,10 @@ import numpy as np
 from pipeline import ENGINE_VERSION, strategies
 from pipeline.engine import RunConfig
 from pipeline.errors import PipelineError
+from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
 from pipeline.kernels import portfolio as pk
-from pipeline.reader import STEP_SECONDS, PriceBatch
+from pipeline.reader import PriceBatch
 
 RANK_BY = ("auto", "volume", "name")
 EXIT_REASONS = {pk.EXIT_SIGNAL: "signal", pk.EXIT_END_OF_DATA: "end_of_data"}

@@ -18,12 +18,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import lake
+from pipeline import intervals, lake
 from pipeline.errors import PipelineError
 from pipeline.kernels.align import scatter_to_grid
 
-STEP_SECONDS = {"1h": 3_600, "1d": 86_400}
-BARS_PER_YEAR = {"1h": 8_760, "1d": 365}
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
 DEFAULT_MAX_POINTS = 50_000
 
@@ -44,7 +42,7 @@ class PriceBatch:
 
     @property
     def bars_per_year(self) -> int:
-        return BARS_PER_YEAR[self.interval]
+        return intervals.BARS_PER_YEAR[self.interval]
 
     def first_last(self) -> tuple[np.ndarray, np.ndarray]:
         """Grid index of each symbol's first and last bar (-1 when it has none)."""
@@ -183,7 +181,7 @@ def read_prices(
     ).to_arrow_table()
     if table.num_rows == 0:
         return empty
-    step_us = STEP_SECONDS[interval] * 1_000_000
+    step_us = intervals.SECONDS[interval] * 1_000_000
     ts = table["ts"].combine_chunks().cast(pa.int64()).to_numpy()
     symbol_ids = table["symbol_id"].combine_chunks().to_numpy()
     t0 = int(ts.min())
@@ -197,7 +195,7 @@ def read_prices(
         out[name] = matrix
     bars = np.bincount(row_of[symbol_ids], minlength=len(names)).astype(np.int64)
     del table
-    times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * STEP_SECONDS[interval]
+    times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars)
 
 

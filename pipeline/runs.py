@@ -65,7 +65,7 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
     if interval == "auto":
         interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
                                           max_points)
-    elif interval not in reader.STEP_SECONDS:
+    elif interval not in ("1h", "1d"):
         from pipeline.errors import PipelineError
 
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
