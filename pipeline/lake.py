@@ -53,6 +53,8 @@ PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
 # A snapshot folder being removed by vacuum (hidden: never listed, never globbed).
 REMOVING_PREFIX = ".removing-"
+# Shared locks of the runs reading each snapshot (see `reading`).
+READERS = ".readers"
 # Per (symbol, year) content hashes and bar stats: what the next commit needs to
 # compute versions, kept out of the manifest so readers parse a small file.
 STATE = "_state.json"
@@ -210,6 +212,39 @@ def export_lock(lake_root: Path, *, wait_seconds: float = 0.0) -> Iterator[None]
         yield
     finally:
         handle.close()
+
+
+@contextmanager
+def reading(lake_root: Path, snapshot: Snapshot) -> Iterator[Snapshot]:
+    """Pin `snapshot` while a run reads it: `vacuum` leaves a pinned snapshot for a later vacuum.
+
+    A shared flock on `<lake>/.readers/<id>.lock` (it dies with the reader, so a killed reader
+    never pins forever). If the snapshot was superseded and removed between resolving it and
+    pinning it, the current snapshot is pinned instead; a snapshot named explicitly that is
+    gone is an error saying so.
+    """
+    lake_root = Path(lake_root)
+    for _ in range(3):
+        try:
+            folder = lake_root / READERS
+            folder.mkdir(exist_ok=True)
+            handle = open(folder / f"{snapshot.id}.lock", "a+")  # noqa: SIM115 - held for the block
+        except OSError:  # a read-only lake: nothing can vacuum it under us either
+            yield snapshot
+            return
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            if (snapshot.path / MANIFEST).exists():
+                yield snapshot
+                return
+        finally:
+            handle.close()
+        latest = current_snapshot(lake_root)
+        if latest is None or latest.id == snapshot.id:
+            break
+        snapshot = latest
+    raise PipelineError(f"snapshot {snapshot.id} was removed by `cryptobt lake vacuum` before this run could "
+                        "read it; run again (it reads the current snapshot)")
 
 
 def check_writable(lake_root: Path) -> None:
@@ -480,25 +515,24 @@ def _point_current(lake_root: Path, target: Path) -> None:
 
 def vacuum(lake_root: Path, *, keep: int, keep_hours: float, now: datetime | None = None) -> list[str]:
     """Remove snapshots beyond the newest `keep` that are older than `keep_hours`,
-    and staging left by killed exports. Never removes the current snapshot. Caller holds
-    `export_lock`. Returns the removed snapshot ids.
+    and staging left by killed exports. Never removes the current snapshot, nor one a run is
+    reading (`reading`): that one goes at a later vacuum. Caller holds `export_lock`.
+    Returns the removed snapshot ids.
     """
     lake_root = Path(lake_root)
     now = now or datetime.now(UTC)
     current = current_snapshot(lake_root)
     snapshots = list_snapshots(lake_root)
     removable = snapshots[: max(len(snapshots) - keep, 0)]
-    removed = []
+    removed: list[str] = []
     folder = lake_root / "snapshots"
     for snapshot in removable:
         if current is not None and snapshot.id == current.id:
             continue
         if now - snapshot.created_at < timedelta(hours=keep_hours):
             continue
-        # Renamed out of the listing first (atomic), deleted after: a vacuum killed midway
-        # leaves a hidden folder, never a listed snapshot with some of its files gone.
-        os.rename(snapshot.path, folder / f"{REMOVING_PREFIX}{snapshot.id}")
-        removed.append(snapshot.id)
+        if _remove_unless_read(lake_root, snapshot, folder):  # one a run still reads waits for the next vacuum
+            removed.append(snapshot.id)
     if folder.exists():
         _fsync_dir(folder)
         for leftover in folder.iterdir():
@@ -510,6 +544,22 @@ def vacuum(lake_root: Path, *, keep: int, keep_hours: float, now: datetime | Non
         for leftover in staging.iterdir():
             _remove(leftover)
     return removed
+
+
+def _remove_unless_read(lake_root: Path, snapshot: Snapshot, folder: Path) -> bool:
+    """Rename `snapshot` out of the listing unless a run holds it (`reading`); True if renamed."""
+    lock = lake_root / READERS / f"{snapshot.id}.lock"
+    lock.parent.mkdir(exist_ok=True)
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        # Renamed out of the listing first (atomic), deleted after: a vacuum killed midway
+        # leaves a hidden folder, never a listed snapshot with some of its files gone.
+        os.rename(snapshot.path, folder / f"{REMOVING_PREFIX}{snapshot.id}")
+        lock.unlink(missing_ok=True)
+    return True
 
 
 def _remove(path: Path) -> None:

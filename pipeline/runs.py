@@ -6,16 +6,21 @@ where the cache, the engine and the results table meet.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pipeline import engine, lake, reader, results
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
+
+T = TypeVar("T")
 
 # Sweeps write every combination to the results table but do not fill Redis with
 # thousands of keys per symbol: past this many parameter sets the cache is skipped.
@@ -56,11 +61,33 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, ver
     }
 
 
+# The pins a run holds on the snapshots it reads, released when the run returns (see `_pinning`).
+_PINS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("pins", default=None)
+
+
+def _pinning(run: Callable[..., T]) -> Callable[..., T]:
+    """Hold what `_open_run` pins until `run` returns, so `lake vacuum` cannot remove a snapshot mid-read."""
+
+    @functools.wraps(run)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with contextlib.ExitStack() as stack:
+            token = _PINS.set(stack)
+            try:
+                return run(*args, **kwargs)
+            finally:
+                _PINS.reset(token)
+
+    return wrapper
+
+
 def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str,
               max_points: int) -> tuple[lake.Snapshot, list[str], str]:
-    """The snapshot a run reads, its symbols and its interval (`auto` resolved); threads set."""
+    """The snapshot a run reads (pinned for the run), its symbols and its interval (`auto` resolved)."""
     engine.set_threads(settings.workers)
     snapshot = lake.require_snapshot(settings.lake_root)
+    stack = _PINS.get()
+    if stack is not None:
+        snapshot = stack.enter_context(lake.reading(settings.lake_root, snapshot))
     names = reader.resolve_symbols(snapshot, symbols)
     if interval == "auto":
         interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
@@ -89,6 +116,7 @@ def _check_range_has_bars(snapshot: lake.Snapshot, names: list[str], interval: s
     raise PipelineError(f"--timerange has no bars: {have}")
 
 
+@_pinning
 def backtest(
     settings: Settings,
     config: RunConfig,
@@ -233,6 +261,7 @@ class PortfolioOutcome:
     paths: list[str] = field(default_factory=list)
 
 
+@_pinning
 def portfolio(
     settings: Settings,
     config: RunConfig,
