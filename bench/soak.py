@@ -9,7 +9,8 @@ backtested (two strategies) and swept (a small grid), one symbol's cache entries
 invalidated, and every few cycles old snapshots are vacuumed. Each run's rows are
 checked against a cache-free recomputation on the same snapshot right after it ran
 (the snapshot may be vacuumed later). At the end: the results table holds exactly the
-runs' rows, the current snapshot reads completely, and the process's resident memory
+runs' rows, the current snapshot reads completely, every kept snapshot passes `lake verify`, and the
+process's resident memory
 (sampled every cycle) is compared between the first and the last quarter of the soak.
 
 Needs PostgreSQL (its own database, dropped at the end) and Redis (its own key prefix,
@@ -178,7 +179,9 @@ def final_checks(settings: Settings, tally: Tally) -> dict[str, Any]:
         f"SELECT count(*) FROM read_parquet('{snapshot.path}/interval=*/*/*.parquet', "  # noqa: S608
         "hive_partitioning = true)"
     ).fetchall()[0][0]
+    problems = [p for path in (s.path for s in lake.list_snapshots(settings.lake_root)) for p in lake.verify(path)]
     return {
+        "verify_problems": problems,
         "table_rows": table_rows,
         "table_runs": len(rows),
         "runs_match": {r for r, _ in rows} == tally.run_ids,
@@ -203,7 +206,8 @@ def rss_verdict(samples: list[tuple[float, float]]) -> tuple[float, float, str]:
 def write_report(path: Path, args: argparse.Namespace, tally: Tally, checks: dict[str, Any],
                  seconds: float, interrupted: bool) -> None:
     first, last, verdict = rss_verdict(tally.rss_mb)
-    ok = (not tally.mismatches and not tally.errors and checks.get("runs_match") and checks.get("rows_match"))
+    ok = (not tally.mismatches and not tally.errors and checks.get("runs_match") and checks.get("rows_match")
+          and checks.get("verify_problems") == [])
     lines = [
         "# Soak report",
         "",
@@ -227,6 +231,7 @@ def write_report(path: Path, args: argparse.Namespace, tally: Tally, checks: dic
         f"| mismatching rows | {len(tally.mismatches)} |",
         f"| errors | {len(tally.errors)} |",
         f"| current snapshot reads completely (rows) | {checks.get('snapshot_rows', 0):,} |",
+        f"| `lake verify` of every kept snapshot: problems | {len(checks.get('verify_problems', ['not run']))} |",
         f"| RSS median, first / last quarter | {first:.0f} MB / {last:.0f} MB: {verdict} |",
         "",
     ]
@@ -294,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
         shutil.rmtree(work, ignore_errors=True)
     print(f"report: {args.report}")
-    ok = not tally.mismatches and not tally.errors and checks.get("runs_match") and checks.get("rows_match")
+    ok = (not tally.mismatches and not tally.errors and checks.get("runs_match") and checks.get("rows_match")
+          and checks.get("verify_problems") == [])
     return 0 if ok else 1
 
 

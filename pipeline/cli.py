@@ -253,6 +253,34 @@ def lake_snapshots(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     console.print(table if rows else f"no snapshots under {settings.lake_root}")
 
 
+@lake_app.command("verify")
+@user_errors
+def lake_verify(
+    all_: Annotated[bool, typer.Option("--all", help="Every snapshot, not only the current one.")] = False,
+) -> None:
+    """Check a snapshot against the checksums its manifest recorded at commit: manifest, state, every file.
+
+    Prints one line per problem (damaged, missing or stray file) and exits 1 if there is any.
+    Example: cryptobt lake verify --all
+    """
+    from pipeline import lake
+
+    settings = Settings.from_env()
+    root = Path(settings.lake_root)
+    if all_:
+        folder = root / "snapshots"
+        paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    else:
+        paths = [lake.require_snapshot(root).path]
+    problems = [problem for path in paths for problem in lake.verify(path)]
+    for problem in problems:
+        console.print(problem, highlight=False, soft_wrap=True)
+    if problems:
+        raise PipelineError(f"{len(problems)} problem(s) in {len(paths)} snapshot(s); "
+                            "`cryptobt export --full` writes a good snapshot")
+    console.print(f"{len(paths)} snapshot(s) verified: every file matches its recorded sha256")
+
+
 @lake_app.command("vacuum")
 @user_errors
 def lake_vacuum(

@@ -53,7 +53,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         lake_root = Path(os.environ.get("CRYPTOBT_LAKE_ROOT") or "data/lake")
-        # Results sit next to the price lake so `read_parquet('data/results/**/*.parquet')`
+        # Results sit next to the price lake so `read_parquet('data/results/run_date=*/strategy=*/*.parquet')`
         # works with the defaults.
         results_root = Path(os.environ.get("CRYPTOBT_RESULTS_ROOT") or lake_root.parent / "results")
         redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)

@@ -130,7 +130,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     ]
     console.print(f"pictures: {', '.join(str(p) for p in written)}")
     console.print(f"results:  {settings.results_root} (append-only Parquet)")
-    query = (f"SELECT strategy, symbol, total_return_pct FROM read_parquet('{settings.results_root}/**/*.parquet', "  # noqa: S608 - printed example
+    query = (f"SELECT strategy, symbol, total_return_pct FROM read_parquet('{settings.results_root}/run_date=*/strategy=*/*.parquet', "  # noqa: S608 - printed example
              "hive_partitioning = true, union_by_name = true) ORDER BY total_return_pct DESC LIMIT 10")
     console.print("query them with plain DuckDB (any client), e.g. from this venv:", highlight=False)
     console.print(f"  .venv/bin/python -c \"import duckdb; duckdb.sql(\\\"{query}\\\").show()\"",

@@ -21,6 +21,10 @@ class LakeBusy(PipelineError):
     """Another export holds the lake's lock."""
 
 
+class SnapshotDamaged(PipelineError):
+    """A snapshot's manifest, state or a file does not verify; the message says which and what to do."""
+
+
 class DiskFull(PipelineError):
     """The disk under the lake or the results filled up; nothing was published."""
 

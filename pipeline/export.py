@@ -49,8 +49,10 @@ class ExportReport:
 
 def since_for(settings: Settings, full: bool) -> datetime | None:
     """The watermark to read from: None (everything) for a full or first export."""
+    if full:
+        return None
     parent = lake.current_snapshot(settings.lake_root)
-    return None if full or parent is None else parent.watermark
+    return None if parent is None else parent.watermark
 
 
 def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtract:
@@ -114,6 +116,11 @@ def run_export(
     started = time.perf_counter()
     lake.check_writable(settings.lake_root)
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
+        if not full:
+            # An incremental export builds on the current snapshot: it must be whole (a stat per file).
+            current = lake.current_snapshot(settings.lake_root)
+            if current is not None:
+                lake.check_snapshot(current)
         since = since_for(settings, full)
         log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
         staged = None

@@ -17,7 +17,7 @@ and deleting an old one never touches a file another snapshot still uses.
 
 Plain DuckDB reads the current snapshot with one glob, every row once::
 
-    SELECT * FROM read_parquet('data/lake/current/interval=*/*/*.parquet', hive_partitioning = true)
+    SELECT * FROM read_parquet('data/lake/current/interval=*/year=*/*.parquet', hive_partitioning = true)
 
 The manifest holds the snapshot id, the PostgreSQL watermark, and per symbol its
 data version (a hash of its rows' content: it changes iff the symbol's rows change),
@@ -45,12 +45,14 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline.errors import LakeBusy, PipelineError
+from pipeline.errors import LakeBusy, PipelineError, SnapshotDamaged
 from pipeline.ohlcv import resample
 
 INTERVALS = ("1h", "1d")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
+# The manifest's own checksum (sha256 of its canonical JSON without this key).
+MANIFEST_CHECKSUM = "manifest_sha256"
 # A snapshot folder being removed by vacuum (hidden: never listed, never globbed).
 REMOVING_PREFIX = ".removing-"
 # Shared locks of the runs reading each snapshot (see `reading`).
@@ -150,20 +152,106 @@ def load_snapshot(path: Path) -> Snapshot:
     key = str(path)
     snapshot = _loaded.get(key)
     if snapshot is None:
-        manifest = json.loads((path / MANIFEST).read_text())
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+            valid = isinstance(manifest, dict) and isinstance(manifest.get("snapshot_id"), str) and (
+                MANIFEST_CHECKSUM not in manifest or manifest[MANIFEST_CHECKSUM] == _manifest_checksum(manifest))
+        except (OSError, ValueError):
+            valid = False
+        if not valid:
+            raise SnapshotDamaged(f"the manifest {path / MANIFEST} does not verify (garbled, edited or missing); "
+                                  "`cryptobt export --full` writes a good snapshot")
         snapshot = _loaded[key] = Snapshot(id=manifest["snapshot_id"], path=path, manifest=manifest)
     return snapshot
+
+
+def _manifest_checksum(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != MANIFEST_CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
 def _load_state(snapshot: Snapshot | None) -> dict:
     if snapshot is None:
         return {}
-    return json.loads((snapshot.path / STATE).read_text())
+    path = snapshot.path / STATE
+    try:
+        text = path.read_text()
+        expected = snapshot.manifest.get("state_sha256")
+        if expected is not None and hashlib.sha256(text.encode()).hexdigest() != expected:
+            raise ValueError("checksum")
+        return json.loads(text)
+    except (OSError, ValueError):
+        raise SnapshotDamaged(f"the export state {path} does not verify (garbled, edited or missing); "
+                              "`cryptobt export --full` writes a good snapshot") from None
+
+
+def check_files(snapshot: Snapshot, paths: list[Path]) -> None:
+    """Refuse to read a file of `snapshot` that is not the one committed (truncated, rewritten, gone).
+
+    A stat per file: size and mtime as recorded; on any difference the sha256 decides.
+    Files of snapshots written before checksums existed are not checked.
+    """
+    recorded = {str(snapshot.path / e["path"]): e for per in snapshot.manifest["files"].values() for e in per.values()}
+    for path in paths:
+        entry = recorded.get(str(path))
+        if entry is None or "sha256" not in entry:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            raise SnapshotDamaged(f"{path} is missing from snapshot {snapshot.id}; `cryptobt lake verify` lists "
+                                  "what else is damaged; `cryptobt export --full` writes a good snapshot") from None
+        if stat.st_size == entry["bytes"] and stat.st_mtime_ns == entry["mtime_ns"]:
+            continue
+        if stat.st_size != entry["bytes"] or file_fingerprint(path)["sha256"] != entry["sha256"]:
+            raise SnapshotDamaged(f"{path} is not the file snapshot {snapshot.id} committed (size or checksum "
+                                  "differs); `cryptobt lake verify` lists what else is damaged; "
+                                  "`cryptobt export --full` writes a good snapshot")
+
+
+def check_snapshot(snapshot: Snapshot) -> None:
+    """The cheap whole-snapshot check an export builds on: state checksum, then a stat per file."""
+    _load_state(snapshot)
+    check_files(snapshot, [path for interval in snapshot.manifest["files"] for path in snapshot.files(interval)])
+
+
+def verify(snapshot_path: Path) -> list[str]:
+    """Every problem of one snapshot, one line each: manifest, state, each file's sha256, stray files."""
+    try:
+        snapshot = load_snapshot(snapshot_path)
+    except SnapshotDamaged as exc:
+        return [str(exc)]
+    problems = []
+    try:
+        _load_state(snapshot)
+    except SnapshotDamaged as exc:
+        problems.append(str(exc))
+    known = {MANIFEST, STATE}
+    for per_interval in snapshot.manifest["files"].values():
+        for entry in per_interval.values():
+            known.add(entry["path"])
+            path = snapshot.path / entry["path"]
+            if not path.is_file():
+                problems.append(f"{path}: missing")
+            elif "sha256" not in entry:
+                problems.append(f"{path}: no checksum recorded (written before checksums; re-export to add them)")
+            elif file_fingerprint(path)["sha256"] != entry["sha256"]:
+                problems.append(f"{path}: sha256 differs from the one recorded at commit (damaged)")
+    for path in sorted(snapshot.path.rglob("*")):
+        relative = str(path.relative_to(snapshot.path))
+        if path.is_file() and relative not in known:
+            problems.append(f"{path}: stray file (not part of the snapshot; readers ignore it)")
+    return problems
 
 
 def require_snapshot(lake_root: Path) -> Snapshot:
     snapshot = current_snapshot(lake_root)
     if snapshot is None:
+        if list_snapshots(lake_root):
+            raise SnapshotDamaged(
+                f"the lake's current pointer {Path(lake_root) / 'current'} is missing though snapshots exist; "
+                "`cryptobt export` (or `cryptobt export --full`) makes a new current snapshot"
+            )
         raise PipelineError(
             f"the lake at {lake_root} has no snapshot yet; run `cryptobt export` "
             "(from PostgreSQL) or `cryptobt demo` (sample lake) first"
@@ -179,7 +267,10 @@ def list_snapshots(lake_root: Path) -> list[Snapshot]:
     found = []
     for path in sorted(root.iterdir()):
         if not path.name.startswith(".") and (path / MANIFEST).exists():
-            found.append(load_snapshot(path))
+            try:
+                found.append(load_snapshot(path))
+            except SnapshotDamaged:
+                continue  # `lake verify` names it; it is never read
     return found
 
 
@@ -268,6 +359,7 @@ def _read_year(snapshot: Snapshot | None, interval: str, year: int) -> pl.DataFr
     entry = snapshot.manifest["files"].get(interval, {}).get(str(year))
     if entry is None:
         return None
+    check_files(snapshot, [snapshot.path / entry["path"]])
     return pl.read_parquet(snapshot.path / entry["path"])
 
 
@@ -289,7 +381,7 @@ def _hash_symbols(frame: pl.DataFrame) -> dict[int, str]:
     return hashes
 
 
-def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
+def _write_parquet(frame: pl.DataFrame, path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     table = frame.select(list(LAKE_SCHEMA)).cast(LAKE_SCHEMA).to_arrow()
     pq.write_table(
@@ -301,6 +393,21 @@ def _write_parquet(frame: pl.DataFrame, path: Path) -> None:
     )
     with open(path, "rb+") as handle:
         os.fsync(handle.fileno())
+    return file_fingerprint(path)
+
+
+def file_fingerprint(path: Path) -> dict:
+    """What the manifest records of a file at commit: its sha256, size and modification time.
+
+    Size and mtime make the check on every read a stat (a file truncated or rewritten from
+    outside changes them); `lake verify` and any mismatch compare the sha256.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    stat = path.stat()
+    return {"sha256": digest.hexdigest(), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _symbol_stats(frame: pl.DataFrame) -> dict[int, dict]:
@@ -333,7 +440,16 @@ def commit(
     The caller holds `export_lock`. `fail_at` names a step at which to die (tests).
     """
     lake_root = Path(lake_root)
-    parent = current_snapshot(lake_root)
+    try:
+        parent = current_snapshot(lake_root)
+        state = _load_state(parent)
+        if full and parent is not None:
+            check_snapshot(parent)
+    except SnapshotDamaged:
+        if not full:
+            raise
+        # A full export rebuilds from the source alone: the way out of any damage to the lake.
+        parent, state = None, {}
     hourly = hourly.with_columns(
         pl.col("symbol_id").cast(pl.Int32),
         pl.col("ts").cast(pl.Datetime("us", "UTC")),
@@ -358,7 +474,6 @@ def commit(
     staging = lake_root / ".staging" / snapshot_id
     staging.mkdir(parents=True)
     try:
-        state = _load_state(parent)
         year_hashes: dict[str, dict[str, str]] = {
             sym: dict(meta.get("year_hashes", {})) for sym, meta in state.items()
         }
@@ -420,25 +535,26 @@ def commit(
                     continue
                 target = staging / entry["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
+                check_files(parent, [parent.path / entry["path"]])  # never carry damage forward
                 os.link(parent.path / entry["path"], target)
-                files[interval][year] = entry
+                files[interval][year] = entry if "sha256" in entry else {**entry, **file_fingerprint(target)}
                 linked += 1
-        def write_year(year: int) -> list[tuple[str, int, str, pl.DataFrame]]:
+        def write_year(year: int) -> list[tuple[str, int, str, pl.DataFrame, dict]]:
             merged = new_years[year]
             daily = resample(merged.drop("bars"), "1d", by=("symbol_id", "symbol")).select(list(LAKE_SCHEMA))
             done = []
             for interval, frame in (("1h", merged), ("1d", daily)):
                 relative = f"interval={interval}/year={year}/{interval}-{year}.parquet"
-                _write_parquet(frame, staging / relative)
+                fingerprint = _write_parquet(frame, staging / relative)
                 if fail_at == "mid-write":
                     os._exit(137)
-                done.append((interval, year, relative, frame))
+                done.append((interval, year, relative, frame, fingerprint))
             return done
 
         with ThreadPoolExecutor(max_workers=2) as pool:
             outputs = list(pool.map(write_year, [y for y, m in new_years.items() if m.height]))
-        for interval, year, relative, frame in (item for done in outputs for item in done):
-            files[interval][str(year)] = {"path": relative, "rows": frame.height}
+        for interval, year, relative, frame, fingerprint in (item for done in outputs for item in done):
+            files[interval][str(year)] = {"path": relative, "rows": frame.height, **fingerprint}
             written += 1
             for sid, stats in _symbol_stats(frame).items():
                 year_stats.setdefault(symbols[sid], {iv: {} for iv in INTERVALS})[interval][str(year)] = stats
@@ -488,7 +604,10 @@ def commit(
             "files": files,
             "symbols": symbol_meta,
         }
-        (staging / STATE).write_text(json.dumps(new_state, sort_keys=True))
+        state_text = json.dumps(new_state, sort_keys=True)
+        (staging / STATE).write_text(state_text)
+        manifest["state_sha256"] = hashlib.sha256(state_text.encode()).hexdigest()
+        manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_dir(staging)
         if fail_at == "before-commit":

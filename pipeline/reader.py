@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import intervals, lake
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, SnapshotDamaged
 from pipeline.kernels.align import scatter_to_grid
 
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -154,7 +154,9 @@ def read_prices(
         lo_year = start.year if start else 1970
         hi_year = (end - timedelta(microseconds=1)).year if end else 9999
         years = range(lo_year, hi_year + 1)
-    files = [str(p) for p in snapshot.files(interval, years)]
+    paths = snapshot.files(interval, years)
+    lake.check_files(snapshot, paths)
+    files = [str(p) for p in paths]
     empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
                        {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
                        np.zeros(len(names), dtype=np.int64))
@@ -175,10 +177,15 @@ def read_prices(
     where = ("WHERE " + " AND ".join(filters)) if filters else ""
     select = ", ".join(columns)
     # Arrow out of DuckDB is ~3x faster than fetchnumpy here, and zero-copy into NumPy.
-    table = _connection().sql(
-        f"SELECT symbol_id, ts, {select} FROM read_parquet($files) {where}",  # noqa: S608 - names checked
-        params=params,
-    ).to_arrow_table()
+    try:
+        table = _connection().sql(
+            f"SELECT symbol_id, ts, {select} FROM read_parquet($files) {where}",  # noqa: S608 - names checked
+            params=params,
+        ).to_arrow_table()
+    except duckdb.Error as exc:  # damaged in a way size, mtime and the footer did not show
+        raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
+                              "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
+                              ) from None
     if table.num_rows == 0:
         return empty
     step_us = intervals.SECONDS[interval] * 1_000_000

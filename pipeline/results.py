@@ -7,7 +7,7 @@ Layout (``root`` is ``settings.results_root``, ``data/results`` by default)::
     <root>/../runs/run_date=YYYY-MM-DD/strategy=<name>/<run_id>.parquet   runs
 
 Trades and runs sit *next to* the results directory, not inside it, so that
-``read_parquet('data/results/**/*.parquet', hive_partitioning = true)`` sees result
+``read_parquet('data/results/run_date=*/strategy=*/*.parquet', hive_partitioning = true)`` sees result
 rows only. ``run_date`` is the UTC date of ``created_at`` (``started_at`` for runs); it
 and ``strategy`` come from the path, and ``strategy`` is also stored in every file so a
 file read on its own is complete.

@@ -62,7 +62,7 @@ def market(pg_admin_url, tmp_path_factory):
     from pipeline import source
 
     source.apply_schema(url)
-    loaders.seed_database(url, n_symbols=40, years=2.0, seed=5)
+    loaders.seed_database(url, n_symbols=24, years=1.0, seed=5)
     yield url
     with psycopg.connect(pg_admin_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -149,7 +149,7 @@ def test_thirty_random_kills_during_results_appends_leave_whole_runs_only(market
     run_export(settings, full=True)
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(settings.lake_root),
            "CRYPTOBT_RESULTS_ROOT": str(settings.results_root), "REDIS_URL": ""}
-    # 40 symbols x 12 parameter sets = 480 rows a run.
+    # 24 symbols x 12 parameter sets = 288 rows a run.
     command = [sys.executable, "-m", "pipeline", "sweep", "rsi", "-g", "rsi_period=7:18:1", "--json"]
     span = _timed(command, env)
     killed = 0
@@ -165,7 +165,7 @@ def test_thirty_random_kills_during_results_appends_leave_whole_runs_only(market
     print(f"\nresults: {killed} SIGKILLs landed mid-run, {runs_written} of 30 killed runs had published")
     assert killed >= 20
     for run_id, n, distinct in rows:
-        assert n == distinct == 480, f"run {run_id} holds {n} rows ({distinct} distinct): not a whole run"
+        assert n == distinct == 288, f"run {run_id} holds {n} rows ({distinct} distinct): not a whole run"
     visible = list(settings.results_root.rglob("*.parquet"))
     assert all(not p.name.startswith(".") for p in visible)
 
