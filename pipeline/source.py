@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
@@ -308,7 +309,18 @@ def _copy_out_psycopg(conn: psycopg.Connection, statement: str) -> bytes:
         return b"".join(bytes(chunk) for chunk in copy)
 
 
-def extract_changed(
+def extract_changed(url: str, since: datetime | None, **kwargs: Any) -> Extract:
+    """`_extract_changed`, with a server that goes away mid-read told as one line (the flow retries it)."""
+    try:
+        return _extract_changed(url, since, **kwargs)
+    except psycopg.OperationalError as exc:
+        raise ServiceUnavailable(
+            f"lost PostgreSQL at {redact_url(url)} during the export's read "
+            f"({str(exc).strip().splitlines()[0]}); nothing was committed; start it and run the export again"
+        ) from exc
+
+
+def _extract_changed(
     url: str,
     since: datetime | None,
     *,
