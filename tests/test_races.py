@@ -83,3 +83,58 @@ def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(expor
         # Each reader saw one whole snapshot: the first one (volume changes move no RSI number).
         assert {r["symbol"]: r["final_value"] for r in got} == expected
         assert len({r["snapshot_id"] for r in got}) == 1
+
+
+WRITER = """
+import sys
+from dataclasses import replace
+from pathlib import Path
+from pipeline import engine, runs
+from pipeline.config import Settings
+settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sys.argv[2]), redis_url=sys.argv[3],
+                   cache_prefix=sys.argv[4])
+from pipeline.cache import ResultCache
+cache = ResultCache.from_settings(settings)
+for k in range(int(sys.argv[5])):
+    outcome = runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k % 7}), cache=cache)
+    print(outcome.run_id, len(outcome.results), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_twenty_concurrent_writers_and_cache_invalidations_lose_and_duplicate_nothing(tmp_path, redis_url,
+                                                                                      redis_prefix, redis_client):
+    import duckdb
+
+    from pipeline import demo
+    from pipeline.cache import ResultCache
+
+    demo.build_sample_lake(tmp_path / "lake", n_symbols=5, years=0.2, sample=None)
+    settings = replace(Settings(), lake_root=tmp_path / "lake", results_root=tmp_path / "results",
+                       redis_url=redis_url, cache_prefix=redis_prefix)
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(settings.lake_root), str(settings.results_root),
+                                 redis_url, redis_prefix, "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for _ in range(20)]
+    cache = ResultCache.from_settings(settings)
+    invalidations = 0
+    while any(w.poll() is None for w in writers):  # bounded: the writers end on their own
+        cache.invalidate_symbol(f"SYN00{invalidations % 5}")
+        invalidations += 1
+    announced = {}
+    for writer in writers:
+        out, err = writer.communicate(timeout=300)
+        assert writer.returncode == 0, err
+        announced.update({line.split()[0]: int(line.split()[1]) for line in out.splitlines()})
+    assert len(announced) == 40 and invalidations > 0
+    rows = dict(duckdb.sql(
+        f"SELECT run_id, count(*) FROM read_parquet('{settings.results_root}/run_date=*/strategy=*/*.parquet',"
+        " union_by_name = true) GROUP BY run_id").fetchall())
+    assert rows == announced  # every run whole, none lost, none twice
+    # Whatever the invalidations raced with, a cached record is never another symbol's or another run's number.
+    fresh = {(r["symbol"], r["params"]["rsi_period"]): r["final_value"]
+             for k in range(7) for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}),
+                                                      write_results=False).results}
+    for k in range(7):
+        for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}), cache=cache,
+                               write_results=False).results:
+            assert r["final_value"] == fresh[(r["symbol"], 5 + k)]
