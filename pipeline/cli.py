@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.exceptions import TyperException
 
-from pipeline import options
+from pipeline import options, tables
 from pipeline.config import Settings, redact_url
 from pipeline.errors import PipelineError
 
@@ -44,6 +45,12 @@ err_console = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _one_line(message: str) -> str:
+    """A message on one line (DuckDB adds 'LINE 1: ...' and a caret line under it)."""
+    lines = [line.strip() for line in message.splitlines()]
+    return " ".join(line for line in lines if line and set(line) != {"^"}) or "no message"
+
+
 def user_errors(func: F) -> F:
     """Print a PipelineError as one line on stderr and exit 1; never a traceback."""
 
@@ -52,11 +59,19 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; work that finished was kept")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, TyperException):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+            if os.environ.get("CRYPTOBT_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {_one_line(str(exc))} "
+                              "(CRYPTOBT_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -74,7 +89,14 @@ def root(
     version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    """Backtest strategies over every crypto at once: PostgreSQL -> Parquet lake -> Numba -> Redis + results."""
+    """Backtest strategies over every crypto at once: PostgreSQL -> Parquet lake -> Numba -> Redis + results.
+
+    Settings come from the environment and from a .env file in the current folder (a variable
+    already in the environment wins); see the README's configuration table.
+    """
+    from dotenv import find_dotenv, load_dotenv
+
+    load_dotenv(find_dotenv(usecwd=True), override=False)
 
 
 @strategies_app.callback()
@@ -206,6 +228,7 @@ def export_command(
     """
     import json
 
+    wait = options.check_number("--wait", wait, 0, 86_400)
     settings = Settings.from_env()
     if prefect:
         from flows.export import export_flow
@@ -293,9 +316,11 @@ def lake_vacuum(
     """
     from pipeline import lake
 
-    settings = Settings.from_env()
     if keep is not None and keep < 1:
         raise PipelineError(f"--keep {keep} must be >= 1")
+    if keep_hours is not None:
+        keep_hours = options.check_number("--keep-hours", keep_hours, 0)
+    settings = Settings.from_env()
     with lake.export_lock(settings.lake_root, wait_seconds=30):
         removed = lake.vacuum(settings.lake_root, keep=keep or settings.snapshot_keep,
                               keep_hours=settings.snapshot_keep_hours if keep_hours is None else keep_hours)
@@ -304,35 +329,38 @@ def lake_vacuum(
 
 # --- backtests --------------------------------------------------------------
 
-RESULT_COLUMNS = ("symbol", "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct",
-                  "max_drawdown_pct", "sharpe", "bars", "days_of_data")
-# Short headers so the leaderboard fits an 80-column terminal; --json keeps SPEC's names.
-HEADERS = {"total_return_pct": "return %", "buy_hold_return_pct": "b&h %", "num_trades": "trades",
-           "win_rate_pct": "win %", "max_drawdown_pct": "max dd %", "days_of_data": "days"}
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
-    return str(value)
-
-
-SWEEP_COLUMNS = ("symbol", "total_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe")
+# The leaderboard's columns; among the optional ones, the highest drop_rank is left out first
+# when the terminal is narrow (pipeline/tables.py).
+BOARD_COLUMNS = (
+    ("symbol", tables.Column("symbol", required=True, right=False)),
+    ("total_return_pct", tables.Column("return %", required=True)),
+    ("buy_hold_return_pct", tables.Column("b&h %", drop_rank=3)),
+    ("num_trades", tables.Column("trades", drop_rank=2)),
+    ("win_rate_pct", tables.Column("win %", drop_rank=4)),
+    ("max_drawdown_pct", tables.Column("max dd %", drop_rank=1)),
+    ("sharpe", tables.Column("sharpe", drop_rank=1)),
+    ("bars", tables.Column("bars", drop_rank=5)),
+    ("days_of_data", tables.Column("days", drop_rank=6)),
+)
+SWEEP_LEFT_OUT = ("buy_hold_return_pct", "bars", "days_of_data")
 
 
 def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
-    # A sweep's rows need room for their parameters: fewer metric columns there.
-    shown = SWEEP_COLUMNS if with_params else RESULT_COLUMNS
-    columns = [HEADERS.get(c, c) for c in shown] + (["params"] if with_params else [])
-    table = Table(*columns, title=title)
-    for r in results[:limit]:
-        cells = [_fmt(r[c]) for c in shown]
-        if with_params:
-            cells.append(" ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items()))
-        table.add_row(*cells)
-    console.print(table)
+    shown = [(key, col) for key, col in BOARD_COLUMNS if not (with_params and key in SWEEP_LEFT_OUT)]
+    rows = results[:limit]
+    # A sweep's rows name their parameters: those that vary get a column each (never cut), those
+    # fixed across the shown rows go in the title.
+    varying: list[str] = []
+    if with_params and rows:
+        names = list(rows[0]["params"])
+        varying = [k for k in names if len({r["params"][k] for r in rows}) > 1] or names[:1]
+        fixed = [f"{k}={tables.param(v)}" for k, v in rows[0]["params"].items() if k not in varying]
+        title += f"; {' '.join(fixed)}" if fixed else ""
+    columns = [shown[0][1], *[tables.Column(tables.param_header(k), required=True) for k in varying],
+               *[col for _, col in shown[1:]]]
+    cells = [[r["symbol"], *[tables.param(r["params"][k]) for k in varying],
+              *[tables.number(r[key]) for key, _ in shown[1:]]] for r in rows]
+    tables.print_table(console, columns, cells, title)
 
 
 def _json_safe(value: Any) -> Any:
@@ -371,7 +399,7 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
 
         def on_results(batch: list[dict[str, Any]]) -> None:
             for result in batch:
-                print(json.dumps(result, default=str, allow_nan=False), flush=True)
+                print(json.dumps(_json_safe(result), default=str, allow_nan=False), flush=True)
 
     with progress_bar(transient=True) as progress:
         task = progress.add_task("symbols", total=None)
@@ -380,6 +408,16 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
         outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
                                 on_progress=watch, command=command)
     return outcome, config, settings
+
+
+def _stop_if_interrupted(outcome: Any, settings: Settings) -> None:
+    """Ctrl-C: what finished was printed and written; say so and exit 130 (128 + SIGINT)."""
+    if outcome.interrupted:
+        kept = (f"kept and wrote the {len(outcome.results):,} of {outcome.planned:,} results that finished "
+                f"(run {outcome.run_id}, results in {settings.results_root})" if outcome.results
+                else f"none of the {outcome.planned:,} results had finished; nothing was written")
+        err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True)
+        raise typer.Exit(130)
 
 
 def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool, top: int) -> None:
@@ -423,20 +461,21 @@ def backtest_command(
     options.check_plot(plot)
     outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
                                      fee, fill, initial, trades, stream, "backtest", no_cache)
-    if plot:
+    if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
+        _stop_if_interrupted(outcome, settings)
         return
     if as_json:
         _emit_json(outcome.results)
+        _stop_if_interrupted(outcome, settings)
         return
     _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})", top)
     cache_note = (f"{outcome.cache_hits} from cache, {outcome.cache_misses} computed" if outcome.cache_used
                   else "cache off")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms ({cache_note}); "
                   f"snapshot {outcome.snapshot_id}; results in {settings.results_root}")
-    if outcome.interrupted:
-        console.print("[yellow]interrupted: the results above are the symbols that finished[/]")
+    _stop_if_interrupted(outcome, settings)
 
 
 @app.command("sweep")
@@ -473,15 +512,18 @@ def sweep_command(
                                      False, False, "sweep", no_cache)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
-    if plot:
+    if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
         _emit_json(best + [r for r in per_symbol if r not in best])
+        _stop_if_interrupted(outcome, settings)
         return
-    _print_board(best, f"best {top} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top, True)
+    _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top,
+                 True)
     _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
+    _stop_if_interrupted(outcome, settings)
 
 
 def _split_values(items: list[str]) -> list[str]:
@@ -565,7 +607,7 @@ def portfolio_command(
         return
     # Only the strategy parameters that vary get a column; fixed ones go in the title.
     varying = [k for k in config.params_list[0] if len({p[k] for p in config.params_list}) > 1]
-    fixed = " ".join(f"{k}={_fmt(v)}" for k, v in config.params_list[0].items() if k not in varying)
+    fixed = " ".join(f"{k}={tables.param(v)}" for k, v in config.params_list[0].items() if k not in varying)
     from rich import box
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"{strategy} portfolio over "
@@ -577,17 +619,17 @@ def portfolio_command(
         table.add_column(header, no_wrap=True, justify="left" if header in ("stake",) else "right")
     for r in outcome.results[:top]:
         table.add_row(str(r["max_open"]), pf.Stake(r["stake"], r["stake_mode"] == "fraction").label(),
-                      *[_fmt(r["params"][k]) for k in varying], _fmt(r["total_return_pct"]),
-                      _fmt(r["buy_hold_return_pct"]), str(r["num_trades"]),
-                      str(r["skipped_no_slot"] + r["skipped_no_cash"]), _fmt(r["max_drawdown_pct"]),
-                      _fmt(r["sharpe"]))
+                      *[tables.param(r["params"][k]) for k in varying], tables.number(r["total_return_pct"]),
+                      tables.number(r["buy_hold_return_pct"]), str(r["num_trades"]),
+                      str(r["skipped_no_slot"] + r["skipped_no_cash"]), tables.number(r["max_drawdown_pct"]),
+                      tables.number(r["sharpe"]))
     console.print(table)
     if best:
         board = Table("symbol", "round trips", "P&L", "skipped", title="best account: largest contributions")
         for c in sorted(best["contributions"], key=lambda c: -abs(c["pnl"]))[:top]:
-            board.add_row(c["symbol"], str(c["round_trips"]), _fmt(c["pnl"]), str(c["skipped_entries"]))
+            board.add_row(c["symbol"], str(c["round_trips"]), tables.number(c["pnl"]), str(c["skipped_entries"]))
         console.print(board)
-        console.print(f"best account: final value {_fmt(best['final_value'])} from {_fmt(initial)}; "
+        console.print(f"best account: final value {tables.number(best['final_value'])} from {tables.number(initial)}; "
                       f"{best['skipped_no_slot']} entries skipped for want of a slot, {best['skipped_no_cash']} "
                       f"for want of cash; ranked by {best['rank_by']}")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms (kernel {outcome.kernel_seconds * 1000:.0f}"
@@ -622,13 +664,39 @@ def _plot_portfolio(path: Path, best: dict[str, Any], outcome: Any, top: int) ->
 
 
 def _print_rows(columns: list[str], rows: list[tuple], as_json: bool) -> None:
+    """A query's rows: every column the query asked for, none cut (the terminal wraps if it must)."""
     if as_json:
         _emit_json([dict(zip(columns, row, strict=True)) for row in rows])
         return
-    table = Table(*columns)
-    for row in rows:
-        table.add_row(*[_fmt(v) for v in row])
-    console.print(table)
+    tables.print_table(console, [tables.Column(c, required=True) for c in columns],
+                       [[tables.number(v) for v in row] for row in rows])
+
+
+# `results top`: which columns matter most when the terminal is narrow (higher rank = left out first).
+TOP_COLUMNS = {
+    "symbol": tables.Column("symbol", required=True, right=False),
+    "strategy": tables.Column("strategy", required=True, right=False),
+    "params_json": tables.Column("params", required=True, right=False),
+    "interval": tables.Column("interval", drop_rank=5, right=False),
+    "total_return_pct": tables.Column("return %", required=True),
+    "buy_hold_return_pct": tables.Column("b&h %", drop_rank=4),
+    "sharpe": tables.Column("sharpe", drop_rank=2),
+    "max_drawdown_pct": tables.Column("max dd %", drop_rank=3),
+    "win_rate_pct": tables.Column("win %", drop_rank=6),
+    "num_trades": tables.Column("trades", drop_rank=1),
+    "final_value": tables.Column("final value", drop_rank=7),
+    "data_version": tables.Column("data version", drop_rank=9, right=False),
+    "run_id": tables.Column("run", drop_rank=8, right=False),
+    "created_at": tables.Column("created (UTC)", drop_rank=10, right=False),
+}
+
+
+def _params_cell(params_json: str | None) -> str:
+    """One name=value per line: the cell breaks between parameters, never inside one."""
+    import json
+
+    params = json.loads(params_json) if params_json else {}
+    return "\n".join(f"{k}={tables.param(v)}" for k, v in params.items()) or "-"
 
 
 @results_app.command("sql")
@@ -659,9 +727,19 @@ def results_top(
     """
     from pipeline import results
 
-    if n < 1:
-        raise PipelineError(f"--n {n} must be >= 1")
-    _print_rows(*results.top(Settings.from_env().results_root, strategy, n), as_json)
+    options.check_top(n, "--n")
+    if strategy is not None:
+        from pipeline.strategies import get_strategy
+
+        get_strategy(strategy)
+    columns, rows = results.top(Settings.from_env().results_root, strategy, n)
+    if as_json:
+        _print_rows(columns, rows, True)
+        return
+    cells = [[_params_cell(v) if c == "params_json" else str(v)[:19] if c == "created_at" else tables.number(v)
+              for c, v in zip(columns, row, strict=True)] for row in rows]
+    tables.print_table(console, [TOP_COLUMNS.get(c, tables.Column(c, drop_rank=11)) for c in columns], cells,
+                       f"best {len(rows)} result(s) recorded" + (f" for {strategy}" if strategy else ""))
 
 
 def _cache() -> Any:
@@ -723,14 +801,13 @@ def stats_command(
 
     from pipeline import results
 
-    if hours <= 0:
-        raise PipelineError(f"--hours {hours} must be > 0")
+    hours = options.check_number("--hours", hours, 0, above=True)
     stats = results.run_stats(Settings.from_env().results_root, hours)
     if as_json:
         print(json.dumps(stats, default=str))
         return
     for key, value in stats.items():
-        console.print(f"{key}: {_fmt(value)}")
+        console.print(f"{key}: {tables.number(value)}")
 
 
 # --- scheduling and demo ------------------------------------------------------

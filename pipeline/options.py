@@ -6,6 +6,7 @@ Every check here runs before anything is read or written, and fails with a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,19 @@ def check_top(top: int, option: str = "--top") -> int:
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise PipelineError(f"{option} {top!r} is out of range: an integer >= 1")
     return top
+
+
+def check_number(option: str, value: float, minimum: float | None = None, maximum: float | None = None, *,
+                 above: bool = False) -> float:
+    """A finite number within the bounds (`above` makes the minimum exclusive): --hours, --keep-hours, --wait."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PipelineError(f"{option} {value!r} is not a finite number")
+    if (minimum is not None and (value <= minimum if above else value < minimum)) or (
+            maximum is not None and value > maximum):
+        bounds = [f"{'>' if above else '>='} {minimum:g}" if minimum is not None else "",
+                  f"<= {maximum:g}" if maximum is not None else ""]
+        raise PipelineError(f"{option} {value!r} is out of range: a number {' and '.join(b for b in bounds if b)}")
+    return float(value)
 
 
 def check_plot(path: Path | str | None) -> Path | None:

@@ -11,7 +11,7 @@ import contextvars
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -29,6 +29,9 @@ MAX_CACHED_COMBOS = 16
 # progress bar, large enough that the per-call read stays cheap.
 STREAM_CHUNK = 16
 PROGRESS_CHUNK = 64
+# Bar-steps per kernel call (a tenth to a fifth of a second on two busy cores). Ctrl-C is honoured
+# between calls, so a run of any size stops within about a second and keeps what finished.
+CHUNK_BAR_STEPS = 10_000_000
 
 
 @dataclass
@@ -45,6 +48,7 @@ class RunOutcome:
     cache_used: bool
     paths: list[str] = field(default_factory=list)
     interrupted: bool = False
+    planned: int = 0  # results the run would have had without an interruption
 
     @property
     def hit_ratio(self) -> float | None:
@@ -116,6 +120,12 @@ def _check_range_has_bars(snapshot: lake.Snapshot, names: list[str], interval: s
     raise PipelineError(f"--timerange has no bars: {have}")
 
 
+def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str) -> int:
+    """Symbols per read when nobody watches: all of them unless one parameter set over them is a lot of work."""
+    bars = [(snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names]
+    return max(1, min(len(names), CHUNK_BAR_STEPS // max(max(bars, default=0), 1)))
+
+
 @_pinning
 def backtest(
     settings: Settings,
@@ -172,7 +182,8 @@ def backtest(
     bar_steps = 0
     computed: list[dict[str, Any]] = []
     interrupted = False
-    chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else max(len(missing), 1)
+    chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else _symbols_per_call(
+        snapshot, missing, interval)
     if on_progress:
         on_progress(len(names) - len(missing), len(names))
     try:
@@ -183,14 +194,19 @@ def backtest(
             batch = reader.read_prices(settings.lake_root, part, interval, config.timerange_start,
                                        config.timerange_end, columns=columns, snapshot=snapshot)
             engine.check_memory(len(part), batch.times.size, n_params)
-            t0 = time.perf_counter()
-            fresh = engine.run(batch, config)
-            kernel_seconds += time.perf_counter() - t0
-            bar_steps += int(batch.bars.sum()) * n_params
-            computed.extend(fresh)
-            collected.extend(fresh)
-            if on_results:
-                on_results(fresh)
+            # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
+            sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
+            for first_set in range(0, n_params, sets_per_call):
+                sliced = config if sets_per_call >= n_params else replace(
+                    config, params_list=config.params_list[first_set: first_set + sets_per_call])
+                t0 = time.perf_counter()
+                fresh = engine.run(batch, sliced)
+                kernel_seconds += time.perf_counter() - t0
+                bar_steps += int(batch.bars.sum()) * len(sliced.params_list)
+                computed.extend(fresh)
+                collected.extend(fresh)
+                if on_results:
+                    on_results(fresh)
             if on_progress:
                 on_progress(len(names) - len(missing) + offset + len(part), len(names))
     except KeyboardInterrupt:
@@ -222,6 +238,7 @@ def backtest(
         run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=interval,
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
         bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
+        planned=len(names) * n_params,
     )
 
 

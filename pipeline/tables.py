@@ -1,0 +1,93 @@
+"""Terminal tables that fit the terminal's width without cutting a value short.
+
+A symbol or a parameter value cut to "ETH_B…" is a wrong value, so cells never
+truncate: columns are chosen by width instead (the least important ones are left
+out, and the table says which), and a cell may break between the items it lists
+(one parameter per line), never inside one.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    # Never left out (symbols, parameters, the ranking metric).
+    required: bool = False
+    # Optional columns are left out highest rank first when the table is too wide.
+    drop_rank: int = 0
+    right: bool = True
+
+
+def number(value: Any) -> str:
+    """A table cell: '-' for missing, two decimals, thousands separators, exponent past a million."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, float):
+        return str(value)
+    if math.isnan(value) or math.isinf(value):
+        return str(value)
+    if abs(value) >= 1e6:
+        return f"{value:.2e}"  # 1.20e+10 % reads as what it is; 12,000,000,000.00 would not fit
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
+
+
+def param_header(name: str) -> str:
+    """A parameter's header over two or more lines (rsi_period -> rsi_ / period): narrow, still exact."""
+    words = name.split("_")
+    return "\n".join([w + "_" for w in words[:-1]] + [words[-1]])
+
+
+def param(value: Any) -> str:
+    """A parameter value as a user would type it back (30, not 30.00; 2.5 in full), never rounded."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+def _build(title: str | None, columns: Sequence[Column], rows: Sequence[Sequence[str]],
+           keep: Sequence[int]) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+                  title_justify="left")
+    for i in keep:
+        table.add_column(columns[i].header, no_wrap=True, justify="right" if columns[i].right else "left")
+    for row in rows:
+        table.add_row(*[row[i] for i in keep])
+    return table
+
+
+def natural_width(console: Console, table: Table) -> int:
+    """Columns the table needs with no cell cut or wrapped (Rich clamps a plain measure to the terminal)."""
+    return Measurement.get(console, console.options.update(max_width=100_000), table).maximum
+
+
+def print_table(console: Console, columns: Sequence[Column], rows: Sequence[Sequence[str]],
+                title: str | None = None) -> None:
+    """Print `rows` with as many columns as fit `console.width`; required ones always, whole."""
+    keep = list(range(len(columns)))
+    width = console.width
+    droppable = sorted((i for i, c in enumerate(columns) if not c.required), key=lambda i: -columns[i].drop_rank)
+    table = _build(None, columns, rows, keep)
+    dropped: list[int] = []
+    while natural_width(console, table) > width and droppable:
+        dropped.append(droppable.pop(0))
+        keep = [i for i in keep if i not in dropped]
+        table = _build(None, columns, rows, keep)
+    table.title = title
+    # Wider than the terminal only when the required columns alone are: the terminal then wraps
+    # lines, but no value is cut.
+    console.print(table, width=max(width, natural_width(console, table)), crop=False)
+    if dropped:
+        names = ", ".join(columns[i].header.replace("\n", "") for i in sorted(dropped))
+        console.print(f"[dim]left out to fit {width} columns: {names} (a wider terminal or --json shows them)[/]",
+                      highlight=False)
