@@ -72,6 +72,7 @@ def cache_key(
     initial_investment: float,
     data_version: str,
     engine_version: str = ENGINE_VERSION,
+    annualization: str = "observed",
 ) -> str:
     """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``."""
     fields = {
@@ -85,6 +86,7 @@ def cache_key(
         "fill": fill,
         "fee_pct": fee_pct,
         "initial_investment": initial_investment,
+        "annualization": annualization,
         "data_version": data_version,
     }
     canonical = json.dumps(
@@ -373,6 +375,7 @@ _KEY_FIELDS = (
     "initial_investment",
     "data_version",
     "engine_version",
+    "annualization",
 )
 
 

@@ -382,14 +382,15 @@ def _emit_json(results: list[dict[str, Any]]) -> None:
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
-         stream: bool, command: str, no_cache: bool = False) -> tuple[Any, Any, Settings]:
+         stream: bool, command: str, no_cache: bool = False,
+         annualization: str = "observed") -> tuple[Any, Any, Settings]:
     from pipeline import runs
     from pipeline.cache import ResultCache
 
     symbols = options.check_symbols(symbols, all_)
     options.check_interval(interval)
     config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                trades=trades)
+                                trades=trades, annualization=annualization)
     settings = Settings.from_env()
     cache = None if no_cache else ResultCache.from_settings(
         settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
@@ -449,6 +450,8 @@ def backtest_command(
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
+    annualization: Annotated[str, typer.Option(
+        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -460,7 +463,7 @@ def backtest_command(
     options.check_top(top)
     options.check_plot(plot)
     outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
-                                     fee, fill, initial, trades, stream, "backtest", no_cache)
+                                     fee, fill, initial, trades, stream, "backtest", no_cache, annualization)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -494,6 +497,8 @@ def sweep_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures (with a heatmap) to .html or .png.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
+    annualization: Annotated[str, typer.Option(
+        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -509,7 +514,7 @@ def sweep_command(
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
-                                     False, False, "sweep", no_cache)
+                                     False, False, "sweep", no_cache, annualization)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot and outcome.results:
@@ -558,6 +563,8 @@ def portfolio_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print the accounts and the best one's trades.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Picture of the best account vs equal-weight buy & hold "
                                                    "(.html or .png).")] = None,
+    annualization: Annotated[str, typer.Option(
+        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
 ) -> None:
     """One account over many symbols: shared cash, at most --max-open positions, ranked entries.
 
@@ -590,7 +597,8 @@ def portfolio_command(
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
     params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
-    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial)
+    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
+                                annualization=annualization)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by,

@@ -15,7 +15,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from pipeline import ENGINE_VERSION, strategies
+from pipeline import ENGINE_VERSION, intervals, strategies
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
@@ -23,6 +23,7 @@ from pipeline.kernels.batch import run_grid, run_single
 from pipeline.reader import PriceBatch
 
 FILLS = ("close", "next_open")
+ANNUALIZATIONS = ("observed", "calendar")
 REASONS = {
     enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
     enums.STATUS_NO_BARS: "no bars in the requested range",
@@ -43,6 +44,9 @@ class RunConfig:
     timerange_end: datetime | None = None
     grid_dropped: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # Sharpe and its kin: `observed` bars a year per symbol (bars / span in years) or the
+    # `calendar` constant of the interval (8,760 for 1h).
+    annualization: str = "observed"
 
     @property
     def fee_frac(self) -> float:
@@ -59,6 +63,7 @@ def make_config(
     trades: bool = False,
     timerange_start: datetime | None = None,
     timerange_end: datetime | None = None,
+    annualization: str = "observed",
 ) -> RunConfig:
     """Validate everything about a run before any work: strategy, parameters, fee, fill, cash."""
     strategies.get_strategy(strategy)
@@ -76,8 +81,34 @@ def make_config(
         raise PipelineError(f"--fill {fill!r} is not allowed; use one of: {', '.join(FILLS)}")
     if not (isinstance(initial, int | float) and math.isfinite(initial) and initial > 0):
         raise PipelineError(f"--initial {initial!r} must be a number > 0")
+    if annualization not in ANNUALIZATIONS:
+        raise PipelineError(f"--annualization {annualization!r} is not allowed; use one of: "
+                            f"{', '.join(ANNUALIZATIONS)}")
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
-                     timerange_start, timerange_end, dropped)
+                     timerange_start, timerange_end, dropped, annualization=annualization)
+
+
+def start_column(batch: PriceBatch, config: RunConfig) -> int:
+    """The first grid column simulated: bars before the --timerange start only warm indicators up."""
+    if config.timerange_start is None:
+        return 0
+    return int(np.searchsorted(batch.times, int(config.timerange_start.timestamp())))
+
+
+def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.ndarray:
+    """Each symbol's annualisation: its observed bars a year over the simulated range, or the calendar's."""
+    calendar = float(intervals.BARS_PER_YEAR[batch.interval])
+    n_symbols = len(batch.symbols)
+    if config.annualization == "calendar" or batch.times.size <= start_t:
+        return np.full(n_symbols, calendar)
+    valid = ~np.isnan(batch.columns["close"][:, start_t:])
+    counts = valid.sum(axis=1)
+    has = counts > 0
+    first = np.where(has, valid.argmax(axis=1), 0)
+    last = np.where(has, valid.shape[1] - 1 - valid[:, ::-1].argmax(axis=1), 0)
+    step = intervals.SECONDS[batch.interval]
+    span_years = ((last - first) * step + step) / intervals.YEAR_SECONDS
+    return np.where(has, counts / np.where(has, span_years, 1.0), calendar)
 
 
 def set_threads(workers: int) -> None:
@@ -127,14 +158,16 @@ def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     close = np.ascontiguousarray(batch.columns["close"])
     open_ = np.ascontiguousarray(open_ if open_ is not None else close)
     out = np.empty((close.shape[0], combos.shape[0], enums.N_METRICS))
+    start = start_column(batch, config)
     if close.shape[0] and close.shape[1]:
         run_grid(enums.STRATEGY_CODES[config.strategy], open_, close, combos, recompute,
                  config.fee_frac, config.initial, config.fill == "next_open",
-                 float(batch.bars_per_year), out)
+                 bars_per_year(batch, config, start), start, out)
     else:
         out[:] = 0.0
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
         out[:, :, enums.M_FIRST_INDEX] = -1
+        out[:, :, enums.M_LAST_INDEX] = -1
     # Back to the caller's parameter order.
     unsorted = np.empty_like(out)
     unsorted[:, order] = out
@@ -150,8 +183,8 @@ def _number(value: float) -> float | None:
 
 
 def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-                 metrics: np.ndarray) -> dict[str, Any]:
-    """One result with SPEC section 4's field names."""
+                 metrics: np.ndarray, annual_bars: float) -> dict[str, Any]:
+    """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
     status = int(metrics[enums.M_STATUS])
     bars = int(metrics[enums.M_BARS])
     first, last = int(metrics[enums.M_FIRST_INDEX]), int(metrics[enums.M_LAST_INDEX])
@@ -173,6 +206,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "bars": bars,
         "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
         "final_value": _number(metrics[enums.M_FINAL_VALUE]) if has_bars else config.initial,
+        "final_value_net": _number(metrics[enums.M_FINAL_VALUE_NET]) if has_bars else config.initial,
         "total_return_pct": _number(metrics[enums.M_TOTAL_RETURN_PCT]) if has_bars else 0.0,
         "buy_hold_return_pct": _number(metrics[enums.M_BUY_HOLD_RETURN_PCT]) if has_bars else None,
         "num_trades": int(metrics[enums.M_NUM_TRADES]) if has_bars else 0,
@@ -181,6 +215,9 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
         "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
         "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
+        "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
+        "annualization": config.annualization,
+        "bars_per_year": float(annual_bars),
         "fill": config.fill,
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,
@@ -199,9 +236,11 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int,
     combos, _, _ = strategies.combos_matrix(config.strategy, [params])
     close = np.ascontiguousarray(batch.columns["close"][symbol_index])
     open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
+    start = start_column(batch, config)
     _, trades, equity = run_single(
         enums.STRATEGY_CODES[config.strategy], open_, close, combos[0], config.fee_frac,
-        config.initial, config.fill == "next_open", float(batch.bars_per_year),
+        config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
+        start,
     )
     log = [
         {
@@ -221,10 +260,11 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int,
 def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
     """Every (symbol, parameter set) result of `config` over `batch`, trades attached if asked."""
     cube = run_metrics(batch, config)
+    annual = bars_per_year(batch, config, start_column(batch, config))
     results = []
     for i in range(len(batch.symbols)):
         for c, params in enumerate(config.params_list):
-            result = shape_result(batch, config, i, params, cube[i, c])
+            result = shape_result(batch, config, i, params, cube[i, c], annual[i])
             if config.trades:
                 result["trades"], _ = trade_log(batch, config, i, params)
             results.append(result)

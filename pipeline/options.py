@@ -80,6 +80,7 @@ def run_config(
     fill: str = "close",
     initial: float = 1000.0,
     trades: bool = False,
+    annualization: str = "observed",
 ) -> RunConfig:
     """Strategy, parameters, time range, fee, fill and cash, checked together: the run's config."""
     from pipeline import engine, reader
@@ -87,4 +88,4 @@ def run_config(
     start, end = reader.parse_timerange(timerange)
     return engine.make_config(strategy, params if isinstance(params, list) else dict(params or {}),
                               fee_pct=fee, fill=fill, initial=initial, trades=trades,
-                              timerange_start=start, timerange_end=end)
+                              timerange_start=start, timerange_end=end, annualization=annualization)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import ENGINE_VERSION, strategies
+from pipeline import ENGINE_VERSION, engine, intervals, strategies
 from pipeline.engine import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
@@ -108,13 +108,15 @@ def rank_scores(batch: PriceBatch, rank_by: str) -> tuple[np.ndarray, str]:
     return scores, "volume"
 
 
-def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: int = 0
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Signals over the whole history read (warm-up included), from column `start` on."""
     combos, _, _ = strategies.combos_matrix(strategy, [params])
     close = np.ascontiguousarray(batch.columns["close"])
     entries = np.empty(close.shape, dtype=np.bool_)
     exits = np.empty(close.shape, dtype=np.bool_)
     pk.signals_on_grid(enums.STRATEGY_CODES[strategy], close, combos[0], entries, exits)
-    return entries, exits
+    return np.ascontiguousarray(entries[:, start:]), np.ascontiguousarray(exits[:, start:])
 
 
 def _iso(epoch_seconds: int) -> str:
@@ -125,27 +127,41 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
-def _prices(batch: PriceBatch, config: RunConfig) -> tuple[np.ndarray, np.ndarray]:
-    close = np.ascontiguousarray(batch.columns["close"])
+def _prices(batch: PriceBatch, config: RunConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """Open and close from the first simulated column on (earlier bars only warm signals up)."""
+    start = engine.start_column(batch, config)
+    close = np.ascontiguousarray(batch.columns["close"][:, start:])
     if config.fill == "next_open":
         if "open" not in batch.columns:
             raise PipelineError("fill=next_open needs the open column")
-        return np.ascontiguousarray(batch.columns["open"]), close
-    return close, close
+        return np.ascontiguousarray(batch.columns["open"][:, start:]), close, start
+    return close, close, start
+
+
+def _annual_bars(batch: PriceBatch, config: RunConfig, start: int) -> float:
+    """The account's annualisation: grid bars with any symbol's bar per year of its span, or the calendar's."""
+    calendar = float(intervals.BARS_PER_YEAR[batch.interval])
+    valid = ~np.isnan(batch.columns["close"][:, start:]).all(axis=0)
+    if config.annualization == "calendar" or not valid.any():
+        return calendar
+    first, last = int(valid.argmax()), int(valid.size - 1 - valid[::-1].argmax())
+    step = intervals.SECONDS[batch.interval]
+    return float(valid.sum() / (((last - first) * step + step) / intervals.YEAR_SECONDS))
 
 
 def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto",
         slippage: float = 0.0) -> list[dict[str, Any]]:
     """One result per account in `sets`, best total return first (no trade lists)."""
-    open_, close = _prices(batch, config)
+    open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
+    scores = np.ascontiguousarray(scores[:, start:])
     distinct = list({strategies_key(s.params): s.params for s in sets}.values())
     index = {strategies_key(p): k for k, p in enumerate(distinct)}
     shape = (len(distinct), *close.shape)
     entries = np.empty(shape, dtype=np.bool_)
     exits = np.empty(shape, dtype=np.bool_)
     for k, params in enumerate(distinct):
-        entries[k], exits[k] = _signals(batch, config.strategy, params)
+        entries[k], exits[k] = _signals(batch, config.strategy, params, start)
     out = np.empty((len(sets), pk.N_PORTFOLIO_METRICS))
     if close.size:
         pk.run_portfolio_grid(
@@ -153,7 +169,7 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
             scores, np.array([s.max_open for s in sets], dtype=np.int64),
             np.array([s.stake.is_fraction for s in sets]), np.array([s.stake.value for s in sets]),
             config.fee_frac, slippage, config.initial, config.fill == "next_open",
-            float(batch.bars_per_year), out)
+            _annual_bars(batch, config, start), out)
     else:
         out[:] = np.nan
     results = [_shape(batch, config, s, rule, slippage, out[c]) for c, s in enumerate(sets)]
@@ -163,9 +179,11 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
 def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto",
            slippage: float = 0.0) -> dict[str, Any]:
     """One account in full: its result, per-symbol contributions, round trips and equity curves."""
-    open_, close = _prices(batch, config)
+    open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
-    entries, exits = _signals(batch, config.strategy, chosen.params)
+    scores = np.ascontiguousarray(scores[:, start:])
+    entries, exits = _signals(batch, config.strategy, chosen.params, start)
+    times = batch.times[start:]
     n_symbols, n_time = close.shape
     metrics = np.empty(pk.N_PORTFOLIO_METRICS)
     contrib = np.empty((n_symbols, pk.N_CONTRIB))
@@ -173,10 +191,10 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
     trades = np.empty(int(entries.sum()) + n_symbols, dtype=pk.PORTFOLIO_TRADE_DTYPE)
     k = pk.simulate_portfolio(open_, close, entries, exits, scores, chosen.max_open, chosen.stake.is_fraction,
                               chosen.stake.value, config.fee_frac, slippage, config.initial,
-                              config.fill == "next_open", float(batch.bars_per_year), metrics, contrib,
-                              equity, trades)
+                              config.fill == "next_open", _annual_bars(batch, config, start), metrics,
+                              contrib, equity, trades)
     result = _shape(batch, config, chosen, rule, slippage, metrics)
-    last_time = _iso(batch.times[-1]) if batch.times.size else None
+    last_time = _iso(times[-1]) if times.size else None
     result["contributions"] = [
         {"symbol": symbol, "round_trips": int(contrib[i, pk.CONTRIB_TRADES]),
          "pnl": float(contrib[i, pk.CONTRIB_PNL]), "skipped_entries": int(contrib[i, pk.CONTRIB_SKIPPED])}
@@ -185,9 +203,9 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
     result["round_trips"] = [
         {
             "symbol": batch.symbols[int(t["symbol"])],
-            "entry_time": _iso(batch.times[t["entry_bar"]]),
+            "entry_time": _iso(times[t["entry_bar"]]),
             "entry_price": float(t["entry_price"]),
-            "exit_time": _iso(batch.times[t["exit_bar"]]) if t["exit_bar"] >= 0 else last_time,
+            "exit_time": _iso(times[t["exit_bar"]]) if t["exit_bar"] >= 0 else last_time,
             "exit_price": float(t["exit_price"]),
             "units": float(t["units"]),
             "fees": float(t["fees"]),
@@ -198,7 +216,7 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
         }
         for t in trades[:k]
     ]
-    result["equity_curve"] = {"times": batch.times, "equity": equity,
+    result["equity_curve"] = {"times": times, "equity": equity,
                               "buy_hold": equal_weight_buy_hold(close, config.initial)}
     return result
 
@@ -228,7 +246,9 @@ def strategies_key(params: dict[str, Any]) -> tuple:
 def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str, slippage: float,
            m: np.ndarray) -> dict[str, Any]:
     bars = int(m[pk.P_BARS]) if not math.isnan(m[pk.P_BARS]) else 0
-    valid = ~np.isnan(batch.columns["close"]).all(axis=0) if batch.times.size else np.zeros(0, dtype=bool)
+    start = engine.start_column(batch, config)
+    times = batch.times[start:]
+    valid = ~np.isnan(batch.columns["close"][:, start:]).all(axis=0) if times.size else np.zeros(0, dtype=bool)
     has = bool(valid.any())
     first = int(valid.argmax()) if has else -1
     last = int(valid.size - 1 - valid[::-1].argmax()) if has else -1
@@ -244,8 +264,8 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "rank_by": rule,
         "slippage": slippage,
         "interval": batch.interval,
-        "start": _iso(batch.times[first]) if has else None,
-        "end": _iso(batch.times[last]) if has else None,
+        "start": _iso(times[first]) if has else None,
+        "end": _iso(times[last]) if has else None,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
         "bars": bars,

@@ -61,7 +61,7 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, ver
         "strategy": config.strategy, "params": params, "symbol": symbol, "interval": interval,
         "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
-        "data_version": version,
+        "annualization": config.annualization, "data_version": version,
     }
 
 
@@ -191,7 +191,8 @@ def backtest(
             part = missing[offset: offset + chunk]
             # Opens matter only to fill at the next open: not reading them saves a third of the read.
             columns = ("open", "close") if config.fill == "next_open" else ("close",)
-            batch = reader.read_prices(settings.lake_root, part, interval, config.timerange_start,
+            # From the start of the history: bars before --timerange warm the indicators up.
+            batch = reader.read_prices(settings.lake_root, part, interval, None,
                                        config.timerange_end, columns=columns, snapshot=snapshot)
             engine.check_memory(len(part), batch.times.size, n_params)
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
@@ -251,7 +252,7 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
 
     if not symbols:
         return []
-    batch = reader.read_prices(settings.lake_root, symbols, interval, config.timerange_start,
+    batch = reader.read_prices(settings.lake_root, symbols, interval, None,
                                config.timerange_end, columns=("open", "close"))
     curves = []
     for i, symbol in enumerate(batch.symbols):
@@ -304,7 +305,7 @@ def portfolio(
     started = time.perf_counter()
     snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
     columns = ("close", "volume") + (("open",) if config.fill == "next_open" else ())
-    batch = reader.read_prices(settings.lake_root, names, interval, config.timerange_start,
+    batch = reader.read_prices(settings.lake_root, names, interval, None,
                                config.timerange_end, columns=columns, snapshot=snapshot)
     engine.check_memory(len(names), batch.times.size, len(sets))
     t0 = time.perf_counter()

@@ -205,8 +205,9 @@ _REGISTRY: dict[str, Strategy] = {
             code=enums.STRAT_BOLLINGER,
             description="Buy when the close crosses below the lower band, sell when it crosses above the upper band.",
             params=(
+                # A 1-bar band has zero width: the close can never cross it, so it could never trade.
                 Param("bb_period", int, 20, "moving average / standard deviation window in bars",
-                      minimum=1),
+                      minimum=2),
                 Param("bb_std", float, 2.0, "band width in population standard deviations",
                       minimum=0, minimum_inclusive=False),
             ),
@@ -219,9 +220,11 @@ _REGISTRY: dict[str, Strategy] = {
             code=enums.STRAT_MACD,
             description="Buy when the MACD line crosses above its signal line, sell when it crosses below.",
             params=(
-                Param("fast_period", int, 12, "fast EMA length in bars", minimum=1),
-                Param("slow_period", int, 26, "slow EMA length in bars", minimum=1),
-                Param("signal_period", int, 9, "signal line EMA length in bars", minimum=1),
+                # TA-Lib's MACD refuses periods of 1, and a 1-bar signal line equals the MACD line:
+                # it could never cross it.
+                Param("fast_period", int, 12, "fast EMA length in bars", minimum=2),
+                Param("slow_period", int, 26, "slow EMA length in bars", minimum=2),
+                Param("signal_period", int, 9, "signal line EMA length in bars", minimum=2),
             ),
             indicator_params=("fast_period", "slow_period", "signal_period"),
             indicator_label="macd",

@@ -193,7 +193,9 @@ def reference_backtest(
             held += 1
 
     final_value = cash + units * c[-1] if n else cash
-    returns = [equity[t] / equity[t - 1] - 1.0 for t in range(1, n)]
+    # The curve starts at the initial cash before the first bar (issue 19).
+    curve = [float(initial)] + equity
+    returns = [curve[t] / curve[t - 1] - 1.0 for t in range(1, len(curve))]
     sharpe = math.nan
     if len(returns) >= 2:
         sd = statistics.stdev(returns)
@@ -201,7 +203,7 @@ def reference_backtest(
             sharpe = statistics.mean(returns) / sd * math.sqrt(bars_per_year)
     max_dd = 0.0
     peak = -math.inf
-    for e in equity:
+    for e in curve:
         peak = max(peak, e)
         max_dd = max(max_dd, (peak - e) / peak)
     closed = sum(1 for tr in trades if tr.action == -1)
@@ -215,6 +217,7 @@ def reference_backtest(
         "max_drawdown_pct": max_dd * 100.0 if n else math.nan,
         "sharpe": sharpe,
         "exposure_pct": held / n * 100.0 if n else math.nan,
+        "final_value_net": cash + units * c[-1] * (1.0 - fee_frac) if n else cash,
         "bars": float(n),
     }
     return Backtest(metrics, trades, equity)

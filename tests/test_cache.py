@@ -43,6 +43,7 @@ def make_result(symbol: str = "BTC", **overrides: Any) -> dict[str, Any]:
         "win_rate_pct": 50.0,
         "max_drawdown_pct": -4.2,
         "sharpe": 0.8,
+        "annualization": "observed",
         "exposure_pct": None,
         "fill": "close",
         "fee_pct": 0.1,
@@ -80,6 +81,7 @@ KEY_FIELDS: dict[str, Any] = {
     "initial_investment": 1000.0,
     "data_version": "dv-1",
     "engine_version": "1",
+    "annualization": "observed",
 }
 
 

@@ -72,13 +72,13 @@ def strategy_params(draw, name: str) -> dict:
         fast = draw(st.integers(1, 12))
         return {"fast_period": fast, "slow_period": draw(st.integers(fast + 1, 30))}
     if name == "bollinger":
-        return {"bb_period": draw(st.integers(1, 25)),
+        return {"bb_period": draw(st.integers(2, 25)),
                 "bb_std": draw(st.sampled_from([0.5, 1.0, 1.5, 2.0, 3.0]))}
     if name == "macd":
         # TA-Lib's MACD (the reference) needs fast >= 2.
         fast = draw(st.integers(2, 10))
         return {"fast_period": fast, "slow_period": draw(st.integers(fast + 1, 25)),
-                "signal_period": draw(st.integers(1, 9))}
+                "signal_period": draw(st.integers(2, 9))}
     return {}
 
 
@@ -111,11 +111,14 @@ def test_fee_formulas_and_metrics_of_one_round_trip_filled_at_close():
     assert m["buy_hold_return_pct"] == pytest.approx(21.0)
     assert (m["num_trades"], m["closed_trades"], m["win_rate_pct"]) == (1, 1, 100.0)
     assert m["exposure_pct"] == pytest.approx(200.0 / 3.0)  # held at the closes of bars 0 and 1
-    assert m["max_drawdown_pct"] == 0.0
+    # The curve starts at the initial cash: the entry fee paid on bar 0 is a drawdown.
+    assert m["max_drawdown_pct"] == pytest.approx((1000.0 - 999.0) / 1000.0 * 100.0)
     units = (1000.0 - 1.0) / 100.0
     np.testing.assert_array_equal(equity, [units * 100.0, units * 110.0, m["final_value"]])
-    r = np.diff(equity) / equity[:-1]
+    curve = np.concatenate(([1000.0], equity))
+    r = np.diff(curve) / curve[:-1]
     assert m["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1) * math.sqrt(365.0))
+    assert m["final_value_net"] == m["final_value"]  # flat at the end: nothing left to pay
 
 
 def test_next_open_fills_at_the_following_open_and_ignores_a_signal_on_the_last_bar():
@@ -138,7 +141,9 @@ def test_position_open_after_the_last_bar_is_marked_at_the_last_close_not_sold()
     assert math.isnan(m["win_rate_pct"])
     assert m["final_value"] == trades[0]["units"] * 50.0
     assert m["exposure_pct"] == 100.0
-    assert m["max_drawdown_pct"] == pytest.approx((990.0 - 495.0) / 990.0 * 100.0)
+    assert m["max_drawdown_pct"] == pytest.approx((1000.0 - 495.0) / 1000.0 * 100.0)
+    # final_value_net: the exit fee the open position would pay at the last close.
+    assert m["final_value_net"] == pytest.approx(m["final_value"] * (1 - 0.01))
 
 
 def test_signals_that_do_not_change_the_state_are_ignored():
@@ -157,8 +162,8 @@ def test_a_losing_round_trip_is_not_a_win_and_fees_alone_can_make_one_lose():
 
 
 def test_sharpe_is_nan_without_two_returns_or_without_variation():
-    m, _, _ = simulate([5.0, 6.0], [5.0, 6.0], [True, False], [False, False])
-    assert math.isnan(m["sharpe"])  # one return
+    m, _, _ = simulate([5.0], [5.0], [True], [False])
+    assert math.isnan(m["sharpe"])  # one return (from the initial cash to the first close)
     flat = [5.0] * 10
     m, _, _ = simulate(flat, flat, [False] * 10, [False] * 10)
     assert math.isnan(m["sharpe"])  # never invested: every return is 0
@@ -181,7 +186,7 @@ def test_simulator_matches_the_reference_trade_by_trade(name, fill, data):
                              bars_per_year)
     metrics, trades, equity = batch.run_single(
         strategies.get_strategy(name).code, open_, close, param_row(name, params), fee_frac,
-        1000.0, fill == "next_open", bars_per_year)
+        1000.0, fill == "next_open", bars_per_year, 0)
     assert [(int(t["bar"]), int(t["signal_bar"]), int(t["action"])) for t in trades] == [
         (t.bar, t.signal_bar, t.action) for t in ref.trades
     ]
@@ -216,7 +221,7 @@ def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, 
                                      105120.0)
             metrics, trades, equity = batch.run_single(
                 strategies.get_strategy(name).code, open_, close, param_row(name, params), 0.001,
-                1000.0, fill == "next_open", 105120.0)
+                1000.0, fill == "next_open", 105120.0, 0)
             where = f"{symbol} {name}"
             assert [(int(t["bar"]), int(t["action"])) for t in trades] == [
                 (t.bar, t.action) for t in ref.trades], where
@@ -257,8 +262,8 @@ def test_changing_later_bars_never_changes_earlier_signals_trades_or_equity(name
 
     for a, b in zip(signals(close), signals(close2), strict=True):
         np.testing.assert_array_equal(a[..., :t], b[..., :t])
-    _, trades1, eq1 = batch.run_single(code, open_, close, row, 0.001, 1000.0, next_open, 365.0)
-    _, trades2, eq2 = batch.run_single(code, open2, close2, row, 0.001, 1000.0, next_open, 365.0)
+    _, trades1, eq1 = batch.run_single(code, open_, close, row, 0.001, 1000.0, next_open, 365.0, 0)
+    _, trades2, eq2 = batch.run_single(code, open2, close2, row, 0.001, 1000.0, next_open, 365.0, 0)
     np.testing.assert_array_equal(trades1[trades1["bar"] < t], trades2[trades2["bar"] < t])
     np.testing.assert_array_equal(eq1[:t], eq2[:t])
 
@@ -296,11 +301,11 @@ def test_run_grid_over_a_sweep_equals_the_same_combos_run_one_by_one(name, next_
     assert recompute[0] and (name == "buy_and_hold" or len(combos) > 1)
     code = strategies.get_strategy(name).code
     out = np.empty((4, len(combos), enums.N_METRICS))
-    batch.run_grid(code, open_, close, combos, recompute, 0.001, 1000.0, next_open, 8760.0, out)
+    batch.run_grid(code, open_, close, combos, recompute, 0.001, 1000.0, next_open, np.full(4, 8760.0), 0, out)
     for s in range(4):
         for c in range(len(combos)):
             single, _, _ = batch.run_single(code, open_[s], close[s], combos[c], 0.001, 1000.0,
-                                            next_open, 8760.0)
+                                            next_open, 8760.0, 0)
             np.testing.assert_array_equal(out[s, c], single, err_msg=f"symbol {s}, combo {c}")
     assert np.nansum(out[:, :, enums.M_NUM_TRADES]) > 0
 
@@ -318,7 +323,7 @@ def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
             numba.set_num_threads(threads)
             out = np.empty((9, len(combos), enums.N_METRICS))
             batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0,
-                           False, 8760.0, out)
+                           False, np.full(9, 8760.0), 0, out)
             results.append(out)
     finally:
         numba.set_num_threads(before)
@@ -331,14 +336,14 @@ def test_missing_bars_are_skipped_not_filled():
     combos, recompute, _ = strategies.combos_matrix("ma_crossover", [{}])
     out = np.empty((3, 1, enums.N_METRICS))
     batch.run_grid(enums.STRAT_MA_CROSSOVER, open_, close, combos, recompute, 0.001, 1000.0,
-                   False, 365.0, out)
+                   False, np.full(3, 365.0), 0, out)
     for s in range(3):
         have = ~np.isnan(close[s])
         compact_open = np.ascontiguousarray(open_[s][have])
         compact_close = np.ascontiguousarray(close[s][have])
         single, trades, equity = batch.run_single(enums.STRAT_MA_CROSSOVER, compact_open,
                                                   compact_close, combos[0], 0.001, 1000.0, False,
-                                                  365.0)
+                                                  365.0, 0)
         np.testing.assert_array_equal(out[s, 0, : enums.N_SIM_METRICS], single[: enums.N_SIM_METRICS])
         assert out[s, 0, enums.M_FIRST_INDEX] == np.flatnonzero(have)[0]
         assert out[s, 0, enums.M_LAST_INDEX] == np.flatnonzero(have)[-1]
@@ -346,7 +351,7 @@ def test_missing_bars_are_skipped_not_filled():
         # Trade bars map back to the grid: each fill sits on a bar the symbol has.
         _, grid_trades, grid_equity = batch.run_single(enums.STRAT_MA_CROSSOVER, open_[s],
                                                        close[s], combos[0], 0.001, 1000.0,
-                                                       False, 365.0)
+                                                       False, 365.0, 0)
         np.testing.assert_array_equal(grid_trades["bar"], np.flatnonzero(have)[trades["bar"]])
         np.testing.assert_array_equal(grid_equity[have], equity)
         assert np.all(np.isnan(grid_equity[~have]))
@@ -362,8 +367,8 @@ def test_symbols_with_too_few_bars_or_none_get_a_status_and_zero_trades():
     combos, recompute, _ = strategies.combos_matrix("rsi", [{}])
     assert strategies.warmup_bars("rsi", {}) == 16
     out = np.empty((3, 1, enums.N_METRICS))
-    batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0, False, 365.0,
-                   out)
+    batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0, False,
+                   np.full(3, 365.0), 0, out)
     status = out[:, 0, enums.M_STATUS]
     assert list(status) == [enums.STATUS_OK, enums.STATUS_TOO_FEW_BARS, enums.STATUS_NO_BARS]
     assert out[1, 0, enums.M_NUM_TRADES] == 0 and out[1, 0, enums.M_FINAL_VALUE] == 1000.0

@@ -182,7 +182,7 @@ def test_combos_matrix_validates_every_parameter_set():
         ("ma_crossover", {}, 31),
         ("bollinger", {"bb_period": 5}, 6),
         ("macd", {}, 35),
-        ("macd", {"fast_period": 3, "slow_period": 5, "signal_period": 1}, 6),
+        ("macd", {"fast_period": 3, "slow_period": 5, "signal_period": 2}, 7),
         ("buy_and_hold", {}, 1),
     ],
 )

@@ -18,6 +18,7 @@ from pipeline.kernels.enums import (
     M_FIRST_INDEX,
     M_LAST_INDEX,
     M_STATUS,
+    M_WARMUP_BARS,
     N_IND_BUFFERS,
     N_METRICS,
     STATUS_NO_BARS,
@@ -43,16 +44,29 @@ def _compact_bars(open_row, close_row, open_buf, close_buf, index):
 
 
 @njit(cache=True)
-def _finish_row(metrics, m, index, warmup):
-    """Add the symbol's place in the time grid and the status to a metrics row."""
-    if m > 0:
-        metrics[M_FIRST_INDEX] = index[0]
+def _first_at_or_after(index, m, start_t):
+    """The first compacted bar at or after grid column `start_t` (m when there is none)."""
+    j = 0
+    while j < m and index[j] < start_t:
+        j += 1
+    return j
+
+
+@njit(cache=True)
+def _finish_row(metrics, m0, m, index, warmup):
+    """Add the symbol's place in the time grid, its warm-up bars and the status to a metrics row.
+
+    Bars m0..m-1 are the range simulated; bars before m0 only warmed the indicators up.
+    """
+    if m > m0:
+        metrics[M_FIRST_INDEX] = index[m0]
         metrics[M_LAST_INDEX] = index[m - 1]
     else:
         metrics[M_FIRST_INDEX] = -1
         metrics[M_LAST_INDEX] = -1
-    metrics[M_BARS] = m
-    if m == 0:
+    metrics[M_BARS] = m - m0
+    metrics[M_WARMUP_BARS] = m0
+    if m == m0:
         metrics[M_STATUS] = STATUS_NO_BARS
     elif m < warmup:
         metrics[M_STATUS] = STATUS_TOO_FEW_BARS
@@ -70,7 +84,8 @@ def run_grid(
     fee_frac: float,
     initial: float,
     fill_next_open: bool,
-    bars_per_year: float,
+    bars_per_year: np.ndarray,
+    start_t: int,
     out: np.ndarray,
 ) -> None:
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and combo c.
@@ -82,7 +97,10 @@ def run_grid(
             sharing an indicator are adjacent (pipeline.strategies.combos_matrix).
         recompute: (C,) bool, True where combo c needs a fresh indicator
             (always True for c == 0).
-        fee_frac, initial, fill_next_open, bars_per_year: see simulate_1d.
+        fee_frac, initial, fill_next_open: see simulate_1d.
+        bars_per_year: (S,) annualisation of each symbol's Sharpe ratio.
+        start_t: first grid column simulated; earlier bars only warm the indicators
+            up (a --timerange start with history before it), so no trade fills there.
         out: (S x C x N_METRICS) float64, written in full.
 
     A symbol with fewer bars than the strategy's warm-up gets status
@@ -105,6 +123,7 @@ def run_grid(
         exits = np.empty(n_time, dtype=np.bool_)
         sig_value = np.empty(n_time)
         m = _compact_bars(open2d[s], close2d[s], open_buf, close_buf, index)
+        m0 = _first_at_or_after(index, m, start_t)
         op = open_buf[:m]
         cl = close_buf[:m]
         b0 = buf0[:m]
@@ -120,9 +139,9 @@ def run_grid(
                 strategy_indicators_1d(strategy_code, cl, params, b0, b1, b2)
             strategy_signals_1d(strategy_code, cl, params, b0, b1, b2, en, ex, sv)
             row = out[s, c]
-            simulate_1d(op, cl, en, ex, sv, fee_frac, initial, fill_next_open, bars_per_year,
-                        row, no_equity, no_trades)
-            _finish_row(row, m, index, warmup_bars_nb(strategy_code, params))
+            simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year[s], row, no_equity, no_trades)
+            _finish_row(row, m0, m, index, warmup_bars_nb(strategy_code, params))
 
 
 @njit(cache=True)
@@ -135,8 +154,9 @@ def run_single(
     initial: float,
     fill_next_open: bool,
     bars_per_year: float,
+    start_t: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One symbol, one combo, with the trade log and the equity curve.
+    """One symbol, one combo, with the trade log and the equity curve (from grid column `start_t`).
 
     Args:
         open1d, close1d: (T,) float64 on the time grid, NaN where there is no bar.
@@ -153,6 +173,7 @@ def run_single(
     close_buf = np.empty(n_time)
     index = np.empty(n_time, dtype=np.int64)
     m = _compact_bars(open1d, close1d, open_buf, close_buf, index)
+    m0 = _first_at_or_after(index, m, start_t)
     op = open_buf[:m]
     cl = close_buf[:m]
     b0 = np.empty(m)
@@ -164,18 +185,18 @@ def run_single(
     strategy_indicators_1d(strategy_code, cl, params, b0, b1, b2)
     strategy_signals_1d(strategy_code, cl, params, b0, b1, b2, en, ex, sv)
     metrics = np.empty(N_METRICS)
-    equity_c = np.empty(m)
-    trades_c = np.empty(m, dtype=TRADE_DTYPE)
-    k = simulate_1d(op, cl, en, ex, sv, fee_frac, initial, fill_next_open, bars_per_year,
-                    metrics, equity_c, trades_c)
-    _finish_row(metrics, m, index, warmup_bars_nb(strategy_code, params))
+    equity_c = np.empty(m - m0)
+    trades_c = np.empty(m - m0, dtype=TRADE_DTYPE)
+    k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                    bars_per_year, metrics, equity_c, trades_c)
+    _finish_row(metrics, m0, m, index, warmup_bars_nb(strategy_code, params))
     trades = trades_c[:k].copy()
     for j in range(k):
-        trades[j]["bar"] = index[trades[j]["bar"]]
-        trades[j]["signal_bar"] = index[trades[j]["signal_bar"]]
+        trades[j]["bar"] = index[m0 + trades[j]["bar"]]
+        trades[j]["signal_bar"] = index[m0 + trades[j]["signal_bar"]]
     equity = np.full(n_time, np.nan)
-    for j in range(m):
-        equity[index[j]] = equity_c[j]
+    for j in range(m - m0):
+        equity[index[m0 + j]] = equity_c[j]
     return metrics, trades, equity
 
 

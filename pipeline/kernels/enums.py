@@ -44,10 +44,12 @@ METRIC_NAMES: tuple[str, ...] = (
     "max_drawdown_pct",
     "sharpe",
     "exposure_pct",
+    "final_value_net",
     "bars",
     "first_index",
     "last_index",
     "status",
+    "warmup_bars",
 )
 M_FINAL_VALUE = 0
 M_TOTAL_RETURN_PCT = 1
@@ -58,11 +60,15 @@ M_WIN_RATE_PCT = 5
 M_MAX_DRAWDOWN_PCT = 6
 M_SHARPE = 7
 M_EXPOSURE_PCT = 8
-M_BARS = 9
-M_FIRST_INDEX = 10
-M_LAST_INDEX = 11
-M_STATUS = 12
-N_SIM_METRICS = 10
+# Cash plus the open position after a hypothetical exit fee at the last close.
+M_FINAL_VALUE_NET = 9
+M_BARS = 10
+M_FIRST_INDEX = 11
+M_LAST_INDEX = 12
+M_STATUS = 13
+# Bars before the --timerange start that the indicators warmed up on (no trade there).
+M_WARMUP_BARS = 14
+N_SIM_METRICS = 11
 N_METRICS = len(METRIC_NAMES)
 
 # --- status of one (symbol, combo) result -----------------------------------

@@ -178,9 +178,10 @@ def simulate_portfolio(
     n_records = 0
     bars = 0
     held = 0
-    peak = -np.inf
+    # The curve starts at the initial cash before the first bar, as a single account's does.
+    peak = initial
     max_dd = 0.0
-    prev_equity = np.nan
+    prev_equity = initial
     r_count = 0
     r_mean = 0.0
     r_m2 = 0.0
@@ -318,12 +319,11 @@ def simulate_portfolio(
             dd = (peak - equity) / peak
             if dd > max_dd:
                 max_dd = dd
-        if bars > 1:
-            r = equity / prev_equity - 1.0
-            r_count += 1
-            delta = r - r_mean
-            r_mean += delta / r_count
-            r_m2 += delta * (r - r_mean)
+        r = equity / prev_equity - 1.0
+        r_count += 1
+        delta = r - r_mean
+        r_mean += delta / r_count
+        r_m2 += delta * (r - r_mean)
         prev_equity = equity
 
     final_value = cash

@@ -144,10 +144,15 @@ def macd_signals_1d(
 def buy_and_hold_signals_1d(
     close: np.ndarray, entries: np.ndarray, exits: np.ndarray, sig_value: np.ndarray
 ) -> None:
-    """Entry on the first bar, never an exit. The recorded value is the close."""
+    """Hold whenever flat, never exit. The recorded value is the close.
+
+    An entry on every bar fills on the first bar simulated (and is ignored while long), so
+    a --timerange run buys at the range's first bar, not at the history's, and an account
+    that could not buy at once (portfolio slots) buys when it can.
+    """
     n = close.shape[0]
     for t in range(n):
-        entries[t] = t == 0
+        entries[t] = True
         exits[t] = False
         sig_value[t] = close[t]
 

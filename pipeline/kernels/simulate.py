@@ -17,6 +17,7 @@ from pipeline.kernels.enums import (
     M_CLOSED_TRADES,
     M_EXPOSURE_PCT,
     M_FINAL_VALUE,
+    M_FINAL_VALUE_NET,
     M_MAX_DRAWDOWN_PCT,
     M_NUM_TRADES,
     M_SHARPE,
@@ -81,11 +82,15 @@ def simulate_1d(
     Returns:
         The number of trade records written (0 when the log is skipped).
 
-    Equity is `cash + units * close[t]` after the fills of bar t. Per-bar returns
-    are `eq[t] / eq[t-1] - 1` for t >= 1; the Sharpe ratio is their mean over
-    their sample standard deviation times sqrt(bars_per_year), NaN with fewer
-    than two returns or zero deviation. A position open after the last bar is
-    marked at the last close, not sold.
+    Equity is `cash + units * close[t]` after the fills of bar t, and the curve
+    starts at `initial` before the first bar, so a fee paid on bar 0 shows in the
+    drawdown and the returns. Per-bar returns are `eq[t] / eq[t-1] - 1` for every
+    bar (eq[-1] = initial); the Sharpe ratio is their mean over their sample
+    standard deviation times sqrt(bars_per_year), NaN with fewer than two returns
+    or zero deviation. A position open after the last bar is marked at the last
+    close, not sold; `final_value_net` also takes the exit fee it would pay there.
+    Buy & hold is `initial / close[0] * close[-1]` as a return, so buy_and_hold
+    filled at the close without fees returns exactly the benchmark.
     """
     n = close.shape[0]
     keep_equity = equity_out.shape[0] == n and n > 0
@@ -103,9 +108,9 @@ def simulate_1d(
     n_records = 0
     held_bars = 0
 
-    peak = -np.inf
+    peak = initial
     max_dd = 0.0
-    prev_equity = np.nan
+    prev_equity = initial
     # Welford's running mean/variance: stable and exactly 0 for constant returns.
     r_count = 0
     r_mean = 0.0
@@ -162,21 +167,22 @@ def simulate_1d(
             dd = (peak - equity) / peak
             if dd > max_dd:
                 max_dd = dd
-        if t > 0:
-            r = equity / prev_equity - 1.0
-            r_count += 1
-            delta = r - r_mean
-            r_mean += delta / r_count
-            r_m2 += delta * (r - r_mean)
+        r = equity / prev_equity - 1.0
+        r_count += 1
+        delta = r - r_mean
+        r_mean += delta / r_count
+        r_m2 += delta * (r - r_mean)
         prev_equity = equity
 
     if n > 0:
         final_value = cash + units * close[n - 1]
-        buy_hold = (close[n - 1] / close[0] - 1.0) * 100.0
+        final_value_net = cash + units * close[n - 1] * (1.0 - fee_frac)
+        buy_hold = (initial / close[0] * close[n - 1] / initial - 1.0) * 100.0
         exposure = held_bars / n * 100.0
         max_dd_pct = max_dd * 100.0
     else:
         final_value = cash
+        final_value_net = cash
         buy_hold = np.nan
         exposure = np.nan
         max_dd_pct = np.nan
@@ -187,6 +193,7 @@ def simulate_1d(
             sharpe = r_mean / std * np.sqrt(bars_per_year)
 
     metrics_out[M_FINAL_VALUE] = final_value
+    metrics_out[M_FINAL_VALUE_NET] = final_value_net
     metrics_out[M_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
     metrics_out[M_BUY_HOLD_RETURN_PCT] = buy_hold
     metrics_out[M_NUM_TRADES] = num_trades
