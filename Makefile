@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick soak lint clean
+.PHONY: demo test bench bench-quick soak lint compose-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,10 @@ bench-quick: $(STAMP)
 # An hour of mixed load (imports, exports, backtests, sweeps, vacuum, invalidations); writes bench/SOAK.md.
 soak: $(STAMP)
 	$(PY) -m bench.soak --minutes 60
+
+# Validates docker-compose.yml with Debian's docker-compose (skips, saying why, when it is not installed).
+compose-check: $(STAMP)
+	$(PY) -m pytest -q -rs tests/test_compose.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
