@@ -21,6 +21,9 @@ from pipeline.config import Settings, redact_url
 from pipeline.errors import PipelineError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Without PREFECT_API_URL, `export` and `serve` start Prefect's temporary server; its 20 s start-up
+# limit is too short on a busy 2-core machine (the README tour's `cryptobt export` timed out there).
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 app = typer.Typer(
     name="cryptobt",

@@ -7,6 +7,7 @@ the file as `up` would) is the check, run in a folder that holds the file, the b
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -34,8 +35,9 @@ def _config(folder: Path) -> subprocess.CompletedProcess:
 
 @needs_compose
 def test_compose_config_passes_and_keeps_its_rules(tmp_path):
-    # A password that would break a URL: it must reach the services unchanged and never sit in a URL.
-    env = (ROOT / ".env.example").read_text().replace("POSTGRES_PASSWORD=change-me", "POSTGRES_PASSWORD=p@ss:w/rd")
+    # A made-up password that would break a URL: it must reach the services unchanged and never sit in a URL.
+    key, url_breaker = "POSTGRES_PASSWORD", "p@ss:w/rd"
+    env = re.sub(rf"(?m)^{key}=.*$", f"{key}={url_breaker}", (ROOT / ".env.example").read_text())
     done = _config(_checkout(tmp_path, env))
     assert done.returncode == 0, done.stderr
     services = yaml.safe_load(done.stdout)["services"]
@@ -50,8 +52,8 @@ def test_compose_config_passes_and_keeps_its_rules(tmp_path):
     for name in ("worker", "scheduler", "dask-worker"):
         service = services[name]
         assert "build" in service and service["restart"] == "unless-stopped", name
-        assert service["environment"]["PGPASSWORD"] == "p@ss:w/rd"
-        assert "p@ss" not in service["environment"]["DATABASE_URL"]
+        assert service["environment"]["PGPASSWORD"] == url_breaker
+        assert url_breaker not in service["environment"]["DATABASE_URL"]
         command = " ".join(service["command"])
         assert "apt-get" not in command and "pip install" not in command, name
         assert all(not v.startswith(str(tmp_path)) for v in service.get("volumes", [])), "nothing in the checkout"
