@@ -73,6 +73,7 @@ def cache_key(
     data_version: str,
     engine_version: str = ENGINE_VERSION,
     annualization: str = "observed",
+    min_bar_coverage: float = 0.0,
 ) -> str:
     """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``."""
     fields = {
@@ -87,6 +88,7 @@ def cache_key(
         "fee_pct": fee_pct,
         "initial_investment": initial_investment,
         "annualization": annualization,
+        "min_bar_coverage": min_bar_coverage,
         "data_version": data_version,
     }
     canonical = json.dumps(
@@ -376,6 +378,7 @@ _KEY_FIELDS = (
     "data_version",
     "engine_version",
     "annualization",
+    "min_bar_coverage",
 )
 
 

@@ -386,14 +386,14 @@ def _emit_json(results: list[dict[str, Any]]) -> None:
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
          stream: bool, command: str, no_cache: bool = False,
-         annualization: str = "observed") -> tuple[Any, Any, Settings]:
+         annualization: str = "observed", min_bar_coverage: float = 0.0) -> tuple[Any, Any, Settings]:
     from pipeline import runs
     from pipeline.cache import ResultCache
 
     symbols = options.check_symbols(symbols, all_)
     options.check_interval(interval)
     config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                trades=trades, annualization=annualization)
+                                trades=trades, annualization=annualization, min_bar_coverage=min_bar_coverage)
     settings = Settings.from_env()
     cache = None if no_cache else ResultCache.from_settings(
         settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
@@ -455,6 +455,9 @@ def backtest_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
     annualization: Annotated[str, typer.Option(
         help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
+    min_bar_coverage: Annotated[float, typer.Option(
+        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
+             "needs 12 hours); 0 keeps all.")] = 0.0,
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -466,7 +469,8 @@ def backtest_command(
     options.check_top(top)
     options.check_plot(plot)
     outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
-                                     fee, fill, initial, trades, stream, "backtest", no_cache, annualization)
+                                     fee, fill, initial, trades, stream, "backtest", no_cache, annualization,
+                                     min_bar_coverage)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -502,6 +506,9 @@ def sweep_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
     annualization: Annotated[str, typer.Option(
         help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
+    min_bar_coverage: Annotated[float, typer.Option(
+        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
+             "needs 12 hours); 0 keeps all.")] = 0.0,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -517,7 +524,7 @@ def sweep_command(
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
-                                     False, False, "sweep", no_cache, annualization)
+                                     False, False, "sweep", no_cache, annualization, min_bar_coverage)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot and outcome.results:
@@ -568,6 +575,9 @@ def portfolio_command(
                                                    "(.html or .png).")] = None,
     annualization: Annotated[str, typer.Option(
         help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
+    min_bar_coverage: Annotated[float, typer.Option(
+        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
+             "needs 12 hours); 0 keeps all.")] = 0.0,
 ) -> None:
     """One account over many symbols: shared cash, at most --max-open positions, ranked entries.
 
@@ -601,7 +611,7 @@ def portfolio_command(
         raise PipelineError("use either --param or --grid, not both")
     params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
     config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                annualization=annualization)
+                                annualization=annualization, min_bar_coverage=min_bar_coverage)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by,

@@ -47,6 +47,8 @@ class RunConfig:
     # Sharpe and its kin: `observed` bars a year per symbol (bars / span in years) or the
     # `calendar` constant of the interval (8,760 for 1h).
     annualization: str = "observed"
+    # Bars built from less than this share of their interval's hours are dropped (0 keeps all).
+    min_bar_coverage: float = 0.0
 
     @property
     def fee_frac(self) -> float:
@@ -64,6 +66,7 @@ def make_config(
     timerange_start: datetime | None = None,
     timerange_end: datetime | None = None,
     annualization: str = "observed",
+    min_bar_coverage: float = 0.0,
 ) -> RunConfig:
     """Validate everything about a run before any work: strategy, parameters, fee, fill, cash."""
     strategies.get_strategy(strategy)
@@ -84,8 +87,13 @@ def make_config(
     if annualization not in ANNUALIZATIONS:
         raise PipelineError(f"--annualization {annualization!r} is not allowed; use one of: "
                             f"{', '.join(ANNUALIZATIONS)}")
+    if not (isinstance(min_bar_coverage, int | float) and math.isfinite(min_bar_coverage)
+            and 0 <= min_bar_coverage <= 1):
+        raise PipelineError(f"--min-bar-coverage {min_bar_coverage!r} is out of range: a share from 0 to 1 "
+                            "(0.5 drops daily bars built from fewer than 12 hours)")
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
-                     timerange_start, timerange_end, dropped, annualization=annualization)
+                     timerange_start, timerange_end, dropped, annualization=annualization,
+                     min_bar_coverage=float(min_bar_coverage))
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:
@@ -182,8 +190,15 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
+def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
+    """Each symbol's bars in the simulated range built from less than their interval's hours."""
+    if batch.coverage is None or batch.times.size == 0:
+        return np.zeros(len(batch.symbols), dtype=np.int64)
+    return (batch.coverage[:, start_column(batch, config):] < 1.0).sum(axis=1)
+
+
 def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-                 metrics: np.ndarray, annual_bars: float) -> dict[str, Any]:
+                 metrics: np.ndarray, annual_bars: float, partial: int = 0) -> dict[str, Any]:
     """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
     status = int(metrics[enums.M_STATUS])
     bars = int(metrics[enums.M_BARS])
@@ -216,6 +231,8 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
         "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
         "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
+        "partial_bars": int(partial),
+        "min_bar_coverage": config.min_bar_coverage,
         "annualization": config.annualization,
         "bars_per_year": float(annual_bars),
         "fill": config.fill,
@@ -261,10 +278,11 @@ def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
     """Every (symbol, parameter set) result of `config` over `batch`, trades attached if asked."""
     cube = run_metrics(batch, config)
     annual = bars_per_year(batch, config, start_column(batch, config))
+    partial = partial_bars(batch, config)
     results = []
     for i in range(len(batch.symbols)):
         for c, params in enumerate(config.params_list):
-            result = shape_result(batch, config, i, params, cube[i, c], annual[i])
+            result = shape_result(batch, config, i, params, cube[i, c], annual[i], partial[i])
             if config.trades:
                 result["trades"], _ = trade_log(batch, config, i, params)
             results.append(result)

@@ -81,6 +81,7 @@ def run_config(
     initial: float = 1000.0,
     trades: bool = False,
     annualization: str = "observed",
+    min_bar_coverage: float = 0.0,
 ) -> RunConfig:
     """Strategy, parameters, time range, fee, fill and cash, checked together: the run's config."""
     from pipeline import engine, reader
@@ -88,4 +89,5 @@ def run_config(
     start, end = reader.parse_timerange(timerange)
     return engine.make_config(strategy, params if isinstance(params, list) else dict(params or {}),
                               fee_pct=fee, fill=fill, initial=initial, trades=trades,
-                              timerange_start=start, timerange_end=end, annualization=annualization)
+                              timerange_start=start, timerange_end=end, annualization=annualization,
+                              min_bar_coverage=min_bar_coverage)

@@ -39,6 +39,8 @@ class PriceBatch:
     requested_start: datetime | None = None
     requested_end: datetime | None = None
     bars: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    # Share of an interval's hours a bar was built from (a daily bar from 3 hours: 0.125); None = all whole.
+    coverage: np.ndarray | None = None
 
     @property
     def bars_per_year(self) -> int:
@@ -132,8 +134,13 @@ def read_prices(
     columns: tuple[str, ...] = ("open", "close"),
     max_points: int = DEFAULT_MAX_POINTS,
     snapshot: lake.Snapshot | None = None,
+    min_coverage: float = 0.0,
 ) -> PriceBatch:
-    """One batched read of `columns` for `symbols` (None = all) in [start, end)."""
+    """One batched read of `columns` for `symbols` (None = all) in [start, end).
+
+    Bars coarser than an hour carry their coverage (hours used / hours in the interval);
+    those below `min_coverage` are dropped (NaN, so the kernels skip them like any gap).
+    """
     snapshot = snapshot or lake.require_snapshot(Path(lake_root))
     if interval not in ("1h", "1d", "auto"):
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
@@ -176,6 +183,9 @@ def read_prices(
         params["end"] = end
     where = ("WHERE " + " AND ".join(filters)) if filters else ""
     select = ", ".join(columns)
+    partial_possible = intervals.SECONDS[interval] > 3_600
+    if partial_possible:  # the lake's `bars` counts the hours a coarser bar was built from
+        select += f", bars * 3600.0 / {intervals.SECONDS[interval]} AS coverage"
     # Arrow out of DuckDB is ~3x faster than fetchnumpy here, and zero-copy into NumPy.
     try:
         table = _connection().sql(
@@ -200,10 +210,19 @@ def read_prices(
         matrix = np.full((len(names), width), np.nan)
         scatter_to_grid(symbol_ids, ts, table[name].combine_chunks().to_numpy(), row_of, t0, step_us, matrix)
         out[name] = matrix
-    bars = np.bincount(row_of[symbol_ids], minlength=len(names)).astype(np.int64)
+    coverage = None
+    if partial_possible:
+        coverage = np.full((len(names), width), np.nan)
+        scatter_to_grid(symbol_ids, ts, table["coverage"].combine_chunks().to_numpy(), row_of, t0, step_us,
+                        coverage)
+        if min_coverage > 0:
+            thin = coverage < min_coverage
+            for matrix in (*out.values(), coverage):
+                matrix[thin] = np.nan
     del table
+    bars = (~np.isnan(out["close"])).sum(axis=1).astype(np.int64)
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
-    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars)
+    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
 
 
 def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h") -> str:

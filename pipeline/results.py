@@ -87,6 +87,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("exposure_pct", pa.float64()),
         pa.field("final_value_net", pa.float64()),
         pa.field("warmup_bars", pa.int64()),
+        pa.field("partial_bars", pa.int64()),
+        pa.field("min_bar_coverage", pa.float64()),
         pa.field("annualization", pa.string()),
         pa.field("bars_per_year", pa.float64()),
         pa.field("fill", pa.string()),

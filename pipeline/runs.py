@@ -61,7 +61,8 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, ver
         "strategy": config.strategy, "params": params, "symbol": symbol, "interval": interval,
         "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
-        "annualization": config.annualization, "data_version": version,
+        "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
+        "data_version": version,
     }
 
 
@@ -193,7 +194,8 @@ def backtest(
             columns = ("open", "close") if config.fill == "next_open" else ("close",)
             # From the start of the history: bars before --timerange warm the indicators up.
             batch = reader.read_prices(settings.lake_root, part, interval, None,
-                                       config.timerange_end, columns=columns, snapshot=snapshot)
+                                       config.timerange_end, columns=columns, snapshot=snapshot,
+                                       min_coverage=config.min_bar_coverage)
             engine.check_memory(len(part), batch.times.size, n_params)
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
             sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
@@ -253,7 +255,8 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
     if not symbols:
         return []
     batch = reader.read_prices(settings.lake_root, symbols, interval, None,
-                               config.timerange_end, columns=("open", "close"))
+                               config.timerange_end, columns=("open", "close"),
+                               min_coverage=config.min_bar_coverage)
     curves = []
     for i, symbol in enumerate(batch.symbols):
         _, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
@@ -306,7 +309,8 @@ def portfolio(
     snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
     columns = ("close", "volume") + (("open",) if config.fill == "next_open" else ())
     batch = reader.read_prices(settings.lake_root, names, interval, None,
-                               config.timerange_end, columns=columns, snapshot=snapshot)
+                               config.timerange_end, columns=columns, snapshot=snapshot,
+                               min_coverage=config.min_bar_coverage)
     engine.check_memory(len(names), batch.times.size, len(sets))
     t0 = time.perf_counter()
     accounts = pf.run(batch, config, sets, rank_by, slippage)

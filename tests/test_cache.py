@@ -44,6 +44,7 @@ def make_result(symbol: str = "BTC", **overrides: Any) -> dict[str, Any]:
         "max_drawdown_pct": -4.2,
         "sharpe": 0.8,
         "annualization": "observed",
+        "min_bar_coverage": 0.0,
         "exposure_pct": None,
         "fill": "close",
         "fee_pct": 0.1,
@@ -82,6 +83,7 @@ KEY_FIELDS: dict[str, Any] = {
     "data_version": "dv-1",
     "engine_version": "1",
     "annualization": "observed",
+    "min_bar_coverage": 0.0,
 }
 
 

@@ -152,3 +152,36 @@ def test_parameters_that_can_never_trade_or_that_ta_lib_refuses_are_rejected(str
 def test_unknown_annualization_is_one_line_naming_it():
     with pytest.raises(PipelineError, match="--annualization 'yearly' is not allowed; use one of: observed, calendar"):
         engine.make_config("rsi", {}, annualization="yearly")
+
+
+def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drops_them(tmp_path):
+    """A listing day with 3 hours and Sundays with 2 (as forex): partial daily bars."""
+    root = tmp_path / "lake"
+    hours = pl.datetime_range(datetime(2024, 1, 1, 21, tzinfo=UTC), datetime(2024, 6, 30, 23, tzinfo=UTC), "1h",
+                              eager=True)
+    # Saturdays closed, Sundays only from 22:00: each Sunday's daily bar has 2 hours.
+    keep = (hours.dt.weekday() != 6) & ((hours.dt.weekday() != 7) | (hours.dt.hour() >= 22))
+    ts = hours.filter(keep)
+    close = 100 * np.exp(np.cumsum(np.random.default_rng(8).normal(0, 0.003, len(ts))))
+    hourly = pl.DataFrame({"symbol_id": 1, "ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999,
+                           "close": close, "volume": 1.0}).with_columns(pl.col("symbol_id").cast(pl.Int32))
+    with lake.export_lock(root):
+        lake.commit(root, hourly, {1: "FX"}, full=True, watermark=None, rows_read=hourly.height, source="test")
+    days = ts.dt.date().value_counts()
+    partial = days.filter(pl.col("count") < 24).height
+    assert partial > 20  # the listing day (3 hours) and every Sunday (2 hours)
+    settings = replace(Settings(), lake_root=root, results_root=tmp_path / "r", redis_url="")
+    config = engine.make_config("rsi", {"rsi_period": 5})
+    every = runs.backtest(settings, config, interval="1d", write_results=False).results[0]
+    assert every["partial_bars"] == partial and every["bars"] == days.height
+    dropped = runs.backtest(settings, replace(config, min_bar_coverage=0.5), interval="1d",
+                            write_results=False).results[0]
+    assert dropped["partial_bars"] == 0 and dropped["bars"] == days.height - partial
+    hourly_run = runs.backtest(settings, replace(config, min_bar_coverage=0.5), write_results=False).results[0]
+    assert hourly_run["partial_bars"] == 0 and hourly_run["bars"] == len(ts)  # an hour is always whole
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
+def test_min_bar_coverage_outside_zero_to_one_is_refused(value):
+    with pytest.raises(PipelineError, match="--min-bar-coverage"):
+        engine.make_config("rsi", {}, min_bar_coverage=value)
