@@ -6,3 +6,11 @@ __version__ = "0.1.0"
 # a result: it is part of every cache key, so a code change never serves an old result.
 # 2: equity curves start at the initial cash, observed annualisation, warm-up before --timerange.
 ENGINE_VERSION = "2"
+
+
+def __getattr__(name: str):  # the notebook API, imported on first use (the CLI never pays for it)
+    if name in ("run_backtest", "run_portfolio", "prices"):
+        from pipeline import notebook
+
+        return getattr(notebook, name)
+    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")

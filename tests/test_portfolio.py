@@ -312,3 +312,29 @@ def test_portfolio_bad_input_is_one_line_before_anything_is_written(portfolio_en
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not portfolio_env.exists()
+
+
+def test_the_notebook_api_runs_frames_without_a_lake_and_equals_the_lake_path(lake_root, tmp_path):
+    import polars as pl
+
+    import pipeline as cryptobt
+
+    batch = reader.read_prices(lake_root, None, "1h", columns=("open", "high", "low", "close", "volume"))
+    frames = {}
+    for i, symbol in enumerate(batch.symbols):
+        keep = ~np.isnan(batch.columns["close"][i])
+        frames[symbol] = pl.DataFrame({"date": pl.from_epoch(pl.Series(batch.times[keep]), "s"),
+                                       **{c: batch.columns[c][i][keep] for c in ("open", "high", "low", "close",
+                                                                                  "volume")}})
+    frames["SYN001"] = frames["SYN001"].to_pandas()  # pandas frames go in too
+    results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 10})
+    config = engine.make_config("rsi", {"rsi_period": 10})
+    expected = {r["symbol"]: r["final_value"] for r in engine.run(batch, config)}
+    assert dict(zip(results["symbol"], results["final_value"], strict=True)) == expected
+    account = cryptobt.run_portfolio(frames, "rsi", max_open=[2, 3], stake="25%")
+    defaults = engine.make_config("rsi", {})
+    lake_accounts = pf.run(batch, defaults, pf.make_sets(defaults, [2, 3], [pf.Stake.parse("25%")]))
+    assert account.accounts["final_value"].to_list() == [a["final_value"] for a in lake_accounts]
+    assert account.trades.height == len(account.best["round_trips"]) > 0
+    assert account.equity.height == batch.times.size
+    assert account.plot(tmp_path / "p.png").stat().st_size > 10_000

@@ -1,0 +1,129 @@
+"""The notebook API: backtests and portfolios on your own frames, no lake, PostgreSQL or Redis.
+
+    import polars as pl
+    import pipeline as cryptobt   # the package top re-exports run_backtest, run_portfolio, prices
+    frames = {"ETH_BTC": pl.read_ipc("data/sample/binance-5m/ETH_BTC-5m.feather"), ...}
+    results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 14})          # polars DataFrame
+    account = cryptobt.run_portfolio(frames, "rsi", max_open=3, stake="30%")  # Portfolio: .accounts, .trades, ...
+
+A frame is pandas or polars with a timestamp column (`date`, `ts`, `datetime`, `time`
+or `timestamp`; naive times are UTC) and `open, high, low, close, volume`. All frames
+share one bar interval, read off their spacing. They go through the same validation,
+kernels and result shaping as the CLI: the numbers are the CLI's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline import engine, intervals, options
+from pipeline import portfolio as pf
+from pipeline.errors import PipelineError
+from pipeline.kernels.align import scatter_to_grid
+from pipeline.reader import PriceBatch
+
+TIME_COLUMNS = ("date", "ts", "datetime", "time", "timestamp")
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+def prices(frames: Mapping[str, Any], interval: str | None = None) -> PriceBatch:
+    """Aligned (symbols x time) arrays from a dict of OHLCV frames, symbols in name order."""
+    if not frames:
+        raise PipelineError("no frames given: pass {symbol: frame} with open, high, low, close, volume")
+    tables = {}
+    for symbol in sorted(frames):
+        frame = frames[symbol]
+        if not isinstance(frame, pl.DataFrame):  # pandas: its index may be the time
+            frame = pl.from_pandas(frame.reset_index() if frame.index.name else frame)
+        frame = frame.rename({c: c.lower() for c in frame.columns})
+        time = next((c for c in TIME_COLUMNS if c in frame.columns), None)
+        missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
+        if time is None or missing:
+            raise PipelineError(f"frame {symbol!r} lacks {', '.join(missing) or 'a time column'}; it needs "
+                                f"one of {', '.join(TIME_COLUMNS)} and {', '.join(PRICE_COLUMNS)}")
+        ts = frame[time]
+        if ts.dtype == pl.Datetime and ts.dtype.time_zone is None:
+            ts = ts.dt.replace_time_zone("UTC")
+        seconds = ts.dt.epoch("s").to_numpy() if ts.dtype == pl.Datetime else ts.cast(pl.Int64).to_numpy()
+        tables[symbol] = (seconds, {c: frame[c].cast(pl.Float64).to_numpy() for c in PRICE_COLUMNS})
+    spacing = min(int(np.diff(np.sort(s)).min()) for s, _ in tables.values() if len(s) > 1)
+    name = interval or intervals.from_spacing(timedelta(seconds=spacing))
+    if name is None:
+        raise PipelineError(f"the frames' bars are {spacing} s apart: not one of {', '.join(intervals.NAMES)}")
+    step = intervals.SECONDS[intervals.check(name)]
+    t0 = min(int(s.min()) for s, _ in tables.values())
+    width = (max(int(s.max()) for s, _ in tables.values()) - t0) // step + 1
+    columns = {c: np.full((len(tables), width), np.nan) for c in PRICE_COLUMNS}
+    for row, (seconds, values) in enumerate(tables.values()):
+        ids = np.full(len(seconds), row, dtype=np.int64)
+        for c in PRICE_COLUMNS:
+            scatter_to_grid(ids, seconds * 1_000_000, values[c], np.arange(len(tables), dtype=np.int64),
+                            t0 * 1_000_000, step * 1_000_000, columns[c])
+    symbols = list(tables)
+    bars = (~np.isnan(columns["close"])).sum(axis=1).astype(np.int64)
+    return PriceBatch("frames", name, symbols, t0 + np.arange(width, dtype=np.int64) * step, columns,
+                      ["frames"] * len(symbols), bars=bars)
+
+
+def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+             **run: Any) -> pl.DataFrame:
+    """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
+
+    `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization.
+    """
+    config = options.run_config(strategy, params or {}, **run)
+    return pl.DataFrame(engine.leaderboard(engine.run(prices(frames), config)))
+
+
+@dataclass
+class Portfolio:
+    accounts: pl.DataFrame  # one row per (parameters, slots, stake), best first
+    contributions: pl.DataFrame  # the best account's per-symbol round trips, P&L, skipped entries
+    trades: pl.DataFrame  # the best account's round trips
+    equity: pl.DataFrame  # the best account's equity and the equal-weight buy & hold, per bar
+    best: dict[str, Any]
+
+    def plot(self, path: str | Path) -> Path:
+        """The CLI's portfolio picture (.html or .png) of the best account."""
+        from pipeline import plots
+
+        curve = self.best["equity_curve"]
+        keep = ~np.isnan(curve["equity"])
+        board = [{"symbol": c["symbol"], "total_return_pct": c["pnl"] / self.best["initial_investment"] * 100}
+                 for c in self.best["contributions"]]
+        return plots.write_plot(Path(path), f"{self.best['strategy']} portfolio", board,
+                                [plots.EquityCurve("portfolio", curve["times"][keep], curve["equity"][keep],
+                                                   curve["buy_hold"][keep])],
+                                titles=("Portfolio equity vs equal-weight buy & hold",
+                                        "Contribution to the account's return, % of initial"))
+
+
+def run_portfolio(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
+              max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
+              slippage_pct: float = 0.0, **run: Any) -> Portfolio:
+    """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep)."""
+    config = options.run_config(strategy, params or {}, **run)
+    slots = max_open if isinstance(max_open, list) else [max_open]
+    stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
+    sets = pf.make_sets(config, slots, stakes)
+    batch = prices(frames)
+    accounts = pf.run(batch, config, sets, rank_by, slippage_pct / 100.0)
+    best = pf.detail(batch, config, next(s for s in sets if s.params == accounts[0]["params"]
+                                         and s.max_open == accounts[0]["max_open"]
+                                         and s.stake.value == accounts[0]["stake"]), rank_by, slippage_pct / 100.0)
+    curve = best["equity_curve"]
+    return Portfolio(
+        accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),
+        contributions=pl.DataFrame(best["contributions"]),
+        trades=pl.DataFrame(best["round_trips"]) if best["round_trips"] else pl.DataFrame(),
+        equity=pl.DataFrame({"time": pl.from_epoch(pl.Series(curve["times"]), "s"), "equity": curve["equity"],
+                             "buy_hold": curve["buy_hold"]}),
+        best=best,
+    )
