@@ -12,12 +12,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from typer.exceptions import TyperException
 
 from pipeline import options, tables
-from pipeline.config import Settings, redact_url
+from pipeline.config import Settings, redact, redact_url
 from pipeline.errors import PipelineError
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -54,6 +55,15 @@ def _one_line(message: str) -> str:
     return " ".join(line for line in lines if line and set(line) != {"^"}) or "no message"
 
 
+def _print_error(message: str) -> None:
+    """One line on stderr; any password in any connection-string form is masked first."""
+    err_console.print(f"[bold red]error:[/] {escape(redact(_one_line(message)))}", highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
+
+
 def user_errors(func: F) -> F:
     """Print a PipelineError as one line on stderr and exit 1; never a traceback."""
 
@@ -62,7 +72,7 @@ def user_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except PipelineError as exc:
-            err_console.print(f"[bold red]error:[/] {_one_line(str(exc))}", highlight=False, soft_wrap=True)
+            _print_error(str(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             err_console.print("interrupted; work that finished was kept")
@@ -72,8 +82,7 @@ def user_errors(func: F) -> F:
         except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
             if os.environ.get("CRYPTOBT_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {_one_line(str(exc))} "
-                              "(CRYPTOBT_DEBUG=1 shows the traceback)", highlight=False, soft_wrap=True)
+            _print_error(f"unexpected {type(exc).__name__}: {exc} (CRYPTOBT_DEBUG=1 shows the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -322,7 +331,7 @@ def lake_vacuum(
     if keep is not None and keep < 1:
         raise PipelineError(f"--keep {keep} must be >= 1")
     if keep_hours is not None:
-        keep_hours = options.check_number("--keep-hours", keep_hours, 0)
+        keep_hours = options.check_number("--keep-hours", keep_hours, 0, options.MAX_HOURS)
     settings = Settings.from_env()
     with lake.export_lock(settings.lake_root, wait_seconds=30):
         removed = lake.vacuum(settings.lake_root, keep=keep or settings.snapshot_keep,
@@ -386,7 +395,8 @@ def _emit_json(results: list[dict[str, Any]]) -> None:
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
          stream: bool, command: str, no_cache: bool = False,
-         annualization: str = "observed", min_bar_coverage: float = 0.0) -> tuple[Any, Any, Settings]:
+         annualization: str = "observed", min_bar_coverage: float = 0.0,
+         confirm_seconds: float | None = None) -> tuple[Any, Any, Settings]:
     from pipeline import runs
     from pipeline.cache import ResultCache
 
@@ -396,7 +406,7 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
                                 trades=trades, annualization=annualization, min_bar_coverage=min_bar_coverage)
     settings = Settings.from_env()
     cache = None if no_cache else ResultCache.from_settings(
-        settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+        settings, on_warning=_warn)
     on_results = None
     if stream:
         import json
@@ -410,7 +420,8 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
         watch = None if stream or progress.disable else (
             lambda done, total: progress.update(task, completed=done, total=total))
         outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
-                                on_progress=watch, command=command)
+                                on_progress=watch, command=command, confirm_seconds=confirm_seconds,
+                                on_plan=lambda m: err_console.print(m, highlight=False))
     return outcome, config, settings
 
 
@@ -509,8 +520,13 @@ def sweep_command(
     min_bar_coverage: Annotated[float, typer.Option(
         help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
              "needs 12 hours); 0 keeps all.")] = 0.0,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep estimated to take more than "
+                                      f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
+
+    The sweep's size and estimated time are printed first; one estimated past
+    a minute needs --yes.
 
     Examples:
       cryptobt sweep rsi -g rsi_period=7:28:7 -g oversold_threshold=20,25,30 -g overbought_threshold=70,75,80
@@ -524,7 +540,8 @@ def sweep_command(
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
-                                     False, False, "sweep", no_cache, annualization, min_bar_coverage)
+                                     False, False, "sweep", no_cache, annualization, min_bar_coverage,
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot and outcome.results:
@@ -726,7 +743,12 @@ def results_sql(
     query: Annotated[str, typer.Argument(help="SQL over the views results, trades and runs.")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Query the results with DuckDB.
+    """Query the results with DuckDB (read-only, sandboxed).
+
+    Allowed: SELECT statements over the views results, trades and runs (and read_parquet on their
+    own folders). Refused: anything that writes (COPY, CREATE, INSERT, ATTACH, SET ...), reading any
+    other file, network access and extensions. For anything else open the Parquet files with your
+    own DuckDB (see the README); this command is local only and no HTTP endpoint reaches it.
 
     Example: cryptobt results sql "SELECT symbol, max(total_return_pct) FROM results GROUP BY ALL ORDER BY 2 DESC LIMIT 5"
     """
@@ -767,7 +789,7 @@ def _cache() -> Any:
     from pipeline.cache import ResultCache
 
     return ResultCache.from_settings(Settings.from_env(),
-                                     on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}"))
+                                     on_warning=_warn)
 
 
 @cache_app.command("stats")
@@ -822,7 +844,7 @@ def stats_command(
 
     from pipeline import results
 
-    hours = options.check_number("--hours", hours, 0, above=True)
+    hours = options.check_number("--hours", hours, 0, options.MAX_HOURS, above=True)
     stats = results.run_stats(Settings.from_env().results_root, hours)
     if as_json:
         print(json.dumps(stats, default=str))
@@ -902,11 +924,10 @@ def main() -> int:
     except click_errors.UsageError as exc:
         where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
         message = " ".join(exc.format_message().split()).rstrip(".")
-        err_console.print(f"[bold red]error:[/] {message}{where}", highlight=False, soft_wrap=True)
+        _print_error(f"{message}{where}")
         return 2
     except click_errors.ClickException as exc:
-        err_console.print(f"[bold red]error:[/] {' '.join(exc.format_message().split())}", highlight=False,
-                          soft_wrap=True)
+        _print_error(" ".join(exc.format_message().split()))
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted")

@@ -6,7 +6,9 @@ and the README's configuration table.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,17 +21,40 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/cryptobt"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
-def _number_env(name: str, default: float, minimum: float, kind: type = int) -> float:
+def _number_env(name: str, default: float, minimum: float, kind: type = int, maximum: float = 1e12) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
+    what = "an integer" if kind is int else "a number"
     try:
         value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not {'an integer' if kind is int else 'a number'}") from None
-    if value < minimum:
-        raise ConfigError(f"{name}={value} must be >= {minimum}")
+        raise ConfigError(f"{name}={raw!r} is not {what}") from None
+    # float() takes 'nan' and 'inf': a timeout or a retention of NaN would compare false everywhere.
+    if not math.isfinite(value) or not raw.strip().isascii():
+        raise ConfigError(f"{name}={raw!r} is not {what} (a finite number in ASCII digits)")
+    if value < minimum or value > maximum:
+        raise ConfigError(f"{name}={value} is out of range: from {minimum} to {maximum}")
     return value
+
+
+def _directory_env(name: str, path: Path) -> Path:
+    """A root folder setting: refused when it names an existing file (every read would trace back)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={str(path)!r} is a file, not a folder; point it at a folder (it is created "
+                          "if missing)")
+    return path
+
+
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url_env() -> str:
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    if url and not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(f"REDIS_URL={redact_url(url)!r} is not a Redis URL: use {', '.join(REDIS_SCHEMES)} "
+                          "(e.g. redis://127.0.0.1:6379/0), or set it empty to run without the cache")
+    return url
 
 
 @dataclass(frozen=True)
@@ -52,11 +77,12 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        lake_root = Path(os.environ.get("CRYPTOBT_LAKE_ROOT") or "data/lake")
+        lake_root = _directory_env("CRYPTOBT_LAKE_ROOT", Path(os.environ.get("CRYPTOBT_LAKE_ROOT") or "data/lake"))
         # Results sit next to the price lake so `read_parquet('data/results/run_date=*/strategy=*/*.parquet')`
         # works with the defaults.
-        results_root = Path(os.environ.get("CRYPTOBT_RESULTS_ROOT") or lake_root.parent / "results")
-        redis_url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+        results_root = _directory_env("CRYPTOBT_RESULTS_ROOT", Path(
+            os.environ.get("CRYPTOBT_RESULTS_ROOT") or lake_root.parent / "results"))
+        redis_url = _redis_url_env()
         return cls(
             database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=redis_url,
@@ -67,18 +93,29 @@ class Settings:
             export_connections=_number_env("CRYPTOBT_EXPORT_CONNECTIONS", 2, 1),
             cache_prefix=os.environ.get("CRYPTOBT_CACHE_PREFIX") or "cryptobt",
             cache_ttl_seconds=_number_env("CRYPTOBT_CACHE_TTL", 86_400, 1),
-            redis_timeout_seconds=_number_env("CRYPTOBT_REDIS_TIMEOUT", 0.5, 0.0, float),
+            redis_timeout_seconds=_number_env("CRYPTOBT_REDIS_TIMEOUT", 0.5, 0.0, float, 3600.0),
             snapshot_keep=_number_env("CRYPTOBT_SNAPSHOT_KEEP", 5, 1),
-            snapshot_keep_hours=_number_env("CRYPTOBT_SNAPSHOT_KEEP_HOURS", 24.0, 0.0, float),
+            snapshot_keep_hours=_number_env("CRYPTOBT_SNAPSHOT_KEEP_HOURS", 24.0, 0.0, float, 876_000.0),
         )
 
 
+# Every spelling of a secret in a connection string: `scheme://user:secret@host`, a URL's
+# `?password=secret` / `&password=secret`, and libpq's key=value `password=secret` (quoted or not).
+_SECRETS = (
+    (re.compile(r"(://[^/\s:@]*:)[^\s/]*@"), r"\1***@"),
+    (re.compile(r"([?&;](?:password|pass|pwd|passfile|sslpassword)=)[^&\s]*", re.IGNORECASE), r"\1***"),
+    (re.compile(r"(\b(?:password|pass|pwd|sslpassword)\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE),
+     r"\1***"),
+)
+
+
+def redact(text: str) -> str:
+    """`text` with every password in any connection-string form replaced by ***, for messages and logs."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def redact_url(url: str) -> str:
-    """The URL with any password replaced, for error messages and logs."""
-    if "@" not in url or "://" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    if ":" in creds:
-        creds = creds.split(":", 1)[0] + ":***"
-    return f"{scheme}://{creds}@{host}"
+    """The URL (or key=value connection string) with any password replaced, for error messages and logs."""
+    return redact(url)

@@ -15,7 +15,7 @@ from typing import Any
 import numba
 import numpy as np
 
-from pipeline import ENGINE_VERSION, intervals, strategies
+from pipeline import ENGINE_VERSION, intervals, options, strategies
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
@@ -82,8 +82,7 @@ def make_config(
         raise PipelineError(f"--fee {fee_pct!r} is out of range: a percentage >= 0 and < 100 (0.1 means 0.1 %)")
     if fill not in FILLS:
         raise PipelineError(f"--fill {fill!r} is not allowed; use one of: {', '.join(FILLS)}")
-    if not (isinstance(initial, int | float) and math.isfinite(initial) and initial > 0):
-        raise PipelineError(f"--initial {initial!r} must be a number > 0")
+    options.check_initial(initial)
     if annualization not in ANNUALIZATIONS:
         raise PipelineError(f"--annualization {annualization!r} is not allowed; use one of: "
                             f"{', '.join(ANNUALIZATIONS)}")

@@ -66,6 +66,11 @@ def _connection() -> duckdb.DuckDBPyConnection:
     return con
 
 
+# Dates a --timerange may name: Unix time's start to the last day nanosecond timestamps reach.
+TIMERANGE_FIRST = datetime(1970, 1, 1, tzinfo=UTC)
+TIMERANGE_LAST = datetime(2262, 4, 10, tzinfo=UTC)
+
+
 def parse_timerange(text: str | None) -> tuple[datetime | None, datetime | None]:
     """freqtrade's `YYYYMMDD-YYYYMMDD`, either side open (`20240101-`, `-20241231`).
 
@@ -80,10 +85,17 @@ def parse_timerange(text: str | None) -> tuple[datetime | None, datetime | None]
     def parse(part: str) -> datetime | None:
         if part == "":
             return None
+        # Exactly 8 ASCII digits: strptime alone reads `2024111` as 2024-11-01 and takes other scripts' digits.
+        if not (len(part) == 8 and part.isascii() and part.isdigit()):
+            raise PipelineError(f"--timerange {text!r}: {part!r} is not a date in YYYYMMDD form (8 digits)")
         try:
-            return datetime.strptime(part, "%Y%m%d").replace(tzinfo=UTC)
+            day = datetime.strptime(part, "%Y%m%d").replace(tzinfo=UTC)
         except ValueError:
             raise PipelineError(f"--timerange {text!r}: {part!r} is not a date in YYYYMMDD form") from None
+        if not TIMERANGE_FIRST <= day <= TIMERANGE_LAST:
+            raise PipelineError(f"--timerange {text!r}: {part!r} is out of range: dates from "
+                                f"{TIMERANGE_FIRST:%Y%m%d} to {TIMERANGE_LAST:%Y%m%d}")
+        return day
 
     start, end = parse(parts[0]), parse(parts[1])
     if start is None and end is None:

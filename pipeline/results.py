@@ -356,11 +356,24 @@ def query(
     sql: str,
     parameters: Sequence[Any] | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run SQL over the views ``results``, ``trades``, ``runs``; returns (columns, rows)."""
+    """Run read-only SQL over the views ``results``, ``trades``, ``runs``; returns (columns, rows).
+
+    The query runs sandboxed (see `_sandbox`): SELECT statements only, and no file or network
+    access beyond reading the three tables' folders.
+    """
+    if not sql.strip():
+        raise InputError("the query is empty; e.g. SELECT count(*) FROM results")
     con = connect(results_root)
     try:
+        _sandbox(con, results_root)
+        statements = con.extract_statements(sql)
+        kinds = {statement.type for statement in statements}
+        if not statements or kinds - {duckdb.StatementType.SELECT}:
+            named = ", ".join(sorted(k.name for k in kinds - {duckdb.StatementType.SELECT})) or "none"
+            raise InputError(f"only SELECT queries are allowed over results, trades and runs (found: {named}); "
+                             "the tables are append-only and the query cannot read or write other files")
         cursor = con.execute(sql, parameters) if parameters is not None else con.execute(sql)
-        if cursor.description is None:
+        if cursor is None or cursor.description is None:
             return [], []
         return [d[0] for d in cursor.description], cursor.fetchall()
     except duckdb.Error as exc:
@@ -368,6 +381,18 @@ def query(
         raise PipelineError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
     finally:
         con.close()
+
+
+def _sandbox(con: duckdb.DuckDBPyConnection, results_root: str | os.PathLike[str]) -> None:
+    """Confine `con` to reading the results, trades and runs folders: no other file, no network,
+    no extension, and the configuration locked so the query cannot undo it."""
+    folders = [str(Path(root).resolve()) + os.sep for root in
+               (results_root, trades_root(results_root), runs_root(results_root))]
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET allowed_directories = ?", [folders])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def top(

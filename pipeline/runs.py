@@ -127,6 +127,23 @@ def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str) 
     return max(1, min(len(names), CHUNK_BAR_STEPS // max(max(bars, default=0), 1)))
 
 
+def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
+                confirm_seconds: float | None, on_plan: Callable[[str], None] | None) -> None:
+    """Say how big a sweep is and about how long it takes; refuse one past `confirm_seconds`."""
+    from pipeline import options
+    from pipeline.errors import PipelineError
+
+    bar_steps = sum((snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names) * n_params
+    seconds = bar_steps / options.BAR_STEPS_PER_SECOND + n_params * len(names) * options.SECONDS_PER_BACKTEST
+    plan = (f"sweep: {n_params:,} parameter sets x {len(names):,} symbols = {n_params * len(names):,} backtests, "
+            f"{bar_steps / 1e6:,.1f} M bar-steps, about {seconds:,.0f} s")
+    if confirm_seconds is not None and seconds > confirm_seconds:
+        raise PipelineError(f"{plan}, more than {confirm_seconds:.0f} s: pass --yes to run it, or narrow the "
+                            "grid, the symbols or --timerange")
+    if on_plan is not None:
+        on_plan(plan)
+
+
 @_pinning
 def backtest(
     settings: Settings,
@@ -140,6 +157,8 @@ def backtest(
     on_progress: Callable[[int, int], None] | None = None,
     command: str = "",
     max_points: int = reader.DEFAULT_MAX_POINTS,
+    confirm_seconds: float | None = None,
+    on_plan: Callable[[str], None] | None = None,
 ) -> RunOutcome:
     """Run `config` over `symbols` (None = all) of the current snapshot.
 
@@ -147,13 +166,16 @@ def backtest(
     with a miss (one batched read, one kernel call per chunk), stores them in one
     pipeline, and appends every result to the results table. `on_results` receives
     results as they are ready (cached ones first), for streaming; `on_progress`
-    receives (symbols done, symbols in all).
+    receives (symbols done, symbols in all). A sweep's size and estimated time go to `on_plan`;
+    one estimated to take longer than `confirm_seconds` is refused before any work (`--yes`).
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     snapshot, names, interval = _open_run(settings, config, symbols, interval, max_points)
     versions = {s: snapshot.symbols[s]["data_version"] for s in names}
     n_params = len(config.params_list)
+    if n_params > 1:
+        _plan_sweep(snapshot, names, interval, n_params, confirm_seconds, on_plan)
     use_cache = cache is not None and cache.enabled and n_params <= MAX_CACHED_COMBOS
 
     hits: dict[tuple[str, int], dict[str, Any]] = {}

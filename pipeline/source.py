@@ -6,6 +6,7 @@ parameters; the only SQL composed here goes through `psycopg.sql` literals.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -20,8 +21,9 @@ import numpy as np
 import polars as pl
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from pipeline.config import SQL_DIR, redact_url
+from pipeline.config import SQL_DIR, redact, redact_url
 from pipeline.errors import InputError, ServiceUnavailable
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -290,16 +292,20 @@ def _copy_out_psql(url: str, snapshot_name: str, statement: str) -> bytes:
     psql hands the binary stream over in large blocks; psycopg's COPY delivers one
     Python object per row, which caps it near 1 M rows/s.
     """
+    # The password goes to psql through its environment, never its argv (which `ps` shows to everyone).
+    params = conninfo_to_dict(url)
+    password = params.pop("password", None)
+    env = {**os.environ, **({"PGPASSWORD": str(password)} if password is not None else {})}
     command = [
-        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", url,
+        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", make_conninfo(**params),
         "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         "-c", f"SET TRANSACTION SNAPSHOT '{snapshot_name}'",
         "-c", statement,
         "-c", "COMMIT",
     ]
-    done = subprocess.run(command, capture_output=True, check=False)
+    done = subprocess.run(command, capture_output=True, check=False, env=env)
     if done.returncode != 0:
-        message = done.stderr.decode(errors="replace").strip()
+        message = redact(done.stderr.decode(errors="replace").strip())
         raise psycopg.OperationalError(f"psql COPY failed: {message}")
     return done.stdout
 

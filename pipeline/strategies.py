@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.errors import PipelineError
 from pipeline.kernels import enums
 from pipeline.kernels.signals import warmup_bars_nb
+from pipeline.options import is_plain_number
 
 Number = int | float
 
@@ -135,6 +136,8 @@ def _to_number(name: str, value: object) -> Number:
         raise PipelineError(f"{name}={value!r} is not a number")
     if isinstance(value, str):
         text = value.strip()
+        if not is_plain_number(text):  # int() would read `1_4` and Arabic-Indic digits as 14
+            raise PipelineError(f"{name}={value!r} is not a number (ASCII digits, e.g. 14 or 2.5)")
         try:
             number: Number = int(text)
         except ValueError:
@@ -314,6 +317,8 @@ class ParamGrid(list):
 
 
 def _decimal(text: str, spec: str) -> Decimal:
+    if not is_plain_number(text):
+        raise PipelineError(f"bad grid spec {spec!r}: {text.strip()!r} is not a number (ASCII digits)")
     try:
         value = Decimal(text.strip())
     except InvalidOperation:
