@@ -168,8 +168,19 @@ class ResultCache:
         """The key of the backtest that produced ``record``."""
         return self.key(**{name: record[name] for name in _KEY_FIELDS})
 
-    def get_many(self, keys: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The cached records among ``keys`` (one MGET), each with ``from_cache=True``."""
+    def get_many(
+        self,
+        keys: Sequence[str],
+        expected: Mapping[str, Mapping[str, Any]] | None = None,
+        schema_problem: Callable[[Mapping[str, Any]], str | None] | None = None,
+    ) -> dict[str, dict[str, Any]]:
+        """The cached records among ``keys`` (one MGET), each with ``from_cache=True``.
+
+        A record is trusted only if it is what its key promises: with ``expected`` (key -> the
+        `cache_key` keywords it was built from) every key field of the record must equal the
+        key's, and ``schema_problem`` (a record -> why it is malformed, or None) must find
+        nothing. Anything else is a miss, is deleted, and one warning says so.
+        """
         keys = list(keys)
         if not keys:
             return {}
@@ -177,17 +188,25 @@ class ResultCache:
         found: dict[str, dict[str, Any]] = {}
         if raw is not None:
             bad: list[str] = []
+            first_problem = None
             for key, value in zip(keys, raw, strict=True):
                 if value is None:
                     continue
                 record = _decode(value)
-                if record is None:
+                problem = "not a JSON result record" if record is None else None
+                if problem is None and expected is not None and key in expected:
+                    problem = _key_mismatch(record, expected[key])
+                if problem is None and schema_problem is not None:
+                    problem = schema_problem(record)
+                if problem is not None:
                     bad.append(key)
+                    first_problem = first_problem or problem
                     continue
                 record["from_cache"] = True
                 found[key] = record
             if bad:
-                log.warning("dropping %d undecodable cache values", len(bad))
+                self._report(f"dropped {len(bad)} cached record(s) that did not match their key or the results "
+                             f"schema (e.g. {first_problem}); they are recomputed")
                 self._guard("delete", lambda client: client.unlink(*bad), None)
         self.hits += len(found)
         self.misses += len(set(keys)) - len(found)
@@ -290,7 +309,7 @@ class ResultCache:
         def run(client: redis.Redis) -> dict[str, Any]:
             keys = sum(1 for _ in client.scan_iter(match=self._pattern("bt:*"), count=1000))
             hits_raw, misses_raw = client.mget(self._stat_key("hits"), self._stat_key("misses"))
-            hits, misses = int(hits_raw or 0), int(misses_raw or 0)
+            hits, misses = self._counter("hits", hits_raw), self._counter("misses", misses_raw)
             memory: dict[str, Any] = {}
             try:
                 memory = client.info("memory")
@@ -338,6 +357,25 @@ class ResultCache:
             self._warn(operation, exc)
             return default
 
+    def _counter(self, name: str, raw: bytes | None) -> int:
+        """A hit/miss counter; one that is not a count (written by something else) is reset to 0."""
+        try:
+            value = int(raw or 0)
+            if value >= 0:
+                return value
+        except ValueError:
+            pass
+        self._report(f"the cache counter {self._stat_key(name)} held {raw!r:.40}, not a count; it was reset to 0")
+        self._guard("reset counter", lambda client: client.delete(self._stat_key(name)), None)
+        return 0
+
+    def _report(self, message: str) -> None:
+        """One warning (through `on_warning`, else Python's warnings) that does not disable the cache."""
+        if self._on_warning is not None:
+            self._on_warning(message)
+        else:
+            warnings.warn(message, CacheWarning, stacklevel=4)
+
     def _warn(self, operation: str, exc: BaseException) -> None:
         log.debug("redis %s failed", operation, exc_info=exc)
         if self._warned:
@@ -359,10 +397,7 @@ class ResultCache:
                 f"Redis cache at {where} refused a {operation} ({reason}); "
                 "results that could not be cached are recomputed next time"
             )
-        if self._on_warning is not None:
-            self._on_warning(message)
-        else:
-            warnings.warn(message, CacheWarning, stacklevel=4)
+        self._report(message)
 
 
 _KEY_FIELDS = (
@@ -380,6 +415,15 @@ _KEY_FIELDS = (
     "annualization",
     "min_bar_coverage",
 )
+
+
+def _key_mismatch(record: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
+    """Which key field of `record` differs from the key's `fields` (None: it is the key's record)."""
+    wanted = {"engine_version": ENGINE_VERSION, **fields}
+    for name in _KEY_FIELDS:
+        if name in wanted and _canonical(record.get(name)) != _canonical(wanted[name]):
+            return f"{name} {record.get(name)!r:.60} under a key for {wanted[name]!r:.60}"
+    return None
 
 
 def _canonical(value: Any) -> Any:

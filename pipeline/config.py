@@ -119,3 +119,15 @@ def redact(text: str) -> str:
 def redact_url(url: str) -> str:
     """The URL (or key=value connection string) with any password replaced, for error messages and logs."""
     return redact(url)
+
+
+def check_writable_folder(path: Path, setting: str) -> None:
+    """Fail before any work if `path` (created if missing) cannot be written; the message names `setting`."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"{path} is not writable ({exc.strerror}); set {setting} to a writable folder") from None

@@ -45,6 +45,7 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.config import check_writable_folder
 from pipeline.errors import LakeBusy, PipelineError, SnapshotDamaged
 from pipeline.ohlcv import resample
 
@@ -340,17 +341,7 @@ def reading(lake_root: Path, snapshot: Snapshot) -> Iterator[Snapshot]:
 
 def check_writable(lake_root: Path) -> None:
     """Fail before any work if the lake root cannot be written."""
-    lake_root = Path(lake_root)
-    try:
-        lake_root.mkdir(parents=True, exist_ok=True)
-        probe = lake_root / f".write-probe-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise PipelineError(
-            f"the lake root {lake_root} is not writable ({exc.strerror}); "
-            "set CRYPTOBT_LAKE_ROOT to a writable directory"
-        ) from None
+    check_writable_folder(Path(lake_root), "CRYPTOBT_LAKE_ROOT")
 
 
 def _read_year(snapshot: Snapshot | None, interval: str, year: int) -> pl.DataFrame | None:

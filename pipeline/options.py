@@ -30,6 +30,7 @@ _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0
 # Sweeps estimated to take longer than this ask for --yes (bar-steps per second measured on the
 # 2-core reference machine for the slowest built-in strategy, bollinger, rounded down).
 SWEEP_CONFIRM_SECONDS = 60.0
+SWEEP_MENTION_SECONDS = 1.0  # quicker sweeps start without a word
 BAR_STEPS_PER_SECOND = 20e6
 SECONDS_PER_BACKTEST = 100e-6  # shaping, ranking and writing one result row (measured: ~94 us)
 

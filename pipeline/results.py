@@ -30,11 +30,13 @@ a record) are stored as NULL, never NaN.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import ENGINE_VERSION, __version__
+from pipeline.config import check_writable_folder
 from pipeline.errors import InputError, PipelineError, disk_full, is_disk_full
 
 # The fixed superset of every strategy's parameter names; one DOUBLE column each.
@@ -475,6 +478,36 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     return row
 
 
+def record_problem(record: Mapping[str, Any]) -> str | None:
+    """Why `record` cannot become a row of the results table (a field of the wrong type), or None.
+
+    A cheap check of each field against ``RESULT_SCHEMA`` for records from outside the engine
+    (the cache): numbers must be numbers, strings strings, timestamps ISO strings.
+    """
+    for field in RESULT_SCHEMA:
+        value = record.get(field.name)
+        if value is None:
+            continue
+        kind = field.type
+        if pa.types.is_floating(kind):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        elif pa.types.is_integer(kind):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif pa.types.is_boolean(kind):
+            ok = isinstance(value, bool)
+        elif pa.types.is_timestamp(kind):
+            ok = isinstance(value, datetime) or (isinstance(value, str) and _parse_iso(value) is not None)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            return f"{field.name}={value!r:.40} is not a {kind}"
+    params = record.get("params")
+    if not isinstance(params, Mapping) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in params.values()):
+        return f"params={params!r:.60} is not a mapping of numbers"
+    return None
+
+
 def _write_table(
     root: Path,
     run_id: str,
@@ -499,10 +532,58 @@ def _write_table(
     return _publish(table, directory / f"{run_id}.parquet")
 
 
+# The files staged by the `one_run` block in progress: (temp, final) pairs, published at its end.
+_STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
+
+
+@contextmanager
+def one_run() -> Iterator[None]:
+    """Publish every file the block appends (a run's results, trades and runs row) together.
+
+    Inside the block each table is written to its hidden temp file only; when the block ends
+    without an error the files are linked under their final names one after the other, the
+    runs row last, and a failure while linking removes this run's files already linked. An
+    error inside the block (a full disk, say) publishes nothing. So a run is in the tables
+    whole or not at all; only a SIGKILL between two links (microseconds) can leave a run's
+    results without its runs row, and readers that need whole runs join on ``runs``.
+    """
+    staged: list[tuple[Path, Path]] = []
+    token = _STAGED.set(staged)
+    published: list[Path] = []
+    try:
+        yield
+        _STAGED.reset(token)
+        token = None
+        for temp, final in staged:
+            _link(temp, final)
+            published.append(final)
+    except BaseException:
+        for final in published:
+            with contextlib.suppress(FileNotFoundError):
+                final.unlink()
+        raise
+    finally:
+        if token is not None:
+            _STAGED.reset(token)
+        for temp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+    for directory in {final.parent for final in published}:
+        _fsync_dir(directory)
+
+
+def check_writable(results_root: str | os.PathLike[str]) -> None:
+    """Fail before a run computes anything if any of its three tables' folders cannot be written."""
+    for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
+        check_writable_folder(root, "CRYPTOBT_RESULTS_ROOT")
+
+
 def _publish(table: pa.Table, final: Path) -> Path:
-    """Write ``table`` to ``final`` atomically; never replaces an existing file."""
+    """Write ``table`` to ``final`` atomically; never replaces an existing file (inside `one_run`,
+    only staged: the block publishes it)."""
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    staged = _STAGED.get()
     try:
         try:
             with open(temp, "wb") as handle:
@@ -513,24 +594,32 @@ def _publish(table: pa.Table, final: Path) -> Path:
             if is_disk_full(exc):
                 raise disk_full(final.parent, table.nbytes, "CRYPTOBT_RESULTS_ROOT") from None
             raise
-        try:
-            # A hard link publishes atomically *and* fails if the name exists, which
-            # os.replace would silently overwrite.
-            os.link(temp, final)
-        except FileExistsError:
-            raise PipelineError(
-                f"{final} already exists; results are append-only (use a new run id)"
-            ) from None
-        except OSError:
-            # Filesystems without hard links: check, then replace (same directory, atomic).
-            if final.exists():
-                raise PipelineError(f"{final} already exists; results are append-only") from None
-            os.replace(temp, final)
+        if staged is not None:
+            staged.append((temp, final))
+            return final
+        _link(temp, final)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            temp.unlink()
+        if staged is None or (temp, final) not in staged:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
     _fsync_dir(final.parent)
     return final
+
+
+def _link(temp: Path, final: Path) -> None:
+    try:
+        # A hard link publishes atomically *and* fails if the name exists, which
+        # os.replace would silently overwrite.
+        os.link(temp, final)
+    except FileExistsError:
+        raise PipelineError(
+            f"{final} already exists; results are append-only (use a new run id)"
+        ) from None
+    except OSError:
+        # Filesystems without hard links: check, then replace (same directory, atomic).
+        if final.exists():
+            raise PipelineError(f"{final} already exists; results are append-only") from None
+        os.replace(temp, final)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -129,7 +129,8 @@ def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str) 
 
 def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
                 confirm_seconds: float | None, on_plan: Callable[[str], None] | None) -> None:
-    """Say how big a sweep is and about how long it takes; refuse one past `confirm_seconds`."""
+    """Say how big a sweep is and about how long it takes (when it takes a while); refuse one past
+    `confirm_seconds`."""
     from pipeline import options
     from pipeline.errors import PipelineError
 
@@ -140,7 +141,7 @@ def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_para
     if confirm_seconds is not None and seconds > confirm_seconds:
         raise PipelineError(f"{plan}, more than {confirm_seconds:.0f} s: pass --yes to run it, or narrow the "
                             "grid, the symbols or --timerange")
-    if on_plan is not None:
+    if on_plan is not None and seconds >= options.SWEEP_MENTION_SECONDS:
         on_plan(plan)
 
 
@@ -176,6 +177,8 @@ def backtest(
     n_params = len(config.params_list)
     if n_params > 1:
         _plan_sweep(snapshot, names, interval, n_params, confirm_seconds, on_plan)
+    if write_results:
+        results.check_writable(settings.results_root)
     use_cache = cache is not None and cache.enabled and n_params <= MAX_CACHED_COMBOS
 
     hits: dict[tuple[str, int], dict[str, Any]] = {}
@@ -184,7 +187,9 @@ def backtest(
         for symbol in names:
             for c, params in enumerate(config.params_list):
                 keys[(symbol, c)] = cache.key(**_key_fields(config, symbol, interval, params, versions[symbol]))
-        found = cache.get_many(list(keys.values()))
+        expected = {keys[(symbol, c)]: _key_fields(config, symbol, interval, params, versions[symbol])
+                    for symbol in names for c, params in enumerate(config.params_list)}
+        found = cache.get_many(list(keys.values()), expected, results.record_problem)
         for slot, key in keys.items():
             record = found.get(key)
             if record is not None and (not config.trades or "trades" in record):
@@ -250,15 +255,16 @@ def backtest(
     paths: list[str] = []
     seconds = time.perf_counter() - started
     if write_results and ordered:
-        paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered, started_at)]
-        if config.trades:
-            paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered, started_at)]
-        results.append_run_metrics(
-            settings.results_root, run_id, started_at=started_at, duration_s=seconds,
-            strategy=config.strategy, n_symbols=len(names), n_results=len(ordered), bars=bar_steps,
-            cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
-            snapshot_id=snapshot.id, command=command,
-        )
+        with results.one_run():  # results, trades and the runs row are published together or not at all
+            paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered, started_at)]
+            if config.trades:
+                paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered, started_at)]
+            results.append_run_metrics(
+                settings.results_root, run_id, started_at=started_at, duration_s=seconds,
+                strategy=config.strategy, n_symbols=len(names), n_results=len(ordered), bars=bar_steps,
+                cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
+                snapshot_id=snapshot.id, command=command,
+            )
     return RunOutcome(
         run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=interval,
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
@@ -329,6 +335,8 @@ def portfolio(
     started_at = datetime.now(UTC)
     started = time.perf_counter()
     snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
+    if write_results:
+        results.check_writable(settings.results_root)
     columns = ("close", "volume") + (("open",) if config.fill == "next_open" else ())
     batch = reader.read_prices(settings.lake_root, names, interval, None,
                                config.timerange_end, columns=columns, snapshot=snapshot,
@@ -347,11 +355,12 @@ def portfolio(
     seconds = time.perf_counter() - started
     paths: list[str] = []
     if write_results and accounts:
-        paths += [str(p) for p in results.append_results(settings.results_root, run_id, accounts, started_at)]
-        results.append_run_metrics(
-            settings.results_root, run_id, started_at=started_at, duration_s=seconds, strategy=config.strategy,
-            n_symbols=len(names), n_results=len(accounts), bars=bar_steps, snapshot_id=snapshot.id,
-            command=command,
-        )
+        with results.one_run():
+            paths += [str(p) for p in results.append_results(settings.results_root, run_id, accounts, started_at)]
+            results.append_run_metrics(
+                settings.results_root, run_id, started_at=started_at, duration_s=seconds, strategy=config.strategy,
+                n_symbols=len(names), n_results=len(accounts), bars=bar_steps, snapshot_id=snapshot.id,
+                command=command,
+            )
     return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
                             paths)

@@ -5,6 +5,7 @@ Each test names the defect it pins down; each failed on the code before its fix.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import subprocess
@@ -80,13 +81,14 @@ def test_a_lake_root_that_is_a_file_is_one_line_naming_it(small_lake, tmp_path):
         assert f"CRYPTOBT_LAKE_ROOT='{afile}' is a file" in line
 
 
-def test_a_large_sweep_prints_its_size_and_runs_with_yes(small_lake, tmp_path):
+def test_a_sweep_that_takes_a_while_prints_its_size_and_estimate_first(small_lake, tmp_path):
     env = {**small_lake, "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
-    done = _cli(["sweep", "rsi", "-g", "rsi_period=5:20:5", "--json"], env, tmp_path)
+    grid = ["-g", "rsi_period=5:100:1", "-g", "oversold_threshold=10:45:1"]
+    done = _cli(["sweep", "rsi", *grid, "--json"], env, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert "sweep: 4 parameter sets x 3 symbols = 12 backtests" in done.stderr
-    done = _cli(["sweep", "rsi", "-g", "rsi_period=5:20:5", "--yes", "--json"], env, tmp_path)
-    assert done.returncode == 0 and "about" in done.stderr
+    assert "sweep: 3,456 parameter sets x 3 symbols = 10,368 backtests" in done.stderr and "about" in done.stderr
+    quiet = _cli(["sweep", "rsi", "-g", "rsi_period=5:20:5", "--json"], env, tmp_path)
+    assert quiet.returncode == 0 and "sweep:" not in quiet.stderr
 
 
 def test_initial_at_the_bounds_gives_finite_values(small_lake, tmp_path):
@@ -191,3 +193,95 @@ def test_the_export_passes_no_password_in_any_argv(database_url, tmp_path):
     assert argv, "the export ran psql"
     assert not any("s3cretpw" in line for line in argv), argv[0]
     assert all(line == "ENV s3cretpw" for line in recorded if line.startswith("ENV"))
+
+
+# --- item 3: cache records are checked against their key and the results schema -------------------
+
+
+def test_a_cache_record_that_is_not_its_keys_is_dropped_and_recomputed(small_lake, tmp_path, redis_url, redis_prefix,
+                                                                      redis_client):
+    import json
+
+    env = {**small_lake, "REDIS_URL": redis_url, "CRYPTOBT_CACHE_PREFIX": redis_prefix,
+           "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
+    args = ["backtest", "rsi", "-s", "SYN001", "-s", "SYN002", "--json"]
+    first = _cli(args, env, tmp_path)
+    assert first.returncode == 0, first.stderr
+    truth = {r["symbol"]: r["total_return_pct"] for r in json.loads(first.stdout)}
+    (key1,) = redis_client.smembers(f"{redis_prefix}:sym:SYN001")
+    (key2,) = redis_client.smembers(f"{redis_prefix}:sym:SYN002")
+    redis_client.set(key1, redis_client.get(key2))  # SYN002's record under SYN001's key
+    swapped = _cli(args, env, tmp_path)
+    assert swapped.returncode == 0, swapped.stderr
+    rows = json.loads(swapped.stdout)
+    assert sorted(r["symbol"] for r in rows) == ["SYN001", "SYN002"]
+    assert {r["symbol"]: r["total_return_pct"] for r in rows} == truth
+    assert [r["from_cache"] for r in rows if r["symbol"] == "SYN001"] == [False]
+    assert swapped.stderr.count("warning") == 1 and "symbol 'SYN002' under a key for 'SYN001'" in swapped.stderr
+
+    record = json.loads(redis_client.get(key2))
+    record["total_return_pct"] = "12.5"
+    redis_client.set(key2, json.dumps(record))
+    typed = _cli(args, env, tmp_path)
+    assert typed.returncode == 0, typed.stderr
+    assert {r["symbol"]: r["total_return_pct"] for r in json.loads(typed.stdout)} == truth
+    assert typed.stderr.count("warning") == 1 and "total_return_pct='12.5'" in typed.stderr
+    # Dropped records were recomputed and stored again: the next run is all hits, no warning.
+    again = _cli(args, env, tmp_path)
+    assert all(r["from_cache"] for r in json.loads(again.stdout)) and "warning" not in again.stderr
+
+
+def test_a_garbage_hit_counter_does_not_break_cache_stats(small_lake, tmp_path, redis_url, redis_prefix, redis_client):
+    env = {**small_lake, "REDIS_URL": redis_url, "CRYPTOBT_CACHE_PREFIX": redis_prefix}
+    redis_client.set(f"{redis_prefix}:stats:hits", "garbage")
+    done = _cli(["cache", "stats", "--json"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert '"hits": 0' in done.stdout and "not a count" in done.stderr
+
+
+# --- item 4: a run is one unit across the results, trades and runs tables ---------------------------
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+
+
+@pytest.fixture
+def mounts():
+    made: list[Path] = []
+    yield lambda where, options: (_mount_tmpfs(where, options), made.append(where))
+    for where in made:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _parquet_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.exists() else []
+
+
+def test_a_run_whose_runs_row_cannot_be_written_publishes_no_results_or_trades(small_lake, tmp_path, mounts):
+    base = tmp_path / "out"
+    mounts(base / "runs", "size=64k")  # the runs table's own disk, filled to the last byte below
+    with open(base / "runs" / "ballast", "wb") as handle:
+        with contextlib.suppress(OSError):
+            handle.write(b"\0" * (1 << 20))
+    env = {**small_lake, "CRYPTOBT_RESULTS_ROOT": str(base / "results")}
+    line = _one_line(_cli(["backtest", "rsi", "--trades"], env, tmp_path))
+    assert "no space left on the disk" in line
+    assert _parquet_files(base / "results") == [] and _parquet_files(base / "trades") == []
+    leftovers = [p for p in base.rglob("*") if p.is_file() and p.name != "ballast"]
+    assert leftovers == []
+
+
+def test_an_unwritable_results_root_fails_before_the_run_computes_or_caches(small_lake, tmp_path, mounts, redis_url,
+                                                                          redis_prefix, redis_client):
+    readonly = tmp_path / "ro"
+    mounts(readonly, "ro,size=64k")
+    env = {**small_lake, "CRYPTOBT_RESULTS_ROOT": str(readonly / "results"), "REDIS_URL": redis_url,
+           "CRYPTOBT_CACHE_PREFIX": redis_prefix}
+    line = _one_line(_cli(["backtest", "rsi"], env, tmp_path))
+    assert f"{readonly / 'results'} is not writable" in line and "CRYPTOBT_RESULTS_ROOT" in line
+    assert list(redis_client.scan_iter(match=f"{redis_prefix}:*")) == [], "nothing computed, nothing cached"
+
