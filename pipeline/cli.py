@@ -244,7 +244,9 @@ def export_command(
     settings = Settings.from_env()
     if prefect:
         from flows.export import export_flow
+        from flows.temporary_server import tie_to_this_process
 
+        tie_to_this_process()  # a killed export must not leave Prefect's temporary server listening
         summary = export_flow(full=full, wait_seconds=wait)
     else:
         from pipeline.export import run_export
@@ -884,7 +886,9 @@ def serve_command(
 
     from flows.backtest import backtest_flow
     from flows.export import export_flow
+    from flows.temporary_server import tie_to_this_process
 
+    tie_to_this_process()
     serve(
         export_flow.to_deployment(name="export-hourly", cron=export_cron),
         backtest_flow.to_deployment(name="backtest-nightly", cron=backtest_cron),

@@ -60,7 +60,7 @@ def test_ctrl_c_stops_a_big_sweep_keeps_what_finished_and_exits_130(tmp_path, re
                        REDIS_URL=redis_url, CRYPTOBT_CACHE_PREFIX=redis_prefix, PYTHONPATH=str(ROOT))
     # 20,000 parameter sets x 6 symbols x 43,800 hourly bars: minutes of work on this machine.
     grid = ["-g", "rsi_period=2:101:1", "-g", "oversold_threshold=10:49:1", "-g", "overbought_threshold=51:55:1"]
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", "rsi", *grid, "--top", "3"],
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", "rsi", *grid, "--top", "3", "--yes"],
                                env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(8)
     assert process.poll() is None, "the sweep finished before it could be interrupted: make it bigger"

@@ -285,3 +285,95 @@ def test_an_unwritable_results_root_fails_before_the_run_computes_or_caches(smal
     assert f"{readonly / 'results'} is not writable" in line and "CRYPTOBT_RESULTS_ROOT" in line
     assert list(redis_client.scan_iter(match=f"{redis_prefix}:*")) == [], "nothing computed, nothing cached"
 
+
+
+# --- item 2: staging and half-removed snapshots never accumulate --------------------------------------
+
+EXPORT_KILLED_AFTER_READ = (
+    "import sys\nfrom dataclasses import replace\nfrom pathlib import Path\n"
+    "from pipeline.config import Settings\nfrom pipeline.export import run_export\n"
+    "run_export(replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2])), fail_at='after-read')\n"
+)
+
+
+def test_vacuum_removes_a_killed_exports_staging_files_and_manifestless_snapshot_folders(database_url, tmp_path):
+    from dataclasses import replace
+
+    from pipeline import loaders
+    from pipeline.config import Settings
+    from pipeline.export import run_export
+
+    loaders.seed_database(database_url, 3, 0.05, 1)
+    lake_root = tmp_path / "lake"
+    run_export(replace(Settings(), database_url=database_url, lake_root=lake_root), full=True)
+    killed = subprocess.run([sys.executable, "-c", EXPORT_KILLED_AFTER_READ, database_url, str(lake_root)],
+                            capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 137, killed.stderr
+    staged = [p for p in (lake_root / ".staging").iterdir()]
+    assert staged and all(p.is_file() for p in staged), "a killed export leaves its extract (files) behind"
+    half_removed = lake_root / "snapshots" / "20200101T000000000000Z-dead00"
+    (half_removed / "interval=1h" / "year=2020").mkdir(parents=True)
+    (half_removed / "interval=1h" / "year=2020" / "1h-2020.parquet").write_bytes(b"PAR1")
+    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake_root), "REDIS_URL": ""}
+    done = _cli(["lake", "vacuum", "--keep", "1", "--keep-hours", "0"], env, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert list((lake_root / ".staging").iterdir()) == []
+    assert not half_removed.exists()
+    assert _cli(["backtest", "buy_and_hold", "--json"], env, tmp_path).returncode == 0
+
+
+# --- item 9 (last): a killed Prefect-run export takes its temporary Prefect server with it -----------
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append((int(entry.name), cmdline))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "uvicorn" in (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_killing_a_prefect_export_stops_its_temporary_prefect_server(tmp_path):
+    import signal
+    import time
+
+    env = {key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"}
+    # PostgreSQL is unreachable: the flow's extract task retries for ~15 s, time to find and kill it.
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), DATABASE_URL="postgresql://postgres@127.0.0.1:1/none",
+               CRYPTOBT_LAKE_ROOT=str(tmp_path / "lake"), REDIS_URL="",
+               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    export = subprocess.Popen([sys.executable, "-m", "pipeline", "export"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    deadline = time.monotonic() + 180
+    try:
+        while server is None and time.monotonic() < deadline and export.poll() is None:
+            server = next((pid for pid, cmd in _children(export.pid) if "prefect.server.api.server" in cmd), None)
+            time.sleep(0.2)
+        assert server is not None, "the export started no temporary Prefect server"
+        export.send_signal(signal.SIGKILL)
+        export.wait(timeout=30)
+        gone_by = time.monotonic() + 30
+        while _alive(server) and time.monotonic() < gone_by:
+            time.sleep(0.2)
+        assert not _alive(server), "the temporary Prefect server outlived the killed export"
+    finally:
+        if export.poll() is None:
+            export.kill()
+        if server is not None and _alive(server):
+            os.kill(server, signal.SIGKILL)
