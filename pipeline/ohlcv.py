@@ -8,7 +8,7 @@ importer, the seeder and the lake all call it.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -16,6 +16,11 @@ import polars as pl
 from pipeline.errors import InputError
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+# Accepted bars: finite values up to 1e15 (larger ones overflow a backtest's products) and times from
+# the Unix epoch to a day ahead (a BC or year-9019 row would break every later export).
+MAX_VALUE = 1e15
+OLDEST_BAR = datetime(1970, 1, 1, tzinfo=UTC)
+NEWEST_BAR_AHEAD = timedelta(days=1)
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".feather", ".arrow", ".ipc")
 _DATE_NAMES = ("date", "datetime", "timestamp", "time", "ts", "open_time")
 HOUR = timedelta(hours=1)
@@ -52,6 +57,9 @@ def symbol_from_path(path: Path) -> str:
 
 def _parse_dates(raw: pl.Series) -> pl.Series:
     """ISO-like strings or epoch numbers to UTC. Naive times are read as UTC; offsets are honoured."""
+    if not raw.dtype.is_numeric() and raw.len() and raw.cast(pl.String).str.strip_chars().str.contains(
+            r"^-?[0-9]+$").all():
+        raw = raw.cast(pl.String).str.strip_chars().cast(pl.Int64)  # a CSV of epoch seconds or milliseconds
     if raw.dtype.is_numeric():
         values = raw.cast(pl.Int64, strict=False)
         # Epoch seconds or milliseconds, decided by magnitude (ms after 1973 exceed 1e11).
@@ -143,8 +151,13 @@ def validate_prices(frame: pl.DataFrame, label: callable) -> None:
 
     `frame` needs a `_row` index column; `label(row)` says where the row is.
     """
+    now = datetime.now(UTC)
     checks = [
-        (pl.any_horizontal([pl.col(c).is_nan() for c in PRICE_COLUMNS]), "a price or volume is NaN"),
+        (pl.any_horizontal([~pl.col(c).is_finite() for c in PRICE_COLUMNS]),
+         "a price or volume is NaN or infinite"),
+        (pl.any_horizontal([pl.col(c) > MAX_VALUE for c in PRICE_COLUMNS]), f"a price or volume exceeds {MAX_VALUE:g}"),
+        ((pl.col("ts") < OLDEST_BAR) | (pl.col("ts") > now + NEWEST_BAR_AHEAD),
+         f"the time is outside {OLDEST_BAR:%Y-%m-%d} .. now + {NEWEST_BAR_AHEAD.days} day"),
         (pl.any_horizontal([pl.col(c) <= 0 for c in ("open", "high", "low", "close")]),
          "prices must be > 0"),
         (pl.col("volume") < 0, "volume must be >= 0"),
@@ -156,7 +169,7 @@ def validate_prices(frame: pl.DataFrame, label: callable) -> None:
     for condition, what in checks:
         offending = frame.filter(condition)
         if offending.height:
-            row = offending.row(0, named=True)
+            row = offending.select("_row", *PRICE_COLUMNS).row(0, named=True)  # a BC time has no Python datetime
             values = ", ".join(f"{c}={row[c]}" for c in PRICE_COLUMNS)
             raise InputError(f"{label(row['_row'])}: {what} ({values})")
     duplicated = frame.filter(pl.col("ts").is_duplicated())
