@@ -328,6 +328,10 @@ class ResultCache:
         out.update(self._guard("stats", run, {}))
         return out
 
+    def ping(self) -> bool:
+        """Whether Redis answers now (for health checks); False when the cache is off or down."""
+        return self._guard("ping", lambda client: bool(client.ping()), False)
+
     def close(self) -> None:
         """Release the connection pool."""
         if self._client is not None:

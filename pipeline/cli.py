@@ -123,14 +123,7 @@ def strategies_list(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline import strategies
-
-    rows = []
-    for name in strategies.strategy_names():
-        strategy = strategies.get_strategy(name)
-        rows.append({"name": name, "description": strategy.description, "parameters": [
-            {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
-             "description": p.description} for p in strategy.params]})
+    rows = options.strategy_catalog()
     if as_json:
         import json
 
@@ -377,21 +370,8 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     tables.print_table(console, columns, cells, title)
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities (from user SQL, say) become null: JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
 def _emit_json(results: list[dict[str, Any]]) -> None:
-    import json
-
-    print(json.dumps(_json_safe(results), default=str, allow_nan=False))
+    print(tables.json_text(results))
 
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
@@ -400,30 +380,25 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
          annualization: str = "observed", min_bar_coverage: float = 0.0,
          confirm_seconds: float | None = None) -> tuple[Any, Any, Settings]:
     from pipeline import runs
-    from pipeline.cache import ResultCache
 
-    symbols = options.check_symbols(symbols, all_)
-    options.check_interval(interval)
-    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                trades=trades, annualization=annualization, min_bar_coverage=min_bar_coverage)
+    config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, timerange=timerange,
+                                                    fee=fee, fill=fill, initial=initial, trades=trades,
+                                                    annualization=annualization, min_bar_coverage=min_bar_coverage)
     settings = Settings.from_env()
-    cache = None if no_cache else ResultCache.from_settings(
-        settings, on_warning=_warn)
     on_results = None
     if stream:
-        import json
-
         def on_results(batch: list[dict[str, Any]]) -> None:
             for result in batch:
-                print(json.dumps(_json_safe(result), default=str, allow_nan=False), flush=True)
+                print(tables.json_text(result), flush=True)
 
     with progress_bar(transient=True) as progress:
         task = progress.add_task("symbols", total=None)
         watch = None if stream or progress.disable else (
             lambda done, total: progress.update(task, completed=done, total=total))
-        outcome = runs.backtest(settings, config, symbols or None, interval, cache=cache, on_results=on_results,
-                                on_progress=watch, command=command, confirm_seconds=confirm_seconds,
-                                on_plan=lambda m: err_console.print(m, highlight=False))
+        outcome = runs.execute(settings, config, symbols, interval, no_cache=no_cache, on_warning=_warn,
+                               on_results=on_results, on_progress=watch, command=command,
+                               confirm_seconds=confirm_seconds,
+                               on_plan=lambda m: err_console.print(m, highlight=False))
     return outcome, config, settings
 
 
@@ -549,7 +524,7 @@ def sweep_command(
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
-        _emit_json(best + [r for r in per_symbol if r not in best])
+        _emit_json(engine.sweep_best(outcome.results, top))
         _stop_if_interrupted(outcome, settings)
         return
     _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top,
@@ -893,6 +868,31 @@ def serve_command(
         export_flow.to_deployment(name="export-hourly", cron=export_cron),
         backtest_flow.to_deployment(name="backtest-nightly", cron=backtest_cron),
     )
+
+
+@app.command("api")
+@user_errors
+def api_command(
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 = every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+) -> None:
+    """Serve the HTTP API (OpenAPI at /docs) and the dashboard (/) with uvicorn.
+
+    Runs go through the same path as `cryptobt backtest`; CRYPTOBT_API_WORKERS runs at once,
+    CRYPTOBT_API_QUEUE more wait; admin endpoints need CRYPTOBT_ADMIN_TOKEN.
+    Example: cryptobt api --host 127.0.0.1 --port 8000
+    """
+    import uvicorn
+
+    from pipeline.api.app import create_app
+
+    if not 1 <= port <= 65535:
+        raise PipelineError(f"--port {port} is out of range: an integer from 1 to 65535")
+    settings = Settings.from_env()
+    err_console.print(f"cryptobt api on http://{host}:{port}/ (OpenAPI at /docs; lake {settings.lake_root}; "
+                      f"admin endpoints {'on' if settings.admin_token else 'off: CRYPTOBT_ADMIN_TOKEN is unset'})",
+                      highlight=False, soft_wrap=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
 
 
 @app.command("demo")

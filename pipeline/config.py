@@ -74,6 +74,11 @@ class Settings:
     redis_timeout_seconds: float = 0.5
     snapshot_keep: int = 5
     snapshot_keep_hours: float = 24.0
+    # HTTP API: runs at once (0 = the core count), requests that may wait, and the bearer token of
+    # the admin endpoints (empty = admin endpoints off). The token is never echoed anywhere.
+    api_workers: int = 0
+    api_queue: int = 32
+    admin_token: str = field(default="", repr=False)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -96,6 +101,9 @@ class Settings:
             redis_timeout_seconds=_number_env("CRYPTOBT_REDIS_TIMEOUT", 0.5, 0.0, float, 3600.0),
             snapshot_keep=_number_env("CRYPTOBT_SNAPSHOT_KEEP", 5, 1),
             snapshot_keep_hours=_number_env("CRYPTOBT_SNAPSHOT_KEEP_HOURS", 24.0, 0.0, float, 876_000.0),
+            api_workers=_number_env("CRYPTOBT_API_WORKERS", 0, 0),
+            api_queue=_number_env("CRYPTOBT_API_QUEUE", 32, 0),
+            admin_token=os.environ.get("CRYPTOBT_ADMIN_TOKEN", ""),
         )
 
 

@@ -302,3 +302,9 @@ def top_per_symbol(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]
         if len(kept) < n:
             kept.append(result)
     return [r for rows in by_symbol.values() for r in rows]
+
+
+def sweep_best(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """A sweep's answer (`--json`, the API): the `n` best overall, then each symbol's `n` best not among them."""
+    best = results[:n]
+    return best + [r for r in top_per_symbol(results, n) if r not in best]

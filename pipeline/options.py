@@ -95,6 +95,35 @@ def check_interval(interval: str) -> str:
     return interval
 
 
+def run_request(
+    strategy: str,
+    params: Mapping[str, Any] | list[dict[str, Any]] | None,
+    symbols: Sequence[str] | None = None,
+    all_: bool = False,
+    interval: str = "1h",
+    **config: Any,
+) -> tuple[RunConfig, list[str] | None, str]:
+    """Everything a backtest or sweep asks for, checked together (the CLI's and the API's one path):
+    the run's config, its symbols (None = all) and its interval. `config` goes to `run_config`."""
+    chosen = check_symbols(symbols, all_)
+    check_interval(interval)
+    return run_config(strategy, params, **config), chosen, interval
+
+
+def strategy_catalog() -> list[dict[str, Any]]:
+    """Every strategy with its parameters, defaults and allowed ranges, from the registry."""
+    from pipeline import strategies
+
+    rows = []
+    for name in strategies.strategy_names():
+        strategy = strategies.get_strategy(name)
+        rows.append({"name": name, "description": strategy.description, "parameters": [
+            {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
+             "minimum": p.minimum, "maximum": p.maximum, "minimum_inclusive": p.minimum_inclusive,
+             "description": p.description} for p in strategy.params]})
+    return rows
+
+
 def run_config(
     strategy: str,
     params: Mapping[str, Any] | list[dict[str, Any]] | None,

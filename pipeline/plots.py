@@ -6,7 +6,7 @@ HTML via Plotly with the library inlined (opens offline, no CDN); PNG via matplo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ class EquityCurve:
     times: np.ndarray  # epoch seconds
     equity: np.ndarray  # strategy equity at each close (NaN at missing bars)
     buy_hold: np.ndarray  # initial * close / first close
+    trades: list[dict[str, Any]] = field(default_factory=list)  # engine.trade_log: time, action, price, ...
 
 
 def _dates(times: np.ndarray) -> list[datetime]:

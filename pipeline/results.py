@@ -410,6 +410,17 @@ def top(
     return query(results_root, _TOP_SQL, [strategy, run_id, n])
 
 
+_RUN_ROWS_SQL = """
+SELECT * EXCLUDE (run_date) FROM results WHERE run_id = $1
+ORDER BY total_return_pct DESC NULLS LAST, symbol
+"""
+
+
+def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Every results row of one run, best total return first."""
+    return query(results_root, _RUN_ROWS_SQL, [run_id])
+
+
 def run_stats(
     results_root: str | os.PathLike[str],
     hours: float = 24.0,
@@ -435,6 +446,7 @@ def run_stats(
         "since": since,
         "runs": runs,
         "results": int(stats["results"] or 0),
+        "duration_mean_s": total_s / runs if runs else None,
         "duration_p50_s": quantiles[0],
         "duration_p95_s": quantiles[1],
         "duration_p99_s": quantiles[2],

@@ -160,6 +160,7 @@ def backtest(
     max_points: int = reader.DEFAULT_MAX_POINTS,
     confirm_seconds: float | None = None,
     on_plan: Callable[[str], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> RunOutcome:
     """Run `config` over `symbols` (None = all) of the current snapshot.
 
@@ -169,6 +170,8 @@ def backtest(
     results as they are ready (cached ones first), for streaming; `on_progress`
     receives (symbols done, symbols in all). A sweep's size and estimated time go to `on_plan`;
     one estimated to take longer than `confirm_seconds` is refused before any work (`--yes`).
+    `should_stop` is asked between kernel calls (an HTTP client that went away): True stops the
+    run as Ctrl-C does, keeping what finished.
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -227,6 +230,8 @@ def backtest(
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
             sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
             for first_set in range(0, n_params, sets_per_call):
+                if should_stop is not None and should_stop():
+                    raise KeyboardInterrupt
                 sliced = config if sets_per_call >= n_params else replace(
                     config, params_list=config.params_list[first_set: first_set + sets_per_call])
                 t0 = time.perf_counter()
@@ -273,6 +278,24 @@ def backtest(
     )
 
 
+def check_request(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str) -> str:
+    """What a run would refuse (no snapshot, unknown symbols, a --timerange without bars), refused now,
+    before a queued request waits its turn; returns the interval (`auto` resolved)."""
+    return _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)[2]
+
+
+def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str, *,
+            no_cache: bool = False, on_warning: Callable[[str], None] | None = None, **kwargs: Any) -> RunOutcome:
+    """A validated request (`options.run_request`) run with the configured cache: the CLI's and the API's
+    one run path. `kwargs` go to `backtest` (callbacks, command, should_stop)."""
+    cache = None if no_cache else ResultCache.from_settings(settings, on_warning=on_warning)
+    try:
+        return backtest(settings, config, symbols, interval, cache=cache, **kwargs)
+    finally:
+        if cache is not None:
+            cache.close()
+
+
 def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], interval: str,
                   params: dict[str, Any] | None = None) -> list:
     """Equity against buy & hold for `symbols` (for pictures): one batched read, one kernel each."""
@@ -287,13 +310,13 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
                                min_coverage=config.min_bar_coverage)
     curves = []
     for i, symbol in enumerate(batch.symbols):
-        _, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
+        log, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
         close = batch.columns["close"][i]
         valid = ~np.isnan(close)
         if not valid.any():
             continue
         buy_hold = config.initial * close / close[valid][0]
-        curves.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid]))
+        curves.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid], log))
     return curves
 
 

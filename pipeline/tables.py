@@ -91,3 +91,21 @@ def print_table(console: Console, columns: Sequence[Column], rows: Sequence[Sequ
         names = ", ".join(columns[i].header.replace("\n", "") for i in sorted(dropped))
         console.print(f"[dim]left out to fit {width} columns: {names} (a wider terminal or --json shows them)[/]",
                       highlight=False)
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (from user SQL, say) become null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """One JSON document as `--json` prints it and the HTTP API sends it (dates as ISO text)."""
+    import json
+
+    return json.dumps(json_safe(value), default=str, allow_nan=False)

@@ -1,0 +1,370 @@
+"""The HTTP API and dashboard (`cryptobt api`): wiring only, over the same run path as the CLI.
+
+Validation is `pipeline.options` (through `models`), runs are `runs.execute` in threads under
+`jobs.Runner` (bounded, queued, identical requests joined, cancelled when every listener
+leaves). Errors are `{"error": "..."}` with a 4xx code; nothing else of an exception leaves.
+`results sql` (arbitrary SQL) is deliberately not reachable from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline import options, tables
+from pipeline.api.jobs import Emitter, Job, QueueFull, Runner
+from pipeline.api.models import RULE_ERROR, EquityRequest, RunRequest, SweepRequest
+from pipeline.config import Settings, redact_url
+from pipeline.errors import PipelineError
+
+STATIC = Path(__file__).resolve().parent / "static"
+RUN_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+# How often an idle stream makes sure its client is still there (ASGI >= 2.4 servers).
+DISCONNECT_POLL_SECONDS = 0.25
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """JSON exactly as `--json` prints it (NaN as null, dates as ISO text)."""
+    return Response(tables.json_text(value), status_code=status, media_type="application/json", headers=headers)
+
+
+def _error(status: int, message: str) -> Response:
+    return _json({"error": " ".join(message.split())}, status)
+
+
+def _sse(name: str, data: Any) -> str:
+    return f"event: {name}\ndata: {tables.json_text(data)}\n\n"
+
+
+def _request_key(kind: str, request: RunRequest) -> str:
+    """Identical requests (same validated config, symbols, interval, cache use) share one run."""
+    config, symbols, interval = request.checked
+    extra = {"top": request.top} if isinstance(request, SweepRequest) else {}
+    text = json.dumps([kind, config.__dict__, symbols, interval, request.no_cache, extra], default=str,
+                      sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app over `settings` (default: the environment). One Runner per app."""
+    settings = settings or Settings.from_env()
+    runner = Runner(settings.api_workers or os.cpu_count() or 1, settings.api_queue)
+    app = FastAPI(title="cryptobt", version=__import__("pipeline").__version__,
+                  description="Backtest every crypto at once: runs, streams, results, cache and run metrics.")
+    app.state.settings = settings
+    app.state.runner = runner
+
+    # --- errors: one JSON line, never a traceback ------------------------------------
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> Response:
+        problems = []
+        for error in exc.errors():
+            if error.get("type") == RULE_ERROR:
+                problems.append(error["msg"])
+            elif error.get("type") == "json_invalid":
+                problems.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'unreadable')})")
+            else:
+                where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+                given = error.get("input")
+                shown = f" {given!r}" if isinstance(given, str | int | float) and not isinstance(given, bool) else ""
+                problems.append(f"{where}{shown}: {error.get('msg', 'invalid')}")
+        return _error(422, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(PipelineError)
+    async def _pipeline(_: Request, exc: PipelineError) -> Response:
+        return _error(400, str(exc))
+
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> Response:
+        return _error(exc.status, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> Response:
+        return _error(500, f"unexpected {type(exc).__name__}")
+
+    # --- runs -------------------------------------------------------------------------
+
+    def _backtest_work(request: RunRequest, command: str) -> Any:
+        from pipeline import engine, runs
+
+        config, symbols, interval = request.checked
+        top = request.top if isinstance(request, SweepRequest) else None
+
+        def work(emitter: Emitter) -> tuple[dict[str, Any], Any]:
+            def on_results(batch: list[dict[str, Any]]) -> None:
+                for result in batch:
+                    emitter.emit("result", result)
+
+            def on_progress(done: int, total: int) -> None:
+                emitter.emit("progress", {"completed": done, "total": total,
+                                          "percent": round(100.0 * done / total, 2) if total else 100.0})
+
+            outcome = runs.execute(settings, config, symbols, interval, no_cache=request.no_cache,
+                                   on_results=on_results, on_progress=on_progress, command=command,
+                                   should_stop=emitter.cancelled,
+                                   on_warning=lambda m: emitter.emit("warning", {"warning": m}))
+            done = {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id, "interval": outcome.interval,
+                    "results": len(outcome.results), "planned": outcome.planned,
+                    "interrupted": outcome.interrupted, "cache_hits": outcome.cache_hits,
+                    "cache_misses": outcome.cache_misses, "seconds": outcome.seconds,
+                    "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps}
+            answer = outcome.results if top is None else engine.sweep_best(outcome.results, top)
+            return done, answer
+
+        return work
+
+    async def _submit(kind: str, request: RunRequest) -> Job:
+        from pipeline import runs
+
+        config, symbols, interval = request.checked
+        # What the run itself would refuse (unknown symbol, empty --timerange), refused before queueing.
+        await asyncio.to_thread(runs.check_request, settings, config, symbols, interval)
+        try:
+            return runner.submit(_request_key(kind, request), _backtest_work(request, f"api {kind}"))
+        except QueueFull as exc:
+            raise ApiError(429, str(exc)) from None
+
+    async def _answer(kind: str, request: RunRequest) -> Response:
+        job = await _submit(kind, request)
+        job.listeners += 1
+        try:
+            await job.ended.wait()
+        finally:
+            runner.leave(job)
+        last = job.events[-1]
+        if last["event"] == "error":
+            return _error(last["data"]["status"], last["data"]["error"])
+        return _json(job.answer, headers={"X-Run-Id": last["data"]["run_id"]})
+
+    async def _stream(kind: str, request: Request, body: RunRequest) -> StreamingResponse:
+        job = await _submit(kind, body)
+        job.listeners += 1
+
+        # Before ASGI 2.4 Starlette watches for the client leaving and cancels this generator; from 2.4
+        # on only a failed write tells, so an idle stream writes an SSE comment now and then.
+        spec = tuple(int(p) for p in request.scope.get("asgi", {}).get("spec_version", "2.0").split("."))
+        probe = spec >= (2, 4)
+
+        async def events() -> AsyncIterator[str]:
+            seen = 0
+            try:
+                while True:
+                    while seen < len(job.events):
+                        event = job.events[seen]
+                        seen += 1
+                        yield _sse(event["event"], event["data"])
+                    if job.finished:
+                        return
+                    try:
+                        await asyncio.wait_for(job.changed.wait(), DISCONNECT_POLL_SECONDS)
+                    except TimeoutError:
+                        if probe:
+                            yield ": still there?\n\n"
+            finally:
+                runner.leave(job)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/api/backtest", tags=["runs"], summary="Backtest one strategy over symbols; the results as --json")
+    async def backtest(body: RunRequest) -> Response:
+        return await _answer("backtest", body)
+
+    @app.post("/api/backtest/stream", tags=["runs"],
+              summary="The same as Server-Sent Events: result per symbol, progress, done (or error)")
+    async def backtest_stream(request: Request, body: RunRequest) -> StreamingResponse:
+        return await _stream("backtest", request, body)
+
+    @app.post("/api/sweep", tags=["runs"], summary="A parameter grid; the best sets overall and per symbol")
+    async def sweep(body: SweepRequest) -> Response:
+        return await _answer("sweep", body)
+
+    @app.post("/api/sweep/stream", tags=["runs"], summary="A sweep as Server-Sent Events")
+    async def sweep_stream(request: Request, body: SweepRequest) -> StreamingResponse:
+        return await _stream("sweep", request, body)
+
+    @app.post("/api/equity", tags=["runs"], summary="One symbol's equity vs buy & hold with its trades")
+    async def equity(body: EquityRequest) -> Response:
+        from pipeline import runs
+
+        config, symbols, interval = body.checked
+
+        def curve() -> dict[str, Any]:
+            chosen = runs.check_request(settings, config, symbols, interval)
+            found = runs.equity_curves(settings, config, symbols or [], chosen)
+            if not found:
+                raise ApiError(404, f"{body.symbol} has no bars in this range")
+            c = found[0]
+            step = max(1, -(-len(c.times) // body.points))
+            keep = list(range(0, len(c.times), step))
+            if keep[-1] != len(c.times) - 1:
+                keep.append(len(c.times) - 1)
+            return {"symbol": c.symbol, "interval": chosen, "times": [int(c.times[i]) for i in keep],
+                    "equity": [float(c.equity[i]) for i in keep], "buy_hold": [float(c.buy_hold[i]) for i in keep],
+                    "trades": c.trades}
+
+        return _json(await asyncio.to_thread(curve))
+
+    # --- what there is ----------------------------------------------------------------
+
+    @app.get("/api/strategies", tags=["catalog"], summary="Strategies: parameters, defaults, allowed ranges")
+    async def strategies() -> Response:
+        return _json(options.strategy_catalog())
+
+    @app.get("/api/symbols", tags=["catalog"], summary="The current snapshot's symbols and their bars")
+    async def symbols() -> Response:
+        from pipeline import lake
+
+        snapshot = await asyncio.to_thread(lake.require_snapshot, settings.lake_root)
+        rows = [{"symbol": name, "data_version": meta.get("data_version"),
+                 "intervals": {k: v for k, v in meta.items() if isinstance(v, dict)}}
+                for name, meta in sorted(snapshot.symbols.items())]
+        return _json({"snapshot_id": snapshot.id, "symbols": rows})
+
+    @app.get("/api/results/top", tags=["results"], summary="The best results recorded (as `results top`)")
+    async def results_top(strategy: str | None = None, n: int = 10) -> Response:
+        from pipeline import results
+        from pipeline.strategies import get_strategy
+
+        options.check_top(n, "--n")
+        if strategy is not None:
+            get_strategy(strategy)
+        columns, rows = await asyncio.to_thread(results.top, settings.results_root, strategy, n)
+        return _json([dict(zip(columns, row, strict=True)) for row in rows])
+
+    @app.get("/api/results/{run_id}", tags=["results"], summary="Every results row of one run")
+    async def results_of_run(run_id: str) -> Response:
+        from pipeline import results
+
+        if not RUN_ID.match(run_id):
+            raise ApiError(422, f"run id {run_id!r} is not a run id (e.g. 20261122T234450719947Z-564fd93c)")
+        columns, rows = await asyncio.to_thread(results.run_rows, settings.results_root, run_id)
+        if not rows:
+            raise ApiError(404, f"no results for run {run_id}")
+        return _json([dict(zip(columns, row, strict=True)) for row in rows])
+
+    # --- admin ------------------------------------------------------------------------
+
+    def admin(request: Request) -> None:
+        """Bearer CRYPTOBT_ADMIN_TOKEN; the admin endpoints do not exist without one configured."""
+        if not settings.admin_token:
+            raise ApiError(404, "admin endpoints are off: set CRYPTOBT_ADMIN_TOKEN to turn them on")
+        given = request.headers.get("authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), settings.admin_token.encode()):
+            raise ApiError(403, "admin endpoints need the header Authorization: Bearer <CRYPTOBT_ADMIN_TOKEN>")
+
+    guarded = [Depends(admin)]
+
+    def _cache() -> Any:
+        from pipeline.cache import ResultCache
+
+        return ResultCache.from_settings(settings)
+
+    @app.get("/api/admin/cache/stats", tags=["admin"], dependencies=guarded, summary="Keys, hits, misses, hit rate, memory")
+    async def cache_stats() -> Response:
+        def read() -> dict[str, Any]:
+            cache = _cache()
+            try:
+                return cache.stats()
+            finally:
+                cache.close()
+
+        return _json(await asyncio.to_thread(read))
+
+    @app.post("/api/admin/cache/clear", tags=["admin"], dependencies=guarded, summary="Delete every key under the cache prefix")
+    async def cache_clear() -> Response:
+        def clear() -> int:
+            cache = _cache()
+            try:
+                return cache.clear()
+            finally:
+                cache.close()
+
+        return _json({"deleted": await asyncio.to_thread(clear)})
+
+    @app.post("/api/admin/cache/invalidate", tags=["admin"], dependencies=guarded, summary="Drop one symbol's cached results")
+    async def cache_invalidate(symbol: Annotated[str, Query(min_length=1)]) -> Response:
+        def drop() -> int:
+            cache = _cache()
+            try:
+                return cache.invalidate_symbol(symbol)
+            finally:
+                cache.close()
+
+        return _json({"symbol": symbol, "deleted": await asyncio.to_thread(drop)})
+
+    @app.get("/api/admin/performance/stats", tags=["admin"], dependencies=guarded,
+             summary="Run durations (mean, p50, p95, p99), hit rate, throughput; and the API's queue")
+    async def performance_stats(hours: float = 24.0) -> Response:
+        from pipeline import results
+
+        hours = options.check_number("--hours", hours, 0, above=True)
+        stats = await asyncio.to_thread(results.run_stats, settings.results_root, hours)
+        stats["api"] = {"running": len(runner.running), "waiting": len(runner.waiting),
+                        "max_running": runner.max_running, "max_queued": runner.max_queued, **runner.counts}
+        return _json(stats)
+
+    # --- health and the dashboard -----------------------------------------------------
+
+    @app.get("/healthz", tags=["health"], summary="Lake snapshot, Redis and PostgreSQL reachability")
+    async def healthz() -> Response:
+        def check() -> dict[str, Any]:
+            from pipeline import lake, source
+
+            out: dict[str, Any] = {}
+            try:
+                snapshot = lake.current_snapshot(settings.lake_root)
+                out["lake"] = {"ok": snapshot is not None, "snapshot_id": snapshot.id if snapshot else None,
+                               "symbols": len(snapshot.symbols) if snapshot else 0}
+            except PipelineError as exc:
+                out["lake"] = {"ok": False, "error": str(exc)}
+            cache = _cache()
+            try:
+                out["redis"] = {"ok": cache.ping(), "enabled": cache.enabled, "url": redact_url(cache.url)}
+            finally:
+                cache.close()
+            started = time.perf_counter()
+            try:
+                with source.connect(settings.database_url) as conn:
+                    conn.execute("SELECT 1")
+                out["postgres"] = {"ok": True, "url": redact_url(settings.database_url),
+                                   "ms": round((time.perf_counter() - started) * 1000, 1)}
+            except PipelineError as exc:
+                out["postgres"] = {"ok": False, "url": redact_url(settings.database_url), "error": str(exc)}
+            out["ok"] = all(part["ok"] for part in out.values())
+            return out
+
+        health = await asyncio.to_thread(check)
+        # Runs need only the lake: the service is up when it has a snapshot; the rest is reported.
+        return _json(health, 200 if health["lake"]["ok"] else 503)
+
+    @app.get("/", include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    return app
