@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick soak lint compose-check clean
+.PHONY: demo test bench bench-quick soak lint compose-check clean browser-test api-load
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,6 +36,18 @@ soak: $(STAMP)
 # Validates docker-compose.yml with Debian's docker-compose (skips, saying why, when it is not installed).
 compose-check: $(STAMP)
 	$(PY) -m pytest -q -rs tests/test_compose.py
+
+# The dashboard in Debian's headless chromium (apt packages chromium + chromium-driver; pip selenium).
+# Nothing downloads a browser. The screenshot lands in docs/dashboard.png.
+browser-test: $(STAMP)
+	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+		(apt-get update && apt-get install -y chromium chromium-driver)
+	$(PY) -m pip install -q -e ".[test,browser]"
+	CRYPTOBT_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(PY) -m pytest -s tests/test_dashboard_browser.py
+
+# Loopback load on `cryptobt api`: 50 concurrent stream clients, 200 cached single-symbol requests.
+api-load: $(STAMP)
+	$(PY) -m bench.api_load
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench

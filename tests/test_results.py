@@ -318,6 +318,7 @@ def test_run_stats_percentiles_on_known_durations(tmp_path: Path) -> None:
     # Linear interpolation over 1..20: p = 1 + q * 19.
     assert stats["runs"] == 20
     assert stats["duration_p50_s"] == pytest.approx(10.5)
+    assert stats["duration_mean_s"] == pytest.approx(sum(range(1, 21)) / 20)  # 10.5 as well: 1..20 is symmetric
     assert stats["duration_p95_s"] == pytest.approx(19.05)
     assert stats["duration_p99_s"] == pytest.approx(19.81)
     assert stats["hit_rate"] == pytest.approx(0.75)
