@@ -283,7 +283,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _cache() -> Any:
         from pipeline.cache import ResultCache
 
-        return ResultCache.from_settings(settings)
+        # A Redis that is down is reported in the answer (`available`, `ok`), not as a Python warning.
+        return ResultCache.from_settings(settings, on_warning=lambda _: None)
 
     @app.get("/api/admin/cache/stats", tags=["admin"], dependencies=guarded, summary="Keys, hits, misses, hit rate, memory")
     async def cache_stats() -> Response:

@@ -3,7 +3,8 @@
 Field types give the OpenAPI schema and catch a string where a number goes; every rule about
 values (strategy, parameters, ranges, fee, fill, cash, time range, symbols, interval, grid,
 top) is `pipeline.options`' and `pipeline.strategies`', so a request is refused with the very
-message the CLI prints. Defaults come from `options.run_config`'s signature, not restated.
+message the CLI prints. The run options and their defaults are `options.run_config`'s keyword
+parameters, read from its signature: nothing is restated here.
 """
 
 from __future__ import annotations
@@ -11,14 +12,35 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from pipeline import options
 from pipeline.errors import PipelineError
 
-_DEFAULTS = {name: p.default for name, p in inspect.signature(options.run_config).parameters.items()}
 RULE_ERROR = "run_option"  # the pydantic error type that carries a pipeline.options message verbatim
+# The run options are `options.run_config`'s keyword parameters, whatever they are (fee, fill, ...,
+# and whatever the engine adds there later): the API takes each with the CLI's default.
+RUN_OPTIONS = {name: p for name, p in inspect.signature(options.run_config).parameters.items()
+               if p.kind is inspect.Parameter.KEYWORD_ONLY}
+_TYPES: dict[str, Any] = {"str": str, "float": float, "int": int, "bool": bool, "None": None}
+_HELP = {"timerange": "YYYYMMDD-YYYYMMDD, either side open.", "fee": "Percent per fill (0.1 = 0.1 %).",
+         "fill": "close (signal bar) or next_open.", "initial": "Starting cash.",
+         "trades": "Attach each result's trade log."}
+
+
+def _annotation(parameter: inspect.Parameter) -> Any:
+    """`float`, `str | None` ... from the (string) annotation; Any for anything fancier."""
+    text = parameter.annotation if isinstance(parameter.annotation, str) else getattr(
+        parameter.annotation, "__name__", "")
+    parts = [part.strip() for part in text.split("|")]
+    if not parts or any(part not in _TYPES for part in parts):
+        return Any
+    kinds = [_TYPES[part] for part in parts]
+    union = kinds[0] if kinds[0] is not None else type(None)
+    for kind in kinds[1:]:
+        union = union | (kind if kind is not None else type(None))
+    return union
 
 
 def _refuse(exc: PipelineError) -> PydanticCustomError:
@@ -26,7 +48,7 @@ def _refuse(exc: PipelineError) -> PydanticCustomError:
     return PydanticCustomError(RULE_ERROR, "{message}", {"message": str(exc)})
 
 
-class RunRequest(BaseModel):
+class _RunBase(BaseModel):
     """One strategy over symbols (none and `all` false = every symbol), as `cryptobt backtest`."""
 
     model_config = ConfigDict(extra="forbid")
@@ -37,11 +59,6 @@ class RunRequest(BaseModel):
     symbols: list[str] | None = Field(default=None, description="Symbols; omit (or all=true) for every one.")
     all: bool = False
     interval: str = Field(default="1h", description=f"One of {', '.join(options.INTERVALS)}.")
-    timerange: str | None = Field(default=_DEFAULTS["timerange"], description="YYYYMMDD-YYYYMMDD, either side open.")
-    fee: float = Field(default=_DEFAULTS["fee"], description="Percent per fill (0.1 = 0.1 %).")
-    fill: str = Field(default=_DEFAULTS["fill"], description="close (signal bar) or next_open.")
-    initial: float = Field(default=_DEFAULTS["initial"], description="Starting cash.")
-    trades: bool = Field(default=_DEFAULTS["trades"], description="Attach each result's trade log.")
     no_cache: bool = Field(default=False, description="Neither read nor write the Redis cache.")
 
     _checked: Any = PrivateAttr(default=None)
@@ -50,11 +67,11 @@ class RunRequest(BaseModel):
         return dict(self.params)
 
     @model_validator(mode="after")
-    def _rules(self) -> RunRequest:
+    def _rules(self) -> _RunBase:
         try:
             self._checked = options.run_request(
                 self.strategy, self._param_sets(), self.symbols, self.all, self.interval,
-                timerange=self.timerange, fee=self.fee, fill=self.fill, initial=self.initial, trades=self.trades)
+                **{name: getattr(self, name) for name in RUN_OPTIONS})
         except PipelineError as exc:
             raise _refuse(exc) from None
         return self
@@ -65,7 +82,14 @@ class RunRequest(BaseModel):
         return self._checked
 
 
-class SweepRequest(RunRequest):
+RunRequest = create_model(
+    "RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__,
+    **{name: (_annotation(p), Field(default=p.default, description=_HELP.get(
+        name, f"As --{name.replace('_', '-')} of cryptobt backtest.")))
+       for name, p in RUN_OPTIONS.items()})
+
+
+class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
     """A parameter grid over symbols, as `cryptobt sweep` (grid specs as its -g takes them)."""
 
     grid: list[str] = Field(min_length=1, description="name=start:stop:step or name=v1,v2 per parameter.",
@@ -81,7 +105,7 @@ class SweepRequest(RunRequest):
         return strategies.parse_grid(self.strategy, self.grid)
 
 
-class EquityRequest(RunRequest):
+class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]
     """One symbol's equity against buy & hold with its trades, for the dashboard's chart."""
 
     symbol: str
