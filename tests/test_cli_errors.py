@@ -50,6 +50,7 @@ BAD = [
     (["results", "top", "--strategy", "nope"], "unknown strategy 'nope'"),
     (["stats", "--hours", "nan"], "--hours nan is not a finite number"),
     (["stats", "--hours", "-1"], "--hours -1.0 is out of range"),
+    (["api", "--port", "0"], "--port 0 is out of range: an integer from 1 to 65535"),
     (["lake", "vacuum", "--keep-hours", "inf"], "--keep-hours inf is not a finite number"),
     (["export", "--wait", "nan"], "--wait nan is not a finite number"),
     (["serve", "--backtest-cron", "61 * * * *"], "--backtest-cron"),
