@@ -116,11 +116,14 @@ def root(
 def strategies_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
 ) -> None:
     """List every strategy with its parameters, defaults and allowed ranges.
 
     Example: cryptobt strategies
     """
+    options.load_strategy_paths(strategy_path)
     if ctx.invoked_subcommand is not None:
         return
     rows = options.strategy_catalog()
@@ -426,7 +429,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
 @app.command("backtest")
 @user_errors
 def backtest_command(
-    strategy: Annotated[str, typer.Argument(help="rsi, ma_crossover, bollinger, macd or buy_and_hold.")],
+    strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
     interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
@@ -446,6 +449,8 @@ def backtest_command(
     min_bar_coverage: Annotated[float, typer.Option(
         help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
              "needs 12 hours); 0 keeps all.")] = 0.0,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -454,6 +459,7 @@ def backtest_command(
       cryptobt backtest macd -s SYN001 -s SYN002 --interval 1d --timerange 20230101- --json
       cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
     """
+    options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
     outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
@@ -499,6 +505,8 @@ def sweep_command(
              "needs 12 hours); 0 keeps all.")] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep estimated to take more than "
                                       f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -511,6 +519,7 @@ def sweep_command(
     """
     from pipeline import engine, strategies
 
+    options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
     params_list = strategies.parse_grid(strategy, grid)
@@ -572,6 +581,8 @@ def portfolio_command(
     min_bar_coverage: Annotated[float, typer.Option(
         help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
              "needs 12 hours); 0 keeps all.")] = 0.0,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
 ) -> None:
     """One account over many symbols: shared cash, at most --max-open positions, ranked entries.
 
@@ -587,6 +598,7 @@ def portfolio_command(
     from pipeline import portfolio as pf
     from pipeline import runs, strategies
 
+    options.load_strategy_paths(strategy_path)
     symbols = options.check_symbols(symbol, all_)
     options.check_top(top)
     options.check_plot(plot)

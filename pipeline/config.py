@@ -107,6 +107,24 @@ class Settings:
         )
 
 
+def kernel_cache_dir() -> Path:
+    """Where each strategy's generated batch kernel (and Numba's machine code of it) is kept.
+
+    `CRYPTOBT_KERNEL_CACHE`, else `$XDG_CACHE_HOME/cryptobt/kernels` (`~/.cache/cryptobt/kernels`).
+    """
+    explicit = os.environ.get("CRYPTOBT_KERNEL_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cryptobt" / "kernels"
+
+
+def strategy_path_env() -> list[Path]:
+    """Folders of user strategies from `CRYPTOBT_STRATEGY_PATH` (os.pathsep-separated)."""
+    raw = os.environ.get("CRYPTOBT_STRATEGY_PATH") or ""
+    return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
+
+
 # Every spelling of a secret in a connection string: `scheme://user:secret@host`, a URL's
 # `?password=secret` / `&password=secret`, and libpq's key=value `password=secret` (quoted or not).
 _SECRETS = (

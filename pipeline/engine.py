@@ -19,7 +19,6 @@ from pipeline import ENGINE_VERSION, intervals, options, strategies
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
-from pipeline.kernels.batch import run_grid, run_single
 from pipeline.reader import PriceBatch
 
 FILLS = ("close", "next_open")
@@ -118,6 +117,15 @@ def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.
     return np.where(has, counts / np.where(has, span_years, 1.0), calendar)
 
 
+def code_version(strategy: str) -> str:
+    """The engine version with a hash of the strategy's source and the shared kernels.
+
+    Part of every cache key and results row: editing a strategy file (a user's or a
+    built-in) or a kernel can never serve a number computed by the old code.
+    """
+    return f"{ENGINE_VERSION}+{strategies.get_strategy(strategy).code_version[:16]}"
+
+
 def set_threads(workers: int) -> None:
     """Numba threads for the kernels; 0 = all cores. Results do not depend on it."""
     available = numba.config.NUMBA_NUM_THREADS
@@ -156,8 +164,27 @@ def check_memory(n_symbols: int, n_time: int, n_combos: int) -> None:
         )
 
 
+def columns_needed(config: RunConfig) -> tuple[str, ...]:
+    """The price columns a run reads: the strategy's COLUMNS, the close, and the open for next_open fills."""
+    wanted = ["close", *strategies.get_strategy(config.strategy).columns]
+    if config.fill == "next_open":
+        wanted.append("open")
+    return tuple(dict.fromkeys(wanted))
+
+
+def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None) -> tuple[np.ndarray, ...]:
+    """The strategy's COLUMNS as the kernels take them: a tuple of C-contiguous (symbols x time) arrays."""
+    names = strategies.get_strategy(strategy).columns
+    missing = [name for name in names if name not in batch.columns]
+    if missing:
+        raise PipelineError(f"strategy {strategy!r} needs the {', '.join(missing)} column(s), which this read lacks")
+    return tuple(np.ascontiguousarray(batch.columns[name][rows if rows is not None else slice(None)])
+                 for name in names)
+
+
 def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set."""
+    strategy = strategies.get_strategy(config.strategy)
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
     open_ = batch.columns.get("open")
     if config.fill == "next_open" and open_ is None:
@@ -167,9 +194,9 @@ def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     out = np.empty((close.shape[0], combos.shape[0], enums.N_METRICS))
     start = start_column(batch, config)
     if close.shape[0] and close.shape[1]:
-        run_grid(enums.STRATEGY_CODES[config.strategy], open_, close, combos, recompute,
-                 config.fee_frac, config.initial, config.fill == "next_open",
-                 bars_per_year(batch, config, start), start, out)
+        strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
+                                    config.fee_frac, config.initial, config.fill == "next_open",
+                                    bars_per_year(batch, config, start), start, out)
     else:
         out[:] = 0.0
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
@@ -240,7 +267,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
         "data_version": batch.data_versions[symbol_index],
-        "engine_version": ENGINE_VERSION,
+        "engine_version": code_version(config.strategy),
         "reason": reason,
         "from_cache": False,
     }
@@ -253,8 +280,9 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int,
     close = np.ascontiguousarray(batch.columns["close"][symbol_index])
     open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
     start = start_column(batch, config)
-    _, trades, equity = run_single(
-        enums.STRATEGY_CODES[config.strategy], open_, close, combos[0], config.fee_frac,
+    columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
+    _, trades, equity = strategies.get_strategy(config.strategy).kernels().run_single(
+        columns, open_, close, combos[0], config.fee_frac,
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
         start,
     )

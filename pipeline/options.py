@@ -55,6 +55,13 @@ def parse_params(items: Sequence[str]) -> dict[str, str]:
     return params
 
 
+def load_strategy_paths(paths: Sequence[Path | str] | None) -> None:
+    """Register the user strategies in `--strategy-path` folders (and CRYPTOBT_STRATEGY_PATH's)."""
+    from pipeline import strategies
+
+    strategies.add_strategy_paths(list(paths or []))
+
+
 def check_top(top: int, option: str = "--top") -> int:
     if not isinstance(top, int) or isinstance(top, bool) or top < 1:
         raise PipelineError(f"{option} {top!r} is out of range: an integer >= 1")
@@ -117,7 +124,8 @@ def strategy_catalog() -> list[dict[str, Any]]:
     rows = []
     for name in strategies.strategy_names():
         strategy = strategies.get_strategy(name)
-        rows.append({"name": name, "description": strategy.description, "parameters": [
+        rows.append({"name": name, "description": strategy.description, "origin": strategy.origin,
+                     "columns": list(strategy.columns), "parameters": [
             {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
              "minimum": p.minimum, "maximum": p.maximum, "minimum_inclusive": p.minimum_inclusive,
              "description": p.description} for p in strategy.params]})

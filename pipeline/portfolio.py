@@ -17,11 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import ENGINE_VERSION, engine, intervals, strategies
+from pipeline import engine, intervals, strategies
 from pipeline.engine import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
-from pipeline.kernels import enums
 from pipeline.kernels import portfolio as pk
 from pipeline.reader import PriceBatch
 
@@ -115,7 +114,8 @@ def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: in
     close = np.ascontiguousarray(batch.columns["close"])
     entries = np.empty(close.shape, dtype=np.bool_)
     exits = np.empty(close.shape, dtype=np.bool_)
-    pk.signals_on_grid(enums.STRATEGY_CODES[strategy], close, combos[0], entries, exits)
+    columns = engine.strategy_columns(batch, strategy)
+    strategies.get_strategy(strategy).kernels().signals_on_grid(columns, close, combos[0], entries, exits)
     return np.ascontiguousarray(entries[:, start:]), np.ascontiguousarray(exits[:, start:])
 
 
@@ -287,7 +287,7 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
         "data_version": combined_version(batch.symbols, batch.data_versions),
-        "engine_version": ENGINE_VERSION,
+        "engine_version": engine.code_version(config.strategy),
         "reason": None if has else "no bars in the requested range",
         "from_cache": False,
     }

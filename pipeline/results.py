@@ -240,7 +240,7 @@ def append_results(
         row = _result_row(record, run_id, created)
         rows_by_strategy.setdefault(row["strategy"], []).append(row)
     return [
-        _write_table(Path(results_root), run_id, strategy, created, rows, RESULT_SCHEMA)
+        _write_table(Path(results_root), run_id, strategy, created, rows, _param_fields(RESULT_SCHEMA, rows))
         for strategy, rows in rows_by_strategy.items()
     ]
 
@@ -483,10 +483,15 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     )
     if "symbols" in record:
         row["n_symbols"] = len(record["symbols"])
-    # Parameters a strategy does not have stay null; unknown names live in params_json only.
+    # Parameters a strategy does not have stay null. A user strategy's own parameters get
+    # columns of their own (see _param_fields); a name that is already a column lives in
+    # params_json only.
     for name in PARAM_COLUMNS:
         value = params.get(name)
         row[name] = None if value is None else float(value)
+    for name, value in params.items():
+        if name not in RESULT_SCHEMA.names and isinstance(value, int | float):
+            row[name] = float(value)
     return row
 
 
@@ -518,6 +523,14 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
             isinstance(v, int | float) and not isinstance(v, bool) for v in params.values()):
         return f"params={params!r:.60} is not a mapping of numbers"
     return None
+
+
+def _param_fields(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.Schema:
+    """`schema` plus a DOUBLE column for each parameter of these rows that has none yet."""
+    extra = sorted({name for row in rows for name in row if name not in schema.names})
+    for name in extra:
+        schema = schema.append(pa.field(name, pa.float64()))
+    return schema
 
 
 def _write_table(

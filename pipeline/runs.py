@@ -62,7 +62,7 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, ver
         "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
-        "data_version": version,
+        "data_version": version, "engine_version": engine.code_version(config.strategy),
     }
 
 
@@ -220,12 +220,11 @@ def backtest(
     try:
         for offset in range(0, len(missing), chunk):
             part = missing[offset: offset + chunk]
-            # Opens matter only to fill at the next open: not reading them saves a third of the read.
-            columns = ("open", "close") if config.fill == "next_open" else ("close",)
+            # Only the columns the strategy and the fill read: the fewer, the faster the read.
             # From the start of the history: bars before --timerange warm the indicators up.
             batch = reader.read_prices(settings.lake_root, part, interval, None,
-                                       config.timerange_end, columns=columns, snapshot=snapshot,
-                                       min_coverage=config.min_bar_coverage)
+                                       config.timerange_end, columns=engine.columns_needed(config),
+                                       snapshot=snapshot, min_coverage=config.min_bar_coverage)
             engine.check_memory(len(part), batch.times.size, n_params)
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
             sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
@@ -306,7 +305,8 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
     if not symbols:
         return []
     batch = reader.read_prices(settings.lake_root, symbols, interval, None,
-                               config.timerange_end, columns=("open", "close"),
+                               config.timerange_end, columns=tuple(dict.fromkeys(
+                                   ("open", *engine.columns_needed(config)))),
                                min_coverage=config.min_bar_coverage)
     curves = []
     for i, symbol in enumerate(batch.symbols):
@@ -360,7 +360,7 @@ def portfolio(
     snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
     if write_results:
         results.check_writable(settings.results_root)
-    columns = ("close", "volume") + (("open",) if config.fill == "next_open" else ())
+    columns = tuple(dict.fromkeys((*engine.columns_needed(config), "volume")))
     batch = reader.read_prices(settings.lake_root, names, interval, None,
                                config.timerange_end, columns=columns, snapshot=snapshot,
                                min_coverage=config.min_bar_coverage)

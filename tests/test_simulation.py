@@ -13,9 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import strategies
-from pipeline.kernels import batch, enums
-from pipeline.kernels.indicators import strategy_indicators_1d
-from pipeline.kernels.signals import strategy_signals_1d
+from pipeline.kernels import enums
 from pipeline.kernels.simulate import simulate_1d
 from tests.reference import reference_backtest, reference_signals
 
@@ -40,6 +38,24 @@ def simulate(open_, close, entries, exits, fee_frac=0.001, initial=1000.0, next_
                     np.asarray(exits, bool), np.arange(n, dtype=float), fee_frac, initial,
                     next_open, bars_per_year, metrics, equity, trades)
     return dict(zip(enums.METRIC_NAMES, metrics, strict=True)), trades[:k], equity
+
+
+def _columns(name: str, open_: np.ndarray, close: np.ndarray) -> tuple[np.ndarray, ...]:
+    prices = {"open": open_, "close": close}
+    return tuple(np.ascontiguousarray(prices[c]).reshape(-1, close.shape[-1])
+                 for c in strategies.get_strategy(name).columns)
+
+
+def run_single(name, open_, close, row, *rest):
+    """The strategy's compiled run_single kernel on one symbol's (T,) arrays."""
+    kernels = strategies.get_strategy(name).kernels()
+    return kernels.run_single(_columns(name, open_, close), open_, close, row, *rest)
+
+
+def run_grid(name, open_, close, combos, recompute, *rest):
+    """The strategy's compiled run_grid kernel on (S x T) arrays."""
+    kernels = strategies.get_strategy(name).kernels()
+    kernels.run_grid(_columns(name, open_, close), open_, close, combos, recompute, *rest)
 
 
 def param_row(strategy: str, params: dict) -> np.ndarray:
@@ -184,8 +200,8 @@ def test_simulator_matches_the_reference_trade_by_trade(name, fill, data):
     entries, exits, values = reference_signals(name, close, params)
     ref = reference_backtest(open_, close, entries, exits, values, fee_frac, 1000.0, fill,
                              bars_per_year)
-    metrics, trades, equity = batch.run_single(
-        strategies.get_strategy(name).code, open_, close, param_row(name, params), fee_frac,
+    metrics, trades, equity = run_single(
+        name, open_, close, param_row(name, params), fee_frac,
         1000.0, fill == "next_open", bars_per_year, 0)
     assert [(int(t["bar"]), int(t["signal_bar"]), int(t["action"])) for t in trades] == [
         (t.bar, t.signal_bar, t.action) for t in ref.trades
@@ -219,8 +235,8 @@ def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, 
             entries, exits, values = reference_signals(name, close, params)
             ref = reference_backtest(open_, close, entries, exits, values, 0.001, 1000.0, fill,
                                      105120.0)
-            metrics, trades, equity = batch.run_single(
-                strategies.get_strategy(name).code, open_, close, param_row(name, params), 0.001,
+            metrics, trades, equity = run_single(
+                name, open_, close, param_row(name, params), 0.001,
                 1000.0, fill == "next_open", 105120.0, 0)
             where = f"{symbol} {name}"
             assert [(int(t["bar"]), int(t["action"])) for t in trades] == [
@@ -249,21 +265,16 @@ def test_changing_later_bars_never_changes_earlier_signals_trades_or_equity(name
     open2, close2 = open_.copy(), close.copy()
     open2[t:] *= factor
     close2[t:] *= factor
-    code = strategies.get_strategy(name).code
     row = param_row(name, params)
+    kernels = strategies.get_strategy(name).kernels()
 
     def signals(c):
-        n = len(c)
-        b = np.full((3, n), np.nan)
-        en, ex, sv = np.empty(n, bool), np.empty(n, bool), np.empty(n)
-        strategy_indicators_1d(code, c, row, b[0], b[1], b[2])
-        strategy_signals_1d(code, c, row, b[0], b[1], b[2], en, ex, sv)
-        return b, en, ex, sv
+        return kernels.indicators_and_signals_single(_columns(name, c, c), c, row)
 
     for a, b in zip(signals(close), signals(close2), strict=True):
         np.testing.assert_array_equal(a[..., :t], b[..., :t])
-    _, trades1, eq1 = batch.run_single(code, open_, close, row, 0.001, 1000.0, next_open, 365.0, 0)
-    _, trades2, eq2 = batch.run_single(code, open2, close2, row, 0.001, 1000.0, next_open, 365.0, 0)
+    _, trades1, eq1 = run_single(name, open_, close, row, 0.001, 1000.0, next_open, 365.0, 0)
+    _, trades2, eq2 = run_single(name, open2, close2, row, 0.001, 1000.0, next_open, 365.0, 0)
     np.testing.assert_array_equal(trades1[trades1["bar"] < t], trades2[trades2["bar"] < t])
     np.testing.assert_array_equal(eq1[:t], eq2[:t])
 
@@ -299,12 +310,11 @@ def test_run_grid_over_a_sweep_equals_the_same_combos_run_one_by_one(name, next_
     open_, close = gappy_panel(rng, 4, 600)
     combos, recompute, _ = strategies.combos_matrix(name, strategies.parse_grid(name, SWEEPS[name]))
     assert recompute[0] and (name == "buy_and_hold" or len(combos) > 1)
-    code = strategies.get_strategy(name).code
     out = np.empty((4, len(combos), enums.N_METRICS))
-    batch.run_grid(code, open_, close, combos, recompute, 0.001, 1000.0, next_open, np.full(4, 8760.0), 0, out)
+    run_grid(name, open_, close, combos, recompute, 0.001, 1000.0, next_open, np.full(4, 8760.0), 0, out)
     for s in range(4):
         for c in range(len(combos)):
-            single, _, _ = batch.run_single(code, open_[s], close[s], combos[c], 0.001, 1000.0,
+            single, _, _ = run_single(name, open_[s], close[s], combos[c], 0.001, 1000.0,
                                             next_open, 8760.0, 0)
             np.testing.assert_array_equal(out[s, c], single, err_msg=f"symbol {s}, combo {c}")
     assert np.nansum(out[:, :, enums.M_NUM_TRADES]) > 0
@@ -322,7 +332,7 @@ def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
         for threads in (1, 2, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
             out = np.empty((9, len(combos), enums.N_METRICS))
-            batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0,
+            run_grid("rsi", open_, close, combos, recompute, 0.001, 1000.0,
                            False, np.full(9, 8760.0), 0, out)
             results.append(out)
     finally:
@@ -335,13 +345,13 @@ def test_missing_bars_are_skipped_not_filled():
     open_, close = gappy_panel(rng, 3, 500)
     combos, recompute, _ = strategies.combos_matrix("ma_crossover", [{}])
     out = np.empty((3, 1, enums.N_METRICS))
-    batch.run_grid(enums.STRAT_MA_CROSSOVER, open_, close, combos, recompute, 0.001, 1000.0,
+    run_grid("ma_crossover", open_, close, combos, recompute, 0.001, 1000.0,
                    False, np.full(3, 365.0), 0, out)
     for s in range(3):
         have = ~np.isnan(close[s])
         compact_open = np.ascontiguousarray(open_[s][have])
         compact_close = np.ascontiguousarray(close[s][have])
-        single, trades, equity = batch.run_single(enums.STRAT_MA_CROSSOVER, compact_open,
+        single, trades, equity = run_single("ma_crossover", compact_open,
                                                   compact_close, combos[0], 0.001, 1000.0, False,
                                                   365.0, 0)
         np.testing.assert_array_equal(out[s, 0, : enums.N_SIM_METRICS], single[: enums.N_SIM_METRICS])
@@ -349,7 +359,7 @@ def test_missing_bars_are_skipped_not_filled():
         assert out[s, 0, enums.M_LAST_INDEX] == np.flatnonzero(have)[-1]
         assert out[s, 0, enums.M_BARS] == have.sum()
         # Trade bars map back to the grid: each fill sits on a bar the symbol has.
-        _, grid_trades, grid_equity = batch.run_single(enums.STRAT_MA_CROSSOVER, open_[s],
+        _, grid_trades, grid_equity = run_single("ma_crossover", open_[s],
                                                        close[s], combos[0], 0.001, 1000.0,
                                                        False, 365.0, 0)
         np.testing.assert_array_equal(grid_trades["bar"], np.flatnonzero(have)[trades["bar"]])
@@ -367,7 +377,7 @@ def test_symbols_with_too_few_bars_or_none_get_a_status_and_zero_trades():
     combos, recompute, _ = strategies.combos_matrix("rsi", [{}])
     assert strategies.warmup_bars("rsi", {}) == 16
     out = np.empty((3, 1, enums.N_METRICS))
-    batch.run_grid(enums.STRAT_RSI, open_, close, combos, recompute, 0.001, 1000.0, False,
+    run_grid("rsi", open_, close, combos, recompute, 0.001, 1000.0, False,
                    np.full(3, 365.0), 0, out)
     status = out[:, 0, enums.M_STATUS]
     assert list(status) == [enums.STATUS_OK, enums.STATUS_TOO_FEW_BARS, enums.STATUS_NO_BARS]

@@ -7,7 +7,6 @@ import pytest
 
 from pipeline import strategies
 from pipeline.errors import PipelineError
-from pipeline.kernels import enums
 
 
 def test_registry_has_the_five_spec_strategies_with_their_defaults():
@@ -23,7 +22,7 @@ def test_registry_has_the_five_spec_strategies_with_their_defaults():
     }
     for name in strategies.strategy_names():
         strategy = strategies.get_strategy(name)
-        assert strategy.code == enums.STRATEGY_CODES[name]
+        assert strategy.builtin and strategy.module_name == f"pipeline.strategies.{name}"
         for p in strategy.params:
             assert p.type in (int, float) and p.description and isinstance(p.default, p.type)
 
@@ -148,14 +147,13 @@ def test_combos_matrix_groups_combos_sharing_an_indicator_and_flags_recomputes()
         {"rsi_period": 7, "oversold_threshold": 35},
     ]
     combos, recompute, order = strategies.combos_matrix("rsi", params_list)
-    assert combos.shape == (4, enums.N_PARAMS) and combos.dtype == np.float64
+    assert combos.shape == (4, 3) and combos.dtype == np.float64
     assert combos.flags.c_contiguous
     np.testing.assert_array_equal(combos[:, 0], [7, 7, 14, 14])
     np.testing.assert_array_equal(recompute, [True, False, True, False])
     for i, j in enumerate(order):
         resolved = strategies.resolve_params("rsi", params_list[j])
         np.testing.assert_array_equal(combos[i, :3], list(resolved.values()))
-    np.testing.assert_array_equal(combos[:, 3], 0.0)
 
 
 def test_combos_matrix_recomputes_whenever_any_indicator_parameter_changes():

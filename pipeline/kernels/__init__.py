@@ -1,10 +1,10 @@
-"""Numba kernels: indicators, signals, simulation and the batch engine.
+"""Numba kernels: indicators, crossing rules, simulation and the batch engine's template.
 
 Pure functions over NumPy arrays (no pandas, no I/O, no configuration). Record
-layouts, metric columns and strategy codes live in `enums`.
+layouts and metric columns live in `enums`; `strategy_kernel.py` is the batch
+kernel template that `pipeline.strategies.compiler` compiles once per strategy.
 """
 
-from pipeline.kernels.batch import indicators_single, run_grid, run_single
 from pipeline.kernels.enums import METRIC_NAMES, N_METRICS, STATUS_NAMES, TRADE_DTYPE
 
 __all__ = [
@@ -12,7 +12,4 @@ __all__ = [
     "N_METRICS",
     "STATUS_NAMES",
     "TRADE_DTYPE",
-    "indicators_single",
-    "run_grid",
-    "run_single",
 ]

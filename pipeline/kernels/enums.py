@@ -9,28 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 
-# --- strategy codes ---------------------------------------------------------
-# The kernels dispatch on these with if/elif; pipeline.strategies maps names to them.
-STRAT_RSI = 0
-STRAT_MA_CROSSOVER = 1
-STRAT_BOLLINGER = 2
-STRAT_MACD = 3
-STRAT_BUY_AND_HOLD = 4
-
-STRATEGY_CODES: dict[str, int] = {
-    "rsi": STRAT_RSI,
-    "ma_crossover": STRAT_MA_CROSSOVER,
-    "bollinger": STRAT_BOLLINGER,
-    "macd": STRAT_MACD,
-    "buy_and_hold": STRAT_BUY_AND_HOLD,
-}
-
-# Width of a parameter row in the (C x N_PARAMS) combos matrix; unused slots are 0.
-N_PARAMS = 4
-
-# Number of per-bar indicator buffers a strategy may fill (e.g. MACD line + signal).
-N_IND_BUFFERS = 3
-
 # --- metrics ----------------------------------------------------------------
 # Column order of one result row (simulate_1d writes the first N_SIM_METRICS,
 # run_grid adds the symbol's position in the time grid and a status).
@@ -89,7 +67,7 @@ ACTION_BUY = 1
 ACTION_SELL = -1
 
 # One fill. `bar` is the bar index of the fill (compacted index inside
-# simulate_1d; time-grid index in what batch.run_single returns). `signal_bar`
+# simulate_1d; time-grid index in what a strategy kernel's run_single returns). `signal_bar`
 # is the bar whose close produced the signal (differs from `bar` with
 # fill=next_open). `value` is the cash spent including the fee for a buy and the
 # net cash received for a sell. `indicator` is the strategy's indicator at the

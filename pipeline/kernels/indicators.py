@@ -29,9 +29,6 @@ merely close:
 The `_2d` wrappers take (symbols x time) arrays with NaN at missing bars, run
 the `_1d` function per row over that row's bars only and put NaN back at the
 missing bars.
-
-`strategy_indicators_1d` is the indicator dispatch of the batch engine: one
-branch per strategy code.
 """
 
 from __future__ import annotations
@@ -40,14 +37,6 @@ import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
-
-from pipeline.kernels.enums import (
-    STRAT_BOLLINGER,
-    STRAT_BUY_AND_HOLD,
-    STRAT_MA_CROSSOVER,
-    STRAT_MACD,
-    STRAT_RSI,
-)
 
 
 @intrinsic
@@ -306,38 +295,6 @@ def macd_1d(
     # TA-Lib reports the MACD line only where the signal line exists.
     for i in range(slow - 1, first):
         macd_out[i] = np.nan
-
-
-# --- strategy dispatch --------------------------------------------------------
-
-
-@njit(cache=True)
-def strategy_indicators_1d(
-    code: int,
-    x: np.ndarray,
-    params: np.ndarray,
-    buf0: np.ndarray,
-    buf1: np.ndarray,
-    buf2: np.ndarray,
-) -> None:
-    """Fill the indicator buffers strategy `code` reads, from close prices `x`.
-
-    Buffers per strategy: rsi -> buf0 = RSI; ma_crossover -> buf0 = fast SMA,
-    buf1 = slow SMA; bollinger -> buf0 = middle band, buf1 = standard deviation
-    (the bands depend on bb_std and are formed in the signal step); macd ->
-    buf0 = MACD line, buf1 = signal line; buy_and_hold -> none.
-    """
-    if code == STRAT_RSI:
-        rsi_1d(x, int(params[0]), buf0)
-    elif code == STRAT_MA_CROSSOVER:
-        sma_1d(x, int(params[0]), buf0)
-        sma_1d(x, int(params[1]), buf1)
-    elif code == STRAT_BOLLINGER:
-        bb_std_1d(x, int(params[0]), buf0, buf1)
-    elif code == STRAT_MACD:
-        macd_1d(x, int(params[0]), int(params[1]), int(params[2]), buf0, buf1)
-    elif code == STRAT_BUY_AND_HOLD:
-        pass
 
 
 # --- 2-D wrappers (symbols x time, NaN = no bar) ------------------------------

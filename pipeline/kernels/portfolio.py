@@ -16,9 +16,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from pipeline.kernels.indicators import compact_1d, strategy_indicators_1d
-from pipeline.kernels.signals import strategy_signals_1d
-
 # Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid.
 PORTFOLIO_TRADE_DTYPE = np.dtype(
     [
@@ -409,40 +406,6 @@ def run_portfolio_grid(
         simulate_portfolio(open2d, close2d, entries[k], exits[k], rank, max_open[c], stake_is_fraction[c],
                            stake[c], fee_frac, slippage, initial, fill_next_open, bars_per_year,
                            out[c], contrib, no_equity, no_trades)
-
-
-@njit(cache=True, parallel=True)
-def signals_on_grid(
-    strategy_code: int,
-    close2d: np.ndarray,
-    params: np.ndarray,
-    entries_out: np.ndarray,
-    exits_out: np.ndarray,
-) -> None:
-    """The strategy's entry/exit signals of every symbol, placed back on the grid (False at gaps).
-
-    Indicators and signals run over each symbol's own bars (gaps skipped, SPEC section 3),
-    exactly as in the batch kernel.
-    """
-    n_symbols, n_time = close2d.shape
-    for s in prange(n_symbols):
-        close_buf = np.empty(n_time)
-        index = np.empty(n_time, dtype=np.int64)
-        m = compact_1d(close2d[s], close_buf, index)
-        cl = close_buf[:m]
-        b0 = np.empty(m)
-        b1 = np.empty(m)
-        b2 = np.empty(m)
-        en = np.empty(m, dtype=np.bool_)
-        ex = np.empty(m, dtype=np.bool_)
-        sv = np.empty(m)
-        strategy_indicators_1d(strategy_code, cl, params, b0, b1, b2)
-        strategy_signals_1d(strategy_code, cl, params, b0, b1, b2, en, ex, sv)
-        entries_out[s, :] = False
-        exits_out[s, :] = False
-        for j in range(m):
-            entries_out[s, index[j]] = en[j]
-            exits_out[s, index[j]] = ex[j]
 
 
 @njit(cache=True)

@@ -1,31 +1,39 @@
-"""Strategy registry: names, parameters, validation, sweeps and the kernel codes.
+"""Strategy registry: built-ins and users' strategies, parameters, validation, sweeps.
+
+A strategy is one file (see `pipeline.strategies.api` for what it declares);
+the five built-ins are the files next to this one, users' files come from
+`--strategy-path DIR`, `CRYPTOBT_STRATEGY_PATH` and the `cryptobt.strategies`
+entry-point group. Nothing outside a strategy's own file names it: the engine,
+the sweep, the cache key and the results columns read these declarations.
 
 Everything a user can name on the command line or in `crypto_strategies` is
 checked here, before any data is read; errors are `PipelineError`s whose
 message names the bad value and what is allowed.
-
-Adding a strategy: an indicator function and a branch in
-`kernels.indicators.strategy_indicators_1d`, a branch in
-`kernels.signals.strategy_signals_1d` and `warmup_bars_nb`, a code in
-`kernels.enums`, and one `Strategy` entry below.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import itertools
 import math
-import numbers
+import pkgutil
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from types import MappingProxyType
+from importlib import metadata
+from pathlib import Path
+from types import MappingProxyType, ModuleType
 
 import numpy as np
 
+from pipeline import config
 from pipeline.errors import PipelineError
-from pipeline.kernels import enums
-from pipeline.kernels.signals import warmup_bars_nb
 from pipeline.options import is_plain_number
+from pipeline.strategies import compiler
+from pipeline.strategies.api import PRICE_COLUMNS, Param
 
 Number = int | float
 
@@ -35,67 +43,35 @@ MAX_GRID_COMBOS = 1_000_000
 
 
 @dataclass(frozen=True)
-class Param:
-    """One strategy parameter: its type, default, allowed range and meaning."""
-
-    name: str
-    type: type  # int or float
-    default: Number
-    description: str
-    minimum: Number | None = None
-    maximum: Number | None = None
-    # False makes `minimum` exclusive (bb_std > 0).
-    minimum_inclusive: bool = True
-
-    def allowed(self) -> str:
-        """Human-readable allowed range, e.g. 'an integer >= 2'."""
-        kind = "an integer" if self.type is int else "a number"
-        parts = []
-        if self.minimum is not None:
-            op = ">=" if self.minimum_inclusive else ">"
-            parts.append(f"{op} {_fmt(self.minimum)}")
-        if self.maximum is not None:
-            parts.append(f"<= {_fmt(self.maximum)}")
-        return f"{kind} {' and '.join(parts)}" if parts else kind
-
-    def convert(self, value: object) -> Number:
-        """Type and range-check one value (numbers or numeric strings); raise PipelineError."""
-        number = _to_number(self.name, value)
-        if self.type is int:
-            if not float(number).is_integer():
-                raise PipelineError(
-                    f"{self.name}={_fmt(number)} is not an integer: must be {self.allowed()}"
-                )
-            number = int(number)
-        else:
-            number = float(number)
-        too_low = self.minimum is not None and (
-            number < self.minimum if self.minimum_inclusive else number <= self.minimum
-        )
-        too_high = self.maximum is not None and number > self.maximum
-        if too_low or too_high:
-            raise PipelineError(
-                f"{self.name}={_fmt(number)} is out of range: must be {self.allowed()}"
-            )
-        return number
-
-
-@dataclass(frozen=True)
 class Strategy:
-    """A registered strategy.
+    """A strategy: its declarations and the module holding its Numba functions.
 
-    `indicator_params` are the parameters the indicator depends on: combos that
-    share them share one indicator computation in the batch kernel.
+    `indicator_params` are the parameters the indicators depend on: parameter
+    sets that share them share one indicator computation in the batch kernel.
+    `code_version` hashes the strategy's source with the shared kernels; it is
+    part of every cache key and result, so an edited file never serves an old number.
     """
 
     name: str
-    code: int
     description: str
     params: tuple[Param, ...]
+    columns: tuple[str, ...]
+    indicators: tuple[str, ...]
     indicator_params: tuple[str, ...]
     indicator_label: str
+    module_name: str
+    origin: str  # "built-in" or the file it came from
+    code_version: str
     # Cross-parameter rule: returns an error message or None.
     check: Callable[[Mapping[str, Number]], str | None] | None = field(default=None)
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin == "built-in"
+
+    def kernels(self) -> ModuleType:
+        """The compiled batch kernels (run_grid, run_single, signals_on_grid, ...)."""
+        return compiler.kernel_module(self)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -122,148 +98,168 @@ class Strategy:
         )
 
 
-def _fmt(value: object) -> str:
-    """Numbers as a user typed them: 30 rather than 30.0; strings quoted."""
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
-        return str(int(value))
-    return str(value)
+# Every module of this package is a built-in strategy except these two.
+_NOT_STRATEGIES = ("api", "compiler")
+BUILTIN_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_STRATEGIES))
+"""The files of the built-in strategies, next to this one (one strategy per file)."""
+
+ENTRY_POINT_GROUP = "cryptobt.strategies"
+REQUIRED = ("NAME", "PARAMS", "COLUMNS", "INDICATORS", "INDICATOR_PARAMS", "indicators", "signals", "warmup")
+_TEMPLATE_HINT = "see examples/strategies/donchian.py"
 
 
-def _to_number(name: str, value: object) -> Number:
-    if isinstance(value, bool) or value is None:
-        raise PipelineError(f"{name}={value!r} is not a number")
-    if isinstance(value, str):
-        text = value.strip()
-        if not is_plain_number(text):  # int() would read `1_4` and Arabic-Indic digits as 14
-            raise PipelineError(f"{name}={value!r} is not a number (ASCII digits, e.g. 14 or 2.5)")
-        try:
-            number: Number = int(text)
-        except ValueError:
-            try:
-                number = float(text)
-            except ValueError:
-                raise PipelineError(f"{name}={value!r} is not a number") from None
-    elif isinstance(value, numbers.Integral):
-        number = int(value)
-    elif isinstance(value, numbers.Real):
-        number = float(value)
-    else:
-        raise PipelineError(f"{name}={value!r} is not a number")
-    if isinstance(number, float) and not math.isfinite(number):
-        raise PipelineError(f"{name}={value!r} is not a finite number")
-    return number
+def _origin_of(module: ModuleType) -> str:
+    return str(getattr(module, "__file__", None) or module.__name__)
 
 
-def _check_fast_slow(p: Mapping[str, Number]) -> str | None:
-    if p["fast_period"] >= p["slow_period"]:
-        return (
-            f"fast_period={p['fast_period']} must be less than slow_period={p['slow_period']}"
-        )
-    return None
-
-
-def _check_thresholds(p: Mapping[str, Number]) -> str | None:
-    if p["oversold_threshold"] >= p["overbought_threshold"]:
-        return (
-            f"oversold_threshold={_fmt(p['oversold_threshold'])} must be less than "
-            f"overbought_threshold={_fmt(p['overbought_threshold'])}"
-        )
-    return None
-
-
-_REGISTRY: dict[str, Strategy] = {
-    s.name: s
-    for s in (
-        Strategy(
-            name="rsi",
-            code=enums.STRAT_RSI,
-            description="Buy when Wilder's RSI crosses below oversold, sell when it crosses above overbought.",
-            params=(
-                Param("rsi_period", int, 14, "RSI lookback in bars (Wilder smoothing)", minimum=2),
-                Param("oversold_threshold", float, 30.0,
-                      "buy when RSI crosses below this level", minimum=0, maximum=100),
-                Param("overbought_threshold", float, 70.0,
-                      "sell when RSI crosses above this level", minimum=0, maximum=100),
-            ),
-            indicator_params=("rsi_period",),
-            indicator_label="rsi",
-            check=_check_thresholds,
-        ),
-        Strategy(
-            name="ma_crossover",
-            code=enums.STRAT_MA_CROSSOVER,
-            description="Buy when the fast SMA crosses above the slow SMA, sell when it crosses below.",
-            params=(
-                Param("fast_period", int, 10, "fast simple moving average length in bars", minimum=1),
-                Param("slow_period", int, 30, "slow simple moving average length in bars", minimum=1),
-            ),
-            indicator_params=("fast_period", "slow_period"),
-            indicator_label="fast_sma",
-            check=_check_fast_slow,
-        ),
-        Strategy(
-            name="bollinger",
-            code=enums.STRAT_BOLLINGER,
-            description="Buy when the close crosses below the lower band, sell when it crosses above the upper band.",
-            params=(
-                # A 1-bar band has zero width: the close can never cross it, so it could never trade.
-                Param("bb_period", int, 20, "moving average / standard deviation window in bars",
-                      minimum=2),
-                Param("bb_std", float, 2.0, "band width in population standard deviations",
-                      minimum=0, minimum_inclusive=False),
-            ),
-            indicator_params=("bb_period",),
-            indicator_label="bollinger_band",
-            check=None,
-        ),
-        Strategy(
-            name="macd",
-            code=enums.STRAT_MACD,
-            description="Buy when the MACD line crosses above its signal line, sell when it crosses below.",
-            params=(
-                # TA-Lib's MACD refuses periods of 1, and a 1-bar signal line equals the MACD line:
-                # it could never cross it.
-                Param("fast_period", int, 12, "fast EMA length in bars", minimum=2),
-                Param("slow_period", int, 26, "slow EMA length in bars", minimum=2),
-                Param("signal_period", int, 9, "signal line EMA length in bars", minimum=2),
-            ),
-            indicator_params=("fast_period", "slow_period", "signal_period"),
-            indicator_label="macd",
-            check=_check_fast_slow,
-        ),
-        Strategy(
-            name="buy_and_hold",
-            code=enums.STRAT_BUY_AND_HOLD,
-            description="Buy on the first bar and hold to the end.",
-            params=(),
-            indicator_params=(),
-            indicator_label="close",
-            check=None,
-        ),
+def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strategy:
+    """Check a strategy module's declarations and describe it; PipelineError naming the file otherwise."""
+    where = origin or _origin_of(module)
+    for name in REQUIRED:
+        if not hasattr(module, name):
+            raise PipelineError(f"{where}: missing declaration {name} (a strategy declares "
+                                f"{', '.join(REQUIRED)}; {_TEMPLATE_HINT})")
+    for name in ("indicators", "signals", "warmup"):
+        if not hasattr(getattr(module, name), "py_func"):
+            raise PipelineError(f"{where}: {name} is not a Numba function; decorate it with @njit(cache=True)")
+    strategy_name = module.NAME
+    if not isinstance(strategy_name, str) or not strategy_name.isidentifier():
+        raise PipelineError(f"{where}: NAME={strategy_name!r} must be an identifier such as 'donchian'")
+    params = tuple(module.PARAMS)
+    if not all(isinstance(p, Param) for p in params):
+        raise PipelineError(f"{where}: PARAMS must be a tuple of pipeline.strategies.api.Param")
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{where}: PARAMS names a parameter twice: {names}")
+    columns = tuple(module.COLUMNS)
+    bad = [c for c in columns if c not in PRICE_COLUMNS]
+    if not columns or bad:
+        raise PipelineError(f"{where}: COLUMNS={columns!r} must name one or more of {', '.join(PRICE_COLUMNS)}")
+    indicator_params = tuple(module.INDICATOR_PARAMS)
+    unknown = [p for p in indicator_params if p not in names]
+    if unknown:
+        raise PipelineError(f"{where}: INDICATOR_PARAMS names {unknown} which are not in PARAMS ({names})")
+    indicators = tuple(module.INDICATORS)
+    check = getattr(module, "CHECK", None)
+    if check is not None and not callable(check):
+        raise PipelineError(f"{where}: CHECK must be a function of the parameters returning a message or None")
+    source_file = getattr(module, "__file__", None)
+    source = Path(source_file).read_bytes() if source_file else module.__name__.encode()
+    description = getattr(module, "DESCRIPTION", None) or (module.__doc__ or strategy_name).strip().splitlines()[0]
+    return Strategy(
+        name=strategy_name,
+        description=description,
+        params=params,
+        columns=columns,
+        indicators=indicators,
+        indicator_params=indicator_params,
+        indicator_label=str(getattr(module, "SIGNAL_VALUE", indicators[0] if indicators else "close")),
+        module_name=module.__name__,
+        origin=origin or ("built-in" if module.__name__.startswith("pipeline.strategies.") else where),
+        code_version=compiler.code_version(source),
+        check=check,
     )
-}
+
+
+_REGISTRY: dict[str, Strategy] = {}
+for _module_name in BUILTIN_MODULES:
+    _builtin = strategy_from_module(importlib.import_module(f"pipeline.strategies.{_module_name}"), "built-in")
+    _REGISTRY[_builtin.name] = _builtin
+BUILTIN_NAMES: frozenset[str] = frozenset(_REGISTRY)
 
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType(_REGISTRY)
-"""Every registered strategy by name (read-only)."""
+"""Every registered strategy by name (read-only); users' strategies join as they are loaded."""
 
-PARAM_COLUMNS: tuple[str, ...] = tuple(
-    sorted({p.name for s in _REGISTRY.values() for p in s.params})
-)
-"""Every parameter name of every strategy, sorted: the fixed parameter columns of a results table."""
+PARAM_COLUMNS: tuple[str, ...] = tuple(sorted({p.name for s in _REGISTRY.values() for p in s.params}))
+"""Every built-in strategy's parameter names, sorted: the fixed parameter columns of a results table."""
 
-assert all(len(s.params) <= enums.N_PARAMS for s in _REGISTRY.values())
-assert all(enums.STRATEGY_CODES[name] == s.code for name, s in _REGISTRY.items())
+_loaded_paths: set[Path] = set()
+_environment_loaded = False
+
+
+def _register(strategy: Strategy) -> None:
+    existing = _REGISTRY.get(strategy.name)
+    # The same file loaded again (edited in a notebook, say) replaces itself.
+    if existing is None or existing.origin == strategy.origin:
+        _REGISTRY[strategy.name] = strategy
+        return
+    what = "the built-in" if existing.builtin else f"the strategy in {existing.origin} named"
+    raise PipelineError(f"{strategy.origin}: strategy name {strategy.name!r} clashes with {what} "
+                        f"{strategy.name!r}; give NAME another value")
+
+
+def load_strategy_file(path: Path) -> Strategy:
+    """Import one user strategy file and register it; PipelineError naming the file and the problem."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    module_name = f"cryptobt_user_{path.stem}_{digest}"
+    try:
+        source = path.read_text()
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise PipelineError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read the strategy file ({exc})") from None
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # the user's code: any failure is one line naming the file
+        del sys.modules[module_name]
+        raise PipelineError(f"{path}: importing the strategy failed: {type(exc).__name__}: {exc}") from None
+    strategy = strategy_from_module(module, str(path))
+    _register(strategy)
+    return strategy
+
+
+def add_strategy_paths(paths: Sequence[Path | str]) -> list[str]:
+    """Load every `*.py` (not starting with `_`) of each folder as a strategy; return their names."""
+    names = []
+    for raw in paths:
+        folder = Path(raw)
+        if not folder.is_dir():
+            raise PipelineError(f"--strategy-path {str(raw)!r} is not a folder")
+        for file in sorted(folder.glob("*.py")):
+            if file.name.startswith("_"):
+                continue
+            resolved = file.resolve()
+            if resolved in _loaded_paths:
+                continue
+            names.append(load_strategy_file(resolved).name)
+            _loaded_paths.add(resolved)
+    return names
+
+
+def _load_environment() -> None:
+    """Users' strategies from CRYPTOBT_STRATEGY_PATH and installed packages, once per process."""
+    global _environment_loaded
+    if _environment_loaded:
+        return
+    _environment_loaded = True
+    add_strategy_paths(config.strategy_path_env())
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            module = entry.load()
+        except Exception as exc:  # an installed package's code: one line naming it
+            raise PipelineError(f"entry point {entry.name} = {entry.value}: loading failed: "
+                                f"{type(exc).__name__}: {exc}") from None
+        if not isinstance(module, ModuleType):
+            raise PipelineError(f"entry point {entry.name} = {entry.value} must name a strategy module")
+        _register(strategy_from_module(module, f"entry point {entry.value}"))
 
 
 def strategy_names() -> list[str]:
     """Registered strategy names, sorted."""
+    _load_environment()
     return sorted(_REGISTRY)
 
 
 def get_strategy(name: str) -> Strategy:
     """The strategy called `name`; PipelineError listing the choices otherwise."""
+    if name not in _REGISTRY:
+        _load_environment()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
@@ -421,8 +417,8 @@ def combos_matrix(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parameter sets as the batch kernel's inputs.
 
-    Returns `(combos, recompute, order)`: combos is (C x N_PARAMS) float64 with
-    the parameters in `Strategy.param_names` order (unused slots 0), sorted so
+    Returns `(combos, recompute, order)`: combos is (C x P) float64 with
+    the parameters in `Strategy.param_names` order, sorted so
     that combos sharing an indicator are adjacent; recompute[i] is True where
     row i needs a new indicator computation; row i is params_list[order[i]].
     Every parameter set is validated with resolve_params.
@@ -430,7 +426,7 @@ def combos_matrix(
     strategy = get_strategy(strategy_name)
     names = strategy.param_names
     n = len(params_list)
-    combos = np.zeros((n, enums.N_PARAMS), dtype=np.float64)
+    combos = np.zeros((n, len(names)), dtype=np.float64)
     for i, params in enumerate(params_list):
         resolved = resolve_params(strategy_name, params)
         for j, name in enumerate(names):
@@ -457,14 +453,13 @@ def combos_matrix(
 def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
     """Bars a symbol needs before the strategy's first signal can fire.
 
-    rsi: rsi_period + 2; ma_crossover: slow_period + 1; bollinger: bb_period + 1;
-    macd: slow_period + signal_period; buy_and_hold: 1. A symbol with fewer bars
+    The strategy's `warmup` declaration (rsi: rsi_period + 2; ma_crossover:
+    slow_period + 1; bollinger: bb_period + 1; macd: slow_period +
+    signal_period; buy_and_hold: 1). A symbol with fewer bars
     gets status too_few_bars and zero trades. (With fill=next_open one more bar
     is needed for the first fill.)
     """
     strategy = get_strategy(strategy_name)
     resolved = resolve_params(strategy_name, params)
-    row = np.zeros(enums.N_PARAMS, dtype=np.float64)
-    for j, name in enumerate(strategy.param_names):
-        row[j] = resolved[name]
-    return int(warmup_bars_nb(strategy.code, row))
+    row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
+    return int(sys.modules[strategy.module_name].warmup(row))

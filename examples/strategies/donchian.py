@@ -1,0 +1,73 @@
+"""donchian: Donchian channel breakout, the template for writing your own strategy.
+
+Copy this file into a folder of your own and run it with
+`cryptobt backtest donchian --strategy-path THAT_FOLDER --all`. It uses only
+the public strategy API (`pipeline.strategies.api`); the engine does the rest:
+every symbol in parallel, sweeps that reuse each indicator, stops, the cache and
+the results table.
+
+Entry (flat -> long) when the close breaks above the highest high of the
+previous `entry_period` bars; exit (long -> flat) when the close breaks below
+the lowest low of the previous `exit_period` bars. The first
+max(entry_period, exit_period) bars are warm-up: no signal before.
+"""
+
+import numpy as np
+
+from pipeline.strategies.api import Param, njit
+
+NAME = "donchian"
+DESCRIPTION = "Buy when the close breaks the highest high of entry_period bars, sell below the lowest low of exit_period."
+PARAMS = (
+    Param("entry_period", int, 20, "bars whose highest high the close must break to enter", minimum=1),
+    Param("exit_period", int, 10, "bars whose lowest low the close must break to exit", minimum=1),
+)
+COLUMNS = ("high", "low", "close")  # rows of `prices`, in this order
+INDICATORS = ("upper", "lower")  # rows of `ind`
+INDICATOR_PARAMS = ("entry_period", "exit_period")  # what the indicators depend on
+SIGNAL_VALUE = "upper"  # the value written to the trade log
+
+
+@njit(cache=True)
+def _rolling_extreme_before(x, period, want_max, out):
+    """out[t] = max (or min) of x[t-period .. t-1]; NaN while fewer than `period` bars precede t.
+
+    A monotonic queue of indices keeps this O(n) whatever the period.
+    """
+    n = x.shape[0]
+    queue = np.empty(n, dtype=np.int64)
+    head = 0
+    tail = 0
+    for t in range(n):
+        out[t] = x[queue[head]] if t >= period else np.nan
+        # Admit bar t for the windows of later bars; drop what can no longer be the extreme.
+        while tail > head and ((x[queue[tail - 1]] <= x[t]) if want_max else (x[queue[tail - 1]] >= x[t])):
+            tail -= 1
+        queue[tail] = t
+        tail += 1
+        # Bar t+1's window is t+1-period .. t.
+        while queue[head] <= t - period:
+            head += 1
+
+
+@njit(cache=True)
+def indicators(prices, params, ind):
+    _rolling_extreme_before(prices[0], int(params[0]), True, ind[0])
+    _rolling_extreme_before(prices[1], int(params[1]), False, ind[1])
+
+
+@njit(cache=True)
+def signals(prices, params, ind, entries, exits, sig_value):
+    close = prices[2]
+    first = max(int(params[0]), int(params[1]))
+    for t in range(close.shape[0]):
+        ready = t >= first
+        entries[t] = ready and close[t] > ind[0, t]
+        exits[t] = ready and close[t] < ind[1, t]
+        sig_value[t] = ind[0, t]
+
+
+@njit(cache=True)
+def warmup(params):
+    # Bars a symbol needs before the first signal can fire: the warm-up bars plus the signal bar.
+    return max(int(params[0]), int(params[1])) + 1

@@ -1,0 +1,174 @@
+"""Batch kernels of one strategy: every (symbol, parameter set) in one parallel pass.
+
+This file is a template. `pipeline.strategies.compiler` copies it once per
+strategy (and per version of the strategy's source) with `_STRATEGY_MODULE`
+set to the strategy's module, so the strategy's `indicators`, `signals` and
+`warmup` are compiled straight into these loops (no dispatch, no per-strategy
+branch) and Numba caches the machine code of each copy across processes.
+
+Inputs are (symbols x time) arrays on a shared time grid with NaN where a symbol
+has no bar (close NaN <=> no bar). `columns` is a tuple of such arrays, the
+strategy's COLUMNS in order. Each symbol's bars are compacted once into
+buffers owned by the thread that runs it, the indicator is recomputed only when
+the parameter set needs a new one (`recompute`), and every result is written to
+its own cell of `out`: no reduction crosses threads, so results do not depend on
+the number of threads.
+"""
+
+import importlib
+
+import numpy as np
+from numba import njit, prange
+
+from pipeline.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
+from pipeline.kernels.enums import N_METRICS, TRADE_DTYPE
+from pipeline.kernels.simulate import simulate_1d
+
+_STRATEGY_MODULE = "__strategy_module__"  # replaced in each copy; this template is never imported
+_strategy = importlib.import_module(_STRATEGY_MODULE)
+indicators = _strategy.indicators
+signals = _strategy.signals
+warmup = _strategy.warmup
+N_INDICATORS = len(_strategy.INDICATORS)
+
+
+@njit(cache=True)
+def _symbol_prices(columns, s, index, m):
+    prices = np.empty((len(columns), m))
+    for j in range(len(columns)):
+        gather_row(columns[j][s], index, prices[j])
+    return prices
+
+
+@njit(cache=True)
+def _symbol_buffers(columns, s, open_row, close_row):
+    """One symbol's bars compacted (gaps removed) and its working buffers, owned by the caller's thread.
+
+    Returns (open, close, index, prices, ind, entries, exits, sig_value); index maps a bar to the grid.
+    """
+    n_time = close_row.shape[0]
+    open_buf = np.empty(n_time)
+    close_buf = np.empty(n_time)
+    index_buf = np.empty(n_time, dtype=np.int64)
+    m = compact_bars(open_row, close_row, open_buf, close_buf, index_buf)
+    index = index_buf[:m]
+    prices = _symbol_prices(columns, s, index, m)
+    ind = np.empty((N_INDICATORS, m))
+    return (open_buf[:m], close_buf[:m], index, prices, ind, np.empty(m, dtype=np.bool_),
+            np.empty(m, dtype=np.bool_), np.empty(m))
+
+
+@njit(cache=True, parallel=True)
+def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
+             bars_per_year, start_t, out):
+    """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
+
+    Args:
+        columns: tuple of (S x T) float64 arrays, the strategy's COLUMNS.
+        open2d, close2d: (S x T) float64 fill prices, NaN where a symbol has no bar.
+        combos: (C x P) float64 parameter rows in the strategy's PARAMS order, sorted so
+            that rows sharing an indicator are adjacent (pipeline.strategies.combos_matrix).
+        recompute: (C,) bool, True where row c needs a fresh indicator.
+        fee_frac, initial, fill_next_open: see simulate_1d.
+        bars_per_year: (S,) annualisation of each symbol's Sharpe ratio.
+        start_t: first grid column simulated; earlier bars only warm the indicators
+            up (a --timerange start with history before it), so no trade fills there.
+        out: (S x C x N_METRICS) float64, written in full.
+
+    A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
+    without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
+    index of the symbol's first/last bar (-1 without bars).
+    """
+    n_symbols, n_time = close2d.shape
+    n_combos = combos.shape[0]
+    no_equity = np.empty(0)
+    no_trades = np.empty(0, dtype=TRADE_DTYPE)
+    for s in prange(n_symbols):
+        op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
+        m = cl.shape[0]
+        m0 = first_at_or_after(index, m, start_t)
+        for c in range(n_combos):
+            params = combos[c]
+            # The first row of every symbol must compute, whatever recompute[0] says.
+            if c == 0 or recompute[c]:
+                indicators(prices, params, ind)
+            signals(prices, params, ind, en, ex, sv)
+            row = out[s, c]
+            simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year[s], row, no_equity, no_trades)
+            finish_row(row, m0, m, index, warmup(params))
+
+
+@njit(cache=True)
+def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_open, bars_per_year, start_t):
+    """One symbol, one parameter row, with the trade log and the equity curve (from grid column `start_t`).
+
+    Args:
+        columns: tuple of (1 x T) float64 arrays, the strategy's COLUMNS.
+        open1d, close1d: (T,) float64 on the time grid, NaN where there is no bar.
+        params: (P,) float64 parameter row.
+
+    Returns:
+        (metrics, trades, equity): metrics is (N_METRICS,) as one row of
+        run_grid's output; trades is a TRADE_DTYPE array whose `bar` and
+        `signal_bar` are time-grid indices; equity is (T,) with the equity at
+        every close and NaN at missing bars.
+    """
+    n_time = close1d.shape[0]
+    op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, open1d, close1d)
+    m = cl.shape[0]
+    m0 = first_at_or_after(index, m, start_t)
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    metrics = np.empty(N_METRICS)
+    equity_c = np.empty(m - m0)
+    trades_c = np.empty(m - m0, dtype=TRADE_DTYPE)
+    k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                    bars_per_year, metrics, equity_c, trades_c)
+    finish_row(metrics, m0, m, index, warmup(params))
+    trades = trades_c[:k].copy()
+    for j in range(k):
+        trades[j]["bar"] = index[m0 + trades[j]["bar"]]
+        trades[j]["signal_bar"] = index[m0 + trades[j]["signal_bar"]]
+    equity = np.full(n_time, np.nan)
+    for j in range(m - m0):
+        equity[index[m0 + j]] = equity_c[j]
+    return metrics, trades, equity
+
+
+@njit(cache=True, parallel=True)
+def signals_on_grid(columns, close2d, params, entries_out, exits_out):
+    """Entry/exit signals of every symbol for one parameter row, on the grid (False at gaps)."""
+    n_symbols, n_time = close2d.shape
+    for s in prange(n_symbols):
+        _, _, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, close2d[s], close2d[s])
+        m = index.shape[0]
+        indicators(prices, params, ind)
+        signals(prices, params, ind, en, ex, sv)
+        entries_out[s, :] = False
+        exits_out[s, :] = False
+        for j in range(m):
+            entries_out[s, index[j]] = en[j]
+            exits_out[s, index[j]] = ex[j]
+
+
+@njit(cache=True)
+def indicators_and_signals_single(columns, close1d, params):
+    """Indicator rows, entries and exits of one symbol on the time grid (NaN / False at gaps).
+
+    For checks and pictures: returns (ind (N_INDICATORS x T), entries (T,), exits (T,)).
+    """
+    n_time = close1d.shape[0]
+    _, _, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, close1d, close1d)
+    m = index.shape[0]
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    ind_out = np.full((N_INDICATORS, n_time), np.nan)
+    en_out = np.zeros(n_time, dtype=np.bool_)
+    ex_out = np.zeros(n_time, dtype=np.bool_)
+    for j in range(m):
+        en_out[index[j]] = en[j]
+        ex_out[index[j]] = ex[j]
+        for r in range(N_INDICATORS):
+            ind_out[r, index[j]] = ind[r, j]
+    return ind_out, en_out, ex_out
