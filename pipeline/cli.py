@@ -140,6 +140,52 @@ def strategies_list(
             console.print("  (no parameters)")
 
 
+@strategies_app.command("check")
+@user_errors
+def strategies_check(
+    strategy: Annotated[str, typer.Argument(help="The strategy to check (a built-in or your own).")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable); default: "
+                                                     "the lake's first three.")] = None,
+    interval: Annotated[str, typer.Option(help="1h or 1d.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+) -> None:
+    """Look-ahead and warm-up checks: exit 1 when the strategy reads bars after the one it decides on.
+
+    Look-ahead: indicators and signals are recomputed on the data cut right after each signal bar
+    (up to 60 per symbol); any value that changes at or before that bar is named. Warm-up: the
+    indicators are recomputed with the first 100/200/500/1000 bars dropped; the relative change of
+    each at the last bar is printed.
+
+    Example: cryptobt strategies check donchian --strategy-path examples/strategies -p entry_period=30
+    """
+    from pipeline import runs
+
+    options.load_strategy_paths(strategy_path)
+    reports = runs.check_strategy(Settings.from_env(), strategy, options.parse_params(param or []), symbol, interval)
+    peeks = [line for report in reports for line in report.lookahead]
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps({"strategy": strategy, "lookahead": bool(peeks),
+                          "symbols": [asdict(report) for report in reports]}))
+    else:
+        for report in reports:
+            console.print(f"[bold]{report.symbol}[/] ({report.bars} bars, {report.cuts_checked} cuts): "
+                          + ("[red]LOOK-AHEAD[/]" if report.lookahead else "no look-ahead"), highlight=False)
+            for line in report.lookahead:
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+            for drop, changes in report.warmup.items():
+                shown = ", ".join(f"{name} {'n/a' if v is None else f'{v:.2e}'}" for name, v in changes.items())
+                console.print(f"  first {drop} bars dropped: relative change at the last bar: {shown or '-'}",
+                              highlight=False)
+    if peeks:
+        raise typer.Exit(1)
+
+
 def progress_bar(transient: bool = False) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

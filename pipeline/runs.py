@@ -387,3 +387,27 @@ def portfolio(
             )
     return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
                             paths)
+
+
+def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], symbols: list[str] | None,
+                   interval: str, limit: int = 3) -> list:
+    """Look-ahead and warm-up checks of `strategy` on `symbols` (default: the lake's first `limit`)."""
+    import numpy as np
+
+    from pipeline import checks
+    from pipeline.errors import PipelineError
+
+    if interval not in ("1h", "1d"):
+        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h or 1d")
+    config = engine.make_config(strategy, params)
+    snapshot = lake.require_snapshot(settings.lake_root)
+    with lake.reading(settings.lake_root, snapshot) as pinned:
+        names = reader.resolve_symbols(pinned, symbols)[: None if symbols else limit]
+        batch = reader.read_prices(settings.lake_root, names, interval, None, None,
+                                   columns=engine.columns_needed(config), snapshot=pinned)
+    reports = []
+    for i, symbol in enumerate(batch.symbols):
+        have = ~np.isnan(batch.columns["close"][i])
+        columns = {name: np.ascontiguousarray(values[i][have]) for name, values in batch.columns.items()}
+        reports.append(checks.check_symbol(strategy, params, symbol, columns))
+    return reports

@@ -1,0 +1,101 @@
+"""`cryptobt strategies check`: a planted one-bar peek is named; causal built-ins pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.feather as feather
+import pytest
+
+from pipeline import checks, strategies
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = sorted((ROOT / "data" / "sample" / "binance-5m").glob("*.feather"))[0]
+
+PEEKING = '''
+import numpy as np
+from pipeline.strategies.api import Param, njit
+
+NAME = "peeking"
+PARAMS = (Param("period", int, 5, "unused", minimum=1),)
+COLUMNS = ("close",)
+INDICATORS = ("next_change",)
+INDICATOR_PARAMS = ("period",)
+
+
+@njit(cache=True)
+def indicators(prices, params, ind):
+    close = prices[0]
+    n = close.shape[0]
+    for t in range(n):
+        # The planted bug: bar t reads bar t + 1.
+        ind[0, t] = close[t + 1] / close[t] - 1.0 if t + 1 < n else np.nan
+
+
+@njit(cache=True)
+def signals(prices, params, ind, entries, exits, sig_value):
+    for t in range(ind.shape[1]):
+        entries[t] = ind[0, t] > 0.0
+        exits[t] = ind[0, t] < 0.0
+        sig_value[t] = ind[0, t]
+
+
+@njit(cache=True)
+def warmup(params):
+    return 1
+'''
+
+
+@pytest.fixture(scope="module")
+def market() -> dict[str, np.ndarray]:
+    table = feather.read_table(SAMPLE, columns=["open", "high", "low", "close", "volume"])
+    return {name: np.ascontiguousarray(table[name].to_numpy()[:3000], dtype=np.float64) for name in table.column_names}
+
+
+def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
+    (tmp_path / "peeking.py").write_text(PEEKING)
+    strategies.add_strategy_paths([tmp_path])
+    report = checks.check_symbol("peeking", {}, "X", market)
+    assert report.cuts_checked > 0
+    assert any("indicator 'next_change'" in line and "reads bars after" in line for line in report.lookahead)
+    assert any("signal" in line for line in report.lookahead)
+
+
+@pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
+def test_the_built_ins_have_no_look_ahead(name, market):
+    report = checks.check_symbol(name, {}, "X", market)
+    assert report.lookahead == []
+    assert report.cuts_checked > 0 or name == "buy_and_hold"
+
+
+def test_warmup_sensitivity_is_rounding_for_a_finite_window_and_small_for_wilder(market):
+    sma = checks.check_symbol("ma_crossover", {}, "X", market).warmup
+    # A running sum forgets exactly, up to the rounding of the sums dropped.
+    assert all(value < 1e-12 for value in sma[100].values())
+    rsi = checks.check_symbol("rsi", {}, "X", market).warmup
+    assert all(rsi[drop]["rsi"] is not None for drop in checks.DROPS)
+    assert rsi[100]["rsi"] < 1e-3
+
+
+def test_cli_check_exits_1_naming_the_peek_and_0_for_a_causal_strategy(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pipeline import demo
+
+    demo.build_sample_lake(tmp_path / "lake", n_symbols=2, years=0.1, sample=None)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "peeking.py").write_text(PEEKING)
+    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"), "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
+    run = [sys.executable, "-m", "pipeline", "strategies", "check"]
+    peek = subprocess.run([*run, "peeking", "--strategy-path", str(folder)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert peek.returncode == 1, peek.stderr
+    assert "LOOK-AHEAD" in peek.stdout and "indicator 'next_change'" in peek.stdout
+    causal = subprocess.run([*run, "rsi", "-p", "rsi_period=10"], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert causal.returncode == 0, causal.stderr
+    assert "no look-ahead" in causal.stdout and "LOOK-AHEAD" not in causal.stdout
