@@ -177,7 +177,8 @@ _loaded_paths: set[Path] = set()
 _environment_loaded = False
 
 
-def _register(strategy: Strategy) -> None:
+def register(strategy: Strategy) -> None:
+    """Add a strategy to the registry; PipelineError when its NAME is taken by another file or a built-in."""
     existing = _REGISTRY.get(strategy.name)
     # The same file loaded again (edited in a notebook, say) replaces itself.
     if existing is None or existing.origin == strategy.origin:
@@ -210,7 +211,7 @@ def load_strategy_file(path: Path) -> Strategy:
         del sys.modules[module_name]
         raise PipelineError(f"{path}: importing the strategy failed: {type(exc).__name__}: {exc}") from None
     strategy = strategy_from_module(module, str(path))
-    _register(strategy)
+    register(strategy)
     return strategy
 
 
@@ -247,7 +248,7 @@ def _load_environment() -> None:
                                 f"{type(exc).__name__}: {exc}") from None
         if not isinstance(module, ModuleType):
             raise PipelineError(f"entry point {entry.name} = {entry.value} must name a strategy module")
-        _register(strategy_from_module(module, f"entry point {entry.value}"))
+        register(strategy_from_module(module, f"entry point {entry.value}"))
 
 
 def strategy_names() -> list[str]:
