@@ -55,7 +55,7 @@ def test_resolve_params_fills_defaults_and_types_cli_strings():
         ("bollinger", {"bb_period": -3}, "bb_period=-3 is out of range"),
         ("bollinger", {"bb_std": 0}, "bb_std=0 is out of range: must be a number > 0"),
         ("bollinger", {"bb_std": "abc"}, "bb_std='abc' is not a number"),
-        ("bollinger", {"bb_std": "inf"}, "bb_std='inf' is not a finite number"),
+        ("bollinger", {"bb_std": "inf"}, "bb_std='inf' is not a number"),
         ("rsi", {"rsi_period": True}, "rsi_period=True is not a number"),
         ("rsi", {"rsi_period": None}, "rsi_period=None is not a number"),
         ("rsi", {"oversold_threshold": -1}, "oversold_threshold=-1 is out of range: must be a number >= 0 and <= 100"),
