@@ -3,7 +3,7 @@
     python -m bench.soak                    # 60 minutes, 20 symbols x 1 year, one cycle a minute
     python -m bench.soak --minutes 2 --cycle-seconds 10 --report /tmp/soak.md
 
-Every cycle, as a user's machine would see it: a new hour of 5-minute bars for every
+Every cycle, as a user's machine would see it: a new hourly bar for every
 symbol is imported through the CLI (`cryptobt db import`), exported incrementally,
 backtested (two strategies) and swept (a small grid), one symbol's cache entries are
 invalidated, and every few cycles old snapshots are vacuumed. Each run's rows are
@@ -88,23 +88,21 @@ def last_closes(url: str) -> dict[str, tuple[datetime, float]]:
 
 
 def write_next_hour(url: str, folder: Path, rng: np.random.Generator) -> list[Path]:
-    """One CSV of twelve 5-minute bars per symbol: the hour after its newest bar."""
+    """One CSV of one hourly bar per symbol: the hour after its newest bar (the seeded symbols are
+    hourly; a load in another interval is refused, issue 11). Imported with `--interval 1h`."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for symbol, (ts, close) in last_closes(url).items():
-        start = ts + timedelta(hours=1)
-        steps = np.exp(np.cumsum(rng.normal(0.0, 0.002, 12)))
-        closes = close * steps
-        opens = np.concatenate(([close], closes[:-1]))
+        closes = close * np.exp(np.cumsum(rng.normal(0.0, 0.002, 12)))
         frame = pl.DataFrame({
-            "date": [start + timedelta(minutes=5 * i) for i in range(12)],
-            "open": opens,
-            "high": np.maximum(opens, closes) * 1.001,
-            "low": np.minimum(opens, closes) * 0.999,
-            "close": closes,
-            "volume": rng.uniform(10.0, 100.0, 12),
+            "date": [ts + timedelta(hours=1)],
+            "open": [close],
+            "high": [max(close, closes.max()) * 1.001],
+            "low": [min(close, closes.min()) * 0.999],
+            "close": [closes[-1]],
+            "volume": [rng.uniform(120.0, 1200.0)],
         })
-        path = folder / f"{symbol}-5m.csv"
+        path = folder / f"{symbol}-1h.csv"
         frame.write_csv(path)
         paths.append(path)
     return paths
@@ -139,7 +137,7 @@ def run_one(settings: Settings, cache: ResultCache, config: engine.RunConfig, ta
 def cycle(settings: Settings, cache: ResultCache, work: Path, tally: Tally, rng: np.random.Generator,
           pick: random.Random, vacuum_every: int) -> None:
     batch = write_next_hour(settings.database_url, work / f"new-{tally.cycles:05d}", rng)
-    done = subprocess.run([sys.executable, "-m", "pipeline", "db", "import", *map(str, batch)],
+    done = subprocess.run([sys.executable, "-m", "pipeline", "db", "import", "--interval", "1h", *map(str, batch)],
                           capture_output=True, text=True, timeout=300, env=os.environ | cli_env(settings))
     if done.returncode != 0:
         tally.errors.append(f"import failed: {done.stderr.strip()[-300:]}")
@@ -220,7 +218,7 @@ def write_report(path: Path, args: argparse.Namespace, tally: Tally, checks: dic
         "| what | count |",
         "|---|---|",
         f"| cycles | {tally.cycles} |",
-        f"| CLI imports of a new hour (5m bars, every symbol) | {tally.imports} |",
+        f"| CLI imports of a new hour (one 1h bar, every symbol) | {tally.imports} |",
         f"| incremental exports | {tally.exports} |",
         f"| backtests / sweeps ({len(SWEEP_GRID)} sets) | {tally.backtests} / {tally.sweeps} |",
         f"| cache invalidations | {tally.invalidations} |",

@@ -38,8 +38,9 @@ def extract_task(settings: Settings, since: Any) -> export.StagedExtract:
 
 
 @task(name="commit-snapshot", cache_policy=NO_CACHE)
-def commit_task(settings: Settings, staged: export.StagedExtract, full: bool) -> lake.CommitResult:
-    result = export.commit_staged(settings, staged, full)
+def commit_task(settings: Settings, staged: export.StagedExtract, full: bool,
+                strict: bool = False) -> lake.CommitResult:
+    result = export.commit_staged(settings, staged, full, strict=strict)
     logger = get_run_logger()
     if result.created:
         logger.info("snapshot %s: %d symbols changed, %d files written, %d linked", result.snapshot.id,
@@ -58,14 +59,14 @@ def vacuum_task(settings: Settings) -> list[str]:
 
 
 @flow(name="export-prices", log_prints=True)
-def export_flow(full: bool = False, wait_seconds: float = 0.0) -> dict[str, Any]:
+def export_flow(full: bool = False, wait_seconds: float = 0.0, strict: bool = False) -> dict[str, Any]:
     """PostgreSQL -> lake snapshot: incremental unless `full`."""
     settings = Settings.from_env()
     lake.check_writable(settings.lake_root)
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
         since = export.since_for(settings, full)
         staged = extract_task(settings, since)
-        result = commit_task(settings, staged, full)
+        result = commit_task(settings, staged, full, strict)
         removed = vacuum_task(settings)
     return {
         "snapshot_id": result.snapshot.id, "created": result.created, "rows_read": result.rows_read,

@@ -36,6 +36,9 @@ db_app = typer.Typer(help="PostgreSQL: schema, synthetic seed, file import.", no
 lake_app = typer.Typer(help="The Parquet lake: snapshots and retention.", no_args_is_help=True)
 results_app = typer.Typer(help="The append-only results table (plain DuckDB works too).", no_args_is_help=True)
 cache_app = typer.Typer(help="The Redis result cache.", no_args_is_help=True)
+data_app = typer.Typer(help="What the lake holds: list symbols and intervals, check data health.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
 strategies_app = typer.Typer(help="The strategies a run can name: parameters, defaults, allowed ranges.",
                              invoke_without_command=True)
 app.add_typer(strategies_app, name="strategies")
@@ -217,8 +220,13 @@ def db_seed(
     cryptos: Annotated[int, typer.Option(help="Number of synthetic cryptos.")] = 211,
     years: Annotated[float, typer.Option(help="Years of hourly history (the longest listing).")] = 5.0,
     seed: Annotated[int, typer.Option(help="Random seed: same seed, same market.")] = 42,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace the symbols' series whole (without it, a "
+                                                             "symbol whose bars differ is refused).")] = False,
 ) -> None:
-    """Write a synthetic market (hourly + daily bars) with binary COPY.
+    """Write a synthetic market (hourly bars + the derived intervals, default 1d) with binary COPY.
+
+    Symbols that already have different bars are refused, naming them, unless --replace; the
+    same seed again changes 0 rows.
 
     Example: cryptobt db seed --cryptos 211 --years 5 --seed 7
     """
@@ -231,14 +239,31 @@ def db_seed(
         task = progress.add_task("rows copied", total=None)
         report = loaders.seed_database(
             settings.database_url, cryptos, years, seed,
-            connections=settings.export_connections,
+            connections=settings.export_connections, replace=replace, derived=settings.derived_intervals,
             on_total=lambda total: progress.update(task, total=total),
             progress=lambda n: progress.advance(task, n),
         )
     console.print(
-        f"seeded {report.symbols} cryptos: {report.rows['1h']:,} hourly + {report.rows['1d']:,} daily rows "
+        f"seeded {report.symbols} cryptos: {report.changed:,} rows changed ({_per_interval(report.rows)} rows sent) "
         f"in {report.seconds:.2f} s ({report.rows_per_second:,.0f} rows/s)"
     )
+
+
+def _per_interval(rows: dict[str, int]) -> str:
+    from pipeline import intervals
+
+    return " + ".join(f"{rows[i]:,} {i}" for i in sorted(rows, key=intervals.SECONDS.get))
+
+
+def _print_findings(findings: dict[str, list[str]], strict: bool = False) -> None:
+    """Health findings, one line per symbol (warnings; `--strict` already refused them)."""
+    names = sorted(findings)
+    label = "[red]error:[/]" if strict else "[yellow]warning:[/]"
+    for name in names[:10]:
+        err_console.print(f"{label} {name}: {'; '.join(findings[name])}", highlight=False, soft_wrap=True)
+    if len(names) > 10:
+        err_console.print(f"{label} and {len(names) - 10} more symbol(s) with findings; `cryptobt data check` "
+                          "lists them all", highlight=False)
 
 
 @db_app.command("import")
@@ -246,10 +271,19 @@ def db_seed(
 def db_import(
     paths: Annotated[list[Path], typer.Argument(help="CSV, Parquet or Feather OHLCV files.")],
     symbol: Annotated[str | None, typer.Option(help="Symbol for a single file (default: file name before '-').")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="The file becomes the symbol's whole series (without it, "
+                                                             "a symbol whose bars differ is refused).")] = False,
+    interval: Annotated[str | None, typer.Option(help="The file's interval (default: the most common gap between "
+                                                      "its bars; needed for a single bar).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse files with data findings (gaps, jumps, stale or "
+                                                           "zero prices...) instead of warning.")] = False,
 ) -> None:
-    """Import real OHLCV files, resampled to 1h and 1d, upserted (re-import is a no-op).
+    """Import OHLCV files at their own interval (1m .. 1w), plus the coarser ones of
+    CRYPTOBT_DERIVED_INTERVALS (default 1h and 1d). Re-importing the same file changes 0 rows; a
+    file whose bars differ from a symbol's existing ones is refused unless --replace. Data
+    health is checked and reported at the end (`cryptobt data check`).
 
-    Example: cryptobt db import data/sample/binance-5m/*.feather
+    Examples: cryptobt db import data/sample/binance-5m/*.feather | cryptobt db import GOOG.csv --replace
     """
     from pipeline import loaders, source
 
@@ -258,11 +292,17 @@ def db_import(
         raise PipelineError(f"no such file: {', '.join(missing)}")
     settings = Settings.from_env()
     source.apply_schema(settings.database_url)
-    report = loaders.import_files(settings.database_url, list(paths), symbol)
+    from pipeline import health
+
+    report = loaders.import_files(settings.database_url, list(paths), symbol, replace=replace, interval=interval,
+                                  derived=settings.derived_intervals, strict=strict,
+                                  thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars))
+    natives = ", ".join(sorted(set(report.natives.values()), key=lambda i: health.intervals.SECONDS[i]))
     console.print(
-        f"imported {len(paths)} file(s), {report.symbols} symbol(s): {report.rows['1h']:,} hourly + "
-        f"{report.rows['1d']:,} daily bars in {report.seconds:.2f} s"
+        f"imported {len(paths)} file(s), {report.symbols} symbol(s) at {natives}: {report.changed:,} rows changed "
+        f"({_per_interval(report.rows)} bars) in {report.seconds:.2f} s"
     )
+    _print_findings(report.findings)
 
 
 # --- export and lake -------------------------------------------------------
@@ -275,25 +315,44 @@ def export_command(
     wait: Annotated[float, typer.Option(help="Seconds to wait for another export's lock.")] = 0.0,
     prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (tracked, retried).")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse to commit changed symbols with data findings "
+                                                           "(gaps, jumps, stale or zero prices...).")] = False,
 ) -> None:
     """Export PostgreSQL into a new lake snapshot (incremental unless --full).
+
+    A lake holds one source's data, by symbol name: when the current snapshot came from
+    another source (the demo's sample, another database), the export reads everything and its
+    snapshot replaces that source's symbols (older snapshots keep them until vacuumed).
+    Data health of the changed symbols is checked and printed at the end.
 
     Examples: cryptobt export | cryptobt export --full --no-prefect
     """
     import json
 
+    from pipeline import lake, source
+    from pipeline.errors import SnapshotDamaged
+
     wait = options.check_number("--wait", wait, 0, 86_400)
     settings = Settings.from_env()
+    try:
+        current = lake.current_snapshot(settings.lake_root)
+    except SnapshotDamaged:
+        current = None  # the export says what to do (a full export heals)
+    here = source.source_id(settings.database_url)
+    if current is not None and current.manifest.get("source") != here:
+        err_console.print(f"the current snapshot {current.id} came from {current.manifest.get('source')}; reading "
+                          f"{here} whole: its snapshot replaces those symbols", highlight=False, soft_wrap=True)
     if prefect:
         from flows.export import export_flow
         from flows.temporary_server import tie_to_this_process
 
         tie_to_this_process()  # a killed export must not leave Prefect's temporary server listening
-        summary = export_flow(full=full, wait_seconds=wait)
+        summary = export_flow(full=full, wait_seconds=wait, strict=strict)
     else:
         from pipeline.export import run_export
 
-        report = run_export(settings, full=full, wait_seconds=wait, log=lambda m: err_console.print(m))
+        report = run_export(settings, full=full, wait_seconds=wait, strict=strict,
+                            log=lambda m: err_console.print(m))
         summary = {"snapshot_id": report.snapshot_id, "created": report.created, "rows_read": report.rows_read,
                    "changed_symbols": report.changed_symbols, "removed_snapshots": report.removed_snapshots,
                    "seconds": round(report.seconds, 3)}
@@ -303,6 +362,10 @@ def export_command(
     state = "new snapshot" if summary["created"] else "unchanged, snapshot stands"
     console.print(f"{state}: {summary['snapshot_id']} ({summary['rows_read']:,} rows read, "
                   f"{len(summary['changed_symbols'])} symbols changed)")
+    committed = lake.current_snapshot(settings.lake_root)
+    if committed is not None and summary["created"]:
+        _print_findings({n: committed.symbols[n]["health"] for n in summary["changed_symbols"]
+                         if committed.symbols.get(n, {}).get("health")})
 
 
 @lake_app.command("snapshots")
@@ -383,8 +446,82 @@ def lake_vacuum(
     console.print(f"removed {len(removed)} snapshot(s)" + (": " + ", ".join(removed) if removed else ""))
 
 
+# --- data -------------------------------------------------------------------
+
+
+@data_app.command("list")
+@user_errors
+def data_list(
+    snapshot: Annotated[str | None, typer.Option(help="A kept snapshot instead of the current one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list.")] = False,
+) -> None:
+    """Every symbol of the lake: its own interval, the intervals it can be read at, first and last
+    bar, bars, gaps, data version and source.
+
+    Example: cryptobt data list --json
+    """
+    import json
+
+    from pipeline import data
+
+    rows = data.listing(Settings.from_env().lake_root, snapshot)
+    if as_json:
+        print(json.dumps(rows))
+        return
+    title = (f"{len(rows)} symbol(s) in snapshot {rows[0]['snapshot_id']} from {rows[0]['source']}" if rows
+             else "no symbols")
+    columns = [tables.Column("symbol", required=True, right=False), tables.Column("interval", required=True),
+               tables.Column("readable at", drop_rank=2, right=False),
+               tables.Column("first bar (UTC)", required=True, right=False),
+               tables.Column("last bar (UTC)", required=True, right=False), tables.Column("bars", required=True),
+               tables.Column("gaps", drop_rank=1), tables.Column("data version", drop_rank=3, right=False)]
+    rows = [[r["symbol"], r["interval"], " ".join(r["intervals"]), r["first"][:16].replace("T", " "),
+             r["last"][:16].replace("T", " "), f"{r['bars']:,}", f"{r['gaps']:,}" if r["gaps"] is not None else "-",
+             r["data_version"]] for r in rows]
+    tables.print_table(console, columns, rows, title)
+
+
+@data_app.command("check")
+@user_errors
+def data_check(
+    targets: Annotated[list[str] | None, typer.Argument(help="Symbols of the lake or OHLCV files (default: every "
+                                                             "symbol).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when anything is found.")] = False,
+    snapshot: Annotated[str | None, typer.Option(help="A kept snapshot instead of the current one.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+) -> None:
+    """Data health: gaps, jumps beyond CRYPTOBT_JUMP_RATIO (10x), stale closes (CRYPTOBT_STALE_BARS
+    equal closes in a row, 24), zero prices, zero volume, high below low, duplicate timestamps.
+    Findings are warnings (exit 0) unless --strict.
+
+    Examples: cryptobt data check | cryptobt data check SYN001 ETH_BTC | cryptobt data check prices.csv --strict
+    """
+    import json
+
+    from pipeline import data, health
+
+    settings = Settings.from_env()
+    thresholds = health.Thresholds(settings.jump_ratio, settings.stale_bars)
+    found = data.check(settings.lake_root, targets or [], thresholds, snapshot)
+    if as_json:
+        print(json.dumps(found))
+    else:
+        flagged = {name: notes for name, notes in found.items() if notes}
+        for name in sorted(flagged):
+            label = "[red]error:[/]" if strict else "[yellow]warning:[/]"
+            console.print(f"{label} {name}: {'; '.join(flagged[name])}", highlight=False, soft_wrap=True)
+        console.print(f"checked {len(found)}: {len(flagged)} with findings, {len(found) - len(flagged)} clean "
+                      f"(jumps beyond {thresholds.jump_ratio:g}x, stale from {thresholds.stale_bars} equal closes)")
+    if strict and any(found.values()):
+        raise typer.Exit(1)
+
+
 # --- backtests --------------------------------------------------------------
 
+INTERVAL_HELP = ("1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w (a symbol is read at its own interval or a coarser one, "
+                 "aggregated on read when the lake does not store it) or auto: per symbol, 1h when its hourly "
+                 "bars in range span at most 50,000 hours, else 1d; a symbol whose own bars are coarser than 1h "
+                 "keeps its own interval.")
 # The leaderboard's columns; among the optional ones, the highest drop_rank is left out first
 # when the terminal is narrow (pipeline/tables.py).
 BOARD_COLUMNS = (
@@ -427,7 +564,7 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
          interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
          stream: bool, command: str, no_cache: bool = False,
          annualization: str = "observed", min_bar_coverage: float = 0.0,
-         confirm_seconds: float | None = None) -> tuple[Any, Any, Settings]:
+         confirm_seconds: float | None = None, snapshot: str | None = None) -> tuple[Any, Any, Settings]:
     from pipeline import runs
 
     config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, timerange=timerange,
@@ -447,10 +584,21 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
         outcome = runs.execute(settings, config, symbols, interval, no_cache=no_cache, on_warning=_warn,
                                on_results=on_results, on_progress=watch, command=command,
                                confirm_seconds=confirm_seconds,
-                               on_plan=lambda m: err_console.print(m, highlight=False))
+                               on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot)
+    _warn_findings(outcome.findings)
     return outcome, config, settings
 
 
+def _warn_findings(findings: dict[str, list[str]]) -> None:
+    """One line for the symbols whose data has health findings (the manifest records them)."""
+    if not findings:
+        return
+    names = sorted(findings)
+    first = f"{names[0]}: {findings[names[0]][0]}"
+    err_console.print(f"[yellow]warning:[/] {len(names)} symbol(s) have data findings ({first}"
+                      f"{'; ...' if len(names) > 1 or len(findings[names[0]]) > 1 else ''}); "
+                      f"see `cryptobt data check {' '.join(names[:3])}{' ...' if len(names) > 3 else ''}`",
+                      highlight=False, soft_wrap=True)
 def _stop_if_interrupted(outcome: Any, settings: Settings) -> None:
     """Ctrl-C: what finished was printed and written; say so and exit 130 (128 + SIGINT)."""
     if outcome.interrupted:
@@ -465,8 +613,9 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     from pipeline import plots, runs
 
     best = outcome.results[:top]
-    curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval,
-                                best[0]["params"] if best else None)
+    # A run whose symbols were read at several intervals (--interval auto) draws at the coarsest.
+    curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval.split("+")[-1],
+                                best[0]["params"] if best else None, snapshot_id=outcome.snapshot_id)
     written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
                                outcome.results, curves, outcome.results if sweep else None)
     err_console.print(f"picture written to {written}")
@@ -478,8 +627,10 @@ def backtest_command(
     strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
-    interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
+    interval: Annotated[str, typer.Option(help=INTERVAL_HELP)] = "1h",
     timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD, either side open.")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot (`cryptobt lake snapshots`) "
+                                                      "instead of the current one.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
     fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
     fill: Annotated[str, typer.Option(help="close (signal bar) or next_open.")] = "close",
@@ -510,7 +661,7 @@ def backtest_command(
     options.check_plot(plot)
     outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
                                      fee, fill, initial, trades, stream, "backtest", no_cache, annualization,
-                                     min_bar_coverage)
+                                     min_bar_coverage, snapshot=snapshot)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -535,8 +686,9 @@ def sweep_command(
     grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s")] = None,
     all_: Annotated[bool, typer.Option("--all")] = False,
-    interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
+    interval: Annotated[str, typer.Option(help=INTERVAL_HELP)] = "1h",
     timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD.")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot instead of the current one.")] = None,
     fee: Annotated[float, typer.Option(help="Fee in percent.")] = 0.1,
     fill: Annotated[str, typer.Option(help="close or next_open.")] = "close",
     initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
@@ -573,7 +725,7 @@ def sweep_command(
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
                                      False, False, "sweep", no_cache, annualization, min_bar_coverage,
-                                     None if yes else options.SWEEP_CONFIRM_SECONDS)
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot and outcome.results:
@@ -612,7 +764,8 @@ def portfolio_command(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", "-g", help="Strategy parameter sweep: name=start:stop:step or name=v1,v2.")] = None,
-    interval: Annotated[str, typer.Option(help="1h, 1d or auto.")] = "1h",
+    interval: Annotated[str, typer.Option(help="1m .. 1w (see backtest --help) or auto (the coarsest interval "
+                                                "any symbol needs: one account needs one grid).")] = "1h",
     timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD, either side open.")] = None,
     fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
     slippage: Annotated[float, typer.Option(help="Slippage in percent against every market fill.")] = 0.0,
@@ -818,6 +971,46 @@ def results_top(
               for c, v in zip(columns, row, strict=True)] for row in rows]
     tables.print_table(console, [TOP_COLUMNS.get(c, tables.Column(c, drop_rank=11)) for c in columns], cells,
                        f"best {len(rows)} result(s) recorded" + (f" for {strategy}" if strategy else ""))
+
+
+@results_app.command("show")
+@user_errors
+def results_show(
+    run_id: Annotated[str, typer.Argument(help="The run id a backtest or sweep printed.")],
+    n: Annotated[int, typer.Option(help="Rows of its leaderboard.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A past run's leaderboard and parameters, from the results table (freqtrade's backtesting-show).
+
+    Example: cryptobt results show 20261122T235959123456Z-ab12cd
+    """
+    import json
+
+    from pipeline import results
+
+    shown = results.show(Settings.from_env().results_root, run_id, n)
+    run = shown["run"]
+    if as_json:
+        print(json.dumps(tables.json_safe({"run": run, "results": [dict(zip(shown["columns"], row, strict=True))
+                                                              for row in shown["rows"]]}), default=str))
+        return
+    console.print(f"run {run['run_id']} ({run['command'] or 'unknown command'}) at {run['created_at']}: "
+                  f"{run['strategy']} on {run['symbols']} symbol(s) at {', '.join(run['intervals'])}, "
+                  f"{run['results']} result(s); snapshot {run['snapshot_id']}; fill {run['fill']}, fee "
+                  f"{run['fee_pct']} %, initial {run['initial_investment']}, timerange "
+                  f"{run['timerange_start'] or '-'} .. {run['timerange_end'] or '-'}", highlight=False)
+    columns = [tables.Column("symbol", required=True, right=False), tables.Column("interval", required=True),
+               tables.Column("return %", required=True), tables.Column("b&h %", drop_rank=3),
+               tables.Column("trades", drop_rank=2), tables.Column("win %", drop_rank=4),
+               tables.Column("max dd %", drop_rank=1), tables.Column("sharpe", drop_rank=1),
+               tables.Column("params", required=True, right=False)]
+    rows = []
+    for row in shown["rows"]:
+        record = dict(zip(shown["columns"], row, strict=True))
+        rows.append([record["symbol"], record["interval"], *[tables.number(record[k]) for k in (
+            "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe")],
+            "\n".join(f"{k}={tables.param(v)}" for k, v in json.loads(record["params_json"]).items()) or "-"])
+    tables.print_table(console, columns, rows, f"best {len(rows)} of {run['results']}")
 
 
 def _cache() -> Any:

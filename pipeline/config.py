@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline import intervals
 from pipeline.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,13 @@ def _redis_url_env() -> str:
     return url
 
 
+def _intervals_env(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return intervals.parse_list(raw, name)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build it with `Settings.from_env()`."""
@@ -79,6 +87,13 @@ class Settings:
     api_workers: int = 0
     api_queue: int = 32
     admin_token: str = field(default="", repr=False)
+    # Coarser intervals a load derives from a file's native one (and the lake stores); others
+    # are aggregated when read.
+    derived_intervals: tuple[str, ...] = ("1h", "1d")
+    # Data health (`cryptobt data check`): a close-to-close move beyond this factor is a jump,
+    # this many equal closes in a row a stale stretch.
+    jump_ratio: float = 10.0
+    stale_bars: int = 24
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -104,6 +119,9 @@ class Settings:
             api_workers=_number_env("CRYPTOBT_API_WORKERS", 0, 0),
             api_queue=_number_env("CRYPTOBT_API_QUEUE", 32, 0),
             admin_token=os.environ.get("CRYPTOBT_ADMIN_TOKEN", ""),
+            derived_intervals=_intervals_env("CRYPTOBT_DERIVED_INTERVALS", ("1h", "1d")),
+            jump_ratio=_number_env("CRYPTOBT_JUMP_RATIO", 10.0, 1.0, float),
+            stale_bars=_number_env("CRYPTOBT_STALE_BARS", 24, 2),
         )
 
 

@@ -22,7 +22,7 @@ from pipeline import engine, lake, plots, runs, strategies
 from pipeline.cache import ResultCache
 from pipeline.config import PROJECT_ROOT, Settings
 from pipeline.errors import PipelineError
-from pipeline.ohlcv import read_ohlcv_file, symbol_from_path, to_hourly_and_daily
+from pipeline.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
 from pipeline.synthetic import generate_market
 
 # Real Binance pairs shipped with the project (data/sample/README.md says where they come from).
@@ -31,21 +31,26 @@ SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbo
 
 
 def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> lake.CommitResult:
-    """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists."""
+    """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists.
+
+    Its snapshot replaces whatever the lake held (source `sample`): symbols are names, so a
+    sample symbol never takes another source's bars."""
     names, hourly = generate_market(n_symbols, years, seed=42)
-    frames = [hourly.rename({"symbol_index": "symbol_id"}).with_columns(pl.col("symbol_id") + 1)]
-    symbols = {i + 1: name for i, name in enumerate(names)}
+    lookup = pl.DataFrame({"symbol_index": range(len(names)), "symbol": names},
+                          schema={"symbol_index": pl.Int32, "symbol": pl.String})
+    frames = [hourly.join(lookup, on="symbol_index")]
+    natives = dict.fromkeys(names, "1h")
     if sample is not None and sample.exists():
         for path in sorted(sample.glob("*.*")):
             if path.suffix.lower() not in (".feather", ".parquet", ".csv"):
                 continue
-            symbol_id = len(symbols) + 1
-            symbols[symbol_id] = symbol_from_path(path)
-            real = to_hourly_and_daily(read_ohlcv_file(path), str(path))["1h"]
-            frames.append(real.with_columns(pl.lit(symbol_id, pl.Int32).alias("symbol_id")))
-    merged = pl.concat([f.select("symbol_id", "ts", "open", "high", "low", "close", "volume") for f in frames])
+            name = symbol_from_path(path)
+            frame = read_ohlcv_file(path)
+            natives[name] = native_interval(frame, str(path))
+            frames.append(frame.with_columns(pl.lit(name).alias("symbol")))
+    merged = pl.concat([f.select("symbol", "ts", "open", "high", "low", "close", "volume") for f in frames])
     with lake.export_lock(lake_root, wait_seconds=30):
-        return lake.commit(lake_root, merged, symbols, full=True, watermark=None,
+        return lake.commit(lake_root, merged, natives, full=True, watermark=None,
                            rows_read=merged.height, source="sample")
 
 
@@ -89,7 +94,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
         snapshot = result.snapshot
         real = sorted(symbol_from_path(p) for p in (sample or DEFAULT_SAMPLE).glob("*.*"))
         console.print(f"sample lake {settings.lake_root}: snapshot {snapshot.id}, {len(snapshot.symbols)} symbols "
-                      f"({result.rows_read:,} hourly bars): {n_symbols} synthetic and {len(real)} real Binance "
+                      f"({result.rows_read:,} bars): {n_symbols} synthetic and {len(real)} real Binance "
                       f"pairs from {sample or 'data/sample'} ({', '.join(real)})")
     cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
         if os.environ.get("REDIS_URL") else None

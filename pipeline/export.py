@@ -17,15 +17,15 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline import lake, source
+from pipeline import health, lake, source
 from pipeline.config import Settings
 from pipeline.errors import disk_full, is_disk_full
 
 
 @dataclass(frozen=True)
 class StagedExtract:
-    path: Path  # Arrow IPC file of the changed hourly rows
-    symbols_path: Path
+    path: Path  # Arrow IPC file of the changed rows, each symbol's at its native interval
+    symbols_path: Path  # natives, symbols read whole, crypto ids without a symbol
     watermark: datetime
     rows_read: int
     seconds: float
@@ -48,18 +48,25 @@ class ExportReport:
 
 
 def since_for(settings: Settings, full: bool) -> datetime | None:
-    """The watermark to read from: None (everything) for a full or first export."""
+    """The watermark to read from: None (everything) for a full or first export, and when the
+    current snapshot came from another source (a watermark belongs to one database; the new
+    snapshot then replaces the other source's symbols, see lake.commit)."""
     if full:
         return None
     parent = lake.current_snapshot(settings.lake_root)
-    return None if parent is None else parent.watermark
+    if parent is None or parent.manifest.get("source") != source.source_id(settings.database_url):
+        return None
+    return parent.watermark
 
 
 def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtract:
     """Read the rows changed since `since` and park them in the lake's staging area."""
     started = time.perf_counter()
+    # Only an incremental read compares natives (a full one reads everything, even past a damaged lake).
+    parent = lake.current_snapshot(settings.lake_root) if since is not None else None
+    natives_before = {name: meta.get("native", "1h") for name, meta in parent.symbols.items()} if parent else {}
     extract = source.extract_changed(
-        settings.database_url, since, connections=settings.export_connections
+        settings.database_url, since, connections=settings.export_connections, natives_before=natives_before,
     )
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
@@ -67,8 +74,9 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
     path = staging / f"extract-{stem}.arrow"
     symbols_path = staging / f"extract-{stem}.symbols.json"
     try:
-        extract.frames["1h"].rename({"crypto_id": "symbol_id"}).write_ipc(path, compression="uncompressed")
-        symbols_path.write_text(json.dumps({str(k): v for k, v in extract.symbols.items()}))
+        extract.bars.write_ipc(path, compression="uncompressed")
+        symbols_path.write_text(json.dumps({"natives": extract.natives, "whole": sorted(extract.whole),
+                                            "orphan_ids": extract.orphan_ids}))
     except BaseException as exc:
         path.unlink(missing_ok=True)
         symbols_path.unlink(missing_ok=True)
@@ -80,17 +88,21 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
-                  fail_at: str | None = None) -> lake.CommitResult:
-    """Merge the staged rows into a new snapshot (or none, if nothing changed)."""
-    hourly = pl.read_ipc(staged.path)
-    symbols = {int(k): v for k, v in json.loads(staged.symbols_path.read_text()).items()}
-    result = lake.commit(
-        settings.lake_root, hourly, symbols, full=full, watermark=staged.watermark,
-        rows_read=staged.rows_read, source="postgresql", fail_at=fail_at,
-    )
-    staged.path.unlink(missing_ok=True)
-    staged.symbols_path.unlink(missing_ok=True)
-    return result
+                  fail_at: str | None = None, strict: bool = False) -> lake.CommitResult:
+    """Merge the staged rows into a new snapshot (or none, if nothing changed). The staged
+    extract is removed whatever happens: a retry reads PostgreSQL again."""
+    try:
+        bars = pl.read_ipc(staged.path)
+        meta = json.loads(staged.symbols_path.read_text())
+        return lake.commit(
+            settings.lake_root, bars, meta["natives"], full=full, watermark=staged.watermark,
+            rows_read=staged.rows_read, source=source.source_id(settings.database_url),
+            whole=set(meta["whole"]), derived=settings.derived_intervals,
+            thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars), strict=strict, fail_at=fail_at,
+        )
+    finally:
+        staged.path.unlink(missing_ok=True)
+        staged.symbols_path.unlink(missing_ok=True)
 
 
 def _bytes_needed(rows: int) -> int:
@@ -110,6 +122,7 @@ def run_export(
     full: bool = False,
     wait_seconds: float = 0.0,
     fail_at: str | None = None,
+    strict: bool = False,
     log: Callable[[str], None] = lambda _: None,
 ) -> ExportReport:
     """Export PostgreSQL into a new lake snapshot, in-process. `fail_at` is for kill tests."""
@@ -129,7 +142,7 @@ def run_export(
             log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
             if fail_at == "after-read":
                 os._exit(137)
-            result = commit_staged(settings, staged, full, fail_at=fail_at)
+            result = commit_staged(settings, staged, full, fail_at=fail_at, strict=strict)
         except Exception as exc:
             if is_disk_full(exc) and staged is not None:
                 raise disk_full(settings.lake_root, _bytes_needed(staged.rows_read), "CRYPTOBT_LAKE_ROOT") from None

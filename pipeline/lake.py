@@ -2,6 +2,7 @@
 
 Layout under the lake root::
 
+    snapshots/<snapshot_id>/interval=5m/year=2024/5m-2024.parquet   (symbols whose own interval is 5m)
     snapshots/<snapshot_id>/interval=1h/year=2024/1h-2024.parquet
     snapshots/<snapshot_id>/interval=1d/year=2024/1d-2024.parquet
     snapshots/<snapshot_id>/_manifest.json
@@ -19,10 +20,12 @@ Plain DuckDB reads the current snapshot with one glob, every row once::
 
     SELECT * FROM read_parquet('data/lake/current/interval=*/year=*/*.parquet', hive_partitioning = true)
 
-The manifest holds the snapshot id, the PostgreSQL watermark, and per symbol its
-data version (a hash of its rows' content: it changes iff the symbol's rows change),
-first/last bar and bar count per interval. Daily bars are always derived from the
-lake's hourly bars (SPEC section 2), so the two intervals can never disagree.
+The manifest holds the snapshot id, its source, the PostgreSQL watermark, and per symbol
+its lake id, native interval, data version (a hash of its native rows' content: it changes
+iff the symbol's rows change), first/last bar and bar count per stored interval, and its
+data health findings. A symbol is its name: ids are the lake's own, never a source's.
+Coarser intervals are always derived from the lake's native rows (SPEC section 2), so the
+intervals of a symbol can never disagree.
 """
 
 from __future__ import annotations
@@ -45,11 +48,11 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline import health, intervals
 from pipeline.config import check_writable_folder
 from pipeline.errors import LakeBusy, PipelineError, SnapshotDamaged
-from pipeline.ohlcv import resample
+from pipeline.ohlcv import derive
 
-INTERVALS = ("1h", "1d")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
 # The manifest's own checksum (sha256 of its canonical JSON without this key).
@@ -245,7 +248,16 @@ def verify(snapshot_path: Path) -> list[str]:
     return problems
 
 
-def require_snapshot(lake_root: Path) -> Snapshot:
+def require_snapshot(lake_root: Path, snapshot_id: str | None = None) -> Snapshot:
+    """The current snapshot, or the kept snapshot `snapshot_id`; a one-line error otherwise."""
+    if snapshot_id is not None:
+        kept = list_snapshots(lake_root)
+        found = next((s for s in kept if s.id == snapshot_id), None)
+        if found is None:
+            ids = ", ".join(s.id for s in kept[-5:]) or "none"
+            raise PipelineError(f"--snapshot {snapshot_id!r} is not kept in the lake at {lake_root} (newest kept: "
+                                f"{ids}); `cryptobt lake snapshots` lists them")
+        return found
     snapshot = current_snapshot(lake_root)
     if snapshot is None:
         if list_snapshots(lake_root):
@@ -411,28 +423,59 @@ def _symbol_stats(frame: pl.DataFrame) -> dict[int, dict]:
     }
 
 
+def stored_intervals(native: str, derived: tuple[str, ...]) -> list[str]:
+    """The intervals the lake writes for a symbol: its native one and the derived ones coarser than
+    it, except weeks (a week can straddle two years' files; the reader derives weeks on read)."""
+    return [native, *(i for i in intervals.coarser_than(native, derived) if i != "1w")]
+
+
+def _assign_ids(parent: Snapshot | None, names: set[str]) -> dict[str, int]:
+    """The lake's own ids: a name keeps the id it has in this lake; a new name gets the next one.
+    Ids never come from a source, so two sources' ids can never clash (the name is the identity)."""
+    ids = {name: int(meta["symbol_id"]) for name, meta in (parent.symbols.items() if parent else [])
+           if name in names}
+    next_id = max([int(m["symbol_id"]) for m in parent.symbols.values()] if parent else [0], default=0) + 1
+    for name in sorted(names - set(ids)):
+        ids[name] = next_id
+        next_id += 1
+    return ids
+
+
 def commit(
     lake_root: Path,
-    hourly: pl.DataFrame,
-    symbols: dict[int, str],
+    bars: pl.DataFrame,
+    natives: dict[str, str],
     *,
     full: bool,
     watermark: datetime | None,
     rows_read: int,
     source: str,
+    whole: set[str] | frozenset[str] = frozenset(),
+    derived: tuple[str, ...] = ("1h", "1d"),
+    thresholds: health.Thresholds | None = None,
+    strict: bool = False,
     fail_at: str | None = None,
 ) -> CommitResult:
-    """Merge changed hourly bars into a new snapshot and make it current, atomically.
+    """Merge changed bars into a new snapshot and make it current, atomically.
 
-    `hourly` has symbol_id, ts, open..volume (the rows read from the source). With
-    `full`, it is the whole source and replaces the lake (deleted rows disappear);
-    otherwise its rows are upserted into the current snapshot. If no symbol's content
-    changed, nothing is written and the current snapshot stands (idempotent export).
-    The caller holds `export_lock`. `fail_at` names a step at which to die (tests).
+    `bars` has symbol, ts, open..volume: each symbol's rows at its native interval
+    (`natives[symbol]`). A symbol is its name: the lake assigns its own ids. With `full`, `bars`
+    is the whole source and replaces the lake (symbols and rows it lacks disappear); a source
+    other than the current snapshot's always commits as full (a lake holds one source's
+    data). Otherwise rows are upserted into the current snapshot, and the symbols in `whole`
+    (or whose native interval changed) are replaced by their rows in `bars`. Coarser intervals
+    are derived from the native rows. If no symbol's content changed, nothing is written and
+    the current snapshot stands (idempotent export). Data health is measured per (symbol,
+    year) as years are written and recorded in the manifest (`symbols.<name>.health`); with
+    `strict`, a changed symbol with findings refuses the commit. The caller holds
+    `export_lock`. `fail_at` names a step at which to die (tests).
     """
     lake_root = Path(lake_root)
+    thresholds = thresholds or health.Thresholds()
     try:
         parent = current_snapshot(lake_root)
+        if parent is not None and parent.manifest.get("source") != source:
+            full = True
         state = _load_state(parent)
         if full and parent is not None:
             check_snapshot(parent)
@@ -441,100 +484,127 @@ def commit(
             raise
         # A full export rebuilds from the source alone: the way out of any damage to the lake.
         parent, state = None, {}
-    hourly = hourly.with_columns(
-        pl.col("symbol_id").cast(pl.Int32),
-        pl.col("ts").cast(pl.Datetime("us", "UTC")),
-        pl.lit(1, pl.Int32).alias("bars"),
-    )
-    names = pl.DataFrame(
-        {"symbol_id": list(symbols), "symbol": list(symbols.values())},
-        schema={"symbol_id": pl.Int32, "symbol": pl.String},
-    )
-    hourly = hourly.join(names, on="symbol_id", how="left")
-    unknown = hourly.filter(pl.col("symbol").is_null())
-    if unknown.height:
-        raise PipelineError(f"prices for unknown symbol id {unknown['symbol_id'][0]}")
-
-    parent_files = parent.manifest["files"] if parent else {"1h": {}, "1d": {}}
+    parent_natives = {name: meta.get("native", "1h") for name, meta in state.items()}
+    unknown = sorted(set(bars["symbol"].unique().to_list()) - set(natives))
+    if unknown:
+        raise PipelineError(f"bars for symbol(s) without a native interval: {', '.join(unknown[:5])}")
+    delta_names = set(bars["symbol"].unique().to_list())
     if full:
-        years = sorted(set(hourly["ts"].dt.year().unique().to_list()) | {int(y) for y in parent_files["1h"]})
+        whole = set(natives)
+        new_natives = {name: natives[name] for name in delta_names}
     else:
-        years = sorted(hourly["ts"].dt.year().unique().to_list())
+        whole = set(whole) | {n for n in delta_names if parent_natives.get(n, natives[n]) != natives[n]}
+        new_natives = {**parent_natives, **{n: natives[n] for n in delta_names | (whole & set(natives))}}
+        for name in whole - delta_names:  # replaced by nothing: the symbol is gone
+            new_natives.pop(name, None)
+    ids = _assign_ids(parent, set(new_natives) | set(parent_natives))
+    names_of = {sid: name for name, sid in ids.items()}
+    id_frame = pl.DataFrame({"symbol": list(ids), "symbol_id": list(ids.values())},
+                            schema={"symbol": pl.String, "symbol_id": pl.Int32})
+    bars = bars.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC"))).join(id_frame, on="symbol").with_columns(
+        pl.lit(1, pl.Int32).alias("bars"),
+        pl.col("symbol").replace_strict(new_natives, default=None, return_dtype=pl.String).alias("_native"))
+
+    parent_files = parent.manifest["files"] if parent else {}
+    parent_years = {int(y) for per in parent_files.values() for y in per}
+    years = set(bars["ts"].dt.year().unique().to_list())
+    if full:
+        years |= parent_years
+    else:
+        years |= {int(y) for name in whole for y in state.get(name, {}).get("year_hashes", {})}
+    years_list = sorted(years)
 
     snapshot_id = new_snapshot_id()
     staging = lake_root / ".staging" / snapshot_id
     staging.mkdir(parents=True)
     try:
         year_hashes: dict[str, dict[str, str]] = {
-            sym: dict(meta.get("year_hashes", {})) for sym, meta in state.items()
-        }
+            sym: dict(meta.get("year_hashes", {})) for sym, meta in state.items()}
         year_stats: dict[str, dict[str, dict[str, dict]]] = {
-            sym: {iv: dict(meta.get("year_stats", {}).get(iv, {})) for iv in INTERVALS}
-            for sym, meta in state.items()
-        }
-        # One pass splits the rows by year; each year then merges, sorts and hashes on its
-        # own thread (polars, pyarrow and hashlib release the GIL).
+            sym: {iv: dict(per) for iv, per in meta.get("year_stats", {}).items()} for sym, meta in state.items()}
+        year_health: dict[str, dict[str, dict]] = {
+            sym: dict(meta.get("year_health", {})) for sym, meta in state.items()}
         by_year = {
-            key[0]: frame for key, frame in hourly.with_columns(pl.col("ts").dt.year().alias("_year"))
+            key[0]: frame for key, frame in bars.with_columns(pl.col("ts").dt.year().alias("_year"))
             .partition_by("_year", as_dict=True, include_key=False).items()
         }
-        empty = hourly.clear()
+        empty = bars.clear()
+        kept_old = {name for name, native in parent_natives.items() if name not in whole and not full}
 
-        def merge_year(year: int) -> tuple[int, pl.DataFrame, dict[int, str]]:
+        def merge_year(year: int) -> tuple[int, dict[str, pl.DataFrame], dict[int, str], list[dict]]:
             delta = by_year.get(year, empty)
-            old = None if full else _read_year(parent, "1h", year)
-            if old is not None:
-                kept = old.join(delta.select("symbol_id", "ts"), on=["symbol_id", "ts"], how="anti")
-                merged = pl.concat([kept, delta.select(old.columns)])
-            else:
-                merged = delta
-            merged = merged.select(list(LAKE_SCHEMA)).sort("symbol_id", "ts")
-            return year, merged, _hash_symbols(merged)
+            base: dict[str, pl.DataFrame] = {}
+            for native in sorted(set(new_natives.values()) | set(parent_natives.values()), key=intervals.SECONDS.get):
+                part = delta.filter(pl.col("_native") == native).select(list(LAKE_SCHEMA))
+                old = None if full else _read_year(parent, native, year)
+                if old is not None:
+                    own = [ids[n] for n in kept_old if parent_natives[n] == native]
+                    old = old.filter(pl.col("symbol_id").is_in(own))
+                    old = old.join(part.select("symbol_id", "ts"), on=["symbol_id", "ts"], how="anti")
+                    part = pl.concat([old.select(list(LAKE_SCHEMA)), part])
+                if part.height:
+                    base[native] = part.sort("symbol_id", "ts")
+            hashes: dict[int, str] = {}
+            measured: list[dict] = []
+            for native, frame in base.items():
+                hashes.update(_hash_symbols(frame))
+                measured += health.measure(frame, native, thresholds, by="symbol_id")
+            return year, base, hashes, measured
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            merged_years = list(pool.map(merge_year, years))
-        new_years: dict[int, pl.DataFrame] = {year: merged for year, merged, _ in merged_years}
-        year_content = {year: hashes for year, _, hashes in merged_years}
+            merged_years = list(pool.map(merge_year, years_list))
+        new_years = {year: base for year, base, _, _ in merged_years}
 
-        changed_ids: set[int] = set()
-        touched_symbols = set(hourly["symbol_id"].unique().to_list())
-        for year, hashes in year_content.items():
-            scope = set(hashes) | (
-                {sid for sid, name in symbols.items() if str(year) in year_hashes.get(name, {})}
-                if full else touched_symbols
-            )
-            for sid in scope:
-                name = symbols[sid]
-                new_hash = hashes.get(sid)
+        changed: set[str] = set()
+        touched = delta_names | whole
+        for year, _, hashes, measured in merged_years:
+            present = {names_of[sid] for sid in hashes}
+            scope = present | {name for name, per in year_hashes.items() if str(year) in per
+                               and (full or name in touched)}
+            for name in scope:
+                new_hash = hashes.get(ids[name]) if name in present else None
                 old_hash = year_hashes.get(name, {}).get(str(year))
                 if new_hash != old_hash:
-                    changed_ids.add(sid)
+                    changed.add(name)
                     if new_hash is None:
                         year_hashes.get(name, {}).pop(str(year), None)
+                        year_health.get(name, {}).pop(str(year), None)
                     else:
                         year_hashes.setdefault(name, {})[str(year)] = new_hash
+            for record in measured:
+                year_health.setdefault(names_of[record.pop("symbol_id")], {})[str(year)] = record
+        # A symbol whose native interval changed changes even if its hashes happen to agree.
+        changed |= {n for n in new_natives if n in parent_natives and parent_natives[n] != new_natives[n]}
 
-        if not changed_ids and parent is not None:
+        if not changed and parent is not None:
             shutil.rmtree(staging)
             return CommitResult(parent, False, [], rows_read, 0, 0)
 
-        files: dict[str, dict[str, dict]] = {"1h": {}, "1d": {}}
+        files: dict[str, dict[str, dict]] = {}
         written = linked = 0
-        for interval in INTERVALS:
-            for year, entry in parent_files.get(interval, {}).items():
+        for interval, per_year in parent_files.items():
+            for year, entry in per_year.items():
                 if int(year) in new_years:
                     continue
                 target = staging / entry["path"]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 check_files(parent, [parent.path / entry["path"]])  # never carry damage forward
                 os.link(parent.path / entry["path"], target)
-                files[interval][year] = entry if "sha256" in entry else {**entry, **file_fingerprint(target)}
+                files.setdefault(interval, {})[year] = entry if "sha256" in entry else {
+                    **entry, **file_fingerprint(target)}
                 linked += 1
+
         def write_year(year: int) -> list[tuple[str, int, str, pl.DataFrame, dict]]:
-            merged = new_years[year]
-            daily = resample(merged.drop("bars"), "1d", by=("symbol_id", "symbol")).select(list(LAKE_SCHEMA))
+            outputs: dict[str, list[pl.DataFrame]] = {}
+            for native, frame in new_years[year].items():
+                built = derive(frame.drop("bars"), native, tuple(stored_intervals(native, derived)[1:]),
+                               by=("symbol_id", "symbol"), clean=False)
+                built[native] = frame
+                for interval, part in built.items():
+                    outputs.setdefault(interval, []).append(part.select(list(LAKE_SCHEMA)))
             done = []
-            for interval, frame in (("1h", merged), ("1d", daily)):
+            for interval in sorted(outputs, key=intervals.SECONDS.get):
+                frame = pl.concat(outputs[interval]).sort("symbol_id", "ts")
                 relative = f"interval={interval}/year={year}/{interval}-{year}.parquet"
                 fingerprint = _write_parquet(frame, staging / relative)
                 if fail_at == "mid-write":
@@ -543,45 +613,50 @@ def commit(
             return done
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            outputs = list(pool.map(write_year, [y for y, m in new_years.items() if m.height]))
+            outputs = list(pool.map(write_year, [y for y, base in new_years.items() if base]))
+        rewritten = {str(year) for year in new_years}
+        for per_interval in year_stats.values():
+            for per_year in per_interval.values():
+                for year in rewritten:
+                    per_year.pop(year, None)
         for interval, year, relative, frame, fingerprint in (item for done in outputs for item in done):
-            files[interval][str(year)] = {"path": relative, "rows": frame.height, **fingerprint}
+            files.setdefault(interval, {})[str(year)] = {"path": relative, "rows": frame.height, **fingerprint}
             written += 1
             for sid, stats in _symbol_stats(frame).items():
-                year_stats.setdefault(symbols[sid], {iv: {} for iv in INTERVALS})[interval][str(year)] = stats
-            present = {symbols[sid] for sid in frame["symbol_id"].unique().to_list()}
-            for name, per_interval in year_stats.items():
-                if name not in present:
-                    per_interval[interval].pop(str(year), None)
-        # Years whose rows all disappeared (full export after deletions) keep no stats.
-        for year, merged in new_years.items():
-            if merged.height == 0:
-                for per_interval in year_stats.values():
-                    for interval in INTERVALS:
-                        per_interval[interval].pop(str(year), None)
+                year_stats.setdefault(names_of[sid], {}).setdefault(interval, {})[str(year)] = stats
 
-        id_of = {name: sid for sid, name in symbols.items()}
-        if parent:
-            id_of.update({name: meta["symbol_id"] for name, meta in parent.symbols.items() if name not in id_of})
         symbol_meta = {}
         new_state: dict[str, dict] = {}
         for name in sorted(year_hashes):
             hashes = year_hashes[name]
-            if not hashes:
+            if not hashes or name not in new_natives:
                 continue
-            version = hashlib.blake2b(json.dumps(hashes, sort_keys=True).encode(), digest_size=8).hexdigest()
-            meta = {"symbol_id": id_of[name], "data_version": version}
-            new_state[name] = {"year_hashes": hashes, "year_stats": year_stats.get(name, {})}
-            for interval in INTERVALS:
-                per_year = year_stats.get(name, {}).get(interval, {})
-                if per_year:
-                    meta[interval] = {
-                        "first": min(s["first"] for s in per_year.values()),
-                        "last": max(s["last"] for s in per_year.values()),
-                        "bars": sum(s["bars"] for s in per_year.values()),
-                    }
+            native = new_natives[name]
+            # Hourly series keep the versions they always had; another native interval is part of the content.
+            content = hashes if native == "1h" else {"native": native, **hashes}
+            version = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
+            meta = {"symbol_id": ids[name], "data_version": version, "native": native}
+            per_interval_stats = {iv: per for iv, per in year_stats.get(name, {}).items() if per}
+            new_state[name] = {"native": native, "year_hashes": hashes, "year_stats": per_interval_stats,
+                               "year_health": year_health.get(name, {})}
+            for interval, per_year in per_interval_stats.items():
+                meta[interval] = {
+                    "first": min(s["first"] for s in per_year.values()),
+                    "last": max(s["last"] for s in per_year.values()),
+                    "bars": sum(s["bars"] for s in per_year.values()),
+                }
+            parts = list(year_health.get(name, {}).values())
+            if parts:
+                combined = health.combine(parts, thresholds)
+                meta["gaps"] = combined["gaps"]
+                meta["health"] = health.findings(combined, thresholds)
             symbol_meta[name] = meta
-        changed = sorted(symbols[sid] for sid in changed_ids)
+        flagged = sorted(n for n in changed if symbol_meta.get(n, {}).get("health"))
+        if strict and flagged:
+            raise PipelineError(
+                f"--strict: {len(flagged)} changed symbol(s) have data findings ({flagged[0]}: "
+                f"{'; '.join(symbol_meta[flagged[0]]['health'])}); no snapshot was written. "
+                "`cryptobt data check` lists them; export without --strict to keep them as warnings")
         manifest = {
             "snapshot_id": snapshot_id,
             "created_at": datetime.now(UTC).isoformat(),
@@ -589,9 +664,10 @@ def commit(
             "source": source,
             "full": full,
             "watermark": watermark.isoformat() if watermark else (
-                parent.manifest.get("watermark") if parent else None),
+                parent.manifest.get("watermark") if parent and not full else None),
             "rows_read": rows_read,
-            "changed_symbols": changed,
+            "changed_symbols": sorted(changed),
+            "health_thresholds": {"jump_ratio": thresholds.jump_ratio, "stale_bars": thresholds.stale_bars},
             "files": files,
             "symbols": symbol_meta,
         }
@@ -612,7 +688,7 @@ def commit(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     snapshot = load_snapshot(final)
-    return CommitResult(snapshot, True, changed, rows_read, written, linked)
+    return CommitResult(snapshot, True, sorted(changed), rows_read, written, linked)
 
 
 def _point_current(lake_root: Path, target: Path) -> None:

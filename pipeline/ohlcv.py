@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from pipeline import intervals
 from pipeline.errors import InputError
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
@@ -23,8 +24,6 @@ OLDEST_BAR = datetime(1970, 1, 1, tzinfo=UTC)
 NEWEST_BAR_AHEAD = timedelta(days=1)
 SUPPORTED_SUFFIXES = (".csv", ".parquet", ".feather", ".arrow", ".ipc")
 _DATE_NAMES = ("date", "datetime", "timestamp", "time", "ts", "open_time")
-HOUR = timedelta(hours=1)
-DAY = timedelta(days=1)
 
 
 def resample(frame: pl.DataFrame, every: str, by: tuple[str, ...] = ()) -> pl.DataFrame:
@@ -79,6 +78,12 @@ def _parse_dates(raw: pl.Series) -> pl.Series:
     return pl.select(pl.coalesce(candidates)).to_series().alias("ts")
 
 
+def _is_index_name(name: str) -> bool:
+    """A column pandas wrote for its index: empty header, `Unnamed: 0`, or Parquet's index name."""
+    lowered = name.strip().lower()
+    return lowered in ("", "index", "__index_level_0__") or lowered.startswith("unnamed")
+
+
 def _row_label(path: Path, index: int) -> str:
     # CSV users look for the line in an editor (header is line 1); other formats count rows.
     if path.suffix.lower() == ".csv":
@@ -86,10 +91,11 @@ def _row_label(path: Path, index: int) -> str:
     return f"{path.name} row {index + 1}"
 
 
-def read_ohlcv_file(path: Path) -> pl.DataFrame:
+def read_ohlcv_file(path: Path, validate: bool = True) -> pl.DataFrame:
     """Read a CSV, Parquet or Feather OHLCV file into a validated price frame, sorted by time.
 
-    Raises InputError naming the file (and the row) for anything it cannot accept.
+    Raises InputError naming the file (and the row) for anything it cannot accept. Without
+    `validate` (data health checks of a file) bad prices and duplicate times are kept.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -110,12 +116,18 @@ def read_ohlcv_file(path: Path) -> pl.DataFrame:
 
     by_lower = {name.lower().strip(): name for name in raw.columns}
     date_column = next((by_lower[n] for n in _DATE_NAMES if n in by_lower), None)
+    if date_column is None and raw.columns and _is_index_name(raw.columns[0]):
+        # pandas' df.to_csv() writes the index first, under an empty header: a DatetimeIndex
+        # is the timestamp column. Anything else there stays "missing column date".
+        if raw.height and _parse_dates(raw[raw.columns[0]]).is_not_null().all():
+            date_column = raw.columns[0]
     missing = [c for c in PRICE_COLUMNS if c not in by_lower]
     if date_column is None or missing:
         need = (["date"] if date_column is None else []) + missing
         raise InputError(
             f"{path}: missing column(s) {', '.join(need)}; found {', '.join(raw.columns) or 'none'}; "
-            "need Date (or datetime/timestamp), Open, High, Low, Close, Volume in any case"
+            "need Date (or datetime/timestamp, or an unnamed first column of timestamps as pandas "
+            "writes it), Open, High, Low, Close, Volume in any case"
         )
 
     raw_dates = raw[date_column]
@@ -141,7 +153,8 @@ def read_ohlcv_file(path: Path) -> pl.DataFrame:
             raise InputError(f"{_row_label(path, index)}: {name} {raw[by_lower[name]][index]!r} is not a number")
         columns[name] = values
     frame = pl.DataFrame(columns).with_row_index("_row")
-    validate_prices(frame, lambda i: _row_label(path, i))
+    if validate:
+        validate_prices(frame, lambda i: _row_label(path, i))
     return frame.sort("ts").drop("_row")
 
 
@@ -192,17 +205,43 @@ def bar_spacing(frame: pl.DataFrame) -> timedelta | None:
     return gaps.mode().sort()[0]
 
 
-def to_hourly_and_daily(frame: pl.DataFrame, source: str) -> dict[str, pl.DataFrame]:
-    """Resample one symbol's bars (finer than or equal to 1h, or exactly 1d) to the lake's intervals."""
-    frame = frame.unique(subset=["ts"], keep="first").sort("ts")
-    spacing = bar_spacing(frame)
-    if spacing is None or spacing == DAY:
-        return {"1d": frame.with_columns(pl.col("ts").dt.truncate("1d"))}
-    if spacing > HOUR or (HOUR % spacing) != timedelta(0):
-        raise InputError(
-            f"{source}: bars are {spacing} apart; allowed are intervals that divide one hour "
-            "(1m, 5m, 15m, 30m, 1h) or daily bars"
-        )
-    hourly = resample(frame, "1h").drop("bars")
-    daily = resample(hourly, "1d").drop("bars")
-    return {"1h": hourly, "1d": daily}
+def native_interval(frame: pl.DataFrame, source: str, declared: str | None = None) -> str:
+    """The interval a file's bars are in: the most common gap between them, which must be one of
+    SPEC 4.2's intervals. `declared` (the importer's --interval) overrides the guess and is the only
+    way to import a single bar, whose interval no gap can tell."""
+    if declared is not None:
+        return intervals.check(declared)
+    spacing = bar_spacing(frame.unique(subset=["ts"]))
+    if spacing is None:
+        raise InputError(f"{source}: a single bar says nothing about its interval; pass --interval "
+                         f"(one of {', '.join(intervals.NAMES)})")
+    name = intervals.from_spacing(spacing)
+    if name is None:
+        raise InputError(f"{source}: bars are {spacing} apart; allowed intervals are "
+                         f"{', '.join(intervals.NAMES)}")
+    return name
+
+
+def derive(frame: pl.DataFrame, native: str, targets: tuple[str, ...] | list[str],
+           by: tuple[str, ...] = (), clean: bool = True) -> dict[str, pl.DataFrame]:
+    """One series at its `native` interval plus every coarser `target` it tiles (SPEC section 2 rules).
+
+    Each target is built from the coarsest interval already built that tiles it, so daily bars
+    come from hourly ones whenever there are hourly ones (their `bars` then counts hours, as the
+    lake has always recorded). Bars of `native` are labelled by their bucket's open time (a
+    daily file stamped 05:00 becomes 00:00 UTC). The frames carry `bars` (source bars used).
+    `clean=False` skips that labelling and de-duplication for rows known to be aligned, unique
+    and sorted (the lake's own).
+    """
+    keys = [*by, "ts"]
+    base = frame
+    if clean:
+        base = frame.with_columns(pl.col("ts").dt.truncate(intervals.POLARS_EVERY[native]))
+        base = base.unique(subset=keys, keep="first", maintain_order=True).sort(keys)
+    if "bars" not in base.columns:
+        base = base.with_columns(pl.lit(1, pl.Int32).alias("bars"))
+    built = {native: base}
+    for target in intervals.coarser_than(native, tuple(targets)):
+        source = max((name for name in built if intervals.divides(name, target)), key=intervals.SECONDS.__getitem__)
+        built[target] = resample(built[source], intervals.POLARS_EVERY[target], by=by)
+    return built

@@ -12,13 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline import intervals
 from pipeline.errors import PipelineError
 
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep Numba out of its start-up
     from pipeline.engine import RunConfig
 
 PLOT_SUFFIXES = (".html", ".png")
-INTERVALS = ("1h", "1d", "auto")
+INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
 # Starting cash: below a cent the kernel's unit arithmetic underflows; above a trillion the
 # account's value overflows float precision in its fees and marks.
 INITIAL_RANGE = (0.01, 1e12)

@@ -116,25 +116,70 @@ def resolve_symbols(snapshot: lake.Snapshot, symbols: list[str] | None) -> list[
     if missing:
         sample = ", ".join(sorted(known)[:8])
         raise PipelineError(
-            f"unknown symbol(s) {', '.join(repr(s) for s in missing)}; the lake has {len(known)} "
-            f"symbols (e.g. {sample}); see `cryptobt lake snapshots`"
+            f"unknown symbol(s) {', '.join(repr(s) for s in missing)}; snapshot {snapshot.id} has {len(known)} "
+            f"symbols (e.g. {sample}); `cryptobt data list` lists them"
         )
     return list(dict.fromkeys(symbols))
 
 
+def stored(meta: dict) -> list[str]:
+    """The intervals the lake has files of for a symbol (its manifest entry), finest first."""
+    return [name for name in intervals.NAMES if name in meta]
+
+
+def read_from(meta: dict, interval: str) -> str | None:
+    """The stored interval to read a symbol's `interval` bars from: itself, else the coarsest
+    stored one that tiles it (aggregated on read); None when the symbol's bars are coarser."""
+    have = stored(meta)
+    if interval in have:
+        return interval
+    finer = [name for name in have if intervals.divides(name, interval)]
+    return finer[-1] if finer else None
+
+
+def check_readable(snapshot: lake.Snapshot, names: list[str], interval: str) -> None:
+    """An error naming the symbols whose own bars are coarser than `interval`."""
+    coarse = [n for n in names if read_from(snapshot.symbols[n], interval) is None]
+    if coarse:
+        described = ", ".join(f"{n} ({snapshot.symbols[n].get('native', stored(snapshot.symbols[n])[0])})"
+                              for n in coarse[:5])
+        raise PipelineError(f"no {interval} bars for {described}: a series can be read at its own interval or "
+                            f"a coarser one; pass --interval with one of those, or leave these symbols out")
+
+
 def choose_interval(snapshot: lake.Snapshot, symbols: list[str], start: datetime | None,
-                    end: datetime | None, max_points: int) -> str:
-    """`auto`: 1h when every symbol's hourly bars in range fit in `max_points`, else 1d."""
-    metas = [snapshot.symbols[s].get("1h") for s in symbols]
-    metas = [m for m in metas if m]
-    if not metas:
-        return "1d"
-    first = min(datetime.fromisoformat(m["first"]) for m in metas)
-    last = max(datetime.fromisoformat(m["last"]) for m in metas)
-    lo = max(first, start) if start else first
-    hi = min(last + timedelta(hours=1), end) if end else last + timedelta(hours=1)
-    hours = max((hi - lo).total_seconds() / 3600, 0)
-    return "1h" if hours <= max_points else "1d"
+                    end: datetime | None, max_points: int) -> dict[str, str]:
+    """`auto`, per symbol: 1h when the symbol's hourly bars in range span at most `max_points`
+    hours, else 1d; a symbol whose own bars are coarser than 1h keeps its own interval."""
+    chosen = {}
+    for name in symbols:
+        meta = snapshot.symbols[name]
+        native = meta.get("native", "1h")
+        if intervals.SECONDS[native] > intervals.SECONDS["1h"]:
+            chosen[name] = native
+            continue
+        span = meta.get("1h") or meta.get(native)
+        first, last = datetime.fromisoformat(span["first"]), datetime.fromisoformat(span["last"])
+        lo = max(first, start) if start else first
+        hi = min(last + timedelta(hours=1), end) if end else last + timedelta(hours=1)
+        hours = max((hi - lo).total_seconds() / 3600, 0)
+        chosen[name] = "1h" if hours <= max_points else "1d"
+    return chosen
+
+
+def _bar_unit_seconds(meta: dict, source: str) -> int:
+    """What one unit of the lake's `bars` column is worth in seconds for `source` rows: a native
+    bar counts itself; a derived bar counts the bars of the interval it was built from (the
+    coarsest stored interval finer than it that tiles it: hours for a daily bar)."""
+    native = meta.get("native", "1h")
+    if source == native:
+        return intervals.SECONDS[source]
+    finer = [i for i in stored(meta) if i != source and intervals.divides(i, source)]
+    return intervals.SECONDS[finer[-1]] if finer else intervals.SECONDS[source]
+
+
+_AGGREGATE = {"open": "arg_min(open, ts)", "high": "max(high)", "low": "min(low)", "close": "arg_max(close, ts)",
+              "volume": "sum(volume)"}
 
 
 def read_prices(
@@ -150,12 +195,13 @@ def read_prices(
 ) -> PriceBatch:
     """One batched read of `columns` for `symbols` (None = all) in [start, end).
 
+    An interval the lake does not store for a symbol is aggregated on read from the coarsest
+    stored one that tiles it (SPEC section 2 rules, UTC buckets, weeks from Monday).
     Bars coarser than an hour carry their coverage (hours used / hours in the interval);
     those below `min_coverage` are dropped (NaN, so the kernels skip them like any gap).
     """
     snapshot = snapshot or lake.require_snapshot(Path(lake_root))
-    if interval not in ("1h", "1d", "auto"):
-        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
+    intervals.check(interval, extra=("auto",))
     bad = [c for c in columns if c not in ALLOWED_COLUMNS]
     if bad:
         raise PipelineError(f"unknown column(s) {', '.join(bad)}; allowed: {', '.join(ALLOWED_COLUMNS)}")
@@ -163,54 +209,77 @@ def read_prices(
         raise PipelineError(f"start {start.isoformat()} is not before end {end.isoformat()}")
     names = resolve_symbols(snapshot, symbols)
     if interval == "auto":
-        interval = choose_interval(snapshot, names, start, end, max_points)
+        interval = max(choose_interval(snapshot, names, start, end, max_points).values(),
+                       key=intervals.SECONDS.get, default="1h")
+    check_readable(snapshot, names, interval)
     columns = tuple(dict.fromkeys(("close", *columns)))
     versions = [snapshot.symbols[s]["data_version"] for s in names]
     ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
+    empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
+                       {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
+                       np.zeros(len(names), dtype=np.int64))
+    if not names:
+        return empty
 
     years = None
     if start is not None or end is not None:
         lo_year = start.year if start else 1970
         hi_year = (end - timedelta(microseconds=1)).year if end else 9999
         years = range(lo_year, hi_year + 1)
-    paths = snapshot.files(interval, years)
-    lake.check_files(snapshot, paths)
-    files = [str(p) for p in paths]
-    empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
-                       {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
-                       np.zeros(len(names), dtype=np.int64))
-    if not files or not names:
-        return empty
-
-    filters = []
-    params: dict[str, object] = {"files": files}
-    if symbols:
-        filters.append("list_contains($ids, symbol_id)")
-        params["ids"] = [int(i) for i in ids]
-    if start is not None:
-        filters.append("ts >= $start")
-        params["start"] = start
-    if end is not None:
-        filters.append("ts < $end")
-        params["end"] = end
-    where = ("WHERE " + " AND ".join(filters)) if filters else ""
-    select = ", ".join(columns)
+    # Groups of symbols read alike: from which stored interval, and what one unit of its `bars`
+    # column is worth in seconds (the interval it was built from; a native bar counts itself).
+    groups: dict[tuple[str, int], list[int]] = {}
+    for name, symbol_id in zip(names, ids, strict=True):
+        meta = snapshot.symbols[name]
+        source = read_from(meta, interval)
+        groups.setdefault((source, _bar_unit_seconds(meta, source)), []).append(int(symbol_id))
     partial_possible = intervals.SECONDS[interval] > 3_600
-    if partial_possible:  # the lake's `bars` counts the hours a coarser bar was built from
-        select += f", bars * 3600.0 / {intervals.SECONDS[interval]} AS coverage"
-    # Arrow out of DuckDB is ~3x faster than fetchnumpy here, and zero-copy into NumPy.
-    try:
-        table = _connection().sql(
-            f"SELECT symbol_id, ts, {select} FROM read_parquet($files) {where}",  # noqa: S608 - names checked
-            params=params,
-        ).to_arrow_table()
-    except duckdb.Error as exc:  # damaged in a way size, mtime and the footer did not show
-        raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
-                              "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
-                              ) from None
-    if table.num_rows == 0:
-        return empty
     step_us = intervals.SECONDS[interval] * 1_000_000
+    offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
+    tables = []
+    for (source, unit), group_ids in groups.items():
+        paths = snapshot.files(source, years)
+        lake.check_files(snapshot, paths)
+        files = [str(p) for p in paths]
+        if not files:
+            continue
+        filters = []
+        params: dict[str, object] = {"files": files}
+        if symbols or len(groups) > 1:
+            filters.append("list_contains($ids, symbol_id)")
+            params["ids"] = group_ids
+        if start is not None:
+            filters.append("ts >= $start")
+            params["start"] = start
+        if end is not None:
+            filters.append("ts < $end")
+            params["end"] = end
+        where = ("WHERE " + " AND ".join(filters)) if filters else ""
+        # Coverage of a bar coarser than an hour: the share of its length the source bars fill.
+        share = f"* {unit}.0 / {intervals.SECONDS[interval]}"
+        if source == interval:
+            select = ", ".join(columns) + (f", bars {share} AS coverage" if partial_possible else "")
+            query = f"SELECT symbol_id, epoch_us(ts) AS ts, {select} FROM read_parquet($files) {where}"  # noqa: S608 - names checked
+        else:
+            bucket = f"(epoch_us(ts) - {offset_us}) // {step_us} * {step_us} + {offset_us}"
+            aggregates = ", ".join(f"{_AGGREGATE[c]} AS {c}" for c in columns)
+            aggregates += f", sum(bars) {share} AS coverage" if partial_possible else ""
+            query = (f"SELECT symbol_id, {bucket} AS bucket, {aggregates} "  # noqa: S608 - names checked
+                     f"FROM read_parquet($files) {where} GROUP BY ALL")
+            picked = ", ".join(columns) + (", coverage" if partial_possible else "")
+            query = f"SELECT symbol_id, bucket AS ts, {picked} FROM ({query})"  # noqa: S608
+        # Arrow out of DuckDB is ~3x faster than fetchnumpy here, and zero-copy into NumPy.
+        try:
+            table = _connection().sql(query, params=params).to_arrow_table()  # names checked above
+        except duckdb.Error as exc:  # damaged in a way size, mtime and the footer did not show
+            raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
+                                  "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
+                                  ) from None
+        if table.num_rows:
+            tables.append(table)
+    if not tables:
+        return empty
+    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     ts = table["ts"].combine_chunks().cast(pa.int64()).to_numpy()
     symbol_ids = table["symbol_id"].combine_chunks().to_numpy()
     t0 = int(ts.min())
@@ -231,7 +300,7 @@ def read_prices(
             thin = coverage < min_coverage
             for matrix in (*out.values(), coverage):
                 matrix[thin] = np.nan
-    del table
+    del table, tables
     bars = (~np.isnan(out["close"])).sum(axis=1).astype(np.int64)
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)

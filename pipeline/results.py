@@ -421,6 +421,40 @@ def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[st
     return query(results_root, _RUN_ROWS_SQL, [run_id])
 
 
+_SHOW_SQL = """
+SELECT symbol, interval, params_json, total_return_pct, buy_hold_return_pct, num_trades, win_rate_pct,
+       max_drawdown_pct, sharpe, bars, snapshot_id, data_version, from_cache, reason
+FROM results WHERE run_id = ?
+ORDER BY total_return_pct DESC NULLS LAST, symbol, params_json
+LIMIT ?
+"""
+_SHOW_RUN_SQL = """
+SELECT r.run_id, min(r.created_at) AS created_at, any_value(r.strategy) AS strategy, count(*) AS results,
+       count(DISTINCT r.symbol) AS symbols, list(DISTINCT r.interval ORDER BY r.interval) AS intervals,
+       any_value(r.snapshot_id) AS snapshot_id, any_value(r.fill) AS fill, any_value(r.fee_pct) AS fee_pct,
+       any_value(r.initial_investment) AS initial_investment, any_value(r.timerange_start) AS timerange_start,
+       any_value(r.timerange_end) AS timerange_end, any_value(u.command) AS command,
+       any_value(u.duration_s) AS duration_s
+FROM results r LEFT JOIN runs u USING (run_id)
+WHERE r.run_id = ?
+GROUP BY r.run_id
+"""
+
+
+def show(results_root: str | os.PathLike[str], run_id: str, n: int = 20) -> dict[str, Any]:
+    """A past run from the results table: what it ran (strategy, snapshot, options) and its best `n` rows."""
+    if n < 1:
+        raise InputError(f"--n {n} must be >= 1")
+    columns, rows = query(results_root, _SHOW_RUN_SQL, [run_id])
+    if not rows:
+        raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "  # noqa: S608
+                         "cryptobt results sql \"SELECT run_id, strategy, min(created_at) FROM results "
+                         "GROUP BY ALL ORDER BY 3 DESC LIMIT 10\"")
+    run = dict(zip(columns, rows[0], strict=True))
+    board_columns, board = query(results_root, _SHOW_SQL, [run_id, n])
+    return {"run": run, "columns": board_columns, "rows": board}
+
+
 def run_stats(
     results_root: str | os.PathLike[str],
     hours: float = 24.0,

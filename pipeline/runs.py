@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pipeline import engine, lake, reader, results
+from pipeline import engine, intervals, lake, reader, results
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
@@ -49,6 +49,7 @@ class RunOutcome:
     paths: list[str] = field(default_factory=list)
     interrupted: bool = False
     planned: int = 0  # results the run would have had without an interruption
+    findings: dict[str, list[str]] = field(default_factory=dict)  # symbol -> data health findings
 
     @property
     def hit_ratio(self) -> float | None:
@@ -86,31 +87,44 @@ def _pinning(run: Callable[..., T]) -> Callable[..., T]:
 
 
 def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str,
-              max_points: int) -> tuple[lake.Snapshot, list[str], str]:
-    """The snapshot a run reads (pinned for the run), its symbols and its interval (`auto` resolved)."""
+              max_points: int, snapshot_id: str | None = None) -> tuple[lake.Snapshot, dict[str, str]]:
+    """The snapshot a run reads (the current one, or `snapshot_id` if still kept; pinned for the run)
+    and the interval of each of its symbols (`auto` decides per symbol); threads set. With no
+    symbols named, symbols whose own bars are coarser than `interval` are left out; named ones
+    are an error."""
+    intervals.check(interval, extra=("auto",))
     engine.set_threads(settings.workers)
-    snapshot = lake.require_snapshot(settings.lake_root)
+    snapshot = lake.require_snapshot(settings.lake_root, snapshot_id)
     stack = _PINS.get()
     if stack is not None:
         snapshot = stack.enter_context(lake.reading(settings.lake_root, snapshot))
     names = reader.resolve_symbols(snapshot, symbols)
     if interval == "auto":
-        interval = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
-                                          max_points)
-    elif interval not in ("1h", "1d"):
-        from pipeline.errors import PipelineError
+        interval_of = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
+                                             max_points)
+    else:
+        if symbols:
+            reader.check_readable(snapshot, names, interval)
+        interval_of = {n: interval for n in names if reader.read_from(snapshot.symbols[n], interval)}
+    _check_range_has_bars(snapshot, interval_of, config)
+    return snapshot, interval_of
 
-        raise PipelineError(f"--interval {interval!r} is not allowed; use 1h, 1d or auto")
-    _check_range_has_bars(snapshot, names, interval, config)
-    return snapshot, names, interval
+
+def data_findings(snapshot: lake.Snapshot, names: list[str]) -> dict[str, list[str]]:
+    """The health findings worth a warning that the snapshot's manifest records for `names`."""
+    from pipeline.health import worth_a_warning
+
+    found = {n: worth_a_warning(snapshot.symbols[n].get("health", [])) for n in names}
+    return {n: notes for n, notes in found.items() if notes}
 
 
-def _check_range_has_bars(snapshot: lake.Snapshot, names: list[str], interval: str, config: RunConfig) -> None:
+def _check_range_has_bars(snapshot: lake.Snapshot, interval_of: dict[str, str], config: RunConfig) -> None:
     """Refuse, before any read or write, a --timerange in which none of the symbols has a bar."""
     start, end = config.timerange_start, config.timerange_end
     if start is None and end is None:
         return
-    spans = [snapshot.symbols[s].get(interval) for s in names]
+    interval = "+".join(sorted(set(interval_of.values()), key=intervals.SECONDS.get))
+    spans = [snapshot.symbols[s].get(reader.read_from(snapshot.symbols[s], iv) or iv) for s, iv in interval_of.items()]
     spans = [(datetime.fromisoformat(m["first"]), datetime.fromisoformat(m["last"])) for m in spans if m]
     if any((start is None or last >= start) and (end is None or first < end) for first, last in spans):
         return
@@ -161,8 +175,9 @@ def backtest(
     confirm_seconds: float | None = None,
     on_plan: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    snapshot_id: str | None = None,
 ) -> RunOutcome:
-    """Run `config` over `symbols` (None = all) of the current snapshot.
+    """Run `config` over `symbols` (None = all) of the current snapshot (or of `snapshot_id`).
 
     Asks the cache once for every (symbol, parameter set), computes only the symbols
     with a miss (one batched read, one kernel call per chunk), stores them in one
@@ -175,7 +190,8 @@ def backtest(
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    snapshot, names, interval = _open_run(settings, config, symbols, interval, max_points)
+    snapshot, interval_of = _open_run(settings, config, symbols, interval, max_points, snapshot_id)
+    names = list(interval_of)
     versions = {s: snapshot.symbols[s]["data_version"] for s in names}
     n_params = len(config.params_list)
     if n_params > 1:
@@ -189,8 +205,8 @@ def backtest(
     if use_cache:
         for symbol in names:
             for c, params in enumerate(config.params_list):
-                keys[(symbol, c)] = cache.key(**_key_fields(config, symbol, interval, params, versions[symbol]))
-        expected = {keys[(symbol, c)]: _key_fields(config, symbol, interval, params, versions[symbol])
+                keys[(symbol, c)] = cache.key(**_key_fields(config, symbol, interval_of[symbol], params, versions[symbol]))
+        expected = {keys[(symbol, c)]: _key_fields(config, symbol, interval_of[symbol], params, versions[symbol])
                     for symbol in names for c, params in enumerate(config.params_list)}
         found = cache.get_many(list(keys.values()), expected, results.record_problem)
         for slot, key in keys.items():
@@ -214,15 +230,20 @@ def backtest(
     computed: list[dict[str, Any]] = []
     interrupted = False
     chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else _symbols_per_call(
-        snapshot, missing, interval)
+        snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"))
     if on_progress:
         on_progress(len(names) - len(missing), len(names))
+    # One kernel call per (interval, chunk): `auto` can give symbols different intervals.
+    by_interval: dict[str, list[str]] = {}
+    for symbol in missing:
+        by_interval.setdefault(interval_of[symbol], []).append(symbol)
+    parts = [(iv, group[o: o + chunk]) for iv, group in by_interval.items() for o in range(0, len(group), chunk)]
+    done = 0
     try:
-        for offset in range(0, len(missing), chunk):
-            part = missing[offset: offset + chunk]
+        for part_interval, part in parts:
             # Only the columns the strategy and the fill read: the fewer, the faster the read.
             # From the start of the history: bars before --timerange warm the indicators up.
-            batch = reader.read_prices(settings.lake_root, part, interval, None,
+            batch = reader.read_prices(settings.lake_root, part, part_interval, None,
                                        config.timerange_end, columns=engine.columns_needed(config),
                                        snapshot=snapshot, min_coverage=config.min_bar_coverage)
             engine.check_memory(len(part), batch.times.size, n_params)
@@ -241,8 +262,9 @@ def backtest(
                 collected.extend(fresh)
                 if on_results:
                     on_results(fresh)
+            done += len(part)
             if on_progress:
-                on_progress(len(names) - len(missing) + offset + len(part), len(names))
+                on_progress(len(names) - len(missing) + done, len(names))
     except KeyboardInterrupt:
         # Keep what finished: it is cached and written below.
         interrupted = True
@@ -269,11 +291,13 @@ def backtest(
                 cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
                 snapshot_id=snapshot.id, command=command,
             )
+    used = sorted(set(interval_of.values()), key=lambda name: intervals.SECONDS[name])
     return RunOutcome(
-        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=interval,
+        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval="+".join(used) or interval,
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
         bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
         planned=len(names) * n_params,
+        findings=data_findings(snapshot, names),
     )
 
 
@@ -296,7 +320,7 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
 
 
 def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], interval: str,
-                  params: dict[str, Any] | None = None) -> list:
+                  params: dict[str, Any] | None = None, snapshot_id: str | None = None) -> list:
     """Equity against buy & hold for `symbols` (for pictures): one batched read, one kernel each."""
     import numpy as np
 
@@ -307,7 +331,8 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
     batch = reader.read_prices(settings.lake_root, symbols, interval, None,
                                config.timerange_end, columns=tuple(dict.fromkeys(
                                    ("open", *engine.columns_needed(config)))),
-                               min_coverage=config.min_bar_coverage)
+                               min_coverage=config.min_bar_coverage,
+                               snapshot=lake.require_snapshot(settings.lake_root, snapshot_id))
     curves = []
     for i, symbol in enumerate(batch.symbols):
         log, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
@@ -357,7 +382,10 @@ def portfolio(
 
     started_at = datetime.now(UTC)
     started = time.perf_counter()
-    snapshot, names, interval = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
+    snapshot, interval_of = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
+    names = list(interval_of)
+    # One account needs one grid: `auto` takes the coarsest interval any symbol needs.
+    interval = max(interval_of.values(), key=intervals.SECONDS.get, default="1h")
     if write_results:
         results.check_writable(settings.results_root)
     columns = tuple(dict.fromkeys((*engine.columns_needed(config), "volume")))

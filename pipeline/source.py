@@ -10,7 +10,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from pathlib import Path
@@ -23,11 +23,15 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from pipeline import intervals as iv
 from pipeline.config import SQL_DIR, redact, redact_url
 from pipeline.errors import InputError, ServiceUnavailable
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
-INTERVALS = ("1h", "1d")
+# How a load meets a symbol's existing bars: `new` (it has none: straight COPY), `merge`
+# (new bars are added, a differing bar is a conflict and nothing is written), `replace`
+# (the load becomes the symbol's whole series).
+LOAD_MODES = ("new", "merge", "replace")
 
 # PostgreSQL's binary timestamps count microseconds from 2000-01-01 UTC.
 _PG_EPOCH_US = 946_684_800_000_000
@@ -48,7 +52,8 @@ def _copy_row_dtype(columns: list[tuple[str, str]]) -> np.dtype:
 
 # As written by `load_prices`, and as produced by sql/queries/extract_prices*.sql.
 _LOAD_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_type", "S2"), ("datetime", ">i8"), *_PRICE_FIELDS])
-_EXTRACT_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("datetime", ">i8"), *_PRICE_FIELDS])
+_EXTRACT_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_index", ">i4"), ("datetime", ">i8"),
+                                *_PRICE_FIELDS])
 
 
 @cache
@@ -133,6 +138,20 @@ def symbol_names(conn: psycopg.Connection) -> dict[int, str]:
     return dict(conn.execute(load_sql("all_symbols.sql")).fetchall())
 
 
+@dataclass(frozen=True)
+class SymbolState:
+    id: int
+    symbol: str
+    native: str | None  # the finest interval it has bars of; None = no bars
+    replaced_at: datetime | None
+
+
+def symbol_states(conn: psycopg.Connection, ids: list[int] | None = None) -> list[SymbolState]:
+    """Native interval and last replacement of `ids` (None = every symbol), by primary-key probes."""
+    rows = conn.execute(load_sql("symbol_natives.sql"), {"ids": ids, "intervals": list(iv.NAMES)}).fetchall()
+    return [SymbolState(i, symbol, native, replaced_at) for i, symbol, replaced_at, native in rows]
+
+
 def _timestamps_us(ts: pl.Series) -> np.ndarray:
     return ts.dt.cast_time_unit("us").dt.replace_time_zone(None).cast(pl.Int64).to_numpy()
 
@@ -178,49 +197,84 @@ def _copy_frames(
     return written
 
 
+@dataclass(frozen=True)
+class LoadCounts:
+    """What a load did: rows sent, rows that changed (inserted, updated or deleted), and per
+    crypto id the bars that differ from existing ones (a `merge` with conflicts writes nothing)."""
+
+    sent: int = 0
+    changed: int = 0
+    conflicts: dict[int, tuple[int, datetime]] = field(default_factory=dict)  # id -> (differing, first at)
+
+    def __add__(self, other: LoadCounts) -> LoadCounts:
+        return LoadCounts(self.sent + other.sent, self.changed + other.changed,
+                          {**self.conflicts, **other.conflicts})
+
+
 def load_prices(
     conn: psycopg.Connection,
     frames: dict[str, pl.DataFrame],
     *,
-    upsert: bool,
+    mode: str,
+    natives: dict[int, str] | None = None,
     chunk_rows: int = 500_000,
     progress: Callable[[int], None] | None = None,
-) -> int:
+) -> LoadCounts:
     """Write price frames (keyed by interval) with binary COPY, in the caller's transaction.
 
-    `upsert=False` copies straight into crypto_prices (new bars only: a duplicate key
-    fails the whole load). `upsert=True` copies into a staging table and merges:
-    corrected bars replace old ones and identical bars are not touched.
-    Returns the number of rows sent.
+    `mode` is one of LOAD_MODES: `new` copies straight into crypto_prices (a duplicate key fails
+    the whole load); `merge` copies into a staging table, refuses (returns the conflicts, writes
+    nothing) if any staged bar of a symbol's native interval (`natives`: crypto id -> interval,
+    default 1h) differs from an existing one, else inserts new bars and updates derived ones; `replace`
+    makes the staged bars the symbols' whole series. Identical bars are never rewritten, so a
+    repeated load changes 0 rows. The caller rolls back when there are conflicts.
     """
+    if mode not in LOAD_MODES:
+        raise ValueError(f"mode {mode!r} is not one of {LOAD_MODES}")
     for interval in frames:
-        if interval not in INTERVALS:
-            raise InputError(f"interval {interval!r} is not allowed; use one of {', '.join(INTERVALS)}")
+        if interval not in iv.SECONDS:
+            raise InputError(f"interval {interval!r} is not allowed; use one of {', '.join(iv.NAMES)}")
     with conn.cursor() as cursor:
-        if not upsert:
-            return _copy_frames(cursor, "crypto_prices", frames, chunk_rows, progress)
+        if mode == "new":
+            sent = _copy_frames(cursor, "crypto_prices", frames, chunk_rows, progress)
+            return LoadCounts(sent, sent)
         cursor.execute(load_sql("create_staging_prices.sql"))
         sent = _copy_frames(cursor, "staging_prices", frames, chunk_rows, progress)
+        deleted = 0
+        if mode == "merge":
+            ids = sorted({int(i) for frame in frames.values() for i in frame["crypto_id"].unique().to_list()})
+            pairs = {"ids": ids, "natives": [(natives or {}).get(i, "1h") for i in ids]}
+            conflicts = {crypto_id: (int(n), first) for crypto_id, n, first in
+                         cursor.execute(load_sql("conflicting_prices.sql"), pairs).fetchall()}
+            if conflicts:
+                return LoadCounts(sent, 0, conflicts)
+        else:
+            ids = sorted({int(i) for frame in frames.values() for i in frame["crypto_id"].unique().to_list()})
+            deleted = int(cursor.execute(load_sql("replace_series.sql"), {"ids": ids}).fetchone()[0])
         cursor.execute(load_sql("merge_staging_prices.sql"))
-        return sent
+        return LoadCounts(sent, deleted + max(cursor.rowcount, 0))
 
 
 def load_prices_parallel(
     url: str,
     frames: dict[str, pl.DataFrame],
     *,
-    upsert: bool,
+    mode: str,
+    natives: dict[int, str] | None = None,
     connections: int = 2,
     progress: Callable[[int], None] | None = None,
-) -> int:
+) -> LoadCounts:
     """`load_prices` split by crypto id over `connections` connections (one backend per core).
 
     Every connection copies in its own transaction and commits only once all have
-    copied, so a failure in any of them rolls every one back.
+    copied without a conflict, so a failure or a conflict in any of them rolls every one back.
     """
     if connections <= 1:
         with connect(url) as conn:
-            return load_prices(conn, frames, upsert=upsert, progress=progress)
+            counts = load_prices(conn, frames, mode=mode, natives=natives, progress=progress)
+            if counts.conflicts:
+                conn.rollback()
+            return counts
     from concurrent.futures import ThreadPoolExecutor
 
     shards = [
@@ -231,12 +285,16 @@ def load_prices_parallel(
     conns = [connect(url) for _ in range(connections)]
     try:
         with ThreadPoolExecutor(max_workers=connections) as pool:
-            sent = list(pool.map(
-                lambda pair: load_prices(pair[0], pair[1], upsert=upsert, progress=progress),
+            parts = list(pool.map(
+                lambda pair: load_prices(pair[0], pair[1], mode=mode, natives=natives, progress=progress),
                 zip(conns, shards, strict=True),
             ))
+        counts = sum(parts, LoadCounts())
         for conn in conns:
-            conn.commit()
+            if counts.conflicts:
+                conn.rollback()
+            else:
+                conn.commit()
     except BaseException:
         for conn in conns:
             conn.rollback()
@@ -244,17 +302,26 @@ def load_prices_parallel(
     finally:
         for conn in conns:
             conn.close()
-    return sum(sent)
+    return counts
 
 
 @dataclass(frozen=True)
 class Extract:
-    """Rows changed since a watermark, read in one consistent PostgreSQL snapshot."""
+    """Rows changed since a watermark, read in one consistent PostgreSQL snapshot, named by symbol."""
 
-    frames: dict[str, pl.DataFrame]  # interval -> crypto_id, ts, open..volume
-    symbols: dict[int, str]
+    bars: pl.DataFrame  # symbol, ts, open..volume: each symbol's rows at its native interval only
+    natives: dict[str, str]  # every symbol that has bars -> its native interval
+    whole: set[str]  # symbols read whole (replaced since the watermark, or native interval changed)
     watermark: datetime  # pass to the next extract
     rows_read: int
+    orphan_ids: list[int] = field(default_factory=list)  # crypto ids with prices but no symbol row
+
+
+def source_id(url: str) -> str:
+    """Which database a lake snapshot came from: host, port and database, never the credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or "localhost"
+    return f"postgresql://{host}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
 def _decode_extract(payload: bytes) -> pl.DataFrame:
@@ -264,23 +331,25 @@ def _decode_extract(payload: bytes) -> pl.DataFrame:
     rows = np.frombuffer(body, dtype=_EXTRACT_ROW)
     return pl.DataFrame({
         "crypto_id": rows["crypto_id"].astype(np.int32),
+        "interval_index": rows["interval_index"].astype(np.int32),
         "ts": (rows["datetime"].astype(np.int64) + _PG_EPOCH_US),
         **{column: rows[column].astype(np.float64) for column in PRICE_COLUMNS},
     }).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
 
-def _extract_statement(conn: psycopg.Connection, interval: str, watermark: datetime | None,
-                       slice_from: int, slice_to: int) -> str:
+def _extract_statement(conn: psycopg.Connection, wanted: list[str], watermark: datetime | None,
+                       whole_ids: list[int], slice_from: int, slice_to: int) -> str:
     """COPY of one slice: pages [from, to) for a full read, crypto ids [from, to) for a delta."""
     if watermark is None:
         return sql.SQL(load_sql("extract_prices_full.sql")).format(
-            interval=sql.Literal(interval),
+            intervals=sql.Literal(wanted),
             ctid_from=sql.Literal(f"({slice_from},0)"),
             ctid_to=sql.Literal(f"({slice_to},0)"),
         ).as_string(conn)
     return sql.SQL(load_sql("extract_prices.sql")).format(
-        interval=sql.Literal(interval),
+        intervals=sql.Literal(wanted),
         watermark=sql.Literal(watermark),
+        whole_ids=sql.Literal(whole_ids),
         id_from=sql.Literal(slice_from),
         id_to=sql.Literal(slice_to),
     ).as_string(conn)
@@ -331,43 +400,58 @@ def _extract_changed(
     since: datetime | None,
     *,
     connections: int = 2,
-    intervals: tuple[str, ...] = ("1h",),
+    natives_before: dict[str, str] | None = None,
 ) -> Extract:
-    """Rows of `intervals` whose updated_at is after `since` (every row when None).
+    """Each symbol's rows at its native interval whose updated_at is after `since` (every row
+    when None), plus every row of a symbol replaced since then or whose native interval is not
+    the one in `natives_before` (the lake's).
 
     One REPEATABLE READ transaction takes the next watermark and exports its snapshot;
     the COPY streams run in that same snapshot over `connections` connections, each on
-    a slice of crypto ids, so the result is consistent whatever commits meanwhile.
+    a slice, so the result is consistent whatever commits meanwhile.
     """
     use_psql = shutil.which("psql") is not None
+    natives_before = natives_before or {}
     with connect(url) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         watermark, id_end, pages, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
-        symbols = symbol_names(conn)
+        states = [state for state in symbol_states(conn) if state.native]
+        names = {state.id: state.symbol for state in states}
+        natives = {state.symbol: state.native for state in states}
+        whole_ids = [] if since is None else [
+            state.id for state in states
+            if (state.replaced_at is not None and state.replaced_at > since)
+            or natives_before.get(state.symbol, state.native) != state.native
+        ]
+        wanted = [name for name in iv.NAMES if name in set(natives.values())]
         # A full read splits the heap's pages; a delta splits crypto ids (it reads few rows
         # through the updated_at index, wherever they are).
         low, high = (0, int(pages) + 1) if since is None else (1, max(int(id_end), 2))
         bounds = np.linspace(low, high, num=max(connections, 1) + 1).astype(int)
         slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
-        statements = [
-            (interval, _extract_statement(conn, interval, since, a, b))
-            for interval in intervals for a, b in slices
-        ]
+        statements = [_extract_statement(conn, wanted, since, whole_ids, a, b) for a, b in slices] if wanted else []
         if use_psql:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=max(connections, 1)) as pool:
-                payloads = list(pool.map(lambda s: _copy_out_psql(url, snapshot_name, s[1]), statements))
+                payloads = list(pool.map(lambda s: _copy_out_psql(url, snapshot_name, s), statements))
         else:
-            payloads = [_copy_out_psycopg(conn, statement) for _, statement in statements]
+            payloads = [_copy_out_psycopg(conn, statement) for statement in statements]
         conn.commit()
-    frames: dict[str, list[pl.DataFrame]] = {interval: [] for interval in intervals}
-    for (interval, _), payload in zip(statements, payloads, strict=True):
-        frames[interval].append(_decode_extract(payload))
-    merged = {interval: pl.concat(parts) for interval, parts in frames.items()}
-    rows_read = sum(frame.height for frame in merged.values())
-    return Extract(frames=merged, symbols=symbols, watermark=watermark, rows_read=rows_read)
+    raw = pl.concat([_decode_extract(p) for p in payloads]) if payloads else _decode_extract(
+        _COPY_HEADER + _COPY_TRAILER)
+    # Keep each symbol's native interval only (array_position counts from 1).
+    lookup = pl.DataFrame(
+        {"crypto_id": list(names), "symbol": list(names.values()),
+         "native_index": [wanted.index(natives[n]) + 1 for n in names.values()]},
+        schema={"crypto_id": pl.Int32, "symbol": pl.String, "native_index": pl.Int32})
+    joined = raw.join(lookup, on="crypto_id", how="left")
+    orphan_ids = sorted(set(joined.filter(pl.col("symbol").is_null())["crypto_id"].to_list()))
+    bars = joined.filter(pl.col("interval_index") == pl.col("native_index")).select(
+        "symbol", "ts", *PRICE_COLUMNS)
+    return Extract(bars=bars, natives=natives, whole={names[i] for i in whole_ids}, watermark=watermark,
+                   rows_read=raw.height, orphan_ids=orphan_ids)
 
 
 def table_sizes(url: str) -> dict[str, int]:

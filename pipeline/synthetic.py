@@ -14,8 +14,6 @@ import numpy as np
 import polars as pl
 from numba import njit
 
-from pipeline.ohlcv import resample
-
 HOURS_PER_YEAR = 8760
 # A fixed end keeps `--seed N` reproducible whatever day it runs.
 DEFAULT_END = datetime(2025, 10, 1, tzinfo=UTC)
@@ -95,8 +93,3 @@ def generate_market(
         for i in range(n_symbols)
     ]
     return symbol_names(n_symbols), pl.concat(parts)
-
-
-def daily_from_hourly(hourly: pl.DataFrame, key: str) -> pl.DataFrame:
-    """The matching 1d bars (SPEC section 2 aggregation) per `key` column."""
-    return resample(hourly, "1d", by=(key,))

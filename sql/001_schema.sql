@@ -25,7 +25,9 @@ CREATE TABLE IF NOT EXISTS crypto_prices (
     -- INCLUDE makes a symbol's range read index-only without a second index to maintain.
     CONSTRAINT crypto_prices_pkey PRIMARY KEY (crypto_id, interval_type, datetime)
         INCLUDE (open_price, high_price, low_price, close_price, volume),
-    CONSTRAINT crypto_prices_interval_check CHECK (interval_type IN ('1h', '1d')),
+    -- SPEC 4.2's intervals (005_intervals.sql widens databases created with only 1h and 1d).
+    CONSTRAINT crypto_prices_interval_check
+        CHECK (interval_type IN ('1m', '5m', '15m', '30m', '1h', '4h', '1d', '1w')),
     CONSTRAINT crypto_prices_positive_check
         CHECK (open_price > 0 AND high_price > 0 AND low_price > 0 AND close_price > 0 AND volume >= 0),
     CONSTRAINT crypto_prices_range_check

@@ -53,7 +53,7 @@ def test_export_onto_a_full_disk_fails_in_one_line_and_keeps_the_previous_snapsh
     before = _files(settings.lake_root)
     rows_before = duckdb.sql(f"SELECT count(*) FROM read_parquet('{settings.lake_root}/current/interval=*/*/*.parquet')"
                              ).fetchall()
-    loaders.seed_database(database_url, n_symbols=12, years=0.3, seed=2)  # more than the space left
+    loaders.seed_database(database_url, n_symbols=12, years=0.3, seed=2, replace=True)  # more than the space left
     _fill(small_disk, 200_000)
     with pytest.raises(PipelineError) as caught:
         run_export(settings)

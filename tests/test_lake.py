@@ -340,5 +340,5 @@ def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seed
     monkeypatch.setattr(source.shutil, "which", lambda name: None)
     without = source.extract_changed(seeded.database_url, None)
     assert without.rows_read == with_psql.rows_read > 0
-    key = ["crypto_id", "ts"]
-    assert without.frames["1h"].sort(key).equals(with_psql.frames["1h"].sort(key))
+    key = ["symbol", "ts"]
+    assert without.bars.sort(key).equals(with_psql.bars.sort(key))

@@ -92,15 +92,15 @@ def weekday_lake(tmp_path_factory):
                               eager=True)
     rng = np.random.default_rng(4)
     frames = []
-    for symbol_id, weekdays_only in ((1, True), (2, False)):
+    for symbol, weekdays_only in (("EURUSD", True), ("BTCUSD", False)):
         ts = hours.filter(hours.dt.weekday() <= 5) if weekdays_only else hours
         close = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, len(ts))))
-        frames.append(pl.DataFrame({"symbol_id": symbol_id, "ts": ts, "open": close, "high": close * 1.001,
+        frames.append(pl.DataFrame({"symbol": symbol, "ts": ts, "open": close, "high": close * 1.001,
                                     "low": close * 0.999, "close": close, "volume": 1.0}))
-    hourly = pl.concat(frames).with_columns(pl.col("symbol_id").cast(pl.Int32))
+    hourly = pl.concat(frames)
     with lake.export_lock(root):
-        lake.commit(root, hourly, {1: "EURUSD", 2: "BTCUSD"}, full=True, watermark=None, rows_read=hourly.height,
-                    source="test")
+        lake.commit(root, hourly, {"EURUSD": "1h", "BTCUSD": "1h"}, full=True, watermark=None,
+                    rows_read=hourly.height, source="test")
     return root
 
 
@@ -163,10 +163,10 @@ def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drop
     keep = (hours.dt.weekday() != 6) & ((hours.dt.weekday() != 7) | (hours.dt.hour() >= 22))
     ts = hours.filter(keep)
     close = 100 * np.exp(np.cumsum(np.random.default_rng(8).normal(0, 0.003, len(ts))))
-    hourly = pl.DataFrame({"symbol_id": 1, "ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999,
-                           "close": close, "volume": 1.0}).with_columns(pl.col("symbol_id").cast(pl.Int32))
+    hourly = pl.DataFrame({"symbol": "FX", "ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999,
+                           "close": close, "volume": 1.0})
     with lake.export_lock(root):
-        lake.commit(root, hourly, {1: "FX"}, full=True, watermark=None, rows_read=hourly.height, source="test")
+        lake.commit(root, hourly, {"FX": "1h"}, full=True, watermark=None, rows_read=hourly.height, source="test")
     days = ts.dt.date().value_counts()
     partial = days.filter(pl.col("count") < 24).height
     assert partial > 20  # the listing day (3 hours) and every Sunday (2 hours)

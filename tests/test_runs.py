@@ -180,7 +180,7 @@ def test_plot_html_and_png_contain_the_expected_series(cli_env, tmp_path):
         (["backtest", "rsi", "--timerange", "2024"], "--timerange"),
         (["backtest", "rsi", "--timerange", "20240301-20240101"], "start is after end"),
         (["backtest", "rsi", "--symbol", "x'); DROP TABLE crypto_prices;--"], "unknown symbol"),
-        (["backtest", "rsi", "--interval", "5m"], "--interval '5m'"),
+        (["backtest", "rsi", "--interval", "7m"], "--interval '7m'"),
         (["sweep", "rsi", "-g", "rsi_period=a:b"], "rsi_period"),
         # Issue 12: each of these ran, or wrote results, before it was refused.
         (["backtest", "rsi", "--timerange", "20300101-"], "--timerange has no bars"),
