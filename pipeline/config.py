@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def check_writable_folder(path: Path, setting: str) -> None:
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
+        # Unique per call: two API threads probing at once must not delete each other's probe.
+        probe = path / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

@@ -291,9 +291,8 @@ def backtest(
                 cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
                 snapshot_id=snapshot.id, command=command,
             )
-    used = sorted(set(interval_of.values()), key=lambda name: intervals.SECONDS[name])
     return RunOutcome(
-        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval="+".join(used) or interval,
+        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=_intervals_used(interval_of, interval),
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
         bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
         planned=len(names) * n_params,
@@ -303,8 +302,14 @@ def backtest(
 
 def check_request(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str) -> str:
     """What a run would refuse (no snapshot, unknown symbols, a --timerange without bars), refused now,
-    before a queued request waits its turn; returns the interval (`auto` resolved)."""
-    return _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)[2]
+    before a queued request waits its turn; returns the interval(s) it would read (`auto` resolved)."""
+    return _intervals_used(_open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)[1], interval)
+
+
+def _intervals_used(interval_of: dict[str, str], asked: str) -> str:
+    """The intervals a run reads, finest first and joined by '+' ('1h+1d'); `asked` when it reads none."""
+    used = sorted(set(interval_of.values()), key=lambda name: intervals.SECONDS[name])
+    return "+".join(used) or asked
 
 
 def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str, *,

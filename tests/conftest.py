@@ -147,3 +147,17 @@ def binance_files(tmp_path):
 
 
 # --- end postgres fixtures ---
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _user_strategies_stay_in_their_module():
+    """A test module that loads user strategy files (a deliberately peeking one, say) must not leave
+    them registered for the next module: the registry is process-wide, as it is in a notebook."""
+    from pipeline import strategies
+
+    registered, loaded = dict(strategies._REGISTRY), set(strategies._loaded_paths)
+    yield
+    strategies._REGISTRY.clear()
+    strategies._REGISTRY.update(registered)
+    strategies._loaded_paths.clear()
+    strategies._loaded_paths.update(loaded)

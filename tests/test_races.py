@@ -138,3 +138,17 @@ def test_twenty_concurrent_writers_and_cache_invalidations_lose_and_duplicate_no
         for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}), cache=cache,
                                write_results=False).results:
             assert r["final_value"] == fresh[(r["symbol"], 5 + k)]
+
+
+def test_threads_checking_one_results_folder_at_once_all_pass(tmp_path):
+    # The API checks the results folder from many worker threads of one process: each probe must be
+    # its own file (a pid-named probe was deleted by a neighbour, and a request failed "not writable").
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline import results
+
+    def check(_: int) -> None:
+        results.check_writable(tmp_path / "results")
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(check, range(2000)))
