@@ -42,6 +42,8 @@ def commit_task(settings: Settings, staged: export.StagedExtract, full: bool,
                 strict: bool = False) -> lake.CommitResult:
     result = export.commit_staged(settings, staged, full, strict=strict)
     logger = get_run_logger()
+    for line in export.warnings(staged, result):
+        logger.warning(line)
     if result.created:
         logger.info("snapshot %s: %d symbols changed, %d files written, %d linked", result.snapshot.id,
                     len(result.changed_symbols), result.files_written, result.files_linked)
@@ -71,4 +73,5 @@ def export_flow(full: bool = False, wait_seconds: float = 0.0, strict: bool = Fa
     return {
         "snapshot_id": result.snapshot.id, "created": result.created, "rows_read": result.rows_read,
         "changed_symbols": result.changed_symbols, "removed_snapshots": removed,
+        "warnings": export.warnings(staged, result),
     }

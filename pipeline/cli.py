@@ -296,7 +296,8 @@ def db_import(
 
     report = loaders.import_files(settings.database_url, list(paths), symbol, replace=replace, interval=interval,
                                   derived=settings.derived_intervals, strict=strict,
-                                  thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars))
+                                  thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars),
+                                  window=settings.bar_window)
     natives = ", ".join(sorted(set(report.natives.values()), key=lambda i: health.intervals.SECONDS[i]))
     console.print(
         f"imported {len(paths)} file(s), {report.symbols} symbol(s) at {natives}: {report.changed:,} rows changed "
@@ -355,7 +356,9 @@ def export_command(
                             log=lambda m: err_console.print(m))
         summary = {"snapshot_id": report.snapshot_id, "created": report.created, "rows_read": report.rows_read,
                    "changed_symbols": report.changed_symbols, "removed_snapshots": report.removed_snapshots,
-                   "seconds": round(report.seconds, 3)}
+                   "seconds": round(report.seconds, 3), "warnings": report.warnings}
+        for line in report.warnings:  # the flow logs its own (a scheduled run has no console)
+            _warn(line)
     if as_json:
         print(json.dumps(summary))
         return
@@ -475,10 +478,13 @@ def data_list(
                tables.Column("first bar (UTC)", required=True, right=False),
                tables.Column("last bar (UTC)", required=True, right=False), tables.Column("bars", required=True),
                tables.Column("gaps", drop_rank=1), tables.Column("data version", drop_rank=3, right=False)]
-    rows = [[r["symbol"], r["interval"], " ".join(r["intervals"]), r["first"][:16].replace("T", " "),
-             r["last"][:16].replace("T", " "), f"{r['bars']:,}", f"{r['gaps']:,}" if r["gaps"] is not None else "-",
-             r["data_version"]] for r in rows]
+    refused = [r for r in rows if r["refused"]]
+    rows = [[r["symbol"] + (" *" if r["refused"] else ""), r["interval"] or "-", " ".join(r["intervals"]) or "-",
+             (r["first"] or "-")[:16].replace("T", " "), (r["last"] or "-")[:16].replace("T", " "), f"{r['bars']:,}",
+             f"{r['gaps']:,}" if r["gaps"] is not None else "-", r["data_version"] or "-"] for r in rows]
     tables.print_table(console, columns, rows, title)
+    for r in refused:
+        console.print(f"* {r['symbol']}: refused by the export: {r['refused']}", highlight=False, soft_wrap=True)
 
 
 @data_app.command("check")

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pipeline import intervals
@@ -67,6 +68,42 @@ def _intervals_env(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class BarWindow:
+    """The times a bar may have: from `earliest` to `ahead` past now. An import refuses a file with a
+    bar outside it; an export refuses a symbol with such a row in PostgreSQL (a BC or year-9019 row
+    would break every later export)."""
+
+    earliest: datetime = datetime(1970, 1, 1, tzinfo=UTC)
+    ahead: timedelta = timedelta(days=1)
+
+    def describe(self) -> str:
+        days = self.ahead / timedelta(days=1)
+        return (f"{self.earliest:%Y-%m-%d} .. now + {days:g} day{'' if days == 1 else 's'} "
+                "(CRYPTOBT_EARLIEST_BAR, CRYPTOBT_MAX_DAYS_AHEAD)")
+
+
+# The earliest CRYPTOBT_EARLIEST_BAR: older than any market data, and safe for every date library.
+_EARLIEST_ALLOWED = date(1900, 1, 1)
+
+
+def _bar_window_env() -> BarWindow:
+    raw = os.environ.get("CRYPTOBT_EARLIEST_BAR", "").strip()
+    earliest = BarWindow.earliest
+    if raw:
+        try:
+            parsed = datetime.fromisoformat(raw) if raw.isascii() else None
+        except ValueError:
+            parsed = None
+        if parsed is None:
+            raise ConfigError(f"CRYPTOBT_EARLIEST_BAR={raw!r} is not a date; use YYYY-MM-DD (UTC)")
+        earliest = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        if not _EARLIEST_ALLOWED <= earliest.date() <= datetime.now(UTC).date():
+            raise ConfigError(f"CRYPTOBT_EARLIEST_BAR={raw!r} is out of range: from {_EARLIEST_ALLOWED} to today")
+    ahead = _number_env("CRYPTOBT_MAX_DAYS_AHEAD", 1.0, 0.0, float, 3650.0)
+    return BarWindow(earliest, timedelta(days=ahead))
+
+
+@dataclass(frozen=True)
 class Settings:
     """Resolved configuration. Build it with `Settings.from_env()`."""
 
@@ -95,6 +132,8 @@ class Settings:
     # this many equal closes in a row a stale stretch.
     jump_ratio: float = 10.0
     stale_bars: int = 24
+    # The times a bar may have, at import and export.
+    bar_window: BarWindow = field(default_factory=BarWindow)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -123,6 +162,7 @@ class Settings:
             derived_intervals=_intervals_env("CRYPTOBT_DERIVED_INTERVALS", ("1h", "1d")),
             jump_ratio=_number_env("CRYPTOBT_JUMP_RATIO", 10.0, 1.0, float),
             stale_bars=_number_env("CRYPTOBT_STALE_BARS", 24, 2),
+            bar_window=_bar_window_env(),
         )
 
 

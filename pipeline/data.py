@@ -14,20 +14,25 @@ from pipeline.ohlcv import SUPPORTED_SUFFIXES, native_interval, read_ohlcv_file
 
 
 def listing(lake_root: Path, snapshot_id: str | None = None) -> list[dict]:
-    """One row per symbol: native interval, readable intervals, first/last bar, bars, gaps, version, source."""
+    """One row per symbol: native interval, readable intervals, first/last bar, bars, gaps, version, source,
+    and why the export refused its source rows (`refused`: it keeps older bars, or has none)."""
     snapshot = lake.require_snapshot(Path(lake_root), snapshot_id)
+    refused = snapshot.manifest.get("refused", {})
     rows = []
-    for name in sorted(snapshot.symbols):
-        meta = snapshot.symbols[name]
-        native = meta.get("native", "1h")
-        span = meta.get(native) or meta[reader.stored(meta)[0]]
-        rows.append({
-            "symbol": name, "interval": native,
-            "intervals": [i for i in intervals.NAMES if reader.read_from(meta, i)],
-            "stored": reader.stored(meta), "first": span["first"], "last": span["last"], "bars": span["bars"],
-            "gaps": meta.get("gaps"), "data_version": meta["data_version"],
-            "source": snapshot.manifest.get("source"), "snapshot_id": snapshot.id,
-        })
+    for name in sorted(set(snapshot.symbols) | set(refused)):
+        meta = snapshot.symbols.get(name)
+        row = {"symbol": name, "interval": None, "intervals": [], "stored": [], "first": None, "last": None,
+               "bars": 0, "gaps": None, "data_version": None, "refused": refused.get(name),
+               "source": snapshot.manifest.get("source"), "snapshot_id": snapshot.id}
+        if meta is not None:
+            native = meta.get("native", "1h")
+            span = meta.get(native) or meta[reader.stored(meta)[0]]
+            row.update({
+                "interval": native, "intervals": [i for i in intervals.NAMES if reader.read_from(meta, i)],
+                "stored": reader.stored(meta), "first": span["first"], "last": span["last"], "bars": span["bars"],
+                "gaps": meta.get("gaps"), "data_version": meta["data_version"],
+            })
+        rows.append(row)
     return rows
 
 

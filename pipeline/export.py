@@ -11,13 +11,13 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import polars as pl
 
-from pipeline import health, lake, source
+from pipeline import health, lake, ohlcv, source
 from pipeline.config import Settings
 from pipeline.errors import disk_full, is_disk_full
 
@@ -29,6 +29,8 @@ class StagedExtract:
     watermark: datetime
     rows_read: int
     seconds: float
+    # Symbols whose rows in PostgreSQL the lake refuses (their rows are not staged), with what is wrong.
+    refused: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class ExportReport:
     files_linked: int
     removed_snapshots: list[str]
     seconds: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def rows_per_second(self) -> float:
@@ -67,14 +70,18 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
     natives_before = {name: meta.get("native", "1h") for name, meta in parent.symbols.items()} if parent else {}
     extract = source.extract_changed(
         settings.database_url, since, connections=settings.export_connections, natives_before=natives_before,
+        reread=set(parent.manifest.get("refused", {})) if parent else set(),
     )
+    # One symbol's bad rows (a user's own INSERT: NaN, a BC time...) never block the others: it is refused alone.
+    refused = ohlcv.bad_symbols(extract.bars, extract.natives, settings.bar_window)
+    bars = extract.bars.filter(~pl.col("symbol").is_in(list(refused))) if refused else extract.bars
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
     path = staging / f"extract-{stem}.arrow"
     symbols_path = staging / f"extract-{stem}.symbols.json"
     try:
-        extract.bars.write_ipc(path, compression="uncompressed")
+        bars.write_ipc(path, compression="uncompressed")
         symbols_path.write_text(json.dumps({"natives": extract.natives, "whole": sorted(extract.whole),
                                             "orphan_ids": extract.orphan_ids}))
     except BaseException as exc:
@@ -84,7 +91,7 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
             raise disk_full(settings.lake_root, _bytes_needed(extract.rows_read), "CRYPTOBT_LAKE_ROOT") from None
         raise
     return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
-                         time.perf_counter() - started)
+                         time.perf_counter() - started, refused)
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
@@ -97,12 +104,23 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
         return lake.commit(
             settings.lake_root, bars, meta["natives"], full=full, watermark=staged.watermark,
             rows_read=staged.rows_read, source=source.source_id(settings.database_url),
-            whole=set(meta["whole"]), derived=settings.derived_intervals,
+            whole=set(meta["whole"]), refused=staged.refused, derived=settings.derived_intervals,
             thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars), strict=strict, fail_at=fail_at,
         )
     finally:
         staged.path.unlink(missing_ok=True)
         staged.symbols_path.unlink(missing_ok=True)
+
+
+def warnings(staged: StagedExtract, result: lake.CommitResult) -> list[str]:
+    """One line per source problem the export stepped around, naming the symbol (or crypto id)."""
+    lines = []
+    for name, problem in staged.refused.items():
+        fate = ("kept its bars of the previous snapshot" if name in result.snapshot.symbols
+                else "left out of the snapshot")
+        lines.append(f"{name}: {problem}; {fate} (fix or delete those rows in PostgreSQL: the next export reads "
+                     "the symbol whole)")
+    return lines
 
 
 def _bytes_needed(rows: int) -> int:
@@ -157,5 +175,5 @@ def run_export(
         snapshot_id=result.snapshot.id, created=result.created, rows_read=result.rows_read,
         changed_symbols=result.changed_symbols, files_written=result.files_written,
         files_linked=result.files_linked, removed_snapshots=removed,
-        seconds=time.perf_counter() - started,
+        seconds=time.perf_counter() - started, warnings=warnings(staged, result),
     )

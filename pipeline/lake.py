@@ -451,6 +451,7 @@ def commit(
     rows_read: int,
     source: str,
     whole: set[str] | frozenset[str] = frozenset(),
+    refused: dict[str, str] | None = None,
     derived: tuple[str, ...] = ("1h", "1d"),
     thresholds: health.Thresholds | None = None,
     strict: bool = False,
@@ -463,7 +464,10 @@ def commit(
     is the whole source and replaces the lake (symbols and rows it lacks disappear); a source
     other than the current snapshot's always commits as full (a lake holds one source's
     data). Otherwise rows are upserted into the current snapshot, and the symbols in `whole`
-    (or whose native interval changed) are replaced by their rows in `bars`. Coarser intervals
+    (or whose native interval changed) are replaced by their rows in `bars`. A symbol in `refused`
+    (name -> what is wrong with its source rows; it has no rows in `bars`) keeps its bars of the
+    current snapshot, full or not, if that snapshot came from the same source, else is left out;
+    the manifest lists it under `refused` (the next export reads it whole). Coarser intervals
     are derived from the native rows. If no symbol's content changed, nothing is written and
     the current snapshot stands (idempotent export). Data health is measured per (symbol,
     year) as years are written and recorded in the manifest (`symbols.<name>.health`); with
@@ -472,6 +476,7 @@ def commit(
     """
     lake_root = Path(lake_root)
     thresholds = thresholds or health.Thresholds()
+    refused = dict(sorted((refused or {}).items()))
     try:
         parent = current_snapshot(lake_root)
         if parent is not None and parent.manifest.get("source") != source:
@@ -489,11 +494,13 @@ def commit(
     if unknown:
         raise PipelineError(f"bars for symbol(s) without a native interval: {', '.join(unknown[:5])}")
     delta_names = set(bars["symbol"].unique().to_list())
+    # Refused symbols whose current bars stay as they are (never another source's bars for this one's symbol).
+    kept = set(refused) & set(parent_natives) if parent and parent.manifest.get("source") == source else set()
     if full:
-        whole = set(natives)
-        new_natives = {name: natives[name] for name in delta_names}
+        whole = set(natives) - kept
+        new_natives = {**{name: natives[name] for name in delta_names}, **{n: parent_natives[n] for n in kept}}
     else:
-        whole = set(whole) | {n for n in delta_names if parent_natives.get(n, natives[n]) != natives[n]}
+        whole = (set(whole) | {n for n in delta_names if parent_natives.get(n, natives[n]) != natives[n]}) - kept
         new_natives = {**parent_natives, **{n: natives[n] for n in delta_names | (whole & set(natives))}}
         for name in whole - delta_names:  # replaced by nothing: the symbol is gone
             new_natives.pop(name, None)
@@ -529,14 +536,14 @@ def commit(
             .partition_by("_year", as_dict=True, include_key=False).items()
         }
         empty = bars.clear()
-        kept_old = {name for name, native in parent_natives.items() if name not in whole and not full}
+        kept_old = kept | {name for name in parent_natives if name not in whole and not full}
 
         def merge_year(year: int) -> tuple[int, dict[str, pl.DataFrame], dict[int, str], list[dict]]:
             delta = by_year.get(year, empty)
             base: dict[str, pl.DataFrame] = {}
             for native in sorted(set(new_natives.values()) | set(parent_natives.values()), key=intervals.SECONDS.get):
                 part = delta.filter(pl.col("_native") == native).select(list(LAKE_SCHEMA))
-                old = None if full else _read_year(parent, native, year)
+                old = _read_year(parent, native, year) if kept_old else None
                 if old is not None:
                     own = [ids[n] for n in kept_old if parent_natives[n] == native]
                     old = old.filter(pl.col("symbol_id").is_in(own))
@@ -576,7 +583,7 @@ def commit(
         # A symbol whose native interval changed changes even if its hashes happen to agree.
         changed |= {n for n in new_natives if n in parent_natives and parent_natives[n] != new_natives[n]}
 
-        if not changed and parent is not None:
+        if not changed and parent is not None and refused == parent.manifest.get("refused", {}):
             shutil.rmtree(staging)
             return CommitResult(parent, False, [], rows_read, 0, 0)
 
@@ -667,6 +674,7 @@ def commit(
                 parent.manifest.get("watermark") if parent and not full else None),
             "rows_read": rows_read,
             "changed_symbols": sorted(changed),
+            "refused": refused,
             "health_thresholds": {"jump_ratio": thresholds.jump_ratio, "stale_bars": thresholds.stale_bars},
             "files": files,
             "symbols": symbol_meta,

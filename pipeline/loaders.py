@@ -11,6 +11,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import health, intervals, source
+from pipeline.config import BarWindow
 from pipeline.errors import InputError
 from pipeline.ohlcv import PRICE_COLUMNS, derive, native_interval, read_ohlcv_file, symbol_from_path
 from pipeline.synthetic import generate_market
@@ -125,7 +126,8 @@ def seed_database(
 
 
 def read_import_files(paths: list[Path], symbol: str | None = None, interval: str | None = None,
-                      derived: tuple[str, ...] = ("1h", "1d")) -> dict[str, dict[str, pl.DataFrame]]:
+                      derived: tuple[str, ...] = ("1h", "1d"),
+                      window: BarWindow | None = None) -> dict[str, dict[str, pl.DataFrame]]:
     """Read and validate every file (nothing is written): symbol -> interval -> bars (native first)."""
     if not paths:
         raise InputError("no files given; pass one or more CSV, Parquet or Feather files")
@@ -133,7 +135,7 @@ def read_import_files(paths: list[Path], symbol: str | None = None, interval: st
         raise InputError("--symbol names one symbol; import one file at a time with it")
     parsed: dict[str, dict[str, pl.DataFrame]] = {}
     for path in paths:
-        frame = read_ohlcv_file(Path(path))
+        frame = read_ohlcv_file(Path(path), window=window)
         name = symbol or symbol_from_path(Path(path))
         if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise InputError(
@@ -195,15 +197,16 @@ def _with_neighbours(conn: object, crypto_id: int, by_interval: dict[str, pl.Dat
 def import_files(url: str, paths: list[Path], symbol: str | None = None,
                  progress: Progress | None = None, *, replace: bool = False, interval: str | None = None,
                  derived: tuple[str, ...] = ("1h", "1d"), strict: bool = False,
-                 thresholds: health.Thresholds | None = None) -> LoadReport:
+                 thresholds: health.Thresholds | None = None, window: BarWindow | None = None) -> LoadReport:
     """Import OHLCV files at their native interval plus the `derived` coarser ones, in one transaction.
 
-    Every file is read and validated before anything is written, so one bad file leaves the
-    database untouched. Re-importing the same file changes 0 rows; a file whose bars differ
-    from a symbol's existing ones is refused unless `replace` (the file becomes its series).
+    Every file is read and validated (bar times within `window`, default 1970-01-01 .. now + 1 day)
+    before anything is written, so one bad file leaves the database untouched. Re-importing the
+    same file changes 0 rows; a file whose bars differ from a symbol's existing ones is refused
+    unless `replace` (the file becomes its series).
     """
     started = time.perf_counter()
-    parsed = read_import_files(paths, symbol, interval, derived)
+    parsed = read_import_files(paths, symbol, interval, derived, window)
     findings = check_health(parsed, thresholds or health.Thresholds(), strict)
     natives = {name: next(iter(by_interval)) for name, by_interval in parsed.items()}
     rows: dict[str, int] = {}

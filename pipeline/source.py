@@ -329,10 +329,13 @@ def _decode_extract(payload: bytes) -> pl.DataFrame:
     if len(body) % _EXTRACT_ROW.itemsize:
         raise RuntimeError("binary COPY payload has an unexpected row layout (NULLs in crypto_prices?)")
     rows = np.frombuffer(body, dtype=_EXTRACT_ROW)
+    since_2000 = rows["datetime"].astype(np.int64)
+    # 'infinity' and '-infinity' are the int64 extremes: kept there (the export refuses them), not wrapped around.
+    infinite = (since_2000 == np.iinfo(np.int64).max) | (since_2000 == np.iinfo(np.int64).min)
     return pl.DataFrame({
         "crypto_id": rows["crypto_id"].astype(np.int32),
         "interval_index": rows["interval_index"].astype(np.int32),
-        "ts": (rows["datetime"].astype(np.int64) + _PG_EPOCH_US),
+        "ts": np.where(infinite, since_2000, since_2000 + _PG_EPOCH_US),
         **{column: rows[column].astype(np.float64) for column in PRICE_COLUMNS},
     }).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
 
@@ -401,10 +404,11 @@ def _extract_changed(
     *,
     connections: int = 2,
     natives_before: dict[str, str] | None = None,
+    reread: set[str] | frozenset[str] = frozenset(),
 ) -> Extract:
     """Each symbol's rows at its native interval whose updated_at is after `since` (every row
-    when None), plus every row of a symbol replaced since then or whose native interval is not
-    the one in `natives_before` (the lake's).
+    when None), plus every row of a symbol replaced since then, whose native interval is not
+    the one in `natives_before` (the lake's), or named in `reread` (refused by the last export).
 
     One REPEATABLE READ transaction takes the next watermark and exports its snapshot;
     the COPY streams run in that same snapshot over `connections` connections, each on
@@ -423,6 +427,7 @@ def _extract_changed(
             state.id for state in states
             if (state.replaced_at is not None and state.replaced_at > since)
             or natives_before.get(state.symbol, state.native) != state.native
+            or state.symbol in reread
         ]
         wanted = [name for name in iv.NAMES if name in set(natives.values())]
         # A full read splits the heap's pages; a delta splits crypto ids (it reads few rows

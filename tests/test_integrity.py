@@ -404,3 +404,186 @@ def test_an_epoch_seconds_csv_imports_as_the_message_promises(database_url, tmp_
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": ""}
     done = _cli(["db", "import", str(path)], env, tmp_path)
     assert done.returncode == 0, done.stderr
+
+
+# Rows a user's own INSERT can put in PostgreSQL, one kind per symbol: (symbol, time, values, problem named).
+# The schema's CHECK constraints stop the negative price and high < low; a database that another tool
+# created may lack them, so the test drops them.
+PLANTED = [
+    ("SYN001", "last + interval '1 hour'", "'NaN', 'NaN', 'NaN', 'NaN', 1", "NaN or infinite"),
+    ("SYN002", "last + interval '1 hour'", "1, 'Infinity', 0.5, 1, 'Infinity'", "NaN or infinite"),
+    ("SYN003", "last + interval '1 hour'", "-1, 2, -2, 1, 1", "prices must be > 0"),
+    ("SYN004", "'0075-05-25 00:00 BC'::timestamptz", "1, 2, 0.5, 1.5, 10", "the time is outside"),
+    ("SYN005", "'9999-06-01'::timestamptz", "1, 2, 0.5, 1.5, 10", "the time is outside"),
+    ("SYN006", "'infinity'::timestamptz", "1, 2, 0.5, 1.5, 10", "the time is outside"),
+    ("SYN007", "last + interval '1 hour'", "1, 0.5, 2, 1, 1", "high is below low"),
+    ("SYN008", "last + interval '90 minutes'", "1, 2, 0.5, 1.5, 10", "not the open time of a 1h bar"),
+]
+
+
+def _sql(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        cursor = conn.execute(statement, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def _plant(url: str, symbol: str, time: str, values: str) -> None:
+    _sql(url, "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, low_price, "
+              f"close_price, volume) SELECT c.id, '1h', {time}, {values} FROM cryptocurrencies c, LATERAL "
+              "(SELECT max(datetime) AS last FROM crypto_prices WHERE crypto_id = c.id) m WHERE c.symbol = %s",
+         (symbol,))
+
+
+def _listed(env: dict[str, str], cwd: Path) -> dict[str, dict]:
+    import json
+
+    done = _cli(["data", "list", "--json"], env, cwd)
+    assert done.returncode == 0, done.stderr
+    return {row["symbol"]: row for row in json.loads(done.stdout)}
+
+
+def _warnings(done: subprocess.CompletedProcess) -> list[str]:
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    return [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_an_export_skips_a_symbol_whose_postgresql_rows_are_bad_and_names_it(database_url, tmp_path):
+    from pipeline import loaders
+
+    loaders.seed_database(database_url, 10, 0.05, 1)
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),
+           "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results"), "COLUMNS": "200"}
+    assert _cli(["export", "--no-prefect"], env, tmp_path).returncode == 0
+    before = _listed(env, tmp_path)
+    _sql(database_url, "ALTER TABLE crypto_prices DROP CONSTRAINT crypto_prices_positive_check, "
+                       "DROP CONSTRAINT crypto_prices_range_check")
+    for symbol, time, values, _ in PLANTED:
+        _plant(database_url, symbol, time, values)
+    _plant(database_url, "SYN000", "last + interval '1 hour'", "1, 2, 0.5, 1.5, 10")  # a good new bar
+    # A symbol the lake has never had, whose only rows are bad: nothing to keep, it is left out.
+    _sql(database_url, "INSERT INTO cryptocurrencies (symbol, name) VALUES ('FRESH', 'FRESH')")
+    _plant(database_url, "FRESH", "'2025-01-01'::timestamptz", "'NaN', 1, 1, 1, 1")
+    refused = {symbol: problem for symbol, _, _, problem in PLANTED}
+
+    for args in (["export", "--no-prefect"], ["export", "--no-prefect", "--full"]):
+        warned = _warnings(_cli(args, env, tmp_path))
+        for symbol, problem in refused.items():
+            lines = [line for line in warned if line.startswith(f"warning: {symbol}:")]
+            assert len(lines) == 1 and problem in lines[0] and "kept its bars of the previous snapshot" in lines[0], \
+                (symbol, warned)
+        (fresh,) = [line for line in warned if line.startswith("warning: FRESH:")]
+        assert "NaN or infinite" in fresh and "left out of the snapshot" in fresh
+        listed = _listed(env, tmp_path)
+        assert listed["SYN000"]["bars"] == before["SYN000"]["bars"] + 1, "the other symbols are exported"
+        assert listed["SYN009"]["data_version"] == before["SYN009"]["data_version"]
+        for symbol, problem in refused.items():
+            assert listed[symbol]["bars"] == before[symbol]["bars"]
+            assert listed[symbol]["data_version"] == before[symbol]["data_version"]
+            assert problem in listed[symbol]["refused"]
+        assert listed["FRESH"]["bars"] == 0 and "NaN or infinite" in listed["FRESH"]["refused"]
+        assert listed["SYN000"]["refused"] is None
+        run = _cli(["backtest", "buy_and_hold", "--json"], env, tmp_path)
+        assert run.returncode == 0, run.stderr
+
+    # Rows put right in PostgreSQL: the next incremental export reads the refused symbols whole.
+    _sql(database_url, "DELETE FROM crypto_prices WHERE NOT (isfinite(datetime) AND datetime > '1970-01-01' "
+                       "AND datetime < '2100-01-01') OR open_price::text IN ('NaN', '-1') OR high_price < low_price "
+                       "OR high_price = 'Infinity' OR extract(minute FROM datetime) <> 0")
+    assert _warnings(_cli(["export", "--no-prefect"], env, tmp_path)) == []
+    listed = _listed(env, tmp_path)
+    assert all(row["refused"] is None for row in listed.values())
+    assert "FRESH" not in listed  # no row left
+    for symbol in refused:
+        assert listed[symbol]["bars"] == before[symbol]["bars"]
+
+
+def _bars_csv(path: Path, start: str, count: int, minutes: int = 60) -> None:
+    from datetime import datetime, timedelta
+
+    first = datetime.fromisoformat(start)
+    lines = [f"{(first + timedelta(minutes=minutes * i)).isoformat(sep=' ')},1,2,0.5,{1 + i % 3 * 0.1},10"
+             for i in range(count)]
+    path.write_text("date,open,high,low,close,volume\n" + "\n".join(lines) + "\n")
+
+
+def test_the_bar_time_window_is_a_setting_checked_in_one_line(database_url, tmp_path):
+    import json
+
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),
+           "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
+    _bars_csv(tmp_path / "OLD.csv", "1965-03-01 00:00", 48)
+    older = {**env, "CRYPTOBT_EARLIEST_BAR": "1960-01-01"}
+    done = _cli(["db", "import", str(tmp_path / "OLD.csv")], older, tmp_path)
+    assert done.returncode == 0, done.stderr
+    line = _one_line(_cli(["db", "import", str(tmp_path / "OLD.csv"), "--symbol", "OLDER"], env, tmp_path))
+    assert "OLD.csv line 2: the time is outside 1970-01-01 .. now + 1 day (CRYPTOBT_EARLIEST_BAR" in line
+    assert _cli(["export", "--no-prefect"], older, tmp_path).returncode == 0
+    run = _cli(["backtest", "buy_and_hold", "-s", "OLD", "--json"], older, tmp_path)
+    (result,) = json.loads(run.stdout)
+    assert result["bars"] == 48 and result["start"].startswith("1965-03-01")
+    # A narrower window refuses what the default takes.
+    _bars_csv(tmp_path / "NEWER.csv", "2018-01-01 00:00", 48)
+    line = _one_line(_cli(["db", "import", str(tmp_path / "NEWER.csv")],
+                          {**env, "CRYPTOBT_EARLIEST_BAR": "2020-01-01"}, tmp_path))
+    assert "NEWER.csv line 2: the time is outside 2020-01-01 .. now + 1 day" in line
+    for setting, value, message in [
+        ("CRYPTOBT_EARLIEST_BAR", "garbage", "CRYPTOBT_EARLIEST_BAR='garbage' is not a date; use YYYY-MM-DD"),
+        ("CRYPTOBT_EARLIEST_BAR", "1800-01-01", "CRYPTOBT_EARLIEST_BAR='1800-01-01' is out of range"),
+        ("CRYPTOBT_EARLIEST_BAR", "2999-01-01", "CRYPTOBT_EARLIEST_BAR='2999-01-01' is out of range"),
+        ("CRYPTOBT_MAX_DAYS_AHEAD", "nan", "CRYPTOBT_MAX_DAYS_AHEAD='nan' is not a number"),
+        ("CRYPTOBT_MAX_DAYS_AHEAD", "-1", "CRYPTOBT_MAX_DAYS_AHEAD=-1.0 is out of range"),
+    ]:
+        for args in (["db", "import", str(tmp_path / "NEWER.csv")], ["export", "--no-prefect"]):
+            assert message in _one_line(_cli(args, {**env, setting: value}, tmp_path))
+
+
+def test_a_single_bar_file_needs_its_interval_and_is_stored_at_it(database_url, tmp_path):
+    import json
+
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),
+           "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
+    _bars_csv(tmp_path / "ONE.csv", "2024-01-01 00:05", 1)
+    line = _one_line(_cli(["db", "import", str(tmp_path / "ONE.csv")], env, tmp_path))
+    assert "ONE.csv: a single bar says nothing about its interval; pass --interval" in line
+    assert _sql(database_url, "SELECT count(*) FROM cryptocurrencies") == [(0,)], "nothing was written"
+    done = _cli(["db", "import", str(tmp_path / "ONE.csv"), "--interval", "5m"], env, tmp_path)
+    assert done.returncode == 0 and "at 5m" in done.stdout, done.stderr
+    _bars_csv(tmp_path / "TWO.csv", "2024-01-01 00:05", 2, minutes=5)
+    done = _cli(["db", "import", str(tmp_path / "TWO.csv")], env, tmp_path)
+    assert done.returncode == 0 and "at 5m" in done.stdout, done.stderr
+    stored = _sql(database_url, "SELECT c.symbol, p.interval_type, p.datetime, p.bars FROM cryptocurrencies c "
+                                "JOIN LATERAL (SELECT interval_type, min(datetime) AS datetime, count(*) AS bars "
+                                "FROM crypto_prices WHERE crypto_id = c.id GROUP BY 1) p ON true "
+                                "WHERE p.interval_type = '5m' ORDER BY 1")
+    assert [(s, i, n) for s, i, _, n in stored] == [("ONE", "5m", 1), ("TWO", "5m", 2)]
+    assert stored[0][2].isoformat() == "2024-01-01T00:05:00+00:00"  # a 5m bar, not a day labelled at midnight
+    assert _cli(["export", "--no-prefect"], env, tmp_path).returncode == 0
+    listed = {row["symbol"]: row for row in json.loads(_cli(["data", "list", "--json"], env, tmp_path).stdout)}
+    assert listed["ONE"]["interval"] == "5m" and listed["ONE"]["bars"] == 1
+    assert listed["TWO"]["interval"] == "5m" and listed["TWO"]["bars"] == 2
+
+
+def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
+    from datetime import UTC, datetime, timedelta
+
+    import polars as pl
+
+    from pipeline import lake
+
+    def bars(symbols: list[str]) -> pl.DataFrame:
+        ts = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=i) for i in range(30)]
+        return pl.concat([pl.DataFrame({"symbol": s, "ts": ts, "open": 1.0, "high": 2.0, "low": 0.5, "close": 1.5,
+                                        "volume": 1.0}) for s in symbols])
+
+    root = tmp_path / "lake"
+    with lake.export_lock(root):
+        lake.commit(root, bars(["A", "B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=60,
+                    source="one")
+        kept = lake.commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=30,
+                           source="one", refused={"A": "bad"})
+        assert sorted(kept.snapshot.symbols) == ["A", "B"] and kept.snapshot.manifest["refused"] == {"A": "bad"}
+        other = lake.commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=False, watermark=None, rows_read=30,
+                            source="two", refused={"A": "bad"})
+        assert sorted(other.snapshot.symbols) == ["B"], "another source's A is never kept for this source's A"
