@@ -5,8 +5,9 @@ Keys (``<prefix>`` is ``settings.cache_prefix``):
 - ``<prefix>:bt:<sha256>``: one result record as JSON (never pickle), with a TTL. The hash
   is over the canonical JSON (sorted keys, no spaces, integral floats as ints) of
   ``engine_version, strategy, params, symbol, interval, timerange_start, timerange_end,
-  fill, fee_pct, initial_investment, data_version``: a new export (data version) or a code
-  change (engine version) gives a new key.
+  fill, fee_pct, initial_investment, annualization, min_bar_coverage, sl_pct, tp_pct, trail,
+  size, slippage_pct, data_version``: a new export (data version), a code change (engine
+  version) or another stop, size or slippage gives a new key.
 - ``<prefix>:sym:<symbol>``: set of that symbol's ``bt`` keys, for ``invalidate_symbol``
   (a pattern cannot find a symbol inside a hash).
 - ``<prefix>:stats:hits`` / ``<prefix>:stats:misses``: counters fed by ``record_hits``.
@@ -74,6 +75,11 @@ def cache_key(
     engine_version: str = ENGINE_VERSION,
     annualization: str = "observed",
     min_bar_coverage: float = 0.0,
+    sl_pct: float = 0.0,
+    tp_pct: float = 0.0,
+    trail: bool = False,
+    size: float = 1.0,
+    slippage_pct: float = 0.0,
 ) -> str:
     """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``."""
     fields = {
@@ -89,6 +95,11 @@ def cache_key(
         "initial_investment": initial_investment,
         "annualization": annualization,
         "min_bar_coverage": min_bar_coverage,
+        "sl_pct": sl_pct,
+        "tp_pct": tp_pct,
+        "trail": trail,
+        "size": size,
+        "slippage_pct": slippage_pct,
         "data_version": data_version,
     }
     canonical = json.dumps(
@@ -165,8 +176,8 @@ class ResultCache:
         return cache_key(self.prefix, **fields)
 
     def key_for_record(self, record: Mapping[str, Any]) -> str:
-        """The key of the backtest that produced ``record``."""
-        return self.key(**{name: record[name] for name in _KEY_FIELDS})
+        """The key of the backtest that produced ``record`` (fields it lacks take `cache_key`'s defaults)."""
+        return self.key(**{name: record[name] for name in _KEY_FIELDS if name in record})
 
     def get_many(
         self,
@@ -418,6 +429,11 @@ _KEY_FIELDS = (
     "engine_version",
     "annualization",
     "min_bar_coverage",
+    "sl_pct",
+    "tp_pct",
+    "trail",
+    "size",
+    "slippage_pct",
 )
 
 

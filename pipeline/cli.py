@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from collections.abc import Callable
@@ -528,6 +527,20 @@ INTERVAL_HELP = ("1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w (a symbol is read at its own 
                  "aggregated on read when the lake does not store it) or auto: per symbol, 1h when its hourly "
                  "bars in range span at most 50,000 hours, else 1d; a symbol whose own bars are coarser than 1h "
                  "keeps its own interval.")
+# SPEC 4.1's run parameters, the same on backtest and sweep (a sweep can also vary them: -g sl=2:10:2).
+SlOption = Annotated[float, typer.Option("--sl", help="Stop-loss in percent below the entry fill price (0 = none); "
+                                                      "checked from the bar after the entry against its open, "
+                                                      "high and low.")]
+TpOption = Annotated[float, typer.Option("--tp", help="Take-profit in percent above the entry fill price "
+                                                      "(0 = none).")]
+TrailOption = Annotated[bool, typer.Option("--trail", help="The stop-loss trails the highest high since the "
+                                                           "entry (needs --sl).")]
+SizeOption = Annotated[float, typer.Option("--size", help="Share of the equity committed at each entry, in (0, 1] "
+                                                          "(1 = all in).")]
+SlippageOption = Annotated[float, typer.Option("--slippage", help="Percent against the trader on every market "
+                                                                  "fill (close and next_open fills; stop fills get "
+                                                                  "none).")]
+
 # The leaderboard's columns; among the optional ones, the highest drop_rank is left out first
 # when the terminal is narrow (pipeline/tables.py).
 BOARD_COLUMNS = (
@@ -550,15 +563,19 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     # A sweep's rows name their parameters: those that vary get a column each (never cut), those
     # fixed across the shown rows go in the title.
     varying: list[str] = []
+    sets: list[dict[str, Any]] = [{} for _ in rows]
     if with_params and rows:
-        names = list(rows[0]["params"])
-        varying = [k for k in names if len({r["params"][k] for r in rows}) > 1] or names[:1]
-        fixed = [f"{k}={tables.param(v)}" for k, v in rows[0]["params"].items() if k not in varying]
+        from pipeline.engine import set_parameters
+
+        sets = set_parameters(rows)
+        names = list(sets[0])
+        varying = [k for k in names if len({s[k] for s in sets}) > 1] or names[:1]
+        fixed = [f"{k}={tables.param(v)}" for k, v in sets[0].items() if k not in varying]
         title += f"; {' '.join(fixed)}" if fixed else ""
     columns = [shown[0][1], *[tables.Column(tables.param_header(k), required=True) for k in varying],
                *[col for _, col in shown[1:]]]
-    cells = [[r["symbol"], *[tables.param(r["params"][k]) for k in varying],
-              *[tables.number(r[key]) for key, _ in shown[1:]]] for r in rows]
+    cells = [[r["symbol"], *[tables.param(s[k]) for k in varying],
+              *[tables.number(r[key]) for key, _ in shown[1:]]] for r, s in zip(rows, sets, strict=True)]
     tables.print_table(console, columns, cells, title)
 
 
@@ -567,15 +584,13 @@ def _emit_json(results: list[dict[str, Any]]) -> None:
 
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
-         interval: str, timerange: str | None, fee: float, fill: str, initial: float, trades: bool,
-         stream: bool, command: str, no_cache: bool = False,
-         annualization: str = "observed", min_bar_coverage: float = 0.0,
-         confirm_seconds: float | None = None, snapshot: str | None = None) -> tuple[Any, Any, Settings]:
+         interval: str, stream: bool, command: str, no_cache: bool = False,
+         confirm_seconds: float | None = None, snapshot: str | None = None,
+         **run: Any) -> tuple[Any, Any, Settings]:
+    """A validated backtest or sweep, run; `run` are `options.run_config`'s options (fee, fill, sl, ...)."""
     from pipeline import runs
 
-    config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, timerange=timerange,
-                                                    fee=fee, fill=fill, initial=initial, trades=trades,
-                                                    annualization=annualization, min_bar_coverage=min_bar_coverage)
+    config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, **run)
     settings = Settings.from_env()
     on_results = None
     if stream:
@@ -621,7 +636,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     best = outcome.results[:top]
     # A run whose symbols were read at several intervals (--interval auto) draws at the coarsest.
     curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval.split("+")[-1],
-                                best[0]["params"] if best else None, snapshot_id=outcome.snapshot_id)
+                                best[0] if best else None, snapshot_id=outcome.snapshot_id)
     written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
                                outcome.results, curves, outcome.results if sweep else None)
     err_console.print(f"picture written to {written}")
@@ -654,6 +669,11 @@ def backtest_command(
              "needs 12 hours); 0 keeps all.")] = 0.0,
     strategy_path: Annotated[list[Path] | None, typer.Option(
         "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    sl: SlOption = 0.0,
+    tp: TpOption = 0.0,
+    trail: TrailOption = False,
+    size: SizeOption = 1.0,
+    slippage: SlippageOption = 0.0,
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -661,13 +681,16 @@ def backtest_command(
       cryptobt backtest rsi --all
       cryptobt backtest macd -s SYN001 -s SYN002 --interval 1d --timerange 20230101- --json
       cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
+      cryptobt backtest rsi --all --sl 5 --tp 10 --trail --size 0.5 --slippage 0.05
     """
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, timerange,
-                                     fee, fill, initial, trades, stream, "backtest", no_cache, annualization,
-                                     min_bar_coverage, snapshot=snapshot)
+    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, stream,
+                                     "backtest", no_cache, snapshot=snapshot, timerange=timerange, fee=fee,
+                                     fill=fill, initial=initial, trades=trades, annualization=annualization,
+                                     min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
+                                     slippage=slippage)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -711,27 +734,37 @@ def sweep_command(
                                       f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
     strategy_path: Annotated[list[Path] | None, typer.Option(
         "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    sl: SlOption = 0.0,
+    tp: TpOption = 0.0,
+    trail: TrailOption = False,
+    size: SizeOption = 1.0,
+    slippage: SlippageOption = 0.0,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
     The sweep's size and estimated time are printed first; one estimated past
-    a minute needs --yes.
+    a minute needs --yes. The run parameters sl, tp, trail (0 or 1), size and slippage
+    join the grid like the strategy's own (-g sl=2:10:2); --sl and the others set them
+    for every set.
 
     Examples:
       cryptobt sweep rsi -g rsi_period=7:28:7 -g oversold_threshold=20,25,30 -g overbought_threshold=70,75,80
       cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
+      cryptobt sweep rsi -g sl=2:10:2 -g tp=5,10,20 -g trail=0,1
     """
-    from pipeline import engine, strategies
+    from pipeline import engine
 
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    params_list = strategies.parse_grid(strategy, grid)
+    params_list = options.parse_grid(strategy, grid)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
-    outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, timerange, fee, fill, initial,
-                                     False, False, "sweep", no_cache, annualization, min_bar_coverage,
-                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot)
+    outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, False, "sweep", no_cache,
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, timerange=timerange,
+                                     fee=fee, fill=fill, initial=initial, annualization=annualization,
+                                     min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
+                                     slippage=slippage)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top)
     if plot and outcome.results:
@@ -740,8 +773,8 @@ def sweep_command(
         _emit_json(engine.sweep_best(outcome.results, top))
         _stop_if_interrupted(outcome, settings)
         return
-    _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(params_list)} sets x symbols)", top,
-                 True)
+    _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(config.params_list)} sets x symbols)",
+                 top, True)
     _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
@@ -808,8 +841,6 @@ def portfolio_command(
     options.check_top(top)
     options.check_plot(plot)
     options.check_interval(interval)
-    if not (math.isfinite(slippage) and 0 <= slippage < 100):
-        raise PipelineError(f"--slippage {slippage!r} is out of range: a percentage >= 0 and < 100")
     slots = []
     for text in _split_values(max_open or ["10"]):
         if not text.isascii() or not text.isdigit() or int(text) < 1:
@@ -822,11 +853,10 @@ def portfolio_command(
         raise PipelineError("use either --param or --grid, not both")
     params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
     config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                annualization=annualization, min_bar_coverage=min_bar_coverage)
+                                annualization=annualization, min_bar_coverage=min_bar_coverage, slippage=slippage)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
-    outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by,
-                             slippage=slippage / 100.0, command="portfolio")
+    outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")
     best = outcome.best
     if plot and best:
         _plot_portfolio(plot, best, outcome, top)

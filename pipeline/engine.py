@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,6 +27,62 @@ REASONS = {
     enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
     enums.STATUS_NO_BARS: "no bars in the requested range",
 }
+
+
+EXECUTION_PARAMS = strategies.EXECUTION_PARAMS
+EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
+# Each run parameter's result field (sl -> sl_pct).
+EXECUTION_FIELDS = {"sl": "sl_pct", "tp": "tp_pct", "trail": "trail", "size": "size", "slippage": "slippage_pct"}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How one parameter set's orders execute (SPEC 4.1): stops, sizing, slippage.
+
+    Percentages as the CLI takes them (`sl_pct=5` is a stop 5 % below the entry); these
+    are the result fields, the results columns and part of the cache key.
+    """
+
+    sl_pct: float = 0.0
+    tp_pct: float = 0.0
+    trail: bool = False
+    size: float = 1.0
+    slippage_pct: float = 0.0
+
+    @property
+    def has_stops(self) -> bool:
+        return self.sl_pct > 0.0 or self.tp_pct > 0.0
+
+    def row(self) -> np.ndarray:
+        """The kernels' (N_EXECUTION,) row, fractions at the EX_* indices."""
+        row = np.empty(enums.N_EXECUTION)
+        row[enums.EX_SL] = self.sl_pct / 100.0
+        row[enums.EX_TP] = self.tp_pct / 100.0
+        row[enums.EX_TRAIL] = 1.0 if self.trail else 0.0
+        row[enums.EX_SIZE] = self.size
+        row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
+        return row
+
+    def fields(self) -> dict[str, Any]:
+        """Result fields (and cache-key fields): sl_pct, tp_pct, trail, size, slippage_pct."""
+        return {field: getattr(self, field) for field in EXECUTION_FIELDS.values()}
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Execution:
+        """The execution a result record was computed with (records without the fields: the defaults)."""
+        return cls(**{f: result[f] for f in EXECUTION_FIELDS.values() if result.get(f) is not None})
+
+
+def set_parameters(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result's parameters as a sweep names them: the strategy's, then the run parameters
+    (sl, tp, trail, size, slippage) that any of `results` sets to other than the default."""
+    default = DEFAULT_EXECUTION.fields()
+    used = [(name, field) for name, field in EXECUTION_FIELDS.items()
+            if any(r.get(field, default[field]) != default[field] for r in results)]
+    return [{**r["params"], **{name: r.get(field, default[field]) for name, field in used}} for r in results]
+
+
+DEFAULT_EXECUTION = Execution()
 
 
 @dataclass(frozen=True)
@@ -48,10 +104,30 @@ class RunConfig:
     annualization: str = "observed"
     # Bars built from less than this share of their interval's hours are dropped (0 keeps all).
     min_bar_coverage: float = 0.0
+    # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
+    executions: tuple[Execution, ...] = ()
 
     @property
     def fee_frac(self) -> float:
         return self.fee_pct / 100.0
+
+    def execution(self, c: int) -> Execution:
+        """The execution of parameter set c."""
+        return self.executions[c] if self.executions else DEFAULT_EXECUTION
+
+    @property
+    def sets(self) -> list[tuple[dict[str, Any], Execution]]:
+        """(strategy parameters, execution) of every parameter set, in order."""
+        return [(params, self.execution(c)) for c, params in enumerate(self.params_list)]
+
+    @property
+    def has_stops(self) -> bool:
+        return any(e.has_stops for e in self.executions)
+
+    def sliced(self, first: int, stop: int) -> RunConfig:
+        """The same run over parameter sets first..stop-1."""
+        return replace(self, params_list=self.params_list[first:stop],
+                       executions=self.executions[first:stop] if self.executions else ())
 
 
 def make_config(
@@ -66,17 +142,47 @@ def make_config(
     timerange_end: datetime | None = None,
     annualization: str = "observed",
     min_bar_coverage: float = 0.0,
+    sl: float = 0.0,
+    tp: float = 0.0,
+    trail: bool = False,
+    size: float = 1.0,
+    slippage: float = 0.0,
 ) -> RunConfig:
-    """Validate everything about a run before any work: strategy, parameters, fee, fill, cash."""
+    """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
+
+    A parameter set may also hold run parameters (EXECUTION_NAMES: a sweep's `-g sl=2:10:2`);
+    the options `sl` .. `slippage` set them for every set (giving one both ways is an error).
+    """
     strategies.get_strategy(strategy)
-    if isinstance(params, list):
-        params_list = [strategies.resolve_params(strategy, p) for p in params]
-        dropped = getattr(params, "dropped", 0)
-    else:
-        params_list = [strategies.resolve_params(strategy, params or {})]
-        dropped = 0
-    if not params_list:
+    raw = params if isinstance(params, list) else [params or {}]
+    dropped = getattr(params, "dropped", 0)
+    if not raw:
         raise PipelineError("the parameter grid is empty")
+    options_given = {"sl": sl, "tp": tp, "trail": int(trail) if isinstance(trail, bool) else trail,
+                     "size": size, "slippage": slippage}
+    base = {p.name: p.convert(options_given[p.name], option=f"--{p.name}") for p in EXECUTION_PARAMS}
+    params_list, executions = [], []
+    trail_problem = None
+    for one in raw:
+        values = dict(base)
+        for p in EXECUTION_PARAMS:
+            if p.name in one:
+                if base[p.name] != p.default:
+                    raise PipelineError(f"{p.name} is given twice: --{p.name} {options_given[p.name]!r} and "
+                                        f"{p.name}={one[p.name]!r} in the parameters; give one")
+                values[p.name] = p.convert(one[p.name])
+        execution = Execution(float(values["sl"]), float(values["tp"]), bool(values["trail"]),
+                              float(values["size"]), float(values["slippage"]))
+        if execution.trail and execution.sl_pct == 0.0:
+            # A sweep drops such a set (counted, like fast >= slow); a run of one refuses it.
+            trail_problem = "--trail needs a stop-loss to trail (--sl PCT, or sl in the grid)"
+            dropped += 1
+            continue
+        params_list.append(strategies.resolve_params(
+            strategy, {k: v for k, v in one.items() if k not in EXECUTION_NAMES}))
+        executions.append(execution)
+    if not params_list:
+        raise PipelineError(trail_problem or "the parameter grid is empty")
     if not (isinstance(fee_pct, int | float) and math.isfinite(fee_pct) and 0 <= fee_pct < 100):
         raise PipelineError(f"--fee {fee_pct!r} is out of range: a percentage >= 0 and < 100 (0.1 means 0.1 %)")
     if fill not in FILLS:
@@ -91,7 +197,8 @@ def make_config(
                             "(0.5 drops daily bars built from fewer than 12 hours)")
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
                      timerange_start, timerange_end, dropped, annualization=annualization,
-                     min_bar_coverage=float(min_bar_coverage))
+                     min_bar_coverage=float(min_bar_coverage),
+                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions))
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:
@@ -165,11 +272,28 @@ def check_memory(n_symbols: int, n_time: int, n_combos: int) -> None:
 
 
 def columns_needed(config: RunConfig) -> tuple[str, ...]:
-    """The price columns a run reads: the strategy's COLUMNS, the close, and the open for next_open fills."""
+    """The price columns a run reads: the strategy's COLUMNS, the close, the open for next_open fills,
+    and open, high and low when a stop is set (a run without stops reads none of them for the fills)."""
     wanted = ["close", *strategies.get_strategy(config.strategy).columns]
     if config.fill == "next_open":
         wanted.append("open")
+    if config.has_stops:
+        wanted += ["open", "high", "low"]
     return tuple(dict.fromkeys(wanted))
+
+
+def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
+    if name not in batch.columns:
+        raise PipelineError(f"this run needs the {name} column, which this read lacks")
+    return np.ascontiguousarray(batch.columns[name][rows])
+
+
+def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
+    """(C x N_EXECUTION) rows of the parameter sets in kernel `order`; None when every set has the defaults."""
+    if not config.executions:
+        return None
+    return np.ascontiguousarray(np.array([config.executions[c].row() for c in order]).reshape(
+        len(order), enums.N_EXECUTION))
 
 
 def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None) -> tuple[np.ndarray, ...]:
@@ -193,10 +317,14 @@ def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     open_ = np.ascontiguousarray(open_ if open_ is not None else close)
     out = np.empty((close.shape[0], combos.shape[0], enums.N_METRICS))
     start = start_column(batch, config)
+    execution = execution_matrix(config, order)
+    every = slice(None)
     if close.shape[0] and close.shape[1]:
         strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
                                     config.fee_frac, config.initial, config.fill == "next_open",
-                                    bars_per_year(batch, config, start), start, out)
+                                    bars_per_year(batch, config, start), start, out,
+                                    *((_column(batch, "high", every), _column(batch, "low", every))
+                                      if config.has_stops else (None, None)), execution)
     else:
         out[:] = 0.0
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
@@ -224,7 +352,8 @@ def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
 
 
 def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-                 metrics: np.ndarray, annual_bars: float, partial: int = 0) -> dict[str, Any]:
+                 metrics: np.ndarray, annual_bars: float, partial: int = 0,
+                 execution: Execution = DEFAULT_EXECUTION) -> dict[str, Any]:
     """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
     status = int(metrics[enums.M_STATUS])
     bars = int(metrics[enums.M_BARS])
@@ -264,6 +393,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "fill": config.fill,
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,
+        **execution.fields(),
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
         "data_version": batch.data_versions[symbol_index],
@@ -273,18 +403,20 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
     }
 
 
-def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int,
-              params: dict[str, Any]) -> tuple[list[dict[str, Any]], np.ndarray]:
+def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
+              execution: Execution = DEFAULT_EXECUTION) -> tuple[list[dict[str, Any]], np.ndarray]:
     """The trades (SPEC: time, action, price, units, value, fee, indicator) and the equity curve."""
     combos, _, _ = strategies.combos_matrix(config.strategy, [params])
     close = np.ascontiguousarray(batch.columns["close"][symbol_index])
     open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
     start = start_column(batch, config)
     columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
+    row = symbol_index
     _, trades, equity = strategies.get_strategy(config.strategy).kernels().run_single(
         columns, open_, close, combos[0], config.fee_frac,
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
-        start,
+        start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops
+                 else (None, None)), None if execution == DEFAULT_EXECUTION else execution.row(),
     )
     log = [
         {
@@ -308,10 +440,10 @@ def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
     partial = partial_bars(batch, config)
     results = []
     for i in range(len(batch.symbols)):
-        for c, params in enumerate(config.params_list):
-            result = shape_result(batch, config, i, params, cube[i, c], annual[i], partial[i])
+        for c, (params, execution) in enumerate(config.sets):
+            result = shape_result(batch, config, i, params, cube[i, c], annual[i], partial[i], execution)
             if config.trades:
-                result["trades"], _ = trade_log(batch, config, i, params)
+                result["trades"], _ = trade_log(batch, config, i, params, execution)
             results.append(result)
     return results
 

@@ -107,17 +107,19 @@ class Portfolio:
 
 def run_portfolio(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
               max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
-              slippage_pct: float = 0.0, **run: Any) -> Portfolio:
-    """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep)."""
+              **run: Any) -> Portfolio:
+    """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
+
+    `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
     config = options.run_config(strategy, params or {}, **run)
     slots = max_open if isinstance(max_open, list) else [max_open]
     stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
     sets = pf.make_sets(config, slots, stakes)
     batch = prices(frames)
-    accounts = pf.run(batch, config, sets, rank_by, slippage_pct / 100.0)
+    accounts = pf.run(batch, config, sets, rank_by)
     best = pf.detail(batch, config, next(s for s in sets if s.params == accounts[0]["params"]
                                          and s.max_open == accounts[0]["max_open"]
-                                         and s.stake.value == accounts[0]["stake"]), rank_by, slippage_pct / 100.0)
+                                         and s.stake.value == accounts[0]["stake"]), rank_by)
     curve = best["equity_curve"]
     return Portfolio(
         accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),

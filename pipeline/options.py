@@ -144,12 +144,27 @@ def run_config(
     trades: bool = False,
     annualization: str = "observed",
     min_bar_coverage: float = 0.0,
+    sl: float = 0.0,
+    tp: float = 0.0,
+    trail: bool = False,
+    size: float = 1.0,
+    slippage: float = 0.0,
 ) -> RunConfig:
-    """Strategy, parameters, time range, fee, fill and cash, checked together: the run's config."""
+    """Strategy, parameters, time range, fee, fill, cash, stops, size and slippage, checked together:
+    the run's config. `sl`, `tp` and `slippage` are percentages (0 = none), `size` a share of equity."""
     from pipeline import engine, reader
 
     start, end = reader.parse_timerange(timerange)
     return engine.make_config(strategy, params if isinstance(params, list) else dict(params or {}),
                               fee_pct=fee, fill=fill, initial=initial, trades=trades,
                               timerange_start=start, timerange_end=end, annualization=annualization,
-                              min_bar_coverage=min_bar_coverage)
+                              min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
+                              slippage=slippage)
+
+
+def parse_grid(strategy: str, specs: Sequence[str]) -> Any:
+    """A sweep's parameter sets from `-g` specs: the strategy's parameters and the run parameters
+    sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2."""
+    from pipeline import engine, strategies
+
+    return strategies.parse_grid(strategy, specs, common=engine.EXECUTION_PARAMS)

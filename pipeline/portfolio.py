@@ -21,11 +21,11 @@ from pipeline import engine, intervals, strategies
 from pipeline.engine import RunConfig
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
+from pipeline.kernels import enums
 from pipeline.kernels import portfolio as pk
 from pipeline.reader import PriceBatch
 
 RANK_BY = ("auto", "volume", "name")
-EXIT_REASONS = {pk.EXIT_SIGNAL: "signal", pk.EXIT_END_OF_DATA: "end_of_data"}
 # A sweep's parameter sets beyond this need a narrower grid (each is a whole account).
 MAX_PORTFOLIO_SETS = 10_000
 
@@ -74,6 +74,13 @@ class PortfolioSet:
 def make_sets(config: RunConfig, max_open: list[int], stakes: list[Stake], n_symbols_hint: int | None = None
               ) -> list[PortfolioSet]:
     """Every combination of strategy parameters x slots x stakes, validated."""
+    executions = {config.execution(c) for c in range(len(config.params_list))}
+    if any(e.has_stops or e.size != 1.0 for e in executions):
+        raise PipelineError("stops (--sl, --tp, --trail) and --size are for single-symbol runs; a portfolio "
+                            "sizes its entries with --stake and has no stops")
+    if len(executions) > 1:
+        raise PipelineError("a portfolio takes one --slippage; it sweeps strategy parameters, --max-open and "
+                            "--stake")
     bad = [m for m in max_open if not isinstance(m, int) or m < 1]
     if bad:
         raise PipelineError(f"--max-open {bad[0]!r} is out of range: an integer >= 1")
@@ -149,9 +156,15 @@ def _annual_bars(batch: PriceBatch, config: RunConfig, start: int) -> float:
     return float(valid.sum() / (((last - first) * step + step) / intervals.YEAR_SECONDS))
 
 
-def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto",
-        slippage: float = 0.0) -> list[dict[str, Any]]:
+def _slippage(config: RunConfig) -> float:
+    """The run's slippage as a fraction (make_sets allows one for the whole portfolio run)."""
+    return config.execution(0).slippage_pct / 100.0
+
+
+def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto"
+        ) -> list[dict[str, Any]]:
     """One result per account in `sets`, best total return first (no trade lists)."""
+    slippage = _slippage(config)
     open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
     scores = np.ascontiguousarray(scores[:, start:])
@@ -172,13 +185,13 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
             _annual_bars(batch, config, start), out)
     else:
         out[:] = np.nan
-    results = [_shape(batch, config, s, rule, slippage, out[c]) for c, s in enumerate(sets)]
+    results = [_shape(batch, config, s, rule, out[c]) for c, s in enumerate(sets)]
     return sorted(results, key=lambda r: (r["total_return_pct"] is None, -(r["total_return_pct"] or 0.0)))
 
 
-def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto",
-           slippage: float = 0.0) -> dict[str, Any]:
+def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto") -> dict[str, Any]:
     """One account in full: its result, per-symbol contributions, round trips and equity curves."""
+    slippage = _slippage(config)
     open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
     scores = np.ascontiguousarray(scores[:, start:])
@@ -193,7 +206,7 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
                               chosen.stake.value, config.fee_frac, slippage, config.initial,
                               config.fill == "next_open", _annual_bars(batch, config, start), metrics,
                               contrib, equity, trades)
-    result = _shape(batch, config, chosen, rule, slippage, metrics)
+    result = _shape(batch, config, chosen, rule, metrics)
     last_time = _iso(times[-1]) if times.size else None
     result["contributions"] = [
         {"symbol": symbol, "round_trips": int(contrib[i, pk.CONTRIB_TRADES]),
@@ -212,7 +225,7 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
             "pnl": float(t["pnl"]),
             "return_pct": float(t["return_pct"]),
             "bars_held": int((t["exit_bar"] if t["exit_bar"] >= 0 else n_time - 1) - t["entry_bar"]),
-            "exit_reason": EXIT_REASONS[int(t["exit_reason"])],
+            "exit_reason": enums.EXIT_REASON_NAMES[int(t["exit_reason"])],
         }
         for t in trades[:k]
     ]
@@ -243,8 +256,7 @@ def strategies_key(params: dict[str, Any]) -> tuple:
     return tuple(sorted(params.items()))
 
 
-def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str, slippage: float,
-           m: np.ndarray) -> dict[str, Any]:
+def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str, m: np.ndarray) -> dict[str, Any]:
     bars = int(m[pk.P_BARS]) if not math.isnan(m[pk.P_BARS]) else 0
     start = engine.start_column(batch, config)
     times = batch.times[start:]
@@ -262,7 +274,6 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "stake": chosen.stake.value,
         "stake_mode": "fraction" if chosen.stake.is_fraction else "amount",
         "rank_by": rule,
-        "slippage": slippage,
         "interval": batch.interval,
         "start": _iso(times[first]) if has else None,
         "end": _iso(times[last]) if has else None,
@@ -284,6 +295,7 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "fill": config.fill,
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,
+        **config.execution(0).fields(),
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
         "data_version": combined_version(batch.symbols, batch.data_versions),

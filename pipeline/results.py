@@ -97,6 +97,12 @@ RESULT_SCHEMA = pa.schema(
         pa.field("fill", pa.string()),
         pa.field("fee_pct", pa.float64()),
         pa.field("initial_investment", pa.float64()),
+        # SPEC 4.1: stop-loss and take-profit in percent (0 = none), trailing, size, slippage in percent.
+        pa.field("sl_pct", pa.float64()),
+        pa.field("tp_pct", pa.float64()),
+        pa.field("trail", pa.bool_()),
+        pa.field("size", pa.float64()),
+        pa.field("slippage_pct", pa.float64()),
         pa.field("snapshot_id", pa.string()),
         pa.field("computed_snapshot_id", pa.string()),
         pa.field("data_version", pa.string()),
@@ -181,7 +187,8 @@ WHERE ($1::VARCHAR IS NULL OR strategy = $1)
 -- The same backtest re-run in later runs counts once: keep its newest row.
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
-                 fill, fee_pct, initial_investment, data_version, engine_version
+                 fill, fee_pct, initial_investment, sl_pct, tp_pct, trail, size, slippage_pct,
+                 data_version, engine_version
     ORDER BY created_at DESC, run_id DESC) = 1
 ORDER BY total_return_pct DESC, symbol, params_json
 LIMIT $3

@@ -11,7 +11,7 @@ import contextvars
 import functools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -57,14 +57,21 @@ class RunOutcome:
         return self.cache_hits / total if total else None
 
 
-def _key_fields(config: RunConfig, symbol: str, interval: str, params: dict, version: str) -> dict:
+def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: str) -> dict:
+    """The cache key of parameter set c on `symbol`: everything that decides its numbers."""
     return {
-        "strategy": config.strategy, "params": params, "symbol": symbol, "interval": interval,
+        "strategy": config.strategy, "params": config.params_list[c], "symbol": symbol, "interval": interval,
         "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
+        **config.execution(c).fields(),
         "data_version": version, "engine_version": engine.code_version(config.strategy),
     }
+
+
+def _set_identity(params: dict[str, Any], execution: engine.Execution) -> tuple:
+    """What tells a run's parameter sets apart: strategy parameters and execution."""
+    return tuple(sorted(params.items())), execution
 
 
 # The pins a run holds on the snapshots it reads, released when the run returns (see `_pinning`).
@@ -203,11 +210,12 @@ def backtest(
     hits: dict[tuple[str, int], dict[str, Any]] = {}
     keys: dict[tuple[str, int], str] = {}
     if use_cache:
+        expected = {}
         for symbol in names:
-            for c, params in enumerate(config.params_list):
-                keys[(symbol, c)] = cache.key(**_key_fields(config, symbol, interval_of[symbol], params, versions[symbol]))
-        expected = {keys[(symbol, c)]: _key_fields(config, symbol, interval_of[symbol], params, versions[symbol])
-                    for symbol in names for c, params in enumerate(config.params_list)}
+            for c in range(n_params):
+                fields = _key_fields(config, symbol, interval_of[symbol], c, versions[symbol])
+                keys[(symbol, c)] = cache.key(**fields)
+                expected[keys[(symbol, c)]] = fields
         found = cache.get_many(list(keys.values()), expected, results.record_problem)
         for slot, key in keys.items():
             record = found.get(key)
@@ -252,8 +260,7 @@ def backtest(
             for first_set in range(0, n_params, sets_per_call):
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
-                sliced = config if sets_per_call >= n_params else replace(
-                    config, params_list=config.params_list[first_set: first_set + sets_per_call])
+                sliced = config if sets_per_call >= n_params else config.sliced(first_set, first_set + sets_per_call)
                 t0 = time.perf_counter()
                 fresh = engine.run(batch, sliced)
                 kernel_seconds += time.perf_counter() - t0
@@ -270,7 +277,9 @@ def backtest(
         interrupted = True
 
     if use_cache and computed:
-        cache.put_many([(keys[(r["symbol"], config.params_list.index(r["params"]))], r) for r in computed])
+        slot = {_set_identity(params, execution): c for c, (params, execution) in enumerate(config.sets)}
+        cache.put_many([(keys[(r["symbol"], slot[_set_identity(r["params"], engine.Execution.of(r))])], r)
+                        for r in computed])
     hit_count = len(cached_now)
     miss_count = len(computed)
     if use_cache:
@@ -325,8 +334,11 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
 
 
 def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], interval: str,
-                  params: dict[str, Any] | None = None, snapshot_id: str | None = None) -> list:
-    """Equity against buy & hold for `symbols` (for pictures): one batched read, one kernel each."""
+                  result: dict[str, Any] | None = None, snapshot_id: str | None = None) -> list:
+    """Equity against buy & hold for `symbols` (for pictures): one batched read, one kernel each.
+
+    The parameter set drawn is `result`'s (a sweep's best: its parameters and execution), else
+    the run's first."""
     import numpy as np
 
     from pipeline.plots import EquityCurve
@@ -338,9 +350,10 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
                                    ("open", *engine.columns_needed(config)))),
                                min_coverage=config.min_bar_coverage,
                                snapshot=lake.require_snapshot(settings.lake_root, snapshot_id))
+    params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
     curves = []
     for i, symbol in enumerate(batch.symbols):
-        log, equity = engine.trade_log(batch, config, i, params or config.params_list[0])
+        log, equity = engine.trade_log(batch, config, i, params, execution)
         close = batch.columns["close"][i]
         valid = ~np.isnan(close)
         if not valid.any():
@@ -372,7 +385,6 @@ def portfolio(
     interval: str = "1h",
     *,
     rank_by: str = "auto",
-    slippage: float = 0.0,
     write_results: bool = True,
     command: str = "",
 ) -> PortfolioOutcome:
@@ -399,13 +411,13 @@ def portfolio(
                                min_coverage=config.min_bar_coverage)
     engine.check_memory(len(names), batch.times.size, len(sets))
     t0 = time.perf_counter()
-    accounts = pf.run(batch, config, sets, rank_by, slippage)
+    accounts = pf.run(batch, config, sets, rank_by)
     kernel_seconds = time.perf_counter() - t0
     best = None
     if accounts:
         chosen = next(s for s in sets if s.params == accounts[0]["params"] and s.max_open == accounts[0]["max_open"]
                       and s.stake.value == accounts[0]["stake"])
-        best = pf.detail(batch, config, chosen, rank_by, slippage)
+        best = pf.detail(batch, config, chosen, rank_by)
     run_id = results.new_run_id(started_at)
     bar_steps = int(batch.bars.sum()) * len(sets)
     seconds = time.perf_counter() - started

@@ -1,4 +1,4 @@
-"""Plain-Python references for the kernels, written from SPEC sections 3 and 4.
+"""Plain-Python references for the kernels, written from SPEC sections 3, 4 and 4.1.
 
 Nothing here imports pipeline.kernels: indicators come from TA-Lib, and the
 signal rules and the portfolio simulation are straightforward loops over Python
@@ -119,6 +119,7 @@ class Trade:
     value: float
     fee: float
     indicator: float
+    reason: str = "signal"  # on sells: signal, stop_loss, take_profit or trailing_stop
 
 
 @dataclass
@@ -138,15 +139,30 @@ def reference_backtest(
     initial: float,
     fill: str,
     bars_per_year: float,
+    *,
+    high: np.ndarray | None = None,
+    low: np.ndarray | None = None,
+    sl: float = 0.0,
+    tp: float = 0.0,
+    trail: bool = False,
+    size: float = 1.0,
+    slippage: float = 0.0,
 ) -> Backtest:
-    """SPEC section 4, bar by bar: long-only, all-in/all-out, at most one position."""
+    """SPEC section 4, bar by bar: long-only, at most one position; with SPEC 4.1's stops
+    (`sl`, `tp` fractions, 0 = none; `trail`), `size` (share of the cash at an entry) and
+    `slippage` (fraction against the trader on market fills)."""
     n = len(close)
     o = [float(v) for v in open_]
     c = [float(v) for v in close]
+    h = [float(v) for v in high] if high is not None else c
+    lo = [float(v) for v in low] if low is not None else c
     cash = float(initial)
     units = 0.0
     long = False
     cash_before_buy = 0.0
+    entry_at = -1
+    entry_price = 0.0
+    highest = 0.0  # the trailing stop's base
     order: tuple[str, int] | None = None  # (side, signal bar) waiting for the next open
     trades: list[Trade] = []
     equity: list[float] = []
@@ -154,26 +170,56 @@ def reference_backtest(
     wins = 0
 
     def buy(t: int, signal_bar: int, price: float) -> None:
-        nonlocal cash, units, long, cash_before_buy
-        fee = cash * fee_frac
-        units = (cash - fee) / price
-        trades.append(Trade(t, signal_bar, 1, price, units, cash, fee, values[signal_bar]))
-        cash_before_buy = cash
-        cash = 0.0
+        nonlocal cash, units, long, cash_before_buy, entry_at, entry_price, highest
+        price = price * (1 + slippage)
+        stake = cash * size
+        fee = stake * fee_frac
+        units = (stake - fee) / price
+        trades.append(Trade(t, signal_bar, 1, price, units, stake, fee, values[signal_bar]))
+        cash_before_buy = stake
+        cash = cash - stake
         long = True
+        entry_at, entry_price, highest = t, price, price
 
-    def sell(t: int, signal_bar: int, price: float) -> None:
+    def sell(t: int, signal_bar: int, price: float, reason: str = "signal") -> None:
         nonlocal cash, units, long, wins
+        if reason == "signal":
+            price = price * (1 - slippage)
         proceeds = units * price
         fee = proceeds * fee_frac
-        cash = proceeds - fee
-        trades.append(Trade(t, signal_bar, -1, price, units, cash, fee, values[signal_bar]))
-        if cash > cash_before_buy:
+        cash += proceeds - fee
+        trades.append(Trade(t, signal_bar, -1, price, units, proceeds - fee, fee,
+                            values[signal_bar] if reason == "signal" else math.nan, reason))
+        if proceeds - fee > cash_before_buy:
             wins += 1
         units = 0.0
         long = False
 
+    def stop_hit(t: int) -> tuple[float, str] | None:
+        """SPEC 4.1: the stop-loss first; an open at or past a stop fills there, else a touch at the stop."""
+        if sl > 0:
+            level = highest * (1 - sl)
+            if o[t] <= level or lo[t] <= level <= h[t]:
+                return (o[t] if o[t] <= level else level), ("trailing_stop" if trail else "stop_loss")
+        if tp > 0:
+            level = entry_price * (1 + tp)
+            if o[t] >= level or lo[t] <= level <= h[t]:
+                return (o[t] if o[t] >= level else level), "take_profit"
+        return None
+
     for t in range(n):
+        if long and t > entry_at and (sl > 0 or tp > 0):
+            hit = stop_hit(t)
+            if hit is not None:
+                order = None  # the stop is this bar's fill; a next_open order waiting for it is moot
+                sell(t, t, hit[0], hit[1])
+            elif trail and h[t] > highest:
+                highest = h[t]
+            if hit is not None:
+                if fill == "next_open" and t + 1 < n and entries[t]:
+                    order = ("buy", t)
+                equity.append(cash + units * c[t])
+                continue
         if order is not None:
             side, signal_bar = order
             order = None

@@ -130,6 +130,18 @@ def test_sweep_answers_the_cli_shape(api, settings):
     assert len([1 for name, _ in events if name == "result"]) == 8 and events[-1][0] == "done"
 
 
+def test_stops_size_and_slippage_in_the_body_answer_what_the_cli_flags_give(api, settings):
+    body = {"strategy": "rsi", "symbols": ["ETH_BTC"], "grid": ["sl=1,2", "trail=0,1"], "tp": 3, "size": 0.5,
+            "slippage": 0.05, "top": 4}
+    answer = api.post("/api/sweep", json=body)
+    assert answer.status_code == 200, answer.text
+    cli = _cli_json(settings, "sweep", "rsi", "-s", "ETH_BTC", "-g", "sl=1,2", "-g", "trail=0,1", "--tp", "3",
+                    "--size", "0.5", "--slippage", "0.05", "--top", "4")
+    keys = (*SAME, "sl_pct", "tp_pct", "trail", "size", "slippage_pct")
+    assert [{k: r[k] for k in keys} for r in answer.json()] == [{k: r[k] for k in keys} for r in cli]
+    assert {(r["sl_pct"], r["trail"]) for r in cli} == {(1.0, False), (1.0, True), (2.0, False), (2.0, True)}
+
+
 def test_catalog_endpoints_come_from_the_registry_and_the_lake(api, settings):
     assert api.get("/api/strategies").json() == json.loads(json.dumps(options.strategy_catalog()))
     symbols = api.get("/api/symbols").json()
@@ -169,6 +181,10 @@ def test_results_top_and_equity(api):
     ("/api/backtest/stream", {"strategy": "rsi", "timerange": "20300101-"}, 400, "--timerange has no bars"),
     ("/api/sweep", {"strategy": "rsi", "grid": ["rsi_period=9:2:1"]}, 422, "stop is below start"),
     ("/api/sweep", {"strategy": "rsi", "grid": ["rsi_period=7,14"], "top": 0}, 422, "--top 0 is out of range"),
+    ("/api/backtest", {"strategy": "rsi", "sl": -1}, 422, "--sl -1.0 is out of range: must be a number >= 0"),
+    ("/api/backtest", {"strategy": "rsi", "size": 2}, 422, "--size 2.0 is out of range: must be a number > 0"),
+    ("/api/backtest", {"strategy": "rsi", "trail": True}, 422, "--trail needs a stop-loss to trail"),
+    ("/api/sweep", {"strategy": "rsi", "grid": ["sl=1,2"], "sl": 3}, 422, "sl is given twice"),
     ("/api/equity", {"strategy": "rsi", "symbol": "NOPE"}, 400, "unknown symbol(s) 'NOPE'"),
 ])
 def test_bad_requests_are_one_json_error_with_the_cli_message(api, path, body, status, message):

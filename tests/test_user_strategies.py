@@ -130,7 +130,7 @@ def test_a_second_process_loads_the_compiled_user_kernel_from_the_cache(tmp_path
         f"strategies.add_strategy_paths([{str(folder)!r}])\n"
         "k = strategies.get_strategy('donchian').kernels()\n"
         "c = np.linspace(1, 2, 200).reshape(1, -1); cols = (c, c, c)\n"
-        "combos = np.array([[20.0, 10.0]]); out = np.empty((1, 1, 20))\n"
+        f"combos = np.array([[20.0, 10.0]]); out = np.empty((1, 1, {enums.N_METRICS}))\n"
         "k.run_grid(cols, c, c, combos, np.ones(1, bool), 0.001, 1000.0, False, np.full(1, 8760.0), 0, out)\n"
         "s = k.run_grid.stats\n"
         "print(sum(s.cache_hits.values()), sum(s.cache_misses.values()))\n"

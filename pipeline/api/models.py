@@ -26,7 +26,12 @@ RUN_OPTIONS = {name: p for name, p in inspect.signature(options.run_config).para
 _TYPES: dict[str, Any] = {"str": str, "float": float, "int": int, "bool": bool, "None": None}
 _HELP = {"timerange": "YYYYMMDD-YYYYMMDD, either side open.", "fee": "Percent per fill (0.1 = 0.1 %).",
          "fill": "close (signal bar) or next_open.", "initial": "Starting cash.",
-         "trades": "Attach each result's trade log."}
+         "trades": "Attach each result's trade log.",
+         "sl": "Stop-loss, percent below the entry fill price (0 = none).",
+         "tp": "Take-profit, percent above the entry fill price (0 = none).",
+         "trail": "The stop-loss trails the highest high since the entry (needs sl).",
+         "size": "Share of the equity committed at each entry, in (0, 1].",
+         "slippage": "Percent against the trader on every market fill (stop fills get none)."}
 
 
 def _annotation(parameter: inspect.Parameter) -> Any:
@@ -92,17 +97,16 @@ RunRequest = create_model(
 class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
     """A parameter grid over symbols, as `cryptobt sweep` (grid specs as its -g takes them)."""
 
-    grid: list[str] = Field(min_length=1, description="name=start:stop:step or name=v1,v2 per parameter.",
-                            examples=[["rsi_period=7:28:7", "oversold_threshold=20,25,30"]])
+    grid: list[str] = Field(min_length=1, description="name=start:stop:step or name=v1,v2 per parameter; the run "
+                                                      "parameters sl, tp, trail, size, slippage may join.",
+                            examples=[["rsi_period=7:28:7", "oversold_threshold=20,25,30", "sl=2:6:2"]])
     top: int = Field(default=5, description="Best N overall and per symbol in the answer.")
 
     def _param_sets(self) -> Any:
-        from pipeline import strategies
-
         if self.params:
             raise PipelineError("use either params or grid, not both")
         options.check_top(self.top)
-        return strategies.parse_grid(self.strategy, self.grid)
+        return options.parse_grid(self.strategy, self.grid)
 
 
 class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]

@@ -62,6 +62,29 @@ STATUS_NAMES: dict[int, str] = {
     STATUS_NO_BARS: "no_bars",
 }
 
+# --- execution: stops, sizing, slippage (SPEC 4.1) ------------------------------
+# One parameter set's execution row, as the kernels take it (float64, fractions).
+EX_SL = 0  # stop-loss below the stop base, a fraction (0 = none)
+EX_TP = 1  # take-profit above the entry fill price, a fraction (0 = none)
+EX_TRAIL = 2  # 1.0: the stop-loss base trails the highest high since the entry
+EX_SIZE = 3  # share of equity committed at an entry, in (0, 1]
+EX_SLIPPAGE = 4  # against the trader on market fills, a fraction
+N_EXECUTION = 5
+
+# Why a position was closed (the trade log's `reason` on sells, round trips' exit_reason).
+EXIT_SIGNAL = 0
+EXIT_STOP_LOSS = 1
+EXIT_TAKE_PROFIT = 2
+EXIT_TRAILING_STOP = 3
+EXIT_END_OF_DATA = 4  # still open after the last bar: marked at the last close, not sold
+EXIT_REASON_NAMES: dict[int, str] = {
+    EXIT_SIGNAL: "signal",
+    EXIT_STOP_LOSS: "stop_loss",
+    EXIT_TAKE_PROFIT: "take_profit",
+    EXIT_TRAILING_STOP: "trailing_stop",
+    EXIT_END_OF_DATA: "end_of_data",
+}
+
 # --- trade log --------------------------------------------------------------
 ACTION_BUY = 1
 ACTION_SELL = -1
@@ -71,7 +94,8 @@ ACTION_SELL = -1
 # is the bar whose close produced the signal (differs from `bar` with
 # fill=next_open). `value` is the cash spent including the fee for a buy and the
 # net cash received for a sell. `indicator` is the strategy's indicator at the
-# signal bar (see pipeline.strategies.indicator_label).
+# signal bar (see pipeline.strategies.indicator_label), NaN for a stop exit. `reason` is
+# an EXIT_* code on sells (EXIT_SIGNAL on buys). A stop exit's `signal_bar` is its own bar.
 TRADE_DTYPE = np.dtype(
     [
         ("bar", np.int64),
@@ -82,6 +106,7 @@ TRADE_DTYPE = np.dtype(
         ("value", np.float64),
         ("fee", np.float64),
         ("indicator", np.float64),
+        ("reason", np.int64),
     ],
     align=True,
 )

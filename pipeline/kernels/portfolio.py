@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from pipeline.kernels.enums import EXIT_END_OF_DATA, EXIT_SIGNAL
+
 # Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid.
 PORTFOLIO_TRADE_DTYPE = np.dtype(
     [
@@ -32,8 +34,6 @@ PORTFOLIO_TRADE_DTYPE = np.dtype(
     ],
     align=True,
 )
-EXIT_SIGNAL = 0
-EXIT_END_OF_DATA = 4
 
 # Metrics of one portfolio run, in this order.
 PORTFOLIO_METRIC_NAMES: tuple[str, ...] = (

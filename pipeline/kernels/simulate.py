@@ -1,7 +1,8 @@
-"""Long-only, all-in/all-out portfolio simulation with streaming metrics (SPEC section 4).
+"""Long-only portfolio simulation with stops, sizing, slippage and streaming metrics (SPEC 4, 4.1).
 
-One pass over the bars: fills, equity at every close, and every metric, without
-storing the equity curve unless asked to.
+One pass over the bars: stop checks, fills, equity at every close, and every
+metric, without storing the equity curve unless asked to. Without stops the
+bars' highs and lows are never read (the caller need not load them).
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from numba import njit
 from pipeline.kernels.enums import (
     ACTION_BUY,
     ACTION_SELL,
+    EX_SIZE,
+    EX_SL,
+    EX_SLIPPAGE,
+    EX_TP,
+    EX_TRAIL,
+    EXIT_SIGNAL,
+    EXIT_STOP_LOSS,
+    EXIT_TAKE_PROFIT,
+    EXIT_TRAILING_STOP,
     M_BARS,
     M_BUY_HOLD_RETURN_PCT,
     M_CLOSED_TRADES,
@@ -27,7 +37,7 @@ from pipeline.kernels.enums import (
 
 
 @njit(cache=True)
-def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indicator):
+def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indicator, reason):
     rec = trades[k]
     rec["bar"] = bar
     rec["signal_bar"] = signal_bar
@@ -37,6 +47,7 @@ def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indica
     rec["value"] = value
     rec["fee"] = fee
     rec["indicator"] = indicator
+    rec["reason"] = reason
 
 
 @njit(cache=True, inline="always")
@@ -47,6 +58,29 @@ def _signal(in_position: bool, entry: bool, exit_: bool) -> int:
     if in_position and exit_:
         return ACTION_SELL
     return 0
+
+
+@njit(cache=True, inline="always")
+def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
+    """(fill price, EXIT_* reason) of a stop exit on this bar, or (NaN, EXIT_SIGNAL) (SPEC 4.1).
+
+    vectorbt's `get_stop_price_nb` for a long position: the stop-loss is checked first (it
+    wins when both are touched), and an open already at or beyond a stop fills at the open.
+    """
+    if sl > 0.0:
+        stop = sl_base * (1.0 - sl)
+        reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
+        if open_t <= stop:
+            return open_t, reason
+        if low_t <= stop and stop <= high_t:
+            return stop, reason
+    if tp > 0.0:
+        stop = entry_price * (1.0 + tp)
+        if stop <= open_t:
+            return open_t, EXIT_TAKE_PROFIT
+        if low_t <= stop and stop <= high_t:
+            return stop, EXIT_TAKE_PROFIT
+    return np.nan, EXIT_SIGNAL
 
 
 @njit(cache=True)
@@ -63,6 +97,9 @@ def simulate_1d(
     metrics_out: np.ndarray,
     equity_out: np.ndarray,
     trades_out: np.ndarray,
+    high: np.ndarray | None = None,
+    low: np.ndarray | None = None,
+    execution: np.ndarray | None = None,
 ) -> int:
     """Simulate one symbol over its bars (no NaN) and write the metrics.
 
@@ -78,6 +115,9 @@ def simulate_1d(
         metrics_out: written at the M_* indices of the first N_SIM_METRICS columns.
         equity_out: length n to receive the equity at every close, or length 0.
         trades_out: TRADE_DTYPE records of length n, or length 0 to skip the log.
+        high, low: the bars' highs and lows; needed (and read) only when a stop is set.
+        execution: (N_EXECUTION,) stops, size and slippage at the EX_* indices; None =
+            no stops, all in, no slippage (SPEC section 4 alone).
 
     Returns:
         The number of trade records written (0 when the log is skipped).
@@ -91,15 +131,44 @@ def simulate_1d(
     close, not sold; `final_value_net` also takes the exit fee it would pay there.
     Buy & hold is `initial / close[0] * close[-1]` as a return, so buy_and_hold
     filled at the close without fees returns exactly the benchmark.
+
+    Stops (SPEC 4.1) are checked from the bar after the entry fill, before that bar's
+    order: an open at or beyond a stop fills there, else a range that touches it fills
+    at the stop price; the stop-loss first; a stop exit is the bar's one fill (a pending
+    next_open order is dropped, the bar's own close signal ignored). The stop-loss base
+    is the entry fill price, raised to each checked bar's high after its check when
+    trailing. An entry commits `size` of the cash (all the equity, being flat); market
+    fills move by `slippage` against the trader, stop fills do not. With the defaults
+    every number is the one SPEC section 4 gives, bit for bit.
     """
     n = close.shape[0]
     keep_equity = equity_out.shape[0] == n and n > 0
     keep_trades = trades_out.shape[0] >= n and n > 0
+    if execution is None:
+        sl, tp, trail, size, slippage = 0.0, 0.0, False, 1.0, 0.0
+    else:
+        sl = execution[EX_SL]
+        tp = execution[EX_TP]
+        trail = execution[EX_TRAIL] != 0.0
+        size = execution[EX_SIZE]
+        slippage = execution[EX_SLIPPAGE]
+    stops = sl > 0.0 or tp > 0.0
+    if high is None or low is None:
+        if stops:
+            raise ValueError("stops need the bars' high and low")
+        high_ = close
+        low_ = close
+    else:
+        high_ = high
+        low_ = low
 
     cash = initial
     units = 0.0
     in_position = False
     entry_cash = 0.0
+    entry_price = 0.0
+    entry_bar = -1
+    sl_base = 0.0
     pending = 0  # next_open: order to fill at the next bar's open
     pending_bar = -1
     num_trades = 0
@@ -117,36 +186,58 @@ def simulate_1d(
     r_m2 = 0.0
 
     for t in range(n):
-        # At most one fill per bar: an order pending from the previous close fills at this
-        # open (next_open), or this bar's own signal fills at its close (close).
-        action = pending
-        price = open_[t]
-        signal_bar = pending_bar
-        pending = 0
-        if action == 0 and not fill_next_open:
-            action = _signal(in_position, entries[t], exits[t])
-            price = close[t]
-            signal_bar = t
+        # At most one fill per bar: a stop, else an order pending from the previous close
+        # filled at this open (next_open), else this bar's own signal at its close (close).
+        action = 0
+        price = np.nan
+        signal_bar = t
+        reason = EXIT_SIGNAL
+        if stops and in_position and t > entry_bar:
+            price, reason = _stop_exit(open_[t], high_[t], low_[t], sl_base, sl, entry_price, tp, trail)
+            if not np.isnan(price):
+                action = ACTION_SELL
+                pending = 0
+            elif trail and high_[t] > sl_base:
+                sl_base = high_[t]
+        if action == 0:
+            action = pending
+            price = open_[t]
+            signal_bar = pending_bar
+            pending = 0
+            if action == 0 and not fill_next_open:
+                action = _signal(in_position, entries[t], exits[t])
+                price = close[t]
+                signal_bar = t
+            # Market fills only (x * (1 + 0) == x: no slippage changes no number).
+            if action == ACTION_BUY:
+                price = price * (1.0 + slippage)
+            elif action == ACTION_SELL:
+                price = price * (1.0 - slippage)
         if action == ACTION_BUY:
-            fee = cash * fee_frac
-            units = (cash - fee) / price
-            entry_cash = cash
+            commit = cash * size  # flat: the cash is the equity
+            fee = commit * fee_frac
+            units = (commit - fee) / price
+            entry_cash = commit
+            entry_price = price
+            entry_bar = t
+            sl_base = price
             if keep_trades:
                 _record(trades_out, n_records, t, signal_bar, ACTION_BUY, price, units,
-                        cash, fee, sig_value[signal_bar])
+                        commit, fee, sig_value[signal_bar], EXIT_SIGNAL)
                 n_records += 1
-            cash = 0.0
+            cash = cash - commit
             in_position = True
             num_trades += 1
         elif action == ACTION_SELL:
             proceeds = units * price
             fee = proceeds * fee_frac
-            cash = proceeds - fee
-            if cash > entry_cash:
+            net = proceeds - fee
+            cash = cash + net
+            if net > entry_cash:
                 wins += 1
             if keep_trades:
                 _record(trades_out, n_records, t, signal_bar, ACTION_SELL, price, units,
-                        cash, fee, sig_value[signal_bar])
+                        net, fee, sig_value[signal_bar] if reason == EXIT_SIGNAL else np.nan, reason)
                 n_records += 1
             units = 0.0
             in_position = False

@@ -58,9 +58,31 @@ def _symbol_buffers(columns, s, open_row, close_row):
             np.empty(m, dtype=np.bool_), np.empty(m))
 
 
+@njit(cache=True)
+def _symbol_range(high_row, low_row, index):
+    """One symbol's highs and lows at its bars (for stops)."""
+    m = index.shape[0]
+    high = np.empty(m)
+    low = np.empty(m)
+    gather_row(high_row, index, high)
+    gather_row(low_row, index, low)
+    return high, low
+
+
+@njit(cache=True)
+def _same_row(combos, c):
+    """Whether parameter row c equals row c-1 (a sweep of stops or sizing alone): same signals."""
+    if c == 0:
+        return False
+    for j in range(combos.shape[1]):
+        if combos[c, j] != combos[c - 1, j]:
+            return False
+    return True
+
+
 @njit(cache=True, parallel=True)
 def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
-             bars_per_year, start_t, out):
+             bars_per_year, start_t, out, high2d=None, low2d=None, execution=None):
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
 
     Args:
@@ -74,6 +96,10 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
         start_t: first grid column simulated; earlier bars only warm the indicators
             up (a --timerange start with history before it), so no trade fills there.
         out: (S x C x N_METRICS) float64, written in full.
+        high2d, low2d: (S x T) highs and lows, needed only when a row of `execution` sets a
+            stop (None otherwise: the no-stop path reads neither).
+        execution: (C x N_EXECUTION) stops, size and slippage of each row (see simulate_1d);
+            None = SPEC section 4 alone for every row.
 
     A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
     without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
@@ -87,26 +113,44 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
         op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
         m = cl.shape[0]
         m0 = first_at_or_after(index, m, start_t)
+        # Branches on arguments being None are resolved when Numba compiles: each caller's
+        # variant holds only its own path (the no-stop one never touches a high or a low).
+        if high2d is None:
+            hi = op
+            lo = op
+        else:
+            hi, lo = _symbol_range(high2d[s], low2d[s], index)
         for c in range(n_combos):
             params = combos[c]
             # The first row of every symbol must compute, whatever recompute[0] says.
             if c == 0 or recompute[c]:
                 indicators(prices, params, ind)
-            signals(prices, params, ind, en, ex, sv)
+                signals(prices, params, ind, en, ex, sv)
+            elif not _same_row(combos, c):
+                signals(prices, params, ind, en, ex, sv)
             row = out[s, c]
-            simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                        bars_per_year[s], row, no_equity, no_trades)
+            if execution is None:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades)
+            elif high2d is None:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, None, None, execution[c])
+            else:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c])
             finish_row(row, m0, m, index, warmup(params))
 
 
 @njit(cache=True)
-def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_open, bars_per_year, start_t):
+def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_open, bars_per_year, start_t,
+               high1d=None, low1d=None, execution=None):
     """One symbol, one parameter row, with the trade log and the equity curve (from grid column `start_t`).
 
     Args:
         columns: tuple of (1 x T) float64 arrays, the strategy's COLUMNS.
         open1d, close1d: (T,) float64 on the time grid, NaN where there is no bar.
         params: (P,) float64 parameter row.
+        high1d, low1d, execution: as run_grid's, for this one row ((T,) and (N_EXECUTION,)).
 
     Returns:
         (metrics, trades, equity): metrics is (N_METRICS,) as one row of
@@ -123,8 +167,13 @@ def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_op
     metrics = np.empty(N_METRICS)
     equity_c = np.empty(m - m0)
     trades_c = np.empty(m - m0, dtype=TRADE_DTYPE)
-    k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                    bars_per_year, metrics, equity_c, trades_c)
+    if high1d is None:
+        k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year, metrics, equity_c, trades_c, None, None, execution)
+    else:
+        hi, lo = _symbol_range(high1d, low1d, index)
+        k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year, metrics, equity_c, trades_c, hi[m0:], lo[m0:], execution)
     finish_row(metrics, m0, m, index, warmup(params))
     trades = trades_c[:k].copy()
     for j in range(k):

@@ -41,6 +41,22 @@ Number = int | float
 # before allocating (S x C x metrics) results.
 MAX_GRID_COMBOS = 1_000_000
 
+# SPEC 4.1's run parameters, which every strategy takes: set for a whole run by their options
+# (--sl 5), or varied in a sweep like a strategy's own (-g sl=2:10:2; pipeline.options.parse_grid).
+# Percentages as the CLI takes them. No strategy may declare a parameter of these names.
+EXECUTION_PARAMS: tuple[Param, ...] = (
+    Param("sl", float, 0.0, "stop-loss, percent below the entry fill price (with trail: below the highest "
+          "high since the entry); 0 = none", minimum=0, maximum=100, maximum_inclusive=False),
+    Param("tp", float, 0.0, "take-profit, percent above the entry fill price; 0 = none", minimum=0,
+          maximum=1e6),
+    Param("trail", int, 0, "1 = the stop-loss trails the highest high since the entry (needs sl)", minimum=0,
+          maximum=1),
+    Param("size", float, 1.0, "share of the equity committed at each entry (1 = all in)", minimum=0,
+          minimum_inclusive=False, maximum=1),
+    Param("slippage", float, 0.0, "percent against the trader on every market fill (close and next_open "
+          "fills; stop fills get none)", minimum=0, maximum=100, maximum_inclusive=False),
+)
+
 
 @dataclass(frozen=True)
 class Strategy:
@@ -131,6 +147,10 @@ def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strat
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise PipelineError(f"{where}: PARAMS names a parameter twice: {names}")
+    taken = [n for n in names if n in (p.name for p in EXECUTION_PARAMS)]
+    if taken:
+        raise PipelineError(f"{where}: parameter name {taken[0]!r} is a run parameter every strategy has "
+                            f"({', '.join(p.name for p in EXECUTION_PARAMS)}); rename it")
     columns = tuple(module.COLUMNS)
     bad = [c for c in columns if c not in PRICE_COLUMNS]
     if not columns or bad:
@@ -325,14 +345,21 @@ def _decimal(text: str, spec: str) -> Decimal:
     return value
 
 
-def _spec_values(strategy: Strategy, spec: str) -> tuple[str, list[Number]]:
+def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) -> tuple[str, list[Number]]:
     if not isinstance(spec, str) or "=" not in spec:
         raise PipelineError(
             f"bad grid spec {spec!r}: expected name=start:stop:step or name=v1,v2,..."
         )
     name, _, body = spec.partition("=")
     name = name.strip()
-    param = strategy.param(name)
+    param = next((p for p in common if p.name == name), None)
+    if param is None:
+        try:
+            param = strategy.param(name)
+        except PipelineError as exc:
+            if not common:
+                raise
+            raise PipelineError(f"{exc}; or a run parameter: {', '.join(p.name for p in common)}") from None
     body = body.strip()
     if not body:
         raise PipelineError(f"bad grid spec {spec!r}: no values after '='")
@@ -370,12 +397,13 @@ def _spec_values(strategy: Strategy, spec: str) -> tuple[str, list[Number]]:
     return name, values
 
 
-def parse_grid(strategy_name: str, specs: Sequence[str]) -> ParamGrid:
+def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = ()) -> ParamGrid:
     """Parameter sets of a sweep, every one validated.
 
     Each spec is `name=start:stop:step` (the stop is included when it lies on
     the grid) or `name=v1,v2,...`; parameters without a spec take their
-    defaults. Combinations that are invalid together (fast_period >=
+    defaults. `common` are parameters of the run that may join the grid too
+    (stops, size, slippage); a set holds one only when the grid varies it. Combinations that are invalid together (fast_period >=
     slow_period, oversold >= overbought) are dropped and counted in
     `ParamGrid.dropped`; if every combination is invalid, or a spec is
     malformed, names an unknown parameter or a value out of range, a
@@ -384,12 +412,12 @@ def parse_grid(strategy_name: str, specs: Sequence[str]) -> ParamGrid:
     strategy = get_strategy(strategy_name)
     axes: dict[str, list[Number]] = {}
     for spec in specs:
-        name, values = _spec_values(strategy, spec)
+        name, values = _spec_values(strategy, spec, common)
         if name in axes:
             raise PipelineError(f"bad grid spec {spec!r}: {name} is given more than once")
         axes[name] = values
-    names = list(strategy.param_names)
-    value_lists = [axes.get(n, [strategy.defaults[n]]) for n in names]
+    names = list(strategy.param_names) + [p.name for p in common if p.name in axes]
+    value_lists = [axes.get(n, [strategy.defaults.get(n)]) for n in names]
     total = math.prod(len(v) for v in value_lists)
     if total > MAX_GRID_COMBOS:
         raise PipelineError(

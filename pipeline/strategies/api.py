@@ -74,28 +74,29 @@ def fmt_number(value: object) -> str:
     return str(value)
 
 
-def _to_number(name: str, value: object) -> Number:
+def _to_number(named: str, value: object) -> Number:
+    """`value` as an int or float; `named` is how messages name it (`rsi_period='x'`, `--sl 'x'`)."""
     if isinstance(value, bool) or value is None:
-        raise PipelineError(f"{name}={value!r} is not a number")
+        raise PipelineError(f"{named} is not a number")
     if isinstance(value, str):
         text = value.strip()
         if not is_plain_number(text):  # int() would read `1_4` and Arabic-Indic digits as 14
-            raise PipelineError(f"{name}={value!r} is not a number (ASCII digits, e.g. 14 or 2.5)")
+            raise PipelineError(f"{named} is not a number (ASCII digits, e.g. 14 or 2.5)")
         try:
             number: Number = int(text)
         except ValueError:
             try:
                 number = float(text)
             except ValueError:
-                raise PipelineError(f"{name}={value!r} is not a number") from None
+                raise PipelineError(f"{named} is not a number") from None
     elif isinstance(value, numbers.Integral):
         number = int(value)
     elif isinstance(value, numbers.Real):
         number = float(value)
     else:
-        raise PipelineError(f"{name}={value!r} is not a number")
+        raise PipelineError(f"{named} is not a number")
     if isinstance(number, float) and not math.isfinite(number):
-        raise PipelineError(f"{name}={value!r} is not a finite number")
+        raise PipelineError(f"{named} is not a finite number")
     return number
 
 
@@ -109,8 +110,9 @@ class Param:
     description: str
     minimum: Number | None = None
     maximum: Number | None = None
-    # False makes `minimum` exclusive (bb_std > 0).
+    # False makes `minimum` exclusive (bb_std > 0), or `maximum` (slippage < 100).
     minimum_inclusive: bool = True
+    maximum_inclusive: bool = True
 
     def allowed(self) -> str:
         """Human-readable allowed range, e.g. 'an integer >= 2'."""
@@ -120,28 +122,31 @@ class Param:
             op = ">=" if self.minimum_inclusive else ">"
             parts.append(f"{op} {fmt_number(self.minimum)}")
         if self.maximum is not None:
-            parts.append(f"<= {fmt_number(self.maximum)}")
+            parts.append(f"{'<=' if self.maximum_inclusive else '<'} {fmt_number(self.maximum)}")
         return f"{kind} {' and '.join(parts)}" if parts else kind
 
-    def convert(self, value: object) -> Number:
-        """Type and range-check one value (numbers or numeric strings); raise PipelineError."""
-        number = _to_number(self.name, value)
+    def convert(self, value: object, option: str | None = None) -> Number:
+        """Type and range-check one value (numbers or numeric strings); raise PipelineError.
+
+        Messages name the value as `name=value`, or as `option value` (`--sl 150`) when the
+        value came from a command-line option.
+        """
+        number = _to_number(f"{option} {value!r}" if option else f"{self.name}={value!r}", value)
+        named = f"{option} {value!r}" if option else f"{self.name}={fmt_number(number)}"
         if self.type is int:
             if not float(number).is_integer():
-                raise PipelineError(
-                    f"{self.name}={fmt_number(number)} is not an integer: must be {self.allowed()}"
-                )
+                raise PipelineError(f"{named} is not an integer: must be {self.allowed()}")
             number = int(number)
         else:
             number = float(number)
         too_low = self.minimum is not None and (
             number < self.minimum if self.minimum_inclusive else number <= self.minimum
         )
-        too_high = self.maximum is not None and number > self.maximum
+        too_high = self.maximum is not None and (
+            number > self.maximum if self.maximum_inclusive else number >= self.maximum
+        )
         if too_low or too_high:
-            raise PipelineError(
-                f"{self.name}={fmt_number(number)} is out of range: must be {self.allowed()}"
-            )
+            raise PipelineError(f"{named} is out of range: must be {self.allowed()}")
         return number
 
 
