@@ -199,8 +199,8 @@ def test_without_stops_the_highs_and_lows_are_never_read():
     n = len(close)
     out = []
     for hi, lo in ((high, low), (np.full(n, np.nan), np.full(n, np.nan)), (None, None)):
-        metrics = np.empty(enums.N_METRICS)
-        trades = np.empty(n, dtype=enums.TRADE_DTYPE)
+        metrics = np.zeros(enums.N_METRICS)  # simulate_1d leaves the grid columns alone
+        trades = np.zeros(n, dtype=enums.TRADE_DTYPE)
         k = simulate_1d(open_, close, np.array(entries), np.array(exits), np.array(values), 0.001, 1000.0, False,
                         365.0, metrics, np.empty(0), trades, hi, lo, execution(size=0.5, slippage=0.01))
         out.append((metrics.tobytes(), trades[:k].tobytes()))
