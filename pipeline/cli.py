@@ -656,7 +656,8 @@ def backtest_command(
     fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
     fill: Annotated[str, typer.Option(help="close (signal bar) or next_open.")] = "close",
     initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
-    trades: Annotated[bool, typer.Option("--trades", help="Include each result's trade log.")] = False,
+    trades: Annotated[bool, typer.Option("--trades", help="Include each result's trade log (fills) and round "
+                                                          "trips.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list of results.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,

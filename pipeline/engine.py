@@ -10,7 +10,7 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import numba
 import numpy as np
@@ -403,9 +403,54 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
     }
 
 
+class TradeLog(NamedTuple):
+    """One result's trades: the fill log, its round trips and the equity at every grid column."""
+
+    fills: list[dict[str, Any]]  # SPEC 4: time, action, price, units, value, fee, indicator
+    round_trips: list[dict[str, Any]]  # SPEC 4.1: entry_time .. exit_reason
+    equity: np.ndarray  # NaN where the symbol has no bar
+
+
+def round_trips(batch: PriceBatch, symbol_index: int, trades: np.ndarray) -> list[dict[str, Any]]:
+    """Each buy with its sell (TRADE_DTYPE fills, bars on the grid), or with the last close when the
+    position is still open after the last bar (`end_of_data`: marked there, not sold).
+
+    `fees` are both fills' (the entry's alone at the end of data), `pnl` the net proceeds (or the
+    marked value) less the cash the entry committed, `return_pct` that over the committed cash, and
+    `bars_held` the symbol's bars from the entry fill to the exit fill (gaps are not bars)."""
+    close = batch.columns["close"][symbol_index]
+    bars = np.flatnonzero(~np.isnan(close))
+    position = np.searchsorted(bars, trades["bar"]) if len(trades) else np.zeros(0, dtype=np.int64)
+    trips = []
+    for k in range(0, len(trades), 2):
+        entry = trades[k]
+        if k + 1 < len(trades):
+            exit_ = trades[k + 1]
+            exit_bar, exit_price, exit_pos = int(exit_["bar"]), float(exit_["price"]), int(position[k + 1])
+            fees, value, reason = float(entry["fee"] + exit_["fee"]), float(exit_["value"]), int(exit_["reason"])
+        else:
+            exit_bar, exit_pos = int(bars[-1]), len(bars) - 1
+            exit_price = float(close[exit_bar])
+            fees, value, reason = float(entry["fee"]), float(entry["units"] * exit_price), enums.EXIT_END_OF_DATA
+        pnl = value - float(entry["value"])
+        trips.append({
+            "entry_time": _iso(batch.times[entry["bar"]]),
+            "entry_price": float(entry["price"]),
+            "exit_time": _iso(batch.times[exit_bar]),
+            "exit_price": exit_price,
+            "units": float(entry["units"]),
+            "fees": fees,
+            "pnl": pnl,
+            "return_pct": pnl / float(entry["value"]) * 100.0,
+            "bars_held": exit_pos - int(position[k]),
+            "exit_reason": enums.EXIT_REASON_NAMES[reason],
+        })
+    return trips
+
+
 def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-              execution: Execution = DEFAULT_EXECUTION) -> tuple[list[dict[str, Any]], np.ndarray]:
-    """The trades (SPEC: time, action, price, units, value, fee, indicator) and the equity curve."""
+              execution: Execution = DEFAULT_EXECUTION) -> TradeLog:
+    """The fills, round trips and equity curve of one symbol and parameter set."""
     combos, _, _ = strategies.combos_matrix(config.strategy, [params])
     close = np.ascontiguousarray(batch.columns["close"][symbol_index])
     open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
@@ -418,7 +463,7 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
         start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops
                  else (None, None)), None if execution == DEFAULT_EXECUTION else execution.row(),
     )
-    log = [
+    fills = [
         {
             "time": _iso(batch.times[t["bar"]]),
             "action": "buy" if t["action"] == enums.ACTION_BUY else "sell",
@@ -430,11 +475,12 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
         }
         for t in trades
     ]
-    return log, equity
+    return TradeLog(fills, round_trips(batch, symbol_index, trades), equity)
 
 
 def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
-    """Every (symbol, parameter set) result of `config` over `batch`, trades attached if asked."""
+    """Every (symbol, parameter set) result of `config` over `batch`; with `config.trades` each
+    carries its fill log (`trades`) and its `round_trips`."""
     cube = run_metrics(batch, config)
     annual = bars_per_year(batch, config, start_column(batch, config))
     partial = partial_bars(batch, config)
@@ -443,7 +489,7 @@ def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
         for c, (params, execution) in enumerate(config.sets):
             result = shape_result(batch, config, i, params, cube[i, c], annual[i], partial[i], execution)
             if config.trades:
-                result["trades"], _ = trade_log(batch, config, i, params, execution)
+                result["trades"], result["round_trips"], _ = trade_log(batch, config, i, params, execution)
             results.append(result)
     return results
 

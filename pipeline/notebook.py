@@ -4,6 +4,7 @@
     import pipeline as cryptobt   # the package top re-exports run_backtest, run_portfolio, prices
     frames = {"ETH_BTC": pl.read_ipc("data/sample/binance-5m/ETH_BTC-5m.feather"), ...}
     results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 14})          # polars DataFrame
+    trips = cryptobt.round_trips(frames, "rsi", sl=2, tp=4)                       # one row per round trip
     account = cryptobt.run_portfolio(frames, "rsi", max_open=3, stake="30%")  # Portfolio: .accounts, .trades, ...
 
 A frame is pandas or polars with a timestamp column (`date`, `ts`, `datetime`, `time`
@@ -80,6 +81,25 @@ def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, 
     """
     config = options.run_config(strategy, params or {}, **run)
     return pl.DataFrame(engine.leaderboard(engine.run(prices(frames), config)))
+
+
+def round_trips(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+                **run: Any) -> pl.DataFrame:
+    """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
+    the run parameters (`sl_pct` .. `slippage_pct`), then `entry_time, entry_price, exit_time, exit_price,
+    units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
+
+    `run` takes the CLI's options by keyword, as `run_backtest`."""
+    config = options.run_config(strategy, params or {}, **{**run, "trades": True})
+    rows = [{"symbol": r["symbol"], "params": r["params"], **engine.Execution.of(r).fields(), **trip}
+            for r in engine.leaderboard(engine.run(prices(frames), config)) for trip in r["round_trips"]]
+    if not rows:
+        return pl.DataFrame(schema={"symbol": pl.String, "sl_pct": pl.Float64, "tp_pct": pl.Float64,
+                                    "trail": pl.Boolean, "size": pl.Float64, "slippage_pct": pl.Float64,
+                                    "entry_time": pl.Datetime("us", "UTC"), "exit_time": pl.Datetime("us", "UTC"),
+                                    "exit_reason": pl.String})
+    frame = pl.DataFrame(rows)
+    return frame.with_columns(pl.col("entry_time", "exit_time").str.to_datetime(time_unit="us", time_zone="UTC"))
 
 
 @dataclass

@@ -23,7 +23,9 @@ Column sets are the schema constants below (``RESULT_SCHEMA``, ``TRADE_SCHEMA``,
 spaces) and in one nullable DOUBLE column per parameter name of every strategy
 (``PARAM_COLUMNS``), so one query spans all strategies. Note that ``end`` is an SQL
 keyword: write ``"end"`` in queries. Trades join results on
-``(run_id, symbol, strategy, interval, params_json)``. Undefined numbers (None or NaN in
+``(run_id, symbol, strategy, interval, params_json, sl_pct, tp_pct, trail, size, slippage_pct)``
+(the run parameters tell apart the results of a sweep over stops); its rows are fills
+(``kind = 'fill'``) and round trips (``kind = 'round_trip'``). Undefined numbers (None or NaN in
 a record) are stored as NULL, never NaN.
 """
 
@@ -132,7 +134,10 @@ TRADE_SCHEMA = pa.schema(
         pa.field("params_json", pa.string(), nullable=False),
         pa.field("snapshot_id", pa.string()),
         pa.field("data_version", pa.string()),
-        pa.field("trade_no", pa.int64(), nullable=False),  # 0-based, within its result
+        pa.field("trade_no", pa.int64(), nullable=False),  # 0-based, within its result and kind
+        # 'fill' (one buy or sell: time .. indicator) or 'round_trip' (an entry with its exit:
+        # entry_time .. exit_reason); NULL in files written before round trips = 'fill'.
+        pa.field("kind", pa.string()),
         pa.field("time", _TS),
         pa.field("action", pa.string()),
         pa.field("price", pa.float64()),
@@ -140,8 +145,27 @@ TRADE_SCHEMA = pa.schema(
         pa.field("value", pa.float64()),
         pa.field("fee", pa.float64()),
         pa.field("indicator", pa.float64()),
+        pa.field("entry_time", _TS),
+        pa.field("entry_price", pa.float64()),
+        pa.field("exit_time", _TS),
+        pa.field("exit_price", pa.float64()),
+        pa.field("fees", pa.float64()),
+        pa.field("pnl", pa.float64()),
+        pa.field("return_pct", pa.float64()),
+        pa.field("bars_held", pa.int64()),
+        pa.field("exit_reason", pa.string()),
+        # The result's run parameters: with params_json they tell a stop sweep's results apart.
+        pa.field("sl_pct", pa.float64()),
+        pa.field("tp_pct", pa.float64()),
+        pa.field("trail", pa.bool_()),
+        pa.field("size", pa.float64()),
+        pa.field("slippage_pct", pa.float64()),
     ]
 )
+# The fields of one round trip (SPEC 4.1), as --json, the trades table and the notebook name them.
+ROUND_TRIP_FIELDS = ("entry_time", "entry_price", "exit_time", "exit_price", "units", "fees", "pnl", "return_pct",
+                     "bars_held", "exit_reason")
+_RUN_PARAMETER_FIELDS = ("sl_pct", "tp_pct", "trail", "size", "slippage_pct")
 
 RUN_SCHEMA = pa.schema(
     [
@@ -258,35 +282,38 @@ def append_trades(
     results: Iterable[Mapping[str, Any]],
     created_at: datetime | None = None,
 ) -> list[Path]:
-    """Append the ``trades`` lists of result records to the trades table; returns the files."""
+    """Append the ``trades`` (fills) and ``round_trips`` lists of result records to the trades
+    table, one row each (``kind`` says which); returns the files."""
     created = _utc_now() if created_at is None else _as_utc(created_at, "created_at")
     rows_by_strategy: dict[str, list[dict[str, Any]]] = {}
     for record in results:
         trades = record.get("trades") or ()
-        if not trades:
+        trips = record.get("round_trips") or ()
+        if not trades and not trips:
             continue
-        head = _result_row(record, run_id, created)
+        result = _result_row(record, run_id, created)
+        head = {name: result.get(name) for name in ("run_id", "created_at", "symbol", "strategy", "interval",
+                                                    "params_json", "snapshot_id", "data_version",
+                                                    *_RUN_PARAMETER_FIELDS)}
+        rows = rows_by_strategy.setdefault(result["strategy"], [])
         for trade_no, trade in enumerate(trades):
-            rows_by_strategy.setdefault(head["strategy"], []).append(
-                {
-                    "run_id": run_id,
-                    "created_at": created,
-                    "symbol": head["symbol"],
-                    "strategy": head["strategy"],
-                    "interval": head["interval"],
-                    "params_json": head["params_json"],
-                    "snapshot_id": head["snapshot_id"],
-                    "data_version": head["data_version"],
-                    "trade_no": trade_no,
-                    "time": _parse_ts(trade.get("time"), "trades.time"),
-                    "action": trade.get("action"),
-                    "price": _plain(trade.get("price")),
-                    "units": _plain(trade.get("units")),
-                    "value": _plain(trade.get("value")),
-                    "fee": _plain(trade.get("fee")),
-                    "indicator": _plain(trade.get("indicator")),
-                }
-            )
+            rows.append({
+                **head,
+                "trade_no": trade_no,
+                "kind": "fill",
+                "time": _parse_ts(trade.get("time"), "trades.time"),
+                **{name: _plain(trade.get(name)) for name in ("action", "price", "units", "value", "fee",
+                                                              "indicator")},
+            })
+        for trade_no, trip in enumerate(trips):
+            rows.append({
+                **head,
+                "trade_no": trade_no,
+                "kind": "round_trip",
+                **{name: _plain(trip.get(name)) for name in ROUND_TRIP_FIELDS},
+                "entry_time": _parse_ts(trip.get("entry_time"), "round_trips.entry_time"),
+                "exit_time": _parse_ts(trip.get("exit_time"), "round_trips.exit_time"),
+            })
     root = trades_root(results_root)
     return [
         _write_table(root, run_id, strategy, created, rows, TRADE_SCHEMA)

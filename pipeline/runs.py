@@ -219,7 +219,7 @@ def backtest(
         found = cache.get_many(list(keys.values()), expected, results.record_problem)
         for slot, key in keys.items():
             record = found.get(key)
-            if record is not None and (not config.trades or "trades" in record):
+            if record is not None and (not config.trades or ("trades" in record and "round_trips" in record)):
                 # Lineage: the row names the snapshot this run read (its data version proves the
                 # number still holds there) and, apart, the snapshot it was first computed on.
                 record["computed_snapshot_id"] = record.get("computed_snapshot_id") or record["snapshot_id"]
@@ -353,7 +353,7 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
     params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
     curves = []
     for i, symbol in enumerate(batch.symbols):
-        log, equity = engine.trade_log(batch, config, i, params, execution)
+        log, _, equity = engine.trade_log(batch, config, i, params, execution)
         close = batch.columns["close"][i]
         valid = ~np.isnan(close)
         if not valid.any():

@@ -72,7 +72,7 @@ def test_the_equity_curve_starts_at_the_initial_cash_so_the_first_fee_shows(samp
     config = engine.make_config("buy_and_hold", {}, fee_pct=0.1)
     batch = reader.read_prices(sample.lake_root, ["ETH_BTC"], "1h", columns=("open", "close"))
     result = engine.run(batch, config)[0]
-    _, equity = engine.trade_log(batch, config, 0, {})
+    equity = engine.trade_log(batch, config, 0, {}).equity
     curve = np.concatenate(([1000.0], equity[~np.isnan(equity)]))
     returns = np.diff(curve) / curve[:-1]
     annual = result["bars_per_year"]

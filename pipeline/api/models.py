@@ -26,7 +26,7 @@ RUN_OPTIONS = {name: p for name, p in inspect.signature(options.run_config).para
 _TYPES: dict[str, Any] = {"str": str, "float": float, "int": int, "bool": bool, "None": None}
 _HELP = {"timerange": "YYYYMMDD-YYYYMMDD, either side open.", "fee": "Percent per fill (0.1 = 0.1 %).",
          "fill": "close (signal bar) or next_open.", "initial": "Starting cash.",
-         "trades": "Attach each result's trade log.",
+         "trades": "Attach each result's trade log (fills) and round trips.",
          "sl": "Stop-loss, percent below the entry fill price (0 = none).",
          "tp": "Take-profit, percent above the entry fill price (0 = none).",
          "trail": "The stop-loss trails the highest high since the entry (needs sl).",
