@@ -1,5 +1,10 @@
 """cryptobt: PostgreSQL -> Parquet lake -> DuckDB -> Numba kernels -> Redis + results table."""
 
+from pipeline import imports as _imports
+
+# Before numba, pyarrow or redis load: what they would import unasked stays out (see pipeline/imports.py).
+_imports.install()
+
 __version__ = "0.1.0"
 
 # Bumped whenever a change to the kernels, strategies or result shaping can change

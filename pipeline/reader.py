@@ -10,6 +10,7 @@ gap (SPEC section 3).
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,9 @@ from pipeline.errors import PipelineError, SnapshotDamaged
 from pipeline.kernels.align import scatter_to_grid
 
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# Rows per Arrow batch asked of DuckDB (it hands over a row group, 65,536 rows, at a time).
+BATCH_ROWS = 1_000_000
 DEFAULT_MAX_POINTS = 50_000
 
 
@@ -236,7 +240,7 @@ def read_prices(
     partial_possible = intervals.SECONDS[interval] > 3_600
     step_us = intervals.SECONDS[interval] * 1_000_000
     offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
-    tables = []
+    queries: list[tuple[str, dict[str, object]]] = []
     for (source, unit), group_ids in groups.items():
         paths = snapshot.files(source, years)
         lake.check_files(snapshot, paths)
@@ -268,42 +272,96 @@ def read_prices(
                      f"FROM read_parquet($files) {where} GROUP BY ALL")
             picked = ", ".join(columns) + (", coverage" if partial_possible else "")
             query = f"SELECT symbol_id, bucket AS ts, {picked} FROM ({query})"  # noqa: S608
-        # Arrow out of DuckDB is ~3x faster than fetchnumpy here, and zero-copy into NumPy.
-        try:
-            table = _connection().sql(query, params=params).to_arrow_table()  # names checked above
-        except duckdb.Error as exc:  # damaged in a way size, mtime and the footer did not show
-            raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
-                                  "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
-                                  ) from None
-        if table.num_rows:
-            tables.append(table)
-    if not tables:
+        queries.append((query, params))
+    if not queries:
         return empty
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    ts = table["ts"].combine_chunks().cast(pa.int64()).to_numpy()
-    symbol_ids = table["symbol_id"].combine_chunks().to_numpy()
-    t0 = int(ts.min())
-    width = int((int(ts.max()) - t0) // step_us) + 1
+    values = (*columns, "coverage") if partial_possible else columns
+    # The grid spans the first to the last bar read. A read of whole histories knows that span from
+    # the manifest and places each batch of rows as it arrives (memory: the grid plus one batch);
+    # a read of a time range learns it from the rows, so it holds them all first.
+    span = None if start is not None or end is not None else _manifest_span(snapshot, names, interval)
+    batches = _batches(snapshot, queries)
+    if span is None:
+        batches = list(batches)
+        ts_seen = [_as_numpy(batch.column("ts")) for batch in batches if batch.num_rows]
+        if not ts_seen:
+            return empty
+        span = min(int(ts.min()) for ts in ts_seen), max(int(ts.max()) for ts in ts_seen)
+    t0, t_last = span
+    width = (t_last - t0) // step_us + 1
     row_of = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
     row_of[ids] = np.arange(ids.size)
-    out = {}
-    for name in columns:
-        matrix = np.full((len(names), width), np.nan)
-        scatter_to_grid(symbol_ids, ts, table[name].combine_chunks().to_numpy(), row_of, t0, step_us, matrix)
-        out[name] = matrix
-    coverage = None
-    if partial_possible:
-        coverage = np.full((len(names), width), np.nan)
-        scatter_to_grid(symbol_ids, ts, table["coverage"].combine_chunks().to_numpy(), row_of, t0, step_us,
-                        coverage)
-        if min_coverage > 0:
-            thin = coverage < min_coverage
-            for matrix in (*out.values(), coverage):
-                matrix[thin] = np.nan
-    del table, tables
-    bars = (~np.isnan(out["close"])).sum(axis=1).astype(np.int64)
+    grids = {name: np.full((len(names), width), np.nan) for name in values}
+    outside = 0
+    for batch in batches:
+        if not batch.num_rows:
+            continue
+        symbol_ids, ts = _as_numpy(batch.column("symbol_id")), _as_numpy(batch.column("ts"))
+        for name in values:
+            outside += scatter_to_grid(symbol_ids, ts, _as_numpy(batch.column(name)), row_of, t0, step_us,
+                                      grids[name])
+    out = {name: grids[name] for name in columns}
+    # Every row inside the grid, and bars on its first and last column: the grid is the one the rows span.
+    close = out["close"]
+    if outside or np.isnan(close[:, 0]).all() or np.isnan(close[:, -1]).all():
+        raise SnapshotDamaged(f"the files of snapshot {snapshot.id} do not hold the bars its manifest lists "
+                              f"({interval}); `cryptobt lake verify` names damaged files; `cryptobt export --full` "
+                              "writes a good snapshot")
+    coverage = grids.get("coverage")
+    if coverage is not None and min_coverage > 0:
+        thin = coverage < min_coverage
+        for matrix in (*out.values(), coverage):
+            matrix[thin] = np.nan
+    bars = (~np.isnan(close)).sum(axis=1).astype(np.int64)
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
+
+
+def _manifest_span(snapshot: lake.Snapshot, names: list[str], interval: str) -> tuple[int, int] | None:
+    """First and last bar time (epoch us) of the whole histories of `names` read at `interval`, from the
+    manifest; None when an entry lacks them."""
+    step_us = intervals.SECONDS[interval] * 1_000_000
+    offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
+    firsts, lasts = [], []
+    for name in names:
+        meta = snapshot.symbols[name]
+        source = read_from(meta, interval)
+        stats = meta.get(source) if source else None
+        if not stats or "first" not in stats or "last" not in stats:
+            return None
+        first, last = _epoch_us(stats["first"]), _epoch_us(stats["last"])
+        if source != interval:  # aggregated on read: the buckets of those bars (the query's arithmetic)
+            first = (first - offset_us) // step_us * step_us + offset_us
+            last = (last - offset_us) // step_us * step_us + offset_us
+        firsts.append(first)
+        lasts.append(last)
+    return min(firsts), max(lasts)
+
+
+def _epoch_us(iso: str) -> int:
+    return (datetime.fromisoformat(iso) - EPOCH) // timedelta(microseconds=1)
+
+
+def _batches(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]]]) -> Iterator[pa.RecordBatch]:
+    """The rows of each query, one Arrow batch (a row group) at a time."""
+    try:
+        for query, params in queries:
+            yield from _connection().sql(query, params=params).to_arrow_reader(BATCH_ROWS)  # names checked
+    except (duckdb.Error, pa.ArrowException) as exc:  # damaged in a way size, mtime and the footer did not show
+        raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
+                              "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
+                              ) from None
+
+
+def _as_numpy(column: pa.Array) -> np.ndarray:
+    """A column without nulls as a read-only NumPy view of its buffer.
+
+    Not `to_numpy()`: that goes through pyarrow's pandas converter, which imports pandas (140-200 ms
+    of a cold run)."""
+    if column.null_count:
+        raise SnapshotDamaged(f"a lake column read as {column.type} holds nulls")
+    kind = np.dtype(column.type.to_pandas_dtype())
+    return np.frombuffer(column.buffers()[1], dtype=kind, count=len(column), offset=column.offset * kind.itemsize)
 
 
 def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h") -> str:

@@ -1,18 +1,36 @@
-"""Placing rows read from the lake onto the (symbols x time) grid: one parallel pass, no temporaries."""
+"""Placing rows read from the lake onto the (symbols x time) grid, one batch of rows at a time."""
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def scatter_to_grid(symbol_ids: np.ndarray, ts_us: np.ndarray, values: np.ndarray, row_of: np.ndarray,
-                    t0_us: int, step_us: int, out: np.ndarray) -> None:
-    """out[row_of[symbol_ids[i]], (ts_us[i] - t0_us) // step_us] = values[i].
+                    t0_us: int, step_us: int, out: np.ndarray) -> int:
+    """out[row_of[symbol_ids[i]], (ts_us[i] - t0_us) // step_us] = values[i] for every row that falls
+    inside `out`; returns how many did not (they are not written).
 
-    `out` is prefilled with NaN (no bar). Every (symbol, ts) occurs once in a snapshot,
-    so parallel iterations never write the same cell.
+    `out` is prefilled with NaN (no bar). Sequential: the reader calls it once per batch of rows
+    as the batches arrive (a parallel launch per batch costs more than the batch).
     """
-    for i in prange(symbol_ids.shape[0]):
-        out[row_of[symbol_ids[i]], (ts_us[i] - t0_us) // step_us] = values[i]
+    rows, width = out.shape
+    outside = 0
+    previous_id, previous_ts, column = -1, 0, 0
+    for i in range(symbol_ids.shape[0]):
+        symbol_id = symbol_ids[i]
+        ts = ts_us[i]
+        # The lake keeps each symbol's bars in time order: the next bar is usually the next column,
+        # found without the division (which is most of the cost of the whole pass).
+        if symbol_id == previous_id and ts - previous_ts == step_us:
+            column += 1
+        else:
+            column = (ts - t0_us) // step_us
+        previous_id, previous_ts = symbol_id, ts
+        row = row_of[symbol_id] if 0 <= symbol_id < row_of.shape[0] else -1
+        if row < 0 or row >= rows or column < 0 or column >= width:
+            outside += 1
+        else:
+            out[row, column] = values[i]
+    return outside
