@@ -1,0 +1,65 @@
+"""A cold `cryptobt backtest` process imports what it uses and nothing else (issue 17).
+
+Each package below costs a cold run 50-200 ms and tens of MB without being used to print a
+leaderboard; a library that starts importing one again (or a module of ours that does) fails
+here. Times are never asserted: the modules a fresh process holds at the end of a run are.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import demo
+
+# The cold process must never hold these; `redis.asyncio.client` is what running redis.asyncio's code loads.
+NEVER = ("pandas", "scipy", "prefect", "fastapi", "uvicorn", "redis.asyncio.client")
+
+RUN_AND_LIST_MODULES = """
+import json, sys
+from pipeline.cli import app
+sys.argv = ["cryptobt", "backtest", "rsi", "--all"]
+try:
+    app(prog_name="cryptobt")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"exit": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def small_lake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cold") / "lake"
+    demo.build_sample_lake(root, n_symbols=4, years=0.3, sample=None)
+    return root
+
+
+def _cold_backtest(lake_root, results_root, redis_url: str, prefix: str = "cryptobt") -> tuple[str, set[str]]:
+    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake_root), "CRYPTOBT_RESULTS_ROOT": str(results_root),
+           "REDIS_URL": redis_url, "CRYPTOBT_CACHE_PREFIX": prefix}
+    done = subprocess.run([sys.executable, "-c", RUN_AND_LIST_MODULES], env=env, cwd=results_root.parent,
+                          capture_output=True, text=True, timeout=300)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["exit"] in (0, None), done.stderr[-2000:]
+    return done.stdout, set(report["modules"])
+
+
+def _held(modules: set[str], names: tuple[str, ...]) -> list[str]:
+    return sorted(name for name in names if name in modules)
+
+
+def test_a_cold_backtest_without_the_cache_imports_no_pandas_scipy_redis_or_servers(small_lake, tmp_path):
+    printed, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")
+    assert "rsi on 4 symbols" in printed
+    assert _held(modules, (*NEVER, "redis")) == []
+    assert {"numba", "duckdb", "pyarrow"} <= modules  # it did run the kernels, read and write
+
+
+def test_a_cold_backtest_with_the_cache_loads_the_sync_redis_client_only(small_lake, tmp_path, redis_url,
+                                                                         redis_prefix):
+    printed, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url, redis_prefix)
+    assert "computed" in printed  # the cache was used
+    assert _held(modules, NEVER) == []
+    assert "redis.client" in modules
