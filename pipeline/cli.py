@@ -555,10 +555,17 @@ BOARD_COLUMNS = (
     ("days_of_data", tables.Column("days", drop_rank=6)),
 )
 SWEEP_LEFT_OUT = ("buy_hold_return_pct", "bars", "days_of_data")
+# A sweep's rows add how much of the result is luck (README "Overfitting statistics").
+SWEEP_ADDED = (
+    ("deflated_sharpe", tables.Column("dsr", drop_rank=2)),
+    ("pbo", tables.Column("pbo", drop_rank=2)),
+)
 
 
 def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
     shown = [(key, col) for key, col in BOARD_COLUMNS if not (with_params and key in SWEEP_LEFT_OUT)]
+    if with_params:
+        shown += SWEEP_ADDED
     rows = results[:limit]
     # A sweep's rows name their parameters: those that vary get a column each (never cut), those
     # fixed across the shown rows go in the title.
@@ -740,6 +747,15 @@ def sweep_command(
     trail: TrailOption = False,
     size: SizeOption = 1.0,
     slippage: SlippageOption = 0.0,
+    objective: Annotated[str, typer.Option(
+        help="What best means: total_return, sharpe, sortino, calmar, profit_factor or expectancy.")] = "total_return",
+    min_trades: Annotated[int, typer.Option(
+        help="Sets with fewer entries than this never win (they rank after every set that has them).")] = 5,
+    pbo_blocks: Annotated[int, typer.Option(
+        help="Time blocks of the PBO's cross-validation (even, 2..24; 0 = no PBO).")] = 16,
+    samples: Annotated[int | None, typer.Option(
+        help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -758,20 +774,21 @@ def sweep_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    params_list = options.parse_grid(strategy, grid)
+    params_list = options.parse_grid(strategy, grid, samples, seed)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, False, "sweep", no_cache,
                                      None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, timerange=timerange,
                                      fee=fee, fill=fill, initial=initial, annualization=annualization,
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
-                                     slippage=slippage)
+                                     slippage=slippage, objective=objective, min_trades=min_trades,
+                                     pbo_blocks=pbo_blocks)
     best = outcome.results[:top]
-    per_symbol = engine.top_per_symbol(outcome.results, top)
+    per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
-        _emit_json(engine.sweep_best(outcome.results, top))
+        _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
         _stop_if_interrupted(outcome, settings)
         return
     _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(config.params_list)} sets x symbols)",

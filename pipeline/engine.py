@@ -19,9 +19,15 @@ from pipeline import ENGINE_VERSION, intervals, options, strategies
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
+from pipeline.kernels.blocks import N_BLOCK_STATS
 from pipeline.reader import PriceBatch
 
 FILLS = ("close", "next_open")
+# What "best" means in a sweep: the objective's result field, higher is better.
+OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
+              "profit_factor": "profit_factor", "expectancy": "expectancy"}
+MIN_TRADES = 5
+PBO_BLOCKS_RANGE = (2, 24)  # even; 0 turns the PBO off (C(24, 12) = 2.7 M splits is the most we allow)
 ANNUALIZATIONS = ("observed", "calendar")
 REASONS = {
     enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
@@ -106,6 +112,11 @@ class RunConfig:
     min_bar_coverage: float = 0.0
     # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
     executions: tuple[Execution, ...] = ()
+    # Sweeps: what "best" means, the fewest trades a winner needs, and the CSCV blocks of the PBO
+    # (ranking and statistics only: no result field depends on them, so no cache key does).
+    objective: str = "total_return"
+    min_trades: int = MIN_TRADES
+    pbo_blocks: int = 16
 
     @property
     def fee_frac(self) -> float:
@@ -147,6 +158,9 @@ def make_config(
     trail: bool = False,
     size: float = 1.0,
     slippage: float = 0.0,
+    objective: str = "total_return",
+    min_trades: int = MIN_TRADES,
+    pbo_blocks: int = 16,
 ) -> RunConfig:
     """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
 
@@ -195,10 +209,20 @@ def make_config(
             and 0 <= min_bar_coverage <= 1):
         raise PipelineError(f"--min-bar-coverage {min_bar_coverage!r} is out of range: a share from 0 to 1 "
                             "(0.5 drops daily bars built from fewer than 12 hours)")
+    if objective not in OBJECTIVES:
+        raise PipelineError(f"--objective {objective!r} is not allowed; use one of: {', '.join(OBJECTIVES)}")
+    if isinstance(min_trades, bool) or not isinstance(min_trades, int) or min_trades < 0:
+        raise PipelineError(f"--min-trades {min_trades!r} is out of range: an integer >= 0")
+    low, high = PBO_BLOCKS_RANGE
+    if (isinstance(pbo_blocks, bool) or not isinstance(pbo_blocks, int)
+            or not (pbo_blocks == 0 or (low <= pbo_blocks <= high and pbo_blocks % 2 == 0))):
+        raise PipelineError(f"--pbo-blocks {pbo_blocks!r} is not allowed: 0 (off) or an even number "
+                            f"from {low} to {high}")
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
                      timerange_start, timerange_end, dropped, annualization=annualization,
                      min_bar_coverage=float(min_bar_coverage),
-                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions))
+                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions),
+                     objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks)
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:
@@ -239,10 +263,10 @@ def set_threads(workers: int) -> None:
     numba.set_num_threads(available if workers <= 0 else min(workers, available))
 
 
-def estimate_memory(n_symbols: int, n_time: int, n_combos: int) -> int:
-    """Bytes a run needs: the price arrays, the metrics cube and the shaped result rows."""
+def estimate_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> int:
+    """Bytes a run needs: the price arrays, the metrics cube, a sweep's block sums and the result rows."""
     prices = 2 * n_symbols * n_time * 8
-    cube = n_symbols * n_combos * enums.N_METRICS * 8
+    cube = n_symbols * n_combos * (enums.N_METRICS + n_blocks * N_BLOCK_STATS) * 8
     rows = n_symbols * n_combos * 2_000  # a result dict with its params, as Python objects
     buffers = numba.get_num_threads() * n_time * 8 * 10
     return prices + cube + rows + buffers
@@ -259,9 +283,9 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_memory(n_symbols: int, n_time: int, n_combos: int) -> None:
+def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> None:
     """Refuse a run that would not fit, saying what it would need."""
-    need = estimate_memory(n_symbols, n_time, n_combos)
+    need = estimate_memory(n_symbols, n_time, n_combos, n_blocks)
     have = available_memory()
     if need > 0.8 * have:
         raise PipelineError(
@@ -306,8 +330,13 @@ def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None
                  for name in names)
 
 
-def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
-    """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set."""
+def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
+                blocks_out: np.ndarray | None = None) -> np.ndarray:
+    """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set.
+
+    With `block_fractions` (B + 1 edges, `pipeline.kernels.blocks`), also fills `blocks_out`
+    (symbols x B x N_BLOCK_STATS x params, in the config's parameter order).
+    """
     strategy = strategies.get_strategy(config.strategy)
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
     open_ = batch.columns.get("open")
@@ -319,12 +348,17 @@ def run_metrics(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     start = start_column(batch, config)
     execution = execution_matrix(config, order)
     every = slice(None)
+    fractions = None if block_fractions is None else np.ascontiguousarray(block_fractions, dtype=np.float64)
+    sorted_blocks = None if fractions is None else np.empty((close.shape[0], fractions.size - 1, N_BLOCK_STATS,
+                                                             combos.shape[0]))
     if close.shape[0] and close.shape[1]:
         strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
                                     config.fee_frac, config.initial, config.fill == "next_open",
                                     bars_per_year(batch, config, start), start, out,
                                     *((_column(batch, "high", every), _column(batch, "low", every))
-                                      if config.has_stops else (None, None)), execution)
+                                      if config.has_stops else (None, None)), execution, fractions, sorted_blocks)
+        if blocks_out is not None:
+            blocks_out[..., order] = sorted_blocks
     else:
         out[:] = 0.0
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
@@ -399,6 +433,10 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "data_version": batch.data_versions[symbol_index],
         "engine_version": code_version(config.strategy),
         "reason": reason,
+        # Filled for sweeps (pipeline.overfit): per symbol, over all its parameter sets.
+        "n_trials": None,
+        "pbo": None,
+        "deflated_sharpe": None,
         "from_cache": False,
     }
 
@@ -478,10 +516,12 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
     return TradeLog(fills, round_trips(batch, symbol_index, trades), equity)
 
 
-def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
+def run(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
+        blocks_out: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Every (symbol, parameter set) result of `config` over `batch`; with `config.trades` each
-    carries its fill log (`trades`) and its `round_trips`."""
-    cube = run_metrics(batch, config)
+    carries its fill log (`trades`) and its `round_trips` (block statistics into `blocks_out` when
+    `block_fractions` is given: see run_metrics)."""
+    cube = run_metrics(batch, config, block_fractions, blocks_out)
     annual = bars_per_year(batch, config, start_column(batch, config))
     partial = partial_bars(batch, config)
     results = []
@@ -494,23 +534,40 @@ def run(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
     return results
 
 
-def leaderboard(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Best total return first; results without a return (no bars) last."""
-    return sorted(results, key=lambda r: (r["total_return_pct"] is None, -(r["total_return_pct"] or 0.0),
-                                          r["symbol"]))
+def leaderboard(results: list[dict[str, Any]], objective: str = "total_return",
+                min_trades: int = 0) -> list[dict[str, Any]]:
+    """Best `objective` first; results with fewer than `min_trades` entries after every one that
+    has them (they never win), and results without the objective's value (no bars) last."""
+    field = OBJECTIVES[objective]
+
+    def rank(r: dict[str, Any]) -> tuple[bool, bool, float, str]:
+        value = r.get(field)
+        return (r["num_trades"] < min_trades, value is None, -(value or 0.0), r["symbol"])
+
+    return sorted(results, key=rank)
 
 
-def top_per_symbol(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def ranking(config: RunConfig) -> tuple[str, int]:
+    """The (objective, min_trades) a run's results are ordered by; the trade guard is for sweeps only."""
+    return config.objective, config.min_trades if len(config.params_list) > 1 else 0
+
+
+def top_per_symbol(results: list[dict[str, Any]], n: int, objective: str = "total_return",
+                   min_trades: int = 0) -> list[dict[str, Any]]:
     """The `n` best parameter sets of each symbol, symbols in leaderboard order."""
     by_symbol: dict[str, list[dict[str, Any]]] = {}
-    for result in leaderboard(results):
+    for result in leaderboard(results, objective, min_trades):
         kept = by_symbol.setdefault(result["symbol"], [])
         if len(kept) < n:
             kept.append(result)
     return [r for rows in by_symbol.values() for r in rows]
 
 
-def sweep_best(results: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """A sweep's answer (`--json`, the API): the `n` best overall, then each symbol's `n` best not among them."""
+def sweep_best(results: list[dict[str, Any]], n: int, objective: str = "total_return",
+               min_trades: int = 0) -> list[dict[str, Any]]:
+    """A sweep's answer (`--json`, the API): the `n` best overall, then each symbol's `n` best not among them.
+
+    `results` are in leaderboard order of the same objective.
+    """
     best = results[:n]
-    return best + [r for r in top_per_symbol(results, n) if r not in best]
+    return best + [r for r in top_per_symbol(results, n, objective, min_trades) if r not in best]

@@ -77,10 +77,16 @@ def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, 
              **run: Any) -> pl.DataFrame:
     """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
 
-    `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization.
+    `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization, and for
+    a list of parameter sets (a sweep) objective, min_trades and pbo_blocks; a sweep's rows carry
+    n_trials, pbo and deflated_sharpe.
     """
+    from pipeline import overfit
+
     config = options.run_config(strategy, params or {}, **run)
-    return pl.DataFrame(engine.leaderboard(engine.run(prices(frames), config)))
+    batch = prices(frames)
+    results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
+    return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
 
 def round_trips(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,

@@ -149,6 +149,9 @@ def run_config(
     trail: bool = False,
     size: float = 1.0,
     slippage: float = 0.0,
+    objective: str = "total_return",
+    min_trades: int = 5,
+    pbo_blocks: int = 16,
 ) -> RunConfig:
     """Strategy, parameters, time range, fee, fill, cash, stops, size and slippage, checked together:
     the run's config. `sl`, `tp` and `slippage` are percentages (0 = none), `size` a share of equity."""
@@ -159,12 +162,13 @@ def run_config(
                               fee_pct=fee, fill=fill, initial=initial, trades=trades,
                               timerange_start=start, timerange_end=end, annualization=annualization,
                               min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
-                              slippage=slippage)
+                              slippage=slippage, objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks)
 
 
-def parse_grid(strategy: str, specs: Sequence[str]) -> Any:
+def parse_grid(strategy: str, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
     """A sweep's parameter sets from `-g` specs: the strategy's parameters and the run parameters
-    sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2."""
+    sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2;
+    `samples` of them drawn at random (reproducible from `seed`) when given."""
     from pipeline import engine, strategies
 
-    return strategies.parse_grid(strategy, specs, common=engine.EXECUTION_PARAMS)
+    return strategies.parse_grid(strategy, specs, common=engine.EXECUTION_PARAMS, samples=samples, seed=seed)

@@ -121,6 +121,11 @@ RESULT_SCHEMA = pa.schema(
         pa.field("rank_by", pa.string()),
         pa.field("skipped_no_slot", pa.int64()),
         pa.field("skipped_no_cash", pa.int64()),
+        # Sweeps only (NULL otherwise; README "Overfitting statistics"): parameter sets tried on
+        # the symbol, its probability of backtest overfitting, and this row's deflated Sharpe ratio.
+        pa.field("n_trials", pa.int64()),
+        pa.field("pbo", pa.float64()),
+        pa.field("deflated_sharpe", pa.float64()),
     ]
 )
 

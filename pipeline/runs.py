@@ -15,16 +15,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pipeline import engine, intervals, lake, reader, results
+from pipeline import engine, intervals, lake, overfit, reader, results
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
 
 T = TypeVar("T")
 
-# Sweeps write every combination to the results table but do not fill Redis with
-# thousands of keys per symbol: past this many parameter sets the cache is skipped.
-MAX_CACHED_COMBOS = 16
 # Symbols per kernel call when someone watches: small enough to stream or move a
 # progress bar, large enough that the per-call read stays cheap.
 STREAM_CHUNK = 16
@@ -205,7 +202,9 @@ def backtest(
         _plan_sweep(snapshot, names, interval, n_params, confirm_seconds, on_plan)
     if write_results:
         results.check_writable(settings.results_root)
-    use_cache = cache is not None and cache.enabled and n_params <= MAX_CACHED_COMBOS
+    # A sweep's rows carry statistics of its whole grid (PBO, deflated Sharpe), which a cached row
+    # from another grid would get wrong: only single parameter sets are cached.
+    use_cache = cache is not None and cache.enabled and n_params == 1
 
     hits: dict[tuple[str, int], dict[str, Any]] = {}
     keys: dict[tuple[str, int], str] = {}
@@ -254,26 +253,39 @@ def backtest(
             batch = reader.read_prices(settings.lake_root, part, part_interval, None,
                                        config.timerange_end, columns=engine.columns_needed(config),
                                        snapshot=snapshot, min_coverage=config.min_bar_coverage)
-            engine.check_memory(len(part), batch.times.size, n_params)
+            engine.check_memory(len(part), batch.times.size, n_params,
+                                max(config.pbo_blocks, 1) if n_params > 1 else 0)
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
             sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
+            blocks = overfit.new_blocks(len(part), config) if n_params > 1 else None
+            fractions = overfit.block_fractions(config) if blocks is not None else None
+            part_results: list[list[dict[str, Any]]] = []
             for first_set in range(0, n_params, sets_per_call):
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
                 sliced = config if sets_per_call >= n_params else config.sliced(first_set, first_set + sets_per_call)
                 t0 = time.perf_counter()
-                fresh = engine.run(batch, sliced)
+                sliced_blocks = None if blocks is None else blocks[..., first_set: first_set + sets_per_call]
+                fresh = engine.run(batch, sliced, fractions, sliced_blocks)
                 kernel_seconds += time.perf_counter() - t0
                 bar_steps += int(batch.bars.sum()) * len(sliced.params_list)
+                part_results.append(fresh)
                 computed.extend(fresh)
                 collected.extend(fresh)
                 if on_results:
-                    on_results(fresh)
+                    # Copies for a sweep: its statistics are set on these dicts once the chunk is done,
+                    # and what was streamed must stay what it was (late listeners replay it).
+                    on_results(fresh if blocks is None else [dict(r) for r in fresh])
+            if blocks is not None:
+                # A sweep's statistics need every parameter set of a symbol: added to its results
+                # (already streamed without them) once the chunk of symbols is done.
+                overfit.attach(part_results, blocks, sets_per_call)
             done += len(part)
             if on_progress:
                 on_progress(len(names) - len(missing) + done, len(names))
     except KeyboardInterrupt:
-        # Keep what finished: it is cached and written below.
+        # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
+        # symbols without its overfitting statistics, which need every parameter set).
         interrupted = True
 
     if use_cache and computed:
@@ -285,7 +297,7 @@ def backtest(
     if use_cache:
         cache.record_hits(hit_count, miss_count)
 
-    ordered = engine.leaderboard(collected)
+    ordered = engine.leaderboard(collected, *engine.ranking(config))
     run_id = results.new_run_id(started_at)
     paths: list[str] = []
     seconds = time.perf_counter() - started

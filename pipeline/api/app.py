@@ -132,7 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     "interrupted": outcome.interrupted, "cache_hits": outcome.cache_hits,
                     "cache_misses": outcome.cache_misses, "seconds": outcome.seconds,
                     "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps}
-            answer = outcome.results if top is None else engine.sweep_best(outcome.results, top)
+            answer = outcome.results if top is None else engine.sweep_best(outcome.results, top, *engine.ranking(config))
             return done, answer
 
         return work

@@ -101,12 +101,14 @@ class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
                                                       "parameters sl, tp, trail, size, slippage may join.",
                             examples=[["rsi_period=7:28:7", "oversold_threshold=20,25,30", "sl=2:6:2"]])
     top: int = Field(default=5, description="Best N overall and per symbol in the answer.")
+    samples: int | None = Field(default=None, description="Run this many grid points drawn at random.")
+    seed: int = Field(default=0, description="Seed of samples: the same seed draws the same points.")
 
     def _param_sets(self) -> Any:
         if self.params:
             raise PipelineError("use either params or grid, not both")
         options.check_top(self.top)
-        return options.parse_grid(self.strategy, self.grid)
+        return options.parse_grid(self.strategy, self.grid, self.samples, self.seed)
 
 
 class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]

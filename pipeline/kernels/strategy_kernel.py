@@ -21,6 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
+from pipeline.kernels.blocks import N_BLOCK_STATS, block_stats
 from pipeline.kernels.enums import N_METRICS, TRADE_DTYPE
 from pipeline.kernels.simulate import simulate_1d
 
@@ -82,7 +83,8 @@ def _same_row(combos, c):
 
 @njit(cache=True, parallel=True)
 def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
-             bars_per_year, start_t, out, high2d=None, low2d=None, execution=None):
+             bars_per_year, start_t, out, high2d=None, low2d=None, execution=None, block_fractions=None,
+             block_out=None):
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
 
     Args:
@@ -100,6 +102,11 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             stop (None otherwise: the no-stop path reads neither).
         execution: (C x N_EXECUTION) stops, size and slippage of each row (see simulate_1d);
             None = SPEC section 4 alone for every row.
+        block_fractions: (B + 1,) block edges as fractions of each symbol's simulated bars
+            (pipeline.kernels.blocks); None = no block statistics (a sweep's PBO and deflated
+            Sharpe ratio need them).
+        block_out: (S x B x N_BLOCK_STATS x C) float64, filled when block_fractions is given
+            (parameter sets last: the overfitting statistics loop over them).
 
     A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
     without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
@@ -120,6 +127,13 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             lo = op
         else:
             hi, lo = _symbol_range(high2d[s], low2d[s], index)
+        # The equity curve of one parameter set at a time, kept only when blocks are asked for.
+        if block_fractions is None:
+            equity = no_equity
+            stats = np.empty((0, N_BLOCK_STATS))
+        else:
+            equity = np.empty(m - m0)
+            stats = np.empty((block_fractions.shape[0] - 1, N_BLOCK_STATS))
         for c in range(n_combos):
             params = combos[c]
             # The first row of every symbol must compute, whatever recompute[0] says.
@@ -131,14 +145,19 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             row = out[s, c]
             if execution is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades)
+                            bars_per_year[s], row, equity, no_trades)
             elif high2d is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, None, None, execution[c])
+                            bars_per_year[s], row, equity, no_trades, None, None, execution[c])
             else:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c])
+                            bars_per_year[s], row, equity, no_trades, hi[m0:], lo[m0:], execution[c])
             finish_row(row, m0, m, index, warmup(params))
+            if block_fractions is not None:
+                block_stats(equity, initial, block_fractions, stats)
+                for b in range(stats.shape[0]):
+                    for k in range(N_BLOCK_STATS):
+                        block_out[s, b, k, c] = stats[b, k]
 
 
 @njit(cache=True)

@@ -20,7 +20,7 @@ import itertools
 import math
 import pkgutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from importlib import metadata
@@ -397,8 +397,12 @@ def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) ->
     return name, values
 
 
-def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = ()) -> ParamGrid:
+def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = (),
+               samples: int | None = None, seed: int = 0) -> ParamGrid:
     """Parameter sets of a sweep, every one validated.
+
+    With `samples`, a random subset of that many grid points (reproducible from `seed`, drawn
+    without listing the grid, so a grid too large to run whole can be sampled), in grid order.
 
     Each spec is `name=start:stop:step` (the stop is included when it lies on
     the grid) or `name=v1,v2,...`; parameters without a spec take their
@@ -419,12 +423,22 @@ def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param]
     names = list(strategy.param_names) + [p.name for p in common if p.name in axes]
     value_lists = [axes.get(n, [strategy.defaults.get(n)]) for n in names]
     total = math.prod(len(v) for v in value_lists)
-    if total > MAX_GRID_COMBOS:
+    if samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise PipelineError(f"--samples {samples!r} is out of range: an integer >= 1")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise PipelineError(f"--seed {seed!r} is out of range: an integer >= 0")
+    chosen = total if samples is None else min(samples, total)
+    if chosen > MAX_GRID_COMBOS:
         raise PipelineError(
-            f"the grid has {total} combinations, more than {MAX_GRID_COMBOS}; use larger steps"
+            f"the grid has {chosen} combinations, more than {MAX_GRID_COMBOS}; use larger steps or --samples"
         )
+    combos: Iterable[tuple[Number, ...]] = itertools.product(*value_lists)
+    if chosen < total:
+        combos = (_grid_point(value_lists, int(i)) for i in
+                  np.sort(np.random.default_rng(seed).choice(total, size=chosen, replace=False)))
     grid = ParamGrid()
-    for combo in itertools.product(*value_lists):
+    for combo in combos:
         params = dict(zip(names, combo, strict=True))
         problem = strategy.check(params) if strategy.check is not None else None
         if problem is None:
@@ -439,6 +453,15 @@ def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param]
             f"{grid.dropped_example}"
         )
     return grid
+
+
+def _grid_point(value_lists: list[list[Number]], index: int) -> tuple[Number, ...]:
+    """The `index`-th combination of itertools.product(*value_lists), without listing the others."""
+    point = []
+    for values in reversed(value_lists):
+        index, digit = divmod(index, len(values))
+        point.append(values[digit])
+    return tuple(reversed(point))
 
 
 def combos_matrix(

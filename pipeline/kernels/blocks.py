@@ -1,0 +1,210 @@
+"""Performance per time block of one equity curve, and the overfitting statistics built on it.
+
+A sweep cuts each symbol's simulated bars into consecutive blocks (fractions of its
+own bar count) and records, per (parameter set, block), a few mergeable sums of the
+per-bar returns and the block's equity path. Any union of blocks then has its exact
+Sharpe ratio (and total return, Sortino, drawdown) without keeping an equity curve
+per parameter set: the probability of backtest overfitting (CSCV) and walk-forward
+folds are computed from these sums alone.
+
+Per-bar returns are those of the simulator's Sharpe ratio: r[t] = eq[t] / eq[t-1] - 1
+with eq[-1] = the initial cash, so the Sharpe of the union of all blocks equals the
+run's own (per-bar) Sharpe.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Columns of one block's statistics.
+B_COUNT = 0  # returns in the block
+B_SUM = 1  # sum of r
+B_SUM2 = 2  # sum of r**2
+B_DOWN2 = 3  # sum of min(r, 0)**2 (Sortino)
+B_START = 4  # equity before the block's first bar
+B_END = 5  # equity at the block's last bar
+B_MAX = 6  # highest equity in the block
+B_MIN = 7  # lowest equity in the block
+B_MAXDD = 8  # largest drawdown inside the block, its running peak starting at B_START
+B_SUM3 = 9  # sum of r**3 (skewness, for the deflated Sharpe ratio)
+B_SUM4 = 10  # sum of r**4 (kurtosis)
+N_BLOCK_STATS = 11
+
+
+@njit(cache=True, inline="always")
+def block_edge(fraction: float, m: int) -> int:
+    """The first bar of the block starting at `fraction` of a symbol's `m` simulated bars."""
+    return int(np.floor(fraction * m + 1e-9))
+
+
+@njit(cache=True)
+def block_stats(equity, initial, fractions, out):
+    """Fill `out` (blocks x N_BLOCK_STATS) from one equity curve (its m bars, in time order).
+
+    `fractions` has blocks + 1 increasing values from 0 to 1; block b covers bars
+    block_edge(fractions[b], m) .. block_edge(fractions[b + 1], m) - 1 (possibly none).
+    """
+    m = equity.shape[0]
+    prev = initial
+    for b in range(fractions.shape[0] - 1):
+        lo = block_edge(fractions[b], m)
+        hi = block_edge(fractions[b + 1], m)
+        if b == fractions.shape[0] - 2:
+            hi = m
+        s = 0.0
+        s2 = 0.0
+        s3 = 0.0
+        s4 = 0.0
+        d2 = 0.0
+        start = prev
+        peak = prev
+        high = prev
+        low = prev
+        max_dd = 0.0
+        for t in range(lo, hi):
+            e = equity[t]
+            r = e / prev - 1.0
+            s += r
+            r2 = r * r
+            s2 += r2
+            s3 += r2 * r
+            s4 += r2 * r2
+            if r < 0.0:
+                d2 += r2
+            if e > peak:
+                peak = e
+            if e > high:
+                high = e
+            if e < low:
+                low = e
+            if peak > 0.0:
+                dd = (peak - e) / peak
+                if dd > max_dd:
+                    max_dd = dd
+            prev = e
+        out[b, B_COUNT] = hi - lo
+        out[b, B_SUM] = s
+        out[b, B_SUM2] = s2
+        out[b, B_DOWN2] = d2
+        out[b, B_START] = start
+        out[b, B_END] = prev
+        out[b, B_MAX] = high
+        out[b, B_MIN] = low
+        out[b, B_MAXDD] = max_dd
+        out[b, B_SUM3] = s3
+        out[b, B_SUM4] = s4
+
+
+@njit(cache=True, inline="always")
+def _sharpe_order_key(count, s, s2):
+    """A number that orders parameter sets exactly as their per-bar Sharpe ratios (mean over sample
+    deviation) do, without the square root: sign(mean) * mean**2 / var (the PBO's inner loop runs
+    N x C(S, S/2) times per symbol). 0 when undefined: a set that never trades has no excess return,
+    and ranks need a number."""
+    if count < 2:
+        return 0.0
+    mean = s / count
+    var = (s2 - s * mean) / (count - 1)
+    if var <= 1e-30:
+        return 0.0
+    return mean * abs(mean) / var
+
+
+@njit(cache=True)
+def _rank_among(values, i):
+    """Rank of values[i] among all values, 1 = lowest, ties averaged."""
+    below = 0
+    equal = 0
+    v = values[i]
+    for j in range(values.shape[0]):
+        if values[j] < v:
+            below += 1
+        elif values[j] == v:
+            equal += 1
+    return below + (equal + 1) / 2.0
+
+
+@njit(cache=True)
+def pbo_cscv(count, sums, sums2):
+    """Probability of backtest overfitting by combinatorially symmetric cross-validation.
+
+    Bailey, Borwein, Lopez de Prado and Zhu (2015). `count` (S,) returns per block,
+    `sums`/`sums2` (S x N) the block sums of each of N parameter sets. For every split of
+    the S blocks into two halves J (train) and its complement (test): n* = the set with the
+    best Sharpe ratio on J; its relative rank w = rank / (N + 1) of its Sharpe on the
+    complement (1 = worst, ties averaged); logit = ln(w / (1 - w)). PBO = the share of the
+    C(S, S/2) splits whose logit is <= 0 (n* no better than the median out of sample).
+    Returns (pbo, mean logit); NaN with fewer than 2 sets or an odd or too small S.
+    """
+    n_blocks, n_sets = sums.shape
+    if n_sets < 2 or n_blocks < 2 or n_blocks % 2 == 1:
+        return np.nan, np.nan
+    half = n_blocks // 2
+    total_c = 0.0
+    for b in range(n_blocks):
+        total_c += count[b]
+    total_s = np.zeros(n_sets)
+    total_s2 = np.zeros(n_sets)
+    for b in range(n_blocks):
+        for k in range(n_sets):
+            total_s[k] += sums[b, k]
+            total_s2[k] += sums2[b, k]
+    s_in = np.zeros(n_sets)
+    s2_in = np.zeros(n_sets)
+    train = np.empty(n_sets)
+    test = np.empty(n_sets)
+    splits = 0
+    overfit = 0
+    logit_sum = 0.0
+    previous = 0
+    # Every subset of `half` blocks that contains block 0; the other splits are their
+    # complements, so each pair (J, complement) is evaluated from one set of sums, both ways.
+    # The train sums follow the subsets incrementally (add the blocks that came in, take out
+    # those that left): the inner loops then run over parameter sets only, contiguous in memory.
+    for mask in range(1 << n_blocks):
+        if not (mask & 1):
+            continue
+        bits = 0
+        for b in range(n_blocks):
+            bits += (mask >> b) & 1
+        if bits != half:
+            continue
+        changed = mask ^ previous
+        c_in = 0.0
+        for b in range(n_blocks):
+            if (mask >> b) & 1:
+                c_in += count[b]
+            if (changed >> b) & 1:
+                sign = 1.0 if (mask >> b) & 1 else -1.0
+                for k in range(n_sets):
+                    s_in[k] += sign * sums[b, k]
+                    s2_in[k] += sign * sums2[b, k]
+        previous = mask
+        c_out = total_c - c_in
+        for k in range(n_sets):
+            train[k] = _sharpe_order_key(c_in, s_in[k], s2_in[k])
+            test[k] = _sharpe_order_key(c_out, total_s[k] - s_in[k], total_s2[k] - s2_in[k])
+        for direction in range(2):
+            a = train if direction == 0 else test
+            z = test if direction == 0 else train
+            best = 0
+            for k in range(1, n_sets):
+                if a[k] > a[best]:
+                    best = k
+            w = _rank_among(z, best) / (n_sets + 1.0)
+            logit = np.log(w / (1.0 - w))
+            logit_sum += logit
+            splits += 1
+            if logit <= 0.0:
+                overfit += 1
+    return overfit / splits, logit_sum / splits
+
+
+@njit(cache=True, parallel=True)
+def pbo_many(count, sums, sums2, out):
+    """pbo_cscv for every symbol: count (Y x S), sums/sums2 (Y x S x N); out (Y x 2) = (pbo, mean logit)."""
+    for y in prange(count.shape[0]):
+        p, lg = pbo_cscv(count[y], sums[y], sums2[y])
+        out[y, 0] = p
+        out[y, 1] = lg

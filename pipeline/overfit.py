@@ -1,0 +1,143 @@
+"""How much of a sweep's best result is luck: the deflated Sharpe ratio and the PBO.
+
+Both are computed from the per-block sums the sweep kernel records for every
+(symbol, parameter set) (`pipeline.kernels.blocks`), never from equity curves.
+Formulas and sources are in the README ("Overfitting statistics").
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import NormalDist
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.kernels.blocks import B_COUNT, B_SUM, B_SUM2, B_SUM3, B_SUM4, N_BLOCK_STATS, pbo_many
+
+if TYPE_CHECKING:
+    from pipeline.engine import RunConfig
+    from pipeline.reader import PriceBatch
+
+EULER_GAMMA = 0.5772156649015329
+_NORMAL = NormalDist()
+_erfc = np.vectorize(math.erfc, otypes=[float])
+
+
+def block_fractions(config: RunConfig) -> np.ndarray:
+    """Block edges of the CSCV split: `pbo_blocks` equal parts of each symbol's simulated bars
+    (one block when the PBO is off: the deflated Sharpe ratio still needs the moments)."""
+    return np.linspace(0.0, 1.0, max(config.pbo_blocks, 1) + 1)
+
+
+def moments(blocks: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-bar return moments of each (symbol, set) over all blocks of `blocks` (Y x B x K x N).
+
+    Returns n (returns), sharpe (per bar, sample deviation; NaN when undefined), skew and
+    kurtosis (Pearson, 3 for a normal law; population moments), each (Y x N).
+    """
+    totals = blocks.sum(axis=1)
+    n = totals[:, B_COUNT, :]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = totals[:, B_SUM, :] / n
+        raw2 = totals[:, B_SUM2, :] / n
+        raw3 = totals[:, B_SUM3, :] / n
+        raw4 = totals[:, B_SUM4, :] / n
+        m2 = raw2 - mean**2
+        m3 = raw3 - 3 * mean * raw2 + 2 * mean**3
+        m4 = raw4 - 4 * mean * raw3 + 6 * mean**2 * raw2 - 3 * mean**4
+        sample_var = m2 * n / (n - 1)
+        defined = (n >= 2) & (sample_var > 1e-30)
+        sharpe = np.where(defined, mean / np.sqrt(np.where(defined, sample_var, 1.0)), np.nan)
+        skew = np.where(defined, m3 / np.where(defined, m2, 1.0) ** 1.5, np.nan)
+        kurt = np.where(defined, m4 / np.where(defined, m2, 1.0) ** 2, np.nan)
+    return {"n": n, "sharpe": sharpe, "skew": skew, "kurt": kurt}
+
+
+def expected_max_sharpe(n_trials: int, variance: float) -> float:
+    """SR0 of Bailey and Lopez de Prado (2014): the expected best of `n_trials` unskilled Sharpe
+    ratios whose variance across trials is `variance` (per-bar units)."""
+    if n_trials < 2 or not variance > 0:
+        return 0.0
+    return math.sqrt(variance) * ((1 - EULER_GAMMA) * _NORMAL.inv_cdf(1 - 1 / n_trials)
+                                  + EULER_GAMMA * _NORMAL.inv_cdf(1 - 1 / (n_trials * math.e)))
+
+
+def deflated_sharpe(sharpe: np.ndarray, n: np.ndarray, skew: np.ndarray, kurt: np.ndarray,
+                    sr0: float) -> np.ndarray:
+    """DSR = Phi((SR - SR0) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2)), per bar units.
+
+    The probability that the true Sharpe ratio exceeds SR0, the best one expected from luck
+    alone; NaN where the Sharpe ratio is undefined or the denominator is not positive.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denominator = 1 - skew * sharpe + (kurt - 1) / 4 * sharpe**2
+        z = (sharpe - sr0) * np.sqrt(np.maximum(n - 1, 0)) / np.sqrt(np.where(denominator > 0, denominator, np.nan))
+    out = np.full(z.shape, np.nan)
+    ok = np.isfinite(z)
+    out[ok] = 0.5 * _erfc(-z[ok] / math.sqrt(2))
+    return out
+
+
+def sweep_statistics(blocks: np.ndarray) -> dict[str, np.ndarray]:
+    """The overfitting statistics of a sweep over Y symbols and N parameter sets.
+
+    `blocks` is (Y x S x K x N) from the kernel with `block_fractions`. Returns, each per
+    symbol (Y,) unless said: n_trials, sr0 (per bar), pbo, pbo_logit (mean logit), and
+    deflated_sharpe (Y x N: each set's Sharpe deflated by the symbol's SR0).
+    """
+    n_symbols, _, _, n_sets = blocks.shape
+    stats = moments(blocks)
+    sr0 = np.zeros(n_symbols)
+    for y in range(n_symbols):
+        defined = stats["sharpe"][y][np.isfinite(stats["sharpe"][y])]
+        variance = float(np.var(defined, ddof=1)) if defined.size >= 2 else 0.0
+        sr0[y] = expected_max_sharpe(n_sets, variance)
+    dsr = deflated_sharpe(stats["sharpe"], stats["n"], stats["skew"], stats["kurt"], sr0[:, None])
+    pbo = np.empty((n_symbols, 2))
+    pbo_many(np.ascontiguousarray(blocks[:, :, B_COUNT, 0]), np.ascontiguousarray(blocks[:, :, B_SUM, :]),
+             np.ascontiguousarray(blocks[:, :, B_SUM2, :]), pbo)
+    return {"n_trials": np.full(n_symbols, n_sets), "sr0": sr0, "pbo": pbo[:, 0], "pbo_logit": pbo[:, 1],
+            "deflated_sharpe": dsr}
+
+
+def new_blocks(n_symbols: int, config: RunConfig) -> np.ndarray:
+    """The block statistics a sweep over `n_symbols` fills (symbols x blocks x stats x sets).
+
+    With the PBO off (`pbo_blocks` 0) one block: the deflated Sharpe ratio still needs the moments.
+    """
+    return np.zeros((n_symbols, max(config.pbo_blocks, 1), N_BLOCK_STATS, len(config.params_list)))
+
+
+def attach(slices: list[list[dict[str, Any]]], blocks: np.ndarray, sets_per_slice: int) -> list[dict[str, Any]]:
+    """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (kernel calls of
+    `sets_per_slice` sets, each symbol-major), in place; returned flat."""
+    stats = sweep_statistics(blocks)
+    n_symbols = blocks.shape[0]
+    counts = blocks[:, :, B_COUNT, 0]
+    flat = []
+    for k, results in enumerate(slices):
+        first = k * sets_per_slice
+        width = len(results) // n_symbols
+        for j, result in enumerate(results):
+            y, c = divmod(j, width)
+            c += first
+            result["n_trials"] = int(stats["n_trials"][y])
+            dsr = stats["deflated_sharpe"][y, c]
+            result["deflated_sharpe"] = None if result["reason"] or not np.isfinite(dsr) else float(dsr)
+            pbo = stats["pbo"][y]
+            # A block of fewer than two bars has no Sharpe ratio: no PBO rather than a made-up one.
+            usable = blocks.shape[1] > 1 and not result["reason"] and counts[y].min() >= 2 and np.isfinite(pbo)
+            result["pbo"] = float(pbo) if usable else None
+            flat.append(result)
+    return flat
+
+
+def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
+    """Every result of a sweep over `batch` in one kernel call, with its overfitting statistics
+    (the notebook's path; `pipeline.runs` does the same in bounded chunks)."""
+    from pipeline import engine
+
+    blocks = new_blocks(len(batch.symbols), config)
+    results = engine.run(batch, config, block_fractions(config), blocks)
+    return attach([results], blocks, len(config.params_list))

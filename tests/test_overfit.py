@@ -1,0 +1,187 @@
+"""Sweeps you can trust (issue 14): objectives with a trade guard, the deflated Sharpe ratio and the
+probability of backtest overfitting (PBO), each checked against a first-principles computation written
+here from the papers' definitions, on per-bar returns taken from each parameter set's own equity curve
+(NumPy and the standard library only)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline import demo, engine, lake, notebook, options, overfit, strategies
+from pipeline.kernels.blocks import B_END, B_START
+
+ROOT = Path(__file__).resolve().parents[1]
+GRID = ["rsi_period=6:18:4", "oversold_threshold=25,35", "overbought_threshold=65,75"]  # 16 sets
+
+
+def random_walks(n_symbols: int, bars: int, seed: int) -> dict[str, pl.DataFrame]:
+    """Hourly random-walk markets: no strategy has an edge on them."""
+    rng = np.random.default_rng(seed)
+    start = pl.datetime(2021, 1, 1)
+    times = pl.datetime_range(start, start + pl.duration(hours=bars - 1), "1h", eager=True)
+    frames = {}
+    for i in range(n_symbols):
+        close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, bars)))
+        open_ = np.r_[close[0], close[:-1]]
+        frames[f"RW{i:02d}"] = pl.DataFrame({"date": times, "open": open_, "high": np.maximum(open_, close),
+                                             "low": np.minimum(open_, close), "close": close,
+                                             "volume": np.ones(bars)})
+    return frames
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    """A 12-set RSI sweep over three random walks: the batch, its config, results and block sums."""
+    batch = notebook.prices(random_walks(3, 3_000, seed=5))
+    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)))
+    blocks = overfit.new_blocks(len(batch.symbols), config)
+    results = engine.run(batch, config, overfit.block_fractions(config), blocks)
+    return batch, config, overfit.attach([results], blocks, len(config.params_list)), blocks
+
+
+def returns_of(batch, config, symbol_index: int, params: dict) -> np.ndarray:
+    """Per-bar returns of one parameter set's equity curve, the first against the initial cash."""
+    _, equity = engine.trade_log(batch, config, symbol_index, params)
+    equity = equity[~np.isnan(equity)]
+    return np.r_[equity[0] / config.initial, equity[1:] / equity[:-1]] - 1.0
+
+
+def sharpe(r: np.ndarray) -> float:
+    sd = r.std(ddof=1)
+    return float(r.mean() / sd) if len(r) > 1 and sd > 1e-15 else 0.0
+
+
+def test_the_blocks_together_give_the_runs_own_sharpe_and_return(sweep):
+    batch, config, results, blocks = sweep
+    moments = overfit.moments(blocks)
+    growth = (blocks[:, :, B_END, :] / blocks[:, :, B_START, :]).prod(axis=1)
+    for j, result in enumerate(results):
+        y, c = divmod(j, len(config.params_list))
+        assert moments["sharpe"][y, c] * math.sqrt(result["bars_per_year"]) == pytest.approx(result["sharpe"],
+                                                                                          rel=1e-9)
+        assert growth[y, c] * config.initial == pytest.approx(result["final_value"], rel=1e-12)
+
+
+def test_pbo_equals_combinatorially_symmetric_cross_validation_from_first_principles(sweep):
+    # Bailey, Borwein, Lopez de Prado and Zhu (2015): a T x N matrix of returns cut into S row
+    # blocks; for every choice of S/2 blocks as the training set the best in-sample Sharpe's
+    # relative rank out of sample w, its logit ln(w / (1 - w)); PBO = the share of logits <= 0.
+    batch, config, results, _ = sweep
+    n_sets, n_blocks = len(config.params_list), config.pbo_blocks
+    for y, symbol in enumerate(batch.symbols):
+        matrix = np.column_stack([returns_of(batch, config, y, p) for p in config.params_list])
+        edges = [(b * len(matrix)) // n_blocks for b in range(n_blocks + 1)]
+        parts = [matrix[edges[b]: edges[b + 1]] for b in range(n_blocks)]
+        logits = []
+        for train in itertools.combinations(range(n_blocks), n_blocks // 2):
+            test = [b for b in range(n_blocks) if b not in train]
+            is_ = np.vstack([parts[b] for b in train])
+            oos = np.vstack([parts[b] for b in test])
+            in_sharpe = [sharpe(is_[:, k]) for k in range(n_sets)]
+            out_sharpe = np.array([sharpe(oos[:, k]) for k in range(n_sets)])
+            best = int(np.argmax(in_sharpe))
+            rank = (out_sharpe < out_sharpe[best]).sum() + ((out_sharpe == out_sharpe[best]).sum() + 1) / 2
+            w = rank / (n_sets + 1)
+            logits.append(math.log(w / (1 - w)))
+        expected = float(np.mean(np.array(logits) <= 0))
+        mine = {r["pbo"] for r in results if r["symbol"] == symbol}
+        assert len(mine) == 1 and math.comb(n_blocks, n_blocks // 2) == len(logits)
+        assert mine.pop() == pytest.approx(expected, abs=1e-12)
+
+
+def test_deflated_sharpe_equals_bailey_and_lopez_de_prado_from_first_principles(sweep):
+    # DSR = Phi((SR - SR0) sqrt(T - 1) / sqrt(1 - g3 SR + (g4 - 1) / 4 SR^2)),
+    # SR0 = sqrt(V[SR]) ((1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e))).
+    batch, config, results, _ = sweep
+    normal, gamma = NormalDist(), 0.5772156649015329
+    n_sets = len(config.params_list)
+    for y, symbol in enumerate(batch.symbols):
+        rets = [returns_of(batch, config, y, p) for p in config.params_list]
+        srs = np.array([r.mean() / r.std(ddof=1) for r in rets])
+        sr0 = math.sqrt(srs.var(ddof=1)) * ((1 - gamma) * normal.inv_cdf(1 - 1 / n_sets)
+                                            + gamma * normal.inv_cdf(1 - 1 / (n_sets * math.e)))
+        by_params = {json.dumps(r["params"], sort_keys=True): r for r in results if r["symbol"] == symbol}
+        for params, r, sr in zip(config.params_list, rets, srs, strict=True):
+            centred = r - r.mean()
+            skew = (centred**3).mean() / (centred**2).mean() ** 1.5
+            kurt = (centred**4).mean() / (centred**2).mean() ** 2
+            z = (sr - sr0) * math.sqrt(len(r) - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2)
+            got = by_params[json.dumps(params, sort_keys=True)]
+            assert got["n_trials"] == n_sets
+            assert got["deflated_sharpe"] == pytest.approx(normal.cdf(z), rel=1e-7, abs=1e-12)
+
+
+def test_a_sweep_over_pure_noise_shows_pbo_near_a_half_and_no_skill():
+    frames = random_walks(12, 4_000, seed=11)
+    grid = list(strategies.parse_grid("rsi", ["rsi_period=5:30:5", "oversold_threshold=20,25,30,35",
+                                               "overbought_threshold=65,70,75,80"]))
+    board = notebook.run_backtest(frames, "rsi", grid, objective="sharpe", min_trades=0)
+    per_symbol = board.group_by("symbol").agg(pl.col("pbo").first(), pl.col("deflated_sharpe").first())
+    # The first row of each symbol in a sharpe-ordered board is its best set: not significant at 95 %.
+    assert 0.3 <= per_symbol["pbo"].mean() <= 0.7
+    assert (per_symbol["deflated_sharpe"] < 0.95).mean() >= 0.9
+
+
+def test_objectives_rank_by_their_field_and_sets_below_min_trades_never_win(sweep):
+    batch, config, results, _ = sweep
+    for objective, field in (("total_return", "total_return_pct"), ("sharpe", "sharpe")):
+        board = engine.leaderboard(results, objective, min_trades=3)
+        eligible = [r for r in results if r["num_trades"] >= 3]
+        assert board[0][field] == max(r[field] for r in eligible)
+        assert all(r["num_trades"] >= 3 for r in board[: len(eligible)])
+    with pytest.raises(Exception, match="--objective 'alpha' is not allowed"):
+        options.run_config("rsi", {}, objective="alpha")
+    with pytest.raises(Exception, match="--pbo-blocks 7 is not allowed"):
+        options.run_config("rsi", {}, pbo_blocks=7)
+    with pytest.raises(Exception, match="--min-trades -1 is out of range"):
+        options.run_config("rsi", {}, min_trades=-1)
+
+
+@pytest.mark.slow
+def test_cli_sweep_json_and_results_table_carry_the_statistics(tmp_path):
+    lake_root = tmp_path / "lake"
+    demo.build_sample_lake(lake_root, n_symbols=3, years=0.5, sample=demo.DEFAULT_SAMPLE)
+    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake_root), "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results"),
+           "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "rsi", *sum((["-g", g] for g in GRID), []),
+                           "--objective", "sharpe", "--min-trades", "2", "--json", "--top", "2"],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    symbols = set(lake.require_snapshot(lake_root).symbols)
+    assert {r["symbol"] for r in answer} == symbols
+    assert all(r["n_trials"] == 16 and 0 <= r["pbo"] <= 1 and 0 <= r["deflated_sharpe"] <= 1 for r in answer)
+    import duckdb
+
+    # Every row has its symbol's PBO; a row has a deflated Sharpe ratio exactly when it has a Sharpe ratio.
+    rows = duckdb.sql(f"SELECT count(*), count(pbo), count(deflated_sharpe) - count(sharpe), min(n_trials) FROM "
+                      f"read_parquet('{tmp_path}/results/**/*.parquet', union_by_name=true)").fetchall()[0]
+    assert rows == (16 * len(symbols), 16 * len(symbols), 0, 16)
+
+
+def test_samples_draw_a_reproducible_subset_of_the_grid_even_of_one_too_large_to_list():
+    specs = ["rsi_period=5:40:5", "oversold_threshold=15:40:5", "overbought_threshold=60:85:5"]
+    whole = strategies.parse_grid("rsi", specs)
+    first = strategies.parse_grid("rsi", specs, samples=20, seed=7)
+    assert first == strategies.parse_grid("rsi", specs, samples=20, seed=7)
+    assert first != strategies.parse_grid("rsi", specs, samples=20, seed=8)
+    assert len(first) == 20 and all(p in whole for p in first)
+    assert first == [p for p in whole if p in first]  # grid order
+    # 10^9 grid points: refused whole, sampled without listing them.
+    huge = ["rsi_period=2:1001:1", "oversold_threshold=1:40:0.039", "overbought_threshold=60:99:0.039"]
+    with pytest.raises(Exception, match="more than 1000000; use larger steps or --samples"):
+        strategies.parse_grid("rsi", huge)
+    assert len(strategies.parse_grid("rsi", huge, samples=100, seed=1)) == 100
+    with pytest.raises(Exception, match="--samples 0 is out of range"):
+        strategies.parse_grid("rsi", specs, samples=0)
