@@ -52,7 +52,7 @@ def sweep():
 
 def returns_of(batch, config, symbol_index: int, params: dict) -> np.ndarray:
     """Per-bar returns of one parameter set's equity curve, the first against the initial cash."""
-    _, equity = engine.trade_log(batch, config, symbol_index, params)
+    equity = engine.trade_log(batch, config, symbol_index, params).equity
     equity = equity[~np.isnan(equity)]
     return np.r_[equity[0] / config.initial, equity[1:] / equity[:-1]] - 1.0
 
