@@ -378,6 +378,15 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
+# Stats that count bars: integers in results (the others are floats).
+INTEGER_STATS = ("max_drawdown_duration_bars", "max_trade_duration_bars")
+
+
+def _stat(name: str, value: float) -> float | int | None:
+    number = _number(value)
+    return int(number) if number is not None and name in INTEGER_STATS else number
+
+
 def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
     """Each symbol's bars in the simulated range built from less than their interval's hours."""
     if batch.coverage is None or batch.times.size == 0:
@@ -419,6 +428,8 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
         "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
         "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
+        **{name: _stat(name, metrics[enums.M_CAGR_PCT + k]) if has_bars else None
+           for k, name in enumerate(enums.STATS_NAMES)},
         "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
         "partial_bars": int(partial),
         "min_bar_coverage": config.min_bar_coverage,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 # --- metrics ----------------------------------------------------------------
-# Column order of one result row (simulate_1d writes the first N_SIM_METRICS,
-# run_grid adds the symbol's position in the time grid and a status).
+# Column order of one result row: simulate_1d writes SPEC section 4's metrics (the first
+# N_SIM_METRICS) and the full stats set (from M_CAGR_PCT on), run_grid adds the symbol's
+# position in the time grid, a status and the warm-up between them.
 METRIC_NAMES: tuple[str, ...] = (
     "final_value",
     "total_return_pct",
@@ -28,6 +29,23 @@ METRIC_NAMES: tuple[str, ...] = (
     "last_index",
     "status",
     "warmup_bars",
+    # The full stats set (README, "Behaviour where SPEC is silent": formulas), same pass.
+    "cagr_pct",
+    "annual_return_pct",
+    "annual_volatility_pct",
+    "sortino",
+    "calmar",
+    "max_drawdown_duration_bars",
+    "avg_drawdown_pct",
+    "best_trade_pct",
+    "worst_trade_pct",
+    "avg_trade_pct",
+    "avg_trade_duration_bars",
+    "max_trade_duration_bars",
+    "profit_factor",
+    "expectancy",
+    "sqn",
+    "fees_paid",
 )
 M_FINAL_VALUE = 0
 M_TOTAL_RETURN_PCT = 1
@@ -46,7 +64,25 @@ M_LAST_INDEX = 12
 M_STATUS = 13
 # Bars before the --timerange start that the indicators warmed up on (no trade there).
 M_WARMUP_BARS = 14
-N_SIM_METRICS = 11
+M_CAGR_PCT = 15
+M_ANNUAL_RETURN_PCT = 16
+M_ANNUAL_VOLATILITY_PCT = 17
+M_SORTINO = 18
+M_CALMAR = 19
+M_MAX_DRAWDOWN_DURATION_BARS = 20
+M_AVG_DRAWDOWN_PCT = 21
+M_BEST_TRADE_PCT = 22
+M_WORST_TRADE_PCT = 23
+M_AVG_TRADE_PCT = 24
+M_AVG_TRADE_DURATION_BARS = 25
+M_MAX_TRADE_DURATION_BARS = 26
+M_PROFIT_FACTOR = 27
+M_EXPECTANCY = 28
+M_SQN = 29
+M_FEES_PAID = 30
+N_SIM_METRICS = 11  # SPEC section 4's, at indices 0..10
+# The stats set, in METRIC_NAMES order: result fields and results columns of their own names.
+STATS_NAMES: tuple[str, ...] = METRIC_NAMES[M_CAGR_PCT:]
 N_METRICS = len(METRIC_NAMES)
 
 # --- status of one (symbol, combo) result -----------------------------------

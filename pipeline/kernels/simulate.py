@@ -22,17 +22,33 @@ from pipeline.kernels.enums import (
     EXIT_STOP_LOSS,
     EXIT_TAKE_PROFIT,
     EXIT_TRAILING_STOP,
+    M_ANNUAL_RETURN_PCT,
+    M_ANNUAL_VOLATILITY_PCT,
+    M_AVG_DRAWDOWN_PCT,
+    M_AVG_TRADE_DURATION_BARS,
+    M_AVG_TRADE_PCT,
     M_BARS,
+    M_BEST_TRADE_PCT,
     M_BUY_HOLD_RETURN_PCT,
+    M_CAGR_PCT,
+    M_CALMAR,
     M_CLOSED_TRADES,
+    M_EXPECTANCY,
     M_EXPOSURE_PCT,
+    M_FEES_PAID,
     M_FINAL_VALUE,
     M_FINAL_VALUE_NET,
+    M_MAX_DRAWDOWN_DURATION_BARS,
     M_MAX_DRAWDOWN_PCT,
+    M_MAX_TRADE_DURATION_BARS,
     M_NUM_TRADES,
+    M_PROFIT_FACTOR,
     M_SHARPE,
+    M_SORTINO,
+    M_SQN,
     M_TOTAL_RETURN_PCT,
     M_WIN_RATE_PCT,
+    M_WORST_TRADE_PCT,
 )
 
 
@@ -112,7 +128,8 @@ def simulate_1d(
         fill_next_open: False fills at the signal bar's close, True at the next
             bar's open (a signal on the last bar is then not filled).
         bars_per_year: annualisation factor of the Sharpe ratio.
-        metrics_out: written at the M_* indices of the first N_SIM_METRICS columns.
+        metrics_out: written at the M_* indices of SPEC section 4's metrics and the stats set
+            (not the grid columns run_grid adds).
         equity_out: length n to receive the equity at every close, or length 0.
         trades_out: TRADE_DTYPE records of length n, or length 0 to skip the log.
         high, low: the bars' highs and lows; needed (and read) only when a stop is set.
@@ -140,6 +157,10 @@ def simulate_1d(
     trailing. An entry commits `size` of the cash (all the equity, being flat); market
     fills move by `slippage` against the trader, stop fills do not. With the defaults
     every number is the one SPEC section 4 gives, bit for bit.
+
+    The stats set streams too: downside returns (Sortino), drawdown periods (their longest
+    run of bars under the peak and their mean depth) and each closed trade's return, bars,
+    P&L (a running mean and variance for the SQN) and fees; formulas in the README.
     """
     n = close.shape[0]
     keep_equity = equity_out.shape[0] == n and n > 0
@@ -184,6 +205,23 @@ def simulate_1d(
     r_count = 0
     r_mean = 0.0
     r_m2 = 0.0
+    down_sq = 0.0  # sum of squared negative returns (Sortino's downside deviation)
+    under = 0  # bars in the current drawdown period (equity under its peak)
+    max_under = 0
+    period_dd = 0.0  # the current period's deepest drawdown
+    dd_sum = 0.0
+    dd_periods = 0
+    fees_paid = 0.0
+    # Closed trades: returns, bars held, P&L (Welford again, for the SQN), gross profit and loss.
+    best_trade = -np.inf
+    worst_trade = np.inf
+    trade_ret_sum = 0.0
+    trade_bars_sum = 0
+    trade_bars_max = 0
+    pnl_mean = 0.0
+    pnl_m2 = 0.0
+    gross_profit = 0.0
+    gross_loss = 0.0
 
     for t in range(n):
         # At most one fill per bar: a stop, else an order pending from the previous close
@@ -221,6 +259,7 @@ def simulate_1d(
             entry_price = price
             entry_bar = t
             sl_base = price
+            fees_paid += fee
             if keep_trades:
                 _record(trades_out, n_records, t, signal_bar, ACTION_BUY, price, units,
                         commit, fee, sig_value[signal_bar], EXIT_SIGNAL)
@@ -235,6 +274,21 @@ def simulate_1d(
             cash = cash + net
             if net > entry_cash:
                 wins += 1
+            fees_paid += fee
+            pnl = net - entry_cash
+            trade_ret = pnl / entry_cash * 100.0
+            best_trade = max(best_trade, trade_ret)
+            worst_trade = min(worst_trade, trade_ret)
+            trade_ret_sum += trade_ret
+            trade_bars_sum += t - entry_bar
+            trade_bars_max = max(trade_bars_max, t - entry_bar)
+            if pnl > 0.0:
+                gross_profit += pnl
+            else:
+                gross_loss -= pnl
+            delta = pnl - pnl_mean
+            pnl_mean += delta / (closed_trades + 1)
+            pnl_m2 += delta * (pnl - pnl_mean)
             if keep_trades:
                 _record(trades_out, n_records, t, signal_bar, ACTION_SELL, price, units,
                         net, fee, sig_value[signal_bar] if reason == EXIT_SIGNAL else np.nan, reason)
@@ -254,16 +308,31 @@ def simulate_1d(
             held_bars += 1
         if equity > peak:
             peak = equity
+        dd = 0.0
         if peak > 0.0:
             dd = (peak - equity) / peak
             if dd > max_dd:
                 max_dd = dd
+        if dd > 0.0:
+            under += 1
+            max_under = max(max_under, under)
+            period_dd = max(period_dd, dd)
+        elif under > 0:
+            dd_sum += period_dd
+            dd_periods += 1
+            under = 0
+            period_dd = 0.0
         r = equity / prev_equity - 1.0
         r_count += 1
         delta = r - r_mean
         r_mean += delta / r_count
         r_m2 += delta * (r - r_mean)
+        if r < 0.0:
+            down_sq += r * r
         prev_equity = equity
+    if under > 0:  # a drawdown still open at the end is a period too
+        dd_sum += period_dd
+        dd_periods += 1
 
     if n > 0:
         final_value = cash + units * close[n - 1]
@@ -278,10 +347,21 @@ def simulate_1d(
         exposure = np.nan
         max_dd_pct = np.nan
     sharpe = np.nan
+    volatility = np.nan
     if r_count >= 2:
         std = np.sqrt(r_m2 / (r_count - 1))
+        volatility = std * np.sqrt(bars_per_year) * 100.0
         if std > 0.0:
             sharpe = r_mean / std * np.sqrt(bars_per_year)
+    sortino = np.nan
+    if r_count >= 2 and down_sq > 0.0:
+        sortino = r_mean / np.sqrt(down_sq / r_count) * np.sqrt(bars_per_year)
+    cagr = np.nan
+    annual_return = np.nan
+    if n > 0:
+        cagr = ((final_value / initial) ** (bars_per_year / n) - 1.0) * 100.0
+        annual_return = r_mean * bars_per_year * 100.0
+    calmar = cagr / max_dd_pct if n > 0 and max_dd > 0.0 else np.nan
 
     metrics_out[M_FINAL_VALUE] = final_value
     metrics_out[M_FINAL_VALUE_NET] = final_value_net
@@ -294,4 +374,32 @@ def simulate_1d(
     metrics_out[M_SHARPE] = sharpe
     metrics_out[M_EXPOSURE_PCT] = exposure
     metrics_out[M_BARS] = n
+
+    metrics_out[M_CAGR_PCT] = cagr
+    metrics_out[M_ANNUAL_RETURN_PCT] = annual_return
+    metrics_out[M_ANNUAL_VOLATILITY_PCT] = volatility
+    metrics_out[M_SORTINO] = sortino
+    metrics_out[M_CALMAR] = calmar
+    metrics_out[M_MAX_DRAWDOWN_DURATION_BARS] = max_under if n > 0 else np.nan
+    metrics_out[M_AVG_DRAWDOWN_PCT] = dd_sum / dd_periods * 100.0 if dd_periods > 0 else np.nan
+    metrics_out[M_FEES_PAID] = fees_paid
+    if closed_trades > 0:
+        metrics_out[M_BEST_TRADE_PCT] = best_trade
+        metrics_out[M_WORST_TRADE_PCT] = worst_trade
+        metrics_out[M_AVG_TRADE_PCT] = trade_ret_sum / closed_trades
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = trade_bars_sum / closed_trades
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = trade_bars_max
+        metrics_out[M_EXPECTANCY] = pnl_mean
+    else:
+        metrics_out[M_BEST_TRADE_PCT] = np.nan
+        metrics_out[M_WORST_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_EXPECTANCY] = np.nan
+    metrics_out[M_PROFIT_FACTOR] = gross_profit / gross_loss if gross_loss > 0.0 else np.nan
+    sqn = np.nan
+    if closed_trades >= 2 and pnl_m2 > 0.0:
+        sqn = np.sqrt(closed_trades) * pnl_mean / np.sqrt(pnl_m2 / (closed_trades - 1))
+    metrics_out[M_SQN] = sqn
     return n_records
