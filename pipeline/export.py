@@ -25,12 +25,13 @@ from pipeline.errors import disk_full, is_disk_full
 @dataclass(frozen=True)
 class StagedExtract:
     path: Path  # Arrow IPC file of the changed rows, each symbol's at its native interval
-    symbols_path: Path  # natives, symbols read whole, crypto ids without a symbol
+    symbols_path: Path  # natives, symbols read whole
     watermark: datetime
     rows_read: int
     seconds: float
     # Symbols whose rows in PostgreSQL the lake refuses (their rows are not staged), with what is wrong.
     refused: dict[str, str] = field(default_factory=dict)
+    orphans: dict[int, int] = field(default_factory=dict)  # crypto id without a symbol row -> its price rows
 
 
 @dataclass(frozen=True)
@@ -82,8 +83,7 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
     symbols_path = staging / f"extract-{stem}.symbols.json"
     try:
         bars.write_ipc(path, compression="uncompressed")
-        symbols_path.write_text(json.dumps({"natives": extract.natives, "whole": sorted(extract.whole),
-                                            "orphan_ids": extract.orphan_ids}))
+        symbols_path.write_text(json.dumps({"natives": extract.natives, "whole": sorted(extract.whole)}))
     except BaseException as exc:
         path.unlink(missing_ok=True)
         symbols_path.unlink(missing_ok=True)
@@ -91,7 +91,7 @@ def extract_to_staging(settings: Settings, since: datetime | None) -> StagedExtr
             raise disk_full(settings.lake_root, _bytes_needed(extract.rows_read), "CRYPTOBT_LAKE_ROOT") from None
         raise
     return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
-                         time.perf_counter() - started, refused)
+                         time.perf_counter() - started, refused, extract.orphans)
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
@@ -114,7 +114,9 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
 
 def warnings(staged: StagedExtract, result: lake.CommitResult) -> list[str]:
     """One line per source problem the export stepped around, naming the symbol (or crypto id)."""
-    lines = []
+    lines = [f"crypto id {crypto_id}: {rows:,} price row(s) in crypto_prices have no cryptocurrencies row; skipped "
+             "(give them a symbol: INSERT INTO cryptocurrencies (id, symbol) ..., or delete them)"
+             for crypto_id, rows in staged.orphans.items()]
     for name, problem in staged.refused.items():
         fate = ("kept its bars of the previous snapshot" if name in result.snapshot.symbols
                 else "left out of the snapshot")

@@ -37,12 +37,6 @@ class LoadReport:
         return self.total_rows / self.seconds if self.seconds > 0 else float("inf")
 
 
-def _with_ids(frame: pl.DataFrame, ids: list[int], index_column: str) -> pl.DataFrame:
-    lookup = pl.DataFrame({index_column: range(len(ids)), "crypto_id": ids},
-                          schema={index_column: pl.Int32, "crypto_id": pl.Int32})
-    return frame.join(lookup, on=index_column, how="left").drop(index_column)
-
-
 def check_seed_args(n_symbols: int, years: float, seed: int) -> None:
     """The seed's sizes, before anything connects or writes."""
     if not 1 <= n_symbols <= 10_000:
@@ -109,12 +103,11 @@ def seed_database(
     started = time.perf_counter()
     how = "Pass --replace to replace these symbols' series whole with the new seed (or seed another database)."
     with source.connect(url) as conn:
-        ids_by_symbol = source.register_symbols(conn, symbols)
-        conn.commit()
-        mode = _mode(conn, ids_by_symbol, dict.fromkeys(symbols, "1h"), replace, how)
-    ids = [ids_by_symbol[s] for s in symbols]
-    frames = {interval: _with_ids(frame.drop("bars"), ids, "symbol_index") for interval, frame in built.items()}
-    counts = source.load_prices_parallel(url, frames, mode=mode, connections=connections, progress=progress)
+        # Only the symbols that exist: new ones are registered in the transactions that copy their prices.
+        mode = _mode(conn, source.symbol_ids(conn, symbols), dict.fromkeys(symbols, "1h"), replace, how)
+    frames = {interval: frame.drop("bars") for interval, frame in built.items()}
+    counts, ids_by_symbol = source.load_prices_parallel(url, symbols, frames, mode=mode, connections=connections,
+                                                        progress=progress)
     _refuse_conflicts(counts, {i: s for s, i in ids_by_symbol.items()}, how)
     return LoadReport(
         symbols=n_symbols,

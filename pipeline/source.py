@@ -126,11 +126,17 @@ def write_strategies(url: str, defaults: dict[str, dict[str, object]]) -> None:
                      {"names": names, "defaults": [json.dumps(defaults[n], sort_keys=True) for n in names]})
 
 
-def register_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, int]:
-    """Ids for `symbols`, creating the missing ones."""
-    conn.execute(load_sql("upsert_symbols.sql"), {"symbols": symbols})
+def symbol_ids(conn: psycopg.Connection, symbols: list[str]) -> dict[str, int]:
+    """Ids of those of `symbols` that exist."""
     rows = conn.execute(load_sql("symbol_ids.sql"), {"symbols": symbols}).fetchall()
     return {symbol: crypto_id for crypto_id, symbol in rows}
+
+
+def register_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, int]:
+    """Ids for `symbols`, creating the missing ones (in the caller's transaction: commit them with
+    their prices, so that a failed or killed load leaves no symbol without prices)."""
+    conn.execute(load_sql("upsert_symbols.sql"), {"symbols": symbols})
+    return symbol_ids(conn, symbols)
 
 
 def symbol_names(conn: psycopg.Connection) -> dict[int, str]:
@@ -257,39 +263,38 @@ def load_prices(
 
 def load_prices_parallel(
     url: str,
+    symbols: list[str],
     frames: dict[str, pl.DataFrame],
     *,
     mode: str,
-    natives: dict[int, str] | None = None,
     connections: int = 2,
     progress: Callable[[int], None] | None = None,
-) -> LoadCounts:
-    """`load_prices` split by crypto id over `connections` connections (one backend per core).
+) -> tuple[LoadCounts, dict[str, int]]:
+    """`load_prices` of `symbols` split over `connections` connections (one backend per core). `frames`
+    (keyed by interval) identify a row's symbol by `symbol_index`, its position in `symbols`.
 
-    Every connection copies in its own transaction and commits only once all have
-    copied without a conflict, so a failure or a conflict in any of them rolls every one back.
+    Each connection registers its share of the symbols in the same transaction that copies their
+    prices, so a symbol is never committed without them (a killed load leaves none behind), and
+    commits only once all have copied without a conflict: a failure or a conflict in any of them
+    rolls every one back. Returns the counts and every symbol's id.
     """
-    if connections <= 1:
-        with connect(url) as conn:
-            counts = load_prices(conn, frames, mode=mode, natives=natives, progress=progress)
-            if counts.conflicts:
-                conn.rollback()
-            return counts
+    connections = max(1, min(connections, len(symbols)))
+    shards = [list(range(shard, len(symbols), connections)) for shard in range(connections)]
+
+    def load_shard(conn: psycopg.Connection, indexes: list[int]) -> tuple[LoadCounts, dict[str, int]]:
+        ids = register_symbols(conn, [symbols[i] for i in indexes])
+        lookup = pl.DataFrame({"symbol_index": indexes, "crypto_id": [ids[symbols[i]] for i in indexes]},
+                              schema={"symbol_index": pl.Int32, "crypto_id": pl.Int32})
+        own = {interval: frame.join(lookup, on="symbol_index").drop("symbol_index") for interval, frame in frames.items()}
+        return load_prices(conn, own, mode=mode, progress=progress), ids
+
     from concurrent.futures import ThreadPoolExecutor
 
-    shards = [
-        {interval: frame.filter(pl.col("crypto_id") % connections == shard)
-         for interval, frame in frames.items()}
-        for shard in range(connections)
-    ]
     conns = [connect(url) for _ in range(connections)]
     try:
         with ThreadPoolExecutor(max_workers=connections) as pool:
-            parts = list(pool.map(
-                lambda pair: load_prices(pair[0], pair[1], mode=mode, natives=natives, progress=progress),
-                zip(conns, shards, strict=True),
-            ))
-        counts = sum(parts, LoadCounts())
+            parts = list(pool.map(lambda pair: load_shard(*pair), zip(conns, shards, strict=True)))
+        counts = sum((part for part, _ in parts), LoadCounts())
         for conn in conns:
             if counts.conflicts:
                 conn.rollback()
@@ -302,7 +307,7 @@ def load_prices_parallel(
     finally:
         for conn in conns:
             conn.close()
-    return counts
+    return counts, {name: crypto_id for _, ids in parts for name, crypto_id in ids.items()}
 
 
 @dataclass(frozen=True)
@@ -311,10 +316,11 @@ class Extract:
 
     bars: pl.DataFrame  # symbol, ts, open..volume: each symbol's rows at its native interval only
     natives: dict[str, str]  # every symbol that has bars -> its native interval
-    whole: set[str]  # symbols read whole (replaced since the watermark, or native interval changed)
+    # Symbols whose rows in `bars` are their whole series (none: the symbol is gone from the source).
+    whole: set[str]
     watermark: datetime  # pass to the next extract
     rows_read: int
-    orphan_ids: list[int] = field(default_factory=list)  # crypto ids with prices but no symbol row
+    orphans: dict[int, int] = field(default_factory=dict)  # crypto id with prices but no symbol row -> rows
 
 
 def source_id(url: str) -> str:
@@ -408,7 +414,10 @@ def _extract_changed(
 ) -> Extract:
     """Each symbol's rows at its native interval whose updated_at is after `since` (every row
     when None), plus every row of a symbol replaced since then, whose native interval is not
-    the one in `natives_before` (the lake's), or named in `reread` (refused by the last export).
+    the one in `natives_before` (the lake's symbols), that the lake lacks (new, or renamed in
+    PostgreSQL), or named in `reread` (refused by the last export). A lake symbol that the source
+    no longer has (deleted, renamed, no bars left) is in `whole` with no rows: it is gone.
+    Prices whose crypto id has no symbol are skipped and counted (`orphans`).
 
     One REPEATABLE READ transaction takes the next watermark and exports its snapshot;
     the COPY streams run in that same snapshot over `connections` connections, each on
@@ -421,12 +430,13 @@ def _extract_changed(
         conn.read_only = True
         watermark, id_end, pages, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
         states = [state for state in symbol_states(conn) if state.native]
+        orphans = dict(conn.execute(load_sql("orphan_prices.sql")).fetchall())
         names = {state.id: state.symbol for state in states}
         natives = {state.symbol: state.native for state in states}
         whole_ids = [] if since is None else [
             state.id for state in states
             if (state.replaced_at is not None and state.replaced_at > since)
-            or natives_before.get(state.symbol, state.native) != state.native
+            or natives_before.get(state.symbol) != state.native
             or state.symbol in reread
         ]
         wanted = [name for name in iv.NAMES if name in set(natives.values())]
@@ -451,12 +461,11 @@ def _extract_changed(
         {"crypto_id": list(names), "symbol": list(names.values()),
          "native_index": [wanted.index(natives[n]) + 1 for n in names.values()]},
         schema={"crypto_id": pl.Int32, "symbol": pl.String, "native_index": pl.Int32})
-    joined = raw.join(lookup, on="crypto_id", how="left")
-    orphan_ids = sorted(set(joined.filter(pl.col("symbol").is_null())["crypto_id"].to_list()))
-    bars = joined.filter(pl.col("interval_index") == pl.col("native_index")).select(
+    bars = raw.join(lookup, on="crypto_id").filter(pl.col("interval_index") == pl.col("native_index")).select(
         "symbol", "ts", *PRICE_COLUMNS)
-    return Extract(bars=bars, natives=natives, whole={names[i] for i in whole_ids}, watermark=watermark,
-                   rows_read=raw.height, orphan_ids=orphan_ids)
+    gone = set(natives_before) - set(natives) if since is not None else set()
+    return Extract(bars=bars, natives=natives, whole={names[i] for i in whole_ids} | gone, watermark=watermark,
+                   rows_read=raw.height, orphans=orphans)
 
 
 def table_sizes(url: str) -> dict[str, int]:

@@ -445,8 +445,10 @@ def _listed(env: dict[str, str], cwd: Path) -> dict[str, dict]:
 
 
 def _warnings(done: subprocess.CompletedProcess) -> list[str]:
+    """The export's warnings about its source (a refused symbol, orphan prices), not data health findings."""
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
-    return [line for line in done.stderr.splitlines() if line.startswith("warning:")]
+    return [line for line in done.stderr.splitlines()
+            if line.startswith("warning:") and ("in PostgreSQL" in line or "crypto_prices" in line)]
 
 
 def test_an_export_skips_a_symbol_whose_postgresql_rows_are_bad_and_names_it(database_url, tmp_path):
@@ -587,3 +589,100 @@ def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
         other = lake.commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=False, watermark=None, rows_read=30,
                             source="two", refused={"A": "bad"})
         assert sorted(other.snapshot.symbols) == ["B"], "another source's A is never kept for this source's A"
+
+
+# --- item 6: source changes the export follows ---------------------------------------------------------------
+
+
+def _exported_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    from pipeline import loaders
+
+    loaders.seed_database(database_url, 3, 0.05, 1)
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),
+           "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results"), "COLUMNS": "200"}
+    assert _cli(["export", "--no-prefect"], env, tmp_path).returncode == 0
+    return env
+
+
+def _closes(url: str, symbol: str) -> list[float]:
+    return [c for (c,) in _sql(url, "SELECT p.close_price FROM crypto_prices p JOIN cryptocurrencies c ON c.id = "
+                                    "p.crypto_id WHERE c.symbol = %s AND p.interval_type = '1h' ORDER BY p.datetime",
+                               (symbol,))]
+
+
+def _buy_and_hold(env: dict[str, str], cwd: Path, symbol: str) -> dict:
+    import json
+
+    done = _cli(["backtest", "buy_and_hold", "-s", symbol, "--json"], env, cwd)
+    assert done.returncode == 0, done.stderr
+    (result,) = json.loads(done.stdout)
+    return result
+
+
+def test_a_symbol_renamed_in_postgresql_is_exported_under_its_new_name_only(database_url, tmp_path):
+    env = _exported_env(database_url, tmp_path)
+    before = _listed(env, tmp_path)
+    closes = _closes(database_url, "SYN001")
+    for args, old, new in ((["export", "--no-prefect"], "SYN001", "RENAMED"),
+                           (["export", "--no-prefect", "--full"], "RENAMED", "AGAIN")):
+        _sql(database_url, "UPDATE cryptocurrencies SET symbol = %s WHERE symbol = %s", (new, old))
+        assert _warnings(_cli(args, env, tmp_path)) == [], args
+        listed = _listed(env, tmp_path)
+        assert sorted(listed) == sorted(["SYN000", "SYN002", new]), (args, sorted(listed))  # no ghost of `old`
+        assert listed[new]["bars"] == before["SYN001"]["bars"] == len(closes)
+        assert listed[new]["data_version"] == before["SYN001"]["data_version"]  # the same rows
+        result = _buy_and_hold(env, tmp_path, new)
+        assert result["bars"] == len(closes)
+        assert result["buy_hold_return_pct"] == pytest.approx((closes[-1] / closes[0] - 1) * 100, rel=1e-12)
+        assert "unchanged" in _cli(["export", "--no-prefect"], env, tmp_path).stdout
+
+
+def test_prices_whose_symbol_row_was_deleted_are_skipped_with_one_warning(database_url, tmp_path):
+    env = _exported_env(database_url, tmp_path)
+    ((crypto_id, rows),) = _sql(database_url, "SELECT c.id, count(*) FROM cryptocurrencies c JOIN crypto_prices p "
+                                              "ON p.crypto_id = c.id WHERE c.symbol = 'SYN001' GROUP BY c.id")
+    _sql(database_url, "DELETE FROM cryptocurrencies WHERE symbol = 'SYN001'")
+    for args in (["export", "--no-prefect"], ["export", "--no-prefect", "--full"]):
+        warned = _warnings(_cli(args, env, tmp_path))
+        assert warned == [f"warning: crypto id {crypto_id}: {rows:,} price row(s) in crypto_prices have no "
+                          "cryptocurrencies row; skipped (give them a symbol: INSERT INTO cryptocurrencies (id, "
+                          "symbol) ..., or delete them)"], warned
+        assert sorted(_listed(env, tmp_path)) == ["SYN000", "SYN002"]
+        assert _buy_and_hold(env, tmp_path, "SYN002")["bars"] > 0
+    # Given its row back, the symbol returns whole, incrementally.
+    _sql(database_url, "INSERT INTO cryptocurrencies (id, symbol) VALUES (%s, 'SYN001')", (crypto_id,))
+    assert _warnings(_cli(["export", "--no-prefect"], env, tmp_path)) == []
+    assert _buy_and_hold(env, tmp_path, "SYN001")["bars"] == len(_closes(database_url, "SYN001"))
+
+
+def test_a_seed_killed_inside_copy_leaves_no_symbol_without_prices_and_a_rerun_completes(database_url, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": ""}
+    args = [sys.executable, "-m", "pipeline", "db", "seed", "--cryptos", "60", "--years", "2", "--seed", "3"]
+    seed = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    copying = "SELECT count(*) FROM pg_stat_progress_copy WHERE datname = current_database() AND tuples_processed > 0"
+    try:
+        deadline = time.monotonic() + 300
+        while seed.poll() is None and time.monotonic() < deadline and _sql(database_url, copying) == [(0,)]:
+            time.sleep(0.01)
+        assert seed.poll() is None, "the seed finished before it was seen copying"
+        seed.send_signal(signal.SIGKILL)
+        seed.wait(timeout=30)
+    finally:
+        if seed.poll() is None:
+            seed.kill()
+    others = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    deadline = time.monotonic() + 60
+    while _sql(database_url, others) != [(0,)] and time.monotonic() < deadline:  # the server notices the EOF
+        time.sleep(0.1)
+    ((symbols, without, rows),) = _sql(database_url, "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 "
+                                                     "FROM crypto_prices p WHERE p.crypto_id = c.id)), (SELECT count(*) "
+                                                     "FROM crypto_prices) FROM cryptocurrencies c")
+    assert rows < 60 * 17_520, "the kill landed before the load committed"
+    assert without == 0, f"{without} of {symbols} symbols were committed without prices"
+    rerun = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert _sql(database_url, "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM crypto_prices p "
+                              "WHERE p.crypto_id = c.id)) FROM cryptocurrencies c") == [(60, 0)]
