@@ -190,7 +190,7 @@ def main() -> None:
     engine.run_metrics(batch, sweep_config, overfit.block_fractions(sweep_config), blocks)
     blocks_kernel = time.perf_counter() - t
     t = time.perf_counter()
-    overfit.sweep_statistics(blocks)
+    overfit.sweep_statistics(blocks, sweep_config)
     statistics_seconds = time.perf_counter() - t
     out["sweep_1000"].update(blocks_kernel_seconds=blocks_kernel, overfit_statistics_seconds=statistics_seconds,
                              blocks_mb=blocks.nbytes / 2**20)

@@ -586,7 +586,22 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     tables.print_table(console, columns, cells, title)
 
 
-def _emit_json(results: list[dict[str, Any]]) -> None:
+def _print_walk_forward(summaries: list[dict[str, Any]], config: Any, limit: int) -> None:
+    """Per symbol: the stitched out-of-sample result and how much of the in-sample objective survived."""
+    columns = [tables.Column("symbol", required=True, right=False), tables.Column("oos return %", required=True),
+               tables.Column("oos sharpe", required=True), tables.Column("oos/is", drop_rank=1),
+               tables.Column("sets chosen", drop_rank=2, right=False)]
+    cells = []
+    for s in summaries[:limit]:
+        chosen = " | ".join(",".join(tables.param(v) for v in f["params"].values()) for f in s["folds"])
+        cells.append([s["symbol"], tables.number(s["oos"]["total_return_pct"]), tables.number(s["oos"]["sharpe"]),
+                      tables.number(s["oos_is_ratio"]), chosen])
+    kind = "anchored" if config.anchored else "rolling"
+    tables.print_table(console, columns, cells, f"walk-forward: {config.walk_forward} {kind} folds, train "
+                       f"{config.train_ratio:.0%} of each, best by {config.objective}; out of sample, stitched")
+
+
+def _emit_json(results: list[dict[str, Any]] | dict[str, Any]) -> None:
     print(tables.json_text(results))
 
 
@@ -756,6 +771,12 @@ def sweep_command(
     samples: Annotated[int | None, typer.Option(
         help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,
+    walk_forward: Annotated[int, typer.Option(
+        "--walk-forward", help="Cut each symbol's bars into K folds; in each, the best set on the train part "
+                               "(by --objective) is judged on the test part that follows (0 = off).")] = 0,
+    train_ratio: Annotated[float, typer.Option(help="Share of each fold that trains (walk-forward).")] = 0.7,
+    anchored: Annotated[bool, typer.Option(
+        "--anchored", help="Walk-forward trains from the first bar up to each test part.")] = False,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -782,18 +803,25 @@ def sweep_command(
                                      fee=fee, fill=fill, initial=initial, annualization=annualization,
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
                                      slippage=slippage, objective=objective, min_trades=min_trades,
-                                     pbo_blocks=pbo_blocks)
+                                     pbo_blocks=pbo_blocks, walk_forward=walk_forward, train_ratio=train_ratio,
+                                     anchored=anchored)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
-        _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
+        if config.walk_forward:
+            _emit_json({"walk_forward": outcome.walk_forward,
+                        "best": engine.sweep_best(outcome.results, top, *engine.ranking(config))})
+        else:
+            _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
         _stop_if_interrupted(outcome, settings)
         return
     _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(config.params_list)} sets x symbols)",
                  top, True)
     _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
+    if config.walk_forward:
+        _print_walk_forward(outcome.walk_forward, config, top * 10)
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
     _stop_if_interrupted(outcome, settings)

@@ -117,6 +117,10 @@ class RunConfig:
     objective: str = "total_return"
     min_trades: int = MIN_TRADES
     pbo_blocks: int = 16
+    # Walk-forward folds of a sweep (0 = none; pipeline.walkforward).
+    walk_forward: int = 0
+    train_ratio: float = 0.7
+    anchored: bool = False
 
     @property
     def fee_frac(self) -> float:
@@ -161,6 +165,9 @@ def make_config(
     objective: str = "total_return",
     min_trades: int = MIN_TRADES,
     pbo_blocks: int = 16,
+    walk_forward: int = 0,
+    train_ratio: float = 0.7,
+    anchored: bool = False,
 ) -> RunConfig:
     """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
 
@@ -218,11 +225,15 @@ def make_config(
             or not (pbo_blocks == 0 or (low <= pbo_blocks <= high and pbo_blocks % 2 == 0))):
         raise PipelineError(f"--pbo-blocks {pbo_blocks!r} is not allowed: 0 (off) or an even number "
                             f"from {low} to {high}")
+    from pipeline import walkforward
+
+    walkforward.check(walk_forward, train_ratio, anchored, objective)
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
                      timerange_start, timerange_end, dropped, annualization=annualization,
                      min_bar_coverage=float(min_bar_coverage),
                      executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions),
-                     objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks)
+                     objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
+                     walk_forward=walk_forward, train_ratio=float(train_ratio), anchored=anchored)
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:

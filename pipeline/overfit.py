@@ -24,10 +24,27 @@ _NORMAL = NormalDist()
 _erfc = np.vectorize(math.erfc, otypes=[float])
 
 
-def block_fractions(config: RunConfig) -> np.ndarray:
+def pbo_fractions(config: RunConfig) -> np.ndarray:
     """Block edges of the CSCV split: `pbo_blocks` equal parts of each symbol's simulated bars
     (one block when the PBO is off: the deflated Sharpe ratio still needs the moments)."""
     return np.linspace(0.0, 1.0, max(config.pbo_blocks, 1) + 1)
+
+
+def block_fractions(config: RunConfig) -> np.ndarray:
+    """The block edges a sweep's kernel records: the PBO's and, with --walk-forward, the folds'
+    train/test edges too (every block statistic merges, so one set of finer blocks serves both)."""
+    edges = pbo_fractions(config)
+    if config.walk_forward:
+        from pipeline import walkforward
+
+        edges = np.concatenate([edges, walkforward.fold_fractions(config)])
+    return np.unique(np.round(edges, 12))
+
+
+def _pbo_starts(config: RunConfig) -> np.ndarray:
+    """Index of the recorded block each PBO block starts at (recorded blocks are finer when
+    walk-forward edges fall inside the PBO's)."""
+    return np.searchsorted(np.round(block_fractions(config), 12), np.round(pbo_fractions(config)[:-1], 12))
 
 
 def moments(blocks: np.ndarray) -> dict[str, np.ndarray]:
@@ -79,10 +96,10 @@ def deflated_sharpe(sharpe: np.ndarray, n: np.ndarray, skew: np.ndarray, kurt: n
     return out
 
 
-def sweep_statistics(blocks: np.ndarray) -> dict[str, np.ndarray]:
+def sweep_statistics(blocks: np.ndarray, config: RunConfig) -> dict[str, np.ndarray]:
     """The overfitting statistics of a sweep over Y symbols and N parameter sets.
 
-    `blocks` is (Y x S x K x N) from the kernel with `block_fractions`. Returns, each per
+    `blocks` is (Y x B x K x N) from the kernel with `block_fractions(config)`. Returns, each per
     symbol (Y,) unless said: n_trials, sr0 (per bar), pbo, pbo_logit (mean logit), and
     deflated_sharpe (Y x N: each set's Sharpe deflated by the symbol's SR0).
     """
@@ -94,9 +111,10 @@ def sweep_statistics(blocks: np.ndarray) -> dict[str, np.ndarray]:
         variance = float(np.var(defined, ddof=1)) if defined.size >= 2 else 0.0
         sr0[y] = expected_max_sharpe(n_sets, variance)
     dsr = deflated_sharpe(stats["sharpe"], stats["n"], stats["skew"], stats["kurt"], sr0[:, None])
+    coarse = np.add.reduceat(blocks[:, :, (B_COUNT, B_SUM, B_SUM2), :], _pbo_starts(config), axis=1)
     pbo = np.empty((n_symbols, 2))
-    pbo_many(np.ascontiguousarray(blocks[:, :, B_COUNT, 0]), np.ascontiguousarray(blocks[:, :, B_SUM, :]),
-             np.ascontiguousarray(blocks[:, :, B_SUM2, :]), pbo)
+    pbo_many(np.ascontiguousarray(coarse[:, :, 0, 0]), np.ascontiguousarray(coarse[:, :, 1, :]),
+             np.ascontiguousarray(coarse[:, :, 2, :]), pbo)
     return {"n_trials": np.full(n_symbols, n_sets), "sr0": sr0, "pbo": pbo[:, 0], "pbo_logit": pbo[:, 1],
             "deflated_sharpe": dsr}
 
@@ -106,15 +124,16 @@ def new_blocks(n_symbols: int, config: RunConfig) -> np.ndarray:
 
     With the PBO off (`pbo_blocks` 0) one block: the deflated Sharpe ratio still needs the moments.
     """
-    return np.zeros((n_symbols, max(config.pbo_blocks, 1), N_BLOCK_STATS, len(config.params_list)))
+    return np.zeros((n_symbols, len(block_fractions(config)) - 1, N_BLOCK_STATS, len(config.params_list)))
 
 
-def attach(slices: list[list[dict[str, Any]]], blocks: np.ndarray, sets_per_slice: int) -> list[dict[str, Any]]:
+def attach(slices: list[list[dict[str, Any]]], blocks: np.ndarray, sets_per_slice: int,
+           config: RunConfig) -> list[dict[str, Any]]:
     """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (kernel calls of
     `sets_per_slice` sets, each symbol-major), in place; returned flat."""
-    stats = sweep_statistics(blocks)
+    stats = sweep_statistics(blocks, config)
     n_symbols = blocks.shape[0]
-    counts = blocks[:, :, B_COUNT, 0]
+    counts = np.add.reduceat(blocks[:, :, B_COUNT, 0], _pbo_starts(config), axis=1)
     flat = []
     for k, results in enumerate(slices):
         first = k * sets_per_slice
@@ -127,7 +146,7 @@ def attach(slices: list[list[dict[str, Any]]], blocks: np.ndarray, sets_per_slic
             result["deflated_sharpe"] = None if result["reason"] or not np.isfinite(dsr) else float(dsr)
             pbo = stats["pbo"][y]
             # A block of fewer than two bars has no Sharpe ratio: no PBO rather than a made-up one.
-            usable = blocks.shape[1] > 1 and not result["reason"] and counts[y].min() >= 2 and np.isfinite(pbo)
+            usable = config.pbo_blocks > 1 and not result["reason"] and counts[y].min() >= 2 and np.isfinite(pbo)
             result["pbo"] = float(pbo) if usable else None
             flat.append(result)
     return flat
@@ -140,4 +159,4 @@ def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
 
     blocks = new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, block_fractions(config), blocks)
-    return attach([results], blocks, len(config.params_list))
+    return attach([results], blocks, len(config.params_list), config)

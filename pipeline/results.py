@@ -143,6 +143,11 @@ RESULT_SCHEMA = pa.schema(
         pa.field("n_trials", pa.int64()),
         pa.field("pbo", pa.float64()),
         pa.field("deflated_sharpe", pa.float64()),
+        # Walk-forward rows (--walk-forward; NULL otherwise): the fold, and which part the row
+        # measures: train / test (the set chosen on the fold's train part) or oos (a symbol's
+        # test parts stitched; its params are {}).
+        pa.field("fold", pa.int64()),
+        pa.field("split", pa.string()),
     ]
 )
 

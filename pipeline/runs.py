@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pipeline import engine, intervals, lake, overfit, reader, results
+import numpy as np
+
+from pipeline import engine, intervals, lake, overfit, reader, results, walkforward
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
@@ -47,6 +50,8 @@ class RunOutcome:
     interrupted: bool = False
     planned: int = 0  # results the run would have had without an interruption
     findings: dict[str, list[str]] = field(default_factory=dict)  # symbol -> data health findings
+    # --walk-forward: one summary per symbol (pipeline.walkforward.evaluate), best stitched return first.
+    walk_forward: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def hit_ratio(self) -> float | None:
@@ -235,6 +240,8 @@ def backtest(
     kernel_seconds = 0.0
     bar_steps = 0
     computed: list[dict[str, Any]] = []
+    folds: list[dict[str, Any]] = []  # walk-forward summaries
+    fold_rows: list[dict[str, Any]] = []  # and their results-table rows
     interrupted = False
     chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else _symbols_per_call(
         snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"))
@@ -254,7 +261,7 @@ def backtest(
                                        config.timerange_end, columns=engine.columns_needed(config),
                                        snapshot=snapshot, min_coverage=config.min_bar_coverage)
             engine.check_memory(len(part), batch.times.size, n_params,
-                                max(config.pbo_blocks, 1) if n_params > 1 else 0)
+                                len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
             # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
             sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
             blocks = overfit.new_blocks(len(part), config) if n_params > 1 else None
@@ -279,7 +286,13 @@ def backtest(
             if blocks is not None:
                 # A sweep's statistics need every parameter set of a symbol: added to its results
                 # (already streamed without them) once the chunk of symbols is done.
-                overfit.attach(part_results, blocks, sets_per_call)
+                overfit.attach(part_results, blocks, sets_per_call, config)
+                if config.walk_forward:
+                    summaries, rows = walkforward.evaluate(blocks, fractions, config,
+                                                           _by_symbol(part_results, len(part)),
+                                                           _simulated_times(batch, config))
+                    folds.extend(summaries)
+                    fold_rows.extend(rows)
             done += len(part)
             if on_progress:
                 on_progress(len(names) - len(missing) + done, len(names))
@@ -303,7 +316,8 @@ def backtest(
     seconds = time.perf_counter() - started
     if write_results and ordered:
         with results.one_run():  # results, trades and the runs row are published together or not at all
-            paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered, started_at)]
+            paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered + fold_rows,
+                                                             started_at)]
             if config.trades:
                 paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered, started_at)]
             results.append_run_metrics(
@@ -318,7 +332,25 @@ def backtest(
         bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
         planned=len(names) * n_params,
         findings=data_findings(snapshot, names),
+        walk_forward=sorted(folds, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
     )
+
+
+def _by_symbol(slices: list[list[dict[str, Any]]], n_symbols: int) -> list[list[dict[str, Any]]]:
+    """A chunk's results as rows[symbol][set] from its kernel calls (each symbol-major over its sets)."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in range(n_symbols)]
+    for results_of_call in slices:
+        width = len(results_of_call) // n_symbols
+        for y in range(n_symbols):
+            rows[y].extend(results_of_call[y * width: (y + 1) * width])
+    return rows
+
+
+def _simulated_times(batch: reader.PriceBatch, config: RunConfig) -> list[Any]:
+    """Each symbol's simulated bar times (epoch seconds), from the --timerange start."""
+    start = engine.start_column(batch, config)
+    close = batch.columns["close"][:, start:]
+    return [batch.times[start:][~np.isnan(row)] for row in close]
 
 
 def check_request(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str) -> str:

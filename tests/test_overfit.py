@@ -13,12 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 from statistics import NormalDist
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import demo, engine, lake, notebook, options, overfit, strategies
+from pipeline import demo, engine, lake, notebook, options, overfit, strategies, walkforward
 from pipeline.kernels.blocks import B_END, B_START
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def sweep():
     config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)))
     blocks = overfit.new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, overfit.block_fractions(config), blocks)
-    return batch, config, overfit.attach([results], blocks, len(config.params_list)), blocks
+    return batch, config, overfit.attach([results], blocks, len(config.params_list), config), blocks
 
 
 def returns_of(batch, config, symbol_index: int, params: dict) -> np.ndarray:
@@ -148,18 +149,21 @@ def test_objectives_rank_by_their_field_and_sets_below_min_trades_never_win(swee
         options.run_config("rsi", {}, min_trades=-1)
 
 
-@pytest.mark.slow
-def test_cli_sweep_json_and_results_table_carry_the_statistics(tmp_path):
+def cli_sweep(tmp_path: Path, n_symbols: int, *options_: str) -> tuple[Any, set[str]]:
+    """`cryptobt sweep rsi` over GRID on a fresh sample lake: its --json answer and the lake's symbols."""
     lake_root = tmp_path / "lake"
-    demo.build_sample_lake(lake_root, n_symbols=3, years=0.5, sample=demo.DEFAULT_SAMPLE)
+    demo.build_sample_lake(lake_root, n_symbols=n_symbols, years=0.5, sample=demo.DEFAULT_SAMPLE)
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake_root), "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results"),
            "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "rsi", *sum((["-g", g] for g in GRID), []),
-                           "--objective", "sharpe", "--min-trades", "2", "--json", "--top", "2"],
-                          capture_output=True, text=True, env=env, timeout=600)
+                           *options_, "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
-    symbols = set(lake.require_snapshot(lake_root).symbols)
+    return json.loads(done.stdout), set(lake.require_snapshot(lake_root).symbols)
+
+
+@pytest.mark.slow
+def test_cli_sweep_json_and_results_table_carry_the_statistics(tmp_path):
+    answer, symbols = cli_sweep(tmp_path, 3, "--objective", "sharpe", "--min-trades", "2", "--top", "2")
     assert {r["symbol"] for r in answer} == symbols
     assert all(r["n_trials"] == 16 and 0 <= r["pbo"] <= 1 and 0 <= r["deflated_sharpe"] <= 1 for r in answer)
     import duckdb
@@ -185,3 +189,67 @@ def test_samples_draw_a_reproducible_subset_of_the_grid_even_of_one_too_large_to
     assert len(strategies.parse_grid("rsi", huge, samples=100, seed=1)) == 100
     with pytest.raises(Exception, match="--samples 0 is out of range"):
         strategies.parse_grid("rsi", specs, samples=0)
+
+
+@pytest.mark.parametrize("anchored", [False, True])
+@pytest.mark.parametrize("objective", ["sharpe", "total_return", "sortino"])
+def test_walk_forward_equals_choosing_on_each_train_part_and_judging_on_its_test_part(anchored, objective):
+    batch = notebook.prices(random_walks(2, 2_500, seed=9))
+    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)), walk_forward=4, train_ratio=0.6,
+                                anchored=anchored, objective=objective)
+    blocks = overfit.new_blocks(len(batch.symbols), config)
+    fractions = overfit.block_fractions(config)
+    results = engine.run(batch, config, fractions, blocks)
+    n_sets = len(config.params_list)
+    rows = [results[y * n_sets: (y + 1) * n_sets] for y in range(len(batch.symbols))]
+    times = [batch.times[~np.isnan(batch.columns["close"][y])] for y in range(len(batch.symbols))]
+    summaries, table = walkforward.evaluate(blocks, fractions, config, rows, times)
+
+    def score(r: np.ndarray) -> float:
+        if objective == "total_return":
+            return float(np.log1p(r).sum() / len(r))
+        spread = r.std(ddof=1) if objective == "sharpe" else math.sqrt((np.minimum(r, 0) ** 2).mean())
+        return float(r.mean() / spread) if spread > 1e-15 else 0.0
+
+    for y, summary in enumerate(summaries):
+        rets = np.column_stack([returns_of(batch, config, y, p) for p in config.params_list])
+        m, k = len(rets), config.walk_forward
+        stitched = []
+        for f, fold in enumerate(summary["folds"]):
+            train_from = 0 if anchored else (f * m) // k
+            test_from, test_to = math.floor((f + 0.6) / k * m + 1e-9), ((f + 1) * m) // k
+            chosen = int(np.argmax([score(rets[train_from:test_from, c]) for c in range(n_sets)]))
+            assert fold["params"] == config.params_list[chosen]
+            test = rets[test_from:test_to, chosen]
+            assert fold["test"]["total_return_pct"] == pytest.approx((np.prod(1 + test) - 1) * 100, rel=1e-9, abs=1e-9)
+            assert fold["test"]["bars"] == len(test)
+            stitched.append(test)
+        oos = np.concatenate(stitched)
+        assert summary["oos"]["total_return_pct"] == pytest.approx((np.prod(1 + oos) - 1) * 100, rel=1e-9, abs=1e-9)
+        assert summary["oos"]["sharpe"] == pytest.approx(oos.mean() / oos.std(ddof=1)
+                                                         * math.sqrt(rows[y][0]["bars_per_year"]), rel=1e-7)
+    assert {r["split"] for r in table} == {"train", "test", "oos"}
+    assert len(table) == len(summaries) * (2 * config.walk_forward + 1)
+
+
+def test_walk_forward_options_are_checked_before_any_work():
+    with pytest.raises(Exception, match="--walk-forward 1 is out of range"):
+        options.run_config("rsi", {}, walk_forward=1)
+    with pytest.raises(Exception, match="--train-ratio 1.0 is out of range"):
+        options.run_config("rsi", {}, walk_forward=3, train_ratio=1.0)
+    with pytest.raises(Exception, match="--objective profit_factor cannot rank a walk-forward fold"):
+        options.run_config("rsi", {}, walk_forward=3, objective="profit_factor")
+
+
+@pytest.mark.slow
+def test_cli_walk_forward_prints_folds_and_writes_train_test_and_oos_rows(tmp_path):
+    answer, symbols = cli_sweep(tmp_path, 2, "--objective", "sharpe", "--walk-forward", "3", "--anchored")
+    assert {s["symbol"] for s in answer["walk_forward"]} == symbols
+    assert all(len(s["folds"]) == 3 and s["folds"][0]["train_start"] <= s["folds"][0]["test_start"]
+               for s in answer["walk_forward"])
+    import duckdb
+
+    counts = dict(duckdb.sql(f"SELECT coalesce(split, 'sweep'), count(*) FROM read_parquet("
+                             f"'{tmp_path}/results/**/*.parquet', union_by_name=true) GROUP BY 1").fetchall())
+    assert counts == {"sweep": 16 * len(symbols), "train": 3 * len(symbols), "test": 3 * len(symbols),
+                      "oos": len(symbols)}

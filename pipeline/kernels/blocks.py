@@ -208,3 +208,42 @@ def pbo_many(count, sums, sums2, out):
         p, lg = pbo_cscv(count[y], sums[y], sums2[y])
         out[y, 0] = p
         out[y, 1] = lg
+
+
+@njit(cache=True)
+def merge_blocks(blocks, members, out):
+    """Statistics of a union of blocks, as one block of the path stitched from them.
+
+    blocks: (B x N_BLOCK_STATS x N) per parameter set; members: (B,) bool, the blocks taken, in
+    time order; out: (N_BLOCK_STATS, N). Sums add; the stitched path is the product of the member
+    blocks' growths (each rescaled to where the previous one ended, so members from different
+    runs stitch), starting at the first member's start. Its highest and lowest equity are exact;
+    its drawdown is not (a block entered below an earlier peak may rise above it before its low):
+    B_MAXDD is the member's own for a single member and NaN for a union.
+    """
+    n_sets = blocks.shape[2]
+    n_members = 0
+    for b in range(blocks.shape[0]):
+        if members[b]:
+            n_members += 1
+    for k in range(n_sets):
+        for j in range(N_BLOCK_STATS):
+            out[j, k] = 0.0
+        level = np.nan
+        for b in range(blocks.shape[0]):
+            if not members[b]:
+                continue
+            st = blocks[b, B_START, k]
+            if np.isnan(level):
+                level = st
+                out[B_START, k] = st
+                out[B_MAX, k] = st
+                out[B_MIN, k] = st
+                out[B_MAXDD, k] = blocks[b, B_MAXDD, k] if n_members == 1 else np.nan
+            scale = level / st if st != 0.0 else 0.0
+            for j in (B_COUNT, B_SUM, B_SUM2, B_DOWN2, B_SUM3, B_SUM4):
+                out[j, k] += blocks[b, j, k]
+            out[B_MAX, k] = max(out[B_MAX, k], blocks[b, B_MAX, k] * scale)
+            out[B_MIN, k] = min(out[B_MIN, k], blocks[b, B_MIN, k] * scale)
+            level = blocks[b, B_END, k] * scale
+        out[B_END, k] = level

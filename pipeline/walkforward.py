@@ -1,0 +1,188 @@
+"""Walk-forward: choose on the past, judge on what follows, from one sweep pass.
+
+Each symbol's simulated bars (its own, in time order) are cut into K consecutive folds;
+fold k trains on its first `train_ratio` share (from the first bar when `anchored`) and
+tests on the rest of the fold. The sweep kernel records per-block return sums for every
+parameter set (`pipeline.kernels.blocks`), so the in-sample objective of every set on
+every train part, and the out-of-sample result of the set chosen there, come from those
+sums: one kernel pass per symbol for all folds and all sets, no re-runs.
+
+The parameter sets are simulated over the whole history once (indicators warmed up from
+the first bar, a position open at a fold's start carried in, as a strategy that had been
+running would hold it); a fold's numbers are those of its bars on that path.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.kernels.blocks import (
+    B_COUNT,
+    B_DOWN2,
+    B_END,
+    B_START,
+    B_SUM,
+    B_SUM2,
+    N_BLOCK_STATS,
+    merge_blocks,
+)
+
+if TYPE_CHECKING:
+    from pipeline.engine import RunConfig
+
+# Objectives a fold can rank by: those computed from the equity path alone (per-trade ones,
+# profit factor and expectancy, need trades per fold, which the block sums do not keep).
+OBJECTIVES = ("total_return", "sharpe", "sortino")
+MAX_FOLDS = 50
+# Result fields a walk-forward row keeps from the chosen set's full-history row; its own
+# metrics replace the rest, which stay NULL (they describe the full history, not the part).
+_KEPT = ("symbol", "strategy", "params", "interval", "timerange_start", "timerange_end", "annualization",
+         "bars_per_year", "fill", "fee_pct", "initial_investment", "snapshot_id", "computed_snapshot_id",
+         "data_version", "engine_version", "min_bar_coverage", "sl_pct", "tp_pct", "trail", "size",
+         "slippage_pct")
+
+
+def check(walk_forward: int, train_ratio: float, anchored: bool, objective: str) -> None:
+    """One-line errors for walk-forward options, before any work."""
+    if isinstance(walk_forward, bool) or not isinstance(walk_forward, int) or not (
+            walk_forward == 0 or 2 <= walk_forward <= MAX_FOLDS):
+        raise PipelineError(f"--walk-forward {walk_forward!r} is out of range: 0 (off) or 2 to {MAX_FOLDS} folds")
+    if not (isinstance(train_ratio, int | float) and not isinstance(train_ratio, bool)
+            and math.isfinite(train_ratio) and 0 < train_ratio < 1):
+        raise PipelineError(f"--train-ratio {train_ratio!r} is out of range: a share between 0 and 1 (0.7 trains "
+                            "on the first 70 % of each fold)")
+    if walk_forward and objective not in OBJECTIVES:
+        raise PipelineError(f"--objective {objective} cannot rank a walk-forward fold (it needs trades per fold); "
+                            f"use one of: {', '.join(OBJECTIVES)}")
+    if anchored and not walk_forward:
+        raise PipelineError("--anchored needs --walk-forward K")
+
+
+def fold_fractions(config: RunConfig) -> np.ndarray:
+    """Block edges of the folds: 0, r/K, 1/K, (1 + r)/K, 2/K, ..., 1 (train, test, train, test...)."""
+    k, r = config.walk_forward, config.train_ratio
+    return np.array([0.0] + [edge for f in range(k) for edge in ((f + r) / k, (f + 1) / k)])
+
+
+def _objective(merged: np.ndarray, objective: str) -> np.ndarray:
+    """Each set's objective on a merged part (N_BLOCK_STATS x N), per bar where it has a length:
+    total return as mean log growth per bar, Sharpe and Sortino per bar; -inf where undefined."""
+    n = merged[B_COUNT]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if objective == "total_return":
+            value = np.log(merged[B_END] / merged[B_START]) / n
+        else:
+            mean = merged[B_SUM] / n
+            if objective == "sharpe":
+                spread = np.sqrt((merged[B_SUM2] - merged[B_SUM] * mean) / (n - 1))
+            else:
+                spread = np.sqrt(merged[B_DOWN2] / n)
+            value = np.where(spread > 1e-15, mean / spread, 0.0)
+    return np.where(np.isfinite(value), value, -np.inf)
+
+
+def _part_metrics(merged: np.ndarray, annual_bars: float) -> dict[str, Any]:
+    """Return and Sharpe ratio of one set's merged part (N_BLOCK_STATS,)."""
+    n = merged[B_COUNT]
+    sharpe = None
+    if n >= 2:
+        mean = merged[B_SUM] / n
+        var = (merged[B_SUM2] - merged[B_SUM] * mean) / (n - 1)
+        if var > 1e-30:
+            sharpe = float(mean / math.sqrt(var) * math.sqrt(annual_bars))
+    ret = (merged[B_END] / merged[B_START] - 1.0) * 100.0 if n > 0 else None
+    return {"bars": int(n), "total_return_pct": None if ret is None else float(ret), "sharpe": sharpe}
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(int(epoch), UTC).isoformat()
+
+
+def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig, rows: list[list[dict[str, Any]]],
+             bar_times: list[np.ndarray]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Walk-forward of a chunk of symbols.
+
+    blocks: (Y x B x N_BLOCK_STATS x N) over the fine block edges `fractions` (which include
+    `fold_fractions(config)`); rows[y][c]: the full-history result of symbol y and set c;
+    bar_times[y]: the epoch seconds of symbol y's simulated bars.
+
+    Returns (summaries, table rows): one summary per symbol (its folds with the chosen sets,
+    in-sample objective and out-of-sample return and Sharpe; the stitched out-of-sample
+    return and Sharpe; the out-of-sample / in-sample ratio of the objective), and the rows
+    for the results table (split = train / test per fold, oos per symbol).
+    """
+    folds = fold_fractions(config)
+    # Which fine blocks make up each fold part: the fine edges include every fold edge.
+    position = np.searchsorted(np.round(fractions, 12), np.round(folds, 12))
+    n_fine = len(fractions) - 1
+    summaries: list[dict[str, Any]] = []
+    table: list[dict[str, Any]] = []
+    merged = np.empty((N_BLOCK_STATS, blocks.shape[3]))
+    one = np.empty((N_BLOCK_STATS, 1))
+    for y, symbol_rows in enumerate(rows):
+        head = symbol_rows[0]
+        if head["reason"] is not None:
+            continue
+        annual = float(head["bars_per_year"])
+        times = bar_times[y]
+        m = len(times)
+        stitched = np.empty((n_fine, N_BLOCK_STATS, 1))
+        test_members = np.zeros(n_fine, dtype=np.bool_)
+        fold_out = []
+        is_values, oos_values = [], []
+        for k in range(config.walk_forward):
+            train = np.zeros(n_fine, dtype=np.bool_)
+            train[(0 if config.anchored else position[2 * k]): position[2 * k + 1]] = True
+            test = np.zeros(n_fine, dtype=np.bool_)
+            test[position[2 * k + 1]: position[2 * k + 2]] = True
+            merge_blocks(blocks[y], train, merged)
+            scores = _objective(merged, config.objective)
+            chosen = int(np.argmax(scores))
+            train_part = _part_metrics(merged[:, chosen], annual)
+            merge_blocks(blocks[y][:, :, chosen: chosen + 1], test, one)
+            test_part = _part_metrics(one[:, 0], annual)
+            is_values.append(float(scores[chosen]))
+            oos_values.append(float(_objective(one, config.objective)[0]))
+            stitched[test] = blocks[y][test][:, :, chosen: chosen + 1]
+            test_members |= test
+            edges = {name: int(math.floor(config_fraction * m + 1e-9)) for name, config_fraction in (
+                ("train_from", 0.0 if config.anchored else folds[2 * k]), ("test_from", folds[2 * k + 1]),
+                ("test_to", folds[2 * k + 2]))}
+            span = {"train_start": _iso(times[edges["train_from"]]) if edges["train_from"] < m else None,
+                    "train_end": _iso(times[edges["test_from"] - 1]) if edges["test_from"] > 0 else None,
+                    "test_start": _iso(times[edges["test_from"]]) if edges["test_from"] < m else None,
+                    "test_end": _iso(times[min(edges["test_to"], m) - 1]) if edges["test_to"] > 0 else None}
+            fold_out.append({"fold": k, "params": symbol_rows[chosen]["params"], **span,
+                             "in_sample_objective": None if not math.isfinite(is_values[-1]) else is_values[-1],
+                             "train": train_part, "test": test_part})
+            for split, part, start, end in (("train", train_part, span["train_start"], span["train_end"]),
+                                            ("test", test_part, span["test_start"], span["test_end"])):
+                table.append(_row(symbol_rows[chosen], k, split, part, start, end))
+        merge_blocks(stitched, test_members, one)
+        oos = _part_metrics(one[:, 0], annual)
+        finite_is = [v for v in is_values if math.isfinite(v)]
+        finite_oos = [v for v in oos_values if math.isfinite(v)]
+        mean_is = sum(finite_is) / len(finite_is) if finite_is else float("nan")
+        mean_oos = sum(finite_oos) / len(finite_oos) if finite_oos else float("nan")
+        ratio = mean_oos / mean_is if mean_is > 0 and math.isfinite(mean_oos) else None
+        summaries.append({"symbol": head["symbol"], "objective": config.objective, "folds": fold_out,
+                          "oos": oos, "oos_is_ratio": ratio})
+        first_test = fold_out[0]["test_start"]
+        table.append(_row(head, None, "oos", oos, first_test, fold_out[-1]["test_end"]))
+    return summaries, table
+
+
+def _row(base: dict[str, Any], fold: int | None, split: str, part: dict[str, Any], start: str | None,
+         end: str | None) -> dict[str, Any]:
+    """A results-table row of one walk-forward part (the oos row keeps its symbol's first set's fields)."""
+    row = {name: base.get(name) for name in _KEPT}
+    if split == "oos":
+        row["params"] = {}
+    row.update(fold=fold, split=split, start=start, end=end, bars=part["bars"],
+               total_return_pct=part["total_return_pct"], sharpe=part["sharpe"], from_cache=False)
+    return row
