@@ -621,7 +621,7 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
                 print(tables.json_text(result), flush=True)
 
     with progress_bar(transient=True) as progress:
-        task = progress.add_task("symbols", total=None)
+        task = progress.add_task("backtests", total=None)
         watch = None if stream or progress.disable else (
             lambda done, total: progress.update(task, completed=done, total=total))
         outcome = runs.execute(settings, config, symbols, interval, no_cache=no_cache, on_warning=_warn,

@@ -62,11 +62,20 @@ class PriceBatch:
 _local = threading.local()
 
 
+def connect_duckdb() -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection as every part of the project opens one: without DuckDB's
+    progress bar, which a query past two seconds (a busy machine) printed into stdout, into the
+    middle of `--json` output."""
+    con = duckdb.connect(":memory:")
+    con.execute("SET enable_progress_bar = false")
+    return con
+
+
 def _connection() -> duckdb.DuckDBPyConnection:
     """One in-memory DuckDB connection per thread: opening one costs ~15 ms."""
     con = getattr(_local, "con", None)
     if con is None:
-        con = _local.con = duckdb.connect()
+        con = _local.con = connect_duckdb()
     return con
 
 
@@ -370,7 +379,7 @@ def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h
     symbol_id = snapshot.symbols[symbol]["symbol_id"]
     files = [str(p) for p in snapshot.files(interval, range(year, year + 1))]
     start = datetime(year, 1, 1, tzinfo=UTC)
-    with duckdb.connect() as con:
+    with connect_duckdb() as con:
         con.execute("PRAGMA enable_profiling = 'json'")
         rows = con.execute(
             "EXPLAIN ANALYZE SELECT epoch(ts), close FROM read_parquet(?) "

@@ -390,7 +390,9 @@ def append_run_metrics(
 
 def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs``."""
-    con = duckdb.connect(":memory:")
+    from pipeline.reader import connect_duckdb
+
+    con = connect_duckdb()
     tables = (
         ("results", Path(results_root), RESULT_SCHEMA),
         ("trades", trades_root(results_root), TRADE_SCHEMA),

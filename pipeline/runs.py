@@ -192,7 +192,7 @@ def backtest(
     with a miss (one batched read, one kernel call per chunk), stores them in one
     pipeline, and appends every result to the results table. `on_results` receives
     results as they are ready (cached ones first), for streaming; `on_progress`
-    receives (symbols done, symbols in all). A sweep's size and estimated time go to `on_plan`;
+    receives (backtests done, backtests in all), a backtest being one symbol and parameter set. A sweep's size and estimated time go to `on_plan`;
     one estimated to take longer than `confirm_seconds` is refused before any work (`--yes`).
     `should_stop` is asked between kernel calls (an HTTP client that went away): True stops the
     run as Ctrl-C does, keeping what finished.
@@ -245,8 +245,10 @@ def backtest(
     interrupted = False
     chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else _symbols_per_call(
         snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"))
+    # Progress counts backtests (symbol x parameter set), so a sweep's bar moves within a chunk.
+    total_backtests = len(names) * n_params
     if on_progress:
-        on_progress(len(names) - len(missing), len(names))
+        on_progress((len(names) - len(missing)) * n_params, total_backtests)
     # One kernel call per (interval, chunk): `auto` can give symbols different intervals.
     by_interval: dict[str, list[str]] = {}
     for symbol in missing:
@@ -279,6 +281,9 @@ def backtest(
                 part_results.append(fresh)
                 computed.extend(fresh)
                 collected.extend(fresh)
+                if on_progress:
+                    on_progress((len(names) - len(missing) + done) * n_params
+                                + len(part) * (first_set + len(sliced.params_list)), total_backtests)
                 if on_results:
                     # Copies for a sweep: its statistics are set on these dicts once the chunk is done,
                     # and what was streamed must stay what it was (late listeners replay it).
@@ -294,8 +299,6 @@ def backtest(
                     folds.extend(summaries)
                     fold_rows.extend(rows)
             done += len(part)
-            if on_progress:
-                on_progress(len(names) - len(missing) + done, len(names))
     except KeyboardInterrupt:
         # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
         # symbols without its overfitting statistics, which need every parameter set).

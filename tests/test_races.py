@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -89,6 +91,7 @@ WRITER = """
 import sys
 from dataclasses import replace
 from pathlib import Path
+from pathlib import Path
 from pipeline import engine, runs
 from pipeline.config import Settings
 settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sys.argv[2]), redis_url=sys.argv[3],
@@ -152,3 +155,18 @@ def test_threads_checking_one_results_folder_at_once_all_pass(tmp_path):
 
     with ThreadPoolExecutor(16) as pool:
         list(pool.map(check, range(2000)))
+
+
+def test_duckdb_never_prints_a_progress_bar_into_stdout(tmp_path):
+    # Under load a lake read passed DuckDB's two-second threshold and its progress bar landed in
+    # the middle of a writer's stdout (and so of `--json` output); every connection turns it off.
+    # A child process (as the writers were), where DuckDB's default turns the bar on.
+    probe = (
+        "from pipeline import reader, results\n"
+        f"for con in (reader._connection(), results.connect({str(tmp_path)!r})):\n"
+        "    print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchall()[0][0])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False"]
