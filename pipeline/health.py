@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
 from pipeline import intervals
+
+if TYPE_CHECKING:
+    import polars as pl
 
 COUNTS = ("gaps", "jumps", "stale", "zero_price", "zero_volume", "high_below_low", "duplicates")
 

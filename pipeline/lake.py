@@ -31,6 +31,7 @@ intervals of a symbol can never disagree.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -43,15 +44,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 import pyarrow.parquet as pq
 
-from pipeline import health, intervals
+from pipeline import health, imports, intervals
 from pipeline.config import check_writable_folder
 from pipeline.errors import LakeBusy, PipelineError, SnapshotDamaged
 from pipeline.ohlcv import derive
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = imports.deferred("polars")  # only the writer (commit) needs it: a run reads with DuckDB
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 MANIFEST = "_manifest.json"
@@ -65,18 +71,23 @@ READERS = ".readers"
 # compute versions, kept out of the manifest so readers parse a small file.
 STATE = "_state.json"
 ROW_GROUP_ROWS = 65_536
-LAKE_SCHEMA = {
-    "symbol_id": pl.Int32,
-    "symbol": pl.String,
-    "ts": pl.Datetime("us", "UTC"),
-    "open": pl.Float64,
-    "high": pl.Float64,
-    "low": pl.Float64,
-    "close": pl.Float64,
-    "volume": pl.Float64,
-    # How many source bars built this one: hours for a daily bar, 1 for an hourly bar.
-    "bars": pl.Int32,
-}
+
+
+@functools.cache
+def lake_schema() -> dict[str, pl.DataType]:
+    """The columns of the lake's files and their types."""
+    return {
+        "symbol_id": pl.Int32,
+        "symbol": pl.String,
+        "ts": pl.Datetime("us", "UTC"),
+        "open": pl.Float64,
+        "high": pl.Float64,
+        "low": pl.Float64,
+        "close": pl.Float64,
+        "volume": pl.Float64,
+        # How many source bars built this one: hours for a daily bar, 1 for an hourly bar.
+        "bars": pl.Int32,
+    }
 
 
 @dataclass(frozen=True)
@@ -386,7 +397,7 @@ def _hash_symbols(frame: pl.DataFrame) -> dict[int, str]:
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = frame.select(list(LAKE_SCHEMA)).cast(LAKE_SCHEMA).to_arrow()
+    table = frame.select(list(lake_schema())).cast(lake_schema()).to_arrow()
     pq.write_table(
         table, path, compression="zstd", compression_level=3,
         row_group_size=ROW_GROUP_ROWS, use_dictionary=["symbol"], write_statistics=True,
@@ -542,13 +553,13 @@ def commit(
             delta = by_year.get(year, empty)
             base: dict[str, pl.DataFrame] = {}
             for native in sorted(set(new_natives.values()) | set(parent_natives.values()), key=intervals.SECONDS.get):
-                part = delta.filter(pl.col("_native") == native).select(list(LAKE_SCHEMA))
+                part = delta.filter(pl.col("_native") == native).select(list(lake_schema()))
                 old = _read_year(parent, native, year) if kept_old else None
                 if old is not None:
                     own = [ids[n] for n in kept_old if parent_natives[n] == native]
                     old = old.filter(pl.col("symbol_id").is_in(own))
                     old = old.join(part.select("symbol_id", "ts"), on=["symbol_id", "ts"], how="anti")
-                    part = pl.concat([old.select(list(LAKE_SCHEMA)), part])
+                    part = pl.concat([old.select(list(lake_schema())), part])
                 if part.height:
                     base[native] = part.sort("symbol_id", "ts")
             hashes: dict[int, str] = {}
@@ -608,7 +619,7 @@ def commit(
                                by=("symbol_id", "symbol"), clean=False)
                 built[native] = frame
                 for interval, part in built.items():
-                    outputs.setdefault(interval, []).append(part.select(list(LAKE_SCHEMA)))
+                    outputs.setdefault(interval, []).append(part.select(list(lake_schema())))
             done = []
             for interval in sorted(outputs, key=intervals.SECONDS.get):
                 frame = pl.concat(outputs[interval]).sort("symbol_id", "ts")

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import polars as pl
 
-from pipeline import intervals
+from pipeline import imports, intervals
 from pipeline.config import BarWindow
 from pipeline.errors import InputError
+
+if TYPE_CHECKING:
+    import polars as pl
+else:
+    pl = imports.deferred("polars")  # the lake imports `derive`; a run that only reads never calls it
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 # Accepted bars: finite values up to 1e15 (larger ones overflow a backtest's products), at times within

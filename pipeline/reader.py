@@ -9,6 +9,7 @@ gap (SPEC section 3).
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -363,14 +364,18 @@ def _batches(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]
 
 
 def _as_numpy(column: pa.Array) -> np.ndarray:
-    """A column without nulls as a read-only NumPy view of its buffer.
+    """A column without nulls as a NumPy view of its Arrow buffer (which it keeps alive).
 
     Not `to_numpy()`: that goes through pyarrow's pandas converter, which imports pandas (140-200 ms
-    of a cold run)."""
+    of a cold run). Flagged writable, though nothing writes to it: numba's dispatcher types a read-only
+    array in Python on every call (and imports numpy.ma for it), a writable one in C."""
     if column.null_count:
         raise SnapshotDamaged(f"a lake column read as {column.type} holds nulls")
     kind = np.dtype(column.type.to_pandas_dtype())
-    return np.frombuffer(column.buffers()[1], dtype=kind, count=len(column), offset=column.offset * kind.itemsize)
+    buffer = column.buffers()[1]
+    memory = (ctypes.c_char * (len(column) * kind.itemsize)).from_address(buffer.address + column.offset * kind.itemsize)
+    memory.arrow_buffer = buffer
+    return np.frombuffer(memory, dtype=kind)
 
 
 def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h") -> str:

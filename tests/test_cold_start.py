@@ -15,7 +15,7 @@ import pytest
 from pipeline import demo
 
 # The cold process must never hold these; `redis.asyncio.client` is what running redis.asyncio's code loads.
-NEVER = ("pandas", "scipy", "prefect", "fastapi", "uvicorn", "redis.asyncio.client")
+NEVER = ("pandas", "scipy", "polars", "prefect", "fastapi", "uvicorn", "redis.asyncio.client")
 
 RUN_AND_LIST_MODULES = """
 import json, sys
