@@ -1,9 +1,12 @@
 """cryptobt: PostgreSQL -> Parquet lake -> DuckDB -> Numba kernels -> Redis + results table."""
 
+from pipeline import allocator as _allocator
 from pipeline import imports as _imports
 
 # Before numba, pyarrow or redis load: what they would import unasked stays out (see pipeline/imports.py).
 _imports.install()
+# Before the kernels allocate: their freed buffers are reused, not given back and faulted in (pipeline/allocator.py).
+_allocator.configure()
 
 __version__ = "0.1.0"
 

@@ -19,6 +19,7 @@ from pipeline import ENGINE_VERSION, intervals, options, strategies
 from pipeline.errors import PipelineError
 from pipeline.intervals import SECONDS as STEP_SECONDS
 from pipeline.kernels import enums
+from pipeline.kernels.align import bar_span
 from pipeline.kernels.blocks import N_BLOCK_STATS
 from pipeline.reader import PriceBatch
 
@@ -249,11 +250,8 @@ def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.
     n_symbols = len(batch.symbols)
     if config.annualization == "calendar" or batch.times.size <= start_t:
         return np.full(n_symbols, calendar)
-    valid = ~np.isnan(batch.columns["close"][:, start_t:])
-    counts = valid.sum(axis=1)
+    counts, first, last = bar_span(batch.columns["close"], start_t)
     has = counts > 0
-    first = np.where(has, valid.argmax(axis=1), 0)
-    last = np.where(has, valid.shape[1] - 1 - valid[:, ::-1].argmax(axis=1), 0)
     step = intervals.SECONDS[batch.interval]
     span_years = ((last - first) * step + step) / intervals.YEAR_SECONDS
     return np.where(has, counts / np.where(has, span_years, 1.0), calendar)

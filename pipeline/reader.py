@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from pipeline import intervals, lake
 from pipeline.errors import PipelineError, SnapshotDamaged
-from pipeline.kernels.align import scatter_to_grid
+from pipeline.kernels.align import bar_span, scatter_to_grid
 
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -322,7 +322,7 @@ def read_prices(
         thin = coverage < min_coverage
         for matrix in (*out.values(), coverage):
             matrix[thin] = np.nan
-    bars = (~np.isnan(close)).sum(axis=1).astype(np.int64)
+    bars = bar_span(close, 0)[0]
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
 

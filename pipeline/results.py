@@ -223,6 +223,9 @@ _PARTITION_FIELDS = [pa.field("run_date", pa.date32())]
 
 _TIMESTAMP_FIELDS = ("start", "end", "timerange_start", "timerange_end")
 _REQUIRED_FIELDS = ("symbol", "strategy", "interval", "params")
+# `pa.Schema.names` builds a new list on every use: a run looks names up once per row and field.
+_RESULT_NAMES = tuple(RESULT_SCHEMA.names)
+_RESULT_NAME_SET = frozenset(_RESULT_NAMES)
 # Path components come from run ids and strategy names: no separators, no leading dot.
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
@@ -566,7 +569,7 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     if not isinstance(params, Mapping):
         raise InputError(f"result params must be a mapping, got {params!r}")
     row: dict[str, Any] = {
-        name: _plain(record.get(name)) for name in RESULT_SCHEMA.names if name in record
+        name: _plain(record.get(name)) for name in _RESULT_NAMES if name in record
     }
     for name in _TIMESTAMP_FIELDS:
         row[name] = _parse_ts(record.get(name), name)
@@ -587,7 +590,7 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
         value = params.get(name)
         row[name] = None if value is None else float(value)
     for name, value in params.items():
-        if name not in RESULT_SCHEMA.names and isinstance(value, int | float):
+        if name not in _RESULT_NAME_SET and isinstance(value, int | float):
             row[name] = float(value)
     return row
 
@@ -624,7 +627,8 @@ def record_problem(record: Mapping[str, Any]) -> str | None:
 
 def _param_fields(schema: pa.Schema, rows: list[dict[str, Any]]) -> pa.Schema:
     """`schema` plus a DOUBLE column for each parameter of these rows that has none yet."""
-    extra = sorted({name for row in rows for name in row if name not in schema.names})
+    known = set(schema.names)
+    extra = sorted({name for row in rows for name in row if name not in known})
     for name in extra:
         schema = schema.append(pa.field(name, pa.float64()))
     return schema

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 
 @njit(cache=True)
@@ -34,3 +34,28 @@ def scatter_to_grid(symbol_ids: np.ndarray, ts_us: np.ndarray, values: np.ndarra
         else:
             out[row, column] = values[i]
     return outside
+
+
+@njit(cache=True, parallel=True)
+def bar_span(values: np.ndarray, start: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of the grid, from column `start` on: how many bars (non-NaN cells), and the columns of
+    the first and the last (-1 when none). One pass that vectorises (NumPy needs a mask and three)."""
+    rows, width = values.shape
+    counts = np.zeros(rows, dtype=np.int64)
+    firsts = np.full(rows, -1, dtype=np.int64)
+    lasts = np.full(rows, -1, dtype=np.int64)
+    for row in prange(rows):
+        line = values[row]
+        count = 0
+        for column in range(start, width):
+            count += line[column] == line[column]  # False for NaN only
+        counts[row] = count
+        if count:
+            first = start
+            while line[first] != line[first]:
+                first += 1
+            last = width - 1
+            while line[last] != line[last]:
+                last -= 1
+            firsts[row], lasts[row] = first, last
+    return counts, firsts, lasts
