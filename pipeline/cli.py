@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import functools
+import gc
 import os
 import sys
 from collections.abc import Callable
@@ -1248,6 +1250,12 @@ def demo_command(
 
 def main() -> int:
     """The console entry point: a usage error is one line on stderr (exit 2), never a panel or a traceback."""
+    # A command allocates objects in bursts (numba's registries, a run's records): collecting after
+    # every 700 cost a cold backtest 90 ms in 300 collections; after every 50,000, 40 ms in 4.
+    gc.set_threshold(50_000)
+    # Once the process ends (after the other exit handlers: this one is registered first), its last
+    # collections would walk every object the libraries made, 170 ms for nothing: files are closed.
+    atexit.register(gc.freeze)
     try:  # typer >= 0.20 vendors click
         from typer._click import exceptions as click_errors
     except ImportError:  # pragma: no cover - older typer on plain click
