@@ -139,7 +139,8 @@ def main() -> None:
         out[f"rsi_kernel_threads_{threads}"] = stats
     engine.set_threads(0)
     out["single_backtest"] = timed(lambda: runs.backtest(settings, config, [one], write_results=False), 10)
-    out["rsi_end_to_end_warm"] = timed(lambda: runs.backtest(settings, config, write_results=False), 5)
+    # Issue 17's row: the read, the kernel and the results as a run leaves them (written to the results table).
+    out["rsi_end_to_end_warm"] = timed(lambda: runs.backtest(settings, config, write_results=True), 5)
     out["rsi_end_to_end_warm"]["kernel_share_pct"] = (
         100 * out["rsi_kernel_threads_2"]["median"] / out["rsi_end_to_end_warm"]["median"])
 
@@ -155,20 +156,7 @@ def main() -> None:
     print("cold CLI...", flush=True)
     env = {"CRYPTOBT_LAKE_ROOT": str(settings.lake_root), "CRYPTOBT_RESULTS_ROOT": str(settings.results_root),
            "REDIS_URL": "", "PATH": "/usr/bin:/bin", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    # The child reports its own peak RSS as VmHWM: ru_maxrss survives exec, so a child forked
-    # from this (large) process would report the parent's size.
-    child = ("import sys\nfrom pipeline.cli import app\nsys.argv = ['cryptobt', 'backtest', 'rsi', "
-             "'--all', '--json']\ntry:\n    app(prog_name='cryptobt')\nexcept SystemExit:\n    pass\n"
-             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
-             "print('RSS', hwm, file=sys.stderr)")
-    cold, rss = [], []
-    for _ in range(3):
-        t = time.perf_counter()
-        done = subprocess.run([sys.executable, "-c", child], env=env, check=True, capture_output=True, text=True)
-        cold.append(time.perf_counter() - t)
-        rss.append(int(done.stderr.rsplit("RSS", 1)[1].split()[0]) / 1024)
-    out["cold_cli"] = {"median": statistics.median(cold), "min": min(cold), "max": max(cold),
-                       "peak_rss_mb": max(rss)}
+    out["cold_cli"] = bench_cold_cli(settings, env, 3 if args.quick else 7)
 
     print("sweep 1,000 combinations...", flush=True)
     grid = strategies.parse_grid("rsi", ["rsi_period=5:50:5", "oversold_threshold=15:42:3",
@@ -220,6 +208,36 @@ def _overhead(sweep: dict) -> float:
 
 
 EXAMPLE_STRATEGIES = HERE.parent / "examples" / "strategies"
+
+
+def bench_cold_cli(settings: Settings, env: dict[str, str], runs_: int) -> dict:
+    """Issue 17's rows: `cryptobt backtest rsi --all` in a fresh process (as the console script runs it),
+    lake -> leaderboard, with numba's machine code cached by an earlier process (median of `runs_`), and
+    once with every cache empty (numba compiles each kernel first).
+
+    Each child reports its own peak RSS (VmHWM) as it returns: ru_maxrss survives exec, so a child
+    forked from this (large) process would report the parent's size."""
+    child = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['cryptobt', 'backtest', 'rsi', '--all']\n"
+             "code = main()\nhwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+             "print('RSS', hwm, file=sys.stderr)\nsys.exit(code)")
+    child_env = {**env, "PYTHONPATH": str(HERE.parent)}
+
+    def run(extra: dict[str, str] | None = None) -> tuple[float, float]:
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", child], env={**child_env, **(extra or {})}, check=True,
+                              capture_output=True, text=True, cwd=settings.results_root.parent)
+        return time.perf_counter() - t, int(done.stderr.rsplit("RSS", 1)[1].split()[0]) / 1024
+
+    empty = settings.lake_root.parent / "empty-caches"
+    shutil.rmtree(empty, ignore_errors=True)
+    first, first_rss = run({"NUMBA_CACHE_DIR": str(empty / "numba"), "CRYPTOBT_KERNEL_CACHE": str(empty / "kernels")})
+    shutil.rmtree(empty, ignore_errors=True)
+    run()  # fills the usual caches if anything is missing
+    cold = [run() for _ in range(runs_)]
+    seconds, rss = [c for c, _ in cold], [m for _, m in cold]
+    return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": runs_,
+            "peak_rss_mb": max(rss), "peak_rss_mb_median": statistics.median(rss),
+            "first_run_seconds": first, "first_run_peak_rss_mb": first_rss}
 
 
 def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, env: dict[str, str]) -> dict:
@@ -410,6 +428,7 @@ def _goal(measured: float, goal: float, lower_is_better: bool = True) -> str:
 def write_report(r: dict, path: Path) -> None:
     k1, k2 = r["rsi_kernel_threads_1"], r["rsi_kernel_threads_2"]
     e2e = r["rsi_end_to_end_warm"]
+    c = r["cold_cli"]
     b = r["baselines"]
     lines = [
         "# Benchmark results", "",
@@ -424,14 +443,18 @@ def write_report(r: dict, path: Path) -> None:
         f"| single backtest: one symbol, 5 years hourly, read + kernel (warm-up + 10 runs) | "
         f"{r['single_backtest']['median'] * 1000:.1f} ms ({r['single_backtest']['min'] * 1000:.1f}/"
         f"{r['single_backtest']['median'] * 1000:.1f}/{r['single_backtest']['max'] * 1000:.1f}) | | |",
-        f"| RSI all symbols, lake read + kernel + results (warm) | {e2e['median'] * 1000:.1f} ms "
-        f"(kernel share {e2e['kernel_share_pct']:.0f} %) | <= 200 ms | {_goal(e2e['median'], 0.2)} |",
+        f"| RSI all symbols, lake read + kernel + results written (warm) | {e2e['median'] * 1000:.1f} ms "
+        f"({e2e['min'] * 1000:.1f}/{e2e['median'] * 1000:.1f}/{e2e['max'] * 1000:.1f}; kernel share "
+        f"{e2e['kernel_share_pct']:.0f} %) | <= 100 ms | {_goal(e2e['median'], 0.1)} |",
         f"| kernel bar-steps/s (1 thread / 2 threads) | {k1['bar_steps_per_second'] / 1e6:,.0f} M / "
         f"{k2['bar_steps_per_second'] / 1e6:,.0f} M | | parallel speed-up {k1['median'] / k2['median']:.2f}x |",
-        f"| cold CLI process: lake -> leaderboard | {r['cold_cli']['median']:.2f} s | <= 3 s | "
-        f"{_goal(r['cold_cli']['median'], 3)} |",
-        f"| peak RSS of that CLI process | {r['cold_cli']['peak_rss_mb']:.0f} MB | <= 1024 MB | "
-        f"{_goal(r['cold_cli']['peak_rss_mb'], 1024)} |",
+        f"| cold CLI process `cryptobt backtest rsi --all`: lake -> leaderboard, numba's cache filled | "
+        f"{c['median']:.2f} s ({c['min']:.2f}/{c['median']:.2f}/{c['max']:.2f}, {c['n']} runs) | <= 1.0 s | "
+        f"{_goal(c['median'], 1.0)} |",
+        f"| peak RSS of that CLI process | {c['peak_rss_mb']:.0f} MB (median {c['peak_rss_mb_median']:.0f} MB) | "
+        f"<= 300 MB | {_goal(c['peak_rss_mb'], 300)} |",
+        f"| the same process on empty caches (numba compiles every kernel first) | {c['first_run_seconds']:.2f} s, "
+        f"{c['first_run_peak_rss_mb']:.0f} MB | | |",
         f"| sweep {r['sweep_1000']['combos']} RSI combinations, kernel | {r['sweep_1000']['kernel_seconds']:.2f} s "
         f"({r['sweep_1000']['bar_steps_per_second'] / 1e6:,.0f} M bar-steps/s) | <= 60 s | "
         f"{_goal(r['sweep_1000']['kernel_seconds'], 60)} |",
