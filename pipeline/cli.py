@@ -661,8 +661,12 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     # A run whose symbols were read at several intervals (--interval auto) draws at the coarsest.
     curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval.split("+")[-1],
                                 best[0] if best else None, snapshot_id=outcome.snapshot_id)
+    # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
+    from pipeline import engine
+
+    bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
     written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
-                               outcome.results, curves, outcome.results if sweep else None)
+                               bars, curves, outcome.results if sweep else None)
     err_console.print(f"picture written to {written}")
 
 

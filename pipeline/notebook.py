@@ -89,6 +89,26 @@ def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, 
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
 
+def plot(frames: Mapping[str, Any], strategy: str, path: str | Path,
+         params: Mapping[str, Any] | list[dict] | None = None, *, top: int = 5, **run: Any) -> Path:
+    """The CLI's picture (`backtest --plot`, or `sweep --plot` for a list of parameter sets) of a run on
+    your frames: the leaderboard, the `top` symbols' equity against buy & hold, a sweep's heatmap;
+    .html (Plotly, offline) or .png. Returns the file written."""
+    from pipeline import overfit, plots
+
+    options.check_plot(Path(path))
+    config = options.run_config(strategy, params or {}, **run)
+    batch = prices(frames)
+    sweep = len(config.params_list) > 1
+    board = engine.leaderboard(overfit.run_sweep(batch, config) if sweep else engine.run(batch, config),
+                               *engine.ranking(config))
+    shown = list(dict.fromkeys(r["symbol"] for r in board))[:top]
+    drawn = plots.curves(prices({s: frames[s] for s in shown}, batch.interval), config, board[0] if board else None)
+    # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
+    bars = engine.top_per_symbol(board, 1, *engine.ranking(config)) if sweep else board
+    return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
+
+
 def round_trips(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
                 **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),

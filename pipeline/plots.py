@@ -25,6 +25,24 @@ class EquityCurve:
     trades: list[dict[str, Any]] = field(default_factory=list)  # engine.trade_log: time, action, price, ...
 
 
+def curves(batch: Any, config: Any, result: dict[str, Any] | None = None) -> list[EquityCurve]:
+    """Equity against buy & hold of every symbol of `batch` (a PriceBatch with the open column), for
+    `result`'s parameter set and execution (a sweep's best), else the run's first."""
+    from pipeline import engine
+
+    params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
+    drawn = []
+    for i, symbol in enumerate(batch.symbols):
+        log, _, equity = engine.trade_log(batch, config, i, params, execution)
+        close = batch.columns["close"][i]
+        valid = ~np.isnan(close)
+        if not valid.any():
+            continue
+        buy_hold = config.initial * close / close[valid][0]
+        drawn.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid], log))
+    return drawn
+
+
 def _dates(times: np.ndarray) -> list[datetime]:
     return [datetime.fromtimestamp(int(t), UTC) for t in times]
 

@@ -386,9 +386,7 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
 
     The parameter set drawn is `result`'s (a sweep's best: its parameters and execution), else
     the run's first."""
-    import numpy as np
-
-    from pipeline.plots import EquityCurve
+    from pipeline import plots
 
     if not symbols:
         return []
@@ -397,17 +395,7 @@ def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], int
                                    ("open", *engine.columns_needed(config)))),
                                min_coverage=config.min_bar_coverage,
                                snapshot=lake.require_snapshot(settings.lake_root, snapshot_id))
-    params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
-    curves = []
-    for i, symbol in enumerate(batch.symbols):
-        log, _, equity = engine.trade_log(batch, config, i, params, execution)
-        close = batch.columns["close"][i]
-        valid = ~np.isnan(close)
-        if not valid.any():
-            continue
-        buy_hold = config.initial * close / close[valid][0]
-        curves.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid], log))
-    return curves
+    return plots.curves(batch, config, result)
 
 
 @dataclass

@@ -253,3 +253,16 @@ def test_cli_walk_forward_prints_folds_and_writes_train_test_and_oos_rows(tmp_pa
                              f"'{tmp_path}/results/**/*.parquet', union_by_name=true) GROUP BY 1").fetchall())
     assert counts == {"sweep": 16 * len(symbols), "train": 3 * len(symbols), "test": 3 * len(symbols),
                       "oos": len(symbols)}
+
+
+@pytest.mark.parametrize("suffix", [".png", ".html"])
+def test_the_notebook_draws_the_clis_pictures_of_a_backtest_and_a_sweep(tmp_path, suffix):
+    import pipeline as cryptobt
+
+    frames = random_walks(3, 1_500, seed=2)
+    single = cryptobt.plot(frames, "rsi", tmp_path / f"one{suffix}", {"rsi_period": 10})
+    sweep = cryptobt.plot(frames, "rsi", tmp_path / f"sweep{suffix}", list(strategies.parse_grid("rsi", GRID)),
+                          objective="sharpe")
+    assert single.stat().st_size > 10_000 and sweep.stat().st_size > single.stat().st_size * 0.5
+    with pytest.raises(Exception, match="use a .html or .png file name"):
+        cryptobt.plot(frames, "rsi", tmp_path / "x.pdf")
