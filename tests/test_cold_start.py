@@ -63,3 +63,34 @@ def test_a_cold_backtest_with_the_cache_loads_the_sync_redis_client_only(small_l
     assert "computed" in printed  # the cache was used
     assert _held(modules, NEVER) == []
     assert "redis.client" in modules
+
+
+def _run_python(code: str) -> str:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_pandas_imported_after_pyarrow_is_recognised_by_pyarrow_as_usual():
+    # pipeline.imports lets pyarrow's first conversion find no pandas; pandas imported later must be seen.
+    printed = _run_python(
+        "import sys, math\n"
+        "import pipeline, pyarrow as pa\n"
+        "pa.array([1.0, math.nan], type=pa.float64(), from_pandas=True)\n"
+        "assert 'pandas' not in sys.modules\n"
+        "import pandas as pd\n"
+        "print(pa.array(pd.Series([1.0, math.nan])).null_count, pa.Table.from_pandas(pd.DataFrame({'a': [1]})).num_rows)\n")
+    assert printed == "1 1"  # a pandas NaN is null, as pyarrow does when pandas comes first
+
+
+def test_numba_without_scipy_at_load_still_compiles_blas_calls():
+    # numba loads with SciPy out of reach; np.dot and np.convolve still compile and use BLAS as before.
+    printed = _run_python(
+        "import sys\n"
+        "import pipeline, numpy as np, numba\n"
+        "import numba.np.arraymath as arraymath\n"
+        "assert 'scipy' not in sys.modules and arraymath._HAVE_BLAS\n"
+        "f = numba.njit(lambda a, b: (np.dot(a, b), np.convolve(a, b)[2]))\n"
+        "a = np.arange(3.0)\n"
+        "print(f(a, a), 'scipy.linalg' in sys.modules)\n")
+    assert printed == "(5.0, 1.0) True"
