@@ -266,6 +266,11 @@ def code_version(strategy: str) -> str:
     return f"{ENGINE_VERSION}+{strategies.get_strategy(strategy).code_version[:16]}"
 
 
+def thread_count() -> int:
+    """Threads the kernels run on now (set_threads)."""
+    return numba.get_num_threads()
+
+
 def set_threads(workers: int) -> None:
     """Numba threads for the kernels; 0 = all cores. Results do not depend on it."""
     available = numba.config.NUMBA_NUM_THREADS

@@ -144,10 +144,14 @@ def _check_range_has_bars(snapshot: lake.Snapshot, interval_of: dict[str, str], 
     raise PipelineError(f"--timerange has no bars: {have}")
 
 
-def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str) -> int:
-    """Symbols per read when nobody watches: all of them unless one parameter set over them is a lot of work."""
+def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int) -> int:
+    """Symbols per read: all of them unless their parameter sets are a lot of work. A sweep's chunk
+    of symbols gets all its sets in a few kernel calls (an indicator is computed once per distinct
+    value within a call: one set per call over every symbol recomputed it for every set), and at
+    least two symbols per thread (the kernel runs symbols in parallel)."""
     bars = [(snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names]
-    return max(1, min(len(names), CHUNK_BAR_STEPS // max(max(bars, default=0), 1)))
+    per_call = CHUNK_BAR_STEPS // max(max(bars, default=0) * n_params, 1)
+    return max(1, min(len(names), max(per_call, 2 * engine.thread_count() if n_params > 1 else 1)))
 
 
 def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
@@ -243,8 +247,10 @@ def backtest(
     folds: list[dict[str, Any]] = []  # walk-forward summaries
     fold_rows: list[dict[str, Any]] = []  # and their results-table rows
     interrupted = False
-    chunk = STREAM_CHUNK if on_results else PROGRESS_CHUNK if on_progress else _symbols_per_call(
-        snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"))
+    chunk = _symbols_per_call(snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"),
+                              n_params)
+    if on_results or on_progress:
+        chunk = min(chunk, STREAM_CHUNK if on_results else PROGRESS_CHUNK)
     # Progress counts backtests (symbol x parameter set), so a sweep's bar moves within a chunk.
     total_backtests = len(names) * n_params
     if on_progress:
