@@ -5,6 +5,7 @@ leaderboard; a library that starts importing one again (or a module of ours that
 here. Times are never asserted: the modules a fresh process holds at the end of a run are.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -83,6 +84,8 @@ def test_pandas_imported_after_pyarrow_is_recognised_by_pyarrow_as_usual():
     assert printed == "1 1"  # a pandas NaN is null, as pyarrow does when pandas comes first
 
 
+@pytest.mark.skipif(importlib.util.find_spec("scipy") is None,
+                    reason="SciPy is not installed (the test extra does not need it): numba has no BLAS to keep")
 def test_numba_without_scipy_at_load_still_compiles_blas_calls():
     # numba loads with SciPy out of reach; np.dot and np.convolve still compile and use BLAS as before.
     printed = _run_python(
