@@ -45,7 +45,8 @@ def random_walks(n_symbols: int, bars: int, seed: int) -> dict[str, pl.DataFrame
 def sweep():
     """A 12-set RSI sweep over three random walks: the batch, its config, results and block sums."""
     batch = notebook.prices(random_walks(3, 3_000, seed=5))
-    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)))
+    # 8 PBO blocks: C(8, 4) = 70 splits keep the first-principles loop quick (the default 16 is tested below).
+    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)), pbo_blocks=8)
     blocks = overfit.new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, overfit.block_fractions(config), blocks)
     return batch, config, overfit.attach([results], blocks, len(config.params_list), config), blocks
