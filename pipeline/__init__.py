@@ -17,7 +17,7 @@ ENGINE_VERSION = "2"
 
 
 def __getattr__(name: str):  # the notebook API, imported on first use (the CLI never pays for it)
-    if name in ("run_backtest", "run_portfolio", "round_trips", "plot", "prices"):
+    if name in ("run_backtest", "run_portfolio", "run_signals", "round_trips", "plot", "prices"):
         from pipeline import notebook
 
         return getattr(notebook, name)

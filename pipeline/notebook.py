@@ -109,6 +109,32 @@ def plot(frames: Mapping[str, Any], strategy: str, path: str | Path,
     return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
 
 
+def run_signals(frames: Mapping[str, Any], entries: Mapping[str, Any], exits: Mapping[str, Any],
+                **run: Any) -> pl.DataFrame:
+    """Your own signals, one boolean array per symbol and per frame row (vectorbt's from_signals):
+    entry (flat -> long) and exit (long -> flat), simulated with the CLI's rules and options (fee, fill,
+    initial, sl, tp, trail, size, slippage, ...). One row per symbol, the CLI's fields."""
+    import importlib
+
+    from pipeline import strategies
+
+    strategies.register(strategies.strategy_from_module(importlib.import_module("pipeline.notebook_signals")))
+    coded = {}
+    for symbol, frame in frames.items():
+        frame = frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(
+            frame.reset_index() if frame.index.name else frame)
+        if symbol not in entries or symbol not in exits:
+            raise PipelineError(f"no entries or exits for {symbol!r}: give both, one per frame row")
+        enter = np.asarray(entries[symbol], dtype=bool)
+        leave = np.asarray(exits[symbol], dtype=bool)
+        if enter.shape != (frame.height,) or leave.shape != (frame.height,):
+            raise PipelineError(f"{symbol}: entries {enter.shape} and exits {leave.shape} must each have one "
+                                f"value per frame row ({frame.height})")
+        coded[symbol] = frame.with_columns(pl.Series("volume", enter * 1.0 + leave * 2.0))
+    config = options.run_config("from_signals", {}, **run)
+    return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
+
+
 def round_trips(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
                 **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),

@@ -267,3 +267,24 @@ def test_the_notebook_draws_the_clis_pictures_of_a_backtest_and_a_sweep(tmp_path
     assert single.stat().st_size > 10_000 and sweep.stat().st_size > single.stat().st_size * 0.5
     with pytest.raises(Exception, match="use a .html or .png file name"):
         cryptobt.plot(frames, "rsi", tmp_path / "x.pdf")
+
+
+def test_your_own_entry_and_exit_arrays_run_as_the_strategy_that_made_them():
+    # RSI's own signals handed in as arrays give RSI's results, with stops and fees too.
+    import pipeline as cryptobt
+
+    frames = random_walks(3, 2_000, seed=4)
+    rsi = strategies.get_strategy("rsi")
+    row = strategies.combos_matrix("rsi", [strategies.resolve_params("rsi", {})])[0][0]
+    entries, exits = {}, {}
+    for symbol, frame in frames.items():
+        close = frame["close"].to_numpy().reshape(1, -1)
+        _, entries[symbol], exits[symbol] = rsi.kernels().indicators_and_signals_single((close,), close[0], row)
+    options_ = {"fee": 0.2, "sl": 3.0, "tp": 6.0}
+    mine = cryptobt.run_signals(frames, entries, exits, **options_).sort("symbol")
+    theirs = cryptobt.run_backtest(frames, "rsi", **options_).sort("symbol")
+    assert mine["num_trades"].to_list() == theirs["num_trades"].to_list()
+    assert mine["final_value"].to_list() == theirs["final_value"].to_list()
+    assert sum(mine["num_trades"]) > 0
+    with pytest.raises(Exception, match="must each have one value per frame row"):
+        cryptobt.run_signals(frames, {s: e[:-1] for s, e in entries.items()}, exits)
