@@ -47,6 +47,17 @@ def _pbo_starts(config: RunConfig) -> np.ndarray:
     return np.searchsorted(np.round(block_fractions(config), 12), np.round(pbo_fractions(config)[:-1], 12))
 
 
+def sharpe_of_sums(n: np.ndarray, s: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    """Per-bar Sharpe ratio (mean over sample standard deviation) of returns given by their count,
+    sum and sum of squares; NaN with fewer than two returns or no deviation."""
+    n, s, s2 = np.asarray(n, dtype=float), np.asarray(s, dtype=float), np.asarray(s2, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = s / n
+        var = (s2 - s * mean) / (n - 1)
+        defined = (n >= 2) & (var > 1e-30)
+        return np.where(defined, mean / np.sqrt(np.where(defined, var, 1.0)), np.nan)
+
+
 def moments(blocks: np.ndarray) -> dict[str, np.ndarray]:
     """Per-bar return moments of each (symbol, set) over all blocks of `blocks` (Y x B x K x N).
 
@@ -63,9 +74,8 @@ def moments(blocks: np.ndarray) -> dict[str, np.ndarray]:
         m2 = raw2 - mean**2
         m3 = raw3 - 3 * mean * raw2 + 2 * mean**3
         m4 = raw4 - 4 * mean * raw3 + 6 * mean**2 * raw2 - 3 * mean**4
-        sample_var = m2 * n / (n - 1)
-        defined = (n >= 2) & (sample_var > 1e-30)
-        sharpe = np.where(defined, mean / np.sqrt(np.where(defined, sample_var, 1.0)), np.nan)
+        sharpe = sharpe_of_sums(n, totals[:, B_SUM, :], totals[:, B_SUM2, :])
+        defined = np.isfinite(sharpe)
         skew = np.where(defined, m3 / np.where(defined, m2, 1.0) ** 1.5, np.nan)
         kurt = np.where(defined, m4 / np.where(defined, m2, 1.0) ** 2, np.nan)
     return {"n": n, "sharpe": sharpe, "skew": skew, "kurt": kurt}
@@ -127,29 +137,31 @@ def new_blocks(n_symbols: int, config: RunConfig) -> np.ndarray:
     return np.zeros((n_symbols, len(block_fractions(config)) - 1, N_BLOCK_STATS, len(config.params_list)))
 
 
-def attach(slices: list[list[dict[str, Any]]], blocks: np.ndarray, sets_per_slice: int,
-           config: RunConfig) -> list[dict[str, Any]]:
-    """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (kernel calls of
-    `sets_per_slice` sets, each symbol-major), in place; returned flat."""
+def by_symbol(slices: list[list[dict[str, Any]]], n_symbols: int) -> list[list[dict[str, Any]]]:
+    """A chunk's sweep results as rows[symbol][set], from its kernel calls (each symbol-major over
+    its consecutive slice of the sets)."""
+    rows: list[list[dict[str, Any]]] = [[] for _ in range(n_symbols)]
+    for results_of_call in slices:
+        width = len(results_of_call) // n_symbols
+        for y in range(n_symbols):
+            rows[y].extend(results_of_call[y * width: (y + 1) * width])
+    return rows
+
+
+def attach(rows: list[list[dict[str, Any]]], blocks: np.ndarray, config: RunConfig) -> None:
+    """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (rows[symbol][set],
+    see by_symbol), in place."""
     stats = sweep_statistics(blocks, config)
-    n_symbols = blocks.shape[0]
     counts = np.add.reduceat(blocks[:, :, B_COUNT, 0], _pbo_starts(config), axis=1)
-    flat = []
-    for k, results in enumerate(slices):
-        first = k * sets_per_slice
-        width = len(results) // n_symbols
-        for j, result in enumerate(results):
-            y, c = divmod(j, width)
-            c += first
+    for y, symbol_rows in enumerate(rows):
+        pbo = stats["pbo"][y]
+        for c, result in enumerate(symbol_rows):
             result["n_trials"] = int(stats["n_trials"][y])
             dsr = stats["deflated_sharpe"][y, c]
             result["deflated_sharpe"] = None if result["reason"] or not np.isfinite(dsr) else float(dsr)
-            pbo = stats["pbo"][y]
             # A block of fewer than two bars has no Sharpe ratio: no PBO rather than a made-up one.
             usable = config.pbo_blocks > 1 and not result["reason"] and counts[y].min() >= 2 and np.isfinite(pbo)
             result["pbo"] = float(pbo) if usable else None
-            flat.append(result)
-    return flat
 
 
 def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
@@ -159,4 +171,5 @@ def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
 
     blocks = new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, block_fractions(config), blocks)
-    return attach([results], blocks, len(config.params_list), config)
+    attach(by_symbol([results], len(batch.symbols)), blocks, config)
+    return results

@@ -71,11 +71,6 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: 
     }
 
 
-def _set_identity(params: dict[str, Any], execution: engine.Execution) -> tuple:
-    """What tells a run's parameter sets apart: strategy parameters and execution."""
-    return tuple(sorted(params.items())), execution
-
-
 # The pins a run holds on the snapshots it reads, released when the run returns (see `_pinning`).
 _PINS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("pins", default=None)
 
@@ -297,10 +292,10 @@ def backtest(
             if blocks is not None:
                 # A sweep's statistics need every parameter set of a symbol: added to its results
                 # (already streamed without them) once the chunk of symbols is done.
-                overfit.attach(part_results, blocks, sets_per_call, config)
+                rows_by_symbol = overfit.by_symbol(part_results, len(part))
+                overfit.attach(rows_by_symbol, blocks, config)
                 if config.walk_forward:
-                    summaries, rows = walkforward.evaluate(blocks, fractions, config,
-                                                           _by_symbol(part_results, len(part)),
+                    summaries, rows = walkforward.evaluate(blocks, fractions, config, rows_by_symbol,
                                                            _simulated_times(batch, config))
                     folds.extend(summaries)
                     fold_rows.extend(rows)
@@ -311,9 +306,7 @@ def backtest(
         interrupted = True
 
     if use_cache and computed:
-        slot = {_set_identity(params, execution): c for c, (params, execution) in enumerate(config.sets)}
-        cache.put_many([(keys[(r["symbol"], slot[_set_identity(r["params"], engine.Execution.of(r))])], r)
-                        for r in computed])
+        cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
     hit_count = len(cached_now)
     miss_count = len(computed)
     if use_cache:
@@ -343,16 +336,6 @@ def backtest(
         findings=data_findings(snapshot, names),
         walk_forward=sorted(folds, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
     )
-
-
-def _by_symbol(slices: list[list[dict[str, Any]]], n_symbols: int) -> list[list[dict[str, Any]]]:
-    """A chunk's results as rows[symbol][set] from its kernel calls (each symbol-major over its sets)."""
-    rows: list[list[dict[str, Any]]] = [[] for _ in range(n_symbols)]
-    for results_of_call in slices:
-        width = len(results_of_call) // n_symbols
-        for y in range(n_symbols):
-            rows[y].extend(results_of_call[y * width: (y + 1) * width])
-    return rows
 
 
 def _simulated_times(batch: reader.PriceBatch, config: RunConfig) -> list[Any]:

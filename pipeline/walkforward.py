@@ -31,6 +31,7 @@ from pipeline.kernels.blocks import (
     N_BLOCK_STATS,
     merge_blocks,
 )
+from pipeline.overfit import sharpe_of_sums
 
 if TYPE_CHECKING:
     from pipeline.engine import RunConfig
@@ -76,25 +77,20 @@ def _objective(merged: np.ndarray, objective: str) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         if objective == "total_return":
             value = np.log(merged[B_END] / merged[B_START]) / n
+        elif objective == "sharpe":
+            # 0 where undefined: a set that never trades has no excess return.
+            value = np.nan_to_num(sharpe_of_sums(n, merged[B_SUM], merged[B_SUM2]), nan=0.0)
         else:
-            mean = merged[B_SUM] / n
-            if objective == "sharpe":
-                spread = np.sqrt((merged[B_SUM2] - merged[B_SUM] * mean) / (n - 1))
-            else:
-                spread = np.sqrt(merged[B_DOWN2] / n)
-            value = np.where(spread > 1e-15, mean / spread, 0.0)
+            spread = np.sqrt(merged[B_DOWN2] / n)
+            value = np.where(spread > 1e-15, merged[B_SUM] / n / spread, 0.0)
     return np.where(np.isfinite(value), value, -np.inf)
 
 
 def _part_metrics(merged: np.ndarray, annual_bars: float) -> dict[str, Any]:
     """Return and Sharpe ratio of one set's merged part (N_BLOCK_STATS,)."""
     n = merged[B_COUNT]
-    sharpe = None
-    if n >= 2:
-        mean = merged[B_SUM] / n
-        var = (merged[B_SUM2] - merged[B_SUM] * mean) / (n - 1)
-        if var > 1e-30:
-            sharpe = float(mean / math.sqrt(var) * math.sqrt(annual_bars))
+    per_bar = float(sharpe_of_sums(n, merged[B_SUM], merged[B_SUM2]))
+    sharpe = per_bar * math.sqrt(annual_bars) if math.isfinite(per_bar) else None
     ret = (merged[B_END] / merged[B_START] - 1.0) * 100.0 if n > 0 else None
     return {"bars": int(n), "total_return_pct": None if ret is None else float(ret), "sharpe": sharpe}
 

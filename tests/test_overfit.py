@@ -49,7 +49,8 @@ def sweep():
     config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)), pbo_blocks=8)
     blocks = overfit.new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, overfit.block_fractions(config), blocks)
-    return batch, config, overfit.attach([results], blocks, len(config.params_list), config), blocks
+    overfit.attach(overfit.by_symbol([results], len(batch.symbols)), blocks, config)
+    return batch, config, results, blocks
 
 
 def returns_of(batch, config, symbol_index: int, params: dict) -> np.ndarray:
