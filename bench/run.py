@@ -382,8 +382,59 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
     found["vectorbt"] = {
         "label": "vectorbt 1.2 (TA-Lib RSI + Portfolio.from_signals) on the same arrays, warm",
         "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": ">= 10x",
-        "max_rel_diff_final_value": float(np.nanmax(np.abs(got["final_value"] / ours - 1))),
-        "trade_count_mismatches": int(np.sum(got["num_trades"] != our_trades))}
+        **_agreement(got, ours, our_trades)}
+    found.update(run_peers(close, ours, our_trades, ours_kernel))
+    return found
+
+
+def _agreement(got: dict[str, np.ndarray], ours: np.ndarray, our_trades: np.ndarray) -> dict:
+    """A peer's per-symbol final values and entries next to our kernel's (same symbol order)."""
+    return {"max_rel_diff_final_value": float(np.nanmax(np.abs(got["final_value"] / ours - 1))),
+            "trade_count_mismatches": int(np.sum(got["num_trades"] != our_trades))}
+
+
+PEER_GOAL = 20  # issue 17: our kernel >= 20x the fastest peer on the RSI all-crypto run
+PEERS = {"vectorbt": "vectorbt Numba", "vectorbt_rust": "vectorbt Rust", "fast_trade": "fast-trade"}
+
+
+def run_peers(close: np.ndarray, ours: np.ndarray, our_trades: np.ndarray, ours_kernel: float) -> dict:
+    """Issue 17's peers on the arrays the vectorbt row uses, each timed warm (median of 3) and checked
+    per symbol like it: vectorbt 1.2 on its Rust engine, fast-trade 3.0 (Polars-native), and the
+    fastest of them and vectorbt's Numba engine against the goal. A peer that is not installed gets a
+    row saying so (`pip install -e .[bench]`)."""
+    found: dict = {}
+    goal = f">= {PEER_GOAL}x"
+    try:
+        from vectorbt._engine import is_rust_available
+
+        from bench.baselines import vectorbt_rsi
+        if not is_rust_available():
+            raise ImportError("vectorbt-rust is missing or not vectorbt's version")
+    except ImportError as exc:
+        found["vectorbt_rust"] = {"skipped": f"vectorbt Rust engine: {exc}; run `make bench`"}
+    else:
+        stats = timed(lambda: vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0, engine="rust"), 3)
+        got = vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0, engine="rust")
+        found["vectorbt_rust"] = {
+            "label": "vectorbt 1.2 on its Rust engine (vectorbt-rust; TA-Lib RSI + Portfolio.from_signals) "
+                     "on the same arrays, warm",
+            "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": goal,
+            **_agreement(got, ours, our_trades)}
+    try:
+        from bench.baselines import fast_trade_rsi
+    except ImportError as exc:
+        found["fast_trade"] = {"skipped": f"fast-trade: {exc}; run `make bench`"}
+    else:
+        stats = timed(lambda: fast_trade_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0), 3)
+        got = fast_trade_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0)
+        found["fast_trade"] = {
+            "label": "fast-trade 3.0 (Polars-native: its vectorised rules + Numba account) per symbol, "
+                     "TA-Lib RSI handed in, same arrays, warm",
+            "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": goal,
+            "note": "matched: fill at the signal bar's close, all-in/all-out, fee formulas, last-close mark; "
+                    "handed in: TA-Lib RSI and the previous bar's RSI (its finta RSI is seeded otherwise, its "
+                    "rules have no crossing)",
+            **_agreement(got, ours, our_trades)}
     return found
 
 
@@ -536,7 +587,8 @@ def write_report(r: dict, path: Path) -> None:
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")
     lines += ["", "## Baselines (same data, same run)", "",
               "End-to-end rows compare with our warm end-to-end run (lake read + kernel + results); "
-              "vectorbt gets the same aligned arrays as our kernel and is compared with the kernel alone. "
+              "the peers (vectorbt on its Numba and its Rust engine, fast-trade) get the same aligned arrays as "
+              "our kernel and are compared with the kernel alone. "
               "Agreement is checked per symbol: final value (tolerance 1e-9 relative) and number of trades "
               "(must be equal).", "",
               "| method | time | ours is | goal | agreement with ours |", "|---|---|---|---|---|"]
@@ -547,8 +599,17 @@ def write_report(r: dict, path: Path) -> None:
         agree = stats.get("max_rel_diff_final_value")
         agreement = (f"final value max rel. diff {agree:.1e}; symbols with another trade count: "
                      f"{stats['trade_count_mismatches']}" if agree is not None else "(different data: daily)")
+        if stats.get("note"):
+            agreement += f" ({stats['note']})"
         lines.append(f"| {stats['label']} | {stats['seconds']:.2f} s | {stats['ratio']:,.0f}x faster | "
                      f"{stats.get('goal', '')} | {agreement} |")
+    peers = {name: b[name] for name in PEERS if "ratio" in b.get(name, {})}
+    if peers:
+        fastest = min(peers, key=lambda name: peers[name]["seconds"])
+        ratio = peers[fastest]["ratio"]
+        lines.append(f"| fastest peer on the RSI all-crypto run ({', '.join(PEERS[n] for n in peers)}): "
+                     f"{PEERS[fastest]} | {peers[fastest]['seconds']:.2f} s | {ratio:,.0f}x faster | "
+                     f">= {PEER_GOAL}x | {_goal(ratio, PEER_GOAL, False)} |")
     lines += ["", "![ratios](ratios.png)"]
     write_chart(r, path.parent / "ratios.png")
     path.write_text("\n".join(lines) + "\n")

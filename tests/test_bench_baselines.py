@@ -267,3 +267,62 @@ def test_vectorbt_native_rsi_is_wilder_after_convergence(seeded_db):
     np.testing.assert_allclose(native[400:], want[400:], rtol=1e-9)
     got = vectorbt_rsi.run_rsi(close[None, :], 14, 30, 70, 0.1, 1000.0, rsi="vbt")
     assert got["final_value"].shape == (1,) and np.isfinite(got["final_value"][0])
+
+
+def _check_peer(got: dict, data, symbols, params, rel: float) -> int:
+    """A peer's {final_value, num_trades} arrays against SPEC's loop, symbol by symbol; the entries."""
+    entries = 0
+    for i, symbol in enumerate(symbols):
+        want_value, want_trades = spec_reference(_closes(data, symbol), *params)
+        want_entries = sum(1 for t in want_trades if t[1] == "buy")
+        assert got["final_value"][i] == pytest.approx(want_value, rel=rel, abs=0), symbol
+        assert got["num_trades"][i] == want_entries, symbol
+        entries += want_entries
+    return entries
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_vectorbt_rust_engine_follows_spec(seeded_db, params):
+    """vectorbt's Rust engine (vectorbt-rust), named explicitly, on the grid with gaps: SPEC's entries
+    and final values, and the Numba engine's numbers."""
+    vectorbt_rsi = _vectorbt()
+    from vectorbt._engine import is_rust_available
+
+    if not is_rust_available():
+        pytest.skip("vectorbt-rust is not installed (or not vectorbt's version): pip install -e .[bench]")
+    _, data = seeded_db
+    grid = _aligned_grid(data, SYMBOLS)
+    got = vectorbt_rsi.run_rsi(grid, *params, engine="rust")
+    assert _check_peer(got, data, SYMBOLS, params, 1e-6) >= 2  # there are trades to compare
+    numba = vectorbt_rsi.run_rsi(grid, *params, engine="numba")
+    np.testing.assert_allclose(got["final_value"], numba["final_value"], rtol=1e-12)
+    np.testing.assert_array_equal(got["num_trades"], numba["num_trades"])
+
+
+def _fast_trade():
+    try:
+        from bench.baselines import fast_trade_rsi
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"fast-trade is not installed or does not import here: {exc}")
+    return fast_trade_rsi
+
+
+@pytest.mark.parametrize("params", PARAMS)
+def test_fast_trade_follows_spec(seeded_db, params):
+    """fast-trade, fed each symbol's own bars and TA-Lib's RSI, fills and charges as SPEC says: the same
+    entries and final values to 1e-9 (it rounds its account columns to 8 decimals), gaps included."""
+    fast_trade_rsi = _fast_trade()
+    _, data = seeded_db
+    grid = _aligned_grid(data, SYMBOLS)
+    assert np.isnan(grid[2]).sum() == len(GAP_HOURS)
+    got = fast_trade_rsi.run_rsi(grid, *params)
+    assert _check_peer(got, data, SYMBOLS, params, 1e-9) >= 2
+
+
+def test_fast_trade_keeps_the_cash_of_a_symbol_without_bars(seeded_db):
+    fast_trade_rsi = _fast_trade()
+    _, data = seeded_db
+    grid = np.vstack([_aligned_grid(data, ["AAA"]), np.full((1, N_HOURS), np.nan)])
+    got = fast_trade_rsi.run_rsi(grid, 14, 30.0, 70.0, 0.1, 1000.0)
+    assert got["final_value"][1] == 1000.0 and got["num_trades"][1] == 0
+    assert got["num_trades"][0] > 0

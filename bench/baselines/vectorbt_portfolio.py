@@ -12,6 +12,7 @@ grid. Where the semantics match, the final values must agree with ours:
   skipped, the two define the same account (checked in the benchmark).
 - vectorbt orders same-bar entries by its call sequence, ours by rank; that matters
   only when cash or slots run out, which the agreement case excludes.
+- Engine: Numba, named (vectorbt's "auto" would take Rust where vectorbt-rust is installed).
 - Missing bars: vectorbt skips orders at a NaN price and values a position at the
   last valid close, as our kernel does.
 """
@@ -27,6 +28,7 @@ def run_shared(close: np.ndarray, entries: np.ndarray, exits: np.ndarray, stake:
     portfolio = vbt.Portfolio.from_signals(
         close.T, entries.T, exits.T, size=stake, size_type="value", fees=0.0, init_cash=initial,
         cash_sharing=True, group_by=True, direction="longonly", accumulate=False, freq="1h",
+        engine="numba",  # the engine this row has measured; "auto" takes Rust once vectorbt-rust is installed
     )
     value = portfolio.value().to_numpy()
     return float(value[~np.isnan(value)][-1])

@@ -1,6 +1,6 @@
 """Baseline: vectorbt on the same aligned (symbols x time) close array our engine reads.
 
-    run_rsi(close, period, oversold, overbought, fee_pct, initial, rsi="talib")
+    run_rsi(close, period, oversold, overbought, fee_pct, initial, rsi="talib", engine="numba")
 
 How vectorbt is configured to follow SPEC sections 3 and 4:
 
@@ -32,6 +32,12 @@ How vectorbt is configured to follow SPEC sections 3 and 4:
   `cash * f`, and sells for `units * price * (1 - f)`, both as SPEC says.
 - Final value. Cash plus units times the symbol's last close (its last bar, not
   the grid's last column), read from vectorbt's cash and asset series at that bar.
+- Engine. vectorbt 1.2 dispatches its simulation and its cash / asset series to
+  the Rust kernels of the `vectorbt-rust` package when `engine="rust"` (per call,
+  or `vbt.settings["engine"]`), to its Numba kernels with `engine="numba"`; its
+  default, "auto", takes Rust whenever vectorbt-rust is installed. The engine is
+  passed explicitly so that each benchmark row measures the engine it names. The
+  RSI is TA-Lib's either way (C, not vectorbt's).
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ def run_rsi(
     fee_pct: float = 0.1,
     initial: float = 1000.0,
     rsi: str = "talib",
+    engine: str = "numba",
 ) -> dict[str, np.ndarray]:
     """vectorbt RSI strategy over (symbols x time) closes with NaN gaps.
 
@@ -106,6 +113,7 @@ def run_rsi(
         init_cash=float(initial),
         direction="longonly",
         accumulate=False,
+        engine=engine,
     )
     cash = np.asarray(pf.cash(), dtype=np.float64).reshape(close_tx.shape)
     assets = np.asarray(pf.assets(), dtype=np.float64).reshape(close_tx.shape)
