@@ -2,6 +2,7 @@
 
     python -m bench.run            # seed scale: 211 cryptos x 5 years hourly + daily
     python -m bench.run --quick    # 20 x 1 year, for CI-friendly smoke runs
+    python -m bench.run --scaling  # and the scaling table at the end (bench/scaling.py)
 
 Needs PostgreSQL (DATABASE_URL's server; the benchmark uses its own database) and
 Redis. Writes bench/RESULTS.md and bench/results.json. Timings are medians of
@@ -28,6 +29,8 @@ import numba
 import numpy as np
 import psycopg
 
+from bench import scaling
+from bench.timing import timed
 from pipeline import engine, lake, loaders, overfit, reader, runs, source, strategies
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
@@ -35,17 +38,6 @@ from pipeline.export import run_export
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
-
-
-def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": repeat}
 
 
 def ensure_database(admin_url: str, name: str, cryptos: int, years: float) -> tuple[str, dict]:
@@ -70,6 +62,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="Where RESULTS.md and results.json go.")
     parser.add_argument("--database", help="Database to seed and use (default cryptobt_bench[_quick]).")
     parser.add_argument("--workdir", type=Path, default=WORK, help="Where the bench's lakes and results go.")
+    parser.add_argument("--scaling", action="store_true",
+                        help="Run the scaling table at the end (python -m bench.scaling; --quick: its reduced "
+                             "scale). Without it, the last scaling table in --out's results.json is kept.")
     args = parser.parse_args()
     cryptos, years = (20, 1.0) if args.quick else (211, 5.0)
     out: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
@@ -195,6 +190,14 @@ def main() -> None:
     out["baselines"] = run_baselines(url, batch, config, args.quick, out["rsi_end_to_end_warm"]["median"],
                                      out["rsi_kernel_threads_2"]["median"])
     out["peak_rss_mb_this_process"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.scaling:
+        print("scaling (each cell in a process of its own)...", flush=True)
+        out["scaling"] = scaling.run_scaling(scaling.QUICK if args.quick else scaling.FULL, work / "scaling")
+    elif (args.out / "results.json").exists():
+        # The last scaling table stays (its section says when it was measured).
+        kept = json.loads((args.out / "results.json").read_text()).get("scaling")
+        if kept:
+            out["scaling"] = kept
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(out, indent=1, default=str))
     write_report(out, args.out / "RESULTS.md")
@@ -611,6 +614,8 @@ def write_report(r: dict, path: Path) -> None:
                      f"{PEERS[fastest]} | {peers[fastest]['seconds']:.2f} s | {ratio:,.0f}x faster | "
                      f">= {PEER_GOAL}x | {_goal(ratio, PEER_GOAL, False)} |")
     lines += ["", "![ratios](ratios.png)"]
+    if r.get("scaling"):
+        lines += ["", *scaling.report_lines(r["scaling"])]
     write_chart(r, path.parent / "ratios.png")
     path.write_text("\n".join(lines) + "\n")
 
