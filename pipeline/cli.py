@@ -609,7 +609,7 @@ def _emit_json(results: list[dict[str, Any]] | dict[str, Any]) -> None:
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, stream: bool, command: str, no_cache: bool = False,
-         confirm_seconds: float | None = None, snapshot: str | None = None,
+         confirm_seconds: float | None = None, snapshot: str | None = None, keep: int | None = None,
          **run: Any) -> tuple[Any, Any, Settings]:
     """A validated backtest or sweep, run; `run` are `options.run_config`'s options (fee, fill, sl, ...)."""
     from pipeline import runs
@@ -629,7 +629,8 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
         outcome = runs.execute(settings, config, symbols, interval, no_cache=no_cache, on_warning=_warn,
                                on_results=on_results, on_progress=watch, command=command,
                                confirm_seconds=confirm_seconds,
-                               on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot)
+                               on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot,
+                               keep=keep)
     _warn_findings(outcome.findings)
     return outcome, config, settings
 
@@ -647,8 +648,8 @@ def _warn_findings(findings: dict[str, list[str]]) -> None:
 def _stop_if_interrupted(outcome: Any, settings: Settings) -> None:
     """Ctrl-C: what finished was printed and written; say so and exit 130 (128 + SIGINT)."""
     if outcome.interrupted:
-        kept = (f"kept and wrote the {len(outcome.results):,} of {outcome.planned:,} results that finished "
-                f"(run {outcome.run_id}, results in {settings.results_root})" if outcome.results
+        kept = (f"kept and wrote the {outcome.n_results:,} of {outcome.planned:,} results that finished "
+                f"(run {outcome.run_id}, results in {settings.results_root})" if outcome.n_results
                 else f"none of the {outcome.planned:,} results had finished; nothing was written")
         err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True)
         raise typer.Exit(130)
@@ -666,7 +667,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
 
     bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
     written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
-                               bars, curves, outcome.results if sweep else None)
+                               bars, curves, outcome.set_returns if sweep else None)
     err_console.print(f"picture written to {written}")
 
 
@@ -810,7 +811,7 @@ def sweep_command(
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
                                      slippage=slippage, objective=objective, min_trades=min_trades,
                                      pbo_blocks=pbo_blocks, walk_forward=walk_forward, train_ratio=train_ratio,
-                                     anchored=anchored)
+                                     anchored=anchored, keep=top)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
@@ -823,7 +824,7 @@ def sweep_command(
             _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
         _stop_if_interrupted(outcome, settings)
         return
-    _print_board(best, f"best {len(best)} of {len(outcome.results)} ({len(config.params_list)} sets x symbols)",
+    _print_board(best, f"best {len(best)} of {outcome.n_results:,} ({len(config.params_list)} sets x symbols)",
                  top, True)
     _print_board(per_symbol, f"best {top} per symbol", top * 10, True)
     if config.walk_forward:

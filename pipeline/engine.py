@@ -277,11 +277,15 @@ def set_threads(workers: int) -> None:
     numba.set_num_threads(available if workers <= 0 else min(workers, available))
 
 
+# A result in columns and as an Arrow row (about 75 fields); a sweep keeps one chunk of symbols' worth.
+RESULT_ROW_BYTES = 800
+
+
 def estimate_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> int:
     """Bytes a run needs: the price arrays, the metrics cube, a sweep's block sums and the result rows."""
     prices = 2 * n_symbols * n_time * 8
     cube = n_symbols * n_combos * (enums.N_METRICS + n_blocks * N_BLOCK_STATS) * 8
-    rows = n_symbols * n_combos * 2_000  # a result dict with its params, as Python objects
+    rows = n_symbols * n_combos * RESULT_ROW_BYTES
     buffers = numba.get_num_threads() * n_time * 8 * 10
     return prices + cube + rows + buffers
 
@@ -466,6 +470,114 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
     }
 
 
+# Result fields that come from the metrics cube, each with its metric and what a result without
+# bars holds (shape_result): a number, or None (NaN in columns).
+_CUBE_FIELDS = (
+    ("final_value", enums.M_FINAL_VALUE, "initial"), ("final_value_net", enums.M_FINAL_VALUE_NET, "initial"),
+    ("total_return_pct", enums.M_TOTAL_RETURN_PCT, 0.0), ("buy_hold_return_pct", enums.M_BUY_HOLD_RETURN_PCT, None),
+    ("win_rate_pct", enums.M_WIN_RATE_PCT, None), ("max_drawdown_pct", enums.M_MAX_DRAWDOWN_PCT, None),
+    ("sharpe", enums.M_SHARPE, None), ("exposure_pct", enums.M_EXPOSURE_PCT, None),
+    *((name, enums.M_CAGR_PCT + k, None) for k, name in enumerate(enums.STATS_NAMES)),
+)
+
+
+@dataclass
+class ResultColumns:
+    """The results of a (symbols x sets) cube as columns, rows symbol-major (row = y * C + c):
+    what `shape_result` gives each result, without a dict per result (a sweep's results go
+    to the results table this way). `fields` are per row: numbers float64 with NaN for None
+    (integer fields are `INTEGER_COLUMNS`), times datetime64[s] with NaT, `reason` objects;
+    `per_symbol` are (Y,) and `constants` one value each; the parameters are `config.sets`
+    taken by `set_index`."""
+
+    config: RunConfig
+    symbol_index: np.ndarray
+    set_index: np.ndarray
+    fields: dict[str, np.ndarray]
+    per_symbol: dict[str, list]
+    constants: dict[str, Any]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.symbol_index.size)
+
+
+# Result fields that are integers (counts of bars or trades) among ResultColumns.fields.
+INTEGER_COLUMNS = ("bars", "num_trades", "closed_trades", "warmup_bars", "partial_bars", *INTEGER_STATS)
+
+
+def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annual_bars: np.ndarray,
+                   partial: np.ndarray) -> ResultColumns:
+    """`shape_result` of every (symbol, set) of `cube` (Y x C x N_METRICS, C = config's sets), as columns."""
+    n_symbols, n_sets = cube.shape[:2]
+    flat = cube.reshape(n_symbols * n_sets, enums.N_METRICS)
+    symbol_index = np.repeat(np.arange(n_symbols), n_sets)
+    set_index = np.tile(np.arange(n_sets), n_symbols)
+    first = flat[:, enums.M_FIRST_INDEX].astype(np.int64)
+    last = flat[:, enums.M_LAST_INDEX].astype(np.int64)
+    has_bars = (first >= 0) & (batch.times.size > 0)
+    times = batch.times if batch.times.size else np.zeros(1, dtype=np.int64)
+    start = times[np.where(has_bars, first, 0)]
+    end = times[np.where(has_bars, last, 0)]
+    fields: dict[str, np.ndarray] = {}
+    not_a_time = np.datetime64("NaT", "s")
+    fields["start"] = np.where(has_bars, start.astype("datetime64[s]"), not_a_time)
+    fields["end"] = np.where(has_bars, end.astype("datetime64[s]"), not_a_time)
+    fields["bars"] = flat[:, enums.M_BARS].astype(np.int64)
+    # shape_result's round(x, 6) on each distinct span (few): the same float, bit for bit.
+    spans, where = np.unique(np.where(has_bars, end - start + STEP_SECONDS[batch.interval], 0),
+                             return_inverse=True)
+    fields["days_of_data"] = np.array([round(int(s) / 86_400, 6) for s in spans])[where]
+    with np.errstate(invalid="ignore"):
+        for name, metric, without_bars in _CUBE_FIELDS:
+            values = flat[:, metric].copy()
+            values[~np.isfinite(values)] = np.nan
+            empty = config.initial if without_bars == "initial" else np.nan if without_bars is None else without_bars
+            fields[name] = np.where(has_bars, values, empty)
+    for name in ("num_trades", "closed_trades"):
+        fields[name] = np.where(has_bars, flat[:, getattr(enums, f"M_{name.upper()}")], 0).astype(np.int64)
+    fields["warmup_bars"] = flat[:, enums.M_WARMUP_BARS].astype(np.int64)
+    fields["partial_bars"] = np.asarray(partial, dtype=np.int64)[symbol_index]
+    fields["bars_per_year"] = np.asarray(annual_bars, dtype=np.float64)[symbol_index]
+    status = flat[:, enums.M_STATUS].astype(np.int64)
+    reason = np.full(status.size, None, dtype=object)
+    for row in np.flatnonzero(status != enums.STATUS_OK):
+        needed = strategies.warmup_bars(config.strategy, config.params_list[set_index[row]])
+        reason[row] = REASONS[int(status[row])].format(bars=int(fields["bars"][row]), needed=needed)
+    fields["reason"] = reason
+    constants = {
+        "strategy": config.strategy, "interval": batch.interval,
+        "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
+        "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
+        "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
+        "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
+        "snapshot_id": batch.snapshot_id, "computed_snapshot_id": batch.snapshot_id,
+        "engine_version": code_version(config.strategy), "from_cache": False,
+    }
+    per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}
+    return ResultColumns(config, symbol_index, set_index, fields, per_symbol, constants)
+
+
+def column_rows(batch: PriceBatch, config: RunConfig, cube: np.ndarray, columns: ResultColumns,
+                rows: np.ndarray | list[int]) -> list[dict[str, Any]]:
+    """Rows `rows` of `columns` (made from `cube`) as result dicts: `shape_result`'s, with the sweep
+    statistics the columns carry, and the trade log when `config.trades`."""
+    annual, partial = columns.fields["bars_per_year"], columns.fields["partial_bars"]
+    out = []
+    for row in rows:
+        y, c = int(columns.symbol_index[row]), int(columns.set_index[row])
+        params, execution = config.params_list[c], config.execution(c)
+        result = shape_result(batch, config, y, params, cube[y, c], annual[row], partial[row], execution)
+        if "n_trials" in columns.fields:
+            result["n_trials"] = int(columns.fields["n_trials"][row])
+            for name in ("pbo", "deflated_sharpe"):
+                result[name] = _number(columns.fields[name][row])
+        if config.trades:
+            result["trades"], result["round_trips"], _ = trade_log(batch, config, y, params, execution)
+        out.append(result)
+    return out
+
+
 class TradeLog(NamedTuple):
     """One result's trades: the fill log, its round trips and the equity at every grid column."""
 
@@ -570,6 +682,21 @@ def leaderboard(results: list[dict[str, Any]], objective: str = "total_return",
         return (r["num_trades"] < min_trades, value is None, -(value or 0.0), r["symbol"])
 
     return sorted(results, key=rank)
+
+
+def best_rows(columns: ResultColumns, n: int | None, objective: str = "total_return",
+              min_trades: int = 0) -> np.ndarray:
+    """Row indices of each symbol's `n` best results in `columns` (all with None), symbol by
+    symbol, each in `leaderboard`'s order."""
+    value = columns.fields[OBJECTIVES[objective]]
+    missing = np.isnan(value)
+    n_symbols = len(columns.per_symbol["symbol"])
+    if not n_symbols or not columns.n_rows:
+        return np.zeros(0, dtype=np.int64)
+    # lexsort is stable and its last key leads: symbol, the trade guard, no value, then the best value.
+    order = np.lexsort((np.where(missing, 0.0, -value), missing, columns.fields["num_trades"] < min_trades,
+                        columns.symbol_index))
+    return order.reshape(n_symbols, -1)[:, :n].ravel()
 
 
 def ranking(config: RunConfig) -> tuple[str, int]:

@@ -148,20 +148,33 @@ def by_symbol(slices: list[list[dict[str, Any]]], n_symbols: int) -> list[list[d
     return rows
 
 
+def result_statistics(blocks: np.ndarray, config: RunConfig, has_reason: np.ndarray) -> dict[str, np.ndarray]:
+    """The n_trials, pbo and deflated_sharpe of a chunk of symbols' sweep results, each (Y x C), NaN
+    where a result has none: results with a `reason` (no bars, too few) have neither statistic,
+    and a symbol whose PBO blocks hold fewer than two bars has no PBO (rather than a made-up one)."""
+    stats = sweep_statistics(blocks, config)
+    n_symbols, n_sets = has_reason.shape
+    counts = np.add.reduceat(blocks[:, :, B_COUNT, 0], _pbo_starts(config), axis=1)
+    dsr = np.where(has_reason | ~np.isfinite(stats["deflated_sharpe"]), np.nan, stats["deflated_sharpe"])
+    usable = (config.pbo_blocks > 1) & (counts.min(axis=1) >= 2) & np.isfinite(stats["pbo"])
+    pbo = np.where(usable[:, None] & ~has_reason, stats["pbo"][:, None], np.nan)
+    return {"n_trials": np.broadcast_to(stats["n_trials"][:, None], (n_symbols, n_sets)), "pbo": pbo,
+            "deflated_sharpe": dsr}
+
+
 def attach(rows: list[list[dict[str, Any]]], blocks: np.ndarray, config: RunConfig) -> None:
     """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (rows[symbol][set],
     see by_symbol), in place."""
-    stats = sweep_statistics(blocks, config)
-    counts = np.add.reduceat(blocks[:, :, B_COUNT, 0], _pbo_starts(config), axis=1)
+    if not rows:
+        return
+    has_reason = np.array([[r["reason"] is not None for r in symbol_rows] for symbol_rows in rows], dtype=bool)
+    stats = result_statistics(blocks, config, has_reason)
     for y, symbol_rows in enumerate(rows):
-        pbo = stats["pbo"][y]
         for c, result in enumerate(symbol_rows):
-            result["n_trials"] = int(stats["n_trials"][y])
-            dsr = stats["deflated_sharpe"][y, c]
-            result["deflated_sharpe"] = None if result["reason"] or not np.isfinite(dsr) else float(dsr)
-            # A block of fewer than two bars has no Sharpe ratio: no PBO rather than a made-up one.
-            usable = config.pbo_blocks > 1 and not result["reason"] and counts[y].min() >= 2 and np.isfinite(pbo)
-            result["pbo"] = float(pbo) if usable else None
+            result["n_trials"] = int(stats["n_trials"][y, c])
+            for name in ("pbo", "deflated_sharpe"):
+                value = stats[name][y, c]
+                result[name] = None if math.isnan(value) else float(value)
 
 
 def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:

@@ -48,7 +48,8 @@ def _dates(times: np.ndarray) -> list[datetime]:
 
 
 def _heatmap_grid(results: list[dict[str, Any]], x: str, y: str) -> tuple[list, list, np.ndarray]:
-    """Mean total return over symbols for each (x, y) parameter pair."""
+    """Mean total return over symbols for each (x, y) parameter pair; a row with `symbols` is that
+    many symbols' mean (a sweep's `set_returns`)."""
     xs = sorted({r["params"][x] for r in results})
     ys = sorted({r["params"][y] for r in results})
     sums = np.zeros((len(ys), len(xs)))
@@ -57,8 +58,9 @@ def _heatmap_grid(results: list[dict[str, Any]], x: str, y: str) -> tuple[list, 
         if r["total_return_pct"] is None:
             continue
         i, j = ys.index(r["params"][y]), xs.index(r["params"][x])
-        sums[i, j] += r["total_return_pct"]
-        counts[i, j] += 1
+        weight = r.get("symbols", 1)
+        sums[i, j] += r["total_return_pct"] * weight
+        counts[i, j] += weight
     with np.errstate(invalid="ignore"):
         return xs, ys, np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 

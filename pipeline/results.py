@@ -288,6 +288,11 @@ def _params_json_cached(items: tuple) -> str:
     return params_json({name: value for name, _, value in items})
 
 
+def _canonical_params(params: Mapping[str, Any]) -> str:
+    # The type is part of the key: 14 == 14.0 as dict keys, but their JSON differs.
+    return _params_json_cached(tuple(sorted((k, type(v), v) for k, v in params.items())))
+
+
 def append_results(
     results_root: str | os.PathLike[str],
     run_id: str,
@@ -304,6 +309,106 @@ def append_results(
         _write_table(Path(results_root), run_id, strategy, created, rows, _param_fields(RESULT_SCHEMA, rows))
         for strategy, rows in rows_by_strategy.items()
     ]
+
+
+def result_schema(params_list: Sequence[Mapping[str, Any]]) -> pa.Schema:
+    """RESULT_SCHEMA with a DOUBLE column for each numeric parameter of `params_list` that has none
+    (a user strategy's own parameters), as `append_results` gives a run's rows."""
+    extra = sorted({name for params in params_list for name, value in params.items()
+                    if name not in _RESULT_NAME_SET and isinstance(value, int | float)})
+    return pa.schema([*RESULT_SCHEMA, *(pa.field(name, pa.float64()) for name in extra)])
+
+
+class ResultSink:
+    """One run's result rows of one strategy, written part by part into one Parquet file: a sweep's
+    chunks of symbols go out as they finish (as columns, `engine.ResultColumns`), so memory holds
+    one chunk, not the run. Published like every table file: whole, under its final name, when
+    the `with` block ends without an error (inside `one_run`: with the rest of the run); a sink
+    that got no rows writes nothing."""
+
+    def __init__(self, results_root: str | os.PathLike[str], run_id: str, strategy: str, created: datetime,
+                 schema: pa.Schema) -> None:
+        _check_name(run_id, "run_id")
+        _check_name(strategy, "strategy")
+        self.created = _as_utc(created, "created_at")
+        self.run_id, self.strategy, self.schema = run_id, strategy, schema
+        self.path = (Path(results_root) / f"run_date={self.created.date().isoformat()}" / f"strategy={strategy}"
+                     / f"{run_id}.parquet")
+        self.rows = 0
+        self._files = contextlib.ExitStack()
+        self._writer: pq.ParquetWriter | None = None
+
+    def __enter__(self) -> ResultSink:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._files.__exit__(*exc)
+
+    def write_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Result records (dicts, `engine.shape_result`'s fields) as rows."""
+        rows = [_result_row(record, self.run_id, self.created) for record in records]
+        if rows:
+            self._write(_rows_table(rows, self.schema))
+
+    def write_columns(self, columns: Any) -> None:
+        """An `engine.ResultColumns` as rows (no dict per result)."""
+        if columns.n_rows:
+            self._write(_columns_table(columns, self.run_id, self.created, self.schema))
+
+    def _write(self, table: pa.Table) -> None:
+        if self._writer is None:
+            handle = self._files.enter_context(_writing(self.path, table.nbytes))
+            self._writer = self._files.enter_context(pq.ParquetWriter(handle, self.schema, compression="zstd"))
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+
+def _columns_table(columns: Any, run_id: str, created: datetime, schema: pa.Schema) -> pa.Table:
+    """The results-table rows of an `engine.ResultColumns`: the same values `_result_row` gives
+    each of its results as a record (tests/test_results.py compares them)."""
+    n = columns.n_rows
+    by_set = [(params, execution.fields()) for params, execution in columns.config.sets]
+
+    def per_set(values: list[Any], kind: pa.DataType) -> pa.Array:
+        return pa.array(values, type=kind).take(pa.array(columns.set_index))
+
+    def constant(value: Any, kind: pa.DataType) -> pa.Array:
+        return pa.nulls(n, kind) if value is None else pa.repeat(pa.scalar(value, kind), n)
+
+    arrays: dict[str, pa.Array] = {}
+    for field in schema:
+        name, kind = field.name, field.type
+        if name == "run_id":
+            arrays[name] = constant(run_id, kind)
+        elif name == "created_at":
+            arrays[name] = constant(created, kind)
+        elif name == "params_json":
+            arrays[name] = per_set([_canonical_params(params) for params, _ in by_set], kind)
+        elif name in columns.per_symbol:
+            arrays[name] = pa.array(columns.per_symbol[name], type=kind).take(pa.array(columns.symbol_index))
+        elif name in columns.fields:
+            values = columns.fields[name]
+            if values.dtype.kind == "M":
+                arrays[name] = pa.array(values, from_pandas=True).cast(kind)
+            elif values.dtype.kind == "O":
+                arrays[name] = pa.array(values, type=kind, from_pandas=True)
+            else:
+                arrays[name] = pa.array(values, from_pandas=True).cast(kind)
+        elif name in columns.constants:
+            value = columns.constants[name]
+            arrays[name] = constant(_parse_ts(value, name) if name in _TIMESTAMP_FIELDS else value, kind)
+        elif name == "mode":
+            arrays[name] = constant("single", kind)
+        elif name in _RUN_PARAMETER_FIELDS:
+            arrays[name] = per_set([fields[name] for _, fields in by_set], kind)
+        elif name not in _RESULT_NAME_SET or name in PARAM_COLUMNS:
+            # A parameter's own column: its value where the set has it (numbers only, as _result_row).
+            arrays[name] = per_set([float(params[name]) if isinstance(params.get(name), int | float)
+                                    and not isinstance(params.get(name), bool) else None
+                                    for params, _ in by_set], kind)
+        else:
+            arrays[name] = pa.nulls(n, kind)
+    return pa.Table.from_arrays(list(arrays.values()), schema=schema)
 
 
 def append_trades(
@@ -576,8 +681,7 @@ def _result_row(record: Mapping[str, Any], run_id: str, created: datetime) -> di
     row.update(
         run_id=run_id,
         created_at=created,
-        # The type is part of the key: 14 == 14.0 as dict keys, but their JSON differs.
-        params_json=_params_json_cached(tuple(sorted((k, type(v), v) for k, v in params.items()))),
+        params_json=_canonical_params(params),
         from_cache=bool(record.get("from_cache", False)),
         mode=record.get("mode", "single"),
     )
@@ -644,6 +748,11 @@ def _write_table(
 ) -> Path:
     _check_name(run_id, "run_id")
     _check_name(strategy, "strategy")
+    directory = root / f"run_date={when.date().isoformat()}" / f"strategy={strategy}"
+    return _publish(_rows_table(rows, schema), directory / f"{run_id}.parquet")
+
+
+def _rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     columns = {}
     for field in schema:
         values = [row.get(field.name) for row in rows]
@@ -653,9 +762,7 @@ def _write_table(
             columns[field.name] = pa.array(values, type=field.type, from_pandas=True)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError) as exc:
             raise InputError(f"column {field.name!r}: {exc}") from None
-    table = pa.Table.from_pydict(columns, schema=schema)
-    directory = root / f"run_date={when.date().isoformat()}" / f"strategy={strategy}"
-    return _publish(table, directory / f"{run_id}.parquet")
+    return pa.Table.from_pydict(columns, schema=schema)
 
 
 # The files staged by the `one_run` block in progress: (temp, final) pairs, published at its end.
@@ -707,29 +814,38 @@ def check_writable(results_root: str | os.PathLike[str]) -> None:
 def _publish(table: pa.Table, final: Path) -> Path:
     """Write ``table`` to ``final`` atomically; never replaces an existing file (inside `one_run`,
     only staged: the block publishes it)."""
+    with _writing(final, table.nbytes) as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return final
+
+
+@contextmanager
+def _writing(final: Path, needed_bytes: int | None = None) -> Iterator[Any]:
+    """A hidden temp file beside ``final`` to write; when the block ends without an error it is
+    fsynced and published under ``final`` (inside `one_run`: staged, published with the run);
+    on an error it is removed and nothing is published."""
     final.parent.mkdir(parents=True, exist_ok=True)
     temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
     staged = _STAGED.get()
     try:
         try:
             with open(temp, "wb") as handle:
-                pq.write_table(table, handle, compression="zstd")
+                yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as exc:
             if is_disk_full(exc):
-                raise disk_full(final.parent, table.nbytes, "CRYPTOBT_RESULTS_ROOT") from None
+                raise disk_full(final.parent, needed_bytes, "CRYPTOBT_RESULTS_ROOT") from None
             raise
         if staged is not None:
             staged.append((temp, final))
-            return final
+            return
         _link(temp, final)
     finally:
         if staged is None or (temp, final) not in staged:
             with contextlib.suppress(FileNotFoundError):
                 temp.unlink()
     _fsync_dir(final.parent)
-    return final
 
 
 def _link(temp: Path, final: Path) -> None:

@@ -32,6 +32,9 @@ PROGRESS_CHUNK = 64
 # Bar-steps per kernel call (a tenth to a fifth of a second on two busy cores). Ctrl-C is honoured
 # between calls, so a run of any size stops within about a second and keeps what finished.
 CHUNK_BAR_STEPS = 10_000_000
+# A sweep's chunk of symbols in memory (metrics, block sums, result columns): a 100,000-set sweep
+# runs two symbols at a time (one per core) within it.
+SWEEP_CHUNK_BYTES = 640 * 2**20
 
 
 @dataclass
@@ -52,6 +55,9 @@ class RunOutcome:
     findings: dict[str, list[str]] = field(default_factory=dict)  # symbol -> data health findings
     # --walk-forward: one summary per symbol (pipeline.walkforward.evaluate), best stitched return first.
     walk_forward: list[dict[str, Any]] = field(default_factory=list)
+    n_results: int = 0  # results written (a sweep returns only each symbol's `keep` best)
+    # A sweep's mean total return of each parameter set over its symbols (for the heatmap).
+    set_returns: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def hit_ratio(self) -> float | None:
@@ -139,14 +145,20 @@ def _check_range_has_bars(snapshot: lake.Snapshot, interval_of: dict[str, str], 
     raise PipelineError(f"--timerange has no bars: {have}")
 
 
-def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int) -> int:
+def _symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
+                      n_blocks: int) -> int:
     """Symbols per read: all of them unless their parameter sets are a lot of work. A sweep's chunk
     of symbols gets all its sets in a few kernel calls (an indicator is computed once per distinct
     value within a call: one set per call over every symbol recomputed it for every set), and at
-    least two symbols per thread (the kernel runs symbols in parallel)."""
+    least two symbols per thread (the kernel runs symbols in parallel), unless its metrics, block
+    sums and result columns would pass SWEEP_CHUNK_BYTES: memory is bounded by the chunk."""
     bars = [(snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names]
     per_call = CHUNK_BAR_STEPS // max(max(bars, default=0) * n_params, 1)
-    return max(1, min(len(names), max(per_call, 2 * engine.thread_count() if n_params > 1 else 1)))
+    if n_params == 1:
+        return max(1, min(len(names), per_call))
+    per_symbol = engine.estimate_memory(1, 0, n_params, n_blocks)
+    fits = max(1, SWEEP_CHUNK_BYTES // max(per_symbol, 1))
+    return max(1, min(len(names), fits, max(per_call, 2 * engine.thread_count())))
 
 
 def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
@@ -184,6 +196,7 @@ def backtest(
     on_plan: Callable[[str], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     snapshot_id: str | None = None,
+    keep: int | None = None,
 ) -> RunOutcome:
     """Run `config` over `symbols` (None = all) of the current snapshot (or of `snapshot_id`).
 
@@ -195,6 +208,10 @@ def backtest(
     one estimated to take longer than `confirm_seconds` is refused before any work (`--yes`).
     `should_stop` is asked between kernel calls (an HTTP client that went away): True stops the
     run as Ctrl-C does, keeping what finished.
+
+    A sweep (several parameter sets) writes every result to the results table in chunks of
+    symbols, as columns, and returns (and streams) each symbol's `keep` best results (all of them
+    with None): memory holds a chunk, not the grid.
     """
     started_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -236,106 +253,207 @@ def backtest(
     if on_results and cached_now:
         on_results(cached_now)
 
-    kernel_seconds = 0.0
-    bar_steps = 0
+    progress = _Progress(on_progress, len(names) * n_params, (len(names) - len(missing)) * n_params)
     computed: list[dict[str, Any]] = []
-    folds: list[dict[str, Any]] = []  # walk-forward summaries
-    fold_rows: list[dict[str, Any]] = []  # and their results-table rows
     interrupted = False
     chunk = _symbols_per_call(snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"),
-                              n_params)
+                              n_params, len(overfit.block_fractions(config)) - 1)
     if on_results or on_progress:
         chunk = min(chunk, STREAM_CHUNK if on_results else PROGRESS_CHUNK)
-    # Progress counts backtests (symbol x parameter set), so a sweep's bar moves within a chunk.
-    total_backtests = len(names) * n_params
-    if on_progress:
-        on_progress((len(names) - len(missing)) * n_params, total_backtests)
     # One kernel call per (interval, chunk): `auto` can give symbols different intervals.
     by_interval: dict[str, list[str]] = {}
     for symbol in missing:
         by_interval.setdefault(interval_of[symbol], []).append(symbol)
     parts = [(iv, group[o: o + chunk]) for iv, group in by_interval.items() for o in range(0, len(group), chunk)]
-    done = 0
-    try:
-        for part_interval, part in parts:
-            # Only the columns the strategy and the fill read: the fewer, the faster the read.
-            # From the start of the history: bars before --timerange warm the indicators up.
-            batch = reader.read_prices(settings.lake_root, part, part_interval, None,
-                                       config.timerange_end, columns=engine.columns_needed(config),
-                                       snapshot=snapshot, min_coverage=config.min_bar_coverage)
-            engine.check_memory(len(part), batch.times.size, n_params,
-                                len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
-            # A sweep's parameter sets go to the kernel in slices of bounded work (CHUNK_BAR_STEPS).
-            sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
-            blocks = overfit.new_blocks(len(part), config) if n_params > 1 else None
-            fractions = overfit.block_fractions(config) if blocks is not None else None
-            part_results: list[list[dict[str, Any]]] = []
-            for first_set in range(0, n_params, sets_per_call):
+    run_id = results.new_run_id(started_at)
+    sink = results.ResultSink(settings.results_root, run_id, config.strategy, started_at,
+                              results.result_schema(config.params_list)) if write_results else None
+    sweep = _Sweep(config, sink, keep, on_results, should_stop, progress) if n_params > 1 else None
+    with contextlib.ExitStack() as publishing:
+        if sink is not None:
+            # Results, trades and the runs row are published together or not at all; a sweep's
+            # chunks of symbols stream into the results file as they finish.
+            publishing.enter_context(results.one_run())
+            publishing.enter_context(sink)
+        try:
+            for part_interval, part in parts:
+                # Only the columns the strategy and the fill read: the fewer, the faster the read.
+                # From the start of the history: bars before --timerange warm the indicators up.
+                batch = reader.read_prices(settings.lake_root, part, part_interval, None,
+                                           config.timerange_end, columns=engine.columns_needed(config),
+                                           snapshot=snapshot, min_coverage=config.min_bar_coverage)
+                engine.check_memory(len(part), batch.times.size, n_params,
+                                    len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
+                if sweep is not None:
+                    collected.extend(sweep.run_part(batch))
+                    continue
                 if should_stop is not None and should_stop():
                     raise KeyboardInterrupt
-                sliced = config if sets_per_call >= n_params else config.sliced(first_set, first_set + sets_per_call)
                 t0 = time.perf_counter()
-                sliced_blocks = None if blocks is None else blocks[..., first_set: first_set + sets_per_call]
-                fresh = engine.run(batch, sliced, fractions, sliced_blocks)
-                kernel_seconds += time.perf_counter() - t0
-                bar_steps += int(batch.bars.sum()) * len(sliced.params_list)
-                part_results.append(fresh)
+                fresh = engine.run(batch, config)
+                progress.kernel_seconds += time.perf_counter() - t0
+                progress.bar_steps += int(batch.bars.sum())
                 computed.extend(fresh)
                 collected.extend(fresh)
-                if on_progress:
-                    on_progress((len(names) - len(missing) + done) * n_params
-                                + len(part) * (first_set + len(sliced.params_list)), total_backtests)
+                progress.advance(len(part))
                 if on_results:
-                    # Copies for a sweep: its statistics are set on these dicts once the chunk is done,
-                    # and what was streamed must stay what it was (late listeners replay it).
-                    on_results(fresh if blocks is None else [dict(r) for r in fresh])
-            if blocks is not None:
-                # A sweep's statistics need every parameter set of a symbol: added to its results
-                # (already streamed without them) once the chunk of symbols is done.
-                rows_by_symbol = overfit.by_symbol(part_results, len(part))
-                overfit.attach(rows_by_symbol, blocks, config)
-                if config.walk_forward:
-                    summaries, rows = walkforward.evaluate(blocks, fractions, config, rows_by_symbol,
-                                                           _simulated_times(batch, config))
-                    folds.extend(summaries)
-                    fold_rows.extend(rows)
-            done += len(part)
-    except KeyboardInterrupt:
-        # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
-        # symbols without its overfitting statistics, which need every parameter set).
-        interrupted = True
+                    on_results(fresh)
+        except KeyboardInterrupt:
+            # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
+            # symbols without its overfitting statistics, which need every parameter set).
+            interrupted = True
+            if sweep is not None:
+                collected.extend(sweep.finish_interrupted())
 
-    if use_cache and computed:
-        cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
-    hit_count = len(cached_now)
-    miss_count = len(computed)
-    if use_cache:
-        cache.record_hits(hit_count, miss_count)
+        if use_cache and computed:
+            cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
+        hit_count = len(cached_now)
+        miss_count = len(computed)
+        if use_cache:
+            cache.record_hits(hit_count, miss_count)
 
-    ordered = engine.leaderboard(collected, *engine.ranking(config))
-    run_id = results.new_run_id(started_at)
-    paths: list[str] = []
-    seconds = time.perf_counter() - started
-    if write_results and ordered:
-        with results.one_run():  # results, trades and the runs row are published together or not at all
-            paths += [str(p) for p in results.append_results(settings.results_root, run_id, ordered + fold_rows,
-                                                             started_at)]
-            if config.trades:
-                paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered, started_at)]
-            results.append_run_metrics(
-                settings.results_root, run_id, started_at=started_at, duration_s=seconds,
-                strategy=config.strategy, n_symbols=len(names), n_results=len(ordered), bars=bar_steps,
-                cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
-                snapshot_id=snapshot.id, command=command,
-            )
+        ordered = engine.leaderboard(collected, *engine.ranking(config))
+        n_results = len(ordered) if sweep is None else hit_count + sweep.rows
+        paths: list[str] = []
+        seconds = time.perf_counter() - started
+        if sink is not None:
+            if sweep is None:
+                sink.write_records(ordered)
+            else:
+                sink.write_records(sweep.fold_rows)
+            if sink.rows:
+                paths.append(str(sink.path))
+                if config.trades:
+                    paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered,
+                                                                    started_at)]
+                results.append_run_metrics(
+                    settings.results_root, run_id, started_at=started_at, duration_s=seconds,
+                    strategy=config.strategy, n_symbols=len(names), n_results=n_results, bars=progress.bar_steps,
+                    cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
+                    snapshot_id=snapshot.id, command=command,
+                )
     return RunOutcome(
         run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=_intervals_used(interval_of, interval),
-        cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=kernel_seconds,
-        bar_steps=bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
-        planned=len(names) * n_params,
+        cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
+        bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
+        planned=len(names) * n_params, n_results=n_results,
         findings=data_findings(snapshot, names),
-        walk_forward=sorted(folds, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
+        walk_forward=[] if sweep is None else sorted(
+            sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
+        set_returns=[] if sweep is None else sweep.set_returns(),
     )
+
+
+class _Progress:
+    """Backtests done (symbol x parameter set) for `on_progress`, and the kernel's time and bar-steps."""
+
+    def __init__(self, on_progress: Callable[[int, int], None] | None, total: int, done: int) -> None:
+        self.on_progress, self.total, self.done = on_progress, total, done
+        self.kernel_seconds = 0.0
+        self.bar_steps = 0
+        self._report(done)
+
+    def advance(self, backtests: int) -> None:
+        self.done += backtests
+        self._report(self.done)
+
+    def within(self, backtests: int) -> None:
+        """Backtests done in the chunk under way (a sweep's slices of sets), not yet `advance`d."""
+        self._report(self.done + backtests)
+
+    def _report(self, done: int) -> None:
+        if self.on_progress is not None:
+            self.on_progress(done, self.total)
+
+
+class _Sweep:
+    """A sweep's chunks of symbols: every parameter set in bounded kernel calls (CHUNK_BAR_STEPS),
+    the chunk's results as columns into the results file (no dict per result), its overfitting
+    statistics and walk-forward, and only the `keep` best results of each symbol kept as dicts
+    (all with None)."""
+
+    def __init__(self, config: RunConfig, sink: results.ResultSink | None, keep: int | None,
+                 on_results: Callable[[list[dict[str, Any]]], None] | None,
+                 should_stop: Callable[[], bool] | None, progress: _Progress) -> None:
+        self.config, self.sink, self.keep = config, sink, keep
+        self.on_results, self.should_stop, self.progress = on_results, should_stop, progress
+        self.rows = 0
+        self.summaries: list[dict[str, Any]] = []  # walk-forward, one per symbol
+        self.fold_rows: list[dict[str, Any]] = []  # and its results-table rows
+        n_params = len(config.params_list)
+        self.return_sums, self.return_counts = np.zeros(n_params), np.zeros(n_params, dtype=np.int64)
+        self._part: tuple[reader.PriceBatch, np.ndarray, int] | None = None  # the chunk under way
+
+    def run_part(self, batch: reader.PriceBatch) -> list[dict[str, Any]]:
+        config, n_params = self.config, len(self.config.params_list)
+        fractions = overfit.block_fractions(config)
+        blocks = overfit.new_blocks(len(batch.symbols), config)
+        cube = np.empty((len(batch.symbols), n_params, engine.enums.N_METRICS))
+        sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
+        self._part = (batch, cube, 0)
+        for first in range(0, n_params, sets_per_call):
+            if self.should_stop is not None and self.should_stop():
+                raise KeyboardInterrupt
+            stop = min(first + sets_per_call, n_params)
+            t0 = time.perf_counter()
+            cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
+                                                     blocks[..., first:stop])
+            self.progress.kernel_seconds += time.perf_counter() - t0
+            self.progress.bar_steps += int(batch.bars.sum()) * (stop - first)
+            self._part = (batch, cube, stop)
+            self.progress.within(len(batch.symbols) * stop)
+        self._part = None
+        columns = engine.result_columns(batch, config, cube, engine.bars_per_year(
+            batch, config, engine.start_column(batch, config)), engine.partial_bars(batch, config))
+        has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
+        columns.fields.update({name: values.ravel() for name, values in
+                               overfit.result_statistics(blocks, config, has_reason).items()})
+        if config.walk_forward:
+            def row_of(y: int, c: int) -> dict[str, Any]:
+                return engine.column_rows(batch, config, cube, columns, [y * n_params + c])[0]
+
+            summaries, rows = walkforward.evaluate(blocks, fractions, config, row_of, len(batch.symbols),
+                                                   _simulated_times(batch, config))
+            self.summaries.extend(summaries)
+            self.fold_rows.extend(rows)
+        kept = self._keep(batch, cube, columns)
+        self.progress.advance(len(batch.symbols) * n_params)
+        return kept
+
+    def finish_interrupted(self) -> list[dict[str, Any]]:
+        """The sets of the chunk under way that finished before Ctrl-C: written and kept, without
+        the overfitting statistics (they need every set)."""
+        if self._part is None or self._part[2] == 0:
+            return []
+        batch, cube, done = self._part
+        self._part = None
+        config = self.config.sliced(0, done)
+        columns = engine.result_columns(batch, config, cube[:, :done], engine.bars_per_year(
+            batch, config, engine.start_column(batch, config)), engine.partial_bars(batch, config))
+        return self._keep(batch, cube[:, :done], columns, config)
+
+    def _keep(self, batch: reader.PriceBatch, cube: np.ndarray, columns: engine.ResultColumns,
+              config: RunConfig | None = None) -> list[dict[str, Any]]:
+        """Write the chunk's results, add them to the per-set returns, and return the kept ones."""
+        config = config or self.config
+        if self.sink is not None:
+            self.sink.write_columns(columns)
+        self.rows += columns.n_rows
+        returns = columns.fields["total_return_pct"].reshape(len(batch.symbols), -1)
+        width = returns.shape[1]
+        self.return_sums[:width] += np.nansum(returns, axis=0)
+        self.return_counts[:width] += np.isfinite(returns).sum(axis=0)
+        kept = engine.column_rows(batch, config, cube, columns,
+                                  engine.best_rows(columns, self.keep, *engine.ranking(self.config)))
+        if self.on_results and kept:
+            self.on_results(kept)
+        return kept
+
+    def set_returns(self) -> list[dict[str, Any]]:
+        """Each parameter set's mean total return over the symbols that have one (a sweep's heatmap)."""
+        return [{"params": params, "symbols": int(count), "total_return_pct": float(total / count)}
+                for params, total, count in zip(self.config.params_list, self.return_sums, self.return_counts,
+                                                strict=True) if count]
 
 
 def _simulated_times(batch: reader.PriceBatch, config: RunConfig) -> list[Any]:

@@ -15,6 +15,7 @@ running would hold it); a fold's numbers are those of its bars on that path.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -99,13 +100,15 @@ def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).isoformat()
 
 
-def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig, rows: list[list[dict[str, Any]]],
+def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig,
+             row_of: Callable[[int, int], dict[str, Any]], n_symbols: int,
              bar_times: list[np.ndarray]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Walk-forward of a chunk of symbols.
+    """Walk-forward of a chunk of `n_symbols` symbols.
 
     blocks: (Y x B x N_BLOCK_STATS x N) over the fine block edges `fractions` (which include
-    `fold_fractions(config)`); rows[y][c]: the full-history result of symbol y and set c;
-    bar_times[y]: the epoch seconds of symbol y's simulated bars.
+    `fold_fractions(config)`); row_of(y, c): the full-history result of symbol y and set c (asked
+    only for each symbol's first set and the sets chosen); bar_times[y]: the epoch seconds of
+    symbol y's simulated bars.
 
     Returns (summaries, table rows): one summary per symbol (its folds with the chosen sets,
     in-sample objective and out-of-sample return and Sharpe; the stitched out-of-sample
@@ -120,8 +123,8 @@ def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig, rows:
     table: list[dict[str, Any]] = []
     merged = np.empty((N_BLOCK_STATS, blocks.shape[3]))
     one = np.empty((N_BLOCK_STATS, 1))
-    for y, symbol_rows in enumerate(rows):
-        head = symbol_rows[0]
+    for y in range(n_symbols):
+        head = row_of(y, 0)
         if head["reason"] is not None:
             continue
         annual = float(head["bars_per_year"])
@@ -153,12 +156,13 @@ def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig, rows:
                     "train_end": _iso(times[edges["test_from"] - 1]) if edges["test_from"] > 0 else None,
                     "test_start": _iso(times[edges["test_from"]]) if edges["test_from"] < m else None,
                     "test_end": _iso(times[min(edges["test_to"], m) - 1]) if edges["test_to"] > 0 else None}
-            fold_out.append({"fold": k, "params": symbol_rows[chosen]["params"], **span,
+            chosen_row = head if chosen == 0 else row_of(y, chosen)
+            fold_out.append({"fold": k, "params": chosen_row["params"], **span,
                              "in_sample_objective": None if not math.isfinite(is_values[-1]) else is_values[-1],
                              "train": train_part, "test": test_part})
             for split, part, start, end in (("train", train_part, span["train_start"], span["train_end"]),
                                             ("test", test_part, span["test_start"], span["test_end"])):
-                table.append(_row(symbol_rows[chosen], k, split, part, start, end))
+                table.append(_row(chosen_row, k, split, part, start, end))
         merge_blocks(stitched, test_members, one)
         oos = _part_metrics(one[:, 0], annual)
         finite_is = [v for v in is_values if math.isfinite(v)]

@@ -127,7 +127,9 @@ def test_sweep_answers_the_cli_shape(api, settings):
     assert _pick(answer.json()) == _pick(cli)
     with api.stream("POST", "/api/sweep/stream", json=body) as response:
         events = list(sse_events(response.iter_lines()))
-    assert len([1 for name, _ in events if name == "result"]) == 8 and events[-1][0] == "done"
+    # Streamed: each symbol's `top` best (2 x 2); written: all 8 (the done event counts them).
+    assert len([1 for name, _ in events if name == "result"]) == 4 and events[-1][0] == "done"
+    assert events[-1][1]["results"] == 8
 
 
 def test_stops_size_and_slippage_in_the_body_answer_what_the_cli_flags_give(api, settings):
@@ -276,8 +278,10 @@ def test_a_client_that_disconnects_cancels_the_rest_of_the_run(settings, long_la
     with serving(replace(settings, lake_root=long_lake)) as (base, app):
         with httpx.Client(base_url=base, timeout=60) as client, client.stream(
                 "POST", "/api/sweep/stream", json={"strategy": "rsi", "grid": LONG_GRID}) as response:
-            for name, _ in sse_events(response.iter_lines()):
-                if name == "result":
+            # Leaves once the kernel is under way (a sweep streams each symbol's best results when
+            # its chunk of symbols is done, progress within it).
+            for name, data in sse_events(response.iter_lines()):
+                if name == "progress" and data["completed"] > 0:
                     break
         gone = time.monotonic()
         job = _wait_finished(app)[0]

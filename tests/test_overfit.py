@@ -205,7 +205,7 @@ def test_walk_forward_equals_choosing_on_each_train_part_and_judging_on_its_test
     n_sets = len(config.params_list)
     rows = [results[y * n_sets: (y + 1) * n_sets] for y in range(len(batch.symbols))]
     times = [batch.times[~np.isnan(batch.columns["close"][y])] for y in range(len(batch.symbols))]
-    summaries, table = walkforward.evaluate(blocks, fractions, config, rows, times)
+    summaries, table = walkforward.evaluate(blocks, fractions, config, lambda y, c: rows[y][c], len(rows), times)
 
     def score(r: np.ndarray) -> float:
         if objective == "total_return":
@@ -289,3 +289,42 @@ def test_your_own_entry_and_exit_arrays_run_as_the_strategy_that_made_them():
     assert sum(mine["num_trades"]) > 0
     with pytest.raises(Exception, match="must each have one value per frame row"):
         cryptobt.run_signals(frames, {s: e[:-1] for s, e in entries.items()}, exits)
+
+
+@pytest.mark.parametrize("with_stops", [False, True])
+def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
+    """A sweep writes its results as columns (no dict per result): every row, every column, equals
+    what the dict path (shape_result + the statistics, through _result_row) writes for it, including
+    a symbol too short for the warm-up (its reason) and a --timerange."""
+    from datetime import UTC, datetime
+
+    from pipeline import results
+
+    frames = random_walks(3, 1_500, seed=11)
+    frames["SHORT"] = random_walks(1, 12, seed=12)["RW00"]
+    batch = notebook.prices(frames)
+    grid = GRID + (["sl=0,3", "trail=0,1"] if with_stops else [])
+    config = options.run_config("rsi", list(options.parse_grid("rsi", grid)), pbo_blocks=4,
+                                timerange="20210110-")
+    blocks = overfit.new_blocks(len(batch.symbols), config)
+    dicts = engine.run(batch, config, overfit.block_fractions(config), blocks)
+    overfit.attach(overfit.by_symbol([dicts], len(batch.symbols)), blocks, config)
+    assert any(d["reason"] for d in dicts) and any(d["pbo"] is not None for d in dicts)
+
+    cube = engine.run_metrics(batch, config)
+    columns = engine.result_columns(batch, config, cube, engine.bars_per_year(
+        batch, config, engine.start_column(batch, config)), engine.partial_bars(batch, config))
+    has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
+    columns.fields.update({k: v.ravel() for k, v in overfit.result_statistics(blocks, config, has_reason).items()})
+
+    created = datetime(2026, 12, 2, tzinfo=UTC)
+    schema = results.result_schema(config.params_list)
+    from_columns = results._columns_table(columns, "run", created, schema)
+    from_dicts = results._rows_table([results._result_row(d, "run", created) for d in dicts], schema)
+    assert from_columns.num_rows == len(dicts)
+    for name in schema.names:
+        assert from_columns[name].to_pylist() == from_dicts[name].to_pylist(), name
+    # The kept rows (each symbol's best, as dicts) are the dict path's own, in leaderboard order.
+    kept = engine.column_rows(batch, config, cube, columns, engine.best_rows(columns, 2, "sharpe", 3))
+    assert len(kept) == 2 * len(batch.symbols)
+    assert engine.top_per_symbol(kept, 2, "sharpe", 3) == engine.top_per_symbol(dicts, 2, "sharpe", 3)

@@ -125,10 +125,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             outcome = runs.execute(settings, config, symbols, interval, no_cache=request.no_cache,
                                    on_results=on_results, on_progress=on_progress, command=command,
-                                   should_stop=emitter.cancelled,
+                                   should_stop=emitter.cancelled, keep=top,
                                    on_warning=lambda m: emitter.emit("warning", {"warning": m}))
             done = {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id, "interval": outcome.interval,
-                    "results": len(outcome.results), "planned": outcome.planned,
+                    "results": outcome.n_results, "planned": outcome.planned,
                     "interrupted": outcome.interrupted, "cache_hits": outcome.cache_hits,
                     "cache_misses": outcome.cache_misses, "seconds": outcome.seconds,
                     "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps}
