@@ -393,6 +393,7 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
 def _agreement(got: dict[str, np.ndarray], ours: np.ndarray, our_trades: np.ndarray) -> dict:
     """A peer's per-symbol final values and entries next to our kernel's (same symbol order)."""
     return {"max_rel_diff_final_value": float(np.nanmax(np.abs(got["final_value"] / ours - 1))),
+            "max_abs_diff_final_value": float(np.nanmax(np.abs(got["final_value"] - ours))),
             "trade_count_mismatches": int(np.sum(got["num_trades"] != our_trades))}
 
 
@@ -436,7 +437,11 @@ def run_peers(close: np.ndarray, ours: np.ndarray, our_trades: np.ndarray, ours_
             "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": goal,
             "note": "matched: fill at the signal bar's close, all-in/all-out, fee formulas, last-close mark; "
                     "handed in: TA-Lib RSI and the previous bar's RSI (its finta RSI is seeded otherwise, its "
-                    "rules have no crossing)",
+                    "rules have no crossing); not polars-backtest 0.1.7: its simulation is compiled Rust, and its "
+                    "Python layer shows one account over all symbols, weights normalised across them, daily "
+                    "rebalancing by default, not an all-in account per symbol",
+            # fast-trade rounds its account columns to 8 decimals: a final value of 3.3 is 1.5e-9 off relatively.
+            "abs_tolerance": 5e-9,
             **_agreement(got, ours, our_trades)}
     return found
 
@@ -602,6 +607,10 @@ def write_report(r: dict, path: Path) -> None:
         agree = stats.get("max_rel_diff_final_value")
         agreement = (f"final value max rel. diff {agree:.1e}; symbols with another trade count: "
                      f"{stats['trade_count_mismatches']}" if agree is not None else "(different data: daily)")
+        if stats.get("abs_tolerance") is not None:
+            agreement += (f"; max abs. diff {stats['max_abs_diff_final_value']:.1e} (its rounding to 8 decimals: "
+                          f"{'within' if stats['max_abs_diff_final_value'] <= stats['abs_tolerance'] else 'beyond'} "
+                          f"{stats['abs_tolerance']:.0e})")
         if stats.get("note"):
             agreement += f" ({stats['note']})"
         lines.append(f"| {stats['label']} | {stats['seconds']:.2f} s | {stats['ratio']:,.0f}x faster | "
