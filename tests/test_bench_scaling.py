@@ -47,7 +47,8 @@ def test_a_cell_counts_the_kernels_bar_steps_and_the_section_replaces_itself(mar
     config = engine.make_config("rsi", strategies.parse_grid("rsi", scaling.grid_specs(8)))
     assert engine.run_metrics(batch, config).shape[:2] == (3, 8)
     for cell in (run, sweep):
-        assert cell["peak_rss_mb"] >= cell["rss_before_kernel_mb"] > 0 and cell["seconds"] > 0
+        # VmHWM is updated lazily (per-thread RSS counters): it may trail VmRSS by a few pages.
+        assert cell["peak_rss_mb"] >= 0.98 * cell["rss_before_kernel_mb"] > 0 and cell["seconds"] > 0
         cell["years"] = 0.1
     found = {"date": "2026-12-02T00:00:00+00:00", "combos": 8, "cells": [run, sweep], "wall_seconds": 1.0,
              "load_average": (0.5, 0.5, 0.5),
