@@ -38,7 +38,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -71,6 +71,13 @@ READERS = ".readers"
 # compute versions, kept out of the manifest so readers parse a small file.
 STATE = "_state.json"
 ROW_GROUP_ROWS = 65_536
+# The newest year is kept as a base file (bars before its `tail_from`, a UTC midnight) and a tail
+# file (bars from it on): an incremental export whose rows all fall in the tail rewrites the tail
+# only. A tail spanning COMPACT_AFTER or more is folded into the base by the next export.
+TAIL_FILE = "-tail"
+COMPACT_AFTER = timedelta(days=7)
+# The manifest mark of row-sum content hashes (`_hash_symbols`): hashes of a year's parts add up.
+ROW_HASH = "rowsum-v1"
 
 
 @functools.cache
@@ -112,12 +119,13 @@ class Snapshot:
         return self.manifest["symbols"]
 
     def files(self, interval: str, years: range | None = None) -> list[Path]:
-        """The snapshot's files of `interval`, optionally only those of `years`."""
+        """The snapshot's files of `interval` (each year's base, then its tail), optionally only those of `years`."""
         entries = self.manifest["files"].get(interval, {})
         return [
-            self.path / entry["path"]
+            self.path / record["path"]
             for year, entry in sorted(entries.items())
             if years is None or int(year) in years
+            for record in file_records(entry)
         ]
 
     def data_versions(self) -> dict[str, str]:
@@ -132,6 +140,8 @@ class CommitResult:
     rows_read: int
     files_written: int
     files_linked: int
+    rows_written: int = 0  # rows in the files this commit wrote (linked files cost nothing)
+    bytes_written: int = 0
 
 
 def new_snapshot_id(now: datetime | None = None) -> str:
@@ -206,7 +216,8 @@ def check_files(snapshot: Snapshot, paths: list[Path]) -> None:
     A stat per file: size and mtime as recorded; on any difference the sha256 decides.
     Files of snapshots written before checksums existed are not checked.
     """
-    recorded = {str(snapshot.path / e["path"]): e for per in snapshot.manifest["files"].values() for e in per.values()}
+    recorded = {str(snapshot.path / record["path"]): record for per in snapshot.manifest["files"].values()
+                for entry in per.values() for record in file_records(entry)}
     for path in paths:
         entry = recorded.get(str(path))
         if entry is None or "sha256" not in entry:
@@ -243,7 +254,7 @@ def verify(snapshot_path: Path) -> list[str]:
         problems.append(str(exc))
     known = {MANIFEST, STATE}
     for per_interval in snapshot.manifest["files"].values():
-        for entry in per_interval.values():
+        for entry in (record for year_entry in per_interval.values() for record in file_records(year_entry)):
             known.add(entry["path"])
             path = snapshot.path / entry["path"]
             if not path.is_file():
@@ -367,32 +378,108 @@ def check_writable(lake_root: Path) -> None:
     check_writable_folder(Path(lake_root), "CRYPTOBT_LAKE_ROOT")
 
 
+def file_records(entry: dict) -> list[dict]:
+    """The files of one (interval, year) manifest entry: its base (`path`...) and its tail, if any.
+
+    Base and tail never share a bar (the base holds bars before `tail_from`, the tail the rest),
+    so reading both, or globbing the folder, sees each bar once."""
+    base = [{k: v for k, v in entry.items() if k not in ("tail", "tail_from")}] if "path" in entry else []
+    return base + ([entry["tail"]] if "tail" in entry else [])
+
+
+def _read_records(snapshot: Snapshot, records: list[dict]) -> pl.DataFrame | None:
+    paths = [snapshot.path / record["path"] for record in records]
+    if not paths:
+        return None
+    check_files(snapshot, paths)
+    return pl.concat([pl.read_parquet(path) for path in paths])
+
+
 def _read_year(snapshot: Snapshot | None, interval: str, year: int) -> pl.DataFrame | None:
-    if snapshot is None:
+    entry = snapshot.manifest["files"].get(interval, {}).get(str(year)) if snapshot else None
+    return _read_records(snapshot, file_records(entry)) if entry else None
+
+
+def _read_tail(snapshot: Snapshot | None, interval: str, year: int) -> pl.DataFrame | None:
+    entry = snapshot.manifest["files"].get(interval, {}).get(str(year)) if snapshot else None
+    return _read_records(snapshot, [entry["tail"]]) if entry and "tail" in entry else None
+
+
+def _tail_from(files: dict[str, dict[str, dict]], year: int) -> datetime | None:
+    """Where `year`'s tail starts (the start of the year for a year the lake has no files of), or
+    None when the year has no tail (it is rewritten whole)."""
+    cuts = {per[str(year)].get("tail_from") for per in files.values() if str(year) in per}
+    if not cuts:
+        return datetime(year, 1, 1, tzinfo=UTC)
+    if len(cuts) != 1 or None in cuts:
         return None
-    entry = snapshot.manifest["files"].get(interval, {}).get(str(year))
-    if entry is None:
-        return None
-    check_files(snapshot, [snapshot.path / entry["path"]])
-    return pl.read_parquet(snapshot.path / entry["path"])
+    return datetime.fromisoformat(cuts.pop())
+
+
+def _part_key(year: int, tail: bool) -> str:
+    """The export state's key of a year's base ("2026") or tail ("2026t")."""
+    return f"{year}t" if tail else str(year)
+
+
+def _part_year(key: str) -> int:
+    return int(key.rstrip("t"))
+
+
+_MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
+_SEEDS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser over a uint64 array (numpy's uint64 arithmetic wraps, as it must)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * _MIX[0]
+    x = x ^ (x >> np.uint64(27))
+    x = x * _MIX[1]
+    return x ^ (x >> np.uint64(31))
 
 
 def _hash_symbols(frame: pl.DataFrame) -> dict[int, str]:
-    """Content hash of each symbol's rows in a (symbol_id, ts)-sorted frame."""
+    """Content hash of each symbol's rows in a (symbol_id, ts)-sorted frame: two 64-bit lanes, each
+    the sum (mod 2^64) of a per-row hash of (ts, open..volume), and the row count.
+
+    A sum does not care how the rows are split: a year's base and tail hashes add up to the
+    hash of the whole year (`_year_sums`), so a version does not depend on where the tail starts
+    and an export that rewrites only the tail never reads the base."""
     ids = frame["symbol_id"].to_numpy()
     if ids.size == 0:
         return {}
     starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]])
-    ends = np.r_[starts[1:], ids.size]
-    ts = frame["ts"].dt.epoch("us").to_numpy()
-    values = frame.select(PRICE_COLUMNS).to_numpy(order="c")
-    hashes = {}
-    for start, end in zip(starts, ends, strict=True):
-        digest = hashlib.blake2b(digest_size=16)
-        digest.update(np.ascontiguousarray(ts[start:end]).tobytes())
-        digest.update(np.ascontiguousarray(values[start:end]).tobytes())
-        hashes[int(ids[start])] = digest.hexdigest()
-    return hashes
+    counts = np.diff(np.r_[starts, ids.size])
+    words = [frame["ts"].dt.epoch("us").to_numpy().view(np.uint64)]
+    words += [np.ascontiguousarray(frame[column].to_numpy()).view(np.uint64) for column in PRICE_COLUMNS]
+    lanes = []
+    for seed in _SEEDS:
+        h = np.full(ids.size, seed, dtype=np.uint64)
+        for word in words:
+            h = _mix(h ^ word)
+        lanes.append(np.add.reduceat(h, starts))
+    return {int(ids[start]): f"{int(a):016x}{int(b):016x}:{int(n)}"
+            for start, a, b, n in zip(starts, lanes[0], lanes[1], counts, strict=True)}
+
+
+def _year_sums(parts: dict[str, str]) -> dict[str, str]:
+    """Per year, the sum of its parts' row-sum hashes (base + tail): the hash of the year's rows."""
+    sums: dict[str, list[int]] = {}
+    for key, digest in parts.items():
+        total = sums.setdefault(str(_part_year(key)), [0, 0, 0])
+        total[0] = (total[0] + int(digest[:16], 16)) & 0xFFFF_FFFF_FFFF_FFFF
+        total[1] = (total[1] + int(digest[16:32], 16)) & 0xFFFF_FFFF_FFFF_FFFF
+        total[2] += int(digest[33:])
+    return {year: f"{a:016x}{b:016x}:{n}" for year, (a, b, n) in sums.items()}
+
+
+def _data_version(parts: dict[str, str], native: str) -> str:
+    """A symbol's data version from its parts' hashes: the same rows give the same version however
+    the lake split them."""
+    content: dict[str, str] = _year_sums(parts)
+    # Another native interval than 1h is part of the content.
+    content = content if native == "1h" else {"native": native, **content}
+    return hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
 
 
 def _write_parquet(frame: pl.DataFrame, path: Path) -> dict:
@@ -525,12 +612,17 @@ def commit(
 
     parent_files = parent.manifest["files"] if parent else {}
     parent_years = {int(y) for per in parent_files.values() for y in per}
+    # A lake written before row-sum hashes is rehashed whole, once (its versions change once).
+    rehash = parent is not None and parent.manifest.get("row_hash") != ROW_HASH
     years = set(bars["ts"].dt.year().unique().to_list())
-    if full:
+    whole_years = {_part_year(key) for name in whole for key in state.get(name, {}).get("year_hashes", {})}
+    if full or rehash:
         years |= parent_years
     else:
-        years |= {int(y) for name in whole for y in state.get(name, {}).get("year_hashes", {})}
+        years |= whole_years
     years_list = sorted(years)
+    # The year a full rewrite splits into base + tail (the newest one: where the next hours land).
+    newest_year = max(parent_years | years, default=None)
 
     snapshot_id = new_snapshot_id()
     staging = lake_root / ".staging" / snapshot_id
@@ -542,19 +634,33 @@ def commit(
             sym: {iv: dict(per) for iv, per in meta.get("year_stats", {}).items()} for sym, meta in state.items()}
         year_health: dict[str, dict[str, dict]] = {
             sym: dict(meta.get("year_health", {})) for sym, meta in state.items()}
+        old_sums = {} if rehash else {name: _year_sums(parts) for name, parts in year_hashes.items()}
         by_year = {
             key[0]: frame for key, frame in bars.with_columns(pl.col("ts").dt.year().alias("_year"))
             .partition_by("_year", as_dict=True, include_key=False).items()
         }
         empty = bars.clear()
         kept_old = kept | {name for name in parent_natives if name not in whole and not full}
+        whole_list = sorted(whole)
 
-        def merge_year(year: int) -> tuple[int, dict[str, pl.DataFrame], dict[int, str], list[dict]]:
+        # Years whose changes all fall in their tail (on or after its cut, no symbol replaced whole):
+        # only the tail is rewritten, the base files are linked. O(rows since the cut), not O(year).
+        tail_cuts: dict[int, datetime] = {}
+        if not full and not rehash and parent is not None:
+            for year in years_list:
+                delta = by_year.get(year, empty)
+                cut = _tail_from(parent_files, year)
+                if cut is None or year in whole_years or (delta.height and (
+                        delta["ts"].min() < cut or delta["symbol"].is_in(whole_list).any())):
+                    continue
+                tail_cuts[year] = cut
+
+        def merged(year: int, read: Callable[[Snapshot | None, str, int], pl.DataFrame | None]) -> dict:
             delta = by_year.get(year, empty)
             base: dict[str, pl.DataFrame] = {}
             for native in sorted(set(new_natives.values()) | set(parent_natives.values()), key=intervals.SECONDS.get):
                 part = delta.filter(pl.col("_native") == native).select(list(lake_schema()))
-                old = _read_year(parent, native, year) if kept_old else None
+                old = read(parent, native, year) if kept_old else None
                 if old is not None:
                     own = [ids[n] for n in kept_old if parent_natives[n] == native]
                     old = old.filter(pl.col("symbol_id").is_in(own))
@@ -562,35 +668,80 @@ def commit(
                     part = pl.concat([old.select(list(lake_schema())), part])
                 if part.height:
                     base[native] = part.sort("symbol_id", "ts")
+            return base
+
+        def merge_year(year: int) -> list[tuple[int, bool, dict[str, pl.DataFrame]]]:
+            """The parts of `year` to write: its tail alone, or the whole year (split at a cut if newest)."""
+            cut = tail_cuts.get(year)
+            if cut is not None:
+                tail = merged(year, _read_tail)
+                newest = max((frame["ts"].max() for frame in tail.values()), default=cut)
+                if newest - cut < COMPACT_AFTER:
+                    return [(year, True, tail)]
+                # The tail grew past COMPACT_AFTER: this export folds it into the base (compaction).
+            frames = merged(year, _read_year)
+            if year != newest_year or not frames:
+                tail_cuts.pop(year, None)
+                return [(year, False, frames)]
+            # The tail starts at the day of the earliest last bar among the symbols still trading (a
+            # last bar within COMPACT_AFTER of the newest), so each of them appends into the tail.
+            lasts = pl.concat([frame.group_by("symbol_id").agg(pl.col("ts").max()) for frame in frames.values()])["ts"]
+            recent = lasts.filter(lasts >= lasts.max() - COMPACT_AFTER).min()
+            cut = tail_cuts[year] = recent.replace(hour=0, minute=0, second=0, microsecond=0)
+            return [(year, False, {n: f.filter(pl.col("ts") < cut) for n, f in frames.items()}),
+                    (year, True, {n: f.filter(pl.col("ts") >= cut) for n, f in frames.items()})]
+
+        def build_part(part: tuple[int, bool, dict[str, pl.DataFrame]]) -> tuple:
+            """Hashes, health and the written files of one part (a year's base or tail)."""
+            year, tail, frames = part
             hashes: dict[int, str] = {}
             measured: list[dict] = []
-            for native, frame in base.items():
+            outputs: dict[str, list[pl.DataFrame]] = {}
+            for native, frame in frames.items():
+                if not frame.height:
+                    continue
                 hashes.update(_hash_symbols(frame))
                 measured += health.measure(frame, native, thresholds, by="symbol_id")
-            return year, base, hashes, measured
+                built = derive(frame.drop("bars"), native, tuple(stored_intervals(native, derived)[1:]),
+                               by=("symbol_id", "symbol"), clean=False)
+                built[native] = frame
+                for interval, rows in built.items():
+                    outputs.setdefault(interval, []).append(rows.select(list(lake_schema())))
+            done = []
+            for interval in sorted(outputs, key=intervals.SECONDS.get):
+                frame = pl.concat(outputs[interval]).sort("symbol_id", "ts")
+                relative = f"interval={interval}/year={year}/{interval}-{year}{TAIL_FILE if tail else ''}.parquet"
+                fingerprint = _write_parquet(frame, staging / relative)
+                if fail_at == "mid-write":
+                    os._exit(137)
+                done.append((interval, relative, frame.height, fingerprint, _symbol_stats(frame)))
+            return year, tail, hashes, measured, done
 
         with ThreadPoolExecutor(max_workers=2) as pool:
-            merged_years = list(pool.map(merge_year, years_list))
-        new_years = {year: base for year, base, _, _ in merged_years}
-
-        changed: set[str] = set()
-        touched = delta_names | whole
-        for year, _, hashes, measured in merged_years:
-            present = {names_of[sid] for sid in hashes}
-            scope = present | {name for name, per in year_hashes.items() if str(year) in per
-                               and (full or name in touched)}
-            for name in scope:
-                new_hash = hashes.get(ids[name]) if name in present else None
-                old_hash = year_hashes.get(name, {}).get(str(year))
-                if new_hash != old_hash:
-                    changed.add(name)
-                    if new_hash is None:
-                        year_hashes.get(name, {}).pop(str(year), None)
-                        year_health.get(name, {}).pop(str(year), None)
-                    else:
-                        year_hashes.setdefault(name, {})[str(year)] = new_hash
+            parts = [part for found in pool.map(merge_year, years_list) for part in found]
+            built_parts = list(pool.map(build_part, parts))
+        tail_only = {year for year, tail, _ in parts if tail} - {year for year, tail, _ in parts if not tail}
+        # The state keys rebuilt: a tail-only year's tail, else both parts of the year.
+        rebuilt = {_part_key(year, True) for year in years_list} | {
+            _part_key(year, False) for year in years_list if year not in tail_only}
+        for per_symbol in (*year_hashes.values(), *year_health.values(),
+                           *(per for by_iv in year_stats.values() for per in by_iv.values())):
+            for key in rebuilt & set(per_symbol):
+                del per_symbol[key]
+        for year, tail, hashes, measured, done in built_parts:
+            key = _part_key(year, tail)
+            for sid, digest in hashes.items():
+                year_hashes.setdefault(names_of[sid], {})[key] = digest
             for record in measured:
-                year_health.setdefault(names_of[record.pop("symbol_id")], {})[str(year)] = record
+                year_health.setdefault(names_of[record.pop("symbol_id")], {})[key] = record
+            for interval, _, _, _, stats in done:
+                for sid, per in stats.items():
+                    year_stats.setdefault(names_of[sid], {}).setdefault(interval, {})[key] = per
+        if rehash:
+            changed = set(year_hashes) | set(state)
+        else:
+            changed = {name for name in set(year_hashes) | set(old_sums)
+                       if _year_sums(year_hashes.get(name, {})) != old_sums.get(name, {})}
         # A symbol whose native interval changed changes even if its hashes happen to agree.
         changed |= {n for n in new_natives if n in parent_natives and parent_natives[n] != new_natives[n]}
 
@@ -599,49 +750,45 @@ def commit(
             return CommitResult(parent, False, [], rows_read, 0, 0)
 
         files: dict[str, dict[str, dict]] = {}
-        written = linked = 0
+        written = linked = rows_written = bytes_written = 0
+
+        def link(record: dict) -> dict:
+            nonlocal linked
+            target = staging / record["path"]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            check_files(parent, [parent.path / record["path"]])  # never carry damage forward
+            os.link(parent.path / record["path"], target)
+            linked += 1
+            return record if "sha256" in record else {**record, **file_fingerprint(target)}
+
         for interval, per_year in parent_files.items():
             for year, entry in per_year.items():
-                if int(year) in new_years:
-                    continue
-                target = staging / entry["path"]
-                target.parent.mkdir(parents=True, exist_ok=True)
-                check_files(parent, [parent.path / entry["path"]])  # never carry damage forward
-                os.link(parent.path / entry["path"], target)
-                files.setdefault(interval, {})[year] = entry if "sha256" in entry else {
-                    **entry, **file_fingerprint(target)}
-                linked += 1
-
-        def write_year(year: int) -> list[tuple[str, int, str, pl.DataFrame, dict]]:
-            outputs: dict[str, list[pl.DataFrame]] = {}
-            for native, frame in new_years[year].items():
-                built = derive(frame.drop("bars"), native, tuple(stored_intervals(native, derived)[1:]),
-                               by=("symbol_id", "symbol"), clean=False)
-                built[native] = frame
-                for interval, part in built.items():
-                    outputs.setdefault(interval, []).append(part.select(list(lake_schema())))
-            done = []
-            for interval in sorted(outputs, key=intervals.SECONDS.get):
-                frame = pl.concat(outputs[interval]).sort("symbol_id", "ts")
-                relative = f"interval={interval}/year={year}/{interval}-{year}.parquet"
-                fingerprint = _write_parquet(frame, staging / relative)
-                if fail_at == "mid-write":
-                    os._exit(137)
-                done.append((interval, year, relative, frame, fingerprint))
-            return done
-
-        with ThreadPoolExecutor(max_workers=2) as pool:
-            outputs = list(pool.map(write_year, [y for y, base in new_years.items() if base]))
-        rewritten = {str(year) for year in new_years}
-        for per_interval in year_stats.values():
-            for per_year in per_interval.values():
-                for year in rewritten:
-                    per_year.pop(year, None)
-        for interval, year, relative, frame, fingerprint in (item for done in outputs for item in done):
-            files.setdefault(interval, {})[str(year)] = {"path": relative, "rows": frame.height, **fingerprint}
-            written += 1
-            for sid, stats in _symbol_stats(frame).items():
-                year_stats.setdefault(names_of[sid], {}).setdefault(interval, {})[str(year)] = stats
+                if int(year) in years and int(year) not in tail_only:
+                    continue  # rewritten whole
+                kept_entry = {k: v for k, v in entry.items() if k != "tail"}
+                if "path" in entry:
+                    kept_entry.update(link({k: v for k, v in entry.items() if k not in ("tail", "tail_from")}))
+                if "tail" in entry and int(year) not in tail_only:
+                    kept_entry["tail"] = link(entry["tail"])
+                if "path" in kept_entry or "tail" in kept_entry:
+                    files.setdefault(interval, {})[year] = kept_entry
+        for year, tail, _, _, done in built_parts:
+            for interval, relative, rows, fingerprint, _ in done:
+                entry = files.setdefault(interval, {}).setdefault(str(year), {})
+                record = {"path": relative, "rows": rows, **fingerprint}
+                if tail:
+                    entry["tail"] = record
+                else:
+                    entry.update(record)
+                written += 1
+                rows_written += rows
+                bytes_written += fingerprint["bytes"]
+        for per_year in files.values():
+            for year, entry in per_year.items():
+                if int(year) in tail_cuts:
+                    entry["tail_from"] = tail_cuts[int(year)].isoformat()
+                elif int(year) in years:
+                    entry.pop("tail_from", None)
 
         symbol_meta = {}
         new_state: dict[str, dict] = {}
@@ -650,10 +797,7 @@ def commit(
             if not hashes or name not in new_natives:
                 continue
             native = new_natives[name]
-            # Hourly series keep the versions they always had; another native interval is part of the content.
-            content = hashes if native == "1h" else {"native": native, **hashes}
-            version = hashlib.blake2b(json.dumps(content, sort_keys=True).encode(), digest_size=8).hexdigest()
-            meta = {"symbol_id": ids[name], "data_version": version, "native": native}
+            meta = {"symbol_id": ids[name], "data_version": _data_version(hashes, native), "native": native}
             per_interval_stats = {iv: per for iv, per in year_stats.get(name, {}).items() if per}
             new_state[name] = {"native": native, "year_hashes": hashes, "year_stats": per_interval_stats,
                                "year_health": year_health.get(name, {})}
@@ -688,6 +832,7 @@ def commit(
             "refused": refused,
             "health_thresholds": {"jump_ratio": thresholds.jump_ratio, "stale_bars": thresholds.stale_bars},
             "files": files,
+            "row_hash": ROW_HASH,
             "symbols": symbol_meta,
         }
         state_text = json.dumps(new_state, sort_keys=True)
@@ -707,7 +852,7 @@ def commit(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     snapshot = load_snapshot(final)
-    return CommitResult(snapshot, True, sorted(changed), rows_read, written, linked)
+    return CommitResult(snapshot, True, sorted(changed), rows_read, written, linked, rows_written, bytes_written)
 
 
 def _point_current(lake_root: Path, target: Path) -> None:
