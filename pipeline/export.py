@@ -45,6 +45,8 @@ class ExportReport:
     removed_snapshots: list[str]
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    rows_written: int = 0  # rows in the Parquet files written (linked files cost nothing)
+    bytes_written: int = 0
 
     @property
     def rows_per_second(self) -> float:
@@ -178,4 +180,5 @@ def run_export(
         changed_symbols=result.changed_symbols, files_written=result.files_written,
         files_linked=result.files_linked, removed_snapshots=removed,
         seconds=time.perf_counter() - started, warnings=warnings(staged, result),
+        rows_written=result.rows_written, bytes_written=result.bytes_written,
     )

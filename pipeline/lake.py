@@ -4,6 +4,8 @@ Layout under the lake root::
 
     snapshots/<snapshot_id>/interval=5m/year=2024/5m-2024.parquet   (symbols whose own interval is 5m)
     snapshots/<snapshot_id>/interval=1h/year=2024/1h-2024.parquet
+    snapshots/<snapshot_id>/interval=1h/year=2025/1h-2025.parquet        (the newest year's base ...)
+    snapshots/<snapshot_id>/interval=1h/year=2025/1h-2025-tail.parquet   (... and its tail)
     snapshots/<snapshot_id>/interval=1d/year=2024/1d-2024.parquet
     snapshots/<snapshot_id>/_manifest.json
     current -> snapshots/<snapshot_id>        (symlink, replaced atomically)
@@ -15,6 +17,13 @@ fastest layout measured here, and a one-symbol read skips other row groups by th
 min/max statistics. A snapshot that changes only 2025 writes only 2025's files; the
 other years are hard links to the previous snapshot's files, so snapshots are cheap
 and deleting an old one never touches a file another snapshot still uses.
+
+The newest year is split at `tail_from` (a UTC midnight, so no stored bar's bucket straddles it):
+its base holds the bars before, its tail the bars from it on. New hours land in the tail, so an
+incremental export rewrites the tail files alone and links the base: its cost follows the rows
+since `tail_from`, not the year. A tail spanning COMPACT_AFTER is folded into the base by the next
+export. Data versions and health are kept per part (base, tail) and combined, so a version does
+not depend on where the split lies (content hashes are row sums: base + tail = the whole year).
 
 Plain DuckDB reads the current snapshot with one glob, every row once::
 

@@ -124,6 +124,65 @@ def test_incremental_export_reads_only_new_and_corrected_rows(seeded):
     assert snapshot.symbols[a_sym]["1h"]["last"] == (last_a[0] + timedelta(hours=1)).isoformat()
 
 
+APPEND_ONE_HOUR = (
+    "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, low_price, close_price,"
+    " volume) SELECT crypto_id, '1h', datetime + interval '1 hour', close_price, close_price, close_price,"
+    " close_price, 1 FROM (SELECT DISTINCT ON (crypto_id) * FROM crypto_prices WHERE interval_type = '1h'"
+    " ORDER BY crypto_id, datetime DESC) last")
+
+
+def test_incremental_export_cost_follows_the_rows_changed_not_the_year_file(database_url, tmp_path):
+    """One new hour per symbol writes the newest year's tail only (its last day): the same files, about
+    the same rows and bytes on a lake whose year file is five times larger, whose base is linked."""
+    costs = []
+    for scale, years in enumerate((0.15, 0.75)):  # both end in 2025: 55 and 273 days of it
+        loaders.seed_database(database_url, n_symbols=6, years=years, seed=5, replace=True)
+        settings = replace(Settings(), database_url=database_url, lake_root=tmp_path / f"lake{scale}")
+        run_export(settings)
+        parent = lake.current_snapshot(settings.lake_root)
+        with psycopg.connect(database_url) as conn:
+            conn.execute(APPEND_ONE_HOUR)
+        report = run_export(settings)
+        snapshot = lake.current_snapshot(settings.lake_root)
+        assert report.created and report.rows_read == 6
+        year = snapshot.manifest["files"]["1h"]["2025"]
+        assert "tail" in year and year["tail_from"] <= snapshot.symbols[sorted(snapshot.symbols)[0]]["1h"]["last"]
+        assert os.stat(snapshot.path / year["path"]).st_ino == os.stat(parent.path / year["path"]).st_ino
+        dupes = duckdb.sql(f"SELECT symbol, interval, ts FROM read_parquet('{settings.lake_root}/{GLOB}', "
+                           "hive_partitioning = true) GROUP BY ALL HAVING count(*) > 1").fetchall()
+        assert dupes == []
+        assert _lake_rows(settings.lake_root) == _lake_rows_of_a_full_export(settings, tmp_path / f"full{scale}")
+        costs.append((report.files_written, report.rows_written, report.bytes_written, year["bytes"]))
+    (files_small, rows_small, bytes_small, year_small), (files_big, rows_big, bytes_big, year_big) = costs
+    assert year_big > 4 * year_small
+    assert files_small == files_big == 2  # the 1h and 1d tails
+    assert abs(rows_big - rows_small) <= 6 * 25 and rows_big <= 6 * 2 * 25
+    assert bytes_big < 2 * bytes_small and bytes_big < year_big / 20
+
+
+def _lake_rows_of_a_full_export(settings: Settings, lake_root: Path) -> list[tuple]:
+    run_export(replace(settings, lake_root=lake_root), full=True)
+    return _lake_rows(lake_root)
+
+
+def test_tail_is_compacted_into_the_base_once_it_spans_a_week(seeded):
+    run_export(seeded)
+    first = lake.current_snapshot(seeded.lake_root)
+    cut = first.manifest["files"]["1h"]["2025"]["tail_from"]
+    with psycopg.connect(seeded.database_url) as conn:
+        for _ in range(8):  # eight days of new hours: past COMPACT_AFTER
+            conn.execute(APPEND_ONE_HOUR.replace("interval '1 hour'", "interval '1 day'"))
+    run_export(seeded)
+    snapshot = lake.current_snapshot(seeded.lake_root)
+    entry = snapshot.manifest["files"]["1h"]["2025"]
+    assert entry["tail_from"] > cut  # folded into the base, a new tail from the newest day
+    assert entry["path"] and os.stat(snapshot.path / entry["path"]).st_ino != \
+        os.stat(first.path / first.manifest["files"]["1h"]["2025"]["path"]).st_ino
+    assert _lake_rows(seeded.lake_root) == _lake_rows_of_a_full_export(seeded, seeded.lake_root.parent / "full")
+    full = lake.current_snapshot(seeded.lake_root.parent / "full")
+    assert full.data_versions() == snapshot.data_versions()
+
+
 def test_daily_lake_bars_of_real_binance_files_match_a_hand_computed_day(database_url, binance_files, tmp_path):
     import pyarrow.feather as feather
 
