@@ -76,6 +76,33 @@ def test_the_blocks_together_give_the_runs_own_sharpe_and_return(sweep):
         assert growth[y, c] * config.initial == pytest.approx(result["final_value"], rel=1e-12)
 
 
+def test_each_blocks_statistics_equal_numpy_on_the_sets_own_equity_curve(sweep):
+    """The kernel fills the block statistics while simulating; here they are computed from each
+    set's equity curve (trade_log) with NumPy, block by block, as pipeline.kernels.blocks defines them."""
+    from pipeline.kernels import blocks as kb
+
+    batch, config, results, blocks = sweep
+    fractions = overfit.block_fractions(config)
+    for j, result in enumerate(results[:: 5]):
+        y, c = divmod(j * 5, len(config.params_list))
+        equity = engine.trade_log(batch, config, y, result["params"]).equity
+        equity = equity[~np.isnan(equity)]
+        m = len(equity)
+        path = np.r_[config.initial, equity]  # path[t] is the equity before bar t
+        r = path[1:] / path[:-1] - 1.0
+        edges = [int(math.floor(f * m + 1e-9)) for f in fractions[:-1]] + [m]
+        for b in range(len(edges) - 1):
+            lo, hi = edges[b], edges[b + 1]
+            part, inside = r[lo:hi], path[lo: hi + 1]  # the block's equity from its start
+            peak = np.maximum.accumulate(inside)
+            expected = {kb.B_COUNT: hi - lo, kb.B_SUM: part.sum(), kb.B_SUM2: (part ** 2).sum(),
+                        kb.B_SUM3: (part ** 3).sum(), kb.B_SUM4: (part ** 4).sum(),
+                        kb.B_DOWN2: (np.minimum(part, 0) ** 2).sum(), kb.B_START: path[lo], kb.B_END: path[hi],
+                        kb.B_MAX: inside.max(), kb.B_MIN: inside.min(), kb.B_MAXDD: ((peak - inside) / peak).max()}
+            for stat, value in expected.items():
+                assert blocks[y, b, stat, c] == pytest.approx(value, rel=1e-9, abs=1e-15), (b, stat)
+
+
 def test_pbo_equals_combinatorially_symmetric_cross_validation_from_first_principles(sweep):
     # Bailey, Borwein, Lopez de Prado and Zhu (2015): a T x N matrix of returns cut into S row
     # blocks; for every choice of S/2 blocks as the training set the best in-sample Sharpe's

@@ -9,7 +9,9 @@ folds are computed from these sums alone.
 
 Per-bar returns are those of the simulator's Sharpe ratio: r[t] = eq[t] / eq[t-1] - 1
 with eq[-1] = the initial cash, so the Sharpe of the union of all blocks equals the
-run's own (per-bar) Sharpe.
+run's own (per-bar) Sharpe. The simulator fills the statistics as it goes
+(`simulate.simulate_1d`'s block_fractions): block b covers bars block_edge(fractions[b], m)
+.. block_edge(fractions[b + 1], m) - 1 of the symbol's m bars (the last block ends at m).
 """
 
 from __future__ import annotations
@@ -38,77 +40,19 @@ def block_edge(fraction: float, m: int) -> int:
     return int(np.floor(fraction * m + 1e-9))
 
 
-@njit(cache=True)
-def block_stats(equity, initial, fractions, out):
-    """Fill `out` (blocks x N_BLOCK_STATS) from one equity curve (its m bars, in time order).
-
-    `fractions` has blocks + 1 increasing values from 0 to 1; block b covers bars
-    block_edge(fractions[b], m) .. block_edge(fractions[b + 1], m) - 1 (possibly none).
-    """
-    m = equity.shape[0]
-    prev = initial
-    for b in range(fractions.shape[0] - 1):
-        lo = block_edge(fractions[b], m)
-        hi = block_edge(fractions[b + 1], m)
-        if b == fractions.shape[0] - 2:
-            hi = m
-        s = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        s4 = 0.0
-        d2 = 0.0
-        start = prev
-        peak = prev
-        high = prev
-        low = prev
-        max_dd = 0.0
-        for t in range(lo, hi):
-            e = equity[t]
-            r = e / prev - 1.0
-            s += r
-            r2 = r * r
-            s2 += r2
-            s3 += r2 * r
-            s4 += r2 * r2
-            if r < 0.0:
-                d2 += r2
-            if e > peak:
-                peak = e
-            if e > high:
-                high = e
-            if e < low:
-                low = e
-            if peak > 0.0:
-                dd = (peak - e) / peak
-                if dd > max_dd:
-                    max_dd = dd
-            prev = e
-        out[b, B_COUNT] = hi - lo
-        out[b, B_SUM] = s
-        out[b, B_SUM2] = s2
-        out[b, B_DOWN2] = d2
-        out[b, B_START] = start
-        out[b, B_END] = prev
-        out[b, B_MAX] = high
-        out[b, B_MIN] = low
-        out[b, B_MAXDD] = max_dd
-        out[b, B_SUM3] = s3
-        out[b, B_SUM4] = s4
-
-
 @njit(cache=True, inline="always")
 def _sharpe_order_key(count, s, s2):
-    """A number that orders parameter sets exactly as their per-bar Sharpe ratios (mean over sample
-    deviation) do, without the square root: sign(mean) * mean**2 / var (the PBO's inner loop runs
-    N x C(S, S/2) times per symbol). 0 when undefined: a set that never trades has no excess return,
-    and ranks need a number."""
+    """A number that orders parameter sets of one split exactly as their per-bar Sharpe ratios (mean
+    over sample deviation) do, without the square root and with one division: sign(mean) * mean**2
+    / var = (n - 1) / n * s|s| / (n s2 - s**2), less the factor (n - 1) / n that every set of the
+    split shares (the PBO's inner loop runs N x C(S, S/2) times per symbol). 0 when undefined
+    (var <= 1e-30): a set that never trades has no excess return, and ranks need a number."""
     if count < 2:
         return 0.0
-    mean = s / count
-    var = (s2 - s * mean) / (count - 1)
-    if var <= 1e-30:
+    spread = count * s2 - s * s  # n (n - 1) var
+    if spread <= 1e-30 * count * (count - 1):
         return 0.0
-    return mean * abs(mean) / var
+    return s * abs(s) / spread
 
 
 @njit(cache=True)

@@ -10,6 +10,20 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from pipeline.kernels.blocks import (
+    B_COUNT,
+    B_DOWN2,
+    B_END,
+    B_MAX,
+    B_MAXDD,
+    B_MIN,
+    B_START,
+    B_SUM,
+    B_SUM2,
+    B_SUM3,
+    B_SUM4,
+    block_edge,
+)
 from pipeline.kernels.enums import (
     ACTION_BUY,
     ACTION_SELL,
@@ -99,6 +113,21 @@ def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
     return np.nan, EXIT_SIGNAL
 
 
+@njit(cache=True, inline="always")
+def _write_block(out, b, count, s, s2, s3, s4, down2, start, end, high, low, max_dd):
+    out[b, B_COUNT] = count
+    out[b, B_SUM] = s
+    out[b, B_SUM2] = s2
+    out[b, B_SUM3] = s3
+    out[b, B_SUM4] = s4
+    out[b, B_DOWN2] = down2
+    out[b, B_START] = start
+    out[b, B_END] = end
+    out[b, B_MAX] = high
+    out[b, B_MIN] = low
+    out[b, B_MAXDD] = max_dd
+
+
 @njit(cache=True)
 def simulate_1d(
     open_: np.ndarray,
@@ -116,6 +145,8 @@ def simulate_1d(
     high: np.ndarray | None = None,
     low: np.ndarray | None = None,
     execution: np.ndarray | None = None,
+    block_fractions: np.ndarray | None = None,
+    blocks_out: np.ndarray | None = None,
 ) -> int:
     """Simulate one symbol over its bars (no NaN) and write the metrics.
 
@@ -135,6 +166,10 @@ def simulate_1d(
         high, low: the bars' highs and lows; needed (and read) only when a stop is set.
         execution: (N_EXECUTION,) stops, size and slippage at the EX_* indices; None =
             no stops, all in, no slippage (SPEC section 4 alone).
+        block_fractions, blocks_out: (B + 1,) block edges and (B x N_BLOCK_STATS), filled with
+            each time block's statistics (pipeline.kernels.blocks) while simulating: the per-bar
+            returns are the Sharpe ratio's own, so a sweep's PBO and deflated Sharpe cost a few
+            sums per bar, not a second pass over an equity curve.
 
     Returns:
         The number of trade records written (0 when the log is skipped).
@@ -222,6 +257,29 @@ def simulate_1d(
     pnl_m2 = 0.0
     gross_profit = 0.0
     gross_loss = 0.0
+
+    # Time blocks: block b covers bars block_edge(fractions[b], n) .. the next block's first - 1.
+    with_blocks = block_fractions is not None and blocks_out is not None
+    n_blocks = 0
+    block = 0
+    block_lo = 0
+    block_hi = 0
+    b_sum = 0.0
+    b_sum2 = 0.0
+    b_sum3 = 0.0
+    b_sum4 = 0.0
+    b_down2 = 0.0
+    b_start = initial
+    b_peak = initial  # the block's highest equity (its drawdown's running peak starts at b_start)
+    b_low = initial
+    b_dd = 0.0
+    if with_blocks:
+        n_blocks = block_fractions.shape[0] - 1
+        block_hi = n if n_blocks == 1 else block_edge(block_fractions[1], n)
+        while block < n_blocks and block_hi == 0:  # blocks without bars before the first bar
+            _write_block(blocks_out, block, 0, 0.0, 0.0, 0.0, 0.0, 0.0, initial, initial, initial, initial, 0.0)
+            block += 1
+            block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
     for t in range(n):
         # At most one fill per bar: a stop, else an order pending from the previous close
@@ -330,6 +388,28 @@ def simulate_1d(
         if r < 0.0:
             down_sq += r * r
         prev_equity = equity
+        if with_blocks:
+            r2 = r * r
+            b_sum += r
+            b_sum2 += r2
+            b_sum3 += r2 * r
+            b_sum4 += r2 * r2
+            if r < 0.0:
+                b_down2 += r2
+            if equity > b_peak:
+                b_peak = equity
+            if equity < b_low:
+                b_low = equity
+            if b_peak > 0.0:
+                b_dd = max(b_dd, (b_peak - equity) / b_peak)
+            while block < n_blocks and t + 1 == block_hi:  # the block ends here (and empty ones after it)
+                _write_block(blocks_out, block, block_hi - block_lo, b_sum, b_sum2, b_sum3, b_sum4, b_down2,
+                             b_start, equity, b_peak, b_low, b_dd)
+                block += 1
+                block_lo = block_hi
+                block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
+                b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = b_dd = 0.0
+                b_start = b_peak = b_low = equity
     if under > 0:  # a drawdown still open at the end is a period too
         dd_sum += period_dd
         dd_periods += 1

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
-from pipeline.kernels.blocks import N_BLOCK_STATS, block_stats
+from pipeline.kernels.blocks import N_BLOCK_STATS
 from pipeline.kernels.enums import N_METRICS, TRADE_DTYPE
 from pipeline.kernels.simulate import simulate_1d
 
@@ -127,13 +127,8 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             lo = op
         else:
             hi, lo = _symbol_range(high2d[s], low2d[s], index)
-        # The equity curve of one parameter set at a time, kept only when blocks are asked for.
-        if block_fractions is None:
-            equity = no_equity
-            stats = np.empty((0, N_BLOCK_STATS))
-        else:
-            equity = np.empty(m - m0)
-            stats = np.empty((block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        # One parameter set's block statistics at a time (simulate_1d fills them as it goes).
+        stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
         for c in range(n_combos):
             params = combos[c]
             # The first row of every symbol must compute, whatever recompute[0] says.
@@ -145,16 +140,17 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             row = out[s, c]
             if execution is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, equity, no_trades)
+                            bars_per_year[s], row, no_equity, no_trades, None, None, None, block_fractions, stats)
             elif high2d is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, equity, no_trades, None, None, execution[c])
+                            bars_per_year[s], row, no_equity, no_trades, None, None, execution[c], block_fractions,
+                            stats)
             else:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, equity, no_trades, hi[m0:], lo[m0:], execution[c])
+                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
+                            block_fractions, stats)
             finish_row(row, m0, m, index, warmup(params))
             if block_fractions is not None:
-                block_stats(equity, initial, block_fractions, stats)
                 for b in range(stats.shape[0]):
                     for k in range(N_BLOCK_STATS):
                         block_out[s, b, k, c] = stats[b, k]
