@@ -42,31 +42,45 @@ def block_edge(fraction: float, m: int) -> int:
 
 @njit(cache=True, inline="always")
 def _sharpe_order_key(count, s, s2):
-    """A number that orders parameter sets of one split exactly as their per-bar Sharpe ratios (mean
-    over sample deviation) do, without the square root and with one division: sign(mean) * mean**2
-    / var = (n - 1) / n * s|s| / (n s2 - s**2), less the factor (n - 1) / n that every set of the
-    split shares (the PBO's inner loop runs N x C(S, S/2) times per symbol). 0 when undefined
-    (var <= 1e-30): a set that never trades has no excess return, and ranks need a number."""
+    """(numerator, denominator > 0) of a number that orders the parameter sets of one split exactly
+    as their per-bar Sharpe ratios (mean over sample deviation) do: sign(mean) * mean**2 / var =
+    (n - 1) / n * s|s| / (n s2 - s**2), less the factor (n - 1) / n that every set of the split
+    shares. Kept as a fraction: the PBO's inner loops (N x C(S, S/2) per symbol) then compare by
+    cross-multiplying, with no square root and no division. 0 / 1 when undefined (var <= 1e-30):
+    a set that never trades has no excess return, and ranks need a number."""
     if count < 2:
-        return 0.0
+        return 0.0, 1.0
     spread = count * s2 - s * s  # n (n - 1) var
     if spread <= 1e-30 * count * (count - 1):
-        return 0.0
-    return s * abs(s) / spread
+        return 0.0, 1.0
+    return s * abs(s), spread
 
 
 @njit(cache=True)
-def _rank_among(values, i):
-    """Rank of values[i] among all values, 1 = lowest, ties averaged."""
+def _rank_among(num, den, i):
+    """Rank of num[i] / den[i] among all num / den (den > 0), 1 = lowest, ties averaged."""
     below = 0
     equal = 0
-    v = values[i]
-    for j in range(values.shape[0]):
-        if values[j] < v:
+    a = num[i]
+    b = den[i]
+    for j in range(num.shape[0]):
+        left = num[j] * b
+        right = a * den[j]
+        if left < right:
             below += 1
-        elif values[j] == v:
+        elif left == right:
             equal += 1
     return below + (equal + 1) / 2.0
+
+
+@njit(cache=True, inline="always")
+def _best(num, den):
+    """Index of the largest num / den (den > 0), the first among equals."""
+    best = 0
+    for k in range(1, num.shape[0]):
+        if num[k] * den[best] > num[best] * den[k]:
+            best = k
+    return best
 
 
 @njit(cache=True)
@@ -96,8 +110,10 @@ def pbo_cscv(count, sums, sums2):
             total_s2[k] += sums2[b, k]
     s_in = np.zeros(n_sets)
     s2_in = np.zeros(n_sets)
-    train = np.empty(n_sets)
-    test = np.empty(n_sets)
+    train_num = np.empty(n_sets)
+    train_den = np.empty(n_sets)
+    test_num = np.empty(n_sets)
+    test_den = np.empty(n_sets)
     splits = 0
     overfit = 0
     logit_sum = 0.0
@@ -127,16 +143,13 @@ def pbo_cscv(count, sums, sums2):
         previous = mask
         c_out = total_c - c_in
         for k in range(n_sets):
-            train[k] = _sharpe_order_key(c_in, s_in[k], s2_in[k])
-            test[k] = _sharpe_order_key(c_out, total_s[k] - s_in[k], total_s2[k] - s2_in[k])
+            train_num[k], train_den[k] = _sharpe_order_key(c_in, s_in[k], s2_in[k])
+            test_num[k], test_den[k] = _sharpe_order_key(c_out, total_s[k] - s_in[k], total_s2[k] - s2_in[k])
         for direction in range(2):
-            a = train if direction == 0 else test
-            z = test if direction == 0 else train
-            best = 0
-            for k in range(1, n_sets):
-                if a[k] > a[best]:
-                    best = k
-            w = _rank_among(z, best) / (n_sets + 1.0)
+            if direction == 0:
+                w = _rank_among(test_num, test_den, _best(train_num, train_den)) / (n_sets + 1.0)
+            else:
+                w = _rank_among(train_num, train_den, _best(test_num, test_den)) / (n_sets + 1.0)
             logit = np.log(w / (1.0 - w))
             logit_sum += logit
             splits += 1
