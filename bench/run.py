@@ -378,6 +378,7 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
         from bench.baselines import vectorbt_rsi
     except ImportError as exc:
         found["vectorbt"] = {"skipped": f"vectorbt not installed ({exc}); run `make bench`"}
+        found.update(run_peers(batch.columns["close"], ours, our_trades, ours_kernel))
         return found
     close = batch.columns["close"]
     stats = timed(lambda: vectorbt_rsi.run_rsi(close, 14, 30, 70, 0.1, 1000.0), 3)

@@ -29,3 +29,6 @@ def test_quick_benchmark_writes_a_report_with_every_scenario(tmp_path, pg_admin_
         assert scenario in raw
     assert raw["sweep_1000"]["combos"] == 1000
     assert "| RSI(14, 30/70) all symbols" in report and "## Baselines" in report
+    if "seeds_original" in raw["baselines"]:  # the baselines ran (pandas is there): each peer has its row
+        for peer in ("vectorbt", "vectorbt_rust", "fast_trade"):
+            assert peer in raw["baselines"], peer

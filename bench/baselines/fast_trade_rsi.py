@@ -64,7 +64,7 @@ import talib
 from fast_trade import prepare_df
 from fast_trade.run_backtest import apply_backtest_to_df, prepare_new_backtest
 
-from bench.baselines.vectorbt_rsi import compact
+from bench.baselines._grid import compact
 
 # Consecutive hours for the bars handed over; fast-trade needs a datetime column.
 _EPOCH = datetime(2000, 1, 1)

@@ -45,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 import vectorbt as vbt
 
+from bench.baselines._grid import compact
+
 _TALIB_RSI = None
 
 
@@ -53,14 +55,6 @@ def _talib_rsi_indicator():
     if _TALIB_RSI is None:
         _TALIB_RSI = vbt.IndicatorFactory.from_talib("RSI")
     return _TALIB_RSI
-
-
-def compact(close: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's non-NaN values moved to its front, in order; (compacted, bars per row)."""
-    close = np.atleast_2d(np.asarray(close, dtype=np.float64))
-    valid = ~np.isnan(close)
-    order = np.argsort(~valid, axis=1, kind="stable")
-    return np.take_along_axis(close, order, axis=1), valid.sum(axis=1)
 
 
 def rsi_matrix(close_tx: np.ndarray, period: int, rsi: str = "talib") -> np.ndarray:
