@@ -31,7 +31,7 @@ import psycopg
 
 from bench import scaling
 from bench.timing import timed
-from pipeline import engine, lake, loaders, overfit, reader, runs, source, strategies
+from pipeline import engine, lake, loaders, options, overfit, reader, runs, source, strategies
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.export import run_export
@@ -161,11 +161,17 @@ def main() -> None:
     cube = engine.run_metrics(batch, sweep_config)
     sweep_kernel = time.perf_counter() - t
     t = time.perf_counter()
-    sweep = runs.backtest(settings, sweep_config, write_results=True)
+    # As `cryptobt sweep` runs it: every result written (as columns), each symbol's --top 20 kept.
+    sweep = runs.backtest(settings, sweep_config, write_results=True, keep=20)
     out["sweep_1000"] = {"combos": len(grid), "kernel_seconds": sweep_kernel, "end_to_end_seconds":
                          time.perf_counter() - t, "bar_steps_per_second": bar_steps * len(grid) / sweep_kernel,
-                         "results": len(sweep.results), "cube_shape": list(cube.shape)}
+                         "results": sweep.n_results, "run_kernel_seconds": sweep.kernel_seconds,
+                         "cube_shape": list(cube.shape)}
     del cube
+    print("walk-forward K=5 over the same sweep...", flush=True)
+    t = time.perf_counter()
+    folds = runs.backtest(settings, engine.make_config("rsi", grid, walk_forward=5), write_results=True, keep=20)
+    out["sweep_1000"].update(walk_forward_seconds=time.perf_counter() - t, walk_forward_symbols=len(folds.walk_forward))
     # The same sweep with the block sums of the PBO (S=16) and the deflated Sharpe ratio, then
     # the statistics themselves: what the overfitting report adds to a sweep.
     blocks = overfit.new_blocks(len(batch.symbols), sweep_config)
@@ -178,6 +184,9 @@ def main() -> None:
     out["sweep_1000"].update(blocks_kernel_seconds=blocks_kernel, overfit_statistics_seconds=statistics_seconds,
                              blocks_mb=blocks.nbytes / 2**20)
     del blocks
+
+    print("sweep 100,000 combinations (CLI, its own process)...", flush=True)
+    out["sweep_100k"] = bench_sweep_100k(settings, snapshot, env, 1 if args.quick else 10, args.quick)
 
     print("portfolio...", flush=True)
     out["portfolio"] = bench_portfolio(settings, snapshot)
@@ -202,6 +211,11 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(out, indent=1, default=str))
     write_report(out, args.out / "RESULTS.md")
     print((args.out / "RESULTS.md").read_text())
+
+
+def _ratio(sweep: dict, key: str) -> float:
+    """A sweep timing over its plain kernel's."""
+    return sweep[key] / sweep["kernel_seconds"]
 
 
 def _overhead(sweep: dict) -> float:
@@ -241,6 +255,34 @@ def bench_cold_cli(settings: Settings, env: dict[str, str], runs_: int) -> dict:
     return {"median": statistics.median(seconds), "min": min(seconds), "max": max(seconds), "n": runs_,
             "peak_rss_mb": max(rss), "peak_rss_mb_median": statistics.median(rss),
             "first_run_seconds": first, "first_run_peak_rss_mb": first_rss}
+
+
+SWEEP_100K_GRID = ("rsi_period=2:101:1", "oversold_threshold=10:49:1", "overbought_threshold=60:84:1")  # 100,000
+SWEEP_QUICK_GRID = ("rsi_period=2:21:1", "oversold_threshold=10:19:1", "overbought_threshold=60:69:1")  # 2,000
+
+
+def bench_sweep_100k(settings: Settings, snapshot: lake.Snapshot, env: dict[str, str], n_symbols: int,
+                     quick: bool = False) -> dict:
+    """Issue 14's memory row: `cryptobt sweep` of 100,000 RSI sets over `n_symbols` symbols (5 years
+    hourly) in a process of its own, every result written to the results table; its peak RSS
+    (VmHWM) and time. Memory is bounded by a chunk of symbols (two at a time here), so more symbols
+    take longer, not more memory."""
+    names = sorted(snapshot.symbols)[:n_symbols]
+    grid = SWEEP_QUICK_GRID if quick else SWEEP_100K_GRID
+    combos = len(options.parse_grid("rsi", grid))
+    argv = ["cryptobt", "sweep", "rsi", *(a for g in grid for a in ("-g", g)), "--yes", "--top", "3",
+            "--no-cache", *(a for n in names for a in ("-s", n))]
+    child = (f"import sys\nfrom pipeline.cli import main\nsys.argv = {argv!r}\ncode = main()\n"
+             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+             "print('RSS', hwm, file=sys.stderr)\nsys.exit(code)")
+    t = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", child], env={**env, "PYTHONPATH": str(HERE.parent)}, check=True,
+                          capture_output=True, text=True, cwd=settings.results_root.parent)
+    seconds = time.perf_counter() - t
+    bars = sum(snapshot.symbols[n]["1h"]["bars"] for n in names)
+    return {"combos": combos, "symbols": n_symbols, "seconds": seconds, "results": combos * n_symbols,
+            "bar_steps_per_second": bars * combos / seconds,
+            "peak_rss_mb": int(done.stderr.rsplit("RSS", 1)[1].split()[0]) / 1024}
 
 
 def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, env: dict[str, str]) -> dict:
@@ -518,14 +560,26 @@ def write_report(r: dict, path: Path) -> None:
         f"| sweep {r['sweep_1000']['combos']} RSI combinations, kernel | {r['sweep_1000']['kernel_seconds']:.2f} s "
         f"({r['sweep_1000']['bar_steps_per_second'] / 1e6:,.0f} M bar-steps/s) | <= 60 s | "
         f"{_goal(r['sweep_1000']['kernel_seconds'], 60)} |",
-        f"| sweep end to end (read, kernel, {r['sweep_1000']['results']:,} results written) | "
-        f"{r['sweep_1000']['end_to_end_seconds']:.2f} s | | |",
+        f"| sweep kernel, bar-steps/s | {r['sweep_1000']['bar_steps_per_second'] / 1e6:,.0f} M | >= 500 M | "
+        f"{_goal(r['sweep_1000']['bar_steps_per_second'], 5e8, False)} |",
+        f"| sweep end to end as `cryptobt sweep` runs it (read, kernel with the PBO's block sums, "
+        f"statistics, {r['sweep_1000']['results']:,} results written as columns) | "
+        f"{r['sweep_1000']['end_to_end_seconds']:.2f} s = {_ratio(r['sweep_1000'], 'end_to_end_seconds'):.2f}x the "
+        f"kernel | <= 1.2x | {_goal(_ratio(r['sweep_1000'], 'end_to_end_seconds'), 1.2)} |",
+        f"| walk-forward K=5 over the same sweep, end to end | {r['sweep_1000']['walk_forward_seconds']:.2f} s = "
+        f"{r['sweep_1000']['walk_forward_seconds'] / r['sweep_1000']['end_to_end_seconds']:.2f}x the plain sweep's | "
+        f"<= 1.5x | {_goal(r['sweep_1000']['walk_forward_seconds'] / r['sweep_1000']['end_to_end_seconds'], 1.5)} |",
         f"| sweep kernel with the PBO's block sums (S=16, {r['sweep_1000']['blocks_mb']:,.0f} MB) | "
         f"{r['sweep_1000']['blocks_kernel_seconds']:.2f} s | | |",
         f"| PBO (C(16, 8) splits) and deflated Sharpe of every symbol | "
         f"{r['sweep_1000']['overfit_statistics_seconds']:.2f} s | | |",
         f"| overfitting report's share of the sweep kernel | "
         f"{_overhead(r['sweep_1000']):.0f} % | <= 10 % | {_goal(_overhead(r['sweep_1000']), 10)} |",
+        f"| sweep {r['sweep_100k']['combos']:,} RSI combinations x {r['sweep_100k']['symbols']} symbols (5 years "
+        f"hourly, `cryptobt sweep` in its own process, {r['sweep_100k']['results']:,} results written): peak RSS | "
+        f"{r['sweep_100k']['peak_rss_mb']:,.0f} MB ({r['sweep_100k']['seconds']:.1f} s, "
+        f"{r['sweep_100k']['bar_steps_per_second'] / 1e6:,.0f} M bar-steps/s with the statistics) | <= 2,048 MB | "
+        f"{_goal(r['sweep_100k']['peak_rss_mb'], 2048)} |",
         f"| full export PostgreSQL -> lake (median of 3) | {r['export_full']['rows_per_second']:,.0f} rows/s "
         f"({r['export_full']['rows']:,} rows, {r['export_full']['seconds']:.2f} s) | >= 2,000,000 rows/s | "
         f"{_goal(r['export_full']['rows_per_second'], 2e6, False)} |",

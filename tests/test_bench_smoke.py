@@ -28,6 +28,11 @@ def test_quick_benchmark_writes_a_report_with_every_scenario(tmp_path, pg_admin_
                      "export_incremental", "cache_hit_batch", "cache_miss_batch", "read_all_hourly_close"):
         assert scenario in raw
     assert raw["sweep_1000"]["combos"] == 1000
+    # Issue 14's rows: the CLI-shaped sweep wrote every result; walk-forward and the big sweep's memory ran.
+    assert raw["sweep_1000"]["results"] == 1000 * raw["scale"]["cryptos"]
+    assert raw["sweep_1000"]["walk_forward_symbols"] > 0
+    assert raw["sweep_100k"]["results"] == raw["sweep_100k"]["combos"] and raw["sweep_100k"]["peak_rss_mb"] > 0
+    assert "| walk-forward K=5" in report and "peak RSS |" in report
     assert "| RSI(14, 30/70) all symbols" in report and "## Baselines" in report
     if "seeds_original" in raw["baselines"]:  # the baselines ran (pandas is there): each peer has its row
         for peer in ("vectorbt", "vectorbt_rust", "fast_trade"):
