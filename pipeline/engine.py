@@ -349,11 +349,12 @@ def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None
 
 
 def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
-                blocks_out: np.ndarray | None = None) -> np.ndarray:
+                blocks_out: np.ndarray | None = None, annual_bars: np.ndarray | None = None) -> np.ndarray:
     """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set.
 
     With `block_fractions` (B + 1 edges, `pipeline.kernels.blocks`), also fills `blocks_out`
-    (symbols x B x N_BLOCK_STATS x params, in the config's parameter order).
+    (symbols x B x N_BLOCK_STATS x params, in the config's parameter order). `annual_bars` is
+    `bars_per_year(batch, config, start_column(batch, config))` when the caller has it already.
     """
     strategy = strategies.get_strategy(config.strategy)
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
@@ -372,7 +373,8 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     if close.shape[0] and close.shape[1]:
         strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
                                     config.fee_frac, config.initial, config.fill == "next_open",
-                                    bars_per_year(batch, config, start), start, out,
+                                    bars_per_year(batch, config, start) if annual_bars is None else annual_bars,
+                                    start, out,
                                     *((_column(batch, "high", every), _column(batch, "low", every))
                                       if config.has_stops else (None, None)), execution, fractions, sorted_blocks)
         if blocks_out is not None:
@@ -658,8 +660,8 @@ def run(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None
     """Every (symbol, parameter set) result of `config` over `batch`; with `config.trades` each
     carries its fill log (`trades`) and its `round_trips` (block statistics into `blocks_out` when
     `block_fractions` is given: see run_metrics)."""
-    cube = run_metrics(batch, config, block_fractions, blocks_out)
     annual = bars_per_year(batch, config, start_column(batch, config))
+    cube = run_metrics(batch, config, block_fractions, blocks_out, annual)
     partial = partial_bars(batch, config)
     results = []
     for i in range(len(batch.symbols)):

@@ -390,6 +390,7 @@ class _Sweep:
         blocks = overfit.new_blocks(len(batch.symbols), config)
         cube = np.empty((len(batch.symbols), n_params, engine.enums.N_METRICS))
         sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
+        annual = engine.bars_per_year(batch, config, engine.start_column(batch, config))
         self._part = (batch, cube, 0)
         for first in range(0, n_params, sets_per_call):
             if self.should_stop is not None and self.should_stop():
@@ -397,14 +398,13 @@ class _Sweep:
             stop = min(first + sets_per_call, n_params)
             t0 = time.perf_counter()
             cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
-                                                     blocks[..., first:stop])
+                                                     blocks[..., first:stop], annual)
             self.progress.kernel_seconds += time.perf_counter() - t0
             self.progress.bar_steps += int(batch.bars.sum()) * (stop - first)
             self._part = (batch, cube, stop)
             self.progress.within(len(batch.symbols) * stop)
         self._part = None
-        columns = engine.result_columns(batch, config, cube, engine.bars_per_year(
-            batch, config, engine.start_column(batch, config)), engine.partial_bars(batch, config))
+        columns = engine.result_columns(batch, config, cube, annual, engine.partial_bars(batch, config))
         has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
         columns.fields.update({name: values.ravel() for name, values in
                                overfit.result_statistics(blocks, config, has_reason).items()})
