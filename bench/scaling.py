@@ -132,6 +132,19 @@ def _static_imbalance(bars, threads: int) -> float:
     return max(chunks) / (sum(chunks) / threads) if sum(chunks) else 1.0
 
 
+def _with_cpu(fn, threads: int):
+    """fn()'s result, the CPU seconds it took and the share of `threads` cores it got (CPU time over wall
+    time x threads). On one thread, the calling thread's own CPU time (numba runs a 1-thread parallel
+    region there; idle OpenMP workers spinning after a 2-thread region would count in the process's); on
+    more, the process's, which idle spinning can only raise. A share well below 1 means other processes
+    held the cores: a loaded machine."""
+    clock = time.thread_time if threads == 1 else time.process_time
+    cpu, t = clock(), time.perf_counter()
+    result = fn()
+    cpu, wall = clock() - cpu, time.perf_counter() - t
+    return result, cpu, cpu / (wall * threads)
+
+
 def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
     """One cell in this (fresh) process: the kernel timed warm, then this process's peak RSS.
 
@@ -155,28 +168,34 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
         config = engine.make_config("rsi", {})
         engine.run_metrics(small, config)  # loads (or compiles) the kernel
         rss_before = _memory_kb("VmRSS") / 1024
-        stats = timed(lambda: engine.run_metrics(batch, config), repeat)
+        stats, _, share = _with_cpu(lambda: timed(lambda: engine.run_metrics(batch, config), repeat), threads)
         tiny = _part(batch, 1, 200)
         call = timed(lambda: engine.run_metrics(tiny, config), 100)
         numba.set_num_threads(1)
-        one = timed(lambda: engine.run_metrics(batch, config), max(1, repeat // 2))
+        one_calls = max(1, repeat // 2)
+        one, one_cpu, one_share = _with_cpu(lambda: timed(lambda: engine.run_metrics(batch, config), one_calls), 1)
         call_one = timed(lambda: engine.run_metrics(tiny, config), 100)
         numba.set_num_threads(threads)
         sets = 1
         found.update(one_thread_seconds=one["median"], parallel_speedup=one["median"] / stats["median"],
+                     one_thread_cpu_ns_per_bar_step=one_cpu / (one_calls + 1) / bars * 1e9,  # + the warm-up call
                      call_overhead_us=call["median"] * 1e6, call_overhead_one_thread_us=call_one["median"] * 1e6)
     else:
         config = engine.make_config("rsi", strategies.parse_grid("rsi", grid_specs(combos)))
         engine.run_metrics(small, config)
         rss_before = _memory_kb("VmRSS") / 1024
-        stats = timed(lambda: engine.run_metrics(batch, config), repeat, warmup=0)
+        stats, _, share = _with_cpu(lambda: timed(lambda: engine.run_metrics(batch, config), repeat, warmup=0),
+                                    threads)
         sets = len(config.params_list)
         subset = _part(batch, min(SUBSET, len(batch.symbols)))
+        subset_steps = int(subset.bars.sum()) * sets
         numba.set_num_threads(1)
-        one = timed(lambda: engine.run_metrics(subset, config), 1, warmup=0)
+        one, one_cpu, one_share = _with_cpu(lambda: timed(lambda: engine.run_metrics(subset, config), 1, warmup=0), 1)
         numba.set_num_threads(threads)
         found.update(specs=grid_specs(combos), subset_symbols=len(subset.symbols),
-                     subset_one_thread_ns_per_bar_step=one["median"] / (int(subset.bars.sum()) * sets) * 1e9)
+                     subset_one_thread_ns_per_bar_step=one["median"] / subset_steps * 1e9,
+                     one_thread_cpu_ns_per_bar_step=one_cpu / subset_steps * 1e9)
+    found.update(cpu_share=share, one_thread_cpu_share=one_share)
     steps = bars * sets
     return {"kind": kind, "symbols": len(batch.symbols), "hours": int(batch.times.size), "combos": sets,
             "bars": bars, "grid_cells": int(batch.columns["close"].size),
@@ -286,41 +305,109 @@ def report_lines(s: dict) -> list[str]:
                 f"{w['peak_rss_mb']:,.0f} MB ({w['cube_mb']:,.0f} MB) |" if w else " | | | |")
         lines.append(row)
     l2 = _l2_bytes()
-    lines += ["", "What moves the cost per bar-step, measured in the same cells: the run's speed-up from 1 to "
-              f"{threads} threads and the share of bars on the busiest thread when prange splits the symbols into "
-              f"{threads} contiguous chunks of equal count (numba's default; 1.00 = even); the sweep of the first "
-              f"{SUBSET} symbols (the same {SUBSET} at every symbol count) on one thread, and the kernel buffers of "
-              f"the longest symbol ({BUFFER_BYTES_PER_BAR} bytes a bar) beside the L2 cache of a core"
+    lines += ["", "What moves the cost per bar-step, measured in the same cells: the run on one thread and the "
+              f"sweep of the first {SUBSET} symbols (the same {SUBSET} at every symbol count) on one thread, as wall "
+              f"time and, in brackets, as the computing thread's own CPU time per bar-step (the kernel's cost "
+              f"whatever else holds the core); the run's speed-up from 1 to {threads} threads; the bars of the "
+              f"busiest thread over the mean when prange splits the symbols into {threads} contiguous chunks of "
+              f"equal count (numba's default; 1.00 = even); the kernel buffers of the longest symbol "
+              f"({BUFFER_BYTES_PER_BAR} bytes a bar) beside the L2 cache of a core"
               f"{f' ({l2 / 2**20:g} MB)' if l2 else ''}; the fixed cost of a call (one symbol, 200 bars; median of "
-              f"100) on {threads} threads and on 1.", "",
-              "| symbols x years | run speed-up | busiest thread's bars / mean | sweep ns/bar-step, "
-              f"{SUBSET} symbols, 1 thread | buffers of the longest symbol | fixed cost of a call ({threads} / 1 threads) |",
-              "|---|---|---|---|---|---|"]
+              f"100); the share of its cores each cell process got while timed (CPU time over wall time x threads: "
+              f"well below 1 = other processes held the cores).", "",
+              "| symbols x years | run, 1 thread: ns/bar-step (CPU) | run speed-up | busiest thread's bars / mean | "
+              f"sweep, {SUBSET} symbols, 1 thread: ns/bar-step (CPU) | buffers of the longest symbol | fixed cost of "
+              f"a call ({threads} / 1 threads) | cores' time got: run / sweep |",
+              "|---|---|---|---|---|---|---|---|"]
     for key, r in runs.items():
         w = sweeps.get(key)
-        sweep_cost = f"{w['subset_one_thread_ns_per_bar_step']:.2f}" if w else ""
-        lines.append(f"| {key[0]:,} x {key[1]:g} | {r['parallel_speedup']:.2f}x | {r['imbalance']:.2f} | "
-                     f"{sweep_cost} | {r['symbol_buffers_mb']:.2f} MB | {r['call_overhead_us']:,.0f} / "
-                     f"{r['call_overhead_one_thread_us']:,.0f} us |")
+        sweep_cost = f"{_one_thread_ns(w):.2f} ({_one_thread_cpu_ns(w):.2f})" if w else ""
+        lines.append(f"| {key[0]:,} x {key[1]:g} | {_one_thread_ns(r):.2f} ({_one_thread_cpu_ns(r):.2f}) | "
+                     f"{r['parallel_speedup']:.2f}x | {r['imbalance']:.2f} | {sweep_cost} | "
+                     f"{r['symbol_buffers_mb']:.2f} MB | {r['call_overhead_us']:,.0f} / "
+                     f"{r['call_overhead_one_thread_us']:,.0f} us | "
+                     f"{r['cpu_share']:.2f} / {w['cpu_share'] if w else float('nan'):.2f} |")
     lines += ["", *flatness_lines(s)]
     return lines
 
 
+def _one_thread_ns(cell: dict) -> float:
+    """A cell's cost per bar-step on one thread: the whole run, or the sweep of its first SUBSET symbols."""
+    if cell["kind"] == "run":
+        return cell["one_thread_seconds"] / cell["bar_steps"] * 1e9
+    return cell["subset_one_thread_ns_per_bar_step"]
+
+
+def _one_thread_cpu_ns(cell: dict) -> float:
+    """The same in the computing thread's CPU time: the kernel's own cost, whatever else held the core."""
+    return cell["one_thread_cpu_ns_per_bar_step"]
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) / min(values)
+
+
+FLAT = 1.15  # "flat": the largest cost per bar-step along an axis within 15 % of the smallest
+
+
 def flatness_lines(s: dict) -> list[str]:
-    """The spread of the cost per bar-step along each axis (max over min), run and sweep."""
+    """Along each axis, run and sweep: the cost per bar-step, whether it is flat, and where it is not,
+    which of the measured figures goes with it. Each clause is triggered by a measured figure and quotes
+    it; nothing is said that the cells did not measure."""
     preset = s["preset"]
+    l2 = _l2_bytes()
     out = []
     axes = {"symbols": lambda c: c["years"] == preset["base_years"],
             "years": lambda c: c["symbols"] == preset["base_symbols"]}
+    runs = {(c["symbols"], c["years"]): c for c in _cells(s, "run")}
     for kind in ("run", "sweep"):
         for axis, keep in axes.items():
             cells = sorted((c for c in _cells(s, kind) if keep(c)), key=lambda c: c[axis])
             if len(cells) < 2:
                 continue
+            threads = cells[0]["threads"]
             costs = [c["ns_per_bar_step"] for c in cells]
             figures = ", ".join(f"{c[axis]:g}: {c['ns_per_bar_step']:.2f}" for c in cells)
-            out.append(f"- {kind}, along {axis}: ns/bar-step {figures}; max/min {max(costs) / min(costs):.2f}x "
-                       f"({'flat within 15 %' if max(costs) / min(costs) <= 1.15 else 'not flat'}).")
+            line = f"- {kind}, along {axis} (ns/bar-step {figures}): max/min {_spread(costs):.2f}x"
+            if _spread(costs) <= FLAT:
+                out.append(line + ", flat.")
+                continue
+            facts = []
+            shares = [c["cpu_share"] for c in cells]
+            if min(shares) < 0.9:
+                facts.append(f"the cells got {', '.join(f'{x:.2f}' for x in shares)} of their {threads} cores "
+                             f"(CPU time over wall time x {threads}): other processes held the cores, so these "
+                             f"figures carry the machine's load")
+            single = [_one_thread_ns(c) for c in cells]
+            single_cpu = [_one_thread_cpu_ns(c) for c in cells]
+            cpu_figures = ", ".join(f"{x:.2f}" for x in single_cpu)
+            single_shares = ", ".join(f"{c['one_thread_cpu_share']:.2f}" for c in cells)
+            what = "the run" if kind == "run" else f"the sweep of the first {SUBSET} symbols"
+            buffers = [c["symbol_buffers_mb"] for c in cells]
+            if _spread(single_cpu) <= FLAT:
+                facts.append(f"the kernel's own cost is flat: on one thread {what} takes {cpu_figures} ns of CPU "
+                             f"time per bar-step (wall {', '.join(f'{x:.2f}' for x in single)} with "
+                             f"{single_shares} of a core)")
+                if min(shares) >= 0.9:
+                    speedups = ", ".join(f"{runs[(c['symbols'], c['years'])]['parallel_speedup']:.2f}x"
+                                         for c in cells)
+                    calls = ", ".join(f"{runs[(c['symbols'], c['years'])]['call_overhead_us']:,.0f}" for c in cells)
+                    facts.append(f"so the spread comes from running on {threads} threads: the run's speed-up is "
+                                 f"{speedups}, the fixed cost of a {threads}-thread call {calls} us, and numba's "
+                                 f"split leaves the busiest thread at most "
+                                 f"{max(c['imbalance'] for c in cells):.2f} of the mean")
+            elif axis == "years" and l2 and single_cpu[-1] > single_cpu[0] * FLAT and \
+                    buffers[-1] * 2**20 > l2 >= buffers[0] * 2**20:
+                facts.append(f"on one thread the CPU time per bar-step grows with the history ({what}: "
+                             f"{cpu_figures} ns) while a symbol's kernel buffers grow from {buffers[0]:.2f} to "
+                             f"{buffers[-1]:.2f} MB, past the {l2 / 2**20:g} MB L2 cache of a core (each set of a "
+                             f"sweep passes over them again)")
+            else:
+                call = runs[(cells[0]["symbols"], cells[0]["years"])]["call_overhead_one_thread_us"]
+                facts.append(f"on one thread the CPU time per bar-step moves too ({what}: {cpu_figures} ns); the "
+                             f"fixed cost of a call ({call:,.0f} us) and the kernel buffers ({buffers[0]:.2f} to "
+                             f"{buffers[-1]:.2f} MB) do not account for it")
+            out.append(line + ", not flat: " + "; ".join(facts) + ".")
     return out
 
 
