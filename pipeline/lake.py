@@ -902,6 +902,9 @@ def vacuum(lake_root: Path, *, keep: int, keep_hours: float, now: datetime | Non
     if staging.exists():  # the caller holds the export lock: nothing in here is in use
         for leftover in staging.iterdir():
             _remove(leftover)
+    from pipeline import grids
+
+    grids.remove_except(lake_root, {s.id for s in list_snapshots(lake_root)})
     return removed
 
 

@@ -20,7 +20,7 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from pipeline import intervals, lake
+from pipeline import grids, intervals, lake
 from pipeline.errors import PipelineError, SnapshotDamaged
 from pipeline.kernels.align import bar_span, scatter_to_grid
 
@@ -285,6 +285,13 @@ def read_prices(
         queries.append((query, params))
     if not queries:
         return empty
+    # A whole-history read of every symbol builds the same grid each time on an immutable snapshot:
+    # kept beside the lake (pipeline.grids), mapped instead of scanned the next time.
+    keep_grid = start is None and end is None and len(names) == len(snapshot.symbols) and grids.enabled()
+    kept = grids.load(lake_root, snapshot.id, interval, names, columns, min_coverage) if keep_grid else None
+    if kept is not None:
+        return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
+                          start, end, kept["bars"], kept.get("coverage"))
     values = (*columns, "coverage") if partial_possible else columns
     # The grid spans the first to the last bar read. A read of whole histories knows that span from
     # the manifest and places each batch of rows as it arrives (memory: the grid plus one batch);
@@ -301,7 +308,7 @@ def read_prices(
     width = (t_last - t0) // step_us + 1
     row_of = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
     row_of[ids] = np.arange(ids.size)
-    grids = {name: np.full((len(names), width), np.nan) for name in values}
+    cells = {name: np.full((len(names), width), np.nan) for name in values}
     outside = 0
     for batch in batches:
         if not batch.num_rows:
@@ -309,21 +316,24 @@ def read_prices(
         symbol_ids, ts = _as_numpy(batch.column("symbol_id")), _as_numpy(batch.column("ts"))
         for name in values:
             outside += scatter_to_grid(symbol_ids, ts, _as_numpy(batch.column(name)), row_of, t0, step_us,
-                                      grids[name])
-    out = {name: grids[name] for name in columns}
+                                      cells[name])
+    out = {name: cells[name] for name in columns}
     # Every row inside the grid, and bars on its first and last column: the grid is the one the rows span.
     close = out["close"]
     if outside or np.isnan(close[:, 0]).all() or np.isnan(close[:, -1]).all():
         raise SnapshotDamaged(f"the files of snapshot {snapshot.id} do not hold the bars its manifest lists "
                               f"({interval}); `cryptobt lake verify` names damaged files; `cryptobt export --full` "
                               "writes a good snapshot")
-    coverage = grids.get("coverage")
+    coverage = cells.get("coverage")
     if coverage is not None and min_coverage > 0:
         thin = coverage < min_coverage
         for matrix in (*out.values(), coverage):
             matrix[thin] = np.nan
     bars = bar_span(close, 0)[0]
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
+    if keep_grid:
+        grids.store(lake_root, snapshot.id, interval, names, columns, min_coverage,
+                    {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
 
 

@@ -402,3 +402,44 @@ def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seed
     assert without.rows_read == with_psql.rows_read > 0
     key = ["symbol", "ts"]
     assert without.bars.sort(key).equals(with_psql.bars.sort(key))
+
+
+def test_a_whole_snapshot_grid_is_kept_mapped_on_the_next_read_and_vacuumed_with_its_snapshot(tmp_path, monkeypatch):
+    """The grid of a whole-history read of every symbol is kept beside the lake (pipeline.grids): the
+    next read maps it and equals a fresh scan; a new snapshot gets its own; vacuum removes the old one's;
+    a subset or a time range is never served from it; CRYPTOBT_GRID_CACHE=0 turns it off."""
+    from pipeline import demo, grids
+
+    root = tmp_path / "lake"
+    first = demo.build_sample_lake(root, n_symbols=4, years=0.2, sample=None)
+    kept = root / grids.FOLDER / first.snapshot.id
+    scanned = reader.read_prices(root, None, "1d", columns=("close", "volume"))
+    assert len(list(kept.iterdir())) == 1
+    mapped = reader.read_prices(root, None, "1d", columns=("close", "volume"))
+    assert isinstance(mapped.columns["close"], np.memmap) and mapped.columns["close"].flags.writeable
+    for name in ("close", "volume"):
+        np.testing.assert_array_equal(mapped.columns[name], scanned.columns[name])
+    np.testing.assert_array_equal(mapped.times, scanned.times)
+    np.testing.assert_array_equal(mapped.coverage, scanned.coverage)
+    assert list(mapped.bars) == list(scanned.bars) and mapped.snapshot_id == first.snapshot.id
+    mapped.columns["close"][:] = 0.0  # copy-on-write: the kept grid is not changed
+    np.testing.assert_array_equal(reader.read_prices(root, None, "1d", columns=("close", "volume")).columns["close"],
+                                  scanned.columns["close"])
+    names = sorted(lake.require_snapshot(root).symbols)
+    subset = reader.read_prices(root, names[:2], "1d", columns=("close",))
+    ranged = reader.read_prices(root, None, "1d", scanned_start := datetime.fromtimestamp(int(scanned.times[3]), UTC),
+                                columns=("close",))
+    assert not isinstance(subset.columns["close"], np.memmap) and not isinstance(ranged.columns["close"], np.memmap)
+    assert ranged.times[0] == int(scanned_start.timestamp()) and len(list(kept.iterdir())) == 1
+
+    second = demo.build_sample_lake(root, n_symbols=5, years=0.2, sample=None).snapshot.id
+    assert second != first.snapshot.id
+    assert not isinstance(reader.read_prices(root, None, "1d", columns=("close",)).columns["close"], np.memmap)
+    assert (root / grids.FOLDER / second).is_dir()
+    lake.vacuum(root, keep=1, keep_hours=0)
+    assert not kept.exists() and (root / grids.FOLDER / second).is_dir()
+
+    monkeypatch.setenv("CRYPTOBT_GRID_CACHE", "0")
+    off = reader.read_prices(root, None, "1h", columns=("close",))
+    assert not isinstance(off.columns["close"], np.memmap)
+    assert len(list((root / grids.FOLDER / second).iterdir())) == 1  # the 1h read kept nothing
