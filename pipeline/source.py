@@ -448,9 +448,13 @@ def _extract_changed(
         # A full read splits the heap's pages; a delta splits crypto ids (it reads few rows
         # through the updated_at index, wherever they are).
         low, high = (0, int(pages) + 1) if since is None else (1, max(int(id_end), 2))
-        bounds = [low, high] if in_process else np.linspace(low, high, num=max(connections, 1) + 1).astype(int)
+        bounds = np.linspace(low, high, num=max(connections, 1) + 1).astype(int)
         slices = [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
         statements = [_extract_statement(conn, wanted, since, whole_ids, a, b) for a, b in slices] if wanted else []
+        if in_process and wanted:
+            conn.execute(load_sql("delta_read_plan.sql"))
+            statements = [sql.SQL(load_sql("extract_prices_delta.sql")).format(
+                intervals=sql.Literal(wanted), watermark=sql.Literal(since)).as_string(conn)]
         if use_psql and not in_process:
             from concurrent.futures import ThreadPoolExecutor
 
