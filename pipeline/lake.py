@@ -86,7 +86,7 @@ ROW_GROUP_ROWS = 65_536
 TAIL_FILE = "-tail"
 COMPACT_AFTER = timedelta(days=7)
 # The manifest mark of row-sum content hashes (`_hash_symbols`): hashes of a year's parts add up.
-ROW_HASH = "rowsum-v1"
+ROW_HASH = "rowsum64-v1"
 
 
 @functools.cache
@@ -435,7 +435,8 @@ def _part_year(key: str) -> int:
 
 
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
-_SEEDS = (np.uint64(0x9E3779B97F4A7C15), np.uint64(0xD1B54A32D192ED03))
+_ROW_SEED, _WORD_MULTIPLIER = np.uint64(0xD1B54A32D192ED03), np.uint64(0x9E3779B97F4A7C15)
+_MASK64 = (1 << 64) - 1
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -448,12 +449,13 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _hash_symbols(frame: pl.DataFrame) -> dict[int, str]:
-    """Content hash of each symbol's rows in a (symbol_id, ts)-sorted frame: two 64-bit lanes, each
-    the sum (mod 2^64) of a per-row hash of (ts, open..volume), and the row count.
+    """Content hash of each symbol's rows in a (symbol_id, ts)-sorted frame: the sum (mod 2^64) of a
+    64-bit hash of each row's (ts, open..volume) bits, and the row count.
 
     A sum does not care how the rows are split: a year's base and tail hashes add up to the
     hash of the whole year (`_year_sums`), so a version does not depend on where the tail starts
-    and an export that rewrites only the tail never reads the base."""
+    and an export that rewrites only the tail never reads the base. Each row's words are chained
+    (xor, multiply, xorshift), so values swapped between rows or columns change the row hashes."""
     ids = frame["symbol_id"].to_numpy()
     if ids.size == 0:
         return {}
@@ -461,25 +463,26 @@ def _hash_symbols(frame: pl.DataFrame) -> dict[int, str]:
     counts = np.diff(np.r_[starts, ids.size])
     words = [frame["ts"].dt.epoch("us").to_numpy().view(np.uint64)]
     words += [np.ascontiguousarray(frame[column].to_numpy()).view(np.uint64) for column in PRICE_COLUMNS]
-    lanes = []
-    for seed in _SEEDS:
-        h = np.full(ids.size, seed, dtype=np.uint64)
-        for word in words:
-            h = _mix(h ^ word)
-        lanes.append(np.add.reduceat(h, starts))
-    return {int(ids[start]): f"{int(a):016x}{int(b):016x}:{int(n)}"
-            for start, a, b, n in zip(starts, lanes[0], lanes[1], counts, strict=True)}
+    row = np.full(ids.size, _ROW_SEED, dtype=np.uint64)
+    shifted = np.empty_like(row)
+    for word in words:  # in place: a pass per operation, no temporaries (0.13 s per 1.45 M rows)
+        np.bitwise_xor(row, word, out=row)
+        np.multiply(row, _WORD_MULTIPLIER, out=row)
+        np.right_shift(row, np.uint64(32), out=shifted)
+        np.bitwise_xor(row, shifted, out=row)
+    sums = np.add.reduceat(_mix(row), starts)
+    return {int(ids[start]): f"{int(total):016x}:{int(n)}" for start, total, n in zip(starts, sums, counts, strict=True)}
 
 
 def _year_sums(parts: dict[str, str]) -> dict[str, str]:
     """Per year, the sum of its parts' row-sum hashes (base + tail): the hash of the year's rows."""
     sums: dict[str, list[int]] = {}
     for key, digest in parts.items():
-        total = sums.setdefault(str(_part_year(key)), [0, 0, 0])
-        total[0] = (total[0] + int(digest[:16], 16)) & 0xFFFF_FFFF_FFFF_FFFF
-        total[1] = (total[1] + int(digest[16:32], 16)) & 0xFFFF_FFFF_FFFF_FFFF
-        total[2] += int(digest[33:])
-    return {year: f"{a:016x}{b:016x}:{n}" for year, (a, b, n) in sums.items()}
+        total = sums.setdefault(str(_part_year(key)), [0, 0])
+        value, rows = digest.split(":")
+        total[0] = (total[0] + int(value, 16)) & _MASK64
+        total[1] += int(rows)
+    return {year: f"{value:016x}:{rows}" for year, (value, rows) in sums.items()}
 
 
 def _data_version(parts: dict[str, str], native: str) -> str:

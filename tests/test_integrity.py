@@ -289,10 +289,12 @@ def test_an_unwritable_results_root_fails_before_the_run_computes_or_caches(smal
 
 # --- item 2: staging and half-removed snapshots never accumulate --------------------------------------
 
+# The flow's extract task stages its rows as files (`run_export` keeps them in memory): killed after it.
 EXPORT_KILLED_AFTER_READ = (
-    "import sys\nfrom dataclasses import replace\nfrom pathlib import Path\n"
-    "from pipeline.config import Settings\nfrom pipeline.export import run_export\n"
-    "run_export(replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2])), fail_at='after-read')\n"
+    "import os, sys\nfrom dataclasses import replace\nfrom pathlib import Path\n"
+    "from pipeline.config import Settings\nfrom pipeline.export import extract_to_staging\n"
+    "extract_to_staging(replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2])), None)\n"
+    "os._exit(137)\n"
 )
 
 
@@ -661,6 +663,9 @@ def test_a_seed_killed_inside_copy_leaves_no_symbol_without_prices_and_a_rerun_c
 
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": ""}
     args = [sys.executable, "-m", "pipeline", "db", "seed", "--cryptos", "60", "--years", "2", "--seed", "3"]
+    indexes = ("SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i JOIN pg_class c ON c.oid = "
+               "i.indexrelid WHERE i.indrelid = 'crypto_prices'::regclass ORDER BY 1")
+    schema_indexes = _sql(database_url, indexes)
     seed = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     copying = "SELECT count(*) FROM pg_stat_progress_copy WHERE datname = current_database() AND tuples_processed > 0"
     try:
@@ -682,7 +687,10 @@ def test_a_seed_killed_inside_copy_leaves_no_symbol_without_prices_and_a_rerun_c
                                                      "FROM crypto_prices) FROM cryptocurrencies c")
     assert rows < 60 * 17_520, "the kill landed before the load committed"
     assert without == 0, f"{without} of {symbols} symbols were committed without prices"
+    # A seed into the empty table drops the indexes while it copies: the kill rolled that back too.
+    assert _sql(database_url, indexes) == schema_indexes and len(schema_indexes) == 3
     rerun = subprocess.run(args, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr
     assert _sql(database_url, "SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM crypto_prices p "
                               "WHERE p.crypto_id = c.id)) FROM cryptocurrencies c") == [(60, 0)]
+    assert _sql(database_url, indexes) == schema_indexes
