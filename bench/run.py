@@ -118,7 +118,11 @@ def main() -> None:
     out["export_incremental"] = {"rows": incrementals[0].rows_read,
                                  "seconds": statistics.median(i.seconds for i in incrementals),
                                  "runs_seconds": [i.seconds for i in incrementals],
-                                 "changed_symbols": len(incrementals[0].changed_symbols)}
+                                 "changed_symbols": len(incrementals[0].changed_symbols),
+                                 # What it wrote (the newest year's tail files): the cost follows the change.
+                                 "files_written": [i.files_written for i in incrementals],
+                                 "rows_written": [i.rows_written for i in incrementals],
+                                 "bytes_written": [i.bytes_written for i in incrementals]}
     out["export_seeds_way"] = export_seeds_way(url, 10 if args.quick else 20, cryptos, work)
     sizes = source.table_sizes(url)
     lake_bytes = sum(p.stat().st_size for p in lake.current_snapshot(settings.lake_root).path.rglob("*.parquet"))
@@ -554,6 +558,15 @@ def _max_diff(got: dict, batch, ours: np.ndarray) -> float:
     return float(max(diffs)) if diffs else float("nan")
 
 
+def _written(incremental: dict) -> str:
+    """Files, rows and bytes an incremental export wrote (older results have none of it)."""
+    if "rows_written" not in incremental:
+        return "not recorded"
+    rows, size = incremental["rows_written"], incremental["bytes_written"]
+    return (f"{max(incremental['files_written'])} files, {max(rows):,} rows, {max(size) / 1e3:,.0f} kB at most: "
+            "the newest year's tail")
+
+
 def _goal(measured: float, goal: float, lower_is_better: bool = True) -> str:
     met = measured <= goal if lower_is_better else measured >= goal
     return "met" if met else "**missed**"
@@ -624,7 +637,8 @@ def write_report(r: dict, path: Path) -> None:
          if "rows_per_second" in r["export_seeds_way"] else
          f"| seeds' export | {r['export_seeds_way']['skipped']} | | |"),
         f"| incremental export, one new hour per symbol (median of 3) | {r['export_incremental']['seconds']:.2f} s "
-        f"({r['export_incremental']['rows']} rows) | <= 2 s | {_goal(r['export_incremental']['seconds'], 2)} |",
+        f"({r['export_incremental']['rows']} rows read; wrote {_written(r['export_incremental'])}) | <= 0.3 s | "
+        f"{_goal(r['export_incremental']['seconds'], 0.3)} |",
         f"| read one symbol, one year | {r['read_one_symbol_year']['median'] * 1000:.1f} ms | <= 10 ms | "
         f"{_goal(r['read_one_symbol_year']['median'], 0.01)} |",
         f"| read all symbols daily | {r['read_all_daily']['median'] * 1000:.1f} ms | <= 50 ms | "
@@ -684,7 +698,8 @@ def write_report(r: dict, path: Path) -> None:
                 f"({v['median'] / p['ours_agreement_case']['median']:,.0f}x) | | final value rel. diff "
                 f"{v['rel_diff_final_value']:.1e} ({v['ours_skipped']} entries skipped) |")
     if r.get("seed"):
-        lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
+        lines.append(f"| seed into the empty table (one binary COPY, indexes built after) | "
+                     f"{r['seed']['rows_per_second']:,.0f} rows/s | "
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")
     lines += ["", "## Baselines (same data, same run)", "",
               "End-to-end rows compare with our warm end-to-end run (lake read + kernel + results); "

@@ -616,11 +616,15 @@ def commit(
             new_natives.pop(name, None)
     ids = _assign_ids(parent, set(new_natives) | set(parent_natives))
     names_of = {sid: name for name, sid in ids.items()}
-    id_frame = pl.DataFrame({"symbol": list(ids), "symbol_id": list(ids.values())},
-                            schema={"symbol": pl.String, "symbol_id": pl.Int32})
+    # Joined on the distinct names only, in the rows' own symbol type (an export's Enum joins by code).
+    present = bars["symbol"].unique()
+    id_frame = pl.DataFrame({
+        "symbol": present,
+        "symbol_id": pl.Series([ids.get(name) for name in present.to_list()], dtype=pl.Int32),
+        "_native": pl.Series([new_natives.get(name) for name in present.to_list()], dtype=pl.String),
+    }).filter(pl.col("symbol_id").is_not_null())
     bars = bars.with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC"))).join(id_frame, on="symbol").with_columns(
-        pl.lit(1, pl.Int32).alias("bars"),
-        pl.col("symbol").replace_strict(new_natives, default=None, return_dtype=pl.String).alias("_native"))
+        pl.lit(1, pl.Int32).alias("bars"))
 
     parent_files = parent.manifest["files"] if parent else {}
     parent_years = {int(y) for per in parent_files.values() for y in per}
@@ -677,7 +681,7 @@ def commit(
                     own = [ids[n] for n in kept_old if parent_natives[n] == native]
                     old = old.filter(pl.col("symbol_id").is_in(own))
                     old = old.join(part.select("symbol_id", "ts"), on=["symbol_id", "ts"], how="anti")
-                    part = pl.concat([old.select(list(lake_schema())), part])
+                    part = pl.concat([old.select(list(lake_schema())), part.cast({"symbol": pl.String})])
                 if part.height:
                     base[native] = part.sort("symbol_id", "ts")
             return base
@@ -721,7 +725,9 @@ def commit(
                     outputs.setdefault(interval, []).append(rows.select(list(lake_schema())))
             done = []
             for interval in sorted(outputs, key=intervals.SECONDS.get):
-                frame = pl.concat(outputs[interval]).sort("symbol_id", "ts")
+                # One frame is sorted already (native rows by `merged`, derived ones by `derive`).
+                frame = outputs[interval][0] if len(outputs[interval]) == 1 else pl.concat(
+                    [part.cast({"symbol": pl.String}) for part in outputs[interval]]).sort("symbol_id", "ts")
                 relative = f"interval={interval}/year={year}/{interval}-{year}{TAIL_FILE if tail else ''}.parquet"
                 fingerprint = _write_parquet(frame, staging / relative)
                 if fail_at == "mid-write":
