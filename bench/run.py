@@ -478,6 +478,15 @@ def _agreement(got: dict[str, np.ndarray], ours: np.ndarray, our_trades: np.ndar
 
 PEER_GOAL = 20  # issue 17: our kernel >= 20x the fastest peer on the RSI all-crypto run
 PEERS = {"vectorbt": "vectorbt Numba", "vectorbt_rust": "vectorbt Rust", "fast_trade": "fast-trade"}
+PEERS_NOTE = (
+    "Peers (issue 17): vectorbt 1.2 runs each engine named (`engine=\"numba\"` / `\"rust\"`: its default "
+    "\"auto\" takes Rust whenever vectorbt-rust is installed). fast-trade 3.0 is the Polars-native peer whose "
+    "semantics match ours (read from its source: fill at the signal bar's close, all-in/all-out, the fee "
+    "taken as SPEC takes it, an open position marked at the last close); it gets each symbol's own bars "
+    "(it would turn a missing hour into a null bar), TA-Lib's RSI and the previous bar's RSI (its finta RSI is "
+    "seeded otherwise and its rules have no crossing), and rounds its account to 8 decimals. polars-backtest "
+    "0.1.7 is not a row: its simulation is compiled Rust, and its Python layer runs one account over all "
+    "symbols with weights normalised across them, rebalanced daily by default: not an account per symbol.")
 
 
 def run_peers(close: np.ndarray, ours: np.ndarray, our_trades: np.ndarray, ours_kernel: float) -> dict:
@@ -515,10 +524,7 @@ def run_peers(close: np.ndarray, ours: np.ndarray, our_trades: np.ndarray, ours_
                      "TA-Lib RSI handed in, same arrays, warm",
             "seconds": stats["median"], "ratio": stats["median"] / ours_kernel, "goal": goal,
             "note": "matched: fill at the signal bar's close, all-in/all-out, fee formulas, last-close mark; "
-                    "handed in: TA-Lib RSI and the previous bar's RSI (its finta RSI is seeded otherwise, its "
-                    "rules have no crossing); not polars-backtest 0.1.7: its simulation is compiled Rust, and its "
-                    "Python layer shows one account over all symbols, weights normalised across them, daily "
-                    "rebalancing by default, not an all-in account per symbol",
+                    "handed in: TA-Lib's RSI and the previous bar's RSI",
             # fast-trade rounds its account columns to 8 decimals: a final value of 3.3 is 1.5e-9 off relatively.
             "abs_tolerance": 5e-9,
             **_agreement(got, ours, our_trades)}
@@ -706,8 +712,10 @@ def write_report(r: dict, path: Path) -> None:
               "the peers (vectorbt on its Numba and its Rust engine, fast-trade) get the same aligned arrays as "
               "our kernel and are compared with the kernel alone. "
               "Agreement is checked per symbol: final value (tolerance 1e-9 relative) and number of trades "
-              "(must be equal).", "",
-              "| method | time | ours is | goal | agreement with ours |", "|---|---|---|---|---|"]
+              "(must be equal).", ""]
+    if any(name in b for name in PEERS):
+        lines += [PEERS_NOTE, ""]
+    lines += ["| method | time | ours is | goal | agreement with ours |", "|---|---|---|---|---|"]
     for name, stats in b.items():
         if "skipped" in stats:
             lines.append(f"| {name} | skipped: {stats['skipped']} | | | |")
