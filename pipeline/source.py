@@ -54,6 +54,9 @@ def _copy_row_dtype(columns: list[tuple[str, str]]) -> np.dtype:
 _LOAD_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_type", "S2"), ("datetime", ">i8"), *_PRICE_FIELDS])
 _EXTRACT_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_index", ">i4"), ("datetime", ">i8"),
                                 *_PRICE_FIELDS])
+# The same without interval_index: a read of one interval (the usual lake) does not ask for it, which
+# costs PostgreSQL a third less (1.45 M rows: 0.66-0.68 s against 0.96-1.19 s for array_position + ANY).
+_EXTRACT_ROW_ONE = _copy_row_dtype([("crypto_id", ">i4"), ("datetime", ">i8"), *_PRICE_FIELDS])
 
 
 @cache
@@ -377,20 +380,30 @@ def source_id(url: str) -> str:
     return f"postgresql://{host}:{parts.port or 5432}/{parts.path.lstrip('/')}"
 
 
-def _decode_extract(payload: bytes) -> pl.DataFrame:
+def _decode_extract(payload: bytes, one_interval: bool = False) -> pl.DataFrame:
+    layout = _EXTRACT_ROW_ONE if one_interval else _EXTRACT_ROW
     body = memoryview(payload)[len(_COPY_HEADER): len(payload) - len(_COPY_TRAILER)]
-    if len(body) % _EXTRACT_ROW.itemsize:
+    if len(body) % layout.itemsize:
         raise RuntimeError("binary COPY payload has an unexpected row layout (NULLs in crypto_prices?)")
-    rows = np.frombuffer(body, dtype=_EXTRACT_ROW)
+    rows = np.frombuffer(body, dtype=layout)
     since_2000 = rows["datetime"].astype(np.int64)
     # 'infinity' and '-infinity' are the int64 extremes: kept there (the export refuses them), not wrapped around.
     infinite = (since_2000 == np.iinfo(np.int64).max) | (since_2000 == np.iinfo(np.int64).min)
     return pl.DataFrame({
         "crypto_id": rows["crypto_id"].astype(np.int32),
-        "interval_index": rows["interval_index"].astype(np.int32),
+        "interval_index": np.ones(len(rows), dtype=np.int32) if one_interval else rows["interval_index"].astype(np.int32),
         "ts": np.where(infinite, since_2000, since_2000 + _PG_EPOCH_US),
         **{column: rows[column].astype(np.float64) for column in PRICE_COLUMNS},
     }).with_columns(pl.col("ts").cast(pl.Datetime("us", "UTC")))
+
+
+def _interval_parts(wanted: list[str]) -> dict[str, sql.Composable]:
+    """The extract's interval column and filter: none and `=` for one interval, else its position and ANY."""
+    if len(wanted) == 1:
+        return {"interval_index": sql.SQL(""), "interval_match": sql.SQL("interval_type = {}").format(
+            sql.Literal(wanted[0]))}
+    return {"interval_index": sql.SQL("array_position({}::text[], interval_type)::integer AS interval_index,").format(
+        sql.Literal(wanted)), "interval_match": sql.SQL("interval_type = ANY({}::text[])").format(sql.Literal(wanted))}
 
 
 def _extract_statement(conn: psycopg.Connection, wanted: list[str], watermark: datetime | None,
@@ -398,12 +411,12 @@ def _extract_statement(conn: psycopg.Connection, wanted: list[str], watermark: d
     """COPY of one slice: pages [from, to) for a full read, crypto ids [from, to) for a delta."""
     if watermark is None:
         return sql.SQL(load_sql("extract_prices_full.sql")).format(
-            intervals=sql.Literal(wanted),
+            **_interval_parts(wanted),
             ctid_from=sql.Literal(f"({slice_from},0)"),
             ctid_to=sql.Literal(f"({slice_to},0)"),
         ).as_string(conn)
     return sql.SQL(load_sql("extract_prices.sql")).format(
-        intervals=sql.Literal(wanted),
+        **_interval_parts(wanted),
         watermark=sql.Literal(watermark),
         whole_ids=sql.Literal(whole_ids),
         id_from=sql.Literal(slice_from),
@@ -501,7 +514,7 @@ def _extract_changed(
         if in_process and wanted:
             conn.execute(load_sql("delta_read_plan.sql"))
             statements = [sql.SQL(load_sql("extract_prices_delta.sql")).format(
-                intervals=sql.Literal(wanted), watermark=sql.Literal(since)).as_string(conn)]
+                **_interval_parts(wanted), watermark=sql.Literal(since)).as_string(conn)]
         if use_psql and not in_process:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -510,7 +523,8 @@ def _extract_changed(
         else:
             payloads = [_copy_out_psycopg(conn, statement) for statement in statements]
         conn.commit()
-    raw = pl.concat([_decode_extract(p) for p in payloads]) if payloads else _decode_extract(
+    one = len(wanted) == 1
+    raw = pl.concat([_decode_extract(p, one) for p in payloads]) if payloads else _decode_extract(
         _COPY_HEADER + _COPY_TRAILER)
     bars = _named_native_rows(raw, names, natives, wanted)
     gone = set(natives_before) - set(natives) if since is not None else set()
