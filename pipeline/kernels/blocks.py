@@ -2,8 +2,8 @@
 
 A sweep cuts each symbol's simulated bars into consecutive blocks (fractions of its
 own bar count) and records, per (parameter set, block), a few mergeable sums of the
-per-bar returns and the block's equity path. Any union of blocks then has its exact
-Sharpe ratio (and total return, Sortino, drawdown) without keeping an equity curve
+per-bar returns and the block's start and end equity. Any union of blocks then has its exact
+Sharpe ratio (and total return, Sortino, moments) without keeping an equity curve
 per parameter set: the probability of backtest overfitting (CSCV) and walk-forward
 folds are computed from these sums alone.
 
@@ -26,12 +26,9 @@ B_SUM2 = 2  # sum of r**2
 B_DOWN2 = 3  # sum of min(r, 0)**2 (Sortino)
 B_START = 4  # equity before the block's first bar
 B_END = 5  # equity at the block's last bar
-B_MAX = 6  # highest equity in the block
-B_MIN = 7  # lowest equity in the block
-B_MAXDD = 8  # largest drawdown inside the block, its running peak starting at B_START
-B_SUM3 = 9  # sum of r**3 (skewness, for the deflated Sharpe ratio)
-B_SUM4 = 10  # sum of r**4 (kurtosis)
-N_BLOCK_STATS = 11
+B_SUM3 = 6  # sum of r**3 (skewness, for the deflated Sharpe ratio)
+B_SUM4 = 7  # sum of r**4 (kurtosis)
+N_BLOCK_STATS = 8
 
 
 @njit(cache=True, inline="always")
@@ -174,15 +171,9 @@ def merge_blocks(blocks, members, out):
     blocks: (B x N_BLOCK_STATS x N) per parameter set; members: (B,) bool, the blocks taken, in
     time order; out: (N_BLOCK_STATS, N). Sums add; the stitched path is the product of the member
     blocks' growths (each rescaled to where the previous one ended, so members from different
-    runs stitch), starting at the first member's start. Its highest and lowest equity are exact;
-    its drawdown is not (a block entered below an earlier peak may rise above it before its low):
-    B_MAXDD is the member's own for a single member and NaN for a union.
+    runs stitch), starting at the first member's start.
     """
     n_sets = blocks.shape[2]
-    n_members = 0
-    for b in range(blocks.shape[0]):
-        if members[b]:
-            n_members += 1
     for k in range(n_sets):
         for j in range(N_BLOCK_STATS):
             out[j, k] = 0.0
@@ -194,13 +185,8 @@ def merge_blocks(blocks, members, out):
             if np.isnan(level):
                 level = st
                 out[B_START, k] = st
-                out[B_MAX, k] = st
-                out[B_MIN, k] = st
-                out[B_MAXDD, k] = blocks[b, B_MAXDD, k] if n_members == 1 else np.nan
             scale = level / st if st != 0.0 else 0.0
             for j in (B_COUNT, B_SUM, B_SUM2, B_DOWN2, B_SUM3, B_SUM4):
                 out[j, k] += blocks[b, j, k]
-            out[B_MAX, k] = max(out[B_MAX, k], blocks[b, B_MAX, k] * scale)
-            out[B_MIN, k] = min(out[B_MIN, k], blocks[b, B_MIN, k] * scale)
             level = blocks[b, B_END, k] * scale
         out[B_END, k] = level

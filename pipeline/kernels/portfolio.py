@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.kernels.enums import EXIT_END_OF_DATA, EXIT_SIGNAL
+from pipeline.kernels.simulate import add_return, return_moments
 
 # Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid.
 PORTFOLIO_TRADE_DTYPE = np.dtype(
@@ -180,8 +181,9 @@ def simulate_portfolio(
     max_dd = 0.0
     prev_equity = initial
     r_count = 0
-    r_mean = 0.0
-    r_m2 = 0.0
+    r_shift = 0.0
+    r_sum = 0.0
+    r_sum2 = 0.0
 
     for t in range(n_time):
         any_bar = False
@@ -317,10 +319,7 @@ def simulate_portfolio(
             if dd > max_dd:
                 max_dd = dd
         r = equity / prev_equity - 1.0
-        r_count += 1
-        delta = r - r_mean
-        r_mean += delta / r_count
-        r_m2 += delta * (r - r_mean)
+        r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
         prev_equity = equity
 
     final_value = cash
@@ -352,8 +351,8 @@ def simulate_portfolio(
             bh += last_close[s] / first_close[s]
             n_bh += 1
     sharpe = np.nan
+    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
     if r_count >= 2:
-        std = np.sqrt(r_m2 / (r_count - 1))
         if std > 0.0:
             sharpe = r_mean / std * np.sqrt(bars_per_year)
     metrics_out[P_FINAL_VALUE] = final_value

@@ -14,9 +14,6 @@ from pipeline.kernels.blocks import (
     B_COUNT,
     B_DOWN2,
     B_END,
-    B_MAX,
-    B_MAXDD,
-    B_MIN,
     B_START,
     B_SUM,
     B_SUM2,
@@ -114,7 +111,30 @@ def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
 
 
 @njit(cache=True, inline="always")
-def _write_block(out, b, count, s, s2, s3, s4, down2, start, end, high, low, max_dd):
+def add_return(r, count, shift, shifted_sum, shifted_sum2):
+    """One per-bar return into the running sums of the returns' differences to the first one (the
+    shifted-data algorithm): stable for returns, exactly 0 variance for constant ones, and no
+    division in the chain carried from bar to bar. Returns the new (count, shift, sum, sum2)."""
+    if count == 0:
+        shift = r
+    shifted = r - shift
+    return count + 1, shift, shifted_sum + shifted, shifted_sum2 + shifted * shifted
+
+
+@njit(cache=True, inline="always")
+def return_moments(count, shift, shifted_sum, shifted_sum2):
+    """(mean, sample standard deviation) of the returns `add_return` summed; NaN deviation with
+    fewer than two, mean 0 with none."""
+    if count == 0:
+        return 0.0, np.nan
+    mean = shift + shifted_sum / count
+    if count < 2:
+        return mean, np.nan
+    return mean, np.sqrt(max(shifted_sum2 - shifted_sum * shifted_sum / count, 0.0) / (count - 1))
+
+
+@njit(cache=True, inline="always")
+def _write_block(out, b, count, s, s2, s3, s4, down2, start, end):
     out[b, B_COUNT] = count
     out[b, B_SUM] = s
     out[b, B_SUM2] = s2
@@ -123,9 +143,6 @@ def _write_block(out, b, count, s, s2, s3, s4, down2, start, end, high, low, max
     out[b, B_DOWN2] = down2
     out[b, B_START] = start
     out[b, B_END] = end
-    out[b, B_MAX] = high
-    out[b, B_MIN] = low
-    out[b, B_MAXDD] = max_dd
 
 
 @njit(cache=True)
@@ -236,10 +253,11 @@ def simulate_1d(
     peak = initial
     max_dd = 0.0
     prev_equity = initial
-    # Welford's running mean/variance: stable and exactly 0 for constant returns.
+    # Mean and deviation of the per-bar returns: add_return / return_moments.
     r_count = 0
-    r_mean = 0.0
-    r_m2 = 0.0
+    r_shift = 0.0
+    r_sum = 0.0
+    r_sum2 = 0.0
     down_sq = 0.0  # sum of squared negative returns (Sortino's downside deviation)
     under = 0  # bars in the current drawdown period (equity under its peak)
     max_under = 0
@@ -270,14 +288,11 @@ def simulate_1d(
     b_sum4 = 0.0
     b_down2 = 0.0
     b_start = initial
-    b_peak = initial  # the block's highest equity (its drawdown's running peak starts at b_start)
-    b_low = initial
-    b_dd = 0.0
     if with_blocks:
         n_blocks = block_fractions.shape[0] - 1
         block_hi = n if n_blocks == 1 else block_edge(block_fractions[1], n)
         while block < n_blocks and block_hi == 0:  # blocks without bars before the first bar
-            _write_block(blocks_out, block, 0, 0.0, 0.0, 0.0, 0.0, 0.0, initial, initial, initial, initial, 0.0)
+            _write_block(blocks_out, block, 0, 0.0, 0.0, 0.0, 0.0, 0.0, initial, initial)
             block += 1
             block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
@@ -366,6 +381,7 @@ def simulate_1d(
             held_bars += 1
         if equity > peak:
             peak = equity
+        r = equity / prev_equity - 1.0
         dd = 0.0
         if peak > 0.0:
             dd = (peak - equity) / peak
@@ -380,13 +396,9 @@ def simulate_1d(
             dd_periods += 1
             under = 0
             period_dd = 0.0
-        r = equity / prev_equity - 1.0
-        r_count += 1
-        delta = r - r_mean
-        r_mean += delta / r_count
-        r_m2 += delta * (r - r_mean)
-        if r < 0.0:
-            down_sq += r * r
+        r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
+        loss = min(r, 0.0)  # branch-free: adds 0 for a gain, r * r for a loss
+        down_sq += loss * loss
         prev_equity = equity
         if with_blocks:
             r2 = r * r
@@ -394,22 +406,15 @@ def simulate_1d(
             b_sum2 += r2
             b_sum3 += r2 * r
             b_sum4 += r2 * r2
-            if r < 0.0:
-                b_down2 += r2
-            if equity > b_peak:
-                b_peak = equity
-            if equity < b_low:
-                b_low = equity
-            if b_peak > 0.0:
-                b_dd = max(b_dd, (b_peak - equity) / b_peak)
+            b_down2 += loss * loss
             while block < n_blocks and t + 1 == block_hi:  # the block ends here (and empty ones after it)
                 _write_block(blocks_out, block, block_hi - block_lo, b_sum, b_sum2, b_sum3, b_sum4, b_down2,
-                             b_start, equity, b_peak, b_low, b_dd)
+                             b_start, equity)
                 block += 1
                 block_lo = block_hi
                 block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
-                b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = b_dd = 0.0
-                b_start = b_peak = b_low = equity
+                b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
+                b_start = equity
     if under > 0:  # a drawdown still open at the end is a period too
         dd_sum += period_dd
         dd_periods += 1
@@ -428,8 +433,8 @@ def simulate_1d(
         max_dd_pct = np.nan
     sharpe = np.nan
     volatility = np.nan
+    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
     if r_count >= 2:
-        std = np.sqrt(r_m2 / (r_count - 1))
         volatility = std * np.sqrt(bars_per_year) * 100.0
         if std > 0.0:
             sharpe = r_mean / std * np.sqrt(bars_per_year)
