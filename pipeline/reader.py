@@ -15,14 +15,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 
 from pipeline import grids, intervals, lake
 from pipeline.errors import PipelineError, SnapshotDamaged
 from pipeline.kernels.align import bar_span, scatter_to_grid
+
+if TYPE_CHECKING:
+    import duckdb
 
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -67,6 +70,8 @@ def connect_duckdb() -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection as every part of the project opens one: without DuckDB's
     progress bar, which a query past two seconds (a busy machine) printed into stdout, into the
     middle of `--json` output."""
+    import duckdb  # not before a scan: a read of a kept grid (pipeline.grids) needs none
+
     con = duckdb.connect(":memory:")
     con.execute("SET enable_progress_bar = false")
     return con
@@ -364,6 +369,8 @@ def _epoch_us(iso: str) -> int:
 
 def _batches(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]]]) -> Iterator[pa.RecordBatch]:
     """The rows of each query, one Arrow batch (a row group) at a time."""
+    import duckdb
+
     try:
         for query, params in queries:
             yield from _connection().sql(query, params=params).to_arrow_reader(BATCH_ROWS)  # names checked

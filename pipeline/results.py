@@ -42,15 +42,17 @@ from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import ENGINE_VERSION, __version__
 from pipeline.config import check_writable_folder
 from pipeline.errors import InputError, PipelineError, disk_full, is_disk_full
+
+if TYPE_CHECKING:
+    import duckdb
 
 # The fixed superset of every strategy's parameter names; one DOUBLE column each.
 PARAM_COLUMNS: tuple[str, ...] = (
@@ -537,6 +539,8 @@ def query(
     """
     if not sql.strip():
         raise InputError("the query is empty; e.g. SELECT count(*) FROM results")
+    import duckdb
+
     con = connect(results_root)
     try:
         _sandbox(con, results_root)

@@ -8,12 +8,13 @@ here. Times are never asserted: the modules a fresh process holds at the end of 
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from pipeline import demo
+from pipeline import demo, grids
 
 # The cold process must never hold these; `redis.asyncio.client` is what running redis.asyncio's code loads.
 NEVER = ("pandas", "scipy", "polars", "prefect", "fastapi", "uvicorn", "redis.asyncio.client")
@@ -52,10 +53,16 @@ def _held(modules: set[str], names: tuple[str, ...]) -> list[str]:
 
 
 def test_a_cold_backtest_without_the_cache_imports_no_pandas_scipy_redis_or_servers(small_lake, tmp_path):
+    shutil.rmtree(small_lake / grids.FOLDER, ignore_errors=True)
     printed, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")
     assert "rsi on 4 symbols" in printed
     assert _held(modules, (*NEVER, "redis")) == []
     assert {"numba", "duckdb", "pyarrow"} <= modules  # it did run the kernels, read and write
+    # The next process maps the grid that read kept (pipeline.grids): no DuckDB at all, the same board.
+    again, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")
+    board = [line for line in printed.splitlines() if " ms (" not in line]  # the timing line differs
+    assert [line for line in again.splitlines() if " ms (" not in line] == board and len(board) > 5
+    assert _held(modules, (*NEVER, "redis", "duckdb")) == [] and {"numba", "pyarrow"} <= modules
 
 
 def test_a_cold_backtest_with_the_cache_loads_the_sync_redis_client_only(small_lake, tmp_path, redis_url,
