@@ -321,6 +321,10 @@ def result_schema(params_list: Sequence[Mapping[str, Any]]) -> pa.Schema:
     return pa.schema([*RESULT_SCHEMA, *(pa.field(name, pa.float64()) for name in extra)])
 
 
+# Rows a ResultSink holds before it writes them as one row group (~60 MB of Arrow at most).
+SINK_ROWS = 65_536
+
+
 class ResultSink:
     """One run's result rows of one strategy, written part by part into one Parquet file: a sweep's
     chunks of symbols go out as they finish (as columns, `engine.ResultColumns`), so memory holds
@@ -339,11 +343,17 @@ class ResultSink:
         self.rows = 0
         self._files = contextlib.ExitStack()
         self._writer: pq.ParquetWriter | None = None
+        self._pending: list[pa.Table] = []  # parts not written yet: a row group per SINK_ROWS rows
 
     def __enter__(self) -> ResultSink:
         return self
 
     def __exit__(self, *exc: Any) -> bool:
+        if exc[0] is None:
+            with contextlib.ExitStack() as unwind:
+                unwind.push(self._files)  # closed (and published) even if the last write fails
+                self.flush()
+            return False
         return self._files.__exit__(*exc)
 
     def write_records(self, records: Iterable[Mapping[str, Any]]) -> None:
@@ -358,16 +368,28 @@ class ResultSink:
             self._write(_columns_table(columns, self.run_id, self.created, self.schema))
 
     def _write(self, table: pa.Table) -> None:
+        self._pending.append(table)
+        self.rows += table.num_rows
+        if sum(t.num_rows for t in self._pending) >= SINK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows held so far (the file is published when the sink's block ends)."""
+        # Each write_table costs ~15 ms whatever its size (a row group's column chunks and statistics
+        # for ~75 columns): a sweep's small chunks of symbols go out together.
+        if not self._pending:
+            return
+        table = pa.concat_tables(self._pending)
+        self._pending = []
         if self._writer is None:
             handle = self._files.enter_context(_writing(self.path, table.nbytes))
             self._writer = self._files.enter_context(pq.ParquetWriter(handle, self.schema, compression="zstd"))
         self._writer.write_table(table)
-        self.rows += table.num_rows
 
 
 def _columns_table(columns: Any, run_id: str, created: datetime, schema: pa.Schema) -> pa.Table:
     """The results-table rows of an `engine.ResultColumns`: the same values `_result_row` gives
-    each of its results as a record (tests/test_results.py compares them)."""
+    each of its results as a record (tests/test_overfit.py compares them)."""
     n = columns.n_rows
     by_set = [(params, execution.fields()) for params, execution in columns.config.sets]
 

@@ -321,6 +321,7 @@ def backtest(
                 sink.write_records(ordered)
             else:
                 sink.write_records(sweep.fold_rows)
+            sink.flush()  # the results first: a full disk names the results table, not the runs row
             if sink.rows:
                 paths.append(str(sink.path))
                 if config.trades:
