@@ -106,14 +106,8 @@ def seed_database(
         # Only the symbols that exist: new ones are registered in the transactions that copy their prices.
         mode = _mode(conn, source.symbol_ids(conn, symbols), dict.fromkeys(symbols, "1h"), replace, how)
     frames = {interval: frame.drop("bars") for interval, frame in built.items()}
-    loaded = None
-    if mode == "new":  # an empty table takes the rows first and builds its indexes after (None: not empty)
-        loaded = source.load_prices_into_empty(url, symbols, frames, progress=progress)
-        if loaded is None:
-            with source.connect(url) as conn:  # another load got in first: decide again
-                mode = _mode(conn, source.symbol_ids(conn, symbols), dict.fromkeys(symbols, "1h"), replace, how)
-    counts, ids_by_symbol = loaded or source.load_prices_parallel(url, symbols, frames, mode=mode,
-                                                                  connections=connections, progress=progress)
+    counts, ids_by_symbol = source.load_prices_parallel(url, symbols, frames, mode=mode, connections=connections,
+                                                        progress=progress)
     _refuse_conflicts(counts, {i: s for s, i in ids_by_symbol.items()}, how)
     return LoadReport(
         symbols=n_symbols,

@@ -313,53 +313,6 @@ def load_prices_parallel(
     return counts, {name: crypto_id for _, ids in parts for name, crypto_id in ids.items()}
 
 
-def load_prices_into_empty(
-    url: str,
-    symbols: list[str],
-    frames: dict[str, pl.DataFrame],
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> tuple[LoadCounts, dict[str, int]] | None:
-    """Load `symbols` (frames keyed by interval, rows naming their symbol by `symbol_index`) into an
-    empty crypto_prices, indexes built after the rows: None (nothing done) if the table has rows.
-
-    One transaction holds the table alone: it registers the symbols, drops the table's indexes
-    (the primary key too), copies every row in one binary COPY, recreates each index from its own
-    definition (read from the catalog) and analyzes the table. A failure or a kill rolls all of it
-    back, the indexes included (PostgreSQL's DDL is transactional).
-    """
-    with connect(url) as conn:
-        try:
-            conn.execute(load_sql("bulk_load_begin.sql"))
-            if not conn.execute(load_sql("prices_empty.sql")).fetchone()[0]:
-                conn.rollback()
-                return None
-            indexes = conn.execute(load_sql("price_indexes.sql")).fetchall()
-            ids = register_symbols(conn, symbols)
-            lookup = pl.DataFrame({"symbol_index": list(range(len(symbols))), "crypto_id": [ids[s] for s in symbols]},
-                                  schema={"symbol_index": pl.Int32, "crypto_id": pl.Int32})
-            own = {interval: frame.join(lookup, on="symbol_index").drop("symbol_index")
-                   for interval, frame in frames.items()}
-            for index_name, constraint_name, _ in indexes:
-                conn.execute(sql.SQL("ALTER TABLE crypto_prices DROP CONSTRAINT {}").format(sql.Identifier(constraint_name))
-                             if constraint_name else sql.SQL("DROP INDEX {}").format(sql.Identifier(index_name)))
-            # Emptied in this transaction, the table takes its rows without WAL where wal_level = minimal.
-            # (COPY FREEZE measured slower here: 2.8-5.4 s against 2.0-2.3 s for 1.5 M rows.)
-            conn.execute(load_sql("truncate_prices.sql"))
-            with conn.cursor() as cursor:
-                sent = _copy_frames(cursor, "crypto_prices", own, 500_000, progress)
-            for _, constraint_name, definition in indexes:
-                # `definition` is PostgreSQL's own text for the index it had (pg_get_*def), not input.
-                conn.execute(sql.SQL("ALTER TABLE crypto_prices ADD CONSTRAINT {} ").format(
-                    sql.Identifier(constraint_name)) + sql.SQL(definition) if constraint_name else sql.SQL(definition))
-            conn.execute(load_sql("analyze_prices.sql"))
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
-    return LoadCounts(sent, sent), ids
-
-
 @dataclass(frozen=True)
 class Extract:
     """Rows changed since a watermark, read in one consistent PostgreSQL snapshot, named by symbol."""

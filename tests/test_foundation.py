@@ -94,27 +94,6 @@ def test_same_seed_gives_the_same_market(database_url, make_database):
         assert a.execute(query).fetchall() == b.execute(query).fetchall()
 
 
-PRICE_INDEXES = ("SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary FROM pg_index i JOIN pg_class c "
-                 "ON c.oid = i.indexrelid WHERE i.indrelid = 'crypto_prices'::regclass ORDER BY 1")
-
-
-def test_a_seed_into_an_empty_table_builds_the_schemas_indexes_after_its_rows(database_url):
-    with psycopg.connect(database_url) as conn:
-        schema_indexes = conn.execute(PRICE_INDEXES).fetchall()
-    loaders.seed_database(database_url, 3, 0.1, seed=11)  # empty table: rows first, indexes after
-    loaders.seed_database(database_url, 5, 0.1, seed=11)  # two new symbols beside them: copied, indexes kept
-    with psycopg.connect(database_url) as conn:
-        assert conn.execute(PRICE_INDEXES).fetchall() == schema_indexes
-        assert len(schema_indexes) == 3 and any(primary for _, _, primary in schema_indexes)
-        assert conn.execute("SELECT count(DISTINCT crypto_id) FROM crypto_prices").fetchone()[0] == 5
-        assert conn.execute("SELECT last_analyze IS NOT NULL FROM pg_stat_user_tables "
-                            "WHERE relname = 'crypto_prices'").fetchone()[0]
-        with pytest.raises(psycopg.errors.UniqueViolation):  # the primary key holds
-            conn.execute("INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, "
-                         "low_price, close_price, volume) SELECT crypto_id, interval_type, datetime, open_price, "
-                         "high_price, low_price, close_price, volume FROM crypto_prices LIMIT 1")
-
-
 def _hand_aggregate(path, day_start: datetime):
     table = feather.read_table(path)
     ts = table["date"].to_numpy().astype("datetime64[us]").astype(np.int64)
