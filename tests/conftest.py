@@ -149,6 +149,43 @@ def binance_files(tmp_path):
 # --- end postgres fixtures ---
 
 
+# --- prefect fixtures ---
+
+
+@pytest.fixture(scope="session")
+def _migrated_prefect_home(tmp_path_factory):
+    """A PREFECT_HOME whose SQLite database Prefect's own `prefect server database upgrade` has
+    migrated, once per session (per xdist worker): migrating an empty one is about half of a
+    temporary server's start, ~20 s of a loaded 2-core machine, paid by every test that starts one."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    home = tmp_path_factory.mktemp("prefect-home-migrated")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    done = subprocess.run([str(Path(sys.executable).parent / "prefect"), "server", "database", "upgrade", "-y"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"prefect server database upgrade failed:\n{done.stdout}\n{done.stderr}"
+    return home
+
+
+@pytest.fixture
+def prefect_home(_migrated_prefect_home, tmp_path):
+    """A PREFECT_HOME of this test's own: a copy of the migrated one (Prefect writes to it, so no
+    two tests share one). test_prefect_server and the kill test in test_integrity keep an empty home:
+    a first start on one still runs."""
+    import shutil
+
+    target = tmp_path / "prefect-home"
+    shutil.copytree(_migrated_prefect_home, target)
+    return target
+
+
+# --- end prefect fixtures ---
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _user_strategies_stay_in_their_module():
     """A test module that loads user strategy files (a deliberately peeking one, say) must not leave

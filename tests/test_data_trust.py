@@ -383,13 +383,13 @@ def test_native_interval_mismatch_is_refused_and_replace_switches_it(env, tmp_pa
 
 
 @pytest.mark.slow
-def test_demo_with_database_url_into_an_existing_sample_lake(env, tmp_path):
+def test_demo_with_database_url_into_an_existing_sample_lake(env, tmp_path, prefect_home):
     """`make demo` with DATABASE_URL set, over a lake the sample demo built: the full path's export
     reads PostgreSQL whole and its snapshot replaces the sample's symbols (issue 11, item 1)."""
     demo_env = {k: v for k, v in env.items() if k != "DATABASE_URL"}
     cli(demo_env, "demo", "--workdir", str(tmp_path / "data"), "--symbols", "70", "--years", "0.3")
     # The full path starts a temporary Prefect server: give it time on a busy 2-core machine.
-    env = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+    env = {**env, "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120", "PREFECT_HOME": str(prefect_home)}
     done = cli(env, "demo", "--workdir", str(tmp_path / "data"))
     assert "export flow: snapshot" in done.stdout
     _no_staging_leftovers(Path(env["CRYPTOBT_LAKE_ROOT"]))

@@ -44,7 +44,8 @@ def test_the_tour_block_is_found_and_names_only_cryptobt_commands():
 
 
 @pytest.mark.slow
-def test_every_tour_command_runs_as_printed_in_order(database_url, redis_url, redis_prefix, tmp_path):
+def test_every_tour_command_runs_as_printed_in_order(database_url, redis_url, redis_prefix, prefect_home,
+                                                     tmp_path):
     work = tmp_path / "clone"
     (work / "data").mkdir(parents=True)
     (work / "data" / "sample").symlink_to(ROOT / "data" / "sample")
@@ -53,7 +54,7 @@ def test_every_tour_command_runs_as_printed_in_order(database_url, redis_url, re
     environment.update(
         DATABASE_URL=database_url, REDIS_URL=redis_url, CRYPTOBT_CACHE_PREFIX=redis_prefix,
         CRYPTOBT_LAKE_ROOT=str(work / "data" / "lake"), CRYPTOBT_RESULTS_ROOT=str(work / "data" / "results"),
-        PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PYTHONPATH=str(ROOT), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}", COLUMNS="100",
     )
     commands = tour_commands((ROOT / "README.md").read_text())
