@@ -174,8 +174,8 @@ def _migrated_prefect_home(tmp_path_factory):
 @pytest.fixture
 def prefect_home(_migrated_prefect_home, tmp_path):
     """A PREFECT_HOME of this test's own: a copy of the migrated one (Prefect writes to it, so no
-    two tests share one). test_prefect_server and the kill test in test_integrity keep an empty home:
-    a first start on one still runs."""
+    two tests share one). A server's first start on an empty database is still run: by test_flows'
+    prefect_test_harness and the kill test in test_integrity."""
     import shutil
 
     target = tmp_path / "prefect-home"

@@ -57,11 +57,11 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def prefect_server(tmp_path):
+def prefect_server(prefect_home):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env.update(PREFECT_HOME=str(prefect_home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
                PREFECT_API_URL=api, PREFECT_UI_API_URL=api, COLUMNS="200")
     server = subprocess.Popen([str(PREFECT), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
