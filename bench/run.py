@@ -2,6 +2,7 @@
 
     python -m bench.run            # seed scale: 211 cryptos x 5 years hourly + daily
     python -m bench.run --quick    # 20 x 1 year, for CI-friendly smoke runs
+    python -m bench.run --smoke    # 6 x 0.25 year, each row timed once: the test suite's proof that every row runs
     python -m bench.run --scaling  # and the scaling table at the end (bench/scaling.py)
 
 Needs PostgreSQL (DATABASE_URL's server; the benchmark uses its own database) and
@@ -32,8 +33,7 @@ import numba
 import numpy as np
 import psycopg
 
-from bench import scaling
-from bench.timing import timed
+from bench import scaling, timing
 from pipeline import (
     engine,
     grids,
@@ -52,6 +52,12 @@ from pipeline.export import run_export
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
+REPEATS_CAP: int | None = None  # --smoke: 1, every row runs once after its warm-up; its times mean nothing
+
+
+def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
+    """bench.timing.timed, with --smoke's cap on the repeats."""
+    return timing.timed(fn, min(repeat, REPEATS_CAP or repeat), warmup)
 
 
 def ensure_database(admin_url: str, name: str, cryptos: int, years: float) -> tuple[str, dict]:
@@ -73,6 +79,9 @@ def ensure_database(admin_url: str, name: str, cryptos: int, years: float) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--smoke", action="store_true",
+                        help="--quick at 6 cryptos x 0.25 year, each timing once: proves every row runs "
+                             "(tests/test_bench_smoke.py), its times mean nothing.")
     parser.add_argument("--out", type=Path, default=HERE, help="Where RESULTS.md and results.json go.")
     parser.add_argument("--database", help="Database to seed and use (default cryptobt_bench[_quick]).")
     parser.add_argument("--workdir", type=Path, default=WORK, help="Where the bench's lakes and results go.")
@@ -80,10 +89,13 @@ def main() -> None:
                         help="Run the scaling table at the end (python -m bench.scaling; --quick: its reduced "
                              "scale). Without it, the last scaling table in --out's results.json is kept.")
     args = parser.parse_args()
-    cryptos, years = (20, 1.0) if args.quick else (211, 5.0)
+    if args.smoke:
+        global REPEATS_CAP
+        REPEATS_CAP, args.quick = 1, True
+    cryptos, years = (6, 0.25) if args.smoke else (20, 1.0) if args.quick else (211, 5.0)
     out: dict = {"machine": {"platform": platform.platform(), "python": sys.version.split()[0],
                              "cpus": numba.config.NUMBA_NUM_THREADS},
-                 "date": datetime.now(UTC).isoformat(timespec="seconds"), "scale": {"cryptos": cryptos, "years": years},
+                 "date": datetime.now(UTC).isoformat(timespec="seconds"), "scale": {"cryptos": cryptos, "years": years, "smoke": args.smoke},
                  "versions": {}}
     for module in ("duckdb", "numba", "numpy", "polars", "pyarrow", "psycopg", "redis", "prefect"):
         out["versions"][module] = __import__(module).__version__
@@ -123,7 +135,7 @@ def main() -> None:
                                  "files_written": [i.files_written for i in incrementals],
                                  "rows_written": [i.rows_written for i in incrementals],
                                  "bytes_written": [i.bytes_written for i in incrementals]}
-    out["export_seeds_way"] = export_seeds_way(url, 10 if args.quick else 20, cryptos, work)
+    out["export_seeds_way"] = export_seeds_way(url, min(10 if args.quick else 20, cryptos), cryptos, work)
     sizes = source.table_sizes(url)
     lake_bytes = sum(p.stat().st_size for p in lake.current_snapshot(settings.lake_root).path.rglob("*.parquet"))
     out["size"] = {"lake_bytes": lake_bytes, "postgres_bytes": sizes["crypto_prices"],
@@ -176,7 +188,7 @@ def main() -> None:
     print("cold CLI...", flush=True)
     env = {"CRYPTOBT_LAKE_ROOT": str(settings.lake_root), "CRYPTOBT_RESULTS_ROOT": str(settings.results_root),
            "REDIS_URL": "", "PATH": "/usr/bin:/bin", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    out["cold_cli"] = bench_cold_cli(settings, env, 3 if args.quick else 7)
+    out["cold_cli"] = bench_cold_cli(settings, env, 1 if args.smoke else 3 if args.quick else 7)
 
     print("sweep 1,000 combinations...", flush=True)
     grid = strategies.parse_grid("rsi", ["rsi_period=5:50:5", "oversold_threshold=15:42:3",
