@@ -18,9 +18,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/cryptobt demo
 
+# Two xdist workers, a file each at a time (a module's fixtures are built once): most tests wait on
+# subprocesses, PostgreSQL, Prefect or sleeps, so one worker left a 2-core machine half idle. Each worker
+# has its own PostgreSQL databases, Redis key prefix, temporary folders and free ports (tests/conftest.py).
 test: $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
