@@ -487,8 +487,9 @@ _CUBE_FIELDS = (
 class ResultColumns:
     """The results of a (symbols x sets) cube as columns, rows symbol-major (row = y * C + c):
     what `shape_result` gives each result, without a dict per result (a sweep's results go
-    to the results table this way). `fields` are per row: numbers float64 with NaN for None
-    (integer fields are `INTEGER_COLUMNS`), times datetime64[s] with NaT, `reason` objects;
+    to the results table this way). `fields` are per row: counts int64, other numbers float64
+    with NaN for None (an integer stat too: the table casts it), times datetime64[s] with NaT,
+    `reason` objects;
     `per_symbol` are (Y,) and `constants` one value each; the parameters are `config.sets`
     taken by `set_index`."""
 
@@ -502,10 +503,6 @@ class ResultColumns:
     @property
     def n_rows(self) -> int:
         return int(self.symbol_index.size)
-
-
-# Result fields that are integers (counts of bars or trades) among ResultColumns.fields.
-INTEGER_COLUMNS = ("bars", "num_trades", "closed_trades", "warmup_bars", "partial_bars", *INTEGER_STATS)
 
 
 def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annual_bars: np.ndarray,
