@@ -7,7 +7,7 @@ import functools
 import gc
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -392,11 +392,18 @@ def lake_snapshots(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     if as_json:
         print(json.dumps(rows))
         return
-    table = Table("", "snapshot", "created (UTC)", "source", "symbols", "changed", "rows read")
-    for r in rows:
-        table.add_row("*" if r["current"] else "", r["snapshot_id"], r["created_at"][:19], r["source"],
-                      str(r["symbols"]), str(r["changed"]), f"{r['rows_read']:,}")
-    console.print(table if rows else f"no snapshots under {settings.lake_root}")
+    if not rows:
+        console.print(f"no snapshots under {settings.lake_root}")
+        return
+    # The snapshot id is what a user copies (--snapshot): never cut; other columns go first.
+    columns = [tables.Column("", required=True), tables.Column("snapshot", required=True, right=False),
+               tables.Column("created (UTC)", drop_rank=2, right=False), tables.Column("source", drop_rank=1, right=False),
+               tables.Column("symbols", drop_rank=3), tables.Column("changed", drop_rank=4),
+               tables.Column("rows read", drop_rank=5)]
+    tables.print_table(console, columns, [["*" if r["current"] else "", r["snapshot_id"], r["created_at"][:19],
+                                           r["source"], *(tables.formatted(r[k], "count") for k in
+                                                          ("symbols", "changed", "rows_read"))] for r in rows],
+                       "snapshots, oldest first (* = current)")
 
 
 @lake_app.command("verify")
@@ -549,7 +556,9 @@ BOARD_COLUMNS = (
     ("symbol", tables.Column("symbol", required=True, right=False)),
     ("total_return_pct", tables.Column("return %", required=True)),
     ("buy_hold_return_pct", tables.Column("b&h %", drop_rank=3)),
-    ("num_trades", tables.Column("trades", drop_rank=2)),
+    # Closed round trips and the position still open apart: win % counts the closed ones only.
+    ("closed_trades", tables.Column("trades", drop_rank=2)),
+    ("open", tables.Column("open", drop_rank=2)),
     ("win_rate_pct", tables.Column("win %", drop_rank=4)),
     ("max_drawdown_pct", tables.Column("max dd %", drop_rank=1)),
     ("sharpe", tables.Column("sharpe", drop_rank=1)),
@@ -562,6 +571,14 @@ SWEEP_ADDED = (
     ("deflated_sharpe", tables.Column("dsr", drop_rank=2)),
     ("pbo", tables.Column("pbo", drop_rank=2)),
 )
+
+
+def _value(record: dict[str, Any], key: str) -> Any:
+    """A record's field, or one derived for printing: `open` = entries not closed (the open position)."""
+    if key == "open":
+        entries, closed = record.get("num_trades"), record.get("closed_trades")
+        return None if entries is None or closed is None else int(entries) - int(closed)
+    return record.get(key)
 
 
 def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_params: bool = False) -> None:
@@ -584,7 +601,7 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     columns = [shown[0][1], *[tables.Column(tables.param_header(k), required=True) for k in varying],
                *[col for _, col in shown[1:]]]
     cells = [[r["symbol"], *[tables.param(s[k]) for k in varying],
-              *[tables.number(r[key]) for key, _ in shown[1:]]] for r, s in zip(rows, sets, strict=True)]
+              *[tables.cell(key, _value(r, key)) for key, _ in shown[1:]]] for r, s in zip(rows, sets, strict=True)]
     tables.print_table(console, columns, cells, title)
 
 
@@ -596,8 +613,8 @@ def _print_walk_forward(summaries: list[dict[str, Any]], config: Any, limit: int
     cells = []
     for s in summaries[:limit]:
         chosen = " | ".join(",".join(tables.param(v) for v in f["params"].values()) for f in s["folds"])
-        cells.append([s["symbol"], tables.number(s["oos"]["total_return_pct"]), tables.number(s["oos"]["sharpe"]),
-                      tables.number(s["oos_is_ratio"]), chosen])
+        cells.append([s["symbol"], tables.cell("total_return_pct", s["oos"]["total_return_pct"]),
+                      tables.cell("sharpe", s["oos"]["sharpe"]), tables.cell("oos_is_ratio", s["oos_is_ratio"]), chosen])
     kind = "anchored" if config.anchored else "rolling"
     tables.print_table(console, columns, cells, f"walk-forward: {config.walk_forward} {kind} folds, train "
                        f"{config.train_ratio:.0%} of each, best by {config.objective}; out of sample, stitched")
@@ -632,7 +649,19 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
                                on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot,
                                keep=keep)
     _warn_findings(outcome.findings)
+    _say_left_out(outcome.left_out, interval)
     return outcome, config, settings
+
+
+def _say_left_out(left_out: dict[str, str], interval: str) -> None:
+    """One line naming the symbols a run over the whole lake left out, and why."""
+    if not left_out:
+        return
+    names = list(left_out)
+    shown = "; ".join(f"{n} ({left_out[n]})" for n in names[:3])
+    err_console.print(f"left out {len(names)} symbol(s) with no {interval} bars: {shown}"
+                      f"{f'; and {len(names) - 3} more (--json lists them)' if len(names) > 3 else ''}; "
+                      "--interval auto runs each at its own interval", highlight=False, soft_wrap=True)
 
 
 def _warn_findings(findings: dict[str, list[str]]) -> None:
@@ -730,7 +759,9 @@ def backtest_command(
         _emit_json(outcome.results)
         _stop_if_interrupted(outcome, settings)
         return
-    _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})", top)
+    shown = min(top, len(outcome.results))
+    _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})"
+                 + (f": best {shown} of {len(outcome.results)} (--top)" if shown < len(outcome.results) else ""), top)
     cache_note = (f"{outcome.cache_hits} from cache, {outcome.cache_misses} computed" if outcome.cache_used
                   else "cache off")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms ({cache_note}); "
@@ -910,6 +941,7 @@ def portfolio_command(
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")
+    _say_left_out(outcome.left_out, interval)
     best = outcome.best
     if plot and best:
         _plot_portfolio(plot, best, outcome, top)
@@ -930,21 +962,23 @@ def portfolio_command(
                   f"{', ' + fixed if fixed else ''}: best {min(top, len(outcome.results))} of "
                   f"{len(outcome.results)} accounts")
     # Headers and cells never truncate: a symbol or a parameter value cut short is a wrong value.
-    for header in ("slots", "stake", *varying, "return %", "b&h %", "trades", "skipped", "max dd %", "sharpe"):
+    for header in ("slots", "stake", *varying, "return %", "b&h %", "trades", "open", "skipped", "max dd %", "sharpe"):
         table.add_column(header, no_wrap=True, justify="left" if header in ("stake",) else "right")
     for r in outcome.results[:top]:
         table.add_row(str(r["max_open"]), pf.Stake(r["stake"], r["stake_mode"] == "fraction").label(),
-                      *[tables.param(r["params"][k]) for k in varying], tables.number(r["total_return_pct"]),
-                      tables.number(r["buy_hold_return_pct"]), str(r["num_trades"]),
-                      str(r["skipped_no_slot"] + r["skipped_no_cash"]), tables.number(r["max_drawdown_pct"]),
-                      tables.number(r["sharpe"]))
+                      *[tables.param(r["params"][k]) for k in varying], tables.cell("total_return_pct",
+                      r["total_return_pct"]), tables.cell("buy_hold_return_pct", r["buy_hold_return_pct"]),
+                      tables.cell("closed_trades", r["closed_trades"]), tables.cell("open", _value(r, "open")),
+                      tables.cell("bars", r["skipped_no_slot"] + r["skipped_no_cash"]),
+                      tables.cell("max_drawdown_pct", r["max_drawdown_pct"]), tables.cell("sharpe", r["sharpe"]))
     console.print(table)
     if best:
         board = Table("symbol", "round trips", "P&L", "skipped", title="best account: largest contributions")
         for c in sorted(best["contributions"], key=lambda c: -abs(c["pnl"]))[:top]:
-            board.add_row(c["symbol"], str(c["round_trips"]), tables.number(c["pnl"]), str(c["skipped_entries"]))
+            board.add_row(c["symbol"], str(c["round_trips"]), tables.cell("pnl", c["pnl"]), str(c["skipped_entries"]))
         console.print(board)
-        console.print(f"best account: final value {tables.number(best['final_value'])} from {tables.number(initial)}; "
+        console.print(f"best account: final value {tables.cell('final_value', best['final_value'])} from "
+                      f"{tables.cell('initial_investment', initial)}; "
                       f"{best['skipped_no_slot']} entries skipped for want of a slot, {best['skipped_no_cash']} "
                       f"for want of cash; ranked by {best['rank_by']}")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms (kernel {outcome.kernel_seconds * 1000:.0f}"
@@ -987,8 +1021,10 @@ def _print_rows(columns: list[str], rows: list[tuple], as_json: bool) -> None:
                        [[tables.number(v) for v in row] for row in rows])
 
 
-# `results top`: which columns matter most when the terminal is narrow (higher rank = left out first).
-TOP_COLUMNS = {
+# Result columns as the results tables print them; among the optional ones the highest drop_rank
+# is left out first when the terminal is narrow. Run settings (stops, sizing) show only where a
+# shown row has one set (`_setting_columns`).
+RESULT_COLUMNS = {
     "symbol": tables.Column("symbol", required=True, right=False),
     "strategy": tables.Column("strategy", required=True, right=False),
     "params_json": tables.Column("params", required=True, right=False),
@@ -998,20 +1034,64 @@ TOP_COLUMNS = {
     "sharpe": tables.Column("sharpe", drop_rank=2),
     "max_drawdown_pct": tables.Column("max dd %", drop_rank=3),
     "win_rate_pct": tables.Column("win %", drop_rank=6),
-    "num_trades": tables.Column("trades", drop_rank=1),
+    "closed_trades": tables.Column("trades", drop_rank=1),
+    "open": tables.Column("open", drop_rank=1),
     "final_value": tables.Column("final value", drop_rank=7),
+    "sl_pct": tables.Column("sl %", drop_rank=3),
+    "tp_pct": tables.Column("tp %", drop_rank=3),
+    "trail": tables.Column("trail", drop_rank=3),
+    "size": tables.Column("size", drop_rank=3),
+    "slippage_pct": tables.Column("slip %", drop_rank=3),
+    "deflated_sharpe": tables.Column("dsr", drop_rank=2),
+    "pbo": tables.Column("pbo", drop_rank=2),
+    "fold": tables.Column("fold", required=True),
+    "split": tables.Column("part", required=True, right=False),
+    "start": tables.Column("from", drop_rank=4, right=False),
+    "end": tables.Column("to", drop_rank=4, right=False),
+    "snapshot_id": tables.Column("snapshot", drop_rank=10, right=False),
     "data_version": tables.Column("data version", drop_rank=9, right=False),
     "run_id": tables.Column("run", drop_rank=8, right=False),
-    "created_at": tables.Column("created (UTC)", drop_rank=10, right=False),
+    "created_at": tables.Column("created (UTC)", drop_rank=9, right=False),
 }
+# Walk-forward parts: what each measures.
+SPLIT_NAMES = {"train": "train (in sample)", "test": "test (out of sample)", "oos": "oos stitched"}
 
 
-def _params_cell(params_json: str | None) -> str:
+def _params_cell(params_json: str | None, leave_out: Iterable[str] = ()) -> str:
     """One name=value per line: the cell breaks between parameters, never inside one."""
     import json
 
     params = json.loads(params_json) if params_json else {}
-    return "\n".join(f"{k}={tables.param(v)}" for k, v in params.items()) or "-"
+    return "\n".join(f"{k}={tables.param(v)}" for k, v in params.items() if k not in leave_out) or "-"
+
+
+def _setting_columns(records: list[dict[str, Any]]) -> list[str]:
+    """The run settings (stop-loss, take-profit, trailing, size, slippage) set on any of `records`."""
+    from pipeline.results import RUN_SETTING_DEFAULTS
+
+    return [k for k, default in RUN_SETTING_DEFAULTS.items()
+            if any(r.get(k) is not None and r[k] != default for r in records)]
+
+
+def _result_cells(records: list[dict[str, Any]], keys: list[str], leave_out: Iterable[str] = ()) -> list[list[str]]:
+    """Rows of result records as table cells, each column in its kind's format."""
+    def text(record: dict[str, Any], key: str) -> str:
+        value = _value(record, key)
+        if key == "params_json":
+            return _params_cell(value, leave_out)
+        if key in ("created_at", "start", "end"):
+            return "-" if value is None else str(value)[:16 if key != "created_at" else 19]
+        if key == "split":
+            return SPLIT_NAMES.get(value, value or "-")
+        if key == "trail":
+            return "yes" if value else "-"
+        return tables.cell(key, value)
+
+    return [[text(r, k) for k in keys] for r in records]
+
+
+def _records(columns: list[str], rows: list[tuple]) -> list[dict[str, Any]]:
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 @results_app.command("sql")
@@ -1039,67 +1119,173 @@ def results_sql(
 def results_top(
     strategy: Annotated[str | None, typer.Option(help="Only this strategy.")] = None,
     n: Annotated[int, typer.Option(help="How many.")] = 10,
+    min_trades: Annotated[int | None, typer.Option(help="Only results with at least this many entries.")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The best results ever recorded (newest run of each backtest).
+    """The best results ever recorded (newest run of each backtest; walk-forward folds and portfolio
+    accounts are not listed).
 
-    Example: cryptobt results top --strategy rsi --n 5
+    Example: cryptobt results top --strategy rsi --n 5 --min-trades 10
     """
     from pipeline import results
 
     options.check_top(n, "--n")
+    if min_trades is not None:
+        options.check_count("--min-trades", min_trades)
     if strategy is not None:
         from pipeline.strategies import get_strategy
 
         get_strategy(strategy)
-    columns, rows = results.top(Settings.from_env().results_root, strategy, n)
+    columns, rows = results.top(Settings.from_env().results_root, strategy, n, min_trades=min_trades)
+    records = _records(columns, rows)
     if as_json:
-        _print_rows(columns, rows, True)
+        _emit_json(records)
         return
-    cells = [[_params_cell(v) if c == "params_json" else str(v)[:19] if c == "created_at" else tables.number(v)
-              for c, v in zip(columns, row, strict=True)] for row in rows]
-    tables.print_table(console, [TOP_COLUMNS.get(c, tables.Column(c, drop_rank=11)) for c in columns], cells,
-                       f"best {len(rows)} result(s) recorded" + (f" for {strategy}" if strategy else ""))
+    keys = ["symbol", "strategy", "params_json", "interval", "total_return_pct", "buy_hold_return_pct", "sharpe",
+            "max_drawdown_pct", "win_rate_pct", "closed_trades", "open", *_setting_columns(records), "final_value",
+            "data_version", "run_id", "created_at"]
+    tables.print_table(console, [RESULT_COLUMNS[k] for k in keys], _result_cells(records, keys),
+                       f"best {len(rows)} result(s) recorded" + (f" for {strategy}" if strategy else "")
+                       + (f" with at least {min_trades} entries" if min_trades else ""))
 
 
 @results_app.command("show")
 @user_errors
 def results_show(
-    run_id: Annotated[str, typer.Argument(help="The run id a backtest or sweep printed.")],
+    run_id: Annotated[str | None, typer.Argument(help="The run id a backtest or sweep printed (default: the "
+                                                      "newest run).")] = None,
     n: Annotated[int, typer.Option(help="Rows of its leaderboard.")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """A past run's leaderboard and parameters, from the results table (freqtrade's backtesting-show).
 
+    A sweep's title says which parameters it swept (a column each) and which it held fixed;
+    walk-forward rows (fold, train / test part, stitched out-of-sample) come in a table of their own.
     Example: cryptobt results show 20261122T235959123456Z-ab12cd
     """
-    import json
-
     from pipeline import results
 
     shown = results.show(Settings.from_env().results_root, run_id, n)
-    run = shown["run"]
+    run, records = shown["run"], _records(shown["columns"], shown["rows"])
+    folds = _records(shown["columns"], shown["walk_forward"])
     if as_json:
-        print(json.dumps(tables.json_safe({"run": run, "results": [dict(zip(shown["columns"], row, strict=True))
-                                                              for row in shown["rows"]]}), default=str))
+        _emit_json({"run": run, "results": records, "walk_forward": folds})
         return
-    console.print(f"run {run['run_id']} ({run['command'] or 'unknown command'}) at {run['created_at']}: "
+    console.print(f"run {run['run_id']} ({run['command'] or 'unknown command'}) at {str(run['created_at'])[:19]}: "
                   f"{run['strategy']} on {run['symbols']} symbol(s) at {', '.join(run['intervals'])}, "
-                  f"{run['results']} result(s); snapshot {run['snapshot_id']}; fill {run['fill']}, fee "
-                  f"{run['fee_pct']} %, initial {run['initial_investment']}, timerange "
+                  f"{run['results']:,} result(s); snapshot {run['snapshot_id']}; fill {run['fill']}, fee "
+                  f"{tables.cell('fee_pct', run['fee_pct'])} %, initial "
+                  f"{tables.cell('initial_investment', run['initial_investment'])}, timerange "
                   f"{run['timerange_start'] or '-'} .. {run['timerange_end'] or '-'}", highlight=False)
-    columns = [tables.Column("symbol", required=True, right=False), tables.Column("interval", required=True),
-               tables.Column("return %", required=True), tables.Column("b&h %", drop_rank=3),
-               tables.Column("trades", drop_rank=2), tables.Column("win %", drop_rank=4),
-               tables.Column("max dd %", drop_rank=1), tables.Column("sharpe", drop_rank=1),
-               tables.Column("params", required=True, right=False)]
-    rows = []
-    for row in shown["rows"]:
-        record = dict(zip(shown["columns"], row, strict=True))
-        rows.append([record["symbol"], record["interval"], *[tables.number(record[k]) for k in (
-            "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe")],
-            "\n".join(f"{k}={tables.param(v)}" for k, v in json.loads(record["params_json"]).items()) or "-"])
-    tables.print_table(console, columns, rows, f"best {len(rows)} of {run['results']}")
+    swept, fixed = run["swept"], run["fixed"]
+    if swept:
+        console.print("swept: " + "; ".join(f"{k} = {', '.join(tables.param(v) for v in values)}"
+                                            for k, values in swept.items()), highlight=False, soft_wrap=True)
+    if fixed:
+        console.print("fixed: " + " ".join(f"{k}={tables.param(v)}" for k, v in fixed.items()), highlight=False,
+                      soft_wrap=True)
+    # A swept parameter gets a column (fixed ones are in the header); settings are columns already.
+    import json
+
+    swept_params = [k for k in swept if k not in results.RUN_SETTING_DEFAULTS]
+    params_columns = [tables.Column(tables.param_header(k), required=True) for k in swept_params]
+
+    def print_rows(rows: list[dict[str, Any]], keys: list[str], title: str) -> None:
+        cells = _result_cells(rows, keys)
+        for row, record in zip(cells, rows, strict=True):
+            params = json.loads(record["params_json"] or "{}")
+            row[1:1] = [tables.param(params[k]) if k in params else "-" for k in swept_params]
+        columns = [RESULT_COLUMNS[k] for k in keys]
+        tables.print_table(console, [columns[0], *params_columns, *columns[1:]], cells, title)
+
+    settings_shown = [k for k in _setting_columns(records) if k in swept]
+    keys = ["symbol", "interval", "total_return_pct", "buy_hold_return_pct", "closed_trades", "open", "win_rate_pct",
+            "max_drawdown_pct", "sharpe", *settings_shown,
+            *(["deflated_sharpe", "pbo"] if any(r["pbo"] is not None or r["deflated_sharpe"] is not None
+                                                for r in records) else [])]
+    print_rows(records, keys, f"best {len(records)} of {run['full_range_results']:,} (whole range)")
+    if folds:
+        print_rows(folds, ["symbol", "fold", "split", "start", "end", "total_return_pct", "sharpe", *settings_shown],
+                   "walk-forward: each fold's set chosen in sample (train), judged out of sample (test); "
+                   "oos = the test parts stitched")
+
+
+@results_app.command("trades")
+@user_errors
+def results_trades(
+    run_id: Annotated[str | None, typer.Argument(help="A run id (default: the newest run).")] = None,
+    symbol: Annotated[str | None, typer.Option("--symbol", "-s", help="Only this symbol.")] = None,
+    n: Annotated[int, typer.Option(help="Round trips to print (--json prints all).")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """A run's round trips (entry and exit, fees, P&L, exit reason), from the trades table.
+
+    Only runs made with --trades (and portfolios) keep them.
+    Example: cryptobt results trades 20261122T235959123456Z-ab12cd --symbol ETH_BTC
+    """
+    from pipeline import results
+
+    options.check_top(n, "--n")
+    found = results.round_trips(Settings.from_env().results_root, run_id, symbol)
+    records = _records(found["columns"], found["rows"])
+    if as_json:
+        _emit_json(records)
+        return
+    keys = ["symbol", "params_json", "entry_time", "entry_price", "exit_time", "exit_price", "units", "fees", "pnl",
+            "return_pct", "bars_held", "exit_reason"]
+    varied = {r["params_json"] for r in records}
+    if len(varied) == 1:
+        keys.remove("params_json")
+    columns = {"entry_time": tables.Column("entry (UTC)", required=True, right=False),
+               "exit_time": tables.Column("exit (UTC)", required=True, right=False),
+               "entry_price": tables.Column("entry price", drop_rank=2),
+               "exit_price": tables.Column("exit price", drop_rank=2), "units": tables.Column("units", drop_rank=4),
+               "fees": tables.Column("fees", drop_rank=3), "pnl": tables.Column("P&L", required=True),
+               "return_pct": tables.Column("return %", drop_rank=1), "bars_held": tables.Column("bars", drop_rank=2),
+               "exit_reason": tables.Column("exit reason", required=True, right=False)}
+    cells = [[str(r[k])[:16] if k in ("entry_time", "exit_time") else r[k] if k == "exit_reason" else
+              _params_cell(r[k]) if k == "params_json" else tables.cell(k, r[k]) for k in keys] for r in records[:n]]
+    tables.print_table(console, [columns.get(k) or RESULT_COLUMNS[k] for k in keys], cells,
+                       f"run {found['run_id']}: {min(n, len(records))} of {len(records):,} round trip(s)"
+                       + (f" of {symbol}" if symbol else "")
+                       + (f"; {_params_cell(varied.pop()).replace(chr(10), ' ')}" if len(varied) == 1 else ""))
+
+
+@results_app.command("runs")
+@user_errors
+def results_runs(
+    n: Annotated[int, typer.Option(help="How many of the newest runs.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The run history, newest first: when, which command and strategy, symbols, results, sets.
+
+    Example: cryptobt results runs --n 5
+    """
+    from pipeline import results
+
+    options.check_top(n, "--n")
+    columns, rows = results.run_history(Settings.from_env().results_root, n)
+    records = _records(columns, rows)
+    if as_json:
+        _emit_json(records)
+        return
+    # The run id is what a user copies into `results show`: never left out, never cut.
+    keys = {"run_id": tables.Column("run", required=True, right=False),
+            "created_at": tables.Column("created (UTC)", drop_rank=2, right=False),
+            "command": tables.Column("command", drop_rank=3, right=False),
+            "strategy": tables.Column("strategy", required=True, right=False),
+            "symbols": tables.Column("symbols", drop_rank=4), "results": tables.Column("results", drop_rank=5),
+            "sets": tables.Column("sets", drop_rank=6), "duration_s": tables.Column("seconds", drop_rank=7)}
+    def text(record: dict[str, Any], key: str) -> str:
+        value = record[key]
+        if key == "created_at":
+            return str(value)[:19]
+        if key in ("symbols", "results", "sets"):
+            return tables.formatted(value, "count")
+        return tables.number(value) if key == "duration_s" else value or "-"
+
+    cells = [[text(r, k) for k in keys] for r in records]
+    tables.print_table(console, list(keys.values()), cells, f"newest {len(records)} run(s)")
 
 
 def _cache() -> Any:

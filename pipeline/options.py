@@ -69,6 +69,17 @@ def check_top(top: int, option: str = "--top") -> int:
     return top
 
 
+# Counts a user gives (trades, rows): far past any real run, and inside every integer type they meet.
+MAX_COUNT = 2**31 - 1
+
+
+def check_count(option: str, value: int, minimum: int = 0) -> int:
+    """An integer count within [minimum, MAX_COUNT]: --min-trades of `results top`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_COUNT:
+        raise PipelineError(f"{option} {value!r} is out of range: an integer from {minimum} to {MAX_COUNT:,}")
+    return value
+
+
 def check_number(option: str, value: float, minimum: float | None = None, maximum: float | None = None, *,
                  above: bool = False) -> float:
     """A finite number within the bounds (`above` makes the minimum exclusive): --hours, --keep-hours, --wait."""

@@ -233,13 +233,15 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 _TOP_SQL = """
 SELECT symbol, strategy, params_json, interval, total_return_pct, buy_hold_return_pct,
-       sharpe, max_drawdown_pct, win_rate_pct, num_trades, final_value, data_version,
-       run_id, created_at
+       sharpe, max_drawdown_pct, win_rate_pct, num_trades, closed_trades, final_value,
+       sl_pct, tp_pct, trail, size, slippage_pct, snapshot_id, data_version, run_id, created_at
 FROM results
 WHERE ($1::VARCHAR IS NULL OR strategy = $1)
   AND ($2::VARCHAR IS NULL OR run_id = $2)
+  AND ($4::BIGINT IS NULL OR num_trades >= $4)
   AND total_return_pct IS NOT NULL
   AND coalesce(mode, 'single') = 'single'
+  AND fold IS NULL AND split IS NULL
 -- The same backtest re-run in later runs counts once: keep its newest row.
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
@@ -600,11 +602,14 @@ def top(
     strategy: str | None = None,
     n: int = 10,
     run_id: str | None = None,
+    min_trades: int | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The ``n`` best results by total return (a backtest repeated across runs counts once)."""
+    """The ``n`` best results by total return (a backtest repeated across runs counts once; walk-forward
+    fold rows and portfolio accounts are not backtests of the whole range and are left out); with
+    ``min_trades``, only results with at least that many entries."""
     if n < 1:
         raise InputError(f"n={n} must be >= 1")
-    return query(results_root, _TOP_SQL, [strategy, run_id, n])
+    return query(results_root, _TOP_SQL, [strategy, run_id, n, min_trades])
 
 
 _RUN_ROWS_SQL = """
@@ -618,38 +623,130 @@ def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[st
     return query(results_root, _RUN_ROWS_SQL, [run_id])
 
 
-_SHOW_SQL = """
-SELECT symbol, interval, params_json, total_return_pct, buy_hold_return_pct, num_trades, win_rate_pct,
-       max_drawdown_pct, sharpe, bars, snapshot_id, data_version, from_cache, reason
-FROM results WHERE run_id = ?
+# A run's full-range rows (fold IS NULL) and, apart, its walk-forward rows (fold, split).
+_SHOW_COLUMNS = """symbol, interval, params_json, total_return_pct, buy_hold_return_pct, num_trades, closed_trades,
+       win_rate_pct, max_drawdown_pct, sharpe, sl_pct, tp_pct, trail, size, slippage_pct, n_trials, pbo,
+       deflated_sharpe, bars, snapshot_id, data_version, from_cache, reason, fold, split, start, "end" """
+_SHOW_SQL = f"""
+SELECT {_SHOW_COLUMNS}
+FROM results WHERE run_id = ? AND fold IS NULL AND coalesce(split, '') <> 'oos'
 ORDER BY total_return_pct DESC NULLS LAST, symbol, params_json
 LIMIT ?
-"""
+"""  # noqa: S608 (a constant)
+_SHOW_FOLDS_SQL = f"""
+SELECT {_SHOW_COLUMNS}
+FROM results WHERE run_id = ? AND (fold IS NOT NULL OR split = 'oos')
+ORDER BY symbol, fold NULLS LAST, CASE split WHEN 'train' THEN 0 WHEN 'test' THEN 1 ELSE 2 END
+"""  # noqa: S608 (a constant)
 _SHOW_RUN_SQL = """
 SELECT r.run_id, min(r.created_at) AS created_at, any_value(r.strategy) AS strategy, count(*) AS results,
+       count(*) FILTER (WHERE r.fold IS NULL AND coalesce(r.split, '') <> 'oos') AS full_range_results,
        count(DISTINCT r.symbol) AS symbols, list(DISTINCT r.interval ORDER BY r.interval) AS intervals,
        any_value(r.snapshot_id) AS snapshot_id, any_value(r.fill) AS fill, any_value(r.fee_pct) AS fee_pct,
        any_value(r.initial_investment) AS initial_investment, any_value(r.timerange_start) AS timerange_start,
        any_value(r.timerange_end) AS timerange_end, any_value(u.command) AS command,
-       any_value(u.duration_s) AS duration_s
+       any_value(u.duration_s) AS duration_s, any_value(r.mode) AS mode
 FROM results r LEFT JOIN runs u USING (run_id)
 WHERE r.run_id = ?
 GROUP BY r.run_id
 """
+# What a run varied: each distinct parameter set and run setting of its full-range rows.
+_SHOW_SETS_SQL = """
+SELECT DISTINCT params_json, sl_pct, tp_pct, trail, size, slippage_pct
+FROM results WHERE run_id = ? AND fold IS NULL AND coalesce(split, '') <> 'oos'
+"""
+_LATEST_RUN_SQL = "SELECT run_id FROM results ORDER BY created_at DESC, run_id DESC LIMIT 1"
+# SPEC 4.1's run settings, as the results table names them, and their values when not set.
+RUN_SETTING_DEFAULTS = {"sl_pct": 0.0, "tp_pct": 0.0, "trail": False, "size": 1.0, "slippage_pct": 0.0}
 
 
-def show(results_root: str | os.PathLike[str], run_id: str, n: int = 20) -> dict[str, Any]:
-    """A past run from the results table: what it ran (strategy, snapshot, options) and its best `n` rows."""
+def latest_run_id(results_root: str | os.PathLike[str]) -> str:
+    """The newest run in the results table."""
+    _, rows = query(results_root, _LATEST_RUN_SQL)
+    if not rows:
+        raise InputError(f"the results table at {results_root} holds no run yet: run `cryptobt backtest` first")
+    return str(rows[0][0])
+
+
+def show(results_root: str | os.PathLike[str], run_id: str | None = None, n: int = 20) -> dict[str, Any]:
+    """A past run (the newest with `run_id` None) from the results table: what it ran (strategy,
+    snapshot, options), which parameters it swept and which it held fixed, its best `n` full-range
+    rows and, apart, its walk-forward rows (fold and split: train / test / oos)."""
     if n < 1:
         raise InputError(f"--n {n} must be >= 1")
+    run_id = latest_run_id(results_root) if run_id is None else run_id
     columns, rows = query(results_root, _SHOW_RUN_SQL, [run_id])
     if not rows:
-        raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "  # noqa: S608
-                         "cryptobt results sql \"SELECT run_id, strategy, min(created_at) FROM results "
-                         "GROUP BY ALL ORDER BY 3 DESC LIMIT 10\"")
+        raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "
+                         "cryptobt results runs")
     run = dict(zip(columns, rows[0], strict=True))
+    set_columns, sets = query(results_root, _SHOW_SETS_SQL, [run_id])
+    run["swept"], run["fixed"] = _swept_and_fixed([dict(zip(set_columns, row, strict=True)) for row in sets])
     board_columns, board = query(results_root, _SHOW_SQL, [run_id, n])
-    return {"run": run, "columns": board_columns, "rows": board}
+    _, folds = query(results_root, _SHOW_FOLDS_SQL, [run_id])
+    return {"run": run, "columns": board_columns, "rows": board, "walk_forward": folds}
+
+
+def _swept_and_fixed(sets: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """Parameters and run settings that take several values across a run's sets (sorted values), and
+    those that take one (settings at their defaults are left out of `fixed`: nothing was set)."""
+    values: dict[str, list[Any]] = {}
+    for s in sets:
+        for name, value in {**json.loads(s["params_json"] or "{}"),
+                            **{k: s[k] for k in RUN_SETTING_DEFAULTS}}.items():
+            if value is not None and value not in values.setdefault(name, []):
+                values[name].append(value)
+    swept = {k: sorted(v) for k, v in values.items() if len(v) > 1}
+    fixed = {k: v[0] for k, v in values.items() if len(v) == 1 and RUN_SETTING_DEFAULTS.get(k, object()) != v[0]}
+    return swept, fixed
+
+
+_TRADES_SQL = """
+SELECT symbol, params_json, entry_time, entry_price, exit_time, exit_price, units, fees, pnl, return_pct,
+       bars_held, exit_reason, sl_pct, tp_pct, trail, size, slippage_pct
+FROM trades
+WHERE run_id = $1 AND kind = 'round_trip' AND ($2::VARCHAR IS NULL OR symbol = $2)
+ORDER BY symbol, params_json, entry_time, trade_no
+"""
+
+
+def round_trips(results_root: str | os.PathLike[str], run_id: str | None = None,
+                symbol: str | None = None) -> dict[str, Any]:
+    """A run's round trips (SPEC 4.1) from the trades table, the newest run with `run_id` None: an entry
+    with its exit, one row each; a position open at the end has `exit_reason = end_of_data`."""
+    run_id = latest_run_id(results_root) if run_id is None else run_id
+    columns, rows = query(results_root, _TRADES_SQL, [run_id, symbol])
+    if not rows:
+        _, found = query(results_root, "SELECT count(*), count(*) FILTER (WHERE symbol = $2) FROM results "
+                         "WHERE run_id = $1", [run_id, symbol])
+        total, of_symbol = found[0]
+        if not total:
+            raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "
+                             "cryptobt results runs")
+        if symbol is not None and not of_symbol:
+            raise InputError(f"run {run_id} has no results for symbol {symbol!r}")
+        raise InputError(f"run {run_id} recorded no trades: only runs with --trades (or a portfolio) keep them; "
+                         "re-run it with --trades")
+    return {"run_id": run_id, "columns": columns, "rows": rows}
+
+
+_RUNS_SQL = """
+SELECT r.run_id, min(r.created_at) AS created_at, any_value(u.command) AS command,
+       any_value(r.strategy) AS strategy, count(DISTINCT r.symbol) AS symbols, count(*) AS results,
+       count(DISTINCT r.params_json) AS sets, any_value(r.snapshot_id) AS snapshot_id,
+       any_value(u.duration_s) AS duration_s
+FROM results r LEFT JOIN runs u USING (run_id)
+GROUP BY r.run_id
+ORDER BY created_at DESC, r.run_id DESC
+LIMIT $1
+"""
+
+
+def run_history(results_root: str | os.PathLike[str], n: int = 20) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The newest `n` runs: when, which command and strategy, how many symbols, results and sets."""
+    if n < 1:
+        raise InputError(f"--n {n} must be >= 1")
+    return query(results_root, _RUNS_SQL, [n])
 
 
 def run_stats(

@@ -58,6 +58,8 @@ class RunOutcome:
     n_results: int = 0  # results written (a sweep returns only each symbol's `keep` best)
     # A sweep's mean total return of each parameter set over its symbols (for the heatmap).
     set_returns: list[dict[str, Any]] = field(default_factory=list)
+    # Symbols of the lake a run over all of them did not run, each with why (never silently).
+    left_out: dict[str, str] = field(default_factory=dict)
 
     @property
     def hit_ratio(self) -> float | None:
@@ -118,6 +120,12 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
         interval_of = {n: interval for n in names if reader.read_from(snapshot.symbols[n], interval)}
     _check_range_has_bars(snapshot, interval_of, config)
     return snapshot, interval_of
+
+
+def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str) -> dict[str, str]:
+    """The snapshot's symbols a run over all of them leaves out (`_open_run`), each with why."""
+    return {n: f"its own bars are {meta.get('native') or reader.stored(meta)[0]}, coarser than {interval}"
+            for n, meta in sorted(snapshot.symbols.items()) if n not in interval_of}
 
 
 def data_findings(snapshot: lake.Snapshot, names: list[str]) -> dict[str, list[str]]:
@@ -338,7 +346,7 @@ def backtest(
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
         bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
         planned=len(names) * n_params, n_results=n_results,
-        findings=data_findings(snapshot, names),
+        findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval),
         walk_forward=[] if sweep is None else sorted(
             sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
         set_returns=[] if sweep is None else sweep.set_returns(),
@@ -517,6 +525,7 @@ class PortfolioOutcome:
     kernel_seconds: float
     bar_steps: int
     paths: list[str] = field(default_factory=list)
+    left_out: dict[str, str] = field(default_factory=dict)  # as RunOutcome's
 
 
 @_pinning
@@ -574,7 +583,7 @@ def portfolio(
                 command=command,
             )
     return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
-                            paths)
+                            paths, left_out(snapshot, interval_of, interval))
 
 
 def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], symbols: list[str] | None,

@@ -30,16 +30,62 @@ class Column:
 
 
 def number(value: Any) -> str:
-    """A table cell: '-' for missing, two decimals, thousands separators, exponent past a million."""
+    """A table cell of unknown kind (user SQL): '-' for missing, two decimals, thousands separators."""
     if value is None:
         return "-"
     if isinstance(value, bool) or not isinstance(value, float):
-        return str(value)
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
     if math.isnan(value) or math.isinf(value):
         return str(value)
-    if abs(value) >= 1e6:
-        return f"{value:.2e}"  # 1.20e+10 % reads as what it is; 12,000,000,000.00 would not fit
-    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.2f}"
+    if abs(value) >= 1e9:
+        return f"{value:.2e}"  # 1.20e+10 reads as what it is; 12,000,000,000.00 would not fit
+    return f"{value:,.2f}"
+
+
+# One format per kind of number, the same in CLI tables, the dashboard (static/index.html's
+# `formatted`) and the pictures (pipeline/plots.py): percentages and money with two decimals and
+# thousands separators, ratios with two decimals (three below 1, where the third still tells
+# 0.045 from 0.054), counts whole with separators.
+KINDS = ("pct", "money", "ratio", "count")
+MONEY = frozenset({"final_value", "final_value_net", "fees_paid", "expectancy", "initial_investment", "pnl", "fees",
+                   "value", "fee", "stake", "price", "entry_price", "exit_price", "units"})
+RATIOS = frozenset({"sharpe", "sortino", "calmar", "profit_factor", "sqn", "deflated_sharpe", "pbo", "oos_is_ratio",
+                    "size", "min_bar_coverage"})
+
+
+def kind_of(column: str) -> str | None:
+    """The kind of a result column by its name (None: not a number, or unknown: `number` formats it)."""
+    if column.endswith("_pct"):
+        return "pct"
+    if column in MONEY:
+        return "money"
+    if column in RATIOS:
+        return "ratio"
+    if column.endswith(("_bars", "_trades", "trials")) or column in {"bars", "num_trades", "closed_trades", "open"}:
+        return "count"
+    return None
+
+
+def formatted(value: Any, kind: str | None) -> str:
+    """`value` in the format of its kind (KINDS); '-' for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if kind is None or isinstance(value, bool) or isinstance(value, str):
+        return number(value)
+    if math.isinf(value):
+        return str(value)
+    if kind == "count":
+        return f"{int(value):,}"
+    if kind == "ratio":
+        return f"{value:.3f}" if abs(value) < 1 else f"{value:,.2f}"
+    if abs(value) >= 1e12:
+        return f"{value:.2e}"
+    return f"{value:,.2f}"
+
+
+def cell(column: str, value: Any) -> str:
+    """A result column's value as every table prints it."""
+    return formatted(value, kind_of(column))
 
 
 def param_header(name: str) -> str:

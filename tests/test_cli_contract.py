@@ -134,7 +134,21 @@ def test_tables_fit_the_terminal_and_never_cut_a_symbol_or_a_parameter(env, widt
 
 def test_huge_percentages_are_readable_in_a_narrow_cell():
     assert tables.number(1.2e10) == "1.20e+10"
-    assert tables.number(-123456.7) == "-123,457"
+    assert tables.number(-123456.7) == "-123,456.70"
     assert tables.number(12.345) == "12.35"
     assert tables.number(None) == "-"
+    assert tables.cell("total_return_pct", 1.2e13) == "1.20e+13"
+
+
+def test_one_format_per_kind_of_number():
+    """Issue 26: percent with 2 decimals, money with thousands separators, ratios 2-3 decimals, counts whole."""
+    assert tables.cell("total_return_pct", 5805.8149) == "5,805.81"  # was 5,806: no decimals past 1,000
+    assert tables.cell("max_drawdown_pct", 0.5) == "0.50"
+    assert tables.cell("final_value", 1134.7749) == "1,134.77"
+    assert tables.cell("sharpe", 1.7512) == "1.75"
+    assert tables.cell("sharpe", 0.04512) == "0.045"
+    assert tables.cell("pbo", 0.4336) == "0.434"
+    assert tables.cell("num_trades", 12345) == "12,345"
+    assert tables.cell("max_drawdown_duration_bars", 8760) == "8,760"
+    assert tables.cell("sharpe", None) == "-" and tables.cell("sharpe", float("nan")) == "-"
     assert tables.param(30.0) == "30" and tables.param(25.5) == "25.5" and tables.param(14) == "14"
