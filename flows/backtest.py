@@ -20,7 +20,7 @@ from pipeline.config import Settings
 
 PORTFOLIO_COLUMNS = ("strategy", "max_open", "stake", "stake_mode", "total_return_pct", "buy_hold_return_pct",
                      "num_trades", "skipped_no_slot", "skipped_no_cash", "max_drawdown_pct", "sharpe")
-LEADERBOARD_COLUMNS = ("symbol", "strategy", "total_return_pct", "buy_hold_return_pct", "num_trades",
+LEADERBOARD_COLUMNS = ("symbol", "strategy", "interval", "total_return_pct", "buy_hold_return_pct", "closed_trades",
                        "win_rate_pct", "max_drawdown_pct", "sharpe")
 
 
@@ -55,6 +55,17 @@ def shard(items: list[str], shards: int) -> list[list[str]]:
     return [items[i::shards] for i in range(shards)]
 
 
+def by_interval(snapshot: lake.Snapshot, symbols: list[str], interval: str) -> dict[str, list[str]]:
+    """The interval each symbol runs at: `interval`, or the symbol's own when its bars are coarser (a
+    daily-only series in the nightly hourly run runs daily, never fails the flow)."""
+    groups: dict[str, list[str]] = {}
+    for name in symbols:
+        meta = snapshot.symbols[name]
+        own = interval if reader.read_from(meta, interval) else (meta.get("native") or reader.stored(meta)[0])
+        groups.setdefault(own, []).append(name)
+    return groups
+
+
 @flow(name="backtest-all", log_prints=True)
 def backtest_flow(
     strategy_names: list[str] | None = None,
@@ -82,6 +93,8 @@ def backtest_flow(
         strategies.get_strategy(name)
     snapshot = lake.require_snapshot(settings.lake_root)
     symbols = reader.resolve_symbols(snapshot, None)
+    groups = by_interval(snapshot, symbols, interval) if interval != "auto" else {interval: symbols}
+    elsewhere = {n: iv for iv, names_at in groups.items() if iv != interval for n in names_at}
     futures = []
     for name in names:
         specs = (grid or {}).get(name)
@@ -92,24 +105,34 @@ def backtest_flow(
             futures.append(portfolio_task.submit(name, params_list, interval, fee_pct, fill, initial,
                                                  max_open or [10], stake or ["10%"], rank_by))
             continue
-        for part in shard(symbols, shards):
-            futures.append(shard_task.submit(name, params_list, part, interval, fee_pct, fill, initial))
+        for at, names_at in groups.items():
+            for part in shard(names_at, shards):
+                futures.append(shard_task.submit(name, params_list, part, at, fee_pct, fill, initial))
     results = [r for future in futures for r in future.result()]
     if mode == "portfolio":
         accounts = sorted(results, key=lambda r: -(r["total_return_pct"] or 0.0))
         create_table_artifact(
             key="portfolio-accounts",
             table=[{k: r[k] for k in PORTFOLIO_COLUMNS} for r in accounts[:50]],
-            description=f"Top 50 of {len(accounts)} portfolio accounts over {len(symbols)} symbols on snapshot "
-                        f"{snapshot.id}",
+            description=f"Top 50 of {len(accounts)} portfolio accounts over {len(symbols) - len(elsewhere)} symbols "
+                        f"on snapshot {snapshot.id}" + _left_out(elsewhere, interval, "left out of the account"),
         )
         return accounts
     board = engine.leaderboard(results)
     create_table_artifact(
         key="backtest-leaderboard",
         table=[{k: r[k] for k in LEADERBOARD_COLUMNS} for r in board[:50]],
-        description=f"Top 50 of {len(board)} results on snapshot {snapshot.id}",
+        description=f"Top 50 of {len(board)} results on snapshot {snapshot.id}"
+                    + _left_out(elsewhere, interval, "run at their own interval"),
     )
     get_run_logger().info("best: %s %s %.2f %%", board[0]["symbol"], board[0]["strategy"],
                           board[0]["total_return_pct"] or 0.0) if board else None
     return board
+
+
+def _left_out(elsewhere: dict[str, str], interval: str, what: str) -> str:
+    """The artifact's line on symbols whose own bars are coarser than the flow's interval."""
+    if not elsewhere:
+        return ""
+    return (f"; {len(elsewhere)} symbol(s) have no {interval} bars, {what}: "
+            + ", ".join(f"{n} ({iv})" for n, iv in sorted(elsewhere.items())))

@@ -74,6 +74,45 @@ def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(p
 
 
 @pytest.mark.slow
+def test_nightly_backtest_flow_runs_a_daily_only_symbol_at_its_own_interval(prefect_harness, database_url, tmp_path,
+                                                                            monkeypatch):
+    """Issue 26: a lake holding a daily-only symbol failed the nightly flow (`no 1h bars for GOOG`)."""
+    import subprocess
+    import sys
+
+    from prefect.client.orchestration import get_client
+
+    from flows.backtest import backtest_flow
+    from tests.csv_series import daily_csv, hourly_csv
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
+    monkeypatch.setenv("REDIS_URL", "")
+    daily_csv(tmp_path / "GOOG.csv")
+    hourly_csv(tmp_path / "HOURLY.csv")
+    for args in (["db", "init"], ["db", "import", str(tmp_path / "GOOG.csv")],
+                 ["db", "import", str(tmp_path / "HOURLY.csv")], ["export", "--no-prefect"]):
+        done = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+    board = backtest_flow(strategy_names=["rsi"], interval="1h")
+    assert {(r["symbol"], r["interval"]) for r in board} == {("GOOG", "1d"), ("HOURLY", "1h")}
+
+    async def leaderboard_artifact():
+        async with get_client() as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["backtest-leaderboard"])), limit=1)
+            return found[0]
+
+    import asyncio
+
+    artifact = asyncio.run(leaderboard_artifact())
+    assert "1 symbol(s) have no 1h bars, run at their own interval: GOOG (1d)" in artifact.description
+
+
+@pytest.mark.slow
 def test_export_flow_writes_a_snapshot_and_is_idempotent(prefect_harness, database_url, tmp_path, monkeypatch):
     from flows.export import export_flow
 

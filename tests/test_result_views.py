@@ -11,15 +11,13 @@ import os
 import re
 import subprocess
 import sys
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
-import numpy as np
-import polars as pl
 import pytest
 
 from pipeline import demo
+from tests.csv_series import daily_csv, hourly_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,32 +144,13 @@ def test_one_format_per_kind_in_the_tables(env):
             assert re.fullmatch(r"-?\d{1,3}(,\d{3})*\.\d\d", value), line
 
 
-def _daily_csv(path: Path, days: int = 300) -> None:
-    rng = np.random.default_rng(3)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.02, days)))
-    open_ = np.r_[100.0, close[:-1]]
-    pl.DataFrame({"date": [(datetime(2020, 1, 1) + timedelta(days=i)).strftime("%Y-%m-%d") for i in range(days)],
-                  "open": open_, "high": np.maximum(open_, close) * 1.01, "low": np.minimum(open_, close) * 0.99,
-                  "close": close, "volume": rng.uniform(1e5, 1e6, days)}).write_csv(path)
-
-
-def _hourly_csv(path: Path, hours: int = 2000) -> None:
-    rng = np.random.default_rng(4)
-    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.005, hours)))
-    open_ = np.r_[100.0, close[:-1]]
-    pl.DataFrame({"date": [(datetime(2020, 1, 1) + timedelta(hours=i)).strftime("%Y-%m-%d %H:%M:%S")
-                           for i in range(hours)],
-                  "open": open_, "high": np.maximum(open_, close) * 1.002, "low": np.minimum(open_, close) * 0.998,
-                  "close": close, "volume": rng.uniform(1e3, 1e4, hours)}).write_csv(path)
-
-
 def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url):
     environment = dict(os.environ)
     environment.update(DATABASE_URL=database_url, REDIS_URL="", CRYPTOBT_LAKE_ROOT=str(tmp_path / "lake"),
                        CRYPTOBT_RESULTS_ROOT=str(tmp_path / "results"), PREFECT_HOME=str(tmp_path / "prefect"),
                        PYTHONPATH=str(ROOT), COLUMNS="100")
-    _daily_csv(tmp_path / "GOOG.csv")
-    _hourly_csv(tmp_path / "HOURLY.csv")
+    daily_csv(tmp_path / "GOOG.csv")
+    hourly_csv(tmp_path / "HOURLY.csv")
     cryptobt(environment, "db", "init")
     cryptobt(environment, "db", "import", str(tmp_path / "GOOG.csv"))
     cryptobt(environment, "db", "import", str(tmp_path / "HOURLY.csv"))
