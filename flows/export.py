@@ -8,27 +8,24 @@ from __future__ import annotations
 
 from typing import Any
 
-import psycopg
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import export, lake
 from pipeline.config import Settings
-from pipeline.errors import ServiceUnavailable
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry only what a restart of PostgreSQL explains; a bad query fails at once."""
+    """Retry only what a restart of PostgreSQL explains (`export.is_transient`); a bad query fails at once."""
     try:
         state.result()
-    except (psycopg.OperationalError, ServiceUnavailable):
-        return True
-    except Exception:  # noqa: BLE001 - anything else is not transient
-        return False
+    except Exception as exc:  # noqa: BLE001 - the predicate decides
+        return export.is_transient(exc)
     return False
 
 
-@task(name="extract-changed-rows", retries=4, retry_delay_seconds=[1, 2, 4, 8],
+@task(name="extract-changed-rows", retries=len(export.EXTRACT_RETRY_DELAYS),
+      retry_delay_seconds=list(export.EXTRACT_RETRY_DELAYS),
       retry_condition_fn=_transient, cache_policy=NO_CACHE)
 def extract_task(settings: Settings, since: Any) -> export.StagedExtract:
     staged = export.extract_to_staging(settings, since)
@@ -75,3 +72,4 @@ def export_flow(full: bool = False, wait_seconds: float = 0.0, strict: bool = Fa
         "changed_symbols": result.changed_symbols, "removed_snapshots": removed,
         "warnings": export.warnings(staged, result),
     }
+

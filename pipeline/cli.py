@@ -315,7 +315,11 @@ def db_import(
 def export_command(
     full: Annotated[bool, typer.Option("--full", help="Re-read everything (also drops rows deleted in PostgreSQL).")] = False,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another export's lock.")] = 0.0,
-    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow (tracked, retried).")] = True,
+    prefect: Annotated[bool | None, typer.Option(
+        "--prefect/--no-prefect", help="Run as a Prefect flow (tracked in its UI, artifacts). Default: when a "
+                                       "Prefect server is configured (PREFECT_API_URL); without one the same steps "
+                                       "run in-process with the same retries. --prefect without a server starts a "
+                                       "temporary one (~10 s).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to commit changed symbols with data findings "
                                                            "(gaps, jumps, stale or zero prices...).")] = False,
@@ -344,21 +348,12 @@ def export_command(
     if current is not None and current.manifest.get("source") != here:
         err_console.print(f"the current snapshot {current.id} came from {current.manifest.get('source')}; reading "
                           f"{here} whole: its snapshot replaces those symbols", highlight=False, soft_wrap=True)
-    if prefect:
-        from flows.export import export_flow
-        from flows.temporary_server import tie_to_this_process
+    from flows.launch import export as run_export
 
-        tie_to_this_process()  # a killed export must not leave Prefect's temporary server listening
-        summary = export_flow(full=full, wait_seconds=wait, strict=strict)
-    else:
-        from pipeline.export import run_export
-
-        report = run_export(settings, full=full, wait_seconds=wait, strict=strict,
-                            log=lambda m: err_console.print(m))
-        summary = {"snapshot_id": report.snapshot_id, "created": report.created, "rows_read": report.rows_read,
-                   "changed_symbols": report.changed_symbols, "removed_snapshots": report.removed_snapshots,
-                   "seconds": round(report.seconds, 3), "warnings": report.warnings}
-        for line in report.warnings:  # the flow logs its own (a scheduled run has no console)
+    summary = run_export(full=full, wait_seconds=wait, strict=strict, prefect=prefect,
+                         log=lambda m: err_console.print(m, highlight=False))
+    if not summary.pop("prefect"):
+        for line in summary["warnings"]:  # the flow logs its own (a scheduled run has no console)
             _warn(line)
     if as_json:
         print(json.dumps(summary))

@@ -55,7 +55,7 @@ def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Pat
 
 
 def _full_path(settings: Settings, console: Console) -> None:
-    from flows.export import export_flow
+    from flows.launch import export
     from pipeline import loaders, source
 
     source.apply_schema(settings.database_url)
@@ -66,8 +66,9 @@ def _full_path(settings: Settings, console: Console) -> None:
         console.print(f"seeded PostgreSQL: {report.total_rows:,} rows ({report.rows_per_second:,.0f} rows/s)")
         if DEFAULT_SAMPLE.exists():
             loaders.import_files(settings.database_url, sorted(DEFAULT_SAMPLE.glob("*.feather")))
-    summary = export_flow(full=False)
-    console.print(f"export flow: snapshot {summary['snapshot_id']} ({summary['rows_read']:,} rows read)")
+    summary = export(full=False)
+    console.print(f"export{' flow' if summary['prefect'] else ''}: snapshot {summary['snapshot_id']} "
+                  f"({summary['rows_read']:,} rows read)")
 
 
 def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *,

@@ -16,12 +16,45 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
 from pipeline import health, lake, ohlcv, source
 from pipeline.config import Settings
 from pipeline.errors import disk_full, is_disk_full
+
+T = TypeVar("T")
+
+
+# The extract's retries, the same in the Prefect task and in-process: a restart of PostgreSQL
+# explains a refused or dropped connection, which a few seconds later may be gone; a bad query
+# fails at once. (No retry library is in our tree; Prefect's retries need its API server, which
+# an in-process export does not start.)
+EXTRACT_RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed extract is worth another attempt: PostgreSQL unreachable, not a bad query."""
+    import psycopg
+
+    from pipeline.errors import ServiceUnavailable
+
+    return isinstance(exc, psycopg.OperationalError | ServiceUnavailable)
+
+
+def with_retries(step: Callable[[], T], log: Callable[[str], None], delays: tuple[float, ...] = EXTRACT_RETRY_DELAYS,
+                 ) -> T:
+    """`step()`, tried again after each of `delays` while it fails with a transient error."""
+    for attempt, delay in enumerate((*delays, None), start=1):
+        try:
+            return step()
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            log(f"attempt {attempt} failed ({str(exc).strip().splitlines()[0][:200]}); retrying in {delay:g} s")
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -177,7 +210,7 @@ def run_export(
         log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
         staged = None
         try:
-            staged = extract_to_staging(settings, since, in_memory=True)
+            staged = with_retries(lambda: extract_to_staging(settings, since, in_memory=True), log)
             log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
             if fail_at == "after-read":
                 os._exit(137)

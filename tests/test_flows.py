@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -101,9 +102,12 @@ def test_nightly_backtest_flow_runs_a_daily_only_symbol_at_its_own_interval(pref
     async def leaderboard_artifact():
         async with get_client() as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+            from prefect.client.schemas.sorting import ArtifactSort
 
+            # The newest: other tests of this module publish a leaderboard under the same key.
             found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["backtest-leaderboard"])), limit=1)
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["backtest-leaderboard"])),
+                sort=ArtifactSort.CREATED_DESC, limit=1)
             return found[0]
 
     import asyncio
@@ -197,6 +201,34 @@ def test_export_flow_retries_while_postgres_restarts_and_commits_once(prefect_ha
 
 
 @pytest.mark.slow
+def test_default_export_without_a_prefect_server_starts_none_and_retries_like_the_flow(database_url, tmp_path):
+    """Issue 26: with no Prefect server configured, `cryptobt export` started a temporary one (~11 s of a
+    ~1 s export). Now it runs the flow's steps in-process, with the extract task's retries."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline import lake
+
+    loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=5)
+    proxy = FlakyPostgresProxy(5432, refuse=2)
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "CRYPTOBT_"))}
+    env.update(DATABASE_URL=database_url.replace(":5432/", f":{proxy.port}/"), PREFECT_HOME=str(home),
+               CRYPTOBT_LAKE_ROOT=str(tmp_path / "lake"), PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline", "export"], env=env, capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
+    finally:
+        proxy.close()
+    assert done.returncode == 0 and "new snapshot" in done.stdout, done.stdout + done.stderr
+    assert proxy.refused == 2 and done.stderr.count("retrying in") == 2, done.stderr
+    assert list(home.iterdir()) == [], "no temporary Prefect server (its database lives in PREFECT_HOME)"
+    assert len(lake.list_snapshots(tmp_path / "lake")) == 1
+
+
+@pytest.mark.slow
 def test_export_flow_against_unreachable_postgres_fails_naming_the_url_and_commits_nothing(
         prefect_harness, tmp_path, monkeypatch):
     import flows.export
@@ -236,7 +268,7 @@ def test_demo_with_services_runs_postgres_export_flow_engine_redis_and_results(
     monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "d" / "results"))
     first = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d")])
     assert first.exit_code == 0, first.output
-    assert "export flow: snapshot" in first.output
+    assert "export: snapshot" in first.output  # no Prefect server configured: in-process, no temporary server
     again = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d")])
     assert again.exit_code == 0, again.output
     assert "(0 rows read)" in again.output

@@ -359,7 +359,7 @@ def test_killing_a_prefect_export_stops_its_temporary_prefect_server(tmp_path):
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), DATABASE_URL="postgresql://postgres@127.0.0.1:1/none",
                CRYPTOBT_LAKE_ROOT=str(tmp_path / "lake"), REDIS_URL="",
                PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
-    export = subprocess.Popen([sys.executable, "-m", "pipeline", "export"], env=env, cwd=tmp_path,
+    export = subprocess.Popen([sys.executable, "-m", "pipeline", "export", "--prefect"], env=env, cwd=tmp_path,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = None
     deadline = time.monotonic() + 180

@@ -123,3 +123,19 @@ async def _read_artifact(api: str, key: str) -> str:
         found = [a for a in artifact if a.key == key]
         assert found, [a.key for a in artifact]
         return found[0].data
+
+
+@pytest.mark.slow
+def test_export_with_a_configured_server_runs_as_a_flow_on_it(prefect_server, tmp_path, database_url):
+    """Issue 26: where a Prefect server is configured, `cryptobt export` is a tracked flow run on it."""
+    from pipeline import loaders
+
+    api, env = prefect_server
+    loaders.seed_database(database_url, n_symbols=2, years=0.1, seed=3)
+    env = dict(env, DATABASE_URL=database_url, CRYPTOBT_LAKE_ROOT=str(tmp_path / "lake"), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-m", "pipeline", "export"], env=env, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and "new snapshot" in done.stdout, done.stdout + done.stderr
+    runs_listed = subprocess.run([str(PREFECT), "flow-run", "ls"], env=env, capture_output=True, text=True,
+                                 timeout=60)
+    assert "export-prices" in runs_listed.stdout, runs_listed.stdout
