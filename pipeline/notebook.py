@@ -34,8 +34,31 @@ TIME_COLUMNS = ("date", "ts", "datetime", "time", "timestamp")
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 
 
-def prices(frames: Mapping[str, Any], interval: str | None = None) -> PriceBatch:
-    """Aligned (symbols x time) arrays from a dict of OHLCV frames, symbols in name order."""
+# The symbol of a single frame given without a name (and without a `symbol` column).
+SINGLE_FRAME = "frame"
+# Frames: {symbol: frame}, one frame in long format (a `symbol` column), or one symbol's frame.
+Frames = Mapping[str, Any] | Any
+
+
+def by_symbol(frames: Frames) -> dict[str, Any]:
+    """`frames` as {symbol: frame}: a dict as given; one DataFrame (pandas or polars) split by its
+    `symbol` column when it has one (long format), else one symbol named `frame`."""
+    if isinstance(frames, Mapping):
+        return dict(frames)
+    if not hasattr(frames, "columns"):
+        raise PipelineError(f"frames is a {type(frames).__name__}: give a DataFrame (one symbol, or many in a "
+                            "`symbol` column) or a dict {symbol: DataFrame}")
+    frame = frames if isinstance(frames, pl.DataFrame) else pl.from_pandas(
+        frames.reset_index() if frames.index.name else frames)
+    column = next((c for c in frame.columns if c.lower() == "symbol"), None)
+    if column is None:
+        return {SINGLE_FRAME: frame}
+    return {str(key[0]): part.drop(column) for key, part in frame.partition_by(column, as_dict=True).items()}
+
+
+def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
+    """Aligned (symbols x time) arrays from OHLCV frames (`by_symbol`), symbols in name order."""
+    frames = by_symbol(frames)
     if not frames:
         raise PipelineError("no frames given: pass {symbol: frame} with open, high, low, close, volume")
     tables = {}
@@ -73,7 +96,7 @@ def prices(frames: Mapping[str, Any], interval: str | None = None) -> PriceBatch
                       ["frames"] * len(symbols), bars=bars)
 
 
-def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
              **run: Any) -> pl.DataFrame:
     """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
 
@@ -89,7 +112,7 @@ def run_backtest(frames: Mapping[str, Any], strategy: str, params: Mapping[str, 
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
 
-def plot(frames: Mapping[str, Any], strategy: str, path: str | Path,
+def plot(frames: Frames, strategy: str, path: str | Path,
          params: Mapping[str, Any] | list[dict] | None = None, *, top: int = 5, **run: Any) -> Path:
     """The CLI's picture (`backtest --plot`, or `sweep --plot` for a list of parameter sets) of a run on
     your frames: the leaderboard, the `top` symbols' equity against buy & hold, a sweep's heatmap;
@@ -98,6 +121,7 @@ def plot(frames: Mapping[str, Any], strategy: str, path: str | Path,
 
     options.check_plot(Path(path))
     config = options.run_config(strategy, params or {}, **run)
+    frames = by_symbol(frames)
     batch = prices(frames)
     sweep = len(config.params_list) > 1
     board = engine.leaderboard(overfit.run_sweep(batch, config) if sweep else engine.run(batch, config),
@@ -109,7 +133,7 @@ def plot(frames: Mapping[str, Any], strategy: str, path: str | Path,
     return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
 
 
-def run_signals(frames: Mapping[str, Any], entries: Mapping[str, Any], exits: Mapping[str, Any],
+def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping[str, Any] | Any,
                 **run: Any) -> pl.DataFrame:
     """Your own signals, one boolean array per symbol and per frame row (vectorbt's from_signals):
     entry (flat -> long) and exit (long -> flat), simulated with the CLI's rules and options (fee, fill,
@@ -119,6 +143,11 @@ def run_signals(frames: Mapping[str, Any], entries: Mapping[str, Any], exits: Ma
     from pipeline import strategies
 
     strategies.register(strategies.strategy_from_module(importlib.import_module("pipeline.notebook_signals")))
+    frames = by_symbol(frames)
+    if len(frames) == 1:  # one symbol's signals may come as bare arrays
+        (only,) = frames
+        entries = entries if isinstance(entries, Mapping) else {only: entries}
+        exits = exits if isinstance(exits, Mapping) else {only: exits}
     coded = {}
     for symbol, frame in frames.items():
         frame = frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(
@@ -135,7 +164,7 @@ def run_signals(frames: Mapping[str, Any], entries: Mapping[str, Any], exits: Ma
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
-def round_trips(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
                 **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
     the run parameters (`sl_pct` .. `slippage_pct`), then `entry_time, entry_price, exit_time, exit_price,
@@ -177,7 +206,7 @@ class Portfolio:
                                         "Contribution to the account's return, % of initial"))
 
 
-def run_portfolio(frames: Mapping[str, Any], strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
+def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
               max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
               **run: Any) -> Portfolio:
     """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
