@@ -1,4 +1,5 @@
 # The README's two commands: `make demo` and `make test`. Both bootstrap .venv from nothing.
+PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
@@ -7,21 +8,28 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick soak lint compose-check clean browser-test api-load
+.PHONY: demo test bench bench-quick soak lint compose-check clean browser-test api-load venv-check
+
+# Python >= 3.11 (pyproject's requires-python). A .venv whose interpreter is older, or gone (a system
+# upgrade), is rebuilt, saying so in one line, instead of being reused until something breaks.
+OLDER_THAN_311 := import sys; sys.exit(sys.version_info < (3, 11))
+venv-check:
+	@$(PYTHON) -c '$(OLDER_THAN_311)' 2>/dev/null || { echo "error: cryptobt needs Python >= 3.11; $(PYTHON) is $$(command -v $(PYTHON) >/dev/null && $(PYTHON) -V 2>&1 || echo "not found"): install 3.11 or newer and run: make PYTHON=python3.11 ..." >&2; exit 1; }
+	@if [ -e $(VENV) ] && ! $(PY) -c '$(OLDER_THAN_311)' 2>/dev/null; then echo "$(VENV) was made by $$($(PY) -V 2>/dev/null || echo "a Python that no longer runs") (not a working Python >= 3.11): rebuilding it with $$($(PYTHON) -V)"; rm -rf $(VENV); fi
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[test]"
 	rm -f $(VENV)/.installed-* && touch $(STAMP)
 
-demo: $(STAMP)
+demo: venv-check $(STAMP)
 	$(VENV)/bin/cryptobt demo
 
 # Two xdist workers, a file each at a time (a module's fixtures are built once): most tests wait on
 # subprocesses, PostgreSQL, Prefect or sleeps, so one worker left a 2-core machine half idle. Each worker
 # has its own PostgreSQL databases, Redis key prefix, temporary folders and free ports (tests/conftest.py).
-test: $(STAMP)
+test: venv-check $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
 	$(PY) -m pytest -n 2 --dist loadfile
 
@@ -42,7 +50,7 @@ compose-check: $(STAMP)
 
 # The dashboard in Debian's headless chromium (apt packages chromium + chromium-driver; pip selenium).
 # Nothing downloads a browser. The screenshot lands in docs/dashboard.png.
-browser-test: $(STAMP)
+browser-test: venv-check $(STAMP)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y chromium chromium-driver)
 	$(PY) -m pip install -q -e ".[test,browser]"
