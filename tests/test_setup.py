@@ -12,6 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make(folder: Path, *args: str) -> subprocess.CompletedProcess:
+    shutil.copy(ROOT / "Makefile", folder)
+    shutil.copy(ROOT / "pyproject.toml", folder)  # the venv's stamp is named after its checksum
     return subprocess.run(["make", "--no-print-directory", "venv-check", *args], cwd=folder, capture_output=True,
                           text=True, timeout=60)
 
@@ -25,8 +27,6 @@ def _fake_python(path: Path, version: str) -> Path:
 
 
 def test_a_venv_made_by_an_older_python_is_rebuilt_saying_so(tmp_path):
-    shutil.copy(ROOT / "Makefile", tmp_path)
-    shutil.copy(ROOT / "pyproject.toml", tmp_path)
     _fake_python(tmp_path / ".venv" / "bin" / "python", "3.9.18")
     done = _make(tmp_path, f"PYTHON={sys.executable}")
     assert done.returncode == 0, done.stderr
@@ -37,7 +37,6 @@ def test_a_venv_made_by_an_older_python_is_rebuilt_saying_so(tmp_path):
 
 
 def test_a_good_venv_is_kept_quietly(tmp_path):
-    shutil.copy(ROOT / "Makefile", tmp_path)
     (tmp_path / ".venv" / "bin").mkdir(parents=True)
     (tmp_path / ".venv" / "bin" / "python").symlink_to(sys.executable)
     done = _make(tmp_path, f"PYTHON={sys.executable}")
@@ -46,7 +45,6 @@ def test_a_good_venv_is_kept_quietly(tmp_path):
 
 
 def test_an_old_system_python_is_refused_in_one_line(tmp_path):
-    shutil.copy(ROOT / "Makefile", tmp_path)
     old = _fake_python(tmp_path / "bin" / "python3", "3.10.4")
     done = _make(tmp_path, f"PYTHON={old}")
     assert done.returncode != 0
