@@ -7,6 +7,7 @@ Skips with one line naming what is missing; `make browser-test` installs it and 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -44,12 +45,50 @@ def browser():
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1500,1000",
-                 "--disable-gpu", "--no-first-run", "--disable-extensions"):
+                 "--disable-gpu", "--no-first-run", "--disable-extensions",
+                 # Offline: no host but the test server's resolves, so a page that needs a CDN breaks here.
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
     yield driver
     driver.quit()
+
+
+def requested(driver) -> list[str]:
+    """The URLs the browser asked for since the last call (from Chrome's performance log)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def only_from(base: str, urls: list[str]) -> list[str]:
+    """The URLs not served by `base` (data: and about: URLs are the page's own)."""
+    return [u for u in urls if not u.startswith((base + "/", "data:", "about:", "blob:"))]
+
+
+def test_docs_render_the_operations_list_offline(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    settings = Settings(lake_root=tmp_path / "lake", results_root=tmp_path / "results")
+    wait = WebDriverWait(browser, 60)
+    with serving(settings) as (base, app):
+        operations = [(method.upper(), path) for path, item in app.openapi()["paths"].items() for method in item]
+        browser.get(base + "/docs")
+        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".opblock")) == len(operations))
+        shown = {(b.find_element(By.CSS_SELECTOR, ".opblock-summary-method").text,
+                  b.find_element(By.CSS_SELECTOR, ".opblock-summary-path").get_attribute("data-path"))
+                 for b in browser.find_elements(By.CSS_SELECTOR, ".opblock")}
+        assert shown == set(operations)
+        assert browser.find_element(By.CSS_SELECTOR, ".info .title").text.startswith("cryptobt")
+        urls = requested(browser)
+        assert any(u.endswith("/docs-assets/swagger-ui-bundle.js") for u in urls)
+        assert only_from(base, urls) == []
 
 
 @pytest.mark.slow

@@ -19,9 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import fastapi_offline
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import options, tables
@@ -31,6 +34,9 @@ from pipeline.config import Settings, redact_url
 from pipeline.errors import PipelineError
 
 STATIC = Path(__file__).resolve().parent / "static"
+# Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline ships them.
+DOCS_STATIC = Path(fastapi_offline.__file__).resolve().parent / "static"
+DOCS_ASSETS = "/docs-assets"
 RUN_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
 # How often an idle stream makes sure its client is still there (ASGI >= 2.4 servers).
 DISCONNECT_POLL_SECONDS = 0.25
@@ -69,7 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.from_env()
     runner = Runner(settings.api_workers or os.cpu_count() or 1, settings.api_queue)
     app = FastAPI(title="cryptobt", version=__import__("pipeline").__version__,
-                  description="Backtest every crypto at once: runs, streams, results, cache and run metrics.")
+                  description="Backtest every crypto at once: runs, streams, results, cache and run metrics.",
+                  docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.runner = runner
 
@@ -367,5 +374,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:
         return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    # /docs with its script and style served from here (fastapi-offline's copy of Swagger UI): FastAPI's
+    # own page loads them from a CDN and is blank offline. No /redoc: ReDoc fetches its logo from its CDN
+    # whatever the options.
+    app.mount(DOCS_ASSETS, StaticFiles(directory=DOCS_STATIC), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        # No validator badge: Swagger UI would fetch it from validator.swagger.io.
+        return get_swagger_ui_html(openapi_url=app.openapi_url or "/openapi.json", title="cryptobt - Swagger UI",
+                                   swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     return app
