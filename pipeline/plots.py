@@ -23,6 +23,7 @@ class EquityCurve:
     equity: np.ndarray  # strategy equity at each close (NaN at missing bars)
     buy_hold: np.ndarray  # initial * close / first close
     trades: list[dict[str, Any]] = field(default_factory=list)  # engine.trade_log: time, action, price, ...
+    close: np.ndarray | None = None  # the symbol's close at `times` (the dashboard's price chart)
 
 
 def curves(batch: Any, config: Any, result: dict[str, Any] | None = None) -> list[EquityCurve]:
@@ -39,7 +40,7 @@ def curves(batch: Any, config: Any, result: dict[str, Any] | None = None) -> lis
         if not valid.any():
             continue
         buy_hold = config.initial * close / close[valid][0]
-        drawn.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid], log))
+        drawn.append(EquityCurve(symbol, batch.times[valid], equity[valid], buy_hold[valid], log, close[valid]))
     return drawn
 
 

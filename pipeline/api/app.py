@@ -21,6 +21,7 @@ from typing import Annotated, Any
 
 import fastapi_offline
 from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Path as ApiPath
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
@@ -29,15 +30,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import options, tables
 from pipeline.api.jobs import Emitter, Job, QueueFull, Runner
-from pipeline.api.models import RULE_ERROR, EquityRequest, RunRequest, SweepRequest
+from pipeline.api.models import (
+    RULE_ERROR,
+    EquityRequest,
+    PortfolioRequest,
+    RunRequest,
+    SweepRequest,
+)
 from pipeline.config import Settings, redact_url
-from pipeline.errors import PipelineError
+from pipeline.errors import InputError, PipelineError
 
 STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline ships them.
 DOCS_STATIC = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_ASSETS = "/docs-assets"
 RUN_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+RunId = Annotated[str, ApiPath(pattern=RUN_ID.pattern, max_length=40,
+                               description="A run id, e.g. 20261122T234450719947Z-564fd93c.")]
+Symbol = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                                     description="Only this symbol.")]
 # How often an idle stream makes sure its client is still there (ASGI >= 2.4 servers).
 DISCONNECT_POLL_SECONDS = 0.25
 
@@ -59,6 +70,18 @@ def _error(status: int, message: str) -> Response:
 
 def _sse(name: str, data: Any) -> str:
     return f"event: {name}\ndata: {tables.json_text(data)}\n\n"
+
+
+def _thin(points: int, **series: Any) -> dict[str, list[float]]:
+    """Curves of one time axis (`times` first, epoch seconds) cut to at most `points` + 1 evenly spaced
+    points, the last always kept; NaN as null."""
+    n = len(series["times"])
+    step = max(1, -(-n // points))
+    keep = list(range(0, n, step))
+    if keep and keep[-1] != n - 1:
+        keep.append(n - 1)
+    return {name: [int(values[i]) if name == "times" else float(values[i]) for i in keep]
+            for name, values in series.items()}
 
 
 def _request_key(kind: str, request: RunRequest) -> str:
@@ -156,7 +179,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(429, str(exc)) from None
 
     async def _answer(kind: str, request: RunRequest) -> Response:
-        job = await _submit(kind, request)
+        return await _wait(await _submit(kind, request))
+
+    async def _wait(job: Job) -> Response:
+        """The job's answer once it ends (the request leaves it if the client goes)."""
         job.listeners += 1
         try:
             await job.ended.wait()
@@ -222,19 +248,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def curve() -> dict[str, Any]:
             chosen = runs.check_request(settings, config, symbols, interval)
-            found = runs.equity_curves(settings, config, symbols or [], chosen)
+            found = runs.equity_curves(settings, config, symbols or [], chosen, snapshot_id=body.snapshot)
             if not found:
                 raise ApiError(404, f"{body.symbol} has no bars in this range")
             c = found[0]
-            step = max(1, -(-len(c.times) // body.points))
-            keep = list(range(0, len(c.times), step))
-            if keep[-1] != len(c.times) - 1:
-                keep.append(len(c.times) - 1)
-            return {"symbol": c.symbol, "interval": chosen, "times": [int(c.times[i]) for i in keep],
-                    "equity": [float(c.equity[i]) for i in keep], "buy_hold": [float(c.buy_hold[i]) for i in keep],
+            return {"symbol": c.symbol, "interval": chosen, **_thin(body.points, times=c.times, close=c.close,
+                                                                    equity=c.equity, buy_hold=c.buy_hold),
                     "trades": c.trades}
 
         return _json(await asyncio.to_thread(curve))
+
+    @app.post("/api/portfolio", tags=["runs"],
+              summary="One account over many symbols (as `portfolio --json`) with the best account's curves")
+    async def portfolio(body: PortfolioRequest) -> Response:
+        from pipeline import runs
+
+        config, sets, symbols = body.checked
+
+        def work(_: Emitter) -> tuple[dict[str, Any], Any]:
+            outcome = runs.portfolio(settings, config, sets, symbols, body.interval, rank_by=body.rank_by,
+                                     command="api portfolio")
+            best = outcome.best
+            answer: dict[str, Any] = {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id,
+                                      "interval": outcome.interval, "accounts": outcome.results, "best": None}
+            if best:
+                curve = best["equity_curve"]
+                answer["best"] = {k: v for k, v in best.items() if k != "equity_curve"}
+                answer["best"]["equity_curve"] = _thin(body.points, times=curve["times"], equity=curve["equity"],
+                                                       buy_hold=curve["buy_hold"])
+            return {"run_id": outcome.run_id}, answer
+
+        await asyncio.to_thread(runs.check_request, settings, config, symbols, body.interval)
+        key = hashlib.sha256(json.dumps(["portfolio", body.model_dump()], sort_keys=True).encode()).hexdigest()
+        try:
+            return await _wait(runner.submit(key, work))
+        except QueueFull as exc:
+            raise ApiError(429, str(exc)) from None
 
     # --- what there is ----------------------------------------------------------------
 
@@ -242,7 +291,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def strategies() -> Response:
         return _json(options.strategy_catalog())
 
-    @app.get("/api/symbols", tags=["catalog"], summary="The current snapshot's symbols and their bars")
+    @app.get("/api/symbols", tags=["catalog"], summary="The current snapshot's symbols and their bars; the intervals a run takes")
     async def symbols() -> Response:
         from pipeline import lake
 
@@ -250,7 +299,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rows = [{"symbol": name, "data_version": meta.get("data_version"),
                  "intervals": {k: v for k, v in meta.items() if isinstance(v, dict)}}
                 for name, meta in sorted(snapshot.symbols.items())]
-        return _json({"snapshot_id": snapshot.id, "symbols": rows})
+        return _json({"snapshot_id": snapshot.id, "intervals": list(options.INTERVALS), "symbols": rows})
 
     @app.get("/api/results/top", tags=["results"], summary="The best results recorded (as `results top`)")
     async def results_top(strategy: str | None = None, n: int = 10) -> Response:
@@ -273,6 +322,59 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not rows:
             raise ApiError(404, f"no results for run {run_id}")
         return _json([dict(zip(columns, row, strict=True)) for row in rows])
+
+    # --- the run history (the dashboard's Runs tab) ---------------------------------------
+
+    def _rows(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        return [dict(zip(columns, row, strict=True)) for row in rows]
+
+    @app.get("/api/runs", tags=["results"], summary="The run history: the newest rows of the runs table")
+    async def run_history(
+        n: Annotated[int, Query(ge=1, le=1000, description="How many runs, newest first.")] = 50,
+        strategy: Annotated[str | None, Query(min_length=1, max_length=64, description="Only this strategy.")] = None,
+    ) -> Response:
+        from pipeline import results
+
+        return _json(_rows(*await asyncio.to_thread(results.recent_runs, settings.results_root, n, strategy)))
+
+    @app.get("/api/runs/{run_id}", tags=["results"], summary="A past run and its leaderboard (as `results show`)")
+    async def run_show(run_id: RunId,
+                       n: Annotated[int, Query(ge=1, le=10_000, description="Rows of its leaderboard.")] = 100,
+                       ) -> Response:
+        from pipeline import results
+
+        try:
+            shown = await asyncio.to_thread(results.show, settings.results_root, run_id, n)
+        except InputError:
+            raise ApiError(404, f"no run {run_id} in the results table") from None
+        return _json({"run": shown["run"], "results": _rows(shown["columns"], shown["rows"])})
+
+    @app.get("/api/runs/{run_id}/trades", tags=["results"],
+             summary="A run's round trips from the trades table (runs made with trades on)")
+    async def run_trades(run_id: RunId, symbol: Symbol = None,
+                         n: Annotated[int, Query(ge=1, le=100_000, description="Most round trips.")] = 1000,
+                         ) -> Response:
+        from pipeline import results
+
+        return _json(_rows(*await asyncio.to_thread(results.run_trades, settings.results_root, run_id, symbol, n)))
+
+    @app.get("/api/runs/{run_id}/sets", tags=["results"],
+             summary="A sweep's parameter sets with their mean metrics over its symbols (or one): its heatmap")
+    async def run_sets(run_id: RunId, symbol: Symbol = None,
+                       n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
+                       ) -> Response:
+        from pipeline import engine, results
+
+        rows = _rows(*await asyncio.to_thread(results.sweep_sets, settings.results_root, run_id, symbol, n))
+        if not rows:
+            raise ApiError(404, f"no results for run {run_id}" + (f" and symbol {symbol}" if symbol else ""))
+        for row in rows:
+            row["params"] = json.loads(row.pop("params_json"))
+        # The strategy's parameters, then the run parameters (sl, tp, ...) the sweep varied, as -g names them.
+        named = engine.set_parameters(rows)
+        return _json([{"params": p, **{k: r[k] for k in ("symbols", "total_return_pct", "sharpe",
+                                                          "max_drawdown_pct", "num_trades")}}
+                      for p, r in zip(named, rows, strict=True)])
 
     # --- admin ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ parameters, read from its signature: nothing is restated here.
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
 from pydantic_core import PydanticCustomError
@@ -116,7 +116,70 @@ class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]
 
     symbol: str
     points: int = Field(default=2000, ge=10, le=100_000, description="Most points per curve (evenly thinned).")
+    snapshot: str | None = Field(default=None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$",
+                                 description="A kept snapshot (a past run's) to draw on; default the current one.")
 
     def _param_sets(self) -> Any:
         self.symbols = [self.symbol]
         return dict(self.params)
+
+
+class PortfolioRequest(BaseModel):
+    """One account over many symbols, as `cryptobt portfolio` (several max_open, stake or grid values
+    = one account each, best first)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str = Field(description="A strategy name from GET /api/strategies.", examples=["rsi"])
+    params: dict[str, float | int | str] = Field(default_factory=dict,
+                                                 description="Parameter overrides; the rest take defaults.")
+    grid: list[str] = Field(default_factory=list, max_length=16,
+                            description="Strategy parameter sweep, as -g: name=start:stop:step or name=v1,v2.")
+    symbols: list[str] | None = Field(default=None, description="Symbols; omit (or all=true) for every one.")
+    all: bool = False
+    interval: str = Field(default="1h", description=f"One of {', '.join(options.INTERVALS)} (auto: the coarsest "
+                                                    "interval any symbol needs: one account needs one grid).")
+    timerange: str | None = Field(default=None, description=_HELP["timerange"])
+    fee: float = Field(default=0.1, description=_HELP["fee"])
+    slippage: float = Field(default=0.0, description=_HELP["slippage"])
+    fill: str = Field(default="close", description=_HELP["fill"])
+    initial: float = Field(default=1000.0, description="Starting cash of the one account.")
+    annualization: str = Field(default="observed", description="As --annualization of cryptobt portfolio.")
+    min_bar_coverage: float = Field(default=0.0, description="As --min-bar-coverage of cryptobt portfolio.")
+    max_open: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=lambda: [10], min_length=1, max_length=64, description="Most positions open at once.")
+    stake: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
+        default_factory=lambda: ["10%"], min_length=1, max_length=64,
+        description="Per entry: a fraction of equity in (0, 1] (0.1 or 10%) or an amount of cash > 1.")
+    rank_by: str = Field(default="auto", description="auto, volume or name: which same-bar entries win free slots.")
+    points: int = Field(default=2000, ge=10, le=100_000, description="Most points of the best account's curves.")
+
+    _checked: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _rules(self) -> PortfolioRequest:
+        from pipeline import portfolio as pf
+        from pipeline import strategies
+
+        try:  # the checks of `cryptobt portfolio`, in its order
+            symbols = options.check_symbols(self.symbols, self.all)
+            options.check_interval(self.interval)
+            stakes = [pf.Stake.parse(text) for text in self.stake]
+            if self.rank_by not in pf.RANK_BY:
+                raise PipelineError(f"--rank-by {self.rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
+            if self.grid and self.params:
+                raise PipelineError("use either params or grid, not both")
+            params: Any = list(strategies.parse_grid(self.strategy, self.grid)) if self.grid else dict(self.params)
+            config = options.run_config(self.strategy, params, timerange=self.timerange, fee=self.fee, fill=self.fill,
+                                        initial=self.initial, annualization=self.annualization,
+                                        min_bar_coverage=self.min_bar_coverage, slippage=self.slippage)
+            sets = pf.make_sets(config, sorted(set(self.max_open)), list(dict.fromkeys(stakes)))
+        except PipelineError as exc:
+            raise _refuse(exc) from None
+        self._checked = (config, sets, symbols)
+        return self
+
+    @property
+    def checked(self) -> tuple[Any, list[Any], list[str] | None]:
+        """(RunConfig, portfolio sets, symbols or None)."""
+        return self._checked
