@@ -1,7 +1,12 @@
-"""The dashboard in a real browser: Debian's chromium, headless, through its chromedriver.
+"""The dashboard in a real browser: Debian's chromium, headless, through its chromedriver, with
+every host but the test server unresolvable (nothing may come from the internet).
 
-Loads `/`, starts a run, watches the table fill and the progress reach 100 %, opens a symbol's
-chart and saves a screenshot (CRYPTOBT_SCREENSHOT, default the test's temporary folder).
+Each view is clicked through and what it shows is checked against the API's numbers, formatted as
+the CLI formats them (`tables.number`): a backtest (table, price chart with entries and exits,
+the run's trades), a sweep (DSR, PBO, a heatmap slice), a portfolio (accounts, equity against
+equal-weight buy & hold), the run history (a past run opened), the admin cards and /docs.
+Screenshots go to the test's temporary folder, or beside CRYPTOBT_SCREENSHOT (a .png path: the
+backtest view there, the others as <name>-sweep.png, -portfolio.png, -runs.png, -admin.png).
 Skips with one line naming what is missing; `make browser-test` installs it and runs this.
 """
 
@@ -14,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo
+from pipeline import demo, tables
 from pipeline.config import Settings
 from tests.api_server import serving
 
@@ -91,55 +96,295 @@ def test_docs_render_the_operations_list_offline(browser, tmp_path):
         assert only_from(base, urls) == []
 
 
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("browser-lake") / "lake"
+    demo.build_sample_lake(root, n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE)
+    return root
+
+
+@pytest.fixture
+def site(lake, tmp_path, redis_url, redis_prefix):
+    """(base URL, httpx client) of a real server over the lake with a results table of its own."""
+    import httpx
+
+    settings = Settings(lake_root=lake, results_root=tmp_path / "results", redis_url=redis_url,
+                        cache_prefix=redis_prefix, admin_token="browser-token")
+    with serving(settings) as (base, _), httpx.Client(base_url=base, timeout=120) as client:
+        yield base, client
+
+
+def shot(browser, tmp_path: Path, view: str = "") -> Path:
+    """Save a screenshot: CRYPTOBT_SCREENSHOT (<name>.png; a view's as <name>-<view>.png) or the temp folder."""
+    main = Path(os.environ.get("CRYPTOBT_SCREENSHOT") or tmp_path / "dashboard.png")
+    path = main.with_name(f"{main.stem}-{view}.png") if view else main
+    path.parent.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(path))
+    assert path.stat().st_size > 10_000
+    print(f"screenshot: {path}")
+    return path
+
+
+def cells(browser, table: str) -> list[dict[str, str]]:
+    """The rows of a dashboard table as {column key: shown text}."""
+    return browser.execute_script("""
+        return [...document.querySelectorAll(arguments[0] + ' tbody tr')].map(tr => Object.fromEntries(
+            [...tr.querySelectorAll('td')].map(td => [td.dataset.key, td.textContent])));""", table)
+
+
+def shown(value) -> str:
+    return tables.number(value)
+
+
+def drawn_blue(browser, selector: str) -> int:
+    """Pixels of the equity line's blue on a canvas: something was drawn."""
+    return browser.execute_script("""
+        const c = document.querySelector(arguments[0]); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let blue = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 80 && d[i + 2] > 150 && d[i + 3] > 0) blue++;
+        return blue;""", selector)
+
+
+def fill(browser, element_id: str, text: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    field = browser.find_element(By.ID, element_id) if not element_id.startswith("#") else \
+        browser.find_element(By.CSS_SELECTOR, element_id)
+    field.clear()
+    field.send_keys(text)
+
+
+def start(browser, wait) -> str:
+    """Click Run, wait for the run to finish; its run id."""
+    from selenium.webdriver.common.by import By
+
+    browser.find_element(By.ID, "start").click()
+    wait.until(lambda d: d.find_element(By.ID, "status-text").text.startswith(("done:", "error:")))
+    assert browser.find_element(By.ID, "status-text").text.startswith("done:"), \
+        browser.find_element(By.ID, "status-text").text
+    return browser.find_element(By.ID, "status-text").get_attribute("data-run-id")
+
+
 @pytest.mark.slow
-def test_dashboard_runs_a_backtest_fills_the_table_and_draws_a_chart(browser, tmp_path, redis_url, redis_prefix):
+def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_equity(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    lake_root = tmp_path / "lake"
-    demo.build_sample_lake(lake_root, n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE)
-    settings = Settings(lake_root=lake_root, results_root=tmp_path / "results", redis_url=redis_url,
-                        cache_prefix=redis_prefix, admin_token="browser-token")
+    base, api = site
+    wait = WebDriverWait(browser, 90)
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#strategy option")) >= 5)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    # The form offers every interval the API takes.
+    intervals = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#interval option")]
+    assert intervals == api.get("/api/symbols").json()["intervals"] and "1d" in intervals and "auto" in intervals
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    period = browser.find_element(By.CSS_SELECTOR, "#params input[data-param=rsi_period]")
+    assert period.get_attribute("value") == "14"  # the registry's default
+    fill(browser, "#params input[data-param=rsi_period]", "10")
+    fill(browser, "sl", "4")
+    fill(browser, "tp", "8")
+    browser.find_element(By.ID, "trail").click()
+    fill(browser, "size", "0.5")
+    fill(browser, "slippage", "0.05")
+    run_id = start(browser, wait)
+    assert browser.find_element(By.ID, "progress-bar").get_attribute("data-percent") == "100"
+    assert browser.find_element(By.ID, "status-text").text.startswith("done: 24 results")
+    # Every cell is the run's row as the CLI prints it, best return first.
+    written = {r["symbol"]: r for r in api.get(f"/api/results/{run_id}").json()}
+    # The form's stops, trail, size and slippage reached the run.
+    assert {(r["sl_pct"], r["tp_pct"], r["trail"], r["size"], r["slippage_pct"]) for r in written.values()} == {
+        (4.0, 8.0, True, 0.5, 0.05)}
+    table = cells(browser, "#results")
+    assert len(table) == 24
+    for row in table:
+        want = written[row["symbol"]]
+        assert row == {"symbol": want["symbol"], **{k: shown(want[k]) for k in (
+            "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe",
+            "bars")}}
+    returns = [written[r["symbol"]]["total_return_pct"] for r in table]
+    assert returns == sorted(returns, reverse=True)
+    browser.find_element(By.CSS_SELECTOR, "#results th[data-key=symbol]").click()
+    names = [r["symbol"] for r in cells(browser, "#results")]
+    assert names == sorted(names)
+    # A row: its price with a marker per fill, its equity, and the round trips the run recorded.
+    browser.find_element(By.CSS_SELECTOR, "#results tbody tr[data-symbol=ETH_BTC]").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-backtest table.trades tbody tr"))
+    title = browser.find_element(By.CSS_SELECTOR, "#detail-backtest h2.title").text
+    curve = api.post("/api/equity", json={"strategy": "rsi", "symbol": "ETH_BTC", "params": {"rsi_period": 10},
+                                          "sl": 4, "tp": 8, "trail": True, "size": 0.5, "slippage": 0.05,
+                                          "points": 1500}).json()
+    assert title.startswith("ETH_BTC: rsi ") and "rsi_period=10" in title and f"{len(curve['trades'])} fills" in title
+    price = browser.find_element(By.CSS_SELECTOR, "#detail-backtest canvas.price")
+    assert int(price.get_attribute("data-markers")) == len(curve["trades"]) > 0
+    assert int(price.get_attribute("data-entries")) == sum(f["action"] == "buy" for f in curve["trades"])
+    trips = api.get(f"/api/runs/{run_id}/trades", params={"symbol": "ETH_BTC"}).json()
+    assert cells(browser, "#detail-backtest table.trades") == [
+        {"entry_time": t["entry_time"][:19], "entry_price": shown(t["entry_price"]),
+         "exit_time": t["exit_time"][:19], "exit_price": shown(t["exit_price"]), "pnl": shown(t["pnl"]),
+         "return_pct": shown(t["return_pct"]), "bars_held": shown(t["bars_held"]), "exit_reason": t["exit_reason"]}
+        for t in trips]
+    assert {t["exit_reason"] for t in trips} - {"signal", "end_of_data"}, "the stops fired at least once"
+    assert drawn_blue(browser, "#detail-backtest canvas.equity") > 100
+    shot(browser, tmp_path)
+    # The admin tab shows the run's metrics with the token.
+    browser.find_element(By.ID, "tab-admin").click()
+    browser.find_element(By.ID, "token").send_keys("browser-token\n")
+    wait.until(lambda d: d.find_element(By.ID, "card-runs").text == "1")
+    stats = api.get("/api/admin/performance/stats", headers={"Authorization": "Bearer browser-token"}).json()
+    assert browser.find_element(By.ID, "card-p95").text == f"{round(stats['duration_p95_s'] * 1000):,} ms"
+    shot(browser, tmp_path, "admin")
+
+
+@pytest.mark.slow
+def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, api = site
+    wait = WebDriverWait(browser, 120)
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    browser.find_element(By.ID, "tab-sweep").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    fill(browser, "#params input[data-param=rsi_period]", "7:28:7")
+    fill(browser, "#params input[data-param=oversold_threshold]", "20,25,30")
+    fill(browser, "#params input[data-param=overbought_threshold]", "70,80")
+    fill(browser, "sl", "0,5")
+    fill(browser, "top", "2")
+    for symbol in ("ETH_BTC", "LTC_BTC", "SYN000", "SYN001"):
+        Select(browser.find_element(By.ID, "symbols")).select_by_visible_text(symbol)
+    run_id = start(browser, wait)
+    # Each symbol's 2 best sets with their deflated Sharpe ratio and PBO, as the results table has them.
+    rows = api.get(f"/api/results/{run_id}").json()
+    assert len(rows) == 4 * 4 * 3 * 2 * 2
+
+    def key(r: dict) -> tuple:
+        p = json.loads(r["params_json"])
+        return (r["symbol"], tables.param(p["rsi_period"]), tables.param(p["oversold_threshold"]),
+                tables.param(p["overbought_threshold"]), tables.param(r["sl_pct"]))
+
+    written = {key(r): r for r in rows}
+    table = cells(browser, "#sweep-results")
+    assert len(table) == 8
+    for row in table:
+        want = written[(row["symbol"], row["set.rsi_period"], row["set.oversold_threshold"],
+                        row["set.overbought_threshold"], row["set.sl"])]
+        for column in ("total_return_pct", "sharpe", "deflated_sharpe", "pbo", "num_trades"):
+            assert row[column] == shown(want[column]), (row, column)
+    assert {row["pbo"] for row in table} != {"-"}
+    assert "best 2 per symbol by total_return" in browser.find_element(By.ID, "sweep-title").text
+    # The heatmap: rsi_period x oversold_threshold, the other parameters fixed at chosen values.
+    heat = "#heat-sweep"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f"{heat} table.heat td"))
+    Select(browser.find_element(By.CSS_SELECTOR, f"{heat} .hx")).select_by_visible_text("rsi_period")
+    Select(browser.find_element(By.CSS_SELECTOR, f"{heat} .hy")).select_by_visible_text("oversold_threshold")
+    Select(browser.find_element(By.CSS_SELECTOR, f"{heat} [data-fixed=overbought_threshold]")).select_by_visible_text("80")
+    Select(browser.find_element(By.CSS_SELECTOR, f"{heat} [data-fixed=sl]")).select_by_visible_text("5")
+
+    def heat_cells() -> dict[tuple[str, str], str]:
+        return {(c.get_attribute("data-x"), c.get_attribute("data-y")): c.text
+                for c in browser.find_elements(By.CSS_SELECTOR, f"{heat} table.heat td")}
+
+    def expected(symbol: str | None) -> dict[tuple[str, str], str]:
+        sets = api.get(f"/api/runs/{run_id}/sets", params={"symbol": symbol} if symbol else {}).json()
+        return {(tables.param(s["params"]["rsi_period"]), tables.param(s["params"]["oversold_threshold"])):
+                shown(s["total_return_pct"]) for s in sets
+                if s["params"]["overbought_threshold"] == 80 and s["params"]["sl"] == 5}
+
+    assert heat_cells() == expected(None) and len(heat_cells()) == 12
+    caption = browser.find_element(By.CSS_SELECTOR, f"{heat} .hcap").text
+    assert caption.startswith("mean total return % over the symbols") and "overbought_threshold=80 sl=5" in caption
+    shot(browser, tmp_path, "sweep")
+    Select(browser.find_element(By.CSS_SELECTOR, f"{heat} .hs")).select_by_visible_text("LTC_BTC")
+    wait.until(lambda d: "on LTC_BTC" in d.find_element(By.CSS_SELECTOR, f"{heat} .hcap").text)
+    assert heat_cells() == expected("LTC_BTC")
+    # A row's equity and fills, recomputed with its set.
+    browser.find_elements(By.CSS_SELECTOR, "#sweep-results tbody tr")[0].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-sweep canvas.price"))
+    assert drawn_blue(browser, "#detail-sweep canvas.equity") > 100
+
+
+@pytest.mark.slow
+def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_hold(browser, site, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, api = site
+    wait = WebDriverWait(browser, 120)
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    browser.find_element(By.ID, "tab-portfolio").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    assert not browser.find_element(By.ID, "sl").is_displayed()  # a portfolio has no stops
+    fill(browser, "max-open", "3,8")
+    fill(browser, "stake", "10%,25%")
+    Select(browser.find_element(By.ID, "rank-by")).select_by_visible_text("name")
+    run_id = start(browser, wait)
+    accounts = sorted(api.get(f"/api/results/{run_id}").json(), key=lambda a: -a["total_return_pct"])
+    assert len(accounts) == 4
+    table = cells(browser, "#accounts")
+    assert [(r["max_open"], r["stake_label"], r["total_return_pct"], r["buy_hold_return_pct"], r["num_trades"],
+             r["skipped"], r["max_drawdown_pct"], r["sharpe"], r["final_value"]) for r in table] == [
+        (str(a["max_open"]), f"{a['stake'] * 100:g}%", shown(a["total_return_pct"]), shown(a["buy_hold_return_pct"]),
+         shown(a["num_trades"]), shown(a["skipped_no_slot"] + a["skipped_no_cash"]), shown(a["max_drawdown_pct"]),
+         shown(a["sharpe"]), shown(a["final_value"])) for a in accounts]
+    best = accounts[0]
+    summary = browser.find_element(By.ID, "portfolio-summary").text
+    assert summary.startswith(f"best account: final value {shown(best['final_value'])} from 1,000") \
+        and f"{best['skipped_no_slot']} entries skipped for want of a slot" in summary
+    assert f"max open {best['max_open']}, stake {best['stake'] * 100:g}%" in \
+        browser.find_element(By.ID, "portfolio-title").text
+    contributions = cells(browser, "#contributions")
+    assert len(contributions) == 24 and sum(int(c["round_trips"]) for c in contributions) > 0
+    assert drawn_blue(browser, "#portfolio-chart") > 100
+    shot(browser, tmp_path, "portfolio")
+
+
+@pytest.mark.slow
+def test_dashboard_run_history_opens_past_runs(browser, site, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    base, api = site
+    backtest = api.post("/api/backtest", json={"strategy": "macd", "symbols": ["ETH_BTC", "XMR_BTC", "SYN003"],
+                                               "trades": True, "sl": 3, "fee": 0.2, "timerange": "20180110-20180125"})
+    sweep = api.post("/api/sweep", json={"strategy": "rsi", "grid": ["rsi_period=7,14", "oversold_threshold=25,30"],
+                                         "symbols": ["ETH_BTC", "SYN002"]})
+    assert backtest.status_code == sweep.status_code == 200, (backtest.text, sweep.text)
     wait = WebDriverWait(browser, 60)
-    with serving(settings) as (base, _):
-        browser.get(base + "/")
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#strategy option")) >= 5)
-        wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
-        Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
-        period = browser.find_element(By.CSS_SELECTOR, "#params input[data-param=rsi_period]")
-        assert period.get_attribute("value") == "14"  # the registry's default
-        period.clear()
-        period.send_keys("10")
-        browser.find_element(By.ID, "start").click()
-        wait.until(lambda d: d.find_element(By.ID, "progress-bar").get_attribute("data-percent") == "100")
-        wait.until(lambda d: d.find_element(By.ID, "status-text").text.startswith("done: 24 results"))
-        rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
-        assert len(rows) == 24
-        # Sorted by return, best first (the default sort).
-        returns = [float(r.find_elements(By.TAG_NAME, "td")[1].text.replace(",", "")) for r in rows]
-        assert returns == sorted(returns, reverse=True)
-        # Clicking a header sorts by it.
-        browser.find_element(By.CSS_SELECTOR, "th[data-key=symbol]").click()
-        names = [r.get_attribute("data-symbol") for r in browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")]
-        assert names == sorted(names)
-        browser.find_element(By.CSS_SELECTOR, "#results tbody tr[data-symbol=ETH_BTC]").click()
-        wait.until(lambda d: d.find_element(By.ID, "chart").get_attribute("data-symbol") == "ETH_BTC")
-        assert "ETH_BTC: rsi equity vs buy & hold" in browser.find_element(By.ID, "chart-title").text
-        # Something was drawn: the canvas has non-white pixels of the equity line's colour.
-        drawn = browser.execute_script("""
-            const c = document.getElementById('chart'); const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-            let blue = 0; for (let i = 0; i < d.length; i += 4) if (d[i] < 80 && d[i + 2] > 150 && d[i + 3] > 0) blue++;
-            return blue;""")
-        assert drawn > 100
-        shot = Path(os.environ.get("CRYPTOBT_SCREENSHOT") or tmp_path / "dashboard.png")
-        shot.parent.mkdir(parents=True, exist_ok=True)
-        browser.save_screenshot(str(shot))
-        assert shot.stat().st_size > 10_000
-        print(f"screenshot: {shot}")
-        # The admin tab shows the run's metrics with the token.
-        browser.find_element(By.ID, "tab-admin").click()
-        browser.find_element(By.ID, "token").send_keys("browser-token\n")
-        wait.until(lambda d: d.find_element(By.ID, "card-runs").text == "1")
-        assert browser.find_element(By.ID, "card-p95").text.endswith("ms")
-        admin_shot = shot.with_name(shot.stem + "-admin.png")
-        browser.save_screenshot(str(admin_shot))
+    browser.get(base + "/")
+    browser.find_element(By.ID, "tab-runs").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
+    listed = api.get("/api/runs").json()
+    assert cells(browser, "#runs") == [
+        {"started": r["started_at"][:19], "run_id": r["run_id"], "command": r["command"], "strategy": r["strategy"],
+         "n_symbols": shown(r["n_symbols"]), "n_results": shown(r["n_results"]), "duration_s": shown(r["duration_s"]),
+         "cache_hits": shown(r["cache_hits"])} for r in listed]
+    run_id = backtest.headers["x-run-id"]
+    browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-key='{run_id}']").click()
+    wait.until(lambda d: d.find_element(By.ID, "run-open").get_attribute("data-run-id") == run_id)
+    header = browser.find_element(By.ID, "run-header").text
+    assert f"run {run_id} (api backtest)" in header and "macd on 3 symbol(s) at 1h, 3 result(s)" in header
+    assert "fee 0.20 %, initial 1,000, timerange 2018-01-10 00:00:00 .. 2018-01-26 00:00:00" in header
+    results = {r["symbol"]: r for r in backtest.json()}
+    for row in cells(browser, "#run-results"):
+        assert row["total_return_pct"] == shown(results[row["symbol"]]["total_return_pct"])
+        assert row["num_trades"] == shown(results[row["symbol"]]["num_trades"])
+    browser.find_element(By.CSS_SELECTOR, "#run-results tbody tr[data-symbol=ETH_BTC]").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-runs table.trades tbody tr"))
+    trips = results["ETH_BTC"]["round_trips"]
+    assert [(r["entry_price"], r["pnl"], r["exit_reason"]) for r in cells(browser, "#detail-runs table.trades")] == [
+        (shown(t["entry_price"]), shown(t["pnl"]), t["exit_reason"]) for t in trips]
+    price = browser.find_element(By.CSS_SELECTOR, "#detail-runs canvas.price")
+    # Recomputed on the run's snapshot with its options (stop, fee, timerange): the same fills.
+    assert int(price.get_attribute("data-markers")) == len(results["ETH_BTC"]["trades"])
+    shot(browser, tmp_path, "runs")
+    sweep_id = sweep.headers["x-run-id"]
+    browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-key='{sweep_id}']").click()
+    wait.until(lambda d: d.find_element(By.ID, "run-open").get_attribute("data-kind") == "sweep")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#detail-runs table.heat td")) == 4)
+    sets = api.get(f"/api/runs/{sweep_id}/sets").json()
+    assert sorted(c.text for c in browser.find_elements(By.CSS_SELECTOR, "#detail-runs table.heat td")) == sorted(
+        shown(s["total_return_pct"]) for s in sets)
+    assert len(cells(browser, "#run-results")) == 8
