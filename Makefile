@@ -48,13 +48,14 @@ soak: $(STAMP)
 compose-check: $(STAMP)
 	$(PY) -m pytest -q -rs tests/test_compose.py
 
-# The dashboard in Debian's headless chromium (apt packages chromium + chromium-driver; pip selenium).
-# Nothing downloads a browser. The screenshot lands in docs/dashboard.png.
+# The dashboard and /docs in Debian's headless chromium (apt packages chromium + chromium-driver; pip
+# selenium). Nothing downloads a browser. Screenshots go to a temporary folder (their paths are
+# printed); CRYPTOBT_SCREENSHOT=$PWD/docs/dashboard.png make browser-test refreshes the README's.
 browser-test: venv-check $(STAMP)
 	command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 		(apt-get update && apt-get install -y chromium chromium-driver)
 	$(PY) -m pip install -q -e ".[test,browser]"
-	CRYPTOBT_SCREENSHOT=$(CURDIR)/docs/dashboard.png $(PY) -m pytest -s tests/test_dashboard_browser.py
+	$(PY) -m pytest -s tests/test_dashboard_browser.py tests/test_api_docs.py
 
 # Loopback load on `cryptobt api`: 50 concurrent stream clients, 200 cached single-symbol requests.
 api-load: $(STAMP)
