@@ -786,36 +786,6 @@ def run_stats(
     }
 
 
-_RECENT_RUNS_SQL = """
-SELECT run_id, started_at, duration_s, strategy, command, n_symbols, n_results, bars, cache_hits, cache_misses,
-       snapshot_id
-FROM runs WHERE ($1::VARCHAR IS NULL OR strategy = $1)
-ORDER BY started_at DESC, run_id DESC
-LIMIT $2
-"""
-
-
-def recent_runs(results_root: str | os.PathLike[str], n: int = 50,
-                strategy: str | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The `n` newest rows of the runs table (the run history), newest first."""
-    return query(results_root, _RECENT_RUNS_SQL, [strategy, n])
-
-
-_RUN_TRADES_SQL = """
-SELECT symbol, interval, params_json, sl_pct, tp_pct, trail, size, slippage_pct, trade_no, entry_time,
-       entry_price, exit_time, exit_price, units, fees, pnl, return_pct, bars_held, exit_reason
-FROM trades WHERE run_id = $1 AND kind = 'round_trip' AND ($2::VARCHAR IS NULL OR symbol = $2)
-ORDER BY symbol, params_json, sl_pct, tp_pct, trail, size, slippage_pct, trade_no
-LIMIT $3
-"""
-
-
-def run_trades(results_root: str | os.PathLike[str], run_id: str, symbol: str | None = None,
-               n: int = 1000) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """A run's round trips from the trades table (runs made with --trades), in time order per result."""
-    return query(results_root, _RUN_TRADES_SQL, [run_id, symbol, n])
-
-
 _SWEEP_SETS_SQL = """
 SELECT params_json, sl_pct, tp_pct, trail, size, slippage_pct, count(total_return_pct) AS symbols,
        avg(total_return_pct) AS total_return_pct, avg(sharpe) AS sharpe, avg(max_drawdown_pct) AS max_drawdown_pct,

@@ -58,10 +58,10 @@ def test_run_history_lists_the_runs_newest_first_and_opens_one_as_results_show(a
     assert first.status_code == second.status_code == 200, (first.text, second.text)
     runs = api.get("/api/runs").json()
     assert [r["run_id"] for r in runs] == [second.headers["x-run-id"], first.headers["x-run-id"]]
-    assert [(r["command"], r["strategy"], r["n_symbols"], r["n_results"]) for r in runs] == [
-        ("api sweep", "macd", 8, 16), ("api backtest", "rsi", 2, 2)]
-    assert [r["run_id"] for r in api.get("/api/runs", params={"strategy": "rsi", "n": 5}).json()] == [
-        first.headers["x-run-id"]]
+    assert [(r["command"], r["strategy"], r["symbols"], r["results"], r["sets"]) for r in runs] == [
+        ("api sweep", "macd", 8, 16, 2), ("api backtest", "rsi", 2, 2, 1)]
+    assert runs == _cli_json(settings, "results", "runs")
+    assert [r["run_id"] for r in api.get("/api/runs", params={"n": 1}).json()] == [second.headers["x-run-id"]]
     opened = api.get(f"/api/runs/{first.headers['x-run-id']}").json()
     assert opened == _cli_json(settings, "results", "show", first.headers["x-run-id"], "--n", "100")
     assert [r["symbol"] for r in opened["results"]] == [r["symbol"] for r in first.json()]
@@ -86,7 +86,10 @@ def test_a_runs_trades_are_the_round_trips_its_backtest_returned(api):
             assert (got["symbol"], got["sl_pct"], got["tp_pct"]) == (result["symbol"], 3.0, 6.0)
     both = api.get(f"/api/runs/{run_id}/trades").json()
     assert len(both) == sum(len(r["round_trips"]) for r in answer.json())
-    assert len(api.get(f"/api/runs/{run_id}/trades", params={"n": 2}).json()) == 2
+    # A run that recorded no trades says so, as `results trades` does.
+    plain = api.post("/api/backtest", json={"strategy": "rsi", "symbols": ["ETH_BTC"]}).headers["x-run-id"]
+    none = api.get(f"/api/runs/{plain}/trades")
+    assert none.status_code == 404 and "recorded no trades" in none.json()["error"]
 
 
 def test_a_sweeps_sets_are_each_sets_mean_over_the_symbols(api):
@@ -155,9 +158,11 @@ def test_equity_carries_the_price_and_draws_on_a_named_snapshot(api):
     ("get", "/api/runs?n=0", None, 422, "n '0': Input should be greater than or equal to 1"),
     ("get", "/api/runs?n=1001", None, 422, "n '1001': Input should be less than or equal to 1000"),
     ("get", "/api/runs/nope", None, 422, "run_id 'nope': String should match pattern"),
-    ("get", "/api/runs/20200101T000000000000Z-00000000", None, 404, "no run 20200101T000000000000Z-00000000"),
+    ("get", "/api/runs/20200101T000000000000Z-00000000", None, 404,
+     "no run '20200101T000000000000Z-00000000' in the results table; recent runs: cryptobt results runs"),
     ("get", "/api/runs/20200101T000000000000Z-00000000/sets", None, 404, "no results for run"),
     ("get", "/api/runs/20200101T000000000000Z-00000000/trades?symbol=a;b", None, 422, "symbol 'a;b'"),
+    ("get", "/api/runs/20200101T000000000000Z-00000000/trades", None, 404, "no run '20200101T000000000000Z-00000000'"),
     ("post", "/api/portfolio", {"strategy": "rsi", "stake": ["150%"]}, 422, "--stake '150%' is out of range"),
     ("post", "/api/portfolio", {"strategy": "rsi", "max_open": [0]}, 422,
      "max_open.0 0: Input should be greater than or equal to 1"),
@@ -181,5 +186,7 @@ def test_the_new_endpoints_declare_their_bounds_in_the_schema(api):
     for path in ("/api/runs/{run_id}", "/api/runs/{run_id}/trades", "/api/runs/{run_id}/sets"):
         params = {p["name"]: p["schema"] for p in paths[path]["get"]["parameters"]}
         assert params["run_id"]["pattern"].startswith("^") and params["run_id"]["maxLength"] == 40
-        assert params["n"]["minimum"] == 1 and params["n"]["maximum"] >= 1000
+        assert "n" not in params or (params["n"]["minimum"] == 1 and params["n"]["maximum"] >= 1000)
+    symbol = {p["name"]: p["schema"] for p in paths["/api/runs/{run_id}/trades"]["get"]["parameters"]}["symbol"]
+    assert symbol["anyOf"][0]["maxLength"] == 64
     assert "/api/portfolio" in paths

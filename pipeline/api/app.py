@@ -328,14 +328,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def _rows(columns: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         return [dict(zip(columns, row, strict=True)) for row in rows]
 
-    @app.get("/api/runs", tags=["results"], summary="The run history: the newest rows of the runs table")
+    def _not_found(exc: InputError) -> ApiError:
+        """A 404 with the CLI's message, less the server's folder (a client has no use for it)."""
+        return ApiError(404, str(exc).replace(f" at {settings.results_root}", ""))
+
+    @app.get("/api/runs", tags=["results"], summary="The run history, newest first (as `results runs`)")
     async def run_history(
-        n: Annotated[int, Query(ge=1, le=1000, description="How many runs, newest first.")] = 50,
-        strategy: Annotated[str | None, Query(min_length=1, max_length=64, description="Only this strategy.")] = None,
+        n: Annotated[int, Query(ge=1, le=1000, description="How many of the newest runs.")] = 50,
     ) -> Response:
         from pipeline import results
 
-        return _json(_rows(*await asyncio.to_thread(results.recent_runs, settings.results_root, n, strategy)))
+        return _json(_rows(*await asyncio.to_thread(results.run_history, settings.results_root, n)))
 
     @app.get("/api/runs/{run_id}", tags=["results"], summary="A past run and its leaderboard (as `results show`)")
     async def run_show(run_id: RunId,
@@ -345,18 +348,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         try:
             shown = await asyncio.to_thread(results.show, settings.results_root, run_id, n)
-        except InputError:
-            raise ApiError(404, f"no run {run_id} in the results table") from None
-        return _json({"run": shown["run"], "results": _rows(shown["columns"], shown["rows"])})
+        except InputError as exc:
+            raise _not_found(exc) from None
+        return _json({"run": shown["run"], "results": _rows(shown["columns"], shown["rows"]),
+                      "walk_forward": _rows(shown["columns"], shown["walk_forward"])})
 
     @app.get("/api/runs/{run_id}/trades", tags=["results"],
-             summary="A run's round trips from the trades table (runs made with trades on)")
-    async def run_trades(run_id: RunId, symbol: Symbol = None,
-                         n: Annotated[int, Query(ge=1, le=100_000, description="Most round trips.")] = 1000,
-                         ) -> Response:
+             summary="A run's round trips from the trades table (as `results trades`; runs made with trades on)")
+    async def run_trades(run_id: RunId, symbol: Symbol = None) -> Response:
         from pipeline import results
 
-        return _json(_rows(*await asyncio.to_thread(results.run_trades, settings.results_root, run_id, symbol, n)))
+        try:
+            found = await asyncio.to_thread(results.round_trips, settings.results_root, run_id, symbol)
+        except InputError as exc:  # no such run, symbol, or no trades recorded
+            raise _not_found(exc) from None
+        return _json(_rows(found["columns"], found["rows"]))
 
     @app.get("/api/runs/{run_id}/sets", tags=["results"],
              summary="A sweep's parameter sets with their mean metrics over its symbols (or one): its heatmap")
