@@ -133,9 +133,13 @@ def cells(browser, table: str) -> list[dict[str, str]]:
             [...tr.querySelectorAll('td')].map(td => [td.dataset.key, td.textContent])));""", table)
 
 
-def shown(value) -> str:
-    """A number as the CLI prints it (two decimals, thousands separators, counts as they are)."""
-    return tables.number(value)
+def shown(value, column: str = "") -> str:
+    """A value as the CLI prints it: in its column's kind (`tables.cell`), else as `tables.number`."""
+    return tables.cell(column, value) if tables.kind_of(column) else tables.number(value)
+
+
+def open_trades(r: dict) -> int:
+    return r["num_trades"] - r["closed_trades"]
 
 
 def as_price(value: float) -> str:
@@ -205,9 +209,10 @@ def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_
     assert len(table) == 24
     for row in table:
         want = written[row["symbol"]]
-        assert row == {"symbol": want["symbol"], **{k: shown(want[k]) for k in (
-            "total_return_pct", "buy_hold_return_pct", "num_trades", "win_rate_pct", "max_drawdown_pct", "sharpe",
-            "bars")}}
+        assert row == {"symbol": want["symbol"], "open": shown(open_trades(want), "open"),
+                       "days_of_data": shown(want["days_of_data"]), **{k: shown(want[k], k) for k in (
+                           "total_return_pct", "buy_hold_return_pct", "closed_trades", "win_rate_pct",
+                           "max_drawdown_pct", "sharpe", "bars")}}
     returns = [written[r["symbol"]]["total_return_pct"] for r in table]
     assert returns == sorted(returns, reverse=True)
     browser.find_element(By.CSS_SELECTOR, "#results th[data-key=symbol]").click()
@@ -221,15 +226,16 @@ def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_
                                           "sl": 4, "tp": 8, "trail": True, "size": 0.5, "slippage": 0.05,
                                           "points": 1500}).json()
     assert title.startswith("ETH_BTC: rsi rsi_period=10 oversold_threshold=30 overbought_threshold=70 sl=4 tp=8 "
-                            "trail=true size=0.5 slippage=0.05 (1h, ") and f"{len(curve['trades'])} fills" in title
+                            "trail=True size=0.5 slippage=0.05 (1h, ") and f"{len(curve['trades'])} fills" in title
     price = browser.find_element(By.CSS_SELECTOR, "#detail-backtest canvas.price")
     assert int(price.get_attribute("data-markers")) == len(curve["trades"]) > 0
     assert int(price.get_attribute("data-entries")) == sum(f["action"] == "buy" for f in curve["trades"])
     trips = api.get(f"/api/runs/{run_id}/trades", params={"symbol": "ETH_BTC"}).json()
     assert cells(browser, "#detail-backtest table.trades") == [
         {"entry_time": t["entry_time"][:16], "entry_price": as_price(t["entry_price"]),
-         "exit_time": t["exit_time"][:16], "exit_price": as_price(t["exit_price"]), "pnl": shown(t["pnl"]),
-         "return_pct": shown(t["return_pct"]), "bars_held": shown(t["bars_held"]), "exit_reason": t["exit_reason"]}
+         "exit_time": t["exit_time"][:16], "exit_price": as_price(t["exit_price"]), "pnl": shown(t["pnl"], "pnl"),
+         "return_pct": shown(t["return_pct"], "return_pct"), "bars_held": shown(t["bars_held"]),
+         "exit_reason": t["exit_reason"]}
         for t in trips]
     assert {t["exit_reason"] for t in trips} - {"signal", "end_of_data"}, "the stops fired at least once"
     assert drawn_blue(browser, "#detail-backtest canvas.equity") > 100
@@ -277,8 +283,9 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
     for row in table:
         want = written[(row["symbol"], row["set.rsi_period"], row["set.oversold_threshold"],
                         row["set.overbought_threshold"], row["set.sl"])]
-        for column in ("total_return_pct", "sharpe", "deflated_sharpe", "pbo", "num_trades"):
-            assert row[column] == shown(want[column]), (row, column)
+        for column in ("total_return_pct", "sharpe", "deflated_sharpe", "pbo", "closed_trades", "win_rate_pct"):
+            assert row[column] == shown(want[column], column), (row, column)
+        assert row["open"] == shown(open_trades(want), "open")
     assert {row["pbo"] for row in table} != {"-"}
     assert "best 2 per symbol by total_return" in browser.find_element(By.ID, "sweep-title").text
     # The heatmap: rsi_period x oversold_threshold, the other parameters fixed at chosen values.
@@ -296,7 +303,7 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
     def expected(symbol: str | None) -> dict[tuple[str, str], str]:
         sets = api.get(f"/api/runs/{run_id}/sets", params={"symbol": symbol} if symbol else {}).json()
         return {(tables.param(s["params"]["rsi_period"]), tables.param(s["params"]["oversold_threshold"])):
-                shown(s["total_return_pct"]) for s in sets
+                shown(s["total_return_pct"], "total_return_pct") for s in sets
                 if s["params"]["overbought_threshold"] == 80 and s["params"]["sl"] == 5}
 
     assert heat_cells() == expected(None) and len(heat_cells()) == 12
@@ -333,14 +340,14 @@ def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_ho
     accounts = sorted(api.get(f"/api/results/{run_id}").json(), key=lambda a: -a["total_return_pct"])
     assert len(accounts) == 4
     table = cells(browser, "#accounts")
-    assert [(r["max_open"], r["stake_label"], r["total_return_pct"], r["buy_hold_return_pct"], r["num_trades"],
-             r["skipped"], r["max_drawdown_pct"], r["sharpe"], r["final_value"]) for r in table] == [
-        (str(a["max_open"]), f"{a['stake'] * 100:g}%", shown(a["total_return_pct"]), shown(a["buy_hold_return_pct"]),
-         shown(a["num_trades"]), shown(a["skipped_no_slot"] + a["skipped_no_cash"]), shown(a["max_drawdown_pct"]),
-         shown(a["sharpe"]), shown(a["final_value"])) for a in accounts]
+    keys = ("total_return_pct", "buy_hold_return_pct", "closed_trades", "max_drawdown_pct", "sharpe", "final_value")
+    assert [(r["max_open"], r["stake_label"], r["open"], r["skipped"], *[r[k] for k in keys]) for r in table] == [
+        (str(a["max_open"]), f"{a['stake'] * 100:g}%", shown(open_trades(a), "open"),
+         shown(a["skipped_no_slot"] + a["skipped_no_cash"], "bars"), *[shown(a[k], k) for k in keys])
+        for a in accounts]
     best = accounts[0]
     summary = browser.find_element(By.ID, "portfolio-summary").text
-    assert summary.startswith(f"best account: final value {shown(best['final_value'])} from 1,000") \
+    assert summary.startswith(f"best account: final value {shown(best['final_value'], 'final_value')} from 1,000.00") \
         and f"{best['skipped_no_slot']} entries skipped for want of a slot" in summary
     assert f"max open {best['max_open']}, stake {best['stake'] * 100:g}%" in \
         browser.find_element(By.ID, "portfolio-title").text
@@ -367,24 +374,24 @@ def test_dashboard_run_history_opens_past_runs(browser, site, tmp_path):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
     listed = api.get("/api/runs").json()
     assert cells(browser, "#runs") == [
-        {"started": r["started_at"][:19], "run_id": r["run_id"], "command": r["command"], "strategy": r["strategy"],
-         "n_symbols": shown(r["n_symbols"]), "n_results": shown(r["n_results"]), "duration_s": shown(r["duration_s"]),
-         "cache_hits": shown(r["cache_hits"])} for r in listed]
+        {"created": r["created_at"][:19], "run_id": r["run_id"], "command": r["command"], "strategy": r["strategy"],
+         "symbols": shown(r["symbols"]), "results": shown(r["results"]), "sets": shown(r["sets"]),
+         "duration_s": shown(r["duration_s"])} for r in listed]
     run_id = backtest.headers["x-run-id"]
     browser.find_element(By.CSS_SELECTOR, f"#runs tbody tr[data-key='{run_id}']").click()
     wait.until(lambda d: d.find_element(By.ID, "run-open").get_attribute("data-run-id") == run_id)
     header = browser.find_element(By.ID, "run-header").text
     assert f"run {run_id} (api backtest)" in header and "macd on 3 symbol(s) at 1h, 3 result(s)" in header
-    assert "fee 0.20 %, initial 1,000, timerange 20180110-20180125" in header
+    assert "fee 0.20 %, initial 1,000.00, timerange 20180110-20180125" in header
     results = {r["symbol"]: r for r in backtest.json()}
     for row in cells(browser, "#run-results"):
-        assert row["total_return_pct"] == shown(results[row["symbol"]]["total_return_pct"])
-        assert row["num_trades"] == shown(results[row["symbol"]]["num_trades"])
+        assert row["total_return_pct"] == shown(results[row["symbol"]]["total_return_pct"], "total_return_pct")
+        assert row["closed_trades"] == shown(results[row["symbol"]]["closed_trades"], "closed_trades")
     browser.find_element(By.CSS_SELECTOR, "#run-results tbody tr[data-symbol=ETH_BTC]").click()
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-runs table.trades tbody tr"))
     trips = results["ETH_BTC"]["round_trips"]
     assert [(r["entry_price"], r["pnl"], r["exit_reason"]) for r in cells(browser, "#detail-runs table.trades")] == [
-        (as_price(t["entry_price"]), shown(t["pnl"]), t["exit_reason"]) for t in trips]
+        (as_price(t["entry_price"]), shown(t["pnl"], "pnl"), t["exit_reason"]) for t in trips]
     price = browser.find_element(By.CSS_SELECTOR, "#detail-runs canvas.price")
     # Recomputed on the run's snapshot with its options (stop, fee, timerange): the same fills.
     assert int(price.get_attribute("data-markers")) == len(results["ETH_BTC"]["trades"])
@@ -395,5 +402,5 @@ def test_dashboard_run_history_opens_past_runs(browser, site, tmp_path):
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#detail-runs table.heat td")) == 4)
     sets = api.get(f"/api/runs/{sweep_id}/sets").json()
     assert sorted(c.text for c in browser.find_elements(By.CSS_SELECTOR, "#detail-runs table.heat td")) == sorted(
-        shown(s["total_return_pct"]) for s in sets)
+        shown(s["total_return_pct"], "total_return_pct") for s in sets)
     assert len(cells(browser, "#run-results")) == 8
