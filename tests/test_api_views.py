@@ -5,9 +5,6 @@ price in /api/equity. Each answer is checked against the CLI or the rows the run
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -17,6 +14,7 @@ import pytest
 from pipeline import demo
 from pipeline.config import Settings
 from tests.api_server import serving
+from tests.test_api import _cli_json
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +34,6 @@ def settings(lake, tmp_path, redis_url, redis_prefix) -> Settings:
 def api(settings):
     with serving(settings) as (base, _), httpx.Client(base_url=base, timeout=120) as client:
         yield client
-
-
-def _cli_json(settings: Settings, *args: str) -> object:
-    env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(settings.lake_root),
-           "CRYPTOBT_RESULTS_ROOT": str(settings.results_root), "REDIS_URL": settings.redis_url,
-           "CRYPTOBT_CACHE_PREFIX": settings.cache_prefix, "PYTHONPATH": str(Path(__file__).parents[1])}
-    done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--json"], env=env, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
 
 
 def _time(text: str) -> datetime:
