@@ -42,13 +42,15 @@ def number(value: Any) -> str:
     return f"{value:,.2f}"
 
 
-# One format per kind of number, the same in CLI tables, the dashboard (static/index.html's
-# `formatted`) and the pictures (pipeline/plots.py): percentages and money with two decimals and
-# thousands separators, ratios with two decimals (three below 1, where the third still tells
-# 0.045 from 0.054), counts whole with separators.
-KINDS = ("pct", "money", "ratio", "count")
+# One format per kind of number, the same in CLI tables, the dashboard (static/index.html's `num`)
+# and the pictures (pipeline/plots.py): percentages and money with two decimals and thousands
+# separators, ratios with two decimals (three below 1, where the third still tells 0.045 from
+# 0.054), counts whole with separators, prices and units with six significant digits (a BTC-quoted
+# pair trades near 0.05: two decimals would print 0.0874 as 0.09).
+KINDS = ("pct", "money", "ratio", "count", "price")
 MONEY = frozenset({"final_value", "final_value_net", "fees_paid", "expectancy", "initial_investment", "pnl", "fees",
-                   "value", "fee", "stake", "price", "entry_price", "exit_price", "units"})
+                   "value", "fee", "stake"})
+PRICES = frozenset({"price", "entry_price", "exit_price", "units", "high", "low", "close"})  # not "open": a count here
 RATIOS = frozenset({"sharpe", "sortino", "calmar", "profit_factor", "sqn", "deflated_sharpe", "pbo", "oos_is_ratio",
                     "size", "min_bar_coverage"})
 
@@ -61,6 +63,8 @@ def kind_of(column: str) -> str | None:
         return "money"
     if column in RATIOS:
         return "ratio"
+    if column in PRICES:
+        return "price"
     if column.endswith(("_bars", "_trades", "trials")) or column in {"bars", "num_trades", "closed_trades", "open"}:
         return "count"
     return None
@@ -76,6 +80,9 @@ def formatted(value: Any, kind: str | None) -> str:
         return str(value)
     if kind == "count":
         return f"{int(value):,}"
+    if kind == "price":  # as JavaScript's String(Number(v.toPrecision(6))): 0.0873746, 43250.1, 1000000
+        rounded = float(f"{value:.6g}")
+        return str(int(rounded)) if rounded.is_integer() and abs(rounded) < 1e21 else repr(rounded)
     if kind == "ratio":
         return f"{value:.3f}" if abs(value) < 1 else f"{value:,.2f}"
     if abs(value) >= 1e12:

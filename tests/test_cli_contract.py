@@ -151,4 +151,6 @@ def test_one_format_per_kind_of_number():
     assert tables.cell("num_trades", 12345) == "12,345"
     assert tables.cell("max_drawdown_duration_bars", 8760) == "8,760"
     assert tables.cell("sharpe", None) == "-" and tables.cell("sharpe", float("nan")) == "-"
+    assert tables.cell("entry_price", 0.08737458) == "0.0873746"  # was 0.09 (two decimals)
+    assert tables.cell("exit_price", 43250.123) == "43250.1" and tables.cell("price", 1e6) == "1000000"
     assert tables.param(30.0) == "30" and tables.param(25.5) == "25.5" and tables.param(14) == "14"
