@@ -137,11 +137,21 @@ def strategies_list(
         print(json.dumps(rows))
         return
     for row in rows:
-        console.print(f"[bold]{row['name']}[/]: {row['description']}", highlight=False)
+        console.print(f"[bold]{escape(row['name'])}[/] ({escape(row['origin'])}): {escape(row['description'])}",
+                      highlight=False)
         for p in row["parameters"]:
             console.print(f"  {p['name']} = {p['default']}  ({p['allowed']}): {p['description']}", highlight=False)
         if not row["parameters"]:
             console.print("  (no parameters)")
+    from pipeline.config import strategy_path_env
+
+    # Where a user's own strategies come from, so a stranger knows where to put one.
+    folders = [*(strategy_path or []), *strategy_path_env()]
+    own = sum(1 for row in rows if row["origin"] != "built-in")
+    console.print(f"your strategies: {own} from {', '.join(str(f) for f in folders)}" if folders else
+                  "your strategies: none; put a strategy file (one .py, e.g. examples/strategies/donchian.py) in a "
+                  "folder and pass --strategy-path FOLDER or set CRYPTOBT_STRATEGY_PATH; `cryptobt strategies check "
+                  "NAME --strategy-path FOLDER` tests it for look-ahead", highlight=False)
 
 
 @strategies_app.command("check")

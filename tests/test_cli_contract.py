@@ -99,6 +99,17 @@ def test_dotenv_in_the_current_folder_is_read_and_the_environment_wins(env, tmp_
     assert list(other.rglob("*.parquet")), "results went where .env said"
 
 
+def test_strategies_say_where_each_comes_from_and_where_yours_live(env):
+    """Issue 26: the list named no origin, and nothing told a stranger where their own strategy goes."""
+    plain = cryptobt(["strategies"], env).stdout
+    assert "rsi (built-in)" in plain
+    assert "your strategies: none; put a strategy file" in plain and "--strategy-path" in plain
+    examples = ROOT / "examples" / "strategies"
+    mine = cryptobt(["strategies", "--strategy-path", str(examples)], {**env, "COLUMNS": "400"}).stdout
+    assert f"donchian ({examples / 'donchian.py'})" in mine
+    assert f"your strategies: 1 from {examples}" in mine
+
+
 def test_strategies_list_every_parameter_default_and_range(env):
     listed = cryptobt(["strategies"], env)
     assert listed.returncode == 0, listed.stderr
