@@ -991,26 +991,12 @@ def portfolio_command(
 
 
 def _plot_portfolio(path: Path, best: dict[str, Any], outcome: Any, top: int) -> None:
-    import numpy as np
-
     from pipeline import plots
     from pipeline import portfolio as pf
 
-    curve = best["equity_curve"]
-    keep = ~np.isnan(curve["equity"])
-    curves = [plots.EquityCurve("portfolio", curve["times"][keep], curve["equity"][keep],
-                                curve["buy_hold"][keep])]
-    initial = best["initial_investment"]
-    # The largest contributions either way, best first: losers matter as much as winners.
-    largest = sorted((c for c in best["contributions"] if c["round_trips"] or c["pnl"]),
-                     key=lambda c: -abs(c["pnl"]))[:max(top, 20)]
-    board = sorted(({"symbol": c["symbol"], "total_return_pct": c["pnl"] / initial * 100.0} for c in largest),
-                   key=lambda r: -r["total_return_pct"])
     stake = pf.Stake(best["stake"], best["stake_mode"] == "fraction").label()
-    written = plots.write_plot(
-        path, f"{best['strategy']} portfolio, max open {best['max_open']}, stake {stake}, "
-              f"snapshot {outcome.snapshot_id}", board, curves, top_n=len(board),
-        titles=("Portfolio equity vs equal-weight buy & hold", "Contribution to the account's return, % of initial"))
+    written = plots.write_portfolio_plot(path, best, f"{best['strategy']} portfolio, max open {best['max_open']}, "
+                                         f"stake {stake}, snapshot {outcome.snapshot_id}", top)
     err_console.print(f"picture written to {written}")
 
 

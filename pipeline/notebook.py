@@ -195,15 +195,7 @@ class Portfolio:
         """The CLI's portfolio picture (.html or .png) of the best account."""
         from pipeline import plots
 
-        curve = self.best["equity_curve"]
-        keep = ~np.isnan(curve["equity"])
-        board = [{"symbol": c["symbol"], "total_return_pct": c["pnl"] / self.best["initial_investment"] * 100}
-                 for c in self.best["contributions"]]
-        return plots.write_plot(Path(path), f"{self.best['strategy']} portfolio", board,
-                                [plots.EquityCurve("portfolio", curve["times"][keep], curve["equity"][keep],
-                                                   curve["buy_hold"][keep])],
-                                titles=("Portfolio equity vs equal-weight buy & hold",
-                                        "Contribution to the account's return, % of initial"))
+        return plots.write_portfolio_plot(Path(path), self.best, f"{self.best['strategy']} portfolio")
 
 
 def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
