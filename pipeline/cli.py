@@ -68,6 +68,19 @@ def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
 
 
+def _show_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """Python's `warnings.showwarning`, printing the pipeline's own warnings (PipelineWarning) as `_warn` does."""
+    from pipeline.errors import PipelineWarning
+
+    def shown(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, PipelineWarning):
+            _warn(str(message))
+        else:
+            show(message, category, *args, **kwargs)
+
+    return shown
+
+
 def user_errors(func: F) -> F:
     """Print a PipelineError as one line on stderr and exit 1; never a traceback."""
 
@@ -110,9 +123,12 @@ def root(
     Settings come from the environment and from a .env file in the current folder (a variable
     already in the environment wins); see the README's configuration table.
     """
+    import warnings
+
     from dotenv import find_dotenv, load_dotenv
 
     load_dotenv(find_dotenv(usecwd=True), override=False)
+    warnings.showwarning = _show_warnings(warnings.showwarning)
 
 
 @strategies_app.callback()

@@ -52,3 +52,11 @@ def disk_full(path: object, needed_bytes: int | None, setting: str) -> DiskFull:
     need = f", about {needed_bytes / 2**20:,.1f} MiB needed" if needed_bytes else ""
     return DiskFull(f"no space left on the disk holding {where}: {free / 2**20:,.1f} MiB free{need}; "
                     f"nothing was published; free some space or point {setting} at a larger disk")
+
+
+class UnsupportedFormat(PipelineError):
+    """A file carries a format version this build does not read (pipeline.formats); nothing was read from it."""
+
+
+class PipelineWarning(UserWarning):
+    """Something the pipeline stepped around and repaired (a damaged grid, rebuilt): one line; the work goes on."""

@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipeline import health, imports, intervals
+from pipeline import formats, health, imports, intervals
 from pipeline.config import check_writable_folder
 from pipeline.errors import LakeBusy, PipelineError, SnapshotDamaged
 from pipeline.ohlcv import derive
@@ -188,6 +188,8 @@ def load_snapshot(path: Path) -> Snapshot:
     if snapshot is None:
         try:
             manifest = json.loads((path / MANIFEST).read_text())
+            if isinstance(manifest, dict):  # before the checksum: a newer format may sum differently
+                formats.LAKE_MANIFEST.version(path / MANIFEST, manifest)
             valid = isinstance(manifest, dict) and isinstance(manifest.get("snapshot_id"), str) and (
                 MANIFEST_CHECKSUM not in manifest or manifest[MANIFEST_CHECKSUM] == _manifest_checksum(manifest))
         except (OSError, ValueError):
@@ -205,6 +207,7 @@ def _manifest_checksum(manifest: dict) -> str:
 
 
 def _load_state(snapshot: Snapshot | None) -> dict:
+    """The export state of `snapshot`: symbol -> its per-year hashes, stats and health."""
     if snapshot is None:
         return {}
     path = snapshot.path / STATE
@@ -213,7 +216,15 @@ def _load_state(snapshot: Snapshot | None) -> dict:
         expected = snapshot.manifest.get("state_sha256")
         if expected is not None and hashlib.sha256(text.encode()).hexdigest() != expected:
             raise ValueError("checksum")
-        return json.loads(text)
+        document = json.loads(text)
+        if not isinstance(document, dict):
+            raise ValueError("not an object")
+        # Version 1 is a bare {symbol: state} object (a symbol may even be called `format_version`).
+        if isinstance(document.get(formats.FIELD), dict) or formats.EXPORT_STATE.version(path, document) == 1:
+            return document
+        if not isinstance(document.get("symbols"), dict):
+            raise ValueError("no symbols")
+        return document["symbols"]
     except (OSError, ValueError):
         raise SnapshotDamaged(f"the export state {path} does not verify (garbled, edited or missing); "
                               "`cryptobt export --full` writes a good snapshot") from None
@@ -251,7 +262,8 @@ def check_snapshot(snapshot: Snapshot) -> None:
 
 
 def verify(snapshot_path: Path) -> list[str]:
-    """Every problem of one snapshot, one line each: manifest, state, each file's sha256, stray files."""
+    """Every problem of one snapshot, one line each: manifest, state, each file's sha256, stray files, and
+    its kept price grids (pipeline.grids)."""
     try:
         snapshot = load_snapshot(snapshot_path)
     except SnapshotDamaged as exc:
@@ -276,7 +288,9 @@ def verify(snapshot_path: Path) -> list[str]:
         relative = str(path.relative_to(snapshot.path))
         if path.is_file() and relative not in known:
             problems.append(f"{path}: stray file (not part of the snapshot; readers ignore it)")
-    return problems
+    from pipeline import grids
+
+    return problems + grids.verify(snapshot_path.parent.parent, snapshot)
 
 
 def require_snapshot(lake_root: Path, snapshot_id: str | None = None) -> Snapshot:
@@ -853,7 +867,8 @@ def commit(
             "row_hash": ROW_HASH,
             "symbols": symbol_meta,
         }
-        state_text = json.dumps(new_state, sort_keys=True)
+        manifest = formats.LAKE_MANIFEST.stamped(manifest)
+        state_text = json.dumps(formats.EXPORT_STATE.stamped({"symbols": new_state}), sort_keys=True)
         (staging / STATE).write_text(state_text)
         manifest["state_sha256"] = hashlib.sha256(state_text.encode()).hexdigest()
         manifest[MANIFEST_CHECKSUM] = _manifest_checksum(manifest)

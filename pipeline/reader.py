@@ -256,9 +256,11 @@ def read_prices(
     step_us = intervals.SECONDS[interval] * 1_000_000
     offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
     queries: list[tuple[str, dict[str, object]]] = []
+    scanned: list[Path] = []
     for (source, unit), group_ids in groups.items():
         paths = snapshot.files(source, years)
         lake.check_files(snapshot, paths)
+        scanned += paths
         files = [str(p) for p in paths]
         if not files:
             continue
@@ -291,9 +293,9 @@ def read_prices(
     if not queries:
         return empty
     # A whole-history read of every symbol builds the same grid each time on an immutable snapshot:
-    # kept beside the lake (pipeline.grids), mapped instead of scanned the next time.
+    # kept beside the lake (pipeline.grids), mapped and checksummed instead of scanned the next time.
     keep_grid = start is None and end is None and len(names) == len(snapshot.symbols) and grids.enabled()
-    kept = grids.load(lake_root, snapshot.id, interval, names, columns, min_coverage) if keep_grid else None
+    kept = grids.load(lake_root, snapshot, interval, names, columns, min_coverage) if keep_grid else None
     if kept is not None:
         return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
                           start, end, kept["bars"], kept.get("coverage"))
@@ -337,7 +339,7 @@ def read_prices(
     bars = bar_span(close, 0)[0]
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
     if keep_grid:
-        grids.store(lake_root, snapshot.id, interval, names, columns, min_coverage,
+        grids.store(lake_root, snapshot, interval, names, columns, min_coverage, scanned,
                     {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
 

@@ -98,7 +98,8 @@ class Paused:
         return batch.columns["close"]
 
 # ... and the same grid stored again under another key, paused halfway through.
-grids.store(root, snapshot.id, "1d", batch.symbols, ("close",), 0.25,
+grids.store(root, snapshot, "1d", batch.symbols, ("close",), 0.25 if sys.argv[3] == "finish" else 0.125,
+            snapshot.files("1d"),
             {"times": batch.times, "bars": batch.bars, "close": Paused(), "coverage": batch.coverage})
 print("stored", flush=True)
 """
