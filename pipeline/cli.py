@@ -432,7 +432,8 @@ def lake_snapshots(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
 def lake_verify(
     all_: Annotated[bool, typer.Option("--all", help="Every snapshot, not only the current one.")] = False,
 ) -> None:
-    """Check a snapshot against the checksums its manifest recorded at commit: manifest, state, every file.
+    """Check a snapshot against the checksums its manifest recorded at commit: manifest, state, every file,
+    and its kept price grids.
 
     Prints one line per problem (damaged, missing or stray file) and exits 1 if there is any.
     Example: cryptobt lake verify --all
@@ -452,7 +453,7 @@ def lake_verify(
     if problems:
         raise PipelineError(f"{len(problems)} problem(s) in {len(paths)} snapshot(s); "
                             "`cryptobt export --full` writes a good snapshot")
-    console.print(f"{len(paths)} snapshot(s) verified: every file matches its recorded sha256")
+    console.print(f"{len(paths)} snapshot(s) verified: every file matches its recorded checksum")
 
 
 @lake_app.command("vacuum")
