@@ -160,6 +160,40 @@ def test_incremental_export_cost_follows_the_rows_changed_not_the_year_file(data
     assert bytes_big < 2 * bytes_small and bytes_big < year_big / 20
 
 
+NEXT_HOUR = (
+    "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, low_price, close_price,"
+    " volume) SELECT crypto_id, '1h', datetime + interval '1 hour', close_price, close_price, close_price,"
+    " close_price, 1 FROM crypto_prices WHERE crypto_id = %s AND interval_type = '1h' ORDER BY datetime DESC LIMIT 1")
+
+
+def test_a_writer_that_began_before_an_export_and_commits_after_it_reaches_the_next_export(seeded):
+    """Issue 25 item 3: a transaction that had only read when an export took its snapshot (no transaction
+    id yet) inserts a bar stamped with its own start and commits after that export: the next
+    incremental export must read it, as `export --full` does."""
+    run_export(seeded)
+    with psycopg.connect(seeded.database_url) as conn:
+        (late_id, late_symbol), (other_id, _) = conn.execute(
+            "SELECT id, symbol FROM cryptocurrencies ORDER BY id LIMIT 2").fetchall()
+    with psycopg.connect(seeded.database_url) as writer:  # BEGIN (implicit); reads only, so far
+        writer.execute("SELECT max(datetime) FROM crypto_prices WHERE crypto_id = %s", (late_id,)).fetchone()
+        with psycopg.connect(seeded.database_url, autocommit=True) as other:
+            other.execute(NEXT_HOUR, (other_id,))
+        during = run_export(seeded)  # publishes a snapshot while the writer's transaction is open
+        assert during.created and during.rows_read == 1
+        writer.execute(NEXT_HOUR, (late_id,))
+        writer.commit()
+    after = run_export(seeded)
+    with psycopg.connect(seeded.database_url) as conn:
+        bars, last = conn.execute("SELECT count(*), max(datetime) FROM crypto_prices WHERE crypto_id = %s AND "
+                                  "interval_type = '1h'", (late_id,)).fetchone()
+    meta = lake.current_snapshot(seeded.lake_root).symbols[late_symbol]["1h"]
+    assert (meta["bars"], meta["last"]) == (bars, last.isoformat()), after
+    assert after.created and late_symbol in after.changed_symbols
+    assert _lake_rows(seeded.lake_root) == _lake_rows_of_a_full_export(seeded, seeded.lake_root.parent / "full")
+    again = run_export(seeded)  # idempotent: what the late writer committed is read once more at most
+    assert not again.created
+
+
 def _lake_rows_of_a_full_export(settings: Settings, lake_root: Path) -> list[tuple]:
     run_export(replace(settings, lake_root=lake_root), full=True)
     return _lake_rows(lake_root)
