@@ -205,3 +205,17 @@ def test_bit_rot_keeping_size_and_mtime_is_never_carried_into_the_next_snapshot(
     assert in_lake == in_postgresql
     assert str(victim) in " ".join(done.stderr.split()), done.stderr  # named (the console may wrap it)
     assert all(os.stat(path).st_ino != victim.stat().st_ino for path in new.files("1h"))
+
+
+def test_export_full_heals_bit_rot_though_postgresql_did_not_change(exported):
+    """`export --full`, the documented way out, must not keep a snapshot whose file rotted because the
+    rows it reads hash like the ones the rotten snapshot recorded."""
+    snapshot = lake.current_snapshot(exported.lake_root)
+    victim = _a_file(exported)
+    _rot(victim)
+    done = _cli(exported, "export", "--full", "--no-prefect")
+    assert done.returncode == 0, done.stderr
+    verify = _cli(exported, "lake", "verify")
+    assert verify.returncode == 0, verify.stdout
+    assert lake.current_snapshot(exported.lake_root).id != snapshot.id
+    assert str(victim) in " ".join(done.stderr.split()), done.stderr
