@@ -63,13 +63,15 @@ def export_flow(full: bool = False, wait_seconds: float = 0.0, strict: bool = Fa
     settings = Settings.from_env()
     lake.check_writable(settings.lake_root)
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
-        since = export.since_for(settings, full)
-        staged = extract_task(settings, since)
-        result = commit_task(settings, staged, full, strict)
+        planned = export.plan(settings, full)
+        for line in planned.warnings:
+            get_run_logger().warning(line)
+        staged = extract_task(settings, planned.since)
+        result = commit_task(settings, staged, planned.full, strict)
         removed = vacuum_task(settings)
     return {
         "snapshot_id": result.snapshot.id, "created": result.created, "rows_read": result.rows_read,
         "changed_symbols": result.changed_symbols, "removed_snapshots": removed,
-        "warnings": export.warnings(staged, result),
+        "warnings": planned.warnings + export.warnings(staged, result),
     }
 

@@ -25,6 +25,15 @@ class SnapshotDamaged(PipelineError):
     """A snapshot's manifest, state or a file does not verify; the message says which and what to do."""
 
 
+class FileDamaged(SnapshotDamaged):
+    """A data file of a snapshot is not the one committed (missing, truncated, rewritten, rotted). Its rows
+    are still in PostgreSQL: an export rebuilds the snapshot from there. `path` and `problem` say which
+    file and what is wrong with it."""
+
+    path: str = ""
+    problem: str = ""
+
+
 class DiskFull(PipelineError):
     """The disk under the lake or the results filled up; nothing was published."""
 

@@ -22,7 +22,7 @@ import polars as pl
 
 from pipeline import health, lake, ohlcv, source
 from pipeline.config import Settings
-from pipeline.errors import disk_full, is_disk_full
+from pipeline.errors import FileDamaged, SnapshotDamaged, disk_full, is_disk_full
 
 T = TypeVar("T")
 
@@ -107,6 +107,39 @@ def since_for(settings: Settings, full: bool) -> datetime | None:
     if parent is None or parent.manifest.get("source") != source.source_id(settings.database_url):
         return None
     return parent.watermark
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an export reads: every row (`full`) or the rows changed since `since`; `warnings` say why a
+    full read was not asked for."""
+
+    full: bool
+    since: datetime | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def plan(settings: Settings, full: bool) -> Plan:
+    """What an export reads, decided under the export lock before PostgreSQL is read.
+
+    An incremental export builds on the current snapshot: it links the files it keeps and reads the
+    ones it rewrites. It first compares the sha256 of every one of them with the manifest's (a stat
+    cannot see bit rot that keeps size and mtime): a damaged file makes it read every row from
+    PostgreSQL, the source of truth, as `--full` does, so the new snapshot holds nothing of it. A
+    full export checks the same, to say so (`lake.commit` rebuilds a damaged snapshot, and would keep a
+    rotten one whose rows PostgreSQL still has unchanged). A damaged manifest or export state refuses
+    an incremental export (`lake.check_snapshot`); a full one rebuilds without it."""
+    try:
+        current = lake.current_snapshot(settings.lake_root)
+        if current is not None and current.manifest.get("source") == source.source_id(settings.database_url):
+            lake.check_snapshot(current, deep=True)
+    except FileDamaged as exc:
+        return Plan(True, None, [f"{exc.path} {exc.problem}; the export read every row from PostgreSQL and "
+                                 "rebuilt the snapshot without it"])
+    except SnapshotDamaged:
+        if not full:
+            raise
+    return Plan(full, since_for(settings, full))
 
 
 def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bool = False) -> StagedExtract:
@@ -201,12 +234,8 @@ def run_export(
     started = time.perf_counter()
     lake.check_writable(settings.lake_root)
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
-        if not full:
-            # An incremental export builds on the current snapshot: it must be whole (a stat per file).
-            current = lake.current_snapshot(settings.lake_root)
-            if current is not None:
-                lake.check_snapshot(current)
-        since = since_for(settings, full)
+        planned = plan(settings, full)
+        full, since = planned.full, planned.since
         log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
         staged = None
         try:
@@ -228,6 +257,6 @@ def run_export(
         snapshot_id=result.snapshot.id, created=result.created, rows_read=result.rows_read,
         changed_symbols=result.changed_symbols, files_written=result.files_written,
         files_linked=result.files_linked, removed_snapshots=removed,
-        seconds=time.perf_counter() - started, warnings=warnings(staged, result),
+        seconds=time.perf_counter() - started, warnings=planned.warnings + warnings(staged, result),
         rows_written=result.rows_written, bytes_written=result.bytes_written,
     )
