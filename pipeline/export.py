@@ -70,6 +70,7 @@ class StagedExtract:
     # In memory instead of the two files (`run_export`): the rows, and {"natives": ..., "whole": [...]}.
     bars: pl.DataFrame | None = None
     symbols: dict | None = None
+    hidden_sessions: int = 0  # see source.Extract
 
     def remove(self) -> None:
         """Remove the staged files (if any)."""
@@ -159,7 +160,7 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     symbols = {"natives": extract.natives, "whole": sorted(extract.whole)}
     if in_memory:
         return StagedExtract(None, None, extract.watermark, extract.rows_read, time.perf_counter() - started,
-                             refused, extract.orphans, bars, symbols)
+                             refused, extract.orphans, bars, symbols, extract.hidden_sessions)
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
@@ -175,7 +176,8 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
             raise disk_full(settings.lake_root, _bytes_needed(extract.rows_read), "CRYPTOBT_LAKE_ROOT") from None
         raise
     return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
-                         time.perf_counter() - started, refused, extract.orphans)
+                         time.perf_counter() - started, refused, extract.orphans,
+                         hidden_sessions=extract.hidden_sessions)
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
@@ -202,6 +204,11 @@ def warnings(staged: StagedExtract, result: lake.CommitResult) -> list[str]:
     lines = [f"crypto id {crypto_id}: {rows:,} price row(s) in crypto_prices have no cryptocurrencies row; skipped "
              "(give them a symbol: INSERT INTO cryptocurrencies (id, symbol) ..., or delete them)"
              for crypto_id, rows in staged.orphans.items()]
+    if staged.hidden_sessions:
+        lines.append(f"{staged.hidden_sessions} session(s) of this database hide when their transactions began "
+                     "from the exporting role (other roles' sessions, or track_activities off): a writer among "
+                     "them that began before this export and commits after it is not waited for, and the next "
+                     "incremental export may miss its rows (GRANT pg_read_all_stats TO the exporting role)")
     for name, problem in staged.refused.items():
         fate = ("kept its bars of the previous snapshot" if name in result.snapshot.symbols
                 else "left out of the snapshot")

@@ -324,6 +324,9 @@ class Extract:
     watermark: datetime  # pass to the next extract
     rows_read: int
     orphans: dict[int, int] = field(default_factory=dict)  # crypto id with prices but no symbol row -> rows
+    # Sessions of this database whose transaction start pg_stat_activity hides from this role (the watermark
+    # cannot wait for a writer among them).
+    hidden_sessions: int = 0
 
 
 def source_id(url: str) -> str:
@@ -432,7 +435,9 @@ def _extract_changed(
     no longer has (deleted, renamed, no bars left) is in `whole` with no rows: it is gone.
     Prices whose crypto id has no symbol are skipped and counted (`orphans`).
 
-    One REPEATABLE READ transaction takes the next watermark and exports its snapshot;
+    The next watermark is the start of the oldest transaction open in this database just before
+    the export's snapshot (now() if none): a writer open then, even one that has only read so far,
+    commits rows stamped no earlier. One REPEATABLE READ transaction then exports its snapshot;
     the COPY streams run in that same snapshot over `connections` connections, each on
     a slice, so the result is consistent whatever commits meanwhile.
     """
@@ -441,9 +446,13 @@ def _extract_changed(
     with connect(url) as conn:
         if since is not None:
             summarize_new_rows(conn)
+        # Before the snapshot, in a transaction of its own: a transaction still open may commit rows the
+        # snapshot cannot see, stamped as early as its start (see the SQL file).
+        watermark, hidden = conn.execute(load_sql("export_watermark.sql")).fetchone()
+        conn.commit()
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
-        watermark, id_end, pages, snapshot_name = conn.execute(load_sql("export_watermark.sql")).fetchone()
+        id_end, pages, snapshot_name = conn.execute(load_sql("export_snapshot.sql")).fetchone()
         states = [state for state in symbol_states(conn) if state.native]
         orphans = dict(conn.execute(load_sql("orphan_prices.sql")).fetchall())
         names = {state.id: state.symbol for state in states}
@@ -482,7 +491,7 @@ def _extract_changed(
     bars = _named_native_rows(raw, names, natives, wanted)
     gone = set(natives_before) - set(natives) if since is not None else set()
     return Extract(bars=bars, natives=natives, whole={names[i] for i in whole_ids} | gone, watermark=watermark,
-                   rows_read=raw.height, orphans=orphans)
+                   rows_read=raw.height, orphans=orphans, hidden_sessions=int(hidden))
 
 
 def summarize_new_rows(conn: psycopg.Connection) -> None:

@@ -194,6 +194,35 @@ def test_a_writer_that_began_before_an_export_and_commits_after_it_reaches_the_n
     assert not again.created
 
 
+def test_an_exporting_role_that_cannot_see_when_other_sessions_began_says_so(seeded):
+    """The watermark waits for transactions pg_stat_activity shows; a role without pg_read_all_stats does not
+    see when other roles' transactions began, so the export warns instead of silently not waiting."""
+    import uuid
+
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    role = f"cryptobt_reader_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(seeded.database_url, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+        admin.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}").format(sql.Identifier(role)))
+    try:
+        reader_url = make_conninfo(**{**conninfo_to_dict(seeded.database_url), "user": role})
+        as_reader = replace(seeded, database_url=reader_url)
+        assert not run_export(as_reader).warnings  # nobody else is connected
+        with psycopg.connect(seeded.database_url) as writer:  # another role's transaction, open
+            writer.execute("SELECT 1").fetchone()
+            with psycopg.connect(seeded.database_url, autocommit=True) as other:
+                other.execute(NEXT_HOUR, (1,))
+            warned = run_export(as_reader).warnings
+        assert any("session(s) of this database hide when their transactions began" in line
+                   and "pg_read_all_stats" in line for line in warned), warned
+    finally:
+        with psycopg.connect(seeded.database_url, autocommit=True) as admin:
+            admin.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            admin.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
 def _lake_rows_of_a_full_export(settings: Settings, lake_root: Path) -> list[tuple]:
     run_export(replace(settings, lake_root=lake_root), full=True)
     return _lake_rows(lake_root)
