@@ -130,6 +130,26 @@ def test_export_flow_writes_a_snapshot_and_is_idempotent(prefect_harness, databa
     assert second["snapshot_id"] == first["snapshot_id"]
 
 
+def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harness, database_url, tmp_path,
+                                                                     monkeypatch):
+    """The flow plans like `run_export` (issue 25 item 2): a flipped byte that keeps size and mtime is found by
+    its sha256, named, and the snapshot rebuilt from PostgreSQL though no row changed there."""
+    from flows.export import export_flow
+    from pipeline import lake
+    from tests.test_corruption import _rot
+
+    loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=1)
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
+    first = export_flow()
+    victim = lake.current_snapshot(tmp_path / "lake").files("1h")[0]
+    _rot(victim)
+    healed = export_flow()
+    assert healed["created"] and healed["snapshot_id"] != first["snapshot_id"]
+    assert any(str(victim) in line for line in healed["warnings"]), healed["warnings"]
+    assert lake.verify(lake.current_snapshot(tmp_path / "lake").path) == []
+
+
 class FlakyPostgresProxy:
     """A loopback TCP proxy to the real PostgreSQL that drops the first `refuse` connections,
     as a server that is restarting does."""
