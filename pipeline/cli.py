@@ -377,7 +377,7 @@ def export_command(
     from flows.launch import export as run_export
 
     summary = run_export(full=full, wait_seconds=wait, strict=strict, prefect=prefect,
-                         log=lambda m: err_console.print(m, highlight=False))
+                         log=lambda m: err_console.print(m, highlight=False, markup=False, soft_wrap=True))
     if not summary.pop("prefect"):
         for line in summary["warnings"]:  # the flow logs its own (a scheduled run has no console)
             _warn(line)
