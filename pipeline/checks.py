@@ -1,9 +1,15 @@
 """Look-ahead and warm-up checks of any strategy (`cryptobt strategies check NAME`).
 
-Look-ahead: indicators and signals are recomputed on the data cut right after a
-signal bar t (bars 0..t only); a causal strategy gives the same indicator
-values and signals at every bar <= t, so any difference is a peek at the
-future, reported with the indicator (or signal) and the bar.
+Look-ahead: every output the strategy computes (each indicator row and each of
+`pipeline.strategies.api.SIGNAL_OUTPUTS`: entries, exits, the logged value) is
+recomputed with the data cut right after every bar t, and compared at every bar
+<= t with the same output computed on the uncut data; a causal strategy gives the
+same numbers, so any difference is a peek at the future, reported with the output
+and the bar. Every bar is a truncation point, not only the bars that signal: a
+strategy that peeks only to suppress an exit signals nothing at the bars it
+suppressed. To keep that at n x window bar-steps rather than n^2, the bars are cut
+into consecutive windows of `warm-up + WINDOW` bars, each checked on its own (a
+causal strategy started at a window's first bar is causal there too).
 
 Warm-up sensitivity: indicators are recomputed with the first 100, 200, 500 and
 1,000 bars dropped; the relative change of each indicator at the last bar says
@@ -21,9 +27,11 @@ import numpy as np
 
 from pipeline import strategies
 from pipeline.errors import PipelineError
+from pipeline.strategies.api import SIGNAL_OUTPUTS
 
 DROPS = (100, 200, 500, 1000)
-MAX_CUTS = 60  # signal bars re-checked per symbol (spread over the series)
+WINDOW = 1000  # bars after the warm-up in each look-ahead window
+_LABELS = {"entries": "the entry signal", "exits": "the exit signal", "sig_value": "the logged value"}
 
 
 @dataclass
@@ -37,15 +45,25 @@ class CheckReport:
     warmup: dict[int, dict[str, float | None]] = field(default_factory=dict)  # drop -> indicator -> rel. change
 
 
-def _compute(strategy: strategies.Strategy, columns: dict[str, np.ndarray], params_row: np.ndarray, end: int,
-             start: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    cols = tuple(np.ascontiguousarray(columns[name][start:end]).reshape(1, -1) for name in strategy.columns)
-    close = np.ascontiguousarray(columns["close"][start:end])
-    return strategy.kernels().indicators_and_signals_single(cols, close, params_row)
+def output_labels(strategy: strategies.Strategy) -> list[str]:
+    """How findings name each row of the kernel's `strategy_outputs`: the indicators, then SIGNAL_OUTPUTS."""
+    return [f"indicator {name!r}" for name in strategy.indicators] + [
+        _LABELS.get(name, f"the output {name!r}") for name in SIGNAL_OUTPUTS]
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a == b) | (np.isnan(a) & np.isnan(b))
+def windows(n: int, warmup: int) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the look-ahead windows over n bars: `warmup + WINDOW` bars each, the last one
+    taking the rest when it would be shorter than half of that."""
+    length = max(1, min(n, warmup + WINDOW))
+    starts = list(range(0, n, length))
+    if len(starts) > 1 and n - starts[-1] < length // 2:
+        starts.pop()
+    ends = starts[1:] + [n]
+    return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
+
+
+def _shown(label: str, value: float) -> str:
+    return str(bool(value)) if label in ("the entry signal", "the exit signal") else repr(float(value))
 
 
 def check_symbol(strategy_name: str, params: dict, symbol: str, columns: dict[str, np.ndarray]) -> CheckReport:
@@ -53,37 +71,37 @@ def check_symbol(strategy_name: str, params: dict, symbol: str, columns: dict[st
     strategy = strategies.get_strategy(strategy_name)
     resolved = strategies.resolve_params(strategy_name, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
-    missing = [c for c in (*strategy.columns, "close") if c not in columns]
+    missing = [c for c in strategy.columns if c not in columns]
     if missing:
         raise PipelineError(f"the check needs the {', '.join(missing)} column(s) for {strategy_name!r}")
-    n = int(columns["close"].shape[0])
+    prices = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.float64) for c in strategy.columns]))
+    n = int(prices.shape[1])
     report = CheckReport(symbol, n)
-    ind, entries, exits = _compute(strategy, columns, row, n)
-    signal_bars = np.flatnonzero(entries | exits)
-    if signal_bars.size > MAX_CUTS:
-        signal_bars = signal_bars[np.linspace(0, signal_bars.size - 1, MAX_CUTS).astype(np.int64)]
-    names = strategy.indicators
-    flagged: set[str] = set()
-    for t in signal_bars:
-        cut_ind, cut_entries, cut_exits = _compute(strategy, columns, row, int(t) + 1)
-        report.cuts_checked += 1
-        series = [(f"indicator {name!r}", ind[k, : t + 1], cut_ind[k]) for k, name in enumerate(names)]
-        series += [("the entry signal", entries[: t + 1], cut_entries), ("the exit signal", exits[: t + 1], cut_exits)]
-        for label, full, cut in series:
-            differs = np.flatnonzero(~_same(full.astype(np.float64), cut.astype(np.float64)))
-            if differs.size and label not in flagged:
-                flagged.add(label)
-                b = int(differs[0])
-                report.lookahead.append(
-                    f"{label} at bar {b} is {full[b].item()!r} with all the data but {cut[b].item()!r} with the "
-                    f"data cut after bar {int(t)}: it reads bars after {b}")
+    kernels = strategy.kernels()
+    labels = output_labels(strategy)
+    full = kernels.strategy_outputs(prices, row)
+    if full.shape[0] != len(labels):
+        raise PipelineError(f"the kernel of {strategy_name!r} computes {full.shape[0]} outputs but the check "
+                            f"names {len(labels)}: SIGNAL_OUTPUTS and strategy_outputs disagree")
+    starts, ends = windows(n, strategies.warmup_bars(strategy_name, resolved))
+    where = np.empty((len(labels), 4), dtype=np.int64)
+    values = np.empty((len(labels), 2))
+    report.cuts_checked = int(kernels.lookahead_scan(prices, row, starts, ends, where, values)) if n else 0
+    for k, label in enumerate(labels):
+        bar, cut, start, end = (int(v) for v in where[k])
+        if bar < 0:
+            continue
+        since = f"bars {start}..{end - 1}" if start or end < n else "all the data"
+        report.lookahead.append(
+            f"{label} at bar {bar} is {_shown(label, values[k, 0])} computed on {since} but "
+            f"{_shown(label, values[k, 1])} computed on bars {start}..{cut}: it reads bars after {bar}")
     for drop in DROPS:
         if n - drop < 2:
             continue
-        late_ind, _, _ = _compute(strategy, columns, row, n, start=drop)
+        late = kernels.strategy_outputs(np.ascontiguousarray(prices[:, drop:]), row)
         changes: dict[str, float | None] = {}
-        for k, name in enumerate(names):
-            full_value, late_value = ind[k, n - 1], late_ind[k, -1]
+        for k, name in enumerate(strategy.indicators):
+            full_value, late_value = full[k, n - 1], late[k, -1]
             if np.isnan(full_value) or np.isnan(late_value):
                 changes[name] = None
             else:

@@ -184,15 +184,17 @@ def strategies_check(
 ) -> None:
     """Look-ahead and warm-up checks: exit 1 when the strategy reads bars after the one it decides on.
 
-    Look-ahead: indicators and signals are recomputed on the data cut right after each signal bar
-    (up to 60 per symbol); any value that changes at or before that bar is named. Warm-up: the
+    Look-ahead: every output (indicators, entries, exits, the logged value) is recomputed on the data
+    cut right after every bar; any value that changes at or before that bar is named. Warm-up: the
     indicators are recomputed with the first 100/200/500/1000 bars dropped; the relative change of
-    each at the last bar is printed.
+    each at the last bar is printed. Your own code runs with bounds checks: an index out of range is
+    an error naming the file.
 
     Example: cryptobt strategies check donchian --strategy-path examples/strategies -p entry_period=30
     """
-    from pipeline import runs
+    from pipeline import runs, strategies
 
+    strategies.enable_bounds_checks()
     options.load_strategy_paths(strategy_path)
     reports = runs.check_strategy(Settings.from_env(), strategy, options.parse_params(param or []), symbol, interval)
     peeks = [line for report in reports for line in report.lookahead]

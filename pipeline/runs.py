@@ -11,6 +11,7 @@ import contextvars
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline import engine, intervals, lake, overfit, reader, results, walkforward
+from pipeline import engine, intervals, lake, overfit, reader, results, strategies, walkforward
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
@@ -488,7 +489,14 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
             no_cache: bool = False, on_warning: Callable[[str], None] | None = None, **kwargs: Any) -> RunOutcome:
     """A validated request (`options.run_request`) run with the configured cache: the CLI's and the API's
     one run path. `kwargs` go to `backtest` (callbacks, command, should_stop)."""
-    cache = None if no_cache else ResultCache.from_settings(settings, on_warning=on_warning)
+    problem = strategies.get_strategy(config.strategy).cache_problem
+    if problem is not None and not no_cache:
+        message = f"results of {config.strategy!r} are not cached: part of its code cannot be hashed ({problem})"
+        if on_warning is not None:
+            on_warning(message)
+        else:
+            warnings.warn(message, stacklevel=2)
+    cache = None if no_cache or problem is not None else ResultCache.from_settings(settings, on_warning=on_warning)
     try:
         return backtest(settings, config, symbols, interval, cache=cache, **kwargs)
     finally:

@@ -1,4 +1,5 @@
-"""`cryptobt strategies check`: a planted one-bar peek is named; causal built-ins pass."""
+"""`cryptobt strategies check`: a planted one-bar peek is named, also one that only suppresses exits or
+only changes the logged value; causal built-ins pass."""
 
 from __future__ import annotations
 
@@ -47,6 +48,48 @@ def warmup(params):
 '''
 
 
+# Causal entries; the peek at the next bar is used only to suppress an exit the next bar would regret.
+# Cut right after a signal bar of the full series, it never shows: the suppressed bars are no signal bars.
+SUPPRESSING = '''
+from pipeline.strategies.api import Param, njit
+
+NAME = "suppressing"
+PARAMS = (Param("period", int, 3, "bars back", minimum=1),)
+COLUMNS = ("close",)
+INDICATORS = ()
+INDICATOR_PARAMS = ()
+
+
+@njit(cache=True)
+def indicators(prices, params, ind):
+    pass
+
+
+@njit(cache=True)
+def signals(prices, params, ind, entries, exits, sig_value):
+    close = prices[0]
+    k = int(params[0])
+    n = close.shape[0]
+    for t in range(n):
+        up = t >= k and close[t] > close[t - k]
+        down = t >= k and close[t] < close[t - k]
+        regret = t + 1 < n and close[t + 1] > close[t]
+        entries[t] = up
+        exits[t] = down and not regret
+        sig_value[t] = close[t]
+
+
+@njit(cache=True)
+def warmup(params):
+    return int(params[0]) + 1
+'''
+
+# Causal signals; only the value written to the trade log reads the next bar.
+LOGGING_AHEAD = SUPPRESSING.replace('NAME = "suppressing"', 'NAME = "logging_ahead"').replace(
+    "exits[t] = down and not regret", "exits[t] = down").replace(
+    "sig_value[t] = close[t]", "sig_value[t] = close[t + 1] if t + 1 < n else close[t]")
+
+
 @pytest.fixture(scope="module")
 def market() -> dict[str, np.ndarray]:
     table = feather.read_table(SAMPLE, columns=["open", "high", "low", "close", "volume"])
@@ -62,11 +105,27 @@ def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
     assert any("signal" in line for line in report.lookahead)
 
 
+def test_the_check_names_a_strategy_that_peeks_only_to_suppress_exits(tmp_path, market):
+    (tmp_path / "suppressing.py").write_text(SUPPRESSING)
+    strategies.add_strategy_paths([tmp_path])
+    report = checks.check_symbol("suppressing", {}, "X", market)
+    assert report.cuts_checked == len(market["close"])  # every bar is a truncation point
+    assert [line for line in report.lookahead if "the exit signal" in line and "reads bars after" in line]
+    assert not [line for line in report.lookahead if "the entry signal" in line]
+
+
+def test_the_check_compares_every_output_the_strategy_fills_the_logged_value_too(tmp_path, market):
+    (tmp_path / "logging_ahead.py").write_text(LOGGING_AHEAD)
+    strategies.add_strategy_paths([tmp_path])
+    report = checks.check_symbol("logging_ahead", {}, "X", market)
+    assert len(report.lookahead) == 1 and "the logged value" in report.lookahead[0], report.lookahead
+
+
 @pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
 def test_the_built_ins_have_no_look_ahead(name, market):
     report = checks.check_symbol(name, {}, "X", market)
     assert report.lookahead == []
-    assert report.cuts_checked > 0 or name == "buy_and_hold"
+    assert report.cuts_checked == len(market["close"])
 
 
 def test_warmup_sensitivity_is_rounding_for_a_finite_window_and_small_for_wilder(market):
@@ -89,12 +148,17 @@ def test_cli_check_exits_1_naming_the_peek_and_0_for_a_causal_strategy(tmp_path)
     folder = tmp_path / "mine"
     folder.mkdir()
     (folder / "peeking.py").write_text(PEEKING)
+    (folder / "suppressing.py").write_text(SUPPRESSING)
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"), "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
     run = [sys.executable, "-m", "pipeline", "strategies", "check"]
     peek = subprocess.run([*run, "peeking", "--strategy-path", str(folder)], capture_output=True, text=True,
                           env=env, timeout=600)
     assert peek.returncode == 1, peek.stderr
     assert "LOOK-AHEAD" in peek.stdout and "indicator 'next_change'" in peek.stdout
+    suppress = subprocess.run([*run, "suppressing", "--strategy-path", str(folder)], capture_output=True,
+                              text=True, env=env, timeout=600)
+    assert suppress.returncode == 1, suppress.stdout + suppress.stderr
+    assert "LOOK-AHEAD" in suppress.stdout and "the exit signal" in suppress.stdout
     causal = subprocess.run([*run, "rsi", "-p", "rsi_period=10"], capture_output=True, text=True, env=env,
                             timeout=600)
     assert causal.returncode == 0, causal.stderr

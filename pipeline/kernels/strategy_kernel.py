@@ -31,6 +31,7 @@ indicators = _strategy.indicators
 signals = _strategy.signals
 warmup = _strategy.warmup
 N_INDICATORS = len(_strategy.INDICATORS)
+N_OUTPUTS = N_INDICATORS + 3  # rows of strategy_outputs: the indicators, then entries, exits, sig_value
 
 
 @njit(cache=True)
@@ -236,3 +237,75 @@ def indicators_and_signals_single(columns, close1d, params):
         for r in range(N_INDICATORS):
             ind_out[r, index[j]] = ind[r, j]
     return ind_out, en_out, ex_out
+
+
+@njit(cache=True)
+def warmup_bars(params):
+    """The strategy's `warmup` of one parameter row, through this cached kernel."""
+    return warmup(params)
+
+
+@njit(cache=True)
+def strategy_outputs(prices, params):
+    """Everything the strategy computes from one symbol's bars (`prices`: its COLUMNS x bars, no gaps).
+
+    Returns (N_OUTPUTS x bars) float64: the indicator rows, then the rows of
+    pipeline.strategies.api.SIGNAL_OUTPUTS in order (entries and exits as 0/1).
+    """
+    m = prices.shape[1]
+    ind = np.empty((N_INDICATORS, m))
+    en = np.empty(m, dtype=np.bool_)
+    ex = np.empty(m, dtype=np.bool_)
+    sv = np.empty(m)
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    out = np.empty((N_OUTPUTS, m))
+    for t in range(m):
+        for r in range(N_INDICATORS):
+            out[r, t] = ind[r, t]
+        out[N_INDICATORS, t] = en[t]
+        out[N_INDICATORS + 1, t] = ex[t]
+        out[N_INDICATORS + 2, t] = sv[t]
+    return out
+
+
+@njit(cache=True)
+def lookahead_scan(prices, params, starts, ends, where, values):
+    """The look-ahead check at every truncation point (`cryptobt strategies check`).
+
+    For each window [starts[w], ends[w]) of one symbol's bars (`prices` as strategy_outputs takes them)
+    and each bar t in it, every output computed on the bars starts[w]..t is compared with the same
+    output computed on the whole window, at every bar <= t: a causal strategy gives the same numbers
+    (NaN equals NaN). `where` (N_OUTPUTS x 4, int64) receives each output's first difference as (bar,
+    the bar t it was cut after, window start, window end), -1 where there is none; `values` (N_OUTPUTS
+    x 2) the window's value and the cut's there. Returns the number of truncation points checked
+    (fewer than the bars only when every output has differed already).
+    """
+    where[:, :] = -1
+    left = N_OUTPUTS
+    cuts = 0
+    for w in range(starts.shape[0]):
+        s = starts[w]
+        e = ends[w]
+        full = strategy_outputs(np.ascontiguousarray(prices[:, s:e]), params)
+        for t in range(s, e):
+            if left == 0:
+                return cuts
+            cut = strategy_outputs(np.ascontiguousarray(prices[:, s:t + 1]), params)
+            cuts += 1
+            for r in range(N_OUTPUTS):
+                if where[r, 0] >= 0:
+                    continue
+                for b in range(t - s + 1):
+                    a = full[r, b]
+                    c = cut[r, b]
+                    if a != c and not (np.isnan(a) and np.isnan(c)):
+                        where[r, 0] = s + b
+                        where[r, 1] = t
+                        where[r, 2] = s
+                        where[r, 3] = e
+                        values[r, 0] = a
+                        values[r, 1] = c
+                        left -= 1
+                        break
+    return cuts

@@ -20,6 +20,7 @@ import itertools
 import math
 import pkgutil
 import sys
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -32,7 +33,7 @@ import numpy as np
 from pipeline import config
 from pipeline.errors import PipelineError
 from pipeline.options import is_plain_number
-from pipeline.strategies import compiler
+from pipeline.strategies import compiler, usercode
 from pipeline.strategies.api import PRICE_COLUMNS, Param
 
 Number = int | float
@@ -64,8 +65,11 @@ class Strategy:
 
     `indicator_params` are the parameters the indicators depend on: parameter
     sets that share them share one indicator computation in the batch kernel.
-    `code_version` hashes the strategy's source with the shared kernels; it is
-    part of every cache key and result, so an edited file never serves an old number.
+    `code_version` hashes the strategy's code (`code_files`: a built-in's file; a
+    user's strategy file and every helper module it imports, see `usercode`) with
+    the shared kernels; it is part of every cache key, result and compiled kernel,
+    so an edited file never serves an old number. `cache_problem` says why part of
+    that code cannot be hashed: then nothing of the strategy is cached.
     """
 
     name: str
@@ -78,16 +82,31 @@ class Strategy:
     module_name: str
     origin: str  # "built-in" or the file it came from
     code_version: str
-    # Cross-parameter rule: returns an error message or None.
+    # Cross-parameter rule: returns an error message or None (call `params_problem`, which guards a user's).
     check: Callable[[Mapping[str, Number]], str | None] | None = field(default=None)
+    code_files: tuple[str, ...] = ()
+    cache_problem: str | None = None
+    modules: tuple[ModuleType, ...] = field(default=(), repr=False, compare=False)  # the code of code_files
 
     @property
     def builtin(self) -> bool:
         return self.origin == "built-in"
 
     def kernels(self) -> ModuleType:
-        """The compiled batch kernels (run_grid, run_single, signals_on_grid, ...)."""
+        """The compiled batch kernels (run_grid, run_single, signals_on_grid, ...).
+
+        A user's strategy's come wrapped: whatever its code raises is one PipelineError naming its file.
+        """
         return compiler.kernel_module(self)
+
+    def params_problem(self, params: Mapping[str, Number]) -> str | None:
+        """The cross-parameter rule's (CHECK's) message for `params`, or None."""
+        if self.check is None:
+            return None
+        if self.builtin:
+            return self.check(params)
+        with usercode.running(self.origin, "its CHECK"):
+            return self.check(params)
 
     @property
     def param_names(self) -> tuple[str, ...]:
@@ -114,8 +133,8 @@ class Strategy:
         )
 
 
-# Every module of this package is a built-in strategy except these two.
-_NOT_STRATEGIES = ("api", "compiler")
+# Every module of this package is a built-in strategy except these.
+_NOT_STRATEGIES = ("api", "compiler", "usercode")
 BUILTIN_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_STRATEGIES))
 """The files of the built-in strategies, next to this one (one strategy per file)."""
 
@@ -128,8 +147,11 @@ def _origin_of(module: ModuleType) -> str:
     return str(getattr(module, "__file__", None) or module.__name__)
 
 
-def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strategy:
-    """Check a strategy module's declarations and describe it; PipelineError naming the file otherwise."""
+def strategy_from_module(module: ModuleType, origin: str | None = None, imported: Sequence[str] = ()) -> Strategy:
+    """Check a strategy module's declarations and describe it; PipelineError naming the file otherwise.
+
+    `imported`: modules that importing it brought in (part of its code when they are the user's).
+    """
     where = origin or _origin_of(module)
     for name in REQUIRED:
         if not hasattr(module, name):
@@ -144,6 +166,11 @@ def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strat
     params = tuple(module.PARAMS)
     if not all(isinstance(p, Param) for p in params):
         raise PipelineError(f"{where}: PARAMS must be a tuple of pipeline.strategies.api.Param")
+    for p in params:
+        try:
+            p.convert(p.default)
+        except PipelineError as exc:
+            raise PipelineError(f"{where}: PARAMS: the default {exc}") from None
     names = [p.name for p in params]
     if len(set(names)) != len(names):
         raise PipelineError(f"{where}: PARAMS names a parameter twice: {names}")
@@ -164,7 +191,15 @@ def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strat
     if check is not None and not callable(check):
         raise PipelineError(f"{where}: CHECK must be a function of the parameters returning a message or None")
     source_file = getattr(module, "__file__", None)
-    source = Path(source_file).read_bytes() if source_file else module.__name__.encode()
+    origin = origin or ("built-in" if module.__name__.startswith("pipeline.strategies.") else where)
+    if origin == "built-in":  # its code is its file and the shared kernels, all of cryptobt's
+        source = Path(source_file).read_bytes() if source_file else module.__name__.encode()
+        code = usercode.Closure((module,), (source_file,) if source_file else (), source, None)
+    else:
+        code = usercode.closure(module, imported)
+        usercode.compile_fresh(code.modules)
+        # Code that cannot be hashed gets a version no other load shares: nothing of it is ever served again.
+        source = code.source if code.problem is None else code.source + uuid.uuid4().bytes
     description = getattr(module, "DESCRIPTION", None) or (module.__doc__ or strategy_name).strip().splitlines()[0]
     return Strategy(
         name=strategy_name,
@@ -175,9 +210,12 @@ def strategy_from_module(module: ModuleType, origin: str | None = None) -> Strat
         indicator_params=indicator_params,
         indicator_label=str(getattr(module, "SIGNAL_VALUE", indicators[0] if indicators else "close")),
         module_name=module.__name__,
-        origin=origin or ("built-in" if module.__name__.startswith("pipeline.strategies.") else where),
+        origin=origin,
         code_version=compiler.code_version(source),
         check=check,
+        code_files=code.files,
+        cache_problem=code.problem,
+        modules=code.modules,
     )
 
 
@@ -214,6 +252,11 @@ def load_strategy_file(path: Path) -> Strategy:
     path = Path(path).resolve()
     digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
     module_name = f"cryptobt_user_{path.stem}_{digest}"
+    # Its helper modules are imported from its folder (files starting with `_` are not strategies), afresh
+    # when edited since they were hashed.
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    usercode.forget_edited_modules()
     try:
         source = path.read_text()
         compile(source, str(path), "exec")
@@ -225,12 +268,14 @@ def load_strategy_file(path: Path) -> Strategy:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    before = set(sys.modules)
     try:
-        spec.loader.exec_module(module)
-    except Exception as exc:  # the user's code: any failure is one line naming the file
+        with usercode.running(str(path), "importing the strategy"):
+            spec.loader.exec_module(module)
+    except PipelineError:
         del sys.modules[module_name]
-        raise PipelineError(f"{path}: importing the strategy failed: {type(exc).__name__}: {exc}") from None
-    strategy = strategy_from_module(module, str(path))
+        raise
+    strategy = strategy_from_module(module, str(path), sorted(set(sys.modules) - before))
     register(strategy)
     return strategy
 
@@ -261,11 +306,8 @@ def _load_environment() -> None:
     _environment_loaded = True
     add_strategy_paths(config.strategy_path_env())
     for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
-        try:
+        with usercode.running(f"entry point {entry.name} = {entry.value}", "loading"):
             module = entry.load()
-        except Exception as exc:  # an installed package's code: one line naming it
-            raise PipelineError(f"entry point {entry.name} = {entry.value}: loading failed: "
-                                f"{type(exc).__name__}: {exc}") from None
         if not isinstance(module, ModuleType):
             raise PipelineError(f"entry point {entry.name} = {entry.value} must name a strategy module")
         register(strategy_from_module(module, f"entry point {entry.value}"))
@@ -311,10 +353,9 @@ def resolve_params(strategy_name: str, overrides: Mapping[str, object]) -> dict[
     resolved: dict[str, Number] = dict(strategy.defaults)
     for name, value in overrides.items():
         resolved[name] = strategy.param(name).convert(value)
-    if strategy.check is not None:
-        problem = strategy.check(resolved)
-        if problem is not None:
-            raise PipelineError(f"invalid parameters for {strategy.name!r}: {problem}")
+    problem = strategy.params_problem(resolved)
+    if problem is not None:
+        raise PipelineError(f"invalid parameters for {strategy.name!r}: {problem}")
     return resolved
 
 
@@ -440,7 +481,7 @@ def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param]
     grid = ParamGrid()
     for combo in combos:
         params = dict(zip(names, combo, strict=True))
-        problem = strategy.check(params) if strategy.check is not None else None
+        problem = strategy.params_problem(params)
         if problem is None:
             grid.append(params)
         else:
@@ -514,4 +555,10 @@ def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
     strategy = get_strategy(strategy_name)
     resolved = resolve_params(strategy_name, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
-    return int(sys.modules[strategy.module_name].warmup(row))
+    return int(strategy.kernels().warmup_bars(row))
+
+
+def enable_bounds_checks() -> None:
+    """Compile users' strategy code with Numba's bounds checks from now on (`cryptobt strategies check`),
+    the strategies loaded already included."""
+    usercode.enable_bounds_checks(m for s in _REGISTRY.values() if not s.builtin for m in s.modules)

@@ -19,9 +19,15 @@ A strategy is one Python file that declares, at module level:
   per-bar arrays (entry flat -> long, exit long -> flat, the logged value);
   `warmup(params) -> int`: bars needed before the first signal can fire.
   `params` is a float64 array in `PARAMS` order (cast periods with `int()`).
+  An integer parameter lies within +-INT_PARAM_LIMIT (2**31 - 1) whatever PARAMS declares.
 
 Indicators must be causal (bar t uses bars <= t only); `cryptobt strategies
-check NAME` verifies it on data.
+check NAME` verifies it on data: every output (each indicator row and each of
+SIGNAL_OUTPUTS) at every truncation point.
+
+A strategy file may import helper modules of its own (files next to it whose
+names start with `_` are not loaded as strategies); they are part of its code
+identity (see `pipeline.strategies.usercode`).
 """
 
 from __future__ import annotations
@@ -48,8 +54,19 @@ Number = int | float
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 
+# What `signals` fills besides the indicators, in its argument order: every one is an output the
+# look-ahead check compares (a new output joins this tuple and the kernel's `strategy_outputs`).
+SIGNAL_OUTPUTS = ("entries", "exits", "sig_value")
+
+# Every integer parameter (a strategy's or a run's) lies within +-INT_PARAM_LIMIT, whatever it declares:
+# kernels cast parameters from float64 to int64 and add a few (warm-ups); a value past int32 is longer
+# than any series and would wrap there (1e29 became a negative period).
+INT_PARAM_LIMIT = 2**31 - 1
+
 __all__ = [
+    "INT_PARAM_LIMIT",
     "PRICE_COLUMNS",
+    "SIGNAL_OUTPUTS",
     "Param",
     "bb_std_1d",
     "bbands_1d",
@@ -113,6 +130,15 @@ class Param:
     # False makes `minimum` exclusive (bb_std > 0), or `maximum` (slippage < 100).
     minimum_inclusive: bool = True
     maximum_inclusive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type is int:  # the bound every integer parameter has (INT_PARAM_LIMIT)
+            if self.minimum is None or self.minimum < -INT_PARAM_LIMIT:
+                object.__setattr__(self, "minimum", -INT_PARAM_LIMIT)
+                object.__setattr__(self, "minimum_inclusive", True)
+            if self.maximum is None or self.maximum > INT_PARAM_LIMIT:
+                object.__setattr__(self, "maximum", INT_PARAM_LIMIT)
+                object.__setattr__(self, "maximum_inclusive", True)
 
     def allowed(self) -> str:
         """Human-readable allowed range, e.g. 'an integer >= 2'."""
