@@ -353,3 +353,55 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     kept = engine.column_rows(batch, config, cube, columns, engine.best_rows(columns, 2, "sharpe", 3))
     assert len(kept) == 2 * len(batch.symbols)
     assert engine.top_per_symbol(kept, 2, "sharpe", 3) == engine.top_per_symbol(dicts, 2, "sharpe", 3)
+
+
+def cscv_from_block_sums(count: np.ndarray, sums: np.ndarray, sums2: np.ndarray) -> tuple[float, float]:
+    """CSCV (Bailey et al. 2015) as the README's contract words it, in plain Python: each half's sums are
+    its blocks' sums added in block order; the in-sample best is the first of exactly tied sets (grid
+    order); out-of-sample ties share their rank."""
+    n_blocks, n_sets = sums.shape
+
+    def sharpe_of(blocks: tuple[int, ...], k: int) -> float:
+        n = sum(count[b] for b in blocks)
+        s, s2 = sum(sums[b, k] for b in blocks), sum(sums2[b, k] for b in blocks)
+        var = (s2 - s * (s / n)) / (n - 1) if n >= 2 else 0.0
+        return (s / n) / math.sqrt(var) if var > 1e-30 else 0.0
+
+    logits = []
+    for train in itertools.combinations(range(n_blocks), n_blocks // 2):
+        test = tuple(b for b in range(n_blocks) if b not in train)
+        in_sample = [sharpe_of(train, k) for k in range(n_sets)]
+        out = [sharpe_of(test, k) for k in range(n_sets)]
+        best = in_sample.index(max(in_sample))
+        rank = sum(o < out[best] for o in out) + (sum(o == out[best] for o in out) + 1) / 2
+        w = rank / (n_sets + 1)
+        logits.append(math.log(w / (1 - w)))
+    return sum(g <= 0 for g in logits) / len(logits), sum(logits) / len(logits)
+
+
+def tied_block_sums(seed: int, n_blocks: int = 8, n_sets: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block sums with exact ties: sets that trade in two or three blocks only (their other blocks are
+    exactly 0, as a flat set's returns are), duplicated sets, and sets that equal another on some blocks
+    and differ on others; losing trades, so that in many splits the in-sample best is a tie at 0."""
+    rng = np.random.default_rng(seed)
+    count = np.full(n_blocks, 120.0)
+    sums = np.zeros((n_blocks, n_sets))
+    sums2 = np.zeros((n_blocks, n_sets))
+    for k in range(n_sets):
+        active = rng.choice(n_blocks, size=rng.integers(2, 4), replace=False)
+        r = rng.normal(-0.004, 0.02, (len(active), 40))
+        sums[active, k], sums2[active, k] = r.sum(axis=1), (r**2).sum(axis=1)
+    sums[:, 5], sums2[:, 5] = sums[:, 2], sums2[:, 2]  # a duplicated set
+    half = rng.random(n_blocks) < 0.5
+    sums[half, 9], sums2[half, 9] = sums[half, 3], sums2[half, 3]  # equal to set 3 on some blocks only
+    return count, sums, sums2
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pbo_breaks_exact_in_sample_ties_by_the_documented_rule_not_by_summation_order(seed):
+    """Sets whose blocks are equal on a half tie exactly there: the first (grid order) is the in-sample
+    best, whatever blocks the split enumeration added and took out before (issue 25)."""
+    from pipeline.kernels.blocks import pbo_cscv
+
+    count, sums, sums2 = tied_block_sums(seed)
+    assert pbo_cscv(count, sums, sums2) == pytest.approx(cscv_from_block_sums(count, sums, sums2), abs=1e-12)
