@@ -49,7 +49,8 @@ def _pbo_starts(config: RunConfig) -> np.ndarray:
 
 def sharpe_of_sums(n: np.ndarray, s: np.ndarray, s2: np.ndarray) -> np.ndarray:
     """Per-bar Sharpe ratio (mean over sample standard deviation) of returns given by their count,
-    sum and sum of squares; NaN with fewer than two returns or no deviation."""
+    sum and sum of squares; NaN with fewer than two returns or no deviation. The PBO kernel ranks by
+    the same float operations (`pipeline.kernels.blocks._split_sharpe`): keep the two alike."""
     n, s, s2 = np.asarray(n, dtype=float), np.asarray(s, dtype=float), np.asarray(s2, dtype=float)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s / n

@@ -355,28 +355,29 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     assert engine.top_per_symbol(kept, 2, "sharpe", 3) == engine.top_per_symbol(dicts, 2, "sharpe", 3)
 
 
-def cscv_from_block_sums(count: np.ndarray, sums: np.ndarray, sums2: np.ndarray) -> tuple[float, float]:
-    """CSCV (Bailey et al. 2015) as the README's contract words it, in plain Python: each half's sums are
+def cscv_from_block_sums(count: np.ndarray, sums: np.ndarray, sums2: np.ndarray) -> tuple[float, float, int]:
+    """CSCV (Bailey et al. 2015) as the README's contract words it, in plain NumPy: each half's sums are
     its blocks' sums added in block order; the in-sample best is the first of exactly tied sets (grid
-    order); out-of-sample ties share their rank."""
+    order, as argmax picks it); out-of-sample ties share their rank. Returns (pbo, mean logit, the
+    number of splits whose in-sample best was tied)."""
     n_blocks, n_sets = sums.shape
 
-    def sharpe_of(blocks: tuple[int, ...], k: int) -> float:
+    def sharpe_of(blocks: tuple[int, ...]) -> np.ndarray:
         n = sum(count[b] for b in blocks)
-        s, s2 = sum(sums[b, k] for b in blocks), sum(sums2[b, k] for b in blocks)
-        var = (s2 - s * (s / n)) / (n - 1) if n >= 2 else 0.0
-        return (s / n) / math.sqrt(var) if var > 1e-30 else 0.0
+        s, s2 = sum(sums[b] for b in blocks), sum(sums2[b] for b in blocks)
+        var = (s2 - s * (s / n)) / (n - 1)
+        return np.where(var > 1e-30, (s / n) / np.sqrt(np.where(var > 1e-30, var, 1.0)), 0.0)
 
-    logits = []
+    logits, tied = [], 0
     for train in itertools.combinations(range(n_blocks), n_blocks // 2):
         test = tuple(b for b in range(n_blocks) if b not in train)
-        in_sample = [sharpe_of(train, k) for k in range(n_sets)]
-        out = [sharpe_of(test, k) for k in range(n_sets)]
-        best = in_sample.index(max(in_sample))
-        rank = sum(o < out[best] for o in out) + (sum(o == out[best] for o in out) + 1) / 2
+        in_sample, out = sharpe_of(train), sharpe_of(test)
+        best = int(np.argmax(in_sample))
+        tied += int((in_sample == in_sample[best]).sum() > 1)
+        rank = (out < out[best]).sum() + ((out == out[best]).sum() + 1) / 2
         w = rank / (n_sets + 1)
         logits.append(math.log(w / (1 - w)))
-    return sum(g <= 0 for g in logits) / len(logits), sum(logits) / len(logits)
+    return sum(g <= 0 for g in logits) / len(logits), sum(logits) / len(logits), tied
 
 
 def tied_block_sums(seed: int, n_blocks: int = 8, n_sets: int = 24) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -404,4 +405,40 @@ def test_pbo_breaks_exact_in_sample_ties_by_the_documented_rule_not_by_summation
     from pipeline.kernels.blocks import pbo_cscv
 
     count, sums, sums2 = tied_block_sums(seed)
-    assert pbo_cscv(count, sums, sums2) == pytest.approx(cscv_from_block_sums(count, sums, sums2), abs=1e-12)
+    pbo, logit, tied = cscv_from_block_sums(count, sums, sums2)
+    assert tied > 0
+    assert pbo_cscv(count, sums, sums2) == pytest.approx((pbo, logit), abs=1e-12)
+
+
+def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
+    """A sweep at the default 16 blocks over markets that sit still for spells (a set holding or out of
+    the market there has returns of exactly 0), with extreme thresholds that rarely trade and duplicated
+    sets: in-sample ties are common, and every symbol's PBO and mean logit are CSCV's from the sweep's own
+    block sums (which the test above checks against each set's equity curve)."""
+    from pipeline.kernels.blocks import B_COUNT, B_SUM, B_SUM2
+
+    rng = np.random.default_rng(0)
+    frames = {}
+    for symbol, frame in random_walks(3, 3_000, seed=0).items():
+        steps = rng.normal(0.0, 0.01, frame.height)
+        steps[rng.random(frame.height) < 0.5] = 0.0
+        close = 100 * np.exp(np.cumsum(steps))
+        open_ = np.r_[close[0], close[:-1]]
+        frames[symbol] = frame.with_columns(close=close, open=open_, high=np.maximum(open_, close),
+                                            low=np.minimum(open_, close))
+    batch = notebook.prices(frames)
+    grid = list(strategies.parse_grid("rsi", ["rsi_period=6:18:6", "oversold_threshold=10,20,30",
+                                              "overbought_threshold=70,90"]))
+    config = options.run_config("rsi", grid + grid[:3])
+    assert config.pbo_blocks == 16
+    blocks = overfit.new_blocks(len(batch.symbols), config)
+    results = engine.run(batch, config, overfit.block_fractions(config), blocks)
+    stats = overfit.sweep_statistics(blocks, config)
+    overfit.attach(overfit.by_symbol([results], len(batch.symbols)), blocks, config)
+    expected = [cscv_from_block_sums(blocks[y, :, B_COUNT, 0], blocks[y, :, B_SUM], blocks[y, :, B_SUM2])
+                for y in range(len(batch.symbols))]
+    assert all(tied > 0 for _, _, tied in expected)
+    got = np.column_stack([stats["pbo"], stats["pbo_logit"]])
+    np.testing.assert_allclose(got, [(pbo, logit) for pbo, logit, _ in expected], rtol=0, atol=1e-12)
+    for y, symbol in enumerate(batch.symbols):
+        assert {r["pbo"] for r in results if r["symbol"] == symbol} == {stats["pbo"][y]}
