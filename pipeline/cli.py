@@ -640,8 +640,10 @@ def _print_walk_forward(summaries: list[dict[str, Any]], config: Any, limit: int
         cells.append([s["symbol"], tables.cell("total_return_pct", s["oos"]["total_return_pct"]),
                       tables.cell("sharpe", s["oos"]["sharpe"]), tables.cell("oos_is_ratio", s["oos_is_ratio"]), chosen])
     kind = "anchored" if config.anchored else "rolling"
+    start = "each test part starting flat" if config.walk_forward_flat_start else "positions carried in"
     tables.print_table(console, columns, cells, f"walk-forward: {config.walk_forward} {kind} folds, train "
-                       f"{config.train_ratio:.0%} of each, best by {config.objective}; out of sample, stitched")
+                       f"{config.train_ratio:.0%} of each, best by {config.objective}; out of sample ({start}), "
+                       "stitched")
 
 
 def _emit_json(results: list[dict[str, Any]] | dict[str, Any]) -> None:
@@ -839,6 +841,9 @@ def sweep_command(
     train_ratio: Annotated[float, typer.Option(help="Share of each fold that trains (walk-forward).")] = 0.7,
     anchored: Annotated[bool, typer.Option(
         "--anchored", help="Walk-forward trains from the first bar up to each test part.")] = False,
+    walk_forward_flat_start: Annotated[bool, typer.Option(
+        "--walk-forward-flat-start", help="Walk-forward test parts start flat with fresh cash (no position "
+                                          "carried in from the full-history path).")] = False,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -866,7 +871,8 @@ def sweep_command(
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
                                      slippage=slippage, objective=objective, min_trades=min_trades,
                                      pbo_blocks=pbo_blocks, walk_forward=walk_forward, train_ratio=train_ratio,
-                                     anchored=anchored, keep=top)
+                                     anchored=anchored, walk_forward_flat_start=walk_forward_flat_start,
+                                     keep=top)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:

@@ -122,6 +122,8 @@ class RunConfig:
     walk_forward: int = 0
     train_ratio: float = 0.7
     anchored: bool = False
+    # Test parts start flat with fresh cash instead of on the full-history path (walkforward.evaluate).
+    walk_forward_flat_start: bool = False
 
     @property
     def fee_frac(self) -> float:
@@ -169,6 +171,7 @@ def make_config(
     walk_forward: int = 0,
     train_ratio: float = 0.7,
     anchored: bool = False,
+    walk_forward_flat_start: bool = False,
 ) -> RunConfig:
     """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
 
@@ -228,13 +231,14 @@ def make_config(
                             f"from {low} to {high}")
     from pipeline import walkforward
 
-    walkforward.check(walk_forward, train_ratio, anchored, objective)
+    walkforward.check(walk_forward, train_ratio, anchored, objective, walk_forward_flat_start)
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
                      timerange_start, timerange_end, dropped, annualization=annualization,
                      min_bar_coverage=float(min_bar_coverage),
                      executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions),
                      objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
-                     walk_forward=walk_forward, train_ratio=float(train_ratio), anchored=anchored)
+                     walk_forward=walk_forward, train_ratio=float(train_ratio), anchored=anchored,
+                     walk_forward_flat_start=walk_forward_flat_start)
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:

@@ -166,6 +166,7 @@ def run_config(
     walk_forward: int = 0,
     train_ratio: float = 0.7,
     anchored: bool = False,
+    walk_forward_flat_start: bool = False,
 ) -> RunConfig:
     """Strategy, parameters, time range, fee, fill, cash, stops, size and slippage, checked together:
     the run's config. `sl`, `tp` and `slippage` are percentages (0 = none), `size` a share of equity."""
@@ -177,7 +178,8 @@ def run_config(
                               timerange_start=start, timerange_end=end, annualization=annualization,
                               min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
                               slippage=slippage, objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
-                              walk_forward=walk_forward, train_ratio=train_ratio, anchored=anchored)
+                              walk_forward=walk_forward, train_ratio=train_ratio, anchored=anchored,
+                              walk_forward_flat_start=walk_forward_flat_start)
 
 
 def parse_grid(strategy: str, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:

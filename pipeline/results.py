@@ -147,9 +147,11 @@ RESULT_SCHEMA = pa.schema(
         pa.field("deflated_sharpe", pa.float64()),
         # Walk-forward rows (--walk-forward; NULL otherwise): the fold, and which part the row
         # measures: train / test (the set chosen on the fold's train part) or oos (a symbol's
-        # test parts stitched; its params are {}).
+        # test parts stitched; its params are {}); walk_forward_flat_start: whether the run's test
+        # parts started flat (--walk-forward-flat-start) or carried the full-history position in.
         pa.field("fold", pa.int64()),
         pa.field("split", pa.string()),
+        pa.field("walk_forward_flat_start", pa.bool_()),
     ]
 )
 

@@ -423,7 +423,7 @@ class _Sweep:
                 return engine.column_rows(batch, config, cube, columns, [y * n_params + c])[0]
 
             summaries, rows = walkforward.evaluate(blocks, fractions, config, row_of, len(batch.symbols),
-                                                   _simulated_times(batch, config))
+                                                   _simulated_times(batch, config), batch)
             self.summaries.extend(summaries)
             self.fold_rows.extend(rows)
         kept = self._keep(batch, cube, columns)

@@ -9,7 +9,10 @@ sums: one kernel pass per symbol for all folds and all sets, no re-runs.
 
 The parameter sets are simulated over the whole history once (indicators warmed up from
 the first bar, a position open at a fold's start carried in, as a strategy that had been
-running would hold it); a fold's numbers are those of its bars on that path.
+running would hold it); a fold's numbers are those of its bars on that path. With
+`walk_forward_flat_start` each test part is judged instead on a fresh account that starts flat
+at the part's first bar: the chosen set alone is simulated again over the part's bars (its
+indicators still warmed up on all the history before), one short kernel call per fold.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pipeline.overfit import sharpe_of_sums
 
 if TYPE_CHECKING:
     from pipeline.engine import RunConfig
+    from pipeline.reader import PriceBatch
 
 # Objectives a fold can rank by: those computed from the equity path alone (per-trade ones,
 # profit factor and expectancy, need trades per fold, which the block sums do not keep).
@@ -49,7 +53,7 @@ _KEPT = ("symbol", "strategy", "params", "interval", "timerange_start", "timeran
          "slippage_pct")
 
 
-def check(walk_forward: int, train_ratio: float, anchored: bool, objective: str) -> None:
+def check(walk_forward: int, train_ratio: float, anchored: bool, objective: str, flat_start: bool = False) -> None:
     """One-line errors for walk-forward options, before any work."""
     if isinstance(walk_forward, bool) or not isinstance(walk_forward, int) or not (
             walk_forward == 0 or 2 <= walk_forward <= MAX_FOLDS):
@@ -63,6 +67,10 @@ def check(walk_forward: int, train_ratio: float, anchored: bool, objective: str)
                             f"use one of: {', '.join(OBJECTIVES)}")
     if anchored and not walk_forward:
         raise PipelineError("--anchored needs --walk-forward K")
+    if not isinstance(flat_start, bool):
+        raise PipelineError(f"--walk-forward-flat-start {flat_start!r} is not allowed: true or false")
+    if flat_start and not walk_forward:
+        raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
 
 
 def fold_fractions(config: RunConfig) -> np.ndarray:
@@ -96,25 +104,56 @@ def _part_metrics(merged: np.ndarray, annual_bars: float) -> dict[str, Any]:
     return {"bars": int(n), "total_return_pct": None if ret is None else float(ret), "sharpe": sharpe}
 
 
+def flat_start_part(batch: PriceBatch, config: RunConfig, y: int, c: int, lo: int, hi: int) -> np.ndarray:
+    """The block statistics (N_BLOCK_STATS,) of parameter set c on symbol y's simulated bars lo..hi-1,
+    simulated as a fresh account: flat, `initial` cash before bar lo, nothing filled before it (the
+    --timerange rule: earlier bars only warm the indicators up), a position open after bar hi-1 marked
+    at its close. One kernel call over the symbol's bars up to hi-1."""
+    from dataclasses import replace
+
+    from pipeline import engine
+
+    start = engine.start_column(batch, config)
+    grid = start + np.flatnonzero(~np.isnan(batch.columns["close"][y, start:]))  # simulated bar -> grid column
+    part = np.zeros(N_BLOCK_STATS)
+    part[B_START] = part[B_END] = config.initial
+    if hi <= lo:
+        return part
+    end = int(grid[hi - 1]) + 1
+    columns = {name: column[y: y + 1, :end] for name, column in batch.columns.items()}
+    one = replace(batch, symbols=[batch.symbols[y]], times=batch.times[:end], columns=columns,
+                  data_versions=[batch.data_versions[y]], coverage=None,
+                  bars=(~np.isnan(columns["close"])).sum(axis=1))
+    sub = replace(config.sliced(c, c + 1), timerange_start=datetime.fromtimestamp(int(batch.times[grid[lo]]), UTC),
+                  timerange_end=None)
+    blocks = np.zeros((1, 1, N_BLOCK_STATS, 1))
+    engine.run_metrics(one, sub, np.array([0.0, 1.0]), blocks)
+    return blocks[0, 0, :, 0]
+
+
 def _iso(epoch: int) -> str:
     return datetime.fromtimestamp(int(epoch), UTC).isoformat()
 
 
 def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig,
              row_of: Callable[[int, int], dict[str, Any]], n_symbols: int,
-             bar_times: list[np.ndarray]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+             bar_times: list[np.ndarray], batch: PriceBatch | None = None
+             ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Walk-forward of a chunk of `n_symbols` symbols.
 
     blocks: (Y x B x N_BLOCK_STATS x N) over the fine block edges `fractions` (which include
     `fold_fractions(config)`); row_of(y, c): the full-history result of symbol y and set c (asked
     only for each symbol's first set and the sets chosen); bar_times[y]: the epoch seconds of
-    symbol y's simulated bars.
+    symbol y's simulated bars; batch: the chunk's prices, which `walk_forward_flat_start` simulates
+    each test part again from (flat_start_part).
 
     Returns (summaries, table rows): one summary per symbol (its folds with the chosen sets,
     in-sample objective and out-of-sample return and Sharpe; the stitched out-of-sample
     return and Sharpe; the out-of-sample / in-sample ratio of the objective), and the rows
     for the results table (split = train / test per fold, oos per symbol).
     """
+    if config.walk_forward_flat_start and batch is None:
+        raise ValueError("walk_forward_flat_start needs the batch to simulate the test parts from")
     folds = fold_fractions(config)
     # Which fine blocks make up each fold part: the fine edges include every fold edge.
     position = np.searchsorted(np.round(fractions, 12), np.round(folds, 12))
@@ -130,8 +169,7 @@ def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig,
         annual = float(head["bars_per_year"])
         times = bar_times[y]
         m = len(times)
-        stitched = np.empty((n_fine, N_BLOCK_STATS, 1))
-        test_members = np.zeros(n_fine, dtype=np.bool_)
+        tested = np.empty((config.walk_forward, N_BLOCK_STATS, 1))  # each fold's test part, in time order
         fold_out = []
         is_values, oos_values = [], []
         for k in range(config.walk_forward):
@@ -143,15 +181,17 @@ def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig,
             scores = _objective(merged, config.objective)
             chosen = int(np.argmax(scores))
             train_part = _part_metrics(merged[:, chosen], annual)
-            merge_blocks(blocks[y][:, :, chosen: chosen + 1], test, one)
-            test_part = _part_metrics(one[:, 0], annual)
-            is_values.append(float(scores[chosen]))
-            oos_values.append(float(_objective(one, config.objective)[0]))
-            stitched[test] = blocks[y][test][:, :, chosen: chosen + 1]
-            test_members |= test
             edges = {name: int(math.floor(config_fraction * m + 1e-9)) for name, config_fraction in (
                 ("train_from", 0.0 if config.anchored else folds[2 * k]), ("test_from", folds[2 * k + 1]),
                 ("test_to", folds[2 * k + 2]))}
+            if config.walk_forward_flat_start:
+                tested[k, :, 0] = flat_start_part(batch, config, y, chosen, edges["test_from"], edges["test_to"])
+            else:
+                merge_blocks(blocks[y][:, :, chosen: chosen + 1], test, one)
+                tested[k] = one
+            test_part = _part_metrics(tested[k, :, 0], annual)
+            is_values.append(float(scores[chosen]))
+            oos_values.append(float(_objective(tested[k], config.objective)[0]))
             span = {"train_start": _iso(times[edges["train_from"]]) if edges["train_from"] < m else None,
                     "train_end": _iso(times[edges["test_from"] - 1]) if edges["test_from"] > 0 else None,
                     "test_start": _iso(times[edges["test_from"]]) if edges["test_from"] < m else None,
@@ -162,27 +202,30 @@ def evaluate(blocks: np.ndarray, fractions: np.ndarray, config: RunConfig,
                              "train": train_part, "test": test_part})
             for split, part, start, end in (("train", train_part, span["train_start"], span["train_end"]),
                                             ("test", test_part, span["test_start"], span["test_end"])):
-                table.append(_row(chosen_row, k, split, part, start, end))
-        merge_blocks(stitched, test_members, one)
+                table.append(_row(chosen_row, k, split, part, start, end, config.walk_forward_flat_start))
+        merge_blocks(tested, np.ones(config.walk_forward, dtype=np.bool_), one)
         oos = _part_metrics(one[:, 0], annual)
         finite_is = [v for v in is_values if math.isfinite(v)]
         finite_oos = [v for v in oos_values if math.isfinite(v)]
         mean_is = sum(finite_is) / len(finite_is) if finite_is else float("nan")
         mean_oos = sum(finite_oos) / len(finite_oos) if finite_oos else float("nan")
         ratio = mean_oos / mean_is if mean_is > 0 and math.isfinite(mean_oos) else None
-        summaries.append({"symbol": head["symbol"], "objective": config.objective, "folds": fold_out,
-                          "oos": oos, "oos_is_ratio": ratio})
+        summaries.append({"symbol": head["symbol"], "objective": config.objective,
+                          "flat_start": config.walk_forward_flat_start, "folds": fold_out, "oos": oos,
+                          "oos_is_ratio": ratio})
         first_test = fold_out[0]["test_start"]
-        table.append(_row(head, None, "oos", oos, first_test, fold_out[-1]["test_end"]))
+        table.append(_row(head, None, "oos", oos, first_test, fold_out[-1]["test_end"],
+                          config.walk_forward_flat_start))
     return summaries, table
 
 
 def _row(base: dict[str, Any], fold: int | None, split: str, part: dict[str, Any], start: str | None,
-         end: str | None) -> dict[str, Any]:
-    """A results-table row of one walk-forward part (the oos row keeps its symbol's first set's fields)."""
+         end: str | None, flat_start: bool) -> dict[str, Any]:
+    """A results-table row of one walk-forward part (the oos row keeps its symbol's first set's fields);
+    `walk_forward_flat_start` tells a run whose test parts started flat from one that carried positions in."""
     row = {name: base.get(name) for name in _KEPT}
     if split == "oos":
         row["params"] = {}
-    row.update(fold=fold, split=split, start=start, end=end, bars=part["bars"],
+    row.update(fold=fold, split=split, walk_forward_flat_start=flat_start, start=start, end=end, bars=part["bars"],
                total_return_pct=part["total_return_pct"], sharpe=part["sharpe"], from_cache=False)
     return row

@@ -259,6 +259,71 @@ def test_walk_forward_equals_choosing_on_each_train_part_and_judging_on_its_test
     assert len(table) == len(summaries) * (2 * config.walk_forward + 1)
 
 
+@pytest.mark.parametrize("anchored", [False, True])
+def test_walk_forward_flat_start_judges_each_test_part_from_a_fresh_account(anchored):
+    """--walk-forward-flat-start: every test part starts flat with fresh cash (no position carried in;
+    the first entry pays its fee as any entry; a position open at the part's end is marked at its last
+    close). Expected: the set chosen on the train part (full-history path) run over the test part's bars
+    by a plain loop of SPEC's close-fill rules on the strategy's own signals (warmed up on all history)."""
+    batch = notebook.prices(random_walks(3, 2_500, seed=9))
+    params = list(strategies.parse_grid("rsi", GRID))
+    config = options.run_config("rsi", params, walk_forward=3, train_ratio=0.6, anchored=anchored,
+                                walk_forward_flat_start=True)
+    carried_config = options.run_config("rsi", params, walk_forward=3, train_ratio=0.6, anchored=anchored)
+    n_sets, fee = len(params), config.fee_frac
+    rsi = strategies.get_strategy("rsi")
+    answers = {}
+    for name, run_config in (("flat", config), ("carried", carried_config)):
+        blocks = overfit.new_blocks(len(batch.symbols), run_config)
+        fractions = overfit.block_fractions(run_config)
+        results = engine.run(batch, run_config, fractions, blocks)
+        rows = [results[y * n_sets: (y + 1) * n_sets] for y in range(len(batch.symbols))]
+        times = [batch.times[~np.isnan(batch.columns["close"][y])] for y in range(len(batch.symbols))]
+        answers[name] = walkforward.evaluate(blocks, fractions, run_config, lambda y, c, rows=rows: rows[y][c],
+                                             len(rows), times, batch)
+    differs = 0
+    for y, (summary, carried) in enumerate(zip(answers["flat"][0], answers["carried"][0], strict=True)):
+        close = batch.columns["close"][y]
+        rets = np.column_stack([returns_of(batch, config, y, p) for p in params])
+        m, k = len(rets), config.walk_forward
+        growth = 1.0
+        for f, (fold, carried_fold) in enumerate(zip(summary["folds"], carried["folds"], strict=True)):
+            train_from = 0 if anchored else (f * m) // k
+            test_from, test_to = math.floor((f + 0.6) / k * m + 1e-9), ((f + 1) * m) // k
+            chosen = int(np.argmax([np.log1p(rets[train_from:test_from, c]).sum() / (test_from - train_from)
+                                    for c in range(n_sets)]))
+            assert fold["params"] == carried_fold["params"] == params[chosen]
+            row = strategies.combos_matrix("rsi", [params[chosen]])[0][0]
+            _, entries, exits = rsi.kernels().indicators_and_signals_single((close[None, :],), close, row)
+            cash, units, path = config.initial, 0.0, [config.initial]
+            for t in range(test_from, test_to):
+                if units == 0.0 and entries[t]:
+                    units, cash = (cash - cash * fee) / close[t], 0.0
+                elif units > 0.0 and exits[t]:
+                    cash, units = units * close[t] - units * close[t] * fee, 0.0
+                path.append(cash + units * close[t])
+            part = np.array(path)
+            assert fold["test"]["total_return_pct"] == pytest.approx((part[-1] / part[0] - 1) * 100, rel=1e-9,
+                                                                     abs=1e-9)
+            assert fold["test"]["bars"] == test_to - test_from
+            r = part[1:] / part[:-1] - 1
+            if r.std(ddof=1) > 1e-15:
+                assert fold["test"]["sharpe"] == pytest.approx(r.mean() / r.std(ddof=1)
+                                                               * math.sqrt(rows_bars_per_year(batch, config, y)),
+                                                               rel=1e-7)
+            growth *= part[-1] / part[0]
+            differs += fold["test"]["total_return_pct"] != pytest.approx(carried_fold["test"]["total_return_pct"])
+        assert summary["oos"]["total_return_pct"] == pytest.approx((growth - 1) * 100, rel=1e-9, abs=1e-9)
+    assert differs > 0  # a position carried into a test part changes its numbers: the case is exercised
+    flat_rows, carried_rows = answers["flat"][1], answers["carried"][1]
+    assert {r["walk_forward_flat_start"] for r in flat_rows} == {True}
+    assert {r["walk_forward_flat_start"] for r in carried_rows} == {False}
+
+
+def rows_bars_per_year(batch, config, y: int) -> float:
+    return float(engine.bars_per_year(batch, config)[y])
+
+
 def test_walk_forward_options_are_checked_before_any_work():
     with pytest.raises(Exception, match="--walk-forward 1 is out of range"):
         options.run_config("rsi", {}, walk_forward=1)
@@ -266,6 +331,8 @@ def test_walk_forward_options_are_checked_before_any_work():
         options.run_config("rsi", {}, walk_forward=3, train_ratio=1.0)
     with pytest.raises(Exception, match="--objective profit_factor cannot rank a walk-forward fold"):
         options.run_config("rsi", {}, walk_forward=3, objective="profit_factor")
+    with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
+        options.run_config("rsi", {}, walk_forward_flat_start=True)
 
 
 @pytest.mark.slow

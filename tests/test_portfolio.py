@@ -48,7 +48,9 @@ def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_i
             cands = [s for s in here if s not in pos and entries[s, t]]
             key = {s: rank[s, t] for s in cands}
         cands.sort(key=lambda s: (math.isnan(key[s]), -key[s] if not math.isnan(key[s]) else 0, s))
-        equity_now = cash + sum(p["units"] * last[s] for s, p in pos.items())
+        # The equity at the fill: a close fill marks held positions at this bar's close where they have one.
+        at_fill = {s: last[s] if next_open or math.isnan(close2d[s, t]) else close2d[s, t] for s in pos}
+        equity_now = cash + sum(p["units"] * at_fill[s] for s, p in pos.items())
         for s in cands:
             pending.pop(s, None)
             if len(pos) >= max_open:
@@ -152,6 +154,53 @@ def test_an_entry_that_cannot_be_funded_is_skipped_and_counted():
                                        False, 600.0, 0.0, 0.0, 1000.0, False)
     assert [int(t["symbol"]) for t in trades] == [0]
     assert metrics[pk.P_SKIPPED_NO_CASH] == 1 and metrics[pk.P_SKIPPED_NO_SLOT] == 0
+
+
+@pytest.mark.parametrize("next_open", [False, True])
+def test_a_fraction_stake_is_sized_from_the_equity_marked_where_the_entry_fills(next_open):
+    """--stake 40 %: B's entry commits 40 % of the equity at its fill, A's position marked at its latest
+    close then: with close fills that is this bar's close (A has moved from 100 to 120), with next-open
+    fills the previous close (this bar's is not known yet). Issue 25."""
+    close = np.array([[100.0, 100.0, 120.0, 130.0], [50.0, 50.0, 40.0, 45.0]])
+    open_ = np.array([[100.0, 100.0, 110.0, 125.0], [50.0, 50.0, 44.0, 42.0]])
+    entries = np.zeros((2, 4), dtype=np.bool_)
+    entries[0, 0] = entries[1, 1 if next_open else 2] = True  # both fill: A at bar 0 or 1, B at bar 2
+    fee, initial = 0.001, 1000.0
+    # By hand, bar by bar, as the README words it.
+    cash, units, marks = initial, {}, {}
+    for t in range(4):
+        for s in (0, 1):
+            if entries[s, t - 1 if next_open else t] and (not next_open or t > 0):
+                price = open_[s, t] if next_open else close[s, t]
+                at_fill = {h: (marks[h] if next_open else close[h, t]) for h in units}
+                cost = 0.4 * (cash + sum(units[h] * at_fill[h] for h in units))
+                units[s] = (cost - cost * fee) / price
+                cash -= cost
+        for s in (0, 1):
+            marks[s] = close[s, t]
+    expected = cash + sum(units[s] * close[s, 3] for s in units)
+    metrics, _, _, trades = run_kernel(open_, close, entries, np.zeros_like(entries), np.zeros((2, 4)), 2, True,
+                                       0.4, fee, 0.0, initial, next_open)
+    assert [int(t["symbol"]) for t in trades] == [0, 1] and metrics[pk.P_SKIPPED_NO_CASH] == 0
+    assert metrics[pk.P_FINAL_VALUE] == pytest.approx(expected, rel=1e-12)
+
+
+def test_fraction_stakes_with_close_fills_equal_vectorbts_target_percent_with_shared_cash():
+    """vectorbt sizes `targetpercent` orders from the group's value at the bar's close, as our close
+    fills do (issue 25); the cases where the two define the same account are in run_shared_percent."""
+    try:
+        from bench.baselines import vectorbt_portfolio
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        pytest.skip(f"vectorbt is not installed or does not import here: {exc}")
+    rng = np.random.default_rng(3)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (5, 600)), axis=1))
+    entries = rng.random(close.shape) < 0.05
+    exits = (rng.random(close.shape) < 0.05) & ~entries
+    metrics, _, equity, trades = run_kernel(close, close, entries, exits, np.zeros(close.shape), 5, True, 0.1, 0.0,
+                                            0.0, 1000.0, False)
+    assert len(trades) > 40 and metrics[pk.P_SKIPPED_NO_CASH] == metrics[pk.P_SKIPPED_NO_SLOT] == 0
+    np.testing.assert_allclose(equity, vectorbt_portfolio.run_shared_percent(close, entries, exits, 0.1, 1000.0),
+                               rtol=1e-12)
 
 
 def test_parallel_grid_equals_one_account_at_a_time():

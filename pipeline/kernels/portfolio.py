@@ -129,7 +129,8 @@ def simulate_portfolio(
         rank: (S x T) float64; among entries filled on one bar, higher ranks are served first.
         max_open: most positions open at once (>= 1).
         stake_is_fraction: True: each entry commits `stake` (0 < stake <= 1) of the equity
-            at that moment; False: each entry commits `stake` units of cash.
+            at that moment (positions at their latest close: this bar's for a close fill, the
+            previous one for a next-open fill); False: each entry commits `stake` units of cash.
         fee_frac, slippage: fractions; slippage moves market fills against the trader.
         initial: starting cash.
         fill_next_open: False fills at the signal bar's close, True at the symbol's next open.
@@ -253,10 +254,15 @@ def simulate_portfolio(
                 _rank_order(candidates, n_cand, pending_rank)
             else:
                 _rank_order(candidates, n_cand, rank[:, t])
+            # The equity at the fill: held positions at their latest close, which for a close fill
+            # is this bar's close where the symbol has one (a next-open fill knows only the previous).
             equity_now = cash
             for s in range(n_symbols):
                 if in_position[s]:
-                    equity_now += units[s] * last_close[s]
+                    mark = last_close[s]
+                    if not fill_next_open and not np.isnan(close2d[s, t]):
+                        mark = close2d[s, t]
+                    equity_now += units[s] * mark
             for k in range(n_cand):
                 s = candidates[k]
                 pending[s] = 0
