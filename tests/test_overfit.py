@@ -179,7 +179,8 @@ def test_objectives_rank_by_their_field_and_sets_below_min_trades_never_win(swee
 def cli_sweep(tmp_path: Path, n_symbols: int, *options_: str) -> tuple[Any, set[str]]:
     """`cryptobt sweep rsi` over GRID on a fresh sample lake: its --json answer and the lake's symbols."""
     lake_root = tmp_path / "lake"
-    demo.build_sample_lake(lake_root, n_symbols=n_symbols, years=0.5, sample=demo.DEFAULT_SAMPLE)
+    if not lake_root.exists():  # a second sweep over the same lake adds to the same results table
+        demo.build_sample_lake(lake_root, n_symbols=n_symbols, years=0.5, sample=demo.DEFAULT_SAMPLE)
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake_root), "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results"),
            "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "rsi", *sum((["-g", g] for g in GRID), []),
@@ -347,6 +348,43 @@ def test_cli_walk_forward_prints_folds_and_writes_train_test_and_oos_rows(tmp_pa
                              f"'{tmp_path}/results/**/*.parquet', union_by_name=true) GROUP BY 1").fetchall())
     assert counts == {"sweep": 16 * len(symbols), "train": 3 * len(symbols), "test": 3 * len(symbols),
                       "oos": len(symbols)}
+
+
+@pytest.mark.slow
+def test_cli_walk_forward_flat_start_rows_are_told_apart_from_carried_ones(tmp_path):
+    """The same sweep with and without --walk-forward-flat-start into one results table: every walk-forward
+    row says which it is, the JSON too, and the API's request (its run key) and the notebook take the option."""
+    carried, symbols = cli_sweep(tmp_path, 2, "--objective", "sharpe", "--walk-forward", "3")
+    flat, _ = cli_sweep(tmp_path, 2, "--objective", "sharpe", "--walk-forward", "3", "--walk-forward-flat-start")
+    assert {s["flat_start"] for s in carried["walk_forward"]} == {False}
+    assert {s["flat_start"] for s in flat["walk_forward"]} == {True}
+    oos = {(answer is flat, s["symbol"]): s["oos"]["total_return_pct"] for answer in (carried, flat)
+           for s in answer["walk_forward"]}
+    assert any(oos[(True, symbol)] != oos[(False, symbol)] for symbol in symbols)
+    import duckdb
+
+    rows = duckdb.sql(f"SELECT walk_forward_flat_start, split, symbol, total_return_pct FROM read_parquet("
+                      f"'{tmp_path}/results/**/*.parquet', union_by_name=true) WHERE split IS NOT NULL").fetchall()
+    assert len(rows) == 2 * len(symbols) * (2 * 3 + 1)
+    assert {(flag, split) for flag, split, _, _ in rows} == {(f, s) for f in (False, True) for s in ("train", "test",
+                                                                                                   "oos")}
+    assert {(flag, symbol): ret for flag, split, symbol, ret in rows if split == "oos"} == pytest.approx(
+        {(flag, symbol): ret for (flag, symbol), ret in oos.items()}, rel=1e-12)
+    sweep_rows = duckdb.sql(f"SELECT count(*), count(walk_forward_flat_start) FROM read_parquet("
+                            f"'{tmp_path}/results/**/*.parquet', union_by_name=true) WHERE split IS NULL").fetchall()[0]
+    assert sweep_rows == (2 * 16 * len(symbols), 0)  # plain sweep rows: NULL
+
+    from pipeline.api import app as api_app
+    from pipeline.api.models import SweepRequest
+
+    requests = [SweepRequest(strategy="rsi", grid=GRID, walk_forward=3, walk_forward_flat_start=flag)
+                for flag in (False, True)]
+    assert [r.checked[0].walk_forward_flat_start for r in requests] == [False, True]
+    assert api_app._request_key("sweep", requests[0]) != api_app._request_key("sweep", requests[1])
+    with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
+        SweepRequest(strategy="rsi", grid=GRID, walk_forward_flat_start=True)
+    with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
+        notebook.run_backtest(random_walks(1, 200, seed=1), "rsi", walk_forward_flat_start=True)
 
 
 @pytest.mark.parametrize("suffix", [".png", ".html"])
