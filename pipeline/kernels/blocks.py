@@ -95,12 +95,14 @@ def pbo_cscv(count, sums, sums2):
     if n_sets < 2 or n_blocks < 2 or n_blocks % 2 == 1:
         return np.nan, np.nan
     half = n_blocks // 2
-    # Row j of a half's partial sums = the sum of its first j blocks in block order, from 0
-    # (row 0 stays 0); the half's own sums are its last row plus its last block.
-    in_s = np.zeros((half, n_sets))
-    in_s2 = np.zeros((half, n_sets))
-    out_s = np.zeros((half, n_sets))
-    out_s2 = np.zeros((half, n_sets))
+    # Side 0 is the half J, side 1 its complement. Row j of a side's partial sums = the sum of its
+    # first j blocks in block order, from 0 (row 0 stays 0); its own sums are its last row plus its
+    # last block.
+    rows = np.zeros((2, half, n_sets))
+    rows2 = np.zeros((2, half, n_sets))
+    counts = np.zeros(2)
+    taken = np.zeros(2, dtype=np.int64)
+    last_block = np.zeros(2, dtype=np.int64)
     train = np.empty(n_sets)
     test = np.empty(n_sets)
     splits = 0
@@ -114,8 +116,6 @@ def pbo_cscv(count, sums, sums2):
     last = 1 << n_blocks
     mask = (1 << (n_blocks - 1)) | ((1 << (half - 1)) - 1)
     previous = 0
-    last_in = 0
-    last_out = 0
     while mask < last:
         first_changed = 0
         if previous != 0:
@@ -125,37 +125,30 @@ def pbo_cscv(count, sums, sums2):
                 high >>= 1
                 top += 1
             first_changed = n_blocks - 1 - top
-        c_in = 0.0
-        c_out = 0.0
-        j_in = 0
-        j_out = 0
+        counts[:] = 0.0
+        taken[:] = 0
         for b in range(n_blocks):
-            if (mask >> (n_blocks - 1 - b)) & 1:
-                c_in += count[b]
-                j_in += 1
-                if j_in == half:
-                    last_in = b
-                elif b >= first_changed:
-                    for k in range(n_sets):
-                        in_s[j_in, k] = in_s[j_in - 1, k] + sums[b, k]
-                        in_s2[j_in, k] = in_s2[j_in - 1, k] + sums2[b, k]
-            else:
-                c_out += count[b]
-                j_out += 1
-                if j_out == half:
-                    last_out = b
-                elif b >= first_changed:
-                    for k in range(n_sets):
-                        out_s[j_out, k] = out_s[j_out - 1, k] + sums[b, k]
-                        out_s2[j_out, k] = out_s2[j_out - 1, k] + sums2[b, k]
+            side = 1 - ((mask >> (n_blocks - 1 - b)) & 1)
+            counts[side] += count[b]
+            j = taken[side] + 1
+            taken[side] = j
+            if j == half:
+                last_block[side] = b
+            elif b >= first_changed:
+                for k in range(n_sets):
+                    rows[side, j, k] = rows[side, j - 1, k] + sums[b, k]
+                    rows2[side, j, k] = rows2[side, j - 1, k] + sums2[b, k]
         previous = mask
         lowest = mask & -mask
         ripple = mask + lowest
         mask = (((ripple ^ mask) >> 2) // lowest) | ripple
+        b_in = last_block[0]
+        b_out = last_block[1]
         for k in range(n_sets):
-            train[k] = _split_sharpe(c_in, in_s[half - 1, k] + sums[last_in, k], in_s2[half - 1, k] + sums2[last_in, k])
-            test[k] = _split_sharpe(c_out, out_s[half - 1, k] + sums[last_out, k],
-                                    out_s2[half - 1, k] + sums2[last_out, k])
+            train[k] = _split_sharpe(counts[0], rows[0, half - 1, k] + sums[b_in, k],
+                                     rows2[0, half - 1, k] + sums2[b_in, k])
+            test[k] = _split_sharpe(counts[1], rows[1, half - 1, k] + sums[b_out, k],
+                                    rows2[1, half - 1, k] + sums2[b_out, k])
         for direction in range(2):
             if direction == 0:
                 w = _rank_among(test, _best(train)) / (n_sets + 1.0)
