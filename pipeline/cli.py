@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import contextvars
 import functools
 import gc
 import os
@@ -18,7 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from pipeline import options, tables
+from pipeline import options, stopping, tables
 from pipeline.config import Settings, redact, redact_url
 from pipeline.errors import PipelineError
 
@@ -92,11 +93,15 @@ def user_errors(func: F) -> F:
             _print_error(str(exc))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted; work that finished was kept")
-            raise typer.Exit(130) from None
+            # No claim about what was kept: a run says it (`stoppable`); other commands publish whole or not at all.
+            err_console.print(f"interrupted ({stopping.name()})")
+            raise typer.Exit(stopping.exit_code()) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise
         except Exception as exc:  # noqa: BLE001 - the promise is one line, never a traceback
+            if stopping.at_once(exc):  # a stop signal that a library turned into its own error
+                err_console.print(f"interrupted ({stopping.name()})")
+                raise typer.Exit(stopping.exit_code()) from None
             if os.environ.get("CRYPTOBT_DEBUG"):
                 raise
             _print_error(f"unexpected {type(exc).__name__}: {exc} (CRYPTOBT_DEBUG=1 shows the traceback)")
@@ -673,7 +678,10 @@ def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: 
                                on_results=on_results, on_progress=watch, command=command,
                                confirm_seconds=confirm_seconds,
                                on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot,
-                               keep=keep)
+                               keep=keep, should_stop=stopping.requested)
+    ran = _RAN.get()
+    if ran is not None:
+        ran.update(outcome=outcome, settings=settings)
     _warn_findings(outcome.findings)
     _say_left_out(outcome.left_out, interval)
     return outcome, config, settings
@@ -700,14 +708,61 @@ def _warn_findings(findings: dict[str, list[str]]) -> None:
                       f"{'; ...' if len(names) > 1 or len(findings[names[0]]) > 1 else ''}); "
                       f"see `cryptobt data check {' '.join(names[:3])}{' ...' if len(names) > 3 else ''}`",
                       highlight=False, soft_wrap=True)
-def _stop_if_interrupted(outcome: Any, settings: Settings) -> None:
-    """Ctrl-C: what finished was printed and written; say so and exit 130 (128 + SIGINT)."""
-    if outcome.interrupted:
-        kept = (f"kept and wrote the {outcome.n_results:,} of {outcome.planned:,} results that finished "
-                f"(run {outcome.run_id}, results in {settings.results_root})" if outcome.n_results
-                else f"none of the {outcome.planned:,} results had finished; nothing was written")
-        err_console.print(f"interrupted: {kept}", highlight=False, soft_wrap=True)
-        raise typer.Exit(130)
+# The run of the `stoppable` command under way, once it has returned: its outcome and settings.
+_RAN: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("ran", default=None)
+
+
+def _stopping_note(signum: int) -> None:
+    err_console.print(f"{stopping.name()}: stopping after the current chunk and writing what finished (a second "
+                      "SIGINT or SIGTERM stops at once, without writing it)", highlight=False, soft_wrap=True)
+
+
+def stoppable(func: F) -> F:
+    """A backtest or sweep under SIGINT (Ctrl-C) and SIGTERM alike: the first stops the run after its
+    current chunk, keeps and writes what finished and marks the run interrupted; a second stops at
+    once. Either way the last line says what the results table holds of the run, and the exit code
+    is 128 + the first signal (130, 143)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ran: dict[str, Any] = {}
+        token = _RAN.set(ran)
+        try:
+            with stopping.cooperative(on_request=_stopping_note):
+                result = func(*args, **kwargs)
+        except stopping.RunStopped as exc:
+            _say_stopped(str(exc))
+        except BaseException as exc:  # before the run began writing, or after it returned
+            if not isinstance(exc, KeyboardInterrupt) and not stopping.at_once(exc):
+                raise
+            _say_stopped("nothing was kept (the run had not begun)" if "outcome" not in ran else
+                         _kept(ran["outcome"], ran["settings"], "the run was written before it stopped: "))
+        finally:
+            _RAN.reset(token)
+        if stopping.requested() and "outcome" in ran:
+            outcome = ran["outcome"]
+            after = "" if outcome.interrupted else " after the run had finished"
+            err_console.print(f"interrupted ({stopping.name()}){after}: {_kept(outcome, ran['settings'])}",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(stopping.exit_code())
+        return result
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _say_stopped(what: str) -> None:
+    err_console.print(f"stopped at once ({stopping.name()}, then a second signal): {what}", highlight=False,
+                      soft_wrap=True)
+    raise typer.Exit(stopping.exit_code())
+
+
+def _kept(outcome: Any, settings: Settings, prefix: str = "") -> str:
+    """What of `outcome`'s run the results table holds, in words."""
+    marked = " marked interrupted" if outcome.interrupted else ""
+    if outcome.n_results:
+        return (f"{prefix}kept and wrote the {outcome.n_results:,} of {outcome.planned:,} results that finished "
+                f"(run {outcome.run_id}{marked}; results in {settings.results_root})")
+    return f"none of the {outcome.planned:,} results had finished; nothing was kept (run {outcome.run_id}{marked})"
 
 
 def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool, top: int) -> None:
@@ -728,6 +783,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
 
 @app.command("backtest")
 @user_errors
+@stoppable
 def backtest_command(
     strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
@@ -779,11 +835,9 @@ def backtest_command(
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
-        _stop_if_interrupted(outcome, settings)
         return
     if as_json:
         _emit_json(outcome.results)
-        _stop_if_interrupted(outcome, settings)
         return
     shown = min(top, len(outcome.results))
     _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})"
@@ -792,11 +846,11 @@ def backtest_command(
                   else "cache off")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms ({cache_note}); "
                   f"snapshot {outcome.snapshot_id}; results in {settings.results_root}")
-    _stop_if_interrupted(outcome, settings)
 
 
 @app.command("sweep")
 @user_errors
+@stoppable
 def sweep_command(
     strategy: Annotated[str, typer.Argument(help="Strategy to sweep.")],
     grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
@@ -883,7 +937,6 @@ def sweep_command(
                         "best": engine.sweep_best(outcome.results, top, *engine.ranking(config))})
         else:
             _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
-        _stop_if_interrupted(outcome, settings)
         return
     _print_board(best, f"best {len(best)} of {outcome.n_results:,} ({len(config.params_list)} sets x symbols)",
                  top, True)
@@ -892,7 +945,6 @@ def sweep_command(
         _print_walk_forward(outcome.walk_forward, config, top * 10)
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
-    _stop_if_interrupted(outcome, settings)
 
 
 def _split_values(items: list[str]) -> list[str]:
@@ -1424,9 +1476,7 @@ def api_command(
     CRYPTOBT_API_QUEUE more wait; admin endpoints need CRYPTOBT_ADMIN_TOKEN.
     Example: cryptobt api --host 127.0.0.1 --port 8000
     """
-    import uvicorn
-
-    from pipeline.api.app import create_app
+    from pipeline.api.app import create_app, serve
 
     if not 1 <= port <= 65535:
         raise PipelineError(f"--port {port} is out of range: an integer from 1 to 65535")
@@ -1434,7 +1484,7 @@ def api_command(
     err_console.print(f"cryptobt api on http://{host}:{port}/ (OpenAPI at /docs; lake {settings.lake_root}; "
                       f"admin endpoints {'on' if settings.admin_token else 'off: CRYPTOBT_ADMIN_TOKEN is unset'})",
                       highlight=False, soft_wrap=True)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+    serve(create_app(settings), host, port)
 
 
 @app.command("demo")
@@ -1463,6 +1513,7 @@ def main() -> int:
     # Once the process ends (after the other exit handlers: this one is registered first), its last
     # collections would walk every object the libraries made, 170 ms for nothing: files are closed.
     atexit.register(gc.freeze)
+    stopping.install()  # SIGTERM stops as Ctrl-C does
     try:  # typer >= 0.20 vendors click
         from typer._click import exceptions as click_errors
     except ImportError:  # pragma: no cover - older typer on plain click
@@ -1482,8 +1533,8 @@ def main() -> int:
         _print_error(" ".join(exc.format_message().split()))
         return exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        err_console.print("interrupted")
-        return 130
+        err_console.print(f"interrupted ({stopping.name()})")
+        return stopping.exit_code()
     return result if isinstance(result, int) else 0
 
 

@@ -13,10 +13,13 @@ and ``strategy`` come from the path, and ``strategy`` is also stored in every fi
 file read on its own is complete.
 
 Writes never touch an existing file: each run writes a new file per strategy, first to a
-hidden temp file in the same directory (``.<run_id>.parquet.<random>.tmp``, which no
+hidden temp file in the same directory (``.<run_id>.parquet.<pid>-<random>.tmp``, which no
 ``*.parquet`` glob matches), fsynced, then published under its final name with a hard
 link, which fails instead of overwriting. A writer killed midway leaves only a hidden
-temp file behind; readers never see it.
+temp file behind; readers never see it, and the next command that reads or writes the tables
+removes it (`sweep_stale`): its writer's pid is in its name and the writer holds an flock on it
+until it is published or removed, so a live writer's temp file is never touched. A run killed
+that way is recorded in ``runs`` as interrupted with no results.
 
 Column sets are the schema constants below (``RESULT_SCHEMA``, ``TRADE_SCHEMA``,
 ``RUN_SCHEMA``). Parameters live in ``params_json`` (canonical JSON: sorted keys, no
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import fcntl
 import json
 import os
 import re
@@ -47,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import ENGINE_VERSION, __version__
+from pipeline import ENGINE_VERSION, __version__, stopping
 from pipeline.config import check_writable_folder
 from pipeline.errors import InputError, PipelineError, disk_full, is_disk_full
 
@@ -215,6 +219,11 @@ RUN_SCHEMA = pa.schema(
         pa.field("engine_version", pa.string()),
         pa.field("code_version", pa.string()),
         pa.field("command", pa.string()),
+        # Stopped before it finished (SIGINT, SIGTERM, an API client gone, a server shutting down, or
+        # killed: then recorded by the next command, with no results); `planned` is the results it
+        # would have had (NULL for a killed run and in files written before these columns).
+        pa.field("interrupted", pa.bool_()),
+        pa.field("planned", pa.int64()),
     ]
 )
 
@@ -261,7 +270,9 @@ SELECT count(*) AS runs,
        sum(cache_misses) AS cache_misses,
        sum(bars) AS bar_steps,
        sum(duration_s) AS total_duration_s,
-       sum(n_results) AS results
+       sum(duration_s) FILTER (WHERE bars IS NOT NULL) AS measured_duration_s,
+       sum(n_results) AS results,
+       count(*) FILTER (WHERE interrupted) AS interrupted
 FROM runs
 WHERE started_at >= $1
 """
@@ -334,7 +345,8 @@ class ResultSink:
     chunks of symbols go out as they finish (as columns, `engine.ResultColumns`), so memory holds
     one chunk, not the run. Published like every table file: whole, under its final name, when
     the `with` block ends without an error (inside `one_run`: with the rest of the run); a sink
-    that got no rows writes nothing."""
+    that got no rows writes nothing. Its temp file exists from the start of the block: a run
+    killed at any point leaves it, and `sweep_stale` records the run as interrupted."""
 
     def __init__(self, results_root: str | os.PathLike[str], run_id: str, strategy: str, created: datetime,
                  schema: pa.Schema) -> None:
@@ -350,15 +362,18 @@ class ResultSink:
         self._pending: list[pa.Table] = []  # parts not written yet: a row group per SINK_ROWS rows
 
     def __enter__(self) -> ResultSink:
+        self._handle = self._files.enter_context(_writing(self.path))
         return self
 
     def __exit__(self, *exc: Any) -> bool:
-        if exc[0] is None:
-            with contextlib.ExitStack() as unwind:
-                unwind.push(self._files)  # closed (and published) even if the last write fails
-                self.flush()
-            return False
-        return self._files.__exit__(*exc)
+        if exc[0] is not None:
+            return self._files.__exit__(*exc)
+        with contextlib.suppress(_NothingToWrite), contextlib.ExitStack() as unwind:
+            unwind.push(self._files)  # closed (and published) even if the last write fails
+            self.flush()
+            if self._writer is None:
+                raise _NothingToWrite  # the temp file is removed, nothing published
+        return False
 
     def write_records(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Result records (dicts, `engine.shape_result`'s fields) as rows."""
@@ -386,8 +401,7 @@ class ResultSink:
         table = pa.concat_tables(self._pending)
         self._pending = []
         if self._writer is None:
-            handle = self._files.enter_context(_writing(self.path, table.nbytes))
-            self._writer = self._files.enter_context(pq.ParquetWriter(handle, self.schema, compression="zstd"))
+            self._writer = self._files.enter_context(pq.ParquetWriter(self._handle, self.schema, compression="zstd"))
         self._writer.write_table(table)
 
 
@@ -491,15 +505,17 @@ def append_run_metrics(
     started_at: datetime,
     duration_s: float,
     strategy: str,
-    n_symbols: int,
+    n_symbols: int | None,
     n_results: int,
-    bars: int,
+    bars: int | None,
     cache_hits: int = 0,
     cache_misses: int = 0,
     snapshot_id: str | None = None,
     command: str = "",
     code_version: str = __version__,
     engine_version: str = ENGINE_VERSION,
+    interrupted: bool = False,
+    planned: int | None = None,
 ) -> Path:
     """Append one row to the runs table; ``bars`` is the bar-steps simulated in the run."""
     started = _as_utc(started_at, "started_at")
@@ -515,19 +531,23 @@ def append_run_metrics(
         "cache_hits": cache_hits,
         "cache_misses": cache_misses,
         "hit_ratio": cache_hits / lookups if lookups else None,
-        "throughput": bars / duration_s if duration_s > 0 else None,
+        "throughput": bars / duration_s if duration_s > 0 and bars is not None else None,
         "snapshot_id": snapshot_id,
         "engine_version": engine_version,
         "code_version": code_version,
         "command": command,
+        "interrupted": interrupted,
+        "planned": planned,
     }
     return _write_table(runs_root(results_root), run_id, strategy, started, [row], RUN_SCHEMA)
 
 
 def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs``."""
+    """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs`` (what killed
+    runs left in their folders swept up first)."""
     from pipeline.reader import connect_duckdb
 
+    sweep_stale(results_root)
     con = connect_duckdb()
     tables = (
         ("results", Path(results_root), RESULT_SCHEMA),
@@ -647,7 +667,8 @@ SELECT r.run_id, min(r.created_at) AS created_at, any_value(r.strategy) AS strat
        any_value(r.snapshot_id) AS snapshot_id, any_value(r.fill) AS fill, any_value(r.fee_pct) AS fee_pct,
        any_value(r.initial_investment) AS initial_investment, any_value(r.timerange_start) AS timerange_start,
        any_value(r.timerange_end) AS timerange_end, any_value(u.command) AS command,
-       any_value(u.duration_s) AS duration_s, any_value(r.mode) AS mode
+       any_value(u.duration_s) AS duration_s, any_value(r.mode) AS mode, any_value(u.interrupted) AS interrupted,
+       any_value(u.planned) AS planned
 FROM results r LEFT JOIN runs u USING (run_id)
 WHERE r.run_id = ?
 GROUP BY r.run_id
@@ -771,11 +792,13 @@ def run_stats(
     misses = int(stats["cache_misses"] or 0)
     bar_steps = int(stats["bar_steps"] or 0)
     total_s = float(stats["total_duration_s"] or 0.0)
+    measured_s = float(stats["measured_duration_s"] or 0.0)  # less killed runs (their bar-steps are unknown)
     return {
         "hours": hours,
         "since": since,
         "runs": runs,
         "results": int(stats["results"] or 0),
+        "interrupted_runs": int(stats["interrupted"] or 0),
         "duration_mean_s": total_s / runs if runs else None,
         "duration_p50_s": quantiles[0],
         "duration_p95_s": quantiles[1],
@@ -784,7 +807,7 @@ def run_stats(
         "cache_misses": misses,
         "hit_rate": hits / (hits + misses) if hits + misses else None,
         "bar_steps": bar_steps,
-        "throughput_bar_steps_per_s": bar_steps / total_s if total_s > 0 else None,
+        "throughput_bar_steps_per_s": bar_steps / measured_s if measured_s > 0 else None,
     }
 
 
@@ -908,12 +931,48 @@ def _rows_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-# The files staged by the `one_run` block in progress: (temp, final) pairs, published at its end.
-_STAGED: contextvars.ContextVar[list[tuple[Path, Path]] | None] = contextvars.ContextVar("staged", default=None)
+class _NothingToWrite(Exception):
+    """A ResultSink that got no rows: its temp file is removed, nothing is published."""
+
+
+class _Temp:
+    """A hidden temp file beside `final`, named after its writer (``.<final>.<pid>-<random>.tmp``)
+    and flocked by it from creation until it is published or removed: `sweep_stale` removes only
+    temp files nobody holds whose writer's pid is gone."""
+
+    def __init__(self, final: Path) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        self.final = final
+        self.path = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        self._lease = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self._lease, fcntl.LOCK_EX)
+            self.handle = open(os.dup(self._lease), "wb")  # noqa: SIM115 - closed by `_writing`
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Remove the temp name, then let go of the lock (the published name, if any, stays)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        if self._lease >= 0:
+            os.close(self._lease)
+            self._lease = -1
+
+
+class Publication:
+    """What a `one_run` block published: `done` once every file is under its final name."""
+
+    done = False
+
+
+# The temp files staged by the `one_run` block in progress, published at its end.
+_STAGED: contextvars.ContextVar[list[_Temp] | None] = contextvars.ContextVar("staged", default=None)
 
 
 @contextmanager
-def one_run() -> Iterator[None]:
+def one_run() -> Iterator[Publication]:
     """Publish every file the block appends (a run's results, trades and runs row) together.
 
     Inside the block each table is written to its hidden temp file only; when the block ends
@@ -921,37 +980,47 @@ def one_run() -> Iterator[None]:
     runs row last, and a failure while linking removes this run's files already linked. An
     error inside the block (a full disk, say) publishes nothing. So a run is in the tables
     whole or not at all; only a SIGKILL between two links (microseconds) can leave a run's
-    results without its runs row, and readers that need whole runs join on ``runs``.
+    results without its runs row, and readers that need whole runs join on ``runs``. A stop
+    signal while linking waits for the links (`stopping.uninterrupted`); the yielded
+    `Publication` says whether they were all made.
     """
-    staged: list[tuple[Path, Path]] = []
+    staged: list[_Temp] = []
+    publication = Publication()
     token = _STAGED.set(staged)
-    published: list[Path] = []
     try:
-        yield
-        _STAGED.reset(token)
-        token = None
-        for temp, final in staged:
-            _link(temp, final)
-            published.append(final)
+        yield publication
     except BaseException:
-        for final in published:
-            with contextlib.suppress(FileNotFoundError):
-                final.unlink()
+        with stopping.uninterrupted():
+            for temp in staged:
+                temp.discard()
         raise
     finally:
-        if token is not None:
-            _STAGED.reset(token)
-        for temp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
-    for directory in {final.parent for final in published}:
-        _fsync_dir(directory)
+        _STAGED.reset(token)
+    published: list[Path] = []
+    with stopping.uninterrupted():
+        try:
+            for temp in staged:
+                _link(temp.path, temp.final)
+                published.append(temp.final)
+        except BaseException:
+            for final in published:
+                with contextlib.suppress(FileNotFoundError):
+                    final.unlink()
+            raise
+        finally:
+            for temp in staged:
+                temp.discard()
+        publication.done = True
+        for directory in {final.parent for final in published}:
+            _fsync_dir(directory)
 
 
 def check_writable(results_root: str | os.PathLike[str]) -> None:
-    """Fail before a run computes anything if any of its three tables' folders cannot be written."""
+    """Fail before a run computes anything if any of its three tables' folders cannot be written;
+    sweep up what killed runs left there."""
     for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
         check_writable_folder(root, "CRYPTOBT_RESULTS_ROOT")
+    sweep_stale(results_root)
 
 
 def _publish(table: pa.Table, final: Path) -> Path:
@@ -964,15 +1033,19 @@ def _publish(table: pa.Table, final: Path) -> Path:
 
 @contextmanager
 def _writing(final: Path, needed_bytes: int | None = None) -> Iterator[Any]:
-    """A hidden temp file beside ``final`` to write; when the block ends without an error it is
-    fsynced and published under ``final`` (inside `one_run`: staged, published with the run);
-    on an error it is removed and nothing is published."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    temp = final.with_name(f".{final.name}.{secrets.token_hex(4)}.tmp")
+    """A hidden temp file beside ``final`` to write (`_Temp`); when the block ends without an error
+    it is fsynced and published under ``final`` (inside `one_run`: staged, published with the
+    run); on an error it is removed and nothing is published."""
+    try:
+        temp = _Temp(final)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(final.parent, needed_bytes, "CRYPTOBT_RESULTS_ROOT") from None
+        raise
     staged = _STAGED.get()
     try:
         try:
-            with open(temp, "wb") as handle:
+            with temp.handle as handle:
                 yield handle
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -981,14 +1054,97 @@ def _writing(final: Path, needed_bytes: int | None = None) -> Iterator[Any]:
                 raise disk_full(final.parent, needed_bytes, "CRYPTOBT_RESULTS_ROOT") from None
             raise
         if staged is not None:
-            staged.append((temp, final))
+            staged.append(temp)
             return
-        _link(temp, final)
+        _link(temp.path, final)
     finally:
-        if staged is None or (temp, final) not in staged:
-            with contextlib.suppress(FileNotFoundError):
-                temp.unlink()
+        if staged is None or temp not in staged:
+            temp.discard()
     _fsync_dir(final.parent)
+
+
+# A temp file of the tables: `.<final name>.<pid>-<8 hex>.tmp` (before owners were named: no pid).
+_TEMP_NAME = re.compile(r"^\.(?P<final>.+\.parquet)\.(?:(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp$")
+# A temp file whose writer's pid is in use again (another process now) is stale after this long;
+# one from before names carried the pid, after a day.
+_STALE_SECONDS, _UNNAMED_STALE_SECONDS = 3600, 86_400
+
+
+def sweep_stale(results_root: str | os.PathLike[str]) -> list[Path]:
+    """Remove the temp files killed writers left in the three tables; returns them.
+
+    A temp file goes only if no process holds its flock (a live writer holds it from creation
+    to publication) and its writer's pid is gone (or, the pid being in use again, it is an hour
+    old). A results file of a run that was never published means the run was killed: it is
+    recorded in ``runs`` as interrupted, with no results. Best effort: a folder that cannot be
+    written is left as it is."""
+    removed: list[Path] = []
+    for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
+        for path in root.glob("*/*/.*.tmp"):
+            with contextlib.suppress(OSError):
+                last_write = _remove_if_stale(path)
+                if last_write is not None:
+                    removed.append(path)
+                    if root == Path(results_root):
+                        _record_killed(results_root, path, last_write)
+    return removed
+
+
+def _remove_if_stale(path: Path) -> float | None:
+    """Remove `path` if its writer is gone; returns its last write (epoch seconds), or None if kept."""
+    match = _TEMP_NAME.match(path.name)
+    if match is None:
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None  # its writer is alive
+        status = os.fstat(fd)
+        if os.stat(path).st_ino != status.st_ino:
+            return None  # removed (and made again) since it was opened
+        age = datetime.now(UTC).timestamp() - status.st_mtime
+        pid = match["pid"]
+        if pid is None:
+            stale = age > _UNNAMED_STALE_SECONDS
+        else:
+            stale = not _alive(int(pid)) or age > _STALE_SECONDS
+        if not stale:
+            return None
+        path.unlink()
+        return status.st_mtime
+    finally:
+        os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def _record_killed(results_root: str | os.PathLike[str], temp: Path, last_write: float) -> None:
+    """A runs row for the run whose results temp file `temp` a killed process left: interrupted,
+    no results (unless the run was published after all: a kill between its links and the
+    removal of its temp files)."""
+    final = temp.with_name(_TEMP_NAME.match(temp.name)["final"])
+    run_id = final.name.removesuffix(".parquet")
+    strategy = final.parent.name.partition("=")[2]
+    if final.exists() or not _SAFE_NAME.match(run_id) or not _SAFE_NAME.match(strategy):
+        return
+    try:
+        started = datetime.strptime(run_id[:22], "%Y%m%dT%H%M%S%fZ").replace(tzinfo=UTC)
+    except ValueError:  # a run id of another form: the results folder's day
+        started = datetime.fromisoformat(final.parent.parent.name.partition("=")[2]).replace(tzinfo=UTC)
+    with contextlib.suppress(PipelineError, OSError):  # recorded already (another command swept it too)
+        append_run_metrics(results_root, run_id, started_at=started,
+                           duration_s=max(last_write - started.timestamp(), 0.0), strategy=strategy,
+                           n_symbols=None, n_results=0, bars=None, command="(killed)", interrupted=True)
 
 
 def _link(temp: Path, final: Path) -> None:

@@ -19,10 +19,21 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline import engine, intervals, lake, overfit, reader, results, strategies, walkforward
+from pipeline import (
+    engine,
+    intervals,
+    lake,
+    overfit,
+    reader,
+    results,
+    stopping,
+    strategies,
+    walkforward,
+)
 from pipeline.cache import ResultCache
 from pipeline.config import Settings
 from pipeline.engine import RunConfig
+from pipeline.errors import PipelineError
 
 T = TypeVar("T")
 
@@ -278,80 +289,106 @@ def backtest(
     sink = results.ResultSink(settings.results_root, run_id, config.strategy, started_at,
                               results.result_schema(config.params_list)) if write_results else None
     sweep = _Sweep(config, sink, keep, on_results, should_stop, progress) if n_params > 1 else None
-    with contextlib.ExitStack() as publishing:
-        if sink is not None:
-            # Results, trades and the runs row are published together or not at all; a sweep's
-            # chunks of symbols stream into the results file as they finish.
-            publishing.enter_context(results.one_run())
-            publishing.enter_context(sink)
-        try:
-            for part_interval, part in parts:
-                # Only the columns the strategy and the fill read: the fewer, the faster the read.
-                # From the start of the history: bars before --timerange warm the indicators up.
-                batch = reader.read_prices(settings.lake_root, part, part_interval, None,
-                                           config.timerange_end, columns=engine.columns_needed(config),
-                                           snapshot=snapshot, min_coverage=config.min_bar_coverage)
-                engine.check_memory(len(part), batch.times.size, n_params,
-                                    len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
+    publication = results.Publication()
+    n_results = 0
+    try:
+        with contextlib.ExitStack() as publishing:
+            if sink is not None:
+                # Results, trades and the runs row are published together or not at all; a sweep's
+                # chunks of symbols stream into the results file as they finish.
+                publication = publishing.enter_context(results.one_run())
+                publishing.enter_context(sink)
+            try:
+                for part_interval, part in parts:
+                    # Only the columns the strategy and the fill read: the fewer, the faster the read.
+                    # From the start of the history: bars before --timerange warm the indicators up.
+                    batch = reader.read_prices(settings.lake_root, part, part_interval, None,
+                                               config.timerange_end, columns=engine.columns_needed(config),
+                                               snapshot=snapshot, min_coverage=config.min_bar_coverage)
+                    engine.check_memory(len(part), batch.times.size, n_params,
+                                        len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
+                    if sweep is not None:
+                        collected.extend(sweep.run_part(batch))
+                        continue
+                    if should_stop is not None and should_stop():
+                        raise KeyboardInterrupt
+                    t0 = time.perf_counter()
+                    fresh = engine.run(batch, config)
+                    progress.kernel_seconds += time.perf_counter() - t0
+                    progress.bar_steps += int(batch.bars.sum())
+                    computed.extend(fresh)
+                    collected.extend(fresh)
+                    progress.advance(len(part))
+                    if on_results:
+                        on_results(fresh)
+            except stopping.StopNow:
+                raise  # a second stop signal: nothing more is written
+            except KeyboardInterrupt:
+                # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
+                # symbols without its overfitting statistics, which need every parameter set).
+                interrupted = True
                 if sweep is not None:
-                    collected.extend(sweep.run_part(batch))
-                    continue
-                if should_stop is not None and should_stop():
-                    raise KeyboardInterrupt
-                t0 = time.perf_counter()
-                fresh = engine.run(batch, config)
-                progress.kernel_seconds += time.perf_counter() - t0
-                progress.bar_steps += int(batch.bars.sum())
-                computed.extend(fresh)
-                collected.extend(fresh)
-                progress.advance(len(part))
-                if on_results:
-                    on_results(fresh)
-        except KeyboardInterrupt:
-            # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
-            # symbols without its overfitting statistics, which need every parameter set).
-            interrupted = True
-            if sweep is not None:
-                collected.extend(sweep.finish_interrupted())
+                    collected.extend(sweep.finish_interrupted())
 
-        if use_cache and computed:
-            cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
-        hit_count = len(cached_now)
-        miss_count = len(computed)
-        if use_cache:
-            cache.record_hits(hit_count, miss_count)
+            if use_cache and computed:
+                cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
+            hit_count = len(cached_now)
+            miss_count = len(computed)
+            if use_cache:
+                cache.record_hits(hit_count, miss_count)
 
-        ordered = engine.leaderboard(collected, *engine.ranking(config))
-        n_results = len(ordered) if sweep is None else hit_count + sweep.rows
-        paths: list[str] = []
-        seconds = time.perf_counter() - started
-        if sink is not None:
-            if sweep is None:
-                sink.write_records(ordered)
-            else:
-                sink.write_records(sweep.fold_rows)
-            sink.flush()  # the results first: a full disk names the results table, not the runs row
-            if sink.rows:
-                paths.append(str(sink.path))
-                if config.trades:
-                    paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered,
-                                                                    started_at)]
-                results.append_run_metrics(
-                    settings.results_root, run_id, started_at=started_at, duration_s=seconds,
-                    strategy=config.strategy, n_symbols=len(names), n_results=n_results, bars=progress.bar_steps,
-                    cache_hits=hit_count if use_cache else 0, cache_misses=miss_count if use_cache else 0,
-                    snapshot_id=snapshot.id, command=command,
-                )
-    return RunOutcome(
-        run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=_intervals_used(interval_of, interval),
-        cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
-        bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
-        planned=len(names) * n_params, n_results=n_results,
-        findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval),
-        walk_forward=[] if sweep is None else sorted(
-            sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
-        set_returns=[] if sweep is None else sweep.set_returns(),
-    )
+            ordered = engine.leaderboard(collected, *engine.ranking(config))
+            n_results = len(ordered) if sweep is None else hit_count + sweep.rows
+            paths: list[str] = []
+            seconds = time.perf_counter() - started
+            if sink is not None:
+                if sweep is None:
+                    sink.write_records(ordered)
+                else:
+                    sink.write_records(sweep.fold_rows)
+                sink.flush()  # the results first: a full disk names the results table, not the runs row
+                if sink.rows:
+                    paths.append(str(sink.path))
+                    if config.trades:
+                        paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered,
+                                                                        started_at)]
+                if sink.rows or interrupted:  # an interrupted run is recorded even if it kept nothing
+                    results.append_run_metrics(
+                        settings.results_root, run_id, started_at=started_at, duration_s=seconds,
+                        strategy=config.strategy, n_symbols=len(names), n_results=n_results,
+                        bars=progress.bar_steps, cache_hits=hit_count if use_cache else 0,
+                        cache_misses=miss_count if use_cache else 0, snapshot_id=snapshot.id, command=command,
+                        interrupted=interrupted, planned=len(names) * n_params,
+                    )
+        return RunOutcome(
+            run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=_intervals_used(interval_of, interval),
+            cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
+            bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
+            planned=len(names) * n_params, n_results=n_results,
+            findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval),
+            walk_forward=[] if sweep is None else sorted(
+                sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
+            set_returns=[] if sweep is None else sweep.set_returns(),
+        )
+    except BaseException as exc:
+        if not stopping.at_once(exc):
+            raise
+        # Stopped at once: nothing more is written but the runs row saying so (if the run was not
+        # published whole already: then it is in the tables, and says itself what it kept).
+        recorded = publication.done
+        if sink is not None and not publication.done:
+            try:
+                with stopping.uninterrupted():
+                    results.append_run_metrics(
+                        settings.results_root, run_id, started_at=started_at,
+                        duration_s=time.perf_counter() - started, strategy=config.strategy, n_symbols=len(names),
+                        n_results=0, bars=progress.bar_steps, snapshot_id=snapshot.id, command=command,
+                        interrupted=True, planned=len(names) * n_params)
+                recorded = True
+            except (PipelineError, OSError, stopping.StopNow):
+                pass
+        raise stopping.RunStopped(run_id, n_results if publication.done else 0, progress.reported,
+                                  len(names) * n_params, recorded) from None
 
 
 class _Progress:
@@ -372,6 +409,7 @@ class _Progress:
         self._report(self.done + backtests)
 
     def _report(self, done: int) -> None:
+        self.reported = done  # backtests finished, those of the chunk under way included
         if self.on_progress is not None:
             self.on_progress(done, self.total)
 

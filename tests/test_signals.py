@@ -52,10 +52,18 @@ def _sweep(env: dict[str, str]) -> subprocess.Popen:
     process = subprocess.Popen([sys.executable, "-m", "pipeline", "sweep", "rsi", *[a for g in GRID for a in ("-g", g)],
                                 "--top", "3", "--yes"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
+    process.read = []  # the stderr lines read so far
+    _read_until(process, "sweep:")
+    return process
+
+
+def _read_until(process: subprocess.Popen, start: str) -> None:
+    """Read `process`'s stderr up to a line that starts with `start`."""
     for line in process.stderr:
-        if line.startswith("sweep:"):
-            return process
-    pytest.fail(f"the sweep ended before it started: {process.wait()}")
+        process.read.append(line)
+        if line.startswith(start):
+            return
+    pytest.fail(f"no line {start!r} came: {''.join(process.read)}")
 
 
 def _finish(process: subprocess.Popen) -> tuple[str, str]:
@@ -64,7 +72,7 @@ def _finish(process: subprocess.Popen) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         process.kill()
         pytest.fail("the signals did not stop the sweep")
-    return stdout, stderr
+    return stdout, "".join(process.read) + stderr
 
 
 def _table(env: dict[str, str], name: str, sql: str) -> list[tuple]:
@@ -118,7 +126,7 @@ def test_a_second_signal_stops_at_once_and_what_it_says_was_kept_is_in_the_table
     time.sleep(5)
     assert process.poll() is None, "the sweep finished before it could be interrupted: make it bigger"
     process.send_signal(first)
-    time.sleep(0.05)
+    _read_until(process, f"{first.name}: stopping after the current chunk")  # then Ctrl-C again, say
     process.send_signal(second)
     _, stderr = _finish(process)
     assert process.returncode == 128 + first, stderr
@@ -127,10 +135,11 @@ def test_a_second_signal_stops_at_once_and_what_it_says_was_kept_is_in_the_table
     assert _table(env, "runs", "SELECT run_id, interrupted, n_results FROM {t}") == [(run_id, True, kept)]
 
 
-def _wait_for_temp(env: dict[str, str], process: subprocess.Popen) -> Path:
+def _wait_for_temp(env: dict[str, str], process: subprocess.Popen, known: tuple[Path, ...] = ()) -> Path:
+    """The first temp file of `process`'s results (none of `known`)."""
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        found = [p for p in _temps(env) if "/results/" in str(p)]
+        found = [p for p in _temps(env) if "/results/" in str(p) and p not in known]
         if found:
             return found[0]
         time.sleep(0.05)
@@ -140,13 +149,14 @@ def _wait_for_temp(env: dict[str, str], process: subprocess.Popen) -> Path:
 @pytest.mark.slow
 def test_killed_runs_temp_files_are_swept_by_the_next_command_and_the_runs_marked(env):
     killed = []
-    for _ in range(2):
+    for _ in range(2):  # the second sweep is the first one's later command
         process = _sweep(env)
-        temp = _wait_for_temp(env, process)
+        temp = _wait_for_temp(env, process, tuple(_temps(env)))
+        assert _temps(env) == [temp], "the run before was swept up when this one started"
         process.kill()
         process.wait(timeout=60)
         killed.append(temp.name.split(".")[1])
-    assert len(_temps(env)) == 2, "a SIGKILLed run cannot clean up after itself"
+    assert _temps(env) == [temp], "a SIGKILLed run cannot clean up after itself"
     later = subprocess.run([sys.executable, "-m", "pipeline", "results", "sql", "SELECT count(*) AS n FROM results",
                             "--json"], env=env, capture_output=True, text=True, timeout=120)
     assert later.returncode == 0, later.stderr

@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import options, tables
-from pipeline.api.jobs import Emitter, Job, QueueFull, Runner
+from pipeline.api.jobs import Emitter, Job, QueueFull, Runner, ShuttingDown
 from pipeline.api.models import (
     RULE_ERROR,
     EquityRequest,
@@ -177,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return runner.submit(_request_key(kind, request), _backtest_work(request, f"api {kind}"))
         except QueueFull as exc:
             raise ApiError(429, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
 
     async def _answer(kind: str, request: RunRequest) -> Response:
         return await _wait(await _submit(kind, request))
@@ -284,6 +286,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return await _wait(runner.submit(key, work))
         except QueueFull as exc:
             raise ApiError(429, str(exc)) from None
+        except ShuttingDown as exc:
+            raise ApiError(503, str(exc)) from None
 
     # --- what there is ----------------------------------------------------------------
 
@@ -498,3 +502,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                    swagger_ui_parameters={"validatorUrl": None})
 
     return app
+
+
+def serve(app: FastAPI, host: str, port: int) -> None:
+    """Serve `app` with uvicorn until SIGINT or SIGTERM (alike). Then, before uvicorn closes the
+    connections, the app's runner closes: queued runs end with `error`, running ones stop after
+    their current chunk, write what finished and end with `done` (interrupted: true), and every
+    open stream gets that last event. A second signal stops the runs at once: their `error` says
+    what was kept."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            if self.should_exit:  # a second signal of either kind, not only Ctrl-C
+                self.force_exit = True
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets: Any = None) -> None:
+            await app.state.runner.close(lambda: self.force_exit)
+            # The runs have ended (a second signal ended them at once): the rest of the shutdown is
+            # quick, and a forced one would skip the app's lifespan end (a logged traceback).
+            self.force_exit = False
+            await super().shutdown(sockets)
+
+    Server(uvicorn.Config(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)).run()
