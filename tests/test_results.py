@@ -388,9 +388,13 @@ def test_temp_file_left_behind_by_a_killed_writer_is_not_matched_by_the_glob(
     assert process.exitcode == 9
 
     (leftover,) = root.rglob("*.tmp")
-    assert leftover.name.startswith(".run-killed.parquet.") and leftover.stat().st_size > 0
+    # Named after its writer (pid), whose flock on it died with it.
+    assert leftover.name.startswith(f".run-killed.parquet.{process.pid}-") and leftover.stat().st_size > 0
     assert [r["symbol"] for r in read_plain(root, "symbol")] == ["BTC"]
+    # The next reader sweeps it up and records the killed run, interrupted and without results.
     assert rt.query(root, "SELECT symbol FROM results")[1] == [("BTC",)]
+    assert list(root.rglob("*.tmp")) == []
+    assert rt.query(root, "SELECT run_id, interrupted, n_results FROM runs")[1] == [("run-killed", True, 0)]
     # The run can be retried under the same id: the leftover blocks nothing.
     rt.append_results(root, "run-killed", [make_result("ETH")], created_at=CREATED)
     assert sorted(r["symbol"] for r in read_plain(root, "symbol")) == ["BTC", "ETH"]
