@@ -1244,7 +1244,9 @@ def results_show(
                   f"{run['results']:,} result(s); snapshot {run['snapshot_id']}; fill {run['fill']}, fee "
                   f"{tables.cell('fee_pct', run['fee_pct'])} %, initial "
                   f"{tables.cell('initial_investment', run['initial_investment'])}, timerange "
-                  f"{run['timerange_start'] or '-'} .. {run['timerange_end'] or '-'}", highlight=False)
+                  f"{run['timerange_start'] or '-'} .. {run['timerange_end'] or '-'}"
+                  + (f"; interrupted: {run['results']:,}{_of(run['planned'])} results kept" if run["interrupted"]
+                     else ""), highlight=False)
     swept, fixed = run["swept"], run["fixed"]
     if swept:
         console.print("swept: " + "; ".join(f"{k} = {', '.join(tables.param(v) for v in values)}"
@@ -1354,6 +1356,10 @@ def results_runs(
 
     cells = [[text(r, k) for k in keys] for r in records]
     tables.print_table(console, list(keys.values()), cells, f"newest {len(records)} run(s)")
+
+
+def _of(planned: int | None) -> str:
+    return "" if planned is None else f" of {planned:,}"
 
 
 def _cache() -> Any:

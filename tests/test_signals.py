@@ -116,6 +116,12 @@ def test_a_first_signal_stops_after_the_chunk_keeps_what_finished_and_marks_the_
     assert _table(env, "runs", "SELECT run_id, interrupted, n_results, planned FROM {t}") == \
         [(run_id, True, kept, PLANNED)]
     assert _temps(env) == []
+    shown = subprocess.run([sys.executable, "-m", "pipeline", "results", "show", run_id], env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert f"interrupted: {kept:,} of {PLANNED:,} results kept" in shown.stdout, shown.stdout + shown.stderr
+    stats = subprocess.run([sys.executable, "-m", "pipeline", "stats", "--json"], env=env, capture_output=True,
+                           text=True, timeout=120)
+    assert json.loads(stats.stdout)["interrupted_runs"] == 1, stats.stderr
 
 
 @pytest.mark.slow
