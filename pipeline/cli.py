@@ -1327,7 +1327,8 @@ def results_runs(
     n: Annotated[int, typer.Option(help="How many of the newest runs.")] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The run history, newest first: when, which command and strategy, symbols, results, sets.
+    """The run history, newest first: when, which command and strategy, symbols, results, sets, and
+    whether a stop signal interrupted the run (it kept what had finished).
 
     Example: cryptobt results runs --n 5
     """
@@ -1345,9 +1346,12 @@ def results_runs(
             "command": tables.Column("command", drop_rank=3, right=False),
             "strategy": tables.Column("strategy", required=True, right=False),
             "symbols": tables.Column("symbols", drop_rank=4), "results": tables.Column("results", drop_rank=5),
-            "sets": tables.Column("sets", drop_rank=6), "duration_s": tables.Column("seconds", drop_rank=7)}
+            "sets": tables.Column("sets", drop_rank=6), "duration_s": tables.Column("seconds", drop_rank=7),
+            "interrupted": tables.Column("interrupted", drop_rank=1, right=False)}
     def text(record: dict[str, Any], key: str) -> str:
         value = record[key]
+        if key == "interrupted":
+            return "yes" if value else "no"
         if key == "created_at":
             return str(value)[:19]
         if key in ("symbols", "results", "sets"):

@@ -757,7 +757,7 @@ _RUNS_SQL = """
 SELECT r.run_id, min(r.created_at) AS created_at, any_value(u.command) AS command,
        any_value(r.strategy) AS strategy, count(DISTINCT r.symbol) AS symbols, count(*) AS results,
        count(DISTINCT r.params_json) AS sets, any_value(r.snapshot_id) AS snapshot_id,
-       any_value(u.duration_s) AS duration_s
+       any_value(u.duration_s) AS duration_s, coalesce(any_value(u.interrupted), false) AS interrupted
 FROM results r LEFT JOIN runs u USING (run_id)
 GROUP BY r.run_id
 ORDER BY created_at DESC, r.run_id DESC
@@ -766,7 +766,8 @@ LIMIT $1
 
 
 def run_history(results_root: str | os.PathLike[str], n: int = 20) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The newest `n` runs: when, which command and strategy, how many symbols, results and sets."""
+    """The newest `n` runs: when, which command and strategy, how many symbols, results and sets,
+    whether a stop signal interrupted it."""
     if n < 1:
         raise InputError(f"--n {n} must be >= 1")
     return query(results_root, _RUNS_SQL, [n])

@@ -122,6 +122,9 @@ def test_a_first_signal_stops_after_the_chunk_keeps_what_finished_and_marks_the_
     stats = subprocess.run([sys.executable, "-m", "pipeline", "stats", "--json"], env=env, capture_output=True,
                            text=True, timeout=120)
     assert json.loads(stats.stdout)["interrupted_runs"] == 1, stats.stderr
+    history = subprocess.run([sys.executable, "-m", "pipeline", "results", "runs", "--json"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert [(r["run_id"], r["interrupted"]) for r in json.loads(history.stdout)] == [(run_id, True)], history.stderr
 
 
 @pytest.mark.slow
