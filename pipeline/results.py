@@ -17,9 +17,9 @@ hidden temp file in the same directory (``.<run_id>.parquet.<pid>-<random>.tmp``
 ``*.parquet`` glob matches), fsynced, then published under its final name with a hard
 link, which fails instead of overwriting. A writer killed midway leaves only a hidden
 temp file behind; readers never see it, and the next command that reads or writes the tables
-removes it (`sweep_stale`): its writer's pid is in its name and the writer holds an flock on it
-until it is published or removed, so a live writer's temp file is never touched. A run killed
-that way is recorded in ``runs`` as interrupted with no results.
+removes it (`sweep_stale`): each writer lists its temp files in a lease it holds (an flock) for
+its life, ``<root>/.writers/<pid>-<random>.lease``, so only a dead writer's are removed, never a
+live one's. A run killed that way is recorded in ``runs`` as interrupted with no results.
 
 Column sets are the schema constants below (``RESULT_SCHEMA``, ``TRADE_SCHEMA``,
 ``RUN_SCHEMA``). Parameters live in ``params_json`` (canonical JSON: sorted keys, no
@@ -34,6 +34,7 @@ a record) are stored as NULL, never NaN.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import contextvars
 import fcntl
@@ -41,6 +42,7 @@ import json
 import os
 import re
 import secrets
+import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
@@ -937,29 +939,66 @@ class _NothingToWrite(Exception):
 
 
 class _Temp:
-    """A hidden temp file beside `final`, named after its writer (``.<final>.<pid>-<random>.tmp``)
-    and flocked by it from creation until it is published or removed: `sweep_stale` removes only
-    temp files nobody holds whose writer's pid is gone."""
+    """A hidden temp file beside `final` (``.<final>.<pid>-<random>.tmp``), listed in its writer's
+    lease before it is made (`_lease`): `sweep_stale` removes only what dead writers' leases list."""
 
     def __init__(self, final: Path) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         self.final = final
         self.path = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        self._lease = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        try:
-            fcntl.flock(self._lease, fcntl.LOCK_EX)
-            self.handle = open(os.dup(self._lease), "wb")  # noqa: SIM115 - closed by `_writing`
-        except BaseException:
-            self.discard()
-            raise
+        root = final.parents[2]  # every table file is <root>/run_date=.../strategy=.../<file>
+        os.write(_lease(root), f"{self.path.relative_to(root)}\n".encode())
+        self.handle = open(self.path, "xb")  # noqa: SIM115 - closed by `_writing`
 
     def discard(self) -> None:
-        """Remove the temp name, then let go of the lock (the published name, if any, stays)."""
+        """Remove the temp name (the published name, if any, stays)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        if self._lease >= 0:
-            os.close(self._lease)
-            self._lease = -1
+
+
+# Each process that writes a table holds a lease in its folder, `<root>/.writers/<pid>-<random>.lease`:
+# flocked for the life of the process, it lists every temp file the process makes there, before it
+# makes it. A lease nobody holds is a dead writer's: what it lists can go. A process that ends
+# with none of its temp files left removes its leases itself.
+WRITERS = ".writers"
+_LEASES: dict[Path, tuple[int, int, Path]] = {}  # table root -> (pid, fd, path) of this process's lease
+_LEASES_LOCK = threading.Lock()
+
+
+def _lease(root: Path) -> int:
+    """This process's lease in the table folder `root` (an append-only fd), made on first use."""
+    with _LEASES_LOCK:
+        held = _LEASES.get(root)
+        if held is not None and held[0] == os.getpid():
+            return held[1]
+        if not any(pid == os.getpid() for pid, _, _ in _LEASES.values()):
+            atexit.register(_end_leases)
+        folder = root / WRITERS
+        folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = folder / f"{os.getpid()}-{secrets.token_hex(4)}.lease"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o644)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break  # not taken for a dead writer's by a sweep between its creation and the lock
+            os.close(fd)
+        _LEASES[root] = (os.getpid(), fd, path)
+        return fd
+
+
+def _end_leases() -> None:
+    """At exit: remove this process's leases that list no temp file still there (else a later
+    command's sweep removes the files and the lease)."""
+    for root, (pid, fd, path) in list(_LEASES.items()):
+        if pid != os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if not any((root / name).exists() for name in path.read_text(encoding="utf-8").splitlines()):
+                path.unlink()
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        del _LEASES[root]
 
 
 class Publication:
@@ -1064,76 +1103,65 @@ def _writing(final: Path, needed_bytes: int | None = None) -> Iterator[Any]:
     _fsync_dir(final.parent)
 
 
-# A temp file of the tables: `.<final name>.<pid>-<8 hex>.tmp` (before owners were named: no pid).
-_TEMP_NAME = re.compile(r"^\.(?P<final>.+\.parquet)\.(?:(?P<pid>\d+)-)?[0-9a-f]{8}\.tmp$")
-# A temp file whose writer's pid is in use again (another process now) is stale after this long;
-# one from before names carried the pid, after a day.
-_STALE_SECONDS, _UNNAMED_STALE_SECONDS = 3600, 86_400
+# A temp file of the tables, as a lease lists it: `run_date=.../strategy=.../.<final>.<pid>-<8 hex>.tmp`.
+_LEASED_TEMP = re.compile(r"^run_date=[^/]+/strategy=[^/]+/\.(?P<final>[^/]+\.parquet)\.\d+-[0-9a-f]{8}\.tmp$")
 
 
 def sweep_stale(results_root: str | os.PathLike[str]) -> list[Path]:
-    """Remove the temp files killed writers left in the three tables; returns them.
+    """Remove the temp files that dead writers left in the three tables; returns them.
 
-    A temp file goes only if no process holds its flock (a live writer holds it from creation
-    to publication) and its writer's pid is gone (or, the pid being in use again, it is an hour
-    old). A results file of a run that was never published means the run was killed: it is
-    recorded in ``runs`` as interrupted, with no results. Best effort: a folder that cannot be
-    written is left as it is."""
+    Only what the lease of a writer that is gone lists (`_lease`): a live process's files are never
+    touched, and the cost is a look at each table's `.writers` folder, not a walk of the tables.
+    A results file of a run that was never published means the run was killed: it is recorded in
+    ``runs`` as interrupted, with no results. Best effort: what cannot be removed stays."""
     removed: list[Path] = []
     for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
-        for path in root.glob("*/*/.*.tmp"):
+        try:
+            leases = [entry.path for entry in os.scandir(root / WRITERS) if entry.name.endswith(".lease")]
+        except OSError:
+            continue
+        for lease in leases:
             with contextlib.suppress(OSError):
-                last_write = _remove_if_stale(path)
-                if last_write is not None:
-                    removed.append(path)
+                for temp, last_write in _sweep_lease(root, Path(lease)):
+                    removed.append(temp)
                     if root == Path(results_root):
-                        _record_killed(results_root, path, last_write)
+                        _record_killed(results_root, temp, last_write)
     return removed
 
 
-def _remove_if_stale(path: Path) -> float | None:
-    """Remove `path` if its writer is gone; returns its last write (epoch seconds), or None if kept."""
-    match = _TEMP_NAME.match(path.name)
-    if match is None:
-        return None
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+def _sweep_lease(root: Path, lease: Path) -> list[tuple[Path, float]]:
+    """If `lease`'s writer is gone: remove the temp files it lists, then the lease; returns the
+    files removed with their last write (epoch seconds)."""
+    fd = os.open(lease, os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return None  # its writer is alive
-        status = os.fstat(fd)
-        if os.stat(path).st_ino != status.st_ino:
-            return None  # removed (and made again) since it was opened
-        age = datetime.now(UTC).timestamp() - status.st_mtime
-        pid = match["pid"]
-        if pid is None:
-            stale = age > _UNNAMED_STALE_SECONDS
-        else:
-            stale = not _alive(int(pid)) or age > _STALE_SECONDS
-        if not stale:
-            return None
-        path.unlink()
-        return status.st_mtime
+            return []  # its writer is alive
+        if os.stat(lease).st_ino != os.fstat(fd).st_ino:
+            return []  # swept by another command since it was opened
+        with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as listed:
+            names = listed.read().splitlines()
+        removed = []
+        for name in dict.fromkeys(names):
+            if not _LEASED_TEMP.match(name):
+                continue  # not a temp file of this table: never touched
+            temp = root / name
+            with contextlib.suppress(FileNotFoundError):
+                last_write = temp.stat().st_mtime
+                temp.unlink()
+                removed.append((temp, last_write))
+        lease.unlink()
+        return removed
     finally:
         os.close(fd)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # another user's process
-    return True
 
 
 def _record_killed(results_root: str | os.PathLike[str], temp: Path, last_write: float) -> None:
     """A runs row for the run whose results temp file `temp` a killed process left: interrupted,
     no results (unless the run was published after all: a kill between its links and the
     removal of its temp files)."""
-    final = temp.with_name(_TEMP_NAME.match(temp.name)["final"])
+    final = temp.with_name(_LEASED_TEMP.match(f"{temp.parent.parent.name}/{temp.parent.name}/{temp.name}")["final"])
     run_id = final.name.removesuffix(".parquet")
     strategy = final.parent.name.partition("=")[2]
     if final.exists() or not _SAFE_NAME.match(run_id) or not _SAFE_NAME.match(strategy):
