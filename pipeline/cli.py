@@ -92,9 +92,11 @@ def user_errors(func: F) -> F:
         except PipelineError as exc:
             _print_error(str(exc))
             raise typer.Exit(1) from None
-        except KeyboardInterrupt:
-            # No claim about what was kept: a run says it (`stoppable`); other commands publish whole or not at all.
-            err_console.print(f"interrupted ({stopping.name()})")
+        except KeyboardInterrupt as exc:
+            # A run stopped at once says what it kept; else no claim (`stoppable` says it for backtest
+            # and sweep; other commands publish whole or not at all).
+            said = f": {exc}" if isinstance(exc, stopping.RunStopped) else ""
+            err_console.print(f"interrupted ({stopping.name()}){said}", highlight=False, soft_wrap=True)
             raise typer.Exit(stopping.exit_code()) from None
         except (typer.Exit, typer.Abort, TyperException):
             raise

@@ -193,7 +193,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         last = job.events[-1]
         if last["event"] == "error":
             return _error(last["data"]["status"], last["data"]["error"])
-        return _json(job.answer, headers={"X-Run-Id": last["data"]["run_id"]})
+        done = last["data"]
+        if done.get("interrupted"):  # the server is shutting down: a part is no answer, say what was kept
+            kept = (f"kept and wrote the {done['results']:,} of {done['planned']:,} results that finished"
+                    if done["results"] else "nothing was kept")
+            return _error(503, f"the run was interrupted (the server is shutting down): {kept} (run {done['run_id']} "
+                               "marked interrupted); retry when it is back")
+        return _json(job.answer, headers={"X-Run-Id": done["run_id"]})
 
     async def _stream(kind: str, request: Request, body: RunRequest) -> StreamingResponse:
         job = await _submit(kind, body)
