@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,9 +27,9 @@ from pipeline import demo
 from tests.api_server import free_port, sse_events
 
 ROOT = Path(__file__).resolve().parents[1]
-# 2,400 parameter sets x 40 symbols x 8,760 hourly bars: tens of seconds of work here.
-GRID = ["rsi_period=2:61:1", "oversold_threshold=10:49:1"]
-PLANNED = 60 * 40 * 40
+# 12,000 parameter sets x 40 symbols x 8,760 hourly bars: minutes of work on two idle cores.
+GRID = ["rsi_period=2:61:1", "oversold_threshold=10:49:1", "overbought_threshold=60:64:1"]
+PLANNED = 60 * 40 * 5 * 40
 KEPT = re.compile(r"kept and wrote the ([\d,]+) of ([\d,]+) results")
 
 
@@ -209,10 +210,16 @@ def test_an_api_server_under_sigterm_ends_its_streams_with_done_or_error_first(e
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
+        body = {"strategy": "rsi", "grid": GRID, "top": 3}
+        # The same sweep asked without streaming joins the stream's run: it gets an answer too.
+        answers: list[httpx.Response] = []
+        plain = threading.Thread(target=lambda: answers.append(httpx.post(f"{base}/api/sweep", json=body,
+                                                                          timeout=120)))
         events, sent = [], False
         with httpx.Client(base_url=base, timeout=120) as client, client.stream(
-                "POST", "/api/sweep/stream", json={"strategy": "rsi", "grid": GRID, "top": 3}) as response:
+                "POST", "/api/sweep/stream", json=body) as response:
             assert response.status_code == 200
+            plain.start()
             for name, data in sse_events(response.iter_lines()):
                 events.append((name, data))
                 if name == "progress" and data["completed"] > 0 and not sent:
@@ -221,12 +228,20 @@ def test_an_api_server_under_sigterm_ends_its_streams_with_done_or_error_first(e
                         server.send_signal(sig)
                     sent = True
         _, stderr = server.communicate(timeout=120)
+        plain.join(timeout=60)
     finally:
         if server.poll() is None:
             server.kill()
     assert events, "no event came"
     name, data = events[-1]
     assert name in ("done", "error"), f"the stream ended with {events[-3:]}"
+    # A part of a sweep is no answer: the plain request is told what the stream was told, as an error.
+    assert [a.status_code for a in answers] == [503], [a.text for a in answers]
+    told = answers[0].json()["error"]
+    if name == "done":
+        assert f"kept and wrote the {data['results']:,} of {PLANNED:,} results" in told, told
+    else:
+        assert told == data["error"]
     assert "Traceback" not in stderr
     assert server.returncode == 128 + signal.SIGTERM, stderr
     rows = _table(env, "results", "SELECT run_id, count(*) FROM {t} GROUP BY run_id")
