@@ -88,6 +88,7 @@ def cache_key(
     trail: bool = False,
     size: float = 1.0,
     slippage_pct: float = 0.0,
+    market: str = "spot",
 ) -> str:
     """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``."""
     fields = {
@@ -108,6 +109,7 @@ def cache_key(
         "trail": trail,
         "size": size,
         "slippage_pct": slippage_pct,
+        "market": market,
         "data_version": data_version,
     }
     canonical = json.dumps(

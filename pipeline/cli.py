@@ -1119,6 +1119,8 @@ RESULT_COLUMNS = {
     "start": tables.Column("from", drop_rank=4, right=False),
     "end": tables.Column("to", drop_rank=4, right=False),
     "snapshot_id": tables.Column("snapshot", drop_rank=10, right=False),
+    "market": tables.Column("market", required=True, right=False),
+    "source": tables.Column("source", required=True, right=False),
     "data_version": tables.Column("data version", drop_rank=9, right=False),
     "run_id": tables.Column("run", drop_rank=8, right=False),
     "created_at": tables.Column("created (UTC)", drop_rank=9, right=False),
@@ -1211,9 +1213,12 @@ def results_top(
     if as_json:
         _emit_json(records)
         return
-    keys = ["symbol", "strategy", "params_json", "interval", "total_return_pct", "buy_hold_return_pct", "sharpe",
-            "max_drawdown_pct", "win_rate_pct", "closed_trades", "open", *_setting_columns(records), "final_value",
-            "data_version", "run_id", "created_at"]
+    # Two series of one name (another source, another market) are told apart: those columns show
+    # whenever the rows hold more than one of them.
+    mixed = [k for k in ("market", "source") if len({r[k] for r in records}) > 1]
+    keys = ["symbol", *mixed, "strategy", "params_json", "interval", "total_return_pct", "buy_hold_return_pct",
+            "sharpe", "max_drawdown_pct", "win_rate_pct", "closed_trades", "open", *_setting_columns(records),
+            "final_value", "data_version", "run_id", "created_at"]
     tables.print_table(console, [RESULT_COLUMNS[k] for k in keys], _result_cells(records, keys),
                        f"best {len(rows)} result(s) recorded" + (f" for {strategy}" if strategy else "")
                        + (f" with at least {min_trades} entries" if min_trades else ""))

@@ -124,6 +124,9 @@ class RunConfig:
     anchored: bool = False
     # Test parts start flat with fresh cash instead of on the full-history path (walkforward.evaluate).
     walk_forward_flat_start: bool = False
+    # The market the run trades: `spot` (the only one until perpetual futures; its results say so,
+    # so a futures series of the same name is never mixed with it).
+    market: str = "spot"
 
     @property
     def fee_frac(self) -> float:
@@ -465,6 +468,8 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         **execution.fields(),
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
+        "source": batch.source,
+        "market": config.market,
         "data_version": batch.data_versions[symbol_index],
         "engine_version": code_version(config.strategy),
         "reason": reason,
@@ -555,6 +560,7 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
         "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "snapshot_id": batch.snapshot_id, "computed_snapshot_id": batch.snapshot_id,
+        "source": batch.source, "market": config.market,
         "engine_version": code_version(config.strategy), "from_cache": False,
     }
     per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}

@@ -93,7 +93,7 @@ def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
     symbols = list(tables)
     bars = (~np.isnan(columns["close"])).sum(axis=1).astype(np.int64)
     return PriceBatch("frames", name, symbols, t0 + np.arange(width, dtype=np.int64) * step, columns,
-                      ["frames"] * len(symbols), bars=bars)
+                      ["frames"] * len(symbols), bars=bars, source="frames")
 
 
 def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,

@@ -49,6 +49,8 @@ class PriceBatch:
     bars: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     # Share of an interval's hours a bar was built from (a daily bar from 3 hours: 0.125); None = all whole.
     coverage: np.ndarray | None = None
+    # Where the bars came from (the snapshot's source: `postgresql://host:port/db`, `sample`, `frames`).
+    source: str = ""
 
     @property
     def bars_per_year(self) -> int:
@@ -236,7 +238,7 @@ def read_prices(
     ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
     empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
                        {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
-                       np.zeros(len(names), dtype=np.int64))
+                       np.zeros(len(names), dtype=np.int64), source=snapshot.manifest.get("source", ""))
     if not names:
         return empty
 
@@ -298,7 +300,7 @@ def read_prices(
     kept = grids.load(lake_root, snapshot, interval, names, columns, min_coverage) if keep_grid else None
     if kept is not None:
         return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
-                          start, end, kept["bars"], kept.get("coverage"))
+                          start, end, kept["bars"], kept.get("coverage"), source=snapshot.manifest.get("source", ""))
     values = (*columns, "coverage") if partial_possible else columns
     # The grid spans the first to the last bar read. A read of whole histories knows that span from
     # the manifest and places each batch of rows as it arrives (memory: the grid plus one batch);
@@ -341,7 +343,8 @@ def read_prices(
     if keep_grid:
         grids.store(lake_root, snapshot, interval, names, columns, min_coverage, scanned,
                     {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
-    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage)
+    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage,
+                      source=snapshot.manifest.get("source", ""))
 
 
 def _manifest_span(snapshot: lake.Snapshot, names: list[str], interval: str) -> tuple[int, int] | None:

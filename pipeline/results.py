@@ -132,6 +132,10 @@ RESULT_SCHEMA = pa.schema(
         pa.field("slippage_pct", pa.float64()),
         pa.field("snapshot_id", pa.string()),
         pa.field("computed_snapshot_id", pa.string()),
+        # Where the bars came from (the snapshot's source) and which market they are: the same symbol
+        # name from two sources or markets is two series (NULL in files written before: spot).
+        pa.field("source", pa.string()),
+        pa.field("market", pa.string()),
         pa.field("data_version", pa.string()),
         pa.field("engine_version", pa.string()),
         pa.field("reason", pa.string()),
@@ -247,7 +251,8 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 _TOP_SQL = """
 SELECT symbol, strategy, params_json, interval, total_return_pct, buy_hold_return_pct,
        sharpe, max_drawdown_pct, win_rate_pct, num_trades, closed_trades, final_value,
-       sl_pct, tp_pct, trail, size, slippage_pct, snapshot_id, data_version, run_id, created_at
+       sl_pct, tp_pct, trail, size, slippage_pct, snapshot_id, source, coalesce(market, 'spot') AS market,
+       data_version, run_id, created_at
 FROM results
 WHERE ($1::VARCHAR IS NULL OR strategy = $1)
   AND ($2::VARCHAR IS NULL OR run_id = $2)
@@ -259,7 +264,7 @@ WHERE ($1::VARCHAR IS NULL OR strategy = $1)
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
                  fill, fee_pct, initial_investment, sl_pct, tp_pct, trail, size, slippage_pct,
-                 data_version, engine_version
+                 source, coalesce(market, 'spot'), data_version, engine_version
     ORDER BY created_at DESC, run_id DESC) = 1
 ORDER BY total_return_pct DESC, symbol, params_json
 LIMIT $3

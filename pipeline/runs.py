@@ -87,7 +87,7 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: 
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
         **config.execution(c).fields(),
-        "data_version": version, "engine_version": engine.code_version(config.strategy),
+        "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
     }
 
 
@@ -264,6 +264,8 @@ def backtest(
                 # number still holds there) and, apart, the snapshot it was first computed on.
                 record["computed_snapshot_id"] = record.get("computed_snapshot_id") or record["snapshot_id"]
                 record["snapshot_id"] = snapshot.id
+                record["source"] = snapshot.manifest.get("source", "")  # records cached before it was kept
+                record.setdefault("market", config.market)
                 hits[slot] = record
     missing = [s for s in names if any((s, c) not in hits for c in range(n_params))]
 

@@ -160,3 +160,24 @@ def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url)
     notes = [line for line in done.stderr.splitlines() if "left out" in line]
     assert notes == [notes[0]] and "GOOG" in notes[0] and "1d" in notes[0] and "1h" in notes[0], done.stderr
     assert "HOURLY" in done.stdout and "GOOG" not in done.stdout
+
+
+def test_results_top_tells_two_sources_of_one_symbol_apart(tmp_path, database_url):
+    """Issue 26: the sample lake's ETH_BTC and PostgreSQL's ETH_BTC were two unlabelled rows of one name."""
+    environment = dict(os.environ)
+    environment.update(DATABASE_URL=database_url, REDIS_URL="", CRYPTOBT_RESULTS_ROOT=str(tmp_path / "results"),
+                       PREFECT_HOME=str(tmp_path / "prefect"), PYTHONPATH=str(ROOT), COLUMNS="120")
+    sample = ROOT / "data" / "sample" / "binance-5m"
+    demo.build_sample_lake(tmp_path / "sample-lake", n_symbols=1, years=0.1, sample=sample)
+    cryptobt({**environment, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "sample-lake")}, "backtest", "rsi", "-s", "ETH_BTC")
+    postgres = {**environment, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "pg-lake")}
+    cryptobt(postgres, "db", "init")
+    cryptobt(postgres, "db", "import", str(sample / "ETH_BTC-5m.feather"), "--replace")
+    cryptobt(postgres, "export", "--no-prefect")
+    cryptobt(postgres, "backtest", "rsi", "-s", "ETH_BTC", "--fee", "0.2")
+    rows = [r for r in json.loads(cryptobt(postgres, "results", "top", "--n", "10", "--json").stdout)
+            if r["symbol"] == "ETH_BTC"]
+    assert {r["source"] for r in rows} == {"sample", database_url.split("//")[0] + "//" + database_url.split("@")[-1]}
+    assert {r["market"] for r in rows} == {"spot"}
+    table = cryptobt(postgres, "results", "top", "--n", "10").stdout
+    assert "source" in table.splitlines()[2] and "sample" in table
