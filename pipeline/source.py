@@ -50,8 +50,14 @@ def _copy_row_dtype(columns: list[tuple[str, str]]) -> np.dtype:
     return np.dtype(fields)
 
 
-# As written by `load_prices`, and as produced by sql/queries/extract_prices*.sql.
-_LOAD_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_type", "S2"), ("datetime", ">i8"), *_PRICE_FIELDS])
+@cache
+def _load_row(interval: str) -> np.dtype:
+    """A row as written by `load_prices`: interval_type is text, as long as the name ('15m' is 3 bytes)."""
+    return _copy_row_dtype([("crypto_id", ">i4"), ("interval_type", f"S{len(interval.encode())}"),
+                            ("datetime", ">i8"), *_PRICE_FIELDS])
+
+
+# As produced by sql/queries/extract_prices*.sql.
 _EXTRACT_ROW = _copy_row_dtype([("crypto_id", ">i4"), ("interval_index", ">i4"), ("datetime", ">i8"),
                                 *_PRICE_FIELDS])
 # The same without interval_index: a read of one interval (the usual lake) does not ask for it, which
@@ -168,11 +174,12 @@ def _timestamps_us(ts: pl.Series) -> np.ndarray:
 def encode_copy_rows(frame: pl.DataFrame, interval: str) -> np.ndarray:
     """Binary COPY tuples for a price frame (columns crypto_id, ts, open..volume)."""
     n = frame.height
-    rows = np.empty(n, dtype=_LOAD_ROW)
-    value_fields = [name for name in _LOAD_ROW.names if name != "nfields" and not name.startswith("len_")]
+    layout = _load_row(interval)
+    rows = np.empty(n, dtype=layout)
+    value_fields = [name for name in layout.names if name != "nfields" and not name.startswith("len_")]
     rows["nfields"] = len(value_fields)
     for name in value_fields:
-        rows[f"len_{name}"] = _LOAD_ROW.fields[name][0].itemsize
+        rows[f"len_{name}"] = layout.fields[name][0].itemsize
     rows["crypto_id"] = frame["crypto_id"].to_numpy()
     rows["interval_type"] = interval.encode()
     rows["datetime"] = _timestamps_us(frame["ts"]) - _PG_EPOCH_US
