@@ -75,3 +75,60 @@ def test_every_interval_imports_exports_and_backtests(env, tmp_path, native):  #
         assert result["buy_hold_return_pct"] == pytest.approx(bh, rel=1e-12)
     # Re-importing the same file changes nothing.
     assert f"at {native}: 0 rows changed" in cli(every, "db", "import", str(tmp_path / "SYM.csv")).stdout
+
+
+def _relfilenodes(conn: psycopg.Connection) -> dict[str, int]:
+    """The storage file of crypto_prices and each of its indexes: a rewrite or rebuild gives a new one."""
+    rows = conn.execute(
+        "SELECT c.relname, c.relfilenode FROM pg_class c WHERE c.oid = 'crypto_prices'::regclass "
+        "UNION ALL SELECT i.indexrelid::regclass::text, c.relfilenode FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'crypto_prices'::regclass").fetchall()
+    return dict(rows)
+
+
+@pytest.mark.parametrize("column", ["text", "varchar(2)", "char(2)"])
+def test_an_old_database_takes_every_interval_after_db_init(env, tmp_path, column):  # noqa: F811
+    """A database made when SPEC named only '1h' and '1d' has a check of those two, and a users' one may
+    hold interval_type in two characters: `db init` widens the column to text (varchar: in place, no
+    rewrite of the table or its primary key) and the check to every interval, once; then a 30m file
+    imports."""
+    from pipeline import source
+
+    url = env["DATABASE_URL"]
+    with psycopg.connect(url) as conn:  # the fixture's database has our schema: make it a users' old one
+        conn.execute("DROP TABLE crypto_prices")
+        old = source.load_sql("001_schema.sql").replace("interval_type text NOT NULL",
+                                                        f"interval_type {column} NOT NULL")
+        old = old.replace("('1m', '5m', '15m', '30m', '1h', '4h', '1d', '1w')", "('1h', '1d')")
+        assert f"interval_type {column}" in old and "('1h', '1d')" in old
+        conn.execute(old)
+        conn.execute("INSERT INTO cryptocurrencies (symbol) VALUES ('OLD') ON CONFLICT DO NOTHING")
+        conn.execute(
+            "INSERT INTO crypto_prices (crypto_id, interval_type, datetime, open_price, high_price, low_price, "
+            "close_price, volume) SELECT c.id, iv, timestamptz '2020-01-01 00:00+00' + i * interval '1 day', "
+            "10, 11, 9, 10, 1 FROM cryptocurrencies c, generate_series(0, 99) i, unnest(ARRAY['1h', '1d']) iv "
+            "WHERE c.symbol = 'OLD'")
+        conn.execute(source.load_sql("003_indexes.sql"))
+        old_files = _relfilenodes(conn)
+    cli(env, "db", "init")
+    with psycopg.connect(url) as conn:
+        kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = 'crypto_prices'::regclass AND attname = 'interval_type'").fetchone()[0]
+        check = conn.execute("SELECT pg_get_constraintdef(oid) FROM pg_constraint "
+                             "WHERE conname = 'crypto_prices_interval_check'").fetchone()[0]
+        before = _relfilenodes(conn)
+        kept = conn.execute("SELECT interval_type, count(*) FROM crypto_prices GROUP BY 1 ORDER BY 1").fetchall()
+    assert kind == "text"
+    assert all(f"'{name}'" in check for name in intervals.NAMES), check
+    assert kept == [("1d", 100), ("1h", 100)]
+    if column != "char(2)":  # widened in place: the table and its primary key are not rewritten
+        kept_files = ("crypto_prices", "crypto_prices_pkey")
+        assert {name: before[name] for name in kept_files} == {name: old_files[name] for name in kept_files}
+    # Applied again, the schema changes nothing: no rewrite, no index rebuilt.
+    cli(env, "db", "init")
+    with psycopg.connect(url) as conn:
+        assert _relfilenodes(conn) == before
+    _bars_csv(tmp_path / "HALF.csv", "30m", 96)
+    imported = cli(env, "db", "import", str(tmp_path / "HALF.csv"))
+    assert "at 30m" in imported.stdout
+    assert _pg_intervals(url, "HALF") == {"30m": 96, "1h": 48, "1d": 2}
