@@ -132,3 +132,57 @@ def test_an_old_database_takes_every_interval_after_db_init(env, tmp_path, colum
     imported = cli(env, "db", "import", str(tmp_path / "HALF.csv"))
     assert "at 30m" in imported.stdout
     assert _pg_intervals(url, "HALF") == {"30m": 96, "1h": 48, "1d": 2}
+
+
+# --- item 13: a big file is imported in bounded memory, still in one transaction ------------------
+
+def _minute_csv(path: Path, rows: int, start: datetime = datetime(2017, 1, 2), seed: int = 11) -> int:
+    """`rows` 1m bars in an exchange dump's shape (about 63 bytes a line); returns the file's size."""
+    rng = np.random.default_rng(seed)
+    close = 30_000 * np.exp(np.cumsum(rng.normal(0, 0.0005, rows)))
+    open_ = np.r_[30_000.0, close[:-1]]
+    ts = np.datetime64(start, "m") + np.arange(rows)
+    pl.DataFrame({
+        "date": pl.Series(ts.astype("datetime64[us]")), "open": open_.round(2),
+        "high": (np.maximum(open_, close) * 1.0005).round(2), "low": (np.minimum(open_, close) * 0.9995).round(2),
+        "close": close.round(2), "volume": rng.uniform(0, 50, rows).round(6),
+    }).write_csv(path, datetime_format="%Y-%m-%d %H:%M:%S")
+    return path.stat().st_size
+
+
+def _import_peak(environ: dict[str, str], *paths: Path, extra: tuple[str, ...] = ()) -> tuple[int, str, float]:
+    """`cryptobt db import PATHS` in a child process: exit code, output, and the child's peak RSS in MB
+    (its own ru_maxrss, from wait4: no other child of this test process counts)."""
+    import os
+    import subprocess
+    import sys
+
+    out = Path(environ["_CWD"]) / "import.out"
+    with out.open("w") as sink:
+        child = subprocess.Popen([sys.executable, "-m", "pipeline", "db", "import", *extra, *map(str, paths)],
+                                 env=environ, stdout=sink, stderr=subprocess.STDOUT, cwd=environ["_CWD"])
+        _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    text = out.read_text()
+    assert "Traceback" not in text, text
+    return child.returncode, text, usage.ru_maxrss / 1024
+
+
+@pytest.mark.slow
+def test_a_big_csv_imports_in_memory_that_does_not_grow_with_the_file(env, tmp_path):  # noqa: F811
+    cli(env, "db", "init")
+    small, big = tmp_path / "SMALL.csv", tmp_path / "BIG.csv"
+    small_mb = _minute_csv(small, 1_000_000) / 2**20
+    big_mb = _minute_csv(big, 4_000_000, start=datetime(2010, 1, 4)) / 2**20
+    code, text, small_peak = _import_peak(env, small)
+    assert code == 0 and "1,000,000 1m" in text, text
+    code, text, big_peak = _import_peak(env, big)
+    assert code == 0 and "4,000,000 1m" in text, text
+    print(f"peak RSS: {small_mb:.0f} MB file -> {small_peak:.0f} MB; {big_mb:.0f} MB file -> {big_peak:.0f} MB")
+    assert big_peak <= big_mb + 500
+    # Four times the rows, (almost) the same memory: it is bounded by a batch, not by the file.
+    assert big_peak - small_peak < 0.25 * (big_mb - small_mb)
+    with psycopg.connect(env["DATABASE_URL"]) as conn:
+        counts = dict(conn.execute("SELECT c.symbol, count(*) FROM crypto_prices p JOIN cryptocurrencies c "
+                                   "ON c.id = p.crypto_id WHERE p.interval_type = '1m' GROUP BY 1").fetchall())
+    assert counts == {"SMALL": 1_000_000, "BIG": 4_000_000}
