@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +14,14 @@ import polars as pl
 from pipeline import health, intervals, source
 from pipeline.config import BarWindow
 from pipeline.errors import InputError
-from pipeline.ohlcv import PRICE_COLUMNS, derive, native_interval, read_ohlcv_file, symbol_from_path
+from pipeline.ohlcv import (
+    PRICE_COLUMNS,
+    SpilledFile,
+    check_file,
+    derive,
+    interval_of_spacing,
+    symbol_from_path,
+)
 from pipeline.synthetic import generate_market
 
 Progress = Callable[[int], None]
@@ -118,44 +126,24 @@ def seed_database(
     )
 
 
-def read_import_files(paths: list[Path], symbol: str | None = None, interval: str | None = None,
-                      derived: tuple[str, ...] = ("1h", "1d"),
-                      window: BarWindow | None = None) -> dict[str, dict[str, pl.DataFrame]]:
-    """Read and validate every file (nothing is written): symbol -> interval -> bars (native first)."""
+def _import_names(paths: list[Path], symbol: str | None) -> dict[Path, str]:
+    """Each file's symbol (`symbol`, else its name before '-'), checked before any file is read."""
     if not paths:
         raise InputError("no files given; pass one or more CSV, Parquet or Feather files")
     if symbol is not None and len(paths) > 1:
         raise InputError("--symbol names one symbol; import one file at a time with it")
-    parsed: dict[str, dict[str, pl.DataFrame]] = {}
-    for path in paths:
-        frame = read_ohlcv_file(Path(path), window=window)
-        name = symbol or symbol_from_path(Path(path))
+    names: dict[Path, str] = {}
+    for path in map(Path, paths):
+        check_file(path)
+        name = symbol or symbol_from_path(path)
         if not name or len(name) > 64 or not name.replace("_", "").replace("-", "").replace(".", "").isalnum():
             raise InputError(
                 f"{path}: symbol {name!r} is not allowed; use letters, digits, '_', '-' or '.' (1-64 chars)"
             )
-        if name in parsed:
+        if name in names.values():
             raise InputError(f"{path}: a second file for symbol {name}; import one file per symbol")
-        native = native_interval(frame, str(path), interval)
-        parsed[name] = derive(frame, native, derived)
-    return parsed
-
-
-def check_health(parsed: dict[str, dict[str, pl.DataFrame]], thresholds: health.Thresholds,
-                 strict: bool) -> dict[str, list[str]]:
-    """Findings per symbol of freshly read series at their native interval; `strict` refuses them."""
-    found = {}
-    for name, by_interval in parsed.items():
-        native, frame = next(iter(by_interval.items()))
-        records = health.measure(frame, native, thresholds)
-        notes = health.findings(health.combine(records, thresholds), thresholds) if records else []
-        if notes:
-            found[name] = notes
-    if strict and found:
-        first = sorted(found)[0]
-        raise InputError(f"--strict: {len(found)} symbol(s) have data findings ({first}: {'; '.join(found[first])}); "
-                         "nothing was written. Fix the data, or import without --strict to keep them as warnings")
-    return found
+        names[path] = name
+    return names
 
 
 def _with_neighbours(conn: object, crypto_id: int, by_interval: dict[str, pl.DataFrame],
@@ -194,34 +182,54 @@ def import_files(url: str, paths: list[Path], symbol: str | None = None,
     """Import OHLCV files at their native interval plus the `derived` coarser ones, in one transaction.
 
     Every file is read and validated (bar times within `window`, default 1970-01-01 .. now + 1 day)
-    before anything is written, so one bad file leaves the database untouched. Re-importing the
-    same file changes 0 rows; a file whose bars differ from a symbol's existing ones is refused
-    unless `replace` (the file becomes its series).
+    before anything is written, a batch at a time (`SpilledFile`), then loaded a year at a time:
+    memory holds a batch or a year, never a file. Anything refused (a bad file, a --strict finding, a
+    conflict) leaves the database untouched. Re-importing the same file changes 0 rows; a file whose
+    bars differ from a symbol's existing ones is refused unless `replace` (the file becomes its series).
     """
     started = time.perf_counter()
-    parsed = read_import_files(paths, symbol, interval, derived, window)
-    findings = check_health(parsed, thresholds or health.Thresholds(), strict)
-    natives = {name: next(iter(by_interval)) for name, by_interval in parsed.items()}
+    names = _import_names(paths, symbol)
+    thresholds = thresholds or health.Thresholds()
     rows: dict[str, int] = {}
+    findings: dict[str, list[str]] = {}
     how = ("Pass --replace to replace these symbols' series whole with the file's, or --symbol NAME to "
            "import it under another name.")
-    with source.connect(url) as conn:
-        ids = source.register_symbols(conn, sorted(parsed))
-        mode = _mode(conn, ids, natives, replace, how)
-        if mode == "merge":
-            parsed = {name: _with_neighbours(conn, ids[name], by_interval, derived)
-                      for name, by_interval in parsed.items()}
-        frames: dict[str, list[pl.DataFrame]] = {}
-        for name, by_interval in parsed.items():
-            for iv_name, frame in by_interval.items():
-                frames.setdefault(iv_name, []).append(
-                    frame.drop("bars").with_columns(pl.lit(ids[name], pl.Int32).alias("crypto_id")))
-                rows[iv_name] = rows.get(iv_name, 0) + frame.height
-        merged = {k: pl.concat(v) for k, v in frames.items()}
-        counts = source.load_prices(conn, merged, mode=mode, progress=progress,
-                                    natives={ids[n]: natives[n] for n in parsed})
-        if counts.conflicts:
-            conn.rollback()
-        _refuse_conflicts(counts, {i: s for s, i in ids.items()}, how)
+    with ExitStack() as spilled:
+        files: dict[str, SpilledFile] = {}
+        natives: dict[str, str] = {}
+        for path, name in names.items():  # each file whole, checked, before the next is read
+            files[name] = spilled.enter_context(SpilledFile(path, window))
+            natives[name] = interval_of_spacing(files[name].spacing, str(path), interval)
+        with source.connect(url) as conn:
+            ids = source.register_symbols(conn, sorted(files))
+            mode = _mode(conn, ids, natives, replace, how)
+            load = source.PriceLoad(conn, mode=mode, natives={ids[n]: natives[n] for n in files}, progress=progress)
+            for name, file in files.items():
+                native, records = natives[name], []
+                for bars in file.years():
+                    by_interval = derive(bars.drop("_row"), native, derived)
+                    records += health.measure(by_interval[native], native, thresholds)
+                    if mode == "merge":
+                        by_interval = _with_neighbours(conn, ids[name], by_interval, derived)
+                    load.add({iv_name: frame.drop("bars").with_columns(pl.lit(ids[name], pl.Int32).alias("crypto_id"))
+                              for iv_name, frame in by_interval.items()})
+                    for iv_name, frame in by_interval.items():
+                        rows[iv_name] = rows.get(iv_name, 0) + frame.height
+                notes = health.findings(health.combine(records, thresholds), thresholds) if records else []
+                if notes:
+                    findings[name] = notes
+            _refuse_findings(findings, strict)
+            counts = load.finish()
+            if counts.conflicts:
+                conn.rollback()
+            _refuse_conflicts(counts, {i: s for s, i in ids.items()}, how)
     return LoadReport(symbols=len(ids), rows=rows, seconds=time.perf_counter() - started,
                       changed=counts.changed, natives=natives, findings=findings)
+
+
+def _refuse_findings(found: dict[str, list[str]], strict: bool) -> None:
+    """--strict: data findings refuse the load (the caller's transaction rolls back)."""
+    if strict and found:
+        first = sorted(found)[0]
+        raise InputError(f"--strict: {len(found)} symbol(s) have data findings ({first}: {'; '.join(found[first])}); "
+                         "nothing was written. Fix the data, or import without --strict to keep them as warnings")

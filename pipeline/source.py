@@ -227,6 +227,56 @@ class LoadCounts:
                           {**self.conflicts, **other.conflicts})
 
 
+class PriceLoad:
+    """One load of price frames, written with binary COPY in the caller's transaction as they come
+    (`add`, any number of times: memory holds one batch, not the load) and settled by `finish`.
+
+    `mode` is one of LOAD_MODES: `new` copies straight into crypto_prices (a duplicate key fails
+    the whole load); `merge` copies into a staging table, refuses (returns the conflicts, writes
+    nothing) if any staged bar of a symbol's native interval (`natives`: crypto id -> interval,
+    default 1h) differs from an existing one, else inserts new bars and updates derived ones; `replace`
+    makes the staged bars the symbols' whole series. Identical bars are never rewritten, so a
+    repeated load changes 0 rows. The caller rolls back when there are conflicts.
+    """
+
+    def __init__(self, conn: psycopg.Connection, *, mode: str, natives: dict[int, str] | None = None,
+                 chunk_rows: int = 500_000, progress: Callable[[int], None] | None = None) -> None:
+        if mode not in LOAD_MODES:
+            raise ValueError(f"mode {mode!r} is not one of {LOAD_MODES}")
+        self.conn, self.mode, self.natives = conn, mode, natives or {}
+        self.chunk_rows, self.progress = chunk_rows, progress
+        self.sent, self.ids = 0, set()
+        if mode != "new":
+            conn.execute(load_sql("create_staging_prices.sql"))
+
+    def add(self, frames: dict[str, pl.DataFrame]) -> None:
+        """Copy price frames (keyed by interval; columns crypto_id, ts, open..volume)."""
+        for interval in frames:
+            if interval not in iv.SECONDS:
+                raise InputError(f"interval {interval!r} is not allowed; use one of {', '.join(iv.NAMES)}")
+        target = "crypto_prices" if self.mode == "new" else "staging_prices"
+        with self.conn.cursor() as cursor:
+            self.sent += _copy_frames(cursor, target, frames, self.chunk_rows, self.progress)
+        self.ids.update(int(i) for frame in frames.values() for i in frame["crypto_id"].unique().to_list())
+
+    def finish(self) -> LoadCounts:
+        if self.mode == "new":
+            return LoadCounts(self.sent, self.sent)
+        ids = sorted(self.ids)
+        deleted = 0
+        with self.conn.cursor() as cursor:
+            if self.mode == "merge":
+                pairs = {"ids": ids, "natives": [self.natives.get(i, "1h") for i in ids]}
+                conflicts = {crypto_id: (int(n), first) for crypto_id, n, first in
+                             cursor.execute(load_sql("conflicting_prices.sql"), pairs).fetchall()}
+                if conflicts:
+                    return LoadCounts(self.sent, 0, conflicts)
+            else:
+                deleted = int(cursor.execute(load_sql("replace_series.sql"), {"ids": ids}).fetchone()[0])
+            cursor.execute(load_sql("merge_staging_prices.sql"))
+            return LoadCounts(self.sent, deleted + max(cursor.rowcount, 0))
+
+
 def load_prices(
     conn: psycopg.Connection,
     frames: dict[str, pl.DataFrame],
@@ -236,39 +286,10 @@ def load_prices(
     chunk_rows: int = 500_000,
     progress: Callable[[int], None] | None = None,
 ) -> LoadCounts:
-    """Write price frames (keyed by interval) with binary COPY, in the caller's transaction.
-
-    `mode` is one of LOAD_MODES: `new` copies straight into crypto_prices (a duplicate key fails
-    the whole load); `merge` copies into a staging table, refuses (returns the conflicts, writes
-    nothing) if any staged bar of a symbol's native interval (`natives`: crypto id -> interval,
-    default 1h) differs from an existing one, else inserts new bars and updates derived ones; `replace`
-    makes the staged bars the symbols' whole series. Identical bars are never rewritten, so a
-    repeated load changes 0 rows. The caller rolls back when there are conflicts.
-    """
-    if mode not in LOAD_MODES:
-        raise ValueError(f"mode {mode!r} is not one of {LOAD_MODES}")
-    for interval in frames:
-        if interval not in iv.SECONDS:
-            raise InputError(f"interval {interval!r} is not allowed; use one of {', '.join(iv.NAMES)}")
-    with conn.cursor() as cursor:
-        if mode == "new":
-            sent = _copy_frames(cursor, "crypto_prices", frames, chunk_rows, progress)
-            return LoadCounts(sent, sent)
-        cursor.execute(load_sql("create_staging_prices.sql"))
-        sent = _copy_frames(cursor, "staging_prices", frames, chunk_rows, progress)
-        deleted = 0
-        if mode == "merge":
-            ids = sorted({int(i) for frame in frames.values() for i in frame["crypto_id"].unique().to_list()})
-            pairs = {"ids": ids, "natives": [(natives or {}).get(i, "1h") for i in ids]}
-            conflicts = {crypto_id: (int(n), first) for crypto_id, n, first in
-                         cursor.execute(load_sql("conflicting_prices.sql"), pairs).fetchall()}
-            if conflicts:
-                return LoadCounts(sent, 0, conflicts)
-        else:
-            ids = sorted({int(i) for frame in frames.values() for i in frame["crypto_id"].unique().to_list()})
-            deleted = int(cursor.execute(load_sql("replace_series.sql"), {"ids": ids}).fetchone()[0])
-        cursor.execute(load_sql("merge_staging_prices.sql"))
-        return LoadCounts(sent, deleted + max(cursor.rowcount, 0))
+    """Write price frames (keyed by interval) in one `PriceLoad` (which says what each mode does)."""
+    load = PriceLoad(conn, mode=mode, natives=natives, chunk_rows=chunk_rows, progress=progress)
+    load.add(frames)
+    return load.finish()
 
 
 def load_prices_parallel(

@@ -6,6 +6,7 @@ Real PostgreSQL, the real `cryptobt` CLI in a subprocess, real files.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -186,3 +187,154 @@ def test_a_big_csv_imports_in_memory_that_does_not_grow_with_the_file(env, tmp_p
         counts = dict(conn.execute("SELECT c.symbol, count(*) FROM crypto_prices p JOIN cryptocurrencies c "
                                    "ON c.id = p.crypto_id WHERE p.interval_type = '1m' GROUP BY 1").fetchall())
     assert counts == {"SMALL": 1_000_000, "BIG": 4_000_000}
+
+
+_VARIANTS = {  # one small file's bytes in the shapes CSV writers give it
+    "plain": b"date,open,high,low,close,volume\n" + b"".join(
+        b"2024-01-01 %02d:00:00,1.5,2,1,1.25,%d\n" % (h, h) for h in range(24)),
+    "quoted-crlf-no-final-newline": b'"Date","Open","High","Low","Close","Volume"\r\n' + b"\r\n".join(
+        b'"2024-01-01T%02d:00:00Z","1.5","2","1","1.25","%d"' % (h, h) for h in range(24)),
+    "bom-and-a-quoted-newline-in-a-spare-column": "\ufeffdate,open,high,low,close,volume,note\n".encode() + b"".join(
+        b'2024-01-01 %02d:00:00,1.5,2,1,1.25,%d,"two\nlines"\n' % (h, h) for h in range(24)),
+    "header-only": b"date,open,high,low,close,volume\n",
+}
+
+
+@pytest.mark.parametrize("variant", sorted(_VARIANTS))
+@pytest.mark.parametrize("block_bytes", [1, 7, 64, 1 << 20])
+def test_a_csv_read_in_blocks_gives_the_rows_read_whole(tmp_path, variant, block_bytes):
+    from pipeline import ohlcv
+
+    path = tmp_path / "X.csv"
+    path.write_bytes(_VARIANTS[variant])
+    whole = ohlcv.read_ohlcv_file(path, validate=False)
+    batches = list(ohlcv.read_ohlcv_batches(path, block_bytes=block_bytes))
+    joined = pl.concat(batches)
+    assert joined["_row"].to_list() == list(range(joined.height))
+    assert joined.drop("_row").sort("ts").equals(whole)
+    assert whole.height == (0 if variant == "header-only" else 24)
+
+
+def _loaded(url: str) -> tuple[list, int]:
+    with psycopg.connect(url) as conn:
+        return (conn.execute("SELECT symbol FROM cryptocurrencies ORDER BY 1").fetchall(),
+                conn.execute("SELECT count(*) FROM crypto_prices").fetchone()[0])
+
+
+def _edit_line(path: Path, line: int, edit: Callable[[list[str]], list[str]]) -> str:
+    """Rewrite line `line` (1 = the header) of a CSV in place with `edit` on its fields; returns it."""
+    lines = path.read_text().splitlines(keepends=True)
+    fields = lines[line - 1].rstrip("\n").split(",")
+    lines[line - 1] = ",".join(edit(fields)) + "\n"
+    path.write_text("".join(lines))
+    return lines[line - 1]
+
+
+def test_a_bad_row_deep_in_a_big_file_is_named_by_its_line_and_nothing_is_written(database_url, tmp_path):
+    from pipeline import loaders
+    from pipeline.errors import InputError
+
+    path = tmp_path / "DEEP.csv"
+    assert _minute_csv(path, 600_000) > 3 * (16 << 20) / 2  # past the first block or two
+    _edit_line(path, 590_001, lambda f: [f[0], f[1], f[2], f[3], "-1", f[5]])
+    with pytest.raises(InputError, match=r"DEEP.csv line 590001: prices must be > 0"):
+        loaders.import_files(database_url, [path])
+    assert _loaded(database_url) == ([], 0)
+
+
+def test_two_different_bars_at_one_time_far_apart_in_a_big_file_are_refused_naming_both(database_url, tmp_path):
+    from pipeline import loaders
+    from pipeline.errors import InputError
+
+    path = tmp_path / "TWICE.csv"
+    _minute_csv(path, 600_000)
+    first = path.read_text().splitlines()[10].split(",")  # line 11
+    _edit_line(path, 580_001, lambda f: [first[0], *f[1:]])  # line 11's time, other prices
+    with pytest.raises(InputError, match=r"TWICE.csv line 580001: timestamp .* appears again with different values "
+                                         r"\(first at TWICE.csv line 11\)"):
+        loaders.import_files(database_url, [path])
+    assert _loaded(database_url) == ([], 0)
+
+
+_CONTENT = ("SELECT interval_type, count(*), max(updated_at), md5(string_agg(concat_ws(',', crypto_id, datetime, "
+            "open_price, high_price, low_price, close_price, volume), ';' ORDER BY crypto_id, datetime)) "
+            "FROM crypto_prices GROUP BY 1 ORDER BY 1")
+
+
+@pytest.mark.slow
+def test_a_big_file_that_differs_from_the_existing_series_is_refused_whole_and_replace_takes_it(
+        database_url, tmp_path):
+    from pipeline import loaders
+    from pipeline.errors import InputError
+
+    path = tmp_path / "SYM.csv"
+    _minute_csv(path, 600_000)  # a bit more than a year of 1m bars: two years' stretches
+    loaders.import_files(database_url, [path])
+    with psycopg.connect(database_url) as conn:
+        before = conn.execute(_CONTENT).fetchall()
+    _edit_line(path, 599_001, lambda f: [*f[:5], str(float(f[5]) + 1)])  # one volume, near the end
+    with pytest.raises(InputError, match=r"refusing to mix two markets: SYM \(1 existing bars differ"):
+        loaders.import_files(database_url, [path])
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(_CONTENT).fetchall() == before
+    report = loaders.import_files(database_url, [path], replace=True)
+    assert report.changed == 3  # the 1m bar, its hour and its day
+    assert loaders.import_files(database_url, [path]).changed == 0
+
+
+@pytest.mark.slow
+def test_a_killed_import_leaves_nothing_behind(env, tmp_path):  # noqa: F811
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    spill = tmp_path / "tmp"
+    spill.mkdir()
+    path = tmp_path / "KILLED.csv"
+    _minute_csv(path, 1_500_000)
+    cli(env, "db", "init")
+    child = subprocess.Popen([sys.executable, "-m", "pipeline", "db", "import", str(path)],
+                             env={**env, "TMPDIR": str(spill)}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    copying = False
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:
+        deadline = time.monotonic() + 300
+        while not copying and child.poll() is None and time.monotonic() < deadline:
+            copying = bool(conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                        "AND query LIKE 'COPY %%crypto_prices%%'").fetchone()[0])
+            time.sleep(0.05)
+    assert copying, "the import never reached its COPY into crypto_prices"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=60)
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True) as conn:  # its backend may still be rolling back
+        deadline = time.monotonic() + 60
+        while conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                           "AND pid <> pg_backend_pid() AND backend_type = 'client backend'").fetchone()[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert _loaded(env["DATABASE_URL"]) == ([], 0)
+    assert list(spill.iterdir()) == []  # the spilled years had no names
+    done = cli(env, "db", "import", str(path))  # and a rerun completes it
+    assert "1,500,000 1m" in done.stdout
+
+
+def test_no_room_for_the_spill_is_one_line_naming_tmpdir(env, tmp_path):  # noqa: F811
+    import subprocess
+
+    disk = tmp_path / "small"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip() or 'not root'})")
+    try:
+        path = tmp_path / "ROOMY.csv"
+        _minute_csv(path, 200_000)  # 11 MB of spill
+        cli(env, "db", "init")
+        done = cli({**env, "TMPDIR": str(disk)}, "db", "import", str(path), check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1 and str(disk) in done.stderr and "TMPDIR" in done.stderr
+    assert _loaded(env["DATABASE_URL"]) == ([], 0)
