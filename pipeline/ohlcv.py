@@ -269,7 +269,7 @@ def _year_of(ts: pl.Expr) -> pl.Expr:
 
 
 class SpilledFile:
-    """A file too big to hold, read a batch at a time (`read_ohlcv_batches`, every row checked by the bar
+    """A file the importer does not hold whole: read a batch at a time (`read_ohlcv_batches`, every row checked by the bar
     rules) into unnamed temporary files, one per year (`_year_of`), and handed back a year at a time.
 
     Memory holds a batch or a year, never the file; the temporary files have no name, so they vanish
@@ -466,7 +466,8 @@ def native_interval(frame: pl.DataFrame, source: str, declared: str | None = Non
     """The interval a file's bars are in: the most common gap between them, which must be one of
     SPEC 4.2's intervals. `declared` (the importer's --interval) overrides the guess and is the only
     way to import a single bar, whose interval no gap can tell."""
-    return interval_of_spacing(None if declared else bar_spacing(frame.unique(subset=["ts"])), source, declared)
+    spacing = None if declared is not None else bar_spacing(frame.unique(subset=["ts"]))
+    return interval_of_spacing(spacing, source, declared)
 
 
 def interval_of_spacing(spacing: timedelta | None, source: str, declared: str | None = None) -> str:
