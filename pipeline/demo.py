@@ -24,6 +24,7 @@ from pipeline.config import PROJECT_ROOT, Settings
 from pipeline.errors import PipelineError
 from pipeline.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
 from pipeline.synthetic import generate_market
+from pipeline.tables import cell
 
 # Real Binance pairs shipped with the project (data/sample/README.md says where they come from).
 DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
@@ -108,16 +109,18 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
         outcomes[name] = (config, outcome)
         returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
         best = outcome.results[0]
-        table.add_row(name, str(len(outcome.results)), best["symbol"], f"{best['total_return_pct']:,.2f}",
-                      f"{returns[len(returns) // 2]:,.2f}", f"{outcome.seconds * 1000:,.0f}")
+        table.add_row(name, str(len(outcome.results)), best["symbol"], cell("total_return_pct", best["total_return_pct"]),
+                      cell("total_return_pct", returns[len(returns) // 2]), f"{outcome.seconds * 1000:,.0f}")
     console.print(table)
 
     rsi_config, rsi_outcome = outcomes["rsi"]
-    board = Table("symbol", "return %", "buy & hold %", "trades", "win %", "max dd %", "sharpe", title="RSI(14, 30/70) leaderboard, top 10")
+    board = Table("symbol", "return %", "buy & hold %", "trades", "open", "win %", "max dd %", "sharpe",
+                  title="RSI(14, 30/70) leaderboard, top 10")
     for r in rsi_outcome.results[:10]:
-        board.add_row(r["symbol"], *(f"{r[k]:,.2f}" if r[k] is not None else "-" for k in
-                      ("total_return_pct", "buy_hold_return_pct")), str(r["num_trades"]),
-                      *(f"{r[k]:,.2f}" if r[k] is not None else "-" for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
+        # Closed round trips and the position still open apart: win % counts the closed ones.
+        board.add_row(r["symbol"], *(cell(k, r[k]) for k in ("total_return_pct", "buy_hold_return_pct", "closed_trades")),
+                      cell("open", r["num_trades"] - r["closed_trades"]),
+                      *(cell(k, r[k]) for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
     console.print(board)
 
     grid = strategies.parse_grid("rsi", SWEEP_GRID)
@@ -125,7 +128,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "
-                  f"{sweep.results[0]['total_return_pct']:,.2f} %")
+                  f"{cell('total_return_pct', sweep.results[0]['total_return_pct'])} %")
 
     pictures = workdir / "plots"
     top_symbols = [r["symbol"] for r in rsi_outcome.results[:5]]

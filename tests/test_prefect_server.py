@@ -139,3 +139,36 @@ def test_export_with_a_configured_server_runs_as_a_flow_on_it(prefect_server, tm
     runs_listed = subprocess.run([str(PREFECT), "flow-run", "ls"], env=env, capture_output=True, text=True,
                                  timeout=60)
     assert "export-prices" in runs_listed.stdout, runs_listed.stdout
+
+
+@pytest.mark.slow
+def test_a_work_pool_worker_runs_the_deployed_flows(prefect_server, tmp_path, redis_url, redis_prefix):
+    """docs/operations.md's work-pool path, as printed there: a process pool, `prefect deploy --all` from
+    prefect.yaml, a worker, and a run of the backtest deployment that publishes its leaderboard."""
+    api, env = prefect_server
+    lake_root = tmp_path / "lake"
+    demo.build_sample_lake(lake_root, n_symbols=4, years=0.2, sample=None)
+    env = dict(env, CRYPTOBT_LAKE_ROOT=str(lake_root), CRYPTOBT_RESULTS_ROOT=str(tmp_path / "results"),
+               REDIS_URL=redis_url, CRYPTOBT_CACHE_PREFIX=redis_prefix, PYTHONPATH=str(ROOT), CRYPTOBT_HOME=str(ROOT),
+               PATH=f"{PREFECT.parent}:{os.environ['PATH']}")
+
+    def prefect(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(PREFECT), *args], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, f"prefect {' '.join(args)}\n{done.stdout}\n{done.stderr}"
+        return done
+
+    prefect("work-pool", "create", "cryptobt-pool", "--type", "process")
+    deployed = prefect("--no-prompt", "deploy", "--all", timeout=300)
+    assert "backtest-nightly-pool" in deployed.stdout + deployed.stderr
+    worker = subprocess.Popen([str(PREFECT), "worker", "start", "--pool", "cryptobt-pool"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        run = prefect("deployment", "run", "backtest-all/backtest-nightly-pool", "--param",
+                      'strategy_names=["rsi"]', "--watch", "--watch-timeout", "400", timeout=460)
+        assert "Completed" in run.stdout, run.stdout + run.stderr
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=60)
+    artifact = json.loads(asyncio.run(_read_artifact(api, "backtest-leaderboard")))
+    assert {r["symbol"] for r in artifact} <= {f"SYN{i:03d}" for i in range(4)} and artifact
