@@ -132,9 +132,11 @@ def root(
     """
     import warnings
 
-    from dotenv import find_dotenv, load_dotenv
+    from dotenv import load_dotenv
 
-    load_dotenv(find_dotenv(usecwd=True), override=False)
+    # The current folder's .env only: find_dotenv() would climb to any parent's, whose settings
+    # (CRYPTOBT_STRATEGY_PATH names code that runs) nobody here chose.
+    load_dotenv(Path.cwd() / ".env", override=False)
     warnings.showwarning = _show_warnings(warnings.showwarning)
 
 

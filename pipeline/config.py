@@ -107,8 +107,9 @@ def _bar_window_env() -> BarWindow:
 class Settings:
     """Resolved configuration. Build it with `Settings.from_env()`."""
 
-    database_url: str = DEFAULT_DATABASE_URL
-    redis_url: str = DEFAULT_REDIS_URL
+    # Connection strings may hold passwords: out of repr (logs, tracebacks); print them through redact().
+    database_url: str = field(default=DEFAULT_DATABASE_URL, repr=False)
+    redis_url: str = field(default=DEFAULT_REDIS_URL, repr=False)
     # Empty REDIS_URL disables the cache on purpose (no warning).
     cache_enabled: bool = True
     lake_root: Path = field(default_factory=lambda: Path("data/lake"))
@@ -184,12 +185,17 @@ def strategy_path_env() -> list[Path]:
     return [Path(p) for p in raw.split(os.pathsep) if p.strip()]
 
 
+# The connection parameters that are secrets (libpq's names). They are never stored, printed or put
+# on a child process's argv (`ps` shows it to every user): `redact` hides them in any text,
+# `source.source_id` keeps none, and psql gets them through its environment.
+SECRET_PARAMS = ("password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key")
+_SECRET_NAMES = "|".join(("pass", "pwd", "passfile", *SECRET_PARAMS))
 # Every spelling of a secret in a connection string: `scheme://user:secret@host`, a URL's
 # `?password=secret` / `&password=secret`, and libpq's key=value `password=secret` (quoted or not).
 _SECRETS = (
     (re.compile(r"(://[^/\s:@]*:)[^\s/]*@"), r"\1***@"),
-    (re.compile(r"([?&;](?:password|pass|pwd|passfile|sslpassword)=)[^&\s]*", re.IGNORECASE), r"\1***"),
-    (re.compile(r"(\b(?:password|pass|pwd|sslpassword)\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE),
+    (re.compile(rf"([?&;](?:{_SECRET_NAMES})=)[^&\s]*", re.IGNORECASE), r"\1***"),
+    (re.compile(rf"(\b(?:{_SECRET_NAMES})\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE),
      r"\1***"),
 )
 

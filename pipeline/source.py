@@ -15,7 +15,6 @@ from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import polars as pl
@@ -24,8 +23,8 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pipeline import intervals as iv
-from pipeline.config import SQL_DIR, redact, redact_url
-from pipeline.errors import InputError, ServiceUnavailable
+from pipeline.config import SECRET_PARAMS, SQL_DIR, redact, redact_url
+from pipeline.errors import ConfigError, InputError, ServiceUnavailable
 
 PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 # How a load meets a symbol's existing bars: `new` (it has none: straight COPY), `merge`
@@ -97,8 +96,7 @@ def connect(url: str, **kwargs: object) -> psycopg.Connection:
 
 def ensure_database(url: str) -> bool:
     """Create the database named in `url` if it does not exist. True if it was created."""
-    parts = urlsplit(url)
-    dbname = parts.path.lstrip("/")
+    dbname = _dsn_params(url).get("dbname")
     if not dbname:
         return False
     try:
@@ -107,7 +105,7 @@ def ensure_database(url: str) -> bool:
     except psycopg.OperationalError as exc:
         if "does not exist" not in str(exc):
             raise _unreachable(url, exc) from exc
-    admin_url = urlunsplit(parts._replace(path="/postgres"))
+    admin_url = make_conninfo(url, dbname="postgres")
     with connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
     return True
@@ -358,10 +356,41 @@ class Extract:
 
 
 def source_id(url: str) -> str:
-    """Which database a lake snapshot came from: host, port and database, never the credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or "localhost"
-    return f"postgresql://{host}:{parts.port or 5432}/{parts.path.lstrip('/')}"
+    """Which database a lake snapshot came from: host, port and database of the URL or libpq key=value
+    string, never the credentials (the same id for both forms of one database)."""
+    params = _dsn_params(url)
+    host = (params.get("host") or params.get("hostaddr") or "localhost").lower()
+    return f"postgresql://{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+
+def _dsn_params(url: str) -> dict[str, Any]:
+    """The parameters of a postgresql:// URL or a key=value connection string (libpq's parser)."""
+    try:
+        return conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        raise ConfigError(f"DATABASE_URL {redact(url)!r} is not a PostgreSQL connection string "
+                          f"({redact(str(exc).strip().splitlines()[0])}); use postgresql://user@host:5432/db "
+                          "or host=... dbname=...") from None
+
+
+@cache
+def _libpq_env_vars() -> dict[str, str]:
+    """libpq's connection parameter -> the environment variable it reads it from, where it has one."""
+    return {d.keyword.decode(): d.envvar.decode() for d in psycopg.pq.Conninfo.get_defaults() if d.envvar}
+
+
+def _psql_connection(url: str) -> tuple[str, dict[str, str]] | None:
+    """(conninfo without secrets for psql's argv, the secrets as libpq environment variables), or None
+    when a secret has no environment variable (sslpassword): then no subprocess may carry it."""
+    params = _dsn_params(url)
+    env = {}
+    for name in SECRET_PARAMS:
+        if name in params:
+            variable = _libpq_env_vars().get(name)
+            if variable is None:
+                return None
+            env[variable] = str(params.pop(name))
+    return make_conninfo(**params), env
 
 
 def _decode_extract(payload: bytes, one_interval: bool = False) -> pl.DataFrame:
@@ -414,12 +443,14 @@ def _copy_out_psql(url: str, snapshot_name: str, statement: str) -> bytes:
     psql hands the binary stream over in large blocks; psycopg's COPY delivers one
     Python object per row, which caps it near 1 M rows/s.
     """
-    # The password goes to psql through its environment, never its argv (which `ps` shows to everyone).
-    params = conninfo_to_dict(url)
-    password = params.pop("password", None)
-    env = {**os.environ, **({"PGPASSWORD": str(password)} if password is not None else {})}
+    # Secrets go to psql through its environment, never its argv (which `ps` shows to everyone).
+    connection = _psql_connection(url)
+    if connection is None:
+        raise RuntimeError("psql cannot be given this connection's secrets outside its argv")
+    conninfo, secrets = connection
+    env = {**os.environ, **secrets}
     command = [
-        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", make_conninfo(**params),
+        "psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo,
         "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
         "-c", f"SET TRANSACTION SNAPSHOT '{snapshot_name}'",
         "-c", statement,
@@ -469,7 +500,8 @@ def _extract_changed(
     the COPY streams run in that same snapshot over `connections` connections, each on
     a slice, so the result is consistent whatever commits meanwhile.
     """
-    use_psql = shutil.which("psql") is not None
+    # psql only when every secret of the connection can travel in its environment.
+    use_psql = shutil.which("psql") is not None and _psql_connection(url) is not None
     natives_before = natives_before or {}
     with connect(url) as conn:
         if since is not None:
