@@ -60,6 +60,22 @@ def _redis_url_env() -> str:
     return url
 
 
+DEFAULT_API_HOSTS = ("localhost", "127.0.0.1", "::1")
+_HOST_NAME = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[?[0-9a-f:.]+\]?)", re.ASCII)
+
+
+def _hosts_env(name: str) -> tuple[str, ...]:
+    """The default Host names plus the comma-separated ones in `name`: names, IP addresses, `*.domain`
+    (its subdomains) or `*` (any Host: only behind a proxy that checks it)."""
+    raw = os.environ.get(name) or ""
+    extra = [part.strip().lower() for part in raw.split(",") if part.strip()]
+    bad = [part for part in extra if not _HOST_NAME.fullmatch(part)]
+    if bad:
+        raise ConfigError(f"{name}: {bad[0]!r} is not a host name; use names or addresses without a port "
+                          "(backtest.lan, 192.168.1.20), *.example.com for its subdomains, or * for any")
+    return tuple(dict.fromkeys((*DEFAULT_API_HOSTS, *extra)))
+
+
 def _intervals_env(name: str, default: tuple[str, ...]) -> tuple[str, ...]:
     raw = os.environ.get(name)
     if raw is None or raw.strip() == "":
@@ -126,6 +142,8 @@ class Settings:
     api_workers: int = 0
     api_queue: int = 32
     admin_token: str = field(default="", repr=False)
+    # Host headers the API answers (others get 400: DNS rebinding); `cryptobt api` adds its --host.
+    api_allowed_hosts: tuple[str, ...] = DEFAULT_API_HOSTS
     # Coarser intervals a load derives from a file's native one (and the lake stores); others
     # are aggregated when read.
     derived_intervals: tuple[str, ...] = ("1h", "1d")
@@ -160,6 +178,7 @@ class Settings:
             api_workers=_number_env("CRYPTOBT_API_WORKERS", 0, 0),
             api_queue=_number_env("CRYPTOBT_API_QUEUE", 32, 0),
             admin_token=os.environ.get("CRYPTOBT_ADMIN_TOKEN", ""),
+            api_allowed_hosts=_hosts_env("CRYPTOBT_API_ALLOWED_HOSTS"),
             derived_intervals=_intervals_env("CRYPTOBT_DERIVED_INTERVALS", ("1h", "1d")),
             jump_ratio=_number_env("CRYPTOBT_JUMP_RATIO", 10.0, 1.0, float),
             stale_bars=_number_env("CRYPTOBT_STALE_BARS", 24, 2),

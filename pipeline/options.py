@@ -23,11 +23,15 @@ INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symb
 # Starting cash: below a cent the kernel's unit arithmetic underflows; above a trillion the
 # account's value overflows float precision in its fees and marks.
 INITIAL_RANGE = (0.01, 1e12)
+# Rows of a "best N" answer (--top, results top --n): more is a table to query (results sql).
+MAX_TOP = 10_000
 # Look-back windows (stats --hours, vacuum --keep-hours): up to a century.
 MAX_HOURS = 876_000.0
 # A plain number in ASCII: no `1_4`, no Arabic-Indic digits, no `nan`/`inf` (Python's int() and
 # float() take all of these).
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+# The characters str.strip() removes around a value (the API's schema patterns allow them where a rule strips).
+SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 # Sweeps estimated to take longer than this ask for --yes (bar-steps per second measured on the
 # 2-core reference machine for the slowest built-in strategy, bollinger, rounded down).
 SWEEP_CONFIRM_SECONDS = 60.0
@@ -64,8 +68,8 @@ def load_strategy_paths(paths: Sequence[Path | str] | None) -> None:
 
 
 def check_top(top: int, option: str = "--top") -> int:
-    if not isinstance(top, int) or isinstance(top, bool) or top < 1:
-        raise PipelineError(f"{option} {top!r} is out of range: an integer >= 1")
+    if not isinstance(top, int) or isinstance(top, bool) or not 1 <= top <= MAX_TOP:
+        raise PipelineError(f"{option} {top!r} is out of range: an integer from 1 to {MAX_TOP}")
     return top
 
 

@@ -55,3 +55,41 @@ def sse_events(lines: Iterator[str]) -> Iterator[tuple[str, Any]]:
         elif line == "" and data:
             yield name, json.loads("\n".join(data))
             name, data = "message", []
+
+
+@contextlib.contextmanager
+def server_process(env: dict[str, str], host: str = "127.0.0.1") -> Iterator[str]:
+    """The base URL of `cryptobt api --host HOST` running in its own process (the way it is deployed) on
+    a free port, until the block ends; `env` is its whole environment."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    port = free_port()
+    log = tempfile.TemporaryFile("w+")  # not a pipe: a server that writes much must never block on it
+    server = subprocess.Popen([sys.executable, "-m", "pipeline", "api", "--host", host, "--port", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    base = f"http://{host}:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/api/strategies", timeout=2)
+                break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"cryptobt api did not start: {log.read()[-2000:]}")
+            time.sleep(0.1)
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # a blocked event loop never gets to its signal handler
+            server.kill()
+            server.wait(timeout=15)
+        log.close()

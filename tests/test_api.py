@@ -205,7 +205,8 @@ def test_the_cli_refuses_the_same_values_with_the_same_message(settings):
 
 
 def test_bad_queries_and_unknown_runs(api):
-    assert api.get("/api/results/top", params={"n": 0}).json() == {"error": "--n 0 is out of range: an integer >= 1"}
+    assert api.get("/api/results/top", params={"n": 0}).json() == {
+        "error": f"--n 0 is out of range: an integer from 1 to {options.MAX_TOP}"}
     assert api.get("/api/results/top", params={"strategy": "nope"}).status_code == 400
     assert api.get("/api/results/not-a-run").status_code == 422
     missing = api.get("/api/results/20200101T000000000000Z-0123abcd")

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import importlib
 import json
 import os
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import fastapi_offline
 from fastapi import Depends, FastAPI, Query, Request
@@ -26,13 +27,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette._utils import parse_host_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline import options, tables
 from pipeline.api.jobs import Emitter, Job, QueueFull, Runner, ShuttingDown
 from pipeline.api.models import (
-    RULE_ERROR,
+    MAX_BODY_BYTES,
     EquityRequest,
+    ErrorBody,
     PortfolioRequest,
     RunRequest,
     SweepRequest,
@@ -40,17 +46,22 @@ from pipeline.api.models import (
 from pipeline.config import Settings, redact_url
 from pipeline.errors import InputError, PipelineError
 
+T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline ships them.
 DOCS_STATIC = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_ASSETS = "/docs-assets"
-RUN_ID = re.compile(r"^\d{8}T\d{12}Z-[0-9a-f]{8}$")
+RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{12}Z-[0-9a-f]{8}$")
 RunId = Annotated[str, ApiPath(pattern=RUN_ID.pattern, max_length=40,
                                description="A run id, e.g. 20261122T234450719947Z-564fd93c.")]
 Symbol = Annotated[str | None, Query(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
                                      description="Only this symbol.")]
 # How often an idle stream makes sure its client is still there (ASGI >= 2.4 servers).
 DISCONNECT_POLL_SECONDS = 0.25
+# An error answer names the bad value, cut to this many characters (a value may be up to a body long).
+MAX_ERROR_CHARS = 1000
+MAX_SHOWN_CHARS = 80
+KEY_SLICE = 10_000  # parameter sets per json.dumps call of a request key (~10 ms of the GIL)
 
 
 class ApiError(Exception):
@@ -65,7 +76,92 @@ def _json(value: Any, status: int = 200, headers: dict[str, str] | None = None) 
 
 
 def _error(status: int, message: str) -> Response:
-    return _json({"error": " ".join(message.split())}, status)
+    text = " ".join(message.split())
+    return _json({"error": text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."}, status)
+
+
+def _shown(value: Any) -> str:
+    """A request value as an error names it: JSON scalars only, cut short."""
+    if isinstance(value, bool) or value is None:
+        return " " + json.dumps(value)
+    if not isinstance(value, str | int | float):
+        return ""
+    text = repr(value) if not isinstance(value, int) or value.bit_length() < 64 else f"{str(value)[:20]}..."
+    return " " + (text if len(text) <= MAX_SHOWN_CHARS else text[:MAX_SHOWN_CHARS - 3] + "...")
+
+
+class AllowedHosts(TrustedHostMiddleware):
+    """Starlette's Host check, answering this API's one-line JSON error: a web page's script that
+    reaches the server through a name it controls (DNS rebinding) sends that name as Host."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.allow_any or scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        given = Headers(scope=scope).get("host")
+        parsed = parse_host_header(given)
+        host = parsed.host.lower() if parsed is not None else None
+        if host is not None and any(host == p or (p.startswith("*") and host.endswith(p[1:]))
+                                    for p in self.allowed_hosts):
+            await self.app(scope, receive, send)
+            return
+        shown = _shown(given)[1:] if given is not None else "(none)"
+        await _error(400, f"Host {shown} is not a name this server answers to; allowed: "
+                          f"{', '.join(self.allowed_hosts)} (add names with CRYPTOBT_API_ALLOWED_HOSTS)"
+                     )(scope, receive, send)
+
+
+class BodyLimit:
+    """Refuses a request body over `limit` bytes with 413, before reading it when Content-Length says
+    so, else as soon as the bytes received pass the limit (chunked bodies)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    def _too_large(self) -> str:
+        return f"the request body is larger than {self.limit:,} bytes, the most this API reads"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length")
+        if length is not None and (not length.isascii() or not length.isdigit() or int(length) > self.limit):
+            await _error(413, self._too_large())(scope, receive, send)
+            return
+        received = 0
+
+        async def limited() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    # FastAPI lets an HTTPException from reading the body through: the app answers it.
+                    raise StarletteHTTPException(413, self._too_large())
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def allowed_hosts(settings: Settings, host: str | None = None) -> list[str]:
+    """The Host names served: CRYPTOBT_API_ALLOWED_HOSTS (default localhost, 127.0.0.1, ::1) and the
+    address the server listens on; IPv6 literals as a Host header writes them ([::1])."""
+    names = [*settings.api_allowed_hosts, *([host] if host else [])]
+    return list(dict.fromkeys(f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names))
+
+
+def _rule(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A `pipeline.options` check of request values: its message (the CLI's) with 422."""
+    try:
+        return check(*args, **kwargs)
+    except PipelineError as exc:
+        raise ApiError(422, str(exc)) from None
+    except OverflowError as exc:  # a number too large for a float or a C integer somewhere in a rule
+        raise ApiError(422, f"a number in the request is too large ({exc})") from None
+
+
 
 
 def _sse(name: str, data: Any) -> str:
@@ -88,20 +184,66 @@ def _request_key(kind: str, request: RunRequest) -> str:
     """Identical requests (same validated config, symbols, interval, cache use) share one run."""
     config, symbols, interval = request.checked
     extra = {"top": request.top} if isinstance(request, SweepRequest) else {}
-    text = json.dumps([kind, config.__dict__, symbols, interval, request.no_cache, extra], default=str,
-                      sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    sets = {"params_list": config.params_list, "executions": config.executions}
+    rest = {name: value for name, value in config.__dict__.items() if name not in sets}
+    digest = hashlib.sha256(json.dumps([kind, rest, symbols, interval, request.no_cache, extra], default=str,
+                                       sort_keys=True).encode())
+    # The parameter sets a slice at a time: json.dumps holds the GIL (every thread, the event loop too)
+    # for the whole call, seconds for a million sets.
+    for name, values in sets.items():
+        digest.update(name.encode())
+        for start in range(0, len(values), KEY_SLICE):
+            digest.update(json.dumps(values[start:start + KEY_SLICE], default=str, sort_keys=True).encode())
+    return digest.hexdigest()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The app over `settings` (default: the environment). One Runner per app."""
+def _documented(*codes: int, **more: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses`: each error code's `{"error": ...}` body, plus `more` (by code)."""
+    what = {400: "A Host not served, a body that is not JSON text, or what the lake refuses (an unknown "
+                 "symbol, a timerange without bars)",
+            403: "Admin endpoints need Authorization: Bearer <CRYPTOBT_ADMIN_TOKEN>",
+            404: "Not found (or admin endpoints off)",
+            413: f"The body is larger than {MAX_BODY_BYTES:,} bytes",
+            422: "A value that breaks a rule; the message is the CLI's",
+            429: "The run queue is full; retry later",
+            503: "The server is shutting down: the run was refused, or interrupted (the message says what was "
+                 "kept)"}
+    out: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody, "description": what[code]} for code in codes}
+    out.update({int(code): value for code, value in more.items()})
+    return out
+
+
+def _body(schema: dict[str, Any], media: str = "application/json") -> dict[str, Any]:
+    return {"content": {media: {"schema": schema}}}
+
+
+ARRAY = _body({"type": "array", "items": {"type": "object"}})
+OBJECT = _body({"type": "object"})
+# Each Server-Sent Event (OpenAPI 3.1: the media type's schema is one event's): data is JSON text.
+EVENTS = {**_body({"type": "object", "required": ["event", "data"],
+                   "properties": {"event": {"type": "string"}, "data": {"type": "string"}}}, "text/event-stream"),
+          "description": "Server-Sent Events: queued, progress, result, warning, then done or error"}
+
+
+def create_app(settings: Settings | None = None, host: str | None = None) -> FastAPI:
+    """The app over `settings` (default: the environment), serving the Host names of `allowed_hosts`
+    (`host`: the address it listens on). One Runner per app."""
+    # The modules the handlers use, imported now: a first import inside a handler holds the event loop.
+    for module in ("cache", "engine", "lake", "results", "runs", "source", "strategies"):
+        importlib.import_module(f"pipeline.{module}")
+
     settings = settings or Settings.from_env()
     runner = Runner(settings.api_workers or os.cpu_count() or 1, settings.api_queue)
     app = FastAPI(title="cryptobt", version=__import__("pipeline").__version__,
-                  description="Backtest every crypto at once: runs, streams, results, cache and run metrics.",
-                  docs_url=None, redoc_url=None)
+                  description="Backtest every crypto at once: runs, streams, results, cache and run metrics. "
+                              f"Request bodies are at most {MAX_BODY_BYTES:,} bytes (413 beyond); errors are "
+                              '`{"error": "..."}`.',
+                  docs_url=None, redoc_url=None, responses=_documented(400, 413, 422))
     app.state.settings = settings
     app.state.runner = runner
+    # Outermost first: a wrong Host is refused before its body is read.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    app.add_middleware(AllowedHosts, allowed_hosts=allowed_hosts(settings, host))
 
     # --- errors: one JSON line, never a traceback ------------------------------------
 
@@ -109,15 +251,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def _invalid(_: Request, exc: RequestValidationError) -> Response:
         problems = []
         for error in exc.errors():
-            if error.get("type") == RULE_ERROR:
-                problems.append(error["msg"])
-            elif error.get("type") == "json_invalid":
+            if error.get("type") == "json_invalid":
                 problems.append(f"the body is not valid JSON ({error.get('ctx', {}).get('error', 'unreadable')})")
             else:
                 where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
-                given = error.get("input")
-                shown = f" {given!r}" if isinstance(given, str | int | float) and not isinstance(given, bool) else ""
-                problems.append(f"{where}{shown}: {error.get('msg', 'invalid')}")
+                problems.append(f"{where}{_shown(error.get('input'))}: {error.get('msg', 'invalid')}")
         return _error(422, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(PipelineError)
@@ -167,14 +305,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return work
 
+    async def _checked(request: RunRequest) -> tuple[Any, list[str] | None, str]:
+        """`request.check()` in a thread (a million-point grid takes seconds), never on the event loop."""
+        return await asyncio.to_thread(_rule, request.check)
+
     async def _submit(kind: str, request: RunRequest) -> Job:
         from pipeline import runs
 
-        config, symbols, interval = request.checked
-        # What the run itself would refuse (unknown symbol, empty --timerange), refused before queueing.
-        await asyncio.to_thread(runs.check_request, settings, config, symbols, interval)
+        config, symbols, interval = await _checked(request)
+
+        def admit() -> str:
+            # What the run itself would refuse (unknown symbol, empty --timerange), refused before queueing.
+            runs.check_request(settings, config, symbols, interval)
+            return _request_key(kind, request)
+
+        key = await asyncio.to_thread(admit)
         try:
-            return runner.submit(_request_key(kind, request), _backtest_work(request, f"api {kind}"))
+            return runner.submit(key, _backtest_work(request, f"api {kind}"))
         except QueueFull as exc:
             raise ApiError(429, str(exc)) from None
         except ShuttingDown as exc:
@@ -231,28 +378,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/api/backtest", tags=["runs"], summary="Backtest one strategy over symbols; the results as --json")
+    @app.post("/api/backtest", tags=["runs"], responses=_documented(429, 503, **{"200": ARRAY}), summary="Backtest one strategy over symbols; the results as --json")
     async def backtest(body: RunRequest) -> Response:
         return await _answer("backtest", body)
 
-    @app.post("/api/backtest/stream", tags=["runs"],
+    @app.post("/api/backtest/stream", tags=["runs"], responses=_documented(429, 503, **{"200": EVENTS}),
               summary="The same as Server-Sent Events: result per symbol, progress, done (or error)")
     async def backtest_stream(request: Request, body: RunRequest) -> StreamingResponse:
         return await _stream("backtest", request, body)
 
-    @app.post("/api/sweep", tags=["runs"], summary="A parameter grid; the best sets overall and per symbol")
+    @app.post("/api/sweep", tags=["runs"], responses=_documented(429, 503, **{"200": ARRAY}), summary="A parameter grid; the best sets overall and per symbol")
     async def sweep(body: SweepRequest) -> Response:
         return await _answer("sweep", body)
 
-    @app.post("/api/sweep/stream", tags=["runs"], summary="A sweep as Server-Sent Events")
+    @app.post("/api/sweep/stream", tags=["runs"], responses=_documented(429, 503, **{"200": EVENTS}), summary="A sweep as Server-Sent Events")
     async def sweep_stream(request: Request, body: SweepRequest) -> StreamingResponse:
         return await _stream("sweep", request, body)
 
-    @app.post("/api/equity", tags=["runs"], summary="One symbol's equity vs buy & hold with its trades")
+    @app.post("/api/equity", tags=["runs"], responses=_documented(404, **{"200": OBJECT}), summary="One symbol's equity vs buy & hold with its trades")
     async def equity(body: EquityRequest) -> Response:
         from pipeline import runs
 
-        config, symbols, interval = body.checked
+        config, symbols, interval = await _checked(body)
 
         def curve() -> dict[str, Any]:
             chosen = runs.check_request(settings, config, symbols, interval)
@@ -266,12 +413,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return _json(await asyncio.to_thread(curve))
 
-    @app.post("/api/portfolio", tags=["runs"],
+    @app.post("/api/portfolio", tags=["runs"], responses=_documented(429, 503, **{"200": OBJECT}),
               summary="One account over many symbols (as `portfolio --json`) with the best account's curves")
     async def portfolio(body: PortfolioRequest) -> Response:
         from pipeline import runs
 
-        config, sets, symbols = body.checked
+        config, sets, symbols = await _checked(body)
 
         def work(_: Emitter) -> tuple[dict[str, Any], Any]:
             outcome = runs.portfolio(settings, config, sets, symbols, body.interval, rank_by=body.rank_by,
@@ -297,11 +444,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- what there is ----------------------------------------------------------------
 
-    @app.get("/api/strategies", tags=["catalog"], summary="Strategies: parameters, defaults, allowed ranges")
+    @app.get("/api/strategies", tags=["catalog"], responses={200: ARRAY}, summary="Strategies: parameters, defaults, allowed ranges")
     async def strategies() -> Response:
         return _json(options.strategy_catalog())
 
-    @app.get("/api/symbols", tags=["catalog"], summary="The current snapshot's symbols and their bars; the intervals a run takes")
+    @app.get("/api/symbols", tags=["catalog"], responses={200: OBJECT}, summary="The current snapshot's symbols and their bars; the intervals a run takes")
     async def symbols() -> Response:
         from pipeline import lake
 
@@ -311,19 +458,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 for name, meta in sorted(snapshot.symbols.items())]
         return _json({"snapshot_id": snapshot.id, "intervals": list(options.INTERVALS), "symbols": rows})
 
-    @app.get("/api/results/top", tags=["results"], summary="The best results recorded (as `results top`)")
-    async def results_top(strategy: str | None = None, n: int = 10) -> Response:
+    @app.get("/api/results/top", tags=["results"], responses={200: ARRAY}, summary="The best results recorded (as `results top`)")
+    async def results_top(
+            strategy: Annotated[str | None, Query(max_length=100)] = None,
+            n: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": options.MAX_TOP})] = 10,
+    ) -> Response:
         from pipeline import results
         from pipeline.strategies import get_strategy
 
-        options.check_top(n, "--n")
+        _rule(options.check_top, n, "--n")
         if strategy is not None:
             get_strategy(strategy)
         columns, rows = await asyncio.to_thread(results.top, settings.results_root, strategy, n)
         return _json([dict(zip(columns, row, strict=True)) for row in rows])
 
-    @app.get("/api/results/{run_id}", tags=["results"], summary="Every results row of one run")
-    async def results_of_run(run_id: str) -> Response:
+    @app.get("/api/results/{run_id}", tags=["results"], responses=_documented(404, **{"200": ARRAY}),
+             summary="Every results row of one run")
+    async def results_of_run(run_id: Annotated[str, ApiPath(json_schema_extra={"pattern": RUN_ID.pattern})]
+                             ) -> Response:
         from pipeline import results
 
         if not RUN_ID.match(run_id):
@@ -342,7 +494,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """A 404 with the CLI's message, less the server's folder (a client has no use for it)."""
         return ApiError(404, str(exc).replace(f" at {settings.results_root}", ""))
 
-    @app.get("/api/runs", tags=["results"], summary="The run history, newest first (as `results runs`)")
+    @app.get("/api/runs", tags=["results"], responses={200: ARRAY}, summary="The run history, newest first (as `results runs`)")
     async def run_history(
         n: Annotated[int, Query(ge=1, le=1000, description="How many of the newest runs.")] = 50,
     ) -> Response:
@@ -350,7 +502,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return _json(_rows(*await asyncio.to_thread(results.run_history, settings.results_root, n)))
 
-    @app.get("/api/runs/{run_id}", tags=["results"], summary="A past run and its leaderboard (as `results show`)")
+    @app.get("/api/runs/{run_id}", tags=["results"], responses=_documented(404, **{"200": OBJECT}), summary="A past run and its leaderboard (as `results show`)")
     async def run_show(run_id: RunId,
                        n: Annotated[int, Query(ge=1, le=10_000, description="Rows of its leaderboard.")] = 100,
                        ) -> Response:
@@ -363,7 +515,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _json({"run": shown["run"], "results": _rows(shown["columns"], shown["rows"]),
                       "walk_forward": _rows(shown["columns"], shown["walk_forward"])})
 
-    @app.get("/api/runs/{run_id}/trades", tags=["results"],
+    @app.get("/api/runs/{run_id}/trades", tags=["results"], responses=_documented(404, **{"200": ARRAY}),
              summary="A run's round trips from the trades table (as `results trades`; runs made with trades on)")
     async def run_trades(run_id: RunId, symbol: Symbol = None) -> Response:
         from pipeline import results
@@ -374,7 +526,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise _not_found(exc) from None
         return _json(_rows(found["columns"], found["rows"]))
 
-    @app.get("/api/runs/{run_id}/sets", tags=["results"],
+    @app.get("/api/runs/{run_id}/sets", tags=["results"], responses=_documented(404, **{"200": ARRAY}),
              summary="A sweep's parameter sets with their mean metrics over its symbols (or one): its heatmap")
     async def run_sets(run_id: RunId, symbol: Symbol = None,
                        n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
@@ -404,6 +556,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise ApiError(403, "admin endpoints need the header Authorization: Bearer <CRYPTOBT_ADMIN_TOKEN>")
 
     guarded = [Depends(admin)]
+    admin_answers = _documented(403, 404, **{"200": OBJECT})
 
     def _cache() -> Any:
         from pipeline.cache import ResultCache
@@ -411,7 +564,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # A Redis that is down is reported in the answer (`available`, `ok`), not as a Python warning.
         return ResultCache.from_settings(settings, on_warning=lambda _: None)
 
-    @app.get("/api/admin/cache/stats", tags=["admin"], dependencies=guarded, summary="Keys, hits, misses, hit rate, memory")
+    @app.get("/api/admin/cache/stats", tags=["admin"], dependencies=guarded, responses=admin_answers, summary="Keys, hits, misses, hit rate, memory")
     async def cache_stats() -> Response:
         def read() -> dict[str, Any]:
             cache = _cache()
@@ -422,7 +575,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return _json(await asyncio.to_thread(read))
 
-    @app.post("/api/admin/cache/clear", tags=["admin"], dependencies=guarded, summary="Delete every key under the cache prefix")
+    @app.post("/api/admin/cache/clear", tags=["admin"], dependencies=guarded, responses=admin_answers, summary="Delete every key under the cache prefix")
     async def cache_clear() -> Response:
         def clear() -> int:
             cache = _cache()
@@ -433,7 +586,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return _json({"deleted": await asyncio.to_thread(clear)})
 
-    @app.post("/api/admin/cache/invalidate", tags=["admin"], dependencies=guarded, summary="Drop one symbol's cached results")
+    @app.post("/api/admin/cache/invalidate", tags=["admin"], dependencies=guarded, responses=admin_answers, summary="Drop one symbol's cached results")
     async def cache_invalidate(symbol: Annotated[str, Query(min_length=1)]) -> Response:
         def drop() -> int:
             cache = _cache()
@@ -444,12 +597,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         return _json({"symbol": symbol, "deleted": await asyncio.to_thread(drop)})
 
-    @app.get("/api/admin/performance/stats", tags=["admin"], dependencies=guarded,
+    @app.get("/api/admin/performance/stats", tags=["admin"], dependencies=guarded, responses=admin_answers,
              summary="Run durations (mean, p50, p95, p99), hit rate, throughput; and the API's queue")
-    async def performance_stats(hours: float = 24.0) -> Response:
+    async def performance_stats(
+            hours: Annotated[float, Query(json_schema_extra={"exclusiveMinimum": 0, "maximum": options.MAX_HOURS})
+                             ] = 24.0,
+    ) -> Response:
         from pipeline import results
 
-        hours = options.check_number("--hours", hours, 0, above=True)
+        hours = _rule(options.check_number, "--hours", hours, 0, options.MAX_HOURS, above=True)
         stats = await asyncio.to_thread(results.run_stats, settings.results_root, hours)
         stats["api"] = {"running": len(runner.running), "waiting": len(runner.waiting),
                         "max_running": runner.max_running, "max_queued": runner.max_queued, **runner.counts}
@@ -457,7 +613,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # --- health and the dashboard -----------------------------------------------------
 
-    @app.get("/healthz", tags=["health"], summary="Lake snapshot, Redis and PostgreSQL reachability")
+    @app.get("/healthz", tags=["health"], responses={200: OBJECT, 503: {**OBJECT, "description": "No lake snapshot"}},
+             summary="Lake snapshot, Redis and PostgreSQL reachability")
     async def healthz() -> Response:
         def check() -> dict[str, Any]:
             from pipeline import lake, source
@@ -488,6 +645,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         health = await asyncio.to_thread(check)
         # Runs need only the lake: the service is up when it has a snapshot; the rest is reported.
         return _json(health, 200 if health["lake"]["ok"] else 503)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus what it cannot see: the registered strategies' names, and that a
+        stream answers text/event-stream only."""
+        if app.openapi_schema is None:
+            from pipeline.strategies import strategy_names
+
+            schema = FastAPI.openapi(app)
+            for model in ("RunRequest", "SweepRequest", "EquityRequest", "PortfolioRequest"):
+                schema["components"]["schemas"][model]["properties"]["strategy"]["enum"] = strategy_names()
+            for operations in schema["paths"].values():
+                for operation in operations.values():
+                    content = operation["responses"].get("200", {}).get("content", {})
+                    if "text/event-stream" in content:
+                        content.pop("application/json", None)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:

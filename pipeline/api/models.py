@@ -1,10 +1,15 @@
-"""Request bodies of the HTTP API: pydantic for the shape, `pipeline.options` for the rules.
+"""Request bodies of the HTTP API: pydantic for the shape and the sizes, `pipeline.options` for the rules.
 
-Field types give the OpenAPI schema and catch a string where a number goes; every rule about
-values (strategy, parameters, ranges, fee, fill, cash, time range, symbols, interval, grid,
-top) is `pipeline.options`' and `pipeline.strategies`', so a request is refused with the very
-message the CLI prints. The run options and their defaults are `options.run_config`'s keyword
-parameters, read from its signature: nothing is restated here.
+Field types are strict (JSON `true` is not a number, `1` is not a string) and every size is
+bounded (strings, lists, the body: `MAX_BODY_BYTES`); every rule about values (strategy,
+parameters, ranges, fee, fill, cash, time range, symbols, interval, grid, top) is
+`pipeline.options`' and `pipeline.strategies`', so a request is refused with the very message the
+CLI prints. The schema documents each rule (`RULES`: the bounds and choices those checks use).
+The run options and their defaults are `options.run_config`'s keyword parameters, read from its
+signature: nothing is restated here.
+
+`check()` applies the rules. It can take seconds (a sweep's grid may list a million points), so
+the app calls it in a thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -12,13 +17,60 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, create_model, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, create_model
 
-from pipeline import options
+from pipeline import engine, options, portfolio, walkforward
 from pipeline.errors import PipelineError
+from pipeline.strategies import EXECUTION_PARAMS, MAX_GRID_COMBOS, Param
 
-RULE_ERROR = "run_option"  # the pydantic error type that carries a pipeline.options message verbatim
+# Sizes of a request. A body is at most MAX_BODY_BYTES (413 beyond): a grid value list of ~100,000
+# values fits; a range spec (`tp=0.001:1000:0.001`) reaches MAX_GRID_COMBOS in a few bytes.
+MAX_BODY_BYTES = 1 << 20
+MAX_NAME = 100  # a strategy, parameter or symbol name, a string parameter value
+MAX_SYMBOLS = 10_000
+MAX_GRID_SPECS = 32
+MAX_SPEC_CHARS = 200_000
+MAX_PARAMS = 32
+Name = Annotated[str, StringConstraints(min_length=1, max_length=MAX_NAME)]
+
+
+# Patterns of what the rules parse (ECMA-262 and Python read them alike): a plain number, surrounding
+# spaces that the rule strips, a time range, a grid spec.
+_S = "[" + "".join(f"\\u{ord(c):04x}" for c in options.SPACES) + "]*"
+_NUMBER = options._PLAIN_NUMBER.pattern
+NUMBER_TEXT = f"^{_S}{_NUMBER}{_S}$"
+TIMERANGE = f"^{_S}(?:(?:[0-9]{{8}})?-(?:[0-9]{{8}})?)?{_S}$"
+GRID_SPEC = (f"^[^=]+={_S}(?:{_NUMBER}(?:{_S},{_S}{_NUMBER})*|{_NUMBER}{_S}:{_S}{_NUMBER}{_S}:{_S}{_NUMBER})"
+             f"{_S}$")
+
+
+def _bounds(param: Param) -> dict[str, Any]:
+    """A run parameter's range as JSON Schema keywords."""
+    out: dict[str, Any] = {}
+    if param.minimum is not None:
+        out["minimum" if param.minimum_inclusive else "exclusiveMinimum"] = param.minimum
+    if param.maximum is not None:
+        out["maximum" if param.maximum_inclusive else "exclusiveMaximum"] = param.maximum
+    return out
+
+
+# What `options.run_config` (engine.make_config, walkforward.check) accepts per option, for the schema;
+# tests/test_api_limits.py checks each bound against the rule itself.
+RULES: dict[str, dict[str, Any]] = {
+    "timerange": {"pattern": TIMERANGE},
+    "fee": {"minimum": 0, "exclusiveMaximum": 100},
+    "fill": {"enum": list(engine.FILLS)},
+    "initial": {"minimum": options.INITIAL_RANGE[0], "maximum": options.INITIAL_RANGE[1]},
+    "annualization": {"enum": list(engine.ANNUALIZATIONS)},
+    "min_bar_coverage": {"minimum": 0, "maximum": 1},
+    "objective": {"enum": list(engine.OBJECTIVES)},
+    "min_trades": {"minimum": 0},
+    # 0 (off) or even from PBO_BLOCKS_RANGE[0] = 2
+    "pbo_blocks": {"minimum": 0, "maximum": engine.PBO_BLOCKS_RANGE[1], "multipleOf": 2},
+    "walk_forward": {"anyOf": [{"const": 0}, {"minimum": 2, "maximum": walkforward.MAX_FOLDS}]},
+    "train_ratio": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
+    **{p.name: _bounds(p) for p in EXECUTION_PARAMS if p.type is float},
+}
 # The run options are `options.run_config`'s keyword parameters, whatever they are (fee, fill, ...,
 # and whatever the engine adds there later): the API takes each with the CLI's default.
 RUN_OPTIONS = {name: p for name, p in inspect.signature(options.run_config).parameters.items()
@@ -48,22 +100,20 @@ def _annotation(parameter: inspect.Parameter) -> Any:
     return union
 
 
-def _refuse(exc: PipelineError) -> PydanticCustomError:
-    # The message is a template to pydantic: braces in it (a dict in a message) must not be read as fields.
-    return PydanticCustomError(RULE_ERROR, "{message}", {"message": str(exc)})
-
-
 class _RunBase(BaseModel):
     """One strategy over symbols (none and `all` false = every symbol), as `cryptobt backtest`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    strategy: str = Field(description="A strategy name from GET /api/strategies.", examples=["rsi"])
-    params: dict[str, float | int | str] = Field(default_factory=dict,
-                                                 description="Parameter overrides; the rest take defaults.")
-    symbols: list[str] | None = Field(default=None, description="Symbols; omit (or all=true) for every one.")
+    strategy: Name = Field(description="A strategy name from GET /api/strategies.", examples=["rsi"])
+    params: dict[Name, float | int | Annotated[Name, Field(json_schema_extra={"pattern": NUMBER_TEXT})]] = Field(
+        default_factory=dict, max_length=MAX_PARAMS,
+        description="Parameter overrides (ranges in GET /api/strategies); the rest take defaults.")
+    symbols: list[Name] | None = Field(default=None, max_length=MAX_SYMBOLS,
+                                       description="Symbols; omit (or all=true) for every one.")
     all: bool = False
-    interval: str = Field(default="1h", description=f"One of {', '.join(options.INTERVALS)}.")
+    interval: str = Field(default="1h", description=f"One of {', '.join(options.INTERVALS)}.",
+                          json_schema_extra={"enum": list(options.INTERVALS)})
     no_cache: bool = Field(default=False, description="Neither read nor write the Redis cache.")
 
     _checked: Any = PrivateAttr(default=None)
@@ -71,38 +121,44 @@ class _RunBase(BaseModel):
     def _param_sets(self) -> Any:
         return dict(self.params)
 
-    @model_validator(mode="after")
-    def _rules(self) -> _RunBase:
-        try:
-            self._checked = options.run_request(
-                self.strategy, self._param_sets(), self.symbols, self.all, self.interval,
-                **{name: getattr(self, name) for name in RUN_OPTIONS})
-        except PipelineError as exc:
-            raise _refuse(exc) from None
-        return self
+    def check(self) -> tuple[Any, list[str] | None, str]:
+        """The rules (`options.run_request`): (RunConfig, symbols or None, interval), also kept as
+        `checked`. Raises PipelineError with the CLI's message. Blocking: call it off the event loop."""
+        self._checked = options.run_request(
+            self.strategy, self._param_sets(), self.symbols, self.all, self.interval,
+            **{name: getattr(self, name) for name in RUN_OPTIONS})
+        return self._checked
 
     @property
     def checked(self) -> tuple[Any, list[str] | None, str]:
-        """(RunConfig, symbols or None, interval), as `options.run_request` returned them."""
+        """(RunConfig, symbols or None, interval), as `check()` returned them."""
+        if self._checked is None:
+            raise RuntimeError("the request was not checked")
         return self._checked
 
 
 RunRequest = create_model(
     "RunRequest", __base__=_RunBase, __doc__=_RunBase.__doc__,
     **{name: (_annotation(p), Field(default=p.default, description=_HELP.get(
-        name, f"As --{name.replace('_', '-')} of cryptobt backtest.")))
+        name, f"As --{name.replace('_', '-')} of cryptobt backtest."), json_schema_extra=RULES.get(name)))
        for name, p in RUN_OPTIONS.items()})
 
 
 class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
     """A parameter grid over symbols, as `cryptobt sweep` (grid specs as its -g takes them)."""
 
-    grid: list[str] = Field(min_length=1, description="name=start:stop:step or name=v1,v2 per parameter; the run "
-                                                      "parameters sl, tp, trail, size, slippage may join.",
-                            examples=[["rsi_period=7:28:7", "oversold_threshold=20,25,30", "sl=2:6:2"]])
-    top: int = Field(default=5, description="Best N overall and per symbol in the answer.")
-    samples: int | None = Field(default=None, description="Run this many grid points drawn at random.")
-    seed: int = Field(default=0, description="Seed of samples: the same seed draws the same points.")
+    grid: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_SPEC_CHARS),
+                         Field(json_schema_extra={"pattern": GRID_SPEC})]] = Field(
+        min_length=1, max_length=MAX_GRID_SPECS,
+        description=f"name=start:stop:step or name=v1,v2 per parameter; the run parameters sl, tp, trail, "
+                    f"size, slippage may join. At most {MAX_GRID_COMBOS:,} combinations.",
+        examples=[["rsi_period=7:28:7", "oversold_threshold=20,25,30", "sl=2:6:2"]])
+    top: int = Field(default=5, description="Best N overall and per symbol in the answer.",
+                     json_schema_extra={"minimum": 1, "maximum": options.MAX_TOP})
+    samples: int | None = Field(default=None, description="Run this many grid points drawn at random.",
+                                json_schema_extra={"minimum": 1})
+    seed: int = Field(default=0, description="Seed of samples: the same seed draws the same points.",
+                      json_schema_extra={"minimum": 0})
 
     def _param_sets(self) -> Any:
         if self.params:
@@ -114,7 +170,7 @@ class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
 class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]
     """One symbol's equity against buy & hold with its trades, for the dashboard's chart."""
 
-    symbol: str
+    symbol: Name
     points: int = Field(default=2000, ge=10, le=100_000, description="Most points per curve (evenly thinned).")
     snapshot: str | None = Field(default=None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$",
                                  description="A kept snapshot (a past run's) to draw on; default the current one.")
@@ -128,58 +184,75 @@ class PortfolioRequest(BaseModel):
     """One account over many symbols, as `cryptobt portfolio` (several max_open, stake or grid values
     = one account each, best first)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    strategy: str = Field(description="A strategy name from GET /api/strategies.", examples=["rsi"])
-    params: dict[str, float | int | str] = Field(default_factory=dict,
-                                                 description="Parameter overrides; the rest take defaults.")
-    grid: list[str] = Field(default_factory=list, max_length=16,
-                            description="Strategy parameter sweep, as -g: name=start:stop:step or name=v1,v2.")
-    symbols: list[str] | None = Field(default=None, description="Symbols; omit (or all=true) for every one.")
+    strategy: Name = Field(description="A strategy name from GET /api/strategies.", examples=["rsi"])
+    params: dict[Name, float | int | Annotated[Name, Field(json_schema_extra={"pattern": NUMBER_TEXT})]] = Field(
+        default_factory=dict, max_length=MAX_PARAMS, description="Parameter overrides; the rest take defaults.")
+    grid: list[Annotated[str, StringConstraints(min_length=1, max_length=MAX_SPEC_CHARS),
+                         Field(json_schema_extra={"pattern": GRID_SPEC})]] = Field(
+        default_factory=list, max_length=16,
+        description="Strategy parameter sweep, as -g: name=start:stop:step or name=v1,v2.")
+    symbols: list[Name] | None = Field(default=None, max_length=MAX_SYMBOLS,
+                                       description="Symbols; omit (or all=true) for every one.")
     all: bool = False
     interval: str = Field(default="1h", description=f"One of {', '.join(options.INTERVALS)} (auto: the coarsest "
-                                                    "interval any symbol needs: one account needs one grid).")
-    timerange: str | None = Field(default=None, description=_HELP["timerange"])
-    fee: float = Field(default=0.1, description=_HELP["fee"])
-    slippage: float = Field(default=0.0, description=_HELP["slippage"])
-    fill: str = Field(default="close", description=_HELP["fill"])
-    initial: float = Field(default=1000.0, description="Starting cash of the one account.")
-    annualization: str = Field(default="observed", description="As --annualization of cryptobt portfolio.")
-    min_bar_coverage: float = Field(default=0.0, description="As --min-bar-coverage of cryptobt portfolio.")
+                                                    "interval any symbol needs: one account needs one grid).",
+                          json_schema_extra={"enum": list(options.INTERVALS)})
+    timerange: str | None = Field(default=None, description=_HELP["timerange"], json_schema_extra=RULES["timerange"])
+    fee: float = Field(default=0.1, description=_HELP["fee"], json_schema_extra=RULES["fee"])
+    slippage: float = Field(default=0.0, description=_HELP["slippage"], json_schema_extra=RULES["slippage"])
+    fill: str = Field(default="close", description=_HELP["fill"], json_schema_extra=RULES["fill"])
+    initial: float = Field(default=1000.0, description="Starting cash of the one account.",
+                           json_schema_extra=RULES["initial"])
+    annualization: str = Field(default="observed", description="As --annualization of cryptobt portfolio.",
+                               json_schema_extra=RULES["annualization"])
+    min_bar_coverage: float = Field(default=0.0, description="As --min-bar-coverage of cryptobt portfolio.",
+                                    json_schema_extra=RULES["min_bar_coverage"])
     max_open: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=lambda: [10], min_length=1, max_length=64, description="Most positions open at once.")
     stake: list[Annotated[str, Field(min_length=1, max_length=32)]] = Field(
         default_factory=lambda: ["10%"], min_length=1, max_length=64,
         description="Per entry: a fraction of equity in (0, 1] (0.1 or 10%) or an amount of cash > 1.")
-    rank_by: str = Field(default="auto", description="auto, volume or name: which same-bar entries win free slots.")
+    rank_by: str = Field(default="auto", description="auto, volume or name: which same-bar entries win free slots.",
+                         json_schema_extra={"enum": list(portfolio.RANK_BY)})
     points: int = Field(default=2000, ge=10, le=100_000, description="Most points of the best account's curves.")
 
     _checked: Any = PrivateAttr(default=None)
 
-    @model_validator(mode="after")
-    def _rules(self) -> PortfolioRequest:
+    def check(self) -> tuple[Any, list[Any], list[str] | None]:
+        """The checks of `cryptobt portfolio`, in its order: (RunConfig, portfolio sets, symbols or None),
+        also kept as `checked`. Raises PipelineError with the CLI's message. Blocking (a grid): call it
+        off the event loop."""
         from pipeline import portfolio as pf
         from pipeline import strategies
 
-        try:  # the checks of `cryptobt portfolio`, in its order
-            symbols = options.check_symbols(self.symbols, self.all)
-            options.check_interval(self.interval)
-            stakes = [pf.Stake.parse(text) for text in self.stake]
-            if self.rank_by not in pf.RANK_BY:
-                raise PipelineError(f"--rank-by {self.rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
-            if self.grid and self.params:
-                raise PipelineError("use either params or grid, not both")
-            params: Any = list(strategies.parse_grid(self.strategy, self.grid)) if self.grid else dict(self.params)
-            config = options.run_config(self.strategy, params, timerange=self.timerange, fee=self.fee, fill=self.fill,
-                                        initial=self.initial, annualization=self.annualization,
-                                        min_bar_coverage=self.min_bar_coverage, slippage=self.slippage)
-            sets = pf.make_sets(config, sorted(set(self.max_open)), list(dict.fromkeys(stakes)))
-        except PipelineError as exc:
-            raise _refuse(exc) from None
+        symbols = options.check_symbols(self.symbols, self.all)
+        options.check_interval(self.interval)
+        stakes = [pf.Stake.parse(text) for text in self.stake]
+        if self.rank_by not in pf.RANK_BY:
+            raise PipelineError(f"--rank-by {self.rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
+        if self.grid and self.params:
+            raise PipelineError("use either params or grid, not both")
+        params: Any = list(strategies.parse_grid(self.strategy, self.grid)) if self.grid else dict(self.params)
+        config = options.run_config(self.strategy, params, timerange=self.timerange, fee=self.fee, fill=self.fill,
+                                    initial=self.initial, annualization=self.annualization,
+                                    min_bar_coverage=self.min_bar_coverage, slippage=self.slippage)
+        sets = pf.make_sets(config, sorted(set(self.max_open)), list(dict.fromkeys(stakes)))
         self._checked = (config, sets, symbols)
-        return self
+        return self._checked
 
     @property
     def checked(self) -> tuple[Any, list[Any], list[str] | None]:
-        """(RunConfig, portfolio sets, symbols or None)."""
+        """(RunConfig, portfolio sets, symbols or None), as `check()` returned them."""
+        if self._checked is None:
+            raise RuntimeError("the request was not checked")
         return self._checked
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: one line naming the bad value and what is allowed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    error: str

@@ -426,16 +426,15 @@ def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) ->
         raw = [start + i * step for i in range(count)]
     else:
         raw = [_decimal(p, spec) for p in body.split(",")]
-    values: list[Number] = []
+    values: dict[Number, None] = {}  # distinct values in their order: a dict, not `in` a list (quadratic)
     for value in raw:
         text = format(value.normalize(), "f")
         try:
             converted = param.convert(text)
         except PipelineError as exc:
             raise PipelineError(f"bad grid spec {spec!r}: {exc}") from None
-        if converted not in values:
-            values.append(converted)
-    return name, values
+        values.setdefault(converted, None)
+    return name, list(values)
 
 
 def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = (),
