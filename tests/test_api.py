@@ -244,7 +244,7 @@ def test_admin_endpoints_need_the_token(api, settings, redis_client):
     assert perf["runs"] == 1 and perf["duration_mean_s"] > 0 and perf["duration_p95_s"] > 0
     assert perf["api"]["max_running"] == 2
     assert api.get("/api/admin/performance/stats", params={"hours": 0}, headers=auth).json() == {
-        "error": "--hours 0.0 is out of range: a number > 0"}
+        "error": "--hours 0.0 is out of range: a number > 0 and <= 876000"}  # as `cryptobt stats --hours 0`
 
 
 def test_admin_endpoints_are_off_without_a_token(settings):

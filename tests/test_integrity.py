@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -164,35 +163,7 @@ def test_no_message_shows_a_password_in_any_dsn_form(small_lake, tmp_path, url):
         assert "***" in done.stderr
 
 
-def test_the_export_passes_no_password_in_any_argv(database_url, tmp_path):
-    """A `psql` first on PATH records the argv and environment every export subprocess gets, then runs
-    the real psql: the password must reach psql through its environment only."""
-    import shutil
-
-    from pipeline import loaders
-
-    real = shutil.which("psql")
-    if real is None:
-        pytest.skip("psql is not installed: the export reads through psycopg and starts no subprocess")
-    loaders.seed_database(database_url, 3, 0.05, 1)
-    wrapper_dir = tmp_path / "bin"
-    wrapper_dir.mkdir()
-    log = tmp_path / "argv.log"
-    wrapper = wrapper_dir / "psql"
-    wrapper.write_text(f'#!/bin/sh\necho "ARGV $*" >> {log}\necho "ENV $(printenv PGPASSWORD)" >> {log}\n'
-                       f'exec {real} "$@"\n')
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
-    # Trust authentication ignores the password, so the export works and still has to carry it.
-    url = database_url.replace("postgresql://postgres@", "postgresql://postgres:notsecretpw@")
-    env = {**os.environ, "DATABASE_URL": url, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"), "REDIS_URL": "",
-           "PATH": f"{wrapper_dir}{os.pathsep}{os.environ['PATH']}"}
-    done = _cli(["export", "--no-prefect"], env, tmp_path)
-    assert done.returncode == 0, done.stderr
-    recorded = log.read_text().splitlines()
-    argv = [line for line in recorded if line.startswith("ARGV")]
-    assert argv, "the export ran psql"
-    assert not any("notsecretpw" in line for line in argv), argv[0]
-    assert all(line == "ENV notsecretpw" for line in recorded if line.startswith("ENV"))
+# The export's argv and environment: tests/test_secrets.py (every DSN form, sslpassword too).
 
 
 # --- item 3: cache records are checked against their key and the results schema -------------------

@@ -50,14 +50,25 @@ def psql_log(tmp_path) -> tuple[Path, Path]:
     return folder, log
 
 
+def _url(url: str, **secrets: str) -> str:
+    """The postgresql:// URL with the password in its user part and any other secret as a query parameter."""
+    if "password" in secrets:
+        url = url.replace("postgres@", f"postgres:{secrets.pop('password')}@")
+    return url + "".join(f"{'&' if i else '?'}{k}={v}" for i, (k, v) in enumerate(secrets.items()))
+
+
+@pytest.mark.parametrize("form", [_key_value, _url], ids=["key=value", "url"])
 @pytest.mark.parametrize("secrets", [{"password": SECRET}, {"password": SECRET, "sslpassword": SECRET + "2"},
                                      {"sslpassword": SECRET + "2"}],
                          ids=["password", "password+sslpassword", "sslpassword"])
-def test_a_key_value_dsn_password_is_neither_stored_printed_nor_on_argv(database_url, tmp_path, psql_log, secrets):
+def test_a_dsn_password_is_neither_stored_printed_nor_on_argv(database_url, tmp_path, psql_log, secrets, form):
+    """A `psql` first on PATH records the argv and environment of every export subprocess, then runs
+    the real psql: a password reaches psql through its environment only; sslpassword, which libpq
+    reads from no variable, never reaches a subprocess."""
     loaders.seed_database(database_url, 3, 0.05, 1)
     folder, log = psql_log
-    dsn = _key_value(database_url, **secrets)
-    assert SECRET in dsn and "://" not in dsn
+    dsn = form(database_url, **secrets)
+    assert SECRET in dsn
     lake = tmp_path / "lake"
     env = {**os.environ, "DATABASE_URL": dsn, "CRYPTOBT_LAKE_ROOT": str(lake), "REDIS_URL": "",
            "PYTHONPATH": str(PROJECT), "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
