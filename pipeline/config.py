@@ -6,6 +6,7 @@ and the README's configuration table.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -61,7 +62,18 @@ def _redis_url_env() -> str:
 
 
 DEFAULT_API_HOSTS = ("localhost", "127.0.0.1", "::1")
-_HOST_NAME = re.compile(r"(\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?|\[?[0-9a-f:.]+\]?)", re.ASCII)
+_HOST_NAME = re.compile(r"\*|(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?", re.ASCII)
+
+
+def _is_host(text: str) -> bool:
+    """A host name, an IPv4 or IPv6 address (bracketed or not), `*.domain` or `*`: never a port."""
+    if ":" not in text:
+        return bool(_HOST_NAME.fullmatch(text))
+    try:
+        ipaddress.IPv6Address(text.removeprefix("[").removesuffix("]"))
+        return True
+    except ValueError:
+        return False
 
 
 def _hosts_env(name: str) -> tuple[str, ...]:
@@ -69,7 +81,7 @@ def _hosts_env(name: str) -> tuple[str, ...]:
     (its subdomains) or `*` (any Host: only behind a proxy that checks it)."""
     raw = os.environ.get(name) or ""
     extra = [part.strip().lower() for part in raw.split(",") if part.strip()]
-    bad = [part for part in extra if not _HOST_NAME.fullmatch(part)]
+    bad = [part for part in extra if not _is_host(part)]
     if bad:
         raise ConfigError(f"{name}: {bad[0]!r} is not a host name; use names or addresses without a port "
                           "(backtest.lan, 192.168.1.20), *.example.com for its subdomains, or * for any")
