@@ -224,10 +224,12 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(env, tm
             [str(Path(sys.executable).with_name("schemathesis")), "--no-color", "run", f"{base}/openapi.json",
              "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                          "response_schema_conformance,negative_data_rejection",
-             # Bounded: 5 random cases per operation after the examples and the boundary cases (~50 s).
+             # Bounded: 3 random cases per operation after the examples and every boundary case (measured
+             # 75-92 s on the shared 2-core machine, 85 % of it the results endpoints reading the ~700 runs
+             # the generated requests wrote).
              # One worker: schemathesis' coverage phase on two threads can trip over Python 3.11's AST
              # module ("AST constructor recursion depth mismatch"), an error of the tool, not of the API.
-             "--phases", "examples,coverage,fuzzing", "--max-examples", "5", "--seed", "25",
+             "--phases", "examples,coverage,fuzzing", "--max-examples", "3", "--seed", "25",
              "--workers", "1", "--request-timeout", "30", "--header", f"Authorization: Bearer {TOKEN}",
              "--suppress-health-check", "all"],
             env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
