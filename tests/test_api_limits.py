@@ -225,7 +225,7 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_response(env, tm
              "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                          "response_schema_conformance,negative_data_rejection",
              # Bounded: 3 random cases per operation after the examples and every boundary case (measured
-             # 75-92 s on the shared 2-core machine, 85 % of it the results endpoints reading the ~700 runs
+             # 43-92 s on the shared 2-core machine, 85 % of it the results endpoints reading the ~700 runs
              # the generated requests wrote).
              # One worker: schemathesis' coverage phase on two threads can trip over Python 3.11's AST
              # module ("AST constructor recursion depth mismatch"), an error of the tool, not of the API.
