@@ -28,6 +28,7 @@ from pipeline import engine, intervals, options
 from pipeline import portfolio as pf
 from pipeline.errors import PipelineError
 from pipeline.kernels.align import scatter_to_grid
+from pipeline.ohlcv import parse_dates
 from pipeline.reader import PriceBatch
 
 TIME_COLUMNS = ("date", "ts", "datetime", "time", "timestamp")
@@ -44,16 +45,21 @@ def by_symbol(frames: Frames) -> dict[str, Any]:
     """`frames` as {symbol: frame}: a dict as given; one DataFrame (pandas or polars) split by its
     `symbol` column when it has one (long format), else one symbol named `frame`."""
     if isinstance(frames, Mapping):
-        return dict(frames)
+        return {symbol: _polars(frame) for symbol, frame in frames.items()}
     if not hasattr(frames, "columns"):
         raise PipelineError(f"frames is a {type(frames).__name__}: give a DataFrame (one symbol, or many in a "
                             "`symbol` column) or a dict {symbol: DataFrame}")
-    frame = frames if isinstance(frames, pl.DataFrame) else pl.from_pandas(
-        frames.reset_index() if frames.index.name else frames)
-    column = next((c for c in frame.columns if c.lower() == "symbol"), None)
-    if column is None:
+    frame = _polars(frames)
+    if "symbol" not in frame.columns:
         return {SINGLE_FRAME: frame}
-    return {str(key[0]): part.drop(column) for key, part in frame.partition_by(column, as_dict=True).items()}
+    return {str(key[0]): part.drop("symbol") for key, part in frame.partition_by("symbol", as_dict=True).items()}
+
+
+def _polars(frame: Any) -> pl.DataFrame:
+    """A polars frame with lower-case column names (pandas: its index may be the time)."""
+    if not isinstance(frame, pl.DataFrame):
+        frame = pl.from_pandas(frame.reset_index() if frame.index.name else frame)
+    return frame.rename({c: c.lower() for c in frame.columns})
 
 
 def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
@@ -64,9 +70,6 @@ def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
     tables = {}
     for symbol in sorted(frames):
         frame = frames[symbol]
-        if not isinstance(frame, pl.DataFrame):  # pandas: its index may be the time
-            frame = pl.from_pandas(frame.reset_index() if frame.index.name else frame)
-        frame = frame.rename({c: c.lower() for c in frame.columns})
         time = next((c for c in TIME_COLUMNS if c in frame.columns), None)
         missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
         if time is None or missing:
@@ -75,7 +78,13 @@ def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
         ts = frame[time]
         if ts.dtype == pl.Datetime and ts.dtype.time_zone is None:
             ts = ts.dt.replace_time_zone("UTC")
-        seconds = ts.dt.epoch("s").to_numpy() if ts.dtype == pl.Datetime else ts.cast(pl.Int64).to_numpy()
+        elif ts.dtype != pl.Datetime:  # text (a CSV read as is) or epoch numbers: read as an import reads them
+            ts = parse_dates(ts)
+            if ts.null_count():
+                bad = frame[time].filter(ts.is_null())[0]
+                raise PipelineError(f"frame {symbol!r}: {time} {bad!r} is not a time (ISO text, or epoch seconds "
+                                    "or milliseconds)")
+        seconds = ts.dt.epoch("s").to_numpy()
         tables[symbol] = (seconds, {c: frame[c].cast(pl.Float64).to_numpy() for c in PRICE_COLUMNS})
     spacing = min(int(np.diff(np.sort(s)).min()) for s, _ in tables.values() if len(s) > 1)
     name = interval or intervals.from_spacing(timedelta(seconds=spacing))
@@ -150,8 +159,6 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
         exits = exits if isinstance(exits, Mapping) else {only: exits}
     coded = {}
     for symbol, frame in frames.items():
-        frame = frame if isinstance(frame, pl.DataFrame) else pl.from_pandas(
-            frame.reset_index() if frame.index.name else frame)
         if symbol not in entries or symbol not in exits:
             raise PipelineError(f"no entries or exits for {symbol!r}: give both, one per frame row")
         enter = np.asarray(entries[symbol], dtype=bool)

@@ -66,7 +66,7 @@ def symbol_from_path(path: Path) -> str:
     return path.stem.split("-", 1)[0]
 
 
-def _parse_dates(raw: pl.Series) -> pl.Series:
+def parse_dates(raw: pl.Series) -> pl.Series:
     """ISO-like strings or epoch numbers to UTC. Naive times are read as UTC; offsets are honoured."""
     if not raw.dtype.is_numeric() and raw.len() and raw.cast(pl.String).str.strip_chars().str.contains(
             r"^-?[0-9]+$").all():
@@ -172,7 +172,7 @@ def _columns(raw: pl.DataFrame, path: Path) -> tuple[str, dict[str, str]]:
     if date_column is None and raw.columns and _is_index_name(raw.columns[0]):
         # pandas' df.to_csv() writes the index first, under an empty header: a DatetimeIndex
         # is the timestamp column. Anything else there stays "missing column date".
-        if raw.height and _parse_dates(raw[raw.columns[0]]).is_not_null().all():
+        if raw.height and parse_dates(raw[raw.columns[0]]).is_not_null().all():
             date_column = raw.columns[0]
     missing = [c for c in PRICE_COLUMNS if c not in by_lower]
     if date_column is None or missing:
@@ -197,7 +197,7 @@ def _bars(raw: pl.DataFrame, path: Path, named: tuple[str, dict[str, str]], firs
         ts = raw_dates.dt.cast_time_unit("us")
         ts = ts.dt.convert_time_zone("UTC") if tz else ts.dt.replace_time_zone("UTC")
     else:
-        ts = _parse_dates(raw_dates)
+        ts = parse_dates(raw_dates)
     bad = ts.is_null()
     if bad.any():
         index = int(bad.arg_true()[0])

@@ -134,8 +134,12 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
     return snapshot, interval_of
 
 
-def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str) -> dict[str, str]:
-    """The snapshot's symbols a run over all of them leaves out (`_open_run`), each with why."""
+def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str,
+             symbols: list[str] | None) -> dict[str, str]:
+    """The symbols a run over the whole lake (`symbols` None) leaves out (`_open_run`: their own bars are
+    coarser than `interval`), each with why; a run naming its symbols refuses such a one instead."""
+    if symbols:
+        return {}
     return {n: f"its own bars are {meta.get('native') or reader.stored(meta)[0]}, coarser than {interval}"
             for n, meta in sorted(snapshot.symbols.items()) if n not in interval_of}
 
@@ -367,7 +371,7 @@ def backtest(
             cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
             bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
             planned=len(names) * n_params, n_results=n_results,
-            findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval),
+            findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval, symbols),
             walk_forward=[] if sweep is None else sorted(
                 sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
             set_returns=[] if sweep is None else sweep.set_returns(),
@@ -631,7 +635,7 @@ def portfolio(
                 command=command,
             )
     return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
-                            paths, left_out(snapshot, interval_of, interval))
+                            paths, left_out(snapshot, interval_of, interval, symbols))
 
 
 def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], symbols: list[str] | None,

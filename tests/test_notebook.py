@@ -51,3 +51,16 @@ def test_one_frame_takes_bare_signal_arrays(frames):
 def test_something_else_than_frames_is_one_line_error():
     with pytest.raises(PipelineError, match="frames is a list: give a DataFrame"):
         cryptobt.run_backtest([1, 2, 3], "rsi")
+
+
+def test_a_csv_read_as_is_has_its_text_times_read_as_an_import_reads_them():
+    """A frame from pl.read_csv has its dates as text (was: InvalidOperationError casting str to i64)."""
+    csv = Path(__file__).resolve().parents[1] / "examples" / "data" / "ADABTC-1h.csv"
+    frame = pl.read_csv(csv)
+    assert frame["Date"].dtype == pl.String
+    result = cryptobt.run_backtest(frame, "rsi")
+    parsed = frame.with_columns(pl.col("Date").str.to_datetime(time_zone="UTC"))
+    assert result.to_dicts() == cryptobt.run_backtest(parsed, "rsi").to_dicts()
+    assert result["bars"][0] == frame.height
+    with pytest.raises(PipelineError, match="'yesterday' is not a time"):
+        cryptobt.run_backtest(frame.with_columns(pl.lit("yesterday").alias("Date")), "rsi")
