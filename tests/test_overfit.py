@@ -379,10 +379,10 @@ def test_cli_walk_forward_flat_start_rows_are_told_apart_from_carried_ones(tmp_p
 
     requests = [SweepRequest(strategy="rsi", grid=GRID, walk_forward=3, walk_forward_flat_start=flag)
                 for flag in (False, True)]
-    assert [r.checked[0].walk_forward_flat_start for r in requests] == [False, True]
+    assert [r.check()[0].walk_forward_flat_start for r in requests] == [False, True]
     assert api_app._request_key("sweep", requests[0]) != api_app._request_key("sweep", requests[1])
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
-        SweepRequest(strategy="rsi", grid=GRID, walk_forward_flat_start=True)
+        SweepRequest(strategy="rsi", grid=GRID, walk_forward_flat_start=True).check()
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
         notebook.run_backtest(random_walks(1, 200, seed=1), "rsi", walk_forward_flat_start=True)
 
