@@ -43,9 +43,12 @@ def export(full: bool = False, wait_seconds: float = 0.0, strict: bool = False, 
         summary = export_flow(full=full, wait_seconds=wait_seconds, strict=strict)
         return {**summary, "prefect": True}
     from pipeline.config import Settings
-    from pipeline.export import run_export
+    from pipeline.export import EXTRACT_RETRY_DELAYS, run_export
 
-    report = run_export(Settings.from_env(), full=full, wait_seconds=wait_seconds, strict=strict, log=log)
+    # The flow's retries when it stands in for the flow; `--no-prefect` asks for one attempt (cron's own
+    # schedule is its retry), as it always did.
+    report = run_export(Settings.from_env(), full=full, wait_seconds=wait_seconds, strict=strict, log=log,
+                        retries=EXTRACT_RETRY_DELAYS if prefect is None else ())
     return {"snapshot_id": report.snapshot_id, "created": report.created, "rows_read": report.rows_read,
             "changed_symbols": report.changed_symbols, "removed_snapshots": report.removed_snapshots,
             "seconds": round(report.seconds, 3), "warnings": report.warnings, "prefect": False}

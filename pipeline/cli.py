@@ -356,7 +356,7 @@ def export_command(
         "--prefect/--no-prefect", help="Run as a Prefect flow (tracked in its UI, artifacts). Default: when a "
                                        "Prefect server is configured (PREFECT_API_URL); without one the same steps "
                                        "run in-process with the same retries. --prefect without a server starts a "
-                                       "temporary one (~10 s).")] = None,
+                                       "temporary one (~10 s); --no-prefect runs in-process, one attempt.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse to commit changed symbols with data findings "
                                                            "(gaps, jumps, stale or zero prices...).")] = False,

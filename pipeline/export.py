@@ -236,8 +236,11 @@ def run_export(
     fail_at: str | None = None,
     strict: bool = False,
     log: Callable[[str], None] = lambda _: None,
+    retries: tuple[float, ...] = (),
 ) -> ExportReport:
-    """Export PostgreSQL into a new lake snapshot, in-process. `fail_at` is for kill tests."""
+    """Export PostgreSQL into a new lake snapshot, in-process; the extract is tried again after each of
+    `retries` seconds while PostgreSQL is unreachable (the flow's policy: EXTRACT_RETRY_DELAYS).
+    `fail_at` is for kill tests."""
     started = time.perf_counter()
     lake.check_writable(settings.lake_root)
     with lake.export_lock(settings.lake_root, wait_seconds=wait_seconds):
@@ -246,7 +249,7 @@ def run_export(
         log(f"reading rows changed since {since.isoformat() if since else 'the beginning'}")
         staged = None
         try:
-            staged = with_retries(lambda: extract_to_staging(settings, since, in_memory=True), log)
+            staged = with_retries(lambda: extract_to_staging(settings, since, in_memory=True), log, retries)
             log(f"read {staged.rows_read:,} rows in {staged.seconds:.2f} s")
             if fail_at == "after-read":
                 os._exit(137)

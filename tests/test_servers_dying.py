@@ -110,10 +110,7 @@ def test_postgres_killed_during_the_export_read_fails_cleanly_and_the_next_expor
     out, err = child.communicate(timeout=120)
     blocker.close()
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("reading rows")]
-    # The extract retries a lost server as the flow's task does (one line each), then fails in one line.
-    retries = [line for line in lines if line.startswith("attempt ") and "retrying in" in line]
-    errors = [line for line in lines if line not in retries]
-    assert child.returncode == 1 and len(retries) == 4 and len(errors) == 1 and "PostgreSQL" in errors[0], err
+    assert child.returncode == 1 and len(lines) == 1 and "PostgreSQL" in lines[0], err  # --no-prefect: one attempt
     assert lake.current_snapshot(settings.lake_root) is None, "nothing is committed"
     assert not any(settings.lake_root.glob(".staging/*")), "no staging left behind"
     own_postgres.start()
