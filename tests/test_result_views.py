@@ -160,6 +160,15 @@ def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url)
     notes = [line for line in done.stderr.splitlines() if "left out" in line]
     assert notes == [notes[0]] and "GOOG" in notes[0] and "1d" in notes[0] and "1h" in notes[0], done.stderr
     assert "HOURLY" in done.stdout and "GOOG" not in done.stdout
+    # The run path the API shares says it too (the API's `done` event carries `left_out`).
+    from pipeline import engine, runs
+    from pipeline.config import Settings
+
+    settings = Settings(lake_root=tmp_path / "lake", results_root=tmp_path / "results2", cache_enabled=False)
+    outcome = runs.backtest(settings, engine.make_config("rsi"), write_results=False)
+    assert outcome.left_out == {"GOOG": "its own bars are 1d, coarser than 1h"}
+    named = runs.backtest(settings, engine.make_config("rsi"), ["HOURLY"], write_results=False)
+    assert named.left_out == {}
 
 
 def test_results_top_tells_two_sources_of_one_symbol_apart(tmp_path, database_url):

@@ -299,7 +299,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
                     "results": outcome.n_results, "planned": outcome.planned,
                     "interrupted": outcome.interrupted, "cache_hits": outcome.cache_hits,
                     "cache_misses": outcome.cache_misses, "seconds": outcome.seconds,
-                    "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps}
+                    "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps,
+                    "left_out": outcome.left_out}
             answer = outcome.results if top is None else engine.sweep_best(outcome.results, top, *engine.ranking(config))
             return done, answer
 
