@@ -113,7 +113,7 @@ def cli_results(env: dict[str, str], body: dict[str, Any]) -> dict[str, dict[str
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"the CLI failed: {done.stderr.strip()}")
-    return {r["symbol"]: _pick(r) for r in json.loads(done.stdout)}
+    return {r["symbol"]: _pick(r) for r in json.loads(done.stdout)["results"]}
 
 
 def check(report: dict[str, Any], symbols: list[str], env: dict[str, str]) -> dict[str, Any]:

@@ -659,6 +659,13 @@ def _emit_json(results: list[dict[str, Any]] | dict[str, Any]) -> None:
     print(tables.json_text(results))
 
 
+def _run_header(outcome: Any) -> dict[str, Any]:
+    """What `backtest --json` and `sweep --json` say of the run itself, before its results: its id, the
+    snapshot and interval it read, and the symbols of the lake it left out with why."""
+    return {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id, "interval": outcome.interval,
+            "left_out": outcome.left_out}
+
+
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, stream: bool, command: str, no_cache: bool = False,
          confirm_seconds: float | None = None, snapshot: str | None = None, keep: int | None = None,
@@ -802,7 +809,8 @@ def backtest_command(
     initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
     trades: Annotated[bool, typer.Option("--trades", help="Include each result's trade log (fills) and round "
                                                           "trips.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON list of results.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: the run (run_id, snapshot_id, "
+                                                          "interval, left_out) and its results.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
@@ -841,7 +849,7 @@ def backtest_command(
     if stream:
         return
     if as_json:
-        _emit_json(outcome.results)
+        _emit_json({**_run_header(outcome), "results": outcome.results})
         return
     shown = min(top, len(outcome.results))
     _print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})"
@@ -936,11 +944,8 @@ def sweep_command(
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
-        if config.walk_forward:
-            _emit_json({"walk_forward": outcome.walk_forward,
-                        "best": engine.sweep_best(outcome.results, top, *engine.ranking(config))})
-        else:
-            _emit_json(engine.sweep_best(outcome.results, top, *engine.ranking(config)))
+        _emit_json({**_run_header(outcome), "best": engine.sweep_best(outcome.results, top, *engine.ranking(config)),
+                    **({"walk_forward": outcome.walk_forward} if config.walk_forward else {})})
         return
     _print_board(best, f"best {len(best)} of {outcome.n_results:,} ({len(config.params_list)} sets x symbols)",
                  top, True)

@@ -63,7 +63,8 @@ def _cli_json(settings: Settings, *args: str) -> list[dict]:
     done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--json"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    return answer.get("results", answer.get("best"))
 
 
 def _pick(rows: list[dict]) -> list[dict]:

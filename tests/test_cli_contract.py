@@ -136,7 +136,7 @@ def test_tables_fit_the_terminal_and_never_cut_a_symbol_or_a_parameter(env, widt
         assert result.returncode == 0, result.stderr
         assert all(len(line) <= width for line in result.stdout.splitlines()), result.stdout
         assert "…" not in result.stdout
-    symbols = json.loads(cryptobt(["backtest", "rsi", "--all", "--json"], environment).stdout)
+    symbols = json.loads(cryptobt(["backtest", "rsi", "--all", "--json"], environment).stdout)["results"]
     for r in symbols:
         assert f" {r['symbol']} " in board.stdout
     assert "25.5 " in sweep.stdout or "oversold_threshold=25.5" in sweep.stdout

@@ -58,7 +58,7 @@ def _assert_backtest_reads_the_source(env: dict[str, str], symbol: str) -> None:
     series = _pg_series(env["DATABASE_URL"], symbol)
     assert series.height > 0
     done = cli(env, "backtest", "buy_and_hold", "-s", symbol, "--json")
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     assert result["symbol"] == symbol
     assert result["bars"] == series.height
     assert datetime.fromisoformat(result["start"]) == series["ts"][0]
@@ -109,7 +109,7 @@ def test_postgresql_export_then_demo_lake_serves_the_demo_bars(env, tmp_path, bi
     # SYN020 is the demo's SYN020 (seed 42, 30 symbols), not PostgreSQL's nor a Binance pair.
     own = hourly.filter(pl.col("symbol_index") == names.index("SYN020")).sort("ts")
     done = cli(env, "backtest", "buy_and_hold", "-s", "SYN020", "--json")
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     assert result["bars"] == own.height
     assert result["buy_hold_return_pct"] == pytest.approx((own["close"][-1] / own["close"][0] - 1) * 100, rel=1e-12)
     listed = {row["symbol"] for row in json.loads(cli(env, "data", "list", "--json").stdout)}
@@ -174,7 +174,7 @@ def test_daily_only_file_is_backtestable_at_its_own_interval(env, tmp_path):
     cli(env, "db", "import", str(tmp_path / "GOOG.csv"))
     cli(env, "export", "--no-prefect")
     done = cli(env, "backtest", "buy_and_hold", "--interval", "1d", "-s", "GOOG", "--json")
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     assert result["interval"] == "1d"
     assert result["bars"] == frame.height
     expected = (frame["Close"][-1] / frame["Close"][0] - 1) * 100
@@ -225,7 +225,7 @@ def test_interval_auto_decides_per_symbol(env, tmp_path):
     cli(env, "db", "import", str(tmp_path / "LONG.csv"), str(tmp_path / "SHORT.csv"))
     cli(env, "export", "--no-prefect")
     done = cli(env, "backtest", "rsi", "--interval", "auto", "--json")
-    by_symbol = {r["symbol"]: r for r in json.loads(done.stdout)}
+    by_symbol = {r["symbol"]: r for r in json.loads(done.stdout)["results"]}
     assert by_symbol["SHORT"]["interval"] == "1h"
     assert by_symbol["SHORT"]["bars"] == 481 and by_symbol["SHORT"]["reason"] is None
     assert by_symbol["LONG"]["interval"] == "1d"
@@ -260,7 +260,7 @@ def test_5m_file_backtests_at_coarser_intervals_with_talib_rsi_on_resampled_bars
     reference = _pandas_bars(path, rule)
     done = cli(env, "backtest", "rsi", "-s", "ETH_BTC", "--interval", interval, "-p", f"rsi_period={period}",
                "--trades", "--json")
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     assert result["interval"] == interval
     assert result["bars"] == len(reference)
     assert datetime.fromisoformat(result["start"]) == reference.index[0]
@@ -336,19 +336,19 @@ def test_backtest_on_an_older_snapshot_and_results_show(env, redis_url, redis_pr
     cli(env, "db", "seed", "--cryptos", "2", "--years", "0.1", "--seed", "3")
     cli(env, "export", "--no-prefect")
     old = json.loads(cli(env, "lake", "snapshots", "--json").stdout)[-1]["snapshot_id"]
-    old_run = json.loads(cli(env, "backtest", "rsi", "--json").stdout)
+    old_run = json.loads(cli(env, "backtest", "rsi", "--json").stdout)["results"]
     cli(env, "db", "seed", "--cryptos", "2", "--years", "0.1", "--seed", "4", "--replace")
     cli(env, "export", "--no-prefect")
     new = json.loads(cli(env, "lake", "snapshots", "--json").stdout)[-1]["snapshot_id"]
     assert new != old
-    current = json.loads(cli(env, "backtest", "rsi", "--json").stdout)
-    again_old = json.loads(cli(env, "backtest", "rsi", "--snapshot", old, "--json").stdout)
+    current = json.loads(cli(env, "backtest", "rsi", "--json").stdout)["results"]
+    again_old = json.loads(cli(env, "backtest", "rsi", "--snapshot", old, "--json").stdout)["results"]
     # The older snapshot's numbers come back for it, never for the current one, cached or not.
     strip = ("snapshot_id", "computed_snapshot_id", "from_cache")
     assert [{k: v for k, v in r.items() if k not in strip} for r in again_old] == \
         [{k: v for k, v in r.items() if k not in strip} for r in old_run]
     assert all(r["snapshot_id"] == old for r in again_old)
-    after = json.loads(cli(env, "backtest", "rsi", "--json").stdout)
+    after = json.loads(cli(env, "backtest", "rsi", "--json").stdout)["results"]
     assert [r["total_return_pct"] for r in after] == [r["total_return_pct"] for r in current]
     assert all(r["snapshot_id"] == new for r in after)
     assert {r["data_version"] for r in after}.isdisjoint({r["data_version"] for r in again_old})

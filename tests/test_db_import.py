@@ -68,7 +68,7 @@ def test_every_interval_imports_exports_and_backtests(env, tmp_path, native):  #
     for interval in checked:
         expected = _buckets(frame, interval)
         done = cli(every, "backtest", "buy_and_hold", "-s", "SYM", "--interval", interval, "--json")
-        (result,) = json.loads(done.stdout)
+        (result,) = json.loads(done.stdout)["results"]
         assert result["interval"] == interval
         assert result["bars"] == expected.height
         assert datetime.fromisoformat(result["start"]).replace(tzinfo=None) == expected["Date"][0]

@@ -182,11 +182,18 @@ def test_bulk_load_settings_apply_to_a_postgresql_server(tmp_path):
     assert "test_bulk_load_settings_apply_to_a_postgresql_server" in page
     server = OwnPostgres(tmp_path / "pg")
     try:
-        with psycopg.connect(server.url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        url = server.url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(url, autocommit=True) as conn:
             for statement in re.sub(r"--[^\n]*", "", sql).split(";"):
                 if statement.strip():
                     conn.execute(statement)
-            assert conn.execute("SHOW max_wal_size").fetchone()[0] == "4GB"
-            assert conn.execute("SHOW checkpoint_timeout").fetchone()[0] == "15min"
+        # pg_reload_conf() signals the server and returns: a new session sees the settings once it has.
+        deadline, seen = time.monotonic() + 30, None
+        while seen != ("4GB", "15min") and time.monotonic() < deadline:
+            with psycopg.connect(url) as conn:
+                seen = (conn.execute("SHOW max_wal_size").fetchone()[0],
+                        conn.execute("SHOW checkpoint_timeout").fetchone()[0])
+            time.sleep(0.2)
+        assert seen == ("4GB", "15min")
     finally:
         server.stop()

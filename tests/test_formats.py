@@ -32,7 +32,7 @@ def _cli(lake_root: Path, *args: str) -> subprocess.CompletedProcess:
 
 def _board(done: subprocess.CompletedProcess) -> list[tuple]:
     assert done.returncode == 0, done.stderr
-    return [(r["symbol"], r["total_return_pct"], r["sharpe"], r["num_trades"]) for r in json.loads(done.stdout)]
+    return [(r["symbol"], r["total_return_pct"], r["sharpe"], r["num_trades"]) for r in json.loads(done.stdout)["results"]]
 
 
 def _rewrite_manifest(snapshot_path: Path, edit) -> None:

@@ -34,7 +34,7 @@ def _cli(lake_root: Path, *args: str, redis_url: str = "", prefix: str = "crypto
 
 def _numbers(done: subprocess.CompletedProcess) -> list[tuple]:
     assert done.returncode == 0, done.stderr
-    return [tuple(row[k] for k in STATS) for row in json.loads(done.stdout)]
+    return [tuple(row[k] for k in STATS) for row in json.loads(done.stdout)["results"]]
 
 
 def _warnings(done: subprocess.CompletedProcess) -> list[str]:

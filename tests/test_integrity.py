@@ -97,7 +97,7 @@ def test_initial_at_the_bounds_gives_finite_values(small_lake, tmp_path):
     for initial in ("0.01", "1e12"):
         done = _cli(["backtest", "rsi", "--initial", initial, "--json"], env, tmp_path)
         assert done.returncode == 0, done.stderr
-        rows = json.loads(done.stdout)
+        rows = json.loads(done.stdout)["results"]
         assert rows and all(r["final_value"] is not None and r["final_value"] > 0 for r in rows)
 
 
@@ -178,13 +178,13 @@ def test_a_cache_record_that_is_not_its_keys_is_dropped_and_recomputed(small_lak
     args = ["backtest", "rsi", "-s", "SYN001", "-s", "SYN002", "--json"]
     first = _cli(args, env, tmp_path)
     assert first.returncode == 0, first.stderr
-    truth = {r["symbol"]: r["total_return_pct"] for r in json.loads(first.stdout)}
+    truth = {r["symbol"]: r["total_return_pct"] for r in json.loads(first.stdout)["results"]}
     (key1,) = redis_client.smembers(f"{redis_prefix}:sym:SYN001")
     (key2,) = redis_client.smembers(f"{redis_prefix}:sym:SYN002")
     redis_client.set(key1, redis_client.get(key2))  # SYN002's record under SYN001's key
     swapped = _cli(args, env, tmp_path)
     assert swapped.returncode == 0, swapped.stderr
-    rows = json.loads(swapped.stdout)
+    rows = json.loads(swapped.stdout)["results"]
     assert sorted(r["symbol"] for r in rows) == ["SYN001", "SYN002"]
     assert {r["symbol"]: r["total_return_pct"] for r in rows} == truth
     assert [r["from_cache"] for r in rows if r["symbol"] == "SYN001"] == [False]
@@ -195,11 +195,11 @@ def test_a_cache_record_that_is_not_its_keys_is_dropped_and_recomputed(small_lak
     redis_client.set(key2, json.dumps(record))
     typed = _cli(args, env, tmp_path)
     assert typed.returncode == 0, typed.stderr
-    assert {r["symbol"]: r["total_return_pct"] for r in json.loads(typed.stdout)} == truth
+    assert {r["symbol"]: r["total_return_pct"] for r in json.loads(typed.stdout)["results"]} == truth
     assert typed.stderr.count("warning") == 1 and "total_return_pct='12.5'" in typed.stderr
     # Dropped records were recomputed and stored again: the next run is all hits, no warning.
     again = _cli(args, env, tmp_path)
-    assert all(r["from_cache"] for r in json.loads(again.stdout)) and "warning" not in again.stderr
+    assert all(r["from_cache"] for r in json.loads(again.stdout)["results"]) and "warning" not in again.stderr
 
 
 def test_a_garbage_hit_counter_does_not_break_cache_stats(small_lake, tmp_path, redis_url, redis_prefix, redis_client):
@@ -496,7 +496,7 @@ def test_the_bar_time_window_is_a_setting_checked_in_one_line(database_url, tmp_
     assert "OLD.csv line 2: the time is outside 1970-01-01 .. now + 1 day (CRYPTOBT_EARLIEST_BAR" in line
     assert _cli(["export", "--no-prefect"], older, tmp_path).returncode == 0
     run = _cli(["backtest", "buy_and_hold", "-s", "OLD", "--json"], older, tmp_path)
-    (result,) = json.loads(run.stdout)
+    (result,) = json.loads(run.stdout)["results"]
     assert result["bars"] == 48 and result["start"].startswith("1965-03-01")
     # A narrower window refuses what the default takes.
     _bars_csv(tmp_path / "NEWER.csv", "2018-01-01 00:00", 48)
@@ -588,7 +588,7 @@ def _buy_and_hold(env: dict[str, str], cwd: Path, symbol: str) -> dict:
 
     done = _cli(["backtest", "buy_and_hold", "-s", symbol, "--json"], env, cwd)
     assert done.returncode == 0, done.stderr
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     return result
 
 

@@ -186,7 +186,8 @@ def cli_sweep(tmp_path: Path, n_symbols: int, *options_: str) -> tuple[Any, set[
     done = subprocess.run([sys.executable, "-m", "pipeline", "sweep", "rsi", *sum((["-g", g] for g in GRID), []),
                            *options_, "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout), set(lake.require_snapshot(lake_root).symbols)
+    answer = json.loads(done.stdout)
+    return (answer if "walk_forward" in answer else answer["best"]), set(lake.require_snapshot(lake_root).symbols)
 
 
 @pytest.mark.slow

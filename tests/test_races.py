@@ -81,7 +81,7 @@ def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(expor
     for child in readers:
         out, err = child.communicate(timeout=120)
         assert child.returncode == 0, err
-        got = json.loads(out)
+        got = json.loads(out)["results"]
         # Each reader saw one whole snapshot: the first one (volume changes move no RSI number).
         assert {r["symbol"]: r["final_value"] for r in got} == expected
         assert len({r["snapshot_id"] for r in got}) == 1

@@ -160,6 +160,12 @@ def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url)
     notes = [line for line in done.stderr.splitlines() if "left out" in line]
     assert notes == [notes[0]] and "GOOG" in notes[0] and "1d" in notes[0] and "1h" in notes[0], done.stderr
     assert "HOURLY" in done.stdout and "GOOG" not in done.stdout
+    # --json carries the list with the run (before: a bare list of results, GOOG nowhere).
+    answer = json.loads(cryptobt(environment, "backtest", "rsi", "--json").stdout)
+    assert answer["left_out"] == {"GOOG": "its own bars are 1d, coarser than 1h"}
+    assert [r["symbol"] for r in answer["results"]] == ["HOURLY"] and answer["interval"] == "1h"
+    swept = json.loads(cryptobt(environment, "sweep", "rsi", "-g", "rsi_period=7,14", "--json").stdout)
+    assert swept["left_out"] == answer["left_out"] and {r["symbol"] for r in swept["best"]} == {"HOURLY"}
     # The run path the API shares says it too (the API's `done` event carries `left_out`).
     from pipeline import engine, runs
     from pipeline.config import Settings

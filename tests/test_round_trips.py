@@ -119,11 +119,11 @@ def test_json_carries_round_trips_with_trades_and_the_trades_table_holds_both_ki
     done = subprocess.run([sys.executable, "-m", "pipeline", "backtest", "rsi", "-s", "ETH_BTC", "--sl", "1",
                            "--trades", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr
-    (result,) = json.loads(done.stdout)
+    (result,) = json.loads(done.stdout)["results"]
     assert result["round_trips"] and list(result["round_trips"][0]) == list(FIELDS)
     plain = subprocess.run([sys.executable, "-m", "pipeline", "backtest", "rsi", "-s", "ETH_BTC", "--json"],
                            capture_output=True, text=True, env=env, timeout=600)
-    assert "round_trips" not in json.loads(plain.stdout)[0] and "trades" not in json.loads(plain.stdout)[0]
+    assert "round_trips" not in json.loads(plain.stdout)["results"][0] and "trades" not in json.loads(plain.stdout)["results"][0]
     columns, rows = results.query(lake.results_root, """
         SELECT t.kind, count(*), count(t.exit_reason), sum(t.pnl), any_value(t.sl_pct)
         FROM results r JOIN trades t

@@ -97,7 +97,7 @@ def test_run_completes_uncached_with_one_warning_when_redis_is_down(settings, cl
     result = CliRunner().invoke(app, ["backtest", "rsi", "--json"])
     assert result.exit_code == 0, result.output
     assert result.output.count("warning:") == 1
-    payload = json.loads(result.output[result.output.index("["):])
+    payload = json.loads(result.output[result.output.index("{"):])["results"]
     assert len(payload) == 12
 
 
@@ -106,7 +106,8 @@ def test_no_cache_neither_reads_nor_writes_redis(cli_env, redis_client, command)
     for _ in range(2):
         result = CliRunner().invoke(app, [*command, "--no-cache", "--json"])
         assert result.exit_code == 0, result.output
-        assert not any(r["from_cache"] for r in json.loads(result.output))
+        answer = json.loads(result.output)
+        assert not any(r["from_cache"] for r in answer.get("results", answer.get("best")))
     assert list(redis_client.scan_iter(match=f"{cli_env.cache_prefix}*")) == []
     cached = CliRunner().invoke(app, [*command, "--json"])
     # Sweeps are never cached: their rows carry statistics of the whole grid (PBO, deflated Sharpe).
@@ -118,7 +119,7 @@ def test_results_table_read_by_plain_duckdb_matches_the_json_output(cli_env):
     result = CliRunner().invoke(app, ["backtest", "ma_crossover", "-p", "fast_period=5", "-p", "slow_period=20",
                                       "--json"])
     assert result.exit_code == 0, result.output
-    printed = {r["symbol"]: r for r in json.loads(result.output)}
+    printed = {r["symbol"]: r for r in json.loads(result.output)["results"]}
     rows = duckdb.sql(
         f"SELECT symbol, final_value, num_trades, fast_period, slow_period, params_json, data_version FROM "
         f"read_parquet('{cli_env.results_root}/**/*.parquet', hive_partitioning = true)"
@@ -144,7 +145,7 @@ def test_stream_prints_one_json_line_per_symbol(cli_env):
 def test_trades_are_listed_with_spec_fields_and_follow_the_state_machine(cli_env):
     result = CliRunner().invoke(app, ["backtest", "rsi", "--trades", "--json", "--fill", "next_open"])
     assert result.exit_code == 0, result.output
-    for r in json.loads(result.output):
+    for r in json.loads(result.output)["results"]:
         actions = [t["action"] for t in r["trades"]]
         assert actions[::2] == ["buy"] * len(actions[::2]) and actions[1::2] == ["sell"] * len(actions[1::2])
         assert r["num_trades"] == actions.count("buy") and r["closed_trades"] == actions.count("sell")
@@ -251,7 +252,7 @@ def test_concurrent_backtest_processes_give_identical_results(cli_env):
     for process in processes:
         out, err = process.communicate(timeout=300)
         assert process.returncode == 0, err.decode()
-        outputs.append(_strip(json.loads(out)))
+        outputs.append(_strip(json.loads(out)["results"]))
     assert all(o == outputs[0] for o in outputs)
     rows = duckdb.sql(f"SELECT count(*), count(DISTINCT run_id) FROM read_parquet("
                       f"'{cli_env.results_root}/**/*.parquet', hive_partitioning = true)").fetchall()[0]

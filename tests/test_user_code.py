@@ -147,7 +147,7 @@ def test_editing_a_helper_module_changes_the_numbers_with_and_without_the_cache(
         done = _cli(["backtest", "helped", "--strategy-path", str(folder), "--all", "--json", *extra], env, tmp_path)
         assert done.returncode == 0, done.stderr
         return [(r["symbol"], r["num_trades"], r["final_value"], r["from_cache"], r["engine_version"])
-                for r in json.loads(done.stdout)]
+                for r in json.loads(done.stdout)["results"]]
 
     first = run()
     assert not any(row[3] for row in first) and sum(row[1] for row in first) > 0
@@ -186,7 +186,7 @@ def test_a_strategy_whose_code_cannot_be_hashed_is_run_but_never_cached(lake, tm
     for _ in range(2):
         done = _cli(["backtest", "made_up", "--strategy-path", str(folder), "--all", "--json"], env, tmp_path)
         assert done.returncode == 0, done.stderr
-        assert not any(r["from_cache"] for r in json.loads(done.stdout))
+        assert not any(r["from_cache"] for r in json.loads(done.stdout)["results"])
         assert "not cached" in done.stderr and "_made_up_levels" in done.stderr, done.stderr
     assert not list(redis_client.scan_iter(match=f"{redis_prefix}:bt:*"))
 

@@ -107,7 +107,7 @@ def test_backtest_and_sweep_of_a_copy_outside_the_repo_write_its_parameters_as_c
            "REDIS_URL": "", "PYTHONPATH": str(ROOT)}
     done = _cli(["backtest", "donchian", "--strategy-path", str(folder), "--all", "--json"], env, tmp_path)
     assert done.returncode == 0, done.stderr
-    results = json.loads(done.stdout)
+    results = json.loads(done.stdout)["results"]
     assert len(results) == 6 and {r["strategy"] for r in results} == {"donchian"}
     assert sum(r["num_trades"] for r in results) > 0
     done = _cli(["sweep", "donchian", "--strategy-path", str(folder), "-g", "entry_period=10:60:5",

@@ -379,7 +379,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/api/backtest", tags=["runs"], responses=_documented(429, 503, **{"200": ARRAY}), summary="Backtest one strategy over symbols; the results as --json")
+    @app.post("/api/backtest", tags=["runs"], responses=_documented(429, 503, **{"200": ARRAY}), summary="Backtest one strategy over symbols; the results of --json")
     async def backtest(body: RunRequest) -> Response:
         return await _answer("backtest", body)
 
