@@ -10,6 +10,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -56,15 +57,14 @@ def api(settings):
         yield client
 
 
-def _cli_json(settings: Settings, *args: str) -> list[dict]:
+def _cli_json(settings: Settings, *args: str) -> Any:
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(settings.lake_root),
            "CRYPTOBT_RESULTS_ROOT": str(settings.results_root), "REDIS_URL": settings.redis_url,
            "CRYPTOBT_CACHE_PREFIX": settings.cache_prefix, "PYTHONPATH": str(Path(__file__).parents[1])}
     done = subprocess.run([sys.executable, "-m", "pipeline", *args, "--json"], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    answer = json.loads(done.stdout)
-    return answer.get("results", answer.get("best"))
+    return json.loads(done.stdout)
 
 
 def _pick(rows: list[dict]) -> list[dict]:
@@ -77,7 +77,7 @@ def test_backtest_answers_what_the_cli_prints_and_caches_it(api, settings):
     assert first.status_code == 200, first.text
     run_id = first.headers["x-run-id"]
     cli = _cli_json(settings, "backtest", "rsi", "-s", "ETH_BTC", "-s", "SYN001", "-p", "rsi_period=21",
-                    "--fee", "0.2")
+                    "--fee", "0.2")["results"]
     assert _pick(first.json()) == _pick(cli)
     assert [r["symbol"] for r in first.json()] == [r["symbol"] for r in cli]
     # The CLI's run above found both in the cache the API filled.
@@ -124,7 +124,7 @@ def test_sweep_answers_the_cli_shape(api, settings):
     answer = api.post("/api/sweep", json=body)
     assert answer.status_code == 200, answer.text
     cli = _cli_json(settings, "sweep", "rsi", "-s", "SYN000", "-s", "XMR_BTC", "-g", "rsi_period=7,14",
-                    "-g", "oversold_threshold=25,30", "--top", "2")
+                    "-g", "oversold_threshold=25,30", "--top", "2")["best"]
     assert _pick(answer.json()) == _pick(cli)
     with api.stream("POST", "/api/sweep/stream", json=body) as response:
         events = list(sse_events(response.iter_lines()))
@@ -139,7 +139,7 @@ def test_stops_size_and_slippage_in_the_body_answer_what_the_cli_flags_give(api,
     answer = api.post("/api/sweep", json=body)
     assert answer.status_code == 200, answer.text
     cli = _cli_json(settings, "sweep", "rsi", "-s", "ETH_BTC", "-g", "sl=1,2", "-g", "trail=0,1", "--tp", "3",
-                    "--size", "0.5", "--slippage", "0.05", "--top", "4")
+                    "--size", "0.5", "--slippage", "0.05", "--top", "4")["best"]
     keys = (*SAME, "sl_pct", "tp_pct", "trail", "size", "slippage_pct")
     assert [{k: r[k] for k in keys} for r in answer.json()] == [{k: r[k] for k in keys} for r in cli]
     assert {(r["sl_pct"], r["trail"]) for r in cli} == {(1.0, False), (1.0, True), (2.0, False), (2.0, True)}
