@@ -1125,6 +1125,17 @@ RESULT_COLUMNS = {
     "split": tables.Column("part", required=True, right=False),
     "start": tables.Column("from", drop_rank=4, right=False),
     "end": tables.Column("to", drop_rank=4, right=False),
+    # A round trip's (`results trades`).
+    "entry_time": tables.Column("entry (UTC)", required=True, right=False),
+    "exit_time": tables.Column("exit (UTC)", required=True, right=False),
+    "entry_price": tables.Column("entry price", drop_rank=2),
+    "exit_price": tables.Column("exit price", drop_rank=2),
+    "units": tables.Column("units", drop_rank=4),
+    "fees": tables.Column("fees", drop_rank=3),
+    "pnl": tables.Column("P&L", required=True),
+    "return_pct": tables.Column("return %", drop_rank=1),
+    "bars_held": tables.Column("bars", drop_rank=2),
+    "exit_reason": tables.Column("exit reason", required=True, right=False),
     "snapshot_id": tables.Column("snapshot", drop_rank=10, right=False),
     "market": tables.Column("market", required=True, right=False),
     "source": tables.Column("source", required=True, right=False),
@@ -1158,7 +1169,7 @@ def _result_cells(records: list[dict[str, Any]], keys: list[str], leave_out: Ite
         value = _value(record, key)
         if key == "params_json":
             return _params_cell(value, leave_out)
-        if key in ("created_at", "start", "end"):
+        if key in ("created_at", "start", "end", "entry_time", "exit_time"):
             return "-" if value is None else str(value)[:16 if key != "created_at" else 19]
         if key == "split":
             return SPLIT_NAMES.get(value, value or "-")
@@ -1320,16 +1331,7 @@ def results_trades(
     varied = {r["params_json"] for r in records}
     if len(varied) == 1:
         keys.remove("params_json")
-    columns = {"entry_time": tables.Column("entry (UTC)", required=True, right=False),
-               "exit_time": tables.Column("exit (UTC)", required=True, right=False),
-               "entry_price": tables.Column("entry price", drop_rank=2),
-               "exit_price": tables.Column("exit price", drop_rank=2), "units": tables.Column("units", drop_rank=4),
-               "fees": tables.Column("fees", drop_rank=3), "pnl": tables.Column("P&L", required=True),
-               "return_pct": tables.Column("return %", drop_rank=1), "bars_held": tables.Column("bars", drop_rank=2),
-               "exit_reason": tables.Column("exit reason", required=True, right=False)}
-    cells = [[str(r[k])[:16] if k in ("entry_time", "exit_time") else r[k] if k == "exit_reason" else
-              _params_cell(r[k]) if k == "params_json" else tables.cell(k, r[k]) for k in keys] for r in records[:n]]
-    tables.print_table(console, [columns.get(k) or RESULT_COLUMNS[k] for k in keys], cells,
+    tables.print_table(console, [RESULT_COLUMNS[k] for k in keys], _result_cells(records[:n], keys),
                        f"run {found['run_id']}: {min(n, len(records))} of {len(records):,} round trip(s)"
                        + (f" of {symbol}" if symbol else "")
                        + (f"; {_params_cell(varied.pop()).replace(chr(10), ' ')}" if len(varied) == 1 else ""))
