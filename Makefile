@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test bench bench-quick soak lint compose-check clean browser-test api-load venv-check
+.PHONY: demo test deps bench bench-quick soak lint compose-check clean browser-test api-load venv-check
 
 # Python >= 3.11 (pyproject's requires-python). A .venv whose interpreter is older, or gone (a system
 # upgrade), is rebuilt, saying so in one line, instead of being reused until something breaks.
@@ -31,6 +31,7 @@ demo: venv-check $(STAMP)
 # has its own PostgreSQL databases, Redis key prefix, temporary folders and free ports (tests/conftest.py).
 test: venv-check $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
@@ -66,3 +67,8 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .prefect .pytest_cache data/lake data/results data/trades data/runs out
+
+# The import graph, drawn from the code (pydeps; needs Graphviz's `dot`): docs/architecture.svg.
+deps: $(STAMP)
+	command -v dot >/dev/null || (apt-get update && apt-get install -y graphviz)
+	$(VENV)/bin/pydeps pipeline --only pipeline flows --cluster --rankdir TB --max-bacon 0 --noshow -T svg -o docs/architecture.svg

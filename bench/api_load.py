@@ -168,7 +168,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "API_LOAD.md")
     args = parser.parse_args()
 
-    from pipeline import demo, lake
+    from pipeline import demo
+    from pipeline.lake import snapshots as lake
 
     work = Path(tempfile.mkdtemp(prefix="cryptobt-api-load-"))
     lake_root = work / "lake"

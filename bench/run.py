@@ -34,21 +34,16 @@ import numpy as np
 import psycopg
 
 from bench import scaling, timing
-from pipeline import (
-    engine,
-    grids,
-    lake,
-    loaders,
-    options,
-    overfit,
-    reader,
-    runs,
-    source,
-    strategies,
-)
-from pipeline.cache import ResultCache
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline import runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.engine import options, overfit, strategies
+from pipeline.lake import grids, reader
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
+from pipeline.source import postgres as source
+from pipeline.store.cache import ResultCache
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / ".work"
@@ -153,7 +148,7 @@ def main() -> None:
     with grid_cache_off():  # the scan itself: DuckDB over the snapshot's files onto the grid
         out["read_all_hourly_close"] = timed(lambda: reader.read_prices(
             settings.lake_root, None, "1h", columns=("close",), snapshot=snapshot), 10)
-    # The same grid mapped from the snapshot's grid cache (pipeline.grids), as every later read gets it.
+    # The same grid mapped from the snapshot's grid cache (pipeline.lake.grids), as every later read gets it.
     reader.read_prices(settings.lake_root, None, "1h", columns=("close",), snapshot=snapshot)
     out["read_all_hourly_close_mapped"] = timed(lambda: reader.read_prices(
         settings.lake_root, None, "1h", columns=("close",), snapshot=snapshot), 10)
@@ -266,7 +261,7 @@ EXAMPLE_STRATEGIES = HERE.parent / "examples" / "strategies"
 
 @contextlib.contextmanager
 def grid_cache_off() -> Iterator[None]:
-    """Reads in the block scan the lake's files (pipeline.grids off), as a first read does."""
+    """Reads in the block scan the lake's files (pipeline.lake.grids off), as a first read does."""
     os.environ["CRYPTOBT_GRID_CACHE"] = "0"
     try:
         yield
@@ -376,7 +371,7 @@ def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, e
 
 def bench_portfolio(settings: Settings, snapshot: lake.Snapshot) -> dict:
     """One shared account over every symbol (RSI, 10 slots, 10 % stakes), and vectorbt's shared cash."""
-    from pipeline import portfolio as pf
+    from pipeline.engine import portfolio as pf
 
     batch = reader.read_prices(settings.lake_root, None, "1h", columns=("close", "volume"), snapshot=snapshot)
     config = engine.make_config("rsi", {})

@@ -6,7 +6,7 @@ synthetic hourly prices, at 50, 211 and 1,000 symbols (5 years) and at 1, 5 and 
     python -m bench.scaling --quick         # reduced scale, for development and smoke tests
     python -m bench.run --scaling           # the same table at the end of the benchmark
 
-Prices are pipeline.synthetic's market (same seed, same market), laid on the hourly grid the
+Prices are pipeline.source.synthetic's market (same seed, same market), laid on the hourly grid the
 lake reader hands the kernel (NaN where a symbol has no bar: before its listing, in an
 outage). Each cell runs through the engine's own entry point, `engine.run_metrics`, as
 bench/run.py measures its kernel rows, in a fresh process of its own so that its peak RSS
@@ -61,13 +61,13 @@ def grid_specs(combos: int) -> list[str]:
 # ---------------------------------------------------------------- the children's side
 
 def generate(n_symbols: int, years: float, out: Path) -> None:
-    """pipeline.synthetic's market of `n_symbols` x `years` (generate_market's symbols, drawn in the
+    """pipeline.source.synthetic's market of `n_symbols` x `years` (generate_market's symbols, drawn in the
     same order from the same seed) on the hourly grid, saved as open.npy, close.npy and times.npy.
     Symbol by symbol onto the grid: generate_market's one frame of every bar would take ~2 GB at
     1,000 symbols x 5 years."""
     import numpy as np
 
-    from pipeline import synthetic
+    from pipeline.source import synthetic
 
     hours = int(round(years * synthetic.HOURS_PER_YEAR))
     start = synthetic.DEFAULT_END - timedelta(hours=hours)
@@ -96,8 +96,8 @@ def _load_batch(data: Path):
 def _batch(open_, close, times):
     import numpy as np
 
-    from pipeline import synthetic
-    from pipeline.reader import PriceBatch
+    from pipeline.lake.reader import PriceBatch
+    from pipeline.source import synthetic
 
     names = synthetic.symbol_names(close.shape[0])
     return PriceBatch(snapshot_id="synthetic", interval="1h", symbols=names, times=times,
@@ -117,7 +117,7 @@ def _memory_kb(field: str) -> int:
         return int(next(line for line in status if line.startswith(field)).split()[1])
 
 
-# Bytes a bar of one symbol's kernel buffers (pipeline.kernels.strategy_kernel._symbol_buffers for RSI):
+# Bytes a bar of one symbol's kernel buffers (pipeline.engine.kernels.strategy_kernel._symbol_buffers for RSI):
 # open, close, grid index, the indicator's close, the RSI and the signal value at 8 bytes, entries and exits at 1.
 BUFFER_BYTES_PER_BAR = 6 * 8 + 2
 SUBSET = 20  # symbols of the single-thread sweep measured in every sweep cell (the same 20 at 50, 211, 1,000)
@@ -154,7 +154,8 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
     import numba
 
     from bench.timing import timed
-    from pipeline import engine, strategies
+    from pipeline.engine import batch as engine
+    from pipeline.engine import strategies
 
     t = time.perf_counter()
     batch = _load_batch(data)
@@ -210,7 +211,7 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
 
 
 def _n_metrics() -> int:
-    from pipeline.kernels import enums
+    from pipeline.engine.kernels import enums
 
     return enums.N_METRICS
 

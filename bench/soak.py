@@ -42,10 +42,14 @@ import polars as pl
 import psycopg
 from psycopg import sql
 
-from pipeline import engine, lake, loaders, runs, source
-from pipeline.cache import ResultCache
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline import runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
+from pipeline.source import postgres as source
+from pipeline.store.cache import ResultCache
 
 HERE = Path(__file__).resolve().parent
 STRATEGIES = ("rsi", "macd", "ma_crossover", "bollinger", "buy_and_hold")

@@ -14,9 +14,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import engine, lake, reader, runs, strategies
-from pipeline.cache import ResultCache
-from pipeline.config import Settings
+from pipeline import runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.engine import strategies
+from pipeline.lake import reader
+from pipeline.lake import snapshots as lake
+from pipeline.store.cache import ResultCache
 
 PORTFOLIO_COLUMNS = ("strategy", "max_open", "stake", "stake_mode", "total_return_pct", "buy_hold_return_pct",
                      "num_trades", "skipped_no_slot", "skipped_no_cash", "max_drawdown_pct", "sharpe")
@@ -40,7 +44,7 @@ def shard_task(strategy: str, params_list: list[dict[str, Any]], symbols: list[s
 def portfolio_task(strategy: str, params_list: list[dict[str, Any]], interval: str, fee_pct: float, fill: str,
                    initial: float, max_open: list[int], stakes: list[str], rank_by: str) -> list[dict[str, Any]]:
     """One shared account per (parameters, slots, stake) over every symbol: one task, it spans them all."""
-    from pipeline import portfolio as pf
+    from pipeline.engine import portfolio as pf
 
     settings = Settings.from_env()
     config = engine.make_config(strategy, params_list, fee_pct=fee_pct, fill=fill, initial=initial)

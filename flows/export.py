@@ -11,8 +11,9 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipeline import export, lake
-from pipeline.config import Settings
+from pipeline.core.config import Settings
+from pipeline.lake import export
+from pipeline.lake import snapshots as lake
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:

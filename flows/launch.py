@@ -42,8 +42,8 @@ def export(full: bool = False, wait_seconds: float = 0.0, strict: bool = False, 
         tie_to_this_process()  # a killed export must not leave Prefect's temporary server listening
         summary = export_flow(full=full, wait_seconds=wait_seconds, strict=strict)
         return {**summary, "prefect": True}
-    from pipeline.config import Settings
-    from pipeline.export import EXTRACT_RETRY_DELAYS, run_export
+    from pipeline.core.config import Settings
+    from pipeline.lake.export import EXTRACT_RETRY_DELAYS, run_export
 
     # The flow's retries when it stands in for the flow; `--no-prefect` asks for one attempt (cron's own
     # schedule is its retry), as it always did.

@@ -19,9 +19,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from typer.exceptions import TyperException
 
-from pipeline import options, stopping, tables
-from pipeline.config import Settings, redact, redact_url
-from pipeline.errors import PipelineError
+from pipeline.core import stopping, tables
+from pipeline.core.config import Settings, redact, redact_url
+from pipeline.core.errors import PipelineError
+from pipeline.engine import options
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # Without PREFECT_API_URL, `export` and `serve` start Prefect's temporary server; its 20 s start-up
@@ -71,7 +72,7 @@ def _warn(message: str) -> None:
 
 def _show_warnings(show: Callable[..., None]) -> Callable[..., None]:
     """Python's `warnings.showwarning`, printing the pipeline's own warnings (PipelineWarning) as `_warn` does."""
-    from pipeline.errors import PipelineWarning
+    from pipeline.core.errors import PipelineWarning
 
     def shown(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
         if issubclass(category, PipelineWarning):
@@ -114,7 +115,7 @@ def user_errors(func: F) -> F:
 
 def _print_version(value: bool) -> None:
     if value:
-        from pipeline import ENGINE_VERSION, __version__
+        from pipeline.core.versions import ENGINE_VERSION, __version__
 
         print(f"cryptobt {__version__} (engine {ENGINE_VERSION})")
         raise typer.Exit()
@@ -168,7 +169,7 @@ def strategies_list(
             console.print(f"  {p['name']} = {p['default']}  ({p['allowed']}): {p['description']}", highlight=False)
         if not row["parameters"]:
             console.print("  (no parameters)")
-    from pipeline.config import strategy_path_env
+    from pipeline.core.config import strategy_path_env
 
     # Where a user's own strategies come from, so a stranger knows where to put one.
     folders = [*(strategy_path or []), *strategy_path_env()]
@@ -201,7 +202,8 @@ def strategies_check(
 
     Example: cryptobt strategies check donchian --strategy-path examples/strategies -p entry_period=30
     """
-    from pipeline import runs, strategies
+    from pipeline import runs
+    from pipeline.engine import strategies
 
     strategies.enable_bounds_checks()
     options.load_strategy_paths(strategy_path)
@@ -242,7 +244,8 @@ def db_init() -> None:
 
     Example: cryptobt db init
     """
-    from pipeline import source, strategies
+    from pipeline.engine import strategies
+    from pipeline.source import postgres as source
 
     settings = Settings.from_env()
     applied = source.apply_schema(settings.database_url)
@@ -268,7 +271,8 @@ def db_seed(
 
     Example: cryptobt db seed --cryptos 211 --years 5 --seed 7
     """
-    from pipeline import loaders, source
+    from pipeline.source import loaders
+    from pipeline.source import postgres as source
 
     loaders.check_seed_args(cryptos, years, seed)
     settings = Settings.from_env()
@@ -288,7 +292,7 @@ def db_seed(
 
 
 def _per_interval(rows: dict[str, int]) -> str:
-    from pipeline import intervals
+    from pipeline.core import intervals
 
     return " + ".join(f"{rows[i]:,} {i}" for i in sorted(rows, key=intervals.SECONDS.get))
 
@@ -323,14 +327,15 @@ def db_import(
 
     Examples: cryptobt db import data/sample/binance-5m/*.feather | cryptobt db import GOOG.csv --replace
     """
-    from pipeline import loaders, source
+    from pipeline.source import loaders
+    from pipeline.source import postgres as source
 
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise PipelineError(f"no such file: {', '.join(missing)}")
     settings = Settings.from_env()
     source.apply_schema(settings.database_url)
-    from pipeline import health
+    from pipeline.source import health
 
     report = loaders.import_files(settings.database_url, list(paths), symbol, replace=replace, interval=interval,
                                   derived=settings.derived_intervals, strict=strict,
@@ -372,8 +377,9 @@ def export_command(
     """
     import json
 
-    from pipeline import lake, source
-    from pipeline.errors import SnapshotDamaged
+    from pipeline.core.errors import SnapshotDamaged
+    from pipeline.lake import snapshots as lake
+    from pipeline.source import postgres as source
 
     wait = options.check_number("--wait", wait, 0, 86_400)
     settings = Settings.from_env()
@@ -413,7 +419,7 @@ def lake_snapshots(as_json: Annotated[bool, typer.Option("--json")] = False) -> 
     """
     import json
 
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     settings = Settings.from_env()
     current = lake.current_snapshot(settings.lake_root)
@@ -449,7 +455,7 @@ def lake_verify(
     Prints one line per problem (damaged, missing or stray file) and exits 1 if there is any.
     Example: cryptobt lake verify --all
     """
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     settings = Settings.from_env()
     root = Path(settings.lake_root)
@@ -477,7 +483,7 @@ def lake_vacuum(
 
     Example: cryptobt lake vacuum --keep 3 --keep-hours 0
     """
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     if keep is not None and keep < 1:
         raise PipelineError(f"--keep {keep} must be >= 1")
@@ -506,7 +512,7 @@ def data_list(
     """
     import json
 
-    from pipeline import data
+    from pipeline.lake import contents as data
 
     rows = data.listing(Settings.from_env().lake_root, snapshot)
     if as_json:
@@ -545,7 +551,8 @@ def data_check(
     """
     import json
 
-    from pipeline import data, health
+    from pipeline.lake import contents as data
+    from pipeline.source import health
 
     settings = Settings.from_env()
     thresholds = health.Thresholds(settings.jump_ratio, settings.stale_bars)
@@ -584,7 +591,7 @@ SlippageOption = Annotated[float, typer.Option("--slippage", help="Percent again
                                                                   "none).")]
 
 # The leaderboard's columns; among the optional ones, the highest drop_rank is left out first
-# when the terminal is narrow (pipeline/tables.py).
+# when the terminal is narrow (pipeline/core/tables.py).
 BOARD_COLUMNS = (
     ("symbol", tables.Column("symbol", required=True, right=False)),
     ("total_return_pct", tables.Column("return %", required=True)),
@@ -624,7 +631,7 @@ def _print_board(results: list[dict[str, Any]], title: str, limit: int, with_par
     varying: list[str] = []
     sets: list[dict[str, Any]] = [{} for _ in rows]
     if with_params and rows:
-        from pipeline.engine import set_parameters
+        from pipeline.engine.batch import set_parameters
 
         sets = set_parameters(rows)
         names = list(sets[0])
@@ -784,7 +791,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval.split("+")[-1],
                                 best[0] if best else None, snapshot_id=outcome.snapshot_id)
     # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
-    from pipeline import engine
+    from pipeline.engine import batch as engine
 
     bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
     written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
@@ -923,7 +930,7 @@ def sweep_command(
       cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
       cryptobt sweep rsi -g sl=2:10:2 -g tp=5,10,20 -g trail=0,1
     """
-    from pipeline import engine
+    from pipeline.engine import batch as engine
 
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
@@ -1008,8 +1015,9 @@ def portfolio_command(
       cryptobt portfolio macd --max-open 5,10,20 --stake 0.05,0.1 --rank-by volume --plot out/portfolio.html
       cryptobt portfolio rsi -g rsi_period=10:20:5 --max-open 10 --stake 100 --json
     """
-    from pipeline import portfolio as pf
-    from pipeline import runs, strategies
+    from pipeline import runs
+    from pipeline.engine import portfolio as pf
+    from pipeline.engine import strategies
 
     options.load_strategy_paths(strategy_path)
     symbols = options.check_symbols(symbol, all_)
@@ -1078,7 +1086,7 @@ def portfolio_command(
 
 def _plot_portfolio(path: Path, best: dict[str, Any], outcome: Any, top: int) -> None:
     from pipeline import plots
-    from pipeline import portfolio as pf
+    from pipeline.engine import portfolio as pf
 
     stake = pf.Stake(best["stake"], best["stake_mode"] == "fraction").label()
     written = plots.write_portfolio_plot(path, best, f"{best['strategy']} portfolio, max open {best['max_open']}, "
@@ -1157,7 +1165,7 @@ def _params_cell(params_json: str | None, leave_out: Iterable[str] = ()) -> str:
 
 def _setting_columns(records: list[dict[str, Any]]) -> list[str]:
     """The run settings (stop-loss, take-profit, trailing, size, slippage) set on any of `records`."""
-    from pipeline.results import RUN_SETTING_DEFAULTS
+    from pipeline.store.results import RUN_SETTING_DEFAULTS
 
     return [k for k, default in RUN_SETTING_DEFAULTS.items()
             if any(r.get(k) is not None and r[k] != default for r in records)]
@@ -1199,7 +1207,7 @@ def results_sql(
 
     Example: cryptobt results sql "SELECT symbol, max(total_return_pct) FROM results GROUP BY ALL ORDER BY 2 DESC LIMIT 5"
     """
-    from pipeline import results
+    from pipeline.store import results
 
     _print_rows(*results.query(Settings.from_env().results_root, query), as_json)
 
@@ -1217,13 +1225,13 @@ def results_top(
 
     Example: cryptobt results top --strategy rsi --n 5 --min-trades 10
     """
-    from pipeline import results
+    from pipeline.store import results
 
     options.check_top(n, "--n")
     if min_trades is not None:
         options.check_count("--min-trades", min_trades)
     if strategy is not None:
-        from pipeline.strategies import get_strategy
+        from pipeline.engine.strategies import get_strategy
 
         get_strategy(strategy)
     columns, rows = results.top(Settings.from_env().results_root, strategy, n, min_trades=min_trades)
@@ -1256,7 +1264,7 @@ def results_show(
     walk-forward rows (fold, train / test part, stitched out-of-sample) come in a table of their own.
     Example: cryptobt results show 20261122T235959123456Z-ab12cd
     """
-    from pipeline import results
+    from pipeline.store import results
 
     shown = results.show(Settings.from_env().results_root, run_id, n)
     run, records = shown["run"], _records(shown["columns"], shown["rows"])
@@ -1318,7 +1326,7 @@ def results_trades(
     Only runs made with --trades (and portfolios) keep them.
     Example: cryptobt results trades 20261122T235959123456Z-ab12cd --symbol ETH_BTC
     """
-    from pipeline import results
+    from pipeline.store import results
 
     options.check_top(n, "--n")
     found = results.round_trips(Settings.from_env().results_root, run_id, symbol)
@@ -1348,7 +1356,7 @@ def results_runs(
 
     Example: cryptobt results runs --n 5
     """
-    from pipeline import results
+    from pipeline.store import results
 
     options.check_top(n, "--n")
     columns, rows = results.run_history(Settings.from_env().results_root, n)
@@ -1383,7 +1391,7 @@ def _of(planned: int | None) -> str:
 
 
 def _cache() -> Any:
-    from pipeline.cache import ResultCache
+    from pipeline.store.cache import ResultCache
 
     return ResultCache.from_settings(Settings.from_env(),
                                      on_warning=_warn)
@@ -1439,7 +1447,7 @@ def stats_command(
     """
     import json
 
-    from pipeline import results
+    from pipeline.store import results
 
     hours = options.check_number("--hours", hours, 0, options.MAX_HOURS, above=True)
     stats = results.run_stats(Settings.from_env().results_root, hours)

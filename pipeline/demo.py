@@ -18,13 +18,16 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from pipeline import engine, lake, plots, runs, strategies
-from pipeline.cache import ResultCache
-from pipeline.config import PROJECT_ROOT, Settings
-from pipeline.errors import PipelineError
-from pipeline.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
-from pipeline.synthetic import generate_market
-from pipeline.tables import cell
+from pipeline import plots, runs
+from pipeline.core.config import PROJECT_ROOT, Settings
+from pipeline.core.errors import PipelineError
+from pipeline.core.tables import cell
+from pipeline.engine import batch as engine
+from pipeline.engine import strategies
+from pipeline.lake import snapshots as lake
+from pipeline.source.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
+from pipeline.source.synthetic import generate_market
+from pipeline.store.cache import ResultCache
 
 # Real Binance pairs shipped with the project (data/sample/README.md says where they come from).
 DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
@@ -57,7 +60,8 @@ def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Pat
 
 def _full_path(settings: Settings, console: Console) -> None:
     from flows.launch import export
-    from pipeline import loaders, source
+    from pipeline.source import loaders
+    from pipeline.source import postgres as source
 
     source.apply_schema(settings.database_url)
     with source.connect(settings.database_url) as conn:

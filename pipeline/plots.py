@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 
 @dataclass
@@ -34,7 +34,7 @@ class EquityCurve:
 def curves(batch: Any, config: Any, result: dict[str, Any] | None = None) -> list[EquityCurve]:
     """Equity against buy & hold of every symbol of `batch` (a PriceBatch with the open column), for
     `result`'s parameter set and execution (a sweep's best), else the run's first."""
-    from pipeline import engine
+    from pipeline.engine import batch as engine
 
     params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
     drawn = []
@@ -117,7 +117,7 @@ def write_portfolio_plot(path: Path, best: dict[str, Any], title: str, top: int 
 
 
 def _label(value: Any) -> str:
-    from pipeline.tables import param
+    from pipeline.core.tables import param
 
     return param(value)
 
@@ -187,7 +187,7 @@ def png_figure(title: str, top: list[dict[str, Any]], curves: list[EquityCurve],
         NullFormatter,
     )
 
-    from pipeline.tables import formatted
+    from pipeline.core.tables import formatted
 
     rows = 3 if axes else 2
     fig, grid = plt.subplots(rows, 1, figsize=(13, 4.8 * rows), layout="constrained")

@@ -19,21 +19,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from pipeline import (
-    engine,
-    intervals,
-    lake,
-    overfit,
-    reader,
-    results,
-    stopping,
-    strategies,
-    walkforward,
-)
-from pipeline.cache import ResultCache
-from pipeline.config import Settings
-from pipeline.engine import RunConfig
-from pipeline.errors import PipelineError
+from pipeline.core import intervals, stopping
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import overfit, strategies, walkforward
+from pipeline.engine.batch import RunConfig
+from pipeline.lake import reader
+from pipeline.lake import snapshots as lake
+from pipeline.store import results
+from pipeline.store.cache import ResultCache
 
 T = TypeVar("T")
 
@@ -65,7 +60,7 @@ class RunOutcome:
     interrupted: bool = False
     planned: int = 0  # results the run would have had without an interruption
     findings: dict[str, list[str]] = field(default_factory=dict)  # symbol -> data health findings
-    # --walk-forward: one summary per symbol (pipeline.walkforward.evaluate), best stitched return first.
+    # --walk-forward: one summary per symbol (pipeline.engine.walkforward.evaluate), best stitched return first.
     walk_forward: list[dict[str, Any]] = field(default_factory=list)
     n_results: int = 0  # results written (a sweep returns only each symbol's `keep` best)
     # A sweep's mean total return of each parameter set over its symbols (for the heatmap).
@@ -146,7 +141,7 @@ def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str
 
 def data_findings(snapshot: lake.Snapshot, names: list[str]) -> dict[str, list[str]]:
     """The health findings worth a warning that the snapshot's manifest records for `names`."""
-    from pipeline.health import worth_a_warning
+    from pipeline.source.health import worth_a_warning
 
     found = {n: worth_a_warning(snapshot.symbols[n].get("health", [])) for n in names}
     return {n: notes for n, notes in found.items() if notes}
@@ -162,7 +157,7 @@ def _check_range_has_bars(snapshot: lake.Snapshot, interval_of: dict[str, str], 
     spans = [(datetime.fromisoformat(m["first"]), datetime.fromisoformat(m["last"])) for m in spans if m]
     if any((start is None or last >= start) and (end is None or first < end) for first, last in spans):
         return
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
 
     have = (f"the lake's {interval} bars of these symbols span {min(f for f, _ in spans):%Y-%m-%d} to "
             f"{max(la for _, la in spans):%Y-%m-%d}" if spans else f"these symbols have no {interval} bars")
@@ -189,8 +184,8 @@ def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_para
                 confirm_seconds: float | None, on_plan: Callable[[str], None] | None) -> None:
     """Say how big a sweep is and about how long it takes (when it takes a while); refuse one past
     `confirm_seconds`."""
-    from pipeline import options
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.engine import options
 
     bar_steps = sum((snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names) * n_params
     seconds = bar_steps / options.BAR_STEPS_PER_SECOND + n_params * len(names) * options.SECONDS_PER_BACKTEST
@@ -592,14 +587,14 @@ def portfolio(
     write_results: bool = True,
     command: str = "",
 ) -> PortfolioOutcome:
-    """One shared account per entry of `sets` (pipeline.portfolio.make_sets) over `symbols` (None = all).
+    """One shared account per entry of `sets` (pipeline.engine.portfolio.make_sets) over `symbols` (None = all).
 
     One batched read; signals once per distinct strategy parameter set; the best account is
     re-simulated in full for its trade list and curves. Portfolio results are not cached
     (one account depends on every symbol's data); they are appended to the results table
     with mode = 'portfolio'.
     """
-    from pipeline import portfolio as pf
+    from pipeline.engine import portfolio as pf
 
     started_at = datetime.now(UTC)
     started = time.perf_counter()
@@ -643,8 +638,8 @@ def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], sy
     """Look-ahead and warm-up checks of `strategy` on `symbols` (default: the lake's first `limit`)."""
     import numpy as np
 
-    from pipeline import checks
-    from pipeline.errors import PipelineError
+    from pipeline.core.errors import PipelineError
+    from pipeline.engine import checks
 
     if interval not in ("1h", "1d"):
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h or 1d")

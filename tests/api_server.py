@@ -14,7 +14,7 @@ from typing import Any
 import uvicorn
 
 from pipeline.api.app import create_app
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 
 
 def free_port() -> int:

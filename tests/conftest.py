@@ -127,7 +127,7 @@ def make_database(pg_admin_url: str):
 @pytest.fixture
 def database_url(make_database) -> str:
     """A fresh database with the schema applied."""
-    from pipeline import source
+    from pipeline.source import postgres as source
 
     url = make_database()
     source.apply_schema(url)
@@ -201,7 +201,7 @@ def prefect_home(_migrated_prefect_home, tmp_path):
 def _user_strategies_stay_in_their_module():
     """A test module that loads user strategy files (a deliberately peeking one, say) must not leave
     them registered for the next module: the registry is process-wide, as it is in a notebook."""
-    from pipeline import strategies
+    from pipeline.engine import strategies
 
     registered, loaded = dict(strategies._REGISTRY), set(strategies._loaded_paths)
     yield

@@ -1,6 +1,6 @@
 """Plain-Python references for the kernels, written from SPEC sections 3, 4 and 4.1.
 
-Nothing here imports pipeline.kernels: indicators come from TA-Lib, and the
+Nothing here imports pipeline.engine.kernels: indicators come from TA-Lib, and the
 signal rules and the portfolio simulation are straightforward loops over Python
 floats, so that a test comparing the kernels with these checks them against an
 independent reading of the contract.

@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
-from pipeline import demo, options
-from pipeline.config import Settings
+from pipeline import demo
+from pipeline.core.config import Settings
+from pipeline.engine import options
 from tests.api_server import serving, sse_events
 
 TOKEN = "test-admin-token-9f2c"
@@ -113,7 +114,7 @@ def test_stream_sends_each_result_progress_and_done(api, settings):
 
 
 def demo_symbols(settings: Settings) -> list[str]:
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     return list(lake.require_snapshot(settings.lake_root).symbols)
 

@@ -10,7 +10,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import pytest
 
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 from tests.api_server import serving
 
 # Every src= / href= in a page, and every url(...) in a stylesheet.

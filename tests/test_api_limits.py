@@ -21,10 +21,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import demo, engine, options
+from pipeline import demo
 from pipeline.api.models import MAX_BODY_BYTES, RULES, RUN_OPTIONS
-from pipeline.errors import PipelineError
-from pipeline.strategies import MAX_GRID_COMBOS
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import MAX_GRID_COMBOS
 from tests.api_server import server_process, sse_events
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -209,7 +211,7 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
 
 
 def options_strategy_names() -> list[str]:
-    from pipeline.strategies import strategy_names
+    from pipeline.engine.strategies import strategy_names
 
     return strategy_names()
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench import api_load
-from pipeline import demo, lake
-from pipeline.config import Settings
+from pipeline import demo
+from pipeline.core.config import Settings
+from pipeline.lake import snapshots as lake
 from tests.api_server import serving
 
 

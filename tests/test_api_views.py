@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from pipeline import demo
-from pipeline.config import Settings
+from pipeline.core.config import Settings
 from tests.api_server import serving
 from tests.test_api import _cli_json
 

@@ -1,4 +1,4 @@
-"""bench/scaling.py: its prices are pipeline.synthetic's market, its cells count bar-steps as the
+"""bench/scaling.py: its prices are pipeline.source.synthetic's market, its cells count bar-steps as the
 kernel runs them, and its section replaces itself in RESULTS.md without touching the rest (times are
 reported, never asserted)."""
 
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from bench import scaling
-from pipeline import engine, strategies
-from pipeline.synthetic import generate_market
+from pipeline.engine import batch as engine
+from pipeline.engine import strategies
+from pipeline.source.synthetic import generate_market
 
 
 @pytest.fixture(scope="module")

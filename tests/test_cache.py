@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import redis
 
-from pipeline import ENGINE_VERSION
-from pipeline.cache import CacheWarning, ResultCache, cache_key
-from pipeline.config import Settings
+from pipeline.core.config import Settings
+from pipeline.core.versions import ENGINE_VERSION
+from pipeline.store.cache import CacheWarning, ResultCache, cache_key
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 

@@ -24,9 +24,10 @@ import duckdb
 import psycopg
 import pytest
 
-from pipeline import lake, loaders
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline.core.config import Settings
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
 
 GLOB = "current/interval=*/*/*.parquet"
 RESULTS_GLOB = "**/*.parquet"
@@ -35,8 +36,8 @@ EXPORT_CHILD = textwrap.dedent("""
     import sys
     from dataclasses import replace
     from pathlib import Path
-    from pipeline.config import Settings
-    from pipeline.export import run_export
+    from pipeline.core.config import Settings
+    from pipeline.lake.export import run_export
     settings = replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2]),
                        snapshot_keep=3, snapshot_keep_hours=0)
     run_export(settings, full=sys.argv[3] == "full")
@@ -46,7 +47,7 @@ EXPORT_CHILD = textwrap.dedent("""
 VACUUM_CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
     print("go", flush=True)
     lake.vacuum(Path(sys.argv[1]), keep=1, keep_hours=0)
 """)
@@ -59,7 +60,7 @@ def market(pg_admin_url, tmp_path_factory):
 
     name = f"cryptobt_test_chaos_{uuid.uuid4().hex[:8]}"
     url = pg_admin_url.rsplit("/", 1)[0] + "/" + name
-    from pipeline import source
+    from pipeline.source import postgres as source
 
     source.apply_schema(url)
     loaders.seed_database(url, n_symbols=24, years=1.0, seed=5)

@@ -9,14 +9,14 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from pipeline import checks, strategies
+from pipeline.engine import checks, strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sorted((ROOT / "data" / "sample" / "binance-5m").glob("*.feather"))[0]
 
 PEEKING = '''
 import numpy as np
-from pipeline.strategies.api import Param, njit
+from pipeline.engine.strategies.api import Param, njit
 
 NAME = "peeking"
 PARAMS = (Param("period", int, 5, "unused", minimum=1),)
@@ -51,7 +51,7 @@ def warmup(params):
 # Causal entries; the peek at the next bar is used only to suppress an exit the next bar would regret.
 # Cut right after a signal bar of the full series, it never shows: the suppressed bars are no signal bars.
 SUPPRESSING = '''
-from pipeline.strategies.api import Param, njit
+from pipeline.engine.strategies.api import Param, njit
 
 NAME = "suppressing"
 PARAMS = (Param("period", int, 3, "bars back", minimum=1),)

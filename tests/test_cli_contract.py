@@ -18,7 +18,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline import demo, strategies, tables
+from pipeline import demo
+from pipeline.core import tables
+from pipeline.engine import strategies
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,8 @@ import sys
 
 import pytest
 
-from pipeline import demo, grids
+from pipeline import demo
+from pipeline.lake import grids
 
 # The cold process must never hold these; `redis.asyncio.client` is what running redis.asyncio's code loads.
 NEVER = ("pandas", "scipy", "polars", "prefect", "fastapi", "uvicorn", "redis.asyncio.client")
@@ -58,7 +59,7 @@ def test_a_cold_backtest_without_the_cache_imports_no_pandas_scipy_redis_or_serv
     assert "rsi on 4 symbols" in printed
     assert _held(modules, (*NEVER, "redis")) == []
     assert {"numba", "duckdb", "pyarrow"} <= modules  # it did run the kernels, read and write
-    # The next process maps the grid that read kept (pipeline.grids): no DuckDB at all, the same board.
+    # The next process maps the grid that read kept (pipeline.lake.grids): no DuckDB at all, the same board.
     again, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")
     board = [line for line in printed.splitlines() if " ms (" not in line]  # the timing line differs
     assert [line for line in again.splitlines() if " ms (" not in line] == board and len(board) > 5
@@ -80,7 +81,7 @@ def _run_python(code: str) -> str:
 
 
 def test_pandas_imported_after_pyarrow_is_recognised_by_pyarrow_as_usual():
-    # pipeline.imports lets pyarrow's first conversion find no pandas; pandas imported later must be seen.
+    # pipeline.core.import_guard lets pyarrow's first conversion find no pandas; pandas imported later must be seen.
     printed = _run_python(
         "import sys, math\n"
         "import pipeline, pyarrow as pa\n"

@@ -13,9 +13,10 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline import lake, loaders
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline.core.config import Settings
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
 
 
 @pytest.fixture

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo, tables
-from pipeline.config import Settings
+from pipeline import demo
+from pipeline.core import tables
+from pipeline.core.config import Settings
 from tests.api_server import serving
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

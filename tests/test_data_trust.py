@@ -19,7 +19,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from pipeline.synthetic import generate_market
+from pipeline.source.synthetic import generate_market
 
 PROJECT = Path(__file__).resolve().parents[1]
 

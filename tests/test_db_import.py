@@ -15,7 +15,7 @@ import polars as pl
 import psycopg
 import pytest
 
-from pipeline import intervals
+from pipeline.core import intervals
 from tests.test_data_trust import cli, env  # noqa: F401 - `env` is a fixture used by the tests below
 
 # Mondays, so that a weekly file's bars are the open times of weeks (SPEC 4.2).
@@ -93,7 +93,7 @@ def test_an_old_database_takes_every_interval_after_db_init(env, tmp_path, colum
     hold interval_type in two characters: `db init` widens the column to text (varchar: in place, no
     rewrite of the table or its primary key) and the check to every interval, once; then a 30m file
     imports."""
-    from pipeline import source
+    from pipeline.source import postgres as source
 
     url = env["DATABASE_URL"]
     with psycopg.connect(url) as conn:  # the fixture's database has our schema: make it a users' old one
@@ -207,7 +207,7 @@ _VARIANTS = {  # one small file's bytes in the shapes CSV writers give it
 @pytest.mark.parametrize("variant", sorted(_VARIANTS))
 @pytest.mark.parametrize("block_bytes", [1, 7, 64, 1 << 20])
 def test_a_csv_read_in_blocks_gives_the_rows_read_whole(tmp_path, variant, block_bytes):
-    from pipeline import ohlcv
+    from pipeline.source import ohlcv
 
     path = tmp_path / "X.csv"
     path.write_bytes(_VARIANTS[variant])
@@ -235,8 +235,8 @@ def _edit_line(path: Path, line: int, edit: Callable[[list[str]], list[str]]) ->
 
 
 def test_a_bad_row_deep_in_a_big_file_is_named_by_its_line_and_nothing_is_written(database_url, tmp_path):
-    from pipeline import loaders
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
+    from pipeline.source import loaders
 
     path = tmp_path / "DEEP.csv"
     assert _minute_csv(path, 600_000) > 3 * (16 << 20) / 2  # past the first block or two
@@ -247,8 +247,8 @@ def test_a_bad_row_deep_in_a_big_file_is_named_by_its_line_and_nothing_is_writte
 
 
 def test_two_different_bars_at_one_time_far_apart_in_a_big_file_are_refused_naming_both(database_url, tmp_path):
-    from pipeline import loaders
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
+    from pipeline.source import loaders
 
     path = tmp_path / "TWICE.csv"
     _minute_csv(path, 600_000)
@@ -268,8 +268,8 @@ _CONTENT = ("SELECT interval_type, count(*), max(updated_at), md5(string_agg(con
 @pytest.mark.slow
 def test_a_big_file_that_differs_from_the_existing_series_is_refused_whole_and_replace_takes_it(
         database_url, tmp_path):
-    from pipeline import loaders
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
+    from pipeline.source import loaders
 
     path = tmp_path / "SYM.csv"
     _minute_csv(path, 600_000)  # a bit more than a year of 1m bars: two years' stretches

@@ -15,10 +15,13 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pipeline import engine, lake, loaders, runs
-from pipeline.config import Settings
-from pipeline.errors import PipelineError
-from pipeline.export import run_export
+from pipeline import runs
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
 
 
 @pytest.fixture

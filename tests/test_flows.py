@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo, engine, loaders, runs
-from pipeline.config import Settings
+from pipeline import demo, runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.source import loaders
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +44,7 @@ def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, t
             strategy_names=["rsi", "macd"], grid=grid, shards=3)
     local = {}
     for name, specs in (("rsi", grid["rsi"]), ("macd", None)):
-        from pipeline import strategies
+        from pipeline.engine import strategies
 
         params = list(strategies.parse_grid(name, specs)) if specs else [{}]
         for r in runs.backtest(settings, engine.make_config(name, params), write_results=False).results:
@@ -58,7 +60,7 @@ def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, t
 def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(prefect_harness, tmp_path,
                                                                               monkeypatch):
     from flows.backtest import backtest_flow
-    from pipeline import portfolio as pf
+    from pipeline.engine import portfolio as pf
 
     lake_root = tmp_path / "lake"
     demo.build_sample_lake(lake_root, n_symbols=6, years=0.3, sample=None)
@@ -135,7 +137,7 @@ def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harne
     """The flow plans like `run_export` (issue 25 item 2): a flipped byte that keeps size and mtime is found by
     its sha256, named, and the snapshot rebuilt from PostgreSQL though no row changed there."""
     from flows.export import export_flow
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
     from tests.test_corruption import _rot
 
     loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=1)
@@ -205,7 +207,7 @@ class FlakyPostgresProxy:
 def test_export_flow_retries_while_postgres_restarts_and_commits_once(prefect_harness, database_url, tmp_path,
                                                                       monkeypatch):
     from flows.export import export_flow
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=4)
     proxy = FlakyPostgresProxy(5432, refuse=2)
@@ -228,7 +230,7 @@ def test_default_export_without_a_prefect_server_starts_none_and_retries_like_th
     import subprocess
     import sys
 
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=5)
     proxy = FlakyPostgresProxy(5432, refuse=2)
@@ -253,8 +255,8 @@ def test_export_flow_against_unreachable_postgres_fails_naming_the_url_and_commi
         prefect_harness, tmp_path, monkeypatch):
     import flows.export
     from flows.export import export_flow
-    from pipeline import lake
-    from pipeline.errors import ServiceUnavailable
+    from pipeline.core.errors import ServiceUnavailable
+    from pipeline.lake import snapshots as lake
 
     monkeypatch.setenv("DATABASE_URL", "postgresql://cryptobt:hunter2@127.0.0.1:1/cryptobt")
     monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(tmp_path / "lake"))
@@ -274,8 +276,8 @@ def test_demo_with_services_runs_postgres_export_flow_engine_redis_and_results(
         prefect_harness, make_database, tmp_path, monkeypatch, redis_url, redis_prefix):
     from typer.testing import CliRunner
 
-    from pipeline import source
     from pipeline.cli import app
+    from pipeline.source import postgres as source
 
     url = make_database()
     source.apply_schema(url)
@@ -292,8 +294,8 @@ def test_demo_with_services_runs_postgres_export_flow_engine_redis_and_results(
     again = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d")])
     assert again.exit_code == 0, again.output
     assert "(0 rows read)" in again.output
-    from pipeline.cache import ResultCache
-    from pipeline.config import Settings
+    from pipeline.core.config import Settings
+    from pipeline.store.cache import ResultCache
 
     stats = ResultCache.from_settings(replace(Settings.from_env(), cache_prefix=redis_prefix)).stats()
     assert stats["hits"] >= 5 * 4, stats  # the second demo run served every strategy from Redis

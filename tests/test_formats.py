@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo, formats, grids, lake
+from pipeline import demo
+from pipeline.core import formats
+from pipeline.lake import grids
+from pipeline.lake import snapshots as lake
 
 
 @pytest.fixture

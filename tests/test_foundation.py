@@ -10,9 +10,10 @@ import pyarrow.feather as feather
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import loaders, source
 from pipeline.cli import app
-from pipeline.errors import InputError
+from pipeline.core.errors import InputError
+from pipeline.source import loaders
+from pipeline.source import postgres as source
 
 
 def _count(url: str, where: str = "TRUE") -> int:
@@ -23,8 +24,8 @@ def _count(url: str, where: str = "TRUE") -> int:
 def test_schema_applies_twice_without_change(make_database, monkeypatch):
     from typer.testing import CliRunner
 
-    from pipeline import strategies as registry
     from pipeline.cli import app
+    from pipeline.engine import strategies as registry
 
     url = make_database()
     monkeypatch.setenv("DATABASE_URL", url)

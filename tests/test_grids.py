@@ -1,4 +1,4 @@
-"""The grid cache beside the lake (pipeline.grids) is checked on every read and never pulled from under a
+"""The grid cache beside the lake (pipeline.lake.grids) is checked on every read and never pulled from under a
 reader (issue 25): a damaged grid is rebuilt with one warning, `lake verify` names it, and `lake vacuum`
 leaves the temporaries of live writers alone."""
 
@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import demo, grids
+from pipeline import demo
+from pipeline.lake import grids
 
 STATS = ("symbol", "bars", "final_value", "total_return_pct", "num_trades", "max_drawdown_pct", "sharpe")
 
@@ -81,7 +82,9 @@ PAUSED_WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from pipeline import grids, lake, reader
+from pipeline.lake import grids
+from pipeline.lake import snapshots as lake
+from pipeline.lake import reader
 
 root, wait_for = Path(sys.argv[1]), Path(sys.argv[2])
 batch = reader.read_prices(root, None, "1d", columns=("close",), min_coverage=0.5)  # kept as a grid ...
@@ -144,7 +147,7 @@ READER_LOOP = """
 import sys
 from pathlib import Path
 import numpy as np
-from pipeline import reader
+from pipeline.lake import reader
 
 root, stop = Path(sys.argv[1]), Path(sys.argv[2])
 reads = 0

@@ -12,7 +12,7 @@ import talib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.kernels import indicators as ind
+from pipeline.engine.kernels import indicators as ind
 
 BINANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))

@@ -263,7 +263,7 @@ def test_an_unwritable_results_root_fails_before_the_run_computes_or_caches(smal
 # The flow's extract task stages its rows as files (`run_export` keeps them in memory): killed after it.
 EXPORT_KILLED_AFTER_READ = (
     "import os, sys\nfrom dataclasses import replace\nfrom pathlib import Path\n"
-    "from pipeline.config import Settings\nfrom pipeline.export import extract_to_staging\n"
+    "from pipeline.core.config import Settings\nfrom pipeline.lake.export import extract_to_staging\n"
     "extract_to_staging(replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2])), None)\n"
     "os._exit(137)\n"
 )
@@ -272,9 +272,9 @@ EXPORT_KILLED_AFTER_READ = (
 def test_vacuum_removes_a_killed_exports_staging_files_and_manifestless_snapshot_folders(database_url, tmp_path):
     from dataclasses import replace
 
-    from pipeline import loaders
-    from pipeline.config import Settings
-    from pipeline.export import run_export
+    from pipeline.core.config import Settings
+    from pipeline.lake.export import run_export
+    from pipeline.source import loaders
 
     loaders.seed_database(database_url, 3, 0.05, 1)
     lake_root = tmp_path / "lake"
@@ -425,7 +425,7 @@ def _warnings(done: subprocess.CompletedProcess) -> list[str]:
 
 
 def test_an_export_skips_a_symbol_whose_postgresql_rows_are_bad_and_names_it(database_url, tmp_path):
-    from pipeline import loaders
+    from pipeline.source import loaders
 
     loaders.seed_database(database_url, 10, 0.05, 1)
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),
@@ -545,7 +545,7 @@ def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
 
     import polars as pl
 
-    from pipeline import lake
+    from pipeline.lake import snapshots as lake
 
     def bars(symbols: list[str]) -> pl.DataFrame:
         ts = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=i) for i in range(30)]
@@ -568,7 +568,7 @@ def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
 
 
 def _exported_env(database_url: str, tmp_path: Path) -> dict[str, str]:
-    from pipeline import loaders
+    from pipeline.source import loaders
 
     loaders.seed_database(database_url, 3, 0.05, 1)
     env = {**os.environ, "DATABASE_URL": database_url, "REDIS_URL": "", "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake"),

@@ -18,10 +18,12 @@ import numpy as np
 import psycopg
 import pytest
 
-from pipeline import lake, loaders, reader
-from pipeline.config import Settings
-from pipeline.errors import LakeBusy, PipelineError
-from pipeline.export import run_export
+from pipeline.core.config import Settings
+from pipeline.core.errors import LakeBusy, PipelineError
+from pipeline.lake import reader
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
 
 GLOB = "current/interval=*/*/*.parquet"
 
@@ -276,8 +278,8 @@ EXPORT_CHILD = textwrap.dedent("""
     import sys
     from dataclasses import replace
     from pathlib import Path
-    from pipeline.config import Settings
-    from pipeline.export import run_export
+    from pipeline.core.config import Settings
+    from pipeline.lake.export import run_export
     settings = replace(Settings(), database_url=sys.argv[1], lake_root=Path(sys.argv[2]),
                        snapshot_keep=2, snapshot_keep_hours=0)
     run_export(settings, full=sys.argv[3] == "full", fail_at=sys.argv[4] or None)
@@ -459,7 +461,7 @@ def test_cli_export_snapshots_and_vacuum(seeded, monkeypatch):
 
 
 def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seeded, monkeypatch):
-    from pipeline import source
+    from pipeline.source import postgres as source
 
     with_psql = source.extract_changed(seeded.database_url, None)
     monkeypatch.setattr(source.shutil, "which", lambda name: None)
@@ -470,10 +472,11 @@ def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seed
 
 
 def test_a_whole_snapshot_grid_is_kept_mapped_on_the_next_read_and_vacuumed_with_its_snapshot(tmp_path, monkeypatch):
-    """The grid of a whole-history read of every symbol is kept beside the lake (pipeline.grids): the
+    """The grid of a whole-history read of every symbol is kept beside the lake (pipeline.lake.grids): the
     next read maps it and equals a fresh scan; a new snapshot gets its own; vacuum removes the old one's;
     a subset or a time range is never served from it; CRYPTOBT_GRID_CACHE=0 turns it off."""
-    from pipeline import demo, grids
+    from pipeline import demo
+    from pipeline.lake import grids
 
     root = tmp_path / "lake"
     first = demo.build_sample_lake(root, n_symbols=4, years=0.2, sample=None)

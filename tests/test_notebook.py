@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 import pipeline as cryptobt
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 

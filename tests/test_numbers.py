@@ -11,9 +11,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import demo, engine, lake, reader, runs
-from pipeline.config import Settings
-from pipeline.errors import PipelineError
+from pipeline import demo, runs
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.lake import reader
+from pipeline.lake import snapshots as lake
 
 BUILT_INS = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
@@ -125,7 +128,7 @@ def test_annualization_is_part_of_the_cache_key_and_the_results_table(weekday_la
                                                                         redis_prefix):
     import duckdb
 
-    from pipeline.cache import ResultCache
+    from pipeline.store.cache import ResultCache
 
     settings = replace(Settings(), lake_root=weekday_lake, results_root=tmp_path / "r", redis_url=redis_url,
                        cache_prefix=redis_prefix)

@@ -19,8 +19,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import demo, engine, lake, notebook, options, overfit, strategies, walkforward
-from pipeline.kernels.blocks import B_END, B_START
+from pipeline import demo, notebook
+from pipeline.engine import batch as engine
+from pipeline.engine import options, overfit, strategies, walkforward
+from pipeline.engine.kernels.blocks import B_END, B_START
+from pipeline.lake import snapshots as lake
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["rsi_period=6:18:4", "oversold_threshold=25,35", "overbought_threshold=65,75"]  # 16 sets
@@ -78,8 +81,8 @@ def test_the_blocks_together_give_the_runs_own_sharpe_and_return(sweep):
 
 def test_each_blocks_statistics_equal_numpy_on_the_sets_own_equity_curve(sweep):
     """The kernel fills the block statistics while simulating; here they are computed from each
-    set's equity curve (trade_log) with NumPy, block by block, as pipeline.kernels.blocks defines them."""
-    from pipeline.kernels import blocks as kb
+    set's equity curve (trade_log) with NumPy, block by block, as pipeline.engine.kernels.blocks defines them."""
+    from pipeline.engine.kernels import blocks as kb
 
     batch, config, results, blocks = sweep
     fractions = overfit.block_fractions(config)
@@ -429,7 +432,7 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     a symbol too short for the warm-up (its reason) and a --timerange."""
     from datetime import UTC, datetime
 
-    from pipeline import results
+    from pipeline.store import results
 
     frames = random_walks(3, 1_500, seed=11)
     frames["SHORT"] = random_walks(1, 12, seed=12)["RW00"]
@@ -508,7 +511,7 @@ def tied_block_sums(seed: int, n_blocks: int = 8, n_sets: int = 24) -> tuple[np.
 def test_pbo_breaks_exact_in_sample_ties_by_the_documented_rule_not_by_summation_order(seed):
     """Sets whose blocks are equal on a half tie exactly there: the first (grid order) is the in-sample
     best, whatever blocks the split enumeration added and took out before (issue 25)."""
-    from pipeline.kernels.blocks import pbo_cscv
+    from pipeline.engine.kernels.blocks import pbo_cscv
 
     count, sums, sums2 = tied_block_sums(seed)
     pbo, logit, tied = cscv_from_block_sums(count, sums, sums2)
@@ -521,7 +524,7 @@ def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
     the market there has returns of exactly 0), with extreme thresholds that rarely trade and duplicated
     sets: in-sample ties are common, and every symbol's PBO and mean logit are CSCV's from the sweep's own
     block sums (which the test above checks against each set's equity curve)."""
-    from pipeline.kernels.blocks import B_COUNT, B_SUM, B_SUM2
+    from pipeline.engine.kernels.blocks import B_COUNT, B_SUM, B_SUM2
 
     rng = np.random.default_rng(0)
     frames = {}

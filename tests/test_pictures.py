@@ -11,7 +11,9 @@ import polars as pl
 import pytest
 
 import pipeline as cryptobt
-from pipeline import engine, notebook, overfit, plots
+from pipeline import notebook, plots
+from pipeline.engine import batch as engine
+from pipeline.engine import overfit
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 GRID = [{"rsi_period": p, "oversold_threshold": float(o)} for p in (7, 14, 21) for o in (20, 25, 30, 35)]

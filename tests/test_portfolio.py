@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.kernels import portfolio as pk
+from pipeline.engine.kernels import portfolio as pk
 
 
 def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_is_fraction, stake, fee,
@@ -219,8 +219,10 @@ def test_parallel_grid_equals_one_account_at_a_time():
 
 # --- the account over real runs: parity with the single-symbol engine ------------------------
 
-from pipeline import demo, engine, reader  # noqa: E402
-from pipeline import portfolio as pf  # noqa: E402
+from pipeline import demo  # noqa: E402
+from pipeline.engine import batch as engine  # noqa: E402
+from pipeline.engine import portfolio as pf  # noqa: E402
+from pipeline.lake import reader  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -290,7 +292,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
     import duckdb
 
     from pipeline import runs
-    from pipeline.config import Settings
+    from pipeline.core.config import Settings
 
     settings = replace(Settings(), lake_root=lake_root, results_root=tmp_path / "results", redis_url="")
     config = engine.make_config("rsi", [{"rsi_period": 10}, {"rsi_period": 14}])
@@ -306,7 +308,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
                                                   (2, 100.0, "amount"), (4, 100.0, "amount")}
     assert max(r[7] for r in rows) == outcome.best["final_value"]
     single = runs.backtest(settings, engine.make_config("rsi", {}), cache=None)
-    from pipeline import results
+    from pipeline.store import results
 
     _, top = results.top(settings.results_root, n=100)
     assert len(top) == len(single.results) and "*" not in {row[0] for row in top}

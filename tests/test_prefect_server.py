@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo, engine, runs
-from pipeline.config import Settings
+from pipeline import demo, runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -128,7 +129,7 @@ async def _read_artifact(api: str, key: str) -> str:
 @pytest.mark.slow
 def test_export_with_a_configured_server_runs_as_a_flow_on_it(prefect_server, tmp_path, database_url):
     """Issue 26: where a Prefect server is configured, `cryptobt export` is a tracked flow run on it."""
-    from pipeline import loaders
+    from pipeline.source import loaders
 
     api, env = prefect_server
     loaders.seed_database(database_url, n_symbols=2, years=0.1, seed=3)

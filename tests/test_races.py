@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import engine, lake, loaders, runs
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline import runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
 
 
 @pytest.fixture
@@ -92,11 +95,12 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 from pathlib import Path
-from pipeline import engine, runs
-from pipeline.config import Settings
+from pipeline import runs
+from pipeline.engine import batch as engine
+from pipeline.core.config import Settings
 settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sys.argv[2]), redis_url=sys.argv[3],
                    cache_prefix=sys.argv[4])
-from pipeline.cache import ResultCache
+from pipeline.store.cache import ResultCache
 cache = ResultCache.from_settings(settings)
 for k in range(int(sys.argv[5])):
     outcome = runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k % 7}), cache=cache)
@@ -110,7 +114,7 @@ def test_twenty_concurrent_writers_and_cache_invalidations_lose_and_duplicate_no
     import duckdb
 
     from pipeline import demo
-    from pipeline.cache import ResultCache
+    from pipeline.store.cache import ResultCache
 
     demo.build_sample_lake(tmp_path / "lake", n_symbols=5, years=0.2, sample=None)
     settings = replace(Settings(), lake_root=tmp_path / "lake", results_root=tmp_path / "results",
@@ -148,7 +152,7 @@ def test_threads_checking_one_results_folder_at_once_all_pass(tmp_path):
     # its own file (a pid-named probe was deleted by a neighbour, and a request failed "not writable").
     from concurrent.futures import ThreadPoolExecutor
 
-    from pipeline import results
+    from pipeline.store import results
 
     def check(_: int) -> None:
         results.check_writable(tmp_path / "results")

@@ -11,11 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline import demo, engine, runs
-from pipeline.cache import ResultCache
+from pipeline import demo, runs
 from pipeline.cli import app
-from pipeline.errors import InputError, PipelineError
-from pipeline.ohlcv import read_ohlcv_file
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.engine import batch as engine
+from pipeline.source.ohlcv import read_ohlcv_file
+from pipeline.store.cache import ResultCache
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,7 @@ def test_every_cache_key_a_run_writes_is_under_its_prefix(fuzz_lake, tmp_path, r
                                                           redis_client):
     from dataclasses import replace
 
-    from pipeline.config import Settings
+    from pipeline.core.config import Settings
 
     before = {k for k in redis_client.scan_iter(count=1000) if not k.decode().startswith("cryptobt-test-")}
     settings = replace(Settings(), lake_root=fuzz_lake, results_root=tmp_path / "r", redis_url=redis_url,

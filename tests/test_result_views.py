@@ -167,8 +167,9 @@ def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url)
     swept = json.loads(cryptobt(environment, "sweep", "rsi", "-g", "rsi_period=7,14", "--json").stdout)
     assert swept["left_out"] == answer["left_out"] and {r["symbol"] for r in swept["best"]} == {"HOURLY"}
     # The run path the API shares says it too (the API's `done` event carries `left_out`).
-    from pipeline import engine, runs
-    from pipeline.config import Settings
+    from pipeline import runs
+    from pipeline.core.config import Settings
+    from pipeline.engine import batch as engine
 
     settings = Settings(lake_root=tmp_path / "lake", results_root=tmp_path / "results2", cache_enabled=False)
     outcome = runs.backtest(settings, engine.make_config("rsi"), write_results=False)

@@ -13,9 +13,9 @@ from typing import Any
 import duckdb
 import pytest
 
-from pipeline import ENGINE_VERSION
-from pipeline import results as rt
-from pipeline.errors import InputError, PipelineError
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.versions import ENGINE_VERSION
+from pipeline.store import results as rt
 
 CREATED = datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
 

@@ -15,8 +15,11 @@ import numpy as np
 import polars as pl
 import pytest
 
-from pipeline import demo, engine, notebook, options, results, runs, strategies
-from pipeline.config import Settings
+from pipeline import demo, notebook, runs
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.engine import options, strategies
+from pipeline.store import results
 from tests.reference import reference_backtest, reference_signals
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +142,7 @@ def test_json_carries_round_trips_with_trades_and_the_trades_table_holds_both_ki
 
 
 def test_a_cached_result_without_round_trips_is_recomputed_when_trades_are_asked(lake, redis_url, redis_prefix):
-    from pipeline.cache import ResultCache
+    from pipeline.store.cache import ResultCache
 
     settings = replace(lake, redis_url=redis_url, cache_prefix=redis_prefix)
     cache = ResultCache.from_settings(settings)

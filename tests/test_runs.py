@@ -14,11 +14,14 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import demo, engine, lake, loaders, runs
-from pipeline.cache import ResultCache
+from pipeline import demo, runs
 from pipeline.cli import app
-from pipeline.config import Settings
-from pipeline.export import run_export
+from pipeline.core.config import Settings
+from pipeline.engine import batch as engine
+from pipeline.lake import snapshots as lake
+from pipeline.lake.export import run_export
+from pipeline.source import loaders
+from pipeline.store.cache import ResultCache
 
 
 @pytest.fixture(scope="module")
@@ -213,13 +216,13 @@ def test_symbol_with_sql_injection_cannot_touch_postgres(database_url, tmp_path)
     evil = "x'); DROP TABLE crypto_prices;--"
     csv = tmp_path / "evil.csv"
     csv.write_text("Date,Open,High,Low,Close,Volume\n2024-01-01 00:00:00,1,2,0.5,1.5,10\n")
-    from pipeline.errors import InputError
+    from pipeline.core.errors import InputError
 
     with pytest.raises(InputError, match="is not allowed"):
         loaders.import_files(database_url, [csv], symbol=evil)
     with psycopg.connect(database_url) as conn:
         # Parameterised all the way: registering the name stores it verbatim.
-        from pipeline import source
+        from pipeline.source import postgres as source
 
         ids = source.register_symbols(conn, [evil])
         assert list(ids) == [evil]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import loaders
+from pipeline.source import loaders
 
 PROJECT = Path(__file__).resolve().parents[1]
 SECRET = "notsecretpw"
@@ -94,7 +94,7 @@ def test_a_dsn_password_is_neither_stored_printed_nor_on_argv(database_url, tmp_
 
 
 def test_the_source_of_a_snapshot_is_the_same_for_a_url_and_its_key_value_form(database_url):
-    from pipeline import source
+    from pipeline.source import postgres as source
 
     assert source.source_id(_key_value(database_url, password=SECRET)) == source.source_id(database_url)
     assert source.source_id(database_url.replace("postgres@", f"postgres:{SECRET}@")) == source.source_id(
@@ -108,7 +108,7 @@ def test_the_source_of_a_snapshot_is_the_same_for_a_url_and_its_key_value_form(d
     f"host=h password = {SECRET} dbname=x", f"cannot connect to host=h PASSWORD={SECRET}",
 ])
 def test_redact_covers_every_dsn_form(text):
-    from pipeline.config import redact
+    from pipeline.core.config import redact
 
     assert SECRET not in redact(text) and "***" in redact(text)
 

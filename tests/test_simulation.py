@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import strategies
-from pipeline.kernels import enums
-from pipeline.kernels.simulate import simulate_1d
+from pipeline.engine import strategies
+from pipeline.engine.kernels import enums
+from pipeline.engine.kernels.simulate import simulate_1d
 from tests.reference import reference_backtest, reference_signals
 
 HYP = settings(max_examples=25, deadline=None)

@@ -12,7 +12,10 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from pipeline import engine, notebook, options, results
+from pipeline import notebook
+from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.store import results
 
 ROOT = Path(__file__).resolve().parents[1]
 BINANCE_FILES = sorted((ROOT / "data" / "sample" / "binance-5m").glob("*.feather"))

@@ -16,12 +16,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import demo, engine, notebook, options, runs, strategies
-from pipeline.cache import ResultCache
-from pipeline.config import Settings
-from pipeline.errors import PipelineError
-from pipeline.kernels import enums
-from pipeline.kernels.simulate import simulate_1d
+from pipeline import demo, notebook, runs
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import options, strategies
+from pipeline.engine.kernels import enums
+from pipeline.engine.kernels.simulate import simulate_1d
+from pipeline.store.cache import ResultCache
 from tests.reference import reference_backtest, reference_signals
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import strategies
-from pipeline.errors import PipelineError
+from pipeline.core.errors import PipelineError
+from pipeline.engine import strategies
 
 
 def test_registry_has_the_five_spec_strategies_with_their_defaults():
@@ -22,7 +22,7 @@ def test_registry_has_the_five_spec_strategies_with_their_defaults():
     }
     for name in strategies.strategy_names():
         strategy = strategies.get_strategy(name)
-        assert strategy.builtin and strategy.module_name == f"pipeline.strategies.{name}"
+        assert strategy.builtin and strategy.module_name == f"pipeline.engine.strategies.{name}"
         for p in strategy.params:
             assert p.type in (int, float) and p.description and isinstance(p.default, p.type)
 

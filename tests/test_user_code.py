@@ -20,10 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import demo, strategies
-from pipeline.config import Settings
-from pipeline.errors import PipelineError
-from pipeline.strategies.api import INT_PARAM_LIMIT
+from pipeline import demo
+from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
+from pipeline.engine import strategies
+from pipeline.engine.strategies.api import INT_PARAM_LIMIT
 from tests.api_server import serving
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ DONCHIAN = ROOT / "examples" / "strategies" / "donchian.py"
 # is not loaded as a strategy).
 HELPED = '''
 """helped: enter on a rise above the helper's threshold, exit on a fall below it."""
-from pipeline.strategies.api import Param, njit
+from pipeline.engine.strategies.api import Param, njit
 from _levels import threshold
 
 NAME = "helped"
@@ -64,7 +65,7 @@ def warmup(params):
     return int(params[0]) + 1
 '''
 LEVELS = '''
-from pipeline.strategies.api import njit
+from pipeline.engine.strategies.api import njit
 
 
 @njit(cache=True)

@@ -21,9 +21,11 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from pipeline import demo, engine, strategies
-from pipeline.errors import PipelineError
-from pipeline.kernels import enums
+from pipeline import demo
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import strategies
+from pipeline.engine.kernels import enums
 from tests.reference import reference_backtest
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,7 @@
 
 Copy this file into a folder of your own and run it with
 `cryptobt backtest donchian --strategy-path THAT_FOLDER --all`. It uses only
-the public strategy API (`pipeline.strategies.api`); the engine does the rest:
+the public strategy API (`pipeline.engine.strategies.api`); the engine does the rest:
 every symbol in parallel, sweeps that reuse each indicator, stops, the cache and
 the results table.
 
@@ -14,7 +14,7 @@ max(entry_period, exit_period) bars are warm-up: no signal before.
 
 import numpy as np
 
-from pipeline.strategies.api import Param, njit
+from pipeline.engine.strategies.api import Param, njit
 
 NAME = "donchian"
 DESCRIPTION = "Buy when the close breaks the highest high of entry_period bars, sell below the lowest low of exit_period."

@@ -1,6 +1,6 @@
 """The HTTP API and dashboard (`cryptobt api`): wiring only, over the same run path as the CLI.
 
-Validation is `pipeline.options` (through `models`), runs are `runs.execute` in threads under
+Validation is `pipeline.engine.options` (through `models`), runs are `runs.execute` in threads under
 `jobs.Runner` (bounded, queued, identical requests joined, cancelled when every listener
 leaves). Errors are `{"error": "..."}` with a 4xx code; nothing else of an exception leaves.
 `results sql` (arbitrary SQL) is deliberately not reachable from here.
@@ -33,7 +33,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pipeline import options, tables
 from pipeline.api.jobs import Emitter, Job, QueueFull, Runner, ShuttingDown
 from pipeline.api.models import (
     MAX_BODY_BYTES,
@@ -43,8 +42,10 @@ from pipeline.api.models import (
     RunRequest,
     SweepRequest,
 )
-from pipeline.config import Settings, redact_url
-from pipeline.errors import InputError, PipelineError
+from pipeline.core import tables
+from pipeline.core.config import Settings, redact_url
+from pipeline.core.errors import InputError, PipelineError
+from pipeline.engine import options
 
 T = TypeVar("T")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -153,7 +154,7 @@ def allowed_hosts(settings: Settings, host: str | None = None) -> list[str]:
 
 
 def _rule(check: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """A `pipeline.options` check of request values: its message (the CLI's) with 422."""
+    """A `pipeline.engine.options` check of request values: its message (the CLI's) with 422."""
     try:
         return check(*args, **kwargs)
     except PipelineError as exc:
@@ -229,7 +230,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     """The app over `settings` (default: the environment), serving the Host names of `allowed_hosts`
     (`host`: the address it listens on). One Runner per app."""
     # The modules the handlers use, imported now: a first import inside a handler holds the event loop.
-    for module in ("cache", "engine", "lake", "results", "runs", "source", "strategies"):
+    for module in ("store.cache", "engine.batch", "lake.snapshots", "store.results", "runs", "source.postgres",
+                   "engine.strategies"):
         importlib.import_module(f"pipeline.{module}")
 
     settings = settings or Settings.from_env()
@@ -277,7 +279,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     # --- runs -------------------------------------------------------------------------
 
     def _backtest_work(request: RunRequest, command: str) -> Any:
-        from pipeline import engine, runs
+        from pipeline import runs
+        from pipeline.engine import batch as engine
 
         config, symbols, interval = request.checked
         top = request.top if isinstance(request, SweepRequest) else None
@@ -451,7 +454,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
 
     @app.get("/api/symbols", tags=["catalog"], responses={200: OBJECT}, summary="The current snapshot's symbols and their bars; the intervals a run takes")
     async def symbols() -> Response:
-        from pipeline import lake
+        from pipeline.lake import snapshots as lake
 
         snapshot = await asyncio.to_thread(lake.require_snapshot, settings.lake_root)
         rows = [{"symbol": name, "data_version": meta.get("data_version"),
@@ -464,8 +467,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
             strategy: Annotated[str | None, Query(max_length=100)] = None,
             n: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": options.MAX_TOP})] = 10,
     ) -> Response:
-        from pipeline import results
-        from pipeline.strategies import get_strategy
+        from pipeline.engine.strategies import get_strategy
+        from pipeline.store import results
 
         _rule(options.check_top, n, "--n")
         if strategy is not None:
@@ -477,7 +480,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
              summary="Every results row of one run")
     async def results_of_run(run_id: Annotated[str, ApiPath(json_schema_extra={"pattern": RUN_ID.pattern})]
                              ) -> Response:
-        from pipeline import results
+        from pipeline.store import results
 
         if not RUN_ID.match(run_id):
             raise ApiError(422, f"run id {run_id!r} is not a run id (e.g. 20261122T234450719947Z-564fd93c)")
@@ -499,7 +502,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_history(
         n: Annotated[int, Query(ge=1, le=1000, description="How many of the newest runs.")] = 50,
     ) -> Response:
-        from pipeline import results
+        from pipeline.store import results
 
         return _json(_rows(*await asyncio.to_thread(results.run_history, settings.results_root, n)))
 
@@ -507,7 +510,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_show(run_id: RunId,
                        n: Annotated[int, Query(ge=1, le=10_000, description="Rows of its leaderboard.")] = 100,
                        ) -> Response:
-        from pipeline import results
+        from pipeline.store import results
 
         try:
             shown = await asyncio.to_thread(results.show, settings.results_root, run_id, n)
@@ -519,7 +522,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     @app.get("/api/runs/{run_id}/trades", tags=["results"], responses=_documented(404, **{"200": ARRAY}),
              summary="A run's round trips from the trades table (as `results trades`; runs made with trades on)")
     async def run_trades(run_id: RunId, symbol: Symbol = None) -> Response:
-        from pipeline import results
+        from pipeline.store import results
 
         try:
             found = await asyncio.to_thread(results.round_trips, settings.results_root, run_id, symbol)
@@ -532,7 +535,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_sets(run_id: RunId, symbol: Symbol = None,
                        n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
                        ) -> Response:
-        from pipeline import engine, results
+        from pipeline.engine import batch as engine
+        from pipeline.store import results
 
         rows = _rows(*await asyncio.to_thread(results.sweep_sets, settings.results_root, run_id, symbol, n))
         if not rows:
@@ -560,7 +564,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     admin_answers = _documented(403, 404, **{"200": OBJECT})
 
     def _cache() -> Any:
-        from pipeline.cache import ResultCache
+        from pipeline.store.cache import ResultCache
 
         # A Redis that is down is reported in the answer (`available`, `ok`), not as a Python warning.
         return ResultCache.from_settings(settings, on_warning=lambda _: None)
@@ -604,7 +608,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
             hours: Annotated[float, Query(json_schema_extra={"exclusiveMinimum": 0, "maximum": options.MAX_HOURS})
                              ] = 24.0,
     ) -> Response:
-        from pipeline import results
+        from pipeline.store import results
 
         hours = _rule(options.check_number, "--hours", hours, 0, options.MAX_HOURS, above=True)
         stats = await asyncio.to_thread(results.run_stats, settings.results_root, hours)
@@ -618,7 +622,8 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
              summary="Lake snapshot, Redis and PostgreSQL reachability")
     async def healthz() -> Response:
         def check() -> dict[str, Any]:
-            from pipeline import lake, source
+            from pipeline.lake import snapshots as lake
+            from pipeline.source import postgres as source
 
             out: dict[str, Any] = {}
             try:
@@ -651,7 +656,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         """FastAPI's schema plus what it cannot see: the registered strategies' names, and that a
         stream answers text/event-stream only."""
         if app.openapi_schema is None:
-            from pipeline.strategies import strategy_names
+            from pipeline.engine.strategies import strategy_names
 
             schema = FastAPI.openapi(app)
             for model in ("RunRequest", "SweepRequest", "EquityRequest", "PortfolioRequest"):

@@ -72,7 +72,7 @@ class Job:
     def stop_asked(self) -> bool:
         """A run's `should_stop`: True stops it after its current chunk; after `abort`, StopNow at once."""
         if self.abort.is_set():
-            from pipeline.stopping import StopNow
+            from pipeline.core.stopping import StopNow
 
             raise StopNow("the server is shutting down at once")
         return self.cancel.is_set()
@@ -176,7 +176,7 @@ class Runner:
             job.publish("error", {"error": f"stopped at once: {exc}", "status": 503})
             self._finish(job, "error")
         except Exception as exc:  # noqa: BLE001 - reported to every listener as one `error` event
-            from pipeline.errors import PipelineError
+            from pipeline.core.errors import PipelineError
 
             message = str(exc).splitlines()[0] if isinstance(exc, PipelineError) else \
                 f"unexpected {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"

@@ -1,9 +1,9 @@
-"""Request bodies of the HTTP API: pydantic for the shape and the sizes, `pipeline.options` for the rules.
+"""Request bodies of the HTTP API: pydantic for the shape and the sizes, `pipeline.engine.options` for the rules.
 
 Field types are strict (JSON `true` is not a number, `1` is not a string) and every size is
 bounded (strings, lists, the body: `MAX_BODY_BYTES`); every rule about values (strategy,
 parameters, ranges, fee, fill, cash, time range, symbols, interval, grid, top) is
-`pipeline.options`' and `pipeline.strategies`', so a request is refused with the very message the
+`pipeline.engine.options`' and `pipeline.engine.strategies`', so a request is refused with the very message the
 CLI prints. The schema documents each rule (`RULES`: the bounds and choices those checks use).
 The run options and their defaults are `options.run_config`'s keyword parameters, read from its
 signature: nothing is restated here.
@@ -19,9 +19,10 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, create_model
 
-from pipeline import engine, options, portfolio, walkforward
-from pipeline.errors import PipelineError
-from pipeline.strategies import EXECUTION_PARAMS, MAX_GRID_COMBOS, Param
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import options, portfolio, walkforward
+from pipeline.engine.strategies import EXECUTION_PARAMS, MAX_GRID_COMBOS, Param
 
 # Sizes of a request. A body is at most MAX_BODY_BYTES (413 beyond): a grid value list of ~100,000
 # values fits; a range spec (`tp=0.001:1000:0.001`) reaches MAX_GRID_COMBOS in a few bytes.
@@ -224,8 +225,8 @@ class PortfolioRequest(BaseModel):
         """The checks of `cryptobt portfolio`, in its order: (RunConfig, portfolio sets, symbols or None),
         also kept as `checked`. Raises PipelineError with the CLI's message. Blocking (a grid): call it
         off the event loop."""
-        from pipeline import portfolio as pf
-        from pipeline import strategies
+        from pipeline.engine import portfolio as pf
+        from pipeline.engine import strategies
 
         symbols = options.check_symbols(self.symbols, self.all)
         options.check_interval(self.interval)

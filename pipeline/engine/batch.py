@@ -1,0 +1,736 @@
+"""One batch: aligned prices in, kernels run over every symbol and parameter set, results out.
+
+No I/O here beyond what the reader returns: the cache and the results table are
+wired around this by `pipeline.runs`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+import numba
+import numpy as np
+
+from pipeline.core import intervals
+from pipeline.core.errors import PipelineError
+from pipeline.core.intervals import SECONDS as STEP_SECONDS
+from pipeline.core.versions import ENGINE_VERSION
+from pipeline.engine import options, strategies
+from pipeline.engine.kernels import enums
+from pipeline.engine.kernels.blocks import N_BLOCK_STATS
+from pipeline.lake.align import bar_span
+from pipeline.lake.reader import PriceBatch
+
+FILLS = ("close", "next_open")
+# What "best" means in a sweep: the objective's result field, higher is better.
+OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
+              "profit_factor": "profit_factor", "expectancy": "expectancy"}
+MIN_TRADES = 5
+PBO_BLOCKS_RANGE = (2, 24)  # even; 0 turns the PBO off (C(24, 12) = 2.7 M splits is the most we allow)
+ANNUALIZATIONS = ("observed", "calendar")
+REASONS = {
+    enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
+    enums.STATUS_NO_BARS: "no bars in the requested range",
+}
+
+
+EXECUTION_PARAMS = strategies.EXECUTION_PARAMS
+EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
+# Each run parameter's result field (sl -> sl_pct).
+EXECUTION_FIELDS = {"sl": "sl_pct", "tp": "tp_pct", "trail": "trail", "size": "size", "slippage": "slippage_pct"}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How one parameter set's orders execute (SPEC 4.1): stops, sizing, slippage.
+
+    Percentages as the CLI takes them (`sl_pct=5` is a stop 5 % below the entry); these
+    are the result fields, the results columns and part of the cache key.
+    """
+
+    sl_pct: float = 0.0
+    tp_pct: float = 0.0
+    trail: bool = False
+    size: float = 1.0
+    slippage_pct: float = 0.0
+
+    @property
+    def has_stops(self) -> bool:
+        return self.sl_pct > 0.0 or self.tp_pct > 0.0
+
+    def row(self) -> np.ndarray:
+        """The kernels' (N_EXECUTION,) row, fractions at the EX_* indices."""
+        row = np.empty(enums.N_EXECUTION)
+        row[enums.EX_SL] = self.sl_pct / 100.0
+        row[enums.EX_TP] = self.tp_pct / 100.0
+        row[enums.EX_TRAIL] = 1.0 if self.trail else 0.0
+        row[enums.EX_SIZE] = self.size
+        row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
+        return row
+
+    def fields(self) -> dict[str, Any]:
+        """Result fields (and cache-key fields): sl_pct, tp_pct, trail, size, slippage_pct."""
+        return {field: getattr(self, field) for field in EXECUTION_FIELDS.values()}
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Execution:
+        """The execution a result record was computed with (records without the fields: the defaults)."""
+        return cls(**{f: result[f] for f in EXECUTION_FIELDS.values() if result.get(f) is not None})
+
+
+def set_parameters(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result's parameters as a sweep names them: the strategy's, then the run parameters
+    (sl, tp, trail, size, slippage) that any of `results` sets to other than the default."""
+    default = DEFAULT_EXECUTION.fields()
+    used = [(name, field) for name, field in EXECUTION_FIELDS.items()
+            if any(r.get(field, default[field]) != default[field] for r in results)]
+    return [{**r["params"], **{name: r.get(field, default[field]) for name, field in used}} for r in results]
+
+
+DEFAULT_EXECUTION = Execution()
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What is common to every result of a run (SPEC section 4's common parameters)."""
+
+    strategy: str
+    params_list: list[dict[str, Any]]
+    fee_pct: float = 0.1
+    fill: str = "close"
+    initial: float = 1000.0
+    trades: bool = False
+    timerange_start: datetime | None = None
+    timerange_end: datetime | None = None
+    grid_dropped: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    # Sharpe and its kin: `observed` bars a year per symbol (bars / span in years) or the
+    # `calendar` constant of the interval (8,760 for 1h).
+    annualization: str = "observed"
+    # Bars built from less than this share of their interval's hours are dropped (0 keeps all).
+    min_bar_coverage: float = 0.0
+    # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
+    executions: tuple[Execution, ...] = ()
+    # Sweeps: what "best" means, the fewest trades a winner needs, and the CSCV blocks of the PBO
+    # (ranking and statistics only: no result field depends on them, so no cache key does).
+    objective: str = "total_return"
+    min_trades: int = MIN_TRADES
+    pbo_blocks: int = 16
+    # Walk-forward folds of a sweep (0 = none; pipeline.engine.walkforward).
+    walk_forward: int = 0
+    train_ratio: float = 0.7
+    anchored: bool = False
+    # Test parts start flat with fresh cash instead of on the full-history path (walkforward.evaluate).
+    walk_forward_flat_start: bool = False
+    # The market the run trades: `spot` (the only one until perpetual futures; its results say so,
+    # so a futures series of the same name is never mixed with it).
+    market: str = "spot"
+
+    @property
+    def fee_frac(self) -> float:
+        return self.fee_pct / 100.0
+
+    def execution(self, c: int) -> Execution:
+        """The execution of parameter set c."""
+        return self.executions[c] if self.executions else DEFAULT_EXECUTION
+
+    @property
+    def sets(self) -> list[tuple[dict[str, Any], Execution]]:
+        """(strategy parameters, execution) of every parameter set, in order."""
+        return [(params, self.execution(c)) for c, params in enumerate(self.params_list)]
+
+    @property
+    def has_stops(self) -> bool:
+        return any(e.has_stops for e in self.executions)
+
+    def sliced(self, first: int, stop: int) -> RunConfig:
+        """The same run over parameter sets first..stop-1."""
+        return replace(self, params_list=self.params_list[first:stop],
+                       executions=self.executions[first:stop] if self.executions else ())
+
+
+def make_config(
+    strategy: str,
+    params: dict[str, object] | list[dict[str, object]] | None = None,
+    *,
+    fee_pct: float = 0.1,
+    fill: str = "close",
+    initial: float = 1000.0,
+    trades: bool = False,
+    timerange_start: datetime | None = None,
+    timerange_end: datetime | None = None,
+    annualization: str = "observed",
+    min_bar_coverage: float = 0.0,
+    sl: float = 0.0,
+    tp: float = 0.0,
+    trail: bool = False,
+    size: float = 1.0,
+    slippage: float = 0.0,
+    objective: str = "total_return",
+    min_trades: int = MIN_TRADES,
+    pbo_blocks: int = 16,
+    walk_forward: int = 0,
+    train_ratio: float = 0.7,
+    anchored: bool = False,
+    walk_forward_flat_start: bool = False,
+) -> RunConfig:
+    """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
+
+    A parameter set may also hold run parameters (EXECUTION_NAMES: a sweep's `-g sl=2:10:2`);
+    the options `sl` .. `slippage` set them for every set (giving one both ways is an error).
+    """
+    strategies.get_strategy(strategy)
+    raw = params if isinstance(params, list) else [params or {}]
+    dropped = getattr(params, "dropped", 0)
+    if not raw:
+        raise PipelineError("the parameter grid is empty")
+    options_given = {"sl": sl, "tp": tp, "trail": int(trail) if isinstance(trail, bool) else trail,
+                     "size": size, "slippage": slippage}
+    base = {p.name: p.convert(options_given[p.name], option=f"--{p.name}") for p in EXECUTION_PARAMS}
+    params_list, executions = [], []
+    trail_problem = None
+    for one in raw:
+        values = dict(base)
+        for p in EXECUTION_PARAMS:
+            if p.name in one:
+                if base[p.name] != p.default:
+                    raise PipelineError(f"{p.name} is given twice: --{p.name} {options_given[p.name]!r} and "
+                                        f"{p.name}={one[p.name]!r} in the parameters; give one")
+                values[p.name] = p.convert(one[p.name])
+        execution = Execution(float(values["sl"]), float(values["tp"]), bool(values["trail"]),
+                              float(values["size"]), float(values["slippage"]))
+        if execution.trail and execution.sl_pct == 0.0:
+            # A sweep drops such a set (counted, like fast >= slow); a run of one refuses it.
+            trail_problem = "--trail needs a stop-loss to trail (--sl PCT, or sl in the grid)"
+            dropped += 1
+            continue
+        params_list.append(strategies.resolve_params(
+            strategy, {k: v for k, v in one.items() if k not in EXECUTION_NAMES}))
+        executions.append(execution)
+    if not params_list:
+        raise PipelineError(trail_problem or "the parameter grid is empty")
+    if not (isinstance(fee_pct, int | float) and math.isfinite(fee_pct) and 0 <= fee_pct < 100):
+        raise PipelineError(f"--fee {fee_pct!r} is out of range: a percentage >= 0 and < 100 (0.1 means 0.1 %)")
+    if fill not in FILLS:
+        raise PipelineError(f"--fill {fill!r} is not allowed; use one of: {', '.join(FILLS)}")
+    options.check_initial(initial)
+    if annualization not in ANNUALIZATIONS:
+        raise PipelineError(f"--annualization {annualization!r} is not allowed; use one of: "
+                            f"{', '.join(ANNUALIZATIONS)}")
+    if not (isinstance(min_bar_coverage, int | float) and math.isfinite(min_bar_coverage)
+            and 0 <= min_bar_coverage <= 1):
+        raise PipelineError(f"--min-bar-coverage {min_bar_coverage!r} is out of range: a share from 0 to 1 "
+                            "(0.5 drops daily bars built from fewer than 12 hours)")
+    if objective not in OBJECTIVES:
+        raise PipelineError(f"--objective {objective!r} is not allowed; use one of: {', '.join(OBJECTIVES)}")
+    if isinstance(min_trades, bool) or not isinstance(min_trades, int) or min_trades < 0:
+        raise PipelineError(f"--min-trades {min_trades!r} is out of range: an integer >= 0")
+    low, high = PBO_BLOCKS_RANGE
+    if (isinstance(pbo_blocks, bool) or not isinstance(pbo_blocks, int)
+            or not (pbo_blocks == 0 or (low <= pbo_blocks <= high and pbo_blocks % 2 == 0))):
+        raise PipelineError(f"--pbo-blocks {pbo_blocks!r} is not allowed: 0 (off) or an even number "
+                            f"from {low} to {high}")
+    from pipeline.engine import walkforward
+
+    walkforward.check(walk_forward, train_ratio, anchored, objective, walk_forward_flat_start)
+    return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
+                     timerange_start, timerange_end, dropped, annualization=annualization,
+                     min_bar_coverage=float(min_bar_coverage),
+                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions),
+                     objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
+                     walk_forward=walk_forward, train_ratio=float(train_ratio), anchored=anchored,
+                     walk_forward_flat_start=walk_forward_flat_start)
+
+
+def start_column(batch: PriceBatch, config: RunConfig) -> int:
+    """The first grid column simulated: bars before the --timerange start only warm indicators up."""
+    if config.timerange_start is None:
+        return 0
+    return int(np.searchsorted(batch.times, int(config.timerange_start.timestamp())))
+
+
+def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.ndarray:
+    """Each symbol's annualisation: its observed bars a year over the simulated range, or the calendar's."""
+    calendar = float(intervals.BARS_PER_YEAR[batch.interval])
+    n_symbols = len(batch.symbols)
+    if config.annualization == "calendar" or batch.times.size <= start_t:
+        return np.full(n_symbols, calendar)
+    counts, first, last = bar_span(batch.columns["close"], start_t)
+    has = counts > 0
+    step = intervals.SECONDS[batch.interval]
+    span_years = ((last - first) * step + step) / intervals.YEAR_SECONDS
+    return np.where(has, counts / np.where(has, span_years, 1.0), calendar)
+
+
+def code_version(strategy: str) -> str:
+    """The engine version with a hash of the strategy's source and the shared kernels.
+
+    Part of every cache key and results row: editing a strategy file (a user's or a
+    built-in) or a kernel can never serve a number computed by the old code.
+    """
+    return f"{ENGINE_VERSION}+{strategies.get_strategy(strategy).code_version[:16]}"
+
+
+def thread_count() -> int:
+    """Threads the kernels run on now (set_threads)."""
+    return numba.get_num_threads()
+
+
+def set_threads(workers: int) -> None:
+    """Numba threads for the kernels; 0 = all cores. Results do not depend on it."""
+    available = numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(available if workers <= 0 else min(workers, available))
+
+
+# A result in columns and as an Arrow row (about 75 fields); a sweep keeps one chunk of symbols' worth.
+RESULT_ROW_BYTES = 800
+
+
+def estimate_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> int:
+    """Bytes a run needs: the price arrays, the metrics cube, a sweep's block sums and the result rows."""
+    prices = 2 * n_symbols * n_time * 8
+    cube = n_symbols * n_combos * (enums.N_METRICS + n_blocks * N_BLOCK_STATS) * 8
+    rows = n_symbols * n_combos * RESULT_ROW_BYTES
+    buffers = numba.get_num_threads() * n_time * 8 * 10
+    return prices + cube + rows + buffers
+
+
+def available_memory() -> int:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> None:
+    """Refuse a run that would not fit, saying what it would need."""
+    need = estimate_memory(n_symbols, n_time, n_combos, n_blocks)
+    have = available_memory()
+    if need > 0.8 * have:
+        raise PipelineError(
+            f"this run needs about {need / 2**30:.1f} GiB ({n_symbols} symbols x {n_combos} parameter sets x "
+            f"{n_time} bars) but only {have / 2**30:.1f} GiB is available; narrow the grid, the symbols "
+            "or the --timerange"
+        )
+
+
+def columns_needed(config: RunConfig) -> tuple[str, ...]:
+    """The price columns a run reads: the strategy's COLUMNS, the close, the open for next_open fills,
+    and open, high and low when a stop is set (a run without stops reads none of them for the fills)."""
+    wanted = ["close", *strategies.get_strategy(config.strategy).columns]
+    if config.fill == "next_open":
+        wanted.append("open")
+    if config.has_stops:
+        wanted += ["open", "high", "low"]
+    return tuple(dict.fromkeys(wanted))
+
+
+def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
+    if name not in batch.columns:
+        raise PipelineError(f"this run needs the {name} column, which this read lacks")
+    return np.ascontiguousarray(batch.columns[name][rows])
+
+
+def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
+    """(C x N_EXECUTION) rows of the parameter sets in kernel `order`; None when every set has the defaults."""
+    if not config.executions:
+        return None
+    return np.ascontiguousarray(np.array([config.executions[c].row() for c in order]).reshape(
+        len(order), enums.N_EXECUTION))
+
+
+def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None) -> tuple[np.ndarray, ...]:
+    """The strategy's COLUMNS as the kernels take them: a tuple of C-contiguous (symbols x time) arrays."""
+    names = strategies.get_strategy(strategy).columns
+    missing = [name for name in names if name not in batch.columns]
+    if missing:
+        raise PipelineError(f"strategy {strategy!r} needs the {', '.join(missing)} column(s), which this read lacks")
+    return tuple(np.ascontiguousarray(batch.columns[name][rows if rows is not None else slice(None)])
+                 for name in names)
+
+
+def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
+                blocks_out: np.ndarray | None = None, annual_bars: np.ndarray | None = None) -> np.ndarray:
+    """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set.
+
+    With `block_fractions` (B + 1 edges, `pipeline.engine.kernels.blocks`), also fills `blocks_out`
+    (symbols x B x N_BLOCK_STATS x params, in the config's parameter order). `annual_bars` is
+    `bars_per_year(batch, config, start_column(batch, config))` when the caller has it already.
+    """
+    strategy = strategies.get_strategy(config.strategy)
+    combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
+    open_ = batch.columns.get("open")
+    if config.fill == "next_open" and open_ is None:
+        raise PipelineError("fill=next_open needs the open column")
+    close = np.ascontiguousarray(batch.columns["close"])
+    open_ = np.ascontiguousarray(open_ if open_ is not None else close)
+    out = np.empty((close.shape[0], combos.shape[0], enums.N_METRICS))
+    start = start_column(batch, config)
+    execution = execution_matrix(config, order)
+    every = slice(None)
+    fractions = None if block_fractions is None else np.ascontiguousarray(block_fractions, dtype=np.float64)
+    sorted_blocks = None if fractions is None else np.empty((close.shape[0], fractions.size - 1, N_BLOCK_STATS,
+                                                             combos.shape[0]))
+    if close.shape[0] and close.shape[1]:
+        strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
+                                    config.fee_frac, config.initial, config.fill == "next_open",
+                                    bars_per_year(batch, config, start) if annual_bars is None else annual_bars,
+                                    start, out,
+                                    *((_column(batch, "high", every), _column(batch, "low", every))
+                                      if config.has_stops else (None, None)), execution, fractions, sorted_blocks)
+        if blocks_out is not None:
+            blocks_out[..., order] = sorted_blocks
+    else:
+        out[:] = 0.0
+        out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
+        out[:, :, enums.M_FIRST_INDEX] = -1
+        out[:, :, enums.M_LAST_INDEX] = -1
+    # Back to the caller's parameter order.
+    unsorted = np.empty_like(out)
+    unsorted[:, order] = out
+    return unsorted
+
+
+def _iso(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(int(epoch_seconds), UTC).isoformat()
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) or math.isinf(value) else float(value)
+
+
+# Stats that count bars: integers in results (the others are floats).
+INTEGER_STATS = ("max_drawdown_duration_bars", "max_trade_duration_bars")
+
+
+def _stat(name: str, value: float) -> float | int | None:
+    number = _number(value)
+    return int(number) if number is not None and name in INTEGER_STATS else number
+
+
+def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
+    """Each symbol's bars in the simulated range built from less than their interval's hours."""
+    if batch.coverage is None or batch.times.size == 0:
+        return np.zeros(len(batch.symbols), dtype=np.int64)
+    return (batch.coverage[:, start_column(batch, config):] < 1.0).sum(axis=1)
+
+
+def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
+                 metrics: np.ndarray, annual_bars: float, partial: int = 0,
+                 execution: Execution = DEFAULT_EXECUTION) -> dict[str, Any]:
+    """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
+    status = int(metrics[enums.M_STATUS])
+    bars = int(metrics[enums.M_BARS])
+    first, last = int(metrics[enums.M_FIRST_INDEX]), int(metrics[enums.M_LAST_INDEX])
+    step = STEP_SECONDS[batch.interval]
+    has_bars = first >= 0 and batch.times.size > 0
+    reason = None
+    if status != enums.STATUS_OK:
+        needed = strategies.warmup_bars(config.strategy, params)
+        reason = REASONS[status].format(bars=bars, needed=needed)
+    return {
+        "symbol": batch.symbols[symbol_index],
+        "strategy": config.strategy,
+        "params": dict(params),
+        "interval": batch.interval,
+        "start": _iso(batch.times[first]) if has_bars else None,
+        "end": _iso(batch.times[last]) if has_bars else None,
+        "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
+        "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
+        "bars": bars,
+        "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
+        "final_value": _number(metrics[enums.M_FINAL_VALUE]) if has_bars else config.initial,
+        "final_value_net": _number(metrics[enums.M_FINAL_VALUE_NET]) if has_bars else config.initial,
+        "total_return_pct": _number(metrics[enums.M_TOTAL_RETURN_PCT]) if has_bars else 0.0,
+        "buy_hold_return_pct": _number(metrics[enums.M_BUY_HOLD_RETURN_PCT]) if has_bars else None,
+        "num_trades": int(metrics[enums.M_NUM_TRADES]) if has_bars else 0,
+        "closed_trades": int(metrics[enums.M_CLOSED_TRADES]) if has_bars else 0,
+        "win_rate_pct": _number(metrics[enums.M_WIN_RATE_PCT]) if has_bars else None,
+        "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
+        "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
+        "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
+        **{name: _stat(name, metrics[enums.M_CAGR_PCT + k]) if has_bars else None
+           for k, name in enumerate(enums.STATS_NAMES)},
+        "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
+        "partial_bars": int(partial),
+        "min_bar_coverage": config.min_bar_coverage,
+        "annualization": config.annualization,
+        "bars_per_year": float(annual_bars),
+        "fill": config.fill,
+        "fee_pct": config.fee_pct,
+        "initial_investment": config.initial,
+        **execution.fields(),
+        "snapshot_id": batch.snapshot_id,
+        "computed_snapshot_id": batch.snapshot_id,
+        "source": batch.source,
+        "market": config.market,
+        "data_version": batch.data_versions[symbol_index],
+        "engine_version": code_version(config.strategy),
+        "reason": reason,
+        # Filled for sweeps (pipeline.engine.overfit): per symbol, over all its parameter sets.
+        "n_trials": None,
+        "pbo": None,
+        "deflated_sharpe": None,
+        "from_cache": False,
+    }
+
+
+# Result fields that come from the metrics cube, each with its metric and what a result without
+# bars holds (shape_result): a number, or None (NaN in columns).
+_CUBE_FIELDS = (
+    ("final_value", enums.M_FINAL_VALUE, "initial"), ("final_value_net", enums.M_FINAL_VALUE_NET, "initial"),
+    ("total_return_pct", enums.M_TOTAL_RETURN_PCT, 0.0), ("buy_hold_return_pct", enums.M_BUY_HOLD_RETURN_PCT, None),
+    ("win_rate_pct", enums.M_WIN_RATE_PCT, None), ("max_drawdown_pct", enums.M_MAX_DRAWDOWN_PCT, None),
+    ("sharpe", enums.M_SHARPE, None), ("exposure_pct", enums.M_EXPOSURE_PCT, None),
+    *((name, enums.M_CAGR_PCT + k, None) for k, name in enumerate(enums.STATS_NAMES)),
+)
+
+
+@dataclass
+class ResultColumns:
+    """The results of a (symbols x sets) cube as columns, rows symbol-major (row = y * C + c):
+    what `shape_result` gives each result, without a dict per result (a sweep's results go
+    to the results table this way). `fields` are per row: counts int64, other numbers float64
+    with NaN for None (an integer stat too: the table casts it), times datetime64[s] with NaT,
+    `reason` objects;
+    `per_symbol` are (Y,) and `constants` one value each; the parameters are `config.sets`
+    taken by `set_index`."""
+
+    config: RunConfig
+    symbol_index: np.ndarray
+    set_index: np.ndarray
+    fields: dict[str, np.ndarray]
+    per_symbol: dict[str, list]
+    constants: dict[str, Any]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.symbol_index.size)
+
+
+def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annual_bars: np.ndarray,
+                   partial: np.ndarray) -> ResultColumns:
+    """`shape_result` of every (symbol, set) of `cube` (Y x C x N_METRICS, C = config's sets), as columns."""
+    n_symbols, n_sets = cube.shape[:2]
+    flat = cube.reshape(n_symbols * n_sets, enums.N_METRICS)
+    symbol_index = np.repeat(np.arange(n_symbols), n_sets)
+    set_index = np.tile(np.arange(n_sets), n_symbols)
+    first = flat[:, enums.M_FIRST_INDEX].astype(np.int64)
+    last = flat[:, enums.M_LAST_INDEX].astype(np.int64)
+    has_bars = (first >= 0) & (batch.times.size > 0)
+    times = batch.times if batch.times.size else np.zeros(1, dtype=np.int64)
+    start = times[np.where(has_bars, first, 0)]
+    end = times[np.where(has_bars, last, 0)]
+    fields: dict[str, np.ndarray] = {}
+    not_a_time = np.datetime64("NaT", "s")
+    fields["start"] = np.where(has_bars, start.astype("datetime64[s]"), not_a_time)
+    fields["end"] = np.where(has_bars, end.astype("datetime64[s]"), not_a_time)
+    fields["bars"] = flat[:, enums.M_BARS].astype(np.int64)
+    # shape_result's round(x, 6) on each distinct span (few): the same float, bit for bit.
+    spans, where = np.unique(np.where(has_bars, end - start + STEP_SECONDS[batch.interval], 0),
+                             return_inverse=True)
+    fields["days_of_data"] = np.array([round(int(s) / 86_400, 6) for s in spans])[where]
+    with np.errstate(invalid="ignore"):
+        for name, metric, without_bars in _CUBE_FIELDS:
+            values = flat[:, metric].copy()
+            values[~np.isfinite(values)] = np.nan
+            empty = config.initial if without_bars == "initial" else np.nan if without_bars is None else without_bars
+            fields[name] = np.where(has_bars, values, empty)
+    for name in ("num_trades", "closed_trades"):
+        fields[name] = np.where(has_bars, flat[:, getattr(enums, f"M_{name.upper()}")], 0).astype(np.int64)
+    fields["warmup_bars"] = flat[:, enums.M_WARMUP_BARS].astype(np.int64)
+    fields["partial_bars"] = np.asarray(partial, dtype=np.int64)[symbol_index]
+    fields["bars_per_year"] = np.asarray(annual_bars, dtype=np.float64)[symbol_index]
+    status = flat[:, enums.M_STATUS].astype(np.int64)
+    reason = np.full(status.size, None, dtype=object)
+    for row in np.flatnonzero(status != enums.STATUS_OK):
+        needed = strategies.warmup_bars(config.strategy, config.params_list[set_index[row]])
+        reason[row] = REASONS[int(status[row])].format(bars=int(fields["bars"][row]), needed=needed)
+    fields["reason"] = reason
+    constants = {
+        "strategy": config.strategy, "interval": batch.interval,
+        "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
+        "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
+        "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
+        "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
+        "snapshot_id": batch.snapshot_id, "computed_snapshot_id": batch.snapshot_id,
+        "source": batch.source, "market": config.market,
+        "engine_version": code_version(config.strategy), "from_cache": False,
+    }
+    per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}
+    return ResultColumns(config, symbol_index, set_index, fields, per_symbol, constants)
+
+
+def column_rows(batch: PriceBatch, config: RunConfig, cube: np.ndarray, columns: ResultColumns,
+                rows: np.ndarray | list[int]) -> list[dict[str, Any]]:
+    """Rows `rows` of `columns` (made from `cube`) as result dicts: `shape_result`'s, with the sweep
+    statistics the columns carry, and the trade log when `config.trades`."""
+    annual, partial = columns.fields["bars_per_year"], columns.fields["partial_bars"]
+    out = []
+    for row in rows:
+        y, c = int(columns.symbol_index[row]), int(columns.set_index[row])
+        params, execution = config.params_list[c], config.execution(c)
+        result = shape_result(batch, config, y, params, cube[y, c], annual[row], partial[row], execution)
+        if "n_trials" in columns.fields:
+            result["n_trials"] = int(columns.fields["n_trials"][row])
+            for name in ("pbo", "deflated_sharpe"):
+                result[name] = _number(columns.fields[name][row])
+        if config.trades:
+            result["trades"], result["round_trips"], _ = trade_log(batch, config, y, params, execution)
+        out.append(result)
+    return out
+
+
+class TradeLog(NamedTuple):
+    """One result's trades: the fill log, its round trips and the equity at every grid column."""
+
+    fills: list[dict[str, Any]]  # SPEC 4: time, action, price, units, value, fee, indicator
+    round_trips: list[dict[str, Any]]  # SPEC 4.1: entry_time .. exit_reason
+    equity: np.ndarray  # NaN where the symbol has no bar
+
+
+def round_trips(batch: PriceBatch, symbol_index: int, trades: np.ndarray) -> list[dict[str, Any]]:
+    """Each buy with its sell (TRADE_DTYPE fills, bars on the grid), or with the last close when the
+    position is still open after the last bar (`end_of_data`: marked there, not sold).
+
+    `fees` are both fills' (the entry's alone at the end of data), `pnl` the net proceeds (or the
+    marked value) less the cash the entry committed, `return_pct` that over the committed cash, and
+    `bars_held` the symbol's bars from the entry fill to the exit fill (gaps are not bars)."""
+    close = batch.columns["close"][symbol_index]
+    bars = np.flatnonzero(~np.isnan(close))
+    position = np.searchsorted(bars, trades["bar"]) if len(trades) else np.zeros(0, dtype=np.int64)
+    trips = []
+    for k in range(0, len(trades), 2):
+        entry = trades[k]
+        if k + 1 < len(trades):
+            exit_ = trades[k + 1]
+            exit_bar, exit_price, exit_pos = int(exit_["bar"]), float(exit_["price"]), int(position[k + 1])
+            fees, value, reason = float(entry["fee"] + exit_["fee"]), float(exit_["value"]), int(exit_["reason"])
+        else:
+            exit_bar, exit_pos = int(bars[-1]), len(bars) - 1
+            exit_price = float(close[exit_bar])
+            fees, value, reason = float(entry["fee"]), float(entry["units"] * exit_price), enums.EXIT_END_OF_DATA
+        pnl = value - float(entry["value"])
+        trips.append({
+            "entry_time": _iso(batch.times[entry["bar"]]),
+            "entry_price": float(entry["price"]),
+            "exit_time": _iso(batch.times[exit_bar]),
+            "exit_price": exit_price,
+            "units": float(entry["units"]),
+            "fees": fees,
+            "pnl": pnl,
+            "return_pct": pnl / float(entry["value"]) * 100.0,
+            "bars_held": exit_pos - int(position[k]),
+            "exit_reason": enums.EXIT_REASON_NAMES[reason],
+        })
+    return trips
+
+
+def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
+              execution: Execution = DEFAULT_EXECUTION) -> TradeLog:
+    """The fills, round trips and equity curve of one symbol and parameter set."""
+    combos, _, _ = strategies.combos_matrix(config.strategy, [params])
+    close = np.ascontiguousarray(batch.columns["close"][symbol_index])
+    open_ = np.ascontiguousarray(batch.columns.get("open", batch.columns["close"])[symbol_index])
+    start = start_column(batch, config)
+    columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
+    row = symbol_index
+    _, trades, equity = strategies.get_strategy(config.strategy).kernels().run_single(
+        columns, open_, close, combos[0], config.fee_frac,
+        config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
+        start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops
+                 else (None, None)), None if execution == DEFAULT_EXECUTION else execution.row(),
+    )
+    fills = [
+        {
+            "time": _iso(batch.times[t["bar"]]),
+            "action": "buy" if t["action"] == enums.ACTION_BUY else "sell",
+            "price": float(t["price"]),
+            "units": float(t["units"]),
+            "value": float(t["value"]),
+            "fee": float(t["fee"]),
+            "indicator": _number(float(t["indicator"])),
+        }
+        for t in trades
+    ]
+    return TradeLog(fills, round_trips(batch, symbol_index, trades), equity)
+
+
+def run(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
+        blocks_out: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Every (symbol, parameter set) result of `config` over `batch`; with `config.trades` each
+    carries its fill log (`trades`) and its `round_trips` (block statistics into `blocks_out` when
+    `block_fractions` is given: see run_metrics)."""
+    annual = bars_per_year(batch, config, start_column(batch, config))
+    cube = run_metrics(batch, config, block_fractions, blocks_out, annual)
+    partial = partial_bars(batch, config)
+    results = []
+    for i in range(len(batch.symbols)):
+        for c, (params, execution) in enumerate(config.sets):
+            result = shape_result(batch, config, i, params, cube[i, c], annual[i], partial[i], execution)
+            if config.trades:
+                result["trades"], result["round_trips"], _ = trade_log(batch, config, i, params, execution)
+            results.append(result)
+    return results
+
+
+def leaderboard(results: list[dict[str, Any]], objective: str = "total_return",
+                min_trades: int = 0) -> list[dict[str, Any]]:
+    """Best `objective` first; results with fewer than `min_trades` entries after every one that
+    has them (they never win), and results without the objective's value (no bars) last."""
+    field = OBJECTIVES[objective]
+
+    def rank(r: dict[str, Any]) -> tuple[bool, bool, float, str]:
+        value = r.get(field)
+        return (r["num_trades"] < min_trades, value is None, -(value or 0.0), r["symbol"])
+
+    return sorted(results, key=rank)
+
+
+def best_rows(columns: ResultColumns, n: int | None, objective: str = "total_return",
+              min_trades: int = 0) -> np.ndarray:
+    """Row indices of each symbol's `n` best results in `columns` (all with None), symbol by
+    symbol, each in `leaderboard`'s order."""
+    value = columns.fields[OBJECTIVES[objective]]
+    missing = np.isnan(value)
+    n_symbols = len(columns.per_symbol["symbol"])
+    if not n_symbols or not columns.n_rows:
+        return np.zeros(0, dtype=np.int64)
+    # lexsort is stable and its last key leads: symbol, the trade guard, no value, then the best value.
+    order = np.lexsort((np.where(missing, 0.0, -value), missing, columns.fields["num_trades"] < min_trades,
+                        columns.symbol_index))
+    return order.reshape(n_symbols, -1)[:, :n].ravel()
+
+
+def ranking(config: RunConfig) -> tuple[str, int]:
+    """The (objective, min_trades) a run's results are ordered by; the trade guard is for sweeps only."""
+    return config.objective, config.min_trades if len(config.params_list) > 1 else 0
+
+
+def top_per_symbol(results: list[dict[str, Any]], n: int, objective: str = "total_return",
+                   min_trades: int = 0) -> list[dict[str, Any]]:
+    """The `n` best parameter sets of each symbol, symbols in leaderboard order."""
+    by_symbol: dict[str, list[dict[str, Any]]] = {}
+    for result in leaderboard(results, objective, min_trades):
+        kept = by_symbol.setdefault(result["symbol"], [])
+        if len(kept) < n:
+            kept.append(result)
+    return [r for rows in by_symbol.values() for r in rows]
+
+
+def sweep_best(results: list[dict[str, Any]], n: int, objective: str = "total_return",
+               min_trades: int = 0) -> list[dict[str, Any]]:
+    """A sweep's answer (`--json`, the API): the `n` best overall, then each symbol's `n` best not among them.
+
+    `results` are in leaderboard order of the same objective.
+    """
+    best = results[:n]
+    return best + [r for r in top_per_symbol(results, n, objective, min_trades) if r not in best]

@@ -1,0 +1,199 @@
+"""Performance per time block of one equity curve, and the overfitting statistics built on it.
+
+A sweep cuts each symbol's simulated bars into consecutive blocks (fractions of its
+own bar count) and records, per (parameter set, block), a few mergeable sums of the
+per-bar returns and the block's start and end equity. Any union of blocks then has its exact
+Sharpe ratio (and total return, Sortino, moments) without keeping an equity curve
+per parameter set: the probability of backtest overfitting (CSCV) and walk-forward
+folds are computed from these sums alone.
+
+Per-bar returns are those of the simulator's Sharpe ratio: r[t] = eq[t] / eq[t-1] - 1
+with eq[-1] = the initial cash, so the Sharpe of the union of all blocks equals the
+run's own (per-bar) Sharpe. The simulator fills the statistics as it goes
+(`simulate.simulate_1d`'s block_fractions): block b covers bars block_edge(fractions[b], m)
+.. block_edge(fractions[b + 1], m) - 1 of the symbol's m bars (the last block ends at m).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# Columns of one block's statistics.
+B_COUNT = 0  # returns in the block
+B_SUM = 1  # sum of r
+B_SUM2 = 2  # sum of r**2
+B_DOWN2 = 3  # sum of min(r, 0)**2 (Sortino)
+B_START = 4  # equity before the block's first bar
+B_END = 5  # equity at the block's last bar
+B_SUM3 = 6  # sum of r**3 (skewness, for the deflated Sharpe ratio)
+B_SUM4 = 7  # sum of r**4 (kurtosis)
+N_BLOCK_STATS = 8
+
+
+@njit(cache=True, inline="always")
+def block_edge(fraction: float, m: int) -> int:
+    """The first bar of the block starting at `fraction` of a symbol's `m` simulated bars."""
+    return int(np.floor(fraction * m + 1e-9))
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _split_sharpe(count, s, s2):
+    """Per-bar Sharpe ratio of returns given by their count, sum and sum of squares, by the very float
+    operations of `pipeline.engine.overfit.sharpe_of_sums` (mean = s / n, var = (s2 - s mean) / (n - 1),
+    mean / sqrt(var)), so that equal sums give equal ratios; 0 where undefined (fewer than two returns
+    or var <= 1e-30): a set that never trades has no excess return, and ranks need a number.
+    Branch-free, so that the loop over the sets vectorises (error_model numpy: no division checks)."""
+    mean = s / count
+    var = (s2 - s * mean) / (count - 1)
+    defined = (count >= 2) & (var > 1e-30)
+    return mean / np.sqrt(var if defined else 1.0) if defined else 0.0
+
+
+@njit(cache=True)
+def _rank_among(values, i):
+    """Rank of values[i] among all values, 1 = lowest, ties averaged."""
+    below = 0
+    equal = 0
+    a = values[i]
+    for j in range(values.shape[0]):
+        if values[j] < a:
+            below += 1
+        elif values[j] == a:
+            equal += 1
+    return below + (equal + 1) / 2.0
+
+
+@njit(cache=True, inline="always")
+def _best(values):
+    """Index of the largest value, the first among equals."""
+    best = 0
+    for k in range(1, values.shape[0]):
+        if values[k] > values[best]:
+            best = k
+    return best
+
+
+@njit(cache=True, error_model="numpy")
+def pbo_cscv(count, sums, sums2):
+    """Probability of backtest overfitting by combinatorially symmetric cross-validation.
+
+    Bailey, Borwein, Lopez de Prado and Zhu (2015). `count` (S,) returns per block,
+    `sums`/`sums2` (S x N) the block sums of each of N parameter sets. For every split of
+    the S blocks into two halves J (train) and its complement (test): n* = the set with the
+    best Sharpe ratio on J; its relative rank w = rank / (N + 1) of its Sharpe on the
+    complement (1 = worst, ties averaged); logit = ln(w / (1 - w)). PBO = the share of the
+    C(S, S/2) splits whose logit is <= 0 (n* no better than the median out of sample).
+    Returns (pbo, mean logit); NaN with fewer than 2 sets or an odd or too small S.
+
+    Each half's sums are its blocks' sums added in block order (((0 + b1) + b2) + ..., as Python's
+    sum() adds them), the same numbers whatever splits came before: sets whose blocks are equal on
+    a half tie exactly there, and the in-sample best among exact ties is the first set (grid
+    order), as argmax picks it.
+    """
+    n_blocks, n_sets = sums.shape
+    if n_sets < 2 or n_blocks < 2 or n_blocks % 2 == 1:
+        return np.nan, np.nan
+    half = n_blocks // 2
+    # Side 0 is the half J, side 1 its complement. Row j of a side's partial sums = the sum of its
+    # first j blocks in block order, from 0 (row 0 stays 0); its own sums are its last row plus its
+    # last block.
+    rows = np.zeros((2, half, n_sets))
+    rows2 = np.zeros((2, half, n_sets))
+    counts = np.zeros(2)
+    taken = np.zeros(2, dtype=np.int64)
+    last_block = np.zeros(2, dtype=np.int64)
+    train = np.empty(n_sets)
+    test = np.empty(n_sets)
+    splits = 0
+    overfit = 0
+    logit_sum = 0.0
+    # Every half that contains block 0, as a mask whose bit S - 1 - b is block b; the other splits
+    # are their complements, so each pair (J, complement) is evaluated from one set of sums, both
+    # ways. The masks run in increasing order (Gosper's next combination), so from one split to the
+    # next mostly the last blocks change: the rows of the blocks before the first change are kept,
+    # and only those from there on are added again (about 1.8 rows per split at S = 16).
+    last = 1 << n_blocks
+    mask = (1 << (n_blocks - 1)) | ((1 << (half - 1)) - 1)
+    previous = 0
+    while mask < last:
+        first_changed = 0
+        if previous != 0:
+            high = mask ^ previous
+            top = 0
+            while high > 1:
+                high >>= 1
+                top += 1
+            first_changed = n_blocks - 1 - top
+        counts[:] = 0.0
+        taken[:] = 0
+        for b in range(n_blocks):
+            side = 1 - ((mask >> (n_blocks - 1 - b)) & 1)
+            counts[side] += count[b]
+            j = taken[side] + 1
+            taken[side] = j
+            if j == half:
+                last_block[side] = b
+            elif b >= first_changed:
+                for k in range(n_sets):
+                    rows[side, j, k] = rows[side, j - 1, k] + sums[b, k]
+                    rows2[side, j, k] = rows2[side, j - 1, k] + sums2[b, k]
+        previous = mask
+        lowest = mask & -mask
+        ripple = mask + lowest
+        mask = (((ripple ^ mask) >> 2) // lowest) | ripple
+        b_in = last_block[0]
+        b_out = last_block[1]
+        for k in range(n_sets):
+            train[k] = _split_sharpe(counts[0], rows[0, half - 1, k] + sums[b_in, k],
+                                     rows2[0, half - 1, k] + sums2[b_in, k])
+            test[k] = _split_sharpe(counts[1], rows[1, half - 1, k] + sums[b_out, k],
+                                    rows2[1, half - 1, k] + sums2[b_out, k])
+        for direction in range(2):
+            if direction == 0:
+                w = _rank_among(test, _best(train)) / (n_sets + 1.0)
+            else:
+                w = _rank_among(train, _best(test)) / (n_sets + 1.0)
+            logit = np.log(w / (1.0 - w))
+            logit_sum += logit
+            splits += 1
+            if logit <= 0.0:
+                overfit += 1
+    return overfit / splits, logit_sum / splits
+
+
+@njit(cache=True, parallel=True)
+def pbo_many(count, sums, sums2, out):
+    """pbo_cscv for every symbol: count (Y x S), sums/sums2 (Y x S x N); out (Y x 2) = (pbo, mean logit)."""
+    for y in prange(count.shape[0]):
+        p, lg = pbo_cscv(count[y], sums[y], sums2[y])
+        out[y, 0] = p
+        out[y, 1] = lg
+
+
+@njit(cache=True)
+def merge_blocks(blocks, members, out):
+    """Statistics of a union of blocks, as one block of the path stitched from them.
+
+    blocks: (B x N_BLOCK_STATS x N) per parameter set; members: (B,) bool, the blocks taken, in
+    time order; out: (N_BLOCK_STATS, N). Sums add; the stitched path is the product of the member
+    blocks' growths (each rescaled to where the previous one ended, so members from different
+    runs stitch), starting at the first member's start.
+    """
+    n_sets = blocks.shape[2]
+    for k in range(n_sets):
+        for j in range(N_BLOCK_STATS):
+            out[j, k] = 0.0
+        level = np.nan
+        for b in range(blocks.shape[0]):
+            if not members[b]:
+                continue
+            st = blocks[b, B_START, k]
+            if np.isnan(level):
+                level = st
+                out[B_START, k] = st
+            scale = level / st if st != 0.0 else 0.0
+            for j in (B_COUNT, B_SUM, B_SUM2, B_DOWN2, B_SUM3, B_SUM4):
+                out[j, k] += blocks[b, j, k]
+            level = blocks[b, B_END, k] * scale
+        out[B_END, k] = level

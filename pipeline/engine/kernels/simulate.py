@@ -1,0 +1,490 @@
+"""Long-only portfolio simulation with stops, sizing, slippage and streaming metrics (SPEC 4, 4.1).
+
+One pass over the bars: stop checks, fills, equity at every close, and every
+metric, without storing the equity curve unless asked to. Without stops the
+bars' highs and lows are never read (the caller need not load them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pipeline.engine.kernels.blocks import (
+    B_COUNT,
+    B_DOWN2,
+    B_END,
+    B_START,
+    B_SUM,
+    B_SUM2,
+    B_SUM3,
+    B_SUM4,
+    block_edge,
+)
+from pipeline.engine.kernels.enums import (
+    ACTION_BUY,
+    ACTION_SELL,
+    EX_SIZE,
+    EX_SL,
+    EX_SLIPPAGE,
+    EX_TP,
+    EX_TRAIL,
+    EXIT_SIGNAL,
+    EXIT_STOP_LOSS,
+    EXIT_TAKE_PROFIT,
+    EXIT_TRAILING_STOP,
+    M_ANNUAL_RETURN_PCT,
+    M_ANNUAL_VOLATILITY_PCT,
+    M_AVG_DRAWDOWN_PCT,
+    M_AVG_TRADE_DURATION_BARS,
+    M_AVG_TRADE_PCT,
+    M_BARS,
+    M_BEST_TRADE_PCT,
+    M_BUY_HOLD_RETURN_PCT,
+    M_CAGR_PCT,
+    M_CALMAR,
+    M_CLOSED_TRADES,
+    M_EXPECTANCY,
+    M_EXPOSURE_PCT,
+    M_FEES_PAID,
+    M_FINAL_VALUE,
+    M_FINAL_VALUE_NET,
+    M_MAX_DRAWDOWN_DURATION_BARS,
+    M_MAX_DRAWDOWN_PCT,
+    M_MAX_TRADE_DURATION_BARS,
+    M_NUM_TRADES,
+    M_PROFIT_FACTOR,
+    M_SHARPE,
+    M_SORTINO,
+    M_SQN,
+    M_TOTAL_RETURN_PCT,
+    M_WIN_RATE_PCT,
+    M_WORST_TRADE_PCT,
+)
+
+
+@njit(cache=True)
+def _record(trades, k, bar, signal_bar, action, price, units, value, fee, indicator, reason):
+    rec = trades[k]
+    rec["bar"] = bar
+    rec["signal_bar"] = signal_bar
+    rec["action"] = action
+    rec["price"] = price
+    rec["units"] = units
+    rec["value"] = value
+    rec["fee"] = fee
+    rec["indicator"] = indicator
+    rec["reason"] = reason
+
+
+@njit(cache=True, inline="always")
+def _signal(in_position: bool, entry: bool, exit_: bool) -> int:
+    """The order a bar's signals give: a signal that does not change the state is ignored."""
+    if not in_position and entry:
+        return ACTION_BUY
+    if in_position and exit_:
+        return ACTION_SELL
+    return 0
+
+
+@njit(cache=True, inline="always")
+def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
+    """(fill price, EXIT_* reason) of a stop exit on this bar, or (NaN, EXIT_SIGNAL) (SPEC 4.1).
+
+    vectorbt's `get_stop_price_nb` for a long position: the stop-loss is checked first (it
+    wins when both are touched), and an open already at or beyond a stop fills at the open.
+    """
+    if sl > 0.0:
+        stop = sl_base * (1.0 - sl)
+        reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
+        if open_t <= stop:
+            return open_t, reason
+        if low_t <= stop and stop <= high_t:
+            return stop, reason
+    if tp > 0.0:
+        stop = entry_price * (1.0 + tp)
+        if stop <= open_t:
+            return open_t, EXIT_TAKE_PROFIT
+        if low_t <= stop and stop <= high_t:
+            return stop, EXIT_TAKE_PROFIT
+    return np.nan, EXIT_SIGNAL
+
+
+@njit(cache=True, inline="always")
+def add_return(r, count, shift, shifted_sum, shifted_sum2):
+    """One per-bar return into the running sums of the returns' differences to the first one (the
+    shifted-data algorithm): stable for returns, exactly 0 variance for constant ones, and no
+    division in the chain carried from bar to bar. Returns the new (count, shift, sum, sum2)."""
+    if count == 0:
+        shift = r
+    shifted = r - shift
+    return count + 1, shift, shifted_sum + shifted, shifted_sum2 + shifted * shifted
+
+
+@njit(cache=True, inline="always")
+def return_moments(count, shift, shifted_sum, shifted_sum2):
+    """(mean, sample standard deviation) of the returns `add_return` summed; NaN deviation with
+    fewer than two, mean 0 with none."""
+    if count == 0:
+        return 0.0, np.nan
+    mean = shift + shifted_sum / count
+    if count < 2:
+        return mean, np.nan
+    return mean, np.sqrt(max(shifted_sum2 - shifted_sum * shifted_sum / count, 0.0) / (count - 1))
+
+
+@njit(cache=True, inline="always")
+def _write_block(out, b, count, s, s2, s3, s4, down2, start, end):
+    out[b, B_COUNT] = count
+    out[b, B_SUM] = s
+    out[b, B_SUM2] = s2
+    out[b, B_SUM3] = s3
+    out[b, B_SUM4] = s4
+    out[b, B_DOWN2] = down2
+    out[b, B_START] = start
+    out[b, B_END] = end
+
+
+@njit(cache=True)
+def simulate_1d(
+    open_: np.ndarray,
+    close: np.ndarray,
+    entries: np.ndarray,
+    exits: np.ndarray,
+    sig_value: np.ndarray,
+    fee_frac: float,
+    initial: float,
+    fill_next_open: bool,
+    bars_per_year: float,
+    metrics_out: np.ndarray,
+    equity_out: np.ndarray,
+    trades_out: np.ndarray,
+    high: np.ndarray | None = None,
+    low: np.ndarray | None = None,
+    execution: np.ndarray | None = None,
+    block_fractions: np.ndarray | None = None,
+    blocks_out: np.ndarray | None = None,
+) -> int:
+    """Simulate one symbol over its bars (no NaN) and write the metrics.
+
+    Args:
+        open_, close: prices of the symbol's bars, in time order.
+        entries, exits: signals per bar (flat -> long, long -> flat).
+        sig_value: indicator value recorded in the trade log for a signal at that bar.
+        fee_frac: fee as a fraction (0.001 for 0.1 %).
+        initial: starting cash.
+        fill_next_open: False fills at the signal bar's close, True at the next
+            bar's open (a signal on the last bar is then not filled).
+        bars_per_year: annualisation factor of the Sharpe ratio.
+        metrics_out: written at the M_* indices of SPEC section 4's metrics and the stats set
+            (not the grid columns run_grid adds).
+        equity_out: length n to receive the equity at every close, or length 0.
+        trades_out: TRADE_DTYPE records of length n, or length 0 to skip the log.
+        high, low: the bars' highs and lows; needed (and read) only when a stop is set.
+        execution: (N_EXECUTION,) stops, size and slippage at the EX_* indices; None =
+            no stops, all in, no slippage (SPEC section 4 alone).
+        block_fractions, blocks_out: (B + 1,) block edges and (B x N_BLOCK_STATS), filled with
+            each time block's statistics (pipeline.engine.kernels.blocks) while simulating: the per-bar
+            returns are the Sharpe ratio's own, so a sweep's PBO and deflated Sharpe cost a few
+            sums per bar, not a second pass over an equity curve.
+
+    Returns:
+        The number of trade records written (0 when the log is skipped).
+
+    Equity is `cash + units * close[t]` after the fills of bar t, and the curve
+    starts at `initial` before the first bar, so a fee paid on bar 0 shows in the
+    drawdown and the returns. Per-bar returns are `eq[t] / eq[t-1] - 1` for every
+    bar (eq[-1] = initial); the Sharpe ratio is their mean over their sample
+    standard deviation times sqrt(bars_per_year), NaN with fewer than two returns
+    or zero deviation. A position open after the last bar is marked at the last
+    close, not sold; `final_value_net` also takes the exit fee it would pay there.
+    Buy & hold is `initial / close[0] * close[-1]` as a return, so buy_and_hold
+    filled at the close without fees returns exactly the benchmark.
+
+    Stops (SPEC 4.1) are checked from the bar after the entry fill, before that bar's
+    order: an open at or beyond a stop fills there, else a range that touches it fills
+    at the stop price; the stop-loss first; a stop exit is the bar's one fill (a pending
+    next_open order is dropped, the bar's own close signal ignored). The stop-loss base
+    is the entry fill price, raised to each checked bar's high after its check when
+    trailing. An entry commits `size` of the cash (all the equity, being flat); market
+    fills move by `slippage` against the trader, stop fills do not. With the defaults
+    every number is the one SPEC section 4 gives, bit for bit.
+
+    The stats set streams too: downside returns (Sortino), drawdown periods (their longest
+    run of bars under the peak and their mean depth) and each closed trade's return, bars,
+    P&L (a running mean and variance for the SQN) and fees; formulas in the README.
+    """
+    n = close.shape[0]
+    keep_equity = equity_out.shape[0] == n and n > 0
+    keep_trades = trades_out.shape[0] >= n and n > 0
+    if execution is None:
+        sl, tp, trail, size, slippage = 0.0, 0.0, False, 1.0, 0.0
+    else:
+        sl = execution[EX_SL]
+        tp = execution[EX_TP]
+        trail = execution[EX_TRAIL] != 0.0
+        size = execution[EX_SIZE]
+        slippage = execution[EX_SLIPPAGE]
+    stops = sl > 0.0 or tp > 0.0
+    if high is None or low is None:
+        if stops:
+            raise ValueError("stops need the bars' high and low")
+        high_ = close
+        low_ = close
+    else:
+        high_ = high
+        low_ = low
+
+    cash = initial
+    units = 0.0
+    in_position = False
+    entry_cash = 0.0
+    entry_price = 0.0
+    entry_bar = -1
+    sl_base = 0.0
+    pending = 0  # next_open: order to fill at the next bar's open
+    pending_bar = -1
+    num_trades = 0
+    closed_trades = 0
+    wins = 0
+    n_records = 0
+    held_bars = 0
+
+    peak = initial
+    max_dd = 0.0
+    prev_equity = initial
+    # Mean and deviation of the per-bar returns: add_return / return_moments.
+    r_count = 0
+    r_shift = 0.0
+    r_sum = 0.0
+    r_sum2 = 0.0
+    down_sq = 0.0  # sum of squared negative returns (Sortino's downside deviation)
+    under = 0  # bars in the current drawdown period (equity under its peak)
+    max_under = 0
+    period_dd = 0.0  # the current period's deepest drawdown
+    dd_sum = 0.0
+    dd_periods = 0
+    fees_paid = 0.0
+    # Closed trades: returns, bars held, P&L (Welford again, for the SQN), gross profit and loss.
+    best_trade = -np.inf
+    worst_trade = np.inf
+    trade_ret_sum = 0.0
+    trade_bars_sum = 0
+    trade_bars_max = 0
+    pnl_mean = 0.0
+    pnl_m2 = 0.0
+    gross_profit = 0.0
+    gross_loss = 0.0
+
+    # Time blocks: block b covers bars block_edge(fractions[b], n) .. the next block's first - 1.
+    with_blocks = block_fractions is not None and blocks_out is not None
+    n_blocks = 0
+    block = 0
+    block_lo = 0
+    block_hi = 0
+    b_sum = 0.0
+    b_sum2 = 0.0
+    b_sum3 = 0.0
+    b_sum4 = 0.0
+    b_down2 = 0.0
+    b_start = initial
+    if with_blocks:
+        n_blocks = block_fractions.shape[0] - 1
+        block_hi = n if n_blocks == 1 else block_edge(block_fractions[1], n)
+        while block < n_blocks and block_hi == 0:  # blocks without bars before the first bar
+            _write_block(blocks_out, block, 0, 0.0, 0.0, 0.0, 0.0, 0.0, initial, initial)
+            block += 1
+            block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
+
+    for t in range(n):
+        # At most one fill per bar: a stop, else an order pending from the previous close
+        # filled at this open (next_open), else this bar's own signal at its close (close).
+        action = 0
+        price = np.nan
+        signal_bar = t
+        reason = EXIT_SIGNAL
+        if stops and in_position and t > entry_bar:
+            price, reason = _stop_exit(open_[t], high_[t], low_[t], sl_base, sl, entry_price, tp, trail)
+            if not np.isnan(price):
+                action = ACTION_SELL
+                pending = 0
+            elif trail and high_[t] > sl_base:
+                sl_base = high_[t]
+        if action == 0:
+            action = pending
+            price = open_[t]
+            signal_bar = pending_bar
+            pending = 0
+            if action == 0 and not fill_next_open:
+                action = _signal(in_position, entries[t], exits[t])
+                price = close[t]
+                signal_bar = t
+            # Market fills only (x * (1 + 0) == x: no slippage changes no number).
+            if action == ACTION_BUY:
+                price = price * (1.0 + slippage)
+            elif action == ACTION_SELL:
+                price = price * (1.0 - slippage)
+        if action == ACTION_BUY:
+            commit = cash * size  # flat: the cash is the equity
+            fee = commit * fee_frac
+            units = (commit - fee) / price
+            entry_cash = commit
+            entry_price = price
+            entry_bar = t
+            sl_base = price
+            fees_paid += fee
+            if keep_trades:
+                _record(trades_out, n_records, t, signal_bar, ACTION_BUY, price, units,
+                        commit, fee, sig_value[signal_bar], EXIT_SIGNAL)
+                n_records += 1
+            cash = cash - commit
+            in_position = True
+            num_trades += 1
+        elif action == ACTION_SELL:
+            proceeds = units * price
+            fee = proceeds * fee_frac
+            net = proceeds - fee
+            cash = cash + net
+            if net > entry_cash:
+                wins += 1
+            fees_paid += fee
+            pnl = net - entry_cash
+            trade_ret = pnl / entry_cash * 100.0
+            best_trade = max(best_trade, trade_ret)
+            worst_trade = min(worst_trade, trade_ret)
+            trade_ret_sum += trade_ret
+            trade_bars_sum += t - entry_bar
+            trade_bars_max = max(trade_bars_max, t - entry_bar)
+            if pnl > 0.0:
+                gross_profit += pnl
+            else:
+                gross_loss -= pnl
+            delta = pnl - pnl_mean
+            pnl_mean += delta / (closed_trades + 1)
+            pnl_m2 += delta * (pnl - pnl_mean)
+            if keep_trades:
+                _record(trades_out, n_records, t, signal_bar, ACTION_SELL, price, units,
+                        net, fee, sig_value[signal_bar] if reason == EXIT_SIGNAL else np.nan, reason)
+                n_records += 1
+            units = 0.0
+            in_position = False
+            closed_trades += 1
+        if fill_next_open and t + 1 < n:
+            # The state after this bar's fill decides; a signal on the last bar is not filled.
+            pending = _signal(in_position, entries[t], exits[t])
+            pending_bar = t
+
+        equity = cash + units * close[t]
+        if keep_equity:
+            equity_out[t] = equity
+        if in_position:
+            held_bars += 1
+        if equity > peak:
+            peak = equity
+        r = equity / prev_equity - 1.0
+        dd = 0.0
+        if peak > 0.0:
+            dd = (peak - equity) / peak
+            if dd > max_dd:
+                max_dd = dd
+        if dd > 0.0:
+            under += 1
+            max_under = max(max_under, under)
+            period_dd = max(period_dd, dd)
+        elif under > 0:
+            dd_sum += period_dd
+            dd_periods += 1
+            under = 0
+            period_dd = 0.0
+        r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
+        loss = min(r, 0.0)  # branch-free: adds 0 for a gain, r * r for a loss
+        down_sq += loss * loss
+        prev_equity = equity
+        if with_blocks:
+            r2 = r * r
+            b_sum += r
+            b_sum2 += r2
+            b_sum3 += r2 * r
+            b_sum4 += r2 * r2
+            b_down2 += loss * loss
+            while block < n_blocks and t + 1 == block_hi:  # the block ends here (and empty ones after it)
+                _write_block(blocks_out, block, block_hi - block_lo, b_sum, b_sum2, b_sum3, b_sum4, b_down2,
+                             b_start, equity)
+                block += 1
+                block_lo = block_hi
+                block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
+                b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
+                b_start = equity
+    if under > 0:  # a drawdown still open at the end is a period too
+        dd_sum += period_dd
+        dd_periods += 1
+
+    if n > 0:
+        final_value = cash + units * close[n - 1]
+        final_value_net = cash + units * close[n - 1] * (1.0 - fee_frac)
+        buy_hold = (initial / close[0] * close[n - 1] / initial - 1.0) * 100.0
+        exposure = held_bars / n * 100.0
+        max_dd_pct = max_dd * 100.0
+    else:
+        final_value = cash
+        final_value_net = cash
+        buy_hold = np.nan
+        exposure = np.nan
+        max_dd_pct = np.nan
+    sharpe = np.nan
+    volatility = np.nan
+    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
+    if r_count >= 2:
+        volatility = std * np.sqrt(bars_per_year) * 100.0
+        if std > 0.0:
+            sharpe = r_mean / std * np.sqrt(bars_per_year)
+    sortino = np.nan
+    if r_count >= 2 and down_sq > 0.0:
+        sortino = r_mean / np.sqrt(down_sq / r_count) * np.sqrt(bars_per_year)
+    cagr = np.nan
+    annual_return = np.nan
+    if n > 0:
+        cagr = ((final_value / initial) ** (bars_per_year / n) - 1.0) * 100.0
+        annual_return = r_mean * bars_per_year * 100.0
+    calmar = cagr / max_dd_pct if n > 0 and max_dd > 0.0 else np.nan
+
+    metrics_out[M_FINAL_VALUE] = final_value
+    metrics_out[M_FINAL_VALUE_NET] = final_value_net
+    metrics_out[M_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
+    metrics_out[M_BUY_HOLD_RETURN_PCT] = buy_hold
+    metrics_out[M_NUM_TRADES] = num_trades
+    metrics_out[M_CLOSED_TRADES] = closed_trades
+    metrics_out[M_WIN_RATE_PCT] = wins / closed_trades * 100.0 if closed_trades > 0 else np.nan
+    metrics_out[M_MAX_DRAWDOWN_PCT] = max_dd_pct
+    metrics_out[M_SHARPE] = sharpe
+    metrics_out[M_EXPOSURE_PCT] = exposure
+    metrics_out[M_BARS] = n
+
+    metrics_out[M_CAGR_PCT] = cagr
+    metrics_out[M_ANNUAL_RETURN_PCT] = annual_return
+    metrics_out[M_ANNUAL_VOLATILITY_PCT] = volatility
+    metrics_out[M_SORTINO] = sortino
+    metrics_out[M_CALMAR] = calmar
+    metrics_out[M_MAX_DRAWDOWN_DURATION_BARS] = max_under if n > 0 else np.nan
+    metrics_out[M_AVG_DRAWDOWN_PCT] = dd_sum / dd_periods * 100.0 if dd_periods > 0 else np.nan
+    metrics_out[M_FEES_PAID] = fees_paid
+    if closed_trades > 0:
+        metrics_out[M_BEST_TRADE_PCT] = best_trade
+        metrics_out[M_WORST_TRADE_PCT] = worst_trade
+        metrics_out[M_AVG_TRADE_PCT] = trade_ret_sum / closed_trades
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = trade_bars_sum / closed_trades
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = trade_bars_max
+        metrics_out[M_EXPECTANCY] = pnl_mean
+    else:
+        metrics_out[M_BEST_TRADE_PCT] = np.nan
+        metrics_out[M_WORST_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_EXPECTANCY] = np.nan
+    metrics_out[M_PROFIT_FACTOR] = gross_profit / gross_loss if gross_loss > 0.0 else np.nan
+    sqn = np.nan
+    if closed_trades >= 2 and pnl_m2 > 0.0:
+        sqn = np.sqrt(closed_trades) * pnl_mean / np.sqrt(pnl_m2 / (closed_trades - 1))
+    metrics_out[M_SQN] = sqn
+    return n_records

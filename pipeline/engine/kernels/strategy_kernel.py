@@ -1,0 +1,311 @@
+"""Batch kernels of one strategy: every (symbol, parameter set) in one parallel pass.
+
+This file is a template. `pipeline.engine.strategies.compiler` copies it once per
+strategy (and per version of the strategy's source) with `_STRATEGY_MODULE`
+set to the strategy's module, so the strategy's `indicators`, `signals` and
+`warmup` are compiled straight into these loops (no dispatch, no per-strategy
+branch) and Numba caches the machine code of each copy across processes.
+
+Inputs are (symbols x time) arrays on a shared time grid with NaN where a symbol
+has no bar (close NaN <=> no bar). `columns` is a tuple of such arrays, the
+strategy's COLUMNS in order. Each symbol's bars are compacted once into
+buffers owned by the thread that runs it, the indicator is recomputed only when
+the parameter set needs a new one (`recompute`), and every result is written to
+its own cell of `out`: no reduction crosses threads, so results do not depend on
+the number of threads.
+"""
+
+import importlib
+
+import numpy as np
+from numba import njit, prange
+
+from pipeline.engine.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
+from pipeline.engine.kernels.blocks import N_BLOCK_STATS
+from pipeline.engine.kernels.enums import N_METRICS, TRADE_DTYPE
+from pipeline.engine.kernels.simulate import simulate_1d
+
+_STRATEGY_MODULE = "__strategy_module__"  # replaced in each copy; this template is never imported
+_strategy = importlib.import_module(_STRATEGY_MODULE)
+indicators = _strategy.indicators
+signals = _strategy.signals
+warmup = _strategy.warmup
+N_INDICATORS = len(_strategy.INDICATORS)
+N_OUTPUTS = N_INDICATORS + 3  # rows of strategy_outputs: the indicators, then entries, exits, sig_value
+
+
+@njit(cache=True)
+def _symbol_prices(columns, s, index, m):
+    prices = np.empty((len(columns), m))
+    for j in range(len(columns)):
+        gather_row(columns[j][s], index, prices[j])
+    return prices
+
+
+@njit(cache=True)
+def _symbol_buffers(columns, s, open_row, close_row):
+    """One symbol's bars compacted (gaps removed) and its working buffers, owned by the caller's thread.
+
+    Returns (open, close, index, prices, ind, entries, exits, sig_value); index maps a bar to the grid.
+    """
+    n_time = close_row.shape[0]
+    open_buf = np.empty(n_time)
+    close_buf = np.empty(n_time)
+    index_buf = np.empty(n_time, dtype=np.int64)
+    m = compact_bars(open_row, close_row, open_buf, close_buf, index_buf)
+    index = index_buf[:m]
+    prices = _symbol_prices(columns, s, index, m)
+    ind = np.empty((N_INDICATORS, m))
+    return (open_buf[:m], close_buf[:m], index, prices, ind, np.empty(m, dtype=np.bool_),
+            np.empty(m, dtype=np.bool_), np.empty(m))
+
+
+@njit(cache=True)
+def _symbol_range(high_row, low_row, index):
+    """One symbol's highs and lows at its bars (for stops)."""
+    m = index.shape[0]
+    high = np.empty(m)
+    low = np.empty(m)
+    gather_row(high_row, index, high)
+    gather_row(low_row, index, low)
+    return high, low
+
+
+@njit(cache=True)
+def _same_row(combos, c):
+    """Whether parameter row c equals row c-1 (a sweep of stops or sizing alone): same signals."""
+    if c == 0:
+        return False
+    for j in range(combos.shape[1]):
+        if combos[c, j] != combos[c - 1, j]:
+            return False
+    return True
+
+
+@njit(cache=True, parallel=True)
+def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
+             bars_per_year, start_t, out, high2d=None, low2d=None, execution=None, block_fractions=None,
+             block_out=None):
+    """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
+
+    Args:
+        columns: tuple of (S x T) float64 arrays, the strategy's COLUMNS.
+        open2d, close2d: (S x T) float64 fill prices, NaN where a symbol has no bar.
+        combos: (C x P) float64 parameter rows in the strategy's PARAMS order, sorted so
+            that rows sharing an indicator are adjacent (pipeline.engine.strategies.combos_matrix).
+        recompute: (C,) bool, True where row c needs a fresh indicator.
+        fee_frac, initial, fill_next_open: see simulate_1d.
+        bars_per_year: (S,) annualisation of each symbol's Sharpe ratio.
+        start_t: first grid column simulated; earlier bars only warm the indicators
+            up (a --timerange start with history before it), so no trade fills there.
+        out: (S x C x N_METRICS) float64, written in full.
+        high2d, low2d: (S x T) highs and lows, needed only when a row of `execution` sets a
+            stop (None otherwise: the no-stop path reads neither).
+        execution: (C x N_EXECUTION) stops, size and slippage of each row (see simulate_1d);
+            None = SPEC section 4 alone for every row.
+        block_fractions: (B + 1,) block edges as fractions of each symbol's simulated bars
+            (pipeline.engine.kernels.blocks); None = no block statistics (a sweep's PBO and deflated
+            Sharpe ratio need them).
+        block_out: (S x B x N_BLOCK_STATS x C) float64, filled when block_fractions is given
+            (parameter sets last: the overfitting statistics loop over them).
+
+    A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
+    without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
+    index of the symbol's first/last bar (-1 without bars).
+    """
+    n_symbols, n_time = close2d.shape
+    n_combos = combos.shape[0]
+    no_equity = np.empty(0)
+    no_trades = np.empty(0, dtype=TRADE_DTYPE)
+    for s in prange(n_symbols):
+        op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
+        m = cl.shape[0]
+        m0 = first_at_or_after(index, m, start_t)
+        # Branches on arguments being None are resolved when Numba compiles: each caller's
+        # variant holds only its own path (the no-stop one never touches a high or a low).
+        if high2d is None:
+            hi = op
+            lo = op
+        else:
+            hi, lo = _symbol_range(high2d[s], low2d[s], index)
+        # One parameter set's block statistics at a time (simulate_1d fills them as it goes).
+        stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        for c in range(n_combos):
+            params = combos[c]
+            # The first row of every symbol must compute, whatever recompute[0] says.
+            if c == 0 or recompute[c]:
+                indicators(prices, params, ind)
+                signals(prices, params, ind, en, ex, sv)
+            elif not _same_row(combos, c):
+                signals(prices, params, ind, en, ex, sv)
+            row = out[s, c]
+            if execution is None:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, None, None, None, block_fractions, stats)
+            elif high2d is None:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, None, None, execution[c], block_fractions,
+                            stats)
+            else:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
+                            block_fractions, stats)
+            finish_row(row, m0, m, index, warmup(params))
+            if block_fractions is not None:
+                for b in range(stats.shape[0]):
+                    for k in range(N_BLOCK_STATS):
+                        block_out[s, b, k, c] = stats[b, k]
+
+
+@njit(cache=True)
+def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_open, bars_per_year, start_t,
+               high1d=None, low1d=None, execution=None):
+    """One symbol, one parameter row, with the trade log and the equity curve (from grid column `start_t`).
+
+    Args:
+        columns: tuple of (1 x T) float64 arrays, the strategy's COLUMNS.
+        open1d, close1d: (T,) float64 on the time grid, NaN where there is no bar.
+        params: (P,) float64 parameter row.
+        high1d, low1d, execution: as run_grid's, for this one row ((T,) and (N_EXECUTION,)).
+
+    Returns:
+        (metrics, trades, equity): metrics is (N_METRICS,) as one row of
+        run_grid's output; trades is a TRADE_DTYPE array whose `bar` and
+        `signal_bar` are time-grid indices; equity is (T,) with the equity at
+        every close and NaN at missing bars.
+    """
+    n_time = close1d.shape[0]
+    op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, open1d, close1d)
+    m = cl.shape[0]
+    m0 = first_at_or_after(index, m, start_t)
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    metrics = np.empty(N_METRICS)
+    equity_c = np.empty(m - m0)
+    trades_c = np.empty(m - m0, dtype=TRADE_DTYPE)
+    if high1d is None:
+        k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year, metrics, equity_c, trades_c, None, None, execution)
+    else:
+        hi, lo = _symbol_range(high1d, low1d, index)
+        k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year, metrics, equity_c, trades_c, hi[m0:], lo[m0:], execution)
+    finish_row(metrics, m0, m, index, warmup(params))
+    trades = trades_c[:k].copy()
+    for j in range(k):
+        trades[j]["bar"] = index[m0 + trades[j]["bar"]]
+        trades[j]["signal_bar"] = index[m0 + trades[j]["signal_bar"]]
+    equity = np.full(n_time, np.nan)
+    for j in range(m - m0):
+        equity[index[m0 + j]] = equity_c[j]
+    return metrics, trades, equity
+
+
+@njit(cache=True, parallel=True)
+def signals_on_grid(columns, close2d, params, entries_out, exits_out):
+    """Entry/exit signals of every symbol for one parameter row, on the grid (False at gaps)."""
+    n_symbols, n_time = close2d.shape
+    for s in prange(n_symbols):
+        _, _, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, close2d[s], close2d[s])
+        m = index.shape[0]
+        indicators(prices, params, ind)
+        signals(prices, params, ind, en, ex, sv)
+        entries_out[s, :] = False
+        exits_out[s, :] = False
+        for j in range(m):
+            entries_out[s, index[j]] = en[j]
+            exits_out[s, index[j]] = ex[j]
+
+
+@njit(cache=True)
+def indicators_and_signals_single(columns, close1d, params):
+    """Indicator rows, entries and exits of one symbol on the time grid (NaN / False at gaps).
+
+    For checks and pictures: returns (ind (N_INDICATORS x T), entries (T,), exits (T,)).
+    """
+    n_time = close1d.shape[0]
+    _, _, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, close1d, close1d)
+    m = index.shape[0]
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    ind_out = np.full((N_INDICATORS, n_time), np.nan)
+    en_out = np.zeros(n_time, dtype=np.bool_)
+    ex_out = np.zeros(n_time, dtype=np.bool_)
+    for j in range(m):
+        en_out[index[j]] = en[j]
+        ex_out[index[j]] = ex[j]
+        for r in range(N_INDICATORS):
+            ind_out[r, index[j]] = ind[r, j]
+    return ind_out, en_out, ex_out
+
+
+@njit(cache=True)
+def warmup_bars(params):
+    """The strategy's `warmup` of one parameter row, through this cached kernel."""
+    return warmup(params)
+
+
+@njit(cache=True)
+def strategy_outputs(prices, params):
+    """Everything the strategy computes from one symbol's bars (`prices`: its COLUMNS x bars, no gaps).
+
+    Returns (N_OUTPUTS x bars) float64: the indicator rows, then the rows of
+    pipeline.engine.strategies.api.SIGNAL_OUTPUTS in order (entries and exits as 0/1).
+    """
+    m = prices.shape[1]
+    ind = np.empty((N_INDICATORS, m))
+    en = np.empty(m, dtype=np.bool_)
+    ex = np.empty(m, dtype=np.bool_)
+    sv = np.empty(m)
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    out = np.empty((N_OUTPUTS, m))
+    for t in range(m):
+        for r in range(N_INDICATORS):
+            out[r, t] = ind[r, t]
+        out[N_INDICATORS, t] = en[t]
+        out[N_INDICATORS + 1, t] = ex[t]
+        out[N_INDICATORS + 2, t] = sv[t]
+    return out
+
+
+@njit(cache=True)
+def lookahead_scan(prices, params, starts, ends, where, values):
+    """The look-ahead check at every truncation point (`cryptobt strategies check`).
+
+    For each window [starts[w], ends[w]) of one symbol's bars (`prices` as strategy_outputs takes them)
+    and each bar t in it, every output computed on the bars starts[w]..t is compared with the same
+    output computed on the whole window, at every bar <= t: a causal strategy gives the same numbers
+    (NaN equals NaN). `where` (N_OUTPUTS x 4, int64) receives each output's first difference as (bar,
+    the bar t it was cut after, window start, window end), -1 where there is none; `values` (N_OUTPUTS
+    x 2) the window's value and the cut's there. Returns the number of truncation points checked
+    (fewer than the bars only when every output has differed already).
+    """
+    where[:, :] = -1
+    left = N_OUTPUTS
+    cuts = 0
+    for w in range(starts.shape[0]):
+        s = starts[w]
+        e = ends[w]
+        full = strategy_outputs(np.ascontiguousarray(prices[:, s:e]), params)
+        for t in range(s, e):
+            if left == 0:
+                return cuts
+            cut = strategy_outputs(np.ascontiguousarray(prices[:, s:t + 1]), params)
+            cuts += 1
+            for r in range(N_OUTPUTS):
+                if where[r, 0] >= 0:
+                    continue
+                for b in range(t - s + 1):
+                    a = full[r, b]
+                    c = cut[r, b]
+                    if a != c and not (np.isnan(a) and np.isnan(c)):
+                        where[r, 0] = s + b
+                        where[r, 1] = t
+                        where[r, 2] = s
+                        where[r, 3] = e
+                        values[r, 0] = a
+                        values[r, 1] = c
+                        left -= 1
+                        break
+    return cuts

@@ -1,0 +1,563 @@
+"""Strategy registry: built-ins and users' strategies, parameters, validation, sweeps.
+
+A strategy is one file (see `pipeline.engine.strategies.api` for what it declares);
+the five built-ins are the files next to this one, users' files come from
+`--strategy-path DIR`, `CRYPTOBT_STRATEGY_PATH` and the `cryptobt.strategies`
+entry-point group. Nothing outside a strategy's own file names it: the engine,
+the sweep, the cache key and the results columns read these declarations.
+
+Everything a user can name on the command line or in `crypto_strategies` is
+checked here, before any data is read; errors are `PipelineError`s whose
+message names the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import math
+import pkgutil
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from importlib import metadata
+from pathlib import Path
+from types import MappingProxyType, ModuleType
+
+import numpy as np
+
+from pipeline.core import config
+from pipeline.core.errors import PipelineError
+from pipeline.engine.options import is_plain_number
+from pipeline.engine.strategies import compiler, usercode
+from pipeline.engine.strategies.api import PRICE_COLUMNS, Param
+
+Number = int | float
+
+# A sweep larger than this is almost certainly a typo in a step; refuse it
+# before allocating (S x C x metrics) results.
+MAX_GRID_COMBOS = 1_000_000
+
+# SPEC 4.1's run parameters, which every strategy takes: set for a whole run by their options
+# (--sl 5), or varied in a sweep like a strategy's own (-g sl=2:10:2; pipeline.engine.options.parse_grid).
+# Percentages as the CLI takes them. No strategy may declare a parameter of these names.
+EXECUTION_PARAMS: tuple[Param, ...] = (
+    Param("sl", float, 0.0, "stop-loss, percent below the entry fill price (with trail: below the highest "
+          "high since the entry); 0 = none", minimum=0, maximum=100, maximum_inclusive=False),
+    Param("tp", float, 0.0, "take-profit, percent above the entry fill price; 0 = none", minimum=0,
+          maximum=1e6),
+    Param("trail", int, 0, "1 = the stop-loss trails the highest high since the entry (needs sl)", minimum=0,
+          maximum=1),
+    Param("size", float, 1.0, "share of the equity committed at each entry (1 = all in)", minimum=0,
+          minimum_inclusive=False, maximum=1),
+    Param("slippage", float, 0.0, "percent against the trader on every market fill (close and next_open "
+          "fills; stop fills get none)", minimum=0, maximum=100, maximum_inclusive=False),
+)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A strategy: its declarations and the module holding its Numba functions.
+
+    `indicator_params` are the parameters the indicators depend on: parameter
+    sets that share them share one indicator computation in the batch kernel.
+    `code_version` hashes the strategy's code (`code_files`: a built-in's file; a
+    user's strategy file and every helper module it imports, see `usercode`) with
+    the shared kernels; it is part of every cache key, result and compiled kernel,
+    so an edited file never serves an old number. `cache_problem` says why part of
+    that code cannot be hashed: then nothing of the strategy is cached.
+    """
+
+    name: str
+    description: str
+    params: tuple[Param, ...]
+    columns: tuple[str, ...]
+    indicators: tuple[str, ...]
+    indicator_params: tuple[str, ...]
+    indicator_label: str
+    module_name: str
+    origin: str  # "built-in" or the file it came from
+    code_version: str
+    # Cross-parameter rule: returns an error message or None (call `params_problem`, which guards a user's).
+    check: Callable[[Mapping[str, Number]], str | None] | None = field(default=None)
+    code_files: tuple[str, ...] = ()
+    cache_problem: str | None = None
+    modules: tuple[ModuleType, ...] = field(default=(), repr=False, compare=False)  # the code of code_files
+
+    @property
+    def builtin(self) -> bool:
+        return self.origin == "built-in"
+
+    def kernels(self) -> ModuleType:
+        """The compiled batch kernels (run_grid, run_single, signals_on_grid, ...).
+
+        A user's strategy's come wrapped: whatever its code raises is one PipelineError naming its file.
+        """
+        return compiler.kernel_module(self)
+
+    def params_problem(self, params: Mapping[str, Number]) -> str | None:
+        """The cross-parameter rule's (CHECK's) message for `params`, or None."""
+        if self.check is None:
+            return None
+        if self.builtin:
+            return self.check(params)
+        with usercode.running(self.origin, "its CHECK"):
+            return self.check(params)
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        """Parameter names in their canonical order (the combos-matrix column order)."""
+        return tuple(p.name for p in self.params)
+
+    @property
+    def defaults(self) -> dict[str, Number]:
+        """Default value of every parameter."""
+        return {p.name: p.default for p in self.params}
+
+    def param(self, name: str) -> Param:
+        """The parameter called `name`; PipelineError naming the allowed ones otherwise."""
+        for p in self.params:
+            if p.name == name:
+                return p
+        if not self.params:
+            raise PipelineError(
+                f"unknown parameter {name!r}: strategy {self.name!r} takes no parameters"
+            )
+        raise PipelineError(
+            f"unknown parameter {name!r} for strategy {self.name!r}; "
+            f"allowed: {', '.join(self.param_names)}"
+        )
+
+
+# Every module of this package is a built-in strategy except these.
+_NOT_STRATEGIES = ("api", "compiler", "usercode")
+BUILTIN_MODULES = tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _NOT_STRATEGIES))
+"""The files of the built-in strategies, next to this one (one strategy per file)."""
+
+ENTRY_POINT_GROUP = "cryptobt.strategies"
+REQUIRED = ("NAME", "PARAMS", "COLUMNS", "INDICATORS", "INDICATOR_PARAMS", "indicators", "signals", "warmup")
+_TEMPLATE_HINT = "see examples/strategies/donchian.py"
+
+
+def _origin_of(module: ModuleType) -> str:
+    return str(getattr(module, "__file__", None) or module.__name__)
+
+
+def strategy_from_module(module: ModuleType, origin: str | None = None, imported: Sequence[str] = ()) -> Strategy:
+    """Check a strategy module's declarations and describe it; PipelineError naming the file otherwise.
+
+    `imported`: modules that importing it brought in (part of its code when they are the user's).
+    """
+    where = origin or _origin_of(module)
+    for name in REQUIRED:
+        if not hasattr(module, name):
+            raise PipelineError(f"{where}: missing declaration {name} (a strategy declares "
+                                f"{', '.join(REQUIRED)}; {_TEMPLATE_HINT})")
+    for name in ("indicators", "signals", "warmup"):
+        if not hasattr(getattr(module, name), "py_func"):
+            raise PipelineError(f"{where}: {name} is not a Numba function; decorate it with @njit(cache=True)")
+    strategy_name = module.NAME
+    if not isinstance(strategy_name, str) or not strategy_name.isidentifier():
+        raise PipelineError(f"{where}: NAME={strategy_name!r} must be an identifier such as 'donchian'")
+    params = tuple(module.PARAMS)
+    if not all(isinstance(p, Param) for p in params):
+        raise PipelineError(f"{where}: PARAMS must be a tuple of pipeline.engine.strategies.api.Param")
+    for p in params:
+        try:
+            p.convert(p.default)
+        except PipelineError as exc:
+            raise PipelineError(f"{where}: PARAMS: the default {exc}") from None
+    names = [p.name for p in params]
+    if len(set(names)) != len(names):
+        raise PipelineError(f"{where}: PARAMS names a parameter twice: {names}")
+    taken = [n for n in names if n in (p.name for p in EXECUTION_PARAMS)]
+    if taken:
+        raise PipelineError(f"{where}: parameter name {taken[0]!r} is a run parameter every strategy has "
+                            f"({', '.join(p.name for p in EXECUTION_PARAMS)}); rename it")
+    columns = tuple(module.COLUMNS)
+    bad = [c for c in columns if c not in PRICE_COLUMNS]
+    if not columns or bad:
+        raise PipelineError(f"{where}: COLUMNS={columns!r} must name one or more of {', '.join(PRICE_COLUMNS)}")
+    indicator_params = tuple(module.INDICATOR_PARAMS)
+    unknown = [p for p in indicator_params if p not in names]
+    if unknown:
+        raise PipelineError(f"{where}: INDICATOR_PARAMS names {unknown} which are not in PARAMS ({names})")
+    indicators = tuple(module.INDICATORS)
+    check = getattr(module, "CHECK", None)
+    if check is not None and not callable(check):
+        raise PipelineError(f"{where}: CHECK must be a function of the parameters returning a message or None")
+    source_file = getattr(module, "__file__", None)
+    origin = origin or ("built-in" if module.__name__.startswith("pipeline.engine.strategies.") else where)
+    if origin == "built-in":  # its code is its file and the shared kernels, all of cryptobt's
+        source = Path(source_file).read_bytes() if source_file else module.__name__.encode()
+        code = usercode.Closure((module,), (source_file,) if source_file else (), source, None)
+    else:
+        code = usercode.closure(module, imported)
+        usercode.compile_fresh(code.modules)
+        # Code that cannot be hashed gets a version no other load shares: nothing of it is ever served again.
+        source = code.source if code.problem is None else code.source + uuid.uuid4().bytes
+    description = getattr(module, "DESCRIPTION", None) or (module.__doc__ or strategy_name).strip().splitlines()[0]
+    return Strategy(
+        name=strategy_name,
+        description=description,
+        params=params,
+        columns=columns,
+        indicators=indicators,
+        indicator_params=indicator_params,
+        indicator_label=str(getattr(module, "SIGNAL_VALUE", indicators[0] if indicators else "close")),
+        module_name=module.__name__,
+        origin=origin,
+        code_version=compiler.code_version(source),
+        check=check,
+        code_files=code.files,
+        cache_problem=code.problem,
+        modules=code.modules,
+    )
+
+
+_REGISTRY: dict[str, Strategy] = {}
+for _module_name in BUILTIN_MODULES:
+    _builtin = strategy_from_module(importlib.import_module(f"pipeline.engine.strategies.{_module_name}"), "built-in")
+    _REGISTRY[_builtin.name] = _builtin
+BUILTIN_NAMES: frozenset[str] = frozenset(_REGISTRY)
+
+STRATEGIES: Mapping[str, Strategy] = MappingProxyType(_REGISTRY)
+"""Every registered strategy by name (read-only); users' strategies join as they are loaded."""
+
+PARAM_COLUMNS: tuple[str, ...] = tuple(sorted({p.name for s in _REGISTRY.values() for p in s.params}))
+"""Every built-in strategy's parameter names, sorted: the fixed parameter columns of a results table."""
+
+_loaded_paths: set[Path] = set()
+_environment_loaded = False
+
+
+def register(strategy: Strategy) -> None:
+    """Add a strategy to the registry; PipelineError when its NAME is taken by another file or a built-in."""
+    existing = _REGISTRY.get(strategy.name)
+    # The same file loaded again (edited in a notebook, say) replaces itself.
+    if existing is None or existing.origin == strategy.origin:
+        _REGISTRY[strategy.name] = strategy
+        return
+    what = "the built-in" if existing.builtin else f"the strategy in {existing.origin} named"
+    raise PipelineError(f"{strategy.origin}: strategy name {strategy.name!r} clashes with {what} "
+                        f"{strategy.name!r}; give NAME another value")
+
+
+def load_strategy_file(path: Path) -> Strategy:
+    """Import one user strategy file and register it; PipelineError naming the file and the problem."""
+    path = Path(path).resolve()
+    digest = hashlib.sha256(str(path).encode()).hexdigest()[:10]
+    module_name = f"cryptobt_user_{path.stem}_{digest}"
+    # Its helper modules are imported from its folder (files starting with `_` are not strategies), afresh
+    # when edited since they were hashed.
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    usercode.forget_edited_modules()
+    try:
+        source = path.read_text()
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:
+        raise PipelineError(f"{path}:{exc.lineno}: syntax error: {exc.msg}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"{path}: cannot read the strategy file ({exc})") from None
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    before = set(sys.modules)
+    try:
+        with usercode.running(str(path), "importing the strategy"):
+            spec.loader.exec_module(module)
+    except PipelineError:
+        del sys.modules[module_name]
+        raise
+    strategy = strategy_from_module(module, str(path), sorted(set(sys.modules) - before))
+    register(strategy)
+    return strategy
+
+
+def add_strategy_paths(paths: Sequence[Path | str]) -> list[str]:
+    """Load every `*.py` (not starting with `_`) of each folder as a strategy; return their names."""
+    names = []
+    for raw in paths:
+        folder = Path(raw)
+        if not folder.is_dir():
+            raise PipelineError(f"--strategy-path {str(raw)!r} is not a folder")
+        for file in sorted(folder.glob("*.py")):
+            if file.name.startswith("_"):
+                continue
+            resolved = file.resolve()
+            if resolved in _loaded_paths:
+                continue
+            names.append(load_strategy_file(resolved).name)
+            _loaded_paths.add(resolved)
+    return names
+
+
+def _load_environment() -> None:
+    """Users' strategies from CRYPTOBT_STRATEGY_PATH and installed packages, once per process."""
+    global _environment_loaded
+    if _environment_loaded:
+        return
+    _environment_loaded = True
+    add_strategy_paths(config.strategy_path_env())
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        with usercode.running(f"entry point {entry.name} = {entry.value}", "loading"):
+            module = entry.load()
+        if not isinstance(module, ModuleType):
+            raise PipelineError(f"entry point {entry.name} = {entry.value} must name a strategy module")
+        register(strategy_from_module(module, f"entry point {entry.value}"))
+
+
+def strategy_names() -> list[str]:
+    """Registered strategy names, sorted."""
+    _load_environment()
+    return sorted(_REGISTRY)
+
+
+def get_strategy(name: str) -> Strategy:
+    """The strategy called `name`; PipelineError listing the choices otherwise."""
+    if name not in _REGISTRY:
+        _load_environment()
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise PipelineError(
+            f"unknown strategy {name!r}; choose one of: {', '.join(strategy_names())}"
+        ) from None
+
+
+def indicator_label(strategy_name: str) -> str:
+    """Name of the indicator value recorded in the strategy's trade log.
+
+    rsi: the RSI; ma_crossover: the fast SMA; bollinger: the band that was
+    crossed (lower on buy signals, upper on sell signals); macd: the MACD line;
+    buy_and_hold: the close.
+    """
+    return get_strategy(strategy_name).indicator_label
+
+
+def resolve_params(strategy_name: str, overrides: Mapping[str, object]) -> dict[str, Number]:
+    """Defaults overlaid with `overrides`, typed and validated.
+
+    Values may be numbers or numeric strings ("14", "2.5"). Raises
+    PipelineError for an unknown strategy or parameter, a non-numeric value, a
+    non-integer period, a value out of range or an invalid combination
+    (fast_period >= slow_period, oversold_threshold >= overbought_threshold).
+    """
+    strategy = get_strategy(strategy_name)
+    resolved: dict[str, Number] = dict(strategy.defaults)
+    for name, value in overrides.items():
+        resolved[name] = strategy.param(name).convert(value)
+    problem = strategy.params_problem(resolved)
+    if problem is not None:
+        raise PipelineError(f"invalid parameters for {strategy.name!r}: {problem}")
+    return resolved
+
+
+class ParamGrid(list):
+    """The parameter sets of a sweep (a list of dicts) plus what was dropped.
+
+    `dropped` counts the combinations that were valid value by value but not
+    together (e.g. fast_period >= slow_period); `dropped_example` is the
+    message of the first one, for reporting.
+    """
+
+    def __init__(self, items: Sequence[dict[str, Number]] = (), dropped: int = 0,
+                 dropped_example: str | None = None) -> None:
+        super().__init__(items)
+        self.dropped = dropped
+        self.dropped_example = dropped_example
+
+
+def _decimal(text: str, spec: str) -> Decimal:
+    if not is_plain_number(text):
+        raise PipelineError(f"bad grid spec {spec!r}: {text.strip()!r} is not a number (ASCII digits)")
+    try:
+        value = Decimal(text.strip())
+    except InvalidOperation:
+        raise PipelineError(f"bad grid spec {spec!r}: {text.strip()!r} is not a number") from None
+    if not value.is_finite():
+        raise PipelineError(f"bad grid spec {spec!r}: {text.strip()!r} is not a finite number")
+    return value
+
+
+def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) -> tuple[str, list[Number]]:
+    if not isinstance(spec, str) or "=" not in spec:
+        raise PipelineError(
+            f"bad grid spec {spec!r}: expected name=start:stop:step or name=v1,v2,..."
+        )
+    name, _, body = spec.partition("=")
+    name = name.strip()
+    param = next((p for p in common if p.name == name), None)
+    if param is None:
+        try:
+            param = strategy.param(name)
+        except PipelineError as exc:
+            if not common:
+                raise
+            raise PipelineError(f"{exc}; or a run parameter: {', '.join(p.name for p in common)}") from None
+    body = body.strip()
+    if not body:
+        raise PipelineError(f"bad grid spec {spec!r}: no values after '='")
+    raw: list[Decimal]
+    if ":" in body:
+        parts = body.split(":")
+        if len(parts) != 3:
+            raise PipelineError(
+                f"bad grid spec {spec!r}: a range is start:stop:step (three numbers)"
+            )
+        start, stop, step = (_decimal(p, spec) for p in parts)
+        if step <= 0:
+            raise PipelineError(f"bad grid spec {spec!r}: step must be > 0")
+        if stop < start:
+            raise PipelineError(f"bad grid spec {spec!r}: stop is below start")
+        # Decimal arithmetic keeps 0.1-steps exact, so the stop is included
+        # exactly when it lies on the grid.
+        count = int((stop - start) // step) + 1
+        if count > MAX_GRID_COMBOS:
+            raise PipelineError(
+                f"bad grid spec {spec!r}: {count} values, more than {MAX_GRID_COMBOS}"
+            )
+        raw = [start + i * step for i in range(count)]
+    else:
+        raw = [_decimal(p, spec) for p in body.split(",")]
+    values: dict[Number, None] = {}  # distinct values in their order: a dict, not `in` a list (quadratic)
+    for value in raw:
+        text = format(value.normalize(), "f")
+        try:
+            converted = param.convert(text)
+        except PipelineError as exc:
+            raise PipelineError(f"bad grid spec {spec!r}: {exc}") from None
+        values.setdefault(converted, None)
+    return name, list(values)
+
+
+def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = (),
+               samples: int | None = None, seed: int = 0) -> ParamGrid:
+    """Parameter sets of a sweep, every one validated.
+
+    With `samples`, a random subset of that many grid points (reproducible from `seed`, drawn
+    without listing the grid, so a grid too large to run whole can be sampled), in grid order.
+
+    Each spec is `name=start:stop:step` (the stop is included when it lies on
+    the grid) or `name=v1,v2,...`; parameters without a spec take their
+    defaults. `common` are parameters of the run that may join the grid too
+    (stops, size, slippage); a set holds one only when the grid varies it. Combinations that are invalid together (fast_period >=
+    slow_period, oversold >= overbought) are dropped and counted in
+    `ParamGrid.dropped`; if every combination is invalid, or a spec is
+    malformed, names an unknown parameter or a value out of range, a
+    PipelineError names it.
+    """
+    strategy = get_strategy(strategy_name)
+    axes: dict[str, list[Number]] = {}
+    for spec in specs:
+        name, values = _spec_values(strategy, spec, common)
+        if name in axes:
+            raise PipelineError(f"bad grid spec {spec!r}: {name} is given more than once")
+        axes[name] = values
+    names = list(strategy.param_names) + [p.name for p in common if p.name in axes]
+    value_lists = [axes.get(n, [strategy.defaults.get(n)]) for n in names]
+    total = math.prod(len(v) for v in value_lists)
+    if samples is not None:
+        if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+            raise PipelineError(f"--samples {samples!r} is out of range: an integer >= 1")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise PipelineError(f"--seed {seed!r} is out of range: an integer >= 0")
+    chosen = total if samples is None else min(samples, total)
+    if chosen > MAX_GRID_COMBOS:
+        raise PipelineError(
+            f"the grid has {chosen} combinations, more than {MAX_GRID_COMBOS}; use larger steps or --samples"
+        )
+    combos: Iterable[tuple[Number, ...]] = itertools.product(*value_lists)
+    if chosen < total:
+        combos = (_grid_point(value_lists, int(i)) for i in
+                  np.sort(np.random.default_rng(seed).choice(total, size=chosen, replace=False)))
+    grid = ParamGrid()
+    for combo in combos:
+        params = dict(zip(names, combo, strict=True))
+        problem = strategy.params_problem(params)
+        if problem is None:
+            grid.append(params)
+        else:
+            grid.dropped += 1
+            if grid.dropped_example is None:
+                grid.dropped_example = problem
+    if not grid:
+        raise PipelineError(
+            f"no valid combination in the grid {list(specs)} for {strategy.name!r}: "
+            f"{grid.dropped_example}"
+        )
+    return grid
+
+
+def _grid_point(value_lists: list[list[Number]], index: int) -> tuple[Number, ...]:
+    """The `index`-th combination of itertools.product(*value_lists), without listing the others."""
+    point = []
+    for values in reversed(value_lists):
+        index, digit = divmod(index, len(values))
+        point.append(values[digit])
+    return tuple(reversed(point))
+
+
+def combos_matrix(
+    strategy_name: str, params_list: Sequence[Mapping[str, object]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Parameter sets as the batch kernel's inputs.
+
+    Returns `(combos, recompute, order)`: combos is (C x P) float64 with
+    the parameters in `Strategy.param_names` order, sorted so
+    that combos sharing an indicator are adjacent; recompute[i] is True where
+    row i needs a new indicator computation; row i is params_list[order[i]].
+    Every parameter set is validated with resolve_params.
+    """
+    strategy = get_strategy(strategy_name)
+    names = strategy.param_names
+    n = len(params_list)
+    combos = np.zeros((n, len(names)), dtype=np.float64)
+    for i, params in enumerate(params_list):
+        resolved = resolve_params(strategy_name, params)
+        for j, name in enumerate(names):
+            combos[i, j] = resolved[name]
+    key_cols = [names.index(p) for p in strategy.indicator_params]
+    rest_cols = [j for j in range(len(names)) if j not in key_cols]
+    # np.lexsort sorts by the last key first: indicator columns decide, the others break ties.
+    sort_keys = [combos[:, j] for j in reversed(rest_cols)] + [
+        combos[:, j] for j in reversed(key_cols)
+    ]
+    order = np.lexsort(sort_keys) if sort_keys and n else np.arange(n)
+    order = order.astype(np.int64)
+    combos = np.ascontiguousarray(combos[order])
+    recompute = np.ones(n, dtype=np.bool_)
+    if n > 1:
+        if key_cols:
+            same = np.all(combos[1:, key_cols] == combos[:-1, key_cols], axis=1)
+        else:
+            same = np.ones(n - 1, dtype=np.bool_)
+        recompute[1:] = ~same
+    return combos, recompute, order
+
+
+def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
+    """Bars a symbol needs before the strategy's first signal can fire.
+
+    The strategy's `warmup` declaration (rsi: rsi_period + 2; ma_crossover:
+    slow_period + 1; bollinger: bb_period + 1; macd: slow_period +
+    signal_period; buy_and_hold: 1). A symbol with fewer bars
+    gets status too_few_bars and zero trades. (With fill=next_open one more bar
+    is needed for the first fill.)
+    """
+    strategy = get_strategy(strategy_name)
+    resolved = resolve_params(strategy_name, params)
+    row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
+    return int(strategy.kernels().warmup_bars(row))
+
+
+def enable_bounds_checks() -> None:
+    """Compile users' strategy code with Numba's bounds checks from now on (`cryptobt strategies check`),
+    the strategies loaded already included."""
+    usercode.enable_bounds_checks(m for s in _REGISTRY.values() if not s.builtin for m in s.modules)

@@ -1,0 +1,234 @@
+"""The notebook API: backtests and portfolios on your own frames, no lake, PostgreSQL or Redis.
+
+    import polars as pl
+    import pipeline as cryptobt   # the package top re-exports run_backtest, run_portfolio, prices
+    frames = {"ETH_BTC": pl.read_ipc("data/sample/binance-5m/ETH_BTC-5m.feather"), ...}
+    results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 14})          # polars DataFrame
+    trips = cryptobt.round_trips(frames, "rsi", sl=2, tp=4)                       # one row per round trip
+    account = cryptobt.run_portfolio(frames, "rsi", max_open=3, stake="30%")  # Portfolio: .accounts, .trades, ...
+
+A frame is pandas or polars with a timestamp column (`date`, `ts`, `datetime`, `time`
+or `timestamp`; naive times are UTC) and `open, high, low, close, volume`. All frames
+share one bar interval, read off their spacing. They go through the same validation,
+kernels and result shaping as the CLI: the numbers are the CLI's numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from pipeline.core import intervals
+from pipeline.core.errors import PipelineError
+from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine import portfolio as pf
+from pipeline.lake.align import scatter_to_grid
+from pipeline.lake.reader import PriceBatch
+from pipeline.source.ohlcv import parse_dates
+
+TIME_COLUMNS = ("date", "ts", "datetime", "time", "timestamp")
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+
+
+# The symbol of a single frame given without a name (and without a `symbol` column).
+SINGLE_FRAME = "frame"
+# Frames: {symbol: frame}, one frame in long format (a `symbol` column), or one symbol's frame.
+Frames = Mapping[str, Any] | Any
+
+
+def by_symbol(frames: Frames) -> dict[str, Any]:
+    """`frames` as {symbol: frame}: a dict as given; one DataFrame (pandas or polars) split by its
+    `symbol` column when it has one (long format), else one symbol named `frame`."""
+    if isinstance(frames, Mapping):
+        return {symbol: _polars(frame) for symbol, frame in frames.items()}
+    if not hasattr(frames, "columns"):
+        raise PipelineError(f"frames is a {type(frames).__name__}: give a DataFrame (one symbol, or many in a "
+                            "`symbol` column) or a dict {symbol: DataFrame}")
+    frame = _polars(frames)
+    if "symbol" not in frame.columns:
+        return {SINGLE_FRAME: frame}
+    return {str(key[0]): part.drop("symbol") for key, part in frame.partition_by("symbol", as_dict=True).items()}
+
+
+def _polars(frame: Any) -> pl.DataFrame:
+    """A polars frame with lower-case column names (pandas: its index may be the time)."""
+    if not isinstance(frame, pl.DataFrame):
+        frame = pl.from_pandas(frame.reset_index() if frame.index.name else frame)
+    return frame.rename({c: c.lower() for c in frame.columns})
+
+
+def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
+    """Aligned (symbols x time) arrays from OHLCV frames (`by_symbol`), symbols in name order."""
+    frames = by_symbol(frames)
+    if not frames:
+        raise PipelineError("no frames given: pass {symbol: frame} with open, high, low, close, volume")
+    tables = {}
+    for symbol in sorted(frames):
+        frame = frames[symbol]
+        time = next((c for c in TIME_COLUMNS if c in frame.columns), None)
+        missing = [c for c in PRICE_COLUMNS if c not in frame.columns]
+        if time is None or missing:
+            raise PipelineError(f"frame {symbol!r} lacks {', '.join(missing) or 'a time column'}; it needs "
+                                f"one of {', '.join(TIME_COLUMNS)} and {', '.join(PRICE_COLUMNS)}")
+        ts = frame[time]
+        if ts.dtype == pl.Datetime and ts.dtype.time_zone is None:
+            ts = ts.dt.replace_time_zone("UTC")
+        elif ts.dtype != pl.Datetime:  # text (a CSV read as is) or epoch numbers: read as an import reads them
+            ts = parse_dates(ts)
+            if ts.null_count():
+                bad = frame[time].filter(ts.is_null())[0]
+                raise PipelineError(f"frame {symbol!r}: {time} {bad!r} is not a time (ISO text, or epoch seconds "
+                                    "or milliseconds)")
+        seconds = ts.dt.epoch("s").to_numpy()
+        tables[symbol] = (seconds, {c: frame[c].cast(pl.Float64).to_numpy() for c in PRICE_COLUMNS})
+    spacing = min(int(np.diff(np.sort(s)).min()) for s, _ in tables.values() if len(s) > 1)
+    name = interval or intervals.from_spacing(timedelta(seconds=spacing))
+    if name is None:
+        raise PipelineError(f"the frames' bars are {spacing} s apart: not one of {', '.join(intervals.NAMES)}")
+    step = intervals.SECONDS[intervals.check(name)]
+    t0 = min(int(s.min()) for s, _ in tables.values())
+    width = (max(int(s.max()) for s, _ in tables.values()) - t0) // step + 1
+    columns = {c: np.full((len(tables), width), np.nan) for c in PRICE_COLUMNS}
+    for row, (seconds, values) in enumerate(tables.values()):
+        ids = np.full(len(seconds), row, dtype=np.int64)
+        for c in PRICE_COLUMNS:
+            scatter_to_grid(ids, seconds * 1_000_000, values[c], np.arange(len(tables), dtype=np.int64),
+                            t0 * 1_000_000, step * 1_000_000, columns[c])
+    symbols = list(tables)
+    bars = (~np.isnan(columns["close"])).sum(axis=1).astype(np.int64)
+    return PriceBatch("frames", name, symbols, t0 + np.arange(width, dtype=np.int64) * step, columns,
+                      ["frames"] * len(symbols), bars=bars, source="frames")
+
+
+def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+             **run: Any) -> pl.DataFrame:
+    """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
+
+    `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization, and for
+    a list of parameter sets (a sweep) objective, min_trades and pbo_blocks; a sweep's rows carry
+    n_trials, pbo and deflated_sharpe.
+    """
+    from pipeline.engine import overfit
+
+    config = options.run_config(strategy, params or {}, **run)
+    batch = prices(frames)
+    results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
+    return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
+
+
+def plot(frames: Frames, strategy: str, path: str | Path,
+         params: Mapping[str, Any] | list[dict] | None = None, *, top: int = 5, **run: Any) -> Path:
+    """The CLI's picture (`backtest --plot`, or `sweep --plot` for a list of parameter sets) of a run on
+    your frames: the leaderboard, the `top` symbols' equity against buy & hold, a sweep's heatmap;
+    .html (Plotly, offline) or .png. Returns the file written."""
+    from pipeline import plots
+    from pipeline.engine import overfit
+
+    options.check_plot(Path(path))
+    config = options.run_config(strategy, params or {}, **run)
+    frames = by_symbol(frames)
+    batch = prices(frames)
+    sweep = len(config.params_list) > 1
+    board = engine.leaderboard(overfit.run_sweep(batch, config) if sweep else engine.run(batch, config),
+                               *engine.ranking(config))
+    shown = list(dict.fromkeys(r["symbol"] for r in board))[:top]
+    drawn = plots.curves(prices({s: frames[s] for s in shown}, batch.interval), config, board[0] if board else None)
+    # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
+    bars = engine.top_per_symbol(board, 1, *engine.ranking(config)) if sweep else board
+    return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
+
+
+def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping[str, Any] | Any,
+                **run: Any) -> pl.DataFrame:
+    """Your own signals, one boolean array per symbol and per frame row (vectorbt's from_signals):
+    entry (flat -> long) and exit (long -> flat), simulated with the CLI's rules and options (fee, fill,
+    initial, sl, tp, trail, size, slippage, ...). One row per symbol, the CLI's fields."""
+    import importlib
+
+    from pipeline.engine import strategies
+
+    strategies.register(strategies.strategy_from_module(importlib.import_module("pipeline.notebook.signals")))
+    frames = by_symbol(frames)
+    if len(frames) == 1:  # one symbol's signals may come as bare arrays
+        (only,) = frames
+        entries = entries if isinstance(entries, Mapping) else {only: entries}
+        exits = exits if isinstance(exits, Mapping) else {only: exits}
+    coded = {}
+    for symbol, frame in frames.items():
+        if symbol not in entries or symbol not in exits:
+            raise PipelineError(f"no entries or exits for {symbol!r}: give both, one per frame row")
+        enter = np.asarray(entries[symbol], dtype=bool)
+        leave = np.asarray(exits[symbol], dtype=bool)
+        if enter.shape != (frame.height,) or leave.shape != (frame.height,):
+            raise PipelineError(f"{symbol}: entries {enter.shape} and exits {leave.shape} must each have one "
+                                f"value per frame row ({frame.height})")
+        coded[symbol] = frame.with_columns(pl.Series("volume", enter * 1.0 + leave * 2.0))
+    config = options.run_config("from_signals", {}, **run)
+    return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
+
+
+def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
+                **run: Any) -> pl.DataFrame:
+    """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
+    the run parameters (`sl_pct` .. `slippage_pct`), then `entry_time, entry_price, exit_time, exit_price,
+    units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
+
+    `run` takes the CLI's options by keyword, as `run_backtest`."""
+    config = options.run_config(strategy, params or {}, **{**run, "trades": True})
+    rows = [{"symbol": r["symbol"], "params": r["params"], **engine.Execution.of(r).fields(), **trip}
+            for r in engine.leaderboard(engine.run(prices(frames), config)) for trip in r["round_trips"]]
+    if not rows:
+        return pl.DataFrame(schema={"symbol": pl.String, "sl_pct": pl.Float64, "tp_pct": pl.Float64,
+                                    "trail": pl.Boolean, "size": pl.Float64, "slippage_pct": pl.Float64,
+                                    "entry_time": pl.Datetime("us", "UTC"), "exit_time": pl.Datetime("us", "UTC"),
+                                    "exit_reason": pl.String})
+    frame = pl.DataFrame(rows)
+    return frame.with_columns(pl.col("entry_time", "exit_time").str.to_datetime(time_unit="us", time_zone="UTC"))
+
+
+@dataclass
+class Portfolio:
+    accounts: pl.DataFrame  # one row per (parameters, slots, stake), best first
+    contributions: pl.DataFrame  # the best account's per-symbol round trips, P&L, skipped entries
+    trades: pl.DataFrame  # the best account's round trips
+    equity: pl.DataFrame  # the best account's equity and the equal-weight buy & hold, per bar
+    best: dict[str, Any]
+
+    def plot(self, path: str | Path) -> Path:
+        """The CLI's portfolio picture (.html or .png) of the best account."""
+        from pipeline import plots
+
+        return plots.write_portfolio_plot(Path(path), self.best, f"{self.best['strategy']} portfolio")
+
+
+def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
+              max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
+              **run: Any) -> Portfolio:
+    """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
+
+    `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
+    config = options.run_config(strategy, params or {}, **run)
+    slots = max_open if isinstance(max_open, list) else [max_open]
+    stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
+    sets = pf.make_sets(config, slots, stakes)
+    batch = prices(frames)
+    accounts = pf.run(batch, config, sets, rank_by)
+    best = pf.detail(batch, config, next(s for s in sets if s.params == accounts[0]["params"]
+                                         and s.max_open == accounts[0]["max_open"]
+                                         and s.stake.value == accounts[0]["stake"]), rank_by)
+    curve = best["equity_curve"]
+    return Portfolio(
+        accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),
+        contributions=pl.DataFrame(best["contributions"]),
+        trades=pl.DataFrame(best["round_trips"]) if best["round_trips"] else pl.DataFrame(),
+        equity=pl.DataFrame({"time": pl.from_epoch(pl.Series(curve["times"]), "s"), "equity": curve["equity"],
+                             "buy_hold": curve["buy_hold"]}),
+        best=best,
+    )

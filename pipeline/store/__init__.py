@@ -1,0 +1,1 @@
+"""Where results land: the append-only results tables (Parquet) and the Redis cache."""
