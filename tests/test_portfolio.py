@@ -222,7 +222,7 @@ def test_parallel_grid_equals_one_account_at_a_time():
 from pipeline import demo  # noqa: E402
 from pipeline.engine import batch as engine  # noqa: E402
 from pipeline.engine import portfolio as pf  # noqa: E402
-from pipeline.lake import reader  # noqa: E402
+from pipeline.lake import reader, snapshots  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -240,7 +240,7 @@ SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):
     config = engine.make_config(strategy, {}, fill=fill)
-    for symbol in reader.resolve_symbols(__import__("pipeline").lake.require_snapshot(lake_root), None)[:4]:
+    for symbol in reader.resolve_symbols(snapshots.require_snapshot(lake_root), None)[:4]:
         batch = reader.read_prices(lake_root, [symbol], "1h", columns=("open", "close", "volume"))
         single = engine.run(batch, config)[0]
         account = pf.run(batch, config, pf.make_sets(config, [1], [pf.Stake.parse("1.0")]))[0]

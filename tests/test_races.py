@@ -166,7 +166,7 @@ def test_duckdb_never_prints_a_progress_bar_into_stdout(tmp_path):
     # the middle of a writer's stdout (and so of `--json` output); every connection turns it off.
     # A child process (as the writers were), where DuckDB's default turns the bar on.
     probe = (
-        "from pipeline import reader, results\n"
+        "from pipeline.lake import reader\nfrom pipeline.store import results\n"
         f"for con in (reader._connection(), results.connect({str(tmp_path)!r})):\n"
         "    print(con.execute(\"SELECT current_setting('enable_progress_bar')\").fetchall()[0][0])\n"
     )

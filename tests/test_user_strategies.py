@@ -128,7 +128,7 @@ def test_a_second_process_loads_the_compiled_user_kernel_from_the_cache(tmp_path
     shutil.copy(DONCHIAN, folder / "donchian.py")
     probe = (
         "import numpy as np, sys\n"
-        "from pipeline import strategies\n"
+        "from pipeline.engine import strategies\n"
         f"strategies.add_strategy_paths([{str(folder)!r}])\n"
         "k = strategies.get_strategy('donchian').kernels()\n"
         "c = np.linspace(1, 2, 200).reshape(1, -1); cols = (c, c, c)\n"
