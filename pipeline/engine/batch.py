@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import numba
 import numpy as np
 
-from pipeline.core import intervals
+from pipeline.core import intervals, metrics
 from pipeline.core.errors import PipelineError
 from pipeline.core.intervals import SECONDS as STEP_SECONDS
 from pipeline.core.versions import ENGINE_VERSION
@@ -407,13 +407,31 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
-# Stats that count bars: integers in results (the others are floats).
-INTEGER_STATS = ("max_drawdown_duration_bars", "max_trade_duration_bars")
+def metric_value(metric: metrics.Metric, raw: float, has_bars: bool, initial: float) -> float | int | None:
+    """A metric's result field from its kernel column: None for NaN and infinities, an int for an
+    integer metric, and without a bar in the range what the table says (`Metric.without_bars`)."""
+    if not has_bars and metric.without_bars != metrics.KERNEL:
+        return initial if metric.without_bars == metrics.INITIAL else metric.without_bars
+    number = _number(raw)
+    if metric.dtype != "int64":
+        return number
+    if number is None:  # a count (a metric with a value without bars) is never undefined
+        return None if metric.without_bars is None else 0
+    return int(number)
 
 
-def _stat(name: str, value: float) -> float | int | None:
-    number = _number(value)
-    return int(number) if number is not None and name in INTEGER_STATS else number
+def metric_fields(selected: tuple[metrics.Metric, ...], slots: dict[str, int], row: np.ndarray,
+                  has_bars: bool, initial: float, derived: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result fields of the `selected` metrics, in the table's order: each from its column of the
+    kernel's output `row` (`slots`), or from `derived` (what the shaping computes itself)."""
+    derived = derived or {}
+    return {m.name: derived[m.name] if m.name in derived else metric_value(m, row[slots[m.name]], has_bars, initial)
+            for m in selected}
+
+
+# The metrics of every single-symbol result, and those the shaping computes (not a kernel column).
+RESULT_METRICS = metrics.of_section("result")
+DERIVED_METRICS = ("days_of_data", "partial_bars")
 
 
 def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
@@ -424,12 +442,12 @@ def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
 
 
 def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-                 metrics: np.ndarray, annual_bars: float, partial: int = 0,
+                 metrics_row: np.ndarray, annual_bars: float, partial: int = 0,
                  execution: Execution = DEFAULT_EXECUTION) -> dict[str, Any]:
     """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
-    status = int(metrics[enums.M_STATUS])
-    bars = int(metrics[enums.M_BARS])
-    first, last = int(metrics[enums.M_FIRST_INDEX]), int(metrics[enums.M_LAST_INDEX])
+    status = int(metrics_row[enums.M_STATUS])
+    bars = int(metrics_row[enums.M_BARS])
+    first, last = int(metrics_row[enums.M_FIRST_INDEX]), int(metrics_row[enums.M_LAST_INDEX])
     step = STEP_SECONDS[batch.interval]
     has_bars = first >= 0 and batch.times.size > 0
     reason = None
@@ -445,22 +463,9 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "end": _iso(batch.times[last]) if has_bars else None,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
-        "bars": bars,
-        "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
-        "final_value": _number(metrics[enums.M_FINAL_VALUE]) if has_bars else config.initial,
-        "final_value_net": _number(metrics[enums.M_FINAL_VALUE_NET]) if has_bars else config.initial,
-        "total_return_pct": _number(metrics[enums.M_TOTAL_RETURN_PCT]) if has_bars else 0.0,
-        "buy_hold_return_pct": _number(metrics[enums.M_BUY_HOLD_RETURN_PCT]) if has_bars else None,
-        "num_trades": int(metrics[enums.M_NUM_TRADES]) if has_bars else 0,
-        "closed_trades": int(metrics[enums.M_CLOSED_TRADES]) if has_bars else 0,
-        "win_rate_pct": _number(metrics[enums.M_WIN_RATE_PCT]) if has_bars else None,
-        "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
-        "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
-        "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
-        **{name: _stat(name, metrics[enums.M_CAGR_PCT + k]) if has_bars else None
-           for k, name in enumerate(enums.STATS_NAMES)},
-        "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
-        "partial_bars": int(partial),
+        **metric_fields(RESULT_METRICS, enums.METRIC_SLOTS, metrics_row, has_bars, config.initial, {
+            "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
+            "partial_bars": int(partial)}),
         "min_bar_coverage": config.min_bar_coverage,
         "annualization": config.annualization,
         "bars_per_year": float(annual_bars),
@@ -481,17 +486,6 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "deflated_sharpe": None,
         "from_cache": False,
     }
-
-
-# Result fields that come from the metrics cube, each with its metric and what a result without
-# bars holds (shape_result): a number, or None (NaN in columns).
-_CUBE_FIELDS = (
-    ("final_value", enums.M_FINAL_VALUE, "initial"), ("final_value_net", enums.M_FINAL_VALUE_NET, "initial"),
-    ("total_return_pct", enums.M_TOTAL_RETURN_PCT, 0.0), ("buy_hold_return_pct", enums.M_BUY_HOLD_RETURN_PCT, None),
-    ("win_rate_pct", enums.M_WIN_RATE_PCT, None), ("max_drawdown_pct", enums.M_MAX_DRAWDOWN_PCT, None),
-    ("sharpe", enums.M_SHARPE, None), ("exposure_pct", enums.M_EXPOSURE_PCT, None),
-    *((name, enums.M_CAGR_PCT + k, None) for k, name in enumerate(enums.STATS_NAMES)),
-)
 
 
 @dataclass
@@ -533,20 +527,11 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
     not_a_time = np.datetime64("NaT", "s")
     fields["start"] = np.where(has_bars, start.astype("datetime64[s]"), not_a_time)
     fields["end"] = np.where(has_bars, end.astype("datetime64[s]"), not_a_time)
-    fields["bars"] = flat[:, enums.M_BARS].astype(np.int64)
     # shape_result's round(x, 6) on each distinct span (few): the same float, bit for bit.
     spans, where = np.unique(np.where(has_bars, end - start + STEP_SECONDS[batch.interval], 0),
                              return_inverse=True)
     fields["days_of_data"] = np.array([round(int(s) / 86_400, 6) for s in spans])[where]
-    with np.errstate(invalid="ignore"):
-        for name, metric, without_bars in _CUBE_FIELDS:
-            values = flat[:, metric].copy()
-            values[~np.isfinite(values)] = np.nan
-            empty = config.initial if without_bars == "initial" else np.nan if without_bars is None else without_bars
-            fields[name] = np.where(has_bars, values, empty)
-    for name in ("num_trades", "closed_trades"):
-        fields[name] = np.where(has_bars, flat[:, getattr(enums, f"M_{name.upper()}")], 0).astype(np.int64)
-    fields["warmup_bars"] = flat[:, enums.M_WARMUP_BARS].astype(np.int64)
+    _metric_columns(fields, flat, has_bars, config.initial)
     fields["partial_bars"] = np.asarray(partial, dtype=np.int64)[symbol_index]
     fields["bars_per_year"] = np.asarray(annual_bars, dtype=np.float64)[symbol_index]
     status = flat[:, enums.M_STATUS].astype(np.int64)
@@ -567,6 +552,26 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
     }
     per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}
     return ResultColumns(config, symbol_index, set_index, fields, per_symbol, constants)
+
+
+def _metric_columns(fields: dict[str, np.ndarray], flat: np.ndarray, has_bars: np.ndarray, initial: float) -> None:
+    """`metric_value` of each kernel metric over the rows of `flat`, into `fields`: counts int64, other
+    numbers float64 with NaN for None (an integer stat too: the table casts it)."""
+    for metric in RESULT_METRICS:
+        if metric.name in DERIVED_METRICS:
+            continue
+        values = flat[:, enums.METRIC_SLOTS[metric.name]]
+        if metric.without_bars == metrics.KERNEL:
+            fields[metric.name] = values.astype(np.int64)
+        elif metric.dtype == "int64" and metric.without_bars is not None:
+            fields[metric.name] = np.where(has_bars, values, metric.without_bars).astype(np.int64)
+        else:
+            values = values.copy()
+            with np.errstate(invalid="ignore"):
+                values[~np.isfinite(values)] = np.nan
+            empty = initial if metric.without_bars == metrics.INITIAL else (
+                np.nan if metric.without_bars is None else metric.without_bars)
+            fields[metric.name] = np.where(has_bars, values, empty)
 
 
 def column_rows(batch: PriceBatch, config: RunConfig, cube: np.ndarray, columns: ResultColumns,

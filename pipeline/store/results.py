@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import stopping
+from pipeline.core import metrics, stopping
 from pipeline.core.config import check_writable_folder
 from pipeline.core.errors import InputError, PipelineError, disk_full, is_disk_full
 from pipeline.core.versions import ENGINE_VERSION, __version__
@@ -75,6 +75,12 @@ PARAM_COLUMNS: tuple[str, ...] = (
 
 _TS = pa.timestamp("us", tz="UTC")
 
+
+def _metric_fields(section: metrics.Section) -> list[pa.Field]:
+    """The results columns of one section of the table of metrics."""
+    return [pa.field(m.name, pa.from_numpy_dtype(m.dtype)) for m in metrics.of_section(section)]
+
+
 RESULT_SCHEMA = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -88,37 +94,8 @@ RESULT_SCHEMA = pa.schema(
         pa.field("end", _TS),
         pa.field("timerange_start", _TS),
         pa.field("timerange_end", _TS),
-        pa.field("bars", pa.int64()),
-        pa.field("days_of_data", pa.float64()),
-        pa.field("final_value", pa.float64()),
-        pa.field("total_return_pct", pa.float64()),
-        pa.field("buy_hold_return_pct", pa.float64()),
-        pa.field("num_trades", pa.int64()),
-        pa.field("closed_trades", pa.int64()),
-        pa.field("win_rate_pct", pa.float64()),
-        pa.field("max_drawdown_pct", pa.float64()),
-        pa.field("sharpe", pa.float64()),
-        pa.field("exposure_pct", pa.float64()),
-        # The full stats set (README: formulas); *_bars count the symbol's bars.
-        pa.field("cagr_pct", pa.float64()),
-        pa.field("annual_return_pct", pa.float64()),
-        pa.field("annual_volatility_pct", pa.float64()),
-        pa.field("sortino", pa.float64()),
-        pa.field("calmar", pa.float64()),
-        pa.field("max_drawdown_duration_bars", pa.int64()),
-        pa.field("avg_drawdown_pct", pa.float64()),
-        pa.field("best_trade_pct", pa.float64()),
-        pa.field("worst_trade_pct", pa.float64()),
-        pa.field("avg_trade_pct", pa.float64()),
-        pa.field("avg_trade_duration_bars", pa.float64()),
-        pa.field("max_trade_duration_bars", pa.int64()),
-        pa.field("profit_factor", pa.float64()),
-        pa.field("expectancy", pa.float64()),
-        pa.field("sqn", pa.float64()),
-        pa.field("fees_paid", pa.float64()),
-        pa.field("final_value_net", pa.float64()),
-        pa.field("warmup_bars", pa.int64()),
-        pa.field("partial_bars", pa.int64()),
+        # Every result's metrics (pipeline/core/metrics.py), NULL where undefined.
+        *_metric_fields("result"),
         pa.field("min_bar_coverage", pa.float64()),
         pa.field("annualization", pa.string()),
         pa.field("bars_per_year", pa.float64()),
@@ -149,13 +126,9 @@ RESULT_SCHEMA = pa.schema(
         pa.field("stake", pa.float64()),
         pa.field("stake_mode", pa.string()),
         pa.field("rank_by", pa.string()),
-        pa.field("skipped_no_slot", pa.int64()),
-        pa.field("skipped_no_cash", pa.int64()),
-        # Sweeps only (NULL otherwise; README "Overfitting statistics"): parameter sets tried on
-        # the symbol, its probability of backtest overfitting, and this row's deflated Sharpe ratio.
-        pa.field("n_trials", pa.int64()),
-        pa.field("pbo", pa.float64()),
-        pa.field("deflated_sharpe", pa.float64()),
+        *_metric_fields("portfolio"),
+        # Sweeps only (NULL otherwise; README "Overfitting statistics").
+        *_metric_fields("sweep"),
         # Walk-forward rows (--walk-forward; NULL otherwise): the fold, and which part the row
         # measures: train / test (the set chosen on the fold's train part) or oos (a symbol's
         # test parts stitched; its params are {}); walk_forward_flat_start: whether the run's test
