@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api import page
 from pipeline.api.jobs import Emitter, Job, QueueFull, Runner, ShuttingDown
 from pipeline.api.models import (
     MAX_BODY_BYTES,
@@ -48,7 +49,6 @@ from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import options
 
 T = TypeVar("T")
-STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline ships them.
 DOCS_STATIC = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_ASSETS = "/docs-assets"
@@ -672,7 +672,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page.dashboard_html())
 
     # /docs with its script and style served from here (fastapi-offline's copy of Swagger UI): FastAPI's
     # own page loads them from a CDN and is blank offline. No /redoc: ReDoc fetches its logo from its CDN

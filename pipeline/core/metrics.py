@@ -61,7 +61,7 @@ METRICS: tuple[Metric, ...] = (
     Metric("final_value_net", "float64", "cash", "money",
            "final_value less the exit fee the open position would pay at the last close",
            single=True, spec=True, without_bars=INITIAL),
-    Metric("total_return_pct", "float64", "%", "pct", "final_value / initial cash - 1",
+    Metric("total_return_pct", "float64", "%", "pct", "(final_value / initial cash - 1) x 100",
            single=True, portfolio=True, spec=True, without_bars=0.0),
     Metric("buy_hold_return_pct", "float64", "%", "pct", "price change first close -> last close, no fees",
            single=True, portfolio=True, spec=True),
@@ -108,7 +108,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("pbo", "float64", "ratio", "ratio", "the symbol's probability of backtest overfitting (CSCV)",
            section="sweep"),
     Metric("deflated_sharpe", "float64", "ratio", "ratio",
-           "probability that the row's Sharpe ratio beats the best of n_trials lucky ones", section="sweep"),
+           "the row's Deflated Sharpe Ratio: probability that its Sharpe beats n_trials unskilled trials",
+           section="sweep"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}
@@ -126,7 +127,8 @@ def markdown_table() -> str:
     """The table of metrics in docs/cli.md."""
     lines = ["| metric | type | unit | what it is |", "|---|---|---|---|"]
     for m in METRICS:
-        where = {"portfolio": " (portfolio rows)", "sweep": " (sweeps)"}.get(m.section, "")
-        stored = "" if m.stored else " (JSON only, not a results column)"
-        lines.append(f"| `{m.name}` | {SQL_TYPES[m.dtype]} | {m.unit} | {m.description}{where}{stored} |")
+        notes = [{"portfolio": "portfolio rows", "sweep": "sweeps, see sweeps.md"}.get(m.section, ""),
+                 "" if m.stored else "in the JSON only, not a results column"]
+        note = "; ".join(n for n in notes if n)
+        lines.append(f"| `{m.name}` | {SQL_TYPES[m.dtype]} | {m.unit} | {m.description}{f' ({note})' if note else ''} |")
     return "\n".join(lines)
