@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from pipeline.core import metrics, tables
-from pipeline.store import results as schemas
+from pipeline.store import schemas
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 PLACEHOLDER = "/*COLUMN_KINDS*/{}"
