@@ -535,7 +535,6 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_sets(run_id: RunId, symbol: Symbol = None,
                        n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
                        ) -> Response:
-        from pipeline.engine import batch as engine
         from pipeline.store import results
 
         rows = _rows(*await asyncio.to_thread(results.sweep_sets, settings.results_root, run_id, symbol, n))
@@ -544,7 +543,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         for row in rows:
             row["params"] = json.loads(row.pop("params_json"))
         # The strategy's parameters, then the run parameters (sl, tp, ...) the sweep varied, as -g names them.
-        named = engine.set_parameters(rows)
+        named = options.set_parameters(rows)
         return _json([{"params": p, **{k: r[k] for k in ("symbols", "total_return_pct", "sharpe",
                                                           "max_drawdown_pct", "num_trades")}}
                       for p, r in zip(named, rows, strict=True)])

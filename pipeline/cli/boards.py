@@ -48,7 +48,7 @@ def print_board(results: list[dict[str, Any]], title: str, limit: int, with_para
     varying: list[str] = []
     sets: list[dict[str, Any]] = [{} for _ in rows]
     if with_params and rows:
-        from pipeline.engine.batch import set_parameters
+        from pipeline.engine.options import set_parameters
 
         sets = set_parameters(rows)
         names = list(sets[0])

@@ -11,6 +11,7 @@ from rich.table import Table
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, err_console
+from pipeline.cli.run_flags import run_options
 from pipeline.cli.runs import say_left_out
 from pipeline.core import tables
 from pipeline.core.config import Settings
@@ -27,6 +28,7 @@ def _split_values(items: list[str]) -> list[str]:
 
 @app.command("portfolio")
 @user_errors
+@run_options("portfolio")
 def portfolio_command(
     strategy: Annotated[str, typer.Argument(help="Strategy whose signals drive the account.")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
@@ -42,24 +44,13 @@ def portfolio_command(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", "-g", help="Strategy parameter sweep: name=start:stop:step or name=v1,v2.")] = None,
-    interval: Annotated[str, typer.Option(help="1m .. 1w (see backtest --help) or auto (the coarsest interval "
-                                                "any symbol needs: one account needs one grid).")] = "1h",
-    timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD, either side open.")] = None,
-    fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
-    slippage: Annotated[float, typer.Option(help="Slippage in percent against every market fill.")] = 0.0,
-    fill: Annotated[str, typer.Option(help="close (signal bar) or next_open.")] = "close",
-    initial: Annotated[float, typer.Option(help="Starting cash of the one account.")] = 1000.0,
     top: Annotated[int, typer.Option(help="Accounts and symbols in the printed tables.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the accounts and the best one's trades.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Picture of the best account vs equal-weight buy & hold "
                                                    "(.html or .png).")] = None,
-    annualization: Annotated[str, typer.Option(
-        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
-    min_bar_coverage: Annotated[float, typer.Option(
-        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
-             "needs 12 hours); 0 keeps all.")] = 0.0,
     strategy_path: Annotated[list[Path] | None, typer.Option(
         "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    **run: Any,
 ) -> None:
     """One account over many symbols: shared cash, at most --max-open positions, ranked entries.
 
@@ -80,7 +71,7 @@ def portfolio_command(
     symbols = options.check_symbols(symbol, all_)
     options.check_top(top)
     options.check_plot(plot)
-    options.check_interval(interval)
+    interval = options.check_interval(run.pop("interval"))
     slots = []
     for text in _split_values(max_open or ["10"]):
         if not text.isascii() or not text.isdigit() or int(text) < 1:
@@ -92,8 +83,7 @@ def portfolio_command(
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
     params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
-    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
-                                annualization=annualization, min_bar_coverage=min_bar_coverage, slippage=slippage)
+    config = options.run_config(strategy, params, **run)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")
@@ -134,7 +124,7 @@ def portfolio_command(
             board.add_row(c["symbol"], str(c["round_trips"]), tables.cell("pnl", c["pnl"]), str(c["skipped_entries"]))
         console.print(board)
         console.print(f"best account: final value {tables.cell('final_value', best['final_value'])} from "
-                      f"{tables.cell('initial_investment', initial)}; "
+                      f"{tables.cell('initial_investment', config.initial)}; "
                       f"{best['skipped_no_slot']} entries skipped for want of a slot, {best['skipped_no_cash']} "
                       f"for want of cash; ranked by {best['rank_by']}")
     console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms (kernel {outcome.kernel_seconds * 1000:.0f}"

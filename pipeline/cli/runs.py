@@ -10,31 +10,13 @@ import typer
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, emit_json, err_console, progress_bar, warn
+from pipeline.cli.run_flags import run_options
 from pipeline.cli.stoppable import RAN, stoppable
 from pipeline.core import stopping, tables
 from pipeline.core.config import Settings
 from pipeline.engine import options
 
 app = typer.Typer()
-
-INTERVAL_HELP = ("1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w (a symbol is read at its own interval or a coarser one, "
-                 "aggregated on read when the lake does not store it) or auto: per symbol, 1h when its hourly "
-                 "bars in range span at most 50,000 hours, else 1d; a symbol whose own bars are coarser than 1h "
-                 "keeps its own interval.")
-# SPEC 4.1's run parameters, the same on backtest and sweep (a sweep can also vary them: -g sl=2:10:2).
-SlOption = Annotated[float, typer.Option("--sl", help="Stop-loss in percent below the entry fill price (0 = none); "
-                                                      "checked from the bar after the entry against its open, "
-                                                      "high and low.")]
-TpOption = Annotated[float, typer.Option("--tp", help="Take-profit in percent above the entry fill price "
-                                                      "(0 = none).")]
-TrailOption = Annotated[bool, typer.Option("--trail", help="The stop-loss trails the highest high since the "
-                                                           "entry (needs --sl).")]
-SizeOption = Annotated[float, typer.Option("--size", help="Share of the equity committed at each entry, in (0, 1] "
-                                                          "(1 = all in).")]
-SlippageOption = Annotated[float, typer.Option("--slippage", help="Percent against the trader on every market "
-                                                                  "fill (close and next_open fills; stop fills get "
-                                                                  "none).")]
-
 
 def _run_header(outcome: Any) -> dict[str, Any]:
     """What `backtest --json` and `sweep --json` say of the run itself, before its results: its id, the
@@ -44,10 +26,10 @@ def _run_header(outcome: Any) -> dict[str, Any]:
 
 
 def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
-         interval: str, stream: bool, command: str, no_cache: bool = False,
-         confirm_seconds: float | None = None, snapshot: str | None = None, keep: int | None = None,
-         **run: Any) -> tuple[Any, Any, Settings]:
-    """A validated backtest or sweep, run; `run` are `options.run_config`'s options (fee, fill, sl, ...)."""
+         stream: bool, command: str, no_cache: bool = False, confirm_seconds: float | None = None,
+         snapshot: str | None = None, keep: int | None = None, *, interval: str, **run: Any
+         ) -> tuple[Any, Any, Settings]:
+    """A validated backtest or sweep, run; `run` are the command's run options (fee, fill, sl, ...)."""
     from pipeline import runs
 
     config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, **run)
@@ -117,38 +99,23 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
 @app.command("backtest")
 @user_errors
 @stoppable
+@run_options("backtest")
 def backtest_command(
     strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
     all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
-    interval: Annotated[str, typer.Option(help=INTERVAL_HELP)] = "1h",
-    timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD, either side open.")] = None,
     snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot (`cryptobt lake snapshots`) "
                                                       "instead of the current one.")] = None,
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
-    fee: Annotated[float, typer.Option(help="Fee in percent per fill (0.1 = 0.1 %).")] = 0.1,
-    fill: Annotated[str, typer.Option(help="close (signal bar) or next_open.")] = "close",
-    initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
-    trades: Annotated[bool, typer.Option("--trades", help="Include each result's trade log (fills) and round "
-                                                          "trips.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: the run (run_id, snapshot_id, "
                                                           "interval, left_out) and its results.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
-    annualization: Annotated[str, typer.Option(
-        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
-    min_bar_coverage: Annotated[float, typer.Option(
-        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
-             "needs 12 hours); 0 keeps all.")] = 0.0,
     strategy_path: Annotated[list[Path] | None, typer.Option(
         "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
-    sl: SlOption = 0.0,
-    tp: TpOption = 0.0,
-    trail: TrailOption = False,
-    size: SizeOption = 1.0,
-    slippage: SlippageOption = 0.0,
+    **run: Any,
 ) -> None:
     """Backtest one strategy over many symbols at once.
 
@@ -161,11 +128,8 @@ def backtest_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, stream,
-                                     "backtest", no_cache, snapshot=snapshot, timerange=timerange, fee=fee,
-                                     fill=fill, initial=initial, trades=trades, annualization=annualization,
-                                     min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
-                                     slippage=slippage)
+    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, stream,
+                                     "backtest", no_cache, snapshot=snapshot, **run)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
     if stream:
@@ -185,53 +149,25 @@ def backtest_command(
 @app.command("sweep")
 @user_errors
 @stoppable
+@run_options("sweep")
 def sweep_command(
     strategy: Annotated[str, typer.Argument(help="Strategy to sweep.")],
     grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s")] = None,
     all_: Annotated[bool, typer.Option("--all")] = False,
-    interval: Annotated[str, typer.Option(help=INTERVAL_HELP)] = "1h",
-    timerange: Annotated[str | None, typer.Option(help="YYYYMMDD-YYYYMMDD.")] = None,
     snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot instead of the current one.")] = None,
-    fee: Annotated[float, typer.Option(help="Fee in percent.")] = 0.1,
-    fill: Annotated[str, typer.Option(help="close or next_open.")] = "close",
-    initial: Annotated[float, typer.Option(help="Starting cash.")] = 1000.0,
     top: Annotated[int, typer.Option(help="Best N per symbol and overall.")] = 5,
     as_json: Annotated[bool, typer.Option("--json")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures (with a heatmap) to .html or .png.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
-    annualization: Annotated[str, typer.Option(
-        help="Sharpe and its kin: observed (each symbol's bars a year) or calendar (8,760 for 1h).")] = "observed",
-    min_bar_coverage: Annotated[float, typer.Option(
-        help="Drop bars built from less than this share of their interval's hours (0.5: a daily bar "
-             "needs 12 hours); 0 keeps all.")] = 0.0,
     yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep estimated to take more than "
                                       f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
     strategy_path: Annotated[list[Path] | None, typer.Option(
         "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
-    sl: SlOption = 0.0,
-    tp: TpOption = 0.0,
-    trail: TrailOption = False,
-    size: SizeOption = 1.0,
-    slippage: SlippageOption = 0.0,
-    objective: Annotated[str, typer.Option(
-        help="What best means: total_return, sharpe, sortino, calmar, profit_factor or expectancy.")] = "total_return",
-    min_trades: Annotated[int, typer.Option(
-        help="Sets with fewer entries than this never win (they rank after every set that has them).")] = 5,
-    pbo_blocks: Annotated[int, typer.Option(
-        help="Time blocks of the PBO's cross-validation (even, 2..24; 0 = no PBO).")] = 16,
     samples: Annotated[int | None, typer.Option(
         help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,
-    walk_forward: Annotated[int, typer.Option(
-        "--walk-forward", help="Cut each symbol's bars into K folds; in each, the best set on the train part "
-                               "(by --objective) is judged on the test part that follows (0 = off).")] = 0,
-    train_ratio: Annotated[float, typer.Option(help="Share of each fold that trains (walk-forward).")] = 0.7,
-    anchored: Annotated[bool, typer.Option(
-        "--anchored", help="Walk-forward trains from the first bar up to each test part.")] = False,
-    walk_forward_flat_start: Annotated[bool, typer.Option(
-        "--walk-forward-flat-start", help="Walk-forward test parts start flat with fresh cash (no position "
-                                          "carried in from the full-history path).")] = False,
+    **run: Any,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
 
@@ -253,14 +189,8 @@ def sweep_command(
     params_list = options.parse_grid(strategy, grid, samples, seed)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
-    outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, False, "sweep", no_cache,
-                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, timerange=timerange,
-                                     fee=fee, fill=fill, initial=initial, annualization=annualization,
-                                     min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
-                                     slippage=slippage, objective=objective, min_trades=min_trades,
-                                     pbo_blocks=pbo_blocks, walk_forward=walk_forward, train_ratio=train_ratio,
-                                     anchored=anchored, walk_forward_flat_start=walk_forward_flat_start,
-                                     keep=top)
+    outcome, config, settings = _run(strategy, params_list, symbol, all_, False, "sweep", no_cache,
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top, **run)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
