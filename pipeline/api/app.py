@@ -42,7 +42,7 @@ from pipeline.api.models import (
     RunRequest,
     SweepRequest,
 )
-from pipeline.core import tables
+from pipeline.core import run_options, tables
 from pipeline.core.config import Settings, redact_url
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import options
@@ -460,7 +460,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         rows = [{"symbol": name, "data_version": meta.get("data_version"),
                  "intervals": {k: v for k, v in meta.items() if isinstance(v, dict)}}
                 for name, meta in sorted(snapshot.symbols.items())]
-        return _json({"snapshot_id": snapshot.id, "intervals": list(options.INTERVALS), "symbols": rows})
+        return _json({"snapshot_id": snapshot.id, "intervals": list(run_options.INTERVALS), "symbols": rows})
 
     @app.get("/api/results/top", tags=["results"], responses={200: ARRAY}, summary="The best results recorded (as `results top`)")
     async def results_top(
