@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import runs
 from pipeline.core.config import Settings
+from pipeline.core.run_options import BY_NAME as OPTION
 from pipeline.engine import batch as engine
 from pipeline.engine import options, strategies
 from pipeline.lake import reader
@@ -73,12 +74,12 @@ def by_interval(snapshot: lake.Snapshot, symbols: list[str], interval: str) -> d
 @flow(name="backtest-all", log_prints=True)
 def backtest_flow(
     strategy_names: list[str] | None = None,
-    interval: str = "1h",
+    interval: str = OPTION["interval"].default,
     grid: dict[str, list[str]] | None = None,
     shards: int = 2,
-    fee_pct: float = 0.1,
-    fill: str = "close",
-    initial: float = 1000.0,
+    fee_pct: float = OPTION["fee"].default,
+    fill: str = OPTION["fill"].default,
+    initial: float = OPTION["initial"].default,
     mode: str = "single",
     max_open: list[int] | None = None,
     stake: list[str] | None = None,
