@@ -43,7 +43,7 @@ from pipeline.api.models import (
     RunRequest,
     SweepRequest,
 )
-from pipeline.core import tables
+from pipeline.core import run_options, tables
 from pipeline.core.config import Settings, redact_url
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import options
@@ -460,7 +460,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         rows = [{"symbol": name, "data_version": meta.get("data_version"),
                  "intervals": {k: v for k, v in meta.items() if isinstance(v, dict)}}
                 for name, meta in sorted(snapshot.symbols.items())]
-        return _json({"snapshot_id": snapshot.id, "intervals": list(options.INTERVALS), "symbols": rows})
+        return _json({"snapshot_id": snapshot.id, "intervals": list(run_options.INTERVALS), "symbols": rows})
 
     @app.get("/api/results/top", tags=["results"], responses={200: ARRAY}, summary="The best results recorded (as `results top`)")
     async def results_top(
@@ -535,7 +535,6 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_sets(run_id: RunId, symbol: Symbol = None,
                        n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
                        ) -> Response:
-        from pipeline.engine import batch as engine
         from pipeline.store import results
 
         rows = _rows(*await asyncio.to_thread(results.sweep_sets, settings.results_root, run_id, symbol, n))
@@ -544,7 +543,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         for row in rows:
             row["params"] = json.loads(row.pop("params_json"))
         # The strategy's parameters, then the run parameters (sl, tp, ...) the sweep varied, as -g names them.
-        named = engine.set_parameters(rows)
+        named = options.set_parameters(rows)
         return _json([{"params": p, **{k: r[k] for k in ("symbols", "total_return_pct", "sharpe",
                                                           "max_drawdown_pct", "num_trades")}}
                       for p, r in zip(named, rows, strict=True)])

@@ -22,9 +22,9 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.intervals import SECONDS as STEP_SECONDS
 from pipeline.engine import batch as engine
 from pipeline.engine import strategies
-from pipeline.engine.batch import RunConfig
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels import portfolio as pk
+from pipeline.engine.options import RunConfig
 from pipeline.lake.reader import PriceBatch
 
 RANK_BY = ("auto", "volume", "name")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipeline.core import run_options
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.store.files import (
     runs_root,
@@ -207,8 +208,8 @@ SELECT DISTINCT params_json, sl_pct, tp_pct, trail, size, slippage_pct
 FROM results WHERE run_id = ? AND fold IS NULL AND coalesce(split, '') <> 'oos'
 """
 _LATEST_RUN_SQL = "SELECT run_id FROM results ORDER BY created_at DESC, run_id DESC LIMIT 1"
-# SPEC 4.1's run settings, as the results table names them, and their values when not set.
-RUN_SETTING_DEFAULTS = {"sl_pct": 0.0, "tp_pct": 0.0, "trail": False, "size": 1.0, "slippage_pct": 0.0}
+# The per-set run options (stops, size, slippage) as results columns, with their defaults.
+RUN_SETTING_DEFAULTS = {o.record_field: o.default for o in run_options.PER_SET}
 
 
 def latest_run_id(results_root: str | os.PathLike[str]) -> str:
