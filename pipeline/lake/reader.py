@@ -25,6 +25,7 @@ from pipeline.core.errors import PipelineError, SnapshotDamaged
 from pipeline.lake import grids
 from pipeline.lake import snapshots as lake
 from pipeline.lake.align import bar_span, scatter_to_grid
+from pipeline.lake.verify import check_files
 
 if TYPE_CHECKING:
     import duckdb
@@ -263,7 +264,7 @@ def read_prices(
     scanned: list[Path] = []
     for (source, unit), group_ids in groups.items():
         paths = snapshot.files(source, years)
-        lake.check_files(snapshot, paths)
+        check_files(snapshot, paths)
         scanned += paths
         files = [str(p) for p in paths]
         if not files:
