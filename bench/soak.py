@@ -45,6 +45,7 @@ from psycopg import sql
 from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.engine import options
+from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -159,7 +160,7 @@ def cycle(settings: Settings, cache: ResultCache, work: Path, tally: Tally, rng:
     cache.invalidate_symbol(pick.choice(sorted(snapshot.symbols)))
     tally.invalidations += 1
     if tally.cycles % vacuum_every == vacuum_every - 1:
-        tally.snapshots_removed += len(lake.vacuum(settings.lake_root, keep=3, keep_hours=0))
+        tally.snapshots_removed += len(retention.vacuum(settings.lake_root, keep=3, keep_hours=0))
         tally.vacuums += 1
 
 
@@ -181,7 +182,7 @@ def final_checks(settings: Settings, tally: Tally) -> dict[str, Any]:
         f"SELECT count(*) FROM read_parquet('{snapshot.path}/interval=*/*/*.parquet', "  # noqa: S608
         "hive_partitioning = true)"
     ).fetchall()[0][0]
-    problems = [p for path in (s.path for s in lake.list_snapshots(settings.lake_root)) for p in lake.verify(path)]
+    problems = [p for path in (s.path for s in lake.list_snapshots(settings.lake_root)) for p in verify.problems(path)]
     return {
         "verify_problems": problems,
         "table_rows": table_rows,

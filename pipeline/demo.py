@@ -24,6 +24,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
 from pipeline.engine import options, strategies
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import CommitResult, commit
 from pipeline.source.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
 from pipeline.source.synthetic import generate_market
 from pipeline.store.cache import ResultCache
@@ -33,7 +34,7 @@ DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
 SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
 
 
-def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> lake.CommitResult:
+def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> CommitResult:
     """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists.
 
     Its snapshot replaces whatever the lake held (source `sample`): symbols are names, so a
@@ -53,8 +54,8 @@ def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Pat
             frames.append(frame.with_columns(pl.lit(name).alias("symbol")))
     merged = pl.concat([f.select("symbol", "ts", "open", "high", "low", "close", "volume") for f in frames])
     with lake.export_lock(lake_root, wait_seconds=30):
-        return lake.commit(lake_root, merged, natives, full=True, watermark=None,
-                           rows_read=merged.height, source="sample")
+        return commit(lake_root, merged, natives, full=True, watermark=None,
+                      rows_read=merged.height, source="sample")
 
 
 def _full_path(settings: Settings, console: Console) -> None:

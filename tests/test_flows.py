@@ -138,6 +138,7 @@ def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harne
     its sha256, named, and the snapshot rebuilt from PostgreSQL though no row changed there."""
     from flows.export import export_flow
     from pipeline.lake import snapshots as lake
+    from pipeline.lake import verify
     from tests.test_corruption import _rot
 
     loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=1)
@@ -149,7 +150,7 @@ def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harne
     healed = export_flow()
     assert healed["created"] and healed["snapshot_id"] != first["snapshot_id"]
     assert any(str(victim) in line for line in healed["warnings"]), healed["warnings"]
-    assert lake.verify(lake.current_snapshot(tmp_path / "lake").path) == []
+    assert verify.problems(lake.current_snapshot(tmp_path / "lake").path) == []
 
 
 class FlakyPostgresProxy:

@@ -18,6 +18,7 @@ from pipeline.engine import batch as engine
 from pipeline.engine import options
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import commit
 
 BUILT_INS = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
@@ -103,8 +104,8 @@ def weekday_lake(tmp_path_factory):
                                     "low": close * 0.999, "close": close, "volume": 1.0}))
     hourly = pl.concat(frames)
     with lake.export_lock(root):
-        lake.commit(root, hourly, {"EURUSD": "1h", "BTCUSD": "1h"}, full=True, watermark=None,
-                    rows_read=hourly.height, source="test")
+        commit(root, hourly, {"EURUSD": "1h", "BTCUSD": "1h"}, full=True, watermark=None,
+               rows_read=hourly.height, source="test")
     return root
 
 
@@ -170,7 +171,7 @@ def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drop
     hourly = pl.DataFrame({"symbol": "FX", "ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999,
                            "close": close, "volume": 1.0})
     with lake.export_lock(root):
-        lake.commit(root, hourly, {"FX": "1h"}, full=True, watermark=None, rows_read=hourly.height, source="test")
+        commit(root, hourly, {"FX": "1h"}, full=True, watermark=None, rows_read=hourly.height, source="test")
     days = ts.dt.date().value_counts()
     partial = days.filter(pl.col("count") < 24).height
     assert partial > 20  # the listing day (3 hours) and every Sunday (2 hours)

@@ -14,7 +14,7 @@ import pytest
 from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.engine import options
-from pipeline.lake import snapshots as lake
+from pipeline.lake import retention
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
 
@@ -58,13 +58,13 @@ def test_vacuum_leaves_the_snapshot_a_running_backtest_reads_and_removes_it_afte
     read = reference.snapshot_id
     newer = _new_snapshot(exported, 1)
     assert newer != read
-    removed = lake.vacuum(exported.lake_root, keep=1, keep_hours=0)
+    removed = retention.vacuum(exported.lake_root, keep=1, keep_hours=0)
     assert read not in removed and (exported.lake_root / "snapshots" / read).is_dir()
     proceed.set()
     worker.join(60)
     assert outcome["run"].snapshot_id == read
     assert _strip(outcome["run"].results) == _strip(reference.results)
-    assert lake.vacuum(exported.lake_root, keep=1, keep_hours=0) == [read]
+    assert retention.vacuum(exported.lake_root, keep=1, keep_hours=0) == [read]
 
 
 def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(exported, tmp_path):
@@ -77,7 +77,7 @@ def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(expor
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     for k in range(3):
         _new_snapshot(exported, 10 + k)
-        lake.vacuum(exported.lake_root, keep=1, keep_hours=0)
+        retention.vacuum(exported.lake_root, keep=1, keep_hours=0)
     import json
 
     expected = {r["symbol"]: r["final_value"] for r in before.results}

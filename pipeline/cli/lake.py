@@ -123,6 +123,7 @@ def lake_verify(
     Example: cryptobt lake verify --all
     """
     from pipeline.lake import snapshots as lake
+    from pipeline.lake import verify
 
     settings = Settings.from_env()
     root = Path(settings.lake_root)
@@ -131,7 +132,7 @@ def lake_verify(
         paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
     else:
         paths = [lake.require_snapshot(root).path]
-    problems = [problem for path in paths for problem in lake.verify(path)]
+    problems = [problem for path in paths for problem in verify.problems(path)]
     for problem in problems:
         console.print(problem, highlight=False, soft_wrap=True)
     if problems:
@@ -150,6 +151,7 @@ def lake_vacuum(
 
     Example: cryptobt lake vacuum --keep 3 --keep-hours 0
     """
+    from pipeline.lake import retention
     from pipeline.lake import snapshots as lake
 
     if keep is not None and keep < 1:
@@ -158,6 +160,6 @@ def lake_vacuum(
         keep_hours = options.check_number("--keep-hours", keep_hours, 0, options.MAX_HOURS)
     settings = Settings.from_env()
     with lake.export_lock(settings.lake_root, wait_seconds=30):
-        removed = lake.vacuum(settings.lake_root, keep=keep or settings.snapshot_keep,
-                              keep_hours=settings.snapshot_keep_hours if keep_hours is None else keep_hours)
+        removed = retention.vacuum(settings.lake_root, keep=keep or settings.snapshot_keep,
+                                   keep_hours=settings.snapshot_keep_hours if keep_hours is None else keep_hours)
     console.print(f"removed {len(removed)} snapshot(s)" + (": " + ", ".join(removed) if removed else ""))
