@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraint
 
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
-from pipeline.engine import options, portfolio, walkforward
+from pipeline.engine import options, portfolio
 from pipeline.engine.strategies import EXECUTION_PARAMS, MAX_GRID_COMBOS, Param
 
 # Sizes of a request. A body is at most MAX_BODY_BYTES (413 beyond): a grid value list of ~100,000
@@ -55,7 +55,7 @@ def _bounds(param: Param) -> dict[str, Any]:
     return out
 
 
-# What `options.run_config` (engine.make_config, walkforward.check) accepts per option, for the schema;
+# What `options.run_config` (engine.make_config, options.check_walk_forward) accepts per option, for the schema;
 # tests/test_api_limits.py checks each bound against the rule itself.
 RULES: dict[str, dict[str, Any]] = {
     "timerange": {"pattern": TIMERANGE},
@@ -68,7 +68,7 @@ RULES: dict[str, dict[str, Any]] = {
     "min_trades": {"minimum": 0},
     # 0 (off) or even from PBO_BLOCKS_RANGE[0] = 2
     "pbo_blocks": {"minimum": 0, "maximum": engine.PBO_BLOCKS_RANGE[1], "multipleOf": 2},
-    "walk_forward": {"anyOf": [{"const": 0}, {"minimum": 2, "maximum": walkforward.MAX_FOLDS}]},
+    "walk_forward": {"anyOf": [{"const": 0}, {"minimum": 2, "maximum": options.MAX_FOLDS}]},
     "train_ratio": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
     **{p.name: _bounds(p) for p in EXECUTION_PARAMS if p.type is float},
 }

@@ -234,9 +234,7 @@ def make_config(
             or not (pbo_blocks == 0 or (low <= pbo_blocks <= high and pbo_blocks % 2 == 0))):
         raise PipelineError(f"--pbo-blocks {pbo_blocks!r} is not allowed: 0 (off) or an even number "
                             f"from {low} to {high}")
-    from pipeline.engine import walkforward
-
-    walkforward.check(walk_forward, train_ratio, anchored, objective, walk_forward_flat_start)
+    options.check_walk_forward(walk_forward, train_ratio, anchored, objective, walk_forward_flat_start)
     return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
                      timerange_start, timerange_end, dropped, annualization=annualization,
                      min_bar_coverage=float(min_bar_coverage),

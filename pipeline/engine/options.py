@@ -38,6 +38,10 @@ SWEEP_CONFIRM_SECONDS = 60.0
 SWEEP_MENTION_SECONDS = 1.0  # quicker sweeps start without a word
 BAR_STEPS_PER_SECOND = 20e6
 SECONDS_PER_BACKTEST = 100e-6  # shaping, ranking and writing one result row (measured: ~94 us)
+# Objectives a walk-forward fold can rank by: those computed from the equity path alone (per-trade ones,
+# profit factor and expectancy, need trades per fold, which the block sums do not keep).
+WALK_FORWARD_OBJECTIVES = ("total_return", "sharpe", "sortino")
+MAX_FOLDS = 50
 
 
 def is_plain_number(text: str) -> bool:
@@ -116,6 +120,26 @@ def check_interval(interval: str) -> str:
     if interval not in INTERVALS:
         raise PipelineError(f"--interval {interval!r} is not allowed; use one of: {', '.join(INTERVALS)}")
     return interval
+
+
+def check_walk_forward(walk_forward: int, train_ratio: float, anchored: bool, objective: str, flat_start: bool = False) -> None:
+    """One-line errors for the walk-forward options (`pipeline.engine.walkforward`), before any work."""
+    if isinstance(walk_forward, bool) or not isinstance(walk_forward, int) or not (
+            walk_forward == 0 or 2 <= walk_forward <= MAX_FOLDS):
+        raise PipelineError(f"--walk-forward {walk_forward!r} is out of range: 0 (off) or 2 to {MAX_FOLDS} folds")
+    if not (isinstance(train_ratio, int | float) and not isinstance(train_ratio, bool)
+            and math.isfinite(train_ratio) and 0 < train_ratio < 1):
+        raise PipelineError(f"--train-ratio {train_ratio!r} is out of range: a share between 0 and 1 (0.7 trains "
+                            "on the first 70 % of each fold)")
+    if walk_forward and objective not in WALK_FORWARD_OBJECTIVES:
+        raise PipelineError(f"--objective {objective} cannot rank a walk-forward fold (it needs trades per fold); "
+                            f"use one of: {', '.join(WALK_FORWARD_OBJECTIVES)}")
+    if anchored and not walk_forward:
+        raise PipelineError("--anchored needs --walk-forward K")
+    if not isinstance(flat_start, bool):
+        raise PipelineError(f"--walk-forward-flat-start {flat_start!r} is not allowed: true or false")
+    if flat_start and not walk_forward:
+        raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
 
 
 def run_request(
