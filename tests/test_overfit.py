@@ -378,13 +378,13 @@ def test_cli_walk_forward_flat_start_rows_are_told_apart_from_carried_ones(tmp_p
                             f"'{tmp_path}/results/**/*.parquet', union_by_name=true) WHERE split IS NULL").fetchall()[0]
     assert sweep_rows == (2 * 16 * len(symbols), 0)  # plain sweep rows: NULL
 
-    from pipeline.api import app as api_app
     from pipeline.api.models import SweepRequest
+    from pipeline.api.routes import runs as api_runs
 
     requests = [SweepRequest(strategy="rsi", grid=GRID, walk_forward=3, walk_forward_flat_start=flag)
                 for flag in (False, True)]
     assert [r.check()[0].walk_forward_flat_start for r in requests] == [False, True]
-    assert api_app._request_key("sweep", requests[0]) != api_app._request_key("sweep", requests[1])
+    assert api_runs.request_key("sweep", requests[0]) != api_runs.request_key("sweep", requests[1])
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
         SweepRequest(strategy="rsi", grid=GRID, walk_forward_flat_start=True).check()
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
