@@ -197,6 +197,8 @@ async def backtest_stream(request: Request, body: RunRequest, settings: AppSetti
     return await _stream(settings, runner, "backtest", request, body)
 
 
+# The sweep's two routes are the backtest's over its own request model: FastAPI reads the body's model
+# off each signature, so each route declares its own.
 @router.post("/api/sweep", tags=["runs"], responses=documented(429, 503, **{"200": ARRAY}),
              summary="A parameter grid; the best sets overall and per symbol")
 async def sweep(body: SweepRequest, settings: AppSettings, runner: AppRunner) -> Response:
