@@ -207,7 +207,8 @@ def strategies_check(
 
     strategies.enable_bounds_checks()
     options.load_strategy_paths(strategy_path)
-    reports = runs.check_strategy(Settings.from_env(), strategy, options.parse_params(param or []), symbol, interval)
+    reports = runs.check_strategy(Settings.from_env(), options.resolve_strategy(strategy),
+                                  options.parse_params(param or []), symbol, interval)
     peeks = [line for report in reports for line in report.lookahead]
     if as_json:
         import json
@@ -250,7 +251,7 @@ def db_init() -> None:
     settings = Settings.from_env()
     applied = source.apply_schema(settings.database_url)
     names = strategies.strategy_names()
-    source.write_strategies(settings.database_url, {n: strategies.get_strategy(n).defaults for n in names})
+    source.write_strategies(settings.database_url, {n: strategies.STRATEGIES[n].defaults for n in names})
     console.print(f"schema applied to {redact_url(settings.database_url)}: {', '.join(applied)}; "
                   f"crypto_strategies lists {', '.join(names)}")
 
@@ -673,11 +674,12 @@ def _run_header(outcome: Any) -> dict[str, Any]:
             "left_out": outcome.left_out}
 
 
-def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
+def _run(strategy: Any, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          interval: str, stream: bool, command: str, no_cache: bool = False,
          confirm_seconds: float | None = None, snapshot: str | None = None, keep: int | None = None,
          **run: Any) -> tuple[Any, Any, Settings]:
-    """A validated backtest or sweep, run; `run` are `options.run_config`'s options (fee, fill, sl, ...)."""
+    """A validated backtest or sweep of `strategy` (resolved: options.resolve_strategy), run; `run` are
+    `options.run_config`'s options (fee, fill, sl, ...)."""
     from pipeline import runs
 
     config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, **run)
@@ -794,7 +796,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     from pipeline.engine import batch as engine
 
     bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
-    written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
+    written = plots.write_plot(path, f"{config.strategy.name} on snapshot {outcome.snapshot_id}",
                                bars, curves, outcome.set_returns if sweep else None)
     err_console.print(f"picture written to {written}")
 
@@ -846,7 +848,8 @@ def backtest_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, interval, stream,
+    outcome, config, settings = _run(options.resolve_strategy(strategy), options.parse_params(param or []), symbol,
+                                     all_, interval, stream,
                                      "backtest", no_cache, snapshot=snapshot, timerange=timerange, fee=fee,
                                      fill=fill, initial=initial, trades=trades, annualization=annualization,
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
@@ -935,10 +938,11 @@ def sweep_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    params_list = options.parse_grid(strategy, grid, samples, seed)
+    chosen = options.resolve_strategy(strategy)
+    params_list = options.parse_grid(chosen, grid, samples, seed)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
-    outcome, config, settings = _run(strategy, params_list, symbol, all_, interval, False, "sweep", no_cache,
+    outcome, config, settings = _run(chosen, params_list, symbol, all_, interval, False, "sweep", no_cache,
                                      None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, timerange=timerange,
                                      fee=fee, fill=fill, initial=initial, annualization=annualization,
                                      min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
@@ -1034,8 +1038,9 @@ def portfolio_command(
         raise PipelineError(f"--rank-by {rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
-    params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
-    config = options.run_config(strategy, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
+    chosen = options.resolve_strategy(strategy)
+    params: Any = list(strategies.parse_grid(chosen, grid)) if grid else options.parse_params(param or [])
+    config = options.run_config(chosen, params, timerange=timerange, fee=fee, fill=fill, initial=initial,
                                 annualization=annualization, min_bar_coverage=min_bar_coverage, slippage=slippage)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
@@ -1231,9 +1236,7 @@ def results_top(
     if min_trades is not None:
         options.check_count("--min-trades", min_trades)
     if strategy is not None:
-        from pipeline.engine.strategies import get_strategy
-
-        get_strategy(strategy)
+        options.resolve_strategy(strategy)
     columns, rows = results.top(Settings.from_env().results_root, strategy, n, min_trades=min_trades)
     records = _records(columns, rows)
     if as_json:

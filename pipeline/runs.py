@@ -77,7 +77,7 @@ class RunOutcome:
 def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: str) -> dict:
     """The cache key of parameter set c on `symbol`: everything that decides its numbers."""
     return {
-        "strategy": config.strategy, "params": config.params_list[c], "symbol": symbol, "interval": interval,
+        "strategy": config.strategy.name, "params": config.params_list[c], "symbol": symbol, "interval": interval,
         "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
@@ -397,7 +397,7 @@ def _publish(plan: RunPlan, cache: ResultCache | None, lookup: CacheLookup, comp
         if sink.rows or computed.interrupted:  # an interrupted run is recorded even if it kept nothing
             results.append_run_metrics(
                 settings.results_root, plan.run_id, started_at=plan.started_at, duration_s=seconds,
-                strategy=config.strategy, n_symbols=len(plan.names), n_results=n_results,
+                strategy=config.strategy.name, n_symbols=len(plan.names), n_results=n_results,
                 bars=progress.bar_steps, cache_hits=hit_count if plan.use_cache else 0,
                 cache_misses=miss_count if plan.use_cache else 0, snapshot_id=plan.snapshot.id,
                 command=plan.command, interrupted=computed.interrupted, planned=plan.planned,
@@ -424,7 +424,7 @@ def _record_stopped(plan: RunPlan, sink: results.ResultSink | None, publication:
             with stopping.uninterrupted():
                 results.append_run_metrics(
                     plan.settings.results_root, plan.run_id, started_at=plan.started_at,
-                    duration_s=time.perf_counter() - plan.started, strategy=plan.config.strategy,
+                    duration_s=time.perf_counter() - plan.started, strategy=plan.config.strategy.name,
                     n_symbols=len(plan.names), n_results=0, bars=progress.bar_steps, snapshot_id=plan.snapshot.id,
                     command=plan.command, interrupted=True, planned=plan.planned)
             recorded = True
@@ -481,7 +481,7 @@ def backtest(
     missing = lookup.missing(plan)
     progress = _Progress(on_progress, plan.planned, (len(plan.names) - len(missing)) * plan.n_params)
     parts = _parts(plan, missing, on_results is not None, on_progress is not None)
-    sink = results.ResultSink(settings.results_root, plan.run_id, config.strategy, plan.started_at,
+    sink = results.ResultSink(settings.results_root, plan.run_id, config.strategy.name, plan.started_at,
                               results.result_schema(config.params_list)) if write_results else None
     sweep = _Sweep(config, sink, keep, on_results, should_stop, progress) if plan.n_params > 1 else None
     publication = results.Publication()
@@ -639,9 +639,9 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
             no_cache: bool = False, on_warning: Callable[[str], None] | None = None, **kwargs: Any) -> RunOutcome:
     """A validated request (`options.run_request`) run with the configured cache: the CLI's and the API's
     one run path. `kwargs` go to `backtest` (callbacks, command, should_stop)."""
-    problem = strategies.get_strategy(config.strategy).cache_problem
+    problem = config.strategy.cache_problem
     if problem is not None and not no_cache:
-        message = f"results of {config.strategy!r} are not cached: part of its code cannot be hashed ({problem})"
+        message = f"results of {config.strategy.name!r} are not cached: part of its code cannot be hashed ({problem})"
         if on_warning is not None:
             on_warning(message)
         else:
@@ -724,7 +724,7 @@ def portfolio(
                                                              plan.started_at)]
             results.append_run_metrics(
                 settings.results_root, plan.run_id, started_at=plan.started_at, duration_s=seconds,
-                strategy=config.strategy, n_symbols=len(plan.names), n_results=len(accounts), bars=bar_steps,
+                strategy=config.strategy.name, n_symbols=len(plan.names), n_results=len(accounts), bars=bar_steps,
                 snapshot_id=plan.snapshot.id, command=command,
             )
     return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
@@ -744,7 +744,7 @@ def _accounts(batch: reader.PriceBatch, config: RunConfig, sets: list,
     return accounts, pf.detail(batch, config, chosen, rank_by)
 
 
-def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], symbols: list[str] | None,
+def check_strategy(settings: Settings, strategy: strategies.Strategy, params: dict[str, Any], symbols: list[str] | None,
                    interval: str, limit: int = 3) -> list:
     """Look-ahead and warm-up checks of `strategy` on `symbols` (default: the lake's first `limit`)."""
     import numpy as np

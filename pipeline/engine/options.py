@@ -17,6 +17,7 @@ from pipeline.core.errors import PipelineError
 
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep Numba out of its start-up
     from pipeline.engine.batch import RunConfig
+    from pipeline.engine.strategies import Strategy
 
 PLOT_SUFFIXES = (".html", ".png")
 INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
@@ -142,8 +143,16 @@ def check_walk_forward(walk_forward: int, train_ratio: float, anchored: bool, ob
         raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
 
 
+def resolve_strategy(name: str) -> Strategy:
+    """The strategy a user names, resolved once at a run's edge (the CLI, the API, the notebook, a flow):
+    from here the Strategy object travels, never its name. PipelineError listing the choices otherwise."""
+    from pipeline.engine import strategies
+
+    return strategies.get_strategy(name)
+
+
 def run_request(
-    strategy: str,
+    strategy: Strategy,
     params: Mapping[str, Any] | list[dict[str, Any]] | None,
     symbols: Sequence[str] | None = None,
     all_: bool = False,
@@ -163,7 +172,7 @@ def strategy_catalog() -> list[dict[str, Any]]:
 
     rows = []
     for name in strategies.strategy_names():
-        strategy = strategies.get_strategy(name)
+        strategy = strategies.STRATEGIES[name]
         rows.append({"name": name, "description": strategy.description, "origin": strategy.origin,
                      "columns": list(strategy.columns), "parameters": [
             {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
@@ -173,7 +182,7 @@ def strategy_catalog() -> list[dict[str, Any]]:
 
 
 def run_config(
-    strategy: str,
+    strategy: Strategy,
     params: Mapping[str, Any] | list[dict[str, Any]] | None,
     *,
     timerange: str | None = None,
@@ -211,7 +220,7 @@ def run_config(
                               walk_forward_flat_start=walk_forward_flat_start)
 
 
-def parse_grid(strategy: str, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
+def parse_grid(strategy: Strategy, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
     """A sweep's parameter sets from `-g` specs: the strategy's parameters and the run parameters
     sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2;
     `samples` of them drawn at random (reproducible from `seed`) when given."""

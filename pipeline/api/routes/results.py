@@ -43,12 +43,11 @@ async def results_top(
         strategy: Annotated[str | None, Query(max_length=100)] = None,
         n: Annotated[int, Query(json_schema_extra={"minimum": 1, "maximum": options.MAX_TOP})] = 10,
 ) -> Response:
-    from pipeline.engine.strategies import get_strategy
     from pipeline.store import results
 
     rule(options.check_top, n, "--n")
     if strategy is not None:
-        get_strategy(strategy)
+        options.resolve_strategy(strategy)
     columns, found = await asyncio.to_thread(results.top, settings.results_root, strategy, n)
     return json_answer(rows(columns, found))
 
