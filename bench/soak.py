@@ -45,6 +45,7 @@ from psycopg import sql
 from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
@@ -152,9 +153,9 @@ def cycle(settings: Settings, cache: ResultCache, work: Path, tally: Tally, rng:
     run_export(settings)
     tally.exports += 1
     for strategy in pick.sample(STRATEGIES, 2):
-        run_one(settings, cache, options.run_config(strategy, {}), tally, "soak backtest")
+        run_one(settings, cache, options.run_config(get_strategy(strategy), {}), tally, "soak backtest")
         tally.backtests += 1
-    run_one(settings, cache, options.run_config("rsi", SWEEP_GRID), tally, "soak sweep")
+    run_one(settings, cache, options.run_config(get_strategy("rsi"), SWEEP_GRID), tally, "soak sweep")
     tally.sweeps += 1
     snapshot = lake.require_snapshot(settings.lake_root)
     cache.invalidate_symbol(pick.choice(sorted(snapshot.symbols)))

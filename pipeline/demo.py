@@ -108,7 +108,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
     outcomes = {}
     for name in strategies.strategy_names():
-        config = options.run_config(name, {})
+        config = options.run_config(options.resolve_strategy(name), {})
         outcome = runs.backtest(settings, config, None, "1h", cache=cache, command="demo")
         outcomes[name] = (config, outcome)
         returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
@@ -127,8 +127,8 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
                       *(cell(k, r[k]) for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
     console.print(board)
 
-    grid = strategies.parse_grid("rsi", SWEEP_GRID)
-    sweep_config = options.run_config("rsi", grid)
+    grid = strategies.parse_grid(rsi_config.strategy, SWEEP_GRID)
+    sweep_config = options.run_config(rsi_config.strategy, grid)
     sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "

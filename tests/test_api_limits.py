@@ -25,7 +25,7 @@ from pipeline import demo
 from pipeline.api.models import MAX_BODY_BYTES, RULES, RUN_OPTIONS
 from pipeline.core.errors import PipelineError
 from pipeline.engine import options
-from pipeline.engine.strategies import EXECUTION_NAMES, MAX_GRID_COMBOS
+from pipeline.engine.strategies import EXECUTION_NAMES, MAX_GRID_COMBOS, get_strategy
 from tests.api_server import server_process, sse_events
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
 
     def accepted(name: str, value: object) -> bool:
         try:
-            options.run_config("rsi", {}, **{name: value})
+            options.run_config(get_strategy("rsi"), {}, **{name: value})
             return True
         except PipelineError:
             return False

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels import portfolio as pk
+from pipeline.engine.strategies import get_strategy
 
 
 def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_is_fraction, stake, fee,
@@ -241,7 +242,7 @@ SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades
 @pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "ma_crossover", "buy_and_hold"])
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):
-    config = options.run_config(strategy, {}, fill=fill)
+    config = options.run_config(get_strategy(strategy), {}, fill=fill)
     for symbol in reader.resolve_symbols(snapshots.require_snapshot(lake_root), None)[:4]:
         batch = reader.read_prices(lake_root, [symbol], "1h", columns=("open", "close", "volume"))
         single = engine.run(batch, config)[0]
@@ -251,10 +252,10 @@ def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lak
 
 
 def test_unlimited_slots_and_fixed_stakes_equal_the_sum_of_independent_accounts(lake_root):
-    config = options.run_config("buy_and_hold", {}, fee=0.1)
+    config = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.1)
     batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
     n = len(batch.symbols)
-    share = options.run_config("buy_and_hold", {}, fee=0.1, initial=1000.0 / n)
+    share = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.1, initial=1000.0 / n)
     independent = sum(r["final_value"] for r in engine.run(batch, share))
     account = pf.run(batch, config, pf.make_sets(config, [n], [pf.Stake.parse(str(1000.0 / n))]))[0]
     assert account["final_value"] == pytest.approx(independent, rel=1e-12)
@@ -262,7 +263,7 @@ def test_unlimited_slots_and_fixed_stakes_equal_the_sum_of_independent_accounts(
 
 
 def test_detail_round_trips_and_contributions_add_up_to_the_account(lake_root):
-    config = options.run_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
     chosen = pf.make_sets(config, [3], [pf.Stake.parse("30%")])[0]
     full = pf.detail(batch, config, chosen)
@@ -297,7 +298,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
     from pipeline.core.config import Settings
 
     settings = replace(Settings(), lake_root=lake_root, results_root=tmp_path / "results", redis_url="")
-    config = options.run_config("rsi", [{"rsi_period": 10}, {"rsi_period": 14}])
+    config = options.run_config(get_strategy("rsi"), [{"rsi_period": 10}, {"rsi_period": 14}])
     sets = pf.make_sets(config, [2, 4], [pf.Stake.parse("0.25"), pf.Stake.parse("100")])
     outcome = runs.portfolio(settings, config, sets, command="test")
     assert len(outcome.results) == 8 and outcome.best["final_value"] == outcome.results[0]["final_value"]
@@ -309,7 +310,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
     assert {(r[3], r[4], r[5]) for r in rows} == {(2, 0.25, "fraction"), (4, 0.25, "fraction"),
                                                   (2, 100.0, "amount"), (4, 100.0, "amount")}
     assert max(r[7] for r in rows) == outcome.best["final_value"]
-    single = runs.backtest(settings, options.run_config("rsi", {}), cache=None)
+    single = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), cache=None)
     from pipeline.store import results
 
     _, top = results.top(settings.results_root, n=100)
@@ -381,11 +382,11 @@ def test_the_notebook_api_runs_frames_without_a_lake_and_equals_the_lake_path(la
                                                                                   "volume")}})
     frames["SYN001"] = frames["SYN001"].to_pandas()  # pandas frames go in too
     results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 10})
-    config = options.run_config("rsi", {"rsi_period": 10})
+    config = options.run_config(get_strategy("rsi"), {"rsi_period": 10})
     expected = {r["symbol"]: r["final_value"] for r in engine.run(batch, config)}
     assert dict(zip(results["symbol"], results["final_value"], strict=True)) == expected
     account = cryptobt.run_portfolio(frames, "rsi", max_open=[2, 3], stake="25%")
-    defaults = options.run_config("rsi", {})
+    defaults = options.run_config(get_strategy("rsi"), {})
     lake_accounts = pf.run(batch, defaults, pf.make_sets(defaults, [2, 3], [pf.Stake.parse("25%")]))
     assert account.accounts["final_value"].to_list() == [a["final_value"] for a in lake_accounts]
     assert account.trades.height == len(account.best["round_trips"]) > 0

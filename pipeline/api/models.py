@@ -80,14 +80,15 @@ class _RunBase(BaseModel):
 
     _checked: Any = PrivateAttr(default=None)
 
-    def _param_sets(self) -> Any:
+    def _param_sets(self, strategy: Any) -> Any:
         return dict(self.params)
 
     def check(self) -> tuple[Any, list[str] | None, str]:
         """The rules (`options.run_request`): (RunConfig, symbols or None, interval), also kept as
         `checked`. Raises PipelineError with the CLI's message. Blocking: call it off the event loop."""
+        strategy = options.resolve_strategy(self.strategy)
         self._checked = options.run_request(
-            self.strategy, self._param_sets(), self.symbols, self.all, self.interval,
+            strategy, self._param_sets(strategy), self.symbols, self.all, self.interval,
             **{name: getattr(self, name) for name in RUN_OPTIONS})
         return self._checked
 
@@ -119,11 +120,11 @@ class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
     seed: int = Field(default=0, description="Seed of samples: the same seed draws the same points.",
                       json_schema_extra={"minimum": 0})
 
-    def _param_sets(self) -> Any:
+    def _param_sets(self, strategy: Any) -> Any:
         if self.params:
             raise PipelineError("use either params or grid, not both")
         options.check_top(self.top)
-        return options.parse_grid(self.strategy, self.grid, self.samples, self.seed)
+        return options.parse_grid(strategy, self.grid, self.samples, self.seed)
 
 
 class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]
@@ -134,7 +135,7 @@ class EquityRequest(RunRequest):  # type: ignore[misc,valid-type]
     snapshot: str | None = Field(default=None, min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$",
                                  description="A kept snapshot (a past run's) to draw on; default the current one.")
 
-    def _param_sets(self) -> Any:
+    def _param_sets(self, strategy: Any) -> Any:
         self.symbols = [self.symbol]
         return dict(self.params)
 
@@ -180,9 +181,10 @@ class _PortfolioBase(BaseModel):
             raise PipelineError(f"--rank-by {self.rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
         if self.grid and self.params:
             raise PipelineError("use either params or grid, not both")
-        params: Any = list(strategies.parse_grid(self.strategy, self.grid)) if self.grid else dict(self.params)
-        config = options.run_config(self.strategy, params, **{o.name: getattr(self, o.name) for o in
-                                                              for_command("portfolio") if o.in_config})
+        strategy = options.resolve_strategy(self.strategy)
+        params: Any = list(strategies.parse_grid(strategy, self.grid)) if self.grid else dict(self.params)
+        config = options.run_config(strategy, params, **{o.name: getattr(self, o.name) for o in
+                                                         for_command("portfolio") if o.in_config})
         sets = pf.make_sets(config, sorted(set(self.max_open)), list(dict.fromkeys(stakes)))
         self._checked = (config, sets, symbols)
         return self._checked

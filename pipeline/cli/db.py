@@ -28,7 +28,7 @@ def db_init() -> None:
     settings = Settings.from_env()
     applied = source.apply_schema(settings.database_url)
     names = strategies.strategy_names()
-    source.write_strategies(settings.database_url, {n: strategies.get_strategy(n).defaults for n in names})
+    source.write_strategies(settings.database_url, {n: strategies.STRATEGIES[n].defaults for n in names})
     console.print(f"schema applied to {redact_url(settings.database_url)}: {', '.join(applied)}; "
                   f"crypto_strategies lists {', '.join(names)}")
 

@@ -82,8 +82,9 @@ def portfolio_command(
         raise PipelineError(f"--rank-by {rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
-    params: Any = list(strategies.parse_grid(strategy, grid)) if grid else options.parse_params(param or [])
-    config = options.run_config(strategy, params, **run)
+    chosen = options.resolve_strategy(strategy)
+    params: Any = list(strategies.parse_grid(chosen, grid)) if grid else options.parse_params(param or [])
+    config = options.run_config(chosen, params, **run)
     sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")

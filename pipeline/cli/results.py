@@ -153,9 +153,7 @@ def results_top(
     if min_trades is not None:
         options.check_count("--min-trades", min_trades)
     if strategy is not None:
-        from pipeline.engine.strategies import get_strategy
-
-        get_strategy(strategy)
+        options.resolve_strategy(strategy)
     columns, rows = results.top(Settings.from_env().results_root, strategy, n, min_trades=min_trades)
     records = _records(columns, rows)
     if as_json:

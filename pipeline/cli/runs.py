@@ -25,7 +25,7 @@ def _run_header(outcome: Any) -> dict[str, Any]:
             "left_out": outcome.left_out}
 
 
-def _run(strategy: str, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
+def _run(strategy: Any, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          stream: bool, command: str, no_cache: bool = False, confirm_seconds: float | None = None,
          snapshot: str | None = None, keep: int | None = None, *, interval: str, **run: Any
          ) -> tuple[Any, Any, Settings]:
@@ -91,7 +91,7 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
     from pipeline.engine import batch as engine
 
     bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
-    written = plots.write_plot(path, f"{config.strategy} on snapshot {outcome.snapshot_id}",
+    written = plots.write_plot(path, f"{config.strategy.name} on snapshot {outcome.snapshot_id}",
                                bars, curves, outcome.set_returns if sweep else None)
     err_console.print(f"picture written to {written}")
 
@@ -128,7 +128,7 @@ def backtest_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    outcome, config, settings = _run(strategy, options.parse_params(param or []), symbol, all_, stream,
+    outcome, config, settings = _run(options.resolve_strategy(strategy), options.parse_params(param or []), symbol, all_, stream,
                                      "backtest", no_cache, snapshot=snapshot, **run)
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, False, top)
@@ -186,10 +186,11 @@ def sweep_command(
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
-    params_list = options.parse_grid(strategy, grid, samples, seed)
+    chosen = options.resolve_strategy(strategy)
+    params_list = options.parse_grid(chosen, grid, samples, seed)
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
-    outcome, config, settings = _run(strategy, params_list, symbol, all_, False, "sweep", no_cache,
+    outcome, config, settings = _run(chosen, params_list, symbol, all_, False, "sweep", no_cache,
                                      None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top, **run)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))

@@ -83,7 +83,8 @@ def strategies_check(
 
     strategies.enable_bounds_checks()
     options.load_strategy_paths(strategy_path)
-    reports = runs.check_strategy(Settings.from_env(), strategy, options.parse_params(param or []), symbol, interval)
+    reports = runs.check_strategy(Settings.from_env(), options.resolve_strategy(strategy),
+                                  options.parse_params(param or []), symbol, interval)
     peeks = [line for report in reports for line in report.lookahead]
     if as_json:
         import json

@@ -53,13 +53,13 @@ def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.
     return np.where(has, counts / np.where(has, span_years, 1.0), calendar)
 
 
-def code_version(strategy: str) -> str:
+def code_version(strategy: strategies.Strategy) -> str:
     """The engine version with a hash of the strategy's source and the shared kernels.
 
     Part of every cache key and results row: editing a strategy file (a user's or a
     built-in) or a kernel can never serve a number computed by the old code.
     """
-    return f"{ENGINE_VERSION}+{strategies.get_strategy(strategy).code_version[:16]}"
+    return f"{ENGINE_VERSION}+{strategy.code_version[:16]}"
 
 
 def thread_count() -> int:
@@ -112,7 +112,7 @@ def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) 
 def columns_needed(config: RunConfig) -> tuple[str, ...]:
     """The price columns a run reads: the strategy's COLUMNS, the close, the open for next_open fills,
     and open, high and low when a stop is set (a run without stops reads none of them for the fills)."""
-    wanted = ["close", *strategies.get_strategy(config.strategy).columns]
+    wanted = ["close", *config.strategy.columns]
     if config.fill == "next_open":
         wanted.append("open")
     if config.has_stops:
@@ -134,12 +134,13 @@ def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
         len(order), enums.N_EXECUTION))
 
 
-def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None) -> tuple[np.ndarray, ...]:
+def strategy_columns(batch: PriceBatch, strategy: strategies.Strategy,
+                     rows: slice | None = None) -> tuple[np.ndarray, ...]:
     """The strategy's COLUMNS as the kernels take them: a tuple of C-contiguous (symbols x time) arrays."""
-    names = strategies.get_strategy(strategy).columns
+    names = strategy.columns
     missing = [name for name in names if name not in batch.columns]
     if missing:
-        raise PipelineError(f"strategy {strategy!r} needs the {', '.join(missing)} column(s), which this read lacks")
+        raise PipelineError(f"strategy {strategy.name!r} needs the {', '.join(missing)} column(s), which this read lacks")
     return tuple(np.ascontiguousarray(batch.columns[name][rows if rows is not None else slice(None)])
                  for name in names)
 
@@ -152,7 +153,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     (symbols x B x N_BLOCK_STATS x params, in the config's parameter order). `annual_bars` is
     `bars_per_year(batch, config, start_column(batch, config))` when the caller has it already.
     """
-    strategy = strategies.get_strategy(config.strategy)
+    strategy = config.strategy
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
     open_ = batch.columns.get("open")
     if config.fill == "next_open" and open_ is None:
@@ -243,7 +244,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         reason = REASONS[status].format(bars=bars, needed=needed)
     return {
         "symbol": batch.symbols[symbol_index],
-        "strategy": config.strategy,
+        "strategy": config.strategy.name,
         "params": dict(params),
         "interval": batch.interval,
         "start": _iso(batch.times[first]) if has_bars else None,
@@ -328,7 +329,7 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
         reason[row] = REASONS[int(status[row])].format(bars=int(fields["bars"][row]), needed=needed)
     fields["reason"] = reason
     constants = {
-        "strategy": config.strategy, "interval": batch.interval,
+        "strategy": config.strategy.name, "interval": batch.interval,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
         "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
@@ -435,7 +436,7 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
     start = start_column(batch, config)
     columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
     row = symbol_index
-    _, trades, equity = strategies.get_strategy(config.strategy).kernels().run_single(
+    _, trades, equity = config.strategy.kernels().run_single(
         columns, open_, close, combos[0], config.fee_frac,
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
         start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops

@@ -14,11 +14,14 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.core import run_options
 from pipeline.core.errors import PipelineError
 from pipeline.core.run_options import CONFIG_OPTIONS, PER_SET
+
+if TYPE_CHECKING:  # the CLI imports this module for every command: keep Numba out of its start-up
+    from pipeline.engine.strategies import Strategy
 
 PLOT_SUFFIXES = (".html", ".png")
 # Rows of a "best N" answer (--top, results top --n): more is a table to query (results sql).
@@ -123,7 +126,7 @@ class _RunConfig:
 
 
 RunConfig = dataclasses.make_dataclass("RunConfig", [
-    ("strategy", str),
+    ("strategy", Any),  # a Strategy, resolved at the run's edge (resolve_strategy)
     ("params_list", list[dict[str, Any]]),
     *((o.field, o.type, dataclasses.field(default=o.default)) for o in CONFIG_OPTIONS
       if not o.per_set and o.name != "timerange"),
@@ -207,8 +210,16 @@ def check_interval(interval: str) -> str:
     return run_options.BY_NAME["interval"].check(interval)
 
 
+def resolve_strategy(name: str) -> Strategy:
+    """The strategy a user names, resolved once at a run's edge (the CLI, the API, the notebook, a flow):
+    from here the Strategy object travels, never its name. PipelineError listing the choices otherwise."""
+    from pipeline.engine import strategies
+
+    return strategies.get_strategy(name)
+
+
 def run_request(
-    strategy: str,
+    strategy: Strategy,
     params: Mapping[str, Any] | list[dict[str, Any]] | None,
     symbols: Sequence[str] | None = None,
     all_: bool = False,
@@ -228,7 +239,7 @@ def strategy_catalog() -> list[dict[str, Any]]:
 
     rows = []
     for name in strategies.strategy_names():
-        strategy = strategies.get_strategy(name)
+        strategy = strategies.STRATEGIES[name]
         rows.append({"name": name, "description": strategy.description, "origin": strategy.origin,
                      "columns": list(strategy.columns), "parameters": [
             {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
@@ -237,7 +248,7 @@ def strategy_catalog() -> list[dict[str, Any]]:
     return rows
 
 
-def run_config(strategy: str, params: Mapping[str, Any] | list[dict[str, Any]] | None = None,
+def run_config(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, Any]] | None = None,
                **given: Any) -> RunConfig:
     """The run's config from the strategy, its parameters (a dict, or a list of sets: a sweep) and any
     run options of `run_options.CONFIG_OPTIONS` by name (fee, fill, sl, walk_forward, ...), each
@@ -246,7 +257,6 @@ def run_config(strategy: str, params: Mapping[str, Any] | list[dict[str, Any]] |
     A parameter set may also hold per-set options (a sweep's `-g sl=2:10:2`); the options `sl` ..
     `slippage` set them for every set (giving one both ways is an error).
     """
-    from pipeline.engine import strategies
     from pipeline.lake import reader
 
     unknown = [name for name in given if name not in _CONFIG_NAMES]
@@ -254,7 +264,6 @@ def run_config(strategy: str, params: Mapping[str, Any] | list[dict[str, Any]] |
         raise PipelineError(f"unknown run option {unknown[0]!r}; use one of: {', '.join(_CONFIG_NAMES)}")
     values = {o.name: given.get(o.name, o.default) for o in CONFIG_OPTIONS}
     start, end = reader.parse_timerange(values.pop("timerange"))
-    strategies.get_strategy(strategy)
     params_list, executions, dropped = _parameter_sets(strategy, params, values)
     checked = {o.field: o.check(values[o.name]) for o in CONFIG_OPTIONS if not o.per_set and o.name != "timerange"}
     _check_walk_forward(checked)
@@ -266,7 +275,7 @@ def run_config(strategy: str, params: Mapping[str, Any] | list[dict[str, Any]] |
 _CONFIG_NAMES = tuple(o.name for o in CONFIG_OPTIONS)
 
 
-def _parameter_sets(strategy: str, params: Mapping[str, Any] | list[dict[str, Any]] | None,
+def _parameter_sets(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, Any]] | None,
                     values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Execution], int]:
     """The strategy's parameter sets, resolved, each with its execution (the per-set options of the
     run, or of the set), and how many sets were dropped (a trailing stop without a stop-loss)."""
@@ -315,7 +324,7 @@ def _check_walk_forward(checked: dict[str, Any]) -> None:
         raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
 
 
-def parse_grid(strategy: str, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
+def parse_grid(strategy: Strategy, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
     """A sweep's parameter sets from `-g` specs: the strategy's parameters and the run parameters
     sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2;
     `samples` of them drawn at random (reproducible from `seed`) when given."""

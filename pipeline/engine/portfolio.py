@@ -118,7 +118,7 @@ def rank_scores(batch: PriceBatch, rank_by: str) -> tuple[np.ndarray, str]:
     return scores, "volume"
 
 
-def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: int = 0
+def _signals(batch: PriceBatch, strategy: strategies.Strategy, params: dict[str, Any], start: int = 0
              ) -> tuple[np.ndarray, np.ndarray]:
     """Signals over the whole history read (warm-up included), from column `start` on."""
     combos, _, _ = strategies.combos_matrix(strategy, [params])
@@ -126,7 +126,7 @@ def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: in
     entries = np.empty(close.shape, dtype=np.bool_)
     exits = np.empty(close.shape, dtype=np.bool_)
     columns = engine.strategy_columns(batch, strategy)
-    strategies.get_strategy(strategy).kernels().signals_on_grid(columns, close, combos[0], entries, exits)
+    strategy.kernels().signals_on_grid(columns, close, combos[0], entries, exits)
     return np.ascontiguousarray(entries[:, start:]), np.ascontiguousarray(exits[:, start:])
 
 
@@ -271,7 +271,7 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "mode": "portfolio",
         "symbol": "*",
         "symbols": list(batch.symbols),
-        "strategy": config.strategy,
+        "strategy": config.strategy.name,
         "params": dict(chosen.params),
         "max_open": chosen.max_open,
         "stake": chosen.stake.value,

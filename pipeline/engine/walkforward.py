@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.engine.block_sums import sharpe_of_sums
 from pipeline.engine.kernels.blocks import (
     B_COUNT,
     B_DOWN2,
@@ -34,7 +35,6 @@ from pipeline.engine.kernels.blocks import (
     N_BLOCK_STATS,
     merge_blocks,
 )
-from pipeline.engine.overfit import sharpe_of_sums
 
 if TYPE_CHECKING:
     from pipeline.engine.options import RunConfig

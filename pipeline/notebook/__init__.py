@@ -136,7 +136,7 @@ def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list
     """
     from pipeline.engine import overfit
 
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     batch = prices(frames)
     results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
@@ -152,7 +152,7 @@ def plot(frames: Frames, strategy: str, path: str | Path,
     from pipeline.engine import overfit
 
     options.check_plot(Path(path))
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     frames = by_symbol(frames)
     batch = prices(frames)
     sweep = len(config.params_list) > 1
@@ -175,7 +175,8 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
 
     from pipeline.engine import strategies
 
-    strategies.register(strategies.strategy_from_module(importlib.import_module("pipeline.notebook.signals")))
+    from_signals = strategies.strategy_from_module(importlib.import_module("pipeline.notebook.signals"))
+    strategies.register(from_signals)
     frames = by_symbol(frames)
     if len(frames) == 1:  # one symbol's signals may come as bare arrays
         (only,) = frames
@@ -191,7 +192,7 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
             raise PipelineError(f"{symbol}: entries {enter.shape} and exits {leave.shape} must each have one "
                                 f"value per frame row ({frame.height})")
         coded[symbol] = frame.with_columns(pl.Series("volume", enter * 1.0 + leave * 2.0))
-    config = options.run_config("from_signals", {}, **run)
+    config = options.run_config(from_signals, {}, **run)
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
@@ -203,7 +204,7 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
     units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
 
     `run` takes the CLI's options by keyword, as `run_backtest`."""
-    config = options.run_config(strategy, params or {}, **{**run, "trades": True})
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **{**run, "trades": True})
     rows = [{"symbol": r["symbol"], "params": r["params"], **options.Execution.of(r).fields(), **trip}
             for r in engine.leaderboard(engine.run(prices(frames), config)) for trip in r["round_trips"]]
     if not rows:
@@ -237,7 +238,7 @@ def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | lis
     """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
 
     `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     slots = max_open if isinstance(max_open, list) else [max_open]
     stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
     sets = pf.make_sets(config, slots, stakes)

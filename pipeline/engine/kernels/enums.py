@@ -75,7 +75,7 @@ ACTION_SELL = -1
 # is the bar whose close produced the signal (differs from `bar` with
 # fill=next_open). `value` is the cash spent including the fee for a buy and the
 # net cash received for a sell. `indicator` is the strategy's indicator at the
-# signal bar (see pipeline.engine.strategies.indicator_label), NaN for a stop exit. `reason` is
+# signal bar (see Strategy.indicator_label), NaN for a stop exit. `reason` is
 # an EXIT_* code on sells (EXIT_SIGNAL on buys). A stop exit's `signal_bar` is its own bar.
 TRADE_DTYPE = np.dtype(
     [

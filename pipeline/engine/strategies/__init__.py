@@ -316,7 +316,10 @@ def strategy_names() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called `name`; PipelineError listing the choices otherwise."""
+    """The strategy called `name`; PipelineError listing the choices otherwise.
+
+    The registry's lookup, which `pipeline.engine.options.resolve_strategy` makes at a run's edge (the
+    CLI, the API, the notebook, a flow): from there the Strategy object travels, never its name."""
     if name not in _REGISTRY:
         _load_environment()
     try:
@@ -327,25 +330,14 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
-def indicator_label(strategy_name: str) -> str:
-    """Name of the indicator value recorded in the strategy's trade log.
-
-    rsi: the RSI; ma_crossover: the fast SMA; bollinger: the band that was
-    crossed (lower on buy signals, upper on sell signals); macd: the MACD line;
-    buy_and_hold: the close.
-    """
-    return get_strategy(strategy_name).indicator_label
-
-
-def resolve_params(strategy_name: str, overrides: Mapping[str, object]) -> dict[str, Number]:
+def resolve_params(strategy: Strategy, overrides: Mapping[str, object]) -> dict[str, Number]:
     """Defaults overlaid with `overrides`, typed and validated.
 
     Values may be numbers or numeric strings ("14", "2.5"). Raises
-    PipelineError for an unknown strategy or parameter, a non-numeric value, a
+    PipelineError for an unknown parameter, a non-numeric value, a
     non-integer period, a value out of range or an invalid combination
     (fast_period >= slow_period, oversold_threshold >= overbought_threshold).
     """
-    strategy = get_strategy(strategy_name)
     resolved: dict[str, Number] = dict(strategy.defaults)
     for name, value in overrides.items():
         resolved[name] = strategy.param(name).convert(value)
@@ -433,7 +425,7 @@ def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) ->
     return name, list(values)
 
 
-def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = (),
+def parse_grid(strategy: Strategy, specs: Sequence[str], common: Sequence[Param] = (),
                samples: int | None = None, seed: int = 0) -> ParamGrid:
     """Parameter sets of a sweep, every one validated.
 
@@ -449,7 +441,6 @@ def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param]
     malformed, names an unknown parameter or a value out of range, a
     PipelineError names it.
     """
-    strategy = get_strategy(strategy_name)
     axes: dict[str, list[Number]] = {}
     for spec in specs:
         name, values = _spec_values(strategy, spec, common)
@@ -501,7 +492,7 @@ def _grid_point(value_lists: list[list[Number]], index: int) -> tuple[Number, ..
 
 
 def combos_matrix(
-    strategy_name: str, params_list: Sequence[Mapping[str, object]]
+    strategy: Strategy, params_list: Sequence[Mapping[str, object]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parameter sets as the batch kernel's inputs.
 
@@ -511,12 +502,11 @@ def combos_matrix(
     row i needs a new indicator computation; row i is params_list[order[i]].
     Every parameter set is validated with resolve_params.
     """
-    strategy = get_strategy(strategy_name)
     names = strategy.param_names
     n = len(params_list)
     combos = np.zeros((n, len(names)), dtype=np.float64)
     for i, params in enumerate(params_list):
-        resolved = resolve_params(strategy_name, params)
+        resolved = resolve_params(strategy, params)
         for j, name in enumerate(names):
             combos[i, j] = resolved[name]
     key_cols = [names.index(p) for p in strategy.indicator_params]
@@ -538,7 +528,7 @@ def combos_matrix(
     return combos, recompute, order
 
 
-def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
+def warmup_bars(strategy: Strategy, params: Mapping[str, object]) -> int:
     """Bars a symbol needs before the strategy's first signal can fire.
 
     The strategy's `warmup` declaration (rsi: rsi_period + 2; ma_crossover:
@@ -547,8 +537,7 @@ def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
     gets status too_few_bars and zero trades. (With fill=next_open one more bar
     is needed for the first fill.)
     """
-    strategy = get_strategy(strategy_name)
-    resolved = resolve_params(strategy_name, params)
+    resolved = resolve_params(strategy, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
     return int(strategy.kernels().warmup_bars(row))
 
