@@ -44,7 +44,7 @@ from psycopg import sql
 
 from pipeline import runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
 from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
@@ -117,7 +117,7 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in PROVENANCE}
 
 
-def check_against_recomputation(settings: Settings, config: engine.RunConfig, outcome: runs.RunOutcome,
+def check_against_recomputation(settings: Settings, config: options.RunConfig, outcome: runs.RunOutcome,
                                 tally: Tally) -> None:
     """The run's rows equal a cache-free run on the same (still current) snapshot."""
     fresh = runs.backtest(settings, config, cache=None, write_results=False)
@@ -132,7 +132,7 @@ def check_against_recomputation(settings: Settings, config: engine.RunConfig, ou
             tally.mismatches.append(f"run {outcome.run_id} {key}")
 
 
-def run_one(settings: Settings, cache: ResultCache, config: engine.RunConfig, tally: Tally, command: str) -> None:
+def run_one(settings: Settings, cache: ResultCache, config: options.RunConfig, tally: Tally, command: str) -> None:
     outcome = runs.backtest(settings, config, cache=cache, command=command)
     tally.run_ids.add(outcome.run_id)
     tally.rows_written += len(outcome.results)
@@ -152,9 +152,9 @@ def cycle(settings: Settings, cache: ResultCache, work: Path, tally: Tally, rng:
     run_export(settings)
     tally.exports += 1
     for strategy in pick.sample(STRATEGIES, 2):
-        run_one(settings, cache, engine.make_config(strategy, {}), tally, "soak backtest")
+        run_one(settings, cache, options.run_config(strategy, {}), tally, "soak backtest")
         tally.backtests += 1
-    run_one(settings, cache, engine.make_config("rsi", SWEEP_GRID), tally, "soak sweep")
+    run_one(settings, cache, options.run_config("rsi", SWEEP_GRID), tally, "soak sweep")
     tally.sweeps += 1
     snapshot = lake.require_snapshot(settings.lake_root)
     cache.invalidate_symbol(pick.choice(sorted(snapshot.symbols)))

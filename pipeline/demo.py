@@ -22,8 +22,7 @@ from pipeline import plots, runs
 from pipeline.core.config import PROJECT_ROOT, Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
-from pipeline.engine import batch as engine
-from pipeline.engine import strategies
+from pipeline.engine import options, strategies
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
 from pipeline.source.bar_rules import native_interval
@@ -110,7 +109,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
     outcomes = {}
     for name in strategies.strategy_names():
-        config = engine.make_config(name, {})
+        config = options.run_config(name, {})
         outcome = runs.backtest(settings, config, None, "1h", cache=cache, command="demo")
         outcomes[name] = (config, outcome)
         returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
@@ -130,7 +129,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     console.print(board)
 
     grid = strategies.parse_grid("rsi", SWEEP_GRID)
-    sweep_config = engine.make_config("rsi", grid)
+    sweep_config = options.run_config("rsi", grid)
     sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "

@@ -23,8 +23,8 @@ from pipeline.core import intervals, stopping
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
-from pipeline.engine import overfit, strategies, walkforward
-from pipeline.engine.batch import RunConfig
+from pipeline.engine import options, overfit, strategies, walkforward
+from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
 from pipeline.store import results
@@ -78,11 +78,7 @@ def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: 
     """The cache key of parameter set c on `symbol`: everything that decides its numbers."""
     return {
         "strategy": config.strategy, "params": config.params_list[c], "symbol": symbol, "interval": interval,
-        "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
-        "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
-        "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
-        **config.execution(c).fields(),
-        "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
+        **config.key_fields(c), "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
     }
 
 
@@ -643,7 +639,7 @@ def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], sy
 
     if interval not in ("1h", "1d"):
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h or 1d")
-    config = engine.make_config(strategy, params)
+    config = options.run_config(strategy, params)
     snapshot = lake.require_snapshot(settings.lake_root)
     with lake.reading(settings.lake_root, snapshot) as pinned:
         names = reader.resolve_symbols(pinned, symbols)[: None if symbols else limit]

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import demo, runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
 from pipeline.source import loaders
 
 
@@ -47,7 +47,7 @@ def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, t
         from pipeline.engine import strategies
 
         params = list(strategies.parse_grid(name, specs)) if specs else [{}]
-        for r in runs.backtest(settings, engine.make_config(name, params), write_results=False).results:
+        for r in runs.backtest(settings, options.run_config(name, params), write_results=False).results:
             local[_key(r)] = r
     assert len(on_dask) == len(local) == 9 * 4 + 9
     for r in on_dask:
@@ -68,7 +68,7 @@ def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(p
     monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("REDIS_URL", "")
     accounts = backtest_flow(strategy_names=["rsi"], mode="portfolio", max_open=[2, 3], stake=["30%"])
-    config = engine.make_config("rsi", {})
+    config = options.run_config("rsi", {})
     local = runs.portfolio(Settings.from_env(), config, pf.make_sets(config, [2, 3], [pf.Stake.parse("30%")]),
                            write_results=False).results
     assert [(a["max_open"], a["final_value"]) for a in accounts] == [(a["max_open"], a["final_value"])

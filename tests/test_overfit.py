@@ -432,7 +432,7 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     a symbol too short for the warm-up (its reason) and a --timerange."""
     from datetime import UTC, datetime
 
-    from pipeline.store import results
+    from pipeline.store import files, results, rows
 
     frames = random_walks(3, 1_500, seed=11)
     frames["SHORT"] = random_walks(1, 12, seed=12)["RW00"]
@@ -453,8 +453,8 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
 
     created = datetime(2026, 12, 2, tzinfo=UTC)
     schema = results.result_schema(config.params_list)
-    from_columns = results._columns_table(columns, "run", created, schema)
-    from_dicts = results._rows_table([results._result_row(d, "run", created) for d in dicts], schema)
+    from_columns = rows.columns_table(columns, "run", created, schema)
+    from_dicts = files.rows_table([rows.result_row(d, "run", created) for d in dicts], schema)
     assert from_columns.num_rows == len(dicts)
     for name in schema.names:
         assert from_columns[name].to_pylist() == from_dicts[name].to_pylist(), name

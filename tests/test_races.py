@@ -13,7 +13,7 @@ import pytest
 
 from pipeline import runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
 from pipeline.lake import retention
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -42,7 +42,7 @@ def _strip(results):
 
 
 def test_vacuum_leaves_the_snapshot_a_running_backtest_reads_and_removes_it_after(exported):
-    config = engine.make_config("macd", [{"fast_period": f} for f in (5, 8, 12)])
+    config = options.run_config("macd", [{"fast_period": f} for f in (5, 8, 12)])
     reference = runs.backtest(exported, config, write_results=False)
     started, proceed = threading.Event(), threading.Event()
 
@@ -72,7 +72,7 @@ def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(expor
 
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(exported.lake_root), "REDIS_URL": "",
            "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "race-results")}
-    before = runs.backtest(exported, engine.make_config("rsi", {}), write_results=False)
+    before = runs.backtest(exported, options.run_config("rsi", {}), write_results=False)
     readers = [subprocess.Popen([sys.executable, "-m", "pipeline", "backtest", "rsi", "--json"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     for k in range(3):
@@ -103,7 +103,7 @@ settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sy
 from pipeline.store.cache import ResultCache
 cache = ResultCache.from_settings(settings)
 for k in range(int(sys.argv[5])):
-    outcome = runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k % 7}), cache=cache)
+    outcome = runs.backtest(settings, options.run_config("rsi", {"rsi_period": 5 + k % 7}), cache=cache)
     print(outcome.run_id, len(outcome.results), flush=True)
 """
 
@@ -139,10 +139,10 @@ def test_twenty_concurrent_writers_and_cache_invalidations_lose_and_duplicate_no
     assert rows == announced  # every run whole, none lost, none twice
     # Whatever the invalidations raced with, a cached record is never another symbol's or another run's number.
     fresh = {(r["symbol"], r["params"]["rsi_period"]): r["final_value"]
-             for k in range(7) for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}),
+             for k in range(7) for r in runs.backtest(settings, options.run_config("rsi", {"rsi_period": 5 + k}),
                                                       write_results=False).results}
     for k in range(7):
-        for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}), cache=cache,
+        for r in runs.backtest(settings, options.run_config("rsi", {"rsi_period": 5 + k}), cache=cache,
                                write_results=False).results:
             assert r["final_value"] == fresh[(r["symbol"], 5 + k)]
 

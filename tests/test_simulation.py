@@ -20,7 +20,8 @@ from tests.reference import reference_backtest, reference_signals
 HYP = settings(max_examples=25, deadline=None)
 BINANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))
-SIM_METRICS = enums.METRIC_NAMES[: enums.N_SIM_METRICS]
+SIM_METRICS = enums.SPEC_METRIC_NAMES
+SIM_SLOTS = [enums.METRIC_SLOTS[name] for name in SIM_METRICS]
 ALL_STRATEGIES = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
 
@@ -354,7 +355,7 @@ def test_missing_bars_are_skipped_not_filled():
         single, trades, equity = run_single("ma_crossover", compact_open,
                                                   compact_close, combos[0], 0.001, 1000.0, False,
                                                   365.0, 0)
-        np.testing.assert_array_equal(out[s, 0, : enums.N_SIM_METRICS], single[: enums.N_SIM_METRICS])
+        np.testing.assert_array_equal(out[s, 0, SIM_SLOTS], single[SIM_SLOTS])
         assert out[s, 0, enums.M_FIRST_INDEX] == np.flatnonzero(have)[0]
         assert out[s, 0, enums.M_LAST_INDEX] == np.flatnonzero(have)[-1]
         assert out[s, 0, enums.M_BARS] == have.sum()

@@ -87,7 +87,7 @@ def test_every_stat_equals_its_definition_computed_from_the_equity_curve_and_the
     found = engine.run(batch, config)
     checked = 0
     for i, result in enumerate(found):
-        log = engine.trade_log(batch, config, i, result["params"], engine.Execution.of(result))
+        log = engine.trade_log(batch, config, i, result["params"], options.Execution.of(result))
         equity = log.equity[~np.isnan(log.equity)]
         assert log.round_trips == result["round_trips"] and log.fills == result["trades"]
         _check(result, expected_stats(config.initial, equity, result["round_trips"], result["trades"],

@@ -33,7 +33,7 @@ REASONS = {code: name for code, name in enums.EXIT_REASON_NAMES.items()}
 
 def execution(sl=0.0, tp=0.0, trail=False, size=1.0, slippage=0.0) -> np.ndarray:
     """A kernel execution row from fractions."""
-    return engine.Execution(sl * 100, tp * 100, trail, size, slippage * 100).row()
+    return options.Execution(sl * 100, tp * 100, trail, size, slippage * 100).row()
 
 
 def simulate(open_, high, low, close, entries, exits, *, fee_frac=0.0, next_open=False, **stops):

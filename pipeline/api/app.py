@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from pipeline.api import page
 from pipeline.api.jobs import Emitter, Job, QueueFull, Runner, ShuttingDown
 from pipeline.api.models import (
     MAX_BODY_BYTES,
@@ -42,13 +43,12 @@ from pipeline.api.models import (
     RunRequest,
     SweepRequest,
 )
-from pipeline.core import tables
+from pipeline.core import run_options, tables
 from pipeline.core.config import Settings, redact_url
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import options
 
 T = TypeVar("T")
-STATIC = Path(__file__).resolve().parent / "static"
 # Swagger UI's files (swagger-ui-bundle.js, swagger-ui.css, favicon.png) as fastapi-offline ships them.
 DOCS_STATIC = Path(fastapi_offline.__file__).resolve().parent / "static"
 DOCS_ASSETS = "/docs-assets"
@@ -460,7 +460,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         rows = [{"symbol": name, "data_version": meta.get("data_version"),
                  "intervals": {k: v for k, v in meta.items() if isinstance(v, dict)}}
                 for name, meta in sorted(snapshot.symbols.items())]
-        return _json({"snapshot_id": snapshot.id, "intervals": list(options.INTERVALS), "symbols": rows})
+        return _json({"snapshot_id": snapshot.id, "intervals": list(run_options.INTERVALS), "symbols": rows})
 
     @app.get("/api/results/top", tags=["results"], responses={200: ARRAY}, summary="The best results recorded (as `results top`)")
     async def results_top(
@@ -535,7 +535,6 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
     async def run_sets(run_id: RunId, symbol: Symbol = None,
                        n: Annotated[int, Query(ge=1, le=100_000, description="Most parameter sets.")] = 100_000,
                        ) -> Response:
-        from pipeline.engine import batch as engine
         from pipeline.store import results
 
         rows = _rows(*await asyncio.to_thread(results.sweep_sets, settings.results_root, run_id, symbol, n))
@@ -544,7 +543,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
         for row in rows:
             row["params"] = json.loads(row.pop("params_json"))
         # The strategy's parameters, then the run parameters (sl, tp, ...) the sweep varied, as -g names them.
-        named = engine.set_parameters(rows)
+        named = options.set_parameters(rows)
         return _json([{"params": p, **{k: r[k] for k in ("symbols", "total_return_pct", "sharpe",
                                                           "max_drawdown_pct", "num_trades")}}
                       for p, r in zip(named, rows, strict=True)])
@@ -672,7 +671,7 @@ def create_app(settings: Settings | None = None, host: str | None = None) -> Fas
 
     @app.get("/", include_in_schema=False)
     async def dashboard() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page.dashboard_html())
 
     # /docs with its script and style served from here (fastapi-offline's copy of Swagger UI): FastAPI's
     # own page loads them from a CDN and is blank offline. No /redoc: ReDoc fetches its logo from its CDN

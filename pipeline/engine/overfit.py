@@ -24,7 +24,7 @@ from pipeline.engine.kernels.blocks import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.engine.batch import RunConfig
+    from pipeline.engine.options import RunConfig
     from pipeline.lake.reader import PriceBatch
 
 EULER_GAMMA = 0.5772156649015329

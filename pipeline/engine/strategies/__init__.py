@@ -32,7 +32,8 @@ import numpy as np
 
 from pipeline.core import config
 from pipeline.core.errors import PipelineError
-from pipeline.engine.options import is_plain_number
+from pipeline.core.plain_numbers import is_plain_number
+from pipeline.core.run_options import PER_SET
 from pipeline.engine.strategies import compiler, usercode
 from pipeline.engine.strategies.api import PRICE_COLUMNS, Param
 
@@ -44,19 +45,14 @@ MAX_GRID_COMBOS = 1_000_000
 
 # SPEC 4.1's run parameters, which every strategy takes: set for a whole run by their options
 # (--sl 5), or varied in a sweep like a strategy's own (-g sl=2:10:2; pipeline.engine.options.parse_grid).
-# Percentages as the CLI takes them. No strategy may declare a parameter of these names.
-EXECUTION_PARAMS: tuple[Param, ...] = (
-    Param("sl", float, 0.0, "stop-loss, percent below the entry fill price (with trail: below the highest "
-          "high since the entry); 0 = none", minimum=0, maximum=100, maximum_inclusive=False),
-    Param("tp", float, 0.0, "take-profit, percent above the entry fill price; 0 = none", minimum=0,
-          maximum=1e6),
-    Param("trail", int, 0, "1 = the stop-loss trails the highest high since the entry (needs sl)", minimum=0,
-          maximum=1),
-    Param("size", float, 1.0, "share of the equity committed at each entry (1 = all in)", minimum=0,
-          minimum_inclusive=False, maximum=1),
-    Param("slippage", float, 0.0, "percent against the trader on every market fill (close and next_open "
-          "fills; stop fills get none)", minimum=0, maximum=100, maximum_inclusive=False),
-)
+# Percentages as the CLI takes them; the per-set run options of `run_options.PER_SET`, with their
+# bounds (trail as 0 or 1). No strategy may declare a parameter of these names.
+EXECUTION_PARAMS: tuple[Param, ...] = tuple(
+    Param(o.name, int if o.type is bool else o.type, int(o.default) if o.type is bool else o.default, o.help,
+          minimum=0 if o.type is bool else o.minimum, maximum=1 if o.type is bool else o.maximum,
+          minimum_inclusive=o.minimum_inclusive, maximum_inclusive=o.maximum_inclusive)
+    for o in PER_SET)
+EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
 
 
 @dataclass(frozen=True)
