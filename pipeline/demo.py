@@ -25,7 +25,8 @@ from pipeline.core.tables import cell
 from pipeline.engine import options, strategies
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
-from pipeline.source.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
+from pipeline.source.bar_rules import native_interval
+from pipeline.source.ohlcv import read_ohlcv_file, symbol_from_path
 from pipeline.source.synthetic import generate_market
 from pipeline.store.cache import ResultCache
 

@@ -461,11 +461,11 @@ def test_cli_export_snapshots_and_vacuum(seeded, monkeypatch):
 
 
 def test_extract_without_psql_falls_back_to_psycopg_copy_with_the_same_rows(seeded, monkeypatch):
-    from pipeline.source import postgres as source
+    from pipeline.source import extract
 
-    with_psql = source.extract_changed(seeded.database_url, None)
-    monkeypatch.setattr(source.shutil, "which", lambda name: None)
-    without = source.extract_changed(seeded.database_url, None)
+    with_psql = extract.extract_changed(seeded.database_url, None)
+    monkeypatch.setattr(extract.shutil, "which", lambda name: None)
+    without = extract.extract_changed(seeded.database_url, None)
     assert without.rows_read == with_psql.rows_read > 0
     key = ["symbol", "ts"]
     assert without.bars.sort(key).equals(with_psql.bars.sort(key))

@@ -13,7 +13,8 @@ from pipeline.core import intervals
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
 from pipeline.source import health
-from pipeline.source.ohlcv import SUPPORTED_SUFFIXES, native_interval, read_ohlcv_file
+from pipeline.source.bar_rules import native_interval
+from pipeline.source.ohlcv import SUPPORTED_SUFFIXES, read_ohlcv_file
 
 
 def listing(lake_root: Path, snapshot_id: str | None = None) -> list[dict]:

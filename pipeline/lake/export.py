@@ -25,7 +25,7 @@ from pipeline.core.errors import FileDamaged, SnapshotDamaged, disk_full, is_dis
 from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
-from pipeline.source import health, ohlcv
+from pipeline.source import bar_rules, extract, health
 from pipeline.source import postgres as source
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ class StagedExtract:
     # In memory instead of the two files (`run_export`): the rows, and {"natives": ..., "whole": [...]}.
     bars: pl.DataFrame | None = None
     symbols: dict | None = None
-    hidden_sessions: int = 0  # see source.Extract
+    hidden_sessions: int = 0  # see extract.Extract
 
     def remove(self) -> None:
         """Remove the staged files (if any)."""
@@ -154,17 +154,17 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     # Only an incremental read compares natives (a full one reads everything, even past a damaged lake).
     parent = lake.current_snapshot(settings.lake_root) if since is not None else None
     natives_before = {name: meta.get("native", "1h") for name, meta in parent.symbols.items()} if parent else {}
-    extract = source.extract_changed(
+    extracted = extract.extract_changed(
         settings.database_url, since, connections=settings.export_connections, natives_before=natives_before,
         reread=set(parent.manifest.get("refused", {})) if parent else set(),
     )
     # One symbol's bad rows (a user's own INSERT: NaN, a BC time...) never block the others: it is refused alone.
-    refused = ohlcv.bad_symbols(extract.bars, extract.natives, settings.bar_window)
-    bars = extract.bars.filter(~pl.col("symbol").is_in(list(refused))) if refused else extract.bars
-    symbols = {"natives": extract.natives, "whole": sorted(extract.whole)}
+    refused = bar_rules.bad_symbols(extracted.bars, extracted.natives, settings.bar_window)
+    bars = extracted.bars.filter(~pl.col("symbol").is_in(list(refused))) if refused else extracted.bars
+    symbols = {"natives": extracted.natives, "whole": sorted(extracted.whole)}
     if in_memory:
-        return StagedExtract(None, None, extract.watermark, extract.rows_read, time.perf_counter() - started,
-                             refused, extract.orphans, bars, symbols, extract.hidden_sessions)
+        return StagedExtract(None, None, extracted.watermark, extracted.rows_read, time.perf_counter() - started,
+                             refused, extracted.orphans, bars, symbols, extracted.hidden_sessions)
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
@@ -177,11 +177,11 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
         path.unlink(missing_ok=True)
         symbols_path.unlink(missing_ok=True)
         if is_disk_full(exc):
-            raise disk_full(settings.lake_root, _bytes_needed(extract.rows_read), "CRYPTOBT_LAKE_ROOT") from None
+            raise disk_full(settings.lake_root, _bytes_needed(extracted.rows_read), "CRYPTOBT_LAKE_ROOT") from None
         raise
-    return StagedExtract(path, symbols_path, extract.watermark, extract.rows_read,
-                         time.perf_counter() - started, refused, extract.orphans,
-                         hidden_sessions=extract.hidden_sessions)
+    return StagedExtract(path, symbols_path, extracted.watermark, extracted.rows_read,
+                         time.perf_counter() - started, refused, extracted.orphans,
+                         hidden_sessions=extracted.hidden_sessions)
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,

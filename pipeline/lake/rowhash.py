@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.source.ohlcv import PRICE_COLUMNS
+from pipeline.source.bar_rules import PRICE_COLUMNS
 
 if TYPE_CHECKING:
     import polars as pl

@@ -31,7 +31,7 @@ from pipeline.lake.rowhash import hash_symbols, part_key, year_sums
 from pipeline.lake.snapshots import Snapshot, file_records
 from pipeline.lake.verify import check_files, file_fingerprint
 from pipeline.source import health
-from pipeline.source.ohlcv import PRICE_COLUMNS, derive
+from pipeline.source.bar_rules import PRICE_COLUMNS, derive
 
 if TYPE_CHECKING:
     import polars as pl

@@ -14,16 +14,10 @@ import polars as pl
 from pipeline.core import intervals
 from pipeline.core.config import BarWindow
 from pipeline.core.errors import InputError
-from pipeline.source import health
+from pipeline.source import health, price_load
 from pipeline.source import postgres as source
-from pipeline.source.ohlcv import (
-    PRICE_COLUMNS,
-    SpilledFile,
-    check_file,
-    derive,
-    interval_of_spacing,
-    symbol_from_path,
-)
+from pipeline.source.bar_rules import PRICE_COLUMNS, derive, interval_of_spacing
+from pipeline.source.ohlcv import SpilledFile, check_file, symbol_from_path
 from pipeline.source.synthetic import generate_market
 
 Progress = Callable[[int], None]
@@ -79,7 +73,7 @@ def _mode(conn: object, ids_by_symbol: dict[str, int], natives: dict[str, str], 
     return "merge"
 
 
-def _refuse_conflicts(counts: source.LoadCounts, names: dict[int, str], how: str) -> None:
+def _refuse_conflicts(counts: price_load.LoadCounts, names: dict[int, str], how: str) -> None:
     if not counts.conflicts:
         return
     described = [f"{names[i]} ({n:,} existing bars differ, first at {first.isoformat()})"
@@ -116,7 +110,7 @@ def seed_database(
         # Only the symbols that exist: new ones are registered in the transactions that copy their prices.
         mode = _mode(conn, source.symbol_ids(conn, symbols), dict.fromkeys(symbols, "1h"), replace, how)
     frames = {interval: frame.drop("bars") for interval, frame in built.items()}
-    counts, ids_by_symbol = source.load_prices_parallel(url, symbols, frames, mode=mode, connections=connections,
+    counts, ids_by_symbol = price_load.load_prices_parallel(url, symbols, frames, mode=mode, connections=connections,
                                                         progress=progress)
     _refuse_conflicts(counts, {i: s for s, i in ids_by_symbol.items()}, how)
     return LoadReport(
@@ -205,7 +199,7 @@ def import_files(url: str, paths: list[Path], symbol: str | None = None,
         with source.connect(url) as conn:
             ids = source.register_symbols(conn, sorted(files))
             mode = _mode(conn, ids, natives, replace, how)
-            load = source.PriceLoad(conn, mode=mode, natives={ids[n]: natives[n] for n in files}, progress=progress)
+            load = price_load.PriceLoad(conn, mode=mode, natives={ids[n]: natives[n] for n in files}, progress=progress)
             for name, file in files.items():
                 native, records = natives[name], []
                 for bars in file.years():
