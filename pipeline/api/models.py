@@ -176,16 +176,13 @@ class _PortfolioBase(BaseModel):
 
         symbols = options.check_symbols(self.symbols, self.all)
         options.check_interval(self.interval)
-        stakes = [pf.Stake.parse(text) for text in self.stake]
-        if self.rank_by not in pf.RANK_BY:
-            raise PipelineError(f"--rank-by {self.rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
         if self.grid and self.params:
             raise PipelineError("use either params or grid, not both")
         strategy = options.resolve_strategy(self.strategy)
         params: Any = list(strategies.parse_grid(strategy, self.grid)) if self.grid else dict(self.params)
-        config = options.run_config(strategy, params, **{o.name: getattr(self, o.name) for o in
-                                                         for_command("portfolio") if o.in_config})
-        sets = pf.make_sets(config, sorted(set(self.max_open)), list(dict.fromkeys(stakes)))
+        config, sets = pf.request_sets(strategy, params, self.max_open, self.stake, self.rank_by,
+                                       **{o.name: getattr(self, o.name) for o in for_command("portfolio")
+                                          if o.in_config})
         self._checked = (config, sets, symbols)
         return self._checked
 

@@ -77,15 +77,11 @@ def portfolio_command(
         if not text.isascii() or not text.isdigit() or int(text) < 1:
             raise PipelineError(f"--max-open {text!r} is not allowed: an integer >= 1")
         slots.append(int(text))
-    stakes = [pf.Stake.parse(text) for text in _split_values(stake or ["10%"])]
-    if rank_by not in pf.RANK_BY:
-        raise PipelineError(f"--rank-by {rank_by!r} is not allowed; use one of: {', '.join(pf.RANK_BY)}")
     if grid and param:
         raise PipelineError("use either --param or --grid, not both")
     chosen = options.resolve_strategy(strategy)
     params: Any = list(strategies.parse_grid(chosen, grid)) if grid else options.parse_params(param or [])
-    config = options.run_config(chosen, params, **run)
-    sets = pf.make_sets(config, sorted(set(slots)), list(dict.fromkeys(stakes)))
+    config, sets = pf.request_sets(chosen, params, slots, _split_values(stake or ["10%"]), rank_by, **run)
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")
     say_left_out(outcome.left_out, interval)
@@ -99,6 +95,14 @@ def portfolio_command(
         print(json.dumps({"run_id": outcome.run_id, "accounts": outcome.results, "best": detail},
                          default=str, allow_nan=False))
         return
+    _print_accounts(strategy, config, outcome, top, settings)
+
+
+def _print_accounts(strategy: str, config: Any, outcome: Any, top: int, settings: Settings) -> None:
+    """The accounts' table (best first), the best account's largest contributions and the run's line."""
+    from pipeline.engine import portfolio as pf
+
+    best = outcome.best
     # Only the strategy parameters that vary get a column; fixed ones go in the title.
     varying = [k for k in config.params_list[0] if len({p[k] for p in config.params_list}) > 1]
     fixed = " ".join(f"{k}={tables.param(v)}" for k, v in config.params_list[0].items() if k not in varying)

@@ -75,6 +75,20 @@ class PortfolioSet:
     stake: Stake
 
 
+def request_sets(strategy: strategies.Strategy, params: dict[str, Any] | list[dict[str, Any]],
+                 max_open: list[int], stakes: list[str | float], rank_by: str, **run: Any
+                 ) -> tuple[RunConfig, list[PortfolioSet]]:
+    """The one validation of a portfolio request (the CLI's, the API's, the notebook's): its stakes,
+    --rank-by, the run options (`options.run_config`) and its accounts (`make_sets`), before any work."""
+    from pipeline.engine import options
+
+    parsed = [Stake.parse(text) for text in stakes]
+    if rank_by not in RANK_BY:
+        raise PipelineError(f"--rank-by {rank_by!r} is not allowed; use one of: {', '.join(RANK_BY)}")
+    config = options.run_config(strategy, params, **run)
+    return config, make_sets(config, sorted(set(max_open)), list(dict.fromkeys(parsed)))
+
+
 def make_sets(config: RunConfig, max_open: list[int], stakes: list[Stake], n_symbols_hint: int | None = None
               ) -> list[PortfolioSet]:
     """Every combination of strategy parameters x slots x stakes, validated."""
@@ -191,6 +205,19 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
         out[:] = np.nan
     results = [_shape(batch, config, s, rule, out[c]) for c, s in enumerate(sets)]
     return sorted(results, key=lambda r: (r["total_return_pct"] is None, -(r["total_return_pct"] or 0.0)))
+
+
+def accounts(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto"
+             ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every account of `sets`, best first, and the best one in full (`detail`: contributions, round
+    trips, curves; None without accounts)."""
+    found = run(batch, config, sets, rank_by)
+    if not found:
+        return found, None
+    best = found[0]
+    chosen = next(s for s in sets if s.params == best["params"] and s.max_open == best["max_open"]
+                  and s.stake.value == best["stake"])
+    return found, detail(batch, config, chosen, rank_by)
 
 
 def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto") -> dict[str, Any]:

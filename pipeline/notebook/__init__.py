@@ -238,15 +238,10 @@ def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | lis
     """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
 
     `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
-    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
-    slots = max_open if isinstance(max_open, list) else [max_open]
-    stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
-    sets = pf.make_sets(config, slots, stakes)
-    batch = prices(frames)
-    accounts = pf.run(batch, config, sets, rank_by)
-    best = pf.detail(batch, config, next(s for s in sets if s.params == accounts[0]["params"]
-                                         and s.max_open == accounts[0]["max_open"]
-                                         and s.stake.value == accounts[0]["stake"]), rank_by)
+    config, sets = pf.request_sets(options.resolve_strategy(strategy), params or {},
+                                   max_open if isinstance(max_open, list) else [max_open],
+                                   stake if isinstance(stake, list) else [stake], rank_by, **run)
+    accounts, best = pf.accounts(prices(frames), config, sets, rank_by)
     curve = best["equity_curve"]
     return Portfolio(
         accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),

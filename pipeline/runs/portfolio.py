@@ -10,6 +10,7 @@ from typing import Any
 from pipeline.core import intervals
 from pipeline.core.config import Settings
 from pipeline.engine import batch as engine
+from pipeline.engine import portfolio as pf
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.runs.plan import left_out, pinning, plan_run
@@ -57,7 +58,7 @@ def portfolio(
                                snapshot=plan.snapshot, min_coverage=config.min_bar_coverage)
     engine.check_memory(len(plan.names), batch.times.size, len(sets))
     t0 = time.perf_counter()
-    accounts, best = _accounts(batch, config, sets, rank_by)
+    accounts, best = pf.accounts(batch, config, sets, rank_by)
     kernel_seconds = time.perf_counter() - t0
     bar_steps = int(batch.bars.sum()) * len(sets)
     seconds = time.perf_counter() - plan.started
@@ -73,16 +74,3 @@ def portfolio(
             )
     return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
                             bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols))
-
-
-def _accounts(batch: reader.PriceBatch, config: RunConfig, sets: list,
-              rank_by: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Every account of `sets`, best first, and the best one in full (contributions, round trips, curves)."""
-    from pipeline.engine import portfolio as pf
-
-    accounts = pf.run(batch, config, sets, rank_by)
-    if not accounts:
-        return accounts, None
-    chosen = next(s for s in sets if s.params == accounts[0]["params"] and s.max_open == accounts[0]["max_open"]
-                  and s.stake.value == accounts[0]["stake"])
-    return accounts, pf.detail(batch, config, chosen, rank_by)
