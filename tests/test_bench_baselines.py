@@ -10,7 +10,6 @@ trade list, vectorbt to rtol 1e-6 with the same number of entries.
 from __future__ import annotations
 
 import math
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,12 +28,6 @@ START = datetime(2024, 1, 1, tzinfo=UTC)
 N_HOURS = 600
 GAP_HOURS = (50, 51, 52, 230, 231, 400, 555)  # removed from GAPPY's hourly bars
 SYMBOLS = ("AAA", "BBB", "GAPPY")
-
-
-def _admin_url() -> str:
-    return (
-        os.environ.get("TEST_DATABASE_ADMIN_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
 
 
 def spec_reference(
@@ -104,15 +97,13 @@ def _daily(hourly: list[tuple]) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def seeded_db():
-    """(database url, {symbol: {'1h': rows, '1d': rows}}); the database is dropped at the end."""
-    admin = _admin_url()
-    try:
-        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
-            name = f"cryptobt_test_{uuid.uuid4().hex[:12]}"
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {admin} is not reachable ({exc})", pytrace=False)
+def seeded_db(pg_admin_url):
+    """(database url, {symbol: {'1h': rows, '1d': rows}}); the database is dropped at the end (one per
+    module, so not conftest's make_database, which is per test)."""
+    admin = pg_admin_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        name = f"cryptobt_test_{uuid.uuid4().hex[:12]}"
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = admin.rsplit("/", 1)[0] + "/" + name
     try:
         rng = np.random.default_rng(20240101)

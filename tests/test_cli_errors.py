@@ -11,6 +11,9 @@ import pytest
 
 from pipeline import demo
 
+# Every test here runs the CLI in a subprocess: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 BAD = [
     ([], None),  # no command: the help, exit 0 (checked apart below)
     (["nope"], "No such command 'nope'"),
@@ -74,7 +77,6 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=120)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [case for case in BAD if case[1]], ids=lambda v: " ".join(v)
                          if isinstance(v, list) else None)
 def test_bad_values_give_one_line_on_stderr_and_a_nonzero_exit(env, tmp_path, args, message):

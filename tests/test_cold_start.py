@@ -53,6 +53,7 @@ def _held(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(name for name in names if name in modules)
 
 
+@pytest.mark.slow
 def test_a_cold_backtest_without_the_cache_imports_no_pandas_scipy_redis_or_servers(small_lake, tmp_path):
     shutil.rmtree(small_lake / grids.FOLDER, ignore_errors=True)
     printed, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")

@@ -108,6 +108,7 @@ def run_kernel(open_, close, entries, exits, rank, max_open, frac, stake, fee, s
     return metrics, contrib, equity, trades[:k]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("next_open", [False, True])
 @pytest.mark.parametrize(("frac", "stake"), [(True, 0.25), (False, 180.0)])
 def test_ten_symbol_portfolio_with_slot_contention_equals_a_plain_python_loop_trade_by_trade(next_open, frac,
@@ -236,6 +237,7 @@ SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades
                  "max_drawdown_pct", "sharpe", "exposure_pct", "bars")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "ma_crossover", "buy_and_hold"])
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):

@@ -37,6 +37,7 @@ text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20
        strategy=st.sampled_from(["rsi", "bollinger", "ma_crossover", "macd", "buy_and_hold"]) | text,
        fee=st.floats(allow_nan=True, allow_infinity=True).map(str) | text,
        timerange=text)
+@pytest.mark.slow
 def test_fuzzed_cli_arguments_never_reach_the_user_as_a_traceback(fuzz_lake, tmp_path_factory, monkeypatch, name,
                                                                     value, strategy, fee, timerange):
     monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(fuzz_lake))

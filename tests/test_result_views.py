@@ -19,6 +19,9 @@ import pytest
 from pipeline import demo
 from tests.csv_series import daily_csv, hourly_csv
 
+# Every test here runs the CLI in a subprocess: left out of make test-fast.
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -375,6 +375,7 @@ def _killed_while_publishing(root: str) -> None:
     rt.append_results(root, "run-killed", [make_result("ETH")], created_at=CREATED)
 
 
+@pytest.mark.slow
 def test_temp_file_left_behind_by_a_killed_writer_is_not_matched_by_the_glob(
     tmp_path: Path,
 ) -> None:

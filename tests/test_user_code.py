@@ -202,6 +202,7 @@ def test_a_strategy_whose_code_cannot_be_hashed_is_run_but_never_cached(lake, tm
      "exit_period=2147483648"),
     (["sweep", "ma_crossover", "-g", "slow_period=30,1e29", "--all"], "slow_period="),
 ])
+@pytest.mark.slow
 def test_an_integer_parameter_past_int32_is_refused_in_one_line(lake, tmp_path, args, named):
     args = [a.replace("{examples}", str(DONCHIAN.parent)) for a in args]
     line = _one_line_error(_cli(args, _env(lake, tmp_path), tmp_path))
@@ -241,6 +242,7 @@ RAISES_LINE = f"raises.py:{_line(RAISES, 'raise ValueError')}"
     ("raises.py", RAISES, ["sweep", "raises", "-g", "entry_period=5:20:5", "--all"],
      f"{RAISES_LINE}: strategy 'raises' failed: ValueError: no trading on long series"),
 ])
+@pytest.mark.slow
 def test_a_failure_in_the_users_code_is_one_line_naming_file_and_line(lake, tmp_path, file, source, args,
                                                                       expected):
     folder = _folder(tmp_path, {file: source})
@@ -248,6 +250,7 @@ def test_a_failure_in_the_users_code_is_one_line_naming_file_and_line(lake, tmp_
     assert line.endswith(expected) and str(folder) in line, line
 
 
+@pytest.mark.slow
 def test_strategies_check_runs_the_users_code_with_bounds_checks(lake, tmp_path):
     folder = _folder(tmp_path, {"out_of_range.py": OUT_OF_RANGE})
     done = _cli(["strategies", "check", "out_of_range", "--strategy-path", str(folder)], _env(lake, tmp_path),
@@ -272,6 +275,7 @@ def test_the_api_answers_a_bad_integer_or_a_failing_strategy_with_4xx(lake, tmp_
         assert alive.status_code == 200, alive.text
 
 
+@pytest.mark.slow
 def test_the_api_refuses_a_strategy_path_whose_file_exits_at_import(lake, tmp_path):
     folder = _folder(tmp_path, {"exit_at_import.py": EXIT_AT_IMPORT})
     port = __import__("tests.api_server", fromlist=["free_port"]).free_port()

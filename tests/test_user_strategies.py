@@ -55,6 +55,7 @@ def donchian(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 @pytest.mark.parametrize(("entry_period", "exit_period"), [(20, 10), (5, 30), (1, 1)])
 def test_donchian_trades_equal_a_plain_python_loop_on_real_binance_files(donchian, fill, entry_period,
@@ -101,6 +102,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_backtest_and_sweep_of_a_copy_outside_the_repo_write_its_parameters_as_columns(lake, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -122,6 +124,7 @@ def test_backtest_and_sweep_of_a_copy_outside_the_repo_write_its_parameters_as_c
     assert all(json.loads(p) == {"entry_period": e, "exit_period": x} for e, x, p in rows)
 
 
+@pytest.mark.slow
 def test_a_second_process_loads_the_compiled_user_kernel_from_the_cache(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -184,6 +187,7 @@ def test_a_broken_strategy_file_is_one_line_naming_the_file_and_the_problem(tmp_
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_broken_strategy_path_in_one_line(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
