@@ -149,6 +149,20 @@ def binance_files(tmp_path):
 # --- end postgres fixtures ---
 
 
+@pytest.fixture(scope="session")
+def build_lake(tmp_path_factory):
+    """Factory: the root of a new lake of demo.build_sample_lake(n_symbols, years, sample) (sample None:
+    synthetic symbols only), in a folder of its own; a test module keeps one in a module fixture."""
+    from pipeline import demo
+
+    def build(n_symbols: int, years: float, sample=None):
+        root = tmp_path_factory.mktemp("lake") / "lake"
+        demo.build_sample_lake(root, n_symbols=n_symbols, years=years, sample=sample)
+        return root
+
+    return build
+
+
 # --- prefect fixtures ---
 
 

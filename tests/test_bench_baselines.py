@@ -9,6 +9,7 @@ trade list, vectorbt to rtol 1e-6 with the same number of entries.
 
 from __future__ import annotations
 
+import importlib
 import math
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -209,12 +210,16 @@ def _aligned_grid(data, symbols) -> np.ndarray:
     return grid
 
 
-def _vectorbt():
+def _optional_baseline(module: str, package: str):
+    """bench.baselines.<module>, or a skip naming `package` when it does not import here."""
     try:
-        from bench.baselines import vectorbt_rsi
+        return importlib.import_module(f"bench.baselines.{module}")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"vectorbt is not installed or does not import here: {exc}")
-    return vectorbt_rsi
+        pytest.skip(f"{package} is not installed or does not import here: {exc}")
+
+
+def _vectorbt():
+    return _optional_baseline("vectorbt_rsi", "vectorbt")
 
 
 @pytest.mark.parametrize("params", PARAMS)
@@ -291,11 +296,7 @@ def test_vectorbt_rust_engine_follows_spec(seeded_db, params):
 
 
 def _fast_trade():
-    try:
-        from bench.baselines import fast_trade_rsi
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"fast-trade is not installed or does not import here: {exc}")
-    return fast_trade_rsi
+    return _optional_baseline("fast_trade_rsi", "fast-trade")
 
 
 @pytest.mark.parametrize("params", PARAMS)

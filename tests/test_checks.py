@@ -48,6 +48,8 @@ def warmup(params):
 '''
 
 
+# Each strategy here is a user's file written out whole, the strategy API's boilerplate included (what a
+# user writes; not shared with pipeline/engine/strategies on purpose).
 # Causal entries; the peek at the next bar is used only to suppress an exit the next bar would regret.
 # Cut right after a signal bar of the full series, it never shows: the suppressed bars are no signal bars.
 SUPPRESSING = '''

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo
+from tests.cli_env import cli_environment
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -30,11 +30,10 @@ def _one_line(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("integrity")
-    demo.build_sample_lake(root / "lake", n_symbols=3, years=0.1, sample=None)
-    return {**os.environ, "CRYPTOBT_LAKE_ROOT": str(root / "lake"), "CRYPTOBT_RESULTS_ROOT": str(root / "results"),
-            "REDIS_URL": "", "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", "COLUMNS": "200"}
+def small_lake(build_lake) -> dict[str, str]:
+    lake = build_lake(n_symbols=3, years=0.1)
+    return cli_environment(lake, lake.parent / "results", DATABASE_URL="postgresql://postgres@127.0.0.1:1/none",
+                           COLUMNS="200")
 
 
 # --- item 9: inputs that traced back or went silently wrong ---------------------------------

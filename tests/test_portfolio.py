@@ -24,6 +24,7 @@ def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_i
         if not here:
             equity.append(math.nan)
             continue
+        # The same shape as the kernel's steps on purpose: an independent reading that must not share its code.
         for s in here:  # exits first
             if s not in pos:
                 continue
@@ -220,17 +221,14 @@ def test_parallel_grid_equals_one_account_at_a_time():
 
 # --- the account over real runs: parity with the single-symbol engine ------------------------
 
-from pipeline import demo  # noqa: E402
 from pipeline.engine import batch as engine  # noqa: E402
 from pipeline.engine import portfolio as pf  # noqa: E402
 from pipeline.lake import reader, snapshots  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def lake_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("portfolio") / "lake"
-    demo.build_sample_lake(root, n_symbols=8, years=0.5, sample=None)
-    return root
+def lake_root(build_lake):
+    return build_lake(n_symbols=8, years=0.5)
 
 
 SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades", "win_rate_pct",

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline import demo, runs
+from pipeline import runs
 from pipeline.cli import app
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import batch as engine
@@ -22,10 +22,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def fuzz_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz") / "lake"
-    demo.build_sample_lake(root, n_symbols=3, years=0.1, sample=None)
-    return root
+def fuzz_lake(build_lake) -> Path:
+    return build_lake(n_symbols=3, years=0.1)
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)

@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import demo
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import strategies
@@ -30,6 +29,7 @@ from tests.api_server import serving
 ROOT = Path(__file__).resolve().parents[1]
 DONCHIAN = ROOT / "examples" / "strategies" / "donchian.py"
 
+# The strategies here are users' files written out whole, boilerplate included (as a user writes them).
 # A strategy whose rule lives in a helper module next to it (`_levels.py`: a file starting with `_`
 # is not loaded as a strategy).
 HELPED = '''
@@ -100,10 +100,8 @@ OUT_OF_RANGE = _variant("out_of_range", "        sig_value[t] = ind[0, t]\n",
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("user_code_lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=2, years=0.1, sample=None)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=2, years=0.1)
 
 
 def _env(lake: Path, tmp_path: Path, **extra: str) -> dict[str, str]:

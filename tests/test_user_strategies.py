@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from pipeline import demo
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
 from pipeline.engine import strategies
@@ -91,10 +90,8 @@ def test_donchian_declares_its_parameters_columns_and_warmup(donchian):
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("donchian_lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=6, years=0.25, sample=None)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=6, years=0.25)
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

@@ -19,7 +19,8 @@ from numba import njit, prange
 from pipeline.engine.kernels.enums import EXIT_END_OF_DATA, EXIT_SIGNAL
 from pipeline.engine.kernels.simulate import add_return, return_moments
 
-# Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid.
+# Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid. Not
+# enums.TRADE_DTYPE, whose record is one fill of one symbol (a like shape, other fields).
 PORTFOLIO_TRADE_DTYPE = np.dtype(
     [
         ("symbol", np.int64),
