@@ -8,7 +8,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test deps bench bench-quick soak lint compose-check clean browser-test api-load venv-check
+.PHONY: demo test test-fast deps bench bench-quick soak lint compose-check clean browser-test api-load venv-check
 
 # Python >= 3.11 (pyproject's requires-python). A .venv whose interpreter is older, or gone (a system
 # upgrade), is rebuilt, saying so in one line, instead of being reused until something breaks.
@@ -33,6 +33,11 @@ test: venv-check $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -n 2 --dist loadfile
+
+# The edit-run loop: the unit tests that need no server and spawn no CLI (markers in tests/conftest.py and
+# pyproject), under a minute on 2 cores once numba's cache is warm. `make test` stays the full suite.
+test-fast: venv-check $(STAMP)
+	$(PY) -m pytest -n 2 -q -m "not services and not slow" --durations=5
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"

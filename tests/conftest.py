@@ -149,6 +149,20 @@ def binance_files(tmp_path):
 # --- end postgres fixtures ---
 
 
+@pytest.fixture(scope="session")
+def build_lake(tmp_path_factory):
+    """Factory: the root of a new lake of demo.build_sample_lake(n_symbols, years, sample) (sample None:
+    synthetic symbols only), in a folder of its own; a test module keeps one in a module fixture."""
+    from pipeline import demo
+
+    def build(n_symbols: int, years: float, sample=None):
+        root = tmp_path_factory.mktemp("lake") / "lake"
+        demo.build_sample_lake(root, n_symbols=n_symbols, years=years, sample=sample)
+        return root
+
+    return build
+
+
 # --- prefect fixtures ---
 
 
@@ -209,3 +223,30 @@ def _user_strategies_stay_in_their_module():
     strategies._REGISTRY.update(registered)
     strategies._loaded_paths.clear()
     strategies._loaded_paths.update(loaded)
+
+
+# --- markers ---
+# `make test-fast` runs `-m "not services and not slow"`: the unit tests an edit-run loop can afford.
+# A test that asks for one of these fixtures (itself or through another fixture) reaches a server:
+# the shared PostgreSQL, Redis or Prefect of the fixtures above, or one its module starts of its own.
+# A test that reaches a server without such a fixture carries @pytest.mark.services itself.
+SERVER_FIXTURES = frozenset({
+    "redis_url", "redis_client", "redis_prefix",
+    "pg_admin_url", "make_database", "database_url",
+    "_migrated_prefect_home", "prefect_home",
+    # Started by the module that defines the fixture:
+    "prefect_harness",  # test_flows: Prefect's test server
+    "docs_server",  # test_api_docs: uvicorn
+    "tiny_redis",  # test_cache: a redis-server with 1 MB of memory
+    "own_postgres", "own_redis",  # test_servers_dying: servers the test kills
+    "browser",  # test_dashboard_browser: chromium
+})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.services)
+
+
+# --- end markers ---

@@ -77,6 +77,7 @@ def reference_signals(
     exits = [False] * n
     values = [math.nan] * n
     c = [float(v) for v in close]
+    # One branch per strategy, each SPEC 3's row spelled out: alike in shape by design, not shared.
     for t in range(n):
         if strategy == "rsi":
             r = ind["rsi"]

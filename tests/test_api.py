@@ -31,17 +31,13 @@ LONG_GRID = ["rsi_period=2:101:1", "oversold_threshold=10:49:1", "overbought_thr
 
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("api-lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=6, years=0.3, sample=demo.DEFAULT_SAMPLE)
-    return root
+def small_lake(build_lake) -> Path:
+    return build_lake(n_symbols=6, years=0.3, sample=demo.DEFAULT_SAMPLE)
 
 
 @pytest.fixture(scope="module")
-def long_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("api-long-lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=2, years=3.0, sample=None)
-    return root
+def long_lake(build_lake) -> Path:
+    return build_lake(n_symbols=2, years=3.0)
 
 
 @pytest.fixture

@@ -35,10 +35,8 @@ LARGEST_GRID = ["tp=0.001:1000:0.001"]
 
 
 @pytest.fixture(scope="module")
-def lake_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("limits-lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=4, years=0.2, sample=demo.DEFAULT_SAMPLE)
-    return root
+def lake_root(build_lake) -> Path:
+    return build_lake(n_symbols=4, years=0.2, sample=demo.DEFAULT_SAMPLE)
 
 
 @pytest.fixture(scope="module")

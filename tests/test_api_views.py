@@ -18,10 +18,8 @@ from tests.test_api import _cli_json
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("views-lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=4, years=0.3, sample=demo.DEFAULT_SAMPLE)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=4, years=0.3, sample=demo.DEFAULT_SAMPLE)
 
 
 @pytest.fixture

@@ -9,8 +9,8 @@ trade list, vectorbt to rtol 1e-6 with the same number of entries.
 
 from __future__ import annotations
 
+import importlib
 import math
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,12 +29,6 @@ START = datetime(2024, 1, 1, tzinfo=UTC)
 N_HOURS = 600
 GAP_HOURS = (50, 51, 52, 230, 231, 400, 555)  # removed from GAPPY's hourly bars
 SYMBOLS = ("AAA", "BBB", "GAPPY")
-
-
-def _admin_url() -> str:
-    return (
-        os.environ.get("TEST_DATABASE_ADMIN_URL") or "postgresql://postgres@127.0.0.1:5432/postgres"
-    )
 
 
 def spec_reference(
@@ -104,15 +98,13 @@ def _daily(hourly: list[tuple]) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def seeded_db():
-    """(database url, {symbol: {'1h': rows, '1d': rows}}); the database is dropped at the end."""
-    admin = _admin_url()
-    try:
-        with psycopg.connect(admin, connect_timeout=3, autocommit=True) as conn:
-            name = f"cryptobt_test_{uuid.uuid4().hex[:12]}"
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    except psycopg.OperationalError as exc:
-        pytest.fail(f"PostgreSQL at {admin} is not reachable ({exc})", pytrace=False)
+def seeded_db(pg_admin_url):
+    """(database url, {symbol: {'1h': rows, '1d': rows}}); the database is dropped at the end (one per
+    module, so not conftest's make_database, which is per test)."""
+    admin = pg_admin_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        name = f"cryptobt_test_{uuid.uuid4().hex[:12]}"
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = admin.rsplit("/", 1)[0] + "/" + name
     try:
         rng = np.random.default_rng(20240101)
@@ -218,12 +210,16 @@ def _aligned_grid(data, symbols) -> np.ndarray:
     return grid
 
 
-def _vectorbt():
+def _optional_baseline(module: str, package: str):
+    """bench.baselines.<module>, or a skip naming `package` when it does not import here."""
     try:
-        from bench.baselines import vectorbt_rsi
+        return importlib.import_module(f"bench.baselines.{module}")
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"vectorbt is not installed or does not import here: {exc}")
-    return vectorbt_rsi
+        pytest.skip(f"{package} is not installed or does not import here: {exc}")
+
+
+def _vectorbt():
+    return _optional_baseline("vectorbt_rsi", "vectorbt")
 
 
 @pytest.mark.parametrize("params", PARAMS)
@@ -300,11 +296,7 @@ def test_vectorbt_rust_engine_follows_spec(seeded_db, params):
 
 
 def _fast_trade():
-    try:
-        from bench.baselines import fast_trade_rsi
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        pytest.skip(f"fast-trade is not installed or does not import here: {exc}")
-    return fast_trade_rsi
+    return _optional_baseline("fast_trade_rsi", "fast-trade")
 
 
 @pytest.mark.parametrize("params", PARAMS)

@@ -37,6 +37,7 @@ def test_the_grid_holds_generate_markets_bars(market):
     assert int(batch.bars.sum()) == frame.height
 
 
+@pytest.mark.slow
 def test_a_cell_counts_the_kernels_bar_steps_and_the_section_replaces_itself(market, tmp_path):
     run = scaling.measure_cell("run", market, 8, 2)
     sweep = json.loads(scaling._child(["--cell", "sweep", str(market), "--combos", "8", "--repeat", "1"])

@@ -17,43 +17,20 @@ import pytest
 import redis
 
 from pipeline.core.config import Settings
-from pipeline.core.versions import ENGINE_VERSION
 from pipeline.store.cache import CacheWarning, ResultCache, cache_key
+from tests import records
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
 
 
 def make_result(symbol: str = "BTC", **overrides: Any) -> dict[str, Any]:
-    record: dict[str, Any] = {
-        "symbol": symbol,
-        "strategy": "rsi",
-        "params": {"rsi_period": 14, "oversold_threshold": 30, "overbought_threshold": 70},
-        "interval": "1h",
-        "start": "2024-01-01T00:00:00+00:00",
+    """tests.records' sample as the cache sees it: no time range, no exposure, one trade."""
+    return records.make_result(symbol, **{
         "end": "2024-01-21T19:00:00+00:00",
         "timerange_start": None,
-        "timerange_end": None,
-        "bars": 500,
-        "days_of_data": 20.79,
-        "final_value": 1012.5,
-        "total_return_pct": 1.25,
-        "buy_hold_return_pct": -3.0,
-        "num_trades": 3,
-        "closed_trades": 2,
-        "win_rate_pct": 50.0,
-        "max_drawdown_pct": -4.2,
-        "sharpe": 0.8,
         "annualization": "observed",
         "min_bar_coverage": 0.0,
         "exposure_pct": None,
-        "fill": "close",
-        "fee_pct": 0.1,
-        "initial_investment": 1000.0,
-        "snapshot_id": "snap-1",
-        "data_version": f"dv-{symbol}",
-        "engine_version": ENGINE_VERSION,
-        "reason": None,
-        "from_cache": False,
         "trades": [
             {
                 "time": "2024-01-03T05:00:00+00:00",
@@ -65,9 +42,8 @@ def make_result(symbol: str = "BTC", **overrides: Any) -> dict[str, Any]:
                 "indicator": 28.4,
             }
         ],
-    }
-    record.update(overrides)
-    return record
+        **overrides,
+    })
 
 
 KEY_FIELDS: dict[str, Any] = {

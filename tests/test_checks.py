@@ -49,6 +49,8 @@ def warmup(params):
 '''
 
 
+# Each strategy here is a user's file written out whole, the strategy API's boilerplate included (what a
+# user writes; not shared with pipeline/engine/strategies on purpose).
 # Causal entries; the peek at the next bar is used only to suppress an exit the next bar would regret.
 # Cut right after a signal bar of the full series, it never shows: the suppressed bars are no signal bars.
 SUPPRESSING = '''
@@ -97,6 +99,7 @@ def market() -> dict[str, np.ndarray]:
     return {name: np.ascontiguousarray(table[name].to_numpy()[:3000], dtype=np.float64) for name in table.column_names}
 
 
+@pytest.mark.slow
 def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
     (tmp_path / "peeking.py").write_text(PEEKING)
     strategies.add_strategy_paths([tmp_path])
@@ -106,6 +109,7 @@ def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
     assert any("signal" in line for line in report.lookahead)
 
 
+@pytest.mark.slow
 def test_the_check_names_a_strategy_that_peeks_only_to_suppress_exits(tmp_path, market):
     (tmp_path / "suppressing.py").write_text(SUPPRESSING)
     strategies.add_strategy_paths([tmp_path])
@@ -115,6 +119,7 @@ def test_the_check_names_a_strategy_that_peeks_only_to_suppress_exits(tmp_path, 
     assert not [line for line in report.lookahead if "the entry signal" in line]
 
 
+@pytest.mark.slow
 def test_the_check_compares_every_output_the_strategy_fills_the_logged_value_too(tmp_path, market):
     (tmp_path / "logging_ahead.py").write_text(LOGGING_AHEAD)
     strategies.add_strategy_paths([tmp_path])
@@ -122,6 +127,7 @@ def test_the_check_compares_every_output_the_strategy_fills_the_logged_value_too
     assert len(report.lookahead) == 1 and "the logged value" in report.lookahead[0], report.lookahead
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
 def test_the_built_ins_have_no_look_ahead(name, market):
     report = checks.check_symbol(get_strategy(name), {}, "X", market)
@@ -138,6 +144,7 @@ def test_warmup_sensitivity_is_rounding_for_a_finite_window_and_small_for_wilder
     assert rsi[100]["rsi"] < 1e-3
 
 
+@pytest.mark.slow
 def test_cli_check_exits_1_naming_the_peek_and_0_for_a_causal_strategy(tmp_path):
     import os
     import subprocess

@@ -21,24 +21,20 @@ import pytest
 from pipeline import demo
 from pipeline.core import tables
 from pipeline.engine import strategies
+from tests.cli_env import cli_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("contract") / "lake"
-    demo.build_sample_lake(root, n_symbols=6, years=0.3, sample=demo.DEFAULT_SAMPLE)
-    return root
+def small_lake(build_lake) -> Path:
+    return build_lake(n_symbols=6, years=0.3, sample=demo.DEFAULT_SAMPLE)
 
 
 @pytest.fixture
 def env(small_lake, tmp_path, redis_url, redis_prefix, database_url) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTOBT_", "PREFECT_API"))}
-    environment.update(CRYPTOBT_LAKE_ROOT=str(small_lake), CRYPTOBT_RESULTS_ROOT=str(tmp_path / "results"),
-                       REDIS_URL=redis_url, CRYPTOBT_CACHE_PREFIX=redis_prefix, DATABASE_URL=database_url,
-                       PYTHONPATH=str(ROOT), COLUMNS="80")
-    return environment
+    return cli_environment(small_lake, tmp_path / "results", REDIS_URL=redis_url, CRYPTOBT_CACHE_PREFIX=redis_prefix,
+                           DATABASE_URL=database_url)
 
 
 def cryptobt(args: list[str], env: dict[str, str], cwd: Path | None = None,

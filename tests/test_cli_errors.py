@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from pipeline import demo
+from tests.cli_env import cli_environment
+
+# Every test here runs the CLI in a subprocess: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 BAD = [
     ([], None),  # no command: the help, exit 0 (checked apart below)
@@ -62,11 +64,9 @@ BAD = [
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("cli-errors")
-    demo.build_sample_lake(root / "lake", n_symbols=3, years=0.1, sample=None)
-    return {**os.environ, "CRYPTOBT_LAKE_ROOT": str(root / "lake"), "CRYPTOBT_RESULTS_ROOT": str(root / "results"),
-            "REDIS_URL": "", "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", "COLUMNS": "80"}
+def env(build_lake) -> dict[str, str]:
+    lake = build_lake(n_symbols=3, years=0.1)
+    return cli_environment(lake, lake.parent / "results", DATABASE_URL="postgresql://postgres@127.0.0.1:1/none")
 
 
 def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -74,7 +74,6 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           text=True, timeout=120)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("args", "message"), [case for case in BAD if case[1]], ids=lambda v: " ".join(v)
                          if isinstance(v, list) else None)
 def test_bad_values_give_one_line_on_stderr_and_a_nonzero_exit(env, tmp_path, args, message):

@@ -14,7 +14,6 @@ import sys
 
 import pytest
 
-from pipeline import demo
 from pipeline.lake import grids
 
 # The cold process must never hold these; `redis.asyncio.client` is what running redis.asyncio's code loads.
@@ -33,10 +32,8 @@ print(json.dumps({"exit": code, "modules": sorted(sys.modules)}), file=sys.stder
 
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cold") / "lake"
-    demo.build_sample_lake(root, n_symbols=4, years=0.3, sample=None)
-    return root
+def small_lake(build_lake):
+    return build_lake(n_symbols=4, years=0.3)
 
 
 def _cold_backtest(lake_root, results_root, redis_url: str, prefix: str = "cryptobt") -> tuple[str, set[str]]:
@@ -53,6 +50,7 @@ def _held(modules: set[str], names: tuple[str, ...]) -> list[str]:
     return sorted(name for name in names if name in modules)
 
 
+@pytest.mark.slow
 def test_a_cold_backtest_without_the_cache_imports_no_pandas_scipy_redis_or_servers(small_lake, tmp_path):
     shutil.rmtree(small_lake / grids.FOLDER, ignore_errors=True)
     printed, modules = _cold_backtest(small_lake, tmp_path / "results", redis_url="")

@@ -99,10 +99,8 @@ def test_docs_render_the_operations_list_offline(browser, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("browser-lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE)
 
 
 @pytest.fixture

@@ -92,6 +92,7 @@ def test_results_onto_a_full_disk_fail_in_one_line_and_keep_earlier_results(tmp_
     assert rows == [(first.run_id, 6)]
 
 
+@pytest.mark.slow
 def test_cli_says_one_line_on_a_full_disk(tmp_path, small_disk):
     from pipeline import demo
 

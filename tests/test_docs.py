@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"(?:<!--\s*runs in (?P<runner>[^>]+?)\s*-->\s*\n)?^```(?P<lang>[^\n`]*)\n(?P<body>.*?)^```\s*$",
                    re.S | re.M)
-MAKE = {"make demo": ".venv/bin/cryptobt demo --symbols 8 --years 0.5", "make test": ": the suite itself"}
+MAKE = {"make demo": ".venv/bin/cryptobt demo --symbols 8 --years 0.5", "make test": ": the suite itself",
+        "make test-fast": ": a part of the suite"}
 # What a page assumes before its first block, as its text says ("after make demo").
 AFTER_DEMO = ". .venv/bin/activate\ncryptobt demo --symbols 8 --years 0.5 >/dev/null\n"
 PRELUDE = {"README.md": "", "cli.md": ". .venv/bin/activate\n", "contract.md": "", "benchmarks.md": "",
@@ -181,6 +182,7 @@ def test_every_block_of_the_api_page_runs_against_a_served_api(clone, database_u
         server.wait(timeout=60)
 
 
+@pytest.mark.services  # a PostgreSQL server of its own (OwnPostgres), no fixture
 def test_bulk_load_settings_apply_to_a_postgresql_server(tmp_path):
     """docs/operations.md's ALTER SYSTEM advice, run on a server of the test's own (it changes the server's
     configuration, so never on the shared one)."""

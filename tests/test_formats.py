@@ -59,6 +59,7 @@ def _refused(done: subprocess.CompletedProcess, path: Path, version: object, rea
     assert str(path) in lines[0] and f"format version {version!r}" in lines[0] and reads in lines[0], lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("version", [2, "1"], ids=["newer", "unknown"])
 def test_a_manifest_state_or_grid_of_a_version_this_build_does_not_read_is_refused_in_one_line(small_lake, version):
     assert _cli(small_lake, "backtest", "rsi", "--all", "--json").returncode == 0  # keeps a grid
@@ -85,6 +86,7 @@ def test_a_manifest_state_or_grid_of_a_version_this_build_does_not_read_is_refus
     assert _cli(small_lake, "lake", "verify").returncode == 0
 
 
+@pytest.mark.slow
 def test_files_written_before_format_versions_read_as_version_1(small_lake):
     fresh = _board(_cli(small_lake, "backtest", "rsi", "--all", "--json"))
     snapshot = lake.current_snapshot(small_lake).path

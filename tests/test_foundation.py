@@ -15,6 +15,8 @@ from pipeline.core.errors import InputError
 from pipeline.source import loaders
 from pipeline.source import postgres as source
 
+INDEXES = "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
+
 
 def _count(url: str, where: str = "TRUE") -> int:
     with psycopg.connect(url) as conn:
@@ -31,15 +33,11 @@ def test_schema_applies_twice_without_change(make_database, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", url)
     assert CliRunner().invoke(app, ["db", "init"]).exit_code == 0
     with psycopg.connect(url) as conn:
-        before = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
-        ).fetchall()
+        before = conn.execute(INDEXES).fetchall()
         strategies = conn.execute("SELECT name, strategy_type FROM crypto_strategies ORDER BY 1").fetchall()
     assert CliRunner().invoke(app, ["db", "init"]).exit_code == 0
     with psycopg.connect(url) as conn:
-        after = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = 'public' ORDER BY 1"
-        ).fetchall()
+        after = conn.execute(INDEXES).fetchall()
         # crypto_strategies mirrors the registry, defaults included: one source of truth.
         rows = conn.execute("SELECT name, default_parameters FROM crypto_strategies ORDER BY 1").fetchall()
         assert rows == [(n, registry.get_strategy(n).defaults) for n in sorted(registry.strategy_names())]

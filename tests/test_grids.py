@@ -119,6 +119,7 @@ def _temporaries(lake_root: Path) -> list[Path]:
     return [p for p in lake_root.glob(f"{grids.FOLDER}/*/.*") if p.is_dir()]
 
 
+@pytest.mark.slow
 def test_vacuum_leaves_a_live_writers_temporary_grid_and_removes_a_dead_ones(small_lake, tmp_path):
     go = tmp_path / "go"
     writer = _paused_writer(small_lake, go, "finish")

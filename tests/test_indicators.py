@@ -69,6 +69,7 @@ def binance_closes() -> dict[str, np.ndarray]:
     }
 
 
+@pytest.mark.slow
 def test_sma_ema_rsi_bbands_macd_match_talib_on_real_binance_files(binance_closes):
     for name, close in binance_closes.items():
         try:
@@ -191,6 +192,7 @@ def gappy_panels(draw) -> np.ndarray:
     return panel
 
 
+@pytest.mark.slow
 @HYP
 @given(gappy_panels())
 def test_2d_wrappers_skip_missing_bars_and_match_talib_on_each_compacted_row(panel):

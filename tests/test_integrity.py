@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import demo
+from tests.cli_env import cli_environment
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess:
@@ -30,11 +30,10 @@ def _one_line(done: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def small_lake(tmp_path_factory) -> dict[str, str]:
-    root = tmp_path_factory.mktemp("integrity")
-    demo.build_sample_lake(root / "lake", n_symbols=3, years=0.1, sample=None)
-    return {**os.environ, "CRYPTOBT_LAKE_ROOT": str(root / "lake"), "CRYPTOBT_RESULTS_ROOT": str(root / "results"),
-            "REDIS_URL": "", "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/none", "COLUMNS": "200"}
+def small_lake(build_lake) -> dict[str, str]:
+    lake = build_lake(n_symbols=3, years=0.1)
+    return cli_environment(lake, lake.parent / "results", DATABASE_URL="postgresql://postgres@127.0.0.1:1/none",
+                           COLUMNS="200")
 
 
 # --- item 9: inputs that traced back or went silently wrong ---------------------------------
@@ -65,6 +64,7 @@ BAD_INPUTS = [
 @pytest.mark.slow
 @pytest.mark.parametrize(("args", "extra", "message"), BAD_INPUTS,
                          ids=[" ".join(a) + (" " + " ".join(e) if e else "") for a, e, _ in BAD_INPUTS])
+@pytest.mark.slow
 def test_bad_inputs_are_one_line_before_anything_is_written(small_lake, tmp_path, args, extra, message):
     env = {**small_lake, **extra, "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
     line = _one_line(_cli(args, env, tmp_path))
@@ -72,6 +72,7 @@ def test_bad_inputs_are_one_line_before_anything_is_written(small_lake, tmp_path
     assert not (tmp_path / "results").exists(), "nothing is written on bad input"
 
 
+@pytest.mark.slow
 def test_a_lake_root_that_is_a_file_is_one_line_naming_it(small_lake, tmp_path):
     afile = tmp_path / "not-a-folder"
     afile.write_text("x")
@@ -80,6 +81,7 @@ def test_a_lake_root_that_is_a_file_is_one_line_naming_it(small_lake, tmp_path):
         assert f"CRYPTOBT_LAKE_ROOT='{afile}' is a file" in line
 
 
+@pytest.mark.slow
 def test_a_sweep_that_takes_a_while_prints_its_size_and_estimate_first(small_lake, tmp_path):
     env = {**small_lake, "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "results")}
     grid = ["-g", "rsi_period=5:100:1", "-g", "oversold_threshold=10:45:1"]
@@ -90,6 +92,7 @@ def test_a_sweep_that_takes_a_while_prints_its_size_and_estimate_first(small_lak
     assert quiet.returncode == 0 and "sweep:" not in quiet.stderr
 
 
+@pytest.mark.slow
 def test_initial_at_the_bounds_gives_finite_values(small_lake, tmp_path):
     import json
 
@@ -104,6 +107,7 @@ def test_initial_at_the_bounds_gives_finite_values(small_lake, tmp_path):
 # --- item 8: results sql is sandboxed ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_results_sql_reads_its_tables_but_no_other_file_and_writes_nothing(small_lake, tmp_path):
     import duckdb
 
@@ -139,6 +143,7 @@ def test_results_sql_reads_its_tables_but_no_other_file_and_writes_nothing(small
         assert con.execute(f"SELECT count(*) FROM read_parquet('{results}/**/*.parquet')").fetchone()[0] == 3
 
 
+@pytest.mark.slow
 def test_results_sql_help_says_what_is_allowed(small_lake, tmp_path):
     done = _cli(["results", "sql", "--help"], small_lake, tmp_path)
     text = " ".join(done.stdout.split())
@@ -155,6 +160,7 @@ def test_results_sql_help_says_what_is_allowed(small_lake, tmp_path):
     "host=127.0.0.1 port=1 user=postgres password=notsecretpw dbname=x",
     "host=127.0.0.1 port=1 user=postgres password='notsecretpw' dbname=x",
 ])
+@pytest.mark.slow
 def test_no_message_shows_a_password_in_any_dsn_form(small_lake, tmp_path, url):
     for args in (["db", "init"], ["export", "--no-prefect"]):
         done = _cli(args, {**small_lake, "DATABASE_URL": url, "CRYPTOBT_LAKE_ROOT": str(tmp_path / "lake")}, tmp_path)
@@ -232,6 +238,7 @@ def _parquet_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.parquet") if not p.name.startswith(".")) if root.exists() else []
 
 
+@pytest.mark.slow
 def test_a_run_whose_runs_row_cannot_be_written_publishes_no_results_or_trades(small_lake, tmp_path, mounts):
     base = tmp_path / "out"
     mounts(base / "runs", "size=64k")  # the runs table's own disk, filled to the last byte below

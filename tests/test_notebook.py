@@ -38,6 +38,7 @@ def test_a_long_frame_is_split_by_its_symbol_column(frames):
     assert set(trips["symbol"]) <= set(frames) and trips.height > 0
 
 
+@pytest.mark.slow
 def test_one_frame_takes_bare_signal_arrays(frames):
     close = frames["ETH_BTC"]["close"].to_numpy()
     entries = np.r_[False, close[1:] < close[:-1] * 0.99]

@@ -69,6 +69,7 @@ def sharpe(r: np.ndarray) -> float:
     return float(r.mean() / sd) if len(r) > 1 and sd > 1e-15 else 0.0
 
 
+@pytest.mark.slow
 def test_the_blocks_together_give_the_runs_own_sharpe_and_return(sweep):
     batch, config, results, blocks = sweep
     moments = overfit.moments(blocks)
@@ -405,6 +406,7 @@ def test_the_notebook_draws_the_clis_pictures_of_a_backtest_and_a_sweep(tmp_path
         cryptobt.plot(frames, "rsi", tmp_path / "x.pdf")
 
 
+@pytest.mark.slow
 def test_your_own_entry_and_exit_arrays_run_as_the_strategy_that_made_them():
     # RSI's own signals handed in as arrays give RSI's results, with stops and fees too.
     import pipeline as cryptobt
@@ -426,6 +428,7 @@ def test_your_own_entry_and_exit_arrays_run_as_the_strategy_that_made_them():
         cryptobt.run_signals(frames, {s: e[:-1] for s, e in entries.items()}, exits)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("with_stops", [False, True])
 def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     """A sweep writes its results as columns (no dict per result): every row, every column, equals

@@ -26,6 +26,7 @@ def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_i
         if not here:
             equity.append(math.nan)
             continue
+        # The same shape as the kernel's steps on purpose: an independent reading that must not share its code.
         for s in here:  # exits first
             if s not in pos:
                 continue
@@ -110,6 +111,7 @@ def run_kernel(open_, close, entries, exits, rank, max_open, frac, stake, fee, s
     return metrics, contrib, equity, trades[:k]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("next_open", [False, True])
 @pytest.mark.parametrize(("frac", "stake"), [(True, 0.25), (False, 180.0)])
 def test_ten_symbol_portfolio_with_slot_contention_equals_a_plain_python_loop_trade_by_trade(next_open, frac,
@@ -221,7 +223,6 @@ def test_parallel_grid_equals_one_account_at_a_time():
 
 # --- the account over real runs: parity with the single-symbol engine ------------------------
 
-from pipeline import demo  # noqa: E402
 from pipeline.engine import batch as engine  # noqa: E402
 from pipeline.engine import options  # noqa: E402
 from pipeline.engine import portfolio as pf  # noqa: E402
@@ -229,16 +230,15 @@ from pipeline.lake import reader, snapshots  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def lake_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("portfolio") / "lake"
-    demo.build_sample_lake(root, n_symbols=8, years=0.5, sample=None)
-    return root
+def lake_root(build_lake):
+    return build_lake(n_symbols=8, years=0.5)
 
 
 SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades", "win_rate_pct",
                  "max_drawdown_pct", "sharpe", "exposure_pct", "bars")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "ma_crossover", "buy_and_hold"])
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from pipeline import demo, runs
+from pipeline import runs
 from pipeline.cli import app
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import batch as engine
@@ -24,10 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def fuzz_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fuzz") / "lake"
-    demo.build_sample_lake(root, n_symbols=3, years=0.1, sample=None)
-    return root
+def fuzz_lake(build_lake) -> Path:
+    return build_lake(n_symbols=3, years=0.1)
 
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
@@ -39,6 +37,7 @@ text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20
        strategy=st.sampled_from(["rsi", "bollinger", "ma_crossover", "macd", "buy_and_hold"]) | text,
        fee=st.floats(allow_nan=True, allow_infinity=True).map(str) | text,
        timerange=text)
+@pytest.mark.slow
 def test_fuzzed_cli_arguments_never_reach_the_user_as_a_traceback(fuzz_lake, tmp_path_factory, monkeypatch, name,
                                                                     value, strategy, fee, timerange):
     monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(fuzz_lake))

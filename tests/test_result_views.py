@@ -18,24 +18,23 @@ import pytest
 
 from pipeline import demo
 from pipeline.engine.strategies import get_strategy
+from tests.cli_env import cli_environment
 from tests.csv_series import daily_csv, hourly_csv
+
+# Every test here runs the CLI in a subprocess: left out of make test-fast.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("views") / "lake"
-    demo.build_sample_lake(root, n_symbols=4, years=0.3, sample=None)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=4, years=0.3)
 
 
 @pytest.fixture
 def env(lake, tmp_path) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTOBT_", "PREFECT_API"))}
-    environment.update(CRYPTOBT_LAKE_ROOT=str(lake), CRYPTOBT_RESULTS_ROOT=str(tmp_path / "results"), REDIS_URL="",
-                       PYTHONPATH=str(ROOT), COLUMNS="80")
-    return environment
+    return cli_environment(lake, tmp_path / "results")
 
 
 def cryptobt(env: dict[str, str], *args: str, ok: bool = True) -> subprocess.CompletedProcess:

@@ -117,6 +117,7 @@ def lake(tmp_path_factory) -> Settings:
     return replace(Settings(), lake_root=root / "lake", results_root=root / "results", redis_url="")
 
 
+@pytest.mark.slow
 def test_json_carries_round_trips_with_trades_and_the_trades_table_holds_both_kinds(lake):
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(lake.lake_root), "CRYPTOBT_RESULTS_ROOT": str(lake.results_root),
            "REDIS_URL": "", "PYTHONPATH": str(ROOT)}

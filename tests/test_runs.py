@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import demo, runs
+from pipeline import runs
 from pipeline.cli import app
 from pipeline.core.config import Settings
 from pipeline.engine import options
@@ -26,10 +26,8 @@ from pipeline.store.cache import ResultCache
 
 
 @pytest.fixture(scope="module")
-def sample_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("sample") / "lake"
-    demo.build_sample_lake(root, n_symbols=12, years=0.5, sample=None)
-    return root
+def sample_lake(build_lake) -> Path:
+    return build_lake(n_symbols=12, years=0.5)
 
 
 @pytest.fixture

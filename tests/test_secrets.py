@@ -120,6 +120,7 @@ def _user_strategy_folder(where: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_a_dotenv_in_a_parent_folder_is_not_read(tmp_path):
     parent = tmp_path / "above"
     work = parent / "project"

@@ -10,7 +10,6 @@ process's files. An API server under SIGTERM ends every open stream with `done` 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -23,8 +22,8 @@ import duckdb
 import httpx
 import pytest
 
-from pipeline import demo
 from tests.api_server import free_port, sse_events
+from tests.cli_env import cli_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 # 12,000 parameter sets x 40 symbols x 8,760 hourly bars: minutes of work on two idle cores.
@@ -34,18 +33,13 @@ KEPT = re.compile(r"kept and wrote the ([\d,]+) of ([\d,]+) results")
 
 
 @pytest.fixture(scope="module")
-def busy_lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("signals") / "lake"
-    demo.build_sample_lake(root, n_symbols=40, years=1.0, sample=None)
-    return root
+def busy_lake(build_lake) -> Path:
+    return build_lake(n_symbols=40, years=1.0)
 
 
 @pytest.fixture
 def env(busy_lake, tmp_path) -> dict[str, str]:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith(("CRYPTOBT_", "PREFECT_API"))}
-    environment.update(CRYPTOBT_LAKE_ROOT=str(busy_lake), CRYPTOBT_RESULTS_ROOT=str(tmp_path / "out" / "results"),
-                       REDIS_URL="", PYTHONPATH=str(ROOT), COLUMNS="200")
-    return environment
+    return cli_environment(busy_lake, tmp_path / "out" / "results", COLUMNS="200")
 
 
 def _sweep(env: dict[str, str]) -> subprocess.Popen:

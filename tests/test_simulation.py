@@ -228,6 +228,7 @@ def binance_markets():
     return markets
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, fill):
     total_trades = 0

@@ -81,6 +81,7 @@ def _check(result: dict, expected: dict[str, float]) -> None:
             assert got == pytest.approx(want, rel=1e-9, abs=1e-9), f"{result['symbol']} {name}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("strategy", "params", "run"), RUNS, ids=lambda x: str(x) if isinstance(x, str) else None)
 def test_every_stat_equals_its_definition_computed_from_the_equity_curve_and_the_trades(strategy, params, run):
     batch = notebook.prices(FRAMES)

@@ -164,6 +164,7 @@ def ohlc(draw, min_size: int = 30, max_size: int = 300):
     return open_, high, low, close
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
@@ -342,6 +343,7 @@ def test_a_cached_result_without_stops_is_never_served_for_a_run_with_stops(lake
     cache.close()
 
 
+@pytest.mark.slow
 def test_a_stop_sweep_equals_its_sets_run_one_by_one_and_writes_the_run_parameters_as_columns(lake):
     grid = options.parse_grid(get_strategy("rsi"), ["rsi_period=10,14", "sl=1,3", "trail=0,1", "size=0.5,1"])
     swept = runs.backtest(lake, options.run_config(get_strategy("rsi"), grid, tp=4), ["ETH_BTC", "LTC_BTC"]).results

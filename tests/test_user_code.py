@@ -20,7 +20,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pipeline import demo
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import strategies
@@ -31,6 +30,7 @@ from tests.api_server import serving
 ROOT = Path(__file__).resolve().parents[1]
 DONCHIAN = ROOT / "examples" / "strategies" / "donchian.py"
 
+# The strategies here are users' files written out whole, boilerplate included (as a user writes them).
 # A strategy whose rule lives in a helper module next to it (`_levels.py`: a file starting with `_`
 # is not loaded as a strategy).
 HELPED = '''
@@ -101,10 +101,8 @@ OUT_OF_RANGE = _variant("out_of_range", "        sig_value[t] = ind[0, t]\n",
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("user_code_lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=2, years=0.1, sample=None)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=2, years=0.1)
 
 
 def _env(lake: Path, tmp_path: Path, **extra: str) -> dict[str, str]:
@@ -203,6 +201,7 @@ def test_a_strategy_whose_code_cannot_be_hashed_is_run_but_never_cached(lake, tm
      "exit_period=2147483648"),
     (["sweep", "ma_crossover", "-g", "slow_period=30,1e29", "--all"], "slow_period="),
 ])
+@pytest.mark.slow
 def test_an_integer_parameter_past_int32_is_refused_in_one_line(lake, tmp_path, args, named):
     args = [a.replace("{examples}", str(DONCHIAN.parent)) for a in args]
     line = _one_line_error(_cli(args, _env(lake, tmp_path), tmp_path))
@@ -242,6 +241,7 @@ RAISES_LINE = f"raises.py:{_line(RAISES, 'raise ValueError')}"
     ("raises.py", RAISES, ["sweep", "raises", "-g", "entry_period=5:20:5", "--all"],
      f"{RAISES_LINE}: strategy 'raises' failed: ValueError: no trading on long series"),
 ])
+@pytest.mark.slow
 def test_a_failure_in_the_users_code_is_one_line_naming_file_and_line(lake, tmp_path, file, source, args,
                                                                       expected):
     folder = _folder(tmp_path, {file: source})
@@ -249,6 +249,7 @@ def test_a_failure_in_the_users_code_is_one_line_naming_file_and_line(lake, tmp_
     assert line.endswith(expected) and str(folder) in line, line
 
 
+@pytest.mark.slow
 def test_strategies_check_runs_the_users_code_with_bounds_checks(lake, tmp_path):
     folder = _folder(tmp_path, {"out_of_range.py": OUT_OF_RANGE})
     done = _cli(["strategies", "check", "out_of_range", "--strategy-path", str(folder)], _env(lake, tmp_path),
@@ -273,6 +274,7 @@ def test_the_api_answers_a_bad_integer_or_a_failing_strategy_with_4xx(lake, tmp_
         assert alive.status_code == 200, alive.text
 
 
+@pytest.mark.slow
 def test_the_api_refuses_a_strategy_path_whose_file_exits_at_import(lake, tmp_path):
     folder = _folder(tmp_path, {"exit_at_import.py": EXIT_AT_IMPORT})
     port = __import__("tests.api_server", fromlist=["free_port"]).free_port()

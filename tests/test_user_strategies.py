@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow.feather as feather
 import pytest
 
-from pipeline import demo
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
 from pipeline.engine import strategies
@@ -56,6 +55,7 @@ def donchian(tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 @pytest.mark.parametrize(("entry_period", "exit_period"), [(20, 10), (5, 30), (1, 1)])
 def test_donchian_trades_equal_a_plain_python_loop_on_real_binance_files(donchian, fill, entry_period,
@@ -91,10 +91,8 @@ def test_donchian_declares_its_parameters_columns_and_warmup(donchian):
 
 
 @pytest.fixture(scope="module")
-def lake(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("donchian_lake") / "lake"
-    demo.build_sample_lake(root, n_symbols=6, years=0.25, sample=None)
-    return root
+def lake(build_lake) -> Path:
+    return build_lake(n_symbols=6, years=0.25)
 
 
 def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
@@ -102,6 +100,7 @@ def _cli(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
                           cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_backtest_and_sweep_of_a_copy_outside_the_repo_write_its_parameters_as_columns(lake, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -123,6 +122,7 @@ def test_backtest_and_sweep_of_a_copy_outside_the_repo_write_its_parameters_as_c
     assert all(json.loads(p) == {"entry_period": e, "exit_period": x} for e, x, p in rows)
 
 
+@pytest.mark.slow
 def test_a_second_process_loads_the_compiled_user_kernel_from_the_cache(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -185,6 +185,7 @@ def test_a_broken_strategy_file_is_one_line_naming_the_file_and_the_problem(tmp_
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow
 def test_the_cli_refuses_a_broken_strategy_path_in_one_line(tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()

@@ -139,6 +139,8 @@ def rsi_1d(x: np.ndarray, period: int, out: np.ndarray) -> None:
     prev_gain *= inv
     total = prev_gain + prev_loss
     out[period] = 0.0 if total == 0.0 else 100.0 * (prev_gain / total)
+    # Wilder's smoothing from here on. The loop above, alike in shape, sums the first `period` moves
+    # instead: two loops, so that each keeps TA-Lib's float operations in TA-Lib's order.
     for i in range(period + 1, n):
         diff = x[i] - prev_value
         prev_value = x[i]

@@ -146,6 +146,171 @@ def _write_block(out, b, count, s, s2, s3, s4, down2, start, end):
 
 
 @njit(cache=True)
+def _execution_terms(execution):
+    """(sl, tp, trail, size, slippage) of an EX_* row; None: no stops, all in, no slippage.
+    Plain @njit, not inline: a called function prunes its own `is None` branch by its argument's type."""
+    if execution is None:
+        return 0.0, 0.0, False, 1.0, 0.0
+    return (execution[EX_SL], execution[EX_TP], execution[EX_TRAIL] != 0.0, execution[EX_SIZE],
+            execution[EX_SLIPPAGE])
+
+
+@njit(cache=True, inline="always")
+def _no_closed_trades():
+    """The closed-trade statistics before any trade: (count, wins, best %, worst %, sum of returns %,
+    sum of bars held, most bars held, gross profit, gross loss, P&L mean, P&L sum of squared
+    deviations (Welford, for the SQN))."""
+    return 0, 0, -np.inf, np.inf, 0.0, 0, 0, 0.0, 0.0, 0.0, 0.0
+
+
+@njit(cache=True, inline="always")
+def _add_closed_trade(closed, net, entry_cash, bars_held):
+    """`closed` (see _no_closed_trades) with one more trade, which committed `entry_cash` and got
+    `net` back (after its exit fee) `bars_held` bars later."""
+    count, wins, best, worst, ret_sum, bars_sum, bars_max, gross_profit, gross_loss, pnl_mean, pnl_m2 = closed
+    if net > entry_cash:
+        wins += 1
+    pnl = net - entry_cash
+    trade_ret = pnl / entry_cash * 100.0
+    best = max(best, trade_ret)
+    worst = min(worst, trade_ret)
+    ret_sum += trade_ret
+    bars_sum += bars_held
+    bars_max = max(bars_max, bars_held)
+    if pnl > 0.0:
+        gross_profit += pnl
+    else:
+        gross_loss -= pnl
+    delta = pnl - pnl_mean
+    pnl_mean += delta / (count + 1)
+    pnl_m2 += delta * (pnl - pnl_mean)
+    return count + 1, wins, best, worst, ret_sum, bars_sum, bars_max, gross_profit, gross_loss, pnl_mean, pnl_m2
+
+
+@njit(cache=True, inline="always")
+def _no_drawdown(initial):
+    """The drawdown statistics before the first bar: (peak, deepest drawdown, bars in the current
+    period under the peak, longest such period, the current period's deepest drawdown, sum of the
+    finished periods' deepest, finished periods)."""
+    return initial, 0.0, 0, 0, 0.0, 0.0, 0
+
+
+@njit(cache=True, inline="always")
+def _add_equity(drawdown, equity):
+    """`drawdown` (see _no_drawdown) after a bar closing at `equity`."""
+    peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods = drawdown
+    if equity > peak:
+        peak = equity
+    dd = 0.0
+    if peak > 0.0:
+        dd = (peak - equity) / peak
+        if dd > max_dd:
+            max_dd = dd
+    if dd > 0.0:
+        under += 1
+        max_under = max(max_under, under)
+        period_dd = max(period_dd, dd)
+    elif under > 0:
+        dd_sum += period_dd
+        dd_periods += 1
+        under = 0
+        period_dd = 0.0
+    return peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods
+
+
+@njit(cache=True, inline="always")
+def _end_drawdown(drawdown):
+    """`drawdown` after the last bar: a period still under the peak counts as a finished one."""
+    peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods = drawdown
+    if under > 0:
+        dd_sum += period_dd
+        dd_periods += 1
+    return peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods
+
+
+@njit(cache=True)
+def _write_trade_metrics(metrics_out, closed):
+    """The closed-trade metrics of `closed` (see _no_closed_trades); NaN without a closed trade."""
+    count, wins, best, worst, ret_sum, bars_sum, bars_max, gross_profit, gross_loss, pnl_mean, pnl_m2 = closed
+    metrics_out[M_CLOSED_TRADES] = count
+    metrics_out[M_WIN_RATE_PCT] = wins / count * 100.0 if count > 0 else np.nan
+    if count > 0:
+        metrics_out[M_BEST_TRADE_PCT] = best
+        metrics_out[M_WORST_TRADE_PCT] = worst
+        metrics_out[M_AVG_TRADE_PCT] = ret_sum / count
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = bars_sum / count
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = bars_max
+        metrics_out[M_EXPECTANCY] = pnl_mean
+    else:
+        metrics_out[M_BEST_TRADE_PCT] = np.nan
+        metrics_out[M_WORST_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_PCT] = np.nan
+        metrics_out[M_AVG_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_MAX_TRADE_DURATION_BARS] = np.nan
+        metrics_out[M_EXPECTANCY] = np.nan
+    metrics_out[M_PROFIT_FACTOR] = gross_profit / gross_loss if gross_loss > 0.0 else np.nan
+    sqn = np.nan
+    if count >= 2 and pnl_m2 > 0.0:
+        sqn = np.sqrt(count) * pnl_mean / np.sqrt(pnl_m2 / (count - 1))
+    metrics_out[M_SQN] = sqn
+
+
+@njit(cache=True)
+def _write_metrics(metrics_out, n, initial, fee_frac, bars_per_year, first_close, last_close, cash, units,
+                   num_trades, held_bars, fees_paid, closed, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
+    """Every metric of simulate_1d's metrics_out from its final state (formulas in its docstring)."""
+    peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods = drawdown
+    if n > 0:
+        final_value = cash + units * last_close
+        final_value_net = cash + units * last_close * (1.0 - fee_frac)
+        buy_hold = (initial / first_close * last_close / initial - 1.0) * 100.0
+        exposure = held_bars / n * 100.0
+        max_dd_pct = max_dd * 100.0
+    else:
+        final_value = cash
+        final_value_net = cash
+        buy_hold = np.nan
+        exposure = np.nan
+        max_dd_pct = np.nan
+    sharpe = np.nan
+    volatility = np.nan
+    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
+    if r_count >= 2:
+        volatility = std * np.sqrt(bars_per_year) * 100.0
+        if std > 0.0:
+            sharpe = r_mean / std * np.sqrt(bars_per_year)
+    sortino = np.nan
+    if r_count >= 2 and down_sq > 0.0:
+        sortino = r_mean / np.sqrt(down_sq / r_count) * np.sqrt(bars_per_year)
+    cagr = np.nan
+    annual_return = np.nan
+    if n > 0:
+        cagr = ((final_value / initial) ** (bars_per_year / n) - 1.0) * 100.0
+        annual_return = r_mean * bars_per_year * 100.0
+    calmar = cagr / max_dd_pct if n > 0 and max_dd > 0.0 else np.nan
+
+    metrics_out[M_FINAL_VALUE] = final_value
+    metrics_out[M_FINAL_VALUE_NET] = final_value_net
+    metrics_out[M_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
+    metrics_out[M_BUY_HOLD_RETURN_PCT] = buy_hold
+    metrics_out[M_NUM_TRADES] = num_trades
+    metrics_out[M_MAX_DRAWDOWN_PCT] = max_dd_pct
+    metrics_out[M_SHARPE] = sharpe
+    metrics_out[M_EXPOSURE_PCT] = exposure
+    metrics_out[M_BARS] = n
+
+    metrics_out[M_CAGR_PCT] = cagr
+    metrics_out[M_ANNUAL_RETURN_PCT] = annual_return
+    metrics_out[M_ANNUAL_VOLATILITY_PCT] = volatility
+    metrics_out[M_SORTINO] = sortino
+    metrics_out[M_CALMAR] = calmar
+    metrics_out[M_MAX_DRAWDOWN_DURATION_BARS] = max_under if n > 0 else np.nan
+    metrics_out[M_AVG_DRAWDOWN_PCT] = dd_sum / dd_periods * 100.0 if dd_periods > 0 else np.nan
+    metrics_out[M_FEES_PAID] = fees_paid
+    _write_trade_metrics(metrics_out, closed)
+
+
+@njit(cache=True)
 def simulate_1d(
     open_: np.ndarray,
     close: np.ndarray,
@@ -217,14 +382,7 @@ def simulate_1d(
     n = close.shape[0]
     keep_equity = equity_out.shape[0] == n and n > 0
     keep_trades = trades_out.shape[0] >= n and n > 0
-    if execution is None:
-        sl, tp, trail, size, slippage = 0.0, 0.0, False, 1.0, 0.0
-    else:
-        sl = execution[EX_SL]
-        tp = execution[EX_TP]
-        trail = execution[EX_TRAIL] != 0.0
-        size = execution[EX_SIZE]
-        slippage = execution[EX_SLIPPAGE]
+    sl, tp, trail, size, slippage = _execution_terms(execution)
     stops = sl > 0.0 or tp > 0.0
     if high is None or low is None:
         if stops:
@@ -245,13 +403,11 @@ def simulate_1d(
     pending = 0  # next_open: order to fill at the next bar's open
     pending_bar = -1
     num_trades = 0
-    closed_trades = 0
-    wins = 0
     n_records = 0
     held_bars = 0
-
-    peak = initial
-    max_dd = 0.0
+    fees_paid = 0.0
+    closed = _no_closed_trades()
+    drawdown = _no_drawdown(initial)
     prev_equity = initial
     # Mean and deviation of the per-bar returns: add_return / return_moments.
     r_count = 0
@@ -259,22 +415,6 @@ def simulate_1d(
     r_sum = 0.0
     r_sum2 = 0.0
     down_sq = 0.0  # sum of squared negative returns (Sortino's downside deviation)
-    under = 0  # bars in the current drawdown period (equity under its peak)
-    max_under = 0
-    period_dd = 0.0  # the current period's deepest drawdown
-    dd_sum = 0.0
-    dd_periods = 0
-    fees_paid = 0.0
-    # Closed trades: returns, bars held, P&L (Welford again, for the SQN), gross profit and loss.
-    best_trade = -np.inf
-    worst_trade = np.inf
-    trade_ret_sum = 0.0
-    trade_bars_sum = 0
-    trade_bars_max = 0
-    pnl_mean = 0.0
-    pnl_m2 = 0.0
-    gross_profit = 0.0
-    gross_loss = 0.0
 
     # Time blocks: block b covers bars block_edge(fractions[b], n) .. the next block's first - 1.
     with_blocks = block_fractions is not None and blocks_out is not None
@@ -297,8 +437,13 @@ def simulate_1d(
             block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
     for t in range(n):
-        # At most one fill per bar: a stop, else an order pending from the previous close
-        # filled at this open (next_open), else this bar's own signal at its close (close).
+        # At most one fill per bar: a stop, else an order pending from the previous close filled at this
+        # open (next_open), else this bar's own signal at its close (close).
+        # Inline, not a helper: an @njit(inline="always") _bar_order(t, open_, high_, low_, close, entries,
+        # exits, ...) made the kernel 4.45x slower (bench/kernels_ab.py, median CPU s of 7 rounds: 0.353
+        # against 0.079; numba references the arrays passed anew at every bar), and one taking the bar's
+        # values (open_[t], ..., exits[t]) 1.046x (9 rounds: 0.0841 against 0.0804; it reads every field
+        # of every bar).
         action = 0
         price = np.nan
         signal_bar = t
@@ -345,30 +490,14 @@ def simulate_1d(
             fee = proceeds * fee_frac
             net = proceeds - fee
             cash = cash + net
-            if net > entry_cash:
-                wins += 1
             fees_paid += fee
-            pnl = net - entry_cash
-            trade_ret = pnl / entry_cash * 100.0
-            best_trade = max(best_trade, trade_ret)
-            worst_trade = min(worst_trade, trade_ret)
-            trade_ret_sum += trade_ret
-            trade_bars_sum += t - entry_bar
-            trade_bars_max = max(trade_bars_max, t - entry_bar)
-            if pnl > 0.0:
-                gross_profit += pnl
-            else:
-                gross_loss -= pnl
-            delta = pnl - pnl_mean
-            pnl_mean += delta / (closed_trades + 1)
-            pnl_m2 += delta * (pnl - pnl_mean)
+            closed = _add_closed_trade(closed, net, entry_cash, t - entry_bar)
             if keep_trades:
                 _record(trades_out, n_records, t, signal_bar, ACTION_SELL, price, units,
                         net, fee, sig_value[signal_bar] if reason == EXIT_SIGNAL else np.nan, reason)
                 n_records += 1
             units = 0.0
             in_position = False
-            closed_trades += 1
         if fill_next_open and t + 1 < n:
             # The state after this bar's fill decides; a signal on the last bar is not filled.
             pending = _signal(in_position, entries[t], exits[t])
@@ -379,23 +508,8 @@ def simulate_1d(
             equity_out[t] = equity
         if in_position:
             held_bars += 1
-        if equity > peak:
-            peak = equity
+        drawdown = _add_equity(drawdown, equity)
         r = equity / prev_equity - 1.0
-        dd = 0.0
-        if peak > 0.0:
-            dd = (peak - equity) / peak
-            if dd > max_dd:
-                max_dd = dd
-        if dd > 0.0:
-            under += 1
-            max_under = max(max_under, under)
-            period_dd = max(period_dd, dd)
-        elif under > 0:
-            dd_sum += period_dd
-            dd_periods += 1
-            under = 0
-            period_dd = 0.0
         r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
         loss = min(r, 0.0)  # branch-free: adds 0 for a gain, r * r for a loss
         down_sq += loss * loss
@@ -415,76 +529,8 @@ def simulate_1d(
                 block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
                 b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
                 b_start = equity
-    if under > 0:  # a drawdown still open at the end is a period too
-        dd_sum += period_dd
-        dd_periods += 1
 
-    if n > 0:
-        final_value = cash + units * close[n - 1]
-        final_value_net = cash + units * close[n - 1] * (1.0 - fee_frac)
-        buy_hold = (initial / close[0] * close[n - 1] / initial - 1.0) * 100.0
-        exposure = held_bars / n * 100.0
-        max_dd_pct = max_dd * 100.0
-    else:
-        final_value = cash
-        final_value_net = cash
-        buy_hold = np.nan
-        exposure = np.nan
-        max_dd_pct = np.nan
-    sharpe = np.nan
-    volatility = np.nan
-    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
-    if r_count >= 2:
-        volatility = std * np.sqrt(bars_per_year) * 100.0
-        if std > 0.0:
-            sharpe = r_mean / std * np.sqrt(bars_per_year)
-    sortino = np.nan
-    if r_count >= 2 and down_sq > 0.0:
-        sortino = r_mean / np.sqrt(down_sq / r_count) * np.sqrt(bars_per_year)
-    cagr = np.nan
-    annual_return = np.nan
-    if n > 0:
-        cagr = ((final_value / initial) ** (bars_per_year / n) - 1.0) * 100.0
-        annual_return = r_mean * bars_per_year * 100.0
-    calmar = cagr / max_dd_pct if n > 0 and max_dd > 0.0 else np.nan
-
-    metrics_out[M_FINAL_VALUE] = final_value
-    metrics_out[M_FINAL_VALUE_NET] = final_value_net
-    metrics_out[M_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
-    metrics_out[M_BUY_HOLD_RETURN_PCT] = buy_hold
-    metrics_out[M_NUM_TRADES] = num_trades
-    metrics_out[M_CLOSED_TRADES] = closed_trades
-    metrics_out[M_WIN_RATE_PCT] = wins / closed_trades * 100.0 if closed_trades > 0 else np.nan
-    metrics_out[M_MAX_DRAWDOWN_PCT] = max_dd_pct
-    metrics_out[M_SHARPE] = sharpe
-    metrics_out[M_EXPOSURE_PCT] = exposure
-    metrics_out[M_BARS] = n
-
-    metrics_out[M_CAGR_PCT] = cagr
-    metrics_out[M_ANNUAL_RETURN_PCT] = annual_return
-    metrics_out[M_ANNUAL_VOLATILITY_PCT] = volatility
-    metrics_out[M_SORTINO] = sortino
-    metrics_out[M_CALMAR] = calmar
-    metrics_out[M_MAX_DRAWDOWN_DURATION_BARS] = max_under if n > 0 else np.nan
-    metrics_out[M_AVG_DRAWDOWN_PCT] = dd_sum / dd_periods * 100.0 if dd_periods > 0 else np.nan
-    metrics_out[M_FEES_PAID] = fees_paid
-    if closed_trades > 0:
-        metrics_out[M_BEST_TRADE_PCT] = best_trade
-        metrics_out[M_WORST_TRADE_PCT] = worst_trade
-        metrics_out[M_AVG_TRADE_PCT] = trade_ret_sum / closed_trades
-        metrics_out[M_AVG_TRADE_DURATION_BARS] = trade_bars_sum / closed_trades
-        metrics_out[M_MAX_TRADE_DURATION_BARS] = trade_bars_max
-        metrics_out[M_EXPECTANCY] = pnl_mean
-    else:
-        metrics_out[M_BEST_TRADE_PCT] = np.nan
-        metrics_out[M_WORST_TRADE_PCT] = np.nan
-        metrics_out[M_AVG_TRADE_PCT] = np.nan
-        metrics_out[M_AVG_TRADE_DURATION_BARS] = np.nan
-        metrics_out[M_MAX_TRADE_DURATION_BARS] = np.nan
-        metrics_out[M_EXPECTANCY] = np.nan
-    metrics_out[M_PROFIT_FACTOR] = gross_profit / gross_loss if gross_loss > 0.0 else np.nan
-    sqn = np.nan
-    if closed_trades >= 2 and pnl_m2 > 0.0:
-        sqn = np.sqrt(closed_trades) * pnl_mean / np.sqrt(pnl_m2 / (closed_trades - 1))
-    metrics_out[M_SQN] = sqn
+    _write_metrics(metrics_out, n, initial, fee_frac, bars_per_year, close[0] if n > 0 else np.nan,
+                   close[n - 1] if n > 0 else np.nan, cash, units, num_trades, held_bars, fees_paid, closed,
+                   _end_drawdown(drawdown), r_count, r_shift, r_sum, r_sum2, down_sq)
     return n_records
