@@ -76,4 +76,5 @@ clean:
 # The import graph, drawn from the code (pydeps; needs Graphviz's `dot`): docs/architecture.svg.
 deps: $(STAMP)
 	command -v dot >/dev/null || (apt-get update && apt-get install -y graphviz)
-	$(VENV)/bin/pydeps pipeline --only pipeline flows --cluster --rankdir TB --max-bacon 0 --noshow -T svg -o docs/architecture.svg
+	$(VENV)/bin/pydeps pipeline --only pipeline flows --max-module-depth 2 --rankdir TB --max-bacon 0 --noshow -T svg -o docs/architecture.svg
+	$(VENV)/bin/pydeps pipeline --only pipeline flows --rankdir TB --max-bacon 0 --noshow -T svg -o docs/modules.svg

@@ -253,15 +253,7 @@ class ResultCache:
                 client.rename(index, doomed)
             except _redis().ResponseError:  # no such key: nothing cached for the symbol
                 return 0
-            deleted = 0
-            batch: list[bytes] = []
-            for key in client.sscan_iter(doomed, count=_BATCH):
-                batch.append(key)
-                if len(batch) >= _BATCH:
-                    deleted += client.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += client.unlink(*batch)
+            deleted = _unlink_all(client, client.sscan_iter(doomed, count=_BATCH))
             client.unlink(doomed)
             return deleted
 
@@ -271,16 +263,7 @@ class ResultCache:
         """Delete every key under the prefix (SCAN + UNLINK in batches); returns the count."""
 
         def run(client: redis.Redis) -> int:
-            deleted = 0
-            batch: list[bytes] = []
-            for key in client.scan_iter(match=self._pattern("*"), count=1000):
-                batch.append(key)
-                if len(batch) >= _BATCH:
-                    deleted += client.unlink(*batch)
-                    batch = []
-            if batch:
-                deleted += client.unlink(*batch)
-            return deleted
+            return _unlink_all(client, client.scan_iter(match=self._pattern("*"), count=1000))
 
         return self._guard("clear", run, 0)
 
@@ -473,3 +456,17 @@ def _decode(raw: bytes) -> dict[str, Any] | None:
         if not isinstance(value.get(name), kind):
             return None
     return value
+
+
+def _unlink_all(client: redis.Redis, keys: Iterable[bytes]) -> int:
+    """UNLINK `keys` in batches of _BATCH (one round trip each, never one huge command); the count deleted."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in keys:
+        batch.append(key)
+        if len(batch) >= _BATCH:
+            deleted += client.unlink(*batch)
+            batch = []
+    if batch:
+        deleted += client.unlink(*batch)
+    return deleted

@@ -8,7 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline.core import metrics
+from pipeline.core import metrics, run_options
 
 # The fixed superset of every strategy's parameter names; one DOUBLE column each.
 PARAM_COLUMNS: tuple[str, ...] = (
@@ -30,14 +30,22 @@ def _metric_fields(section: metrics.Section) -> list[pa.Field]:
     return [pa.field(m.name, pa.from_numpy_dtype(m.dtype)) for m in metrics.of_section(section)]
 
 
+# What names a result, first in the results and the trades tables.
+_RESULT_HEAD = (
+    pa.field("run_id", pa.string(), nullable=False),
+    pa.field("created_at", _TS, nullable=False),
+    pa.field("symbol", pa.string(), nullable=False),
+    pa.field("strategy", pa.string(), nullable=False),
+    pa.field("interval", pa.string(), nullable=False),
+    pa.field("params_json", pa.string(), nullable=False),
+)
+# The per-set run options (stops, size, slippage; pipeline/core/run_options.py) as columns of both tables.
+_PER_SET_COLUMNS = tuple(pa.field(o.record_field, pa.bool_() if o.type is bool else pa.float64())
+                         for o in run_options.PER_SET)
+
 RESULT_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("created_at", _TS, nullable=False),
-        pa.field("symbol", pa.string(), nullable=False),
-        pa.field("strategy", pa.string(), nullable=False),
-        pa.field("interval", pa.string(), nullable=False),
-        pa.field("params_json", pa.string(), nullable=False),
+        *_RESULT_HEAD,
         *(pa.field(name, pa.float64()) for name in PARAM_COLUMNS),
         pa.field("start", _TS),
         pa.field("end", _TS),
@@ -52,11 +60,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("fee_pct", pa.float64()),
         pa.field("initial_investment", pa.float64()),
         # SPEC 4.1: stop-loss and take-profit in percent (0 = none), trailing, size, slippage in percent.
-        pa.field("sl_pct", pa.float64()),
-        pa.field("tp_pct", pa.float64()),
-        pa.field("trail", pa.bool_()),
-        pa.field("size", pa.float64()),
-        pa.field("slippage_pct", pa.float64()),
+        *_PER_SET_COLUMNS,
         pa.field("snapshot_id", pa.string()),
         pa.field("computed_snapshot_id", pa.string()),
         # Where the bars came from (the snapshot's source) and which market they are: the same symbol
@@ -90,12 +94,7 @@ RESULT_SCHEMA = pa.schema(
 
 TRADE_SCHEMA = pa.schema(
     [
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("created_at", _TS, nullable=False),
-        pa.field("symbol", pa.string(), nullable=False),
-        pa.field("strategy", pa.string(), nullable=False),
-        pa.field("interval", pa.string(), nullable=False),
-        pa.field("params_json", pa.string(), nullable=False),
+        *_RESULT_HEAD,
         pa.field("snapshot_id", pa.string()),
         pa.field("data_version", pa.string()),
         pa.field("trade_no", pa.int64(), nullable=False),  # 0-based, within its result and kind
@@ -119,11 +118,7 @@ TRADE_SCHEMA = pa.schema(
         pa.field("bars_held", pa.int64()),
         pa.field("exit_reason", pa.string()),
         # The result's run parameters: with params_json they tell a stop sweep's results apart.
-        pa.field("sl_pct", pa.float64()),
-        pa.field("tp_pct", pa.float64()),
-        pa.field("trail", pa.bool_()),
-        pa.field("size", pa.float64()),
-        pa.field("slippage_pct", pa.float64()),
+        *_PER_SET_COLUMNS,
     ]
 )
 # The fields of one round trip (SPEC 4.1), as --json, the trades table and the notebook name them.
