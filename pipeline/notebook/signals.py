@@ -8,6 +8,8 @@ those of any strategy.
 
 from pipeline.engine.strategies.api import njit
 
+# A strategy file like any other (the names pipeline/engine/strategies/api.py requires): its layout
+# repeats buy_and_hold.py's by design, so the arrays take the one run path.
 NAME = "from_signals"
 DESCRIPTION = "Entry and exit arrays given from a notebook (cryptobt.run_signals)."
 PARAMS = ()

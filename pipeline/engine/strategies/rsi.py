@@ -29,6 +29,8 @@ def indicators(prices, params, ind):
 
 @njit(cache=True)
 def signals(prices, params, ind, entries, exits, sig_value):
+    # The shape of kernels.signals.lines_cross_signals, but RSI crosses fixed levels the other way
+    # round (below oversold enters, above overbought exits): a rule of its own, kept in its file.
     rsi = ind[0]
     oversold = params[1]
     overbought = params[2]
