@@ -95,9 +95,8 @@ WRITER = """
 import sys
 from dataclasses import replace
 from pathlib import Path
-from pathlib import Path
 from pipeline import runs
-from pipeline.engine import batch as engine
+from pipeline.engine import options
 from pipeline.core.config import Settings
 settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sys.argv[2]), redis_url=sys.argv[3],
                    cache_prefix=sys.argv[4])
