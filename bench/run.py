@@ -38,6 +38,7 @@ from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.engine import batch as engine
 from pipeline.engine import options, overfit, strategies
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import grids, reader
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
@@ -155,7 +156,7 @@ def main() -> None:
 
     print("kernels...", flush=True)
     batch = reader.read_prices(settings.lake_root, None, "1h", columns=("open", "close"), snapshot=snapshot)
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     bar_steps = int(batch.bars.sum())
     for threads in (1, 2):
         numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
@@ -186,9 +187,9 @@ def main() -> None:
     out["cold_cli"] = bench_cold_cli(settings, env, 1 if args.smoke else 3 if args.quick else 7)
 
     print("sweep 1,000 combinations...", flush=True)
-    grid = strategies.parse_grid("rsi", ["rsi_period=5:50:5", "oversold_threshold=15:42:3",
+    grid = strategies.parse_grid(get_strategy("rsi"), ["rsi_period=5:50:5", "oversold_threshold=15:42:3",
                                          "overbought_threshold=60:87:3"])
-    sweep_config = engine.make_config("rsi", grid)
+    sweep_config = options.run_config(get_strategy("rsi"), grid)
     t = time.perf_counter()
     cube = engine.run_metrics(batch, sweep_config)
     sweep_kernel = time.perf_counter() - t
@@ -202,7 +203,7 @@ def main() -> None:
     del cube
     print("walk-forward K=5 over the same sweep...", flush=True)
     t = time.perf_counter()
-    folds = runs.backtest(settings, engine.make_config("rsi", grid, walk_forward=5), write_results=True, keep=20)
+    folds = runs.backtest(settings, options.run_config(get_strategy("rsi"), grid, walk_forward=5), write_results=True, keep=20)
     out["sweep_1000"].update(walk_forward_seconds=time.perf_counter() - t, walk_forward_symbols=len(folds.walk_forward))
     # The same sweep with the block sums of the PBO (S=16) and the deflated Sharpe ratio, then
     # the statistics themselves: what the overfitting report adds to a sweep.
@@ -312,7 +313,7 @@ def bench_sweep_100k(settings: Settings, snapshot: lake.Snapshot, env: dict[str,
     take longer, not more memory."""
     names = sorted(snapshot.symbols)[:n_symbols]
     grid = SWEEP_QUICK_GRID if quick else SWEEP_100K_GRID
-    combos = len(options.parse_grid("rsi", grid))
+    combos = len(options.parse_grid(get_strategy("rsi"), grid))
     argv = ["cryptobt", "sweep", "rsi", *(a for g in grid for a in ("-g", g)), "--yes", "--top", "3",
             "--no-cache", *(a for n in names for a in ("-s", n))]
     child = (f"import sys\nfrom pipeline.cli import main\nsys.argv = {argv!r}\ncode = main()\n"
@@ -341,7 +342,7 @@ def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, e
         return {**stats, "bar_steps": steps, "bar_steps_per_second": steps / stats["median"]}
 
     found: dict = {}
-    donchian = engine.make_config("donchian", {})
+    donchian = options.run_config(get_strategy("donchian"), {})
     found["donchian_kernel"] = rate(timed(lambda: engine.run_metrics(batch, donchian), 10))
     found["donchian_end_to_end_warm"] = rate(timed(lambda: runs.backtest(settings, donchian, write_results=False), 5))
     kernels = settings.lake_root.parent / "kernel-cache-cold"
@@ -356,11 +357,11 @@ def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, e
         cold.append(time.perf_counter() - t)
     found["donchian_cold_cli"] = {"first_seconds": cold[0], "second_seconds": cold[1],
                                   "bar_steps_per_second": bar_steps / cold[1]}
-    stops = engine.make_config("rsi", {}, sl=5, tp=10, trail=True)
+    stops = options.run_config(get_strategy("rsi"), {}, sl=5, tp=10, trail=True)
     found["rsi_stops_kernel"] = rate(timed(lambda: engine.run_metrics(batch, stops), 10))
     found["rsi_stops_end_to_end_warm"] = rate(timed(lambda: runs.backtest(settings, stops, write_results=False), 5))
-    grid = strategies.parse_grid("donchian", ["entry_period=5:200:5", "exit_period=5:125:5"])
-    sweep = engine.make_config("donchian", grid)
+    grid = strategies.parse_grid(get_strategy("donchian"), ["entry_period=5:200:5", "exit_period=5:125:5"])
+    sweep = options.run_config(get_strategy("donchian"), grid)
     t = time.perf_counter()
     engine.run_metrics(batch, sweep)
     seconds = time.perf_counter() - t
@@ -374,14 +375,14 @@ def bench_portfolio(settings: Settings, snapshot: lake.Snapshot) -> dict:
     from pipeline.engine import portfolio as pf
 
     batch = reader.read_prices(settings.lake_root, None, "1h", columns=("close", "volume"), snapshot=snapshot)
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     sets = pf.make_sets(config, [10], [pf.Stake.parse("10%")])
     found = {"end_to_end": timed(lambda: runs.portfolio(settings, config, sets, write_results=False), 5),
              "no_read": timed(lambda: pf.run(batch, config, sets), 5)}
     found["accounts_100"] = timed(lambda: pf.run(batch, config, pf.make_sets(
         config, list(range(1, 11)), [pf.Stake.parse(f"{k}%") for k in range(1, 11)])), 3)
     # Where the semantics match vectorbt's (fees 0, fixed stake, unlimited slots, cash never short).
-    same = engine.make_config("rsi", {}, fee_pct=0.0, initial=1e9)
+    same = options.run_config(get_strategy("rsi"), {}, fee=0.0, initial=1e9)
     wide = pf.make_sets(same, [len(batch.symbols)], [pf.Stake.parse("100")])
     ours = pf.run(batch, same, wide)[0]
     found["ours_agreement_case"] = timed(lambda: pf.run(batch, same, wide), 5)

@@ -155,7 +155,7 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
 
     from bench.timing import timed
     from pipeline.engine import batch as engine
-    from pipeline.engine import strategies
+    from pipeline.engine import options, strategies
 
     t = time.perf_counter()
     batch = _load_batch(data)
@@ -166,7 +166,7 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
     found: dict = {"threads": threads, "imbalance": _static_imbalance(batch.bars, threads),
                    "symbol_buffers_mb": int(batch.bars.max()) * BUFFER_BYTES_PER_BAR / 2**20}
     if kind == "run":
-        config = engine.make_config("rsi", {})
+        config = options.run_config(strategies.get_strategy("rsi"), {})
         engine.run_metrics(small, config)  # loads (or compiles) the kernel
         rss_before = _memory_kb("VmRSS") / 1024
         stats, _, share = _with_cpu(lambda: timed(lambda: engine.run_metrics(batch, config), repeat), threads)
@@ -182,7 +182,8 @@ def measure_cell(kind: str, data: Path, combos: int, repeat: int) -> dict:
                      one_thread_cpu_ns_per_bar_step=one_cpu / (one_calls + 1) / bars * 1e9,  # + the warm-up call
                      call_overhead_us=call["median"] * 1e6, call_overhead_one_thread_us=call_one["median"] * 1e6)
     else:
-        config = engine.make_config("rsi", strategies.parse_grid("rsi", grid_specs(combos)))
+        rsi = strategies.get_strategy("rsi")
+        config = options.run_config(rsi, strategies.parse_grid(rsi, grid_specs(combos)))
         engine.run_metrics(small, config)
         rss_before = _memory_kb("VmRSS") / 1024
         stats, _, share = _with_cpu(lambda: timed(lambda: engine.run_metrics(batch, config), repeat, warmup=0),

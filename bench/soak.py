@@ -44,7 +44,9 @@ from psycopg import sql
 
 from pipeline import runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
+from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -116,7 +118,7 @@ def comparable(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in PROVENANCE}
 
 
-def check_against_recomputation(settings: Settings, config: engine.RunConfig, outcome: runs.RunOutcome,
+def check_against_recomputation(settings: Settings, config: options.RunConfig, outcome: runs.RunOutcome,
                                 tally: Tally) -> None:
     """The run's rows equal a cache-free run on the same (still current) snapshot."""
     fresh = runs.backtest(settings, config, cache=None, write_results=False)
@@ -131,7 +133,7 @@ def check_against_recomputation(settings: Settings, config: engine.RunConfig, ou
             tally.mismatches.append(f"run {outcome.run_id} {key}")
 
 
-def run_one(settings: Settings, cache: ResultCache, config: engine.RunConfig, tally: Tally, command: str) -> None:
+def run_one(settings: Settings, cache: ResultCache, config: options.RunConfig, tally: Tally, command: str) -> None:
     outcome = runs.backtest(settings, config, cache=cache, command=command)
     tally.run_ids.add(outcome.run_id)
     tally.rows_written += len(outcome.results)
@@ -151,15 +153,15 @@ def cycle(settings: Settings, cache: ResultCache, work: Path, tally: Tally, rng:
     run_export(settings)
     tally.exports += 1
     for strategy in pick.sample(STRATEGIES, 2):
-        run_one(settings, cache, engine.make_config(strategy, {}), tally, "soak backtest")
+        run_one(settings, cache, options.run_config(get_strategy(strategy), {}), tally, "soak backtest")
         tally.backtests += 1
-    run_one(settings, cache, engine.make_config("rsi", SWEEP_GRID), tally, "soak sweep")
+    run_one(settings, cache, options.run_config(get_strategy("rsi"), SWEEP_GRID), tally, "soak sweep")
     tally.sweeps += 1
     snapshot = lake.require_snapshot(settings.lake_root)
     cache.invalidate_symbol(pick.choice(sorted(snapshot.symbols)))
     tally.invalidations += 1
     if tally.cycles % vacuum_every == vacuum_every - 1:
-        tally.snapshots_removed += len(lake.vacuum(settings.lake_root, keep=3, keep_hours=0))
+        tally.snapshots_removed += len(retention.vacuum(settings.lake_root, keep=3, keep_hours=0))
         tally.vacuums += 1
 
 
@@ -181,7 +183,7 @@ def final_checks(settings: Settings, tally: Tally) -> dict[str, Any]:
         f"SELECT count(*) FROM read_parquet('{snapshot.path}/interval=*/*/*.parquet', "  # noqa: S608
         "hive_partitioning = true)"
     ).fetchall()[0][0]
-    problems = [p for path in (s.path for s in lake.list_snapshots(settings.lake_root)) for p in lake.verify(path)]
+    problems = [p for path in (s.path for s in lake.list_snapshots(settings.lake_root)) for p in verify.problems(path)]
     return {
         "verify_problems": problems,
         "table_rows": table_rows,

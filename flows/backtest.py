@@ -16,8 +16,9 @@ from prefect.cache_policies import NO_CACHE
 
 from pipeline import runs
 from pipeline.core.config import Settings
+from pipeline.core.run_options import BY_NAME as OPTION
 from pipeline.engine import batch as engine
-from pipeline.engine import strategies
+from pipeline.engine import options, strategies
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
 from pipeline.store.cache import ResultCache
@@ -32,7 +33,9 @@ LEADERBOARD_COLUMNS = ("symbol", "strategy", "interval", "total_return_pct", "bu
 def shard_task(strategy: str, params_list: list[dict[str, Any]], symbols: list[str], interval: str,
                fee_pct: float, fill: str, initial: float) -> list[dict[str, Any]]:
     settings = Settings.from_env()
-    config = engine.make_config(strategy, params_list, fee_pct=fee_pct, fill=fill, initial=initial)
+    # A task may run in another process (Dask): it resolves the name it was sent at its own edge.
+    config = options.run_config(options.resolve_strategy(strategy), params_list, fee=fee_pct, fill=fill,
+                                initial=initial)
     cache = ResultCache.from_settings(settings, on_warning=get_run_logger().warning)
     outcome = runs.backtest(settings, config, symbols, interval, cache=cache, command="flow:backtest")
     get_run_logger().info("%s: %d symbols in %.2f s (%d from cache)", strategy, len(symbols),
@@ -47,7 +50,8 @@ def portfolio_task(strategy: str, params_list: list[dict[str, Any]], interval: s
     from pipeline.engine import portfolio as pf
 
     settings = Settings.from_env()
-    config = engine.make_config(strategy, params_list, fee_pct=fee_pct, fill=fill, initial=initial)
+    config = options.run_config(options.resolve_strategy(strategy), params_list, fee=fee_pct, fill=fill,
+                                initial=initial)
     sets = pf.make_sets(config, max_open, [pf.Stake.parse(s) for s in stakes])
     outcome = runs.portfolio(settings, config, sets, None, interval, rank_by=rank_by, command="flow:portfolio")
     get_run_logger().info("%s portfolio: %d accounts in %.2f s", strategy, len(sets), outcome.seconds)
@@ -73,12 +77,12 @@ def by_interval(snapshot: lake.Snapshot, symbols: list[str], interval: str) -> d
 @flow(name="backtest-all", log_prints=True)
 def backtest_flow(
     strategy_names: list[str] | None = None,
-    interval: str = "1h",
+    interval: str = OPTION["interval"].default,
     grid: dict[str, list[str]] | None = None,
     shards: int = 2,
-    fee_pct: float = 0.1,
-    fill: str = "close",
-    initial: float = 1000.0,
+    fee_pct: float = OPTION["fee"].default,
+    fill: str = OPTION["fill"].default,
+    initial: float = OPTION["initial"].default,
     mode: str = "single",
     max_open: list[int] | None = None,
     stake: list[str] | None = None,
@@ -93,8 +97,7 @@ def backtest_flow(
         raise ValueError(f"mode {mode!r} is not allowed; use single or portfolio")
     settings = Settings.from_env()
     names = strategy_names or strategies.strategy_names()
-    for name in names:
-        strategies.get_strategy(name)
+    chosen = {name: options.resolve_strategy(name) for name in names}
     snapshot = lake.require_snapshot(settings.lake_root)
     symbols = reader.resolve_symbols(snapshot, None)
     groups = by_interval(snapshot, symbols, interval) if interval != "auto" else {interval: symbols}
@@ -102,9 +105,11 @@ def backtest_flow(
     futures = []
     for name in names:
         specs = (grid or {}).get(name)
-        params_list = list(strategies.parse_grid(name, specs)) if specs else [strategies.resolve_params(name, {})]
+        strategy = chosen[name]
+        params_list = (list(strategies.parse_grid(strategy, specs)) if specs
+                       else [strategies.resolve_params(strategy, {})])
         # Validate once here so a bad grid fails before any shard starts.
-        engine.make_config(name, params_list, fee_pct=fee_pct, fill=fill, initial=initial)
+        options.run_config(strategy, params_list, fee=fee_pct, fill=fill, initial=initial)
         if mode == "portfolio":
             futures.append(portfolio_task.submit(name, params_list, interval, fee_pct, fill, initial,
                                                  max_open or [10], stake or ["10%"], rank_by))

@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from pipeline.core.config import Settings
 from pipeline.lake import export
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import CommitResult
 
 
 def _transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -37,7 +38,7 @@ def extract_task(settings: Settings, since: Any) -> export.StagedExtract:
 
 @task(name="commit-snapshot", cache_policy=NO_CACHE)
 def commit_task(settings: Settings, staged: export.StagedExtract, full: bool,
-                strict: bool = False) -> lake.CommitResult:
+                strict: bool = False) -> CommitResult:
     result = export.commit_staged(settings, staged, full, strict=strict)
     logger = get_run_logger()
     for line in export.warnings(staged, result):

@@ -22,9 +22,9 @@ from pipeline import plots, runs
 from pipeline.core.config import PROJECT_ROOT, Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
-from pipeline.engine import batch as engine
-from pipeline.engine import strategies
+from pipeline.engine import options, strategies
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import CommitResult, commit
 from pipeline.source.ohlcv import native_interval, read_ohlcv_file, symbol_from_path
 from pipeline.source.synthetic import generate_market
 from pipeline.store.cache import ResultCache
@@ -34,7 +34,7 @@ DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
 SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
 
 
-def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> lake.CommitResult:
+def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> CommitResult:
     """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists.
 
     Its snapshot replaces whatever the lake held (source `sample`): symbols are names, so a
@@ -54,8 +54,8 @@ def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Pat
             frames.append(frame.with_columns(pl.lit(name).alias("symbol")))
     merged = pl.concat([f.select("symbol", "ts", "open", "high", "low", "close", "volume") for f in frames])
     with lake.export_lock(lake_root, wait_seconds=30):
-        return lake.commit(lake_root, merged, natives, full=True, watermark=None,
-                           rows_read=merged.height, source="sample")
+        return commit(lake_root, merged, natives, full=True, watermark=None,
+                      rows_read=merged.height, source="sample")
 
 
 def _full_path(settings: Settings, console: Console) -> None:
@@ -108,7 +108,7 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
     outcomes = {}
     for name in strategies.strategy_names():
-        config = engine.make_config(name, {})
+        config = options.run_config(options.resolve_strategy(name), {})
         outcome = runs.backtest(settings, config, None, "1h", cache=cache, command="demo")
         outcomes[name] = (config, outcome)
         returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
@@ -127,8 +127,8 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
                       *(cell(k, r[k]) for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
     console.print(board)
 
-    grid = strategies.parse_grid("rsi", SWEEP_GRID)
-    sweep_config = engine.make_config("rsi", grid)
+    grid = strategies.parse_grid(rsi_config.strategy, SWEEP_GRID)
+    sweep_config = options.run_config(rsi_config.strategy, grid)
     sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "

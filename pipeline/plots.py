@@ -35,8 +35,9 @@ def curves(batch: Any, config: Any, result: dict[str, Any] | None = None) -> lis
     """Equity against buy & hold of every symbol of `batch` (a PriceBatch with the open column), for
     `result`'s parameter set and execution (a sweep's best), else the run's first."""
     from pipeline.engine import batch as engine
+    from pipeline.engine import options
 
-    params, execution = (result["params"], engine.Execution.of(result)) if result else config.sets[0]
+    params, execution = (result["params"], options.Execution.of(result)) if result else config.sets[0]
     drawn = []
     for i, symbol in enumerate(batch.symbols):
         log, _, equity = engine.trade_log(batch, config, i, params, execution)

@@ -23,8 +23,8 @@ from pipeline.core import intervals, stopping
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
-from pipeline.engine import overfit, strategies, walkforward
-from pipeline.engine.batch import RunConfig
+from pipeline.engine import options, overfit, strategies, walkforward
+from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
 from pipeline.store import results
@@ -77,12 +77,8 @@ class RunOutcome:
 def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: str) -> dict:
     """The cache key of parameter set c on `symbol`: everything that decides its numbers."""
     return {
-        "strategy": config.strategy, "params": config.params_list[c], "symbol": symbol, "interval": interval,
-        "timerange_start": config.timerange_start, "timerange_end": config.timerange_end,
-        "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
-        "annualization": config.annualization, "min_bar_coverage": config.min_bar_coverage,
-        **config.execution(c).fields(),
-        "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
+        "strategy": config.strategy.name, "params": config.params_list[c], "symbol": symbol, "interval": interval,
+        **config.key_fields(c), "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
     }
 
 
@@ -198,6 +194,242 @@ def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_para
         on_plan(plan)
 
 
+@dataclass
+class RunPlan:
+    """A run as decided from its request, before any price is read: the snapshot it reads (pinned)
+    and the interval of each of its symbols, whether it caches and writes its results, and its id."""
+
+    settings: Settings
+    config: RunConfig
+    symbols: list[str] | None  # as asked (None = every symbol of the lake)
+    interval: str  # as asked (`auto` is decided per symbol: interval_of)
+    snapshot: lake.Snapshot
+    interval_of: dict[str, str]
+    started_at: datetime
+    started: float  # time.perf_counter() at the start
+    run_id: str
+    write_results: bool
+    use_cache: bool
+    command: str
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.interval_of)
+
+    @property
+    def n_params(self) -> int:
+        return len(self.config.params_list)
+
+    @property
+    def planned(self) -> int:
+        """Backtests (symbol x parameter set) the run makes when nothing stops it."""
+        return len(self.interval_of) * self.n_params
+
+    def outcome_fields(self) -> dict[str, Any]:
+        """What every outcome of the run says of it: its id, snapshot, intervals and left-out symbols."""
+        return {"run_id": self.run_id, "snapshot_id": self.snapshot.id,
+                "left_out": left_out(self.snapshot, self.interval_of, self.interval, self.symbols)}
+
+
+def plan_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str, *,
+             cache: ResultCache | None = None, write_results: bool = True, command: str = "",
+             max_points: int = reader.DEFAULT_MAX_POINTS, confirm_seconds: float | None = None,
+             on_plan: Callable[[str], None] | None = None, snapshot_id: str | None = None) -> RunPlan:
+    """The plan of a run of `config` over `symbols` (None = all) of the current snapshot (or of
+    `snapshot_id`); refuses, before any read or write, what the run would refuse (`_open_run`), a
+    sweep past `confirm_seconds` (its size and time go to `on_plan`) and a results table it cannot write."""
+    started_at = datetime.now(UTC)
+    started = time.perf_counter()
+    snapshot, interval_of = _open_run(settings, config, symbols, interval, max_points, snapshot_id)
+    n_params = len(config.params_list)
+    if n_params > 1 and (confirm_seconds is not None or on_plan is not None):
+        _plan_sweep(snapshot, list(interval_of), interval, n_params, confirm_seconds, on_plan)
+    if write_results:
+        results.check_writable(settings.results_root)
+    # A sweep's rows carry statistics of its whole grid (PBO, deflated Sharpe), which a cached row
+    # from another grid would get wrong: only single parameter sets are cached.
+    use_cache = cache is not None and cache.enabled and n_params == 1
+    return RunPlan(settings, config, symbols, interval, snapshot, interval_of, started_at, started,
+                   results.new_run_id(started_at), write_results, use_cache, command)
+
+
+@dataclass
+class CacheLookup:
+    """What the cache holds of a run: the records found and the key of each (symbol, parameter set)."""
+
+    hits: dict[tuple[str, int], dict[str, Any]] = field(default_factory=dict)
+    keys: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def missing(self, plan: RunPlan) -> list[str]:
+        """The symbols the run computes: those with any parameter set not in the cache."""
+        return [s for s in plan.names if any((s, c) not in self.hits for c in range(plan.n_params))]
+
+    def served(self, plan: RunPlan) -> list[dict[str, Any]]:
+        """The cached results the run answers with: those of the symbols it does not compute."""
+        missing = set(self.missing(plan))
+        return [self.hits[(s, c)] for s in plan.names for c in range(plan.n_params)
+                if (s, c) in self.hits and s not in missing]
+
+
+def _look_up(plan: RunPlan, cache: ResultCache | None) -> CacheLookup:
+    """Ask the cache once for every (symbol, parameter set) of the plan (nothing when it does not cache)."""
+    found = CacheLookup()
+    if not plan.use_cache or cache is None:
+        return found
+    config, snapshot = plan.config, plan.snapshot
+    expected = {}
+    for symbol in plan.names:
+        for c in range(plan.n_params):
+            fields = _key_fields(config, symbol, plan.interval_of[symbol], c,
+                                 snapshot.symbols[symbol]["data_version"])
+            found.keys[(symbol, c)] = cache.key(**fields)
+            expected[found.keys[(symbol, c)]] = fields
+    records = cache.get_many(list(found.keys.values()), expected, results.record_problem)
+    for slot, key in found.keys.items():
+        record = records.get(key)
+        if record is not None and (not config.trades or ("trades" in record and "round_trips" in record)):
+            # Lineage: the row names the snapshot this run read (its data version proves the
+            # number still holds there) and, apart, the snapshot it was first computed on.
+            record["computed_snapshot_id"] = record.get("computed_snapshot_id") or record["snapshot_id"]
+            record["snapshot_id"] = snapshot.id
+            record["source"] = snapshot.manifest.get("source", "")  # records cached before it was kept
+            record.setdefault("market", config.market)
+            found.hits[slot] = record
+    return found
+
+
+def _parts(plan: RunPlan, missing: list[str], streaming: bool, watched: bool) -> list[tuple[str, list[str]]]:
+    """The (interval, symbols) of each read and kernel call: one interval each (`auto` can give symbols
+    different intervals), in chunks of symbols (smaller when someone watches: `streaming` results or
+    a `watched` progress)."""
+    chunk = _symbols_per_call(plan.snapshot, missing, min(plan.interval_of.values(), key=intervals.SECONDS.get,
+                                                          default="1h"),
+                              plan.n_params, len(overfit.block_fractions(plan.config)) - 1)
+    if streaming or watched:
+        chunk = min(chunk, STREAM_CHUNK if streaming else PROGRESS_CHUNK)
+    by_interval: dict[str, list[str]] = {}
+    for symbol in missing:
+        by_interval.setdefault(plan.interval_of[symbol], []).append(symbol)
+    return [(iv, group[o: o + chunk]) for iv, group in by_interval.items() for o in range(0, len(group), chunk)]
+
+
+def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch:
+    """One batched read of `symbols`' prices, refused when the run over them would not fit in memory."""
+    config = plan.config
+    # Only the columns the strategy and the fill read: the fewer, the faster the read.
+    # From the start of the history: bars before --timerange warm the indicators up.
+    batch = reader.read_prices(plan.settings.lake_root, symbols, interval, None, config.timerange_end,
+                               columns=engine.columns_needed(config), snapshot=plan.snapshot,
+                               min_coverage=config.min_bar_coverage)
+    engine.check_memory(len(symbols), batch.times.size, plan.n_params,
+                        len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0)
+    return batch
+
+
+@dataclass
+class Computed:
+    """What the kernels gave a run: every result it answers with (`collected`, cached ones first), those
+    computed now of a single parameter set (`fresh`, to cache), and whether a stop cut it short."""
+
+    collected: list[dict[str, Any]]
+    fresh: list[dict[str, Any]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _compute(plan: RunPlan, parts: list[tuple[str, list[str]]], computed: Computed, sweep: _Sweep | None,
+             progress: _Progress, on_results: Callable[[list[dict[str, Any]]], None] | None,
+             should_stop: Callable[[], bool] | None) -> None:
+    """Read and run each part in turn, into `computed`. Ctrl-C (or `should_stop`) between kernel calls
+    stops the run keeping what finished: cached and written by `_publish` (a sweep's unfinished chunk of
+    symbols without its overfitting statistics, which need every parameter set)."""
+    try:
+        for part_interval, part in parts:
+            batch = _read(plan, part_interval, part)
+            if sweep is not None:
+                computed.collected.extend(sweep.run_part(batch))
+                continue
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
+            t0 = time.perf_counter()
+            fresh = engine.run(batch, plan.config)
+            progress.kernel_seconds += time.perf_counter() - t0
+            progress.bar_steps += int(batch.bars.sum())
+            computed.fresh.extend(fresh)
+            computed.collected.extend(fresh)
+            progress.advance(len(part))
+            if on_results:
+                on_results(fresh)
+    except stopping.StopNow:
+        raise  # a second stop signal: nothing more is written
+    except KeyboardInterrupt:
+        computed.interrupted = True
+        if sweep is not None:
+            computed.collected.extend(sweep.finish_interrupted())
+
+
+def _publish(plan: RunPlan, cache: ResultCache | None, lookup: CacheLookup, computed: Computed,
+             sweep: _Sweep | None, sink: results.ResultSink | None, progress: _Progress) -> RunOutcome:
+    """Cache what was computed, write the results (a sweep's went as its chunks finished), the trades
+    and the runs row; the run's outcome."""
+    config, settings, use_cache = plan.config, plan.settings, plan.use_cache and cache is not None
+    if use_cache and computed.fresh:
+        cache.put_many([(lookup.keys[(r["symbol"], 0)], r) for r in computed.fresh])  # one parameter set (use_cache)
+    hit_count = len(lookup.served(plan))
+    miss_count = len(computed.fresh)
+    if use_cache:
+        cache.record_hits(hit_count, miss_count)
+    ordered = engine.leaderboard(computed.collected, *engine.ranking(config))
+    n_results = len(ordered) if sweep is None else hit_count + sweep.rows
+    paths: list[str] = []
+    seconds = time.perf_counter() - plan.started
+    if sink is not None:
+        sink.write_records(ordered if sweep is None else sweep.fold_rows)
+        sink.flush()  # the results first: a full disk names the results table, not the runs row
+        if sink.rows:
+            paths.append(str(sink.path))
+            if config.trades:
+                paths += [str(p) for p in results.append_trades(settings.results_root, plan.run_id, ordered,
+                                                                plan.started_at)]
+        if sink.rows or computed.interrupted:  # an interrupted run is recorded even if it kept nothing
+            results.append_run_metrics(
+                settings.results_root, plan.run_id, started_at=plan.started_at, duration_s=seconds,
+                strategy=config.strategy.name, n_symbols=len(plan.names), n_results=n_results,
+                bars=progress.bar_steps, cache_hits=hit_count if plan.use_cache else 0,
+                cache_misses=miss_count if plan.use_cache else 0, snapshot_id=plan.snapshot.id,
+                command=plan.command, interrupted=computed.interrupted, planned=plan.planned,
+            )
+    return RunOutcome(
+        **plan.outcome_fields(), results=ordered, interval=_intervals_used(plan.interval_of, plan.interval),
+        cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
+        bar_steps=progress.bar_steps, cache_used=plan.use_cache, paths=paths, interrupted=computed.interrupted,
+        planned=plan.planned, n_results=n_results, findings=data_findings(plan.snapshot, plan.names),
+        walk_forward=[] if sweep is None else sorted(
+            sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
+        set_returns=[] if sweep is None else sweep.set_returns(),
+    )
+
+
+def _record_stopped(plan: RunPlan, sink: results.ResultSink | None, publication: results.Publication,
+                    progress: _Progress, outcome: RunOutcome | None) -> stopping.RunStopped:
+    """A run stopped at once (a second stop signal): nothing more is written but the runs row saying
+    so (if the run was not published whole already: then it is in the tables, and says itself what
+    it kept). The RunStopped to raise."""
+    recorded = publication.done
+    if sink is not None and not publication.done:
+        try:
+            with stopping.uninterrupted():
+                results.append_run_metrics(
+                    plan.settings.results_root, plan.run_id, started_at=plan.started_at,
+                    duration_s=time.perf_counter() - plan.started, strategy=plan.config.strategy.name,
+                    n_symbols=len(plan.names), n_results=0, bars=progress.bar_steps, snapshot_id=plan.snapshot.id,
+                    command=plan.command, interrupted=True, planned=plan.planned)
+            recorded = True
+        except (PipelineError, OSError, stopping.StopNow):
+            pass
+    kept = outcome.n_results if publication.done and outcome is not None else 0
+    return stopping.RunStopped(plan.run_id, kept, progress.reported, plan.planned, recorded)
+
+
 @_pinning
 def backtest(
     settings: Settings,
@@ -231,67 +463,25 @@ def backtest(
     A sweep (several parameter sets) writes every result to the results table in chunks of
     symbols, as columns, and returns (and streams) each symbol's `keep` best results (all of them
     with None): memory holds a chunk, not the grid.
+
+    The stages: plan (`plan_run`), the cache (`_look_up`), read and compute (`_compute`, a `_read` per
+    part), publish (`_publish`: the cache, the results table, the run log).
     """
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    snapshot, interval_of = _open_run(settings, config, symbols, interval, max_points, snapshot_id)
-    names = list(interval_of)
-    versions = {s: snapshot.symbols[s]["data_version"] for s in names}
-    n_params = len(config.params_list)
-    if n_params > 1:
-        _plan_sweep(snapshot, names, interval, n_params, confirm_seconds, on_plan)
-    if write_results:
-        results.check_writable(settings.results_root)
-    # A sweep's rows carry statistics of its whole grid (PBO, deflated Sharpe), which a cached row
-    # from another grid would get wrong: only single parameter sets are cached.
-    use_cache = cache is not None and cache.enabled and n_params == 1
-
-    hits: dict[tuple[str, int], dict[str, Any]] = {}
-    keys: dict[tuple[str, int], str] = {}
-    if use_cache:
-        expected = {}
-        for symbol in names:
-            for c in range(n_params):
-                fields = _key_fields(config, symbol, interval_of[symbol], c, versions[symbol])
-                keys[(symbol, c)] = cache.key(**fields)
-                expected[keys[(symbol, c)]] = fields
-        found = cache.get_many(list(keys.values()), expected, results.record_problem)
-        for slot, key in keys.items():
-            record = found.get(key)
-            if record is not None and (not config.trades or ("trades" in record and "round_trips" in record)):
-                # Lineage: the row names the snapshot this run read (its data version proves the
-                # number still holds there) and, apart, the snapshot it was first computed on.
-                record["computed_snapshot_id"] = record.get("computed_snapshot_id") or record["snapshot_id"]
-                record["snapshot_id"] = snapshot.id
-                record["source"] = snapshot.manifest.get("source", "")  # records cached before it was kept
-                record.setdefault("market", config.market)
-                hits[slot] = record
-    missing = [s for s in names if any((s, c) not in hits for c in range(n_params))]
-
-    collected: list[dict[str, Any]] = []
-    cached_now = [hits[(s, c)] for s in names for c in range(n_params) if (s, c) in hits and s not in missing]
-    collected.extend(cached_now)
-    if on_results and cached_now:
-        on_results(cached_now)
-
-    progress = _Progress(on_progress, len(names) * n_params, (len(names) - len(missing)) * n_params)
-    computed: list[dict[str, Any]] = []
-    interrupted = False
-    chunk = _symbols_per_call(snapshot, missing, min(interval_of.values(), key=intervals.SECONDS.get, default="1h"),
-                              n_params, len(overfit.block_fractions(config)) - 1)
-    if on_results or on_progress:
-        chunk = min(chunk, STREAM_CHUNK if on_results else PROGRESS_CHUNK)
-    # One kernel call per (interval, chunk): `auto` can give symbols different intervals.
-    by_interval: dict[str, list[str]] = {}
-    for symbol in missing:
-        by_interval.setdefault(interval_of[symbol], []).append(symbol)
-    parts = [(iv, group[o: o + chunk]) for iv, group in by_interval.items() for o in range(0, len(group), chunk)]
-    run_id = results.new_run_id(started_at)
-    sink = results.ResultSink(settings.results_root, run_id, config.strategy, started_at,
+    plan = plan_run(settings, config, symbols, interval, cache=cache, write_results=write_results,
+                    command=command, max_points=max_points, confirm_seconds=confirm_seconds, on_plan=on_plan,
+                    snapshot_id=snapshot_id)
+    lookup = _look_up(plan, cache)
+    served = lookup.served(plan)
+    if on_results and served:
+        on_results(served)
+    missing = lookup.missing(plan)
+    progress = _Progress(on_progress, plan.planned, (len(plan.names) - len(missing)) * plan.n_params)
+    parts = _parts(plan, missing, on_results is not None, on_progress is not None)
+    sink = results.ResultSink(settings.results_root, plan.run_id, config.strategy.name, plan.started_at,
                               results.result_schema(config.params_list)) if write_results else None
-    sweep = _Sweep(config, sink, keep, on_results, should_stop, progress) if n_params > 1 else None
+    sweep = _Sweep(config, sink, keep, on_results, should_stop, progress) if plan.n_params > 1 else None
     publication = results.Publication()
-    n_results = 0
+    outcome = None
     try:
         with contextlib.ExitStack() as publishing:
             if sink is not None:
@@ -299,97 +489,14 @@ def backtest(
                 # chunks of symbols stream into the results file as they finish.
                 publication = publishing.enter_context(results.one_run())
                 publishing.enter_context(sink)
-            try:
-                for part_interval, part in parts:
-                    # Only the columns the strategy and the fill read: the fewer, the faster the read.
-                    # From the start of the history: bars before --timerange warm the indicators up.
-                    batch = reader.read_prices(settings.lake_root, part, part_interval, None,
-                                               config.timerange_end, columns=engine.columns_needed(config),
-                                               snapshot=snapshot, min_coverage=config.min_bar_coverage)
-                    engine.check_memory(len(part), batch.times.size, n_params,
-                                        len(overfit.block_fractions(config)) - 1 if n_params > 1 else 0)
-                    if sweep is not None:
-                        collected.extend(sweep.run_part(batch))
-                        continue
-                    if should_stop is not None and should_stop():
-                        raise KeyboardInterrupt
-                    t0 = time.perf_counter()
-                    fresh = engine.run(batch, config)
-                    progress.kernel_seconds += time.perf_counter() - t0
-                    progress.bar_steps += int(batch.bars.sum())
-                    computed.extend(fresh)
-                    collected.extend(fresh)
-                    progress.advance(len(part))
-                    if on_results:
-                        on_results(fresh)
-            except stopping.StopNow:
-                raise  # a second stop signal: nothing more is written
-            except KeyboardInterrupt:
-                # Keep what finished: it is cached and written below (a sweep's unfinished chunk of
-                # symbols without its overfitting statistics, which need every parameter set).
-                interrupted = True
-                if sweep is not None:
-                    collected.extend(sweep.finish_interrupted())
-
-            if use_cache and computed:
-                cache.put_many([(keys[(r["symbol"], 0)], r) for r in computed])  # one parameter set (use_cache)
-            hit_count = len(cached_now)
-            miss_count = len(computed)
-            if use_cache:
-                cache.record_hits(hit_count, miss_count)
-
-            ordered = engine.leaderboard(collected, *engine.ranking(config))
-            n_results = len(ordered) if sweep is None else hit_count + sweep.rows
-            paths: list[str] = []
-            seconds = time.perf_counter() - started
-            if sink is not None:
-                if sweep is None:
-                    sink.write_records(ordered)
-                else:
-                    sink.write_records(sweep.fold_rows)
-                sink.flush()  # the results first: a full disk names the results table, not the runs row
-                if sink.rows:
-                    paths.append(str(sink.path))
-                    if config.trades:
-                        paths += [str(p) for p in results.append_trades(settings.results_root, run_id, ordered,
-                                                                        started_at)]
-                if sink.rows or interrupted:  # an interrupted run is recorded even if it kept nothing
-                    results.append_run_metrics(
-                        settings.results_root, run_id, started_at=started_at, duration_s=seconds,
-                        strategy=config.strategy, n_symbols=len(names), n_results=n_results,
-                        bars=progress.bar_steps, cache_hits=hit_count if use_cache else 0,
-                        cache_misses=miss_count if use_cache else 0, snapshot_id=snapshot.id, command=command,
-                        interrupted=interrupted, planned=len(names) * n_params,
-                    )
-        return RunOutcome(
-            run_id=run_id, results=ordered, snapshot_id=snapshot.id, interval=_intervals_used(interval_of, interval),
-            cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
-            bar_steps=progress.bar_steps, cache_used=use_cache, paths=paths, interrupted=interrupted,
-            planned=len(names) * n_params, n_results=n_results,
-            findings=data_findings(snapshot, names), left_out=left_out(snapshot, interval_of, interval, symbols),
-            walk_forward=[] if sweep is None else sorted(
-                sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
-            set_returns=[] if sweep is None else sweep.set_returns(),
-        )
+            computed = Computed(list(served))
+            _compute(plan, parts, computed, sweep, progress, on_results, should_stop)
+            outcome = _publish(plan, cache, lookup, computed, sweep, sink, progress)
+        return outcome
     except BaseException as exc:
         if not stopping.at_once(exc):
             raise
-        # Stopped at once: nothing more is written but the runs row saying so (if the run was not
-        # published whole already: then it is in the tables, and says itself what it kept).
-        recorded = publication.done
-        if sink is not None and not publication.done:
-            try:
-                with stopping.uninterrupted():
-                    results.append_run_metrics(
-                        settings.results_root, run_id, started_at=started_at,
-                        duration_s=time.perf_counter() - started, strategy=config.strategy, n_symbols=len(names),
-                        n_results=0, bars=progress.bar_steps, snapshot_id=snapshot.id, command=command,
-                        interrupted=True, planned=len(names) * n_params)
-                recorded = True
-            except (PipelineError, OSError, stopping.StopNow):
-                pass
-        raise stopping.RunStopped(run_id, n_results if publication.done else 0, progress.reported,
-                                  len(names) * n_params, recorded) from None
+        raise _record_stopped(plan, sink, publication, progress, outcome) from None
 
 
 class _Progress:
@@ -528,9 +635,9 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
             no_cache: bool = False, on_warning: Callable[[str], None] | None = None, **kwargs: Any) -> RunOutcome:
     """A validated request (`options.run_request`) run with the configured cache: the CLI's and the API's
     one run path. `kwargs` go to `backtest` (callbacks, command, should_stop)."""
-    problem = strategies.get_strategy(config.strategy).cache_problem
+    problem = config.strategy.cache_problem
     if problem is not None and not no_cache:
-        message = f"results of {config.strategy!r} are not cached: part of its code cannot be hashed ({problem})"
+        message = f"results of {config.strategy.name!r} are not cached: part of its code cannot be hashed ({problem})"
         if on_warning is not None:
             on_warning(message)
         else:
@@ -592,48 +699,48 @@ def portfolio(
     One batched read; signals once per distinct strategy parameter set; the best account is
     re-simulated in full for its trade list and curves. Portfolio results are not cached
     (one account depends on every symbol's data); they are appended to the results table
-    with mode = 'portfolio'.
+    with mode = 'portfolio'. The stages: plan (`plan_run`), read, compute (`_accounts`), publish.
     """
-    from pipeline.engine import portfolio as pf
-
-    started_at = datetime.now(UTC)
-    started = time.perf_counter()
-    snapshot, interval_of = _open_run(settings, config, symbols, interval, reader.DEFAULT_MAX_POINTS)
-    names = list(interval_of)
+    plan = plan_run(settings, config, symbols, interval, write_results=write_results, command=command)
     # One account needs one grid: `auto` takes the coarsest interval any symbol needs.
-    interval = max(interval_of.values(), key=intervals.SECONDS.get, default="1h")
-    if write_results:
-        results.check_writable(settings.results_root)
-    columns = tuple(dict.fromkeys((*engine.columns_needed(config), "volume")))
-    batch = reader.read_prices(settings.lake_root, names, interval, None,
-                               config.timerange_end, columns=columns, snapshot=snapshot,
-                               min_coverage=config.min_bar_coverage)
-    engine.check_memory(len(names), batch.times.size, len(sets))
+    interval = max(plan.interval_of.values(), key=intervals.SECONDS.get, default="1h")
+    batch = reader.read_prices(settings.lake_root, plan.names, interval, None, config.timerange_end,
+                               columns=tuple(dict.fromkeys((*engine.columns_needed(config), "volume"))),
+                               snapshot=plan.snapshot, min_coverage=config.min_bar_coverage)
+    engine.check_memory(len(plan.names), batch.times.size, len(sets))
     t0 = time.perf_counter()
-    accounts = pf.run(batch, config, sets, rank_by)
+    accounts, best = _accounts(batch, config, sets, rank_by)
     kernel_seconds = time.perf_counter() - t0
-    best = None
-    if accounts:
-        chosen = next(s for s in sets if s.params == accounts[0]["params"] and s.max_open == accounts[0]["max_open"]
-                      and s.stake.value == accounts[0]["stake"])
-        best = pf.detail(batch, config, chosen, rank_by)
-    run_id = results.new_run_id(started_at)
     bar_steps = int(batch.bars.sum()) * len(sets)
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - plan.started
     paths: list[str] = []
     if write_results and accounts:
         with results.one_run():
-            paths += [str(p) for p in results.append_results(settings.results_root, run_id, accounts, started_at)]
+            paths += [str(p) for p in results.append_results(settings.results_root, plan.run_id, accounts,
+                                                             plan.started_at)]
             results.append_run_metrics(
-                settings.results_root, run_id, started_at=started_at, duration_s=seconds, strategy=config.strategy,
-                n_symbols=len(names), n_results=len(accounts), bars=bar_steps, snapshot_id=snapshot.id,
-                command=command,
+                settings.results_root, plan.run_id, started_at=plan.started_at, duration_s=seconds,
+                strategy=config.strategy.name, n_symbols=len(plan.names), n_results=len(accounts), bars=bar_steps,
+                snapshot_id=plan.snapshot.id, command=command,
             )
-    return PortfolioOutcome(run_id, accounts, best, snapshot.id, interval, seconds, kernel_seconds, bar_steps,
-                            paths, left_out(snapshot, interval_of, interval, symbols))
+    return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
+                            bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols))
 
 
-def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], symbols: list[str] | None,
+def _accounts(batch: reader.PriceBatch, config: RunConfig, sets: list,
+              rank_by: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Every account of `sets`, best first, and the best one in full (contributions, round trips, curves)."""
+    from pipeline.engine import portfolio as pf
+
+    accounts = pf.run(batch, config, sets, rank_by)
+    if not accounts:
+        return accounts, None
+    chosen = next(s for s in sets if s.params == accounts[0]["params"] and s.max_open == accounts[0]["max_open"]
+                  and s.stake.value == accounts[0]["stake"])
+    return accounts, pf.detail(batch, config, chosen, rank_by)
+
+
+def check_strategy(settings: Settings, strategy: strategies.Strategy, params: dict[str, Any], symbols: list[str] | None,
                    interval: str, limit: int = 3) -> list:
     """Look-ahead and warm-up checks of `strategy` on `symbols` (default: the lake's first `limit`)."""
     import numpy as np
@@ -643,7 +750,7 @@ def check_strategy(settings: Settings, strategy: str, params: dict[str, Any], sy
 
     if interval not in ("1h", "1d"):
         raise PipelineError(f"--interval {interval!r} is not allowed; use 1h or 1d")
-    config = engine.make_config(strategy, params)
+    config = options.run_config(strategy, params)
     snapshot = lake.require_snapshot(settings.lake_root)
     with lake.reading(settings.lake_root, snapshot) as pinned:
         names = reader.resolve_symbols(pinned, symbols)[: None if symbols else limit]

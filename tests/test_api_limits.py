@@ -24,9 +24,8 @@ import pytest
 from pipeline import demo
 from pipeline.api.models import MAX_BODY_BYTES, RULES, RUN_OPTIONS
 from pipeline.core.errors import PipelineError
-from pipeline.engine import batch as engine
 from pipeline.engine import options
-from pipeline.engine.strategies import MAX_GRID_COMBOS
+from pipeline.engine.strategies import EXECUTION_NAMES, MAX_GRID_COMBOS, get_strategy
 from tests.api_server import server_process, sse_events
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -180,7 +179,7 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
 
     def accepted(name: str, value: object) -> bool:
         try:
-            options.run_config("rsi", {}, **{name: value})
+            options.run_config(get_strategy("rsi"), {}, **{name: value})
             return True
         except PipelineError:
             return False
@@ -202,7 +201,7 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
     assert not accepted("timerange", "2024") and accepted("timerange", "20240101-")
     assert run["strategy"]["enum"] == options_strategy_names()
     sweep = schema["components"]["schemas"]["SweepRequest"]["properties"]
-    assert sweep["top"]["maximum"] == options.MAX_TOP and sweep["grid"]["maxItems"] >= len(engine.EXECUTION_NAMES)
+    assert sweep["top"]["maximum"] == options.MAX_TOP and sweep["grid"]["maxItems"] >= len(EXECUTION_NAMES)
     top = {p["name"]: p["schema"] for p in schema["paths"]["/api/results/top"]["get"]["parameters"]}
     assert top["n"]["minimum"] == 1 and top["n"]["maximum"] == options.MAX_TOP
     assert not math.isinf(top["n"]["maximum"])

@@ -11,7 +11,8 @@ import pytest
 
 from bench import scaling
 from pipeline.engine import batch as engine
-from pipeline.engine import strategies
+from pipeline.engine import options, strategies
+from pipeline.engine.strategies import get_strategy
 from pipeline.source.synthetic import generate_market
 
 
@@ -46,7 +47,7 @@ def test_a_cell_counts_the_kernels_bar_steps_and_the_section_replaces_itself(mar
     assert run["bars"] == sweep["bars"] == bars and run["combos"] == 1
     assert sweep["combos"] == 8 and sweep["bar_steps"] == 8 * bars  # grid_specs(8): 2 values of each parameter
     # What the cell timed is the engine's own result for that sweep.
-    config = engine.make_config("rsi", strategies.parse_grid("rsi", scaling.grid_specs(8)))
+    config = options.run_config(get_strategy("rsi"), strategies.parse_grid(get_strategy("rsi"), scaling.grid_specs(8)))
     assert engine.run_metrics(batch, config).shape[:2] == (3, 8)
     for cell in (run, sweep):
         # VmHWM is updated lazily (per-thread RSS counters): it may trail VmRSS by a few pages.

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 
 from pipeline.core.config import Settings
+from pipeline.lake import retention
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -47,9 +48,9 @@ EXPORT_CHILD = textwrap.dedent("""
 VACUUM_CHILD = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from pipeline.lake import snapshots as lake
+    from pipeline.lake import retention
     print("go", flush=True)
-    lake.vacuum(Path(sys.argv[1]), keep=1, keep_hours=0)
+    retention.vacuum(Path(sys.argv[1]), keep=1, keep_hours=0)
 """)
 
 
@@ -206,7 +207,7 @@ def test_ten_random_kills_during_vacuum_keep_the_current_snapshot_whole(market, 
             missing = [str(p) for i in ("1h", "1d") for p in snapshot.files(i) if not p.is_file()]
             assert missing == [], snapshot.id
     print(f"\nvacuum: {killed} of 10 SIGKILLs landed mid-vacuum")
-    lake.vacuum(settings.lake_root, keep=1, keep_hours=0)
+    retention.vacuum(settings.lake_root, keep=1, keep_hours=0)
     _check_current_reads_completely(settings.lake_root)
     current = lake.current_snapshot(settings.lake_root)
     assert [s.id for s in lake.list_snapshots(settings.lake_root)] == [current.id]

@@ -10,6 +10,7 @@ import pyarrow.feather as feather
 import pytest
 
 from pipeline.engine import checks, strategies
+from pipeline.engine.strategies import get_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sorted((ROOT / "data" / "sample" / "binance-5m").glob("*.feather"))[0]
@@ -102,7 +103,7 @@ def market() -> dict[str, np.ndarray]:
 def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
     (tmp_path / "peeking.py").write_text(PEEKING)
     strategies.add_strategy_paths([tmp_path])
-    report = checks.check_symbol("peeking", {}, "X", market)
+    report = checks.check_symbol(get_strategy("peeking"), {}, "X", market)
     assert report.cuts_checked > 0
     assert any("indicator 'next_change'" in line and "reads bars after" in line for line in report.lookahead)
     assert any("signal" in line for line in report.lookahead)
@@ -112,7 +113,7 @@ def test_the_check_names_a_strategy_that_peeks_one_bar_ahead(tmp_path, market):
 def test_the_check_names_a_strategy_that_peeks_only_to_suppress_exits(tmp_path, market):
     (tmp_path / "suppressing.py").write_text(SUPPRESSING)
     strategies.add_strategy_paths([tmp_path])
-    report = checks.check_symbol("suppressing", {}, "X", market)
+    report = checks.check_symbol(get_strategy("suppressing"), {}, "X", market)
     assert report.cuts_checked == len(market["close"])  # every bar is a truncation point
     assert [line for line in report.lookahead if "the exit signal" in line and "reads bars after" in line]
     assert not [line for line in report.lookahead if "the entry signal" in line]
@@ -122,23 +123,23 @@ def test_the_check_names_a_strategy_that_peeks_only_to_suppress_exits(tmp_path, 
 def test_the_check_compares_every_output_the_strategy_fills_the_logged_value_too(tmp_path, market):
     (tmp_path / "logging_ahead.py").write_text(LOGGING_AHEAD)
     strategies.add_strategy_paths([tmp_path])
-    report = checks.check_symbol("logging_ahead", {}, "X", market)
+    report = checks.check_symbol(get_strategy("logging_ahead"), {}, "X", market)
     assert len(report.lookahead) == 1 and "the logged value" in report.lookahead[0], report.lookahead
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
 def test_the_built_ins_have_no_look_ahead(name, market):
-    report = checks.check_symbol(name, {}, "X", market)
+    report = checks.check_symbol(get_strategy(name), {}, "X", market)
     assert report.lookahead == []
     assert report.cuts_checked == len(market["close"])
 
 
 def test_warmup_sensitivity_is_rounding_for_a_finite_window_and_small_for_wilder(market):
-    sma = checks.check_symbol("ma_crossover", {}, "X", market).warmup
+    sma = checks.check_symbol(get_strategy("ma_crossover"), {}, "X", market).warmup
     # A running sum forgets exactly, up to the rounding of the sums dropped.
     assert all(value < 1e-12 for value in sma[100].values())
-    rsi = checks.check_symbol("rsi", {}, "X", market).warmup
+    rsi = checks.check_symbol(get_strategy("rsi"), {}, "X", market).warmup
     assert all(rsi[drop]["rsi"] is not None for drop in checks.DROPS)
     assert rsi[100]["rsi"] < 1e-3
 

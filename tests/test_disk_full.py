@@ -18,7 +18,8 @@ import pytest
 from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -76,11 +77,11 @@ def test_results_onto_a_full_disk_fail_in_one_line_and_keep_earlier_results(tmp_
     lake_root = tmp_path / "lake"
     demo.build_sample_lake(lake_root, n_symbols=6, years=0.3, sample=None)
     settings = replace(Settings(), lake_root=lake_root, results_root=small_disk / "results", redis_url="")
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     first = runs.backtest(settings, config)
     before = _files(small_disk)
     _fill(small_disk, 4_000)
-    big = engine.make_config("rsi", [{"rsi_period": p} for p in range(2, 60)])
+    big = options.run_config(get_strategy("rsi"), [{"rsi_period": p} for p in range(2, 60)])
     with pytest.raises(PipelineError) as caught:
         runs.backtest(settings, big)
     message = str(caught.value)

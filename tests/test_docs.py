@@ -89,6 +89,18 @@ def test_every_block_is_tagged_and_every_named_runner_exists():
                                                              re.M), f"{where}: no test {runner}"
 
 
+def test_the_table_of_metrics_in_the_docs_is_the_one_in_the_code():
+    """docs/cli.md's table of metrics is pipeline/core/metrics.py's, as `markdown_table` writes it."""
+    from pipeline.core import metrics
+
+    page = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
+    shown = re.search(r"<!-- metrics:[^>]*-->\n(?P<table>.*?)\n<!-- /metrics -->", page, re.S)
+    assert shown is not None, "docs/cli.md lost its <!-- metrics: ... --> block"
+    assert shown["table"] == metrics.markdown_table(), (
+        "docs/cli.md's table of metrics differs from pipeline/core/metrics.py; paste the output of "
+        "python -c 'from pipeline.core import metrics; print(metrics.markdown_table())'")
+
+
 def test_the_readme_is_what_a_newcomer_reads_first():
     readme = (ROOT / "README.md").read_text()
     assert len(readme.splitlines()) <= 250

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline import demo, runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.source import loaders
 
 
@@ -46,8 +47,8 @@ def test_backtest_flow_on_a_dask_cluster_equals_the_local_run(prefect_harness, t
     for name, specs in (("rsi", grid["rsi"]), ("macd", None)):
         from pipeline.engine import strategies
 
-        params = list(strategies.parse_grid(name, specs)) if specs else [{}]
-        for r in runs.backtest(settings, engine.make_config(name, params), write_results=False).results:
+        params = list(strategies.parse_grid(get_strategy(name), specs)) if specs else [{}]
+        for r in runs.backtest(settings, options.run_config(get_strategy(name), params), write_results=False).results:
             local[_key(r)] = r
     assert len(on_dask) == len(local) == 9 * 4 + 9
     for r in on_dask:
@@ -68,7 +69,7 @@ def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(p
     monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(tmp_path / "results"))
     monkeypatch.setenv("REDIS_URL", "")
     accounts = backtest_flow(strategy_names=["rsi"], mode="portfolio", max_open=[2, 3], stake=["30%"])
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     local = runs.portfolio(Settings.from_env(), config, pf.make_sets(config, [2, 3], [pf.Stake.parse("30%")]),
                            write_results=False).results
     assert [(a["max_open"], a["final_value"]) for a in accounts] == [(a["max_open"], a["final_value"])
@@ -138,6 +139,7 @@ def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harne
     its sha256, named, and the snapshot rebuilt from PostgreSQL though no row changed there."""
     from flows.export import export_flow
     from pipeline.lake import snapshots as lake
+    from pipeline.lake import verify
     from tests.test_corruption import _rot
 
     loaders.seed_database(database_url, n_symbols=3, years=0.2, seed=1)
@@ -149,7 +151,7 @@ def test_export_flow_rebuilds_past_a_rotten_lake_file_and_names_it(prefect_harne
     healed = export_flow()
     assert healed["created"] and healed["snapshot_id"] != first["snapshot_id"]
     assert any(str(victim) in line for line in healed["warnings"]), healed["warnings"]
-    assert lake.verify(lake.current_snapshot(tmp_path / "lake").path) == []
+    assert verify.problems(lake.current_snapshot(tmp_path / "lake").path) == []
 
 
 class FlakyPostgresProxy:

@@ -43,7 +43,7 @@ def _rewrite_manifest(snapshot_path: Path, edit) -> None:
     path = snapshot_path / lake.MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
-    manifest[lake.MANIFEST_CHECKSUM] = lake._manifest_checksum(manifest)
+    manifest[lake.MANIFEST_CHECKSUM] = lake.manifest_checksum(manifest)
     path.write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
 
@@ -114,4 +114,4 @@ def test_a_state_of_before_versions_with_a_symbol_named_format_version_reads_as_
     symbols = json.loads((snapshot.path / lake.STATE).read_text())["symbols"]
     _rewrite_state(snapshot.path, {formats.FIELD: symbols["SYN000"], **symbols})
     lake._loaded.clear()
-    assert formats.FIELD in lake._load_state(lake.current_snapshot(small_lake))
+    assert formats.FIELD in lake.load_state(lake.current_snapshot(small_lake))

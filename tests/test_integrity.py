@@ -553,6 +553,7 @@ def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
     import polars as pl
 
     from pipeline.lake import snapshots as lake
+    from pipeline.lake.commit import commit
 
     def bars(symbols: list[str]) -> pl.DataFrame:
         ts = [datetime(2024, 1, 1, tzinfo=UTC) + timedelta(hours=i) for i in range(30)]
@@ -561,13 +562,13 @@ def test_a_refused_symbol_keeps_its_bars_from_its_own_source_only(tmp_path):
 
     root = tmp_path / "lake"
     with lake.export_lock(root):
-        lake.commit(root, bars(["A", "B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=60,
-                    source="one")
-        kept = lake.commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=30,
-                           source="one", refused={"A": "bad"})
+        commit(root, bars(["A", "B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=60,
+               source="one")
+        kept = commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=True, watermark=None, rows_read=30,
+                      source="one", refused={"A": "bad"})
         assert sorted(kept.snapshot.symbols) == ["A", "B"] and kept.snapshot.manifest["refused"] == {"A": "bad"}
-        other = lake.commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=False, watermark=None, rows_read=30,
-                            source="two", refused={"A": "bad"})
+        other = commit(root, bars(["B"]), {"A": "1h", "B": "1h"}, full=False, watermark=None, rows_read=30,
+                      source="two", refused={"A": "bad"})
         assert sorted(other.snapshot.symbols) == ["B"], "another source's A is never kept for this source's A"
 
 

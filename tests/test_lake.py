@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.core.config import Settings
 from pipeline.core.errors import LakeBusy, PipelineError
-from pipeline.lake import reader
+from pipeline.lake import reader, retention
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -504,7 +504,7 @@ def test_a_whole_snapshot_grid_is_kept_mapped_on_the_next_read_and_vacuumed_with
     assert second != first.snapshot.id
     assert not isinstance(reader.read_prices(root, None, "1d", columns=("close",)).columns["close"], np.memmap)
     assert (root / grids.FOLDER / second).is_dir()
-    lake.vacuum(root, keep=1, keep_hours=0)
+    retention.vacuum(root, keep=1, keep_hours=0)
     assert not kept.exists() and (root / grids.FOLDER / second).is_dir()
 
     monkeypatch.setenv("CRYPTOBT_GRID_CACHE", "0")

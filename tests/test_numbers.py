@@ -15,8 +15,11 @@ from pipeline import demo, runs
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import commit
 
 BUILT_INS = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
@@ -28,7 +31,7 @@ def sample(tmp_path_factory) -> Settings:
     return replace(Settings(), lake_root=root / "lake", results_root=root / "results", redis_url="")
 
 
-def _trades(settings: Settings, config: engine.RunConfig, symbol: str) -> list[tuple[str, str, float]]:
+def _trades(settings: Settings, config: options.RunConfig, symbol: str) -> list[tuple[str, str, float]]:
     result = runs.backtest(settings, replace(config, trades=True), [symbol], write_results=False).results[0]
     return [(t["time"], t["action"], t["price"]) for t in result["trades"]], result
 
@@ -37,7 +40,7 @@ def _trades(settings: Settings, config: engine.RunConfig, symbol: str) -> list[t
 @pytest.mark.parametrize("strategy", BUILT_INS)
 def test_a_ranged_run_warms_up_before_its_start_and_trades_as_the_full_run_inside_the_range(sample, strategy,
                                                                                              fill):
-    config = engine.make_config(strategy, {}, fee_pct=0.1, fill=fill)
+    config = options.run_config(get_strategy(strategy), {}, fee=0.1, fill=fill)
     checked = 0
     for symbol in ("SYN000", "SYN001", "SYN002"):
         full, whole = _trades(sample, config, symbol)
@@ -64,7 +67,7 @@ def test_a_ranged_run_warms_up_before_its_start_and_trades_as_the_full_run_insid
 
 
 def test_buy_and_hold_filled_at_the_close_without_fees_returns_exactly_the_benchmark(sample):
-    config = engine.make_config("buy_and_hold", {}, fee_pct=0.0, fill="close")
+    config = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.0, fill="close")
     results = runs.backtest(sample, config, write_results=False).results
     assert len(results) == 8  # 4 synthetic + 4 real pairs
     for r in results:
@@ -72,7 +75,7 @@ def test_buy_and_hold_filled_at_the_close_without_fees_returns_exactly_the_bench
 
 
 def test_the_equity_curve_starts_at_the_initial_cash_so_the_first_fee_shows(sample):
-    config = engine.make_config("buy_and_hold", {}, fee_pct=0.1)
+    config = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.1)
     batch = reader.read_prices(sample.lake_root, ["ETH_BTC"], "1h", columns=("open", "close"))
     result = engine.run(batch, config)[0]
     equity = engine.trade_log(batch, config, 0, {}).equity
@@ -102,17 +105,16 @@ def weekday_lake(tmp_path_factory):
                                     "low": close * 0.999, "close": close, "volume": 1.0}))
     hourly = pl.concat(frames)
     with lake.export_lock(root):
-        lake.commit(root, hourly, {"EURUSD": "1h", "BTCUSD": "1h"}, full=True, watermark=None,
-                    rows_read=hourly.height, source="test")
+        commit(root, hourly, {"EURUSD": "1h", "BTCUSD": "1h"}, full=True, watermark=None,
+               rows_read=hourly.height, source="test")
     return root
 
 
 def test_observed_annualisation_counts_the_bars_a_market_really_has(weekday_lake, tmp_path):
     settings = replace(Settings(), lake_root=weekday_lake, results_root=tmp_path / "r", redis_url="")
-    observed = {r["symbol"]: r for r in runs.backtest(settings, engine.make_config("rsi", {}),
+    observed = {r["symbol"]: r for r in runs.backtest(settings, options.run_config(get_strategy("rsi"), {}),
                                                       write_results=False).results}
-    calendar = {r["symbol"]: r for r in runs.backtest(settings, engine.make_config(
-        "rsi", {}, annualization="calendar"), write_results=False).results}
+    calendar = {r["symbol"]: r for r in runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, annualization="calendar"), write_results=False).results}
     eur, btc = observed["EURUSD"], observed["BTCUSD"]
     assert eur["annualization"] == "observed" and calendar["EURUSD"]["annualization"] == "calendar"
     assert 6_200 < eur["bars_per_year"] < 6_300  # 5 of 7 days: ~6,257 hourly bars a year
@@ -133,8 +135,8 @@ def test_annualization_is_part_of_the_cache_key_and_the_results_table(weekday_la
     settings = replace(Settings(), lake_root=weekday_lake, results_root=tmp_path / "r", redis_url=redis_url,
                        cache_prefix=redis_prefix)
     cache = ResultCache.from_settings(settings)
-    first = runs.backtest(settings, engine.make_config("rsi", {}), cache=cache)
-    other = runs.backtest(settings, engine.make_config("rsi", {}, annualization="calendar"), cache=cache)
+    first = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), cache=cache)
+    other = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, annualization="calendar"), cache=cache)
     assert first.cache_misses == 2 and other.cache_misses == 2, "a calendar Sharpe is another number"
     rows = duckdb.sql(f"SELECT annualization, bars_per_year FROM read_parquet('{settings.results_root}/"
                       "run_date=*/strategy=*/*.parquet', union_by_name = true) WHERE symbol = 'EURUSD'"
@@ -149,12 +151,12 @@ def test_annualization_is_part_of_the_cache_key_and_the_results_table(weekday_la
 ])
 def test_parameters_that_can_never_trade_or_that_ta_lib_refuses_are_rejected(strategy, params, message):
     with pytest.raises(PipelineError, match=message):
-        engine.make_config(strategy, params)
+        options.run_config(get_strategy(strategy), params)
 
 
 def test_unknown_annualization_is_one_line_naming_it():
     with pytest.raises(PipelineError, match="--annualization 'yearly' is not allowed; use one of: observed, calendar"):
-        engine.make_config("rsi", {}, annualization="yearly")
+        options.run_config(get_strategy("rsi"), {}, annualization="yearly")
 
 
 def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drops_them(tmp_path):
@@ -169,12 +171,12 @@ def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drop
     hourly = pl.DataFrame({"symbol": "FX", "ts": ts, "open": close, "high": close * 1.001, "low": close * 0.999,
                            "close": close, "volume": 1.0})
     with lake.export_lock(root):
-        lake.commit(root, hourly, {"FX": "1h"}, full=True, watermark=None, rows_read=hourly.height, source="test")
+        commit(root, hourly, {"FX": "1h"}, full=True, watermark=None, rows_read=hourly.height, source="test")
     days = ts.dt.date().value_counts()
     partial = days.filter(pl.col("count") < 24).height
     assert partial > 20  # the listing day (3 hours) and every Sunday (2 hours)
     settings = replace(Settings(), lake_root=root, results_root=tmp_path / "r", redis_url="")
-    config = engine.make_config("rsi", {"rsi_period": 5})
+    config = options.run_config(get_strategy("rsi"), {"rsi_period": 5})
     every = runs.backtest(settings, config, interval="1d", write_results=False).results[0]
     assert every["partial_bars"] == partial and every["bars"] == days.height
     dropped = runs.backtest(settings, replace(config, min_bar_coverage=0.5), interval="1d",
@@ -187,4 +189,4 @@ def test_daily_bars_built_from_a_few_hours_are_flagged_and_min_bar_coverage_drop
 @pytest.mark.parametrize("value", [-0.1, 1.5, float("nan")])
 def test_min_bar_coverage_outside_zero_to_one_is_refused(value):
     with pytest.raises(PipelineError, match="--min-bar-coverage"):
-        engine.make_config("rsi", {}, min_bar_coverage=value)
+        options.run_config(get_strategy("rsi"), {}, min_bar_coverage=value)

@@ -23,6 +23,7 @@ from pipeline import demo, notebook
 from pipeline.engine import batch as engine
 from pipeline.engine import options, overfit, strategies, walkforward
 from pipeline.engine.kernels.blocks import B_END, B_START
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import snapshots as lake
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def sweep():
     """A 12-set RSI sweep over three random walks: the batch, its config, results and block sums."""
     batch = notebook.prices(random_walks(3, 3_000, seed=5))
     # 8 PBO blocks: C(8, 4) = 70 splits keep the first-principles loop quick (the default 16 is tested below).
-    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)), pbo_blocks=8)
+    config = options.run_config(get_strategy("rsi"), list(strategies.parse_grid(get_strategy("rsi"), GRID)), pbo_blocks=8)
     blocks = overfit.new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, overfit.block_fractions(config), blocks)
     overfit.attach(overfit.by_symbol([results], len(batch.symbols)), blocks, config)
@@ -156,7 +157,7 @@ def test_deflated_sharpe_equals_bailey_and_lopez_de_prado_from_first_principles(
 
 def test_a_sweep_over_pure_noise_shows_pbo_near_a_half_and_no_skill():
     frames = random_walks(12, 4_000, seed=11)
-    grid = list(strategies.parse_grid("rsi", ["rsi_period=5:30:5", "oversold_threshold=20,25,30,35",
+    grid = list(strategies.parse_grid(get_strategy("rsi"), ["rsi_period=5:30:5", "oversold_threshold=20,25,30,35",
                                                "overbought_threshold=65,70,75,80"]))
     board = notebook.run_backtest(frames, "rsi", grid, objective="sharpe", min_trades=0)
     per_symbol = board.group_by("symbol").agg(pl.col("pbo").first(), pl.col("deflated_sharpe").first())
@@ -173,11 +174,11 @@ def test_objectives_rank_by_their_field_and_sets_below_min_trades_never_win(swee
         assert board[0][field] == max(r[field] for r in eligible if r[field] is not None)
         assert all(r["num_trades"] >= 3 for r in board[: len(eligible)])
     with pytest.raises(Exception, match="--objective 'alpha' is not allowed"):
-        options.run_config("rsi", {}, objective="alpha")
+        options.run_config(get_strategy("rsi"), {}, objective="alpha")
     with pytest.raises(Exception, match="--pbo-blocks 7 is not allowed"):
-        options.run_config("rsi", {}, pbo_blocks=7)
+        options.run_config(get_strategy("rsi"), {}, pbo_blocks=7)
     with pytest.raises(Exception, match="--min-trades -1 is out of range"):
-        options.run_config("rsi", {}, min_trades=-1)
+        options.run_config(get_strategy("rsi"), {}, min_trades=-1)
 
 
 def cli_sweep(tmp_path: Path, n_symbols: int, *options_: str) -> tuple[Any, set[str]]:
@@ -209,26 +210,26 @@ def test_cli_sweep_json_and_results_table_carry_the_statistics(tmp_path):
 
 def test_samples_draw_a_reproducible_subset_of_the_grid_even_of_one_too_large_to_list():
     specs = ["rsi_period=5:40:5", "oversold_threshold=15:40:5", "overbought_threshold=60:85:5"]
-    whole = strategies.parse_grid("rsi", specs)
-    first = strategies.parse_grid("rsi", specs, samples=20, seed=7)
-    assert first == strategies.parse_grid("rsi", specs, samples=20, seed=7)
-    assert first != strategies.parse_grid("rsi", specs, samples=20, seed=8)
+    whole = strategies.parse_grid(get_strategy("rsi"), specs)
+    first = strategies.parse_grid(get_strategy("rsi"), specs, samples=20, seed=7)
+    assert first == strategies.parse_grid(get_strategy("rsi"), specs, samples=20, seed=7)
+    assert first != strategies.parse_grid(get_strategy("rsi"), specs, samples=20, seed=8)
     assert len(first) == 20 and all(p in whole for p in first)
     assert first == [p for p in whole if p in first]  # grid order
     # 10^9 grid points: refused whole, sampled without listing them.
     huge = ["rsi_period=2:1001:1", "oversold_threshold=1:40:0.039", "overbought_threshold=60:99:0.039"]
     with pytest.raises(Exception, match="more than 1000000; use larger steps or --samples"):
-        strategies.parse_grid("rsi", huge)
-    assert len(strategies.parse_grid("rsi", huge, samples=100, seed=1)) == 100
+        strategies.parse_grid(get_strategy("rsi"), huge)
+    assert len(strategies.parse_grid(get_strategy("rsi"), huge, samples=100, seed=1)) == 100
     with pytest.raises(Exception, match="--samples 0 is out of range"):
-        strategies.parse_grid("rsi", specs, samples=0)
+        strategies.parse_grid(get_strategy("rsi"), specs, samples=0)
 
 
 @pytest.mark.parametrize("anchored", [False, True])
 @pytest.mark.parametrize("objective", ["sharpe", "total_return", "sortino"])
 def test_walk_forward_equals_choosing_on_each_train_part_and_judging_on_its_test_part(anchored, objective):
     batch = notebook.prices(random_walks(2, 2_500, seed=9))
-    config = options.run_config("rsi", list(strategies.parse_grid("rsi", GRID)), walk_forward=4, train_ratio=0.6,
+    config = options.run_config(get_strategy("rsi"), list(strategies.parse_grid(get_strategy("rsi"), GRID)), walk_forward=4, train_ratio=0.6,
                                 anchored=anchored, objective=objective)
     blocks = overfit.new_blocks(len(batch.symbols), config)
     fractions = overfit.block_fractions(config)
@@ -272,10 +273,10 @@ def test_walk_forward_flat_start_judges_each_test_part_from_a_fresh_account(anch
     close). Expected: the set chosen on the train part (full-history path) run over the test part's bars
     by a plain loop of SPEC's close-fill rules on the strategy's own signals (warmed up on all history)."""
     batch = notebook.prices(random_walks(3, 2_500, seed=9))
-    params = list(strategies.parse_grid("rsi", GRID))
-    config = options.run_config("rsi", params, walk_forward=3, train_ratio=0.6, anchored=anchored,
+    params = list(strategies.parse_grid(get_strategy("rsi"), GRID))
+    config = options.run_config(get_strategy("rsi"), params, walk_forward=3, train_ratio=0.6, anchored=anchored,
                                 walk_forward_flat_start=True)
-    carried_config = options.run_config("rsi", params, walk_forward=3, train_ratio=0.6, anchored=anchored)
+    carried_config = options.run_config(get_strategy("rsi"), params, walk_forward=3, train_ratio=0.6, anchored=anchored)
     n_sets, fee = len(params), config.fee_frac
     rsi = strategies.get_strategy("rsi")
     answers = {}
@@ -299,7 +300,7 @@ def test_walk_forward_flat_start_judges_each_test_part_from_a_fresh_account(anch
             chosen = int(np.argmax([np.log1p(rets[train_from:test_from, c]).sum() / (test_from - train_from)
                                     for c in range(n_sets)]))
             assert fold["params"] == carried_fold["params"] == params[chosen]
-            row = strategies.combos_matrix("rsi", [params[chosen]])[0][0]
+            row = strategies.combos_matrix(get_strategy("rsi"), [params[chosen]])[0][0]
             _, entries, exits = rsi.kernels().indicators_and_signals_single((close[None, :],), close, row)
             cash, units, path = config.initial, 0.0, [config.initial]
             for t in range(test_from, test_to):
@@ -332,13 +333,13 @@ def rows_bars_per_year(batch, config, y: int) -> float:
 
 def test_walk_forward_options_are_checked_before_any_work():
     with pytest.raises(Exception, match="--walk-forward 1 is out of range"):
-        options.run_config("rsi", {}, walk_forward=1)
+        options.run_config(get_strategy("rsi"), {}, walk_forward=1)
     with pytest.raises(Exception, match="--train-ratio 1.0 is out of range"):
-        options.run_config("rsi", {}, walk_forward=3, train_ratio=1.0)
+        options.run_config(get_strategy("rsi"), {}, walk_forward=3, train_ratio=1.0)
     with pytest.raises(Exception, match="--objective profit_factor cannot rank a walk-forward fold"):
-        options.run_config("rsi", {}, walk_forward=3, objective="profit_factor")
+        options.run_config(get_strategy("rsi"), {}, walk_forward=3, objective="profit_factor")
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
-        options.run_config("rsi", {}, walk_forward_flat_start=True)
+        options.run_config(get_strategy("rsi"), {}, walk_forward_flat_start=True)
 
 
 @pytest.mark.slow
@@ -379,13 +380,13 @@ def test_cli_walk_forward_flat_start_rows_are_told_apart_from_carried_ones(tmp_p
                             f"'{tmp_path}/results/**/*.parquet', union_by_name=true) WHERE split IS NULL").fetchall()[0]
     assert sweep_rows == (2 * 16 * len(symbols), 0)  # plain sweep rows: NULL
 
-    from pipeline.api import app as api_app
     from pipeline.api.models import SweepRequest
+    from pipeline.api.routes import runs as api_runs
 
     requests = [SweepRequest(strategy="rsi", grid=GRID, walk_forward=3, walk_forward_flat_start=flag)
                 for flag in (False, True)]
     assert [r.check()[0].walk_forward_flat_start for r in requests] == [False, True]
-    assert api_app._request_key("sweep", requests[0]) != api_app._request_key("sweep", requests[1])
+    assert api_runs.request_key("sweep", requests[0]) != api_runs.request_key("sweep", requests[1])
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
         SweepRequest(strategy="rsi", grid=GRID, walk_forward_flat_start=True).check()
     with pytest.raises(Exception, match="--walk-forward-flat-start needs --walk-forward K"):
@@ -398,7 +399,7 @@ def test_the_notebook_draws_the_clis_pictures_of_a_backtest_and_a_sweep(tmp_path
 
     frames = random_walks(3, 1_500, seed=2)
     single = cryptobt.plot(frames, "rsi", tmp_path / f"one{suffix}", {"rsi_period": 10})
-    sweep = cryptobt.plot(frames, "rsi", tmp_path / f"sweep{suffix}", list(strategies.parse_grid("rsi", GRID)),
+    sweep = cryptobt.plot(frames, "rsi", tmp_path / f"sweep{suffix}", list(strategies.parse_grid(get_strategy("rsi"), GRID)),
                           objective="sharpe")
     assert single.stat().st_size > 10_000 and sweep.stat().st_size > single.stat().st_size * 0.5
     with pytest.raises(Exception, match="use a .html or .png file name"):
@@ -412,7 +413,7 @@ def test_your_own_entry_and_exit_arrays_run_as_the_strategy_that_made_them():
 
     frames = random_walks(3, 2_000, seed=4)
     rsi = strategies.get_strategy("rsi")
-    row = strategies.combos_matrix("rsi", [strategies.resolve_params("rsi", {})])[0][0]
+    row = strategies.combos_matrix(get_strategy("rsi"), [strategies.resolve_params(get_strategy("rsi"), {})])[0][0]
     entries, exits = {}, {}
     for symbol, frame in frames.items():
         close = frame["close"].to_numpy().reshape(1, -1)
@@ -435,13 +436,13 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
     a symbol too short for the warm-up (its reason) and a --timerange."""
     from datetime import UTC, datetime
 
-    from pipeline.store import results
+    from pipeline.store import files, results, rows
 
     frames = random_walks(3, 1_500, seed=11)
     frames["SHORT"] = random_walks(1, 12, seed=12)["RW00"]
     batch = notebook.prices(frames)
     grid = GRID + (["sl=0,3", "trail=0,1"] if with_stops else [])
-    config = options.run_config("rsi", list(options.parse_grid("rsi", grid)), pbo_blocks=4,
+    config = options.run_config(get_strategy("rsi"), list(options.parse_grid(get_strategy("rsi"), grid)), pbo_blocks=4,
                                 timerange="20210110-")
     blocks = overfit.new_blocks(len(batch.symbols), config)
     dicts = engine.run(batch, config, overfit.block_fractions(config), blocks)
@@ -456,8 +457,8 @@ def test_sweep_result_columns_are_the_rows_its_result_dicts_give(with_stops):
 
     created = datetime(2026, 12, 2, tzinfo=UTC)
     schema = results.result_schema(config.params_list)
-    from_columns = results._columns_table(columns, "run", created, schema)
-    from_dicts = results._rows_table([results._result_row(d, "run", created) for d in dicts], schema)
+    from_columns = rows.columns_table(columns, "run", created, schema)
+    from_dicts = files.rows_table([rows.result_row(d, "run", created) for d in dicts], schema)
     assert from_columns.num_rows == len(dicts)
     for name in schema.names:
         assert from_columns[name].to_pylist() == from_dicts[name].to_pylist(), name
@@ -539,9 +540,9 @@ def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
         frames[symbol] = frame.with_columns(close=close, open=open_, high=np.maximum(open_, close),
                                             low=np.minimum(open_, close))
     batch = notebook.prices(frames)
-    grid = list(strategies.parse_grid("rsi", ["rsi_period=6:18:6", "oversold_threshold=10,20,30",
+    grid = list(strategies.parse_grid(get_strategy("rsi"), ["rsi_period=6:18:6", "oversold_threshold=10,20,30",
                                               "overbought_threshold=70,90"]))
-    config = options.run_config("rsi", grid + grid[:3])
+    config = options.run_config(get_strategy("rsi"), grid + grid[:3])
     assert config.pbo_blocks == 16
     blocks = overfit.new_blocks(len(batch.symbols), config)
     results = engine.run(batch, config, overfit.block_fractions(config), blocks)

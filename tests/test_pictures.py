@@ -13,7 +13,8 @@ import pytest
 import pipeline as cryptobt
 from pipeline import notebook, plots
 from pipeline.engine import batch as engine
-from pipeline.engine import overfit
+from pipeline.engine import options, overfit
+from pipeline.engine.strategies import get_strategy
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 GRID = [{"rsi_period": p, "oversold_threshold": float(o)} for p in (7, 14, 21) for o in (20, 25, 30, 35)]
@@ -27,9 +28,9 @@ def frames() -> dict[str, pl.DataFrame]:
 @pytest.fixture(scope="module")
 def figure(frames):
     batch = notebook.prices(frames)
-    config = engine.make_config("rsi", GRID)
+    config = options.run_config(get_strategy("rsi"), GRID)
     board = engine.leaderboard(overfit.run_sweep(batch, config))
-    drawn = plots.curves(batch, engine.make_config("rsi", board[0]["params"]), board[0])
+    drawn = plots.curves(batch, options.run_config(get_strategy("rsi"), board[0]["params"]), board[0])
     fig = plots.png_figure("rsi", board, drawn, board, plots.sweep_axes(board))
     fig.canvas.draw()
     yield fig

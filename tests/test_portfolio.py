@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from pipeline.engine.kernels import enums
 from pipeline.engine.kernels import portfolio as pk
+from pipeline.engine.strategies import get_strategy
 
 
 def reference_portfolio(open2d, close2d, entries, exits, rank, max_open, stake_is_fraction, stake, fee,
@@ -100,7 +102,7 @@ def random_market(n_sym: int, n_time: int, seed: int):
 
 def run_kernel(open_, close, entries, exits, rank, max_open, frac, stake, fee, slip, initial, next_open):
     n_sym, n_time = close.shape
-    metrics = np.empty(pk.N_PORTFOLIO_METRICS)
+    metrics = np.empty(enums.N_PORTFOLIO_METRICS)
     contrib = np.empty((n_sym, pk.N_CONTRIB))
     equity = np.empty(n_time)
     trades = np.empty(int(entries.sum()) + n_sym, dtype=pk.PORTFOLIO_TRADE_DTYPE)
@@ -125,11 +127,11 @@ def test_ten_symbol_portfolio_with_slot_contention_equals_a_plain_python_loop_tr
                                   dtype=float)
     np.testing.assert_allclose(order(got), order(ref_trades), rtol=1e-12)
     np.testing.assert_allclose(equity, ref_equity, rtol=1e-12)
-    assert [metrics[pk.P_SKIPPED_NO_SLOT], metrics[pk.P_SKIPPED_NO_CASH]] == ref_skipped
-    assert metrics[pk.P_SKIPPED_NO_SLOT] > 0  # contention really happened
-    assert metrics[pk.P_MAX_OPEN_SEEN] == 3
-    assert metrics[pk.P_FINAL_VALUE] == pytest.approx(ref_equity[~np.isnan(ref_equity)][-1], rel=1e-12)
-    assert contrib[:, pk.CONTRIB_PNL].sum() == pytest.approx(metrics[pk.P_FINAL_VALUE] - 1000.0, rel=1e-9)
+    assert [metrics[enums.P_SKIPPED_NO_SLOT], metrics[enums.P_SKIPPED_NO_CASH]] == ref_skipped
+    assert metrics[enums.P_SKIPPED_NO_SLOT] > 0  # contention really happened
+    assert metrics[enums.P_MAX_OPEN_SEEN] == 3
+    assert metrics[enums.P_FINAL_VALUE] == pytest.approx(ref_equity[~np.isnan(ref_equity)][-1], rel=1e-12)
+    assert contrib[:, pk.CONTRIB_PNL].sum() == pytest.approx(metrics[enums.P_FINAL_VALUE] - 1000.0, rel=1e-9)
 
 
 def test_ties_in_rank_go_to_the_symbol_that_sorts_first_and_runs_are_deterministic():
@@ -145,7 +147,7 @@ def test_ties_in_rank_go_to_the_symbol_that_sorts_first_and_runs_are_determinist
     metrics, contrib, _, trades = run_kernel(close, close, entries, exits, rank, 1, True, 1.0, 0.0, 0.0, 100.0,
                                              False)
     assert [int(t["symbol"]) for t in trades] == [0]
-    assert metrics[pk.P_SKIPPED_NO_SLOT] == 2 and list(contrib[:, pk.CONTRIB_SKIPPED]) == [0, 1, 1]
+    assert metrics[enums.P_SKIPPED_NO_SLOT] == 2 and list(contrib[:, pk.CONTRIB_SKIPPED]) == [0, 1, 1]
 
 
 def test_an_entry_that_cannot_be_funded_is_skipped_and_counted():
@@ -155,7 +157,7 @@ def test_an_entry_that_cannot_be_funded_is_skipped_and_counted():
     metrics, _, _, trades = run_kernel(close, close, entries, np.zeros_like(entries), np.zeros((2, 3)), 5,
                                        False, 600.0, 0.0, 0.0, 1000.0, False)
     assert [int(t["symbol"]) for t in trades] == [0]
-    assert metrics[pk.P_SKIPPED_NO_CASH] == 1 and metrics[pk.P_SKIPPED_NO_SLOT] == 0
+    assert metrics[enums.P_SKIPPED_NO_CASH] == 1 and metrics[enums.P_SKIPPED_NO_SLOT] == 0
 
 
 @pytest.mark.parametrize("next_open", [False, True])
@@ -183,8 +185,8 @@ def test_a_fraction_stake_is_sized_from_the_equity_marked_where_the_entry_fills(
     expected = cash + sum(units[s] * close[s, 3] for s in units)
     metrics, _, _, trades = run_kernel(open_, close, entries, np.zeros_like(entries), np.zeros((2, 4)), 2, True,
                                        0.4, fee, 0.0, initial, next_open)
-    assert [int(t["symbol"]) for t in trades] == [0, 1] and metrics[pk.P_SKIPPED_NO_CASH] == 0
-    assert metrics[pk.P_FINAL_VALUE] == pytest.approx(expected, rel=1e-12)
+    assert [int(t["symbol"]) for t in trades] == [0, 1] and metrics[enums.P_SKIPPED_NO_CASH] == 0
+    assert metrics[enums.P_FINAL_VALUE] == pytest.approx(expected, rel=1e-12)
 
 
 def test_fraction_stakes_with_close_fills_equal_vectorbts_target_percent_with_shared_cash():
@@ -200,7 +202,7 @@ def test_fraction_stakes_with_close_fills_equal_vectorbts_target_percent_with_sh
     exits = (rng.random(close.shape) < 0.05) & ~entries
     metrics, _, equity, trades = run_kernel(close, close, entries, exits, np.zeros(close.shape), 5, True, 0.1, 0.0,
                                             0.0, 1000.0, False)
-    assert len(trades) > 40 and metrics[pk.P_SKIPPED_NO_CASH] == metrics[pk.P_SKIPPED_NO_SLOT] == 0
+    assert len(trades) > 40 and metrics[enums.P_SKIPPED_NO_CASH] == metrics[enums.P_SKIPPED_NO_SLOT] == 0
     np.testing.assert_allclose(equity, vectorbt_portfolio.run_shared_percent(close, entries, exits, 0.1, 1000.0),
                                rtol=1e-12)
 
@@ -210,7 +212,7 @@ def test_parallel_grid_equals_one_account_at_a_time():
     max_open = np.array([1, 2, 6, 3], dtype=np.int64)
     frac = np.array([True, True, False, True])
     stake = np.array([1.0, 0.5, 100.0, 0.2])
-    out = np.empty((4, pk.N_PORTFOLIO_METRICS))
+    out = np.empty((4, enums.N_PORTFOLIO_METRICS))
     pk.run_portfolio_grid(open_, close, entries[None], exits[None], np.zeros(4, dtype=np.int64), rank, max_open,
                           frac, stake, 0.001, 0.0, 1000.0, False, 8760.0, out)
     for c in range(4):
@@ -222,6 +224,7 @@ def test_parallel_grid_equals_one_account_at_a_time():
 # --- the account over real runs: parity with the single-symbol engine ------------------------
 
 from pipeline.engine import batch as engine  # noqa: E402
+from pipeline.engine import options  # noqa: E402
 from pipeline.engine import portfolio as pf  # noqa: E402
 from pipeline.lake import reader, snapshots  # noqa: E402
 
@@ -239,7 +242,7 @@ SINGLE_FIELDS = ("final_value", "total_return_pct", "num_trades", "closed_trades
 @pytest.mark.parametrize("strategy", ["rsi", "macd", "bollinger", "ma_crossover", "buy_and_hold"])
 @pytest.mark.parametrize("fill", ["close", "next_open"])
 def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lake_root, strategy, fill):
-    config = engine.make_config(strategy, {}, fill=fill)
+    config = options.run_config(get_strategy(strategy), {}, fill=fill)
     for symbol in reader.resolve_symbols(snapshots.require_snapshot(lake_root), None)[:4]:
         batch = reader.read_prices(lake_root, [symbol], "1h", columns=("open", "close", "volume"))
         single = engine.run(batch, config)[0]
@@ -249,10 +252,10 @@ def test_one_symbol_one_slot_full_stake_equals_the_single_symbol_run_exactly(lak
 
 
 def test_unlimited_slots_and_fixed_stakes_equal_the_sum_of_independent_accounts(lake_root):
-    config = engine.make_config("buy_and_hold", {}, fee_pct=0.1)
+    config = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.1)
     batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
     n = len(batch.symbols)
-    share = engine.make_config("buy_and_hold", {}, fee_pct=0.1, initial=1000.0 / n)
+    share = options.run_config(get_strategy("buy_and_hold"), {}, fee=0.1, initial=1000.0 / n)
     independent = sum(r["final_value"] for r in engine.run(batch, share))
     account = pf.run(batch, config, pf.make_sets(config, [n], [pf.Stake.parse(str(1000.0 / n))]))[0]
     assert account["final_value"] == pytest.approx(independent, rel=1e-12)
@@ -260,7 +263,7 @@ def test_unlimited_slots_and_fixed_stakes_equal_the_sum_of_independent_accounts(
 
 
 def test_detail_round_trips_and_contributions_add_up_to_the_account(lake_root):
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     batch = reader.read_prices(lake_root, None, "1h", columns=("open", "close", "volume"))
     chosen = pf.make_sets(config, [3], [pf.Stake.parse("30%")])[0]
     full = pf.detail(batch, config, chosen)
@@ -295,7 +298,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
     from pipeline.core.config import Settings
 
     settings = replace(Settings(), lake_root=lake_root, results_root=tmp_path / "results", redis_url="")
-    config = engine.make_config("rsi", [{"rsi_period": 10}, {"rsi_period": 14}])
+    config = options.run_config(get_strategy("rsi"), [{"rsi_period": 10}, {"rsi_period": 14}])
     sets = pf.make_sets(config, [2, 4], [pf.Stake.parse("0.25"), pf.Stake.parse("100")])
     outcome = runs.portfolio(settings, config, sets, command="test")
     assert len(outcome.results) == 8 and outcome.best["final_value"] == outcome.results[0]["final_value"]
@@ -307,7 +310,7 @@ def test_portfolio_run_appends_rows_marked_portfolio_that_plain_duckdb_reads(lak
     assert {(r[3], r[4], r[5]) for r in rows} == {(2, 0.25, "fraction"), (4, 0.25, "fraction"),
                                                   (2, 100.0, "amount"), (4, 100.0, "amount")}
     assert max(r[7] for r in rows) == outcome.best["final_value"]
-    single = runs.backtest(settings, engine.make_config("rsi", {}), cache=None)
+    single = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), cache=None)
     from pipeline.store import results
 
     _, top = results.top(settings.results_root, n=100)
@@ -379,11 +382,11 @@ def test_the_notebook_api_runs_frames_without_a_lake_and_equals_the_lake_path(la
                                                                                   "volume")}})
     frames["SYN001"] = frames["SYN001"].to_pandas()  # pandas frames go in too
     results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 10})
-    config = engine.make_config("rsi", {"rsi_period": 10})
+    config = options.run_config(get_strategy("rsi"), {"rsi_period": 10})
     expected = {r["symbol"]: r["final_value"] for r in engine.run(batch, config)}
     assert dict(zip(results["symbol"], results["final_value"], strict=True)) == expected
     account = cryptobt.run_portfolio(frames, "rsi", max_open=[2, 3], stake="25%")
-    defaults = engine.make_config("rsi", {})
+    defaults = options.run_config(get_strategy("rsi"), {})
     lake_accounts = pf.run(batch, defaults, pf.make_sets(defaults, [2, 3], [pf.Stake.parse("25%")]))
     assert account.accounts["final_value"].to_list() == [a["final_value"] for a in lake_accounts]
     assert account.trades.height == len(account.best["round_trips"]) > 0

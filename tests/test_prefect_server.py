@@ -23,7 +23,8 @@ import pytest
 
 from pipeline import demo, runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT = Path(sys.executable).parent / "prefect"
@@ -110,7 +111,7 @@ def test_served_flows_run_on_a_real_server_and_publish_the_leaderboard_artifact(
     table = json.loads(artifact)
     # The same run through the engine directly: the artifact's rows are its best results.
     settings = Settings(lake_root=lake_root, results_root=tmp_path / "check", cache_enabled=False)
-    expected = runs.backtest(settings, engine.make_config("rsi"), write_results=False).results
+    expected = runs.backtest(settings, options.run_config(get_strategy("rsi")), write_results=False).results
     assert [r["symbol"] for r in table] == [r["symbol"] for r in expected[:len(table)]]
     assert [r["total_return_pct"] for r in table] == pytest.approx(
         [r["total_return_pct"] for r in expected[:len(table)]], rel=1e-12)

@@ -13,8 +13,9 @@ import pytest
 
 from pipeline import runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
-from pipeline.lake import snapshots as lake
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
+from pipeline.lake import retention
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
 
@@ -42,7 +43,7 @@ def _strip(results):
 
 
 def test_vacuum_leaves_the_snapshot_a_running_backtest_reads_and_removes_it_after(exported):
-    config = engine.make_config("macd", [{"fast_period": f} for f in (5, 8, 12)])
+    config = options.run_config(get_strategy("macd"), [{"fast_period": f} for f in (5, 8, 12)])
     reference = runs.backtest(exported, config, write_results=False)
     started, proceed = threading.Event(), threading.Event()
 
@@ -58,13 +59,13 @@ def test_vacuum_leaves_the_snapshot_a_running_backtest_reads_and_removes_it_afte
     read = reference.snapshot_id
     newer = _new_snapshot(exported, 1)
     assert newer != read
-    removed = lake.vacuum(exported.lake_root, keep=1, keep_hours=0)
+    removed = retention.vacuum(exported.lake_root, keep=1, keep_hours=0)
     assert read not in removed and (exported.lake_root / "snapshots" / read).is_dir()
     proceed.set()
     worker.join(60)
     assert outcome["run"].snapshot_id == read
     assert _strip(outcome["run"].results) == _strip(reference.results)
-    assert lake.vacuum(exported.lake_root, keep=1, keep_hours=0) == [read]
+    assert retention.vacuum(exported.lake_root, keep=1, keep_hours=0) == [read]
 
 
 def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(exported, tmp_path):
@@ -72,12 +73,12 @@ def test_an_export_while_five_backtests_read_changes_none_of_their_numbers(expor
 
     env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(exported.lake_root), "REDIS_URL": "",
            "CRYPTOBT_RESULTS_ROOT": str(tmp_path / "race-results")}
-    before = runs.backtest(exported, engine.make_config("rsi", {}), write_results=False)
+    before = runs.backtest(exported, options.run_config(get_strategy("rsi"), {}), write_results=False)
     readers = [subprocess.Popen([sys.executable, "-m", "pipeline", "backtest", "rsi", "--json"], env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(5)]
     for k in range(3):
         _new_snapshot(exported, 10 + k)
-        lake.vacuum(exported.lake_root, keep=1, keep_hours=0)
+        retention.vacuum(exported.lake_root, keep=1, keep_hours=0)
     import json
 
     expected = {r["symbol"]: r["final_value"] for r in before.results}
@@ -101,9 +102,10 @@ from pipeline.core.config import Settings
 settings = replace(Settings(), lake_root=Path(sys.argv[1]), results_root=Path(sys.argv[2]), redis_url=sys.argv[3],
                    cache_prefix=sys.argv[4])
 from pipeline.store.cache import ResultCache
+from pipeline.engine.strategies import get_strategy
 cache = ResultCache.from_settings(settings)
 for k in range(int(sys.argv[5])):
-    outcome = runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k % 7}), cache=cache)
+    outcome = runs.backtest(settings, options.run_config(get_strategy("rsi"), {"rsi_period": 5 + k % 7}), cache=cache)
     print(outcome.run_id, len(outcome.results), flush=True)
 """
 
@@ -139,10 +141,10 @@ def test_twenty_concurrent_writers_and_cache_invalidations_lose_and_duplicate_no
     assert rows == announced  # every run whole, none lost, none twice
     # Whatever the invalidations raced with, a cached record is never another symbol's or another run's number.
     fresh = {(r["symbol"], r["params"]["rsi_period"]): r["final_value"]
-             for k in range(7) for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}),
+             for k in range(7) for r in runs.backtest(settings, options.run_config(get_strategy("rsi"), {"rsi_period": 5 + k}),
                                                       write_results=False).results}
     for k in range(7):
-        for r in runs.backtest(settings, engine.make_config("rsi", {"rsi_period": 5 + k}), cache=cache,
+        for r in runs.backtest(settings, options.run_config(get_strategy("rsi"), {"rsi_period": 5 + k}), cache=cache,
                                write_results=False).results:
             assert r["final_value"] == fresh[(r["symbol"], 5 + k)]
 

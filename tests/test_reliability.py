@@ -15,6 +15,8 @@ from pipeline import runs
 from pipeline.cli import app
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.source.ohlcv import read_ohlcv_file
 from pipeline.store.cache import ResultCache
 
@@ -102,7 +104,7 @@ def test_every_cache_key_a_run_writes_is_under_its_prefix(fuzz_lake, tmp_path, r
     settings = replace(Settings(), lake_root=fuzz_lake, results_root=tmp_path / "r", redis_url=redis_url,
                        cache_prefix=redis_prefix)
     cache = ResultCache.from_settings(settings)
-    runs.backtest(settings, engine.make_config("rsi", {}), cache=cache)
+    runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), cache=cache)
     cache.invalidate_symbol("x'); DROP TABLE crypto_prices;--")
     after = {k for k in redis_client.scan_iter(count=1000) if not k.decode().startswith("cryptobt-test-")}
     assert after == before

@@ -17,6 +17,7 @@ import duckdb
 import pytest
 
 from pipeline import demo
+from pipeline.engine.strategies import get_strategy
 from tests.cli_env import cli_environment
 from tests.csv_series import daily_csv, hourly_csv
 
@@ -168,12 +169,12 @@ def test_symbols_left_out_of_a_run_are_named_in_one_line(tmp_path, database_url)
     # The run path the API shares says it too (the API's `done` event carries `left_out`).
     from pipeline import runs
     from pipeline.core.config import Settings
-    from pipeline.engine import batch as engine
+    from pipeline.engine import options
 
     settings = Settings(lake_root=tmp_path / "lake", results_root=tmp_path / "results2", cache_enabled=False)
-    outcome = runs.backtest(settings, engine.make_config("rsi"), write_results=False)
+    outcome = runs.backtest(settings, options.run_config(get_strategy("rsi")), write_results=False)
     assert outcome.left_out == {"GOOG": "its own bars are 1d, coarser than 1h"}
-    named = runs.backtest(settings, engine.make_config("rsi"), ["HOURLY"], write_results=False)
+    named = runs.backtest(settings, options.run_config(get_strategy("rsi")), ["HOURLY"], write_results=False)
     assert named.left_out == {}
 
 

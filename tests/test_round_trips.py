@@ -19,6 +19,7 @@ from pipeline import demo, notebook, runs
 from pipeline.core.config import Settings
 from pipeline.engine import batch as engine
 from pipeline.engine import options, strategies
+from pipeline.engine.strategies import get_strategy
 from pipeline.store import results
 from tests.reference import reference_backtest, reference_signals
 
@@ -44,7 +45,7 @@ def _paired_by_hand(frame: pl.DataFrame, fill: str, run: dict) -> list[dict]:
     o, h, lo, c = (frame[k].to_numpy().astype(float) for k in ("open", "high", "low", "close"))
     times = [t.replace(tzinfo=UTC).isoformat() if t.tzinfo is None else t.astimezone(UTC).isoformat()
              for t in frame["date"].to_list()]
-    params = strategies.resolve_params("rsi", {})
+    params = strategies.resolve_params(get_strategy("rsi"), {})
     entries, exits, values = reference_signals("rsi", c, params)
     ref = reference_backtest(o, c, entries, exits, values, 0.001, 1000.0, fill, 105120.0, high=h, low=lo,
                              sl=run.get("sl", 0) / 100, tp=run.get("tp", 0) / 100, trail=run.get("trail", False),
@@ -75,7 +76,7 @@ def _same(ours: list[dict], theirs: list[dict]) -> None:
 @pytest.mark.parametrize("run", [{}, {"sl": 1, "tp": 2}, {"sl": 0.5, "trail": True, "size": 0.5, "slippage": 0.05}])
 def test_round_trips_equal_the_references_fills_paired_by_hand(fill, run):
     frames = _gappy_frames()
-    config = options.run_config("rsi", {}, fill=fill, trades=True, **run)
+    config = options.run_config(get_strategy("rsi"), {}, fill=fill, trades=True, **run)
     found = engine.run(notebook.prices(frames), config)
     reasons = set()
     for result in found:
@@ -89,7 +90,7 @@ def test_round_trips_equal_the_references_fills_paired_by_hand(fill, run):
 
 def test_a_position_open_at_the_end_is_a_trip_marked_at_the_last_close():
     frames = _gappy_frames()
-    (result, *_) = engine.run(notebook.prices(frames), options.run_config("buy_and_hold", {}, trades=True))
+    (result, *_) = engine.run(notebook.prices(frames), options.run_config(get_strategy("buy_and_hold"), {}, trades=True))
     (trip,) = result["round_trips"]
     frame = frames[result["symbol"]]
     assert trip["exit_reason"] == "end_of_data" and trip["exit_price"] == frame["close"][-1]
@@ -100,7 +101,7 @@ def test_a_position_open_at_the_end_is_a_trip_marked_at_the_last_close():
 def test_the_notebook_gives_round_trips_as_a_frame_equal_to_the_json():
     frames = _gappy_frames()
     trips = notebook.round_trips(frames, "rsi", {"rsi_period": 10}, sl=1)
-    found = engine.run(notebook.prices(frames), options.run_config("rsi", {"rsi_period": 10}, sl=1, trades=True))
+    found = engine.run(notebook.prices(frames), options.run_config(get_strategy("rsi"), {"rsi_period": 10}, sl=1, trades=True))
     assert trips.height == sum(len(r["round_trips"]) for r in found) > 0
     assert trips["entry_time"].dtype == pl.Datetime("us", "UTC") and set(FIELDS) <= set(trips.columns)
     mine = sorted((r["symbol"], t["entry_time"], t["pnl"]) for r in found for t in r["round_trips"])
@@ -147,8 +148,8 @@ def test_a_cached_result_without_round_trips_is_recomputed_when_trades_are_asked
 
     settings = replace(lake, redis_url=redis_url, cache_prefix=redis_prefix)
     cache = ResultCache.from_settings(settings)
-    runs.backtest(settings, options.run_config("rsi", {}), ["ETH_BTC"], cache=cache, write_results=False)
-    with_trades = runs.backtest(settings, options.run_config("rsi", {}, trades=True), ["ETH_BTC"], cache=cache,
+    runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), ["ETH_BTC"], cache=cache, write_results=False)
+    with_trades = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, trades=True), ["ETH_BTC"], cache=cache,
                                 write_results=False)
     assert with_trades.cache_hits == 0 and with_trades.results[0]["round_trips"]
     cache.close()

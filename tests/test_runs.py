@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from pipeline import runs
 from pipeline.cli import app
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -50,7 +51,7 @@ def _strip(results):
 
 def test_second_identical_run_is_served_entirely_from_cache_and_equals_the_first(settings):
     cache = ResultCache.from_settings(settings)
-    config = engine.make_config("rsi", {"rsi_period": 10}, trades=True)
+    config = options.run_config(get_strategy("rsi"), {"rsi_period": 10}, trades=True)
     first = runs.backtest(settings, config, cache=cache)
     second = runs.backtest(settings, config, cache=cache)
     assert first.cache_misses == 12 and first.cache_hits == 0
@@ -68,7 +69,7 @@ def test_new_export_that_changes_one_symbol_recomputes_exactly_that_symbol(datab
                        results_root=tmp_path / "results", redis_url=redis_url, cache_prefix=redis_prefix)
     run_export(settings)
     cache = ResultCache.from_settings(settings)
-    config = engine.make_config("macd", {})
+    config = options.run_config(get_strategy("macd"), {})
     runs.backtest(settings, config, cache=cache)
     with psycopg.connect(database_url) as conn:
         symbol = conn.execute("SELECT symbol FROM cryptocurrencies ORDER BY id LIMIT 1").fetchone()[0]
@@ -83,7 +84,7 @@ def test_new_export_that_changes_one_symbol_recomputes_exactly_that_symbol(datab
 
 def test_invalidate_symbol_forces_only_that_symbol_to_be_recomputed(settings):
     cache = ResultCache.from_settings(settings)
-    config = engine.make_config("bollinger", {})
+    config = options.run_config(get_strategy("bollinger"), {})
     first = runs.backtest(settings, config, cache=cache)
     target = first.results[0]["symbol"]
     assert cache.invalidate_symbol(target) == 1
@@ -290,7 +291,7 @@ def test_cached_row_carries_the_snapshot_it_was_read_from_and_the_one_it_was_com
                        results_root=tmp_path / "results", redis_url=redis_url, cache_prefix=redis_prefix)
     first_snapshot = run_export(settings).snapshot_id
     cache = ResultCache.from_settings(settings)
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     first = runs.backtest(settings, config, cache=cache)
     with psycopg.connect(database_url) as conn:  # a new snapshot that changes one symbol only
         changed = conn.execute("SELECT symbol FROM cryptocurrencies ORDER BY id LIMIT 1").fetchone()[0]

@@ -23,7 +23,8 @@ import pytest
 
 from pipeline import runs
 from pipeline.core.config import Settings
-from pipeline.engine import batch as engine
+from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.lake import snapshots as lake
 from pipeline.lake.export import run_export
 from pipeline.source import loaders
@@ -174,7 +175,7 @@ def test_redis_killed_during_a_run_and_restarted_during_the_next_costs_one_warni
     demo.build_sample_lake(tmp_path / "lake", n_symbols=10, years=0.3, sample=None)
     settings = replace(Settings(), lake_root=tmp_path / "lake", results_root=tmp_path / "results",
                        redis_url=own_redis.url, cache_prefix="own")
-    config = engine.make_config("rsi", {})
+    config = options.run_config(get_strategy("rsi"), {})
     expected = {r["symbol"]: r["final_value"] for r in runs.backtest(settings, config, write_results=False).results}
     for kill_then in ("restart-during-the-next", None):
         warnings: list[str] = []

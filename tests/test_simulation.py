@@ -15,12 +15,14 @@ from hypothesis import strategies as st
 from pipeline.engine import strategies
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels.simulate import simulate_1d
+from pipeline.engine.strategies import get_strategy
 from tests.reference import reference_backtest, reference_signals
 
 HYP = settings(max_examples=25, deadline=None)
 BINANCE_DIR = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
 BINANCE_FILES = sorted(BINANCE_DIR.glob("*.feather"))
-SIM_METRICS = enums.METRIC_NAMES[: enums.N_SIM_METRICS]
+SIM_METRICS = enums.SPEC_METRIC_NAMES
+SIM_SLOTS = [enums.METRIC_SLOTS[name] for name in SIM_METRICS]
 ALL_STRATEGIES = ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"]
 
 
@@ -59,7 +61,7 @@ def run_grid(name, open_, close, combos, recompute, *rest):
 
 
 def param_row(strategy: str, params: dict) -> np.ndarray:
-    combos, _, _ = strategies.combos_matrix(strategy, [params])
+    combos, _, _ = strategies.combos_matrix(get_strategy(strategy), [params])
     return combos[0]
 
 
@@ -232,7 +234,7 @@ def test_simulator_matches_the_reference_on_real_binance_files(binance_markets, 
     total_trades = 0
     for symbol, (open_, close) in binance_markets.items():
         for name in ALL_STRATEGIES:
-            params = strategies.resolve_params(name, {})
+            params = strategies.resolve_params(get_strategy(name), {})
             entries, exits, values = reference_signals(name, close, params)
             ref = reference_backtest(open_, close, entries, exits, values, 0.001, 1000.0, fill,
                                      105120.0)
@@ -309,7 +311,7 @@ SWEEPS = {
 def test_run_grid_over_a_sweep_equals_the_same_combos_run_one_by_one(name, next_open):
     rng = np.random.default_rng(11)
     open_, close = gappy_panel(rng, 4, 600)
-    combos, recompute, _ = strategies.combos_matrix(name, strategies.parse_grid(name, SWEEPS[name]))
+    combos, recompute, _ = strategies.combos_matrix(get_strategy(name), strategies.parse_grid(get_strategy(name), SWEEPS[name]))
     assert recompute[0] and (name == "buy_and_hold" or len(combos) > 1)
     out = np.empty((4, len(combos), enums.N_METRICS))
     run_grid(name, open_, close, combos, recompute, 0.001, 1000.0, next_open, np.full(4, 8760.0), 0, out)
@@ -324,8 +326,8 @@ def test_run_grid_over_a_sweep_equals_the_same_combos_run_one_by_one(name, next_
 def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
     rng = np.random.default_rng(5)
     open_, close = gappy_panel(rng, 9, 800)
-    grid = strategies.parse_grid("rsi", SWEEPS["rsi"])
-    combos, recompute, _ = strategies.combos_matrix("rsi", grid)
+    grid = strategies.parse_grid(get_strategy("rsi"), SWEEPS["rsi"])
+    combos, recompute, _ = strategies.combos_matrix(get_strategy("rsi"), grid)
     assert numba.config.NUMBA_NUM_THREADS >= 2, "set NUMBA_NUM_THREADS >= 2 to test parallel runs"
     results = []
     before = numba.get_num_threads()
@@ -344,7 +346,7 @@ def test_run_grid_is_bit_identical_with_one_thread_and_with_two():
 def test_missing_bars_are_skipped_not_filled():
     rng = np.random.default_rng(2)
     open_, close = gappy_panel(rng, 3, 500)
-    combos, recompute, _ = strategies.combos_matrix("ma_crossover", [{}])
+    combos, recompute, _ = strategies.combos_matrix(get_strategy("ma_crossover"), [{}])
     out = np.empty((3, 1, enums.N_METRICS))
     run_grid("ma_crossover", open_, close, combos, recompute, 0.001, 1000.0,
                    False, np.full(3, 365.0), 0, out)
@@ -355,7 +357,7 @@ def test_missing_bars_are_skipped_not_filled():
         single, trades, equity = run_single("ma_crossover", compact_open,
                                                   compact_close, combos[0], 0.001, 1000.0, False,
                                                   365.0, 0)
-        np.testing.assert_array_equal(out[s, 0, : enums.N_SIM_METRICS], single[: enums.N_SIM_METRICS])
+        np.testing.assert_array_equal(out[s, 0, SIM_SLOTS], single[SIM_SLOTS])
         assert out[s, 0, enums.M_FIRST_INDEX] == np.flatnonzero(have)[0]
         assert out[s, 0, enums.M_LAST_INDEX] == np.flatnonzero(have)[-1]
         assert out[s, 0, enums.M_BARS] == have.sum()
@@ -375,8 +377,8 @@ def test_symbols_with_too_few_bars_or_none_get_a_status_and_zero_trades():
     close[0] = 100 * np.exp(np.cumsum(rng.normal(0, 0.05, n_time)))
     close[1, 40:55] = close[0, 40:55]  # 15 bars: rsi_period 14 needs 16
     open_ = close.copy()
-    combos, recompute, _ = strategies.combos_matrix("rsi", [{}])
-    assert strategies.warmup_bars("rsi", {}) == 16
+    combos, recompute, _ = strategies.combos_matrix(get_strategy("rsi"), [{}])
+    assert strategies.warmup_bars(get_strategy("rsi"), {}) == 16
     out = np.empty((3, 1, enums.N_METRICS))
     run_grid("rsi", open_, close, combos, recompute, 0.001, 1000.0, False,
                    np.full(3, 365.0), 0, out)
@@ -397,7 +399,7 @@ def test_no_signal_fires_before_the_warmup(name, data):
     entries, exits, _ = reference_signals(name, close, params)
     first = next((t for t in range(len(close)) if entries[t] or exits[t]), None)
     if first is not None:
-        assert first + 1 >= strategies.warmup_bars(name, params)
+        assert first + 1 >= strategies.warmup_bars(get_strategy(name), params)
 
 
 def test_a_signal_can_fire_on_the_last_warmup_bar():
@@ -405,5 +407,5 @@ def test_a_signal_can_fire_on_the_last_warmup_bar():
     close = np.array([10.0, 11.0, 12.0, 8.0])
     entries, _, _ = reference_signals("rsi", close, {"rsi_period": 2, "oversold_threshold": 30.0,
                                                      "overbought_threshold": 70.0})
-    assert entries[3] and strategies.warmup_bars("rsi", {"rsi_period": 2}) == 4
+    assert entries[3] and strategies.warmup_bars(get_strategy("rsi"), {"rsi_period": 2}) == 4
 

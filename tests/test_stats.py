@@ -15,6 +15,7 @@ import pytest
 from pipeline import notebook
 from pipeline.engine import batch as engine
 from pipeline.engine import options
+from pipeline.engine.strategies import get_strategy
 from pipeline.store import results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,11 +85,11 @@ def _check(result: dict, expected: dict[str, float]) -> None:
 @pytest.mark.parametrize(("strategy", "params", "run"), RUNS, ids=lambda x: str(x) if isinstance(x, str) else None)
 def test_every_stat_equals_its_definition_computed_from_the_equity_curve_and_the_trades(strategy, params, run):
     batch = notebook.prices(FRAMES)
-    config = options.run_config(strategy, params, trades=True, **run)
+    config = options.run_config(get_strategy(strategy), params, trades=True, **run)
     found = engine.run(batch, config)
     checked = 0
     for i, result in enumerate(found):
-        log = engine.trade_log(batch, config, i, result["params"], engine.Execution.of(result))
+        log = engine.trade_log(batch, config, i, result["params"], options.Execution.of(result))
         equity = log.equity[~np.isnan(log.equity)]
         assert log.round_trips == result["round_trips"] and log.fills == result["trades"]
         _check(result, expected_stats(config.initial, equity, result["round_trips"], result["trades"],
@@ -102,14 +103,14 @@ def test_every_stat_equals_its_definition_computed_from_the_equity_curve_and_the
 
 def test_stats_without_trades_or_without_a_loss_are_null_not_zero_or_infinite(tmp_path):
     batch = notebook.prices(FRAMES)
-    never = engine.run(batch, options.run_config("rsi", {"oversold_threshold": 1.0, "overbought_threshold": 99.0}))
+    never = engine.run(batch, options.run_config(get_strategy("rsi"), {"oversold_threshold": 1.0, "overbought_threshold": 99.0}))
     for result in never:
         assert result["num_trades"] == 0 and result["fees_paid"] == 0.0 and result["cagr_pct"] == 0.0
         assert result["annual_volatility_pct"] == 0.0 and result["max_drawdown_duration_bars"] == 0
         for name in ("sortino", "calmar", "avg_drawdown_pct", "best_trade_pct", "worst_trade_pct", "avg_trade_pct",
                      "avg_trade_duration_bars", "max_trade_duration_bars", "profit_factor", "expectancy", "sqn"):
             assert result[name] is None, name
-    held = engine.run(batch, options.run_config("buy_and_hold", {}))
+    held = engine.run(batch, options.run_config(get_strategy("buy_and_hold"), {}))
     for result in held:  # one trade, still open: no closed trade to take trade stats over
         assert result["best_trade_pct"] is None and result["profit_factor"] is None and result["fees_paid"] > 0
         assert result["max_drawdown_duration_bars"] > 0 and result["avg_drawdown_pct"] > 0
@@ -121,10 +122,9 @@ def test_stats_without_trades_or_without_a_loss_are_null_not_zero_or_infinite(tm
 
 def test_the_grid_kernel_streams_the_same_stats_as_one_run_at_a_time():
     batch = notebook.prices(FRAMES)
-    grid = options.parse_grid("rsi", ["rsi_period=7,14", "sl=0,1", "size=0.5,1"])
-    swept = engine.run(batch, options.run_config("rsi", grid, tp=3))
+    grid = options.parse_grid(get_strategy("rsi"), ["rsi_period=7,14", "sl=0,1", "size=0.5,1"])
+    swept = engine.run(batch, options.run_config(get_strategy("rsi"), grid, tp=3))
     for result in swept:
-        (single,) = [r for r in engine.run(batch, options.run_config(
-            "rsi", result["params"], sl=result["sl_pct"], tp=3, size=result["size"]))
+        (single,) = [r for r in engine.run(batch, options.run_config(get_strategy("rsi"), result["params"], sl=result["sl_pct"], tp=3, size=result["size"]))
             if r["symbol"] == result["symbol"]]
         assert {k: single[k] for k in engine.enums.STATS_NAMES} == {k: result[k] for k in engine.enums.STATS_NAMES}

@@ -23,6 +23,7 @@ from pipeline.engine import batch as engine
 from pipeline.engine import options, strategies
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels.simulate import simulate_1d
+from pipeline.engine.strategies import get_strategy
 from pipeline.store.cache import ResultCache
 from tests.reference import reference_backtest, reference_signals
 
@@ -33,7 +34,7 @@ REASONS = {code: name for code, name in enums.EXIT_REASON_NAMES.items()}
 
 def execution(sl=0.0, tp=0.0, trail=False, size=1.0, slippage=0.0) -> np.ndarray:
     """A kernel execution row from fractions."""
-    return engine.Execution(sl * 100, tp * 100, trail, size, slippage * 100).row()
+    return options.Execution(sl * 100, tp * 100, trail, size, slippage * 100).row()
 
 
 def simulate(open_, high, low, close, entries, exits, *, fee_frac=0.0, next_open=False, **stops):
@@ -179,7 +180,7 @@ def test_stops_size_and_slippage_match_the_reference_trade_by_trade(fill, data):
     entries, exits, values = reference_signals("rsi", close, params)
     ref = reference_backtest(open_, close, entries, exits, values, fee, 1000.0, fill, 365.0, high=high, low=low,
                              sl=sl, tp=tp, trail=trail, size=size, slippage=slippage)
-    row = strategies.combos_matrix("rsi", [params])[0][0]
+    row = strategies.combos_matrix(get_strategy("rsi"), [params])[0][0]
     metrics, trades, equity = strategies.get_strategy("rsi").kernels().run_single(
         (close.reshape(1, -1),), open_, close, row, fee, 1000.0, fill == "next_open", 365.0, 0, high, low,
         execution(sl, tp, trail, size, slippage))
@@ -198,7 +199,7 @@ def test_without_stops_the_highs_and_lows_are_never_read():
     close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, 0.02, 400)))
     open_ = close * np.exp(rng.normal(0.0, 0.01, 400))
     high, low = np.maximum(open_, close) * 1.01, np.minimum(open_, close) * 0.99
-    entries, exits, values = reference_signals("rsi", close, strategies.resolve_params("rsi", {"rsi_period": 3}))
+    entries, exits, values = reference_signals("rsi", close, strategies.resolve_params(get_strategy("rsi"), {"rsi_period": 3}))
     n = len(close)
     out = []
     for hi, lo in ((high, low), (np.full(n, np.nan), np.full(n, np.nan)), (None, None)):
@@ -239,7 +240,7 @@ def test_stops_match_vectorbt_from_signals_trade_by_trade_on_real_data(case, fil
     pd = pytest.importorskip("pandas")
     rsi = strategies.get_strategy("rsi").kernels()
     params = {"rsi_period": 14, "oversold_threshold": 30.0, "overbought_threshold": 70.0}
-    row = strategies.combos_matrix("rsi", [params])[0][0]
+    row = strategies.combos_matrix(get_strategy("rsi"), [params])[0][0]
     compared = exits_by_stop = 0
     for symbol, (open_, high, low, close) in _binance().items():
         _, entries, exits = rsi.indicators_and_signals_single((close.reshape(1, -1),), close, row)
@@ -284,26 +285,26 @@ def test_stops_match_vectorbt_from_signals_trade_by_trade_on_real_data(case, fil
 ])
 def test_bad_stops_size_or_slippage_are_one_line_naming_the_value_and_range(run, message):
     with pytest.raises(PipelineError, match=message.replace("(", r"\(").replace(")", r"\)")) as caught:
-        options.run_config("rsi", {}, **run)
+        options.run_config(get_strategy("rsi"), {}, **run)
     assert "\n" not in str(caught.value)
 
 
 def test_run_parameters_join_a_sweeps_grid_and_combine_with_the_strategys():
-    grid = options.parse_grid("rsi", ["rsi_period=7,14", "sl=2:6:2", "trail=0,1"])
+    grid = options.parse_grid(get_strategy("rsi"), ["rsi_period=7,14", "sl=2:6:2", "trail=0,1"])
     assert len(grid) == 2 * 3 * 2
-    config = options.run_config("rsi", grid)
+    config = options.run_config(get_strategy("rsi"), grid)
     assert len(config.params_list) == 12 and {e.sl_pct for e in config.executions} == {2.0, 4.0, 6.0}
     assert all(set(p) == {"rsi_period", "oversold_threshold", "overbought_threshold"} for p in config.params_list)
     # trail=1 without a stop-loss is dropped from a grid, refused for a single run.
-    config = options.run_config("rsi", options.parse_grid("rsi", ["sl=0,3", "trail=0,1"]))
+    config = options.run_config(get_strategy("rsi"), options.parse_grid(get_strategy("rsi"), ["sl=0,3", "trail=0,1"]))
     assert [(e.sl_pct, e.trail) for e in config.executions] == [(0.0, False), (3.0, False), (3.0, True)]
     assert config.grid_dropped == 1
     with pytest.raises(PipelineError, match="sl is given twice"):
-        options.run_config("rsi", options.parse_grid("rsi", ["sl=2,4"]), sl=5)
+        options.run_config(get_strategy("rsi"), options.parse_grid(get_strategy("rsi"), ["sl=2,4"]), sl=5)
     with pytest.raises(PipelineError, match="bad grid spec 'size=0,1': size=0 is out of range"):
-        options.parse_grid("rsi", ["size=0,1"])
+        options.parse_grid(get_strategy("rsi"), ["size=0,1"])
     with pytest.raises(PipelineError, match="unknown parameter 'stop'.*or a run parameter: sl, tp, trail"):
-        options.parse_grid("rsi", ["stop=1,2"])
+        options.parse_grid(get_strategy("rsi"), ["stop=1,2"])
 
 
 def test_a_strategy_may_not_declare_a_run_parameters_name(tmp_path):
@@ -315,8 +316,8 @@ def test_a_strategy_may_not_declare_a_run_parameters_name(tmp_path):
 
 
 def test_only_runs_with_stops_read_highs_and_lows():
-    assert engine.columns_needed(options.run_config("rsi", {}, size=0.5, slippage=0.1)) == ("close",)
-    assert set(engine.columns_needed(options.run_config("rsi", {}, tp=3))) == {"close", "open", "high", "low"}
+    assert engine.columns_needed(options.run_config(get_strategy("rsi"), {}, size=0.5, slippage=0.1)) == ("close",)
+    assert set(engine.columns_needed(options.run_config(get_strategy("rsi"), {}, tp=3))) == {"close", "open", "high", "low"}
 
 
 @pytest.fixture(scope="module")
@@ -329,26 +330,26 @@ def lake(tmp_path_factory) -> Settings:
 def test_a_cached_result_without_stops_is_never_served_for_a_run_with_stops(lake, redis_url, redis_prefix):
     settings = replace(lake, redis_url=redis_url, cache_prefix=redis_prefix)
     cache = ResultCache.from_settings(settings)
-    plain = runs.backtest(settings, options.run_config("rsi", {}), ["ETH_BTC"], cache=cache)
-    stopped = runs.backtest(settings, options.run_config("rsi", {}, sl=1, tp=2), ["ETH_BTC"], cache=cache)
+    plain = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}), ["ETH_BTC"], cache=cache)
+    stopped = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, sl=1, tp=2), ["ETH_BTC"], cache=cache)
     assert plain.cache_misses == 1 and stopped.cache_hits == 0 and stopped.cache_misses == 1
     assert stopped.results[0]["final_value"] != plain.results[0]["final_value"]
     assert (stopped.results[0]["sl_pct"], stopped.results[0]["tp_pct"]) == (1.0, 2.0)
-    again = runs.backtest(settings, options.run_config("rsi", {}, sl=1, tp=2), ["ETH_BTC"], cache=cache)
+    again = runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, sl=1, tp=2), ["ETH_BTC"], cache=cache)
     assert again.cache_hits == 1 and again.results[0]["final_value"] == stopped.results[0]["final_value"]
     for other in ({"sl": 1, "tp": 2, "trail": True}, {"sl": 1, "tp": 2, "size": 0.5}, {"sl": 1, "tp": 2,
                                                                                           "slippage": 0.1}):
-        assert runs.backtest(settings, options.run_config("rsi", {}, **other), ["ETH_BTC"], cache=cache).cache_hits == 0
+        assert runs.backtest(settings, options.run_config(get_strategy("rsi"), {}, **other), ["ETH_BTC"], cache=cache).cache_hits == 0
     cache.close()
 
 
 @pytest.mark.slow
 def test_a_stop_sweep_equals_its_sets_run_one_by_one_and_writes_the_run_parameters_as_columns(lake):
-    grid = options.parse_grid("rsi", ["rsi_period=10,14", "sl=1,3", "trail=0,1", "size=0.5,1"])
-    swept = runs.backtest(lake, options.run_config("rsi", grid, tp=4), ["ETH_BTC", "LTC_BTC"]).results
+    grid = options.parse_grid(get_strategy("rsi"), ["rsi_period=10,14", "sl=1,3", "trail=0,1", "size=0.5,1"])
+    swept = runs.backtest(lake, options.run_config(get_strategy("rsi"), grid, tp=4), ["ETH_BTC", "LTC_BTC"]).results
     assert len(swept) == 2 * 16
     for result in swept[:: 5]:
-        single = runs.backtest(lake, options.run_config("rsi", result["params"], sl=result["sl_pct"], tp=4,
+        single = runs.backtest(lake, options.run_config(get_strategy("rsi"), result["params"], sl=result["sl_pct"], tp=4,
                                                         trail=result["trail"], size=result["size"]),
                                [result["symbol"]], write_results=False).results[0]
         assert single["final_value"] == result["final_value"] and single["num_trades"] == result["num_trades"]

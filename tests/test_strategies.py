@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from pipeline.core.errors import PipelineError
-from pipeline.engine import strategies
+from pipeline.engine import options, strategies
+from pipeline.engine.strategies import get_strategy
 
 
 def test_registry_has_the_five_spec_strategies_with_their_defaults():
@@ -35,14 +36,14 @@ def test_param_columns_is_the_sorted_union_of_all_parameter_names():
 
 
 def test_resolve_params_fills_defaults_and_types_cli_strings():
-    assert strategies.resolve_params("rsi", {"rsi_period": "21", "oversold_threshold": "25.5"}) == {
+    assert strategies.resolve_params(get_strategy("rsi"), {"rsi_period": "21", "oversold_threshold": "25.5"}) == {
         "rsi_period": 21, "oversold_threshold": 25.5, "overbought_threshold": 70.0,
     }
-    resolved = strategies.resolve_params("bollinger", {"bb_std": "2.5", "bb_period": 10.0})
+    resolved = strategies.resolve_params(get_strategy("bollinger"), {"bb_std": "2.5", "bb_period": 10.0})
     assert resolved == {"bb_period": 10, "bb_std": 2.5}
     assert type(resolved["bb_period"]) is int and type(resolved["bb_std"]) is float
-    assert strategies.resolve_params("buy_and_hold", {}) == {}
-    assert strategies.resolve_params("ma_crossover", {"fast_period": np.int64(1)})["fast_period"] == 1
+    assert strategies.resolve_params(get_strategy("buy_and_hold"), {}) == {}
+    assert strategies.resolve_params(get_strategy("ma_crossover"), {"fast_period": np.int64(1)})["fast_period"] == 1
 
 
 @pytest.mark.parametrize(
@@ -70,48 +71,43 @@ def test_resolve_params_fills_defaults_and_types_cli_strings():
 )
 def test_bad_parameters_fail_with_a_message_naming_them(strategy, overrides, message):
     with pytest.raises(PipelineError) as exc_info:
-        strategies.resolve_params(strategy, overrides)
+        strategies.resolve_params(get_strategy(strategy), overrides)
     assert message in str(exc_info.value)
 
 
-def test_unknown_strategy_is_an_error_for_every_entry_point():
-    for call in (
-        lambda: strategies.get_strategy("sma"),
-        lambda: strategies.indicator_label("sma"),
-        lambda: strategies.parse_grid("sma", []),
-        lambda: strategies.combos_matrix("sma", [{}]),
-        lambda: strategies.warmup_bars("sma", {}),
-    ):
+def test_unknown_strategy_is_an_error_at_the_edge_that_resolves_it():
+    # Past the edge a Strategy object travels: the one lookup is where a name is met.
+    for call in (lambda: strategies.get_strategy("sma"), lambda: options.resolve_strategy("sma")):
         with pytest.raises(PipelineError, match="unknown strategy 'sma'"):
             call()
 
 
 def test_range_specs_include_the_stop_when_it_lies_on_the_grid_and_are_float_safe():
-    grid = strategies.parse_grid("bollinger", ["bb_std=0.1:0.7:0.2"])
+    grid = strategies.parse_grid(get_strategy("bollinger"), ["bb_std=0.1:0.7:0.2"])
     assert [g["bb_std"] for g in grid] == [0.1, 0.3, 0.5, 0.7]
-    grid = strategies.parse_grid("bollinger", ["bb_std=1:2:0.3"])
+    grid = strategies.parse_grid(get_strategy("bollinger"), ["bb_std=1:2:0.3"])
     assert [g["bb_std"] for g in grid] == [1.0, 1.3, 1.6, 1.9]
-    grid = strategies.parse_grid("rsi", ["rsi_period=10:20:5"])
+    grid = strategies.parse_grid(get_strategy("rsi"), ["rsi_period=10:20:5"])
     assert [g["rsi_period"] for g in grid] == [10, 15, 20]
     assert all(g["oversold_threshold"] == 30.0 and g["overbought_threshold"] == 70.0 for g in grid)
 
 
 def test_value_lists_and_defaults_combine_into_the_cartesian_product():
-    grid = strategies.parse_grid("macd", ["fast_period=8,12", "signal_period=5:9:2"])
+    grid = strategies.parse_grid(get_strategy("macd"), ["fast_period=8,12", "signal_period=5:9:2"])
     assert grid == [
         {"fast_period": f, "slow_period": 26, "signal_period": s} for f in (8, 12) for s in (5, 7, 9)
     ]
     assert grid.dropped == 0
-    assert strategies.parse_grid("buy_and_hold", []) == [{}]
-    assert strategies.parse_grid("rsi", []) == [strategies.resolve_params("rsi", {})]
+    assert strategies.parse_grid(get_strategy("buy_and_hold"), []) == [{}]
+    assert strategies.parse_grid(get_strategy("rsi"), []) == [strategies.resolve_params(get_strategy("rsi"), {})]
 
 
 def test_invalid_combinations_are_dropped_and_counted():
-    grid = strategies.parse_grid("ma_crossover", ["fast_period=5:30:5", "slow_period=10,20,30"])
+    grid = strategies.parse_grid(get_strategy("ma_crossover"), ["fast_period=5:30:5", "slow_period=10,20,30"])
     assert len(grid) == 9 and grid.dropped == 9
     assert all(g["fast_period"] < g["slow_period"] for g in grid)
     assert "must be less than slow_period" in grid.dropped_example
-    grid = strategies.parse_grid("rsi", ["oversold_threshold=20,60,80"])
+    grid = strategies.parse_grid(get_strategy("rsi"), ["oversold_threshold=20,60,80"])
     assert [g["oversold_threshold"] for g in grid] == [20.0, 60.0] and grid.dropped == 1
 
 
@@ -135,7 +131,7 @@ def test_invalid_combinations_are_dropped_and_counted():
 )
 def test_bad_grid_specs_fail_with_a_message_naming_them(strategy, specs, message):
     with pytest.raises(PipelineError) as exc_info:
-        strategies.parse_grid(strategy, specs)
+        strategies.parse_grid(get_strategy(strategy), specs)
     assert message in str(exc_info.value)
 
 
@@ -146,30 +142,30 @@ def test_combos_matrix_groups_combos_sharing_an_indicator_and_flags_recomputes()
         {"rsi_period": 14, "oversold_threshold": 20},
         {"rsi_period": 7, "oversold_threshold": 35},
     ]
-    combos, recompute, order = strategies.combos_matrix("rsi", params_list)
+    combos, recompute, order = strategies.combos_matrix(get_strategy("rsi"), params_list)
     assert combos.shape == (4, 3) and combos.dtype == np.float64
     assert combos.flags.c_contiguous
     np.testing.assert_array_equal(combos[:, 0], [7, 7, 14, 14])
     np.testing.assert_array_equal(recompute, [True, False, True, False])
     for i, j in enumerate(order):
-        resolved = strategies.resolve_params("rsi", params_list[j])
+        resolved = strategies.resolve_params(get_strategy("rsi"), params_list[j])
         np.testing.assert_array_equal(combos[i, :3], list(resolved.values()))
 
 
 def test_combos_matrix_recomputes_whenever_any_indicator_parameter_changes():
-    grid = strategies.parse_grid("bollinger", ["bb_period=10,20", "bb_std=1,2,3"])
-    combos, recompute, _ = strategies.combos_matrix("bollinger", grid)
+    grid = strategies.parse_grid(get_strategy("bollinger"), ["bb_period=10,20", "bb_std=1,2,3"])
+    combos, recompute, _ = strategies.combos_matrix(get_strategy("bollinger"), grid)
     np.testing.assert_array_equal(recompute, [True, False, False, True, False, False])
-    grid = strategies.parse_grid("macd", ["signal_period=5,9"])
-    _, recompute, _ = strategies.combos_matrix("macd", grid)
+    grid = strategies.parse_grid(get_strategy("macd"), ["signal_period=5,9"])
+    _, recompute, _ = strategies.combos_matrix(get_strategy("macd"), grid)
     np.testing.assert_array_equal(recompute, [True, True])
-    _, recompute, _ = strategies.combos_matrix("buy_and_hold", [{}, {}])
+    _, recompute, _ = strategies.combos_matrix(get_strategy("buy_and_hold"), [{}, {}])
     np.testing.assert_array_equal(recompute, [True, False])
 
 
 def test_combos_matrix_validates_every_parameter_set():
     with pytest.raises(PipelineError, match="fast_period=40 must be less than slow_period=30"):
-        strategies.combos_matrix("ma_crossover", [{"fast_period": 5}, {"fast_period": 40}])
+        strategies.combos_matrix(get_strategy("ma_crossover"), [{"fast_period": 5}, {"fast_period": 40}])
 
 
 @pytest.mark.parametrize(
@@ -185,11 +181,11 @@ def test_combos_matrix_validates_every_parameter_set():
     ],
 )
 def test_warmup_bars_per_strategy(strategy, params, bars):
-    assert strategies.warmup_bars(strategy, params) == bars
+    assert strategies.warmup_bars(get_strategy(strategy), params) == bars
 
 
 def test_indicator_labels_name_the_value_in_the_trade_log():
-    labels = {name: strategies.indicator_label(name) for name in strategies.strategy_names()}
+    labels = {name: get_strategy(name).indicator_label for name in strategies.strategy_names()}
     assert labels == {
         "rsi": "rsi", "ma_crossover": "fast_sma", "bollinger": "bollinger_band",
         "macd": "macd", "buy_and_hold": "close",

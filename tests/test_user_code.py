@@ -23,6 +23,7 @@ import pytest
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import strategies
+from pipeline.engine.strategies import get_strategy
 from pipeline.engine.strategies.api import INT_PARAM_LIMIT
 from tests.api_server import serving
 
@@ -211,10 +212,10 @@ def test_every_integer_parameter_is_bounded_whatever_it_declares(tmp_path):
     strategy = strategies.load_strategy_file(DONCHIAN)
     entry = strategy.param("entry_period")
     assert entry.maximum == INT_PARAM_LIMIT and entry.allowed() == f"an integer >= 1 and <= {INT_PARAM_LIMIT}"
-    assert strategies.resolve_params("donchian", {"entry_period": INT_PARAM_LIMIT})["entry_period"] == INT_PARAM_LIMIT
+    assert strategies.resolve_params(get_strategy("donchian"), {"entry_period": INT_PARAM_LIMIT})["entry_period"] == INT_PARAM_LIMIT
     for value in (INT_PARAM_LIMIT + 1, 1e29, "1e29"):
         with pytest.raises(PipelineError, match="out of range"):
-            strategies.resolve_params("donchian", {"entry_period": value})
+            strategies.resolve_params(get_strategy("donchian"), {"entry_period": value})
     # A default past the bound is refused when the file loads.
     (tmp_path / "huge.py").write_text(TEMPLATE.replace('NAME = "donchian"', 'NAME = "huge"').replace(
         'Param("entry_period", int, 20,', 'Param("entry_period", int, 10**29,'))

@@ -25,6 +25,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
 from pipeline.engine import strategies
 from pipeline.engine.kernels import enums
+from pipeline.engine.strategies import get_strategy
 from tests.reference import reference_backtest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,9 +86,9 @@ def test_donchian_declares_its_parameters_columns_and_warmup(donchian):
     strategy = strategies.get_strategy("donchian")
     assert strategy.defaults == {"entry_period": 20, "exit_period": 10}
     assert strategy.columns == ("high", "low", "close") and not strategy.builtin
-    assert strategies.warmup_bars("donchian", {"entry_period": 30}) == 31
+    assert strategies.warmup_bars(get_strategy("donchian"), {"entry_period": 30}) == 31
     with pytest.raises(PipelineError, match="entry_period=0 is out of range"):
-        strategies.resolve_params("donchian", {"entry_period": 0})
+        strategies.resolve_params(get_strategy("donchian"), {"entry_period": 0})
 
 
 @pytest.fixture(scope="module")
@@ -152,11 +153,11 @@ def test_editing_the_strategy_file_changes_the_code_version_in_cache_keys_and_re
     text = DONCHIAN.read_text().replace('NAME = "donchian"', 'NAME = "donchian_edit"')
     (folder / "donchian_edit.py").write_text(text)
     before = strategies.load_strategy_file(folder / "donchian_edit.py")
-    version_before = engine.code_version("donchian_edit")
+    version_before = engine.code_version(get_strategy("donchian_edit"))
     (folder / "donchian_edit.py").write_text(text.replace("close[t] > ind[0, t]", "close[t] >= ind[0, t]"))
     after = strategies.load_strategy_file(folder / "donchian_edit.py")
     assert before.code_version != after.code_version
-    assert engine.code_version("donchian_edit") != version_before
+    assert engine.code_version(get_strategy("donchian_edit")) != version_before
 
 
 BROKEN = {

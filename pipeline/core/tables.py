@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.measure import Measurement
 from rich.table import Table
 
+from pipeline.core import metrics
+
 
 @dataclass(frozen=True)
 class Column:
@@ -48,24 +50,26 @@ def number(value: Any) -> str:
 # 0.054), counts whole with separators, prices and units with six significant digits (a BTC-quoted
 # pair trades near 0.05: two decimals would print 0.0874 as 0.09).
 KINDS = ("pct", "money", "ratio", "count", "price")
-MONEY = frozenset({"final_value", "final_value_net", "fees_paid", "expectancy", "initial_investment", "pnl", "fees",
-                   "value", "fee", "stake"})
-PRICES = frozenset({"price", "entry_price", "exit_price", "units", "high", "low", "close"})  # not "open": a count here
-RATIOS = frozenset({"sharpe", "sortino", "calmar", "profit_factor", "sqn", "deflated_sharpe", "pbo", "oos_is_ratio",
-                    "size", "min_bar_coverage"})
+# The kinds of the columns that are not metrics (a metric's is in pipeline/core/metrics.py): the
+# run settings, the trades table's and the views'.
+COLUMN_KINDS: dict[str, str] = {
+    **dict.fromkeys(("initial_investment", "pnl", "fees", "value", "fee", "stake"), "money"),
+    **dict.fromkeys(("price", "entry_price", "exit_price", "units", "high", "low", "close"), "price"),
+    **dict.fromkeys(("oos_is_ratio", "size", "min_bar_coverage"), "ratio"),
+    "open": "count",  # open positions (num_trades - closed_trades), not a price
+}
 
 
 def kind_of(column: str) -> str | None:
-    """The kind of a result column by its name (None: not a number, or unknown: `number` formats it)."""
+    """The kind of a result column by its name (None: not a number, or unknown: `number` formats it);
+    a name of neither table (from user SQL) by its ending."""
+    if column in metrics.BY_NAME:
+        return metrics.BY_NAME[column].format
+    if column in COLUMN_KINDS:
+        return COLUMN_KINDS[column]
     if column.endswith("_pct"):
         return "pct"
-    if column in MONEY:
-        return "money"
-    if column in RATIOS:
-        return "ratio"
-    if column in PRICES:
-        return "price"
-    if column.endswith(("_bars", "_trades", "trials")) or column in {"bars", "num_trades", "closed_trades", "open"}:
+    if column.endswith(("_bars", "_trades", "trials")):
         return "count"
     return None
 

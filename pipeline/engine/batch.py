@@ -8,242 +8,29 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 import numba
 import numpy as np
 
-from pipeline.core import intervals
+from pipeline.core import intervals, metrics
 from pipeline.core.errors import PipelineError
 from pipeline.core.intervals import SECONDS as STEP_SECONDS
+from pipeline.core.run_options import OBJECTIVES
 from pipeline.core.versions import ENGINE_VERSION
-from pipeline.engine import options, strategies
+from pipeline.engine import strategies
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels.blocks import N_BLOCK_STATS
+from pipeline.engine.options import DEFAULT_EXECUTION, Execution, RunConfig
 from pipeline.lake.align import bar_span
 from pipeline.lake.reader import PriceBatch
 
-FILLS = ("close", "next_open")
-# What "best" means in a sweep: the objective's result field, higher is better.
-OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
-              "profit_factor": "profit_factor", "expectancy": "expectancy"}
-MIN_TRADES = 5
-PBO_BLOCKS_RANGE = (2, 24)  # even; 0 turns the PBO off (C(24, 12) = 2.7 M splits is the most we allow)
-ANNUALIZATIONS = ("observed", "calendar")
 REASONS = {
     enums.STATUS_TOO_FEW_BARS: "too few bars for the warm-up: {bars} < {needed} needed",
     enums.STATUS_NO_BARS: "no bars in the requested range",
 }
-
-
-EXECUTION_PARAMS = strategies.EXECUTION_PARAMS
-EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
-# Each run parameter's result field (sl -> sl_pct).
-EXECUTION_FIELDS = {"sl": "sl_pct", "tp": "tp_pct", "trail": "trail", "size": "size", "slippage": "slippage_pct"}
-
-
-@dataclass(frozen=True)
-class Execution:
-    """How one parameter set's orders execute (SPEC 4.1): stops, sizing, slippage.
-
-    Percentages as the CLI takes them (`sl_pct=5` is a stop 5 % below the entry); these
-    are the result fields, the results columns and part of the cache key.
-    """
-
-    sl_pct: float = 0.0
-    tp_pct: float = 0.0
-    trail: bool = False
-    size: float = 1.0
-    slippage_pct: float = 0.0
-
-    @property
-    def has_stops(self) -> bool:
-        return self.sl_pct > 0.0 or self.tp_pct > 0.0
-
-    def row(self) -> np.ndarray:
-        """The kernels' (N_EXECUTION,) row, fractions at the EX_* indices."""
-        row = np.empty(enums.N_EXECUTION)
-        row[enums.EX_SL] = self.sl_pct / 100.0
-        row[enums.EX_TP] = self.tp_pct / 100.0
-        row[enums.EX_TRAIL] = 1.0 if self.trail else 0.0
-        row[enums.EX_SIZE] = self.size
-        row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
-        return row
-
-    def fields(self) -> dict[str, Any]:
-        """Result fields (and cache-key fields): sl_pct, tp_pct, trail, size, slippage_pct."""
-        return {field: getattr(self, field) for field in EXECUTION_FIELDS.values()}
-
-    @classmethod
-    def of(cls, result: dict[str, Any]) -> Execution:
-        """The execution a result record was computed with (records without the fields: the defaults)."""
-        return cls(**{f: result[f] for f in EXECUTION_FIELDS.values() if result.get(f) is not None})
-
-
-def set_parameters(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each result's parameters as a sweep names them: the strategy's, then the run parameters
-    (sl, tp, trail, size, slippage) that any of `results` sets to other than the default."""
-    default = DEFAULT_EXECUTION.fields()
-    used = [(name, field) for name, field in EXECUTION_FIELDS.items()
-            if any(r.get(field, default[field]) != default[field] for r in results)]
-    return [{**r["params"], **{name: r.get(field, default[field]) for name, field in used}} for r in results]
-
-
-DEFAULT_EXECUTION = Execution()
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """What is common to every result of a run (SPEC section 4's common parameters)."""
-
-    strategy: str
-    params_list: list[dict[str, Any]]
-    fee_pct: float = 0.1
-    fill: str = "close"
-    initial: float = 1000.0
-    trades: bool = False
-    timerange_start: datetime | None = None
-    timerange_end: datetime | None = None
-    grid_dropped: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Sharpe and its kin: `observed` bars a year per symbol (bars / span in years) or the
-    # `calendar` constant of the interval (8,760 for 1h).
-    annualization: str = "observed"
-    # Bars built from less than this share of their interval's hours are dropped (0 keeps all).
-    min_bar_coverage: float = 0.0
-    # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
-    executions: tuple[Execution, ...] = ()
-    # Sweeps: what "best" means, the fewest trades a winner needs, and the CSCV blocks of the PBO
-    # (ranking and statistics only: no result field depends on them, so no cache key does).
-    objective: str = "total_return"
-    min_trades: int = MIN_TRADES
-    pbo_blocks: int = 16
-    # Walk-forward folds of a sweep (0 = none; pipeline.engine.walkforward).
-    walk_forward: int = 0
-    train_ratio: float = 0.7
-    anchored: bool = False
-    # Test parts start flat with fresh cash instead of on the full-history path (walkforward.evaluate).
-    walk_forward_flat_start: bool = False
-    # The market the run trades: `spot` (the only one until perpetual futures; its results say so,
-    # so a futures series of the same name is never mixed with it).
-    market: str = "spot"
-
-    @property
-    def fee_frac(self) -> float:
-        return self.fee_pct / 100.0
-
-    def execution(self, c: int) -> Execution:
-        """The execution of parameter set c."""
-        return self.executions[c] if self.executions else DEFAULT_EXECUTION
-
-    @property
-    def sets(self) -> list[tuple[dict[str, Any], Execution]]:
-        """(strategy parameters, execution) of every parameter set, in order."""
-        return [(params, self.execution(c)) for c, params in enumerate(self.params_list)]
-
-    @property
-    def has_stops(self) -> bool:
-        return any(e.has_stops for e in self.executions)
-
-    def sliced(self, first: int, stop: int) -> RunConfig:
-        """The same run over parameter sets first..stop-1."""
-        return replace(self, params_list=self.params_list[first:stop],
-                       executions=self.executions[first:stop] if self.executions else ())
-
-
-def make_config(
-    strategy: str,
-    params: dict[str, object] | list[dict[str, object]] | None = None,
-    *,
-    fee_pct: float = 0.1,
-    fill: str = "close",
-    initial: float = 1000.0,
-    trades: bool = False,
-    timerange_start: datetime | None = None,
-    timerange_end: datetime | None = None,
-    annualization: str = "observed",
-    min_bar_coverage: float = 0.0,
-    sl: float = 0.0,
-    tp: float = 0.0,
-    trail: bool = False,
-    size: float = 1.0,
-    slippage: float = 0.0,
-    objective: str = "total_return",
-    min_trades: int = MIN_TRADES,
-    pbo_blocks: int = 16,
-    walk_forward: int = 0,
-    train_ratio: float = 0.7,
-    anchored: bool = False,
-    walk_forward_flat_start: bool = False,
-) -> RunConfig:
-    """Validate everything about a run before any work: strategy, parameters, fee, fill, cash, stops.
-
-    A parameter set may also hold run parameters (EXECUTION_NAMES: a sweep's `-g sl=2:10:2`);
-    the options `sl` .. `slippage` set them for every set (giving one both ways is an error).
-    """
-    strategies.get_strategy(strategy)
-    raw = params if isinstance(params, list) else [params or {}]
-    dropped = getattr(params, "dropped", 0)
-    if not raw:
-        raise PipelineError("the parameter grid is empty")
-    options_given = {"sl": sl, "tp": tp, "trail": int(trail) if isinstance(trail, bool) else trail,
-                     "size": size, "slippage": slippage}
-    base = {p.name: p.convert(options_given[p.name], option=f"--{p.name}") for p in EXECUTION_PARAMS}
-    params_list, executions = [], []
-    trail_problem = None
-    for one in raw:
-        values = dict(base)
-        for p in EXECUTION_PARAMS:
-            if p.name in one:
-                if base[p.name] != p.default:
-                    raise PipelineError(f"{p.name} is given twice: --{p.name} {options_given[p.name]!r} and "
-                                        f"{p.name}={one[p.name]!r} in the parameters; give one")
-                values[p.name] = p.convert(one[p.name])
-        execution = Execution(float(values["sl"]), float(values["tp"]), bool(values["trail"]),
-                              float(values["size"]), float(values["slippage"]))
-        if execution.trail and execution.sl_pct == 0.0:
-            # A sweep drops such a set (counted, like fast >= slow); a run of one refuses it.
-            trail_problem = "--trail needs a stop-loss to trail (--sl PCT, or sl in the grid)"
-            dropped += 1
-            continue
-        params_list.append(strategies.resolve_params(
-            strategy, {k: v for k, v in one.items() if k not in EXECUTION_NAMES}))
-        executions.append(execution)
-    if not params_list:
-        raise PipelineError(trail_problem or "the parameter grid is empty")
-    if not (isinstance(fee_pct, int | float) and math.isfinite(fee_pct) and 0 <= fee_pct < 100):
-        raise PipelineError(f"--fee {fee_pct!r} is out of range: a percentage >= 0 and < 100 (0.1 means 0.1 %)")
-    if fill not in FILLS:
-        raise PipelineError(f"--fill {fill!r} is not allowed; use one of: {', '.join(FILLS)}")
-    options.check_initial(initial)
-    if annualization not in ANNUALIZATIONS:
-        raise PipelineError(f"--annualization {annualization!r} is not allowed; use one of: "
-                            f"{', '.join(ANNUALIZATIONS)}")
-    if not (isinstance(min_bar_coverage, int | float) and math.isfinite(min_bar_coverage)
-            and 0 <= min_bar_coverage <= 1):
-        raise PipelineError(f"--min-bar-coverage {min_bar_coverage!r} is out of range: a share from 0 to 1 "
-                            "(0.5 drops daily bars built from fewer than 12 hours)")
-    if objective not in OBJECTIVES:
-        raise PipelineError(f"--objective {objective!r} is not allowed; use one of: {', '.join(OBJECTIVES)}")
-    if isinstance(min_trades, bool) or not isinstance(min_trades, int) or min_trades < 0:
-        raise PipelineError(f"--min-trades {min_trades!r} is out of range: an integer >= 0")
-    low, high = PBO_BLOCKS_RANGE
-    if (isinstance(pbo_blocks, bool) or not isinstance(pbo_blocks, int)
-            or not (pbo_blocks == 0 or (low <= pbo_blocks <= high and pbo_blocks % 2 == 0))):
-        raise PipelineError(f"--pbo-blocks {pbo_blocks!r} is not allowed: 0 (off) or an even number "
-                            f"from {low} to {high}")
-    from pipeline.engine import walkforward
-
-    walkforward.check(walk_forward, train_ratio, anchored, objective, walk_forward_flat_start)
-    return RunConfig(strategy, params_list, float(fee_pct), fill, float(initial), trades,
-                     timerange_start, timerange_end, dropped, annualization=annualization,
-                     min_bar_coverage=float(min_bar_coverage),
-                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions),
-                     objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
-                     walk_forward=walk_forward, train_ratio=float(train_ratio), anchored=anchored,
-                     walk_forward_flat_start=walk_forward_flat_start)
 
 
 def start_column(batch: PriceBatch, config: RunConfig) -> int:
@@ -266,13 +53,13 @@ def bars_per_year(batch: PriceBatch, config: RunConfig, start_t: int = 0) -> np.
     return np.where(has, counts / np.where(has, span_years, 1.0), calendar)
 
 
-def code_version(strategy: str) -> str:
+def code_version(strategy: strategies.Strategy) -> str:
     """The engine version with a hash of the strategy's source and the shared kernels.
 
     Part of every cache key and results row: editing a strategy file (a user's or a
     built-in) or a kernel can never serve a number computed by the old code.
     """
-    return f"{ENGINE_VERSION}+{strategies.get_strategy(strategy).code_version[:16]}"
+    return f"{ENGINE_VERSION}+{strategy.code_version[:16]}"
 
 
 def thread_count() -> int:
@@ -325,7 +112,7 @@ def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) 
 def columns_needed(config: RunConfig) -> tuple[str, ...]:
     """The price columns a run reads: the strategy's COLUMNS, the close, the open for next_open fills,
     and open, high and low when a stop is set (a run without stops reads none of them for the fills)."""
-    wanted = ["close", *strategies.get_strategy(config.strategy).columns]
+    wanted = ["close", *config.strategy.columns]
     if config.fill == "next_open":
         wanted.append("open")
     if config.has_stops:
@@ -347,12 +134,13 @@ def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
         len(order), enums.N_EXECUTION))
 
 
-def strategy_columns(batch: PriceBatch, strategy: str, rows: slice | None = None) -> tuple[np.ndarray, ...]:
+def strategy_columns(batch: PriceBatch, strategy: strategies.Strategy,
+                     rows: slice | None = None) -> tuple[np.ndarray, ...]:
     """The strategy's COLUMNS as the kernels take them: a tuple of C-contiguous (symbols x time) arrays."""
-    names = strategies.get_strategy(strategy).columns
+    names = strategy.columns
     missing = [name for name in names if name not in batch.columns]
     if missing:
-        raise PipelineError(f"strategy {strategy!r} needs the {', '.join(missing)} column(s), which this read lacks")
+        raise PipelineError(f"strategy {strategy.name!r} needs the {', '.join(missing)} column(s), which this read lacks")
     return tuple(np.ascontiguousarray(batch.columns[name][rows if rows is not None else slice(None)])
                  for name in names)
 
@@ -365,7 +153,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     (symbols x B x N_BLOCK_STATS x params, in the config's parameter order). `annual_bars` is
     `bars_per_year(batch, config, start_column(batch, config))` when the caller has it already.
     """
-    strategy = strategies.get_strategy(config.strategy)
+    strategy = config.strategy
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
     open_ = batch.columns.get("open")
     if config.fill == "next_open" and open_ is None:
@@ -407,13 +195,31 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
 
-# Stats that count bars: integers in results (the others are floats).
-INTEGER_STATS = ("max_drawdown_duration_bars", "max_trade_duration_bars")
+def metric_value(metric: metrics.Metric, raw: float, has_bars: bool, initial: float) -> float | int | None:
+    """A metric's result field from its kernel column: None for NaN and infinities, an int for an
+    integer metric, and without a bar in the range what the table says (`Metric.without_bars`)."""
+    if not has_bars and metric.without_bars != metrics.KERNEL:
+        return initial if metric.without_bars == metrics.INITIAL else metric.without_bars
+    number = _number(raw)
+    if metric.dtype != "int64":
+        return number
+    if number is None:  # a count (a metric with a value without bars) is never undefined
+        return None if metric.without_bars is None else 0
+    return int(number)
 
 
-def _stat(name: str, value: float) -> float | int | None:
-    number = _number(value)
-    return int(number) if number is not None and name in INTEGER_STATS else number
+def metric_fields(selected: tuple[metrics.Metric, ...], slots: dict[str, int], row: np.ndarray,
+                  has_bars: bool, initial: float, derived: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The result fields of the `selected` metrics, in the table's order: each from its column of the
+    kernel's output `row` (`slots`), or from `derived` (what the shaping computes itself)."""
+    derived = derived or {}
+    return {m.name: derived[m.name] if m.name in derived else metric_value(m, row[slots[m.name]], has_bars, initial)
+            for m in selected}
+
+
+# The metrics of every single-symbol result, and those the shaping computes (not a kernel column).
+RESULT_METRICS = metrics.of_section("result")
+DERIVED_METRICS = ("days_of_data", "partial_bars")
 
 
 def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
@@ -424,12 +230,12 @@ def partial_bars(batch: PriceBatch, config: RunConfig) -> np.ndarray:
 
 
 def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
-                 metrics: np.ndarray, annual_bars: float, partial: int = 0,
+                 metrics_row: np.ndarray, annual_bars: float, partial: int = 0,
                  execution: Execution = DEFAULT_EXECUTION) -> dict[str, Any]:
     """One result with SPEC section 4's field names; `annual_bars` is what its Sharpe used."""
-    status = int(metrics[enums.M_STATUS])
-    bars = int(metrics[enums.M_BARS])
-    first, last = int(metrics[enums.M_FIRST_INDEX]), int(metrics[enums.M_LAST_INDEX])
+    status = int(metrics_row[enums.M_STATUS])
+    bars = int(metrics_row[enums.M_BARS])
+    first, last = int(metrics_row[enums.M_FIRST_INDEX]), int(metrics_row[enums.M_LAST_INDEX])
     step = STEP_SECONDS[batch.interval]
     has_bars = first >= 0 and batch.times.size > 0
     reason = None
@@ -438,29 +244,16 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         reason = REASONS[status].format(bars=bars, needed=needed)
     return {
         "symbol": batch.symbols[symbol_index],
-        "strategy": config.strategy,
+        "strategy": config.strategy.name,
         "params": dict(params),
         "interval": batch.interval,
         "start": _iso(batch.times[first]) if has_bars else None,
         "end": _iso(batch.times[last]) if has_bars else None,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
-        "bars": bars,
-        "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
-        "final_value": _number(metrics[enums.M_FINAL_VALUE]) if has_bars else config.initial,
-        "final_value_net": _number(metrics[enums.M_FINAL_VALUE_NET]) if has_bars else config.initial,
-        "total_return_pct": _number(metrics[enums.M_TOTAL_RETURN_PCT]) if has_bars else 0.0,
-        "buy_hold_return_pct": _number(metrics[enums.M_BUY_HOLD_RETURN_PCT]) if has_bars else None,
-        "num_trades": int(metrics[enums.M_NUM_TRADES]) if has_bars else 0,
-        "closed_trades": int(metrics[enums.M_CLOSED_TRADES]) if has_bars else 0,
-        "win_rate_pct": _number(metrics[enums.M_WIN_RATE_PCT]) if has_bars else None,
-        "max_drawdown_pct": _number(metrics[enums.M_MAX_DRAWDOWN_PCT]) if has_bars else None,
-        "sharpe": _number(metrics[enums.M_SHARPE]) if has_bars else None,
-        "exposure_pct": _number(metrics[enums.M_EXPOSURE_PCT]) if has_bars else None,
-        **{name: _stat(name, metrics[enums.M_CAGR_PCT + k]) if has_bars else None
-           for k, name in enumerate(enums.STATS_NAMES)},
-        "warmup_bars": int(metrics[enums.M_WARMUP_BARS]),
-        "partial_bars": int(partial),
+        **metric_fields(RESULT_METRICS, enums.METRIC_SLOTS, metrics_row, has_bars, config.initial, {
+            "days_of_data": round((batch.times[last] - batch.times[first] + step) / 86_400, 6) if has_bars else 0.0,
+            "partial_bars": int(partial)}),
         "min_bar_coverage": config.min_bar_coverage,
         "annualization": config.annualization,
         "bars_per_year": float(annual_bars),
@@ -481,17 +274,6 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "deflated_sharpe": None,
         "from_cache": False,
     }
-
-
-# Result fields that come from the metrics cube, each with its metric and what a result without
-# bars holds (shape_result): a number, or None (NaN in columns).
-_CUBE_FIELDS = (
-    ("final_value", enums.M_FINAL_VALUE, "initial"), ("final_value_net", enums.M_FINAL_VALUE_NET, "initial"),
-    ("total_return_pct", enums.M_TOTAL_RETURN_PCT, 0.0), ("buy_hold_return_pct", enums.M_BUY_HOLD_RETURN_PCT, None),
-    ("win_rate_pct", enums.M_WIN_RATE_PCT, None), ("max_drawdown_pct", enums.M_MAX_DRAWDOWN_PCT, None),
-    ("sharpe", enums.M_SHARPE, None), ("exposure_pct", enums.M_EXPOSURE_PCT, None),
-    *((name, enums.M_CAGR_PCT + k, None) for k, name in enumerate(enums.STATS_NAMES)),
-)
 
 
 @dataclass
@@ -533,20 +315,11 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
     not_a_time = np.datetime64("NaT", "s")
     fields["start"] = np.where(has_bars, start.astype("datetime64[s]"), not_a_time)
     fields["end"] = np.where(has_bars, end.astype("datetime64[s]"), not_a_time)
-    fields["bars"] = flat[:, enums.M_BARS].astype(np.int64)
     # shape_result's round(x, 6) on each distinct span (few): the same float, bit for bit.
     spans, where = np.unique(np.where(has_bars, end - start + STEP_SECONDS[batch.interval], 0),
                              return_inverse=True)
     fields["days_of_data"] = np.array([round(int(s) / 86_400, 6) for s in spans])[where]
-    with np.errstate(invalid="ignore"):
-        for name, metric, without_bars in _CUBE_FIELDS:
-            values = flat[:, metric].copy()
-            values[~np.isfinite(values)] = np.nan
-            empty = config.initial if without_bars == "initial" else np.nan if without_bars is None else without_bars
-            fields[name] = np.where(has_bars, values, empty)
-    for name in ("num_trades", "closed_trades"):
-        fields[name] = np.where(has_bars, flat[:, getattr(enums, f"M_{name.upper()}")], 0).astype(np.int64)
-    fields["warmup_bars"] = flat[:, enums.M_WARMUP_BARS].astype(np.int64)
+    _metric_columns(fields, flat, has_bars, config.initial)
     fields["partial_bars"] = np.asarray(partial, dtype=np.int64)[symbol_index]
     fields["bars_per_year"] = np.asarray(annual_bars, dtype=np.float64)[symbol_index]
     status = flat[:, enums.M_STATUS].astype(np.int64)
@@ -556,7 +329,7 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
         reason[row] = REASONS[int(status[row])].format(bars=int(fields["bars"][row]), needed=needed)
     fields["reason"] = reason
     constants = {
-        "strategy": config.strategy, "interval": batch.interval,
+        "strategy": config.strategy.name, "interval": batch.interval,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
         "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
@@ -567,6 +340,26 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
     }
     per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}
     return ResultColumns(config, symbol_index, set_index, fields, per_symbol, constants)
+
+
+def _metric_columns(fields: dict[str, np.ndarray], flat: np.ndarray, has_bars: np.ndarray, initial: float) -> None:
+    """`metric_value` of each kernel metric over the rows of `flat`, into `fields`: counts int64, other
+    numbers float64 with NaN for None (an integer stat too: the table casts it)."""
+    for metric in RESULT_METRICS:
+        if metric.name in DERIVED_METRICS:
+            continue
+        values = flat[:, enums.METRIC_SLOTS[metric.name]]
+        if metric.without_bars == metrics.KERNEL:
+            fields[metric.name] = values.astype(np.int64)
+        elif metric.dtype == "int64" and metric.without_bars is not None:
+            fields[metric.name] = np.where(has_bars, values, metric.without_bars).astype(np.int64)
+        else:
+            values = values.copy()
+            with np.errstate(invalid="ignore"):
+                values[~np.isfinite(values)] = np.nan
+            empty = initial if metric.without_bars == metrics.INITIAL else (
+                np.nan if metric.without_bars is None else metric.without_bars)
+            fields[metric.name] = np.where(has_bars, values, empty)
 
 
 def column_rows(batch: PriceBatch, config: RunConfig, cube: np.ndarray, columns: ResultColumns,
@@ -643,7 +436,7 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
     start = start_column(batch, config)
     columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
     row = symbol_index
-    _, trades, equity = strategies.get_strategy(config.strategy).kernels().run_single(
+    _, trades, equity = config.strategy.kernels().run_single(
         columns, open_, close, combos[0], config.fee_frac,
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
         start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops

@@ -66,14 +66,14 @@ def _shown(label: str, value: float) -> str:
     return str(bool(value)) if label in ("the entry signal", "the exit signal") else repr(float(value))
 
 
-def check_symbol(strategy_name: str, params: dict, symbol: str, columns: dict[str, np.ndarray]) -> CheckReport:
+def check_symbol(strategy: strategies.Strategy, params: dict, symbol: str,
+                 columns: dict[str, np.ndarray]) -> CheckReport:
     """Run both checks on one symbol's bars (`columns`: name -> 1-D float64, no gaps)."""
-    strategy = strategies.get_strategy(strategy_name)
-    resolved = strategies.resolve_params(strategy_name, params)
+    resolved = strategies.resolve_params(strategy, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
     missing = [c for c in strategy.columns if c not in columns]
     if missing:
-        raise PipelineError(f"the check needs the {', '.join(missing)} column(s) for {strategy_name!r}")
+        raise PipelineError(f"the check needs the {', '.join(missing)} column(s) for {strategy.name!r}")
     prices = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.float64) for c in strategy.columns]))
     n = int(prices.shape[1])
     report = CheckReport(symbol, n)
@@ -81,9 +81,9 @@ def check_symbol(strategy_name: str, params: dict, symbol: str, columns: dict[st
     labels = output_labels(strategy)
     full = kernels.strategy_outputs(prices, row)
     if full.shape[0] != len(labels):
-        raise PipelineError(f"the kernel of {strategy_name!r} computes {full.shape[0]} outputs but the check "
+        raise PipelineError(f"the kernel of {strategy.name!r} computes {full.shape[0]} outputs but the check "
                             f"names {len(labels)}: SIGNAL_OUTPUTS and strategy_outputs disagree")
-    starts, ends = windows(n, strategies.warmup_bars(strategy_name, resolved))
+    starts, ends = windows(n, strategies.warmup_bars(strategy, resolved))
     where = np.empty((len(labels), 4), dtype=np.int64)
     values = np.empty((len(labels), 2))
     report.cuts_checked = int(kernels.lookahead_scan(prices, row, starts, ends, where, values)) if n else 0

@@ -1,37 +1,33 @@
-"""The one validation of what a user asks a run for, shared by the CLI, the notebook and the HTTP API.
+"""The one validation of what a user asks a run for, shared by the CLI, the notebook and the HTTP API,
+and the run's config it yields.
 
 Every check here runs before anything is read or written, and fails with a
 `PipelineError` whose one-line message names the bad value and what is allowed.
+The run options themselves (defaults, bounds, help) are `pipeline.core.run_options.OPTIONS`;
+`RunConfig` and `Execution` take their fields from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import re
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.core import intervals
+from pipeline.core import run_options
 from pipeline.core.errors import PipelineError
+from pipeline.core.run_options import CONFIG_OPTIONS, PER_SET
 
 if TYPE_CHECKING:  # the CLI imports this module for every command: keep Numba out of its start-up
-    from pipeline.engine.batch import RunConfig
+    from pipeline.engine.strategies import Strategy
 
 PLOT_SUFFIXES = (".html", ".png")
-INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
-# Starting cash: below a cent the kernel's unit arithmetic underflows; above a trillion the
-# account's value overflows float precision in its fees and marks.
-INITIAL_RANGE = (0.01, 1e12)
 # Rows of a "best N" answer (--top, results top --n): more is a table to query (results sql).
 MAX_TOP = 10_000
 # Look-back windows (stats --hours, vacuum --keep-hours): up to a century.
 MAX_HOURS = 876_000.0
-# A plain number in ASCII: no `1_4`, no Arabic-Indic digits, no `nan`/`inf` (Python's int() and
-# float() take all of these).
-_PLAIN_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
-# The characters str.strip() removes around a value (the API's schema patterns allow them where a rule strips).
-SPACES = "".join(c for c in map(chr, range(0x3001)) if c.isspace())
 # Sweeps estimated to take longer than this ask for --yes (bar-steps per second measured on the
 # 2-core reference machine for the slowest built-in strategy, bollinger, rounded down).
 SWEEP_CONFIRM_SECONDS = 60.0
@@ -40,13 +36,111 @@ BAR_STEPS_PER_SECOND = 20e6
 SECONDS_PER_BACKTEST = 100e-6  # shaping, ranking and writing one result row (measured: ~94 us)
 
 
-def is_plain_number(text: str) -> bool:
-    """Whether `text` is a number written with ASCII digits only (what every numeric option takes)."""
-    return bool(_PLAIN_NUMBER.fullmatch(text.strip()))
+class _Execution:
+    """How one parameter set's orders execute (SPEC 4.1): stops, sizing, slippage.
+
+    Percentages as the CLI takes them (`sl_pct=5` is a stop 5 % below the entry); these
+    are the result fields, the results columns and part of the cache key. Its fields are the
+    per-set run options (`run_options.PER_SET`).
+    """
+
+    @property
+    def has_stops(self) -> bool:
+        return self.sl_pct > 0.0 or self.tp_pct > 0.0
+
+    def row(self) -> Any:
+        """The kernels' (N_EXECUTION,) row, fractions at the EX_* indices."""
+        import numpy as np
+
+        from pipeline.engine.kernels import enums
+
+        row = np.empty(enums.N_EXECUTION)
+        row[enums.EX_SL] = self.sl_pct / 100.0
+        row[enums.EX_TP] = self.tp_pct / 100.0
+        row[enums.EX_TRAIL] = 1.0 if self.trail else 0.0
+        row[enums.EX_SIZE] = self.size
+        row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
+        return row
+
+    def fields(self) -> dict[str, Any]:
+        """Result fields (and cache-key fields): sl_pct, tp_pct, trail, size, slippage_pct."""
+        return {o.record_field: getattr(self, o.field) for o in PER_SET}
+
+    @classmethod
+    def of(cls, result: dict[str, Any]) -> Execution:
+        """The execution a result record was computed with (records without the fields: the defaults)."""
+        return cls(**{o.field: result[o.record_field] for o in PER_SET if result.get(o.record_field) is not None})
 
 
-def check_initial(initial: float) -> float:
-    return check_number("--initial", initial, *INITIAL_RANGE)
+Execution = dataclasses.make_dataclass(
+    "Execution", [(o.field, o.type, dataclasses.field(default=o.default)) for o in PER_SET],
+    bases=(_Execution,), frozen=True)
+Execution.__module__, Execution.__doc__ = __name__, _Execution.__doc__  # pickles by name
+DEFAULT_EXECUTION = Execution()
+# Each per-set option's result field (sl -> sl_pct).
+EXECUTION_FIELDS = {o.name: o.record_field for o in PER_SET}
+
+
+def set_parameters(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each result's parameters as a sweep names them: the strategy's, then the run parameters
+    (sl, tp, trail, size, slippage) that any of `results` sets to other than the default."""
+    default = DEFAULT_EXECUTION.fields()
+    used = [(name, field) for name, field in EXECUTION_FIELDS.items()
+            if any(r.get(field, default[field]) != default[field] for r in results)]
+    return [{**r["params"], **{name: r.get(field, default[field]) for name, field in used}} for r in results]
+
+
+class _RunConfig:
+    """What is common to every result of a run (SPEC section 4's common parameters): the strategy,
+    its parameter sets with their executions, the time range, and every run option of
+    `run_options.CONFIG_OPTIONS` as a field of the same name (fee as `fee_pct`)."""
+
+    @property
+    def fee_frac(self) -> float:
+        return self.fee_pct / 100.0
+
+    def execution(self, c: int) -> Execution:
+        """The execution of parameter set c."""
+        return self.executions[c] if self.executions else DEFAULT_EXECUTION
+
+    @property
+    def sets(self) -> list[tuple[dict[str, Any], Execution]]:
+        """(strategy parameters, execution) of every parameter set, in order."""
+        return [(params, self.execution(c)) for c, params in enumerate(self.params_list)]
+
+    @property
+    def has_stops(self) -> bool:
+        return any(e.has_stops for e in self.executions)
+
+    def key_fields(self, c: int) -> dict[str, Any]:
+        """The cache key's run option fields of parameter set c (the interval is each symbol's)."""
+        return {"timerange_start": self.timerange_start, "timerange_end": self.timerange_end,
+                **{o.record_field: getattr(self, o.field) for o in CONFIG_OPTIONS
+                   if o.in_cache_key and not o.per_set and o.name != "timerange"},
+                **self.execution(c).fields()}
+
+    def sliced(self, first: int, stop: int) -> RunConfig:
+        """The same run over parameter sets first..stop-1."""
+        return dataclasses.replace(self, params_list=self.params_list[first:stop],
+                                   executions=self.executions[first:stop] if self.executions else ())
+
+
+RunConfig = dataclasses.make_dataclass("RunConfig", [
+    ("strategy", Any),  # a Strategy, resolved at the run's edge (resolve_strategy)
+    ("params_list", list[dict[str, Any]]),
+    *((o.field, o.type, dataclasses.field(default=o.default)) for o in CONFIG_OPTIONS
+      if not o.per_set and o.name != "timerange"),
+    ("timerange_start", datetime | None, dataclasses.field(default=None)),
+    ("timerange_end", datetime | None, dataclasses.field(default=None)),
+    ("grid_dropped", int, dataclasses.field(default=0)),
+    ("extra", dict[str, Any], dataclasses.field(default_factory=dict)),
+    # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
+    ("executions", tuple[Execution, ...], dataclasses.field(default=())),
+    # The market the run trades: `spot` (the only one until perpetual futures; its results say so,
+    # so a futures series of the same name is never mixed with it).
+    ("market", str, dataclasses.field(default="spot")),
+], bases=(_RunConfig,), frozen=True)
+RunConfig.__module__, RunConfig.__doc__ = __name__, _RunConfig.__doc__  # pickles by name
 
 
 def parse_params(items: Sequence[str]) -> dict[str, str]:
@@ -113,13 +207,19 @@ def check_symbols(symbols: Sequence[str] | None, all_: bool) -> list[str] | None
 
 
 def check_interval(interval: str) -> str:
-    if interval not in INTERVALS:
-        raise PipelineError(f"--interval {interval!r} is not allowed; use one of: {', '.join(INTERVALS)}")
-    return interval
+    return run_options.BY_NAME["interval"].check(interval)
+
+
+def resolve_strategy(name: str) -> Strategy:
+    """The strategy a user names, resolved once at a run's edge (the CLI, the API, the notebook, a flow):
+    from here the Strategy object travels, never its name. PipelineError listing the choices otherwise."""
+    from pipeline.engine import strategies
+
+    return strategies.get_strategy(name)
 
 
 def run_request(
-    strategy: str,
+    strategy: Strategy,
     params: Mapping[str, Any] | list[dict[str, Any]] | None,
     symbols: Sequence[str] | None = None,
     all_: bool = False,
@@ -139,7 +239,7 @@ def strategy_catalog() -> list[dict[str, Any]]:
 
     rows = []
     for name in strategies.strategy_names():
-        strategy = strategies.get_strategy(name)
+        strategy = strategies.STRATEGIES[name]
         rows.append({"name": name, "description": strategy.description, "origin": strategy.origin,
                      "columns": list(strategy.columns), "parameters": [
             {"name": p.name, "type": p.type.__name__, "default": p.default, "allowed": p.allowed(),
@@ -148,50 +248,86 @@ def strategy_catalog() -> list[dict[str, Any]]:
     return rows
 
 
-def run_config(
-    strategy: str,
-    params: Mapping[str, Any] | list[dict[str, Any]] | None,
-    *,
-    timerange: str | None = None,
-    fee: float = 0.1,
-    fill: str = "close",
-    initial: float = 1000.0,
-    trades: bool = False,
-    annualization: str = "observed",
-    min_bar_coverage: float = 0.0,
-    sl: float = 0.0,
-    tp: float = 0.0,
-    trail: bool = False,
-    size: float = 1.0,
-    slippage: float = 0.0,
-    objective: str = "total_return",
-    min_trades: int = 5,
-    pbo_blocks: int = 16,
-    walk_forward: int = 0,
-    train_ratio: float = 0.7,
-    anchored: bool = False,
-    walk_forward_flat_start: bool = False,
-) -> RunConfig:
-    """Strategy, parameters, time range, fee, fill, cash, stops, size and slippage, checked together:
-    the run's config. `sl`, `tp` and `slippage` are percentages (0 = none), `size` a share of equity."""
-    from pipeline.engine import batch as engine
+def run_config(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, Any]] | None = None,
+               **given: Any) -> RunConfig:
+    """The run's config from the strategy, its parameters (a dict, or a list of sets: a sweep) and any
+    run options of `run_options.CONFIG_OPTIONS` by name (fee, fill, sl, walk_forward, ...), each
+    checked by the table's rule, before any work.
+
+    A parameter set may also hold per-set options (a sweep's `-g sl=2:10:2`); the options `sl` ..
+    `slippage` set them for every set (giving one both ways is an error).
+    """
     from pipeline.lake import reader
 
-    start, end = reader.parse_timerange(timerange)
-    return engine.make_config(strategy, params if isinstance(params, list) else dict(params or {}),
-                              fee_pct=fee, fill=fill, initial=initial, trades=trades,
-                              timerange_start=start, timerange_end=end, annualization=annualization,
-                              min_bar_coverage=min_bar_coverage, sl=sl, tp=tp, trail=trail, size=size,
-                              slippage=slippage, objective=objective, min_trades=min_trades, pbo_blocks=pbo_blocks,
-                              walk_forward=walk_forward, train_ratio=train_ratio, anchored=anchored,
-                              walk_forward_flat_start=walk_forward_flat_start)
+    unknown = [name for name in given if name not in _CONFIG_NAMES]
+    if unknown:
+        raise PipelineError(f"unknown run option {unknown[0]!r}; use one of: {', '.join(_CONFIG_NAMES)}")
+    values = {o.name: given.get(o.name, o.default) for o in CONFIG_OPTIONS}
+    start, end = reader.parse_timerange(values.pop("timerange"))
+    params_list, executions, dropped = _parameter_sets(strategy, params, values)
+    checked = {o.field: o.check(values[o.name]) for o in CONFIG_OPTIONS if not o.per_set and o.name != "timerange"}
+    _check_walk_forward(checked)
+    return RunConfig(strategy, params_list, **checked, timerange_start=start, timerange_end=end,
+                     grid_dropped=dropped,
+                     executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions))
 
 
-def parse_grid(strategy: str, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
+_CONFIG_NAMES = tuple(o.name for o in CONFIG_OPTIONS)
+
+
+def _parameter_sets(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, Any]] | None,
+                    values: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Execution], int]:
+    """The strategy's parameter sets, resolved, each with its execution (the per-set options of the
+    run, or of the set), and how many sets were dropped (a trailing stop without a stop-loss)."""
+    from pipeline.engine import strategies
+
+    raw = params if isinstance(params, list) else [dict(params or {})]
+    dropped = getattr(params, "dropped", 0)
+    if not raw:
+        raise PipelineError("the parameter grid is empty")
+    given = {p.name: int(values[p.name]) if isinstance(values[p.name], bool) else values[p.name]
+             for p in strategies.EXECUTION_PARAMS}
+    base = {p.name: p.convert(given[p.name], option=f"--{p.name}") for p in strategies.EXECUTION_PARAMS}
+    params_list, executions = [], []
+    trail_problem = None
+    for one in raw:
+        chosen = dict(base)
+        for p in strategies.EXECUTION_PARAMS:
+            if p.name in one:
+                if base[p.name] != p.default:
+                    raise PipelineError(f"{p.name} is given twice: --{p.name} {given[p.name]!r} and "
+                                        f"{p.name}={one[p.name]!r} in the parameters; give one")
+                chosen[p.name] = p.convert(one[p.name])
+        execution = Execution(**{o.field: o.type(chosen[o.name]) for o in PER_SET})
+        if execution.trail and execution.sl_pct == 0.0:
+            # A sweep drops such a set (counted, like fast >= slow); a run of one refuses it.
+            trail_problem = "--trail needs a stop-loss to trail (--sl PCT, or sl in the grid)"
+            dropped += 1
+            continue
+        params_list.append(strategies.resolve_params(
+            strategy, {k: v for k, v in one.items() if k not in strategies.EXECUTION_NAMES}))
+        executions.append(execution)
+    if not params_list:
+        raise PipelineError(trail_problem or "the parameter grid is empty")
+    return params_list, executions, dropped
+
+
+def _check_walk_forward(checked: dict[str, Any]) -> None:
+    """The rules between walk-forward options (each alone passed its own)."""
+    walk_forward = checked["walk_forward"]
+    if walk_forward and checked["objective"] not in run_options.WALK_FORWARD_OBJECTIVES:
+        raise PipelineError(f"--objective {checked['objective']} cannot rank a walk-forward fold (it needs trades "
+                            f"per fold); use one of: {', '.join(run_options.WALK_FORWARD_OBJECTIVES)}")
+    if checked["anchored"] and not walk_forward:
+        raise PipelineError("--anchored needs --walk-forward K")
+    if checked["walk_forward_flat_start"] and not walk_forward:
+        raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
+
+
+def parse_grid(strategy: Strategy, specs: Sequence[str], samples: int | None = None, seed: int = 0) -> Any:
     """A sweep's parameter sets from `-g` specs: the strategy's parameters and the run parameters
     sl, tp, trail, size, slippage (`-g sl=2:10:2`), each axis a name=start:stop:step or name=v1,v2;
     `samples` of them drawn at random (reproducible from `seed`) when given."""
-    from pipeline.engine import batch as engine
     from pipeline.engine import strategies
 
-    return strategies.parse_grid(strategy, specs, common=engine.EXECUTION_PARAMS, samples=samples, seed=seed)
+    return strategies.parse_grid(strategy, specs, common=strategies.EXECUTION_PARAMS, samples=samples, seed=seed)

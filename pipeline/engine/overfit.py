@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.engine.block_sums import sharpe_of_sums
 from pipeline.engine.kernels.blocks import (
     B_COUNT,
     B_SUM,
@@ -24,7 +25,7 @@ from pipeline.engine.kernels.blocks import (
 )
 
 if TYPE_CHECKING:
-    from pipeline.engine.batch import RunConfig
+    from pipeline.engine.options import RunConfig
     from pipeline.lake.reader import PriceBatch
 
 EULER_GAMMA = 0.5772156649015329
@@ -53,18 +54,6 @@ def _pbo_starts(config: RunConfig) -> np.ndarray:
     """Index of the recorded block each PBO block starts at (recorded blocks are finer when
     walk-forward edges fall inside the PBO's)."""
     return np.searchsorted(np.round(block_fractions(config), 12), np.round(pbo_fractions(config)[:-1], 12))
-
-
-def sharpe_of_sums(n: np.ndarray, s: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """Per-bar Sharpe ratio (mean over sample standard deviation) of returns given by their count,
-    sum and sum of squares; NaN with fewer than two returns or no deviation. The PBO kernel ranks by
-    the same float operations (`pipeline.engine.kernels.blocks._split_sharpe`): keep the two alike."""
-    n, s, s2 = np.asarray(n, dtype=float), np.asarray(s, dtype=float), np.asarray(s2, dtype=float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean = s / n
-        var = (s2 - s * mean) / (n - 1)
-        defined = (n >= 2) & (var > 1e-30)
-        return np.where(defined, mean / np.sqrt(np.where(defined, var, 1.0)), np.nan)
 
 
 def moments(blocks: np.ndarray) -> dict[str, np.ndarray]:

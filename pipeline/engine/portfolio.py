@@ -17,19 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import intervals
+from pipeline.core import intervals, metrics
 from pipeline.core.errors import PipelineError
 from pipeline.core.intervals import SECONDS as STEP_SECONDS
 from pipeline.engine import batch as engine
 from pipeline.engine import strategies
-from pipeline.engine.batch import RunConfig
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels import portfolio as pk
+from pipeline.engine.options import RunConfig
 from pipeline.lake.reader import PriceBatch
 
 RANK_BY = ("auto", "volume", "name")
 # A sweep's parameter sets beyond this need a narrower grid (each is a whole account).
 MAX_PORTFOLIO_SETS = 10_000
+# An account's metrics (the portfolio kernel's columns), in the table's order.
+PORTFOLIO_METRICS = tuple(m for m in metrics.METRICS if m.portfolio)
 
 
 @dataclass(frozen=True)
@@ -116,7 +118,7 @@ def rank_scores(batch: PriceBatch, rank_by: str) -> tuple[np.ndarray, str]:
     return scores, "volume"
 
 
-def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: int = 0
+def _signals(batch: PriceBatch, strategy: strategies.Strategy, params: dict[str, Any], start: int = 0
              ) -> tuple[np.ndarray, np.ndarray]:
     """Signals over the whole history read (warm-up included), from column `start` on."""
     combos, _, _ = strategies.combos_matrix(strategy, [params])
@@ -124,7 +126,7 @@ def _signals(batch: PriceBatch, strategy: str, params: dict[str, Any], start: in
     entries = np.empty(close.shape, dtype=np.bool_)
     exits = np.empty(close.shape, dtype=np.bool_)
     columns = engine.strategy_columns(batch, strategy)
-    strategies.get_strategy(strategy).kernels().signals_on_grid(columns, close, combos[0], entries, exits)
+    strategy.kernels().signals_on_grid(columns, close, combos[0], entries, exits)
     return np.ascontiguousarray(entries[:, start:]), np.ascontiguousarray(exits[:, start:])
 
 
@@ -177,7 +179,7 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
     exits = np.empty(shape, dtype=np.bool_)
     for k, params in enumerate(distinct):
         entries[k], exits[k] = _signals(batch, config.strategy, params, start)
-    out = np.empty((len(sets), pk.N_PORTFOLIO_METRICS))
+    out = np.empty((len(sets), enums.N_PORTFOLIO_METRICS))
     if close.size:
         pk.run_portfolio_grid(
             open_, close, entries, exits, np.array([index[strategies_key(s.params)] for s in sets], dtype=np.int64),
@@ -200,7 +202,7 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
     entries, exits = _signals(batch, config.strategy, chosen.params, start)
     times = batch.times[start:]
     n_symbols, n_time = close.shape
-    metrics = np.empty(pk.N_PORTFOLIO_METRICS)
+    metrics = np.empty(enums.N_PORTFOLIO_METRICS)
     contrib = np.empty((n_symbols, pk.N_CONTRIB))
     equity = np.empty(n_time)
     trades = np.empty(int(entries.sum()) + n_symbols, dtype=pk.PORTFOLIO_TRADE_DTYPE)
@@ -259,7 +261,6 @@ def strategies_key(params: dict[str, Any]) -> tuple:
 
 
 def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str, m: np.ndarray) -> dict[str, Any]:
-    bars = int(m[pk.P_BARS]) if not math.isnan(m[pk.P_BARS]) else 0
     start = engine.start_column(batch, config)
     times = batch.times[start:]
     valid = ~np.isnan(batch.columns["close"][:, start:]).all(axis=0) if times.size else np.zeros(0, dtype=bool)
@@ -270,7 +271,7 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "mode": "portfolio",
         "symbol": "*",
         "symbols": list(batch.symbols),
-        "strategy": config.strategy,
+        "strategy": config.strategy.name,
         "params": dict(chosen.params),
         "max_open": chosen.max_open,
         "stake": chosen.stake.value,
@@ -281,19 +282,7 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "end": _iso(times[last]) if has else None,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
-        "bars": bars,
-        "final_value": _number(m[pk.P_FINAL_VALUE]) if has else config.initial,
-        "total_return_pct": _number(m[pk.P_TOTAL_RETURN_PCT]) if has else 0.0,
-        "buy_hold_return_pct": _number(m[pk.P_BUY_HOLD_RETURN_PCT]) if has else None,
-        "num_trades": int(m[pk.P_NUM_TRADES]) if has else 0,
-        "closed_trades": int(m[pk.P_CLOSED_TRADES]) if has else 0,
-        "win_rate_pct": _number(m[pk.P_WIN_RATE_PCT]) if has else None,
-        "max_drawdown_pct": _number(m[pk.P_MAX_DRAWDOWN_PCT]) if has else None,
-        "sharpe": _number(m[pk.P_SHARPE]) if has else None,
-        "exposure_pct": _number(m[pk.P_EXPOSURE_PCT]) if has else None,
-        "skipped_no_slot": int(m[pk.P_SKIPPED_NO_SLOT]) if has else 0,
-        "skipped_no_cash": int(m[pk.P_SKIPPED_NO_CASH]) if has else 0,
-        "max_open_seen": int(m[pk.P_MAX_OPEN_SEEN]) if has else 0,
+        **engine.metric_fields(PORTFOLIO_METRICS, enums.PORTFOLIO_SLOTS, m, has, config.initial),
         "fill": config.fill,
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,

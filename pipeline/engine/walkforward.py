@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.core.errors import PipelineError
+from pipeline.engine.block_sums import sharpe_of_sums
 from pipeline.engine.kernels.blocks import (
     B_COUNT,
     B_DOWN2,
@@ -35,42 +35,17 @@ from pipeline.engine.kernels.blocks import (
     N_BLOCK_STATS,
     merge_blocks,
 )
-from pipeline.engine.overfit import sharpe_of_sums
 
 if TYPE_CHECKING:
-    from pipeline.engine.batch import RunConfig
+    from pipeline.engine.options import RunConfig
     from pipeline.lake.reader import PriceBatch
 
-# Objectives a fold can rank by: those computed from the equity path alone (per-trade ones,
-# profit factor and expectancy, need trades per fold, which the block sums do not keep).
-OBJECTIVES = ("total_return", "sharpe", "sortino")
-MAX_FOLDS = 50
 # Result fields a walk-forward row keeps from the chosen set's full-history row; its own
 # metrics replace the rest, which stay NULL (they describe the full history, not the part).
 _KEPT = ("symbol", "strategy", "params", "interval", "timerange_start", "timerange_end", "annualization",
          "bars_per_year", "fill", "fee_pct", "initial_investment", "snapshot_id", "computed_snapshot_id",
          "data_version", "engine_version", "min_bar_coverage", "sl_pct", "tp_pct", "trail", "size",
          "slippage_pct")
-
-
-def check(walk_forward: int, train_ratio: float, anchored: bool, objective: str, flat_start: bool = False) -> None:
-    """One-line errors for walk-forward options, before any work."""
-    if isinstance(walk_forward, bool) or not isinstance(walk_forward, int) or not (
-            walk_forward == 0 or 2 <= walk_forward <= MAX_FOLDS):
-        raise PipelineError(f"--walk-forward {walk_forward!r} is out of range: 0 (off) or 2 to {MAX_FOLDS} folds")
-    if not (isinstance(train_ratio, int | float) and not isinstance(train_ratio, bool)
-            and math.isfinite(train_ratio) and 0 < train_ratio < 1):
-        raise PipelineError(f"--train-ratio {train_ratio!r} is out of range: a share between 0 and 1 (0.7 trains "
-                            "on the first 70 % of each fold)")
-    if walk_forward and objective not in OBJECTIVES:
-        raise PipelineError(f"--objective {objective} cannot rank a walk-forward fold (it needs trades per fold); "
-                            f"use one of: {', '.join(OBJECTIVES)}")
-    if anchored and not walk_forward:
-        raise PipelineError("--anchored needs --walk-forward K")
-    if not isinstance(flat_start, bool):
-        raise PipelineError(f"--walk-forward-flat-start {flat_start!r} is not allowed: true or false")
-    if flat_start and not walk_forward:
-        raise PipelineError("--walk-forward-flat-start needs --walk-forward K")
 
 
 def fold_fractions(config: RunConfig) -> np.ndarray:

@@ -22,7 +22,9 @@ import polars as pl
 
 from pipeline.core.config import Settings
 from pipeline.core.errors import FileDamaged, SnapshotDamaged, disk_full, is_disk_full
+from pipeline.lake import retention, verify
 from pipeline.lake import snapshots as lake
+from pipeline.lake.commit import CommitResult, commit
 from pipeline.source import health, ohlcv
 from pipeline.source import postgres as source
 
@@ -103,7 +105,7 @@ class ExportReport:
 def since_for(settings: Settings, full: bool) -> datetime | None:
     """The watermark to read from: None (everything) for a full or first export, and when the
     current snapshot came from another source (a watermark belongs to one database; the new
-    snapshot then replaces the other source's symbols, see lake.commit)."""
+    snapshot then replaces the other source's symbols, see pipeline.lake.commit)."""
     if full:
         return None
     parent = lake.current_snapshot(settings.lake_root)
@@ -129,13 +131,13 @@ def plan(settings: Settings, full: bool) -> Plan:
     ones it rewrites. It first compares the sha256 of every one of them with the manifest's (a stat
     cannot see bit rot that keeps size and mtime): a damaged file makes it read every row from
     PostgreSQL, the source of truth, as `--full` does, so the new snapshot holds nothing of it. A
-    full export checks the same, to say so (`lake.commit` rebuilds a damaged snapshot, and would keep a
+    full export checks the same, to say so (`commit` rebuilds a damaged snapshot, and would keep a
     rotten one whose rows PostgreSQL still has unchanged). A damaged manifest or export state refuses
-    an incremental export (`lake.check_snapshot`); a full one rebuilds without it."""
+    an incremental export (`verify.check_snapshot`); a full one rebuilds without it."""
     try:
         current = lake.current_snapshot(settings.lake_root)
         if current is not None and current.manifest.get("source") == source.source_id(settings.database_url):
-            lake.check_snapshot(current, deep=True)
+            verify.check_snapshot(current, deep=True)
     except FileDamaged as exc:
         return Plan(True, None, [f"{exc.path} {exc.problem}; the export read every row from PostgreSQL and "
                                  "rebuilt the snapshot without it"])
@@ -183,7 +185,7 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
-                  fail_at: str | None = None, strict: bool = False) -> lake.CommitResult:
+                  fail_at: str | None = None, strict: bool = False) -> CommitResult:
     """Merge the staged rows into a new snapshot (or none, if nothing changed). The staged
     extract is removed whatever happens: a retry reads PostgreSQL again."""
     try:
@@ -191,7 +193,7 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
             bars, meta = staged.bars, staged.symbols
         else:
             bars, meta = pl.read_ipc(staged.path), json.loads(staged.symbols_path.read_text())
-        return lake.commit(
+        return commit(
             settings.lake_root, bars, meta["natives"], full=full, watermark=staged.watermark,
             rows_read=staged.rows_read, source=source.source_id(settings.database_url),
             whole=set(meta["whole"]), refused=staged.refused, derived=settings.derived_intervals,
@@ -201,7 +203,7 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
         staged.remove()
 
 
-def warnings(staged: StagedExtract, result: lake.CommitResult) -> list[str]:
+def warnings(staged: StagedExtract, result: CommitResult) -> list[str]:
     """One line per source problem the export stepped around, naming the symbol (or crypto id)."""
     lines = [f"crypto id {crypto_id}: {rows:,} price row(s) in crypto_prices have no cryptocurrencies row; skipped "
              "(give them a symbol: INSERT INTO cryptocurrencies (id, symbol) ..., or delete them)"
@@ -226,7 +228,7 @@ def _bytes_needed(rows: int) -> int:
 
 
 def vacuum(settings: Settings) -> list[str]:
-    return lake.vacuum(settings.lake_root, keep=settings.snapshot_keep,
+    return retention.vacuum(settings.lake_root, keep=settings.snapshot_keep,
                        keep_hours=settings.snapshot_keep_hours)
 
 

@@ -25,6 +25,7 @@ from pipeline.core.errors import PipelineError, SnapshotDamaged
 from pipeline.lake import grids
 from pipeline.lake import snapshots as lake
 from pipeline.lake.align import bar_span, scatter_to_grid
+from pipeline.lake.verify import check_files
 
 if TYPE_CHECKING:
     import duckdb
@@ -224,6 +225,44 @@ def read_prices(
     those below `min_coverage` are dropped (NaN, so the kernels skip them like any gap).
     """
     snapshot = snapshot or lake.require_snapshot(Path(lake_root))
+    names, interval, columns = _check_request(snapshot, symbols, interval, start, end, columns, max_points)
+    versions = [snapshot.symbols[s]["data_version"] for s in names]
+    ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
+    source = snapshot.manifest.get("source", "")
+    empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
+                       {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
+                       np.zeros(len(names), dtype=np.int64), source=source)
+    if not names:
+        return empty
+    queries, scanned = _queries(snapshot, names, ids, bool(symbols), interval, columns, start, end)
+    if not queries:
+        return empty
+    # A whole-history read of every symbol builds the same grid each time on an immutable snapshot:
+    # kept beside the lake (pipeline.lake.grids), mapped and checksummed instead of scanned the next time.
+    keep_grid = start is None and end is None and len(names) == len(snapshot.symbols) and grids.enabled()
+    kept = grids.load(lake_root, snapshot, interval, names, columns, min_coverage) if keep_grid else None
+    if kept is not None:
+        return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
+                          start, end, kept["bars"], kept.get("coverage"), source=source)
+    # The grid spans the first to the last bar read. A read of whole histories knows that span from
+    # the manifest and places each batch of rows as it arrives (memory: the grid plus one batch);
+    # a read of a time range learns it from the rows, so it holds them all first.
+    span = None if start is not None or end is not None else _manifest_span(snapshot, names, interval)
+    grid = _scan_to_grid(snapshot, queries, ids, interval, columns, span, min_coverage)
+    if grid is None:
+        return empty
+    times, out, bars, coverage = grid
+    if keep_grid:
+        grids.store(lake_root, snapshot, interval, names, columns, min_coverage, scanned,
+                    {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
+    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage, source=source)
+
+
+def _check_request(snapshot: lake.Snapshot, symbols: list[str] | None, interval: str, start: datetime | None,
+                   end: datetime | None, columns: tuple[str, ...],
+                   max_points: int) -> tuple[list[str], str, tuple[str, ...]]:
+    """The symbols read (lake order), the interval (`auto` resolved) and the columns (close first) of a
+    read, or a one-line error naming what is wrong with it."""
     intervals.check(interval, extra=("auto",))
     bad = [c for c in columns if c not in ALLOWED_COLUMNS]
     if bad:
@@ -235,15 +274,14 @@ def read_prices(
         interval = max(choose_interval(snapshot, names, start, end, max_points).values(),
                        key=intervals.SECONDS.get, default="1h")
     check_readable(snapshot, names, interval)
-    columns = tuple(dict.fromkeys(("close", *columns)))
-    versions = [snapshot.symbols[s]["data_version"] for s in names]
-    ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
-    empty = PriceBatch(snapshot.id, interval, names, np.zeros(0, dtype=np.int64),
-                       {c: np.full((len(names), 0), np.nan) for c in columns}, versions, start, end,
-                       np.zeros(len(names), dtype=np.int64), source=snapshot.manifest.get("source", ""))
-    if not names:
-        return empty
+    return names, interval, tuple(dict.fromkeys(("close", *columns)))
 
+
+def _queries(snapshot: lake.Snapshot, names: list[str], ids: np.ndarray, chosen: bool, interval: str,
+             columns: tuple[str, ...], start: datetime | None,
+             end: datetime | None) -> tuple[list[tuple[str, dict[str, object]]], list[Path]]:
+    """The DuckDB queries of a read (one per group of symbols read alike) and the files they scan
+    (each checked against its recorded size and mtime). `chosen`: the caller named the symbols."""
     years = None
     if start is not None or end is not None:
         lo_year = start.year if start else 1970
@@ -256,21 +294,17 @@ def read_prices(
         meta = snapshot.symbols[name]
         source = read_from(meta, interval)
         groups.setdefault((source, _bar_unit_seconds(meta, source)), []).append(int(symbol_id))
-    partial_possible = intervals.SECONDS[interval] > 3_600
-    step_us = intervals.SECONDS[interval] * 1_000_000
-    offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
     queries: list[tuple[str, dict[str, object]]] = []
     scanned: list[Path] = []
     for (source, unit), group_ids in groups.items():
         paths = snapshot.files(source, years)
-        lake.check_files(snapshot, paths)
+        check_files(snapshot, paths)
         scanned += paths
-        files = [str(p) for p in paths]
-        if not files:
+        if not paths:
             continue
         filters = []
-        params: dict[str, object] = {"files": files}
-        if symbols or len(groups) > 1:
+        params: dict[str, object] = {"files": [str(p) for p in paths]}
+        if chosen or len(groups) > 1:
             filters.append("list_contains($ids, symbol_id)")
             params["ids"] = group_ids
         if start is not None:
@@ -279,47 +313,52 @@ def read_prices(
         if end is not None:
             filters.append("ts < $end")
             params["end"] = end
-        where = ("WHERE " + " AND ".join(filters)) if filters else ""
-        # Coverage of a bar coarser than an hour: the share of its length the source bars fill.
-        share = f"* {unit}.0 / {intervals.SECONDS[interval]}"
-        if source == interval:
-            select = ", ".join(columns) + (f", bars {share} AS coverage" if partial_possible else "")
-            query = f"SELECT symbol_id, epoch_us(ts) AS ts, {select} FROM read_parquet($files) {where}"  # noqa: S608 - names checked
-        else:
-            bucket = f"(epoch_us(ts) - {offset_us}) // {step_us} * {step_us} + {offset_us}"
-            aggregates = ", ".join(f"{_AGGREGATE[c]} AS {c}" for c in columns)
-            aggregates += f", sum(bars) {share} AS coverage" if partial_possible else ""
-            query = (f"SELECT symbol_id, {bucket} AS bucket, {aggregates} "  # noqa: S608 - names checked
-                     f"FROM read_parquet($files) {where} GROUP BY ALL")
-            picked = ", ".join(columns) + (", coverage" if partial_possible else "")
-            query = f"SELECT symbol_id, bucket AS ts, {picked} FROM ({query})"  # noqa: S608
-        queries.append((query, params))
-    if not queries:
-        return empty
-    # A whole-history read of every symbol builds the same grid each time on an immutable snapshot:
-    # kept beside the lake (pipeline.lake.grids), mapped and checksummed instead of scanned the next time.
-    keep_grid = start is None and end is None and len(names) == len(snapshot.symbols) and grids.enabled()
-    kept = grids.load(lake_root, snapshot, interval, names, columns, min_coverage) if keep_grid else None
-    if kept is not None:
-        return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
-                          start, end, kept["bars"], kept.get("coverage"), source=snapshot.manifest.get("source", ""))
+        queries.append((_query(source, unit, interval, columns, filters), params))
+    return queries, scanned
+
+
+def _query(source: str, unit: int, interval: str, columns: tuple[str, ...], filters: list[str]) -> str:
+    """The query of one group: symbol_id, ts (epoch us), `columns` and, for bars coarser than an hour,
+    coverage; aggregated into `interval` buckets when read from a finer `source` interval."""
+    where = ("WHERE " + " AND ".join(filters)) if filters else ""
+    partial_possible = intervals.SECONDS[interval] > 3_600
+    step_us = intervals.SECONDS[interval] * 1_000_000
+    offset_us = intervals.BUCKET_OFFSET_SECONDS[interval] * 1_000_000
+    # Coverage of a bar coarser than an hour: the share of its length the source bars fill.
+    share = f"* {unit}.0 / {intervals.SECONDS[interval]}"
+    if source == interval:
+        select = ", ".join(columns) + (f", bars {share} AS coverage" if partial_possible else "")
+        return f"SELECT symbol_id, epoch_us(ts) AS ts, {select} FROM read_parquet($files) {where}"  # noqa: S608 - names checked
+    bucket = f"(epoch_us(ts) - {offset_us}) // {step_us} * {step_us} + {offset_us}"
+    aggregates = ", ".join(f"{_AGGREGATE[c]} AS {c}" for c in columns)
+    aggregates += f", sum(bars) {share} AS coverage" if partial_possible else ""
+    query = (f"SELECT symbol_id, {bucket} AS bucket, {aggregates} "  # noqa: S608 - names checked
+             f"FROM read_parquet($files) {where} GROUP BY ALL")
+    picked = ", ".join(columns) + (", coverage" if partial_possible else "")
+    return f"SELECT symbol_id, bucket AS ts, {picked} FROM ({query})"  # noqa: S608
+
+
+def _scan_to_grid(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]]], ids: np.ndarray,
+                  interval: str, columns: tuple[str, ...], span: tuple[int, int] | None, min_coverage: float,
+                  ) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, np.ndarray | None] | None:
+    """The rows of `queries` scattered onto the (symbols x time) grid spanning `span` (epoch us; None: the
+    rows' own span): times (epoch seconds), the column matrices, each symbol's bar count and the coverage
+    (bars under `min_coverage` made NaN); None when no row was read."""
+    partial_possible = intervals.SECONDS[interval] > 3_600
+    step_us = intervals.SECONDS[interval] * 1_000_000
     values = (*columns, "coverage") if partial_possible else columns
-    # The grid spans the first to the last bar read. A read of whole histories knows that span from
-    # the manifest and places each batch of rows as it arrives (memory: the grid plus one batch);
-    # a read of a time range learns it from the rows, so it holds them all first.
-    span = None if start is not None or end is not None else _manifest_span(snapshot, names, interval)
     batches = _batches(snapshot, queries)
     if span is None:
         batches = list(batches)
         ts_seen = [_as_numpy(batch.column("ts")) for batch in batches if batch.num_rows]
         if not ts_seen:
-            return empty
+            return None
         span = min(int(ts.min()) for ts in ts_seen), max(int(ts.max()) for ts in ts_seen)
     t0, t_last = span
     width = (t_last - t0) // step_us + 1
     row_of = np.full(int(ids.max()) + 1, -1, dtype=np.int64)
     row_of[ids] = np.arange(ids.size)
-    cells = {name: np.full((len(names), width), np.nan) for name in values}
+    cells = {name: np.full((ids.size, width), np.nan) for name in values}
     outside = 0
     for batch in batches:
         if not batch.num_rows:
@@ -340,13 +379,8 @@ def read_prices(
         thin = coverage < min_coverage
         for matrix in (*out.values(), coverage):
             matrix[thin] = np.nan
-    bars = bar_span(close, 0)[0]
     times = t0 // 1_000_000 + np.arange(width, dtype=np.int64) * intervals.SECONDS[interval]
-    if keep_grid:
-        grids.store(lake_root, snapshot, interval, names, columns, min_coverage, scanned,
-                    {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
-    return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage,
-                      source=snapshot.manifest.get("source", ""))
+    return times, out, bar_span(close, 0)[0], coverage
 
 
 def _manifest_span(snapshot: lake.Snapshot, names: list[str], interval: str) -> tuple[int, int] | None:

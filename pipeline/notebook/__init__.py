@@ -15,7 +15,8 @@ kernels and result shaping as the CLI: the numbers are the CLI's numbers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -26,6 +27,7 @@ import polars as pl
 
 from pipeline.core import intervals
 from pipeline.core.errors import PipelineError
+from pipeline.core.run_options import CONFIG_OPTIONS, RunOption, for_command
 from pipeline.engine import batch as engine
 from pipeline.engine import options
 from pipeline.engine import portfolio as pf
@@ -107,6 +109,23 @@ def prices(frames: Frames, interval: str | None = None) -> PriceBatch:
                       ["frames"] * len(symbols), bars=bars, source="frames")
 
 
+def _run_options(chosen: tuple[RunOption, ...] = CONFIG_OPTIONS) -> Callable[[Any], Any]:
+    """Show a function's `**run` as the run options it takes, by name with their defaults (help(),
+    IDEs); `options.run_config` checks them and refuses any other name."""
+
+    def add(func: Any) -> Any:
+        own = inspect.signature(func)
+        func.__signature__ = own.replace(parameters=[
+            *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD),
+            *(inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default,
+                                annotation=o.type | None if o.nullable else o.type)
+              for o in chosen if o.name not in own.parameters)])
+        return func
+
+    return add
+
+
+@_run_options()
 def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
              **run: Any) -> pl.DataFrame:
     """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
@@ -117,12 +136,13 @@ def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list
     """
     from pipeline.engine import overfit
 
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     batch = prices(frames)
     results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
 
+@_run_options()
 def plot(frames: Frames, strategy: str, path: str | Path,
          params: Mapping[str, Any] | list[dict] | None = None, *, top: int = 5, **run: Any) -> Path:
     """The CLI's picture (`backtest --plot`, or `sweep --plot` for a list of parameter sets) of a run on
@@ -132,7 +152,7 @@ def plot(frames: Frames, strategy: str, path: str | Path,
     from pipeline.engine import overfit
 
     options.check_plot(Path(path))
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     frames = by_symbol(frames)
     batch = prices(frames)
     sweep = len(config.params_list) > 1
@@ -145,6 +165,7 @@ def plot(frames: Frames, strategy: str, path: str | Path,
     return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
 
 
+@_run_options()
 def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping[str, Any] | Any,
                 **run: Any) -> pl.DataFrame:
     """Your own signals, one boolean array per symbol and per frame row (vectorbt's from_signals):
@@ -154,7 +175,8 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
 
     from pipeline.engine import strategies
 
-    strategies.register(strategies.strategy_from_module(importlib.import_module("pipeline.notebook.signals")))
+    from_signals = strategies.strategy_from_module(importlib.import_module("pipeline.notebook.signals"))
+    strategies.register(from_signals)
     frames = by_symbol(frames)
     if len(frames) == 1:  # one symbol's signals may come as bare arrays
         (only,) = frames
@@ -170,10 +192,11 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
             raise PipelineError(f"{symbol}: entries {enter.shape} and exits {leave.shape} must each have one "
                                 f"value per frame row ({frame.height})")
         coded[symbol] = frame.with_columns(pl.Series("volume", enter * 1.0 + leave * 2.0))
-    config = options.run_config("from_signals", {}, **run)
+    config = options.run_config(from_signals, {}, **run)
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
+@_run_options()
 def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
                 **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
@@ -181,8 +204,8 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
     units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
 
     `run` takes the CLI's options by keyword, as `run_backtest`."""
-    config = options.run_config(strategy, params or {}, **{**run, "trades": True})
-    rows = [{"symbol": r["symbol"], "params": r["params"], **engine.Execution.of(r).fields(), **trip}
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **{**run, "trades": True})
+    rows = [{"symbol": r["symbol"], "params": r["params"], **options.Execution.of(r).fields(), **trip}
             for r in engine.leaderboard(engine.run(prices(frames), config)) for trip in r["round_trips"]]
     if not rows:
         return pl.DataFrame(schema={"symbol": pl.String, "sl_pct": pl.Float64, "tp_pct": pl.Float64,
@@ -208,13 +231,14 @@ class Portfolio:
         return plots.write_portfolio_plot(Path(path), self.best, f"{self.best['strategy']} portfolio")
 
 
+@_run_options(tuple(o for o in for_command("portfolio") if o.in_config))
 def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
               max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
               **run: Any) -> Portfolio:
     """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
 
     `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
-    config = options.run_config(strategy, params or {}, **run)
+    config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     slots = max_open if isinstance(max_open, list) else [max_open]
     stakes = [pf.Stake.parse(s) for s in (stake if isinstance(stake, list) else [stake])]
     sets = pf.make_sets(config, slots, stakes)

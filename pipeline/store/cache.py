@@ -4,10 +4,10 @@ Keys (``<prefix>`` is ``settings.cache_prefix``):
 
 - ``<prefix>:bt:<sha256>``: one result record as JSON (never pickle), with a TTL. The hash
   is over the canonical JSON (sorted keys, no spaces, integral floats as ints) of
-  ``engine_version, strategy, params, symbol, interval, timerange_start, timerange_end,
-  fill, fee_pct, initial_investment, annualization, min_bar_coverage, sl_pct, tp_pct, trail,
-  size, slippage_pct, data_version``: a new export (data version), a code change (engine
-  version) or another stop, size or slippage gives a new key.
+  ``engine_version, strategy, params, symbol, market, data_version`` and the run options marked
+  ``in_cache_key`` in ``pipeline.core.run_options`` (interval, time range, fill, fee, initial cash,
+  annualization, bar coverage, stops, size, slippage): a new export (data version), a code change
+  (engine version) or another option value gives a new key.
 - ``<prefix>:sym:<symbol>``: set of that symbol's ``bt`` keys, for ``invalidate_symbol``
   (a pattern cannot find a symbol inside a hash).
 - ``<prefix>:stats:hits`` / ``<prefix>:stats:misses``: counters fed by ``record_hits``.
@@ -31,6 +31,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pipeline.core.config import Settings, redact_url
+from pipeline.core.run_options import KEY_DEFAULTS
 from pipeline.core.versions import ENGINE_VERSION
 
 if TYPE_CHECKING:
@@ -73,42 +74,24 @@ def cache_key(
     strategy: str,
     params: Mapping[str, Any],
     symbol: str,
-    interval: str,
-    timerange_start: str | datetime | None,
-    timerange_end: str | datetime | None,
-    fill: str,
-    fee_pct: float,
-    initial_investment: float,
     data_version: str,
     engine_version: str = ENGINE_VERSION,
-    annualization: str = "observed",
-    min_bar_coverage: float = 0.0,
-    sl_pct: float = 0.0,
-    tp_pct: float = 0.0,
-    trail: bool = False,
-    size: float = 1.0,
-    slippage_pct: float = 0.0,
     market: str = "spot",
+    **run_options: Any,
 ) -> str:
-    """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``."""
+    """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``. `run_options` are
+    the result fields of the run options in the key (``KEY_DEFAULTS``: fee_pct, sl_pct, ...); those
+    not given take their defaults."""
+    unknown = sorted(set(run_options) - set(KEY_DEFAULTS))
+    if unknown:
+        raise TypeError(f"cache_key() got fields that are not in the cache key: {', '.join(unknown)}")
     fields = {
         "engine_version": engine_version,
         "strategy": strategy,
         "params": dict(params),
         "symbol": symbol,
-        "interval": interval,
-        "timerange_start": timerange_start,
-        "timerange_end": timerange_end,
-        "fill": fill,
-        "fee_pct": fee_pct,
-        "initial_investment": initial_investment,
-        "annualization": annualization,
-        "min_bar_coverage": min_bar_coverage,
-        "sl_pct": sl_pct,
-        "tp_pct": tp_pct,
-        "trail": trail,
-        "size": size,
-        "slippage_pct": slippage_pct,
+        **KEY_DEFAULTS,
+        **run_options,
         "market": market,
         "data_version": data_version,
     }
@@ -428,26 +411,9 @@ class ResultCache:
         self._report(message)
 
 
-_KEY_FIELDS = (
-    "strategy",
-    "params",
-    "symbol",
-    "interval",
-    "timerange_start",
-    "timerange_end",
-    "fill",
-    "fee_pct",
-    "initial_investment",
-    "data_version",
-    "engine_version",
-    "annualization",
-    "min_bar_coverage",
-    "sl_pct",
-    "tp_pct",
-    "trail",
-    "size",
-    "slippage_pct",
-)
+# A record's fields that its key is made of (`market` is left out: records cached before it was
+# kept lack it, and spot is all there is).
+_KEY_FIELDS = ("strategy", "params", "symbol", *KEY_DEFAULTS, "data_version", "engine_version")
 
 
 def _key_mismatch(record: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:

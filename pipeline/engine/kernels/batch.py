@@ -53,7 +53,8 @@ def first_at_or_after(index, m, start_t):
 
 @njit(cache=True)
 def finish_row(metrics, m0, m, index, warmup):
-    """Add the symbol's place in the time grid, its warm-up bars and the status to a metrics row.
+    """Add the symbol's place in the time grid, its warm-up bars and the status to a metrics row
+    (the M_* slots: enums.METRIC_NAMES).
 
     Bars m0..m-1 are the range simulated; bars before m0 only warmed the indicators up.
     """

@@ -40,7 +40,7 @@ def block_edge(fraction: float, m: int) -> int:
 @njit(cache=True, inline="always", error_model="numpy")
 def _split_sharpe(count, s, s2):
     """Per-bar Sharpe ratio of returns given by their count, sum and sum of squares, by the very float
-    operations of `pipeline.engine.overfit.sharpe_of_sums` (mean = s / n, var = (s2 - s mean) / (n - 1),
+    operations of `pipeline.engine.block_sums.sharpe_of_sums` (mean = s / n, var = (s2 - s mean) / (n - 1),
     mean / sqrt(var)), so that equal sums give equal ratios; 0 where undefined (fewer than two returns
     or var <= 1e-30): a set that never trades has no excess return, and ranks need a number.
     Branch-free, so that the loop over the sets vectorises (error_model numpy: no division checks)."""

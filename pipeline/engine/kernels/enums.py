@@ -9,81 +9,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.core import metrics
+
 # --- metrics ----------------------------------------------------------------
-# Column order of one result row: simulate_1d writes SPEC section 4's metrics (the first
-# N_SIM_METRICS) and the full stats set (from M_CAGR_PCT on), run_grid adds the symbol's
-# position in the time grid, a status and the warm-up between them.
-METRIC_NAMES: tuple[str, ...] = (
-    "final_value",
-    "total_return_pct",
-    "buy_hold_return_pct",
-    "num_trades",
-    "closed_trades",
-    "win_rate_pct",
-    "max_drawdown_pct",
-    "sharpe",
-    "exposure_pct",
-    "final_value_net",
-    "bars",
-    "first_index",
-    "last_index",
-    "status",
-    "warmup_bars",
-    # The full stats set (README, "Behaviour where SPEC is silent": formulas), same pass.
-    "cagr_pct",
-    "annual_return_pct",
-    "annual_volatility_pct",
-    "sortino",
-    "calmar",
-    "max_drawdown_duration_bars",
-    "avg_drawdown_pct",
-    "best_trade_pct",
-    "worst_trade_pct",
-    "avg_trade_pct",
-    "avg_trade_duration_bars",
-    "max_trade_duration_bars",
-    "profit_factor",
-    "expectancy",
-    "sqn",
-    "fees_paid",
-)
-M_FINAL_VALUE = 0
-M_TOTAL_RETURN_PCT = 1
-M_BUY_HOLD_RETURN_PCT = 2
-M_NUM_TRADES = 3
-M_CLOSED_TRADES = 4
-M_WIN_RATE_PCT = 5
-M_MAX_DRAWDOWN_PCT = 6
-M_SHARPE = 7
-M_EXPOSURE_PCT = 8
-# Cash plus the open position after a hypothetical exit fee at the last close.
-M_FINAL_VALUE_NET = 9
-M_BARS = 10
-M_FIRST_INDEX = 11
-M_LAST_INDEX = 12
-M_STATUS = 13
-# Bars before the --timerange start that the indicators warmed up on (no trade there).
-M_WARMUP_BARS = 14
-M_CAGR_PCT = 15
-M_ANNUAL_RETURN_PCT = 16
-M_ANNUAL_VOLATILITY_PCT = 17
-M_SORTINO = 18
-M_CALMAR = 19
-M_MAX_DRAWDOWN_DURATION_BARS = 20
-M_AVG_DRAWDOWN_PCT = 21
-M_BEST_TRADE_PCT = 22
-M_WORST_TRADE_PCT = 23
-M_AVG_TRADE_PCT = 24
-M_AVG_TRADE_DURATION_BARS = 25
-M_MAX_TRADE_DURATION_BARS = 26
-M_PROFIT_FACTOR = 27
-M_EXPECTANCY = 28
-M_SQN = 29
-M_FEES_PAID = 30
-N_SIM_METRICS = 11  # SPEC section 4's, at indices 0..10
-# The stats set, in METRIC_NAMES order: result fields and results columns of their own names.
-STATS_NAMES: tuple[str, ...] = METRIC_NAMES[M_CAGR_PCT:]
+# Column order of one result row of the single-symbol kernels: run_grid's three columns (the
+# symbol's first and last position in the time grid and a status), then every metric of the table
+# (pipeline/core/metrics.py) that the kernels write, in the table's order. `M_<NAME>` is each
+# column's number, a module-level int that Numba freezes into the compiled kernels.
+METRIC_NAMES: tuple[str, ...] = ("first_index", "last_index", "status",
+                                 *(m.name for m in metrics.METRICS if m.single))
+# SPEC section 4's metrics and the full stats set (README: formulas; contiguous columns).
+SPEC_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in metrics.METRICS if m.single and m.spec)
+STATS_NAMES: tuple[str, ...] = tuple(m.name for m in metrics.METRICS if m.stats)
 N_METRICS = len(METRIC_NAMES)
+# One portfolio account's row (simulate_portfolio): `P_<NAME>` for each.
+PORTFOLIO_METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in metrics.METRICS if m.portfolio)
+N_PORTFOLIO_METRICS = len(PORTFOLIO_METRIC_NAMES)
+METRIC_SLOTS: dict[str, int] = {name: slot for slot, name in enumerate(METRIC_NAMES)}
+PORTFOLIO_SLOTS: dict[str, int] = {name: slot for slot, name in enumerate(PORTFOLIO_METRIC_NAMES)}
+globals().update({f"M_{name.upper()}": slot for name, slot in METRIC_SLOTS.items()})
+globals().update({f"P_{name.upper()}": slot for name, slot in PORTFOLIO_SLOTS.items()})
 
 # --- status of one (symbol, combo) result -----------------------------------
 STATUS_OK = 0
@@ -130,7 +75,7 @@ ACTION_SELL = -1
 # is the bar whose close produced the signal (differs from `bar` with
 # fill=next_open). `value` is the cash spent including the fee for a buy and the
 # net cash received for a sell. `indicator` is the strategy's indicator at the
-# signal bar (see pipeline.engine.strategies.indicator_label), NaN for a stop exit. `reason` is
+# signal bar (see Strategy.indicator_label), NaN for a stop exit. `reason` is
 # an EXIT_* code on sells (EXIT_SIGNAL on buys). A stop exit's `signal_bar` is its own bar.
 TRADE_DTYPE = np.dtype(
     [

@@ -16,7 +16,23 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from pipeline.engine.kernels.enums import EXIT_END_OF_DATA, EXIT_SIGNAL
+from pipeline.engine.kernels.enums import (
+    EXIT_END_OF_DATA,
+    EXIT_SIGNAL,
+    P_BARS,
+    P_BUY_HOLD_RETURN_PCT,
+    P_CLOSED_TRADES,
+    P_EXPOSURE_PCT,
+    P_FINAL_VALUE,
+    P_MAX_DRAWDOWN_PCT,
+    P_MAX_OPEN_SEEN,
+    P_NUM_TRADES,
+    P_SHARPE,
+    P_SKIPPED_NO_CASH,
+    P_SKIPPED_NO_SLOT,
+    P_TOTAL_RETURN_PCT,
+    P_WIN_RATE_PCT,
+)
 from pipeline.engine.kernels.simulate import add_return, return_moments
 
 # Round-trip record of a portfolio trade; `symbol` indexes the input rows, bars index the grid. Not
@@ -37,36 +53,6 @@ PORTFOLIO_TRADE_DTYPE = np.dtype(
     align=True,
 )
 
-# Metrics of one portfolio run, in this order.
-PORTFOLIO_METRIC_NAMES: tuple[str, ...] = (
-    "final_value",
-    "total_return_pct",
-    "num_trades",
-    "closed_trades",
-    "win_rate_pct",
-    "max_drawdown_pct",
-    "sharpe",
-    "exposure_pct",
-    "skipped_no_slot",
-    "skipped_no_cash",
-    "max_open_seen",
-    "bars",
-    "buy_hold_return_pct",
-)
-P_FINAL_VALUE = 0
-P_TOTAL_RETURN_PCT = 1
-P_NUM_TRADES = 2
-P_CLOSED_TRADES = 3
-P_WIN_RATE_PCT = 4
-P_MAX_DRAWDOWN_PCT = 5
-P_SHARPE = 6
-P_EXPOSURE_PCT = 7
-P_SKIPPED_NO_SLOT = 8
-P_SKIPPED_NO_CASH = 9
-P_MAX_OPEN_SEEN = 10
-P_BARS = 11
-P_BUY_HOLD_RETURN_PCT = 12
-N_PORTFOLIO_METRICS = len(PORTFOLIO_METRIC_NAMES)
 
 # Per-symbol contribution columns.
 CONTRIB_TRADES = 0
@@ -257,7 +243,7 @@ def simulate_portfolio(
         initial: starting cash.
         fill_next_open: False fills at the signal bar's close, True at the symbol's next open.
         bars_per_year: annualisation of the Sharpe ratio.
-        metrics_out: (N_PORTFOLIO_METRICS,) written in full.
+        metrics_out: (N_PORTFOLIO_METRICS,) written in full, at the P_* slots (enums: PORTFOLIO_METRIC_NAMES order).
         contrib_out: (S x N_CONTRIB) written in full: round trips, realised + open P&L, skips.
         equity_out: (T,) to receive the equity at every grid bar (NaN where no symbol has a
             bar), or length 0.

@@ -341,8 +341,8 @@ def simulate_1d(
         fill_next_open: False fills at the signal bar's close, True at the next
             bar's open (a signal on the last bar is then not filled).
         bars_per_year: annualisation factor of the Sharpe ratio.
-        metrics_out: written at the M_* indices of SPEC section 4's metrics and the stats set
-            (not the grid columns run_grid adds).
+        metrics_out: written at the M_* slots (enums, in the order of pipeline/core/metrics.py) of
+            SPEC section 4's metrics and the stats set (not the grid columns run_grid adds).
         equity_out: length n to receive the equity at every close, or length 0.
         trades_out: TRADE_DTYPE records of length n, or length 0 to skip the log.
         high, low: the bars' highs and lows; needed (and read) only when a stop is set.

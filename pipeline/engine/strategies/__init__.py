@@ -32,7 +32,8 @@ import numpy as np
 
 from pipeline.core import config
 from pipeline.core.errors import PipelineError
-from pipeline.engine.options import is_plain_number
+from pipeline.core.plain_numbers import is_plain_number
+from pipeline.core.run_options import PER_SET
 from pipeline.engine.strategies import compiler, usercode
 from pipeline.engine.strategies.api import PRICE_COLUMNS, Param
 
@@ -44,19 +45,14 @@ MAX_GRID_COMBOS = 1_000_000
 
 # SPEC 4.1's run parameters, which every strategy takes: set for a whole run by their options
 # (--sl 5), or varied in a sweep like a strategy's own (-g sl=2:10:2; pipeline.engine.options.parse_grid).
-# Percentages as the CLI takes them. No strategy may declare a parameter of these names.
-EXECUTION_PARAMS: tuple[Param, ...] = (
-    Param("sl", float, 0.0, "stop-loss, percent below the entry fill price (with trail: below the highest "
-          "high since the entry); 0 = none", minimum=0, maximum=100, maximum_inclusive=False),
-    Param("tp", float, 0.0, "take-profit, percent above the entry fill price; 0 = none", minimum=0,
-          maximum=1e6),
-    Param("trail", int, 0, "1 = the stop-loss trails the highest high since the entry (needs sl)", minimum=0,
-          maximum=1),
-    Param("size", float, 1.0, "share of the equity committed at each entry (1 = all in)", minimum=0,
-          minimum_inclusive=False, maximum=1),
-    Param("slippage", float, 0.0, "percent against the trader on every market fill (close and next_open "
-          "fills; stop fills get none)", minimum=0, maximum=100, maximum_inclusive=False),
-)
+# Percentages as the CLI takes them; the per-set run options of `run_options.PER_SET`, with their
+# bounds (trail as 0 or 1). No strategy may declare a parameter of these names.
+EXECUTION_PARAMS: tuple[Param, ...] = tuple(
+    Param(o.name, int if o.type is bool else o.type, int(o.default) if o.type is bool else o.default, o.help,
+          minimum=0 if o.type is bool else o.minimum, maximum=1 if o.type is bool else o.maximum,
+          minimum_inclusive=o.minimum_inclusive, maximum_inclusive=o.maximum_inclusive)
+    for o in PER_SET)
+EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
 
 
 @dataclass(frozen=True)
@@ -320,7 +316,10 @@ def strategy_names() -> list[str]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """The strategy called `name`; PipelineError listing the choices otherwise."""
+    """The strategy called `name`; PipelineError listing the choices otherwise.
+
+    The registry's lookup, which `pipeline.engine.options.resolve_strategy` makes at a run's edge (the
+    CLI, the API, the notebook, a flow): from there the Strategy object travels, never its name."""
     if name not in _REGISTRY:
         _load_environment()
     try:
@@ -331,25 +330,14 @@ def get_strategy(name: str) -> Strategy:
         ) from None
 
 
-def indicator_label(strategy_name: str) -> str:
-    """Name of the indicator value recorded in the strategy's trade log.
-
-    rsi: the RSI; ma_crossover: the fast SMA; bollinger: the band that was
-    crossed (lower on buy signals, upper on sell signals); macd: the MACD line;
-    buy_and_hold: the close.
-    """
-    return get_strategy(strategy_name).indicator_label
-
-
-def resolve_params(strategy_name: str, overrides: Mapping[str, object]) -> dict[str, Number]:
+def resolve_params(strategy: Strategy, overrides: Mapping[str, object]) -> dict[str, Number]:
     """Defaults overlaid with `overrides`, typed and validated.
 
     Values may be numbers or numeric strings ("14", "2.5"). Raises
-    PipelineError for an unknown strategy or parameter, a non-numeric value, a
+    PipelineError for an unknown parameter, a non-numeric value, a
     non-integer period, a value out of range or an invalid combination
     (fast_period >= slow_period, oversold_threshold >= overbought_threshold).
     """
-    strategy = get_strategy(strategy_name)
     resolved: dict[str, Number] = dict(strategy.defaults)
     for name, value in overrides.items():
         resolved[name] = strategy.param(name).convert(value)
@@ -437,7 +425,7 @@ def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) ->
     return name, list(values)
 
 
-def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param] = (),
+def parse_grid(strategy: Strategy, specs: Sequence[str], common: Sequence[Param] = (),
                samples: int | None = None, seed: int = 0) -> ParamGrid:
     """Parameter sets of a sweep, every one validated.
 
@@ -453,7 +441,6 @@ def parse_grid(strategy_name: str, specs: Sequence[str], common: Sequence[Param]
     malformed, names an unknown parameter or a value out of range, a
     PipelineError names it.
     """
-    strategy = get_strategy(strategy_name)
     axes: dict[str, list[Number]] = {}
     for spec in specs:
         name, values = _spec_values(strategy, spec, common)
@@ -505,7 +492,7 @@ def _grid_point(value_lists: list[list[Number]], index: int) -> tuple[Number, ..
 
 
 def combos_matrix(
-    strategy_name: str, params_list: Sequence[Mapping[str, object]]
+    strategy: Strategy, params_list: Sequence[Mapping[str, object]]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parameter sets as the batch kernel's inputs.
 
@@ -515,12 +502,11 @@ def combos_matrix(
     row i needs a new indicator computation; row i is params_list[order[i]].
     Every parameter set is validated with resolve_params.
     """
-    strategy = get_strategy(strategy_name)
     names = strategy.param_names
     n = len(params_list)
     combos = np.zeros((n, len(names)), dtype=np.float64)
     for i, params in enumerate(params_list):
-        resolved = resolve_params(strategy_name, params)
+        resolved = resolve_params(strategy, params)
         for j, name in enumerate(names):
             combos[i, j] = resolved[name]
     key_cols = [names.index(p) for p in strategy.indicator_params]
@@ -542,7 +528,7 @@ def combos_matrix(
     return combos, recompute, order
 
 
-def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
+def warmup_bars(strategy: Strategy, params: Mapping[str, object]) -> int:
     """Bars a symbol needs before the strategy's first signal can fire.
 
     The strategy's `warmup` declaration (rsi: rsi_period + 2; ma_crossover:
@@ -551,8 +537,7 @@ def warmup_bars(strategy_name: str, params: Mapping[str, object]) -> int:
     gets status too_few_bars and zero trades. (With fill=next_open one more bar
     is needed for the first fill.)
     """
-    strategy = get_strategy(strategy_name)
-    resolved = resolve_params(strategy_name, params)
+    resolved = resolve_params(strategy, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
     return int(strategy.kernels().warmup_bars(row))
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from numba import njit
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.plain_numbers import is_plain_number
 from pipeline.engine.kernels.indicators import (
     bb_std_1d,
     bbands_1d,
@@ -48,7 +49,6 @@ from pipeline.engine.kernels.indicators import (
     sma_1d,
 )
 from pipeline.engine.kernels.signals import cross_above, cross_below, lines_cross_signals
-from pipeline.engine.options import is_plain_number
 
 Number = int | float
 

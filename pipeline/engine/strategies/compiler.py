@@ -40,6 +40,8 @@ TEMPLATE = KERNELS_DIR / "strategy_kernel.py"
 TEMPLATE_BINDING = '"__strategy_module__"'
 # Everything the template compiles in besides the strategy itself.
 SHARED_SOURCES = ("strategy_kernel.py", "batch.py", "simulate.py", "enums.py", "indicators.py", "signals.py")
+# The table the kernels' metric slots are numbered from (enums).
+METRICS_TABLE = KERNELS_DIR.parent.parent / "core" / "metrics.py"
 
 _loaded: dict[str, ModuleType | usercode.GuardedKernels] = {}
 _scratch: list[Path] = []
@@ -49,6 +51,7 @@ def _shared_digest() -> str:
     digest = hashlib.sha256(numba.__version__.encode())
     for name in SHARED_SOURCES:
         digest.update((KERNELS_DIR / name).read_bytes())
+    digest.update(METRICS_TABLE.read_bytes())
     return digest.hexdigest()
 
 

@@ -1,0 +1,29 @@
+"""The run options of `pipeline.core.run_options` as Typer options of backtest, sweep and portfolio."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from pipeline.core.run_options import for_command
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def run_options(command: str) -> Callable[[F], F]:
+    """Add the table's options that `command` takes to the command's signature, after its own, as
+    Typer options (flag, default, help); the command receives them by name in its `**run`."""
+
+    def add(func: F) -> F:
+        own = inspect.signature(func, eval_str=True)
+        added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[
+            o.type | None if o.nullable else o.type, typer.Option(o.flag, help=o.help_for(command))])
+            for o in for_command(command)]
+        func.__signature__ = own.replace(parameters=[  # type: ignore[attr-defined]
+            *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD), *added])
+        return func
+
+    return add

@@ -1,0 +1,209 @@
+"""`cryptobt backtest` and `cryptobt sweep`: a run over many symbols, its leaderboard, JSON and pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipeline.cli import boards
+from pipeline.cli.errors import user_errors
+from pipeline.cli.output import console, emit_json, err_console, progress_bar, warn
+from pipeline.cli.run_flags import run_options
+from pipeline.cli.stoppable import RAN, stoppable
+from pipeline.core import stopping, tables
+from pipeline.core.config import Settings
+from pipeline.engine import options
+
+app = typer.Typer()
+
+def _run_header(outcome: Any) -> dict[str, Any]:
+    """What `backtest --json` and `sweep --json` say of the run itself, before its results: its id, the
+    snapshot and interval it read, and the symbols of the lake it left out with why."""
+    return {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id, "interval": outcome.interval,
+            "left_out": outcome.left_out}
+
+
+def _run(strategy: Any, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
+         stream: bool, command: str, no_cache: bool = False, confirm_seconds: float | None = None,
+         snapshot: str | None = None, keep: int | None = None, *, interval: str, **run: Any
+         ) -> tuple[Any, Any, Settings]:
+    """A validated backtest or sweep, run; `run` are the command's run options (fee, fill, sl, ...)."""
+    from pipeline import runs
+
+    config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, **run)
+    settings = Settings.from_env()
+    on_results = None
+    if stream:
+        def on_results(batch: list[dict[str, Any]]) -> None:
+            for result in batch:
+                print(tables.json_text(result), flush=True)
+
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("backtests", total=None)
+        watch = None if stream or progress.disable else (
+            lambda done, total: progress.update(task, completed=done, total=total))
+        outcome = runs.execute(settings, config, symbols, interval, no_cache=no_cache, on_warning=warn,
+                               on_results=on_results, on_progress=watch, command=command,
+                               confirm_seconds=confirm_seconds,
+                               on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot,
+                               keep=keep, should_stop=stopping.requested)
+    ran = RAN.get()
+    if ran is not None:
+        ran.update(outcome=outcome, settings=settings)
+    _warn_findings(outcome.findings)
+    say_left_out(outcome.left_out, interval)
+    return outcome, config, settings
+
+
+def say_left_out(left_out: dict[str, str], interval: str) -> None:
+    """One line naming the symbols a run over the whole lake left out, and why."""
+    if not left_out:
+        return
+    names = list(left_out)
+    shown = "; ".join(f"{n} ({left_out[n]})" for n in names[:3])
+    err_console.print(f"left out {len(names)} symbol(s) with no {interval} bars: {shown}"
+                      f"{f'; and {len(names) - 3} more (--json lists them)' if len(names) > 3 else ''}; "
+                      "--interval auto runs each at its own interval", highlight=False, soft_wrap=True)
+
+
+def _warn_findings(findings: dict[str, list[str]]) -> None:
+    """One line for the symbols whose data has health findings (the manifest records them)."""
+    if not findings:
+        return
+    names = sorted(findings)
+    first = f"{names[0]}: {findings[names[0]][0]}"
+    err_console.print(f"[yellow]warning:[/] {len(names)} symbol(s) have data findings ({first}"
+                      f"{'; ...' if len(names) > 1 or len(findings[names[0]]) > 1 else ''}); "
+                      f"see `cryptobt data check {' '.join(names[:3])}{' ...' if len(names) > 3 else ''}`",
+                      highlight=False, soft_wrap=True)
+
+
+def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool, top: int) -> None:
+    from pipeline import plots, runs
+
+    best = outcome.results[:top]
+    # A run whose symbols were read at several intervals (--interval auto) draws at the coarsest.
+    curves = runs.equity_curves(settings, config, [r["symbol"] for r in best[:5]], outcome.interval.split("+")[-1],
+                                best[0] if best else None, snapshot_id=outcome.snapshot_id)
+    # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
+    from pipeline.engine import batch as engine
+
+    bars = engine.top_per_symbol(outcome.results, 1, *engine.ranking(config)) if sweep else outcome.results
+    written = plots.write_plot(path, f"{config.strategy.name} on snapshot {outcome.snapshot_id}",
+                               bars, curves, outcome.set_returns if sweep else None)
+    err_console.print(f"picture written to {written}")
+
+
+@app.command("backtest")
+@user_errors
+@stoppable
+@run_options("backtest")
+def backtest_command(
+    strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
+    snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot (`cryptobt lake snapshots`) "
+                                                      "instead of the current one.")] = None,
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: the run (run_id, snapshot_id, "
+                                                          "interval, left_out) and its results.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
+    top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    **run: Any,
+) -> None:
+    """Backtest one strategy over many symbols at once.
+
+    Examples:
+      cryptobt backtest rsi --all
+      cryptobt backtest macd -s SYN001 -s SYN002 --interval 1d --timerange 20230101- --json
+      cryptobt backtest rsi -p rsi_period=21 -p oversold_threshold=25 --fill next_open --plot out/rsi.html
+      cryptobt backtest rsi --all --sl 5 --tp 10 --trail --size 0.5 --slippage 0.05
+    """
+    options.load_strategy_paths(strategy_path)
+    options.check_top(top)
+    options.check_plot(plot)
+    outcome, config, settings = _run(options.resolve_strategy(strategy), options.parse_params(param or []), symbol, all_, stream,
+                                     "backtest", no_cache, snapshot=snapshot, **run)
+    if plot and outcome.results:
+        _plot(plot, settings, config, outcome, False, top)
+    if stream:
+        return
+    if as_json:
+        emit_json({**_run_header(outcome), "results": outcome.results})
+        return
+    shown = min(top, len(outcome.results))
+    boards.print_board(outcome.results, f"{strategy} on {len(outcome.results)} symbols ({outcome.interval})"
+                 + (f": best {shown} of {len(outcome.results)} (--top)" if shown < len(outcome.results) else ""), top)
+    cache_note = (f"{outcome.cache_hits} from cache, {outcome.cache_misses} computed" if outcome.cache_used
+                  else "cache off")
+    console.print(f"run {outcome.run_id}: {outcome.seconds * 1000:.0f} ms ({cache_note}); "
+                  f"snapshot {outcome.snapshot_id}; results in {settings.results_root}")
+
+
+@app.command("sweep")
+@user_errors
+@stoppable
+@run_options("sweep")
+def sweep_command(
+    strategy: Annotated[str, typer.Argument(help="Strategy to sweep.")],
+    grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s")] = None,
+    all_: Annotated[bool, typer.Option("--all")] = False,
+    snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot instead of the current one.")] = None,
+    top: Annotated[int, typer.Option(help="Best N per symbol and overall.")] = 5,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    plot: Annotated[Path | None, typer.Option(help="Write pictures (with a heatmap) to .html or .png.")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep estimated to take more than "
+                                      f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    samples: Annotated[int | None, typer.Option(
+        help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,
+    **run: Any,
+) -> None:
+    """Run a parameter grid over many symbols in one pass; print the best sets.
+
+    The sweep's size and estimated time are printed first; one estimated past
+    a minute needs --yes. The run parameters sl, tp, trail (0 or 1), size and slippage
+    join the grid like the strategy's own (-g sl=2:10:2); --sl and the others set them
+    for every set.
+
+    Examples:
+      cryptobt sweep rsi -g rsi_period=7:28:7 -g oversold_threshold=20,25,30 -g overbought_threshold=70,75,80
+      cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
+      cryptobt sweep rsi -g sl=2:10:2 -g tp=5,10,20 -g trail=0,1
+    """
+    from pipeline.engine import batch as engine
+
+    options.load_strategy_paths(strategy_path)
+    options.check_top(top)
+    options.check_plot(plot)
+    chosen = options.resolve_strategy(strategy)
+    params_list = options.parse_grid(chosen, grid, samples, seed)
+    if params_list.dropped:
+        err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
+    outcome, config, settings = _run(chosen, params_list, symbol, all_, False, "sweep", no_cache,
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top, **run)
+    best = outcome.results[:top]
+    per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
+    if plot and outcome.results:
+        _plot(plot, settings, config, outcome, True, top)
+    if as_json:
+        emit_json({**_run_header(outcome), "best": engine.sweep_best(outcome.results, top, *engine.ranking(config)),
+                    **({"walk_forward": outcome.walk_forward} if config.walk_forward else {})})
+        return
+    boards.print_board(best, f"best {len(best)} of {outcome.n_results:,} ({len(config.params_list)} sets x symbols)",
+                 top, True)
+    boards.print_board(per_symbol, f"best {top} per symbol", top * 10, True)
+    if config.walk_forward:
+        boards.print_walk_forward(outcome.walk_forward, config, top * 10)
+    console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
+                  f"M bar-steps/s; results in {settings.results_root}")

@@ -1,0 +1,106 @@
+"""`cryptobt strategies`: list the strategies a run can name, and check one for look-ahead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from pipeline.cli.errors import user_errors
+from pipeline.cli.output import console
+from pipeline.core.config import Settings
+from pipeline.engine import options
+
+app = typer.Typer(help="The strategies a run can name: parameters, defaults, allowed ranges.",
+                             invoke_without_command=True)
+
+
+@app.callback()
+@user_errors
+def strategies_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+) -> None:
+    """List every strategy with its parameters, defaults and allowed ranges.
+
+    Example: cryptobt strategies
+    """
+    options.load_strategy_paths(strategy_path)
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = options.strategy_catalog()
+    if as_json:
+        import json
+
+        print(json.dumps(rows))
+        return
+    for row in rows:
+        console.print(f"[bold]{escape(row['name'])}[/] ({escape(row['origin'])}): {escape(row['description'])}",
+                      highlight=False)
+        for p in row["parameters"]:
+            console.print(f"  {p['name']} = {p['default']}  ({p['allowed']}): {p['description']}", highlight=False)
+        if not row["parameters"]:
+            console.print("  (no parameters)")
+    from pipeline.core.config import strategy_path_env
+
+    # Where a user's own strategies come from, so a stranger knows where to put one.
+    folders = [*(strategy_path or []), *strategy_path_env()]
+    own = sum(1 for row in rows if row["origin"] != "built-in")
+    console.print(f"your strategies: {own} from {', '.join(str(f) for f in folders)}" if folders else
+                  "your strategies: none; put a strategy file (one .py, e.g. examples/strategies/donchian.py) in a "
+                  "folder and pass --strategy-path FOLDER or set CRYPTOBT_STRATEGY_PATH; `cryptobt strategies check "
+                  "NAME --strategy-path FOLDER` tests it for look-ahead", highlight=False)
+
+
+@app.command("check")
+@user_errors
+def strategies_check(
+    strategy: Annotated[str, typer.Argument(help="The strategy to check (a built-in or your own).")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable); default: "
+                                                     "the lake's first three.")] = None,
+    interval: Annotated[str, typer.Option(help="1h or 1d.")] = "1h",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
+    strategy_path: Annotated[list[Path] | None, typer.Option(
+        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+) -> None:
+    """Look-ahead and warm-up checks: exit 1 when the strategy reads bars after the one it decides on.
+
+    Look-ahead: every output (indicators, entries, exits, the logged value) is recomputed on the data
+    cut right after every bar; any value that changes at or before that bar is named. Warm-up: the
+    indicators are recomputed with the first 100/200/500/1000 bars dropped; the relative change of
+    each at the last bar is printed. Your own code runs with bounds checks: an index out of range is
+    an error naming the file.
+
+    Example: cryptobt strategies check donchian --strategy-path examples/strategies -p entry_period=30
+    """
+    from pipeline import runs
+    from pipeline.engine import strategies
+
+    strategies.enable_bounds_checks()
+    options.load_strategy_paths(strategy_path)
+    reports = runs.check_strategy(Settings.from_env(), options.resolve_strategy(strategy),
+                                  options.parse_params(param or []), symbol, interval)
+    peeks = [line for report in reports for line in report.lookahead]
+    if as_json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps({"strategy": strategy, "lookahead": bool(peeks),
+                          "symbols": [asdict(report) for report in reports]}))
+    else:
+        for report in reports:
+            console.print(f"[bold]{report.symbol}[/] ({report.bars} bars, {report.cuts_checked} cuts): "
+                          + ("[red]LOOK-AHEAD[/]" if report.lookahead else "no look-ahead"), highlight=False)
+            for line in report.lookahead:
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+            for drop, changes in report.warmup.items():
+                shown = ", ".join(f"{name} {'n/a' if v is None else f'{v:.2e}'}" for name, v in changes.items())
+                console.print(f"  first {drop} bars dropped: relative change at the last bar: {shown or '-'}",
+                              highlight=False)
+    if peeks:
+        raise typer.Exit(1)

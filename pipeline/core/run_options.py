@@ -1,0 +1,227 @@
+"""The run options, each declared once: name, type, default, bounds or choices, help, and whether it
+enters the cache key.
+
+Everything else is derived from `OPTIONS`: the Typer options of `backtest`, `sweep` and `portfolio`
+(pipeline.cli.run_options), the API's request models (pipeline.api.models), the notebook API's
+keyword arguments, `RunConfig`'s fields and the one validation (pipeline.engine.options), the run
+parameters a sweep may vary (pipeline.engine.strategies.EXECUTION_PARAMS) and the cache key's
+fields (pipeline.store.cache). Adding an option is one entry here plus its use in the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from pipeline.core import intervals
+from pipeline.core.errors import PipelineError
+
+INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
+FILLS = ("close", "next_open")
+ANNUALIZATIONS = ("observed", "calendar")
+# What "best" means in a sweep: the objective's result field, higher is better.
+OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
+              "profit_factor": "profit_factor", "expectancy": "expectancy"}
+# Objectives a walk-forward fold can rank by: those computed from the equity path alone (per-trade ones,
+# profit factor and expectancy, need trades per fold, which the block sums do not keep).
+WALK_FORWARD_OBJECTIVES = ("total_return", "sharpe", "sortino")
+MAX_FOLDS = 50
+# Starting cash: below a cent the kernel's unit arithmetic underflows; above a trillion the
+# account's value overflows float precision in its fees and marks.
+INITIAL_RANGE = (0.01, 1e12)
+# The commands whose runs take options (a run option names those it belongs to).
+RUN_COMMANDS = ("backtest", "sweep", "portfolio")
+_ALL = frozenset(RUN_COMMANDS)
+_SINGLE = frozenset({"backtest", "sweep"})  # one strategy run per symbol (not one account)
+_SWEEP = frozenset({"sweep"})
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One option of a run. `name` is its keyword (run_config, the notebook, the API's field) and,
+    with dashes, its CLI flag."""
+
+    name: str
+    type: type  # bool, int, float or str
+    default: Any
+    help: str
+    commands: frozenset[str] = _ALL  # the CLI commands (and API requests) that take it
+    # Numbers: bounds (inclusive unless said), values allowed besides them (walk_forward 0 = off),
+    # a step (pbo_blocks even); `noun` and `note` word the one-line error ("a percentage >= 0 ...").
+    minimum: float | None = None
+    maximum: float | None = None
+    minimum_inclusive: bool = True
+    maximum_inclusive: bool = True
+    also: tuple[Any, ...] = ()
+    multiple_of: int | None = None
+    noun: str = ""
+    note: str = ""
+    verdict: str = "is out of range"
+    # Text: the values allowed (none = any text the option's own parser takes, e.g. timerange).
+    choices: tuple[str, ...] = ()
+    nullable: bool = False  # None is allowed (timerange: none = the whole history)
+    # Where it goes: a RunConfig field (interval is the request's, chosen per symbol), named
+    # `attribute` there and `record` in result records and cache keys when not `name`.
+    in_config: bool = True
+    attribute: str = ""
+    record: str = ""
+    # Its value decides result numbers: it is part of every cache key (as `record`).
+    in_cache_key: bool = False
+    # A sweep may vary it like a strategy parameter (-g sl=2:10:2): kept per parameter set.
+    per_set: bool = False
+    # (command, help) where a command reads it otherwise (portfolio: one account's interval and cash).
+    helps: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def field(self) -> str:
+        """Its RunConfig field (per-set options: its Execution field)."""
+        return self.attribute or self.name
+
+    @property
+    def record_field(self) -> str:
+        """Its field in result records and cache keys."""
+        return self.record or self.field
+
+    def help_for(self, command: str) -> str:
+        """Its help text on `command` (backtest, sweep, portfolio)."""
+        return dict(self.helps).get(command, self.help)
+
+    def allowed(self) -> str:
+        """What the one-line error says is allowed: 'a percentage >= 0 and < 100 (0.1 means 0.1 %)'."""
+        if self.choices:
+            return "use one of: " + ", ".join(self.choices)
+        if self.type is bool:
+            return "true or false"
+        bounds = []
+        if self.minimum is not None:
+            bounds.append(f"{'>=' if self.minimum_inclusive else '>'} {_number(self.minimum)}")
+        if self.maximum is not None:
+            bounds.append(f"{'<=' if self.maximum_inclusive else '<'} {_number(self.maximum)}")
+        noun = self.noun or ("an even integer" if self.multiple_of == 2 else
+                             "an integer" if self.type is int else "a number")
+        besides = "".join(f"{_number(v)} (off) or " for v in self.also)
+        return f"{besides}{noun} {' and '.join(bounds)}{self.note}".rstrip()
+
+    def check(self, value: Any) -> Any:
+        """`value` if this option allows it (floats as float), else a PipelineError naming it."""
+        if value is None and self.nullable:
+            return None
+        if self.type is bool:
+            if not isinstance(value, bool):
+                raise PipelineError(f"{self.flag} {value!r} is not allowed: true or false")
+            return value
+        if self.type is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise PipelineError(f"{self.flag} {value!r} is not allowed; {self.allowed()}")
+            return value
+        if not self._allows(value):
+            raise PipelineError(f"{self.flag} {value!r} {self.verdict}: {self.allowed()}")
+        return float(value) if self.type is float else value
+
+    def _allows(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int if self.type is int else int | float):
+            return False
+        if not math.isfinite(value):
+            return False
+        if value in self.also:
+            return True
+        low = self.minimum is None or (value >= self.minimum if self.minimum_inclusive else value > self.minimum)
+        high = self.maximum is None or (value <= self.maximum if self.maximum_inclusive else value < self.maximum)
+        return low and high and (self.multiple_of is None or value % self.multiple_of == 0)
+
+    def json_schema(self) -> dict[str, Any]:
+        """Its rule as JSON Schema keywords (the API documents what `check` enforces)."""
+        if self.choices:
+            return {"enum": list(self.choices)}
+        out: dict[str, Any] = {}
+        if self.minimum is not None:
+            out["minimum" if self.minimum_inclusive else "exclusiveMinimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum" if self.maximum_inclusive else "exclusiveMaximum"] = self.maximum
+        if self.multiple_of is not None:
+            out["multipleOf"] = self.multiple_of
+        if self.also:
+            return {"anyOf": [*({"const": v} for v in self.also), out]}
+        return out
+
+
+INTERVAL_HELP = ("1m, 5m, 15m, 30m, 1h, 4h, 1d, 1w (a symbol is read at its own interval or a coarser one, "
+                 "aggregated on read when the lake does not store it) or auto: per symbol, 1h when its hourly "
+                 "bars in range span at most 50,000 hours, else 1d; a symbol whose own bars are coarser than 1h "
+                 "keeps its own interval.")
+
+# In the order the commands' --help and the API's schema list them.
+OPTIONS: tuple[RunOption, ...] = (
+    RunOption("interval", str, "1h", INTERVAL_HELP, choices=INTERVALS, in_config=False, in_cache_key=True,
+              helps=(("portfolio", "1m .. 1w (see backtest --help) or auto (the coarsest interval any symbol "
+                                   "needs: one account needs one grid)."),)),
+    RunOption("timerange", str, None, "YYYYMMDD-YYYYMMDD, either side open.", nullable=True, in_cache_key=True),
+    RunOption("fee", float, 0.1, "Fee in percent per fill (0.1 = 0.1 %).", minimum=0, maximum=100,
+              maximum_inclusive=False, noun="a percentage", note=" (0.1 means 0.1 %)", attribute="fee_pct",
+              in_cache_key=True),
+    RunOption("fill", str, "close", "close (signal bar) or next_open.", choices=FILLS, in_cache_key=True),
+    RunOption("initial", float, 1000.0, "Starting cash.", minimum=INITIAL_RANGE[0], maximum=INITIAL_RANGE[1],
+              record="initial_investment", in_cache_key=True,
+              helps=(("portfolio", "Starting cash of the one account."),)),
+    RunOption("trades", bool, False, "Include each result's trade log (fills) and round trips.",
+              commands=frozenset({"backtest"})),
+    RunOption("annualization", str, "observed", "Sharpe and its kin: observed (each symbol's bars a year) or "
+              "calendar (8,760 for 1h).", choices=ANNUALIZATIONS, in_cache_key=True),
+    RunOption("min_bar_coverage", float, 0.0, "Drop bars built from less than this share of their interval's "
+              "hours (0.5: a daily bar needs 12 hours); 0 keeps all.", minimum=0, maximum=1, noun="a share",
+              note=" (0.5 drops daily bars built from fewer than 12 hours)", in_cache_key=True),
+    # SPEC 4.1's run parameters: set for a whole run (--sl 5) or varied in a sweep like a strategy's own.
+    RunOption("sl", float, 0.0, "Stop-loss in percent below the entry fill price (0 = none); checked from the "
+              "bar after the entry against its open, high and low.", commands=_SINGLE, minimum=0, maximum=100,
+              maximum_inclusive=False, attribute="sl_pct", in_cache_key=True, per_set=True),
+    RunOption("tp", float, 0.0, "Take-profit in percent above the entry fill price (0 = none).", commands=_SINGLE,
+              minimum=0, maximum=1e6, attribute="tp_pct", in_cache_key=True, per_set=True),
+    RunOption("trail", bool, False, "The stop-loss trails the highest high since the entry (needs --sl).",
+              commands=_SINGLE, in_cache_key=True, per_set=True),
+    RunOption("size", float, 1.0, "Share of the equity committed at each entry, in (0, 1] (1 = all in).",
+              commands=_SINGLE, minimum=0, minimum_inclusive=False, maximum=1, in_cache_key=True, per_set=True),
+    RunOption("slippage", float, 0.0, "Percent against the trader on every market fill (close and next_open "
+              "fills; stop fills get none).", minimum=0, maximum=100, maximum_inclusive=False,
+              attribute="slippage_pct", in_cache_key=True, per_set=True),
+    # A sweep's ranking and statistics: no result field depends on them, so no cache key does.
+    RunOption("objective", str, "total_return", "What best means: total_return, sharpe, sortino, calmar, "
+              "profit_factor or expectancy.", commands=_SWEEP, choices=tuple(OBJECTIVES)),
+    RunOption("min_trades", int, 5, "Sets with fewer entries than this never win (they rank after every set "
+              "that has them).", commands=_SWEEP, minimum=0),
+    RunOption("pbo_blocks", int, 16, "Time blocks of the PBO's cross-validation (even, 2..24; 0 = no PBO).",
+              commands=_SWEEP, minimum=0, maximum=24, multiple_of=2, verdict="is not allowed",
+              noun="an even number", note=" (0 = off)"),
+    RunOption("walk_forward", int, 0, "Cut each symbol's bars into K folds; in each, the best set on the train "
+              "part (by --objective) is judged on the test part that follows (0 = off).", commands=_SWEEP,
+              minimum=2, maximum=MAX_FOLDS, also=(0,), noun="a number of folds"),
+    RunOption("train_ratio", float, 0.7, "Share of each fold that trains (walk-forward).", commands=_SWEEP,
+              minimum=0, maximum=1, minimum_inclusive=False, maximum_inclusive=False, noun="a share",
+              note=" (0.7 trains on the first 70 % of each fold)"),
+    RunOption("anchored", bool, False, "Walk-forward trains from the first bar up to each test part.",
+              commands=_SWEEP),
+    RunOption("walk_forward_flat_start", bool, False, "Walk-forward test parts start flat with fresh cash (no "
+              "position carried in from the full-history path).", commands=_SWEEP),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+# RunConfig's options, and those kept per parameter set (a sweep's grid may vary them).
+CONFIG_OPTIONS = tuple(o for o in OPTIONS if o.in_config)
+PER_SET = tuple(o for o in OPTIONS if o.per_set)
+# The result fields of the options a cache key holds, with their defaults (timerange: its two ends).
+KEY_DEFAULTS: dict[str, Any] = {
+    **{name: None for name in ("timerange_start", "timerange_end")},
+    **{o.record_field: o.default for o in OPTIONS if o.in_cache_key and o.name != "timerange"},
+}
+
+
+def for_command(command: str) -> tuple[RunOption, ...]:
+    """The options `command` (backtest, sweep, portfolio) takes, in table order."""
+    return tuple(o for o in OPTIONS if command in o.commands)
