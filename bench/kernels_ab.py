@@ -121,6 +121,7 @@ def simulate_1d_cases(hours: int) -> list[Case]:
 
 
 def simulate_portfolio_cases(hours: int, n_symbols: int) -> list[Case]:
+    from pipeline.engine.kernels import enums
     from pipeline.engine.kernels import portfolio as pk
 
     rng = np.random.default_rng(SEED)
@@ -135,7 +136,7 @@ def simulate_portfolio_cases(hours: int, n_symbols: int) -> list[Case]:
 
     def case(max_open: int, fraction: bool, stake: float, fill_next_open: bool, with_log: bool):
         def build():
-            metrics = np.zeros(pk.N_PORTFOLIO_METRICS)
+            metrics = np.zeros(enums.N_PORTFOLIO_METRICS)
             contrib = np.zeros((n_symbols, pk.N_CONTRIB))
             equity = np.zeros(hours if with_log else 0)
             trades = np.zeros(int(entries.sum()) if with_log else 0, dtype=pk.PORTFOLIO_TRADE_DTYPE)

@@ -306,6 +306,7 @@ def _append_many(root: str, worker: int, runs: int, rows: int, start: Any) -> No
         rt.append_results(root, rt.new_run_id(), records)
 
 
+@pytest.mark.slow
 def test_two_processes_appending_concurrently_lose_and_duplicate_no_rows(
     tmp_path: Path,
 ) -> None:

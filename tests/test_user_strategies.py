@@ -81,6 +81,7 @@ def test_donchian_trades_equal_a_plain_python_loop_on_real_binance_files(donchia
     assert total > 50
 
 
+@pytest.mark.slow
 def test_donchian_declares_its_parameters_columns_and_warmup(donchian):
     strategy = strategies.get_strategy("donchian")
     assert strategy.defaults == {"entry_period": 20, "exit_period": 10}
