@@ -391,7 +391,7 @@ def bench_portfolio(settings: Settings, snapshot: lake.Snapshot) -> dict:
     except ImportError as exc:
         found["vectorbt"] = {"skipped": f"vectorbt not installed ({exc}); run `make bench`"}
         return found
-    entries, exits = pf._signals(batch, "rsi", same.params_list[0])
+    entries, exits = pf._signals(batch, same.strategy, same.params_list[0])
     close = batch.columns["close"]
     stats = timed(lambda: vectorbt_portfolio.run_shared(close, entries, exits, 100.0, 1e9), 3)
     theirs = vectorbt_portfolio.run_shared(close, entries, exits, 100.0, 1e9)
