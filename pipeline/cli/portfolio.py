@@ -11,7 +11,7 @@ from rich.table import Table
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, err_console
-from pipeline.cli.run_flags import run_options
+from pipeline.cli.run_flags import AllSymbols, Params, StrategyPaths, Symbols, run_options
 from pipeline.cli.runs import say_left_out
 from pipeline.core import tables
 from pipeline.core.config import Settings
@@ -31,8 +31,8 @@ def _split_values(items: list[str]) -> list[str]:
 @run_options("portfolio")
 def portfolio_command(
     strategy: Annotated[str, typer.Argument(help="Strategy whose signals drive the account.")],
-    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
+    symbol: Symbols = None,
+    all_: AllSymbols = False,
     max_open: Annotated[list[str] | None, typer.Option(
         "--max-open", help="Most positions open at once (comma list or repeated = a sweep).")] = None,
     stake: Annotated[list[str] | None, typer.Option(
@@ -41,15 +41,14 @@ def portfolio_command(
     rank_by: Annotated[str, typer.Option(
         help="Which same-bar entries win free slots: auto (volume when the lake has it), volume (trailing 24h "
              "quote volume) or name; ties go to the symbol name.")] = "auto",
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    param: Params = None,
     grid: Annotated[list[str] | None, typer.Option(
         "--grid", "-g", help="Strategy parameter sweep: name=start:stop:step or name=v1,v2.")] = None,
     top: Annotated[int, typer.Option(help="Accounts and symbols in the printed tables.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the accounts and the best one's trades.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Picture of the best account vs equal-weight buy & hold "
                                                    "(.html or .png).")] = None,
-    strategy_path: Annotated[list[Path] | None, typer.Option(
-        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    strategy_path: StrategyPaths = None,
     **run: Any,
 ) -> None:
     """One account over many symbols: shared cash, at most --max-open positions, ranked entries.

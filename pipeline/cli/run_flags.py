@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -11,6 +12,13 @@ import typer
 from pipeline.core.run_options import for_command
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# The options several commands take besides the table's, declared once (their flags and help).
+StrategyPaths = Annotated[list[Path] | None, typer.Option(
+    "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")]
+Params = Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")]
+Symbols = Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")]
+AllSymbols = Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")]
 
 
 def run_options(command: str) -> Callable[[F], F]:

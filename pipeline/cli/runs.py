@@ -10,7 +10,7 @@ import typer
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, emit_json, err_console, progress_bar, warn
-from pipeline.cli.run_flags import run_options
+from pipeline.cli.run_flags import AllSymbols, Params, StrategyPaths, Symbols, run_options
 from pipeline.cli.stoppable import RAN, stoppable
 from pipeline.core import stopping, tables
 from pipeline.core.config import Settings
@@ -102,19 +102,18 @@ def _plot(path: Path, settings: Settings, config: Any, outcome: Any, sweep: bool
 @run_options("backtest")
 def backtest_command(
     strategy: Annotated[str, typer.Argument(help="A strategy (`cryptobt strategies` lists them).")],
-    symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable).")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")] = False,
+    symbol: Symbols = None,
+    all_: AllSymbols = False,
     snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot (`cryptobt lake snapshots`) "
                                                       "instead of the current one.")] = None,
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    param: Params = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document: the run (run_id, snapshot_id, "
                                                           "interval, left_out) and its results.")] = False,
     stream: Annotated[bool, typer.Option("--stream", help="Print each result as an NDJSON line when ready.")] = False,
     plot: Annotated[Path | None, typer.Option(help="Write pictures to this .html or .png file.")] = None,
     top: Annotated[int, typer.Option(help="Rows in the printed leaderboard.")] = 20,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
-    strategy_path: Annotated[list[Path] | None, typer.Option(
-        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    strategy_path: StrategyPaths = None,
     **run: Any,
 ) -> None:
     """Backtest one strategy over many symbols at once.
@@ -162,8 +161,7 @@ def sweep_command(
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the Redis cache.")] = False,
     yes: Annotated[bool, typer.Option("--yes", help=f"Run a sweep estimated to take more than "
                                       f"{options.SWEEP_CONFIRM_SECONDS:.0f} s.")] = False,
-    strategy_path: Annotated[list[Path] | None, typer.Option(
-        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    strategy_path: StrategyPaths = None,
     samples: Annotated[int | None, typer.Option(
         help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,

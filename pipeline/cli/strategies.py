@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -10,6 +9,7 @@ from rich.markup import escape
 
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console
+from pipeline.cli.run_flags import Params, StrategyPaths
 from pipeline.core.config import Settings
 from pipeline.engine import options
 
@@ -22,8 +22,7 @@ app = typer.Typer(help="The strategies a run can name: parameters, defaults, all
 def strategies_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    strategy_path: Annotated[list[Path] | None, typer.Option(
-        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    strategy_path: StrategyPaths = None,
 ) -> None:
     """List every strategy with its parameters, defaults and allowed ranges.
 
@@ -60,13 +59,12 @@ def strategies_list(
 @user_errors
 def strategies_check(
     strategy: Annotated[str, typer.Argument(help="The strategy to check (a built-in or your own).")],
-    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="name=value (repeatable).")] = None,
+    param: Params = None,
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbol (repeatable); default: "
                                                      "the lake's first three.")] = None,
     interval: Annotated[str, typer.Option(help="1h or 1d.")] = "1h",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
-    strategy_path: Annotated[list[Path] | None, typer.Option(
-        "--strategy-path", help="Folder of your own strategy files (repeatable; also CRYPTOBT_STRATEGY_PATH).")] = None,
+    strategy_path: StrategyPaths = None,
 ) -> None:
     """Look-ahead and warm-up checks: exit 1 when the strategy reads bars after the one it decides on.
 
