@@ -431,7 +431,7 @@ def run_baselines(url: str, batch, config, quick: bool, ours_end_to_end: float, 
     """The seeds' approaches and vectorbt (bench/baselines; `pip install -e .[bench]`)."""
     found: dict = {}
     cube = engine.run_metrics(batch, config)
-    ours, our_trades = cube[:, 0, 0], cube[:, 0, 3]
+    ours, our_trades = cube[:, 0, engine.enums.M_FINAL_VALUE], cube[:, 0, engine.enums.M_NUM_TRADES]
     try:
         from bench.baselines import seeds_original, seeds_phase12
     except ImportError as exc:
