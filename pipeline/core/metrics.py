@@ -97,6 +97,16 @@ METRICS: tuple[Metric, ...] = (
     Metric("warmup_bars", "int64", "bars", "count",
            "bars before the --timerange start the indicators warmed up on (no trade there)",
            single=True, without_bars=KERNEL),
+    # Futures (SPEC 4.3); NULL on spot.
+    Metric("funding_paid", "float64", "cash", "money",
+           "funding the positions paid (positive) or received (negative); futures", single=True),
+    Metric("liquidations", "int64", "trades", "count", "positions liquidated; futures", single=True),
+    Metric("max_margin_ratio", "float64", "ratio", "ratio",
+           "highest maintenance margin / margin balance at a held bar's adverse mark extreme (1 = liquidated); "
+           "futures", single=True),
+    Metric("bars_without_mark", "int64", "bars", "count",
+           "simulated bars the mark series has no bar for (funding and liquidation used the price bar); futures",
+           single=True),
     Metric("partial_bars", "int64", "bars", "count", "simulated bars built from less than their interval's hours"),
     Metric("skipped_no_slot", "int64", "trades", "count", "entry signals left out: every slot taken",
            section="portfolio", portfolio=True, without_bars=0),

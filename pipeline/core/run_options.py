@@ -20,6 +20,9 @@ from pipeline.core.errors import PipelineError
 INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
 FILLS = ("close", "next_open")
 ANNUALIZATIONS = ("observed", "calendar")
+MARKETS = ("spot", "futures")  # futures: USDT-margined perpetuals (SPEC 4.3)
+DIRECTIONS = ("long", "short", "both")
+MARGINS = ("isolated", "cross")
 # What "best" means in a sweep: the objective's result field, higher is better.
 OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
               "profit_factor": "profit_factor", "expectancy": "expectancy"}
@@ -76,6 +79,8 @@ class RunOption:
     per_set: bool = False
     # (command, help) where a command reads it otherwise (portfolio: one account's interval and cash).
     helps: tuple[tuple[str, str], ...] = ()
+    # A futures option (SPEC 4.3): anything but its default needs --market futures.
+    futures: bool = False
 
     @property
     def flag(self) -> str:
@@ -192,6 +197,24 @@ OPTIONS: tuple[RunOption, ...] = (
     RunOption("slippage", float, 0.0, "Percent against the trader on every market fill (close and next_open "
               "fills; stop fills get none).", minimum=0, maximum=100, maximum_inclusive=False,
               attribute="slippage_pct", in_cache_key=True, per_set=True),
+    # SPEC 4.3: perpetual futures. Each needs --market futures (spot is long only, unlevered).
+    RunOption("market", str, "spot", "spot, or futures: the symbols' USDT-margined perpetuals (their own series, "
+              "with funding and mark prices).", commands=_SINGLE, choices=MARKETS, in_cache_key=True),
+    RunOption("direction", str, "long", "Futures: long, short, or both (a built-in reverses at each signal; a "
+              "strategy file's own enter_short/exit_short decide).", commands=_SINGLE, choices=DIRECTIONS,
+              in_cache_key=True, futures=True),
+    RunOption("leverage", float, 1.0, "Futures: notional / margin at each entry, 1 .. 125.", commands=_SINGLE,
+              minimum=1, maximum=125, in_cache_key=True, per_set=True, futures=True),
+    RunOption("margin", str, "isolated", "Futures: isolated (a position's own margin backs it) or cross (the "
+              "account's cash backs it too, and goes with a liquidation).", commands=_SINGLE, choices=MARGINS,
+              in_cache_key=True, futures=True),
+    RunOption("mmr", float, None, "Futures: a flat maintenance margin rate (cum 0) for every symbol, instead of "
+              "the tier table (0.005 = 0.5 %).", commands=_SINGLE, minimum=0, maximum=1, minimum_inclusive=False,
+              maximum_inclusive=False, noun="a rate", note=" (0.005 = 0.5 %)", nullable=True, in_cache_key=True,
+              futures=True),
+    RunOption("tiers", str, None, "Futures: a maintenance-margin tier table in ccxt's layout (freqtrade's "
+              "binance_leverage_tiers.json); default: the dated Binance snapshot cryptobt ships.", commands=_SINGLE,
+              nullable=True, in_cache_key=True, futures=True),
     # A sweep's ranking and statistics: no result field depends on them, so no cache key does.
     RunOption("objective", str, "total_return", "What best means: total_return, sharpe, sortino, calmar, "
               "profit_factor or expectancy.", commands=_SWEEP, choices=tuple(OBJECTIVES)),

@@ -111,13 +111,26 @@ def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) 
 
 def columns_needed(config: RunConfig) -> tuple[str, ...]:
     """The price columns a run reads: the strategy's COLUMNS, the close, the open for next_open fills,
-    and open, high and low when a stop is set (a run without stops reads none of them for the fills)."""
+    and open, high and low when a stop is set (a run without stops reads none of them for the fills);
+    futures always read open, high and low (funding at the open, the liquidation check on the range)."""
     wanted = ["close", *config.strategy.columns]
     if config.fill == "next_open":
         wanted.append("open")
-    if config.has_stops:
+    if config.has_stops or config.market == "futures":
         wanted += ["open", "high", "low"]
     return tuple(dict.fromkeys(wanted))
+
+
+# What a futures run reads beside the prices (pipeline.lake.reader): the funding rate summed per bar and
+# the mark price bars, NaN where there is none.
+FUTURES_COLUMNS = ("funding", "mark_open", "mark_high", "mark_low")
+
+
+def futures_inputs(batch: PriceBatch, config: RunConfig, rows: slice | int) -> tuple[np.ndarray, ...]:
+    """The futures kernels' funding and mark arrays of `rows` (all NaN where the read has none)."""
+    close = batch.columns["close"][rows]
+    return tuple(np.ascontiguousarray(batch.columns[name][rows]) if name in batch.columns
+                 else np.full(close.shape, np.nan) for name in FUTURES_COLUMNS)
 
 
 def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
@@ -128,10 +141,11 @@ def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
 
 def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
     """(C x N_EXECUTION) rows of the parameter sets in kernel `order`; None when every set has the defaults."""
-    if not config.executions:
+    if not config.executions and config.market != "futures":
         return None
-    return np.ascontiguousarray(np.array([config.executions[c].row() for c in order]).reshape(
-        len(order), enums.N_EXECUTION))
+    rows = np.array([config.execution(c).row() for c in order]).reshape(len(order), enums.N_EXECUTION)
+    rows[:, enums.EX_DIRECTION] = enums.DIRECTIONS[config.direction]
+    return np.ascontiguousarray(rows)
 
 
 def strategy_columns(batch: PriceBatch, strategy: strategies.Strategy,
@@ -167,7 +181,17 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     fractions = None if block_fractions is None else np.ascontiguousarray(block_fractions, dtype=np.float64)
     sorted_blocks = None if fractions is None else np.empty((close.shape[0], fractions.size - 1, N_BLOCK_STATS,
                                                              combos.shape[0]))
-    if close.shape[0] and close.shape[1]:
+    if close.shape[0] and close.shape[1] and config.market == "futures":
+        tiers, counts = config.tier_table.stacked(batch.symbols)
+        strategy.kernels().run_grid_futures(
+            strategy_columns(batch, config.strategy), open_, _column(batch, "high", every), _column(batch, "low", every),
+            close, *futures_inputs(batch, config, every), tiers, counts, combos, recompute, execution,
+            config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
+            bars_per_year(batch, config, start) if annual_bars is None else annual_bars, start, out, fractions,
+            sorted_blocks)
+        if blocks_out is not None:
+            blocks_out[..., order] = sorted_blocks
+    elif close.shape[0] and close.shape[1]:
         strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
                                     config.fee_frac, config.initial, config.fill == "next_open",
                                     bars_per_year(batch, config, start) if annual_bars is None else annual_bars,
@@ -427,6 +451,32 @@ def round_trips(batch: PriceBatch, symbol_index: int, trades: np.ndarray) -> lis
     return trips
 
 
+def futures_round_trips(batch: PriceBatch, trades: np.ndarray, leverage: float) -> list[dict[str, Any]]:
+    """Each futures entry with its exit (FUTURES_TRADE_DTYPE records, bars on the grid, an exit record for a
+    position still open after the last bar): round_trips' fields plus side, leverage and funding paid.
+    `pnl` is the cash the exit returned less the entry's stake (funding and both fees in it)."""
+    trips = []
+    for k in range(0, len(trades) - 1, 2):
+        entry, exit_ = trades[k], trades[k + 1]
+        pnl = float(exit_["value"]) - float(entry["value"])
+        trips.append({
+            "entry_time": _iso(batch.times[entry["bar"]]),
+            "entry_price": float(entry["price"]),
+            "exit_time": _iso(batch.times[exit_["bar"]]),
+            "exit_price": float(exit_["price"]),
+            "units": float(entry["units"]),
+            "fees": float(entry["fee"] + exit_["fee"]),
+            "pnl": pnl,
+            "return_pct": pnl / float(entry["value"]) * 100.0,
+            "bars_held": 0,  # set by the caller, who knows the symbol's bars
+            "exit_reason": enums.EXIT_REASON_NAMES[int(exit_["reason"])],
+            "side": "long" if entry["side"] == 1 else "short",
+            "leverage": leverage,
+            "funding_paid": float(exit_["funding"]),
+        })
+    return trips
+
+
 def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: dict[str, Any],
               execution: Execution = DEFAULT_EXECUTION) -> TradeLog:
     """The fills, round trips and equity curve of one symbol and parameter set."""
@@ -436,25 +486,48 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
     start = start_column(batch, config)
     columns = strategy_columns(batch, config.strategy, slice(symbol_index, symbol_index + 1))
     row = symbol_index
+    if config.market == "futures":
+        return _futures_trade_log(batch, config, symbol_index, combos[0], execution, columns, open_, close, start)
     _, trades, equity = config.strategy.kernels().run_single(
         columns, open_, close, combos[0], config.fee_frac,
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
         start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops
                  else (None, None)), None if execution == DEFAULT_EXECUTION else execution.row(),
     )
-    fills = [
-        {
-            "time": _iso(batch.times[t["bar"]]),
-            "action": "buy" if t["action"] == enums.ACTION_BUY else "sell",
-            "price": float(t["price"]),
-            "units": float(t["units"]),
-            "value": float(t["value"]),
-            "fee": float(t["fee"]),
-            "indicator": _number(float(t["indicator"])),
-        }
-        for t in trades
-    ]
-    return TradeLog(fills, round_trips(batch, symbol_index, trades), equity)
+    return TradeLog([_fill(batch, t) for t in trades], round_trips(batch, symbol_index, trades), equity)
+
+
+def _fill(batch: PriceBatch, t: np.void) -> dict[str, Any]:
+    """One fill of a trade log (SPEC 4: time .. indicator)."""
+    return {
+        "time": _iso(batch.times[t["bar"]]),
+        "action": "buy" if t["action"] == enums.ACTION_BUY else "sell",
+        "price": float(t["price"]),
+        "units": float(t["units"]),
+        "value": float(t["value"]),
+        "fee": float(t["fee"]),
+        "indicator": _number(float(t["indicator"])),
+    }
+
+
+def _futures_trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params_row: np.ndarray,
+                       execution: Execution, columns: tuple[np.ndarray, ...], open_: np.ndarray, close: np.ndarray,
+                       start: int) -> TradeLog:
+    row = symbol_index
+    exec_row = execution.row()
+    exec_row[enums.EX_DIRECTION] = enums.DIRECTIONS[config.direction]
+    _, trades, equity = config.strategy.kernels().run_single_futures(
+        columns, open_, _column(batch, "high", row), _column(batch, "low", row), close,
+        *futures_inputs(batch, config, row), config.tier_table.of(batch.symbols[symbol_index]), params_row,
+        exec_row, config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
+        float(bars_per_year(batch, config, start)[symbol_index]), start)
+    fills = [_fill(batch, t) for t in trades if t["reason"] != enums.EXIT_END_OF_DATA]
+    trips = futures_round_trips(batch, trades, execution.leverage)
+    bars = np.flatnonzero(~np.isnan(batch.columns["close"][symbol_index]))
+    position = np.searchsorted(bars, trades["bar"])
+    for k, trip in enumerate(trips):
+        trip["bars_held"] = int(position[2 * k + 1] - position[2 * k])
+    return TradeLog(fills, trips, equity)
 
 
 def run(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,

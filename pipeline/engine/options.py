@@ -60,6 +60,8 @@ class _Execution:
         row[enums.EX_TRAIL] = 1.0 if self.trail else 0.0
         row[enums.EX_SIZE] = self.size
         row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
+        row[enums.EX_LEVERAGE] = self.leverage
+        row[enums.EX_DIRECTION] = enums.DIRECTION_LONG  # the run's direction (batch.execution_matrix)
         return row
 
     def fields(self) -> dict[str, Any]:
@@ -136,9 +138,8 @@ RunConfig = dataclasses.make_dataclass("RunConfig", [
     ("extra", dict[str, Any], dataclasses.field(default_factory=dict)),
     # Stops, size and slippage of each parameter set (parallel to params_list; empty = defaults).
     ("executions", tuple[Execution, ...], dataclasses.field(default=())),
-    # The market the run trades: `spot` (the only one until perpetual futures; its results say so,
-    # so a futures series of the same name is never mixed with it).
-    ("market", str, dataclasses.field(default="spot")),
+    # Futures: the maintenance-margin tier table (pipeline.engine.tiers.TierTable) `tiers` names.
+    ("tier_table", Any, dataclasses.field(default=None, compare=False, repr=False)),
 ], bases=(_RunConfig,), frozen=True)
 RunConfig.__module__, RunConfig.__doc__ = __name__, _RunConfig.__doc__  # pickles by name
 
@@ -267,8 +268,9 @@ def run_config(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, An
     params_list, executions, dropped = _parameter_sets(strategy, params, values)
     checked = {o.field: o.check(values[o.name]) for o in CONFIG_OPTIONS if not o.per_set and o.name != "timerange"}
     _check_walk_forward(checked)
+    table = _check_futures(strategy, checked, values, executions)
     return RunConfig(strategy, params_list, **checked, timerange_start=start, timerange_end=end,
-                     grid_dropped=dropped,
+                     grid_dropped=dropped, tier_table=table,
                      executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions))
 
 
@@ -310,6 +312,27 @@ def _parameter_sets(strategy: Strategy, params: Mapping[str, Any] | list[dict[st
     if not params_list:
         raise PipelineError(trail_problem or "the parameter grid is empty")
     return params_list, executions, dropped
+
+
+def _check_futures(strategy: Strategy, checked: dict[str, Any], values: dict[str, Any],
+                   executions: list[Execution]) -> Any:
+    """The rules between the futures options (SPEC 4.3); the tier table a futures run uses (None on spot).
+    `checked["tiers"]` becomes the table's identity (file name and content hash: part of the cache key)."""
+    from pipeline.engine import tiers
+
+    if checked["market"] != "futures":
+        given = [o for o in CONFIG_OPTIONS if o.futures and values[o.name] != o.default]
+        levered = next((e.leverage for e in executions if e.leverage != 1.0), None)
+        if given or levered is not None:
+            flag = f"{given[0].flag} {values[given[0].name]}" if given else f"leverage {levered:g}"
+            raise PipelineError(f"{flag} is a futures option: add --market futures (spot is long only, unlevered)")
+        return None
+    if checked["direction"] != "long" and strategy.short_rule is None:
+        raise PipelineError(f"--direction {checked['direction']}: strategy {strategy.name!r} returns no short "
+                            "signals (give its file short_signals(...) or SHORT_RULE = \"mirror\")")
+    table = tiers.load(checked["tiers"], checked["mmr"])
+    checked["tiers"] = table.identity
+    return table
 
 
 def _check_walk_forward(checked: dict[str, Any]) -> None:

@@ -50,7 +50,22 @@ EX_TP = 1  # take-profit above the entry fill price, a fraction (0 = none)
 EX_TRAIL = 2  # 1.0: the stop-loss base trails the highest high since the entry
 EX_SIZE = 3  # share of equity committed at an entry, in (0, 1]
 EX_SLIPPAGE = 4  # against the trader on market fills, a fraction
-N_EXECUTION = 5
+EX_LEVERAGE = 5  # futures: notional / margin at entry, 1 .. 125 (spot ignores it)
+EX_DIRECTION = 6  # futures: DIRECTION_* (spot is long only and ignores it)
+N_EXECUTION = 7
+
+# --- futures (SPEC 4.3) -----------------------------------------------------------
+DIRECTION_LONG = 1
+DIRECTION_SHORT = -1
+DIRECTION_BOTH = 0
+DIRECTIONS: dict[str, int] = {"long": DIRECTION_LONG, "short": DIRECTION_SHORT, "both": DIRECTION_BOTH}
+# One maintenance-margin bracket per row of a tier table: notional from (inclusive) .. to (exclusive; the
+# last bracket has no end), maintenance margin rate and maintenance amount ("cum").
+TIER_MIN = 0
+TIER_MAX = 1
+TIER_MMR = 2
+TIER_CUM = 3
+N_TIER = 4
 
 # Why a position was closed (the trade log's `reason` on sells, round trips' exit_reason).
 EXIT_SIGNAL = 0
@@ -58,12 +73,14 @@ EXIT_STOP_LOSS = 1
 EXIT_TAKE_PROFIT = 2
 EXIT_TRAILING_STOP = 3
 EXIT_END_OF_DATA = 4  # still open after the last bar: marked at the last close, not sold
+EXIT_LIQUIDATION = 5  # futures: the margin balance reached the maintenance margin (SPEC 4.3)
 EXIT_REASON_NAMES: dict[int, str] = {
     EXIT_SIGNAL: "signal",
     EXIT_STOP_LOSS: "stop_loss",
     EXIT_TAKE_PROFIT: "take_profit",
     EXIT_TRAILING_STOP: "trailing_stop",
     EXIT_END_OF_DATA: "end_of_data",
+    EXIT_LIQUIDATION: "liquidation",
 }
 
 # --- trade log --------------------------------------------------------------
@@ -89,5 +106,17 @@ TRADE_DTYPE = np.dtype(
         ("indicator", np.float64),
         ("reason", np.int64),
     ],
+    align=True,
+)
+
+# A futures fill (simulate_futures_1d): TRADE_DTYPE's fields, where `value` is the stake an entry
+# commits (margin plus its fee) and the cash an exit returns (margin + P&L - fee; 0 on a liquidation),
+# plus the position's `side` (+1 long, -1 short) and, on an exit, the `funding` it paid while open
+# (positive = paid). A position still open after the last bar gets an exit record of reason
+# EXIT_END_OF_DATA at the last close (marked, no fee): not a fill, the round trip's end.
+FUTURES_TRADE_DTYPE = np.dtype(
+    [*((name, TRADE_DTYPE.fields[name][0]) for name in TRADE_DTYPE.names),
+     ("side", np.int64),
+     ("funding", np.float64)],
     align=True,
 )

@@ -46,6 +46,10 @@ from pipeline.engine.kernels.enums import (
     M_CLOSED_TRADES,
     M_EXPECTANCY,
     M_EXPOSURE_PCT,
+    M_FUNDING_PAID,
+    M_LIQUIDATIONS,
+    M_MAX_MARGIN_RATIO,
+    M_BARS_WITHOUT_MARK,
     M_FEES_PAID,
     M_FINAL_VALUE,
     M_FINAL_VALUE_NET,
@@ -256,19 +260,17 @@ def _write_trade_metrics(metrics_out, closed):
 
 
 @njit(cache=True)
-def _write_metrics(metrics_out, n, initial, fee_frac, bars_per_year, first_close, last_close, cash, units,
-                   num_trades, held_bars, fees_paid, closed, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
-    """Every metric of simulate_1d's metrics_out from its final state (formulas in its docstring)."""
+def write_metrics(metrics_out, n, initial, bars_per_year, first_close, last_close, final_value, final_value_net,
+                  num_trades, held_bars, fees_paid, closed, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
+    """Every metric of a simulation's metrics_out from its final state (formulas in simulate_1d's docstring);
+    `final_value(_net)` are the account's at the last close (the initial cash without bars). The futures
+    metrics are NaN: simulate_futures_1d writes them after this."""
     peak, max_dd, under, max_under, period_dd, dd_sum, dd_periods = drawdown
     if n > 0:
-        final_value = cash + units * last_close
-        final_value_net = cash + units * last_close * (1.0 - fee_frac)
         buy_hold = (initial / first_close * last_close / initial - 1.0) * 100.0
         exposure = held_bars / n * 100.0
         max_dd_pct = max_dd * 100.0
     else:
-        final_value = cash
-        final_value_net = cash
         buy_hold = np.nan
         exposure = np.nan
         max_dd_pct = np.nan
@@ -307,6 +309,10 @@ def _write_metrics(metrics_out, n, initial, fee_frac, bars_per_year, first_close
     metrics_out[M_MAX_DRAWDOWN_DURATION_BARS] = max_under if n > 0 else np.nan
     metrics_out[M_AVG_DRAWDOWN_PCT] = dd_sum / dd_periods * 100.0 if dd_periods > 0 else np.nan
     metrics_out[M_FEES_PAID] = fees_paid
+    metrics_out[M_FUNDING_PAID] = np.nan
+    metrics_out[M_LIQUIDATIONS] = np.nan
+    metrics_out[M_MAX_MARGIN_RATIO] = np.nan
+    metrics_out[M_BARS_WITHOUT_MARK] = np.nan
     _write_trade_metrics(metrics_out, closed)
 
 
@@ -530,7 +536,9 @@ def simulate_1d(
                 b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
                 b_start = equity
 
-    _write_metrics(metrics_out, n, initial, fee_frac, bars_per_year, close[0] if n > 0 else np.nan,
-                   close[n - 1] if n > 0 else np.nan, cash, units, num_trades, held_bars, fees_paid, closed,
-                   _end_drawdown(drawdown), r_count, r_shift, r_sum, r_sum2, down_sq)
+    last_close = close[n - 1] if n > 0 else 0.0
+    write_metrics(metrics_out, n, initial, bars_per_year, close[0] if n > 0 else np.nan,
+                  close[n - 1] if n > 0 else np.nan, cash + units * last_close,
+                  cash + units * last_close * (1.0 - fee_frac), num_trades, held_bars, fees_paid, closed,
+                  _end_drawdown(drawdown), r_count, r_shift, r_sum, r_sum2, down_sq)
     return n_records

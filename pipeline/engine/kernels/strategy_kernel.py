@@ -22,7 +22,8 @@ from numba import njit, prange
 
 from pipeline.engine.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
 from pipeline.engine.kernels.blocks import N_BLOCK_STATS
-from pipeline.engine.kernels.enums import N_METRICS, TRADE_DTYPE
+from pipeline.engine.kernels.enums import FUTURES_TRADE_DTYPE, N_METRICS, TRADE_DTYPE
+from pipeline.engine.kernels.futures import simulate_futures_1d
 from pipeline.engine.kernels.simulate import simulate_1d
 
 _STRATEGY_MODULE = "__strategy_module__"  # replaced in each copy; this template is never imported
@@ -32,6 +33,22 @@ signals = _strategy.signals
 warmup = _strategy.warmup
 N_INDICATORS = len(_strategy.INDICATORS)
 N_OUTPUTS = N_INDICATORS + 3  # rows of strategy_outputs: the indicators, then entries, exits, sig_value
+
+# Short signals (futures): the strategy's own `short_signals`, else the mirrored rule (a long exit opens a
+# short, a long entry closes it). Which one a strategy may use is checked before a run
+# (pipeline.engine.strategies: SHORT_RULE).
+if hasattr(_strategy, "short_signals"):
+    _own_short_signals = _strategy.short_signals
+
+    @njit(cache=True)
+    def short_signals(prices, params, ind, entries, exits, enter_short, exit_short):
+        _own_short_signals(prices, params, ind, enter_short, exit_short)
+else:
+    @njit(cache=True)
+    def short_signals(prices, params, ind, entries, exits, enter_short, exit_short):
+        for t in range(entries.shape[0]):
+            enter_short[t] = exits[t]
+            exit_short[t] = entries[t]
 
 
 @njit(cache=True)
@@ -190,6 +207,98 @@ def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_op
         hi, lo = _symbol_range(high1d, low1d, index)
         k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                         bars_per_year, metrics, equity_c, trades_c, hi[m0:], lo[m0:], execution)
+    finish_row(metrics, m0, m, index, warmup(params))
+    trades = trades_c[:k].copy()
+    for j in range(k):
+        trades[j]["bar"] = index[m0 + trades[j]["bar"]]
+        trades[j]["signal_bar"] = index[m0 + trades[j]["signal_bar"]]
+    equity = np.full(n_time, np.nan)
+    for j in range(m - m0):
+        equity[index[m0 + j]] = equity_c[j]
+    return metrics, trades, equity
+
+
+@njit(cache=True)
+def _futures_bars(high_row, low_row, funding_row, mark_open_row, mark_high_row, mark_low_row, index):
+    """One symbol's highs, lows, funding rates and mark bars at its bars (gaps removed)."""
+    m = index.shape[0]
+    out = np.empty((6, m))
+    gather_row(high_row, index, out[0])
+    gather_row(low_row, index, out[1])
+    gather_row(funding_row, index, out[2])
+    gather_row(mark_open_row, index, out[3])
+    gather_row(mark_high_row, index, out[4])
+    gather_row(mark_low_row, index, out[5])
+    return out
+
+
+@njit(cache=True, parallel=True)
+def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_open2d, mark_high2d, mark_low2d,
+                     tiers, tier_counts, combos, recompute, execution, cross, fee_frac, initial, fill_next_open,
+                     bars_per_year, start_t, out, block_fractions=None, block_out=None):
+    """run_grid for perpetual futures (kernels/futures.py): every symbol s and parameter row c into
+    `out[s, c, :]`.
+
+    Args beyond run_grid's: high2d, low2d (always read: the liquidation check needs them), funding2d (the
+    rate summed per grid column, NaN where none), mark_open2d/mark_high2d/mark_low2d (NaN where the mark
+    has no bar), tiers (S x K x N_TIER) with tier_counts (S,) brackets used per symbol, execution
+    (C x N_EXECUTION, leverage and direction included) and cross (bool).
+    """
+    n_symbols, n_time = close2d.shape
+    n_combos = combos.shape[0]
+    no_equity = np.empty(0)
+    no_trades = np.empty(0, dtype=FUTURES_TRADE_DTYPE)
+    for s in prange(n_symbols):
+        op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
+        m = cl.shape[0]
+        m0 = first_at_or_after(index, m, start_t)
+        bars = _futures_bars(high2d[s], low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s],
+                             index)
+        es = np.empty(m, dtype=np.bool_)
+        xs = np.empty(m, dtype=np.bool_)
+        brackets = tiers[s, :tier_counts[s]]
+        stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        for c in range(n_combos):
+            params = combos[c]
+            if c == 0 or recompute[c]:
+                indicators(prices, params, ind)
+                signals(prices, params, ind, en, ex, sv)
+                short_signals(prices, params, ind, en, ex, es, xs)
+            elif not _same_row(combos, c):
+                signals(prices, params, ind, en, ex, sv)
+                short_signals(prices, params, ind, en, ex, es, xs)
+            row = out[s, c]
+            simulate_futures_1d(op[m0:], bars[0, m0:], bars[1, m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:],
+                                sv[m0:], bars[2, m0:], bars[3, m0:], bars[4, m0:], bars[5, m0:], brackets,
+                                execution[c], cross, fee_frac, initial, fill_next_open, bars_per_year[s], row,
+                                no_equity, no_trades, block_fractions, stats)
+            finish_row(row, m0, m, index, warmup(params))
+            if block_fractions is not None:
+                for b in range(stats.shape[0]):
+                    for k in range(N_BLOCK_STATS):
+                        block_out[s, b, k, c] = stats[b, k]
+
+
+@njit(cache=True)
+def run_single_futures(columns, open1d, high1d, low1d, close1d, funding1d, mark_open1d, mark_high1d, mark_low1d,
+                       tiers, params, execution, cross, fee_frac, initial, fill_next_open, bars_per_year, start_t):
+    """run_single for perpetual futures: (metrics, trades (FUTURES_TRADE_DTYPE, bars on the grid), equity)."""
+    n_time = close1d.shape[0]
+    op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, open1d, close1d)
+    m = cl.shape[0]
+    m0 = first_at_or_after(index, m, start_t)
+    bars = _futures_bars(high1d, low1d, funding1d, mark_open1d, mark_high1d, mark_low1d, index)
+    es = np.empty(m, dtype=np.bool_)
+    xs = np.empty(m, dtype=np.bool_)
+    indicators(prices, params, ind)
+    signals(prices, params, ind, en, ex, sv)
+    short_signals(prices, params, ind, en, ex, es, xs)
+    metrics = np.empty(N_METRICS)
+    equity_c = np.empty(m - m0)
+    trades_c = np.empty(2 * (m - m0) + 1, dtype=FUTURES_TRADE_DTYPE)
+    k = simulate_futures_1d(op[m0:], bars[0, m0:], bars[1, m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:],
+                            sv[m0:], bars[2, m0:], bars[3, m0:], bars[4, m0:], bars[5, m0:], tiers, execution,
+                            cross, fee_frac, initial, fill_next_open, bars_per_year, metrics, equity_c, trades_c)
     finish_row(metrics, m0, m, index, warmup(params))
     trades = trades_c[:k].copy()
     for j in range(k):

@@ -79,6 +79,9 @@ class Strategy:
     code_files: tuple[str, ...] = ()
     cache_problem: str | None = None
     modules: tuple[ModuleType, ...] = field(default=(), repr=False, compare=False)  # the code of code_files
+    # Its short signals (futures): "own" (a short_signals function), "mirror" (SHORT_RULE = "mirror": a
+    # long exit opens a short, a long entry closes it) or None (it cannot trade short).
+    short_rule: str | None = None
 
     @property
     def builtin(self) -> bool:
@@ -194,6 +197,7 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
         source = code.source if code.problem is None else code.source + uuid.uuid4().bytes
     description = getattr(module, "DESCRIPTION", None) or (module.__doc__ or strategy_name).strip().splitlines()[0]
     return Strategy(
+        short_rule=_short_rule(module, where),
         name=strategy_name,
         description=description,
         params=params,
@@ -209,6 +213,22 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
         cache_problem=code.problem,
         modules=code.modules,
     )
+
+
+def _short_rule(module: ModuleType, where: str) -> str | None:
+    """How the strategy trades short (Strategy.short_rule), from its SHORT_RULE and short_signals."""
+    rule = getattr(module, "SHORT_RULE", None)
+    own = getattr(module, "short_signals", None)
+    if rule is not None and rule != "mirror":
+        raise PipelineError(f"{where}: SHORT_RULE={rule!r} is not allowed; use \"mirror\" or define short_signals")
+    if own is not None:
+        if rule is not None:
+            raise PipelineError(f"{where}: declares both SHORT_RULE and short_signals; keep one")
+        if not callable(own):
+            raise PipelineError(f"{where}: short_signals must be an @njit function "
+                                "(prices, params, ind, enter_short, exit_short)")
+        return "own"
+    return rule
 
 
 _REGISTRY: dict[str, Strategy] = {}

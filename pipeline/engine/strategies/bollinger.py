@@ -17,6 +17,7 @@ COLUMNS = ("close",)
 INDICATORS = ("middle_band", "std")
 INDICATOR_PARAMS = ("bb_period",)
 SIGNAL_VALUE = "bollinger_band"  # the lower band on entries, the upper band elsewhere
+SHORT_RULE = "mirror"  # futures: its exit opens a short, its entry closes it
 
 
 @njit(cache=True)

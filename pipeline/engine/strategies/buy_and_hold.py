@@ -29,5 +29,14 @@ def signals(prices, params, ind, entries, exits, sig_value):
 
 
 @njit(cache=True)
+def short_signals(prices, params, ind, enter_short, exit_short):
+    # Futures, short: sell whenever flat and hold (the mirror of buying and holding). With --direction
+    # both the two entries fire together on every bar, which opens nothing.
+    for t in range(enter_short.shape[0]):
+        enter_short[t] = True
+        exit_short[t] = False
+
+
+@njit(cache=True)
 def warmup(params):
     return 1

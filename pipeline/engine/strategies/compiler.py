@@ -39,7 +39,8 @@ KERNELS_DIR = Path(__file__).resolve().parent.parent / "kernels"
 TEMPLATE = KERNELS_DIR / "strategy_kernel.py"
 TEMPLATE_BINDING = '"__strategy_module__"'
 # Everything the template compiles in besides the strategy itself.
-SHARED_SOURCES = ("strategy_kernel.py", "batch.py", "simulate.py", "enums.py", "indicators.py", "signals.py")
+SHARED_SOURCES = ("strategy_kernel.py", "batch.py", "simulate.py", "futures.py", "blocks.py", "enums.py",
+                  "indicators.py", "signals.py")
 # The table the kernels' metric slots are numbered from (enums).
 METRICS_TABLE = KERNELS_DIR.parent.parent / "core" / "metrics.py"
 

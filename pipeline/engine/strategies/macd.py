@@ -21,6 +21,7 @@ COLUMNS = ("close",)
 INDICATORS = ("macd", "signal")
 INDICATOR_PARAMS = ("fast_period", "slow_period", "signal_period")
 SIGNAL_VALUE = "macd"
+SHORT_RULE = "mirror"  # futures: its exit opens a short, its entry closes it
 CHECK = fast_below_slow
 
 

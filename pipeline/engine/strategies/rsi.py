@@ -13,6 +13,7 @@ COLUMNS = ("close",)
 INDICATORS = ("rsi",)
 INDICATOR_PARAMS = ("rsi_period",)
 SIGNAL_VALUE = "rsi"
+SHORT_RULE = "mirror"  # futures: its exit opens a short, its entry closes it
 
 
 def CHECK(p):  # noqa: N802 - a declaration, named like the others

@@ -1,0 +1,422 @@
+"""USDT-margined perpetual futures: shorts, leverage, funding, isolated and cross margin, liquidation
+(SPEC 4.3, the README's contract), in one pass over the bars like simulate_1d.
+
+The account's per-bar bookkeeping (returns, drawdown, blocks, closed-trade statistics, the metrics) is
+simulate.py's; this file adds what a position on margin does: its side, its margin M, funding settled
+into M at the start of a bar, the liquidation price recomputed from M, and reversals.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from pipeline.engine.kernels.blocks import block_edge
+from pipeline.engine.kernels.enums import (
+    ACTION_BUY,
+    ACTION_SELL,
+    DIRECTION_BOTH,
+    DIRECTION_LONG,
+    DIRECTION_SHORT,
+    EX_DIRECTION,
+    EX_LEVERAGE,
+    EX_SIZE,
+    EX_SL,
+    EX_SLIPPAGE,
+    EX_TP,
+    EX_TRAIL,
+    EXIT_END_OF_DATA,
+    EXIT_LIQUIDATION,
+    EXIT_SIGNAL,
+    EXIT_STOP_LOSS,
+    EXIT_TAKE_PROFIT,
+    EXIT_TRAILING_STOP,
+    M_BARS_WITHOUT_MARK,
+    M_FUNDING_PAID,
+    M_LIQUIDATIONS,
+    M_MAX_MARGIN_RATIO,
+    TIER_CUM,
+    TIER_MAX,
+    TIER_MIN,
+    TIER_MMR,
+)
+from pipeline.engine.kernels.simulate import (
+    _add_closed_trade,
+    _add_equity,
+    _end_drawdown,
+    _no_closed_trades,
+    _no_drawdown,
+    _write_block,
+    add_return,
+    write_metrics,
+)
+
+NO_ORDER = 2  # _target: the bar's signals change nothing (targets are -1, 0, +1)
+
+
+@njit(cache=True, inline="always")
+def _target(side, direction, enter_long, exit_long, enter_short, exit_short):
+    """The side (-1, 0, +1) the bar's signals ask for, or NO_ORDER.
+
+    long: enter_long opens, exit_long closes; short: enter_short opens, exit_short closes; both: flat
+    opens the side whose entry fires alone (both at once: none), a position reverses on the other side's
+    entry and closes on its own exit.
+    """
+    if direction == DIRECTION_LONG:
+        if side == 0 and enter_long:
+            return 1
+        if side == 1 and exit_long:
+            return 0
+        return NO_ORDER
+    if direction == DIRECTION_SHORT:
+        if side == 0 and enter_short:
+            return -1
+        if side == -1 and exit_short:
+            return 0
+        return NO_ORDER
+    if side == 0:
+        if enter_long and not enter_short:
+            return 1
+        if enter_short and not enter_long:
+            return -1
+        return NO_ORDER
+    if side == 1:
+        if enter_short:
+            return -1
+        return 0 if exit_long else NO_ORDER
+    if enter_long:
+        return 1
+    return 0 if exit_short else NO_ORDER
+
+
+@njit(cache=True, inline="always")
+def _stop_exit(side, open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
+    """(fill price, EXIT_* reason) of a stop exit on this bar, or (NaN, EXIT_SIGNAL): simulate._stop_exit
+    mirrored for a short (its stop-loss above the base, its take-profit below the entry)."""
+    if sl > 0.0:
+        level = sl_base * (1.0 - side * sl)
+        reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
+        if side * open_t <= side * level:
+            return open_t, reason
+        if low_t <= level and level <= high_t:
+            return level, reason
+    if tp > 0.0:
+        stop = entry_price * (1.0 + side * tp)
+        if side * stop <= side * open_t:
+            return open_t, EXIT_TAKE_PROFIT
+        if low_t <= stop and stop <= high_t:
+            return stop, EXIT_TAKE_PROFIT
+    return np.nan, EXIT_SIGNAL
+
+
+@njit(cache=True)
+def tier_of(tiers, notional):
+    """(mmr, cum) of the bracket holding `notional`: the first whose range [min, max) holds it; past the
+    last bracket's end, the last one."""
+    k = tiers.shape[0] - 1
+    for j in range(tiers.shape[0]):
+        if tiers[j, TIER_MIN] <= notional and notional < tiers[j, TIER_MAX]:
+            k = j
+            break
+    return tiers[k, TIER_MMR], tiers[k, TIER_CUM]
+
+
+@njit(cache=True, inline="always")
+def liquidation_price(side, qty, entry, balance, mmr, cum):
+    """LP = (M + cum - side x qty x E) / (qty x mmr - side x qty): where the margin balance equals the
+    maintenance margin (SPEC 4.3). Below 0 (a long) it is never reached."""
+    return (balance + cum - side * qty * entry) / (qty * mmr - side * qty)
+
+
+@njit(cache=True)
+def _record(trades, k, bar, signal_bar, action, price, qty, value, fee, indicator, reason, side, funding):
+    rec = trades[k]
+    rec["bar"] = bar
+    rec["signal_bar"] = signal_bar
+    rec["action"] = action
+    rec["price"] = price
+    rec["units"] = qty
+    rec["value"] = value
+    rec["fee"] = fee
+    rec["indicator"] = indicator
+    rec["reason"] = reason
+    rec["side"] = side
+    rec["funding"] = funding
+
+
+@njit(cache=True)
+def simulate_futures_1d(
+    open_: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
+    close: np.ndarray,
+    enter_long: np.ndarray,
+    exit_long: np.ndarray,
+    enter_short: np.ndarray,
+    exit_short: np.ndarray,
+    sig_value: np.ndarray,
+    funding_rate: np.ndarray,
+    mark_open: np.ndarray,
+    mark_high: np.ndarray,
+    mark_low: np.ndarray,
+    tiers: np.ndarray,
+    execution: np.ndarray,
+    cross: bool,
+    fee_frac: float,
+    initial: float,
+    fill_next_open: bool,
+    bars_per_year: float,
+    metrics_out: np.ndarray,
+    equity_out: np.ndarray,
+    trades_out: np.ndarray,
+    block_fractions: np.ndarray | None = None,
+    blocks_out: np.ndarray | None = None,
+) -> int:
+    """Simulate one perpetual over its bars (no NaN in the prices) and write the metrics.
+
+    Args:
+        open_, high, low, close: the trade price bars, in time order.
+        enter_long, exit_long, enter_short, exit_short: the signals per bar (see _target).
+        sig_value: the indicator value recorded in the trade log for a signal at that bar.
+        funding_rate: per bar, the sum of the funding rates whose time floors to the bar's open; NaN
+            where none does (0 where the series has a rate of 0).
+        mark_open, mark_high, mark_low: the mark price bars; NaN where the mark series has no bar
+            (the price bar's open, high and low stand in, and the bar is counted).
+        tiers: (K x N_TIER) maintenance-margin brackets, ascending (a flat --mmr: one bracket, cum 0).
+        execution: (N_EXECUTION,) stops, size, slippage, leverage and direction at the EX_* indices.
+        cross: True = cross margin (the account's cash backs the position and is lost with it).
+        fee_frac, initial, fill_next_open, bars_per_year, metrics_out, equity_out, block_fractions,
+            blocks_out: as simulate_1d's.
+        trades_out: FUTURES_TRADE_DTYPE records of length 2 x n + 1, or length 0 to skip the log.
+
+    Returns:
+        The number of trade records written (0 when the log is skipped).
+
+    Per bar, in order: funding (a position held since before this bar pays side x qty x mark open x rate
+    from its margin M); the liquidation check and the stops (from the bar after the entry fill; the
+    liquidation wins over a take-profit, over the signal and over a stop-loss it reaches first from the
+    open: the higher level for a long, the lower for a short, the liquidation when equal); else the order
+    pending from the last close (next_open) or the bar's own signal (close). An order closes the position
+    and/or opens one at the same fill (a reversal pays both fees). Entry with stake S = cash x size: fee
+    S x L x f, M = S - fee, qty = M x L / price; exit at X: cash += M + side x qty x (X - E) - qty x X x f.
+    A liquidation exits at the liquidation price and returns nothing (cross margin: the cash goes too).
+    Equity at each close: cash + M + side x qty x (close - E).
+    """
+    n = close.shape[0]
+    keep_equity = equity_out.shape[0] == n and n > 0
+    keep_trades = trades_out.shape[0] >= 2 * n + 1 and n > 0
+    sl = execution[EX_SL]
+    tp = execution[EX_TP]
+    trail = execution[EX_TRAIL] != 0.0
+    size = execution[EX_SIZE]
+    slippage = execution[EX_SLIPPAGE]
+    leverage = execution[EX_LEVERAGE]
+    direction = int(execution[EX_DIRECTION])
+
+    cash = initial
+    side = 0
+    qty = 0.0
+    margin = 0.0  # M: the position's margin, funding settled into it
+    entry_price = 0.0
+    entry_stake = 0.0
+    entry_bar = -1
+    trade_funding = 0.0
+    mmr = 0.0
+    cum = 0.0
+    sl_base = 0.0
+    pending = NO_ORDER  # next_open: the side to hold from the next bar's open
+    pending_bar = -1
+    num_trades = 0
+    n_records = 0
+    held_bars = 0
+    fees_paid = 0.0
+    funding_paid = 0.0
+    liquidations = 0
+    max_ratio = np.nan
+    without_mark = 0
+    closed = _no_closed_trades()
+    drawdown = _no_drawdown(initial)
+    prev_equity = initial
+    r_count = 0
+    r_shift = 0.0
+    r_sum = 0.0
+    r_sum2 = 0.0
+    down_sq = 0.0
+
+    with_blocks = block_fractions is not None and blocks_out is not None
+    n_blocks = 0
+    block = 0
+    block_lo = 0
+    block_hi = 0
+    b_sum = 0.0
+    b_sum2 = 0.0
+    b_sum3 = 0.0
+    b_sum4 = 0.0
+    b_down2 = 0.0
+    b_start = initial
+    if with_blocks:
+        n_blocks = block_fractions.shape[0] - 1
+        block_hi = n if n_blocks == 1 else block_edge(block_fractions[1], n)
+        while block < n_blocks and block_hi == 0:
+            _write_block(blocks_out, block, 0, 0.0, 0.0, 0.0, 0.0, 0.0, initial, initial)
+            block += 1
+            block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
+
+    for t in range(n):
+        has_mark = not np.isnan(mark_open[t])
+        if not has_mark:
+            without_mark += 1
+        target = NO_ORDER
+        price = np.nan
+        signal_bar = t
+        reason = EXIT_SIGNAL
+        exited_early = False  # the position left before this bar's close (stop, liquidation or next_open)
+        if side != 0 and t > entry_bar:
+            rate = funding_rate[t]
+            if not np.isnan(rate):
+                payment = side * qty * (mark_open[t] if has_mark else open_[t]) * rate
+                margin -= payment
+                trade_funding += payment
+                funding_paid += payment
+            balance = margin + cash if cross else margin
+            lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
+            adverse = (mark_low[t] if has_mark else low[t]) if side == 1 else (mark_high[t] if has_mark else high[t])
+            liquidated = side * adverse <= side * lp
+            stop_price, stop_reason = _stop_exit(side, open_[t], high[t], low[t], sl_base, sl,
+                                                             entry_price, tp, trail)
+            # A stop-loss filled before the liquidation price, moving from the open, exits first (its fill:
+            # its level, or the open when the bar opened past it).
+            stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \
+                side * stop_price > side * lp
+            if liquidated and not stop_first:
+                max_ratio = 1.0
+                if keep_trades:
+                    _record(trades_out, n_records, t, t, ACTION_SELL if side == 1 else ACTION_BUY, lp, qty, 0.0,
+                            0.0, np.nan, EXIT_LIQUIDATION, side, trade_funding)
+                    n_records += 1
+                closed = _add_closed_trade(closed, 0.0, entry_stake, t - entry_bar)
+                liquidations += 1
+                if cross:
+                    cash = 0.0
+                side = 0
+                qty = 0.0
+                margin = 0.0
+                pending = NO_ORDER
+                exited_early = True
+            elif not np.isnan(stop_price):
+                target = 0
+                price = stop_price
+                reason = stop_reason
+                pending = NO_ORDER
+                exited_early = True
+            else:
+                maintenance = qty * adverse * mmr - cum
+                at_adverse = balance + side * qty * (adverse - entry_price)
+                ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
+                if pending == NO_ORDER and (np.isnan(max_ratio) or ratio > max_ratio):
+                    max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
+                if trail:
+                    if side == 1 and high[t] > sl_base:
+                        sl_base = high[t]
+                    elif side == -1 and low[t] < sl_base:
+                        sl_base = low[t]
+        if target == NO_ORDER and not exited_early:
+            target = pending
+            price = open_[t]
+            signal_bar = pending_bar
+            pending = NO_ORDER
+            if target == NO_ORDER and not fill_next_open:
+                target = _target(side, direction, enter_long[t], exit_long[t], enter_short[t], exit_short[t])
+                price = close[t]
+                signal_bar = t
+        if target != NO_ORDER and target != side:
+            if side != 0:  # close: a long sells, a short buys; market fills move against the trader
+                fill = price
+                if reason == EXIT_SIGNAL:
+                    fill = price * (1.0 - side * slippage)
+                pnl = side * qty * (fill - entry_price)
+                fee = qty * fill * fee_frac
+                net = margin + pnl - fee
+                cash = cash + net
+                fees_paid += fee
+                closed = _add_closed_trade(closed, net, entry_stake, t - entry_bar)
+                if keep_trades:
+                    _record(trades_out, n_records, t, signal_bar, ACTION_SELL if side == 1 else ACTION_BUY, fill,
+                            qty, net, fee, sig_value[signal_bar] if reason == EXIT_SIGNAL else np.nan, reason,
+                            side, trade_funding)
+                    n_records += 1
+                side = 0
+                qty = 0.0
+                margin = 0.0
+            if target != 0 and cash > 0.0:
+                fill = price * (1.0 + target * slippage)
+                stake = cash * size
+                fee = stake * leverage * fee_frac
+                margin = stake - fee
+                qty = margin * leverage / fill
+                side = target
+                entry_price = fill
+                entry_stake = stake
+                entry_bar = t
+                trade_funding = 0.0
+                sl_base = fill
+                mmr, cum = tier_of(tiers, qty * fill)
+                fees_paid += fee
+                cash = cash - stake
+                num_trades += 1
+                if keep_trades:
+                    _record(trades_out, n_records, t, signal_bar, ACTION_BUY if side == 1 else ACTION_SELL, fill,
+                            qty, stake, fee, sig_value[signal_bar], EXIT_SIGNAL, side, 0.0)
+                    n_records += 1
+        if fill_next_open and t + 1 < n:
+            pending = _target(side, direction, enter_long[t], exit_long[t], enter_short[t], exit_short[t])
+            pending_bar = t
+
+        equity = cash + margin + side * qty * (close[t] - entry_price) if side != 0 else cash
+        if keep_equity:
+            equity_out[t] = equity
+        if side != 0:
+            held_bars += 1
+        drawdown = _add_equity(drawdown, equity)
+        r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0
+        r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
+        loss = min(r, 0.0)
+        down_sq += loss * loss
+        prev_equity = equity
+        if with_blocks:
+            r2 = r * r
+            b_sum += r
+            b_sum2 += r2
+            b_sum3 += r2 * r
+            b_sum4 += r2 * r2
+            b_down2 += loss * loss
+            while block < n_blocks and t + 1 == block_hi:
+                _write_block(blocks_out, block, block_hi - block_lo, b_sum, b_sum2, b_sum3, b_sum4, b_down2,
+                             b_start, equity)
+                block += 1
+                block_lo = block_hi
+                block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
+                b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
+                b_start = equity
+
+    final_value = cash
+    final_value_net = cash
+    if n > 0 and side != 0:
+        marked = margin + side * qty * (close[n - 1] - entry_price)
+        final_value = cash + marked
+        final_value_net = final_value - qty * close[n - 1] * fee_frac
+        if keep_trades:
+            _record(trades_out, n_records, n - 1, n - 1, ACTION_SELL if side == 1 else ACTION_BUY, close[n - 1],
+                    qty, marked, 0.0, np.nan, EXIT_END_OF_DATA, side, trade_funding)
+            n_records += 1
+    write_metrics(metrics_out, n, initial, bars_per_year, close[0] if n > 0 else np.nan,
+                  close[n - 1] if n > 0 else np.nan, final_value, final_value_net, num_trades, held_bars,
+                  fees_paid, closed, _end_drawdown(drawdown), r_count, r_shift, r_sum, r_sum2, down_sq)
+    metrics_out[M_FUNDING_PAID] = funding_paid
+    metrics_out[M_LIQUIDATIONS] = liquidations
+    metrics_out[M_MAX_MARGIN_RATIO] = max_ratio
+    metrics_out[M_BARS_WITHOUT_MARK] = without_mark
+    return n_records
+
+
+__all__ = ["DIRECTION_BOTH", "DIRECTION_SHORT", "simulate_futures_1d", "tier_of"]
