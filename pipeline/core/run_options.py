@@ -238,6 +238,8 @@ BY_NAME = {option.name: option for option in OPTIONS}
 # RunConfig's options, and those kept per parameter set (a sweep's grid may vary them).
 CONFIG_OPTIONS = tuple(o for o in OPTIONS if o.in_config)
 PER_SET = tuple(o for o in OPTIONS if o.per_set)
+# The futures options kept per run (not per set): one result field and results column each.
+FUTURES_RUN = tuple(o for o in OPTIONS if o.futures and not o.per_set)
 # The result fields of the options a cache key holds, with their defaults (timerange: its two ends).
 KEY_DEFAULTS: dict[str, Any] = {
     **{name: None for name in ("timerange_start", "timerange_end")},

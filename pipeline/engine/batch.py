@@ -289,6 +289,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "computed_snapshot_id": batch.snapshot_id,
         "source": batch.source,
         "market": config.market,
+        **config.futures_fields(),
         "data_version": batch.data_versions[symbol_index],
         "engine_version": code_version(config.strategy),
         "reason": reason,
@@ -359,7 +360,7 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
         "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "snapshot_id": batch.snapshot_id, "computed_snapshot_id": batch.snapshot_id,
-        "source": batch.source, "market": config.market,
+        "source": batch.source, "market": config.market, **config.futures_fields(),
         "engine_version": code_version(config.strategy), "from_cache": False,
     }
     per_symbol = {"symbol": list(batch.symbols), "data_version": list(batch.data_versions)}

@@ -121,6 +121,10 @@ class _RunConfig:
                    if o.in_cache_key and not o.per_set and o.name != "timerange"},
                 **self.execution(c).fields()}
 
+    def futures_fields(self) -> dict[str, Any]:
+        """The result fields of the futures options kept per run (direction, margin, mmr, tiers)."""
+        return {o.record_field: getattr(self, o.field) for o in run_options.FUTURES_RUN}
+
     def sliced(self, first: int, stop: int) -> RunConfig:
         """The same run over parameter sets first..stop-1."""
         return dataclasses.replace(self, params_list=self.params_list[first:stop],

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipeline.core import run_options
 from pipeline.engine.block_sums import sharpe_of_sums
 from pipeline.engine.kernels.blocks import (
     B_COUNT,
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
 # metrics replace the rest, which stay NULL (they describe the full history, not the part).
 _KEPT = ("symbol", "strategy", "params", "interval", "timerange_start", "timerange_end", "annualization",
          "bars_per_year", "fill", "fee_pct", "initial_investment", "snapshot_id", "computed_snapshot_id",
-         "data_version", "engine_version", "min_bar_coverage", "sl_pct", "tp_pct", "trail", "size",
-         "slippage_pct")
+         "data_version", "engine_version", "min_bar_coverage", "market",
+         *(o.record_field for o in (*run_options.PER_SET, *run_options.FUTURES_RUN)))
 
 
 def fold_fractions(config: RunConfig) -> np.ndarray:

@@ -68,3 +68,19 @@ def _bar_span(values, start):
 
 _bar_span_threads = njit(cache=True, parallel=True)(_bar_span)
 _bar_span_one_thread = njit(cache=True)(_bar_span)
+
+
+def funding_to_grid(rows: np.ndarray, ts_us: np.ndarray, rates: np.ndarray, t0_us: int, step_us: int,
+                    shape: tuple[int, int]) -> np.ndarray:
+    """The funding rate of each grid cell (SPEC 4.3): every funding time floors to the open of the bar
+    holding it, `(ts - t0) // step`, and a bar holding several sums them (8-hourly funding on daily bars);
+    NaN where no funding time falls. `rows` are grid rows (-1: not read); times outside the grid are left
+    out, like a funding time in a gap the kernels never reach."""
+    n_rows, width = shape
+    columns = (ts_us - t0_us) // step_us
+    inside = (rows >= 0) & (rows < n_rows) & (columns >= 0) & (columns < width)
+    sums = np.zeros(shape)
+    counts = np.zeros(shape, dtype=np.int64)
+    np.add.at(sums, (rows[inside], columns[inside]), rates[inside])
+    np.add.at(counts, (rows[inside], columns[inside]), 1)
+    return np.where(counts > 0, sums, np.nan)

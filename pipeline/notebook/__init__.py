@@ -15,6 +15,7 @@ kernels and result shaping as the CLI: the numbers are the CLI's numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -125,19 +126,79 @@ def _run_options(chosen: tuple[RunOption, ...] = CONFIG_OPTIONS) -> Callable[[An
     return add
 
 
+def _times(frame: pl.DataFrame, symbol: str, what: str) -> pl.Series:
+    """A frame's time column as UTC datetimes (naive = UTC; text and epoch numbers read as an import does)."""
+    time = next((c for c in TIME_COLUMNS if c in frame.columns), None)
+    if time is None:
+        raise PipelineError(f"{what} frame {symbol!r} lacks a time column ({', '.join(TIME_COLUMNS)})")
+    ts = frame[time]
+    if ts.dtype == pl.Datetime and ts.dtype.time_zone is None:
+        return ts.dt.replace_time_zone("UTC")
+    if ts.dtype != pl.Datetime:
+        ts = parse_dates(ts)
+        if ts.null_count():
+            bad = frame[time].filter(ts.is_null())[0]
+            raise PipelineError(f"{what} frame {symbol!r}: {time} {bad!r} is not a time (ISO text, or epoch "
+                                "seconds or milliseconds)")
+    return ts
+
+
+def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None) -> PriceBatch:
+    """`batch` with the funding rates and mark bars of its symbols on its grid (SPEC 4.3; batch columns
+    `funding`, `mark_open`, `mark_high`, `mark_low`). A funding frame holds times and a `rate` column
+    (freqtrade's *-funding_rate.feather: the rate is `open`); a mark frame is OHLC at the batch's interval."""
+    from pipeline.lake.align import funding_to_grid
+    from pipeline.source.futures import check_funding
+
+    step_us = intervals.SECONDS[batch.interval] * 1_000_000
+    t0_us = int(batch.times[0]) * 1_000_000 if batch.times.size else 0
+    shape = batch.columns["close"].shape
+    row_of = {s: i for i, s in enumerate(batch.symbols)}
+    columns = dict(batch.columns)
+    if funding is not None:
+        rows, stamps, rates = [], [], []
+        for symbol, frame in by_symbol(funding).items():
+            if symbol not in row_of:
+                raise PipelineError(f"funding for {symbol!r}, which has no price frame; the frames are: "
+                                    f"{', '.join(batch.symbols)}")
+            ts = _times(frame, symbol, "funding")
+            rate = frame["rate" if "rate" in frame.columns else "open"].cast(pl.Float64)
+            check_funding(ts, rate, f"funding frame {symbol!r}")
+            rows.append(np.full(len(ts), row_of[symbol], dtype=np.int64))
+            stamps.append(ts.dt.epoch("us").to_numpy())
+            rates.append(rate.to_numpy())
+        if rows:
+            columns["funding"] = funding_to_grid(np.concatenate(rows), np.concatenate(stamps), np.concatenate(rates),
+                                                 t0_us, step_us, shape)
+    if mark is not None:
+        for name in ("mark_open", "mark_high", "mark_low"):
+            columns[name] = np.full(shape, np.nan)
+        for symbol, frame in by_symbol(mark).items():
+            if symbol not in row_of:
+                raise PipelineError(f"mark prices for {symbol!r}, which has no price frame; the frames are: "
+                                    f"{', '.join(batch.symbols)}")
+            ts = _times(frame, symbol, "mark").dt.epoch("us").to_numpy()
+            ids = np.zeros(len(ts), dtype=np.int64)
+            for name in ("open", "high", "low"):
+                scatter_to_grid(ids, ts, frame[name].cast(pl.Float64).to_numpy(),
+                                np.array([row_of[symbol]], dtype=np.int64), t0_us, step_us, columns[f"mark_{name}"])
+    return dataclasses.replace(batch, columns=columns)
+
+
 @_run_options()
-def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
-             **run: Any) -> pl.DataFrame:
+def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
+                 funding: Frames | None = None, mark: Frames | None = None, **run: Any) -> pl.DataFrame:
     """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
 
     `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization, and for
     a list of parameter sets (a sweep) objective, min_trades and pbo_blocks; a sweep's rows carry
-    n_trials, pbo and deflated_sharpe.
+    n_trials, pbo and deflated_sharpe. Futures (`market="futures"`, direction, leverage, margin, mmr,
+    tiers) take the symbols' `funding` rates and `mark` prices as frames too (see `with_futures`).
     """
     from pipeline.engine import overfit
 
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
-    batch = prices(frames)
+    batch = _futures_batch(frames, config, funding, mark)
     results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
@@ -196,9 +257,18 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
+def _futures_batch(frames: Frames, config: options.RunConfig, funding: Frames | None,
+                   mark: Frames | None) -> PriceBatch:
+    """The run's prices, with funding and mark on a futures run (refused on spot: they would be ignored)."""
+    if config.market != "futures" and (funding is not None or mark is not None):
+        raise PipelineError("funding and mark prices are futures data: add market=\"futures\"")
+    batch = prices(frames)
+    return with_futures(batch, funding, mark) if config.market == "futures" else batch
+
+
 @_run_options()
-def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None,
-                **run: Any) -> pl.DataFrame:
+def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
+                funding: Frames | None = None, mark: Frames | None = None, **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
     the run parameters (`sl_pct` .. `slippage_pct`), then `entry_time, entry_price, exit_time, exit_price,
     units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
@@ -206,7 +276,8 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
     `run` takes the CLI's options by keyword, as `run_backtest`."""
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **{**run, "trades": True})
     rows = [{"symbol": r["symbol"], "params": r["params"], **options.Execution.of(r).fields(), **trip}
-            for r in engine.leaderboard(engine.run(prices(frames), config)) for trip in r["round_trips"]]
+            for r in engine.leaderboard(engine.run(_futures_batch(frames, config, funding, mark), config))
+            for trip in r["round_trips"]]
     if not rows:
         return pl.DataFrame(schema={"symbol": pl.String, "sl_pct": pl.Float64, "tp_pct": pl.Float64,
                                     "trail": pl.Boolean, "size": pl.Float64, "slippage_pct": pl.Float64,

@@ -43,6 +43,9 @@ _RESULT_HEAD = (
 _PER_SET_COLUMNS = tuple(pa.field(o.record_field, pa.bool_() if o.type is bool else pa.float64())
                          for o in run_options.PER_SET)
 
+_FUTURES_RUN_COLUMNS = tuple(pa.field(o.record_field, pa.string() if o.type is str else pa.float64())
+                             for o in run_options.FUTURES_RUN)
+
 RESULT_SCHEMA = pa.schema(
     [
         *_RESULT_HEAD,
@@ -67,6 +70,8 @@ RESULT_SCHEMA = pa.schema(
         # name from two sources or markets is two series (NULL in files written before: spot).
         pa.field("source", pa.string()),
         pa.field("market", pa.string()),
+        # Futures (SPEC 4.3): direction, margin, mmr, tiers (the table's identity); leverage is per set.
+        *_FUTURES_RUN_COLUMNS,
         pa.field("data_version", pa.string()),
         pa.field("engine_version", pa.string()),
         pa.field("reason", pa.string()),
@@ -119,12 +124,19 @@ TRADE_SCHEMA = pa.schema(
         pa.field("exit_reason", pa.string()),
         # The result's run parameters: with params_json they tell a stop sweep's results apart.
         *_PER_SET_COLUMNS,
+        # Futures round trips (SPEC 4.3): the position's side and the funding it paid; the market of
+        # every row (NULL in files written before: spot).
+        pa.field("side", pa.string()),
+        pa.field("funding_paid", pa.float64()),
+        pa.field("market", pa.string()),
     ]
 )
 # The fields of one round trip (SPEC 4.1), as --json, the trades table and the notebook name them.
 ROUND_TRIP_FIELDS = ("entry_time", "entry_price", "exit_time", "exit_price", "units", "fees", "pnl", "return_pct",
                      "bars_held", "exit_reason")
-RUN_PARAMETER_FIELDS = ("sl_pct", "tp_pct", "trail", "size", "slippage_pct")
+# A futures round trip's fields beside those (leverage is a run parameter).
+FUTURES_TRIP_FIELDS = ("side", "funding_paid")
+RUN_PARAMETER_FIELDS = tuple(o.record_field for o in run_options.PER_SET)
 
 RUN_SCHEMA = pa.schema(
     [

@@ -14,6 +14,7 @@ from pipeline.store.files import (
 )
 from pipeline.store.rows import result_row
 from pipeline.store.schemas import (
+    FUTURES_TRIP_FIELDS,
     ROUND_TRIP_FIELDS,
     RUN_PARAMETER_FIELDS,
     TRADE_SCHEMA,
@@ -43,7 +44,7 @@ def append_trades(
             continue
         result = result_row(record, run_id, created)
         head = {name: result.get(name) for name in ("run_id", "created_at", "symbol", "strategy", "interval",
-                                                    "params_json", "snapshot_id", "data_version",
+                                                    "params_json", "snapshot_id", "data_version", "market",
                                                     *RUN_PARAMETER_FIELDS)}
         rows = rows_by_strategy.setdefault(result["strategy"], [])
         for trade_no, trade in enumerate(trades):
@@ -60,7 +61,7 @@ def append_trades(
                 **head,
                 "trade_no": trade_no,
                 "kind": "round_trip",
-                **{name: plain(trip.get(name)) for name in ROUND_TRIP_FIELDS},
+                **{name: plain(trip.get(name)) for name in (*ROUND_TRIP_FIELDS, *FUTURES_TRIP_FIELDS)},
                 "entry_time": parse_ts(trip.get("entry_time"), "round_trips.entry_time"),
                 "exit_time": parse_ts(trip.get("exit_time"), "round_trips.exit_time"),
             })

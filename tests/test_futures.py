@@ -1,0 +1,121 @@
+"""Perpetual futures through the engine (SPEC 4.3): options, their one-line errors, the notebook API on
+the sample's real XRP_USDT_USDT perpetual, results and round trips. The kernel's numbers are checked
+against the independent reference in test_futures_reference.py; here, that every surface carries them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pipeline.core.errors import PipelineError
+from pipeline.engine import options, tiers
+from pipeline.notebook import round_trips, run_backtest, run_signals
+
+SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "binance-futures"
+XRP = "XRP_USDT_USDT"
+FRAMES = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-1h-futures.feather")}
+FUNDING = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-8h-funding_rate.feather")}
+MARK = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-1h-mark.feather")}
+LOOSE_RSI = {"rsi_period": 6, "oversold_threshold": 40, "overbought_threshold": 60}
+
+
+def _config(**run):
+    return options.run_config(options.resolve_strategy("rsi"), {}, **run)
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    ({"market": "futures", "leverage": 0}, "--leverage 0 is out of range: must be a number >= 1 and <= 125"),
+    ({"market": "futures", "leverage": 126}, "--leverage 126 is out of range: must be a number >= 1 and <= 125"),
+    ({"market": "futures", "leverage": float("nan")}, "--leverage nan is not a finite number"),
+    ({"market": "futures", "direction": "sideways"}, "--direction 'sideways' is not allowed; use one of: long, short, both"),
+    ({"market": "futures", "margin": "portfolio"}, "--margin 'portfolio' is not allowed; use one of: isolated, cross"),
+    ({"market": "futures", "mmr": 1.5}, "--mmr 1.5 is out of range: a rate > 0 and < 1 (0.005 = 0.5 %)"),
+    ({"leverage": 3}, "--leverage 3 is a futures option: add --market futures"),
+    ({"direction": "short"}, "--direction short is a futures option: add --market futures"),
+    ({"margin": "cross"}, "--margin cross is a futures option: add --market futures"),
+    ({"market": "spot", "mmr": 0.01}, "--mmr 0.01 is a futures option: add --market futures"),
+    ({"market": "futures", "tiers": "/nonexistent/tiers.json"}, "--tiers /nonexistent/tiers.json: cannot read it"),
+])
+def test_bad_futures_options_are_one_line_before_anything_runs(run, message):
+    with pytest.raises(PipelineError) as caught:
+        _config(**run)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_a_short_direction_needs_a_strategy_that_returns_short_signals():
+    with pytest.raises(PipelineError, match="returns no short signals"):
+        run_signals(FRAMES, {XRP: np.zeros(100, bool)}, {XRP: np.zeros(100, bool)}, market="futures",
+                    direction="short")
+
+
+def test_a_symbol_missing_from_the_tier_table_is_an_error_unless_a_flat_rate_is_given():
+    table = tiers.load(None, None)
+    with pytest.raises(PipelineError, match="'NOPE_USDT_USDT' is not in the tier table"):
+        table.of("NOPE_USDT_USDT")
+    assert tiers.load(None, 0.01).of("NOPE_USDT_USDT")[0].tolist() == [0.0, math.inf, 0.01, 0.0]
+    # The file's own brackets win over the flat rate for the symbols it holds.
+    both = tiers.load(str(tiers.SHIPPED), 0.01)
+    assert both.of(XRP)[0, 2] == 0.005 and both.of("NOPE")[0, 2] == 0.01
+
+
+def test_funding_with_duplicate_times_or_non_finite_rates_is_refused():
+    funding = FUNDING[XRP]
+    twice = pl.concat([funding, funding.head(1)])
+    with pytest.raises(PipelineError, match="funding time 2021-11-18 00:00:00.017000.* appears 2 times"):
+        run_backtest(FRAMES, "rsi", market="futures", funding={XRP: twice})
+    nan = funding.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(float("nan")).otherwise(pl.col("open"))
+                               .alias("open"))
+    with pytest.raises(PipelineError, match="the funding rate at 2021-11-19 00:00:00.* is nan, not a finite number"):
+        run_backtest(FRAMES, "rsi", market="futures", funding={XRP: nan})
+
+
+def test_funding_and_mark_on_a_spot_run_are_refused_not_ignored():
+    with pytest.raises(PipelineError, match='funding and mark prices are futures data: add market="futures"'):
+        run_backtest(FRAMES, "rsi", funding=FUNDING)
+
+
+def test_a_futures_backtest_carries_its_market_settings_and_futures_metrics():
+    row = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures", leverage=3, direction="both", funding=FUNDING,
+                       mark=MARK).row(0, named=True)
+    assert (row["market"], row["direction"], row["leverage"], row["margin"]) == ("futures", "both", 3.0, "isolated")
+    assert row["tiers"].startswith("binance_leverage_tiers-2024-10-24.json@")
+    assert row["num_trades"] > 3 and row["liquidations"] == 0 and row["funding_paid"] != 0.0
+    assert 0 < row["max_margin_ratio"] < 1
+    # The mark series ends on 2021-11-19 09:00, the candles on 11-21 04:00: 43 hourly bars without a mark.
+    assert row["bars_without_mark"] == 43
+    spot = run_backtest(FRAMES, "rsi", LOOSE_RSI).row(0, named=True)
+    assert spot["market"] == "spot" and spot["funding_paid"] is None and spot["liquidations"] is None
+
+
+def test_without_funding_and_mark_the_run_pays_none_and_counts_every_bar_unmarked():
+    row = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures", direction="short").row(0, named=True)
+    assert row["funding_paid"] == 0.0 and row["bars_without_mark"] == 100
+
+
+def test_at_leverage_one_long_isolated_futures_equal_spot_to_rounding():
+    """SPEC 4.3: at L = 1 a long is exactly the spot rule (M + qty (X - E) = qty X up to rounding)."""
+    spot = run_backtest(FRAMES, "rsi", LOOSE_RSI).row(0, named=True)
+    futures = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures").row(0, named=True)
+    for name in ("final_value", "num_trades", "fees_paid", "max_drawdown_pct", "sharpe", "win_rate_pct"):
+        assert futures[name] == pytest.approx(spot[name], rel=1e-12), name
+
+
+def test_round_trips_say_side_leverage_funding_and_liquidation():
+    trips = round_trips(FRAMES, "rsi", LOOSE_RSI, market="futures", leverage=50, direction="short", margin="cross",
+                        funding=FUNDING, mark=MARK)
+    assert set(trips["side"]) == {"short"} and set(trips["leverage"]) == {50.0}
+    liquidated = trips.filter(pl.col("exit_reason") == "liquidation")
+    assert liquidated.height == 1 and liquidated["pnl"][0] == pytest.approx(-1000.0)
+    # Shorts receive funding when the rate is positive (all of this sample's rates are).
+    assert (trips["funding_paid"] <= 0).all() and (trips["funding_paid"] < 0).any()
+
+
+def test_leverage_is_a_sweepable_parameter():
+    board = run_backtest(FRAMES, "rsi", [{**LOOSE_RSI, "leverage": lev} for lev in (1, 3, 10)], market="futures",
+                         direction="both", funding=FUNDING, mark=MARK)
+    assert sorted(board["leverage"]) == [1.0, 3.0, 10.0]
+    assert board["final_value"].n_unique() == 3
