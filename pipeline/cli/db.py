@@ -87,6 +87,11 @@ def db_import(
                                                       "its bars; needed for a single bar).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Refuse files with data findings (gaps, jumps, stale or "
                                                            "zero prices...) instead of warning.")] = False,
+    market: Annotated[str, typer.Option(help="spot, or futures: the file is a perpetual's candles (its series is "
+                                             "SYMBOL:futures, apart from the spot symbol's).")] = "spot",
+    kind: Annotated[str, typer.Option(help="ohlcv (candles), or a perpetual's funding rates (funding: time and rate, "
+                                           "or freqtrade's *-funding_rate.feather) or mark prices (mark: OHLC).")
+                    ] = "ohlcv",
 ) -> None:
     """Import OHLCV files at their own interval (1m .. 1w), plus the coarser ones of
     CRYPTOBT_DERIVED_INTERVALS (default 1h and 1d). Re-importing the same file changes 0 rows; a
@@ -95,17 +100,33 @@ def db_import(
 
     Examples: cryptobt db import data/sample/binance-5m/*.feather | cryptobt db import GOOG.csv --replace
     """
-    from pipeline.source import loaders
+    from pipeline.core import markets
+    from pipeline.source import futures, loaders
     from pipeline.source import postgres as source
 
+    if market not in markets.MARKETS:
+        raise PipelineError(f"--market {market!r} is not allowed; use one of: {', '.join(markets.MARKETS)}")
+    if kind not in futures.KINDS:
+        raise PipelineError(f"--kind {kind!r} is not allowed; use one of: {', '.join(futures.KINDS)}")
+    if kind != "ohlcv" and market != "futures":
+        raise PipelineError(f"--kind {kind} is a perpetual's series: add --market futures")
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise PipelineError(f"no such file: {', '.join(missing)}")
     settings = Settings.from_env()
+    if kind != "ohlcv":
+        names = loaders.import_names(list(paths), symbol)
+        source.apply_schema(settings.database_url)
+        for path, name in names.items():
+            series, changed, native = futures.import_series(settings.database_url, path, name, kind, interval)
+            console.print(f"imported {path.name}: {kind} of {series}{f' at {native}' if native else ''}, "
+                          f"{changed:,} rows changed")
+        return
     source.apply_schema(settings.database_url)
     from pipeline.source import health
 
-    report = loaders.import_files(settings.database_url, list(paths), symbol, replace=replace, interval=interval,
+    report = loaders.import_files(settings.database_url, list(paths), symbol, market=market, replace=replace,
+                                  interval=interval,
                                   derived=settings.derived_intervals, strict=strict,
                                   thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars),
                                   window=settings.bar_window)

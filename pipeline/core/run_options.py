@@ -16,11 +16,11 @@ from typing import Any
 
 from pipeline.core import intervals
 from pipeline.core.errors import PipelineError
+from pipeline.core.markets import MARKETS
 
 INTERVALS = (*intervals.NAMES, "auto")  # SPEC 4.2, plus `auto` (chosen per symbol)
 FILLS = ("close", "next_open")
 ANNUALIZATIONS = ("observed", "calendar")
-MARKETS = ("spot", "futures")  # futures: USDT-margined perpetuals (SPEC 4.3)
 DIRECTIONS = ("long", "short", "both")
 MARGINS = ("isolated", "cross")
 # What "best" means in a sweep: the objective's result field, higher is better.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.core import markets
 from pipeline.core.errors import PipelineError
 from pipeline.engine.kernels.enums import N_TIER, TIER_CUM, TIER_MAX, TIER_MIN, TIER_MMR
 
@@ -44,7 +45,7 @@ class TierTable:
 
     def of(self, symbol: str) -> np.ndarray:
         """The brackets of `symbol`; PipelineError when the table has none and no flat rate was given."""
-        found = self.brackets.get(symbol)
+        found = self.brackets.get(markets.symbol_of(symbol))
         if found is not None:
             return found
         if self.flat is not None:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from pipeline.core import formats
 from pipeline.core.errors import PipelineError
-from pipeline.lake import staging
+from pipeline.lake import futures_table, staging
 from pipeline.lake.plan import CommitPlan, plan_commit
 from pipeline.lake.rowhash import ROW_HASH, data_version, year_sums
 from pipeline.lake.snapshots import (
@@ -67,6 +67,7 @@ def commit(
     thresholds: health.Thresholds | None = None,
     strict: bool = False,
     fail_at: str | None = None,
+    futures: pl.DataFrame | None = None,
 ) -> CommitResult:
     """Merge changed bars into a new snapshot and make it current, atomically.
 
@@ -83,7 +84,9 @@ def commit(
     the current snapshot stands (idempotent export). Data health is measured per (symbol,
     year) as years are written and recorded in the manifest (`symbols.<name>.health`); with
     `strict`, a changed symbol with findings refuses the commit. The caller holds
-    `export_lock`. `fail_at` names a step at which to die (tests).
+    `export_lock`. `fail_at` names a step at which to die (tests). `futures` are the perpetuals'
+    funding and mark rows, whole (pipeline.lake.futures_table; None keeps the parent's): a change in
+    them alone makes a new snapshot too, naming the perpetuals it changed.
     """
     lake_root = Path(lake_root)
     thresholds = thresholds or health.Thresholds()
@@ -92,7 +95,13 @@ def commit(
     snapshot_id = new_snapshot_id()
     with staging.folder(lake_root, snapshot_id) as folder:
         staged = staging.write_parts(plan, folder, derived, thresholds, fail_at)
-        changed = changed_symbols(plan, staged)
+        parent_futures = plan.parent.manifest.get("futures") if plan.parent is not None else None
+        futures_record = futures_table.stage(
+            futures, folder, parent_futures,
+            plan.parent.path / parent_futures["path"] if parent_futures and plan.parent is not None else None)
+        before = (parent_futures or {}).get("symbols", {})
+        after = (futures_record or {}).get("symbols", {})
+        changed = changed_symbols(plan, staged) | {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
         if not changed and plan.parent is not None and plan.refused == plan.parent.manifest.get("refused", {}):
             shutil.rmtree(folder)
             return CommitResult(plan.parent, False, [], rows_read, 0, 0)
@@ -101,6 +110,8 @@ def commit(
         verify_health(symbols, changed, strict)
         manifest = _manifest(plan, snapshot_id, files, symbols, changed, watermark=watermark, rows_read=rows_read,
                              thresholds=thresholds)
+        if futures_record is not None:
+            manifest["futures"] = futures_record
         final = publish(lake_root, folder, snapshot_id, manifest, state, fail_at)
     return CommitResult(load_snapshot(final), True, sorted(changed), rows_read, files.written, files.linked,
                         files.rows_written, files.bytes_written)

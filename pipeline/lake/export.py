@@ -75,10 +75,14 @@ class StagedExtract:
     bars: pl.DataFrame | None = None
     symbols: dict | None = None
     hidden_sessions: int = 0  # see extract.Extract
+    # The perpetuals' funding and mark rows, read whole (pipeline.lake.futures_table): in memory, or
+    # staged beside the prices (`futures_path`).
+    futures: pl.DataFrame | None = None
+    futures_path: Path | None = None
 
     def remove(self) -> None:
         """Remove the staged files (if any)."""
-        for path in (self.path, self.symbols_path):
+        for path in (self.path, self.symbols_path, self.futures_path):
             if path is not None:
                 path.unlink(missing_ok=True)
 
@@ -162,26 +166,30 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     refused = bar_rules.bad_symbols(extracted.bars, extracted.natives, settings.bar_window)
     bars = extracted.bars.filter(~pl.col("symbol").is_in(list(refused))) if refused else extracted.bars
     symbols = {"natives": extracted.natives, "whole": sorted(extracted.whole)}
+    futures = source.read_futures(settings.database_url)
     if in_memory:
         return StagedExtract(None, None, extracted.watermark, extracted.rows_read, time.perf_counter() - started,
-                             refused, extracted.orphans, bars, symbols, extracted.hidden_sessions)
+                             refused, extracted.orphans, bars, symbols, extracted.hidden_sessions, futures)
     staging = Path(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
     path = staging / f"extract-{stem}.arrow"
     symbols_path = staging / f"extract-{stem}.symbols.json"
+    futures_path = staging / f"extract-{stem}.futures.arrow"
     try:
         bars.write_ipc(path, compression="uncompressed")
         symbols_path.write_text(json.dumps(symbols))
+        futures.write_ipc(futures_path, compression="uncompressed")
     except BaseException as exc:
         path.unlink(missing_ok=True)
         symbols_path.unlink(missing_ok=True)
+        futures_path.unlink(missing_ok=True)
         if is_disk_full(exc):
             raise disk_full(settings.lake_root, _bytes_needed(extracted.rows_read), "CRYPTOBT_LAKE_ROOT") from None
         raise
     return StagedExtract(path, symbols_path, extracted.watermark, extracted.rows_read,
                          time.perf_counter() - started, refused, extracted.orphans,
-                         hidden_sessions=extracted.hidden_sessions)
+                         hidden_sessions=extracted.hidden_sessions, futures_path=futures_path)
 
 
 def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
@@ -190,14 +198,17 @@ def commit_staged(settings: Settings, staged: StagedExtract, full: bool,
     extract is removed whatever happens: a retry reads PostgreSQL again."""
     try:
         if staged.bars is not None:
-            bars, meta = staged.bars, staged.symbols
+            bars, meta, futures = staged.bars, staged.symbols, staged.futures
         else:
             bars, meta = pl.read_ipc(staged.path), json.loads(staged.symbols_path.read_text())
+            futures = (pl.read_ipc(staged.futures_path) if staged.futures_path is not None
+                       and staged.futures_path.exists() else None)
         return commit(
             settings.lake_root, bars, meta["natives"], full=full, watermark=staged.watermark,
             rows_read=staged.rows_read, source=source.source_id(settings.database_url),
             whole=set(meta["whole"]), refused=staged.refused, derived=settings.derived_intervals,
             thresholds=health.Thresholds(settings.jump_ratio, settings.stale_bars), strict=strict, fail_at=fail_at,
+            futures=futures,
         )
     finally:
         staged.remove()

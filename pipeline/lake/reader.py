@@ -20,15 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core import intervals
+from pipeline.core import intervals, markets
 from pipeline.core.errors import PipelineError, SnapshotDamaged
 from pipeline.lake import grids
 from pipeline.lake import snapshots as lake
-from pipeline.lake.align import bar_span, scatter_to_grid
+from pipeline.lake.align import bar_span, funding_to_grid, scatter_to_grid
 from pipeline.lake.verify import check_files
 
 if TYPE_CHECKING:
     import duckdb
+    import polars as pl
 
 ALLOWED_COLUMNS = ("open", "high", "low", "close", "volume")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,9 +132,14 @@ def parse_timerange(text: str | None) -> tuple[datetime | None, datetime | None]
     return start, end
 
 
-def resolve_symbols(snapshot: lake.Snapshot, symbols: list[str] | None) -> list[str]:
-    """The requested symbols in lake order, or all; unknown ones are an error naming them."""
+def resolve_symbols(snapshot: lake.Snapshot, symbols: list[str] | None, market: str | None = None) -> list[str]:
+    """The requested symbols in lake order, or all; unknown ones are an error naming them. With a
+    `market`, the symbols' series on that market (`XRP_USDT` -> `XRP_USDT:futures`), or all of its series."""
     known = snapshot.symbols
+    if market is not None:
+        symbols = [markets.series_name(s, market) for s in symbols] if symbols else None
+        if not symbols:
+            return sorted(name for name in known if markets.market_of(name) == market)
     if not symbols:
         return sorted(known)
     missing = [s for s in symbols if s not in known]
@@ -450,3 +456,67 @@ def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h
             [files, symbol_id, start, start.replace(year=year + 1)],
         ).fetchall()
     return "\n".join(str(r[1]) for r in rows)
+
+
+def _futures_rows(snapshot: lake.Snapshot, names: list[str]) -> pl.DataFrame:
+    """The funding and mark rows of the perpetuals `names` in `snapshot`'s futures file (checked like every
+    lake file), in one DuckDB read."""
+    import polars as pl
+
+    path = snapshot.path / snapshot.manifest["futures"]["path"]
+    check_files(snapshot, [path])
+    table = _connection().sql("SELECT * FROM read_parquet($path) WHERE list_contains($names::VARCHAR[], symbol)",
+                              params={"path": str(path), "names": names}).to_arrow_table()
+    return pl.from_arrow(table)
+
+
+def series_version(snapshot: lake.Snapshot, name: str) -> str:
+    """The data version of series `name` in `snapshot`: its bars', and a perpetual's funding and mark rows
+    (pipeline.lake.futures_table) folded in."""
+    import hashlib
+
+    version = snapshot.symbols[name]["data_version"]
+    digest = (snapshot.manifest.get("futures") or {}).get("symbols", {}).get(name)
+    return version if digest is None else hashlib.sha256(f"{version}:{digest}".encode()).hexdigest()[:32]
+
+
+def with_futures(batch: PriceBatch, snapshot: lake.Snapshot) -> PriceBatch:
+    """`batch` (perpetuals' series) with their funding rates and mark bars from `snapshot` on its grid (the
+    kernels' `funding`, `mark_open`, `mark_high`, `mark_low`, NaN where none) and data versions that cover
+    them: a new funding rate or mark bar is a new version of its perpetual. Funding floors to the bar
+    holding it (summed); mark bars of the batch's interval, or of the coarsest finer one aggregated
+    (first open, highest high, lowest low)."""
+    import dataclasses
+
+    import polars as pl
+
+    shape = batch.columns["close"].shape
+    digests = (snapshot.manifest.get("futures") or {}).get("symbols", {})
+    versions = [series_version(snapshot, name) for name in batch.symbols]
+    columns = dict(batch.columns)
+    for name in ("funding", "mark_open", "mark_high", "mark_low"):
+        columns[name] = np.full(shape, np.nan)
+    rows = _futures_rows(snapshot, batch.symbols) if digests and batch.times.size else None
+    if rows is not None and rows.height:
+        step = intervals.SECONDS[batch.interval]
+        t0 = int(batch.times[0])
+        row_of = pl.DataFrame({"symbol": batch.symbols, "row": np.arange(len(batch.symbols), dtype=np.int64)})
+        rows = rows.join(row_of, on="symbol").with_columns(pl.col("datetime").dt.epoch("us").alias("us"))
+        funding = rows.filter(pl.col("kind") == "funding")
+        if funding.height:
+            columns["funding"] = funding_to_grid(funding["row"].to_numpy(), funding["us"].to_numpy(),
+                                                 funding["open"].to_numpy(), t0 * 1_000_000, step * 1_000_000, shape)
+        mark = rows.filter((pl.col("kind") == "mark") & (pl.col("interval").replace_strict(
+            intervals.SECONDS, default=None, return_dtype=pl.Int64) <= step))
+        if mark.height:
+            finest_fit = mark.group_by("symbol").agg(pl.col("interval").sort_by(
+                pl.col("interval").replace_strict(intervals.SECONDS, return_dtype=pl.Int64)).last().alias("use"))
+            bars = (mark.join(finest_fit, on="symbol").filter(pl.col("interval") == pl.col("use"))
+                    .with_columns(((pl.col("us") // 1_000_000 - t0) // step).alias("column"))
+                    .filter((pl.col("column") >= 0) & (pl.col("column") < shape[1]))
+                    .sort("datetime").group_by("row", "column")
+                    .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min()))
+            where = (bars["row"].to_numpy(), bars["column"].to_numpy())
+            for name in ("open", "high", "low"):
+                columns[f"mark_{name}"][where] = bars[name].to_numpy()
+    return dataclasses.replace(batch, columns=columns, data_versions=versions)

@@ -289,6 +289,14 @@ def check_writable(lake_root: Path) -> None:
     check_writable_folder(Path(lake_root), "CRYPTOBT_LAKE_ROOT")
 
 
+def all_file_records(manifest: dict) -> list[dict]:
+    """Every file a snapshot's manifest records: the price files of every (interval, year), then the
+    futures file (pipeline.lake.futures_table), if any."""
+    records = [record for per in manifest["files"].values() for entry in per.values()
+               for record in file_records(entry)]
+    return records + ([manifest["futures"]] if manifest.get("futures") else [])
+
+
 def file_records(entry: dict) -> list[dict]:
     """The files of one (interval, year) manifest entry: its base (`path`...) and its tail, if any.
 

@@ -19,7 +19,7 @@ from pipeline.lake.snapshots import (
     MANIFEST,
     STATE,
     Snapshot,
-    file_records,
+    all_file_records,
     load_snapshot,
     load_state,
 )
@@ -48,8 +48,7 @@ def damaged_files(snapshot: Snapshot, paths: list[Path] | None = None, *,
     every file's sha256, since bit rot keeps size and mtime: what an export pays for the snapshot it
     builds on (~0.14 s of CPU per 232 MB lake, a thread per core), and `lake verify`. Files of
     snapshots written before checksums existed are not checked."""
-    recorded = {str(snapshot.path / record["path"]): record for per in snapshot.manifest["files"].values()
-                for entry in per.values() for record in file_records(entry)}
+    recorded = {str(snapshot.path / record["path"]): record for record in all_file_records(snapshot.manifest)}
     wanted = list(recorded) if paths is None else [str(path) for path in paths]
 
     def problem(key: str) -> str | None:
@@ -110,8 +109,7 @@ def problems(snapshot_path: Path) -> list[str]:
     except SnapshotDamaged as exc:
         found.append(str(exc))
     known = {MANIFEST, STATE}
-    records = [record for per_interval in snapshot.manifest["files"].values()
-               for year_entry in per_interval.values() for record in file_records(year_entry)]
+    records = all_file_records(snapshot.manifest)
     damaged = dict(damaged_files(snapshot, deep=True))
     for entry in records:
         known.add(entry["path"])

@@ -100,7 +100,7 @@ def _look_up(plan: RunPlan, cache: ResultCache | None) -> CacheLookup:
     for symbol in plan.names:
         for c in range(plan.n_params):
             fields = _key_fields(config, symbol, plan.interval_of[symbol], c,
-                                 snapshot.symbols[symbol]["data_version"])
+                                 reader.series_version(snapshot, symbol))
             found.keys[(symbol, c)] = cache.key(**fields)
             expected[found.keys[(symbol, c)]] = fields
     records = cache.get_many(list(found.keys.values()), expected, results.record_problem)
@@ -140,6 +140,8 @@ def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch
     batch = reader.read_prices(plan.settings.lake_root, symbols, interval, None, config.timerange_end,
                                columns=engine.columns_needed(config), snapshot=plan.snapshot,
                                min_coverage=config.min_bar_coverage)
+    if config.market == "futures":
+        batch = reader.with_futures(batch, plan.snapshot)
     engine.check_memory(len(symbols), batch.times.size, plan.n_params,
                         len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0)
     return batch

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from pipeline.core import intervals
+from pipeline.core import intervals, markets
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
@@ -67,7 +67,7 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
     stack = _PINS.get()
     if stack is not None:
         snapshot = stack.enter_context(lake.reading(settings.lake_root, snapshot))
-    names = reader.resolve_symbols(snapshot, symbols)
+    names = reader.resolve_symbols(snapshot, symbols, config.market)
     if interval == "auto":
         interval_of = reader.choose_interval(snapshot, names, config.timerange_start, config.timerange_end,
                                              max_points)
@@ -80,13 +80,14 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
 
 
 def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str,
-             symbols: list[str] | None) -> dict[str, str]:
-    """The symbols a run over the whole lake (`symbols` None) leaves out (`_open_run`: their own bars are
+             symbols: list[str] | None, market: str = "spot") -> dict[str, str]:
+    """The symbols (of `market`) a run over the whole lake (`symbols` None) leaves out (`_open_run`: their own bars are
     coarser than `interval`), each with why; a run naming its symbols refuses such a one instead."""
     if symbols:
         return {}
     return {n: f"its own bars are {meta.get('native') or reader.stored(meta)[0]}, coarser than {interval}"
-            for n, meta in sorted(snapshot.symbols.items()) if n not in interval_of}
+            for n, meta in sorted(snapshot.symbols.items())
+            if n not in interval_of and markets.market_of(n) == market}
 
 
 def data_findings(snapshot: lake.Snapshot, names: list[str]) -> dict[str, list[str]]:
@@ -179,7 +180,8 @@ class RunPlan:
     def outcome_fields(self) -> dict[str, Any]:
         """What every outcome of the run says of it: its id, snapshot, intervals and left-out symbols."""
         return {"run_id": self.run_id, "snapshot_id": self.snapshot.id,
-                "left_out": left_out(self.snapshot, self.interval_of, self.interval, self.symbols)}
+                "left_out": left_out(self.snapshot, self.interval_of, self.interval, self.symbols,
+                                     self.config.market)}
 
 
 def plan_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str, *,

@@ -93,3 +93,40 @@ def read_mark(path: Path) -> pl.DataFrame:
         row = bad.row(0, named=True)
         raise InputError(f"{path}: mark bar {row['datetime']} is not a valid OHLC bar ({row})")
     return bars.sort("datetime")
+
+
+KINDS = ("ohlcv", "funding", "mark")
+
+
+def import_series(url: str, path: Path, symbol: str, kind: str, interval: str | None = None) -> tuple[str, int, str]:
+    """Import one funding-rate or mark-price file for the perpetual `symbol` (its series `symbol:futures`),
+    read and checked whole before one transaction writes it. Returns (series, rows changed, interval:
+    the mark's, '' for funding)."""
+    from pipeline.core import intervals, markets
+    from pipeline.source import postgres as source
+    from pipeline.source.bar_rules import interval_of_spacing
+
+    frame = read_funding(path) if kind == "funding" else read_mark(path)
+    if frame.height == 0:
+        raise InputError(f"{path}: no rows")
+    series = markets.series_name(symbol, "futures")
+    native = ""
+    if kind == "mark":
+        spacing = frame["datetime"].diff().drop_nulls().mode().sort()
+        native = interval_of_spacing(spacing[0] if len(spacing) else None, str(path), interval)
+        step = intervals.delta(native)
+        misaligned = frame.filter(pl.col("datetime").dt.truncate(intervals.POLARS_EVERY[native]) != pl.col("datetime"))
+        if misaligned.height:
+            raise InputError(f"{path}: mark bar {misaligned['datetime'][0]} is not on a {native} bar's open "
+                             f"(every {step})")
+    with source.connect(url) as conn:
+        crypto_id = source.register_symbols(conn, [series])[series]
+        if kind == "funding":
+            cursor = conn.execute(source.load_sql("upsert_funding.sql"), {
+                "id": crypto_id, "times": frame["datetime"].to_list(), "rates": frame["rate"].to_list()})
+        else:
+            cursor = conn.execute(source.load_sql("upsert_mark.sql"), {
+                "id": crypto_id, "interval": native, "times": frame["datetime"].to_list(),
+                **{c: frame[c].to_list() for c in ("open", "high", "low", "close")}})
+        changed = cursor.rowcount
+    return series, changed, native

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import polars as pl
 
-from pipeline.core import intervals
+from pipeline.core import intervals, markets
 from pipeline.core.config import BarWindow
 from pipeline.core.errors import InputError
 from pipeline.source import health, price_load
@@ -122,8 +122,9 @@ def seed_database(
     )
 
 
-def _import_names(paths: list[Path], symbol: str | None) -> dict[Path, str]:
-    """Each file's symbol (`symbol`, else its name before '-'), checked before any file is read."""
+def import_names(paths: list[Path], symbol: str | None, market: str = "spot") -> dict[Path, str]:
+    """Each file's series: its symbol (`symbol`, else its name before '-'), checked before any file is read,
+    qualified by `market` (`XRP_USDT:futures`)."""
     if not paths:
         raise InputError("no files given; pass one or more CSV, Parquet or Feather files")
     if symbol is not None and len(paths) > 1:
@@ -136,6 +137,7 @@ def _import_names(paths: list[Path], symbol: str | None) -> dict[Path, str]:
             raise InputError(
                 f"{path}: symbol {name!r} is not allowed; use letters, digits, '_', '-' or '.' (1-64 chars)"
             )
+        name = markets.series_name(name, market)
         if name in names.values():
             raise InputError(f"{path}: a second file for symbol {name}; import one file per symbol")
         names[path] = name
@@ -172,7 +174,8 @@ def _with_neighbours(conn: object, crypto_id: int, by_interval: dict[str, pl.Dat
 
 
 def import_files(url: str, paths: list[Path], symbol: str | None = None,
-                 progress: Progress | None = None, *, replace: bool = False, interval: str | None = None,
+                 progress: Progress | None = None, *, market: str = "spot", replace: bool = False,
+                 interval: str | None = None,
                  derived: tuple[str, ...] = ("1h", "1d"), strict: bool = False,
                  thresholds: health.Thresholds | None = None, window: BarWindow | None = None) -> LoadReport:
     """Import OHLCV files at their native interval plus the `derived` coarser ones, in one transaction.
@@ -184,7 +187,7 @@ def import_files(url: str, paths: list[Path], symbol: str | None = None,
     bars differ from a symbol's existing ones is refused unless `replace` (the file becomes its series).
     """
     started = time.perf_counter()
-    names = _import_names(paths, symbol)
+    names = import_names(paths, symbol, market)
     thresholds = thresholds or health.Thresholds()
     rows: dict[str, int] = {}
     findings: dict[str, list[str]] = {}

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -103,6 +104,15 @@ def register_symbols(conn: psycopg.Connection, symbols: list[str]) -> dict[str, 
     their prices, so that a failed or killed load leaves no symbol without prices)."""
     conn.execute(load_sql("upsert_symbols.sql"), {"symbols": symbols})
     return symbol_ids(conn, symbols)
+
+
+def read_futures(url: str) -> pl.DataFrame:
+    """Every perpetual's funding rates and mark bars (pipeline.lake.futures_table's rows), whole."""
+    with connect(url) as conn:
+        rows = conn.execute(load_sql("extract_futures.sql")).fetchall()
+    frame = pl.DataFrame(rows, schema=["symbol", "kind", "interval", "datetime", "open", "high", "low", "close"],
+                         orient="row")
+    return frame.with_columns(pl.col("datetime").dt.convert_time_zone("UTC").dt.cast_time_unit("us")) if rows else frame
 
 
 def symbol_names(conn: psycopg.Connection) -> dict[int, str]:
