@@ -103,7 +103,7 @@ def test_a_funding_file_with_a_duplicate_time_or_a_nan_rate_is_refused_before_wr
     funding.select("date", "open").with_columns(pl.when(pl.int_range(pl.len()) == 7).then(float("nan"))
                                                 .otherwise(pl.col("open")).alias("open")).write_csv(nan)
     for path, message in ((twice, "funding time 2021-11-19 16:00:00.005000+00:00 appears 2 times"),
-                          (nan, "is NaN, not a finite number")):
+                          (nan, "is nan, not a finite number")):
         done = cli(env, "db", "import", str(path), "--market", "futures", "--kind", "funding", check=False)
         assert done.returncode != 0 and message in done.stderr, done.stderr
     with psycopg.connect(env["DATABASE_URL"]) as conn:
