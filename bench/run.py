@@ -38,6 +38,7 @@ from pipeline import runs
 from pipeline.core.config import Settings
 from pipeline.engine import batch as engine
 from pipeline.engine import options, overfit, strategies
+from pipeline.engine.kernels import enums
 from pipeline.engine.strategies import get_strategy
 from pipeline.lake import grids, reader
 from pipeline.lake import snapshots as lake
@@ -224,6 +225,9 @@ def main() -> None:
     print("portfolio...", flush=True)
     out["portfolio"] = bench_portfolio(settings, snapshot)
 
+    print("futures against spot...", flush=True)
+    out["futures"] = bench_futures(settings, snapshot)
+
     print("user strategy, stops, Donchian sweep...", flush=True)
     out["issue13"] = bench_user_strategy_and_stops(settings, snapshot, env)
 
@@ -367,6 +371,45 @@ def bench_user_strategy_and_stops(settings: Settings, snapshot: lake.Snapshot, e
     seconds = time.perf_counter() - t
     found["donchian_sweep_1000"] = {"combos": len(grid), "kernel_seconds": seconds,
                                     "bar_steps_per_second": bar_steps * len(grid) / seconds}
+    return found
+
+
+def bench_futures(settings: Settings, snapshot: lake.Snapshot) -> dict:
+    """Issue 28's rows: RSI on every symbol as perpetuals (leverage 3, both directions, funding every 8
+    hours, a mark series on every bar, flat mmr) against the same spot run, and a leverage x direction
+    sweep (6 leverages x 3 directions) against a spot sweep of as many sets sharing the signals (6 sizes,
+    3 times); each as ns per bar-step, in this run."""
+    import dataclasses
+
+    batch = reader.read_prices(settings.lake_root, None, "1h", columns=("open", "high", "low", "close"),
+                               snapshot=snapshot)
+    close = batch.columns["close"]
+    funding = np.where(np.isnan(close), np.nan, 0.0)
+    funding[:, 1::8] = np.where(np.isnan(close[:, 1::8]), np.nan, 1e-4)
+    futures_batch = dataclasses.replace(batch, columns={
+        **batch.columns, "funding": funding, "mark_open": batch.columns["open"], "mark_high": batch.columns["high"],
+        "mark_low": batch.columns["low"]})
+    bar_steps = int(batch.bars.sum())
+    rsi = get_strategy("rsi")
+    spot = options.run_config(rsi, {})
+    futures = options.run_config(rsi, {}, market="futures", leverage=3, direction="both", mmr=0.005)
+    found: dict = {"bar_steps": bar_steps}
+    found["spot_run"] = timed(lambda: engine.run_metrics(batch, spot), 10)
+    found["futures_run"] = timed(lambda: engine.run_metrics(futures_batch, futures), 10)
+    leverages = [{"leverage": lev} for lev in (1, 2, 3, 5, 10, 20)]
+    sizes = [{"size": size} for size in (0.5, 0.6, 0.7, 0.8, 0.9, 1.0)]
+    by_direction = [options.run_config(rsi, leverages, market="futures", direction=d, mmr=0.005)
+                    for d in ("long", "short", "both")]
+    spot_sets = options.run_config(rsi, sizes)
+    found["spot_sweep"] = timed(lambda: [engine.run_metrics(batch, spot_sets) for _ in range(3)], 3)
+    found["futures_sweep"] = timed(lambda: [engine.run_metrics(futures_batch, c) for c in by_direction], 3)
+    cube = engine.run_metrics(futures_batch, futures)
+    found["liquidations"] = int(np.nansum(cube[:, :, enums.M_LIQUIDATIONS]))
+    for name, steps in (("spot_run", bar_steps), ("futures_run", bar_steps), ("spot_sweep", bar_steps * 18),
+                        ("futures_sweep", bar_steps * 18)):
+        found[name]["ns_per_bar_step"] = found[name]["median"] / steps * 1e9
+    found["run_ratio"] = found["futures_run"]["median"] / found["spot_run"]["median"]
+    found["sweep_ratio"] = found["futures_sweep"]["median"] / found["spot_sweep"]["median"]
     return found
 
 
@@ -693,6 +736,18 @@ def write_report(r: dict, path: Path) -> None:
             f"| sweep {ds['combos']:,} Donchian combinations (entry 5..200, exit 5..125), kernel | "
             f"{ds['kernel_seconds']:.2f} s ({ds['bar_steps_per_second'] / 1e6:,.0f} M bar-steps/s) | <= 60 s | "
             f"{_goal(ds['kernel_seconds'], 60)} |",
+        ]
+    f = r.get("futures")
+    if f:
+        fr, sr, fs, ss = f["futures_run"], f["spot_run"], f["futures_sweep"], f["spot_sweep"]
+        lines += [
+            f"| RSI on every symbol as perpetual futures (leverage 3, both directions, funding every 8 h, mark bars, "
+            f"{f['liquidations']:,} liquidations), kernel | {fr['median'] * 1000:.1f} ms ({fr['ns_per_bar_step']:.2f} "
+            f"ns/bar-step) vs the same spot run {sr['median'] * 1000:.1f} ms ({sr['ns_per_bar_step']:.2f}): "
+            f"{f['run_ratio']:.2f}x | <= 1.5x spot | {_goal(f['run_ratio'], 1.5)} |",
+            f"| futures sweep: 6 leverages x 3 directions, kernel | {fs['median']:.2f} s ({fs['ns_per_bar_step']:.2f} "
+            f"ns/bar-step) vs a spot sweep of 18 sets (6 sizes x 3) {ss['median']:.2f} s "
+            f"({ss['ns_per_bar_step']:.2f}): {f['sweep_ratio']:.2f}x | <= 1.5x spot | {_goal(f['sweep_ratio'], 1.5)} |",
         ]
     p = r.get("portfolio")
     if p:
