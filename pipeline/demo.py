@@ -19,12 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline import plots, runs
+from pipeline.core import markets
 from pipeline.core.config import PROJECT_ROOT, Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
 from pipeline.engine import options, strategies
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
+from pipeline.source import futures
 from pipeline.source.bar_rules import native_interval
 from pipeline.source.ohlcv import read_ohlcv_file, symbol_from_path
 from pipeline.source.synthetic import generate_market
@@ -32,11 +34,16 @@ from pipeline.store.cache import ResultCache
 
 # Real Binance pairs shipped with the project (data/sample/README.md says where they come from).
 DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
+# A real perpetual with its funding rates and mark prices (data/sample/README.md).
+DEFAULT_FUTURES = PROJECT_ROOT / "data" / "sample" / "binance-futures"
+FUTURES_SYMBOL = "XRP_USDT_USDT"
 SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
 
 
-def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None) -> CommitResult:
-    """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists.
+def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None,
+                      futures_sample: Path | None = None) -> CommitResult:
+    """A lake without PostgreSQL: synthetic symbols, plus real files from `sample` if it exists, plus the
+    real perpetual of `futures_sample` (DEFAULT_FUTURES) with its funding rates and mark prices.
 
     Its snapshot replaces whatever the lake held (source `sample`): symbols are names, so a
     sample symbol never takes another source's bars."""
@@ -53,10 +60,48 @@ def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Pat
             frame = read_ohlcv_file(path)
             natives[name] = native_interval(frame, str(path))
             frames.append(frame.with_columns(pl.lit(name).alias("symbol")))
+    extra = None
+    if futures_sample is not None and futures_sample.exists():
+        name = markets.series_name(FUTURES_SYMBOL, "futures")
+        frame = read_ohlcv_file(futures_sample / f"{FUTURES_SYMBOL}-1h-futures.feather")
+        natives[name] = native_interval(frame, name)
+        frames.append(frame.with_columns(pl.lit(name).alias("symbol")))
+        extra = _futures_rows(futures_sample, name)
     merged = pl.concat([f.select("symbol", "ts", "open", "high", "low", "close", "volume") for f in frames])
     with lake.export_lock(lake_root, wait_seconds=30):
         return commit(lake_root, merged, natives, full=True, watermark=None,
-                      rows_read=merged.height, source="sample")
+                      rows_read=merged.height, source="sample", futures=extra)
+
+
+def _futures_rows(folder: Path, name: str) -> pl.DataFrame:
+    """The sample perpetual's funding rates and hourly mark bars as the lake's futures rows."""
+    funding = futures.read_funding(folder / f"{FUTURES_SYMBOL}-8h-funding_rate.feather")
+    mark = futures.read_mark(folder / f"{FUTURES_SYMBOL}-1h-mark.feather")
+    return pl.concat([
+        funding.select(pl.lit(name).alias("symbol"), pl.lit("funding").alias("kind"),
+                       pl.lit(None, pl.String).alias("interval"), "datetime", pl.col("rate").alias("open"),
+                       *(pl.lit(None, pl.Float64).alias(c) for c in ("high", "low", "close"))),
+        mark.select(pl.lit(name).alias("symbol"), pl.lit("mark").alias("kind"), pl.lit("1h").alias("interval"),
+                    "datetime", "open", "high", "low", "close"),
+    ])
+
+
+def _futures_demo(settings: Settings, cache: ResultCache | None, console: Console) -> None:
+    """RSI on the sample perpetual, long and short at 3x, and at 50x where this data liquidates."""
+    snapshot = lake.require_snapshot(settings.lake_root)
+    if markets.series_name(FUTURES_SYMBOL, "futures") not in snapshot.symbols:
+        return
+    lines = []
+    for leverage, margin in ((3, "isolated"), (50, "cross")):
+        config = options.run_config(options.resolve_strategy("rsi"), {"rsi_period": 6, "oversold_threshold": 40,
+                                                                      "overbought_threshold": 60},
+                                    market="futures", leverage=leverage, direction="both", margin=margin)
+        (r,) = runs.backtest(settings, config, None, "1h", cache=cache, command="demo futures").results
+        lines.append(f"{leverage}x {margin}: {cell('total_return_pct', r['total_return_pct'])} %, "
+                     f"{r['num_trades']} trades, funding paid {r['funding_paid']:+.2f}, "
+                     f"{r['liquidations']} liquidation(s)")
+    console.print(f"futures: RSI(6, 40/60) long and short on {FUTURES_SYMBOL}:futures (real Binance perpetual, "
+                  f"funding and mark prices): " + "; ".join(lines), highlight=False)
 
 
 def _full_path(settings: Settings, console: Console) -> None:
@@ -72,6 +117,12 @@ def _full_path(settings: Settings, console: Console) -> None:
         console.print(f"seeded PostgreSQL: {report.total_rows:,} rows ({report.rows_per_second:,.0f} rows/s)")
         if DEFAULT_SAMPLE.exists():
             loaders.import_files(settings.database_url, sorted(DEFAULT_SAMPLE.glob("*.feather")))
+        if DEFAULT_FUTURES.exists():
+            loaders.import_files(settings.database_url, [DEFAULT_FUTURES / f"{FUTURES_SYMBOL}-1h-futures.feather"],
+                                 market="futures")
+            for kind, file in (("funding", "8h-funding_rate"), ("mark", "1h-mark")):
+                futures.import_series(settings.database_url, DEFAULT_FUTURES / f"{FUTURES_SYMBOL}-{file}.feather",
+                                      FUTURES_SYMBOL, kind)
     summary = export(full=False)
     console.print(f"export{' flow' if summary['prefect'] else ''}: snapshot {summary['snapshot_id']} "
                   f"({summary['rows_read']:,} rows read)")
@@ -97,12 +148,13 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
         os.environ["CRYPTOBT_RESULTS_ROOT"] = str(settings.results_root)
         _full_path(settings, console)
     else:
-        result = build_sample_lake(settings.lake_root, n_symbols, years, sample or DEFAULT_SAMPLE)
+        result = build_sample_lake(settings.lake_root, n_symbols, years, sample or DEFAULT_SAMPLE, DEFAULT_FUTURES)
         snapshot = result.snapshot
         real = sorted(symbol_from_path(p) for p in (sample or DEFAULT_SAMPLE).glob("*.*"))
         console.print(f"sample lake {settings.lake_root}: snapshot {snapshot.id}, {len(snapshot.symbols)} symbols "
                       f"({result.rows_read:,} bars): {n_symbols} synthetic and {len(real)} real Binance "
-                      f"pairs from {sample or 'data/sample'} ({', '.join(real)})")
+                      f"pairs from {sample or 'data/sample'} ({', '.join(real)})"
+                      + (f", and the real perpetual {FUTURES_SYMBOL}:futures" if DEFAULT_FUTURES.exists() else ""))
     cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
         if os.environ.get("REDIS_URL") else None
 
@@ -134,6 +186,8 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "
                   f"{cell('total_return_pct', sweep.results[0]['total_return_pct'])} %")
+
+    _futures_demo(settings, cache, console)
 
     pictures = workdir / "plots"
     top_symbols = [r["symbol"] for r in rsi_outcome.results[:5]]

@@ -155,9 +155,9 @@ def build_lake(tmp_path_factory):
     synthetic symbols only), in a folder of its own; a test module keeps one in a module fixture."""
     from pipeline import demo
 
-    def build(n_symbols: int, years: float, sample=None):
+    def build(n_symbols: int, years: float, sample=None, futures_sample=None):
         root = tmp_path_factory.mktemp("lake") / "lake"
-        demo.build_sample_lake(root, n_symbols=n_symbols, years=years, sample=sample)
+        demo.build_sample_lake(root, n_symbols=n_symbols, years=years, sample=sample, futures_sample=futures_sample)
         return root
 
     return build

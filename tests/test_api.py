@@ -327,3 +327,31 @@ def test_identical_concurrent_requests_compute_once(settings, long_lake):
     assert app.state.runner.counts["started"] == 1 and app.state.runner.counts["joined"] == 1
     assert events_a == events_b and events_a[-1][0] == "done"
     assert events_a[-1][1]["results"] == 180 * 2
+
+
+@pytest.fixture(scope="module")
+def futures_lake(build_lake) -> Path:
+    return build_lake(n_symbols=2, years=0.1, futures_sample=demo.DEFAULT_FUTURES)
+
+
+def test_futures_runs_through_the_api_with_the_clis_numbers_and_errors(futures_lake, tmp_path, redis_url,
+                                                                      redis_prefix, database_url):
+    """SPEC 4.3 through HTTP: the option table's futures fields are the API's, with the CLI's numbers and the
+    CLI's one-line errors (422/400 with {"error": ...})."""
+    settings = Settings(database_url=database_url, redis_url=redis_url, lake_root=futures_lake,
+                        results_root=tmp_path / "results", cache_prefix=redis_prefix, admin_token=TOKEN)
+    body = {"strategy": "rsi", "symbols": [demo.FUTURES_SYMBOL], "market": "futures", "leverage": 20,
+            "direction": "both", "margin": "cross", "params": {"rsi_period": 6}}
+    with serving(settings) as (base, _), httpx.Client(base_url=base, timeout=60) as client:
+        answer = client.post("/api/backtest", json=body)
+        assert answer.status_code == 200, answer.text
+        (row,) = answer.json()
+        cli = _cli_json(settings, "backtest", "rsi", "-s", demo.FUTURES_SYMBOL, "--market", "futures", "--leverage",
+                        "20", "--direction", "both", "--margin", "cross", "-p", "rsi_period=6")["results"]
+        assert _pick([row]) == _pick(cli)
+        assert (row["market"], row["leverage"], row["margin"]) == ("futures", 20.0, "cross")
+        assert row["funding_paid"] is not None and row["bars_without_mark"] == 43
+        bad = client.post("/api/backtest", json={**body, "leverage": 126})
+        assert bad.status_code in (400, 422) and "125" in bad.text
+        spot = client.post("/api/backtest", json={"strategy": "rsi", "all": True, "leverage": 3})
+        assert spot.status_code in (400, 422) and "add --market futures" in spot.json()["error"]

@@ -119,3 +119,60 @@ def test_leverage_is_a_sweepable_parameter():
                          direction="both", funding=FUNDING, mark=MARK)
     assert sorted(board["leverage"]) == [1.0, 3.0, 10.0]
     assert board["final_value"].n_unique() == 3
+
+
+USER_SHORTS = '''
+"""shortdip: long when the close rises 3 bars in a row, short when it falls 3 bars in a row."""
+from pipeline.engine.strategies.api import njit
+
+NAME = "shortdip"
+PARAMS = ()
+COLUMNS = ("close",)
+INDICATORS = ()
+INDICATOR_PARAMS = ()
+
+
+@njit(cache=True)
+def indicators(prices, params, ind):
+    pass
+
+
+@njit(cache=True)
+def signals(prices, params, ind, entries, exits, sig_value):
+    close = prices[0]
+    for t in range(close.shape[0]):
+        up = t >= 3 and close[t] > close[t - 1] > close[t - 2] > close[t - 3]
+        down = t >= 3 and close[t] < close[t - 1] < close[t - 2] < close[t - 3]
+        entries[t] = up
+        exits[t] = down
+        sig_value[t] = close[t]
+
+
+@njit(cache=True)
+def short_signals(prices, params, ind, enter_short, exit_short):
+    close = prices[0]
+    for t in range(close.shape[0]):
+        enter_short[t] = t >= 3 and close[t] < close[t - 1] < close[t - 2] < close[t - 3]
+        exit_short[t] = t >= 1 and close[t] > close[t - 1]
+
+
+@njit(cache=True)
+def warmup(params):
+    return 4
+'''
+
+
+def test_a_strategy_files_own_short_signals_decide_its_shorts(tmp_path):
+    folder = tmp_path / "strategies"
+    folder.mkdir()
+    (folder / "shortdip.py").write_text(USER_SHORTS)
+    options.load_strategy_paths([folder])
+    close = FRAMES[XRP]["close"].to_numpy()
+    trips = round_trips(FRAMES, "shortdip", market="futures", direction="short")
+    assert trips.height > 3 and set(trips["side"]) == {"short"}
+    times = FRAMES[XRP]["date"].dt.epoch("s").to_list()
+    for entry, exit_, reason in zip(trips["entry_time"].dt.epoch("s"), trips["exit_time"].dt.epoch("s"),
+                                    trips["exit_reason"], strict=True):
+        t, u = times.index(entry), times.index(exit_)
+        assert close[t] < close[t - 1] < close[t - 2] < close[t - 3]  # its own enter_short, not the mirror
+        assert reason == "end_of_data" or close[u] > close[u - 1]  # its own exit_short

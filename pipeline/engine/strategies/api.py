@@ -17,7 +17,11 @@ A strategy is one Python file that declares, at module level:
   `indicators(prices, params, ind)` fills `ind` (len(INDICATORS) x bars);
   `signals(prices, params, ind, entries, exits, sig_value)` fills the three
   per-bar arrays (entry flat -> long, exit long -> flat, the logged value);
-  `warmup(params) -> int`: bars needed before the first signal can fire.
+  `warmup(params) -> int`: bars needed before the first signal can fire;
+- for perpetual futures' `--direction short|both` (optional): `SHORT_RULE = "mirror"` (a long exit
+  opens a short, a long entry closes it: the built-ins') or a fourth Numba function
+  `short_signals(prices, params, ind, enter_short, exit_short)` filling the short side's signals;
+  a file with neither runs long only.
   `params` is a float64 array in `PARAMS` order (cast periods with `int()`).
   An integer parameter lies within +-INT_PARAM_LIMIT (2**31 - 1) whatever PARAMS declares.
 
