@@ -178,8 +178,10 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
         assert {k: v for k, v in run[name].items() if k in rule} == rule, name
 
     def accepted(name: str, value: object) -> bool:
+        # A futures option is checked on a futures run (on spot any value but its default is refused).
+        market = {"market": "futures"} if RUN_OPTIONS[name].futures else {}
         try:
-            options.run_config(get_strategy("rsi"), {}, **{name: value})
+            options.run_config(get_strategy("rsi"), {}, **{name: value, **market})
             return True
         except PipelineError:
             return False

@@ -19,6 +19,8 @@ import polars as pl
 import psycopg
 import pytest
 
+from pipeline.core.markets import series_name
+from pipeline.demo import FUTURES_SYMBOL
 from pipeline.source.synthetic import generate_market
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -113,7 +115,9 @@ def test_postgresql_export_then_demo_lake_serves_the_demo_bars(env, tmp_path, bi
     assert result["bars"] == own.height
     assert result["buy_hold_return_pct"] == pytest.approx((own["close"][-1] / own["close"][0] - 1) * 100, rel=1e-12)
     listed = {row["symbol"] for row in json.loads(cli(env, "data", "list", "--json").stdout)}
-    assert listed == set(names) | {"ADA_BTC", "ETH_BTC", "LTC_BTC", "XMR_BTC"}
+    # The demo ships the sample perpetual too, a market of its own beside the spot names.
+    futures = series_name(FUTURES_SYMBOL, "futures")
+    assert listed == set(names) | {"ADA_BTC", "ETH_BTC", "LTC_BTC", "XMR_BTC", futures}
     # And back: PostgreSQL's export replaces the demo's symbols again, by name.
     cli(env, "export", "--no-prefect")
     _no_staging_leftovers(lake_root)

@@ -34,10 +34,13 @@ from pipeline.store.values import (
 if TYPE_CHECKING:
     import duckdb
 
-_TOP_SQL = """
+# The per-set run options' result columns (stops, size, slippage, leverage), as the SQL below names them.
+_PER_SET = ", ".join(o.record_field for o in run_options.PER_SET)
+
+_TOP_SQL = f"""
 SELECT symbol, strategy, params_json, interval, total_return_pct, buy_hold_return_pct,
        sharpe, max_drawdown_pct, win_rate_pct, num_trades, closed_trades, final_value,
-       sl_pct, tp_pct, trail, size, slippage_pct, snapshot_id, source, coalesce(market, 'spot') AS market,
+       {_PER_SET}, snapshot_id, source, coalesce(market, 'spot') AS market,
        data_version, run_id, created_at
 FROM results
 WHERE ($1::VARCHAR IS NULL OR strategy = $1)
@@ -49,12 +52,12 @@ WHERE ($1::VARCHAR IS NULL OR strategy = $1)
 -- The same backtest re-run in later runs counts once: keep its newest row.
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
-                 fill, fee_pct, initial_investment, sl_pct, tp_pct, trail, size, slippage_pct,
+                 fill, fee_pct, initial_investment, {_PER_SET},
                  source, coalesce(market, 'spot'), data_version, engine_version
     ORDER BY created_at DESC, run_id DESC) = 1
 ORDER BY total_return_pct DESC, symbol, params_json
 LIMIT $3
-"""
+"""  # noqa: S608 (columns from the option table)
 
 _RUN_STATS_SQL = """
 SELECT count(*) AS runs,
@@ -175,8 +178,8 @@ def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[st
 
 
 # A run's full-range rows (fold IS NULL) and, apart, its walk-forward rows (fold, split).
-_SHOW_COLUMNS = """symbol, interval, params_json, total_return_pct, buy_hold_return_pct, num_trades, closed_trades,
-       win_rate_pct, max_drawdown_pct, sharpe, sl_pct, tp_pct, trail, size, slippage_pct, n_trials, pbo,
+_SHOW_COLUMNS = f"""symbol, interval, params_json, total_return_pct, buy_hold_return_pct, num_trades, closed_trades,
+       win_rate_pct, max_drawdown_pct, sharpe, {_PER_SET}, n_trials, pbo,
        deflated_sharpe, bars, snapshot_id, data_version, from_cache, reason, fold, split, start, "end" """
 _SHOW_SQL = f"""
 SELECT {_SHOW_COLUMNS}
@@ -203,10 +206,10 @@ WHERE r.run_id = ?
 GROUP BY r.run_id
 """
 # What a run varied: each distinct parameter set and run setting of its full-range rows.
-_SHOW_SETS_SQL = """
-SELECT DISTINCT params_json, sl_pct, tp_pct, trail, size, slippage_pct
+_SHOW_SETS_SQL = f"""
+SELECT DISTINCT params_json, {_PER_SET}
 FROM results WHERE run_id = ? AND fold IS NULL AND coalesce(split, '') <> 'oos'
-"""
+"""  # noqa: S608 (columns from the option table)
 _LATEST_RUN_SQL = "SELECT run_id FROM results ORDER BY created_at DESC, run_id DESC LIMIT 1"
 # The per-set run options (stops, size, slippage) as results columns, with their defaults.
 RUN_SETTING_DEFAULTS = {o.record_field: o.default for o in run_options.PER_SET}
@@ -253,13 +256,13 @@ def _swept_and_fixed(sets: list[dict[str, Any]]) -> tuple[dict[str, list[Any]], 
     return swept, fixed
 
 
-_TRADES_SQL = """
+_TRADES_SQL = f"""
 SELECT symbol, params_json, entry_time, entry_price, exit_time, exit_price, units, fees, pnl, return_pct,
-       bars_held, exit_reason, sl_pct, tp_pct, trail, size, slippage_pct
+       bars_held, exit_reason, {_PER_SET}
 FROM trades
 WHERE run_id = $1 AND kind = 'round_trip' AND ($2::VARCHAR IS NULL OR symbol = $2)
 ORDER BY symbol, params_json, entry_time, trade_no
-"""
+"""  # noqa: S608 (columns from the option table)
 
 
 def round_trips(results_root: str | os.PathLike[str], run_id: str | None = None,
@@ -341,15 +344,15 @@ def run_stats(
     }
 
 
-_SWEEP_SETS_SQL = """
-SELECT params_json, sl_pct, tp_pct, trail, size, slippage_pct, count(total_return_pct) AS symbols,
+_SWEEP_SETS_SQL = f"""
+SELECT params_json, {_PER_SET}, count(total_return_pct) AS symbols,
        avg(total_return_pct) AS total_return_pct, avg(sharpe) AS sharpe, avg(max_drawdown_pct) AS max_drawdown_pct,
        avg(num_trades) AS num_trades
 FROM results WHERE run_id = $1 AND split IS NULL AND ($2::VARCHAR IS NULL OR symbol = $2)
 GROUP BY ALL
-ORDER BY params_json, sl_pct, tp_pct, trail, size, slippage_pct
+ORDER BY params_json, {_PER_SET}
 LIMIT $3
-"""
+"""  # noqa: S608 (columns from the option table)
 
 
 def sweep_sets(results_root: str | os.PathLike[str], run_id: str, symbol: str | None = None,
