@@ -5,6 +5,7 @@ against the independent reference in test_futures_reference.py; here, that every
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,33 @@ def test_leverage_is_a_sweepable_parameter():
                          direction="both", funding=FUNDING, mark=MARK)
     assert sorted(board["leverage"]) == [1.0, 3.0, 10.0]
     assert board["final_value"].n_unique() == 3
+
+
+def test_direction_is_a_sweepable_parameter_and_each_set_equals_its_own_run():
+    """A leverage x direction grid in one run: each set's numbers are those of a run of that set alone."""
+    grid = options.parse_grid(options.resolve_strategy("rsi"), ["direction=long,short,both", "leverage=1,5"])
+    board = run_backtest(FRAMES, "rsi", [{**p, **LOOSE_RSI} for p in grid], market="futures", funding=FUNDING,
+                         mark=MARK)
+    assert board.height == 6 and set(board["direction"]) == {"long", "short", "both"}
+    for row in board.iter_rows(named=True):
+        alone = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures", direction=row["direction"],
+                             leverage=row["leverage"], funding=FUNDING, mark=MARK).row(0, named=True)
+        for name in ("final_value", "num_trades", "funding_paid", "liquidations", "max_margin_ratio"):
+            assert row[name] == alone[name], (row["direction"], row["leverage"], name)
+    assert board["final_value"].n_unique() == 6
+
+
+@pytest.mark.parametrize(("grid", "market", "message"), [
+    (["direction=long,sideways"], "futures",
+     "bad grid spec 'direction=long,sideways': direction='sideways' is not allowed; use one of: long, short, both"),
+    (["direction=1:3:1"], "futures", "direction='1:3:1' is not allowed; use one of: long, short, both"),
+    (["direction=long,short"], "spot", "direction short is a futures option: add --market futures"),
+])
+def test_a_bad_direction_axis_is_one_line(grid, market, message):
+    with pytest.raises(PipelineError, match=re.escape(message)):
+        strategy = options.resolve_strategy("rsi")
+        options.run_config(strategy, options.parse_grid(strategy, grid), market=market)
+
 
 
 USER_SHORTS = '''

@@ -66,6 +66,16 @@ def test_futures_import_export_and_backtest_equal_the_notebook_on_real_data(env)
     every_spot = json.loads(cli(env, "backtest", "rsi", "--all", "--json").stdout)["results"]
     assert [r["symbol"] for r in every_future] == [f"{XRP}:futures"]
     assert [r["symbol"] for r in every_spot] == [XRP]
+    # A leverage x direction sweep: each set is its own backtest, and `results show` names both axes.
+    sweep = json.loads(cli(env, "sweep", "rsi", "--market", "futures", "--all", "-g", "leverage=1,3", "-g",
+                           "direction=long,short,both", "-g", "rsi_period=6", "-g", "oversold_threshold=40", "-g",
+                           "overbought_threshold=60", "--top", "6", "--json").stdout)
+    by_set = {(r["leverage"], r["direction"]): r for r in sweep["best"]}
+    assert len(by_set) == 6
+    assert by_set[(3.0, "both")]["final_value"] == pytest.approx(futures["final_value"], rel=1e-12)
+    shown = cli(env, "results", "show", sweep["run_id"], "--n", "6").stdout
+    assert "direction = both, long, short; leverage = 1, 3" in " ".join(shown.split())
+    assert shown.count(f"{XRP}:futures") == 6
 
 
 def test_a_new_funding_rate_alone_makes_a_new_snapshot_and_version_of_its_perpetual(env):  # noqa: F811

@@ -10,7 +10,7 @@ import typer
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, emit_json
-from pipeline.core import tables
+from pipeline.core import run_options, tables
 from pipeline.core.config import Settings
 from pipeline.engine import options
 
@@ -44,11 +44,9 @@ RESULT_COLUMNS = {
     "closed_trades": tables.Column("trades", drop_rank=1),
     "open": tables.Column("open", drop_rank=1),
     "final_value": tables.Column("final value", drop_rank=7),
-    "sl_pct": tables.Column("sl %", drop_rank=3),
-    "tp_pct": tables.Column("tp %", drop_rank=3),
-    "trail": tables.Column("trail", drop_rank=3),
-    "size": tables.Column("size", drop_rank=3),
-    "slippage_pct": tables.Column("slip %", drop_rank=3),
+    # The per-set run options (stops, size, slippage, leverage, direction), from the option table.
+    **{o.record_field: tables.Column(o.header or o.name, drop_rank=3, right=o.type is not str)
+       for o in run_options.PER_SET},
     "deflated_sharpe": tables.Column("dsr", drop_rank=2),
     "pbo": tables.Column("pbo", drop_rank=2),
     "fold": tables.Column("fold", required=True),

@@ -81,6 +81,8 @@ class RunOption:
     helps: tuple[tuple[str, str], ...] = ()
     # A futures option (SPEC 4.3): anything but its default needs --market futures.
     futures: bool = False
+    # Its column header in the CLI's results tables (per-set options; default: its name).
+    header: str = ""
 
     @property
     def flag(self) -> str:
@@ -187,22 +189,22 @@ OPTIONS: tuple[RunOption, ...] = (
     # SPEC 4.1's run parameters: set for a whole run (--sl 5) or varied in a sweep like a strategy's own.
     RunOption("sl", float, 0.0, "Stop-loss in percent below the entry fill price (0 = none); checked from the "
               "bar after the entry against its open, high and low.", commands=_SINGLE, minimum=0, maximum=100,
-              maximum_inclusive=False, attribute="sl_pct", in_cache_key=True, per_set=True),
+              maximum_inclusive=False, attribute="sl_pct", in_cache_key=True, per_set=True, header="sl %"),
     RunOption("tp", float, 0.0, "Take-profit in percent above the entry fill price (0 = none).", commands=_SINGLE,
-              minimum=0, maximum=1e6, attribute="tp_pct", in_cache_key=True, per_set=True),
+              minimum=0, maximum=1e6, attribute="tp_pct", in_cache_key=True, per_set=True, header="tp %"),
     RunOption("trail", bool, False, "The stop-loss trails the highest high since the entry (needs --sl).",
               commands=_SINGLE, in_cache_key=True, per_set=True),
     RunOption("size", float, 1.0, "Share of the equity committed at each entry, in (0, 1] (1 = all in).",
               commands=_SINGLE, minimum=0, minimum_inclusive=False, maximum=1, in_cache_key=True, per_set=True),
     RunOption("slippage", float, 0.0, "Percent against the trader on every market fill (close and next_open "
               "fills; stop fills get none).", minimum=0, maximum=100, maximum_inclusive=False,
-              attribute="slippage_pct", in_cache_key=True, per_set=True),
+              attribute="slippage_pct", in_cache_key=True, per_set=True, header="slip %"),
     # SPEC 4.3: perpetual futures. Each needs --market futures (spot is long only, unlevered).
     RunOption("market", str, "spot", "spot, or futures: the symbols' USDT-margined perpetuals (their own series, "
               "with funding and mark prices).", commands=_SINGLE, choices=MARKETS, in_cache_key=True),
     RunOption("direction", str, "long", "Futures: long, short, or both (a built-in reverses at each signal; a "
               "strategy file's own enter_short/exit_short decide).", commands=_SINGLE, choices=DIRECTIONS,
-              in_cache_key=True, futures=True),
+              in_cache_key=True, per_set=True, futures=True),
     RunOption("leverage", float, 1.0, "Futures: notional / margin at each entry, 1 .. 125.", commands=_SINGLE,
               minimum=1, maximum=125, in_cache_key=True, per_set=True, futures=True),
     RunOption("margin", str, "isolated", "Futures: isolated (a position's own margin backs it) or cross (the "

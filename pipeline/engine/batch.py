@@ -144,7 +144,6 @@ def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
     if not config.executions and config.market != "futures":
         return None
     rows = np.array([config.execution(c).row() for c in order]).reshape(len(order), enums.N_EXECUTION)
-    rows[:, enums.EX_DIRECTION] = enums.DIRECTIONS[config.direction]
     return np.ascontiguousarray(rows)
 
 
@@ -516,7 +515,6 @@ def _futures_trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, 
                        start: int) -> TradeLog:
     row = symbol_index
     exec_row = execution.row()
-    exec_row[enums.EX_DIRECTION] = enums.DIRECTIONS[config.direction]
     _, trades, equity = config.strategy.kernels().run_single_futures(
         columns, open_, _column(batch, "high", row), _column(batch, "low", row), close,
         *futures_inputs(batch, config, row), config.tier_table.of(batch.symbols[symbol_index]), params_row,

@@ -61,7 +61,7 @@ class _Execution:
         row[enums.EX_SIZE] = self.size
         row[enums.EX_SLIPPAGE] = self.slippage_pct / 100.0
         row[enums.EX_LEVERAGE] = self.leverage
-        row[enums.EX_DIRECTION] = enums.DIRECTION_LONG  # the run's direction (batch.execution_matrix)
+        row[enums.EX_DIRECTION] = enums.DIRECTIONS[self.direction]
         return row
 
     def fields(self) -> dict[str, Any]:
@@ -122,7 +122,7 @@ class _RunConfig:
                 **self.execution(c).fields()}
 
     def futures_fields(self) -> dict[str, Any]:
-        """The result fields of the futures options kept per run (direction, margin, mmr, tiers)."""
+        """The result fields of the futures options kept per run (margin, mmr, tiers)."""
         return {o.record_field: getattr(self, o.field) for o in run_options.FUTURES_RUN}
 
     def sliced(self, first: int, stop: int) -> RunConfig:
@@ -327,12 +327,15 @@ def _check_futures(strategy: Strategy, checked: dict[str, Any], values: dict[str
     if checked["market"] != "futures":
         given = [o for o in CONFIG_OPTIONS if o.futures and values[o.name] != o.default]
         levered = next((e.leverage for e in executions if e.leverage != 1.0), None)
-        if given or levered is not None:
-            flag = f"{given[0].flag} {values[given[0].name]}" if given else f"leverage {levered:g}"
+        shorted = next((e.direction for e in executions if e.direction != "long"), None)
+        if given or levered is not None or shorted is not None:
+            flag = (f"{given[0].flag} {values[given[0].name]}" if given else
+                    f"leverage {levered:g}" if levered is not None else f"direction {shorted}")
             raise PipelineError(f"{flag} is a futures option: add --market futures (spot is long only, unlevered)")
         return None
-    if checked["direction"] != "long" and strategy.short_rule is None:
-        raise PipelineError(f"--direction {checked['direction']}: strategy {strategy.name!r} returns no short "
+    shorted = next((e.direction for e in executions if e.direction != "long"), None)
+    if shorted is not None and strategy.short_rule is None:
+        raise PipelineError(f"--direction {shorted}: strategy {strategy.name!r} returns no short "
                             "signals (give its file short_signals(...) or SHORT_RULE = \"mirror\")")
     table = tiers.load(checked["tiers"], checked["mmr"])
     checked["tiers"] = table.identity

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from pipeline.core import intervals
+from pipeline.core import intervals, run_options
 from pipeline.core.errors import PipelineError
 from pipeline.core.run_options import CONFIG_OPTIONS, RunOption, for_command
 from pipeline.engine import batch as engine
@@ -279,8 +279,9 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
             for r in engine.leaderboard(engine.run(_futures_batch(frames, config, funding, mark), config))
             for trip in r["round_trips"]]
     if not rows:
-        return pl.DataFrame(schema={"symbol": pl.String, "sl_pct": pl.Float64, "tp_pct": pl.Float64,
-                                    "trail": pl.Boolean, "size": pl.Float64, "slippage_pct": pl.Float64,
+        kinds = {bool: pl.Boolean, str: pl.String}
+        return pl.DataFrame(schema={"symbol": pl.String,
+                                    **{o.record_field: kinds.get(o.type, pl.Float64) for o in run_options.PER_SET},
                                     "entry_time": pl.Datetime("us", "UTC"), "exit_time": pl.Datetime("us", "UTC"),
                                     "exit_reason": pl.String})
     frame = pl.DataFrame(rows)

@@ -40,10 +40,11 @@ _RESULT_HEAD = (
     pa.field("params_json", pa.string(), nullable=False),
 )
 # The per-set run options (stops, size, slippage; pipeline/core/run_options.py) as columns of both tables.
-_PER_SET_COLUMNS = tuple(pa.field(o.record_field, pa.bool_() if o.type is bool else pa.float64())
+_OPTION_TYPES = {bool: pa.bool_(), str: pa.string()}  # any other option is a number
+_PER_SET_COLUMNS = tuple(pa.field(o.record_field, _OPTION_TYPES.get(o.type, pa.float64()))
                          for o in run_options.PER_SET)
 
-_FUTURES_RUN_COLUMNS = tuple(pa.field(o.record_field, pa.string() if o.type is str else pa.float64())
+_FUTURES_RUN_COLUMNS = tuple(pa.field(o.record_field, _OPTION_TYPES.get(o.type, pa.float64()))
                              for o in run_options.FUTURES_RUN)
 
 RESULT_SCHEMA = pa.schema(
@@ -70,7 +71,7 @@ RESULT_SCHEMA = pa.schema(
         # name from two sources or markets is two series (NULL in files written before: spot).
         pa.field("source", pa.string()),
         pa.field("market", pa.string()),
-        # Futures (SPEC 4.3): direction, margin, mmr, tiers (the table's identity); leverage is per set.
+        # Futures (SPEC 4.3): margin, mmr, tiers (the table's identity); leverage and direction are per set.
         *_FUTURES_RUN_COLUMNS,
         pa.field("data_version", pa.string()),
         pa.field("engine_version", pa.string()),

@@ -46,7 +46,7 @@ MAX_GRID_COMBOS = 1_000_000
 EXECUTION_PARAMS: tuple[Param, ...] = tuple(
     Param(o.name, int if o.type is bool else o.type, int(o.default) if o.type is bool else o.default, o.help,
           minimum=0 if o.type is bool else o.minimum, maximum=1 if o.type is bool else o.maximum,
-          minimum_inclusive=o.minimum_inclusive, maximum_inclusive=o.maximum_inclusive)
+          minimum_inclusive=o.minimum_inclusive, maximum_inclusive=o.maximum_inclusive, choices=o.choices)
     for o in PER_SET)
 EXECUTION_NAMES = tuple(p.name for p in EXECUTION_PARAMS)
 

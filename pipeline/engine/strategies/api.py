@@ -134,6 +134,9 @@ class Param:
     # False makes `minimum` exclusive (bb_std > 0), or `maximum` (slippage < 100).
     minimum_inclusive: bool = True
     maximum_inclusive: bool = True
+    # A text parameter's allowed words (type str). Only the engine's run parameters have them
+    # (direction=long,short,both): a strategy's own parameters are numbers, its kernels read floats.
+    choices: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.type is int:  # the bound every integer parameter has (INT_PARAM_LIMIT)
@@ -146,6 +149,8 @@ class Param:
 
     def allowed(self) -> str:
         """Human-readable allowed range, e.g. 'an integer >= 2'."""
+        if self.choices:
+            return "one of: " + ", ".join(self.choices)
         kind = "an integer" if self.type is int else "a number"
         parts = []
         if self.minimum is not None:
@@ -161,6 +166,12 @@ class Param:
         Messages name the value as `name=value`, or as `option value` (`--sl 150`) when the
         value came from a command-line option.
         """
+        if self.choices:
+            word = value.strip() if isinstance(value, str) else value
+            if word not in self.choices:
+                raise PipelineError(f"{f'{option} {value!r}' if option else f'{self.name}={value!r}'} is not "
+                                    f"allowed; use {self.allowed()}")
+            return word
         number = _to_number(f"{option} {value!r}" if option else f"{self.name}={value!r}", value)
         named = f"{option} {value!r}" if option else f"{self.name}={fmt_number(number)}"
         if self.type is int:

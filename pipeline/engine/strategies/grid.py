@@ -67,6 +67,12 @@ def _spec_values(strategy: Strategy, spec: str, common: Sequence[Param] = ()) ->
     body = body.strip()
     if not body:
         raise PipelineError(f"bad grid spec {spec!r}: no values after '='")
+    if param.choices:  # a text run parameter (direction=long,short): a list of its words
+        words = [w.strip() for w in body.split(",")]
+        for word in words:
+            if word not in param.choices:
+                raise PipelineError(f"bad grid spec {spec!r}: {name}={word!r} is not allowed; use {param.allowed()}")
+        return name, list(dict.fromkeys(words))
     raw: list[Decimal]
     if ":" in body:
         parts = body.split(":")
