@@ -147,18 +147,20 @@ def _record(trades, k, bar, signal_bar, action, price, qty, value, fee, indicato
 @njit(cache=True)
 def simulate_futures_1d(
     open_: np.ndarray,
-    high: np.ndarray,
-    low: np.ndarray,
     close: np.ndarray,
     enter_long: np.ndarray,
     exit_long: np.ndarray,
     enter_short: np.ndarray,
     exit_short: np.ndarray,
     sig_value: np.ndarray,
+    at: np.ndarray,
+    high: np.ndarray,
+    low: np.ndarray,
     funding_rate: np.ndarray,
     mark_open: np.ndarray,
     mark_high: np.ndarray,
     mark_low: np.ndarray,
+    without_mark: int,
     tiers: np.ndarray,
     execution: np.ndarray,
     cross: bool,
@@ -175,13 +177,19 @@ def simulate_futures_1d(
     """Simulate one perpetual over its bars (no NaN in the prices) and write the metrics.
 
     Args:
-        open_, high, low, close: the trade price bars, in time order.
+        open_, close: the trade price bars, in time order.
         enter_long, exit_long, enter_short, exit_short: the signals per bar (see _target).
         sig_value: the indicator value recorded in the trade log for a signal at that bar.
-        funding_rate: per bar, the sum of the funding rates whose time floors to the bar's open; NaN
-            where none does (0 where the series has a rate of 0).
-        mark_open, mark_high, mark_low: the mark price bars; NaN where the mark series has no bar
-            (the price bar's open, high and low stand in, and the bar is counted).
+        at: each bar's column in the rows below (the symbol's grid positions): they are read only
+            while a position is open, in place, never gathered into per-bar copies (gathering six
+            rows per symbol made a run 1.6-1.8x spot's time; reading them in place costs a run nothing
+            while flat).
+        high, low: the trade price bars' highs and lows.
+        funding_rate: the sum of the funding rates whose time floors to the bar's open; NaN where none
+            does (0 where the series has a rate of 0).
+        mark_open, mark_high, mark_low: the mark price bars; NaN where the mark series has no bar (the
+            price bar's open, high and low stand in).
+        without_mark: the bars without a mark bar (written as the metric; the caller counts them once).
         tiers: (K x N_TIER) maintenance-margin brackets, ascending (a flat --mmr: one bracket, cum 0).
         execution: (N_EXECUTION,) stops, size, slippage, leverage and direction at the EX_* indices.
         cross: True = cross margin (the account's cash backs the position and is lost with it).
@@ -233,7 +241,6 @@ def simulate_futures_1d(
     funding_paid = 0.0
     liquidations = 0
     max_ratio = np.nan
-    without_mark = 0
     closed = _no_closed_trades()
     drawdown = _no_drawdown(initial)
     prev_equity = initial
@@ -263,27 +270,25 @@ def simulate_futures_1d(
             block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
     for t in range(n):
-        has_mark = not np.isnan(mark_open[t])
-        if not has_mark:
-            without_mark += 1
         target = NO_ORDER
         price = np.nan
         signal_bar = t
         reason = EXIT_SIGNAL
         exited_early = False  # the position left before this bar's close (stop, liquidation or next_open)
         if side != 0 and t > entry_bar:
-            rate = funding_rate[t]
+            g = at[t]
+            has_mark = not np.isnan(mark_open[g])
+            rate = funding_rate[g]
             if not np.isnan(rate):
-                payment = side * qty * (mark_open[t] if has_mark else open_[t]) * rate
+                payment = side * qty * (mark_open[g] if has_mark else open_[t]) * rate
                 margin -= payment
                 trade_funding += payment
                 funding_paid += payment
             balance = margin + cash if cross else margin
             lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
-            adverse = (mark_low[t] if has_mark else low[t]) if side == 1 else (mark_high[t] if has_mark else high[t])
+            adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (mark_high[g] if has_mark else high[g])
             liquidated = side * adverse <= side * lp
-            stop_price, stop_reason = _stop_exit(side, open_[t], high[t], low[t], sl_base, sl,
-                                                             entry_price, tp, trail)
+            stop_price, stop_reason = _stop_exit(side, open_[t], high[g], low[g], sl_base, sl, entry_price, tp, trail)
             # A stop-loss filled before the liquidation price, moving from the open, exits first (its fill:
             # its level, or the open when the bar opened past it).
             stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \
@@ -316,10 +321,10 @@ def simulate_futures_1d(
                 if pending == NO_ORDER and (np.isnan(max_ratio) or ratio > max_ratio):
                     max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
                 if trail:
-                    if side == 1 and high[t] > sl_base:
-                        sl_base = high[t]
-                    elif side == -1 and low[t] < sl_base:
-                        sl_base = low[t]
+                    if side == 1 and high[g] > sl_base:
+                        sl_base = high[g]
+                    elif side == -1 and low[g] < sl_base:
+                        sl_base = low[g]
         if target == NO_ORDER and not exited_early:
             target = pending
             price = open_[t]

@@ -36,19 +36,19 @@ N_OUTPUTS = N_INDICATORS + 3  # rows of strategy_outputs: the indicators, then e
 
 # Short signals (futures): the strategy's own `short_signals`, else the mirrored rule (a long exit opens a
 # short, a long entry closes it). Which one a strategy may use is checked before a run
-# (pipeline.engine.strategies: SHORT_RULE).
+# (pipeline.engine.strategies: SHORT_RULE). Returns (enter_short, exit_short): the mirror hands back the long
+# signals themselves, swapped, instead of copying them (a copy per symbol was a tenth of a futures run).
 if hasattr(_strategy, "short_signals"):
     _own_short_signals = _strategy.short_signals
 
     @njit(cache=True)
-    def short_signals(prices, params, ind, entries, exits, enter_short, exit_short):
+    def short_side(prices, params, ind, entries, exits, enter_short, exit_short):
         _own_short_signals(prices, params, ind, enter_short, exit_short)
+        return enter_short, exit_short
 else:
     @njit(cache=True)
-    def short_signals(prices, params, ind, entries, exits, enter_short, exit_short):
-        for t in range(entries.shape[0]):
-            enter_short[t] = exits[t]
-            exit_short[t] = entries[t]
+    def short_side(prices, params, ind, entries, exits, enter_short, exit_short):
+        return exits, entries
 
 
 @njit(cache=True)
@@ -219,17 +219,13 @@ def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_op
 
 
 @njit(cache=True)
-def _futures_bars(high_row, low_row, funding_row, mark_open_row, mark_high_row, mark_low_row, index):
-    """One symbol's highs, lows, funding rates and mark bars at its bars (gaps removed)."""
-    m = index.shape[0]
-    out = np.empty((6, m))
-    gather_row(high_row, index, out[0])
-    gather_row(low_row, index, out[1])
-    gather_row(funding_row, index, out[2])
-    gather_row(mark_open_row, index, out[3])
-    gather_row(mark_high_row, index, out[4])
-    gather_row(mark_low_row, index, out[5])
-    return out
+def _without_mark(mark_open_row, at):
+    """How many of the bars at grid columns `at` have no mark bar."""
+    count = 0
+    for j in range(at.shape[0]):
+        if np.isnan(mark_open_row[at[j]]):
+            count += 1
+    return count
 
 
 @njit(cache=True, parallel=True)
@@ -252,10 +248,11 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
         op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
         m = cl.shape[0]
         m0 = first_at_or_after(index, m, start_t)
-        bars = _futures_bars(high2d[s], low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s],
-                             index)
-        es = np.empty(m, dtype=np.bool_)
-        xs = np.empty(m, dtype=np.bool_)
+        at = index[m0:]
+        unmarked = _without_mark(mark_open2d[s], at)
+        es_buf = np.empty(m, dtype=np.bool_)
+        xs_buf = np.empty(m, dtype=np.bool_)
+        es, xs = es_buf, xs_buf
         brackets = tiers[s, :tier_counts[s]]
         stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
         for c in range(n_combos):
@@ -263,15 +260,15 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
             if c == 0 or recompute[c]:
                 indicators(prices, params, ind)
                 signals(prices, params, ind, en, ex, sv)
-                short_signals(prices, params, ind, en, ex, es, xs)
+                es, xs = short_side(prices, params, ind, en, ex, es_buf, xs_buf)
             elif not _same_row(combos, c):
                 signals(prices, params, ind, en, ex, sv)
-                short_signals(prices, params, ind, en, ex, es, xs)
+                es, xs = short_side(prices, params, ind, en, ex, es_buf, xs_buf)
             row = out[s, c]
-            simulate_futures_1d(op[m0:], bars[0, m0:], bars[1, m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:],
-                                sv[m0:], bars[2, m0:], bars[3, m0:], bars[4, m0:], bars[5, m0:], brackets,
-                                execution[c], cross, fee_frac, initial, fill_next_open, bars_per_year[s], row,
-                                no_equity, no_trades, block_fractions, stats)
+            simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
+                                low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
+                                brackets, execution[c], cross, fee_frac, initial, fill_next_open, bars_per_year[s],
+                                row, no_equity, no_trades, block_fractions, stats)
             finish_row(row, m0, m, index, warmup(params))
             if block_fractions is not None:
                 for b in range(stats.shape[0]):
@@ -287,18 +284,17 @@ def run_single_futures(columns, open1d, high1d, low1d, close1d, funding1d, mark_
     op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, open1d, close1d)
     m = cl.shape[0]
     m0 = first_at_or_after(index, m, start_t)
-    bars = _futures_bars(high1d, low1d, funding1d, mark_open1d, mark_high1d, mark_low1d, index)
-    es = np.empty(m, dtype=np.bool_)
-    xs = np.empty(m, dtype=np.bool_)
+    at = index[m0:]
     indicators(prices, params, ind)
     signals(prices, params, ind, en, ex, sv)
-    short_signals(prices, params, ind, en, ex, es, xs)
+    es, xs = short_side(prices, params, ind, en, ex, np.empty(m, dtype=np.bool_), np.empty(m, dtype=np.bool_))
     metrics = np.empty(N_METRICS)
     equity_c = np.empty(m - m0)
     trades_c = np.empty(2 * (m - m0) + 1, dtype=FUTURES_TRADE_DTYPE)
-    k = simulate_futures_1d(op[m0:], bars[0, m0:], bars[1, m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:],
-                            sv[m0:], bars[2, m0:], bars[3, m0:], bars[4, m0:], bars[5, m0:], tiers, execution,
-                            cross, fee_frac, initial, fill_next_open, bars_per_year, metrics, equity_c, trades_c)
+    k = simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high1d, low1d,
+                            funding1d, mark_open1d, mark_high1d, mark_low1d, _without_mark(mark_open1d, at), tiers,
+                            execution, cross, fee_frac, initial, fill_next_open, bars_per_year, metrics, equity_c,
+                            trades_c)
     finish_row(metrics, m0, m, index, warmup(params))
     trades = trades_c[:k].copy()
     for j in range(k):
