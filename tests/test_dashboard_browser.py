@@ -100,7 +100,7 @@ def test_docs_render_the_operations_list_offline(browser, tmp_path):
 
 @pytest.fixture(scope="module")
 def lake(build_lake) -> Path:
-    return build_lake(n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE)
+    return build_lake(n_symbols=20, years=0.5, sample=demo.DEFAULT_SAMPLE, futures_sample=demo.DEFAULT_FUTURES)
 
 
 @pytest.fixture
@@ -135,6 +135,10 @@ def cells(browser, table: str) -> list[dict[str, str]]:
 def shown(value, column: str = "") -> str:
     """A value as the CLI prints it: in its column's kind (`tables.cell`), else as `tables.number`."""
     return tables.cell(column, value) if tables.kind_of(column) else tables.number(value)
+
+
+# The lake's series: 20 synthetic, 4 real spot pairs and the sample perpetual (XRP_USDT_USDT:futures).
+SYMBOLS = 25
 
 
 def open_trades(r: dict) -> int:
@@ -183,7 +187,7 @@ def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_
     wait = WebDriverWait(browser, 90)
     browser.get(base + "/")
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#strategy option")) >= 5)
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
     # The form offers every interval the API takes.
     intervals = [o.text for o in browser.find_elements(By.CSS_SELECTOR, "#interval option")]
     assert intervals == api.get("/api/symbols").json()["intervals"] and "1d" in intervals and "auto" in intervals
@@ -256,7 +260,7 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
     base, api = site
     wait = WebDriverWait(browser, 120)
     browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
     browser.find_element(By.ID, "tab-sweep").click()
     Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
     fill(browser, "#params input[data-param=rsi_period]", "7:28:7")
@@ -319,6 +323,46 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
 
 
 @pytest.mark.slow
+def test_dashboard_sweeps_a_perpetual_over_leverage_and_direction(browser, site, tmp_path):
+    """Issue 28: the dashboard's futures fields (market, leverage and direction as sweep axes, margin) reach
+    the run, each set's row is the results table's, and a row's detail recomputes it as a perpetual."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, api = site
+    wait = WebDriverWait(browser, 120)
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
+    browser.find_element(By.ID, "tab-sweep").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    fill(browser, "#params input[data-param=rsi_period]", "6")
+    fill(browser, "#params input[data-param=oversold_threshold]", "40")
+    fill(browser, "#params input[data-param=overbought_threshold]", "60")
+    Select(browser.find_element(By.ID, "market")).select_by_visible_text("futures")
+    fill(browser, "leverage", "1,3")
+    fill(browser, "direction", "long,short,both")
+    Select(browser.find_element(By.ID, "margin")).select_by_visible_text("cross")
+    fill(browser, "top", "6")
+    Select(browser.find_element(By.ID, "symbols")).select_by_visible_text("XRP_USDT_USDT:futures")
+    run_id = start(browser, wait)
+    rows = api.get(f"/api/results/{run_id}").json()
+    assert {(r["market"], r["margin"]) for r in rows} == {("futures", "cross")}
+    written = {(r["direction"], tables.param(r["leverage"])): r for r in rows}
+    assert set(written) == {(d, lev) for d in ("long", "short", "both") for lev in ("1", "3")}
+    table = cells(browser, "#sweep-results")
+    assert len(table) == 6
+    for row in table:
+        want = written[(row["set.direction"], row["set.leverage"])]
+        for column in ("total_return_pct", "sharpe", "closed_trades"):
+            assert row[column] == shown(want[column], column), (row, column)
+    # A row's detail is recomputed as the perpetual it was: its trades are the run's round trips.
+    browser.find_elements(By.CSS_SELECTOR, "#sweep-results tbody tr")[0].click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#detail-sweep table.trades tbody tr"))
+    assert drawn_blue(browser, "#detail-sweep canvas.equity") > 100
+    shot(browser, tmp_path, "futures")
+
+
+@pytest.mark.slow
 def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_hold(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -326,7 +370,7 @@ def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_ho
     base, api = site
     wait = WebDriverWait(browser, 120)
     browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == 24)
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
     browser.find_element(By.ID, "tab-portfolio").click()
     Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
     assert not browser.find_element(By.ID, "sl").is_displayed()  # a portfolio has no stops

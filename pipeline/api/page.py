@@ -11,11 +11,14 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from pipeline.core import metrics, tables
+from pipeline.core import metrics, run_options, tables
 from pipeline.store import schemas
 
 PAGE = Path(__file__).resolve().parent / "static" / "index.html"
 PLACEHOLDER = "/*COLUMN_KINDS*/{}"
+# The per-set run options (sl .. slippage, leverage, direction): their result fields and defaults.
+EXECUTION_PLACEHOLDER = "/*EXECUTION*/{}"
+EXECUTION_DEFAULT_PLACEHOLDER = "/*EXECUTION_DEFAULT*/{}"
 
 
 def column_kinds() -> dict[str, str]:
@@ -26,8 +29,13 @@ def column_kinds() -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def dashboard_html() -> str:
-    """index.html with `column_kinds()` in place."""
+    """index.html with `column_kinds()` and the per-set run options in place."""
     text = PAGE.read_text(encoding="utf-8")
-    if PLACEHOLDER not in text:
-        raise RuntimeError(f"{PAGE} lost its {PLACEHOLDER} line")
-    return text.replace(PLACEHOLDER, json.dumps(column_kinds(), separators=(",", ":")), 1)
+    fills = {PLACEHOLDER: column_kinds(),
+             EXECUTION_PLACEHOLDER: {o.name: o.record_field for o in run_options.PER_SET},
+             EXECUTION_DEFAULT_PLACEHOLDER: {o.record_field: o.default for o in run_options.PER_SET}}
+    for placeholder, value in fills.items():
+        if placeholder not in text:
+            raise RuntimeError(f"{PAGE} lost its {placeholder} line")
+        text = text.replace(placeholder, json.dumps(value, separators=(",", ":")), 1)
+    return text
