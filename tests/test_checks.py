@@ -127,6 +127,30 @@ def test_the_check_compares_every_output_the_strategy_fills_the_logged_value_too
     assert len(report.lookahead) == 1 and "the logged value" in report.lookahead[0], report.lookahead
 
 
+# Causal long signals; its own short entries read the next bar (a short side the futures run trades).
+SHORTING_AHEAD = SUPPRESSING.replace('NAME = "suppressing"', 'NAME = "shorting_ahead"').replace(
+    "exits[t] = down and not regret", "exits[t] = down") + '''
+
+@njit(cache=True)
+def short_signals(prices, params, ind, enter_short, exit_short):
+    close = prices[0]
+    n = close.shape[0]
+    for t in range(n):
+        enter_short[t] = t + 1 < n and close[t + 1] < close[t]
+        exit_short[t] = t >= 1 and close[t] > close[t - 1]
+'''
+
+
+@pytest.mark.slow
+def test_the_check_covers_a_strategys_own_short_signals(tmp_path, market):
+    (tmp_path / "shorting_ahead.py").write_text(SHORTING_AHEAD)
+    strategies.add_strategy_paths([tmp_path])
+    report = checks.check_symbol(get_strategy("shorting_ahead"), {}, "X", market)
+    assert len(report.lookahead) == 1 and report.lookahead[0].startswith("the short entry signal at bar "), \
+        report.lookahead
+    assert "reads bars after" in report.lookahead[0]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
 def test_the_built_ins_have_no_look_ahead(name, market):

@@ -31,7 +31,9 @@ from pipeline.engine.strategies.api import SIGNAL_OUTPUTS
 
 DROPS = (100, 200, 500, 1000)
 WINDOW = 1000  # bars after the warm-up in each look-ahead window
-_LABELS = {"entries": "the entry signal", "exits": "the exit signal", "sig_value": "the logged value"}
+_LABELS = {"entries": "the entry signal", "exits": "the exit signal", "sig_value": "the logged value",
+           "enter_short": "the short entry signal", "exit_short": "the short exit signal"}
+_SIGNALS = ("the entry signal", "the exit signal", "the short entry signal", "the short exit signal")
 
 
 @dataclass
@@ -63,7 +65,7 @@ def windows(n: int, warmup: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _shown(label: str, value: float) -> str:
-    return str(bool(value)) if label in ("the entry signal", "the exit signal") else repr(float(value))
+    return str(bool(value)) if label in _SIGNALS else repr(float(value))
 
 
 def check_symbol(strategy: strategies.Strategy, params: dict, symbol: str,

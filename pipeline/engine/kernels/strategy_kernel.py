@@ -32,7 +32,7 @@ indicators = _strategy.indicators
 signals = _strategy.signals
 warmup = _strategy.warmup
 N_INDICATORS = len(_strategy.INDICATORS)
-N_OUTPUTS = N_INDICATORS + 3  # rows of strategy_outputs: the indicators, then entries, exits, sig_value
+N_OUTPUTS = N_INDICATORS + 5  # rows of strategy_outputs: the indicators, entries, exits, sig_value, the short side
 
 # Short signals (futures): the strategy's own `short_signals`, else the mirrored rule (a long exit opens a
 # short, a long entry closes it). Which one a strategy may use is checked before a run
@@ -355,7 +355,8 @@ def strategy_outputs(prices, params):
     """Everything the strategy computes from one symbol's bars (`prices`: its COLUMNS x bars, no gaps).
 
     Returns (N_OUTPUTS x bars) float64: the indicator rows, then the rows of
-    pipeline.engine.strategies.api.SIGNAL_OUTPUTS in order (entries and exits as 0/1).
+    pipeline.engine.strategies.api.SIGNAL_OUTPUTS in order (signals as 0/1; the short side is the
+    strategy's own short_signals or the mirror of its long signals, as a futures run takes it).
     """
     m = prices.shape[1]
     ind = np.empty((N_INDICATORS, m))
@@ -364,6 +365,7 @@ def strategy_outputs(prices, params):
     sv = np.empty(m)
     indicators(prices, params, ind)
     signals(prices, params, ind, en, ex, sv)
+    es, xs = short_side(prices, params, ind, en, ex, np.empty(m, dtype=np.bool_), np.empty(m, dtype=np.bool_))
     out = np.empty((N_OUTPUTS, m))
     for t in range(m):
         for r in range(N_INDICATORS):
@@ -371,6 +373,8 @@ def strategy_outputs(prices, params):
         out[N_INDICATORS, t] = en[t]
         out[N_INDICATORS + 1, t] = ex[t]
         out[N_INDICATORS + 2, t] = sv[t]
+        out[N_INDICATORS + 3, t] = es[t]
+        out[N_INDICATORS + 4, t] = xs[t]
     return out
 
 

@@ -60,7 +60,8 @@ PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
 
 # What `signals` fills besides the indicators, in its argument order: every one is an output the
 # look-ahead check compares (a new output joins this tuple and the kernel's `strategy_outputs`).
-SIGNAL_OUTPUTS = ("entries", "exits", "sig_value")
+# The short side (futures) is compared too: a strategy's own short_signals, or the mirror of its long signals.
+SIGNAL_OUTPUTS = ("entries", "exits", "sig_value", "enter_short", "exit_short")
 
 # Every integer parameter (a strategy's or a run's) lies within +-INT_PARAM_LIMIT, whatever it declares:
 # kernels cast parameters from float64 to int64 and add a few (warm-ups); a value past int32 is longer
