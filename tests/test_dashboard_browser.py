@@ -167,6 +167,20 @@ def fill(browser, element_id: str, text: str) -> None:
     field.send_keys(text)
 
 
+def rsi_sweep_tab(browser, base: str, wait, period: str, oversold: str, overbought: str) -> None:
+    """Open the dashboard's Sweep tab with rsi and its three parameters' fields filled."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
+    browser.find_element(By.ID, "tab-sweep").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    fill(browser, "#params input[data-param=rsi_period]", period)
+    fill(browser, "#params input[data-param=oversold_threshold]", oversold)
+    fill(browser, "#params input[data-param=overbought_threshold]", overbought)
+
+
 def start(browser, wait) -> str:
     """Click Run, wait for the run to finish; its run id."""
     from selenium.webdriver.common.by import By
@@ -259,13 +273,7 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
 
     base, api = site
     wait = WebDriverWait(browser, 120)
-    browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
-    browser.find_element(By.ID, "tab-sweep").click()
-    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
-    fill(browser, "#params input[data-param=rsi_period]", "7:28:7")
-    fill(browser, "#params input[data-param=oversold_threshold]", "20,25,30")
-    fill(browser, "#params input[data-param=overbought_threshold]", "70,80")
+    rsi_sweep_tab(browser, base, wait, "7:28:7", "20,25,30", "70,80")
     fill(browser, "sl", "0,5")
     fill(browser, "top", "2")
     for symbol in ("ETH_BTC", "LTC_BTC", "SYN000", "SYN001"):
@@ -331,13 +339,7 @@ def test_dashboard_sweeps_a_perpetual_over_leverage_and_direction(browser, site,
 
     base, api = site
     wait = WebDriverWait(browser, 120)
-    browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
-    browser.find_element(By.ID, "tab-sweep").click()
-    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
-    fill(browser, "#params input[data-param=rsi_period]", "6")
-    fill(browser, "#params input[data-param=oversold_threshold]", "40")
-    fill(browser, "#params input[data-param=overbought_threshold]", "60")
+    rsi_sweep_tab(browser, base, wait, "6", "40", "60")
     Select(browser.find_element(By.ID, "market")).select_by_visible_text("futures")
     fill(browser, "leverage", "1,3")
     fill(browser, "direction", "long,short,both")

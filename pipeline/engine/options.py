@@ -324,16 +324,15 @@ def _check_futures(strategy: Strategy, checked: dict[str, Any], values: dict[str
     `checked["tiers"]` becomes the table's identity (file name and content hash: part of the cache key)."""
     from pipeline.engine import tiers
 
+    shorted = next((e.direction for e in executions if e.direction != "long"), None)
     if checked["market"] != "futures":
         given = [o for o in CONFIG_OPTIONS if o.futures and values[o.name] != o.default]
         levered = next((e.leverage for e in executions if e.leverage != 1.0), None)
-        shorted = next((e.direction for e in executions if e.direction != "long"), None)
         if given or levered is not None or shorted is not None:
             flag = (f"{given[0].flag} {values[given[0].name]}" if given else
                     f"leverage {levered:g}" if levered is not None else f"direction {shorted}")
             raise PipelineError(f"{flag} is a futures option: add --market futures (spot is long only, unlevered)")
         return None
-    shorted = next((e.direction for e in executions if e.direction != "long"), None)
     if shorted is not None and strategy.short_rule is None:
         raise PipelineError(f"--direction {shorted}: strategy {strategy.name!r} returns no short "
                             "signals (give its file short_signals(...) or SHORT_RULE = \"mirror\")")
