@@ -16,6 +16,20 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def print_whole(table: Any) -> None:
+    """A table at its natural width, past the terminal's if it must: rich would otherwise cut its cells short
+    with an ellipsis, and a cut number or symbol is a wrong one."""
+    from rich.measure import Measurement
+
+    needed = Measurement.get(console, console.options.update_width(10_000), table).maximum
+    width = console.width
+    console.width = max(width, needed)  # print's own width= is capped at the console's
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
 def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {escape(redact(message))}", highlight=False, soft_wrap=True)
 

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
-from pipeline.cli.output import console, err_console
+from pipeline.cli.output import console, err_console, print_whole
 from pipeline.cli.run_flags import AllSymbols, Params, StrategyPaths, Symbols, run_options
 from pipeline.cli.runs import say_left_out
 from pipeline.core import tables
@@ -105,6 +105,11 @@ def _print_accounts(strategy: str, config: Any, outcome: Any, top: int, settings
     # Only the strategy parameters that vary get a column; fixed ones go in the title.
     varying = [k for k in config.params_list[0] if len({p[k] for p in config.params_list}) > 1]
     fixed = " ".join(f"{k}={tables.param(v)}" for k, v in config.params_list[0].items() if k not in varying)
+    futures = config.market == "futures"
+    if futures:
+        execution = config.execution(0)
+        fixed = (f"{fixed + ', ' if fixed else ''}perpetuals {execution.direction} {execution.leverage:g}x "
+                 f"{config.margin} margin")
     from rich import box
 
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True, title=f"{strategy} portfolio over "
@@ -112,7 +117,9 @@ def _print_accounts(strategy: str, config: Any, outcome: Any, top: int, settings
                   f"{', ' + fixed if fixed else ''}: best {min(top, len(outcome.results))} of "
                   f"{len(outcome.results)} accounts")
     # Headers and cells never truncate: a symbol or a parameter value cut short is a wrong value.
-    for header in ("slots", "stake", *varying, "return %", "b&h %", "trades", "open", "skipped", "max dd %", "sharpe"):
+    own = ("liquidated", "funding paid") if futures else ()
+    for header in ("slots", "stake", *varying, "return %", "b&h %", "trades", "open", "skipped", *own, "max dd %",
+                   "sharpe"):
         table.add_column(header, no_wrap=True, justify="left" if header in ("stake",) else "right")
     for r in outcome.results[:top]:
         table.add_row(str(r["max_open"]), pf.Stake(r["stake"], r["stake_mode"] == "fraction").label(),
@@ -120,8 +127,10 @@ def _print_accounts(strategy: str, config: Any, outcome: Any, top: int, settings
                       r["total_return_pct"]), tables.cell("buy_hold_return_pct", r["buy_hold_return_pct"]),
                       tables.cell("closed_trades", r["closed_trades"]), tables.cell("open", boards.value(r, "open")),
                       tables.cell("bars", r["skipped_no_slot"] + r["skipped_no_cash"]),
+                      *((tables.cell("liquidations", r["liquidations"]), tables.cell("funding_paid", r["funding_paid"]))
+                        if futures else ()),
                       tables.cell("max_drawdown_pct", r["max_drawdown_pct"]), tables.cell("sharpe", r["sharpe"]))
-    console.print(table)
+    print_whole(table)
     if best:
         board = Table("symbol", "round trips", "P&L", "skipped", title="best account: largest contributions")
         for c in sorted(best["contributions"], key=lambda c: -abs(c["pnl"]))[:top]:

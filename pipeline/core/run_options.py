@@ -201,21 +201,24 @@ OPTIONS: tuple[RunOption, ...] = (
               attribute="slippage_pct", in_cache_key=True, per_set=True, header="slip %"),
     # SPEC 4.3: perpetual futures. Each needs --market futures (spot is long only, unlevered).
     RunOption("market", str, "spot", "spot, or futures: the symbols' USDT-margined perpetuals (their own series, "
-              "with funding and mark prices).", commands=_SINGLE, choices=MARKETS, in_cache_key=True),
+              "with funding and mark prices).", choices=MARKETS, in_cache_key=True),
     RunOption("direction", str, "long", "Futures: long, short, or both (a built-in reverses at each signal; a "
-              "strategy file's own enter_short/exit_short decide).", commands=_SINGLE, choices=DIRECTIONS,
+              "strategy file's own enter_short/exit_short decide).", choices=DIRECTIONS,
               in_cache_key=True, per_set=True, futures=True),
-    RunOption("leverage", float, 1.0, "Futures: notional / margin at each entry, 1 .. 125.", commands=_SINGLE,
+    RunOption("leverage", float, 1.0, "Futures: notional / margin at each entry, 1 .. 125.",
               minimum=1, maximum=125, in_cache_key=True, per_set=True, futures=True),
     RunOption("margin", str, "isolated", "Futures: isolated (a position's own margin backs it) or cross (the "
-              "account's cash backs it too, and goes with a liquidation).", commands=_SINGLE, choices=MARGINS,
-              in_cache_key=True, futures=True),
+              "account's cash backs it too, and goes with a liquidation).", choices=MARGINS,
+              in_cache_key=True, futures=True,
+              helps=(("portfolio", "Futures: isolated (each position's own margin backs it, liquidated alone) or "
+                                   "cross (the account's equity backs every position; the account is liquidated "
+                                   "when it falls to their maintenance margins)."),)),
     RunOption("mmr", float, None, "Futures: a flat maintenance margin rate (cum 0) for every symbol, instead of "
-              "the tier table (0.005 = 0.5 %).", commands=_SINGLE, minimum=0, maximum=1, minimum_inclusive=False,
+              "the tier table (0.005 = 0.5 %).", minimum=0, maximum=1, minimum_inclusive=False,
               maximum_inclusive=False, noun="a rate", note=" (0.005 = 0.5 %)", nullable=True, in_cache_key=True,
               futures=True),
     RunOption("tiers", str, None, "Futures: a maintenance-margin tier table in ccxt's layout (freqtrade's "
-              "binance_leverage_tiers.json); default: the dated Binance snapshot cryptobt ships.", commands=_SINGLE,
+              "binance_leverage_tiers.json); default: the dated Binance snapshot cryptobt ships.",
               nullable=True, in_cache_key=True, futures=True),
     # A sweep's ranking and statistics: no result field depends on them, so no cache key does.
     RunOption("objective", str, "total_return", "What best means: total_return, sharpe, sortino, calmar, "

@@ -24,6 +24,7 @@ from pipeline.engine import batch as engine
 from pipeline.engine import strategies
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels import portfolio as pk
+from pipeline.engine.kernels import portfolio_futures as pfk
 from pipeline.engine.options import RunConfig
 from pipeline.lake.reader import PriceBatch
 
@@ -132,16 +133,16 @@ def rank_scores(batch: PriceBatch, rank_by: str) -> tuple[np.ndarray, str]:
     return scores, "volume"
 
 
-def _signals(batch: PriceBatch, strategy: strategies.Strategy, params: dict[str, Any], start: int = 0
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Signals over the whole history read (warm-up included), from column `start` on."""
+def _signals(batch: PriceBatch, strategy: strategies.Strategy, params: dict[str, Any], start: int = 0,
+             short: bool = False) -> tuple[np.ndarray, ...]:
+    """Signals over the whole history read (warm-up included), from column `start` on: (entries, exits),
+    and with `short` the short side too (enter_short, exit_short: the strategy's own, or the mirror)."""
     combos, _, _ = strategies.combos_matrix(strategy, [params])
     close = np.ascontiguousarray(batch.columns["close"])
-    entries = np.empty(close.shape, dtype=np.bool_)
-    exits = np.empty(close.shape, dtype=np.bool_)
+    out = tuple(np.empty(close.shape, dtype=np.bool_) for _ in range(4 if short else 2))
     columns = engine.strategy_columns(batch, strategy)
-    strategy.kernels().signals_on_grid(columns, close, combos[0], entries, exits)
-    return np.ascontiguousarray(entries[:, start:]), np.ascontiguousarray(exits[:, start:])
+    strategy.kernels().signals_on_grid(columns, close, combos[0], *out)
+    return tuple(np.ascontiguousarray(a[:, start:]) for a in out)
 
 
 def _iso(epoch_seconds: int) -> str:
@@ -161,6 +162,25 @@ def _prices(batch: PriceBatch, config: RunConfig) -> tuple[np.ndarray, np.ndarra
             raise PipelineError("fill=next_open needs the open column")
         return np.ascontiguousarray(batch.columns["open"][:, start:]), close, start
     return close, close, start
+
+
+# A futures account's rows beside open and close, in the kernel's order (mark_close: where a cross
+# account's liquidation closes its positions).
+_FUTURES_ROWS = ("high", "low", "funding", "mark_open", "mark_high", "mark_low", "mark_close")
+
+
+def _futures_prices(batch: PriceBatch, config: RunConfig, start: int) -> tuple[np.ndarray, ...]:
+    """(open, high, low, close, funding, mark open/high/low/close) from column `start` on, NaN where a read
+    has none of a futures series; and the tier brackets of each symbol (tiers, counts)."""
+    close = batch.columns["close"][:, start:]
+    rows = {name: np.ascontiguousarray(batch.columns[name][:, start:]) if name in batch.columns
+            else np.full(close.shape, np.nan) for name in ("open", *_FUTURES_ROWS)}
+    for name in ("open", "high", "low"):
+        if name not in batch.columns:
+            raise PipelineError(f"a futures portfolio needs the {name} column, which this read lacks")
+    tiers, counts = config.tier_table.stacked(batch.symbols)
+    return (rows["open"], rows["high"], rows["low"], np.ascontiguousarray(close), rows["funding"], rows["mark_open"],
+            rows["mark_high"], rows["mark_low"], rows["mark_close"], tiers, counts)
 
 
 def _annual_bars(batch: PriceBatch, config: RunConfig, start: int) -> float:
@@ -183,22 +203,32 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
         ) -> list[dict[str, Any]]:
     """One result per account in `sets`, best total return first (no trade lists)."""
     slippage = _slippage(config)
+    futures = config.market == "futures"
     open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
     scores = np.ascontiguousarray(scores[:, start:])
     distinct = list({strategies_key(s.params): s.params for s in sets}.values())
     index = {strategies_key(p): k for k, p in enumerate(distinct)}
     shape = (len(distinct), *close.shape)
-    entries = np.empty(shape, dtype=np.bool_)
-    exits = np.empty(shape, dtype=np.bool_)
+    signals = tuple(np.empty(shape, dtype=np.bool_) for _ in range(4 if futures else 2))
     for k, params in enumerate(distinct):
-        entries[k], exits[k] = _signals(batch, config.strategy, params, start)
+        for array, one in zip(signals, _signals(batch, config.strategy, params, start, futures), strict=True):
+            array[k] = one
     out = np.empty((len(sets), enums.N_PORTFOLIO_METRICS))
-    if close.size:
+    signal_set = np.array([index[strategies_key(s.params)] for s in sets], dtype=np.int64)
+    max_open = np.array([s.max_open for s in sets], dtype=np.int64)
+    is_fraction = np.array([s.stake.is_fraction for s in sets])
+    stakes = np.array([s.stake.value for s in sets])
+    if close.size and futures:
+        *rows, tiers, counts = _futures_prices(batch, config, start)
+        execution = config.execution(0)
+        pfk.run_portfolio_futures_grid(
+            *rows, *signals, signal_set, scores, tiers, counts, max_open, is_fraction, stakes, execution.leverage,
+            enums.DIRECTIONS[execution.direction], config.margin == "cross", config.fee_frac, slippage,
+            config.initial, config.fill == "next_open", _annual_bars(batch, config, start), out)
+    elif close.size:
         pk.run_portfolio_grid(
-            open_, close, entries, exits, np.array([index[strategies_key(s.params)] for s in sets], dtype=np.int64),
-            scores, np.array([s.max_open for s in sets], dtype=np.int64),
-            np.array([s.stake.is_fraction for s in sets]), np.array([s.stake.value for s in sets]),
+            open_, close, *signals, signal_set, scores, max_open, is_fraction, stakes,
             config.fee_frac, slippage, config.initial, config.fill == "next_open",
             _annual_bars(batch, config, start), out)
     else:
@@ -223,20 +253,32 @@ def accounts(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], ran
 def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto") -> dict[str, Any]:
     """One account in full: its result, per-symbol contributions, round trips and equity curves."""
     slippage = _slippage(config)
+    futures = config.market == "futures"
     open_, close, start = _prices(batch, config)
     scores, rule = rank_scores(batch, rank_by)
     scores = np.ascontiguousarray(scores[:, start:])
-    entries, exits = _signals(batch, config.strategy, chosen.params, start)
+    signals = _signals(batch, config.strategy, chosen.params, start, futures)
     times = batch.times[start:]
     n_symbols, n_time = close.shape
     metrics = np.empty(enums.N_PORTFOLIO_METRICS)
     contrib = np.empty((n_symbols, pk.N_CONTRIB))
     equity = np.empty(n_time)
-    trades = np.empty(int(entries.sum()) + n_symbols, dtype=pk.PORTFOLIO_TRADE_DTYPE)
-    k = pk.simulate_portfolio(open_, close, entries, exits, scores, chosen.max_open, chosen.stake.is_fraction,
-                              chosen.stake.value, config.fee_frac, slippage, config.initial,
-                              config.fill == "next_open", _annual_bars(batch, config, start), metrics,
-                              contrib, equity, trades)
+    # One record per entry (its exit, or end_of_data); every entry fills an entry signal (long or short).
+    entry_signals = signals[0].sum() + (signals[2].sum() if futures else 0)
+    trades = np.empty(int(entry_signals) + n_symbols, dtype=pk.PORTFOLIO_TRADE_DTYPE)
+    execution = config.execution(0)
+    if futures:
+        *rows, tiers, counts = _futures_prices(batch, config, start)
+        k = pfk.simulate_portfolio_futures(
+            *rows, *signals, scores, tiers, counts, chosen.max_open, chosen.stake.is_fraction, chosen.stake.value,
+            execution.leverage, enums.DIRECTIONS[execution.direction], config.margin == "cross", config.fee_frac,
+            slippage, config.initial, config.fill == "next_open", _annual_bars(batch, config, start), metrics,
+            contrib, equity, trades)
+    else:
+        k = pk.simulate_portfolio(open_, close, *signals, scores, chosen.max_open, chosen.stake.is_fraction,
+                                  chosen.stake.value, config.fee_frac, slippage, config.initial,
+                                  config.fill == "next_open", _annual_bars(batch, config, start), metrics,
+                                  contrib, equity, trades)
     result = _shape(batch, config, chosen, rule, metrics)
     last_time = _iso(times[-1]) if times.size else None
     result["contributions"] = [
@@ -257,6 +299,8 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
             "return_pct": float(t["return_pct"]),
             "bars_held": int((t["exit_bar"] if t["exit_bar"] >= 0 else n_time - 1) - t["entry_bar"]),
             "exit_reason": enums.EXIT_REASON_NAMES[int(t["exit_reason"])],
+            **({"side": "long" if t["side"] == 1 else "short", "leverage": execution.leverage,
+                "funding_paid": float(t["funding"])} if futures else {}),
         }
         for t in trades[:k]
     ]
@@ -314,6 +358,8 @@ def _shape(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rule: str
         "fee_pct": config.fee_pct,
         "initial_investment": config.initial,
         **config.execution(0).fields(),
+        "market": config.market,
+        **config.futures_fields(),
         "snapshot_id": batch.snapshot_id,
         "computed_snapshot_id": batch.snapshot_id,
         "data_version": combined_version(batch.symbols, batch.data_versions),

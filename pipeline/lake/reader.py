@@ -482,10 +482,10 @@ def series_version(snapshot: lake.Snapshot, name: str) -> str:
 
 def with_futures(batch: PriceBatch, snapshot: lake.Snapshot) -> PriceBatch:
     """`batch` (perpetuals' series) with their funding rates and mark bars from `snapshot` on its grid (the
-    kernels' `funding`, `mark_open`, `mark_high`, `mark_low`, NaN where none) and data versions that cover
+    kernels' `funding`, `mark_open`, `mark_high`, `mark_low`, `mark_close`, NaN where none) and data versions that cover
     them: a new funding rate or mark bar is a new version of its perpetual. Funding floors to the bar
     holding it (summed); mark bars of the batch's interval, or of the coarsest finer one aggregated
-    (first open, highest high, lowest low)."""
+    (first open, highest high, lowest low, last close)."""
     import dataclasses
 
     import polars as pl
@@ -494,7 +494,7 @@ def with_futures(batch: PriceBatch, snapshot: lake.Snapshot) -> PriceBatch:
     digests = (snapshot.manifest.get("futures") or {}).get("symbols", {})
     versions = [series_version(snapshot, name) for name in batch.symbols]
     columns = dict(batch.columns)
-    for name in ("funding", "mark_open", "mark_high", "mark_low"):
+    for name in ("funding", "mark_open", "mark_high", "mark_low", "mark_close"):
         columns[name] = np.full(shape, np.nan)
     rows = _futures_rows(snapshot, batch.symbols) if digests and batch.times.size else None
     if rows is not None and rows.height:
@@ -515,8 +515,8 @@ def with_futures(batch: PriceBatch, snapshot: lake.Snapshot) -> PriceBatch:
                     .with_columns(((pl.col("us") // 1_000_000 - t0) // step).alias("column"))
                     .filter((pl.col("column") >= 0) & (pl.col("column") < shape[1]))
                     .sort("datetime").group_by("row", "column")
-                    .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min()))
+                    .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last()))
             where = (bars["row"].to_numpy(), bars["column"].to_numpy())
-            for name in ("open", "high", "low"):
+            for name in ("open", "high", "low", "close"):
                 columns[f"mark_{name}"][where] = bars[name].to_numpy()
     return dataclasses.replace(batch, columns=columns, data_versions=versions)

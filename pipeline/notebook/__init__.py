@@ -145,7 +145,7 @@ def _times(frame: pl.DataFrame, symbol: str, what: str) -> pl.Series:
 
 def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None) -> PriceBatch:
     """`batch` with the funding rates and mark bars of its symbols on its grid (SPEC 4.3; batch columns
-    `funding`, `mark_open`, `mark_high`, `mark_low`). A funding frame holds times and a `rate` column
+    `funding`, `mark_open`, `mark_high`, `mark_low`, `mark_close`). A funding frame holds times and a `rate` column
     (freqtrade's *-funding_rate.feather: the rate is `open`); a mark frame is OHLC at the batch's interval."""
     from pipeline.lake.align import funding_to_grid
     from pipeline.source.futures import check_funding
@@ -171,7 +171,7 @@ def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None)
             columns["funding"] = funding_to_grid(np.concatenate(rows), np.concatenate(stamps), np.concatenate(rates),
                                                  t0_us, step_us, shape)
     if mark is not None:
-        for name in ("mark_open", "mark_high", "mark_low"):
+        for name in ("mark_open", "mark_high", "mark_low", "mark_close"):
             columns[name] = np.full(shape, np.nan)
         for symbol, frame in by_symbol(mark).items():
             if symbol not in row_of:
@@ -179,7 +179,7 @@ def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None)
                                     f"{', '.join(batch.symbols)}")
             ts = _times(frame, symbol, "mark").dt.epoch("us").to_numpy()
             ids = np.zeros(len(ts), dtype=np.int64)
-            for name in ("open", "high", "low"):
+            for name in ("open", "high", "low", "close"):
                 scatter_to_grid(ids, ts, frame[name].cast(pl.Float64).to_numpy(),
                                 np.array([row_of[symbol]], dtype=np.int64), t0_us, step_us, columns[f"mark_{name}"])
     return dataclasses.replace(batch, columns=columns)
@@ -306,14 +306,16 @@ class Portfolio:
 @_run_options(tuple(o for o in for_command("portfolio") if o.in_config))
 def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
               max_open: int | list[int] = 10, stake: str | float | list = "10%", rank_by: str = "auto",
-              **run: Any) -> Portfolio:
+              funding: Frames | None = None, mark: Frames | None = None, **run: Any) -> Portfolio:
     """One shared account over the frames' symbols, as `cryptobt portfolio` runs it (lists sweep).
 
-    `run` takes the CLI's options by keyword, `slippage` (percent) among them."""
+    `run` takes the CLI's options by keyword, `slippage` (percent) among them; a futures account
+    (`market="futures"`, direction, leverage, margin, mmr, tiers) takes `funding` and `mark` frames as
+    `run_backtest` does."""
     config, sets = pf.request_sets(options.resolve_strategy(strategy), params or {},
                                    max_open if isinstance(max_open, list) else [max_open],
                                    stake if isinstance(stake, list) else [stake], rank_by, **run)
-    accounts, best = pf.accounts(prices(frames), config, sets, rank_by)
+    accounts, best = pf.accounts(_futures_batch(frames, config, funding, mark), config, sets, rank_by)
     curve = best["equity_curve"]
     return Portfolio(
         accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),

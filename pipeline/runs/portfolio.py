@@ -56,6 +56,8 @@ def portfolio(
     batch = reader.read_prices(settings.lake_root, plan.names, interval, None, config.timerange_end,
                                columns=tuple(dict.fromkeys((*engine.columns_needed(config), "volume"))),
                                snapshot=plan.snapshot, min_coverage=config.min_bar_coverage)
+    if config.market == "futures":
+        batch = reader.with_futures(batch, plan.snapshot)
     engine.check_memory(len(plan.names), batch.times.size, len(sets))
     t0 = time.perf_counter()
     accounts, best = pf.accounts(batch, config, sets, rank_by)
@@ -73,4 +75,5 @@ def portfolio(
                 snapshot_id=plan.snapshot.id, command=command,
             )
     return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
-                            bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols))
+                            bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols,
+                                                               config.market))

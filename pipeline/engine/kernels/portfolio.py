@@ -20,11 +20,15 @@ from pipeline.engine.kernels.enums import (
     EXIT_END_OF_DATA,
     EXIT_SIGNAL,
     P_BARS,
+    P_BARS_WITHOUT_MARK,
     P_BUY_HOLD_RETURN_PCT,
     P_CLOSED_TRADES,
     P_EXPOSURE_PCT,
     P_FINAL_VALUE,
+    P_FUNDING_PAID,
+    P_LIQUIDATIONS,
     P_MAX_DRAWDOWN_PCT,
+    P_MAX_MARGIN_RATIO,
     P_MAX_OPEN_SEEN,
     P_NUM_TRADES,
     P_SHARPE,
@@ -49,6 +53,8 @@ PORTFOLIO_TRADE_DTYPE = np.dtype(
         ("pnl", np.float64),
         ("return_pct", np.float64),
         ("exit_reason", np.int64),
+        ("side", np.int64),  # +1 long, -1 short (futures; a spot account is long only)
+        ("funding", np.float64),  # funding the position paid while open (futures; 0 on spot)
     ],
     align=True,
 )
@@ -104,6 +110,8 @@ def _record_round_trip(trades_out, k, s, entry_bar, entry_price, exit_bar, exit_
     rec["pnl"] = pnl
     rec["return_pct"] = pnl / entry_cost * 100.0
     rec["exit_reason"] = reason
+    rec["side"] = 1
+    rec["funding"] = 0.0
 
 
 @njit(cache=True, inline="always")
@@ -407,6 +415,11 @@ def simulate_portfolio(
     metrics_out[P_MAX_OPEN_SEEN] = max_open_seen
     metrics_out[P_BARS] = bars
     metrics_out[P_BUY_HOLD_RETURN_PCT] = _equal_weight_buy_hold_pct(first_close, last_close)
+    # The futures metrics: NULL on spot.
+    metrics_out[P_FUNDING_PAID] = np.nan
+    metrics_out[P_LIQUIDATIONS] = np.nan
+    metrics_out[P_MAX_MARGIN_RATIO] = np.nan
+    metrics_out[P_BARS_WITHOUT_MARK] = np.nan
     return n_records
 
 

@@ -307,8 +307,9 @@ def run_single_futures(columns, open1d, high1d, low1d, close1d, funding1d, mark_
 
 
 @njit(cache=True, parallel=True)
-def signals_on_grid(columns, close2d, params, entries_out, exits_out):
-    """Entry/exit signals of every symbol for one parameter row, on the grid (False at gaps)."""
+def signals_on_grid(columns, close2d, params, entries_out, exits_out, enter_short_out=None, exit_short_out=None):
+    """Entry/exit signals of every symbol for one parameter row, on the grid (False at gaps); with the
+    short outputs given, the short side too (a futures portfolio: the strategy's own, or the mirror)."""
     n_symbols, n_time = close2d.shape
     for s in prange(n_symbols):
         _, _, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, close2d[s], close2d[s])
@@ -320,6 +321,13 @@ def signals_on_grid(columns, close2d, params, entries_out, exits_out):
         for j in range(m):
             entries_out[s, index[j]] = en[j]
             exits_out[s, index[j]] = ex[j]
+        if enter_short_out is not None and exit_short_out is not None:
+            es, xs = short_side(prices, params, ind, en, ex, np.empty(m, dtype=np.bool_), np.empty(m, dtype=np.bool_))
+            enter_short_out[s, :] = False
+            exit_short_out[s, :] = False
+            for j in range(m):
+                enter_short_out[s, index[j]] = es[j]
+                exit_short_out[s, index[j]] = xs[j]
 
 
 @njit(cache=True)
