@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import psycopg
 import pytest
 
-from pipeline.notebook import run_backtest
+from pipeline.notebook import run_backtest, run_portfolio
 from tests.test_data_trust import cli, env  # noqa: F401 - `env` is a fixture used by the tests below
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "binance-futures"
@@ -76,6 +77,27 @@ def test_futures_import_export_and_backtest_equal_the_notebook_on_real_data(env)
     shown = cli(env, "results", "show", sweep["run_id"], "--n", "6").stdout
     assert "direction = both, long, short; leverage = 1, 3" in " ".join(shown.split())
     assert shown.count(f"{XRP}:futures") == 6
+
+    # A futures portfolio from the lake (one slot, all in) is the backtest's account, the notebook's too,
+    # and its row says which market it traded.
+    account = json.loads(cli(env, "portfolio", "rsi", *RSI, "--market", "futures", "--all", "--leverage", "3",
+                             "--direction", "both", "--max-open", "1", "--stake", "1", "--json").stdout)
+    (row,) = account["accounts"]
+    assert (row["market"], row["leverage"], row["direction"], row["margin"], row["symbols"]) == (
+        "futures", 3.0, "both", "isolated", [f"{XRP}:futures"])
+    for name in ("final_value", "funding_paid", "num_trades", "max_margin_ratio", "bars_without_mark"):
+        assert row[name] == pytest.approx(futures[name], rel=1e-12), name
+    assert {t["side"] for t in account["best"]["round_trips"]} == {"long", "short"}
+    notebook_account = run_portfolio(frames, "rsi", {"rsi_period": 6, "oversold_threshold": 40,
+                                                     "overbought_threshold": 60}, max_open=1, stake=1,
+                                     market="futures", leverage=3, direction="both",
+                                     funding={XRP: pl.read_ipc(SAMPLE / f"{XRP}-8h-funding_rate.feather")},
+                                     mark={XRP: pl.read_ipc(SAMPLE / f"{XRP}-1h-mark.feather")})
+    assert notebook_account.accounts["final_value"][0] == pytest.approx(row["final_value"], rel=1e-12)
+    stored = duckdb.sql(f"SELECT market, leverage, direction, funding_paid FROM read_parquet("
+                        f"'{env['CRYPTOBT_RESULTS_ROOT']}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
+                        f" WHERE run_id = '{account['run_id']}'").fetchall()
+    assert stored == [("futures", 3.0, "both", pytest.approx(row["funding_paid"], rel=1e-12))]
 
 
 def test_a_new_funding_rate_alone_makes_a_new_snapshot_and_version_of_its_perpetual(env):  # noqa: F811

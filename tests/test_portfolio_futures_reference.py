@@ -322,3 +322,48 @@ def test_planted_isolated_positions_are_each_liquidated_at_their_own_price():
         assert t["exit_price"] == pytest.approx(3600.0 / 39.8, rel=1e-12)
         assert t["pnl"] == pytest.approx(-400.0, rel=1e-12)
     assert reference["equity"] == pytest.approx([1000.0, 200.0, 200.0], rel=1e-12)
+
+
+def _quiet(n_sym: int, n: int) -> dict:
+    """`n_sym` symbols flat at 100 for `n` bars, no mark or funding, no signals, flat mmr 0.005."""
+    data = {k: np.full((n_sym, n), 100.0) for k in ("open", "high", "low", "close")}
+    data.update({k: np.full((n_sym, n), np.nan) for k in ("funding", "mark_open", "mark_high", "mark_low",
+                                                           "mark_close")})
+    data.update({k: np.zeros((n_sym, n), dtype=bool) for k in SIGNAL_KEYS})
+    data["rank"] = np.zeros((n_sym, n))
+    data["tiers"], data["tier_counts"] = tier_tables.load(None, 0.005).stacked([f"S{i}" for i in range(n_sym)])
+    return data
+
+
+def test_planted_next_open_entries_rank_by_their_signal_bar():
+    # docs/portfolio.md: the rank is "up to the signal bar". Both symbols signal at bar 1's close; at bar 1
+    # the second ranks higher, at bar 2 (the fill) the first does. One slot: the second takes it.
+    data = _quiet(2, 4)
+    data["enter_long"][:, 1] = True
+    data["rank"][:, 1] = (1.0, 2.0)
+    data["rank"][:, 2] = (2.0, 1.0)
+    options = {**PLANTED, "fill": "next_open", "max_open": 1}
+    reference = run_reference(data, cross=False, **options)
+    compare(run_kernel(data, cross=False, **options), reference)
+    assert [(t["symbol"], t["entry_bar"]) for t in reference["trips"]] == [(1, 2)]
+    assert reference["skipped_no_slot"] == 1
+
+
+@pytest.mark.parametrize("cross", [False, True], ids=["isolated", "cross"])
+def test_planted_max_margin_ratio_skips_the_bar_a_position_leaves_at_the_open(cross):
+    # "Futures metrics": the ratio counts over the bars a position is held through after its entry bar,
+    # "not a bar it leaves by a stop or at the open". Entry signal at bar 0, filled at bar 1's open (100):
+    # stake 400, qty 40. Bar 2 (held through, low 99): isolated 40 x 99 x 0.005 / (400 - 40) = 0.055,
+    # cross / (600 + 360) = 0.020625. The exit signal at bar 2 fills at bar 3's open, whose low of 91
+    # (isolated 18.2 / 40 = 0.455, above LP 90.45) does not count.
+    data = _quiet(1, 4)
+    data["enter_long"][0, 0] = True
+    data["exit_long"][0, 2] = True
+    data["low"][0, 2], data["low"][0, 3] = 99.0, 91.0
+    options = {**PLANTED, "fill": "next_open"}
+    reference = run_reference(data, cross=cross, **options)
+    compare(run_kernel(data, cross=cross, **options), reference)
+    assert reference["liquidations"] == 0
+    assert [(t["entry_bar"], t["exit_bar"], t["exit_reason"]) for t in reference["trips"]] == [(1, 3, "signal")]
+    expected = 19.8 / (960.0 if cross else 360.0)
+    assert reference["max_margin_ratio"] == pytest.approx(expected, rel=1e-12)
