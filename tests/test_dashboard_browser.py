@@ -403,6 +403,38 @@ def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_ho
 
 
 @pytest.mark.slow
+def test_dashboard_runs_a_futures_portfolio(browser, site, tmp_path):
+    """Issue 28: the portfolio tab speaks futures (market, direction, leverage, margin reach the account) and
+    its accounts table shows the liquidations and funding of the results table's rows."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, api = site
+    wait = WebDriverWait(browser, 120)
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
+    browser.find_element(By.ID, "tab-portfolio").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    Select(browser.find_element(By.ID, "market")).select_by_visible_text("futures")
+    fill(browser, "leverage", "20")
+    fill(browser, "direction", "both")
+    Select(browser.find_element(By.ID, "margin")).select_by_visible_text("cross")
+    fill(browser, "max-open", "1")
+    fill(browser, "stake", "50%,100%")
+    Select(browser.find_element(By.ID, "symbols")).select_by_visible_text("XRP_USDT_USDT:futures")
+    run_id = start(browser, wait)
+    accounts = sorted(api.get(f"/api/results/{run_id}").json(), key=lambda a: -a["total_return_pct"])
+    assert [(a["market"], a["direction"], a["leverage"], a["margin"]) for a in accounts] == [
+        ("futures", "both", 20.0, "cross")] * 2
+    table = cells(browser, "#accounts")
+    keys = ("total_return_pct", "closed_trades", "liquidations", "funding_paid", "final_value")
+    assert [[r[k] for k in keys] for r in table] == [[shown(a[k], k) for k in keys] for a in accounts]
+    assert "perpetuals both 20x cross margin" in browser.find_element(By.ID, "portfolio-title").text
+    assert drawn_blue(browser, "#portfolio-chart") > 100
+    shot(browser, tmp_path, "portfolio-futures")
+
+
+@pytest.mark.slow
 def test_dashboard_run_history_opens_past_runs(browser, site, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait

@@ -9,8 +9,10 @@ XRP_USDT_USDT (data/sample/binance-futures: 100 hourly bars of November 2021, it
 
 Every round trip (side, bars, prices, quantity, fees, funding, pnl, exit reason), the equity at every grid
 bar and the account's metrics must agree to 1e-9 relative over a matrix of direction, leverage, margin,
-fill, slots, stakes and slippage; a planted two-symbol market checks the cross-margin account
-liquidation against numbers worked by hand.
+fill, slots, stakes and slippage (the full product: 384 accounts). Planted markets check against numbers
+worked by hand: the cross-margin account liquidation (two positions falling together; one alone is not
+liquidated; a held symbol without a bar closes at its latest close), isolated liquidation at LP, next_open
+ranks taken at the signal bar, and max_margin_ratio leaving out the bar a position leaves at the open.
 """
 
 from __future__ import annotations
@@ -240,6 +242,10 @@ def test_the_matrix_covers_every_option_and_liquidates_under_both_margins():
     # isolated liquidations fill at LP with nothing returned; cross ones at a close (and return something)
     assert any(t["returned"] != 0.0 for t in cross_trips)
     assert sum(reference_of(c)["funding_paid"] != 0.0 for c in CASES) > 0
+    x = SYMBOLS.index(PERPETUAL)  # XRP entries past its first bracket: the maintenance amount cum > 0 counts
+    first_bracket_end = float(market()["tiers"][x, 0, 1])
+    assert any(t["symbol"] == x and t["qty"] * t["entry_price"] >= first_bracket_end
+               for c in CASES for t in reference_of(c)["trips"])
     assert sum(reference_of(c)["skipped_no_slot"] for c in CASES) > 0
     assert sum(reference_of(c)["skipped_no_cash"] for c in CASES) > 0
 
@@ -367,3 +373,20 @@ def test_planted_max_margin_ratio_skips_the_bar_a_position_leaves_at_the_open(cr
     assert [(t["entry_bar"], t["exit_bar"], t["exit_reason"]) for t in reference["trips"]] == [(1, 3, "signal")]
     expected = 19.8 / (960.0 if cross else 360.0)
     assert reference["max_margin_ratio"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_planted_cross_liquidation_closes_a_symbol_without_a_bar_at_its_latest_close():
+    # The second symbol has no bar at bar 1: its p and its exit are its latest close (100). The first's mark
+    # low 75: equity 200 + (400 + 40 x (75 - 100)) + (400 + 0) = 0 <= maintenance 40 x 75 x 0.005 + 40 x 100
+    # x 0.005 = 35. The first closes at its mark close 90 (returns 400 - 400 = 0), the second at 100
+    # (returns 400): cash 600.
+    data = _planted(both=True)
+    for k in ("open", "high", "low", "close", "mark_open", "mark_high", "mark_low", "mark_close"):
+        data[k][1, 1] = np.nan
+    data["mark_low"][0, 1], data["mark_close"][0, 1] = 75.0, 90.0
+    reference = _both_ways(data, cross=True)
+    assert [(t["symbol"], t["exit_bar"], t["exit_reason"], t["exit_price"]) for t in reference["trips"]] == [
+        (0, 1, "liquidation", 90.0), (1, 1, "liquidation", 100.0)]
+    assert [t["pnl"] for t in reference["trips"]] == pytest.approx([-400.0, 0.0], abs=1e-9)
+    assert reference["equity"] == pytest.approx([1000.0, 600.0, 600.0], rel=1e-12)
+    assert reference["bars_without_mark"] == 2  # bar 2, both symbols; bar 1 is not the second's bar

@@ -215,9 +215,12 @@ def simulate_portfolio_futures(
             if cross:
                 at_adverse = cash
                 maintenance = 0.0
+                held_through = False  # some position stays past the open (not every one leaves there)
                 for s in range(n_symbols):
                     if side[s] == 0:
                         continue
+                    if pending[s] == NO_ORDER or np.isnan(close2d[s, t]):
+                        held_through = True
                     p = last_close[s]
                     if not np.isnan(close2d[s, t]):
                         p = _adverse(s, t, side[s], high2d, low2d, mark_open2d, mark_high2d, mark_low2d)
@@ -252,7 +255,7 @@ def simulate_portfolio_futures(
                     n_open = 0
                     if cash < 0.0:
                         cash = 0.0  # an account cannot owe: the exchange's insurance fund takes the deficit
-                else:
+                elif held_through:
                     ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
                     if np.isnan(max_ratio) or ratio > max_ratio:
                         max_ratio = ratio
