@@ -204,3 +204,20 @@ def test_a_strategy_files_own_short_signals_decide_its_shorts(tmp_path):
         t, u = times.index(entry), times.index(exit_)
         assert close[t] < close[t - 1] < close[t - 2] < close[t - 3]  # its own enter_short, not the mirror
         assert reason == "end_of_data" or close[u] > close[u - 1]  # its own exit_short
+
+
+def test_a_leverage_above_the_tiers_cap_is_reported_not_enforced():
+    """Binance's XRP tiers allow 75x below 10,000 notional, 50x up to 20,000, 40x up to 160,000, ...: a run whose
+    all-in first entry would be refused names the notional up to which its leverage is allowed, and runs it as
+    asked (SPEC 4.3: --leverage is taken as given)."""
+    table = tiers.load(None, None)
+    (note,) = table.leverage_notes([f"{XRP}:futures"], [1.0, 50.0], 1000.0)
+    assert note.startswith(f"--leverage 50: {XRP}:futures's tiers (binance_leverage_tiers-2024-10-24.json@")
+    assert "allow it only up to 20,000 notional, so Binance would refuse an entry of the initial cash (50,000" in note
+    (never,) = table.leverage_notes([XRP], [80.0], 1000.0)
+    assert "allow it at no notional" in never
+    assert table.leverage_notes([XRP], [50.0], 400.0) == []  # 20,000 notional: allowed
+    assert table.leverage_notes([XRP], [3.0], 1000.0) == []
+    assert tiers.load(None, 0.005).leverage_notes([XRP], [125.0], 1000.0) == []  # a flat rate has no caps
+    ran = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures", leverage=80, funding=FUNDING, mark=MARK)
+    assert ran["num_trades"][0] > 0

@@ -98,6 +98,10 @@ def test_futures_import_export_and_backtest_equal_the_notebook_on_real_data(env)
                         f"'{env['CRYPTOBT_RESULTS_ROOT']}/**/*.parquet', hive_partitioning = true, union_by_name = true)"
                         f" WHERE run_id = '{account['run_id']}'").fetchall()
     assert stored == [("futures", 3.0, "both", pytest.approx(row["funding_paid"], rel=1e-12))]
+    # A leverage the tiers refuse at the account's size is reported, by the backtest and the portfolio alike.
+    for command in ("backtest", "portfolio"):
+        levered = cli(env, command, "rsi", "--market", "futures", "--all", "--leverage", "50")
+        assert f"--leverage 50: {XRP}:futures's tiers" in " ".join(levered.stderr.split()), command
 
 
 def test_a_new_funding_rate_alone_makes_a_new_snapshot_and_version_of_its_perpetual(env):  # noqa: F811

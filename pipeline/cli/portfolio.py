@@ -10,7 +10,7 @@ from rich.table import Table
 
 from pipeline.cli import boards
 from pipeline.cli.errors import user_errors
-from pipeline.cli.output import console, err_console, print_whole
+from pipeline.cli.output import console, err_console, print_whole, warn
 from pipeline.cli.run_flags import AllSymbols, Params, StrategyPaths, Symbols, run_options
 from pipeline.cli.runs import say_left_out
 from pipeline.core import tables
@@ -84,6 +84,8 @@ def portfolio_command(
     settings = Settings.from_env()
     outcome = runs.portfolio(settings, config, sets, symbols, interval, rank_by=rank_by, command="portfolio")
     say_left_out(outcome.left_out, interval)
+    for note in outcome.notes:
+        warn(note)
     best = outcome.best
     if plot and best:
         _plot_portfolio(plot, best, outcome, top)

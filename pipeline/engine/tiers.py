@@ -42,6 +42,30 @@ class TierTable:
     identity: str  # what results and cache keys record: `mmr=0.005` or `<file name>@<sha256 prefix>`
     brackets: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     flat: np.ndarray | None = field(default=None, repr=False)
+    # Each bracket's maxLeverage, parallel to `brackets` (NaN where the file gives none).
+    caps: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def leverage_notes(self, symbols: list[str], leverages: list[float], initial: float) -> list[str]:
+        """One line per symbol whose tiers refuse the run's highest leverage L on an entry of the initial cash
+        (notional initial x L): the notional up to which they allow L (none: above every bracket's maxLeverage).
+        The backtest does not enforce the cap (SPEC 4.3 takes --leverage as given); these lines report it."""
+        leverage = max(leverages, default=1.0)
+        notional = initial * leverage
+        notes = []
+        for symbol in symbols:
+            name = markets.symbol_of(symbol)
+            caps, brackets = self.caps.get(name), self.brackets.get(name)
+            if caps is None or brackets is None:
+                continue
+            allowed = np.flatnonzero(~(caps < leverage))
+            limit = brackets[allowed[-1], TIER_MAX] if allowed.size else 0.0
+            if notional <= limit:
+                continue
+            where = ("at no notional" if allowed.size == 0 else f"only up to {limit:,.0f} notional")
+            notes.append(f"--leverage {leverage:g}: {symbol}'s tiers ({self.identity}) allow it {where}, so Binance "
+                         f"would refuse an entry of the initial cash ({notional:,.0f} notional) and any larger one; "
+                         "the backtest does not enforce the tier's maxLeverage")
+        return notes
 
     def of(self, symbol: str) -> np.ndarray:
         """The brackets of `symbol`; PipelineError when the table has none and no flat rate was given."""
@@ -85,6 +109,16 @@ def _number(where: str, name: str, value: object) -> float:
     return number
 
 
+def _caps(entries: list) -> np.ndarray:
+    """Each bracket's maxLeverage (NaN where absent or not a positive number)."""
+    caps = np.full(len(entries), np.nan)
+    for j, entry in enumerate(entries):
+        value = entry.get("maxLeverage")
+        if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+            caps[j] = float(value)
+    return caps
+
+
 def _brackets(where: str, entries: object) -> np.ndarray:
     if not isinstance(entries, list) or not entries:
         raise PipelineError(f"{where}: a list of brackets is expected")
@@ -123,9 +157,11 @@ def load(path: str | None, mmr: float | None) -> TierTable:
     if not isinstance(data, dict) or not data:
         raise PipelineError(f"--tiers {source}: an object of symbols (\"XRP/USDT:USDT\": [brackets]) is expected")
     brackets: dict[str, np.ndarray] = {}
+    caps: dict[str, np.ndarray] = {}
     for key, entries in data.items():
         rows = _brackets(f"--tiers {source.name} {key}", entries)
         for name in names_of(str(key)):
             brackets.setdefault(name, rows)
+            caps.setdefault(name, _caps(entries))
     identity = f"{source.name}@{hashlib.sha256(raw).hexdigest()[:16]}" + (f"+mmr={mmr:g}" if mmr is not None else "")
-    return TierTable(identity, brackets, None if mmr is None else flat(mmr))
+    return TierTable(identity, brackets, None if mmr is None else flat(mmr), caps)

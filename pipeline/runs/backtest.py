@@ -333,10 +333,25 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
             warnings.warn(message, stacklevel=2)
     cache = None if no_cache or problem is not None else ResultCache.from_settings(settings, on_warning=on_warning)
     try:
-        return backtest(settings, config, symbols, interval, cache=cache, **kwargs)
+        outcome = backtest(settings, config, symbols, interval, cache=cache, **kwargs)
     finally:
         if cache is not None:
             cache.close()
+    for message in leverage_notes(config, [r["symbol"] for r in outcome.results]):
+        if on_warning is not None:
+            on_warning(message)
+        else:
+            warnings.warn(message, stacklevel=2)
+    return outcome
+
+
+def leverage_notes(config: RunConfig, symbols: list[str]) -> list[str]:
+    """What a futures run reports of the tiers' maxLeverage it does not enforce (engine.tiers)."""
+    if config.market != "futures" or config.tier_table is None:
+        return []
+    return config.tier_table.leverage_notes(list(dict.fromkeys(symbols)),
+                                            [config.execution(c).leverage for c in range(len(config.params_list))],
+                                            config.initial)
 
 
 def equity_curves(settings: Settings, config: RunConfig, symbols: list[str], interval: str,

@@ -13,6 +13,7 @@ from pipeline.engine import batch as engine
 from pipeline.engine import portfolio as pf
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
+from pipeline.runs.backtest import leverage_notes
 from pipeline.runs.plan import left_out, pinning, plan_run
 from pipeline.store import results
 
@@ -29,6 +30,7 @@ class PortfolioOutcome:
     bar_steps: int
     paths: list[str] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)  # as RunOutcome's
+    notes: list[str] = field(default_factory=list)  # warnings of the run (a futures leverage above the tiers')
 
 
 @pinning
@@ -76,4 +78,4 @@ def portfolio(
             )
     return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
                             bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols,
-                                                               config.market))
+                                                       config.market), leverage_notes(config, plan.names))

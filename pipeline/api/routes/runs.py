@@ -244,7 +244,8 @@ async def portfolio(body: PortfolioRequest, settings: AppSettings, runner: AppRu
                                  command="api portfolio")
         best = outcome.best
         answer: dict[str, Any] = {"run_id": outcome.run_id, "snapshot_id": outcome.snapshot_id,
-                                  "interval": outcome.interval, "accounts": outcome.results, "best": None}
+                                  "interval": outcome.interval, "accounts": outcome.results, "best": None,
+                                  "warnings": outcome.notes}
         if best:
             curve = best["equity_curve"]
             answer["best"] = {k: v for k, v in best.items() if k != "equity_curve"}
