@@ -149,8 +149,9 @@ def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
 
 def strategy_columns(batch: PriceBatch, strategy: strategies.Strategy,
                      rows: slice | None = None) -> tuple[np.ndarray, ...]:
-    """The strategy's COLUMNS as the kernels take them: a tuple of C-contiguous (symbols x time) arrays."""
-    names = strategy.columns
+    """The strategy's COLUMNS (and its informative series' on the grid, `informative.attach`) as the kernels
+    take them: a tuple of C-contiguous (symbols x time) arrays."""
+    names = strategy.input_columns
     missing = [name for name in names if name not in batch.columns]
     if missing:
         raise PipelineError(f"strategy {strategy.name!r} needs the {', '.join(missing)} column(s), which this read lacks")

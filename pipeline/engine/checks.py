@@ -73,10 +73,12 @@ def check_symbol(strategy: strategies.Strategy, params: dict, symbol: str,
     """Run both checks on one symbol's bars (`columns`: name -> 1-D float64, no gaps)."""
     resolved = strategies.resolve_params(strategy, params)
     row = np.array([float(resolved[name]) for name in strategy.param_names], dtype=np.float64)
-    missing = [c for c in strategy.columns if c not in columns]
+    missing = [c for c in strategy.input_columns if c not in columns]
     if missing:
         raise PipelineError(f"the check needs the {', '.join(missing)} column(s) for {strategy.name!r}")
-    prices = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.float64) for c in strategy.columns]))
+    # Its informative series too (their values as the run aligns them): truncating the bars truncates them.
+    prices = np.ascontiguousarray(np.stack([np.asarray(columns[c], dtype=np.float64)
+                                            for c in strategy.input_columns]))
     n = int(prices.shape[1])
     report = CheckReport(symbol, n)
     kernels = strategy.kernels()

@@ -84,3 +84,11 @@ def funding_to_grid(rows: np.ndarray, ts_us: np.ndarray, rates: np.ndarray, t0_u
     np.add.at(sums, (rows[inside], columns[inside]), rates[inside])
     np.add.at(counts, (rows[inside], columns[inside]), 1)
     return np.where(counts > 0, sums, np.nan)
+
+
+def last_closed(bar_open_s: np.ndarray, step_s: int, series_open_s: np.ndarray, series_step_s: int) -> np.ndarray:
+    """For each bar (open times `bar_open_s`, length `step_s`), the index in `series_open_s` (ascending open
+    times of bars `series_step_s` long) of the last series bar closed by that bar's close, -1 before the first:
+    series bar u is visible to bar t iff u + series_step <= t + step (a daily bar of day D first to the hourly
+    bar labelled D 23:00, whose close is D+1 00:00)."""
+    return np.searchsorted(series_open_s, bar_open_s + (step_s - series_step_s), side="right").astype(np.int64) - 1

@@ -198,7 +198,7 @@ def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list
     from pipeline.engine import overfit
 
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
-    batch = _futures_batch(frames, config, funding, mark)
+    batch = _run_batch(frames, config, funding, mark)
     results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
@@ -215,12 +215,13 @@ def plot(frames: Frames, strategy: str, path: str | Path,
     options.check_plot(Path(path))
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     frames = by_symbol(frames)
-    batch = prices(frames)
+    batch = _run_batch(frames, config)
     sweep = len(config.params_list) > 1
     board = engine.leaderboard(overfit.run_sweep(batch, config) if sweep else engine.run(batch, config),
                                *engine.ranking(config))
     shown = list(dict.fromkeys(r["symbol"] for r in board))[:top]
-    drawn = plots.curves(prices({s: frames[s] for s in shown}, batch.interval), config, board[0] if board else None)
+    drawn = plots.curves(_run_batch({s: frames[s] for s in shown}, config, informative_frames=frames), config,
+                         board[0] if board else None)
     # A sweep's leaderboard bars are each symbol's best set (all sets would draw over each other).
     bars = engine.top_per_symbol(board, 1, *engine.ranking(config)) if sweep else board
     return plots.write_plot(Path(path), f"{strategy} on your frames", bars, drawn, board if sweep else None)
@@ -257,13 +258,43 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
-def _futures_batch(frames: Frames, config: options.RunConfig, funding: Frames | None,
-                   mark: Frames | None) -> PriceBatch:
-    """The run's prices, with funding and mark on a futures run (refused on spot: they would be ignored)."""
+def _run_batch(frames: Frames, config: options.RunConfig, funding: Frames | None = None,
+               mark: Frames | None = None, informative_frames: Frames | None = None) -> PriceBatch:
+    """The run's prices, with funding and mark on a futures run (refused on spot: they would be ignored) and
+    the strategy's informative series (from `informative_frames`, default the frames themselves)."""
     if config.market != "futures" and (funding is not None or mark is not None):
         raise PipelineError("funding and mark prices are futures data: add market=\"futures\"")
     batch = prices(frames)
-    return with_futures(batch, funding, mark) if config.market == "futures" else batch
+    batch = with_futures(batch, funding, mark) if config.market == "futures" else batch
+    return with_informative(batch, config.strategy, by_symbol(informative_frames or frames))
+
+
+def with_informative(batch: PriceBatch, strategy: Any, frames: dict[str, Any]) -> PriceBatch:
+    """`batch` with `strategy`'s INFORMATIVE series aggregated from `frames` by the lake's rules (SPEC
+    section 2) and laid on the batch's grid without look-ahead (pipeline.engine.informative)."""
+    from pipeline.engine import informative
+    from pipeline.source.bar_rules import resample
+
+    if not strategy.informative:
+        return batch
+    informative.check_interval(strategy, batch.interval)
+    series = []
+    for symbol, interval in strategy.informative:
+        names = batch.symbols if symbol is None else [symbol]
+        missing = [name for name in names if name not in frames]
+        if missing:
+            raise PipelineError(f"strategy {strategy.name!r} reads {informative.label(symbol, interval)} bars "
+                                f"(INFORMATIVE) but no frame is named {missing[0]!r}; the frames are: "
+                                f"{', '.join(sorted(frames))}")
+        one = prices({name: frames[name] for name in names})
+        coarse = {}
+        for row, name in enumerate(one.symbols):
+            has = ~np.isnan(one.columns["close"][row])
+            bars = pl.DataFrame({"ts": pl.from_epoch(pl.Series(one.times[has]), "s").dt.replace_time_zone("UTC"),
+                                 **{c: one.columns[c][row][has] for c in PRICE_COLUMNS}})
+            coarse[name] = resample(bars, interval).rename({"ts": "date"}).drop("bars")
+        series.append(prices(coarse, interval))
+    return informative.attach(batch, strategy, series)
 
 
 @_run_options()
@@ -276,7 +307,7 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
     `run` takes the CLI's options by keyword, as `run_backtest`."""
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **{**run, "trades": True})
     rows = [{"symbol": r["symbol"], "params": r["params"], **options.Execution.of(r).fields(), **trip}
-            for r in engine.leaderboard(engine.run(_futures_batch(frames, config, funding, mark), config))
+            for r in engine.leaderboard(engine.run(_run_batch(frames, config, funding, mark), config))
             for trip in r["round_trips"]]
     if not rows:
         kinds = {bool: pl.Boolean, str: pl.String}
@@ -315,7 +346,7 @@ def run_portfolio(frames: Frames, strategy: str, params: Mapping[str, Any] | lis
     config, sets = pf.request_sets(options.resolve_strategy(strategy), params or {},
                                    max_open if isinstance(max_open, list) else [max_open],
                                    stake if isinstance(stake, list) else [stake], rank_by, **run)
-    accounts, best = pf.accounts(_futures_batch(frames, config, funding, mark), config, sets, rank_by)
+    accounts, best = pf.accounts(_run_batch(frames, config, funding, mark), config, sets, rank_by)
     curve = best["equity_curve"]
     return Portfolio(
         accounts=pl.DataFrame([{k: v for k, v in a.items() if k != "symbols"} for a in accounts]),

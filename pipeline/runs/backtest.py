@@ -19,6 +19,7 @@ from pipeline.engine import overfit
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
+from pipeline.runs.informative import with_informative
 from pipeline.runs.plan import (
     PROGRESS_CHUNK,
     STREAM_CHUNK,
@@ -142,6 +143,7 @@ def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch
                                min_coverage=config.min_bar_coverage)
     if config.market == "futures":
         batch = reader.with_futures(batch, plan.snapshot)
+    batch = with_informative(batch, config.strategy, plan.settings.lake_root, plan.snapshot, config.timerange_end)
     engine.check_memory(len(symbols), batch.times.size, plan.n_params,
                         len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0)
     return batch

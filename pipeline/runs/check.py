@@ -12,6 +12,8 @@ from pipeline.engine import batch as engine
 from pipeline.engine import options, strategies
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
+from pipeline.runs import informative
+from pipeline.runs.informative import with_informative
 
 
 def check_strategy(settings: Settings, strategy: strategies.Strategy, params: dict[str, Any], symbols: list[str] | None,
@@ -26,8 +28,10 @@ def check_strategy(settings: Settings, strategy: strategies.Strategy, params: di
     snapshot = lake.require_snapshot(settings.lake_root)
     with lake.reading(settings.lake_root, snapshot) as pinned:
         names = reader.resolve_symbols(pinned, symbols)[: None if symbols else limit]
-        batch = reader.read_prices(settings.lake_root, names, interval, None, None,
-                                   columns=engine.columns_needed(config), snapshot=pinned)
+        informative.check(pinned, strategy, {name: interval for name in names})
+        batch = with_informative(reader.read_prices(settings.lake_root, names, interval, None, None,
+                                                    columns=engine.columns_needed(config), snapshot=pinned),
+                                 strategy, settings.lake_root, pinned, None)
     reports = []
     for i, symbol in enumerate(batch.symbols):
         have = ~np.isnan(batch.columns["close"][i])

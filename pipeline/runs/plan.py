@@ -20,6 +20,7 @@ from pipeline.engine import options
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.lake import snapshots as lake
+from pipeline.runs import informative
 from pipeline.store import results
 from pipeline.store.cache import ResultCache
 
@@ -76,6 +77,7 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
             reader.check_readable(snapshot, names, interval)
         interval_of = {n: interval for n in names if reader.read_from(snapshot.symbols[n], interval)}
     _check_range_has_bars(snapshot, interval_of, config)
+    informative.check(snapshot, config.strategy, interval_of)
     return snapshot, interval_of
 
 

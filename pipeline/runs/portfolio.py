@@ -14,6 +14,7 @@ from pipeline.engine import portfolio as pf
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.runs.backtest import leverage_notes
+from pipeline.runs.informative import with_informative
 from pipeline.runs.plan import left_out, pinning, plan_run
 from pipeline.store import results
 
@@ -60,6 +61,7 @@ def portfolio(
                                snapshot=plan.snapshot, min_coverage=config.min_bar_coverage)
     if config.market == "futures":
         batch = reader.with_futures(batch, plan.snapshot)
+    batch = with_informative(batch, config.strategy, settings.lake_root, plan.snapshot, config.timerange_end)
     engine.check_memory(len(plan.names), batch.times.size, len(sets))
     t0 = time.perf_counter()
     accounts, best = pf.accounts(batch, config, sets, rank_by)

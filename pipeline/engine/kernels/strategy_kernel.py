@@ -28,17 +28,45 @@ from pipeline.engine.kernels.simulate import simulate_1d
 
 _STRATEGY_MODULE = "__strategy_module__"  # replaced in each copy; this template is never imported
 _strategy = importlib.import_module(_STRATEGY_MODULE)
-indicators = _strategy.indicators
-signals = _strategy.signals
 warmup = _strategy.warmup
 N_INDICATORS = len(_strategy.INDICATORS)
 N_OUTPUTS = N_INDICATORS + 5  # rows of strategy_outputs: the indicators, entries, exits, sig_value, the short side
+# Informative series (a strategy's INFORMATIVE): their COLUMNS ride in `prices` below its own, as rows
+# N_COLUMNS.. (pipeline.engine.strategies.Strategy.input_columns), so every kernel here gathers, compacts and
+# truncates them with the bars; the strategy's functions get them apart, as `informative[k, j, t]`.
+N_INFORMATIVE = len(getattr(_strategy, "INFORMATIVE", ()))
+N_COLUMNS = len(_strategy.COLUMNS)
+if N_INFORMATIVE:
+    _own_indicators = _strategy.indicators
+    _own_signals = _strategy.signals
+
+    @njit(cache=True)
+    def _informative(prices):
+        return np.ascontiguousarray(prices[N_COLUMNS:]).reshape((N_INFORMATIVE, N_COLUMNS, prices.shape[1]))
+
+    @njit(cache=True)
+    def indicators(prices, params, ind):
+        _own_indicators(prices[:N_COLUMNS], params, ind, _informative(prices))
+
+    @njit(cache=True)
+    def signals(prices, params, ind, entries, exits, sig_value):
+        _own_signals(prices[:N_COLUMNS], params, ind, entries, exits, sig_value, _informative(prices))
+else:
+    indicators = _strategy.indicators
+    signals = _strategy.signals
 
 # Short signals (futures): the strategy's own `short_signals`, else the mirrored rule (a long exit opens a
 # short, a long entry closes it). Which one a strategy may use is checked before a run
 # (pipeline.engine.strategies: SHORT_RULE). Returns (enter_short, exit_short): the mirror hands back the long
 # signals themselves, swapped, instead of copying them (a copy per symbol was a tenth of a futures run).
-if hasattr(_strategy, "short_signals"):
+if hasattr(_strategy, "short_signals") and N_INFORMATIVE:
+    _own_short_signals = _strategy.short_signals
+
+    @njit(cache=True)
+    def short_side(prices, params, ind, entries, exits, enter_short, exit_short):
+        _own_short_signals(prices[:N_COLUMNS], params, ind, enter_short, exit_short, _informative(prices))
+        return enter_short, exit_short
+elif hasattr(_strategy, "short_signals"):
     _own_short_signals = _strategy.short_signals
 
     @njit(cache=True)

@@ -82,6 +82,16 @@ class Strategy:
     # Its short signals (futures): "own" (a short_signals function), "mirror" (SHORT_RULE = "mirror": a
     # long exit opens a short, a long entry closes it) or None (it cannot trade short).
     short_rule: str | None = None
+    # The slower series it reads besides its own bars (INFORMATIVE): (symbol, interval) each, symbol None =
+    # the run's own symbol. Their COLUMNS reach `indicators`/`signals` as `informative[k, j, t]`.
+    informative: tuple[tuple[str | None, str], ...] = ()
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        """The rows of `prices` the kernels gather per symbol: COLUMNS, then each informative series'
+        COLUMNS (batch columns named by `informative_column`)."""
+        return self.columns + tuple(informative_column(k, c) for k in range(len(self.informative))
+                                    for c in self.columns)
 
     @property
     def builtin(self) -> bool:
@@ -198,6 +208,7 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
     description = getattr(module, "DESCRIPTION", None) or (module.__doc__ or strategy_name).strip().splitlines()[0]
     return Strategy(
         short_rule=_short_rule(module, where),
+        informative=_informative(module, where),
         name=strategy_name,
         description=description,
         params=params,
@@ -213,6 +224,33 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
         cache_problem=code.problem,
         modules=code.modules,
     )
+
+
+def informative_column(k: int, column: str) -> str:
+    """The batch column holding COLUMNS `column` of a strategy's informative series k on the run's grid."""
+    return f"informative{k}_{column}"
+
+
+def _informative(module: ModuleType, where: str) -> tuple[tuple[str | None, str], ...]:
+    """INFORMATIVE's series as (symbol or None, interval): `"1d"` is the run's own symbol at 1d,
+    `("BTC_USDT", "1d")` another symbol's (the same one for every symbol of the run)."""
+    from pipeline.core import intervals
+
+    raw = getattr(module, "INFORMATIVE", ())
+    if isinstance(raw, str) or not isinstance(raw, tuple | list):
+        raise PipelineError(f"{where}: INFORMATIVE={raw!r} must be a tuple of intervals ('1d') or (symbol, "
+                            "interval) pairs (('BTC_USDT', '1d'))")
+    series = []
+    for item in raw:
+        symbol, interval = (None, item) if isinstance(item, str) else (tuple(item) if isinstance(item, tuple | list)
+                                                                       else (None, None))
+        if interval not in intervals.NAMES or not (symbol is None or (isinstance(symbol, str) and symbol)):
+            raise PipelineError(f"{where}: INFORMATIVE item {item!r} is not an interval ({', '.join(intervals.NAMES)}) "
+                                "or a (symbol, interval) pair")
+        if (symbol, interval) in series:
+            raise PipelineError(f"{where}: INFORMATIVE names {item!r} twice")
+        series.append((symbol, interval))
+    return tuple(series)
 
 
 def _short_rule(module: ModuleType, where: str) -> str | None:

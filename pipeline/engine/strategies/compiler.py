@@ -131,7 +131,7 @@ def _probe(strategy: Strategy, module: ModuleType) -> None:
     (and anything else its code raises on a short series, as `usercode.running` words it)."""
     n = 64
     close = np.linspace(100.0, 120.0, n).reshape(1, n) * (1.0 + 0.01 * np.sin(np.arange(n)))
-    columns = tuple(np.ascontiguousarray(close) for _ in strategy.columns)
+    columns = tuple(np.ascontiguousarray(close) for _ in strategy.input_columns)
     params = np.array([float(p.default) for p in strategy.params], dtype=np.float64)
     with usercode.running(strategy.origin, f"strategy {strategy.name!r}"):
         try:
