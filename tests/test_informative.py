@@ -239,3 +239,35 @@ def test_another_symbols_days_filter_every_symbol_and_join_its_data_version(tmp_
         both = ~np.isnan(batch.columns["close"][row]) & ~np.isnan(batch.columns["close"][eth])
         np.testing.assert_array_equal(market.columns[column][row][both], own.columns[column][eth][both])
         assert market.data_versions[row] != batch.data_versions[row], pair
+
+
+@pytest.fixture(scope="module")
+def sample_lake(build_lake):
+    from pipeline import demo
+
+    return build_lake(n_symbols=1, years=0.05, sample=demo.DEFAULT_SAMPLE)
+
+
+@pytest.mark.slow
+def test_the_lake_path_reads_the_informative_series_and_equals_the_notebook(daily_trend, sample_lake, tmp_path):
+    """A run from the lake (5-minute bars aggregated to 1h and 1d on read) hands the strategy the same days as
+    the notebook's frames, so its results are the same; a finer informative interval is refused at planning."""
+    from dataclasses import replace
+
+    from pipeline import runs
+    from pipeline.core.config import Settings
+    from pipeline.engine import options
+
+    settings = replace(Settings(), lake_root=sample_lake, results_root=tmp_path / "results", redis_url="")
+    config = options.run_config(daily_trend, {"period": 24})
+    outcome = runs.execute(settings, config, list(PAIRS), "1h", no_cache=True)
+    notebook = run_backtest(FRAMES, "daily_trend", {"period": 24})
+    for row in outcome.results:
+        theirs = notebook.filter(pl.col("symbol") == row["symbol"]).row(0, named=True)
+        for name in ("final_value", "num_trades", "sharpe", "max_drawdown_pct"):
+            assert row[name] == pytest.approx(theirs[name], rel=1e-12), (row["symbol"], name)
+    assert sum(r["num_trades"] for r in outcome.results) > 10
+    finer = _strategy_file(tmp_path, "reads_hours_on_days", '("1h",)')
+    with pytest.raises(PipelineError, match="reads 1h bars .INFORMATIVE., finer than the run's 1d"):
+        runs.execute(settings, options.run_config(finer, {}), list(PAIRS), "1d", no_cache=True)
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*reads_hours*"))

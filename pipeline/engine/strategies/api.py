@@ -22,6 +22,10 @@ A strategy is one Python file that declares, at module level:
   opens a short, a long entry closes it: the built-ins') or a fourth Numba function
   `short_signals(prices, params, ind, enter_short, exit_short)` filling the short side's signals;
   a file with neither runs long only.
+- slower series (optional): `INFORMATIVE = ("1d", ("BTC_USDT", "1d"))`; then `indicators`,
+  `signals` and `short_signals` take a trailing `informative` argument, `informative[k, j, t]` =
+  COLUMNS[j] of the last bar of series k closed by bar t's close (docs/contract.md, "Informative
+  intervals"; examples/strategies/daily_trend.py).
   `params` is a float64 array in `PARAMS` order (cast periods with `int()`).
   An integer parameter lies within +-INT_PARAM_LIMIT (2**31 - 1) whatever PARAMS declares.
 
