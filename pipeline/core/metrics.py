@@ -108,6 +108,10 @@ METRICS: tuple[Metric, ...] = (
     Metric("bars_without_mark", "int64", "bars", "count",
            "simulated bars the mark series has no bar for (funding and liquidation used the price bar); futures",
            single=True, portfolio=True),
+    # --detail (issue 29); NULL without it.
+    Metric("bars_without_detail", "int64", "bars", "count",
+           "held bars whose range reached a stop level but had no finer bar (decided by the bar's own rule); "
+           "--detail", single=True),
     Metric("partial_bars", "int64", "bars", "count", "simulated bars built from less than their interval's hours"),
     Metric("skipped_no_slot", "int64", "trades", "count", "entry signals left out: every slot taken",
            section="portfolio", portfolio=True, without_bars=0),

@@ -199,6 +199,10 @@ OPTIONS: tuple[RunOption, ...] = (
     RunOption("slippage", float, 0.0, "Percent against the trader on every market fill (close and next_open "
               "fills; stop fills get none).", minimum=0, maximum=100, maximum_inclusive=False,
               attribute="slippage_pct", in_cache_key=True, per_set=True, header="slip %"),
+    RunOption("detail", str, None, "Replay each held bar's finer bars at this interval (finer than the run's, "
+              "stored or built by the lake) to decide its stop-loss, trailing stop and take-profit: the first "
+              "finer bar reaching a level decides.", commands=_SINGLE, choices=intervals.NAMES, nullable=True,
+              in_cache_key=True),
     # SPEC 4.3: perpetual futures. Each needs --market futures (spot is long only, unlevered).
     RunOption("market", str, "spot", "spot, or futures: the symbols' USDT-margined perpetuals (their own series, "
               "with funding and mark prices).", choices=MARKETS, in_cache_key=True),

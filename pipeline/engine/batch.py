@@ -139,6 +139,19 @@ def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
     return np.ascontiguousarray(batch.columns[name][rows])
 
 
+def detail_inputs(batch: PriceBatch, rows: slice | int) -> tuple[Any, ...]:
+    """The kernels' --detail arguments of `rows`: the finer bars' open, high and low on their grid, each grid
+    column's first finer column and the finer bars per bar; five Nones without detail."""
+    detail = batch.detail
+    if detail is None:
+        return (None,) * 5
+    fine = intervals.SECONDS[detail.interval]
+    origin = int(detail.times[0]) if detail.times.size else int(batch.times[0]) if batch.times.size else 0
+    first = np.ascontiguousarray((batch.times - origin) // fine, dtype=np.int64)
+    return (*(np.ascontiguousarray(detail.columns[c][rows]) for c in ("open", "high", "low")), first,
+            intervals.SECONDS[batch.interval] // fine)
+
+
 def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
     """(C x N_EXECUTION) rows of the parameter sets in kernel `order`; None when every set has the defaults."""
     if not config.executions and config.market != "futures":
@@ -197,7 +210,8 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
                                     bars_per_year(batch, config, start) if annual_bars is None else annual_bars,
                                     start, out,
                                     *((_column(batch, "high", every), _column(batch, "low", every))
-                                      if config.has_stops else (None, None)), execution, fractions, sorted_blocks)
+                                      if config.has_stops else (None, None)), execution, fractions, sorted_blocks,
+                                    *(detail_inputs(batch, every) if config.has_stops else (None,) * 5))
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     else:
@@ -280,6 +294,7 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
             "partial_bars": int(partial)}),
         "min_bar_coverage": config.min_bar_coverage,
         "annualization": config.annualization,
+        "detail": config.detail,
         "bars_per_year": float(annual_bars),
         "fill": config.fill,
         "fee_pct": config.fee_pct,
@@ -357,7 +372,7 @@ def result_columns(batch: PriceBatch, config: RunConfig, cube: np.ndarray, annua
         "strategy": config.strategy.name, "interval": batch.interval,
         "timerange_start": config.timerange_start.isoformat() if config.timerange_start else None,
         "timerange_end": config.timerange_end.isoformat() if config.timerange_end else None,
-        "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization,
+        "min_bar_coverage": config.min_bar_coverage, "annualization": config.annualization, "detail": config.detail,
         "fill": config.fill, "fee_pct": config.fee_pct, "initial_investment": config.initial,
         "snapshot_id": batch.snapshot_id, "computed_snapshot_id": batch.snapshot_id,
         "source": batch.source, "market": config.market, **config.futures_fields(),
@@ -494,6 +509,7 @@ def trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, params: d
         config.initial, config.fill == "next_open", float(bars_per_year(batch, config, start)[symbol_index]),
         start, *((_column(batch, "high", row), _column(batch, "low", row)) if execution.has_stops
                  else (None, None)), None if execution == DEFAULT_EXECUTION else execution.row(),
+        *(detail_inputs(batch, row) if execution.has_stops else (None,) * 5),
     )
     return TradeLog([_fill(batch, t) for t in trades], round_trips(batch, symbol_index, trades), equity)
 

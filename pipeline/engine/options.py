@@ -273,6 +273,7 @@ def run_config(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, An
     checked = {o.field: o.check(values[o.name]) for o in CONFIG_OPTIONS if not o.per_set and o.name != "timerange"}
     _check_walk_forward(checked)
     table = _check_futures(strategy, checked, values, executions)
+    _check_detail(checked, executions)
     return RunConfig(strategy, params_list, **checked, timerange_start=start, timerange_end=end,
                      grid_dropped=dropped, tier_table=table,
                      executions=() if all(e == DEFAULT_EXECUTION for e in executions) else tuple(executions))
@@ -339,6 +340,31 @@ def _check_futures(strategy: Strategy, checked: dict[str, Any], values: dict[str
     table = tiers.load(checked["tiers"], checked["mmr"])
     checked["tiers"] = table.identity
     return table
+
+
+def _check_detail(checked: dict[str, Any], executions: list[Execution]) -> None:
+    """--detail decides stops on finer bars: without a stop it would change nothing; futures liquidations on
+    finer bars are not built yet (said, not ignored). Its interval against the run's: `check_detail`."""
+    detail = checked["detail"]
+    if detail is None:
+        return
+    if checked["market"] == "futures":
+        raise PipelineError(f"--detail {detail} is for spot runs: futures liquidations on finer bars are not "
+                            "built yet")
+    if not any(e.has_stops for e in executions):
+        raise PipelineError(f"--detail {detail} decides stops on finer bars: add --sl or --tp (or sl/tp in the grid)")
+
+
+def check_detail(detail: str | None, interval: str) -> None:
+    """--detail must be finer than the run's interval (`interval`, a symbol's under --interval auto) and tile it."""
+    from pipeline.core import intervals
+
+    if detail is None:
+        return
+    finer = [n for n in intervals.NAMES if n != interval and intervals.divides(n, interval)]
+    if detail not in finer:
+        raise PipelineError(f"--detail {detail} is not finer than the run's {interval} bars: use a finer interval "
+                            f"that tiles them ({', '.join(finer) or 'none'})")
 
 
 def _check_walk_forward(checked: dict[str, Any]) -> None:

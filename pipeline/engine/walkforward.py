@@ -97,9 +97,11 @@ def flat_start_part(batch: PriceBatch, config: RunConfig, y: int, c: int, lo: in
         return part
     end = int(grid[hi - 1]) + 1
     columns = {name: column[y: y + 1, :end] for name, column in batch.columns.items()}
+    detail = batch.detail and replace(batch.detail, symbols=[batch.symbols[y]], data_versions=[batch.data_versions[y]],
+                                      columns={name: column[y: y + 1] for name, column in batch.detail.columns.items()})
     one = replace(batch, symbols=[batch.symbols[y]], times=batch.times[:end], columns=columns,
                   data_versions=[batch.data_versions[y]], coverage=None,
-                  bars=(~np.isnan(columns["close"])).sum(axis=1))
+                  bars=(~np.isnan(columns["close"])).sum(axis=1), detail=detail)
     sub = replace(config.sliced(c, c + 1), timerange_start=datetime.fromtimestamp(int(batch.times[grid[lo]]), UTC),
                   timerange_end=None)
     blocks = np.zeros((1, 1, N_BLOCK_STATS, 1))

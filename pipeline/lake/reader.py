@@ -55,6 +55,8 @@ class PriceBatch:
     coverage: np.ndarray | None = None
     # Where the bars came from (the snapshot's source: `postgresql://host:port/db`, `sample`, `frames`).
     source: str = ""
+    # --detail: the same symbols' finer bars (open, high, low, close) on a grid of their own.
+    detail: PriceBatch | None = None
 
     @property
     def bars_per_year(self) -> int:

@@ -187,18 +187,20 @@ def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None)
 
 @_run_options()
 def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
-                 funding: Frames | None = None, mark: Frames | None = None, **run: Any) -> pl.DataFrame:
+                 funding: Frames | None = None, mark: Frames | None = None, detail_frames: Frames | None = None,
+                 **run: Any) -> pl.DataFrame:
     """Every (symbol, parameter set) result, one row each (the CLI's fields; params as a struct).
 
     `run` takes the CLI's options by keyword: fee, fill, initial, timerange, annualization, and for
     a list of parameter sets (a sweep) objective, min_trades and pbo_blocks; a sweep's rows carry
     n_trials, pbo and deflated_sharpe. Futures (`market="futures"`, direction, leverage, margin, mmr,
-    tiers) take the symbols' `funding` rates and `mark` prices as frames too (see `with_futures`).
+    tiers) take the symbols' `funding` rates and `mark` prices as frames too (see `with_futures`);
+    `detail="5m"` decides stops on `detail_frames`, the symbols' finer bars (the contract's "Intrabar detail").
     """
     from pipeline.engine import overfit
 
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
-    batch = _run_batch(frames, config, funding, mark)
+    batch = _run_batch(frames, config, funding, mark, detail_frames=detail_frames)
     results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
@@ -259,14 +261,32 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
 
 
 def _run_batch(frames: Frames, config: options.RunConfig, funding: Frames | None = None,
-               mark: Frames | None = None, informative_frames: Frames | None = None) -> PriceBatch:
-    """The run's prices, with funding and mark on a futures run (refused on spot: they would be ignored) and
-    the strategy's informative series (from `informative_frames`, default the frames themselves)."""
+               mark: Frames | None = None, informative_frames: Frames | None = None,
+               detail_frames: Frames | None = None) -> PriceBatch:
+    """The run's prices, with funding and mark on a futures run (refused on spot: they would be ignored),
+    the strategy's informative series (from `informative_frames`, default the frames themselves) and, with
+    `detail`, the finer bars of `detail_frames`."""
     if config.market != "futures" and (funding is not None or mark is not None):
         raise PipelineError("funding and mark prices are futures data: add market=\"futures\"")
+    if (config.detail is None) != (detail_frames is None):
+        raise PipelineError("detail=INTERVAL decides stops on your finer bars: give both detail and detail_frames"
+                            if config.detail is None else
+                            f"detail={config.detail!r} needs detail_frames: your symbols' {config.detail} bars")
     batch = prices(frames)
     batch = with_futures(batch, funding, mark) if config.market == "futures" else batch
-    return with_informative(batch, config.strategy, by_symbol(informative_frames or frames))
+    batch = with_informative(batch, config.strategy, by_symbol(informative_frames or frames))
+    if detail_frames is not None:
+        options.check_detail(config.detail, batch.interval)
+        fine = prices({s: f for s, f in by_symbol(detail_frames).items() if s in batch.symbols}, config.detail)
+        rows = {name: r for r, name in enumerate(fine.symbols)}
+        columns = {c: np.full((len(batch.symbols), fine.times.size), np.nan) for c in ("open", "high", "low")}
+        for i, name in enumerate(batch.symbols):
+            if name in rows:
+                for c in columns:
+                    columns[c][i] = fine.columns[c][rows[name]]
+        batch = dataclasses.replace(batch, detail=dataclasses.replace(fine, symbols=list(batch.symbols),
+                                                                      columns=columns))
+    return batch
 
 
 def with_informative(batch: PriceBatch, strategy: Any, frames: dict[str, Any]) -> PriceBatch:
@@ -299,7 +319,8 @@ def with_informative(batch: PriceBatch, strategy: Any, frames: dict[str, Any]) -
 
 @_run_options()
 def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[dict] | None = None, *,
-                funding: Frames | None = None, mark: Frames | None = None, **run: Any) -> pl.DataFrame:
+                funding: Frames | None = None, mark: Frames | None = None, detail_frames: Frames | None = None,
+                **run: Any) -> pl.DataFrame:
     """Every round trip of every (symbol, parameter set), one row each: `symbol`, `params` (a struct),
     the run parameters (`sl_pct` .. `slippage_pct`), then `entry_time, entry_price, exit_time, exit_price,
     units, fees, pnl, return_pct, bars_held, exit_reason` (SPEC 4.1; times as UTC datetimes).
@@ -307,7 +328,8 @@ def round_trips(frames: Frames, strategy: str, params: Mapping[str, Any] | list[
     `run` takes the CLI's options by keyword, as `run_backtest`."""
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **{**run, "trades": True})
     rows = [{"symbol": r["symbol"], "params": r["params"], **options.Execution.of(r).fields(), **trip}
-            for r in engine.leaderboard(engine.run(_run_batch(frames, config, funding, mark), config))
+            for r in engine.leaderboard(engine.run(_run_batch(frames, config, funding, mark,
+                                                              detail_frames=detail_frames), config))
             for trip in r["round_trips"]]
     if not rows:
         kinds = {bool: pl.Boolean, str: pl.String}

@@ -144,6 +144,8 @@ def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch
     if config.market == "futures":
         batch = reader.with_futures(batch, plan.snapshot)
     batch = with_informative(batch, config.strategy, plan.settings.lake_root, plan.snapshot, config.timerange_end)
+    if config.detail is not None:
+        batch = with_detail(batch, plan.settings.lake_root, plan.snapshot, config.detail, config.timerange_end)
     engine.check_memory(len(symbols), batch.times.size, plan.n_params,
                         len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0)
     return batch
@@ -345,6 +347,20 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
         else:
             warnings.warn(message, stacklevel=2)
     return outcome
+
+
+def with_detail(batch: reader.PriceBatch, lake_root: Any, snapshot: lake.Snapshot, detail: str,
+                end: Any) -> reader.PriceBatch:
+    """`batch` with its symbols' finer bars (--detail), one batched read, refused when they would not fit."""
+    import dataclasses
+
+    fine = reader.read_prices(lake_root, batch.symbols, detail, None, end, columns=("open", "high", "low"),
+                              snapshot=snapshot)
+    need = 4 * 8 * len(fine.symbols) * fine.times.size
+    if need > 0.5 * engine.available_memory():
+        raise PipelineError(f"--detail {detail} over {len(fine.symbols)} symbols needs about {need / 2**30:.1f} GiB "
+                            "of finer bars; narrow the symbols or the --timerange")
+    return dataclasses.replace(batch, detail=fine)
 
 
 def leverage_notes(config: RunConfig, symbols: list[str]) -> list[str]:

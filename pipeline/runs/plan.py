@@ -78,7 +78,22 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
         interval_of = {n: interval for n in names if reader.read_from(snapshot.symbols[n], interval)}
     _check_range_has_bars(snapshot, interval_of, config)
     informative.check(snapshot, config.strategy, interval_of)
+    _check_detail(snapshot, config, interval_of)
     return snapshot, interval_of
+
+
+def _check_detail(snapshot: lake.Snapshot, config: RunConfig, interval_of: dict[str, str]) -> None:
+    """--detail: finer than every interval of the run, and bars the lake holds (or builds) for every symbol."""
+    if config.detail is None:
+        return
+    for interval in set(interval_of.values()):
+        options.check_detail(config.detail, interval)
+    lacking = [n for n in interval_of if reader.read_from(snapshot.symbols[n], config.detail) is None]
+    if lacking:
+        meta = snapshot.symbols[lacking[0]]
+        raise PipelineError(f"--detail {config.detail}: the lake has no {config.detail} bars of {lacking[0]} (its "
+                            f"own bars are {meta.get('native') or reader.stored(meta)[0]})"
+                            + (f" nor of {len(lacking) - 1} more symbol(s)" if len(lacking) > 1 else ""))
 
 
 def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str,

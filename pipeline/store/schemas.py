@@ -59,6 +59,8 @@ RESULT_SCHEMA = pa.schema(
         *_metric_fields("result"),
         pa.field("min_bar_coverage", pa.float64()),
         pa.field("annualization", pa.string()),
+        # --detail: the finer interval stops were decided on (NULL: each bar by its own rule).
+        pa.field("detail", pa.string()),
         pa.field("bars_per_year", pa.float64()),
         pa.field("fill", pa.string()),
         pa.field("fee_pct", pa.float64()),

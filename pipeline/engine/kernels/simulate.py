@@ -39,6 +39,7 @@ from pipeline.engine.kernels.enums import (
     M_AVG_TRADE_DURATION_BARS,
     M_AVG_TRADE_PCT,
     M_BARS,
+    M_BARS_WITHOUT_DETAIL,
     M_BARS_WITHOUT_MARK,
     M_BEST_TRADE_PCT,
     M_BUY_HOLD_RETURN_PCT,
@@ -112,6 +113,60 @@ def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
         if low_t <= stop and stop <= high_t:
             return stop, EXIT_TAKE_PROFIT
     return np.nan, EXIT_SIGNAL
+
+
+@njit(cache=True)
+def detail_stop_exit(d_open, d_high, d_low, first, ratio, sl_base, sl, entry_price, tp, trail, side):
+    """A stop decided on the finer bars first .. first + ratio - 1 of d_* (one symbol's row of the detail grid,
+    NaN = no finer bar; --detail, the contract's "Intrabar detail"): each in order under SPEC 4.1's rule
+    (`futures._stop_exit`'s, mirrored by `side`), the trailing base following each finer bar's high (a
+    short's: low) after its check. Returns (fill price, EXIT_* reason, base after, whether any finer bar was
+    there); (NaN, EXIT_SIGNAL, ...) when none reaches a level."""
+    present = False
+    for i in range(max(first, 0), min(first + ratio, d_open.shape[0])):
+        o = d_open[i]
+        if np.isnan(o):
+            continue
+        present = True
+        h = d_high[i]
+        lo = d_low[i]
+        if sl > 0.0:
+            level = sl_base * (1.0 - side * sl)
+            reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
+            if side * o <= side * level:
+                return o, reason, sl_base, True
+            if lo <= level and level <= h:
+                return level, reason, sl_base, True
+        if tp > 0.0:
+            level = entry_price * (1.0 + side * tp)
+            if side * level <= side * o:
+                return o, EXIT_TAKE_PROFIT, sl_base, True
+            if lo <= level and level <= h:
+                return level, EXIT_TAKE_PROFIT, sl_base, True
+        if trail:
+            if side == 1 and h > sl_base:
+                sl_base = h
+            elif side == -1 and lo < sl_base:
+                sl_base = lo
+    return np.nan, EXIT_SIGNAL, sl_base, present
+
+
+@njit(cache=True, inline="always")
+def level_in_reach(side, high_t, low_t, sl_base, sl, entry_price, tp, trail):
+    """Whether a stop level can be reached inside the bar [low_t, high_t] (the coarse check that spares the
+    detail replay on most held bars): a trailing level as high as the bar's own extreme could take it."""
+    if sl > 0.0:
+        base = sl_base
+        if trail:
+            base = max(sl_base, high_t) if side == 1 else min(sl_base, low_t)
+        level = base * (1.0 - side * sl)
+        if (side == 1 and low_t <= level) or (side == -1 and high_t >= level):
+            return True
+    if tp > 0.0:
+        level = entry_price * (1.0 + side * tp)
+        if (side == 1 and high_t >= level) or (side == -1 and low_t <= level):
+            return True
+    return False
 
 
 @njit(cache=True, inline="always")
@@ -313,6 +368,7 @@ def write_metrics(metrics_out, n, initial, bars_per_year, first_close, last_clos
     metrics_out[M_LIQUIDATIONS] = np.nan
     metrics_out[M_MAX_MARGIN_RATIO] = np.nan
     metrics_out[M_BARS_WITHOUT_MARK] = np.nan
+    metrics_out[M_BARS_WITHOUT_DETAIL] = np.nan
     _write_trade_metrics(metrics_out, closed)
 
 
@@ -335,6 +391,11 @@ def simulate_1d(
     execution: np.ndarray | None = None,
     block_fractions: np.ndarray | None = None,
     blocks_out: np.ndarray | None = None,
+    detail_open: np.ndarray | None = None,
+    detail_high: np.ndarray | None = None,
+    detail_low: np.ndarray | None = None,
+    detail_first: np.ndarray | None = None,
+    detail_ratio: int = 0,
 ) -> int:
     """Simulate one symbol over its bars (no NaN) and write the metrics.
 
@@ -358,6 +419,11 @@ def simulate_1d(
             each time block's statistics (pipeline.engine.kernels.blocks) while simulating: the per-bar
             returns are the Sharpe ratio's own, so a sweep's PBO and deflated Sharpe cost a few
             sums per bar, not a second pass over an equity curve.
+        detail_open, detail_high, detail_low, detail_first, detail_ratio: --detail (the contract's
+            "Intrabar detail"): the symbol's finer bars on their own grid, and for bar t the first of its
+            `detail_ratio` finer columns, detail_first[t]; a stop level within a held bar's range is then
+            decided on them (`detail_stop_exit`), and the bars that needed them but had none are counted
+            (`bars_without_detail`). None: every bar by its own rule.
 
     Returns:
         The number of trade records written (0 when the log is skipped).
@@ -408,6 +474,7 @@ def simulate_1d(
     sl_base = 0.0
     pending = 0  # next_open: order to fill at the next bar's open
     pending_bar = -1
+    without_detail = 0
     num_trades = 0
     n_records = 0
     held_bars = 0
@@ -455,12 +522,27 @@ def simulate_1d(
         signal_bar = t
         reason = EXIT_SIGNAL
         if stops and in_position and t > entry_bar:
-            price, reason = _stop_exit(open_[t], high_[t], low_[t], sl_base, sl, entry_price, tp, trail)
-            if not np.isnan(price):
-                action = ACTION_SELL
-                pending = 0
-            elif trail and high_[t] > sl_base:
-                sl_base = high_[t]
+            replayed = False
+            if detail_first is not None and level_in_reach(1, high_[t], low_[t], sl_base, sl, entry_price, tp,
+                                                           trail):
+                price, reason, base, replayed = detail_stop_exit(detail_open, detail_high, detail_low,
+                                                                 detail_first[t], detail_ratio, sl_base, sl,
+                                                                 entry_price, tp, trail, 1)
+                if replayed:
+                    if not np.isnan(price):
+                        action = ACTION_SELL
+                        pending = 0
+                    elif trail:  # after the bar its base is the bar's high, as without detail
+                        sl_base = max(base, high_[t])
+                else:
+                    without_detail += 1
+            if not replayed:
+                price, reason = _stop_exit(open_[t], high_[t], low_[t], sl_base, sl, entry_price, tp, trail)
+                if not np.isnan(price):
+                    action = ACTION_SELL
+                    pending = 0
+                elif trail and high_[t] > sl_base:
+                    sl_base = high_[t]
         if action == 0:
             action = pending
             price = open_[t]
@@ -541,4 +623,6 @@ def simulate_1d(
                   close[n - 1] if n > 0 else np.nan, cash + units * last_close,
                   cash + units * last_close * (1.0 - fee_frac), num_trades, held_bars, fees_paid, closed,
                   _end_drawdown(drawdown), r_count, r_shift, r_sum, r_sum2, down_sq)
+    if detail_first is not None:
+        metrics_out[M_BARS_WITHOUT_DETAIL] = without_detail
     return n_records

@@ -130,7 +130,8 @@ def _same_row(combos, c):
 @njit(cache=True, parallel=True)
 def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
              bars_per_year, start_t, out, high2d=None, low2d=None, execution=None, block_fractions=None,
-             block_out=None):
+             block_out=None, detail_open2d=None, detail_high2d=None, detail_low2d=None, detail_first=None,
+             detail_ratio=0):
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
 
     Args:
@@ -153,6 +154,9 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             Sharpe ratio need them).
         block_out: (S x B x N_BLOCK_STATS x C) float64, filled when block_fractions is given
             (parameter sets last: the overfitting statistics loop over them).
+        detail_open2d, detail_high2d, detail_low2d: (S x F) the finer bars of --detail on their own grid,
+            detail_first (T,) each grid column's first finer column and detail_ratio finer bars per bar
+            (simulate_1d); None: no detail.
 
     A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
     without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
@@ -173,6 +177,10 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             lo = op
         else:
             hi, lo = _symbol_range(high2d[s], low2d[s], index)
+        if detail_first is not None:
+            first = np.empty(m, dtype=np.int64)
+            for j in range(m):
+                first[j] = detail_first[index[j]]
         # One parameter set's block statistics at a time (simulate_1d fills them as it goes).
         stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
         for c in range(n_combos):
@@ -191,10 +199,15 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                             bars_per_year[s], row, no_equity, no_trades, None, None, execution[c], block_fractions,
                             stats)
-            else:
+            elif detail_first is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                             bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
                             block_fractions, stats)
+            else:
+                simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
+                            block_fractions, stats, detail_open2d[s], detail_high2d[s], detail_low2d[s],
+                            first[m0:], detail_ratio)
             finish_row(row, m0, m, index, warmup(params))
             if block_fractions is not None:
                 for b in range(stats.shape[0]):
@@ -204,7 +217,8 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
 
 @njit(cache=True)
 def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_open, bars_per_year, start_t,
-               high1d=None, low1d=None, execution=None):
+               high1d=None, low1d=None, execution=None, detail_open1d=None, detail_high1d=None, detail_low1d=None,
+               detail_first=None, detail_ratio=0):
     """One symbol, one parameter row, with the trade log and the equity curve (from grid column `start_t`).
 
     Args:
@@ -212,6 +226,7 @@ def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_op
         open1d, close1d: (T,) float64 on the time grid, NaN where there is no bar.
         params: (P,) float64 parameter row.
         high1d, low1d, execution: as run_grid's, for this one row ((T,) and (N_EXECUTION,)).
+        detail_*: as run_grid's, this symbol's row ((F,)), detail_first (T,).
 
     Returns:
         (metrics, trades, equity): metrics is (N_METRICS,) as one row of
@@ -231,10 +246,18 @@ def run_single(columns, open1d, close1d, params, fee_frac, initial, fill_next_op
     if high1d is None:
         k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                         bars_per_year, metrics, equity_c, trades_c, None, None, execution)
-    else:
+    elif detail_first is None:
         hi, lo = _symbol_range(high1d, low1d, index)
         k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                         bars_per_year, metrics, equity_c, trades_c, hi[m0:], lo[m0:], execution)
+    else:
+        hi, lo = _symbol_range(high1d, low1d, index)
+        first = np.empty(m, dtype=np.int64)
+        for j in range(m):
+            first[j] = detail_first[index[j]]
+        k = simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
+                        bars_per_year, metrics, equity_c, trades_c, hi[m0:], lo[m0:], execution, None, None,
+                        detail_open1d, detail_high1d, detail_low1d, first[m0:], detail_ratio)
     finish_row(metrics, m0, m, index, warmup(params))
     trades = trades_c[:k].copy()
     for j in range(k):
