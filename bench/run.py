@@ -231,6 +231,9 @@ def main() -> None:
     print("user strategy, stops, Donchian sweep...", flush=True)
     out["issue13"] = bench_user_strategy_and_stops(settings, snapshot, env)
 
+    print("intrabar detail: 1h with 5m detail against plain 1h...", flush=True)
+    out["detail"] = bench_detail(20 if args.quick else 100)
+
     print("baselines...", flush=True)
     engine.set_threads(0)
     out["baselines"] = run_baselines(url, batch, config, args.quick, out["rsi_end_to_end_warm"]["median"],
@@ -411,6 +414,49 @@ def bench_futures(settings: Settings, snapshot: lake.Snapshot) -> dict:
         found[name]["ns_per_bar_step"] = found[name]["median"] / steps * 1e9
     found["run_ratio"] = found["futures_run"]["median"] / found["spot_run"]["median"]
     found["sweep_ratio"] = found["futures_sweep"]["median"] / found["spot_sweep"]["median"]
+    return found
+
+
+def bench_detail(n_symbols: int, years: float = 1.0) -> dict:
+    """Issue 29's row: RSI with --sl 1 --tp 2 --trail on hourly bars, plain and with 5-minute detail, on the same
+    synthetic random walk (5-minute bars drawn here, the hours aggregated from them), kernel time per hourly
+    bar-step of each, in this run."""
+    import dataclasses
+
+    from pipeline.lake.reader import PriceBatch
+
+    rng = np.random.default_rng(29)
+    per_hour = 12
+    hours = int(years * 8760)
+    steps = rng.normal(0.0, 0.0015, (n_symbols, hours * per_hour))
+    close5 = 100.0 * np.exp(np.cumsum(steps, axis=1))
+    open5 = np.concatenate([close5[:, :1], close5[:, :-1]], axis=1)
+    wiggle = np.abs(rng.normal(0.0, 0.0007, close5.shape))
+    high5, low5 = np.maximum(open5, close5) * (1 + wiggle), np.minimum(open5, close5) * (1 - wiggle)
+    shaped = (n_symbols, hours, per_hour)
+    hourly = {"open": open5.reshape(shaped)[:, :, 0], "high": high5.reshape(shaped).max(axis=2),
+              "low": low5.reshape(shaped).min(axis=2), "close": close5.reshape(shaped)[:, :, -1]}
+    t0 = 1_600_000_000 // 3600 * 3600
+    symbols = [f"D{i:03d}" for i in range(n_symbols)]
+    plain = PriceBatch("bench", "1h", symbols, t0 + 3600 * np.arange(hours, dtype=np.int64),
+                       {k: np.ascontiguousarray(v) for k, v in hourly.items()}, ["bench"] * n_symbols,
+                       bars=np.full(n_symbols, hours, dtype=np.int64))
+    fine = PriceBatch("bench", "5m", symbols, t0 + 300 * np.arange(hours * per_hour, dtype=np.int64),
+                      {"open": open5, "high": high5, "low": low5, "close": close5}, ["bench"] * n_symbols)
+    detailed = dataclasses.replace(plain, detail=fine)
+    rsi = get_strategy("rsi")
+    without = options.run_config(rsi, {}, sl=1, tp=2, trail=True)
+    with_detail = options.run_config(rsi, {}, sl=1, tp=2, trail=True, detail="5m")
+    found: dict = {"symbols": n_symbols, "hours": hours, "bar_steps": n_symbols * hours}
+    found["plain"] = timed(lambda: engine.run_metrics(plain, without), 10)
+    found["detail"] = timed(lambda: engine.run_metrics(detailed, with_detail), 10)
+    cube = engine.run_metrics(detailed, with_detail)
+    reference = engine.run_metrics(plain, without)
+    found["results_changed"] = int((cube[:, 0, enums.M_FINAL_VALUE] != reference[:, 0, enums.M_FINAL_VALUE]).sum())
+    found["exits"] = int(np.nansum(cube[:, 0, enums.M_CLOSED_TRADES]))
+    for name in ("plain", "detail"):
+        found[name]["ns_per_bar_step"] = found[name]["median"] / found["bar_steps"] * 1e9
+    found["ratio"] = found["detail"]["median"] / found["plain"]["median"]
     return found
 
 
@@ -749,6 +795,15 @@ def write_report(r: dict, path: Path) -> None:
             f"| futures sweep: 6 leverages x 3 directions, kernel | {fs['median']:.2f} s ({fs['ns_per_bar_step']:.2f} "
             f"ns/bar-step) vs a spot sweep of 18 sets (6 sizes x 3 slippages) {ss['median']:.2f} s "
             f"({ss['ns_per_bar_step']:.2f}): {f['sweep_ratio']:.2f}x | <= 1.5x spot | {_goal(f['sweep_ratio'], 1.5)} |",
+        ]
+    d = r.get("detail")
+    if d:
+        lines += [
+            f"| RSI with `--sl 1 --tp 2 --trail` on 1h bars with `--detail 5m` ({d['symbols']} synthetic symbols x "
+            f"{d['hours']:,} hours, {d['exits']:,} exits, {d['results_changed']} of {d['symbols']} final values "
+            f"changed by the detail), kernel | {d['detail']['median'] * 1000:.1f} ms "
+            f"({d['detail']['ns_per_bar_step']:.2f} ns/bar-step) vs plain 1h {d['plain']['median'] * 1000:.1f} ms "
+            f"({d['plain']['ns_per_bar_step']:.2f}): {d['ratio']:.2f}x | <= 3x plain | {_goal(d['ratio'], 3)} |",
         ]
     p = r.get("portfolio")
     if p:
