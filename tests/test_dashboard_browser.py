@@ -181,6 +181,17 @@ def rsi_sweep_tab(browser, base: str, wait, period: str, oversold: str, overboug
     fill(browser, "#params input[data-param=overbought_threshold]", overbought)
 
 
+def rsi_portfolio_tab(browser, base: str, wait) -> None:
+    """Open the dashboard's Portfolio tab with rsi chosen."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(base + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
+    browser.find_element(By.ID, "tab-portfolio").click()
+    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+
+
 def start(browser, wait) -> str:
     """Click Run, wait for the run to finish; its run id."""
     from selenium.webdriver.common.by import By
@@ -371,10 +382,7 @@ def test_dashboard_runs_a_portfolio_and_draws_it_against_equal_weight_buy_and_ho
 
     base, api = site
     wait = WebDriverWait(browser, 120)
-    browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
-    browser.find_element(By.ID, "tab-portfolio").click()
-    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    rsi_portfolio_tab(browser, base, wait)
     assert not browser.find_element(By.ID, "sl").is_displayed()  # a portfolio has no stops
     fill(browser, "max-open", "3,8")
     fill(browser, "stake", "10%,25%")
@@ -411,10 +419,7 @@ def test_dashboard_runs_a_futures_portfolio(browser, site, tmp_path):
 
     base, api = site
     wait = WebDriverWait(browser, 120)
-    browser.get(base + "/")
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#symbols option")) == SYMBOLS)
-    browser.find_element(By.ID, "tab-portfolio").click()
-    Select(browser.find_element(By.ID, "strategy")).select_by_visible_text("rsi")
+    rsi_portfolio_tab(browser, base, wait)
     Select(browser.find_element(By.ID, "market")).select_by_visible_text("futures")
     fill(browser, "leverage", "20")
     fill(browser, "direction", "both")

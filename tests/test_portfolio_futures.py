@@ -7,20 +7,13 @@ test_portfolio_futures_reference.py; here, that it is the single run where it mu
 from __future__ import annotations
 
 import itertools
-from pathlib import Path
 
-import polars as pl
 import pytest
 
 from pipeline.core.errors import PipelineError
 from pipeline.notebook import round_trips, run_backtest, run_portfolio
+from tests.test_futures import FRAMES, FUNDING, LOOSE_RSI, MARK
 
-SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "binance-futures"
-XRP = "XRP_USDT_USDT"
-FRAMES = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-1h-futures.feather")}
-FUNDING = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-8h-funding_rate.feather")}
-MARK = {XRP: pl.read_ipc(SAMPLE / f"{XRP}-1h-mark.feather")}
-LOOSE_RSI = {"rsi_period": 6, "oversold_threshold": 40, "overbought_threshold": 60}
 METRICS = ("final_value", "total_return_pct", "num_trades", "max_drawdown_pct", "sharpe", "exposure_pct",
            "funding_paid", "liquidations", "max_margin_ratio", "bars_without_mark")
 TRIP_FIELDS = ("entry_time", "exit_time", "side", "exit_reason", "entry_price", "exit_price", "units", "fees",

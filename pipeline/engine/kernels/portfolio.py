@@ -218,6 +218,35 @@ def _equal_weight_buy_hold_pct(first_close, last_close):
 
 
 @njit(cache=True)
+def write_account_metrics(metrics_out, initial, bars_per_year, final_value, num_trades, closed, wins, max_dd, bars,
+                          held, skipped_slot, skipped_cash, max_open_seen, first_close, last_close, r_count, r_shift,
+                          r_sum, r_sum2):
+    """An account's metrics row from its final state (the spot and the futures account alike); the futures
+    metrics NaN (NULL on spot: simulate_portfolio_futures writes them after this)."""
+    sharpe = np.nan
+    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
+    if r_count >= 2 and std > 0.0:
+        sharpe = r_mean / std * np.sqrt(bars_per_year)
+    metrics_out[P_FINAL_VALUE] = final_value
+    metrics_out[P_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
+    metrics_out[P_NUM_TRADES] = num_trades
+    metrics_out[P_CLOSED_TRADES] = closed
+    metrics_out[P_WIN_RATE_PCT] = wins / closed * 100.0 if closed > 0 else np.nan
+    metrics_out[P_MAX_DRAWDOWN_PCT] = max_dd * 100.0 if bars > 0 else np.nan
+    metrics_out[P_SHARPE] = sharpe
+    metrics_out[P_EXPOSURE_PCT] = held / bars * 100.0 if bars > 0 else np.nan
+    metrics_out[P_SKIPPED_NO_SLOT] = skipped_slot
+    metrics_out[P_SKIPPED_NO_CASH] = skipped_cash
+    metrics_out[P_MAX_OPEN_SEEN] = max_open_seen
+    metrics_out[P_BARS] = bars
+    metrics_out[P_BUY_HOLD_RETURN_PCT] = _equal_weight_buy_hold_pct(first_close, last_close)
+    metrics_out[P_FUNDING_PAID] = np.nan
+    metrics_out[P_LIQUIDATIONS] = np.nan
+    metrics_out[P_MAX_MARGIN_RATIO] = np.nan
+    metrics_out[P_BARS_WITHOUT_MARK] = np.nan
+
+
+@njit(cache=True)
 def simulate_portfolio(
     open2d: np.ndarray,
     close2d: np.ndarray,
@@ -397,29 +426,9 @@ def simulate_portfolio(
 
     final_value, n_records = _mark_open_positions(units, in_position, last_close, entry_price, entry_bar, entry_cost,
                                                   entry_fee, contrib_out, trades_out, keep_trades, cash, n_records)
-    sharpe = np.nan
-    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
-    if r_count >= 2:
-        if std > 0.0:
-            sharpe = r_mean / std * np.sqrt(bars_per_year)
-    metrics_out[P_FINAL_VALUE] = final_value
-    metrics_out[P_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
-    metrics_out[P_NUM_TRADES] = num_trades
-    metrics_out[P_CLOSED_TRADES] = closed
-    metrics_out[P_WIN_RATE_PCT] = wins / closed * 100.0 if closed > 0 else np.nan
-    metrics_out[P_MAX_DRAWDOWN_PCT] = max_dd * 100.0 if bars > 0 else np.nan
-    metrics_out[P_SHARPE] = sharpe
-    metrics_out[P_EXPOSURE_PCT] = held / bars * 100.0 if bars > 0 else np.nan
-    metrics_out[P_SKIPPED_NO_SLOT] = skipped_slot
-    metrics_out[P_SKIPPED_NO_CASH] = skipped_cash
-    metrics_out[P_MAX_OPEN_SEEN] = max_open_seen
-    metrics_out[P_BARS] = bars
-    metrics_out[P_BUY_HOLD_RETURN_PCT] = _equal_weight_buy_hold_pct(first_close, last_close)
-    # The futures metrics: NULL on spot.
-    metrics_out[P_FUNDING_PAID] = np.nan
-    metrics_out[P_LIQUIDATIONS] = np.nan
-    metrics_out[P_MAX_MARGIN_RATIO] = np.nan
-    metrics_out[P_BARS_WITHOUT_MARK] = np.nan
+    write_account_metrics(metrics_out, initial, bars_per_year, final_value, num_trades, closed, wins, max_dd, bars,
+                          held, skipped_slot, skipped_cash, max_open_seen, first_close, last_close, r_count, r_shift,
+                          r_sum, r_sum2)
     return n_records
 
 

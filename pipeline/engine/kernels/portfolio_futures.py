@@ -17,23 +17,10 @@ from pipeline.engine.kernels.enums import (
     EXIT_END_OF_DATA,
     EXIT_LIQUIDATION,
     EXIT_SIGNAL,
-    P_BARS,
     P_BARS_WITHOUT_MARK,
-    P_BUY_HOLD_RETURN_PCT,
-    P_CLOSED_TRADES,
-    P_EXPOSURE_PCT,
-    P_FINAL_VALUE,
     P_FUNDING_PAID,
     P_LIQUIDATIONS,
-    P_MAX_DRAWDOWN_PCT,
     P_MAX_MARGIN_RATIO,
-    P_MAX_OPEN_SEEN,
-    P_NUM_TRADES,
-    P_SHARPE,
-    P_SKIPPED_NO_CASH,
-    P_SKIPPED_NO_SLOT,
-    P_TOTAL_RETURN_PCT,
-    P_WIN_RATE_PCT,
 )
 from pipeline.engine.kernels.futures import NO_ORDER, _target, liquidation_price, tier_of
 from pipeline.engine.kernels.portfolio import (
@@ -44,10 +31,10 @@ from pipeline.engine.kernels.portfolio import (
     N_CONTRIB,
     PORTFOLIO_TRADE_DTYPE,
     _any_bar,
-    _equal_weight_buy_hold_pct,
     _rank_order,
+    write_account_metrics,
 )
-from pipeline.engine.kernels.simulate import add_return, return_moments
+from pipeline.engine.kernels.simulate import add_return
 
 
 @njit(cache=True)
@@ -420,23 +407,9 @@ def simulate_portfolio_futures(
             _record(trades_out, n_records, s, side[s], entry_bar[s], entry_price[s], -1, last_close[s], qty[s],
                     entry_fee[s], pnl, entry_stake[s], EXIT_END_OF_DATA, trade_funding[s])
             n_records += 1
-    sharpe = np.nan
-    r_mean, std = return_moments(r_count, r_shift, r_sum, r_sum2)
-    if r_count >= 2 and std > 0.0:
-        sharpe = r_mean / std * np.sqrt(bars_per_year)
-    metrics_out[P_FINAL_VALUE] = final_value
-    metrics_out[P_TOTAL_RETURN_PCT] = (final_value / initial - 1.0) * 100.0
-    metrics_out[P_NUM_TRADES] = num_trades
-    metrics_out[P_CLOSED_TRADES] = closed
-    metrics_out[P_WIN_RATE_PCT] = wins / closed * 100.0 if closed > 0 else np.nan
-    metrics_out[P_MAX_DRAWDOWN_PCT] = max_dd * 100.0 if bars > 0 else np.nan
-    metrics_out[P_SHARPE] = sharpe
-    metrics_out[P_EXPOSURE_PCT] = held / bars * 100.0 if bars > 0 else np.nan
-    metrics_out[P_SKIPPED_NO_SLOT] = skipped_slot
-    metrics_out[P_SKIPPED_NO_CASH] = skipped_cash
-    metrics_out[P_MAX_OPEN_SEEN] = max_open_seen
-    metrics_out[P_BARS] = bars
-    metrics_out[P_BUY_HOLD_RETURN_PCT] = _equal_weight_buy_hold_pct(first_close, last_close)
+    write_account_metrics(metrics_out, initial, bars_per_year, final_value, num_trades, closed, wins, max_dd, bars,
+                          held, skipped_slot, skipped_cash, max_open_seen, first_close, last_close, r_count, r_shift,
+                          r_sum, r_sum2)
     metrics_out[P_FUNDING_PAID] = funding_paid
     metrics_out[P_LIQUIDATIONS] = liquidations
     metrics_out[P_MAX_MARGIN_RATIO] = max_ratio
