@@ -42,6 +42,7 @@ Readings where the contract is silent (chosen here, noted):
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -79,6 +80,7 @@ def reference_detail_backtest(
     fee_frac: float,
     initial: float,
     fill: str,
+    bars_per_year: float,
     *,
     high: np.ndarray,
     low: np.ndarray,
@@ -89,8 +91,10 @@ def reference_detail_backtest(
     size: float = 1.0,
     slippage: float = 0.0,
 ) -> DetailBacktest:
-    """SPEC 4 / 4.1 with the "Intrabar detail" rule. `detail[t]` lists bar t's finer bars
-    (open, high, low) in time order (empty: the bar has none). `sl`, `tp` are fractions (0 = none)."""
+    """SPEC 4 / 4.1 with the "Intrabar detail" rule: `reference_backtest`'s inputs plus `detail[t]`,
+    bar t's finer bars (open, high, low) in time order (empty: the bar has none). `sl`, `tp` are
+    fractions (0 = none). Returns the trades, the equity at every close, the metrics (final_value ..)
+    and `bars_without_detail`, with `stop_exits` saying how each stop exit was decided."""
     n = len(close)
     if len(detail) != n:
         raise ValueError(f"detail has {len(detail)} bars' finer bars for {n} bars")
@@ -111,6 +115,7 @@ def reference_detail_backtest(
     held = 0
     wins = 0
     without_detail = 0
+    stop_exits: list[StopExit] = []
     sl_reason = "trailing_stop" if trail else "stop_loss"
 
     def buy(t: int, signal_bar: int, price: float) -> None:
@@ -156,26 +161,32 @@ def reference_detail_backtest(
                 return level, "take_profit"
         return None
 
-    def needs_detail(t: int) -> bool:
-        """A level within bar t's own range (the trailing level as high as the bar's high could raise it)."""
+    def levels_in_range(t: int) -> tuple[bool, bool]:
+        """(stop-loss, take-profit) within bar t's own range; the stop-loss's trailing level as high
+        as the bar's high could raise it."""
+        sl_in = False
         if sl > 0:
             reachable_base = max(highest, h[t]) if trail else highest
-            if lo[t] <= reachable_base * (1 - sl):
-                return True
-        return tp > 0 and h[t] >= entry_price * (1 + tp)
+            sl_in = lo[t] <= reachable_base * (1 - sl)
+        return sl_in, tp > 0 and h[t] >= entry_price * (1 + tp)
 
     def stop_hit(t: int) -> tuple[float, str] | None:
         nonlocal without_detail
-        if not needs_detail(t):
-            return None
+        sl_in, tp_in = levels_in_range(t)
+        if not (sl_in or tp_in):
+            return None  # its own rule's: it fills nothing either way
+        own = one_bar(o[t], h[t], lo[t], highest)
         finer = detail[t]
         if not finer:
             without_detail += 1
-            return one_bar(o[t], h[t], lo[t], highest)
+            if own is not None:
+                stop_exits.append(StopExit(t, own[1], own[0], False, sl_in and tp_in, own))
+            return own
         base = highest
         for f_open, f_high, f_low in finer:
             hit = one_bar(float(f_open), float(f_high), float(f_low), base)
             if hit is not None:
+                stop_exits.append(StopExit(t, hit[1], hit[0], True, sl_in and tp_in, own))
                 return hit
             if trail and f_high > base:
                 base = float(f_high)
@@ -213,6 +224,16 @@ def reference_detail_backtest(
 
     final_value = cash + units * c[-1] if n else cash
     closed = sum(1 for tr in trades if tr.action == -1)
+    curve = [float(initial)] + equity  # starts at the initial cash before the first bar (issue 19)
+    returns = [curve[t] / curve[t - 1] - 1.0 for t in range(1, len(curve))]
+    sharpe = math.nan
+    if len(returns) >= 2 and statistics.stdev(returns) > 0:
+        sharpe = statistics.mean(returns) / statistics.stdev(returns) * math.sqrt(bars_per_year)
+    max_dd = 0.0
+    peak = -math.inf
+    for e in curve:
+        peak = max(peak, e)
+        max_dd = max(max_dd, (peak - e) / peak)
     metrics = {
         "final_value": final_value,
         "total_return_pct": (final_value / initial - 1.0) * 100.0,
@@ -220,7 +241,9 @@ def reference_detail_backtest(
         "closed_trades": float(closed),
         "win_rate_pct": wins / closed * 100.0 if closed else math.nan,
         "exposure_pct": held / n * 100.0 if n else math.nan,
+        "max_drawdown_pct": max_dd * 100.0 if n else math.nan,
+        "sharpe": sharpe,
         "bars": float(n),
         "bars_without_detail": float(without_detail),
     }
-    return DetailBacktest(metrics, trades, equity, without_detail)
+    return DetailBacktest(metrics, trades, equity, without_detail, stop_exits)

@@ -142,6 +142,19 @@ def test_stops_size_and_slippage_in_the_body_answer_what_the_cli_flags_give(api,
     assert {(r["sl_pct"], r["trail"]) for r in cli} == {(1.0, False), (1.0, True), (2.0, False), (2.0, True)}
 
 
+def test_intrabar_detail_in_the_body_answers_what_the_cli_flag_gives(api, settings):
+    """Issue 29: `detail` decides the stops on the sample pairs' own 5-minute bars, as `--detail 5m` does."""
+    body = {"strategy": "rsi", "symbols": ["ETH_BTC", "LTC_BTC"], "sl": 0.5, "tp": 0.6, "detail": "5m"}
+    answer = api.post("/api/backtest", json=body)
+    assert answer.status_code == 200, answer.text
+    cli = _cli_json(settings, "backtest", "rsi", "-s", "ETH_BTC", "-s", "LTC_BTC", "--sl", "0.5", "--tp", "0.6",
+                    "--detail", "5m")["results"]
+    keys = (*SAME, "detail", "bars_without_detail")
+    assert sorted(({k: r[k] for k in keys} for r in answer.json()), key=lambda r: r["symbol"]) == sorted(
+        ({k: r[k] for k in keys} for r in cli), key=lambda r: r["symbol"])
+    assert {r["detail"] for r in cli} == {"5m"} and all(r["bars_without_detail"] == 0 for r in cli)
+
+
 def test_catalog_endpoints_come_from_the_registry_and_the_lake(api, settings):
     assert api.get("/api/strategies").json() == json.loads(json.dumps(options.strategy_catalog()))
     symbols = api.get("/api/symbols").json()
@@ -185,6 +198,9 @@ def test_results_top_and_equity(api):
     ("/api/backtest", {"strategy": "rsi", "size": 2}, 422, "--size 2.0 is out of range: must be a number > 0"),
     ("/api/backtest", {"strategy": "rsi", "trail": True}, 422, "--trail needs a stop-loss to trail"),
     ("/api/sweep", {"strategy": "rsi", "grid": ["sl=1,2"], "sl": 3}, 422, "sl is given twice"),
+    ("/api/backtest", {"strategy": "rsi", "sl": 1, "detail": "3m"}, 422, "--detail '3m' is not allowed"),
+    ("/api/backtest", {"strategy": "rsi", "detail": "5m"}, 422, "--detail 5m decides stops on finer bars"),
+    ("/api/backtest", {"strategy": "rsi", "sl": 1, "detail": "1h"}, 400, "--detail 1h is not finer than the run's 1h"),
     ("/api/equity", {"strategy": "rsi", "symbol": "NOPE"}, 400, "unknown symbol(s) 'NOPE'"),
 ])
 def test_bad_requests_are_one_json_error_with_the_cli_message(api, path, body, status, message):
