@@ -139,17 +139,20 @@ def _column(batch: PriceBatch, name: str, rows: slice | int) -> np.ndarray:
     return np.ascontiguousarray(batch.columns[name][rows])
 
 
-def detail_inputs(batch: PriceBatch, rows: slice | int) -> tuple[Any, ...]:
-    """The kernels' --detail arguments of `rows`: the finer bars' open, high and low on their grid, each grid
-    column's first finer column and the finer bars per bar; five Nones without detail."""
+def detail_inputs(batch: PriceBatch, rows: slice | int, futures: bool = False) -> tuple[Any, ...]:
+    """The kernels' --detail arguments of `rows`: the finer bars' open, high and low on their grid (futures: and
+    the finer mark bars' open, high and low, NaN where none), each grid column's first finer column and the
+    finer bars per bar; Nones without detail."""
     detail = batch.detail
+    names = ("open", "high", "low", *(("mark_open", "mark_high", "mark_low") if futures else ()))
     if detail is None:
-        return (None,) * 5
+        return (None,) * (len(names) + 2)
     fine = intervals.SECONDS[detail.interval]
     origin = int(detail.times[0]) if detail.times.size else int(batch.times[0]) if batch.times.size else 0
     first = np.ascontiguousarray((batch.times - origin) // fine, dtype=np.int64)
-    return (*(np.ascontiguousarray(detail.columns[c][rows]) for c in ("open", "high", "low")), first,
-            intervals.SECONDS[batch.interval] // fine)
+    shape = detail.columns["open"][rows].shape
+    return (*(np.ascontiguousarray(detail.columns[c][rows]) if c in detail.columns else np.full(shape, np.nan)
+              for c in names), first, intervals.SECONDS[batch.interval] // fine)
 
 
 def execution_matrix(config: RunConfig, order: np.ndarray) -> np.ndarray | None:
@@ -201,7 +204,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
             close, *futures_inputs(batch, config, every), tiers, counts, combos, recompute, execution,
             config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
             bars_per_year(batch, config, start) if annual_bars is None else annual_bars, start, out, fractions,
-            sorted_blocks)
+            sorted_blocks, *detail_inputs(batch, every, futures=True))
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     elif close.shape[0] and close.shape[1]:
@@ -536,7 +539,7 @@ def _futures_trade_log(batch: PriceBatch, config: RunConfig, symbol_index: int, 
         columns, open_, _column(batch, "high", row), _column(batch, "low", row), close,
         *futures_inputs(batch, config, row), config.tier_table.of(batch.symbols[symbol_index]), params_row,
         exec_row, config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
-        float(bars_per_year(batch, config, start)[symbol_index]), start)
+        float(bars_per_year(batch, config, start)[symbol_index]), start, *detail_inputs(batch, row, futures=True))
     fills = [_fill(batch, t) for t in trades if t["reason"] != enums.EXIT_END_OF_DATA]
     trips = futures_round_trips(batch, trades, execution.leverage)
     bars = np.flatnonzero(~np.isnan(batch.columns["close"][symbol_index]))

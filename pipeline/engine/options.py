@@ -343,16 +343,14 @@ def _check_futures(strategy: Strategy, checked: dict[str, Any], values: dict[str
 
 
 def _check_detail(checked: dict[str, Any], executions: list[Execution]) -> None:
-    """--detail decides stops on finer bars: without a stop it would change nothing; futures liquidations on
-    finer bars are not built yet (said, not ignored). Its interval against the run's: `check_detail`."""
+    """--detail decides stops (and a perpetual's liquidations) on finer bars: a spot run without a stop would
+    change nothing. Its interval against the run's: `check_detail`."""
     detail = checked["detail"]
     if detail is None:
         return
-    if checked["market"] == "futures":
-        raise PipelineError(f"--detail {detail} is for spot runs: futures liquidations on finer bars are not "
-                            "built yet")
-    if not any(e.has_stops for e in executions):
-        raise PipelineError(f"--detail {detail} decides stops on finer bars: add --sl or --tp (or sl/tp in the grid)")
+    if checked["market"] != "futures" and not any(e.has_stops for e in executions):
+        raise PipelineError(f"--detail {detail} decides stops on finer bars: add --sl or --tp (or sl/tp in the grid)"
+                            " or run perpetuals (--market futures: their liquidations too)")
 
 
 def check_detail(detail: str | None, interval: str) -> None:

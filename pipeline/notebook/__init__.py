@@ -260,6 +260,12 @@ def run_signals(frames: Frames, entries: Mapping[str, Any] | Any, exits: Mapping
     return pl.DataFrame(engine.leaderboard(engine.run(prices(coded), config)))
 
 
+def _spacing(times: pl.Series) -> int | None:
+    """The seconds between a frame's bars (the smallest gap), None with fewer than two."""
+    seconds = np.sort(times.dt.epoch("s").to_numpy())
+    return int(np.diff(seconds).min()) if seconds.size > 1 else None
+
+
 def _run_batch(frames: Frames, config: options.RunConfig, funding: Frames | None = None,
                mark: Frames | None = None, informative_frames: Frames | None = None,
                detail_frames: Frames | None = None) -> PriceBatch:
@@ -279,13 +285,18 @@ def _run_batch(frames: Frames, config: options.RunConfig, funding: Frames | None
         options.check_detail(config.detail, batch.interval)
         fine = prices({s: f for s, f in by_symbol(detail_frames).items() if s in batch.symbols}, config.detail)
         rows = {name: r for r, name in enumerate(fine.symbols)}
-        columns = {c: np.full((len(batch.symbols), fine.times.size), np.nan) for c in ("open", "high", "low")}
+        columns = {c: np.full((len(batch.symbols), fine.times.size), np.nan) for c in ("open", "high", "low", "close")}
         for i, name in enumerate(batch.symbols):
             if name in rows:
                 for c in columns:
                     columns[c][i] = fine.columns[c][rows[name]]
-        batch = dataclasses.replace(batch, detail=dataclasses.replace(fine, symbols=list(batch.symbols),
-                                                                      columns=columns))
+        fine = dataclasses.replace(fine, symbols=list(batch.symbols), columns=columns)
+        if config.market == "futures" and mark is not None:  # the mark bars at the finer interval, as the lake's
+            step = intervals.SECONDS[config.detail]
+            finer_marks = {s: f for s, f in by_symbol(mark).items()
+                           if s in batch.symbols and _spacing(_times(f, s, "mark")) == step}
+            fine = with_futures(fine, None, finer_marks or None)
+        batch = dataclasses.replace(batch, detail=fine)
     return batch
 
 

@@ -356,6 +356,8 @@ def with_detail(batch: reader.PriceBatch, lake_root: Any, snapshot: lake.Snapsho
 
     fine = reader.read_prices(lake_root, batch.symbols, detail, None, end, columns=("open", "high", "low"),
                               snapshot=snapshot)
+    if "funding" in batch.columns:  # a perpetual's: its mark bars on the finer grid too
+        fine = reader.with_futures(fine, snapshot)
     need = 4 * 8 * len(fine.symbols) * fine.times.size
     if need > 0.5 * engine.available_memory():
         raise PipelineError(f"--detail {detail} over {len(fine.symbols)} symbols needs about {need / 2**30:.1f} GiB "

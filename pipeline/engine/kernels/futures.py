@@ -31,6 +31,7 @@ from pipeline.engine.kernels.enums import (
     EXIT_STOP_LOSS,
     EXIT_TAKE_PROFIT,
     EXIT_TRAILING_STOP,
+    M_BARS_WITHOUT_DETAIL,
     M_BARS_WITHOUT_MARK,
     M_FUNDING_PAID,
     M_LIQUIDATIONS,
@@ -48,6 +49,7 @@ from pipeline.engine.kernels.simulate import (
     _no_drawdown,
     _write_block,
     add_return,
+    level_in_reach,
     write_metrics,
 )
 
@@ -107,6 +109,39 @@ def _stop_exit(side, open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail)
         if low_t <= stop and stop <= high_t:
             return stop, EXIT_TAKE_PROFIT
     return np.nan, EXIT_SIGNAL
+
+
+@njit(cache=True)
+def detail_events(side, d_open, d_high, d_low, dm_open, dm_high, dm_low, first, ratio, lp, sl_base, sl, entry_price,
+                  tp, trail):
+    """A held bar's liquidation and stops decided on its finer bars first .. first + ratio - 1 (--detail, the
+    contract's "Intrabar detail"): each finer bar in order under the bar's own rule (Futures: one bar, in
+    order), its adverse extreme the finer mark bar's low/high (the finer price bar's without one), the trailing
+    base following it. Returns (event: 0 none, 1 stop, 2 liquidation; stop fill price; stop reason; base after;
+    whether any finer bar was there)."""
+    present = False
+    for i in range(max(first, 0), min(first + ratio, d_open.shape[0])):
+        o = d_open[i]
+        if np.isnan(o):
+            continue
+        present = True
+        h = d_high[i]
+        lo = d_low[i]
+        marked = not np.isnan(dm_open[i])
+        adverse = (dm_low[i] if marked else lo) if side == 1 else (dm_high[i] if marked else h)
+        stop_price, stop_reason = _stop_exit(side, o, h, lo, sl_base, sl, entry_price, tp, trail)
+        stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \
+            side * stop_price > side * lp
+        if side * adverse <= side * lp and not stop_first:
+            return 2, np.nan, EXIT_LIQUIDATION, sl_base, True
+        if not np.isnan(stop_price):
+            return 1, stop_price, stop_reason, sl_base, True
+        if trail:
+            if side == 1 and h > sl_base:
+                sl_base = h
+            elif side == -1 and lo < sl_base:
+                sl_base = lo
+    return 0, np.nan, EXIT_SIGNAL, sl_base, present
 
 
 @njit(cache=True)
@@ -173,6 +208,14 @@ def simulate_futures_1d(
     trades_out: np.ndarray,
     block_fractions: np.ndarray | None = None,
     blocks_out: np.ndarray | None = None,
+    detail_open: np.ndarray | None = None,
+    detail_high: np.ndarray | None = None,
+    detail_low: np.ndarray | None = None,
+    detail_mark_open: np.ndarray | None = None,
+    detail_mark_high: np.ndarray | None = None,
+    detail_mark_low: np.ndarray | None = None,
+    detail_first: np.ndarray | None = None,
+    detail_ratio: int = 0,
 ) -> int:
     """Simulate one perpetual over its bars (no NaN in the prices) and write the metrics.
 
@@ -196,6 +239,8 @@ def simulate_futures_1d(
         fee_frac, initial, fill_next_open, bars_per_year, metrics_out, equity_out, block_fractions,
             blocks_out: as simulate_1d's.
         trades_out: FUTURES_TRADE_DTYPE records of length 2 x n + 1, or length 0 to skip the log.
+        detail_*: --detail (simulate_1d's), with the finer mark bars on the finer grid (NaN where none): a held
+            bar whose range reaches its liquidation price or a stop level is decided on them (detail_events).
 
     Returns:
         The number of trade records written (0 when the log is skipped).
@@ -234,6 +279,7 @@ def simulate_futures_1d(
     sl_base = 0.0
     pending = NO_ORDER  # next_open: the side to hold from the next bar's open
     pending_bar = -1
+    without_detail = 0
     num_trades = 0
     n_records = 0
     held_bars = 0
@@ -293,6 +339,20 @@ def simulate_futures_1d(
             # its level, or the open when the bar opened past it).
             stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \
                 side * stop_price > side * lp
+            replayed = False
+            if detail_first is not None and (liquidated or not np.isnan(stop_price) or (
+                    trail and level_in_reach(side, high[g], low[g], sl_base, sl, entry_price, tp, trail))):
+                event, fine_price, fine_reason, base, replayed = detail_events(
+                    side, detail_open, detail_high, detail_low, detail_mark_open, detail_mark_high, detail_mark_low,
+                    detail_first[t], detail_ratio, lp, sl_base, sl, entry_price, tp, trail)
+                if replayed:
+                    liquidated = event == 2
+                    stop_first = False
+                    stop_price, stop_reason = fine_price, fine_reason
+                    if event == 0 and trail:  # after the bar its base is the bar's extreme, as without detail
+                        sl_base = max(base, high[g]) if side == 1 else min(base, low[g])
+                else:
+                    without_detail += 1
             if liquidated and not stop_first:
                 max_ratio = 1.0
                 if keep_trades:
@@ -320,7 +380,7 @@ def simulate_futures_1d(
                 ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
                 if pending == NO_ORDER and (np.isnan(max_ratio) or ratio > max_ratio):
                     max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
-                if trail:
+                if trail and not replayed:
                     if side == 1 and high[g] > sl_base:
                         sl_base = high[g]
                     elif side == -1 and low[g] < sl_base:
@@ -421,6 +481,8 @@ def simulate_futures_1d(
     metrics_out[M_LIQUIDATIONS] = liquidations
     metrics_out[M_MAX_MARGIN_RATIO] = max_ratio
     metrics_out[M_BARS_WITHOUT_MARK] = without_mark
+    if detail_first is not None:
+        metrics_out[M_BARS_WITHOUT_DETAIL] = without_detail
     return n_records
 
 

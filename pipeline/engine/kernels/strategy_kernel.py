@@ -282,14 +282,17 @@ def _without_mark(mark_open_row, at):
 @njit(cache=True, parallel=True)
 def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_open2d, mark_high2d, mark_low2d,
                      tiers, tier_counts, combos, recompute, execution, cross, fee_frac, initial, fill_next_open,
-                     bars_per_year, start_t, out, block_fractions=None, block_out=None):
+                     bars_per_year, start_t, out, block_fractions=None, block_out=None, detail_open2d=None,
+                     detail_high2d=None, detail_low2d=None, detail_mark_open2d=None, detail_mark_high2d=None,
+                     detail_mark_low2d=None, detail_first=None, detail_ratio=0):
     """run_grid for perpetual futures (kernels/futures.py): every symbol s and parameter row c into
     `out[s, c, :]`.
 
     Args beyond run_grid's: high2d, low2d (always read: the liquidation check needs them), funding2d (the
     rate summed per grid column, NaN where none), mark_open2d/mark_high2d/mark_low2d (NaN where the mark
     has no bar), tiers (S x K x N_TIER) with tier_counts (S,) brackets used per symbol, execution
-    (C x N_EXECUTION, leverage and direction included) and cross (bool).
+    (C x N_EXECUTION, leverage and direction included) and cross (bool); detail_* as run_grid's, with the
+    finer mark bars (S x F).
     """
     n_symbols, n_time = close2d.shape
     n_combos = combos.shape[0]
@@ -306,6 +309,10 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
         es, xs = es_buf, xs_buf
         brackets = tiers[s, :tier_counts[s]]
         stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        if detail_first is not None:
+            first = np.empty(m, dtype=np.int64)
+            for j in range(m):
+                first[j] = detail_first[index[j]]
         for c in range(n_combos):
             params = combos[c]
             if c == 0 or recompute[c]:
@@ -316,10 +323,18 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
                 signals(prices, params, ind, en, ex, sv)
                 es, xs = short_side(prices, params, ind, en, ex, es_buf, xs_buf)
             row = out[s, c]
-            simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
-                                low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
-                                brackets, execution[c], cross, fee_frac, initial, fill_next_open, bars_per_year[s],
-                                row, no_equity, no_trades, block_fractions, stats)
+            if detail_first is None:
+                simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
+                                    low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
+                                    brackets, execution[c], cross, fee_frac, initial, fill_next_open,
+                                    bars_per_year[s], row, no_equity, no_trades, block_fractions, stats)
+            else:
+                simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
+                                    low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
+                                    brackets, execution[c], cross, fee_frac, initial, fill_next_open,
+                                    bars_per_year[s], row, no_equity, no_trades, block_fractions, stats,
+                                    detail_open2d[s], detail_high2d[s], detail_low2d[s], detail_mark_open2d[s],
+                                    detail_mark_high2d[s], detail_mark_low2d[s], first[m0:], detail_ratio)
             finish_row(row, m0, m, index, warmup(params))
             if block_fractions is not None:
                 for b in range(stats.shape[0]):
@@ -329,7 +344,9 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
 
 @njit(cache=True)
 def run_single_futures(columns, open1d, high1d, low1d, close1d, funding1d, mark_open1d, mark_high1d, mark_low1d,
-                       tiers, params, execution, cross, fee_frac, initial, fill_next_open, bars_per_year, start_t):
+                       tiers, params, execution, cross, fee_frac, initial, fill_next_open, bars_per_year, start_t,
+                       detail_open1d=None, detail_high1d=None, detail_low1d=None, detail_mark_open1d=None,
+                       detail_mark_high1d=None, detail_mark_low1d=None, detail_first=None, detail_ratio=0):
     """run_single for perpetual futures: (metrics, trades (FUTURES_TRADE_DTYPE, bars on the grid), equity)."""
     n_time = close1d.shape[0]
     op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, 0, open1d, close1d)
@@ -342,10 +359,20 @@ def run_single_futures(columns, open1d, high1d, low1d, close1d, funding1d, mark_
     metrics = np.empty(N_METRICS)
     equity_c = np.empty(m - m0)
     trades_c = np.empty(2 * (m - m0) + 1, dtype=FUTURES_TRADE_DTYPE)
-    k = simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high1d, low1d,
-                            funding1d, mark_open1d, mark_high1d, mark_low1d, _without_mark(mark_open1d, at), tiers,
-                            execution, cross, fee_frac, initial, fill_next_open, bars_per_year, metrics, equity_c,
-                            trades_c)
+    if detail_first is None:
+        k = simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high1d, low1d,
+                                funding1d, mark_open1d, mark_high1d, mark_low1d, _without_mark(mark_open1d, at),
+                                tiers, execution, cross, fee_frac, initial, fill_next_open, bars_per_year, metrics,
+                                equity_c, trades_c)
+    else:
+        first = np.empty(m, dtype=np.int64)
+        for j in range(m):
+            first[j] = detail_first[index[j]]
+        k = simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high1d, low1d,
+                                funding1d, mark_open1d, mark_high1d, mark_low1d, _without_mark(mark_open1d, at),
+                                tiers, execution, cross, fee_frac, initial, fill_next_open, bars_per_year, metrics,
+                                equity_c, trades_c, None, None, detail_open1d, detail_high1d, detail_low1d,
+                                detail_mark_open1d, detail_mark_high1d, detail_mark_low1d, first[m0:], detail_ratio)
     finish_row(metrics, m0, m, index, warmup(params))
     trades = trades_c[:k].copy()
     for j in range(k):
