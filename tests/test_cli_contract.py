@@ -105,7 +105,8 @@ def test_strategies_say_where_each_comes_from_and_where_yours_live(env):
     examples = ROOT / "examples" / "strategies"
     mine = cryptobt(["strategies", "--strategy-path", str(examples)], {**env, "COLUMNS": "400"}).stdout
     assert f"donchian ({examples / 'donchian.py'})" in mine
-    assert f"your strategies: 1 from {examples}" in mine
+    assert f"daily_trend ({examples / 'daily_trend.py'})" in mine
+    assert f"your strategies: {len(list(examples.glob('[!_]*.py')))} from {examples}" in mine
 
 
 def test_strategies_list_every_parameter_default_and_range(env):
