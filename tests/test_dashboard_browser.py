@@ -225,16 +225,18 @@ def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_
     browser.find_element(By.ID, "trail").click()
     fill(browser, "size", "0.5")
     fill(browser, "slippage", "0.05")
+    Select(browser.find_element(By.ID, "detail")).select_by_visible_text("5m")
     run_id = start(browser, wait)
     assert browser.find_element(By.ID, "progress-bar").get_attribute("data-percent") == "100"
-    assert browser.find_element(By.ID, "status-text").text.startswith("done: 24 results")
+    assert browser.find_element(By.ID, "status-text").text.startswith("done: 4 results")
     # Every cell is the run's row as the CLI prints it, best return first.
     written = {r["symbol"]: r for r in api.get(f"/api/results/{run_id}").json()}
-    # The form's stops, trail, size and slippage reached the run.
-    assert {(r["sl_pct"], r["tp_pct"], r["trail"], r["size"], r["slippage_pct"]) for r in written.values()} == {
-        (4.0, 8.0, True, 0.5, 0.05)}
+    # The form's stops, trail, size, slippage and detail reached the run (only the sample pairs have 5m bars:
+    # the run over all symbols leaves the hourly ones out, and says so).
+    assert {(r["sl_pct"], r["tp_pct"], r["trail"], r["size"], r["slippage_pct"], r["detail"])
+            for r in written.values()} == {(4.0, 8.0, True, 0.5, 0.05, "5m")}
     table = cells(browser, "#results")
-    assert len(table) == 24
+    assert len(table) == 4
     for row in table:
         want = written[row["symbol"]]
         assert row == {"symbol": want["symbol"], "open": shown(open_trades(want), "open"),
@@ -252,7 +254,7 @@ def test_dashboard_runs_a_backtest_with_stops_and_shows_a_rows_price_trades_and_
     title = browser.find_element(By.CSS_SELECTOR, "#detail-backtest h2.title").text
     curve = api.post("/api/equity", json={"strategy": "rsi", "symbol": "ETH_BTC", "params": {"rsi_period": 10},
                                           "sl": 4, "tp": 8, "trail": True, "size": 0.5, "slippage": 0.05,
-                                          "points": 1500}).json()
+                                          "detail": "5m", "points": 1500}).json()
     assert title.startswith("ETH_BTC: rsi rsi_period=10 oversold_threshold=30 overbought_threshold=70 sl=4 tp=8 "
                             "trail=True size=0.5 slippage=0.05 (1h, ") and f"{len(curve['trades'])} fills" in title
     price = browser.find_element(By.CSS_SELECTOR, "#detail-backtest canvas.price")

@@ -63,9 +63,11 @@ def say_left_out(left_out: dict[str, str], interval: str) -> None:
         return
     names = list(left_out)
     shown = "; ".join(f"{n} ({left_out[n]})" for n in names[:3])
-    err_console.print(f"left out {len(names)} symbol(s) with no {interval} bars: {shown}"
-                      f"{f'; and {len(names) - 3} more (--json lists them)' if len(names) > 3 else ''}; "
-                      "--interval auto runs each at its own interval", highlight=False, soft_wrap=True)
+    coarse = any("coarser than" in why for why in left_out.values())
+    err_console.print(f"left out {len(names)} symbol(s) {f'with no {interval} bars' if coarse else 'the run cannot take'}"
+                      f": {shown}{f'; and {len(names) - 3} more (--json lists them)' if len(names) > 3 else ''}"
+                      f"{'; --interval auto runs each at its own interval' if coarse else ''}", highlight=False,
+                      soft_wrap=True)
 
 
 def _warn_findings(findings: dict[str, list[str]]) -> None:

@@ -76,6 +76,8 @@ def _open_run(settings: Settings, config: RunConfig, symbols: list[str] | None, 
         if symbols:
             reader.check_readable(snapshot, names, interval)
         interval_of = {n: interval for n in names if reader.read_from(snapshot.symbols[n], interval)}
+    if config.detail is not None and not symbols:  # a run over the whole lake leaves out, and says, what lacks them
+        interval_of = {n: iv for n, iv in interval_of.items() if reader.read_from(snapshot.symbols[n], config.detail)}
     _check_range_has_bars(snapshot, interval_of, config)
     informative.check(snapshot, config.strategy, interval_of)
     _check_detail(snapshot, config, interval_of)
@@ -97,14 +99,20 @@ def _check_detail(snapshot: lake.Snapshot, config: RunConfig, interval_of: dict[
 
 
 def left_out(snapshot: lake.Snapshot, interval_of: dict[str, str], interval: str,
-             symbols: list[str] | None, market: str = "spot") -> dict[str, str]:
+             symbols: list[str] | None, market: str = "spot", detail: str | None = None) -> dict[str, str]:
     """The symbols (of `market`) a run over the whole lake (`symbols` None) leaves out (`_open_run`: their own bars are
-    coarser than `interval`), each with why; a run naming its symbols refuses such a one instead."""
+    coarser than `interval`, or than --detail's), each with why; a run naming its symbols refuses such a one instead."""
     if symbols:
         return {}
-    return {n: f"its own bars are {meta.get('native') or reader.stored(meta)[0]}, coarser than {interval}"
+    return {n: (f"it has no {detail} bars for --detail (its own bars are {_own(meta)})"
+                if detail and interval != "auto" and reader.read_from(meta, interval) else
+                f"its own bars are {_own(meta)}, coarser than {interval}")
             for n, meta in sorted(snapshot.symbols.items())
             if n not in interval_of and markets.market_of(n) == market}
+
+
+def _own(meta: dict) -> str:
+    return meta.get("native") or reader.stored(meta)[0]
 
 
 def data_findings(snapshot: lake.Snapshot, names: list[str]) -> dict[str, list[str]]:
@@ -198,7 +206,7 @@ class RunPlan:
         """What every outcome of the run says of it: its id, snapshot, intervals and left-out symbols."""
         return {"run_id": self.run_id, "snapshot_id": self.snapshot.id,
                 "left_out": left_out(self.snapshot, self.interval_of, self.interval, self.symbols,
-                                     self.config.market)}
+                                     self.config.market, self.config.detail)}
 
 
 def plan_run(settings: Settings, config: RunConfig, symbols: list[str] | None, interval: str, *,
