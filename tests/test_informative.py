@@ -271,3 +271,17 @@ def test_the_lake_path_reads_the_informative_series_and_equals_the_notebook(dail
     with pytest.raises(PipelineError, match="reads 1h bars .INFORMATIVE., finer than the run's 1d"):
         runs.execute(settings, options.run_config(finer, {}), list(PAIRS), "1d", no_cache=True)
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*reads_hours*"))
+
+
+def test_a_portfolio_reads_the_informative_series_too(daily_trend):
+    """One account over the pairs, its signals from daily_trend's hours and days: one slot and all in on one
+    symbol is that symbol's own backtest."""
+    from pipeline.notebook import run_portfolio
+
+    one = {"ETH_BTC": FRAMES["ETH_BTC"]}
+    account = run_portfolio(one, "daily_trend", {"period": 24}, max_open=1, stake=1)
+    single = run_backtest(one, "daily_trend", {"period": 24})
+    assert account.accounts["final_value"][0] == pytest.approx(single["final_value"][0], rel=1e-12)
+    assert account.accounts["num_trades"][0] == single["num_trades"][0] > 0
+    every = run_portfolio(FRAMES, "daily_trend", {"period": 24}, max_open=2, stake="50%")
+    assert every.accounts["num_trades"][0] > 0
