@@ -15,6 +15,36 @@ Where the contract leaves a detail open, this file picks the reading noted in a 
   wins when both stops are touched in one bar";
 - with `both`, a position reverses on the other side's entry even if its own side's entry fires
   on the same bar (the "both entries: no order" rule is stated for a flat position only).
+
+Intrabar detail (`simulate(..., detail=...)`), from the bullet "Intrabar detail" (its paragraph "On
+perpetuals (`--market futures`)") with "Futures: one bar, in order":
+
+- funding settles at the coarse bar's start, at the coarse bar's mark open (the price open without a
+  coarse mark bar), as without detail; LP comes from the margin after it and holds for every finer bar;
+- a held bar needs detail when its coarse adverse extreme (the coarse mark low / high, the price bar's
+  without a coarse mark bar) reaches LP, or its range reaches a stop level: a long's low at or below
+  the stop-loss or the trailing level its high could raise it to (`max(base, high) x (1 - sl)`), its
+  high at or above the take-profit; a short's mirrored (`min(base, low) x (1 + sl)`, its low at or
+  below the take-profit);
+- such a bar replays its finer bars in time order, each decided exactly as a coarse bar (liquidation
+  against the finer adverse extreme: the finer mark bar's low / high, the finer price bar's when the
+  finer bar has no mark; the stops on the finer open, high, low with the same stop-loss-vs-LP rule);
+  the first finer bar where the liquidation or a stop applies decides; the trailing base follows each
+  finer bar's high (long) / low (short) after that finer bar's check;
+- a bar that needs detail and has no finer bar is decided by its own (coarse) rule and counted in
+  `bars_without_detail`; the exit is on the coarse bar (its index), at LP, the stop level or the finer
+  open.
+
+Readings where that text is silent (chosen here):
+
+- a bar that needs detail, has finer bars and none of them decides is held through: no exit, not
+  counted in `bars_without_detail`; its trailing base is then the bar's high / low, as without detail;
+- `max_margin_ratio` keeps its coarse definition under detail (the bar's adverse mark extreme, over
+  the bars held through), even on a bar whose coarse extreme reached LP but whose finer bars did not;
+- every finer bar is checked against every level, even one the coarse range did not reach;
+- `bars_without_detail` is None without detail ("NULL without --detail");
+- a finer bar that liquidates closes at LP even when its open is already past LP (as a coarse bar:
+  "closed at LP").
 """
 
 from __future__ import annotations
@@ -26,6 +56,7 @@ from typing import Any
 
 Tier = tuple[float, float, float, float]  # (min_notional, max_notional, mmr, cum)
 MarkBar = tuple[float, float, float]  # (mark_open, mark_high, mark_low)
+FinerBar = tuple[float, float, float, MarkBar | None]  # (open, high, low, finer mark bar or None)
 
 LONG = 1
 SHORT = -1
@@ -80,19 +111,22 @@ def _margin_ratio(balance: float, pos: _Position, p: float) -> float:
     return (pos.qty * p * pos.mmr - pos.cum) / denominator
 
 
-def _stop_loss_fill(pos: _Position, o: float, h: float, lo: float, sl: float) -> float | None:
+def _stop_loss_fill(pos: _Position, o: float, h: float, lo: float, sl: float,
+                    base: float | None = None) -> float | None:
     """SPEC 4.1 mirrored for shorts: a long's stop at base x (1 - sl), a short's at
     base x (1 + sl). "If the open is already at or beyond a stop, the exit fills at the open;
     else if the bar's range touches the stop (low <= stop <= high), it fills at the stop price."
     """
     if sl <= 0.0:
         return None
+    if base is None:
+        base = pos.stop_base
     if pos.side == LONG:
-        level = pos.stop_base * (1.0 - sl)
+        level = base * (1.0 - sl)
         if o <= level:
             return o
     else:
-        level = pos.stop_base * (1.0 + sl)
+        level = base * (1.0 + sl)
         if o >= level:
             return o
     if lo <= level <= h:
@@ -116,6 +150,50 @@ def _take_profit_fill(pos: _Position, o: float, h: float, lo: float, tp: float) 
     if lo <= level <= h:
         return level
     return None
+
+
+def _reaches_lp(side: int, adverse: float, lp: float | None) -> bool:
+    """The liquidation check: "the mark's low for a long, high for a short, against LP"."""
+    return lp is not None and (adverse <= lp if side == LONG else adverse >= lp)
+
+
+def _one_bar(pos: _Position, o: float, h: float, lo: float, adverse: float, lp: float | None,
+             base: float, sl: float, tp: float, sl_reason: str) -> tuple[str, float] | None:
+    """Step (2) of "Futures: one bar, in order" on one bar (a coarse bar, or a finer bar under
+    --detail): (reason, exit price) of its liquidation or stop exit, or None.
+
+    "a liquidation wins unless a stop-loss (trailing or not) fills strictly before LP moving from
+    the open (its fill: its level, or the open when the bar opened past it; a long's above LP, a
+    short's below); the stop-loss is checked before the take-profit"."""
+    sl_fill = _stop_loss_fill(pos, o, h, lo, sl, base)
+    if _reaches_lp(pos.side, adverse, lp):
+        assert lp is not None
+        if sl_fill is not None and (sl_fill > lp if pos.side == LONG else sl_fill < lp):
+            return sl_reason, sl_fill
+        return "liquidation", lp
+    if sl_fill is not None:
+        return sl_reason, sl_fill
+    tp_fill = _take_profit_fill(pos, o, h, lo, tp)
+    if tp_fill is not None:
+        return "take_profit", tp_fill
+    return None
+
+
+def _needs_detail(pos: _Position, h: float, lo: float, adverse: float, lp: float | None, sl: float,
+                  tp: float, trail: bool) -> bool:
+    """"a held bar whose adverse extreme reaches its liquidation price, or whose range reaches a stop
+    level": the stop-loss (with `trail`, the level the bar's own high / low could move it to) or the
+    take-profit within the bar's range (a long's low at or below its stop, high at or above its
+    take-profit; a short's mirrored)."""
+    if _reaches_lp(pos.side, adverse, lp):
+        return True
+    if pos.side == LONG:
+        if sl > 0.0 and lo <= (max(pos.stop_base, h) if trail else pos.stop_base) * (1.0 - sl):
+            return True
+        return tp > 0.0 and h >= pos.entry_price * (1.0 + tp)
+    if sl > 0.0 and h >= (min(pos.stop_base, lo) if trail else pos.stop_base) * (1.0 + sl):
+        return True
+    return tp > 0.0 and lo <= pos.entry_price * (1.0 - tp)
 
 
 def _target_side(direction: str, side: int, enter_long: bool, exit_long: bool,
@@ -169,16 +247,26 @@ def simulate(open_: Sequence[float], high: Sequence[float], low: Sequence[float]
              *, leverage: float, direction: str, cross: bool, fee: float,
              initial: float, fill: str,
              sl: float = 0.0, tp: float = 0.0, trail: bool = False, size: float = 1.0,
-             slippage: float = 0.0) -> dict[str, Any]:
+             slippage: float = 0.0,
+             detail: Sequence[Sequence[FinerBar]] | None = None) -> dict[str, Any]:
     """Simulate one symbol's perpetual future (USDT-margined, linear) bar by bar.
 
     `funding_rate[t]` is the sum of the rates floored into bar t, or None; `mark[t]` is
     (mark_open, mark_high, mark_low) or None where the mark series has no bar. `fee`, `sl`,
-    `tp`, `slippage` and `size` are fractions. See the module docstring for the sources.
+    `tp`, `slippage` and `size` are fractions. `detail` (--detail) is, per bar, its finer bars in
+    time order, each (open, high, low, finer mark bar or None); an empty list: the bar has none.
+    None: no detail (then `bars_without_detail` is None). `detail_bars` lists, per bar that needed
+    detail, (bar, its own rule's event, the event decided, whether finer bars decided it), an event
+    being (reason, exit price) or None. See the module docstring for the sources.
     """
     if fill not in ("close", "next_open"):
         raise ValueError(f"fill must be close or next_open, not {fill!r}")
     n = len(close)
+    if detail is not None and len(detail) != n:
+        raise ValueError(f"detail has {len(detail)} bars' finer bars for {n} bars")
+    bars_without_detail = 0
+    # per bar that needed detail: (bar, its own rule's event, the event decided, decided on finer bars)
+    detail_bars: list[tuple[int, tuple[str, float] | None, tuple[str, float] | None, bool]] = []
     cash = initial
     pos: _Position | None = None
     pending: int | None = None  # next_open: the side to hold after the next bar's open
@@ -276,28 +364,38 @@ def simulate(open_: Sequence[float], high: Sequence[float], low: Sequence[float]
             balance = pos.margin + (cash if cross else 0.0)
             lp = _liquidation_price(balance, pos)
             adverse = mark_low if pos.side == LONG else mark_high
-            liquidated = lp is not None and (adverse <= lp if pos.side == LONG else adverse >= lp)
-            sl_fill = _stop_loss_fill(pos, o, h, lo, sl)
-            tp_fill = _take_profit_fill(pos, o, h, lo, tp)
             sl_reason = "trailing_stop" if trail else "stop_loss"
-            if liquidated:
-                assert lp is not None
-                # "a liquidation wins unless a stop-loss was reached at a level strictly
-                # before LP moving from the open (a long's above LP, a short's below)"
-                stop_first = sl_fill is not None and (
-                    sl_fill > lp if pos.side == LONG else sl_fill < lp)
-                if stop_first:
-                    assert sl_fill is not None
-                    close_position(t, sl_fill, sl_reason)
+            own = _one_bar(pos, o, h, lo, adverse, lp, pos.stop_base, sl, tp, sl_reason)
+            if detail is not None and _needs_detail(pos, h, lo, adverse, lp, sl, tp, trail):
+                finer = detail[t]
+                if finer:
+                    # replay the finer bars, each under the same rule; the first deciding wins
+                    event = None
+                    base = pos.stop_base
+                    for f_open, f_high, f_low, f_mark in finer:
+                        if f_mark is None:  # no finer mark bar: the finer price bar's extreme
+                            f_adverse = f_low if pos.side == LONG else f_high
+                        else:
+                            f_adverse = f_mark[2] if pos.side == LONG else f_mark[1]
+                        event = _one_bar(pos, f_open, f_high, f_low, f_adverse, lp, base, sl, tp,
+                                         sl_reason)
+                        if event is not None:
+                            break
+                        if trail:  # the base follows each finer bar after its check
+                            base = max(base, f_high) if pos.side == LONG else min(base, f_low)
                 else:
+                    bars_without_detail += 1  # decided by its own rule
+                    event = own
+                detail_bars.append((t, own, event, bool(finer)))
+            else:
+                event = own
+            if event is not None:
+                reason, price = event
+                if reason == "liquidation":
                     record_ratio(1.0)  # "1 on a liquidation"
-                    liquidate(t, lp)
-                left_by_check = True
-            elif sl_fill is not None:  # "the stop-loss wins when both stops are touched"
-                close_position(t, sl_fill, sl_reason)
-                left_by_check = True
-            elif tp_fill is not None:
-                close_position(t, tp_fill, "take_profit")
+                    liquidate(t, price)
+                else:
+                    close_position(t, price, reason)
                 left_by_check = True
             else:
                 # max margin ratio over the bars held through (not left at the open)
@@ -352,6 +450,8 @@ def simulate(open_: Sequence[float], high: Sequence[float], low: Sequence[float]
         "bars_without_mark": bars_without_mark,
         "num_trades": num_trades,
         "fees_paid": fees_paid,
+        "bars_without_detail": None if detail is None else bars_without_detail,
+        "detail_bars": detail_bars,
     }
 
 

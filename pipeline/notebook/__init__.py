@@ -177,11 +177,20 @@ def with_futures(batch: PriceBatch, funding: Frames | None, mark: Frames | None)
             if symbol not in row_of:
                 raise PipelineError(f"mark prices for {symbol!r}, which has no price frame; the frames are: "
                                     f"{', '.join(batch.symbols)}")
-            ts = _times(frame, symbol, "mark").dt.epoch("us").to_numpy()
-            ids = np.zeros(len(ts), dtype=np.int64)
+            times = _times(frame, symbol, "mark")
+            spacing = _spacing(times)
+            if spacing is not None and spacing * 1_000_000 > step_us:
+                continue  # a coarser mark is not used (its bars count as without a mark), as the lake's
+            # A finer mark aggregates onto the grid as the lake's does: first open, highest high, lowest low,
+            # last close of the mark bars whose open falls in each grid bar.
+            bars = (pl.DataFrame({"us": times.dt.epoch("us"), **{c: frame[c].cast(pl.Float64) for c in
+                                                                 ("open", "high", "low", "close")}})
+                    .with_columns(((pl.col("us") - t0_us) // step_us).alias("column"))
+                    .filter((pl.col("column") >= 0) & (pl.col("column") < shape[1])).sort("us")
+                    .group_by("column", maintain_order=True)
+                    .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last()))
             for name in ("open", "high", "low", "close"):
-                scatter_to_grid(ids, ts, frame[name].cast(pl.Float64).to_numpy(),
-                                np.array([row_of[symbol]], dtype=np.int64), t0_us, step_us, columns[f"mark_{name}"])
+                columns[f"mark_{name}"][row_of[symbol], bars["column"].to_numpy()] = bars[name].to_numpy()
     return dataclasses.replace(batch, columns=columns)
 
 
@@ -291,11 +300,8 @@ def _run_batch(frames: Frames, config: options.RunConfig, funding: Frames | None
                 for c in columns:
                     columns[c][i] = fine.columns[c][rows[name]]
         fine = dataclasses.replace(fine, symbols=list(batch.symbols), columns=columns)
-        if config.market == "futures" and mark is not None:  # the mark bars at the finer interval, as the lake's
-            step = intervals.SECONDS[config.detail]
-            finer_marks = {s: f for s, f in by_symbol(mark).items()
-                           if s in batch.symbols and _spacing(_times(f, s, "mark")) == step}
-            fine = with_futures(fine, None, finer_marks or None)
+        if config.market == "futures" and mark is not None:  # the mark bars on the finer grid, as the lake's
+            fine = with_futures(fine, None, {s: f for s, f in by_symbol(mark).items() if s in batch.symbols})
         batch = dataclasses.replace(batch, detail=fine)
     return batch
 
