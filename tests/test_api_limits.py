@@ -178,10 +178,12 @@ def test_the_schema_documents_every_bound_the_rules_enforce(api):
         assert {k: v for k, v in run[name].items() if k in rule} == rule, name
 
     def accepted(name: str, value: object) -> bool:
-        # A futures option is checked on a futures run (on spot any value but its default is refused).
+        # A futures option is checked on a futures run (on spot any value but its default is refused); --detail
+        # on a run with a stop (without one it is refused whatever its value).
         market = {"market": "futures"} if RUN_OPTIONS[name].futures else {}
+        context = {"sl": 1.0} if name == "detail" else {}
         try:
-            options.run_config(get_strategy("rsi"), {}, **{name: value, **market})
+            options.run_config(get_strategy("rsi"), {}, **{name: value, **market, **context})
             return True
         except PipelineError:
             return False
