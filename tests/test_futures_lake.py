@@ -144,3 +144,14 @@ def test_a_funding_file_with_a_duplicate_time_or_a_nan_rate_is_refused_before_wr
         assert done.returncode != 0 and message in done.stderr, done.stderr
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         assert conn.execute("SELECT count(*) FROM crypto_funding_rates").fetchone()[0] == 0
+
+
+def test_a_perpetual_without_funding_or_mark_series_is_run_and_the_run_says_so(env):  # noqa: F811
+    """SPEC 4.3: "Without a funding series there is no funding, and the run says so" (and without a mark series
+    the price bars stand in, counted): the backtest and the portfolio warn, naming the perpetual."""
+    cli(env, "db", "import", str(SAMPLE / f"{XRP}-1h-futures.feather"), "--market", "futures")
+    cli(env, "export", "--no-prefect")
+    for command in ("backtest", "portfolio"):
+        said = " ".join(cli(env, command, "rsi", "--market", "futures", "--all").stderr.split())
+        assert "1 perpetual(s) have no funding series in snapshot" in said and "its positions pay no funding" in said
+        assert f"({XRP}:futures): funding and liquidation use its price bars (bars_without_mark)" in said, command

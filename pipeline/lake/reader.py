@@ -472,6 +472,13 @@ def _futures_rows(snapshot: lake.Snapshot, names: list[str]) -> pl.DataFrame:
     return pl.from_arrow(table)
 
 
+def futures_kinds(snapshot: lake.Snapshot, names: list[str]) -> list[dict]:
+    """The (symbol, kind) pairs of the perpetuals `names` that have funding or mark rows in `snapshot`."""
+    if not (snapshot.manifest.get("futures") or {}).get("symbols"):
+        return []
+    return _futures_rows(snapshot, names).select("symbol", "kind").unique().to_dicts()
+
+
 def series_version(snapshot: lake.Snapshot, name: str) -> str:
     """The data version of series `name` in `snapshot`: its bars', and a perpetual's funding and mark rows
     (pipeline.lake.futures_table) folded in."""

@@ -341,7 +341,9 @@ def execute(settings: Settings, config: RunConfig, symbols: list[str] | None, in
     finally:
         if cache is not None:
             cache.close()
-    for message in leverage_notes(config, [r["symbol"] for r in outcome.results]):
+    symbols = list(dict.fromkeys(r["symbol"] for r in outcome.results))
+    snapshot = lake.require_snapshot(settings.lake_root, outcome.snapshot_id) if config.market == "futures" else None
+    for message in futures_notes(config, snapshot, symbols):
         if on_warning is not None:
             on_warning(message)
         else:
@@ -365,11 +367,22 @@ def with_detail(batch: reader.PriceBatch, lake_root: Any, snapshot: lake.Snapsho
     return dataclasses.replace(batch, detail=fine)
 
 
-def leverage_notes(config: RunConfig, symbols: list[str]) -> list[str]:
-    """What a futures run reports of the tiers' maxLeverage it does not enforce (engine.tiers)."""
+def futures_notes(config: RunConfig, snapshot: lake.Snapshot | None, symbols: list[str]) -> list[str]:
+    """What a futures run says of its perpetuals (SPEC 4.3): those without a funding series (they pay none) or
+    without a mark series (funding and liquidation on the price bars) in `snapshot`, and a leverage the tiers'
+    maxLeverage refuses (not enforced: engine.tiers)."""
     if config.market != "futures" or config.tier_table is None:
         return []
-    return config.tier_table.leverage_notes(list(dict.fromkeys(symbols)),
+    notes = []
+    if snapshot is not None and symbols:
+        kinds = {(row["symbol"], row["kind"]) for row in reader.futures_kinds(snapshot, symbols)}
+        for kind, effect in (("funding", "its positions pay no funding"),
+                             ("mark", "funding and liquidation use its price bars (bars_without_mark)")):
+            lacking = [s for s in symbols if (s, kind) not in kinds]
+            if lacking:
+                notes.append(f"{len(lacking)} perpetual(s) have no {kind} series in snapshot {snapshot.id} "
+                             f"({', '.join(lacking[:3])}{', ...' if len(lacking) > 3 else ''}): {effect}")
+    return notes + config.tier_table.leverage_notes(list(dict.fromkeys(symbols)),
                                             [config.execution(c).leverage for c in range(len(config.params_list))],
                                             config.initial)
 

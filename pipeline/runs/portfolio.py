@@ -13,7 +13,7 @@ from pipeline.engine import batch as engine
 from pipeline.engine import portfolio as pf
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
-from pipeline.runs.backtest import leverage_notes
+from pipeline.runs.backtest import futures_notes
 from pipeline.runs.informative import with_informative
 from pipeline.runs.plan import left_out, pinning, plan_run
 from pipeline.store import results
@@ -80,4 +80,4 @@ def portfolio(
             )
     return PortfolioOutcome(plan.run_id, accounts, best, plan.snapshot.id, interval, seconds, kernel_seconds,
                             bar_steps, paths, left_out(plan.snapshot, plan.interval_of, interval, symbols,
-                                                       config.market), leverage_notes(config, plan.names))
+                                                       config.market), futures_notes(config, plan.snapshot, plan.names))
