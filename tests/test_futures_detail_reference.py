@@ -26,14 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
-import pyarrow.feather as feather
 import pytest
 
 from pipeline.engine import tiers
 from pipeline.engine.strategies import get_strategy
 from pipeline.notebook import round_trips, run_backtest
 from tests import futures_reference
+from tests.test_detail_reference import Bar, aggregate, read_5m
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-futures"
 SYMBOL = "XRP_USDT_USDT"
@@ -51,32 +50,10 @@ STOPS = [(sl, tp, trail) for sl in (0.0, 1.0) for tp in (0.0, 2.0) for trail in 
 FILLS = ("close", "next_open")
 DETAILS = (None, "5m", "5m-holes")
 
-Bar = tuple[int, float, float, float, float, float]  # (open time in epoch seconds, o, h, l, c, volume)
-
-
 # --- the data, by plain loops ----------------------------------------------------------------------
 
 
-def read_bars(path: Path) -> list[Bar]:
-    table = feather.read_table(path, columns=["date", "open", "high", "low", "close", "volume"])
-    ns = table.column("date").cast(pa.timestamp("ns")).cast(pa.int64()).to_pylist()
-    cols = [table.column(c).to_pylist() for c in ("open", "high", "low", "close", "volume")]
-    return [(t // 10**9, *(float(col[i]) for col in cols)) for i, t in enumerate(ns)]  # type: ignore[misc]
-
-
-def aggregate(bars: list[Bar], seconds: int) -> list[Bar]:
-    out: list[list] = []
-    for ts, o, h, lo, c, v in bars:
-        bucket = ts - ts % seconds
-        if out and out[-1][0] == bucket:
-            last = out[-1]
-            last[2] = max(last[2], h)
-            last[3] = min(last[3], lo)
-            last[4] = c
-            last[5] += v
-        else:
-            out.append([bucket, o, h, lo, c, v])
-    return [tuple(b) for b in out]  # type: ignore[misc]
+read_bars = read_5m  # the plain-loop readers of the spot detail test: any feather candles
 
 
 def with_holes(bars: list[Bar]) -> list[Bar]:

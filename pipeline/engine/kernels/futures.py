@@ -29,7 +29,6 @@ from pipeline.engine.kernels.enums import (
     EXIT_LIQUIDATION,
     EXIT_SIGNAL,
     EXIT_STOP_LOSS,
-    EXIT_TAKE_PROFIT,
     EXIT_TRAILING_STOP,
     M_BARS_WITHOUT_DETAIL,
     M_BARS_WITHOUT_MARK,
@@ -50,6 +49,7 @@ from pipeline.engine.kernels.simulate import (
     _write_block,
     add_return,
     level_in_reach,
+    side_stop_exit,
     write_metrics,
 )
 
@@ -91,26 +91,6 @@ def _target(side, direction, enter_long, exit_long, enter_short, exit_short):
     return 0 if exit_short else NO_ORDER
 
 
-@njit(cache=True, inline="always")
-def _stop_exit(side, open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
-    """(fill price, EXIT_* reason) of a stop exit on this bar, or (NaN, EXIT_SIGNAL): simulate._stop_exit
-    mirrored for a short (its stop-loss above the base, its take-profit below the entry)."""
-    if sl > 0.0:
-        level = sl_base * (1.0 - side * sl)
-        reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
-        if side * open_t <= side * level:
-            return open_t, reason
-        if low_t <= level and level <= high_t:
-            return level, reason
-    if tp > 0.0:
-        stop = entry_price * (1.0 + side * tp)
-        if side * stop <= side * open_t:
-            return open_t, EXIT_TAKE_PROFIT
-        if low_t <= stop and stop <= high_t:
-            return stop, EXIT_TAKE_PROFIT
-    return np.nan, EXIT_SIGNAL
-
-
 @njit(cache=True)
 def detail_events(side, d_open, d_high, d_low, dm_open, dm_high, dm_low, first, ratio, lp, sl_base, sl, entry_price,
                   tp, trail):
@@ -129,7 +109,7 @@ def detail_events(side, d_open, d_high, d_low, dm_open, dm_high, dm_low, first, 
         lo = d_low[i]
         marked = not np.isnan(dm_open[i])
         adverse = (dm_low[i] if marked else lo) if side == 1 else (dm_high[i] if marked else h)
-        stop_price, stop_reason = _stop_exit(side, o, h, lo, sl_base, sl, entry_price, tp, trail)
+        stop_price, stop_reason = side_stop_exit(side, o, h, lo, sl_base, sl, entry_price, tp, trail)
         stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \
             side * stop_price > side * lp
         if side * adverse <= side * lp and not stop_first:
@@ -334,7 +314,7 @@ def simulate_futures_1d(
             lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
             adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (mark_high[g] if has_mark else high[g])
             liquidated = side * adverse <= side * lp
-            stop_price, stop_reason = _stop_exit(side, open_[t], high[g], low[g], sl_base, sl, entry_price, tp, trail)
+            stop_price, stop_reason = side_stop_exit(side, open_[t], high[g], low[g], sl_base, sl, entry_price, tp, trail)
             # A stop-loss filled before the liquidation price, moving from the open, exits first (its fill:
             # its level, or the open when the bar opened past it).
             stop_first = (stop_reason == EXIT_STOP_LOSS or stop_reason == EXIT_TRAILING_STOP) and \

@@ -115,6 +115,27 @@ def _stop_exit(open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
     return np.nan, EXIT_SIGNAL
 
 
+@njit(cache=True, inline="always")
+def side_stop_exit(side, open_t, high_t, low_t, sl_base, sl, entry_price, tp, trail):
+    """(fill price, EXIT_* reason) of a stop exit on this bar, or (NaN, EXIT_SIGNAL): _stop_exit for either
+    side, mirrored for a short (its stop-loss above the base, its take-profit below the entry); the futures
+    kernel's rule and the detail replay's for every finer bar."""
+    if sl > 0.0:
+        level = sl_base * (1.0 - side * sl)
+        reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
+        if side * open_t <= side * level:
+            return open_t, reason
+        if low_t <= level and level <= high_t:
+            return level, reason
+    if tp > 0.0:
+        stop = entry_price * (1.0 + side * tp)
+        if side * stop <= side * open_t:
+            return open_t, EXIT_TAKE_PROFIT
+        if low_t <= stop and stop <= high_t:
+            return stop, EXIT_TAKE_PROFIT
+    return np.nan, EXIT_SIGNAL
+
+
 @njit(cache=True)
 def detail_stop_exit(d_open, d_high, d_low, first, ratio, sl_base, sl, entry_price, tp, trail, side):
     """A stop decided on the finer bars first .. first + ratio - 1 of d_* (one symbol's row of the detail grid,
@@ -130,19 +151,9 @@ def detail_stop_exit(d_open, d_high, d_low, first, ratio, sl_base, sl, entry_pri
         present = True
         h = d_high[i]
         lo = d_low[i]
-        if sl > 0.0:
-            level = sl_base * (1.0 - side * sl)
-            reason = EXIT_TRAILING_STOP if trail else EXIT_STOP_LOSS
-            if side * o <= side * level:
-                return o, reason, sl_base, True
-            if lo <= level and level <= h:
-                return level, reason, sl_base, True
-        if tp > 0.0:
-            level = entry_price * (1.0 + side * tp)
-            if side * level <= side * o:
-                return o, EXIT_TAKE_PROFIT, sl_base, True
-            if lo <= level and level <= h:
-                return level, EXIT_TAKE_PROFIT, sl_base, True
+        price, reason = side_stop_exit(side, o, h, lo, sl_base, sl, entry_price, tp, trail)
+        if not np.isnan(price):
+            return price, reason, sl_base, True
         if trail:
             if side == 1 and h > sl_base:
                 sl_base = h
