@@ -1,0 +1,331 @@
+"""The stationary bootstrap over a sweep's daily return matrix, and the tests built on its draws.
+
+One repetition is one draw of day indices (Politis and Romano's stationary bootstrap: a block starts at a
+uniform day and runs for a geometric number of days of mean `block`, wrapping round the end), shared by
+every column of the matrix, as the reality check, StepM and the model confidence set require. A block of
+consecutive days sums as the difference of two prefix sums, so a repetition costs a few dozen row
+differences instead of one row per day. The draws come from a counter-based generator (splitmix64 keyed
+by the seed and the repetition), so repetition r is the same whatever thread runs it and however many
+threads there are. The formulas, and where each follows `arch` 8, are in the contract ("Sweep
+statistics").
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_UNIT = 1.0 / 9007199254740992.0  # 2**-53
+
+
+@njit(cache=True, inline="always")
+def _splitmix(state):
+    """(next state, 64 random bits) of splitmix64."""
+    state = state + _GOLDEN
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return state, z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, inline="always")
+def _stream(seed, rep):
+    """The generator state of repetition `rep` under `seed` (one stream per repetition)."""
+    state, bits = _splitmix(np.uint64(seed) * _GOLDEN + np.uint64(rep))
+    return bits ^ state
+
+
+@njit(cache=True, inline="always")
+def _uniform(state):
+    """(next state, a uniform in [0, 1))."""
+    state, bits = _splitmix(state)
+    return state, (bits >> np.uint64(11)) * _UNIT
+
+
+@njit(cache=True)
+def stationary_blocks(seed, rep, n_days, block, starts, lengths):
+    """Repetition `rep`'s blocks over `n_days` days: block b covers days starts[b] .. starts[b] + lengths[b] - 1
+    (modulo n_days), in order, lengths summing to n_days. Returns the number of blocks (at most n_days).
+
+    A block's length is geometric with mean `block` (a new block starts after each day with probability
+    1 / block), cut at the series' length: the distribution of `arch`'s StationaryBootstrap indices."""
+    state = _stream(seed, rep)
+    p = 1.0 / block
+    log_stay = np.log(1.0 - p) if p < 1.0 else -np.inf
+    t = 0
+    b = 0
+    while t < n_days:
+        state, u = _uniform(state)
+        start = min(int(u * n_days), n_days - 1)
+        state, v = _uniform(state)
+        length = 1 if p >= 1.0 else 1 + int(np.floor(np.log(1.0 - v) / log_stay))
+        length = min(length, n_days - t)
+        starts[b] = start
+        lengths[b] = length
+        b += 1
+        t += length
+    return b
+
+
+@njit(cache=True)
+def bootstrap_indices(seed, reps, n_days, block):
+    """The day index of every draw (reps x n_days): what `bootstrap_means` sums, for tests and for handing
+    the very same draws to another implementation."""
+    out = np.empty((reps, n_days), dtype=np.int64)
+    starts = np.empty(n_days, dtype=np.int64)
+    lengths = np.empty(n_days, dtype=np.int64)
+    for r in range(reps):
+        n_blocks = stationary_blocks(seed, r, n_days, block, starts, lengths)
+        t = 0
+        for b in range(n_blocks):
+            for i in range(lengths[b]):
+                out[r, t] = (starts[b] + i) % n_days
+                t += 1
+    return out
+
+
+@njit(cache=True, parallel=True)
+def bootstrap_means(prefix, seed, reps, block, out):
+    """out[r, k] = the mean of column k over repetition r's draw, from `prefix` ((T + 1) x K: row t holds
+    the sum of rows 0 .. t - 1 of the matrix, row 0 zeros). One shared draw per repetition for all columns."""
+    n_days = prefix.shape[0] - 1
+    n_cols = prefix.shape[1]
+    for r in prange(reps):
+        starts = np.empty(n_days, dtype=np.int64)
+        lengths = np.empty(n_days, dtype=np.int64)
+        n_blocks = stationary_blocks(seed, r, n_days, block, starts, lengths)
+        acc = np.zeros(n_cols)
+        for b in range(n_blocks):
+            lo = starts[b]
+            hi = lo + lengths[b]
+            if hi <= n_days:
+                for k in range(n_cols):
+                    acc[k] += prefix[hi, k] - prefix[lo, k]
+            else:
+                wrapped = hi - n_days
+                for k in range(n_cols):
+                    acc[k] += (prefix[n_days, k] - prefix[lo, k]) + prefix[wrapped, k]
+        for k in range(n_cols):
+            out[r, k] = acc[k] / n_days
+
+
+@njit(cache=True, parallel=True)
+def spa_exceedances(boot, recentre, observed, selected, out):
+    """The SPA's bootstrap statistics against the observed one: out[r, j] = 1 where max over the selected
+    columns k of (boot[r, k] - recentre[j, k]) exceeds `observed`, for each recentring j (lower,
+    consistent, upper), else 0. `arch`'s SPA.compute: the statistic is the largest mean loss differential."""
+    reps, n_cols = boot.shape
+    for r in prange(reps):
+        for j in range(recentre.shape[0]):
+            best = -np.inf
+            for k in range(n_cols):
+                if selected[k]:
+                    value = boot[r, k] - recentre[j, k]
+                    if value > best:
+                        best = value
+            out[r, j] = 1.0 if best > observed else 0.0
+
+
+@njit(cache=True, parallel=True)
+def spa_maxima(boot, recentre, selected, out):
+    """out[r] = max over the selected columns k of (boot[r, k] - recentre[k]): the distribution StepM's
+    critical value is a quantile of."""
+    reps, n_cols = boot.shape
+    for r in prange(reps):
+        best = -np.inf
+        for k in range(n_cols):
+            if selected[k]:
+                value = boot[r, k] - recentre[k]
+                if value > best:
+                    best = value
+        out[r] = best
+
+
+@njit(cache=True, parallel=True, fastmath={"reassoc"})
+def pair_weights(centred):
+    """1 / sqrt(v[i, j]) of the model confidence set, v[i, j] the mean over repetitions of
+    (centred[i, r] - centred[j, r])**2 (`centred` K x R: each column's bootstrap mean loss minus its mean
+    loss), plus 1 on the diagonal as `arch` adds; 0 where a pair's difference never varies (it cannot
+    decide). Symmetric. Rows i and K - 1 - i go to the same thread (together K - 1 pairs), so the
+    threads share the triangle evenly."""
+    n_cols, reps = centred.shape
+    out = np.empty((n_cols, n_cols))
+    for half in prange((n_cols + 1) // 2):
+        for pick in range(2):
+            h = np.int64(half)  # prange's index is unsigned: int64 arithmetic with it would be float
+            i = h if pick == 0 else n_cols - 1 - h
+            if pick == 1 and i == h:
+                continue  # the middle row of an odd K
+            out[i, i] = 1.0
+            for j in range(i + 1, n_cols):
+                total = 0.0
+                for r in range(reps):
+                    d = centred[i, r] - centred[j, r]
+                    total += d * d
+                v = total / reps
+                w = 1.0 / np.sqrt(v) if v > 0.0 else 0.0
+                out[i, j] = w
+                out[j, i] = w
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _row_maxima(boot_t, weights, included, rows, out):
+    """out[r, i] = max over included j of (boot_t[r, i] - boot_t[r, j]) * weights[i, j], for the i in `rows`."""
+    reps = boot_t.shape[0]
+    n_cols = boot_t.shape[1]
+    for r in prange(reps):
+        for i in rows:
+            best = -np.inf
+            a = boot_t[r, i]
+            for j in range(n_cols):
+                if included[j]:
+                    value = (a - boot_t[r, j]) * weights[i, j]
+                    if value > best:
+                        best = value
+            out[r, i] = best
+
+
+@njit(cache=True, parallel=True)
+def _refresh_and_count(boot_t, weights, included, eliminated, row_max, statistic, exceed):
+    """After `eliminated` leaves the set: each repetition's row maxima that it attained are recomputed over
+    the models left (weights is symmetric: its row `eliminated` is read, in order), and exceed[r] = 1 where the repetition's largest statistic over the models left
+    exceeds `statistic`."""
+    reps, n_cols = boot_t.shape
+    for r in prange(reps):
+        best = -np.inf
+        for i in range(n_cols):
+            if not included[i]:
+                continue
+            a = boot_t[r, i]
+            if eliminated >= 0 and (a - boot_t[r, eliminated]) * weights[eliminated, i] == row_max[r, i]:
+                row = -np.inf
+                for j in range(n_cols):
+                    if included[j]:
+                        value = (a - boot_t[r, j]) * weights[i, j]
+                        if value > row:
+                            row = value
+                row_max[r, i] = row
+            if row_max[r, i] > best:
+                best = row_max[r, i]
+        exceed[r] = 1.0 if statistic < best else 0.0
+
+
+@njit(cache=True)
+def _row_best(stats, included, i):
+    """The largest stats[i, j] over the included j."""
+    best = -np.inf
+    for j in range(stats.shape[0]):
+        if included[j] and stats[i, j] > best:
+            best = stats[i, j]
+    return best
+
+
+@njit(cache=True)
+def mcs_eliminate(mean_loss, centred_t, weights, size):
+    """The model confidence set by the range statistic T_R (Hansen, Lunde and Nason 2011; `arch`'s MCS
+    method "R"), stopped at the first elimination whose p-value exceeds `size`.
+
+    mean_loss (K,) each model's mean loss; centred_t (R x K) each repetition's bootstrap mean loss minus the
+    mean loss; weights (K x K) from `pair_weights`. Each step eliminates the model i of the largest
+    t[i, j] = (mean_loss[i] - mean_loss[j]) * weights[i, j] over the models left, with p-value the share of
+    repetitions whose largest (centred_t[r, i] - centred_t[r, j]) * weights[i, j] over the models left
+    exceeds it; a model's MCS p-value is the largest p-value of the steps up to its own. Returns
+    (in_set (K,) bool: the models whose MCS p-value exceeds `size`, p_values (K,): those of the models
+    eliminated before the stop, NaN for the others)."""
+    n_cols = mean_loss.shape[0]
+    reps = centred_t.shape[0]
+    stats = np.empty((n_cols, n_cols))
+    for i in range(n_cols):
+        for j in range(n_cols):
+            stats[i, j] = (mean_loss[i] - mean_loss[j]) * weights[i, j]
+    included = np.ones(n_cols, dtype=np.bool_)
+    p_values = np.full(n_cols, np.nan)
+    observed = np.empty(n_cols)  # each model's largest t[i, j] over the models left
+    for i in range(n_cols):
+        observed[i] = _row_best(stats, included, i)
+    row_max = np.empty((reps, n_cols))
+    _row_maxima(centred_t, weights, included, np.arange(n_cols), row_max)
+    exceed = np.empty(reps)
+    eliminated = -1
+    running = 0.0
+    left = n_cols
+    while left > 1:
+        statistic = -np.inf
+        worst = -1
+        for i in range(n_cols):  # the first model of the largest t (arch: row-major order)
+            if included[i] and observed[i] > statistic:
+                statistic = observed[i]
+                worst = i
+        _refresh_and_count(centred_t, weights, included, eliminated, row_max, statistic, exceed)
+        running = max(running, exceed.mean())
+        if running > size:
+            break  # this model and every one left have an MCS p-value above `size`
+        p_values[worst] = running
+        included[worst] = False
+        eliminated = worst
+        left -= 1
+        for i in range(n_cols):
+            if included[i] and stats[i, worst] == observed[i]:
+                observed[i] = _row_best(stats, included, i)
+    return included, p_values
+
+
+@njit(cache=True, parallel=True)
+def bhy_pvalues(p_values, n_tests, draws, seed, correlation, p_null, mean_effect):
+    """Harvey and Liu's (2015) BHY-adjusted p-value of each of `p_values` as one test among `n_tests` others,
+    for each of `draws` simulated populations of the other tests (out: draws x len(p_values)).
+
+    The other tests' t-ratios follow Harvey, Liu and Zhu's model as Harvey and Liu's program draws them:
+    with probability p_null a strategy has no edge, else its monthly mean is exponential with mean
+    `mean_effect`; its t-ratio over 240 months of 15 % annual volatility is |mean / se + z|, the z standard
+    normals with pairwise `correlation` (0: independent tests); its p-value 2 (1 - Phi(t)). The adjustment is
+    their program's: with the n_tests + 1 p-values sorted, the k-th becomes the smallest over j >= k of
+    (n_tests + 1) c / j times the j-th (the largest unscaled), c = sum of 1 / i for i = 1 .. n_tests + 1."""
+    m = n_tests
+    c_const = 0.0
+    for i in range(1, m + 2):
+        c_const += 1.0 / i
+    scale = (m + 1) * c_const
+    se = 0.15 / np.sqrt(12.0) / np.sqrt(240.0)
+    shared = np.sqrt(correlation)
+    own_part = np.sqrt(1.0 - correlation)
+    out = np.empty((draws, p_values.shape[0]))
+    for w in prange(draws):
+        state = _stream(seed, w)
+        state, common = _normal(state)
+        others = np.empty(m)
+        for q in range(m):
+            state, z = _normal(state)
+            state, edge = _uniform(state)
+            state, e = _uniform(state)
+            mean = -mean_effect * np.log(1.0 - e) if edge > p_null else 0.0
+            t = abs(mean / se + shared * common + own_part * z)
+            others[q] = math.erfc(t / np.sqrt(2.0))  # 2 (1 - Phi(t))
+        others.sort()
+        # suffix[q] = the smallest scaled value of the others from the q-th on, as they stand after the
+        # tested p-value (combined position q + 2, 1-based); the largest of all is taken unscaled.
+        suffix = np.empty(m + 1)
+        suffix[m] = np.inf
+        for q in range(m - 1, -1, -1):
+            value = others[q] if q == m - 1 else scale / (q + 2) * others[q]
+            suffix[q] = min(value, suffix[q + 1])
+        for n in range(p_values.shape[0]):
+            p = p_values[n]
+            k = np.searchsorted(others, p)  # others below the tested p-value: its position is k + 1
+            own = p if k == m else scale / (k + 1) * p
+            out[w, n] = min(own, suffix[k])
+    return out
+
+
+@njit(cache=True, inline="always")
+def _normal(state):
+    """(next state, a standard normal) by Box and Muller's cosine."""
+    state, u1 = _uniform(state)
+    state, u2 = _uniform(state)
+    return state, np.sqrt(-2.0 * np.log(1.0 - u1)) * np.cos(2.0 * np.pi * u2)

@@ -1,0 +1,323 @@
+"""What a sweep's best set is worth after the search: tests over the daily returns of every parameter set.
+
+Given one symbol's (or the pooled run's) daily return matrix (days x sets), `statistics` computes Hansen's
+SPA p-values against a benchmark, Romano and Wolf's StepM set, Hansen, Lunde and Nason's model confidence
+set, a stationary-bootstrap interval of the best set's annualised Sharpe ratio, its probabilistic Sharpe
+ratio and minimum track record length (Bailey and Lopez de Prado 2012), and Harvey and Liu's (2015)
+haircut Sharpe ratio with the BHY adjustment. The heavy loops are numba kernels
+(`pipeline.engine.kernels.bootstrap`); the rules are the contract's ("Sweep statistics").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+from pipeline.core.errors import PipelineError
+from pipeline.engine.kernels import bootstrap as kernels
+from pipeline.engine.overfit import deflated_sharpe
+
+STAT_NAMES = ("spa", "stepm", "mcs", "bootstrap", "psr", "haircut")
+BENCHMARKS = ("zero", "buy_and_hold")
+DAYS_PER_YEAR = 365  # crypto trades every day: a daily Sharpe ratio annualises by sqrt(365)
+MIN_DAYS = 30  # fewer full days than this: no statistics (a bootstrap of a few days says nothing)
+MAX_REPS = 100_000
+HL_DRAWS = 2000  # Harvey and Liu's program draws 2,000 populations of other tests
+_NORMAL = NormalDist()
+
+
+def parse_stats(text: str | None) -> tuple[str, ...]:
+    """The statistics `--stats` names ("spa,mcs", "all"), in STAT_NAMES order; a one-line error names a
+    wrong one."""
+    if text is None or not str(text).strip():
+        return ()
+    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*STAT_NAMES, "all")]
+    if unknown:
+        raise PipelineError(f"--stats {unknown[0]!r} is not a statistic; use a comma list of: "
+                            f"{', '.join(STAT_NAMES)} (or all)")
+    return STAT_NAMES if "all" in names else tuple(n for n in STAT_NAMES if n in names)
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """What a sweep's statistics are asked for: which (`STAT_NAMES`), against what benchmark, with how
+    many bootstrap repetitions of which mean block length (0: sqrt(days), `arch`'s default), under which
+    seed, at which size `alpha` (StepM's family-wise error, the MCS's size, the interval's 1 - alpha)."""
+
+    stats: tuple[str, ...]
+    benchmark: str = "zero"
+    reps: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+    block_size: int = 0
+    sets_tried: int = 0  # the sweep's grid size: the haircut's number of tests
+
+    def block_for(self, days: int) -> int:
+        return self.block_size or max(int(math.sqrt(days)), 1)
+
+
+def daily_returns(day_equity: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """Each set's return on each day (days x sets) from its equity at each day's last close (NaN on a day
+    without a bar: the equity carries) and its equity before the first day (`base`, per set).
+
+    An equity that reached 0 stays there: its later returns are 0, not 0 / 0."""
+    equity = np.vstack([base[None, :], day_equity])
+    # Carry the last equity over days without a bar (a forward fill along the days).
+    index = np.where(np.isfinite(equity), np.arange(equity.shape[0])[:, None], 0)
+    np.maximum.accumulate(index, axis=0, out=index)
+    equity = np.take_along_axis(equity, index, axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        returns = equity[1:] / equity[:-1] - 1.0
+    return np.where(equity[:-1] > 0, returns, 0.0)
+
+
+def autocovariances(demeaned: np.ndarray) -> np.ndarray:
+    """gamma[i, k] = sum over t of demeaned[t, k] * demeaned[t + i, k], for every lag i (T x K), by FFT."""
+    from scipy import fft
+
+    n = demeaned.shape[0]
+    size = fft.next_fast_len(2 * n - 1, real=True)
+    spectrum = fft.rfft(demeaned, n=size, axis=0, workers=-1)
+    return fft.irfft(spectrum.real**2 + spectrum.imag**2, n=size, axis=0, workers=-1)[:n]
+
+
+def spa_recentring(loss_diff: np.ndarray, block: int) -> np.ndarray:
+    """The SPA's three recentrings of the bootstrap means (3 x K: lower, consistent, upper), as `arch`'s SPA:
+    upper the mean loss differential, lower that floored at 0, consistent that set to 0 where the mean is
+    below -sqrt(omega^2 / T * 2 ln ln T), omega^2 the stationary bootstrap's long-run variance (Politis and
+    Romano's kernel with p = 1 / block)."""
+    n = loss_diff.shape[0]
+    mean = loss_diff.mean(axis=0)
+    gamma = autocovariances(loss_diff - mean)
+    p = 1.0 / block
+    lag = np.arange(1, n)
+    kappa = (1.0 - lag / n) * (1.0 - p) ** lag + (lag / n) * (1.0 - p) ** (n - lag)
+    variance = gamma[0] / n + 2.0 * (kappa[:, None] * gamma[1:]).sum(axis=0) / n
+    with np.errstate(invalid="ignore"):
+        threshold = -np.sqrt(variance / n * 2.0 * math.log(math.log(n)))
+    consistent = np.where(mean >= threshold, mean, 0.0)
+    return np.vstack([np.maximum(mean, 0.0), consistent, mean])
+
+
+def spa_pvalues(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int) -> dict[str, float]:
+    """Hansen's SPA p-values (lower, consistent, upper) that no column beats the benchmark: the share of
+    repetitions whose largest recentred bootstrap mean exceeds the largest mean loss differential."""
+    recentre = spa_recentring(loss_diff, block)
+    exceed = np.empty((boot_diff.shape[0], 3))
+    kernels.spa_exceedances(boot_diff, recentre, float(loss_diff.mean(axis=0).max()),
+                            np.ones(loss_diff.shape[1], dtype=np.bool_), exceed)
+    lower, consistent, upper = exceed.mean(axis=0)
+    return {"lower": float(lower), "consistent": float(consistent), "upper": float(upper)}
+
+
+def stepm(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int, alpha: float) -> np.ndarray:
+    """Romano and Wolf's StepM as `arch` runs it: the columns whose mean loss differential exceeds the
+    (1 - alpha) quantile of the largest consistent-recentred bootstrap mean over the columns not yet found
+    better, step by step until a step finds none (column indices, ascending)."""
+    recentre = spa_recentring(loss_diff, block)[1]
+    mean = loss_diff.mean(axis=0)
+    n_cols = mean.size
+    selected = np.ones(n_cols, dtype=np.bool_)
+    maxima = np.empty(boot_diff.shape[0])
+    found: list[int] = []
+    while True:
+        kernels.spa_maxima(boot_diff, recentre, selected, maxima)
+        critical = np.percentile(maxima, 100.0 * (1.0 - alpha))
+        better = np.flatnonzero((mean > critical) & selected)
+        found.extend(int(k) for k in better)
+        if better.size == 0 or better.size >= n_cols:
+            break
+        selected = np.ones(n_cols, dtype=np.bool_)
+        selected[found] = False
+    return np.array(sorted(found), dtype=np.int64)
+
+
+def model_confidence_set(losses_mean: np.ndarray, boot_losses: np.ndarray, alpha: float) -> np.ndarray:
+    """The model confidence set at size `alpha` (column indices, ascending), by the range statistic."""
+    centred = boot_losses - losses_mean
+    weights = kernels.pair_weights(np.ascontiguousarray(centred.T))
+    included, _ = kernels.mcs_eliminate(losses_mean, np.ascontiguousarray(centred), weights, alpha)
+    return np.flatnonzero(included)
+
+
+def annual_sharpe(returns: np.ndarray) -> float:
+    """mean / sample deviation * sqrt(365) of daily returns; NaN where undefined."""
+    if returns.size < 2:
+        return math.nan
+    deviation = returns.std(ddof=1)
+    return float(returns.mean() / deviation * math.sqrt(DAYS_PER_YEAR)) if deviation > 0 else math.nan
+
+
+def sharpe_interval(returns: np.ndarray, boot_mean: np.ndarray, boot_square: np.ndarray,
+                    alpha: float) -> list[float] | None:
+    """The basic (reverse percentile) bootstrap interval of the annualised Sharpe ratio at 1 - alpha, as
+    `arch`'s conf_int(method="basic"): 2 S - the upper and lower percentiles of the bootstrap Sharpe ratios."""
+    n = returns.size
+    sharpe = annual_sharpe(returns)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        deviation = np.sqrt(np.maximum(boot_square - boot_mean**2, 0.0) * n / (n - 1))
+        draws = boot_mean / deviation * math.sqrt(DAYS_PER_YEAR)
+    draws = draws[np.isfinite(draws)]
+    if not math.isfinite(sharpe) or draws.size == 0:
+        return None
+    low, high = np.percentile(draws, [100.0 * alpha / 2, 100.0 * (1 - alpha / 2)])
+    return [float(2 * sharpe - high), float(2 * sharpe - low)]
+
+
+def moments(returns: np.ndarray) -> tuple[float, float, float]:
+    """(per-period Sharpe ratio with the sample deviation, population skewness, Pearson kurtosis) of
+    returns; NaN where the deviation is 0."""
+    deviation = returns.std(ddof=1) if returns.size > 1 else 0.0
+    if not deviation > 0:
+        return math.nan, math.nan, math.nan
+    centred = returns - returns.mean()
+    m2 = (centred**2).mean()
+    return (float(returns.mean() / deviation), float((centred**3).mean() / m2**1.5),
+            float((centred**4).mean() / m2**2))
+
+
+def probabilistic_sharpe(sharpe: float, n: int, skew: float, kurt: float, benchmark: float = 0.0) -> float | None:
+    """Bailey and Lopez de Prado's (2012) PSR: the probability that the true Sharpe ratio exceeds `benchmark`,
+    given a per-period Sharpe ratio over n returns of that skewness and (Pearson) kurtosis; the deflated
+    Sharpe ratio's formula with the benchmark for SR0."""
+    value = float(deflated_sharpe(np.array([sharpe]), np.array([n]), np.array([skew]), np.array([kurt]),
+                                  benchmark)[0])
+    return value if math.isfinite(value) else None
+
+
+def min_track_record(sharpe: float, skew: float, kurt: float, benchmark: float = 0.0,
+                     confidence: float = 0.95) -> float | None:
+    """Bailey and Lopez de Prado's minimum track record length, in periods: the returns needed for the PSR
+    against `benchmark` to reach `confidence`, 1 + (1 - skew SR + (kurt - 1) / 4 SR^2) (z / (SR - SR*))^2.
+    None unless the Sharpe ratio beats the benchmark."""
+    if not (math.isfinite(sharpe) and sharpe > benchmark):
+        return None
+    spread = 1 - skew * sharpe + (kurt - 1) / 4 * sharpe**2
+    return float(1 + spread * (_NORMAL.inv_cdf(confidence) / (sharpe - benchmark)) ** 2)
+
+
+def hlz_parameters(correlation: float) -> tuple[float, float]:
+    """(share of strategies without an edge, mean monthly return of those with one) of Harvey, Liu and Zhu's
+    model at an average correlation among strategies, interpolated in their table as Harvey and Liu's
+    program does (0.2's row outside [0, 1))."""
+    rows = ((0.0, 0.39660, 0.0054995), (0.2, 0.44589, 0.0055508), (0.4, 0.48604, 0.0055413),
+            (0.6, 0.59902, 0.0055512), (0.8, 0.83901, 0.0055956))
+    if not 0.0 <= correlation < 1.0:
+        return rows[1][1], rows[1][2]
+    low = min(int(correlation / 0.2), 3)  # their program extrapolates 0.8 .. 1 from the last two rows
+    weight = (correlation - rows[low][0]) / 0.2
+    return tuple(float((1 - weight) * rows[low][k] + weight * rows[low + 1][k]) for k in (1, 2))  # type: ignore[return-value]
+
+
+def haircut_sharpes(sharpes: list[float | None], months: list[int], n_tests: int, seed: int,
+                    correlation: float = 0.0, draws: int = HL_DRAWS) -> list[float | None]:
+    """Harvey and Liu's (2015) haircut Sharpe ratio with the BHY adjustment, for each annualised Sharpe
+    ratio over its number of months, as one strategy among `n_tests` tried whose returns have the average
+    `correlation` (0: independent tests): the t-ratio sr / sqrt(12) * sqrt(months), its two-sided Student-t
+    p-value on months - 1 degrees of freedom, the median over `draws` simulated populations of the other
+    tests of its BHY-adjusted p-value (`kernels.bhy_pvalues`), turned back into an annualised Sharpe ratio
+    the same way. None where the Sharpe ratio is not positive or there are fewer than two months."""
+    from scipy import stats
+
+    out: list[float | None] = [None] * len(sharpes)
+    wanted = [i for i, (sr, n) in enumerate(zip(sharpes, months, strict=True))
+              if sr is not None and math.isfinite(sr) and sr > 0 and n >= 2]
+    if not wanted or n_tests < 1:
+        return out
+    n = np.array([months[i] for i in wanted], dtype=np.float64)
+    t_ratio = np.array([sharpes[i] for i in wanted]) / math.sqrt(12) * np.sqrt(n)
+    p_value = 2 * stats.t.sf(t_ratio, n - 1)
+    p_null, mean_effect = hlz_parameters(correlation)
+    adjusted = np.median(kernels.bhy_pvalues(p_value, int(n_tests), int(draws), int(seed), float(correlation),
+                                             p_null, mean_effect), axis=0)
+    z = stats.t.isf(adjusted / 2, n - 1)
+    for i, value in zip(wanted, z / np.sqrt(n) * math.sqrt(12), strict=True):
+        out[i] = float(max(value, 0.0))
+    return out
+
+
+def months_of(days: int) -> int:
+    """Harvey and Liu's months of daily data: floor(days * 12 / 360)."""
+    return math.floor(days * 12 / 360)
+
+
+def _distinct(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the first of each group of identical columns, each column's group): sets with the very same daily
+    returns are one model to the tests (identical columns make the MCS's pair variances 0)."""
+    _, first, group = np.unique(returns.T, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return first[order], rank[np.ravel(group)]
+
+
+def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, best: int,
+               request: StatsRequest) -> dict[str, Any]:
+    """The requested statistics of one daily return matrix (days x sets; `traded` marks the sets that
+    traded, `benchmark` the benchmark's daily returns, `best` the sweep's best set by its objective).
+
+    Returns the fields `--json` carries per symbol: days, block_size, tested (the sets tested), never_traded,
+    spa, stepm, mcs (set indices), best_set, sharpe, sharpe_ci, psr, min_trl, haircut_sharpe (None until
+    `haircut_sharpes` fills it: its draws are shared across symbols) and `reason` when there are none."""
+    n_days, n_sets = returns.shape
+    tested = np.flatnonzero(traded)
+    out: dict[str, Any] = {"days": int(n_days), "block_size": None, "tested": int(tested.size),
+                           "never_traded": [int(c) for c in np.flatnonzero(~traded)], "spa": None, "stepm": None,
+                           "mcs": None, "best_set": int(best) if best >= 0 else None, "sharpe": None,
+                           "sharpe_ci": None, "psr": None, "min_trl": None, "haircut_sharpe": None, "reason": None}
+    if n_days < MIN_DAYS:
+        out["reason"] = f"{n_days} full day(s) of returns; the statistics need at least {MIN_DAYS}"
+        return out
+    if tested.size == 0:
+        out["reason"] = "no parameter set traded"
+        return out
+    block = request.block_for(n_days)
+    out["block_size"] = block
+    wanted = set(request.stats)
+    best_returns = returns[:, best] if best >= 0 else None
+    if best_returns is not None:
+        sharpe = annual_sharpe(best_returns)
+        out["sharpe"] = sharpe if math.isfinite(sharpe) else None
+    representatives, group = _distinct(returns[:, tested])
+    models = returns[:, tested[representatives]]
+    needs_boot = wanted & {"spa", "stepm", "mcs", "bootstrap"}
+    if needs_boot:
+        extra = [benchmark]
+        if best_returns is not None:
+            extra += [best_returns, best_returns**2]
+        matrix = np.column_stack([models, *extra])
+        prefix = np.zeros((n_days + 1, matrix.shape[1]))
+        np.cumsum(matrix, axis=0, out=prefix[1:])
+        boot = np.empty((request.reps, matrix.shape[1]))
+        kernels.bootstrap_means(prefix, request.seed, request.reps, block, boot)
+        n_models = models.shape[1]
+        boot_models, boot_benchmark = boot[:, :n_models], boot[:, n_models]
+        loss_diff = models - benchmark[:, None]  # the benchmark's loss minus the set's: returns minus benchmark
+        boot_diff = np.ascontiguousarray(boot_models - boot_benchmark[:, None])
+
+        def members(columns: np.ndarray) -> list[int]:
+            chosen = np.isin(group, columns)
+            return [int(c) for c in tested[chosen]]
+
+        if "spa" in wanted:
+            out["spa"] = spa_pvalues(loss_diff, boot_diff, block)
+        if "stepm" in wanted:
+            out["stepm"] = members(stepm(loss_diff, boot_diff, block, request.alpha))
+        if "mcs" in wanted:
+            if n_models >= 2:
+                out["mcs"] = members(model_confidence_set(-models.mean(axis=0), -boot_models, request.alpha))
+            else:
+                out["mcs"] = members(np.arange(n_models))
+        if "bootstrap" in wanted and best_returns is not None:
+            out["sharpe_ci"] = sharpe_interval(best_returns, boot[:, n_models + 1], boot[:, n_models + 2],
+                                               request.alpha)
+    if "psr" in wanted and best_returns is not None:
+        sharpe, skew, kurt = moments(best_returns)
+        out["psr"] = probabilistic_sharpe(sharpe, n_days, skew, kurt)
+        out["min_trl"] = min_track_record(sharpe, skew, kurt)
+    return out
