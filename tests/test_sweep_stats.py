@@ -131,9 +131,9 @@ def test_sets_that_never_traded_are_listed_and_left_out() -> None:
 
 
 def test_too_few_days_give_a_reason_not_numbers() -> None:
-    out = ss.statistics(_matrix(8, days=20), np.ones(30, dtype=bool), np.zeros(20), 0,
+    out = ss.statistics(_matrix(8, days=9), np.ones(30, dtype=bool), np.zeros(9), 0,
                         ss.StatsRequest(stats=ss.STAT_NAMES, reps=100))
-    assert out["spa"] is None and "20 full day(s)" in out["reason"]
+    assert out["spa"] is None and "9 full day(s)" in out["reason"]
 
 
 @settings(max_examples=60, deadline=None)

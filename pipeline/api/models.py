@@ -117,8 +117,6 @@ class SweepRequest(RunRequest):  # type: ignore[misc,valid-type]
                      json_schema_extra={"minimum": 1, "maximum": options.MAX_TOP})
     samples: int | None = Field(default=None, description="Run this many grid points drawn at random.",
                                 json_schema_extra={"minimum": 1})
-    seed: int = Field(default=0, description="Seed of samples: the same seed draws the same points.",
-                      json_schema_extra={"minimum": 0})
 
     def _param_sets(self, strategy: Any) -> Any:
         if self.params:

@@ -77,3 +77,36 @@ def print_walk_forward(summaries: list[dict[str, Any]], config: Any, limit: int)
     tables.print_table(console, columns, cells, f"walk-forward: {config.walk_forward} {kind} folds, train "
                        f"{config.train_ratio:.0%} of each, best by {config.objective}; out of sample ({start}), "
                        "stitched")
+
+
+def print_stats(stats: dict[str, Any], limit: int) -> None:
+    """A sweep's --stats: the pooled run, then the symbols (most significant SPA first), a row each."""
+    columns = [tables.Column("symbol", required=True, right=False), tables.Column("days", drop_rank=4),
+               tables.Column("spa p (l/c/u)", required=True), tables.Column("stepm", drop_rank=2),
+               tables.Column("mcs", drop_rank=2), tables.Column("best set", drop_rank=3),
+               tables.Column("sharpe", required=True), tables.Column("sharpe ci", drop_rank=1),
+               tables.Column("psr", drop_rank=1), tables.Column("min trl d", drop_rank=3),
+               tables.Column("haircut", required=True)]
+
+    def row(name: str, s: dict[str, Any]) -> list[str]:
+        if s.get("reason"):
+            return [name, tables.cell("count", s.get("days")), s["reason"], *["-"] * 8]
+        spa = s.get("spa")
+        ci = s.get("sharpe_ci")
+        return [name, tables.cell("count", s["days"]),
+                "/".join(f"{spa[k]:.3f}" for k in ("lower", "consistent", "upper")) if spa else "-",
+                "-" if s.get("stepm") is None else f"{len(s['stepm'])} set(s)",
+                "-" if s.get("mcs") is None else f"{len(s['mcs'])} set(s)",
+                "-" if s.get("best_set") is None else str(s["best_set"]),
+                tables.cell("sharpe", s.get("sharpe")),
+                f"{ci[0]:.2f} .. {ci[1]:.2f}" if ci else "-", tables.cell("psr", s.get("psr")),
+                tables.cell("min_trl_days", s.get("min_trl")), tables.cell("haircut_sharpe", s.get("haircut_sharpe"))]
+
+    symbols = sorted(stats["symbols"].items(),
+                     key=lambda kv: ((kv[1].get("spa") or {}).get("consistent", 2.0), kv[0]))
+    cells = [row("(pooled)", stats["pooled"]), *(row(name, s) for name, s in symbols[:limit])]
+    more = len(symbols) - limit
+    tables.print_table(console, columns, cells,
+                       f"sweep statistics vs {stats['benchmark']}: {stats['reps']:,} stationary-bootstrap repetitions, "
+                       f"alpha {stats['alpha']:g}, {stats['sets_tried']:,} sets tried"
+                       + (f"; {more} more symbol(s) in --json" if more > 0 else ""))

@@ -14,6 +14,7 @@ from pipeline.cli.run_flags import AllSymbols, Params, StrategyPaths, Symbols, r
 from pipeline.cli.stoppable import RAN, stoppable
 from pipeline.core import stopping, tables
 from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
 from pipeline.engine import options
 
 app = typer.Typer()
@@ -27,12 +28,14 @@ def _run_header(outcome: Any) -> dict[str, Any]:
 
 def _run(strategy: Any, params: list[dict[str, Any]] | dict[str, Any], symbols: list[str] | None, all_: bool,
          stream: bool, command: str, no_cache: bool = False, confirm_seconds: float | None = None,
-         snapshot: str | None = None, keep: int | None = None, *, interval: str, **run: Any
-         ) -> tuple[Any, Any, Settings]:
+         snapshot: str | None = None, keep: int | None = None, returns_out: Path | None = None, *, interval: str,
+         **run: Any) -> tuple[Any, Any, Settings]:
     """A validated backtest or sweep, run; `run` are the command's run options (fee, fill, sl, ...)."""
     from pipeline import runs
 
     config, symbols, interval = options.run_request(strategy, params, symbols, all_, interval, **run)
+    if returns_out is not None and len(config.params_list) < 2:
+        raise PipelineError("--returns-out needs a sweep of at least two parameter sets; this grid has 1")
     settings = Settings.from_env()
     on_results = None
     if stream:
@@ -48,7 +51,8 @@ def _run(strategy: Any, params: list[dict[str, Any]] | dict[str, Any], symbols: 
                                on_results=on_results, on_progress=watch, command=command,
                                confirm_seconds=confirm_seconds,
                                on_plan=lambda m: err_console.print(m, highlight=False), snapshot_id=snapshot,
-                               keep=keep, should_stop=stopping.requested)
+                               keep=keep, should_stop=stopping.requested,
+                               **({"returns_out": returns_out} if returns_out is not None else {}))
     ran = RAN.get()
     if ran is not None:
         ran.update(outcome=outcome, settings=settings)
@@ -166,7 +170,9 @@ def sweep_command(
     strategy_path: StrategyPaths = None,
     samples: Annotated[int | None, typer.Option(
         help="Run this many grid points drawn at random (for grids too large to run whole).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of --samples: the same seed draws the same points.")] = 0,
+    returns_out: Annotated[Path | None, typer.Option(
+        help="Write every set's daily returns to this .parquet file (long format: symbol, set, the parameters, "
+             "day, return) when the sweep finishes.")] = None,
     **run: Any,
 ) -> None:
     """Run a parameter grid over many symbols in one pass; print the best sets.
@@ -180,30 +186,40 @@ def sweep_command(
       cryptobt sweep rsi -g rsi_period=7:28:7 -g oversold_threshold=20,25,30 -g overbought_threshold=70,75,80
       cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
       cryptobt sweep rsi -g sl=2:10:2 -g tp=5,10,20 -g trail=0,1
+      cryptobt sweep rsi -g rsi_period=7:28:1 -g oversold_threshold=20:35:5 --stats all --returns-out daily.parquet
     """
     from pipeline.engine import batch as engine
+    from pipeline.store.returns_file import check_path
 
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
+    check_path(returns_out)
     chosen = options.resolve_strategy(strategy)
-    params_list = options.parse_grid(chosen, grid, samples, seed)
+    params_list = options.parse_grid(chosen, grid, samples, run["seed"])
     if params_list.dropped:
         err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
     outcome, config, settings = _run(chosen, params_list, symbol, all_, False, "sweep", no_cache,
-                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top, **run)
+                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top,
+                                     returns_out=returns_out, **run)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
     if as_json:
         emit_json({**_run_header(outcome), "best": engine.sweep_best(outcome.results, top, *engine.ranking(config)),
-                    **({"walk_forward": outcome.walk_forward} if config.walk_forward else {})})
+                    **({"walk_forward": outcome.walk_forward} if config.walk_forward else {}),
+                    **({"stats": outcome.stats} if outcome.stats else {}),
+                    **({"returns_out": outcome.returns_path} if outcome.returns_path else {})})
         return
     boards.print_board(best, f"best {len(best)} of {outcome.n_results:,} ({len(config.params_list)} sets x symbols)",
                  top, True)
     boards.print_board(per_symbol, f"best {top} per symbol", top * 10, True)
     if config.walk_forward:
         boards.print_walk_forward(outcome.walk_forward, config, top * 10)
+    if outcome.stats:
+        boards.print_stats(outcome.stats, top * 4)
+    if outcome.returns_path:
+        console.print(f"daily returns written to {outcome.returns_path}")
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")

@@ -8,6 +8,7 @@ reader (grid step, intervals derived on read), the engine (`bars_per_year`).
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pipeline.core.errors import PipelineError
 
@@ -71,3 +72,21 @@ def divides(finer: str, coarser: str) -> bool:
 def coarser_than(name: str, candidates: tuple[str, ...] | list[str]) -> list[str]:
     """The `candidates` that `name` tiles and that are coarser than it, finest first."""
     return [c for c in sorted(candidates, key=SECONDS.__getitem__) if c != name and divides(name, c)]
+
+
+DAY_SECONDS = 86_400
+
+
+def grid_days(times: Any) -> tuple[int, int]:
+    """(the first UTC day of a time grid (epoch seconds), as days since the epoch, and the days it spans)."""
+    if len(times) == 0:
+        return 0, 0
+    first = int(times[0]) // DAY_SECONDS
+    return first, int(times[-1]) // DAY_SECONDS - first + 1
+
+
+def day_columns(times: Any) -> Any:
+    """The UTC day of each grid column, counted from the grid's first (a bar belongs to the day it opens in)."""
+    import numpy as np
+
+    return (np.asarray(times, dtype=np.int64) // DAY_SECONDS - grid_days(times)[0]).astype(np.int64)

@@ -125,6 +125,32 @@ METRICS: tuple[Metric, ...] = (
     Metric("deflated_sharpe", "float64", "ratio", "ratio",
            "the row's Deflated Sharpe Ratio: probability that its Sharpe beats n_trials unskilled trials",
            section="sweep"),
+    Metric("set", "int64", "sets", "count", "the row's parameter set: its index in the sweep's grid (as in "
+           "--returns-out)", section="sweep"),
+    # --stats (issue 30, docs/statistics.md): per symbol on every row, per set, or on the best set's row alone.
+    Metric("stats_days", "int64", "days", "count", "the symbol's full UTC days of daily returns --stats used",
+           section="sweep"),
+    Metric("spa_lower", "float64", "ratio", "ratio", "the symbol's SPA p-value (lower) that no set beats "
+           "--benchmark after the search; --stats spa", section="sweep"),
+    Metric("spa_consistent", "float64", "ratio", "ratio", "the symbol's SPA p-value (consistent, Hansen's "
+           "headline one); --stats spa", section="sweep"),
+    Metric("spa_upper", "float64", "ratio", "ratio", "the symbol's SPA p-value (upper: White's reality check); "
+           "--stats spa", section="sweep"),
+    Metric("in_stepm", "int64", "sets", "count", "1 where StepM finds the row's set better than --benchmark at "
+           "family-wise error --alpha, else 0; --stats stepm", section="sweep"),
+    Metric("in_mcs", "int64", "sets", "count", "1 where the row's set is in the model confidence set at --alpha "
+           "(statistically indistinguishable from the best), else 0; --stats mcs", section="sweep"),
+    Metric("sharpe_ci_low", "float64", "ratio", "ratio", "the best set's annualised daily Sharpe ratio: "
+           "lower end of its stationary-bootstrap interval at 1 - --alpha; on the best set's row; --stats "
+           "bootstrap", section="sweep"),
+    Metric("sharpe_ci_high", "float64", "ratio", "ratio", "upper end of that interval; --stats bootstrap",
+           section="sweep"),
+    Metric("psr", "float64", "ratio", "ratio", "the best set's probabilistic Sharpe ratio against 0 (daily "
+           "returns); on the best set's row; --stats psr", section="sweep"),
+    Metric("min_trl_days", "float64", "days", None, "the best set's minimum track record length at 95 %, in "
+           "days; --stats psr", section="sweep"),
+    Metric("haircut_sharpe", "float64", "ratio", "ratio", "the best set's annualised Sharpe ratio after Harvey "
+           "and Liu's BHY haircut for n_trials tests; on the best set's row; --stats haircut", section="sweep"),
 )
 
 BY_NAME: dict[str, Metric] = {m.name: m for m in METRICS}

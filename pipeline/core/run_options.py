@@ -23,6 +23,10 @@ FILLS = ("close", "next_open")
 ANNUALIZATIONS = ("observed", "calendar")
 DIRECTIONS = ("long", "short", "both")
 MARGINS = ("isolated", "cross")
+# What a sweep's statistics (--stats) test its sets against: a flat account, or the symbol held.
+BENCHMARKS = ("zero", "buy_and_hold")
+STAT_NAMES = ("spa", "stepm", "mcs", "bootstrap", "psr", "haircut")
+MAX_REPS = 100_000
 # What "best" means in a sweep: the objective's result field, higher is better.
 OBJECTIVES = {"total_return": "total_return_pct", "sharpe": "sharpe", "sortino": "sortino", "calmar": "calmar",
               "profit_factor": "profit_factor", "expectancy": "expectancy"}
@@ -242,6 +246,23 @@ OPTIONS: tuple[RunOption, ...] = (
               commands=_SWEEP),
     RunOption("walk_forward_flat_start", bool, False, "Walk-forward test parts start flat with fresh cash (no "
               "position carried in from the full-history path).", commands=_SWEEP),
+    # A sweep's statistics over its sets' daily returns (issue 30, docs/statistics.md).
+    RunOption("stats", str, None, "Statistics over every set's daily returns, a comma list of spa, stepm, mcs, "
+              "bootstrap, psr, haircut (or all): is the best set better than the benchmark after the search, and "
+              "what is its Sharpe ratio worth (docs/statistics.md).", commands=_SWEEP, nullable=True),
+    RunOption("benchmark", str, "zero", "What --stats tests the sets against: zero (staying flat) or "
+              "buy_and_hold (the symbol bought at the first simulated bar's close).", commands=_SWEEP,
+              choices=BENCHMARKS),
+    RunOption("reps", int, 1000, "Bootstrap repetitions of --stats.", commands=_SWEEP, minimum=1,
+              maximum=MAX_REPS, noun="a number of repetitions"),
+    RunOption("block_size", int, 0, "Mean block length in days of --stats' stationary bootstrap (0 = the square "
+              "root of the days, arch's default).", commands=_SWEEP, minimum=1, maximum=100_000, also=(0,),
+              noun="a number of days"),
+    RunOption("alpha", float, 0.05, "--stats' size: StepM's family-wise error rate, the model confidence set's "
+              "size, and 1 - the Sharpe interval's confidence.", commands=_SWEEP, minimum=0, maximum=1,
+              minimum_inclusive=False, maximum_inclusive=False, noun="a probability"),
+    RunOption("seed", int, 0, "Seed of --samples' draws and of --stats' bootstrap: the same seed gives the same "
+              "numbers.", commands=_SWEEP, minimum=0, maximum=2**31 - 1, noun="an integer"),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 # RunConfig's options, and those kept per parameter set (a sweep's grid may vary them).
@@ -254,6 +275,37 @@ KEY_DEFAULTS: dict[str, Any] = {
     **{name: None for name in ("timerange_start", "timerange_end")},
     **{o.record_field: o.default for o in OPTIONS if o.in_cache_key and o.name != "timerange"},
 }
+
+
+def parse_stats(text: str | None) -> tuple[str, ...]:
+    """The statistics `--stats` names ("spa,mcs", "all"), in STAT_NAMES order; a one-line error names a
+    wrong one."""
+    if text is None or not str(text).strip():
+        return ()
+    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
+    unknown = [n for n in names if n not in (*STAT_NAMES, "all")]
+    if unknown:
+        raise PipelineError(f"--stats {unknown[0]!r} is not a statistic; use a comma list of: "
+                            f"{', '.join(STAT_NAMES)} (or all)")
+    return STAT_NAMES if "all" in names else tuple(n for n in STAT_NAMES if n in names)
+
+
+@dataclass(frozen=True)
+class StatsRequest:
+    """What a sweep's statistics are asked for: which (`STAT_NAMES`), against what benchmark, with how
+    many bootstrap repetitions of which mean block length (0: sqrt(days), `arch`'s default), under which
+    seed, at which size `alpha` (StepM's family-wise error, the MCS's size, the interval's 1 - alpha)."""
+
+    stats: tuple[str, ...]
+    benchmark: str = "zero"
+    reps: int = 1000
+    seed: int = 0
+    alpha: float = 0.05
+    block_size: int = 0
+    sets_tried: int = 0  # the sweep's grid size: the haircut's number of tests
+
+    def block_for(self, days: int) -> int:
+        return self.block_size or max(int(math.sqrt(days)), 1)
 
 
 def for_command(command: str) -> tuple[RunOption, ...]:

@@ -77,10 +77,11 @@ def set_threads(workers: int) -> None:
 RESULT_ROW_BYTES = 800
 
 
-def estimate_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> int:
-    """Bytes a run needs: the price arrays, the metrics cube, a sweep's block sums and the result rows."""
+def estimate_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0, n_days: int = 0) -> int:
+    """Bytes a run needs: the price arrays, the metrics cube, a sweep's block sums (and daily equity, twice:
+    the kernel's order and the grid's) and the result rows."""
     prices = 2 * n_symbols * n_time * 8
-    cube = n_symbols * n_combos * (enums.N_METRICS + n_blocks * N_BLOCK_STATS) * 8
+    cube = n_symbols * n_combos * (enums.N_METRICS + n_blocks * N_BLOCK_STATS + 2 * n_days) * 8
     rows = n_symbols * n_combos * RESULT_ROW_BYTES
     buffers = numba.get_num_threads() * n_time * 8 * 10
     return prices + cube + rows + buffers
@@ -176,12 +177,15 @@ def strategy_columns(batch: PriceBatch, strategy: strategies.Strategy,
 
 
 def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarray | None = None,
-                blocks_out: np.ndarray | None = None, annual_bars: np.ndarray | None = None) -> np.ndarray:
+                blocks_out: np.ndarray | None = None, annual_bars: np.ndarray | None = None,
+                day_equity: np.ndarray | None = None) -> np.ndarray:
     """The (symbols x params x METRIC_NAMES) cube for every symbol and parameter set.
 
     With `block_fractions` (B + 1 edges, `pipeline.engine.kernels.blocks`), also fills `blocks_out`
     (symbols x B x N_BLOCK_STATS x params, in the config's parameter order). `annual_bars` is
     `bars_per_year(batch, config, start_column(batch, config))` when the caller has it already.
+    With `day_equity` (symbols x days x params, days from the grid's first UTC day: `grid_days`), also
+    writes each set's equity at every day's last simulated bar there (NaN on days without one).
     """
     strategy = config.strategy
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
@@ -197,6 +201,8 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     fractions = None if block_fractions is None else np.ascontiguousarray(block_fractions, dtype=np.float64)
     sorted_blocks = None if fractions is None else np.empty((close.shape[0], fractions.size - 1, N_BLOCK_STATS,
                                                              combos.shape[0]))
+    day_of_column = None if day_equity is None else intervals.day_columns(batch.times)
+    sorted_days = None if day_equity is None else np.full(day_equity.shape, np.nan)
     if close.shape[0] and close.shape[1] and config.market == "futures":
         tiers, counts = config.tier_table.stacked(batch.symbols)
         strategy.kernels().run_grid_futures(
@@ -204,7 +210,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
             close, *futures_inputs(batch, config, every), tiers, counts, combos, recompute, execution,
             config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
             bars_per_year(batch, config, start) if annual_bars is None else annual_bars, start, out, fractions,
-            sorted_blocks, *detail_inputs(batch, every, futures=True))
+            sorted_blocks, *detail_inputs(batch, every, futures=True), day_of_column, sorted_days)
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     elif close.shape[0] and close.shape[1]:
@@ -214,7 +220,8 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
                                     start, out,
                                     *((_column(batch, "high", every), _column(batch, "low", every))
                                       if config.has_stops else (None, None)), execution, fractions, sorted_blocks,
-                                    *(detail_inputs(batch, every) if config.has_stops else (None,) * 5))
+                                    *(detail_inputs(batch, every) if config.has_stops else (None,) * 5),
+                                    day_of_column, sorted_days)
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     else:
@@ -222,10 +229,16 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
         out[:, :, enums.M_FIRST_INDEX] = -1
         out[:, :, enums.M_LAST_INDEX] = -1
+    if day_equity is not None:
+        day_equity[..., order] = sorted_days
     # Back to the caller's parameter order.
     unsorted = np.empty_like(out)
     unsorted[:, order] = out
     return unsorted
+
+
+# A sweep's statistics fields (pipeline/core/metrics.py's "sweep" section): None outside a sweep.
+SWEEP_FIELDS = tuple(m.name for m in metrics.of_section("sweep"))
 
 
 def _iso(epoch_seconds: int) -> str:
@@ -311,10 +324,9 @@ def shape_result(batch: PriceBatch, config: RunConfig, symbol_index: int, params
         "data_version": batch.data_versions[symbol_index],
         "engine_version": code_version(config.strategy),
         "reason": reason,
-        # Filled for sweeps (pipeline.engine.overfit): per symbol, over all its parameter sets.
-        "n_trials": None,
-        "pbo": None,
-        "deflated_sharpe": None,
+        # Filled for sweeps (pipeline.engine.overfit, pipeline.engine.sweep_stats): per symbol, over all its
+        # parameter sets.
+        **dict.fromkeys(SWEEP_FIELDS),
         "from_cache": False,
     }
 
@@ -415,10 +427,11 @@ def column_rows(batch: PriceBatch, config: RunConfig, cube: np.ndarray, columns:
         y, c = int(columns.symbol_index[row]), int(columns.set_index[row])
         params, execution = config.params_list[c], config.execution(c)
         result = shape_result(batch, config, y, params, cube[y, c], annual[row], partial[row], execution)
-        if "n_trials" in columns.fields:
-            result["n_trials"] = int(columns.fields["n_trials"][row])
-            for name in ("pbo", "deflated_sharpe"):
-                result[name] = _number(columns.fields[name][row])
+        for name in SWEEP_FIELDS:
+            if name in columns.fields:
+                value = columns.fields[name][row]
+                result[name] = int(value) if metrics.BY_NAME[name].dtype == "int64" and not (
+                    isinstance(value, float) and math.isnan(value)) else _number(value)
         if config.trades:
             result["trades"], result["round_trips"], _ = trade_log(batch, config, y, params, execution)
         out.append(result)

@@ -125,6 +125,15 @@ class _RunConfig:
         """The result fields of the futures options kept per run (margin, mmr, tiers)."""
         return {o.record_field: getattr(self, o.field) for o in run_options.FUTURES_RUN}
 
+    @property
+    def stats_request(self) -> Any:
+        """A sweep's statistics as asked (`pipeline.engine.sweep_stats.StatsRequest`), or None."""
+        if not getattr(self, "stats", None):
+            return None
+        return run_options.StatsRequest(stats=tuple(self.stats.split(",")), benchmark=self.benchmark, reps=self.reps,
+                            seed=self.seed, alpha=self.alpha, block_size=self.block_size,
+                            sets_tried=len(self.params_list))
+
     def sliced(self, first: int, stop: int) -> RunConfig:
         """The same run over parameter sets first..stop-1."""
         return dataclasses.replace(self, params_list=self.params_list[first:stop],
@@ -272,6 +281,7 @@ def run_config(strategy: Strategy, params: Mapping[str, Any] | list[dict[str, An
     params_list, executions, dropped = _parameter_sets(strategy, params, values)
     checked = {o.field: o.check(values[o.name]) for o in CONFIG_OPTIONS if not o.per_set and o.name != "timerange"}
     _check_walk_forward(checked)
+    _check_stats(checked, params_list)
     table = _check_futures(strategy, checked, values, executions)
     _check_detail(checked, executions)
     return RunConfig(strategy, params_list, **checked, timerange_start=start, timerange_end=end,
@@ -365,6 +375,15 @@ def check_detail(detail: str | None, interval: str) -> None:
                             f"that tiles them ({', '.join(finer) or 'none'})")
 
 
+def _check_stats(checked: dict[str, Any], params_list: list[dict[str, Any]]) -> None:
+    """--stats names known statistics (kept in their canonical order) and a sweep of two sets or more."""
+    names = run_options.parse_stats(checked["stats"])
+    checked["stats"] = ",".join(names) or None
+    if names and len(params_list) < 2:
+        raise PipelineError(f"--stats needs a sweep of at least two parameter sets; this grid has "
+                            f"{len(params_list)}")
+
+
 def _check_walk_forward(checked: dict[str, Any]) -> None:
     """The rules between walk-forward options (each alone passed its own)."""
     walk_forward = checked["walk_forward"]
@@ -383,4 +402,5 @@ def parse_grid(strategy: Strategy, specs: Sequence[str], samples: int | None = N
     `samples` of them drawn at random (reproducible from `seed`) when given."""
     from pipeline.engine import strategies
 
+    seed = run_options.BY_NAME["seed"].check(seed)
     return strategies.parse_grid(strategy, specs, common=strategies.EXECUTION_PARAMS, samples=samples, seed=seed)

@@ -161,14 +161,15 @@ def result_statistics(blocks: np.ndarray, config: RunConfig, has_reason: np.ndar
 
 
 def attach(rows: list[list[dict[str, Any]]], blocks: np.ndarray, config: RunConfig) -> None:
-    """Set n_trials, pbo and deflated_sharpe on a chunk of symbols' sweep results (rows[symbol][set],
-    see by_symbol), in place."""
+    """Set n_trials, pbo and deflated_sharpe (and each row's set index) on a chunk of symbols' sweep results
+    (rows[symbol][set], see by_symbol), in place."""
     if not rows:
         return
     has_reason = np.array([[r["reason"] is not None for r in symbol_rows] for symbol_rows in rows], dtype=bool)
     stats = result_statistics(blocks, config, has_reason)
     for y, symbol_rows in enumerate(rows):
         for c, result in enumerate(symbol_rows):
+            result["set"] = c
             result["n_trials"] = int(stats["n_trials"][y, c])
             for name in ("pbo", "deflated_sharpe"):
                 value = stats[name][y, c]

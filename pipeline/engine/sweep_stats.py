@@ -17,48 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.run_options import STAT_NAMES, StatsRequest, parse_stats  # noqa: F401 (their home)
 from pipeline.engine.kernels import bootstrap as kernels
 from pipeline.engine.overfit import deflated_sharpe
 
-STAT_NAMES = ("spa", "stepm", "mcs", "bootstrap", "psr", "haircut")
-BENCHMARKS = ("zero", "buy_and_hold")
 DAYS_PER_YEAR = 365  # crypto trades every day: a daily Sharpe ratio annualises by sqrt(365)
-MIN_DAYS = 30  # fewer full days than this: no statistics (a bootstrap of a few days says nothing)
-MAX_REPS = 100_000
+MIN_DAYS = 10  # fewer full days than this: no statistics (blocks of one to three days of a handful say nothing)
+# Bootstrap statistics within this share of the observed one's scale are ties (the sample's own days redrawn),
+# never exceedances: rounding of the sums is some 1e-16 of it.
+SPA_TIE = 1e-9
 HL_DRAWS = 2000  # Harvey and Liu's program draws 2,000 populations of other tests
 _NORMAL = NormalDist()
-
-
-def parse_stats(text: str | None) -> tuple[str, ...]:
-    """The statistics `--stats` names ("spa,mcs", "all"), in STAT_NAMES order; a one-line error names a
-    wrong one."""
-    if text is None or not str(text).strip():
-        return ()
-    names = [n.strip().lower() for n in str(text).split(",") if n.strip()]
-    unknown = [n for n in names if n not in (*STAT_NAMES, "all")]
-    if unknown:
-        raise PipelineError(f"--stats {unknown[0]!r} is not a statistic; use a comma list of: "
-                            f"{', '.join(STAT_NAMES)} (or all)")
-    return STAT_NAMES if "all" in names else tuple(n for n in STAT_NAMES if n in names)
-
-
-@dataclass(frozen=True)
-class StatsRequest:
-    """What a sweep's statistics are asked for: which (`STAT_NAMES`), against what benchmark, with how
-    many bootstrap repetitions of which mean block length (0: sqrt(days), `arch`'s default), under which
-    seed, at which size `alpha` (StepM's family-wise error, the MCS's size, the interval's 1 - alpha)."""
-
-    stats: tuple[str, ...]
-    benchmark: str = "zero"
-    reps: int = 1000
-    seed: int = 0
-    alpha: float = 0.05
-    block_size: int = 0
-    sets_tried: int = 0  # the sweep's grid size: the haircut's number of tests
-
-    def block_for(self, days: int) -> int:
-        return self.block_size or max(int(math.sqrt(days)), 1)
 
 
 def daily_returns(day_equity: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -109,8 +78,9 @@ def spa_pvalues(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int) -> dic
     repetitions whose largest recentred bootstrap mean exceeds the largest mean loss differential."""
     recentre = spa_recentring(loss_diff, block)
     exceed = np.empty((boot_diff.shape[0], 3))
-    kernels.spa_exceedances(boot_diff, recentre, float(loss_diff.mean(axis=0).max()),
-                            np.ones(loss_diff.shape[1], dtype=np.bool_), exceed)
+    observed = float(loss_diff.mean(axis=0).max())
+    kernels.spa_exceedances(boot_diff, recentre, observed, np.ones(loss_diff.shape[1], dtype=np.bool_),
+                            SPA_TIE * max(abs(observed), float(np.abs(loss_diff).mean())), exceed)
     lower, consistent, upper = exceed.mean(axis=0)
     return {"lower": float(lower), "consistent": float(consistent), "upper": float(upper)}
 
@@ -321,3 +291,80 @@ def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, b
         out["psr"] = probabilistic_sharpe(sharpe, n_days, skew, kurt)
         out["min_trl"] = min_track_record(sharpe, skew, kurt)
     return out
+
+
+@dataclass
+class DailySeries:
+    """One symbol's daily returns under every set of a sweep (days x sets), its benchmark's, and the epoch day
+    (days since 1970-01-01, UTC) of the first row."""
+
+    first_day: int
+    returns: np.ndarray
+    benchmark: np.ndarray
+
+
+def symbol_days(times: np.ndarray, close: np.ndarray, first: int, last: int, day_equity: np.ndarray,
+                initial: float) -> DailySeries | None:
+    """One symbol's daily returns from the equity a sweep's kernel marked at each day's last simulated bar
+    (`day_equity`, days of the grid x sets, NaN on days without a bar), its simulated bars being grid columns
+    first .. last. The days run from the first full UTC day (the first simulated bar's own day when that bar
+    opens at midnight: its base is the initial cash; else the next day, on the first day's last equity) to
+    the day of the last simulated bar. The benchmark is buy and hold from the first simulated bar's close.
+    None without a full day."""
+    from pipeline.core.intervals import DAY_SECONDS, day_columns
+
+    grid_first = int(times[0]) // DAY_SECONDS
+    start = int(times[first])
+    own_day = start // DAY_SECONDS - grid_first
+    full = start % DAY_SECONDS == 0
+    first_day = own_day if full else own_day + 1
+    last_day = int(times[last]) // DAY_SECONDS - grid_first
+    if last_day < first_day:
+        return None
+    equity = day_equity[first_day: last_day + 1]
+    base = np.full(day_equity.shape[1], initial) if full else day_equity[first_day - 1]
+    # Buy and hold: the close at each day's last simulated bar, bought at the first one's close.
+    columns = first + np.flatnonzero(np.isfinite(close[first: last + 1]))
+    days = day_columns(times)[columns]
+    ends = np.r_[days[1:] != days[:-1], True]
+    day_close = np.full(day_equity.shape[0], np.nan)
+    day_close[days[ends]] = close[columns[ends]]
+    held = day_close[first_day: last_day + 1, None]
+    held_base = np.array([close[first] if full else day_close[first_day - 1]])
+    return DailySeries(grid_first + first_day, daily_returns(equity, base), daily_returns(held, held_base)[:, 0])
+
+
+class DailyPool:
+    """The pooled run: each set's daily return averaged over the symbols that have that day (an equal-weight
+    account over the symbols, rebalanced daily), added symbol by symbol."""
+
+    def __init__(self, n_sets: int) -> None:
+        self.first_day: int | None = None
+        self.sums = np.zeros((0, n_sets))
+        self.benchmark = np.zeros(0)
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, series: DailySeries) -> None:
+        n = series.returns.shape[0]
+        start = series.first_day if self.first_day is None else min(self.first_day, series.first_day)
+        old_end = start if self.first_day is None else self.first_day + self.counts.size
+        end = max(series.first_day + n, old_end)
+        if self.first_day != start or end - start != self.counts.size:
+            offset = 0 if self.first_day is None else self.first_day - start
+            sums = np.zeros((end - start, self.sums.shape[1]))
+            benchmark = np.zeros(end - start)
+            counts = np.zeros(end - start, dtype=np.int64)
+            sums[offset: offset + self.counts.size] = self.sums
+            benchmark[offset: offset + self.counts.size] = self.benchmark
+            counts[offset: offset + self.counts.size] = self.counts
+            self.first_day, self.sums, self.benchmark, self.counts = start, sums, benchmark, counts
+        at = series.first_day - self.first_day
+        self.sums[at: at + n] += series.returns
+        self.benchmark[at: at + n] += series.benchmark
+        self.counts[at: at + n] += 1
+
+    def series(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(epoch days, returns days x sets, benchmark) over the days at least one symbol has."""
+        have = self.counts > 0
+        days = (self.first_day or 0) + np.flatnonzero(have)
+        return days, self.sums[have] / self.counts[have, None], self.benchmark[have] / self.counts[have]

@@ -33,6 +33,7 @@ from pipeline.runs.plan import (
 from pipeline.runs.sweep import Progress, Sweep
 from pipeline.store import results
 from pipeline.store.cache import ResultCache
+from pipeline.store.returns_file import ReturnsWriter
 
 
 @dataclass
@@ -58,6 +59,9 @@ class RunOutcome:
     set_returns: list[dict[str, Any]] = field(default_factory=list)
     # Symbols of the lake a run over all of them did not run, each with why (never silently).
     left_out: dict[str, str] = field(default_factory=dict)
+    # A sweep's --stats (pipeline.runs.sweep.DailyStatistics.outcome): empty without.
+    stats: dict[str, Any] = field(default_factory=dict)
+    returns_path: str | None = None  # --returns-out, once written
 
     @property
     def hit_ratio(self) -> float | None:
@@ -91,10 +95,11 @@ class CacheLookup:
                 if (s, c) in self.hits and s not in missing]
 
 
-def _look_up(plan: RunPlan, cache: ResultCache | None) -> CacheLookup:
-    """Ask the cache once for every (symbol, parameter set) of the plan (nothing when it does not cache)."""
+def _look_up(plan: RunPlan, cache: ResultCache | None, every_set: bool = False) -> CacheLookup:
+    """Ask the cache once for every (symbol, parameter set) of the plan (nothing when it does not cache, or
+    when the run needs `every_set` computed: a sweep's daily returns are not cached)."""
     found = CacheLookup()
-    if not plan.use_cache or cache is None:
+    if not plan.use_cache or cache is None or every_set:
         return found
     config, snapshot = plan.config, plan.snapshot
     expected = {}
@@ -114,17 +119,20 @@ def _look_up(plan: RunPlan, cache: ResultCache | None) -> CacheLookup:
             record["snapshot_id"] = snapshot.id
             record["source"] = snapshot.manifest.get("source", "")  # records cached before it was kept
             record.setdefault("market", config.market)
+            if plan.n_params > 1:
+                record["set"] = slot[1]
             found.hits[slot] = record
     return found
 
 
-def _parts(plan: RunPlan, missing: list[str], streaming: bool, watched: bool) -> list[tuple[str, list[str]]]:
+def _parts(plan: RunPlan, missing: list[str], streaming: bool, watched: bool,
+           daily: bool = False) -> list[tuple[str, list[str]]]:
     """The (interval, symbols) of each read and kernel call: one interval each (`auto` can give symbols
     different intervals), in chunks of symbols (smaller when someone watches: `streaming` results or
     a `watched` progress)."""
     chunk = symbols_per_call(plan.snapshot, missing, min(plan.interval_of.values(), key=intervals.SECONDS.get,
                                                           default="1h"),
-                              plan.n_params, len(overfit.block_fractions(plan.config)) - 1)
+                              plan.n_params, len(overfit.block_fractions(plan.config)) - 1, daily)
     if streaming or watched:
         chunk = min(chunk, STREAM_CHUNK if streaming else PROGRESS_CHUNK)
     by_interval: dict[str, list[str]] = {}
@@ -228,6 +236,7 @@ def _publish(plan: RunPlan, cache: ResultCache | None, lookup: CacheLookup, comp
         cache_hits=hit_count, cache_misses=miss_count, seconds=seconds, kernel_seconds=progress.kernel_seconds,
         bar_steps=progress.bar_steps, cache_used=plan.use_cache, paths=paths, interrupted=computed.interrupted,
         planned=plan.planned, n_results=n_results, findings=data_findings(plan.snapshot, plan.names),
+        stats=sweep.daily.outcome() if sweep is not None and sweep.daily is not None else {},
         walk_forward=[] if sweep is None else sorted(
             sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
         set_returns=[] if sweep is None else sweep.set_returns(),
@@ -273,6 +282,7 @@ def backtest(
     should_stop: Callable[[], bool] | None = None,
     snapshot_id: str | None = None,
     keep: int | None = None,
+    returns_out: Any = None,
 ) -> RunOutcome:
     """Run `config` over `symbols` (None = all) of the current snapshot (or of `snapshot_id`).
 
@@ -283,7 +293,8 @@ def backtest(
     receives (backtests done, backtests in all), a backtest being one symbol and parameter set. A sweep's size and estimated time go to `on_plan`;
     one estimated to take longer than `confirm_seconds` is refused before any work (`--yes`).
     `should_stop` is asked between kernel calls (an HTTP client that went away): True stops the
-    run as Ctrl-C does, keeping what finished.
+    run as Ctrl-C does, keeping what finished. `returns_out` (a path) writes a sweep's daily return
+    matrix there when the run finishes whole (pipeline.store.returns_file).
 
     A sweep (several parameter sets) writes every result to the results table in chunks of
     symbols, as columns, and returns (and streams) each symbol's `keep` best results (all of them
@@ -295,16 +306,18 @@ def backtest(
     plan = plan_run(settings, config, symbols, interval, cache=cache, write_results=write_results,
                     command=command, max_points=max_points, confirm_seconds=confirm_seconds, on_plan=on_plan,
                     snapshot_id=snapshot_id)
-    lookup = _look_up(plan, cache)
+    daily = plan.n_params > 1 and bool(config.stats or returns_out)
+    lookup = _look_up(plan, cache, every_set=daily)
     served = lookup.served(plan)
     if on_results and served:
         on_results(served)
     missing = lookup.missing(plan)
     progress = Progress(on_progress, plan.planned, (len(plan.names) - len(missing)) * plan.n_params)
-    parts = _parts(plan, missing, on_results is not None, on_progress is not None)
+    parts = _parts(plan, missing, on_results is not None, on_progress is not None, daily)
     sink = results.ResultSink(settings.results_root, plan.run_id, config.strategy.name, plan.started_at,
                               results.result_schema(config.params_list)) if write_results else None
-    sweep = Sweep(config, sink, keep, on_results, should_stop, progress) if plan.n_params > 1 else None
+    writer = ReturnsWriter(returns_out, config.params_list) if returns_out is not None and plan.n_params > 1 else None
+    sweep = Sweep(config, sink, keep, on_results, should_stop, progress, writer) if plan.n_params > 1 else None
     publication = results.Publication()
     outcome = None
     try:
@@ -317,8 +330,15 @@ def backtest(
             computed = Computed(list(served))
             _compute(plan, parts, computed, sweep, progress, on_results, should_stop)
             outcome = _publish(plan, cache, lookup, computed, sweep, sink, progress)
+        if writer is not None:
+            if computed.interrupted:  # a part of the matrix is not the matrix: nothing is written
+                writer.discard()
+            else:
+                outcome.returns_path = str(writer.close())
         return outcome
     except BaseException as exc:
+        if writer is not None:
+            writer.discard()
         if not stopping.at_once(exc):
             raise
         raise _record_stopped(plan, sink, publication, progress, outcome) from None

@@ -140,17 +140,21 @@ def _check_range_has_bars(snapshot: lake.Snapshot, interval_of: dict[str, str], 
 
 
 def symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
-                      n_blocks: int) -> int:
+                      n_blocks: int, daily: bool = False) -> int:
     """Symbols per read: all of them unless their parameter sets are a lot of work. A sweep's chunk
     of symbols gets all its sets in a few kernel calls (an indicator is computed once per distinct
     value within a call: one set per call over every symbol recomputed it for every set), and at
     least two symbols per thread (the kernel runs symbols in parallel), unless its metrics, block
-    sums and result columns would pass SWEEP_CHUNK_BYTES: memory is bounded by the chunk."""
+    sums and result columns (and, with `daily`, each set's equity at every day's end: --stats) would pass
+    SWEEP_CHUNK_BYTES: memory is bounded by the chunk."""
     bars = [(snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names]
     per_call = CHUNK_BAR_STEPS // max(max(bars, default=0) * n_params, 1)
     if n_params == 1:
         return max(1, min(len(names), per_call))
-    per_symbol = engine.estimate_memory(1, 0, n_params, n_blocks)
+    n_days = 0
+    if daily:
+        n_days = max(bars, default=0) * intervals.SECONDS.get(interval, 3600) // 86_400 + 2
+    per_symbol = engine.estimate_memory(1, 0, n_params, n_blocks, n_days)
     fits = max(1, SWEEP_CHUNK_BYTES // max(per_symbol, 1))
     return max(1, min(len(names), fits, max(per_call, 2 * engine.thread_count())))
 

@@ -9,12 +9,16 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.core import intervals
+from pipeline.core.run_options import OBJECTIVES
 from pipeline.engine import batch as engine
-from pipeline.engine import overfit, walkforward
+from pipeline.engine import overfit, sweep_stats, walkforward
+from pipeline.engine.kernels import enums
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
 from pipeline.runs.plan import CHUNK_BAR_STEPS
 from pipeline.store import results
+from pipeline.store.returns_file import ReturnsWriter
 
 
 class Progress:
@@ -48,8 +52,11 @@ class Sweep:
 
     def __init__(self, config: RunConfig, sink: results.ResultSink | None, keep: int | None,
                  on_results: Callable[[list[dict[str, Any]]], None] | None,
-                 should_stop: Callable[[], bool] | None, progress: Progress) -> None:
+                 should_stop: Callable[[], bool] | None, progress: Progress,
+                 returns_out: ReturnsWriter | None = None) -> None:
         self.config, self.sink, self.keep = config, sink, keep
+        # --stats and --returns-out: every set's equity at each day's last bar, chunk by chunk.
+        self.daily = DailyStatistics(config, returns_out) if config.stats or returns_out else None
         self.on_results, self.should_stop, self.progress = on_results, should_stop, progress
         self.rows = 0
         self.summaries: list[dict[str, Any]] = []  # walk-forward, one per symbol
@@ -65,6 +72,8 @@ class Sweep:
         cube = np.empty((len(batch.symbols), n_params, engine.enums.N_METRICS))
         sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
         annual = engine.bars_per_year(batch, config, engine.start_column(batch, config))
+        days = None if self.daily is None else np.full(
+            (len(batch.symbols), intervals.grid_days(batch.times)[1], n_params), np.nan)
         self._part = (batch, cube, 0)
         for first in range(0, n_params, sets_per_call):
             if self.should_stop is not None and self.should_stop():
@@ -72,7 +81,8 @@ class Sweep:
             stop = min(first + sets_per_call, n_params)
             t0 = time.perf_counter()
             cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
-                                                     blocks[..., first:stop], annual)
+                                                     blocks[..., first:stop], annual,
+                                                     None if days is None else days[:, :, first:stop])
             self.progress.kernel_seconds += time.perf_counter() - t0
             self.progress.bar_steps += int(batch.bars.sum()) * (stop - first)
             self._part = (batch, cube, stop)
@@ -82,6 +92,10 @@ class Sweep:
         has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
         columns.fields.update({name: values.ravel() for name, values in
                                overfit.result_statistics(blocks, config, has_reason).items()})
+        columns.fields["set"] = columns.set_index.copy()
+        if self.daily is not None:
+            self.daily.add_part(batch, cube, columns, has_reason, days)
+            del days
         if config.walk_forward:
             def row_of(y: int, c: int) -> dict[str, Any]:
                 return engine.column_rows(batch, config, cube, columns, [y * n_params + c])[0]
@@ -128,6 +142,128 @@ class Sweep:
         return [{"params": params, "symbols": int(count), "total_return_pct": float(total / count)}
                 for params, total, count in zip(self.config.params_list, self.return_sums, self.return_counts,
                                                 strict=True) if count]
+
+
+class DailyStatistics:
+    """A sweep's daily returns (`sweep_stats.symbol_days`), chunk by chunk: each symbol's statistics into its
+    results' columns, the pooled run's sums, and the long-format file of --returns-out."""
+
+    def __init__(self, config: RunConfig, returns_out: ReturnsWriter | None) -> None:
+        self.config, self.request, self.returns_out = config, config.stats_request, returns_out
+        n_sets = len(config.params_list)
+        self.symbols: dict[str, dict[str, Any]] = {}
+        self.pool = sweep_stats.DailyPool(n_sets)
+        self.objective_sums = np.zeros(n_sets)
+        self.objective_counts = np.zeros(n_sets, dtype=np.int64)
+        self.trade_sums = np.zeros(n_sets)
+        self.traded = np.zeros(n_sets, dtype=bool)
+
+    def add_part(self, batch: reader.PriceBatch, cube: np.ndarray, columns: engine.ResultColumns,
+                 has_reason: np.ndarray, days: np.ndarray) -> None:
+        """One chunk of symbols: their daily returns, statistics (into `columns`) and pooled sums."""
+        config, request = self.config, self.request
+        n_symbols, n_sets = has_reason.shape
+        objective, min_trades = engine.ranking(config)
+        value = columns.fields[OBJECTIVES[objective]].reshape(n_symbols, n_sets)
+        trades = columns.fields["num_trades"].reshape(n_symbols, n_sets)
+        best_rows = engine.best_rows(columns, 1, objective, min_trades)
+        found: list[dict[str, Any] | None] = []
+        for y, symbol in enumerate(batch.symbols):
+            first, last = int(cube[y, 0, enums.M_FIRST_INDEX]), int(cube[y, 0, enums.M_LAST_INDEX])
+            series = None if first < 0 else sweep_stats.symbol_days(
+                batch.times, batch.columns["close"][y], first, last, days[y], config.initial)
+            traded = (trades[y] > 0) & ~has_reason[y]
+            if series is not None:
+                self.pool.add(series)
+                if self.returns_out is not None:
+                    self.returns_out.add(symbol, series.first_day, series.returns)
+            finite = np.isfinite(value[y])
+            self.objective_sums += np.where(finite, value[y], 0.0)
+            self.objective_counts += finite
+            self.trade_sums += trades[y]
+            self.traded |= traded
+            if request is None:
+                found.append(None)
+                continue
+            if series is None:
+                stats = {"reason": "no full UTC day of simulated bars", "days": 0}
+            else:
+                best = int(columns.set_index[best_rows[y]]) if best_rows.size else -1
+                benchmark = series.benchmark if request.benchmark == "buy_and_hold" else np.zeros(len(series.benchmark))
+                stats = sweep_stats.statistics(series.returns, traded, benchmark, best, request)
+                stats.update(_day_range(series.first_day, stats["days"]))
+            self.symbols[symbol] = stats
+            found.append(stats)
+        if request is not None:
+            self._haircut([s for s in found if s is not None])
+            _into_columns(columns, found, n_sets)
+
+    def _haircut(self, found: list[dict[str, Any]]) -> None:
+        if "haircut" not in self.request.stats:
+            return
+        cuts = sweep_stats.haircut_sharpes([s.get("sharpe") for s in found],
+                                           [sweep_stats.months_of(s.get("days") or 0) for s in found],
+                                           self.request.sets_tried, self.request.seed)
+        for stats, cut in zip(found, cuts, strict=True):
+            stats["haircut_sharpe"] = cut
+
+    def outcome(self) -> dict[str, Any]:
+        """What the run says of its statistics (`--json`'s `stats`): the request, each symbol's, the pooled
+        run's (its best set: the best mean of the objective over the symbols)."""
+        request = self.request
+        if request is None:
+            return {}
+        days, returns, benchmark = self.pool.series()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = np.where(self.objective_counts > 0, self.objective_sums / self.objective_counts, -np.inf)
+        guarded = mean.copy()
+        n_symbols = max(len(self.symbols), 1)
+        guarded[self.trade_sums / n_symbols < engine.ranking(self.config)[1]] = -np.inf
+        best = int(np.argmax(guarded if np.isfinite(guarded).any() else mean))
+        pooled = sweep_stats.statistics(returns, self.traded, benchmark if request.benchmark == "buy_and_hold"
+                                        else np.zeros(len(benchmark)), best, request)
+        if days.size:
+            pooled.update(_day_range(int(days[0]), pooled["days"]))
+            pooled["last_day"] = _day_range(int(days[-1]), 1)["first_day"]
+        self._haircut([pooled])
+        return {"stats": list(request.stats), "benchmark": request.benchmark, "reps": request.reps,
+                "seed": request.seed, "alpha": request.alpha, "block_size": request.block_size or "sqrt(days)",
+                "sets_tried": request.sets_tried, "symbols": self.symbols, "pooled": pooled}
+
+
+def _day_range(first_day: int, n_days: int) -> dict[str, str]:
+    day = np.datetime64(first_day, "D")
+    return {"first_day": str(day), "last_day": str(day + max(n_days - 1, 0))}
+
+
+def _into_columns(columns: engine.ResultColumns, found: list[dict[str, Any] | None], n_sets: int) -> None:
+    """Each symbol's statistics into its rows: p-values and days on every row, the StepM and MCS verdict per
+    set, the best set's interval, PSR, MinTRL and haircut on its row alone (NaN where none)."""
+    n_rows = len(found) * n_sets
+    out = {name: np.full(n_rows, np.nan) for name in (
+        "stats_days", "spa_lower", "spa_consistent", "spa_upper", "in_stepm", "in_mcs", "sharpe_ci_low",
+        "sharpe_ci_high", "psr", "min_trl_days", "haircut_sharpe")}
+    for y, stats in enumerate(found):
+        if stats is None:
+            continue
+        rows = slice(y * n_sets, (y + 1) * n_sets)
+        out["stats_days"][rows] = stats.get("days") or np.nan
+        for kind in ("lower", "consistent", "upper"):
+            if stats.get("spa") is not None:
+                out[f"spa_{kind}"][rows] = stats["spa"][kind]
+        for name in ("stepm", "mcs"):
+            if stats.get(name) is not None:
+                out[f"in_{name}"][rows] = 0.0
+                out[f"in_{name}"][y * n_sets + np.asarray(stats[name], dtype=np.int64)] = 1.0
+        best = stats.get("best_set")
+        if best is not None and stats.get("reason") is None:
+            row = y * n_sets + best
+            if stats.get("sharpe_ci") is not None:
+                out["sharpe_ci_low"][row], out["sharpe_ci_high"][row] = stats["sharpe_ci"]
+            for field, name in (("psr", "psr"), ("min_trl", "min_trl_days"), ("haircut_sharpe", "haircut_sharpe")):
+                if stats.get(field) is not None:
+                    out[name][row] = stats[field]
+    columns.fields.update(out)
 
 
 def _simulated_times(batch: reader.PriceBatch, config: RunConfig) -> list[Any]:

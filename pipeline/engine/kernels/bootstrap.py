@@ -115,10 +115,13 @@ def bootstrap_means(prefix, seed, reps, block, out):
 
 
 @njit(cache=True, parallel=True)
-def spa_exceedances(boot, recentre, observed, selected, out):
+def spa_exceedances(boot, recentre, observed, selected, tie, out):
     """The SPA's bootstrap statistics against the observed one: out[r, j] = 1 where max over the selected
-    columns k of (boot[r, k] - recentre[j, k]) exceeds `observed`, for each recentring j (lower,
-    consistent, upper), else 0. `arch`'s SPA.compute: the statistic is the largest mean loss differential."""
+    columns k of (boot[r, k] - recentre[j, k]) exceeds `observed` by more than `tie`, for each recentring j
+    (lower, consistent, upper), else 0. `arch`'s SPA.compute: the statistic is the largest mean loss
+    differential. A draw that takes the same days as the sample, in any rotation (a block wrapping round the
+    end), gives the very statistic observed: a tie, which the sums' rounding must not turn into an
+    exceedance (arch counts it or not as its own rounding falls)."""
     reps, n_cols = boot.shape
     for r in prange(reps):
         for j in range(recentre.shape[0]):
@@ -128,7 +131,7 @@ def spa_exceedances(boot, recentre, observed, selected, out):
                     value = boot[r, k] - recentre[j, k]
                     if value > best:
                         best = value
-            out[r, j] = 1.0 if best > observed else 0.0
+            out[r, j] = 1.0 if best > observed + tie else 0.0
 
 
 @njit(cache=True, parallel=True)

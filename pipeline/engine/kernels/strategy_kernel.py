@@ -117,6 +117,13 @@ def _symbol_range(high_row, low_row, index):
 
 
 @njit(cache=True)
+def _record_days(curve, index, m0, day_of_column, day_out, s, c):
+    """day_out[s, d, c] = the equity at day d's last simulated bar, from one row's equity curve."""
+    for j in range(curve.shape[0]):
+        day_out[s, day_of_column[index[m0 + j]], c] = curve[j]
+
+
+@njit(cache=True)
 def _same_row(combos, c):
     """Whether parameter row c equals row c-1 (a sweep of stops or sizing alone): same signals."""
     if c == 0:
@@ -131,7 +138,7 @@ def _same_row(combos, c):
 def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
              bars_per_year, start_t, out, high2d=None, low2d=None, execution=None, block_fractions=None,
              block_out=None, detail_open2d=None, detail_high2d=None, detail_low2d=None, detail_first=None,
-             detail_ratio=0):
+             detail_ratio=0, day_of_column=None, day_out=None):
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
 
     Args:
@@ -157,6 +164,9 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
         detail_open2d, detail_high2d, detail_low2d: (S x F) the finer bars of --detail on their own grid,
             detail_first (T,) each grid column's first finer column and detail_ratio finer bars per bar
             (simulate_1d); None: no detail.
+        day_of_column, day_out: a sweep's daily returns (its statistics, --returns-out): (T,) the day of
+            each grid column (0 = the grid's first UTC day) and (S x D x C), into which each row's equity
+            at a day's last simulated bar is written (the cells of days without a bar are left as they are).
 
     A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
     without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
@@ -170,6 +180,7 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
         op, cl, index, prices, ind, en, ex, sv = _symbol_buffers(columns, s, open2d[s], close2d[s])
         m = cl.shape[0]
         m0 = first_at_or_after(index, m, start_t)
+        curve = no_equity if day_out is None else np.empty(m - m0)
         # Branches on arguments being None are resolved when Numba compiles: each caller's
         # variant holds only its own path (the no-stop one never touches a high or a low).
         if high2d is None:
@@ -194,21 +205,23 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             row = out[s, c]
             if execution is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, None, None, None, block_fractions, stats)
+                            bars_per_year[s], row, curve, no_trades, None, None, None, block_fractions, stats)
             elif high2d is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, None, None, execution[c], block_fractions,
+                            bars_per_year[s], row, curve, no_trades, None, None, execution[c], block_fractions,
                             stats)
             elif detail_first is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
+                            bars_per_year[s], row, curve, no_trades, hi[m0:], lo[m0:], execution[c],
                             block_fractions, stats)
             else:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, no_equity, no_trades, hi[m0:], lo[m0:], execution[c],
+                            bars_per_year[s], row, curve, no_trades, hi[m0:], lo[m0:], execution[c],
                             block_fractions, stats, detail_open2d[s], detail_high2d[s], detail_low2d[s],
                             first[m0:], detail_ratio)
             finish_row(row, m0, m, index, warmup(params))
+            if day_out is not None:
+                _record_days(curve, index, m0, day_of_column, day_out, s, c)
             if block_fractions is not None:
                 for b in range(stats.shape[0]):
                     for k in range(N_BLOCK_STATS):
@@ -284,7 +297,7 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
                      tiers, tier_counts, combos, recompute, execution, cross, fee_frac, initial, fill_next_open,
                      bars_per_year, start_t, out, block_fractions=None, block_out=None, detail_open2d=None,
                      detail_high2d=None, detail_low2d=None, detail_mark_open2d=None, detail_mark_high2d=None,
-                     detail_mark_low2d=None, detail_first=None, detail_ratio=0):
+                     detail_mark_low2d=None, detail_first=None, detail_ratio=0, day_of_column=None, day_out=None):
     """run_grid for perpetual futures (kernels/futures.py): every symbol s and parameter row c into
     `out[s, c, :]`.
 
@@ -303,6 +316,7 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
         m = cl.shape[0]
         m0 = first_at_or_after(index, m, start_t)
         at = index[m0:]
+        curve = no_equity if day_out is None else np.empty(m - m0)
         unmarked = _without_mark(mark_open2d[s], at)
         es_buf = np.empty(m, dtype=np.bool_)
         xs_buf = np.empty(m, dtype=np.bool_)
@@ -327,15 +341,17 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
                 simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
                                     low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
                                     brackets, execution[c], cross, fee_frac, initial, fill_next_open,
-                                    bars_per_year[s], row, no_equity, no_trades, block_fractions, stats)
+                                    bars_per_year[s], row, curve, no_trades, block_fractions, stats)
             else:
                 simulate_futures_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], es[m0:], xs[m0:], sv[m0:], at, high2d[s],
                                     low2d[s], funding2d[s], mark_open2d[s], mark_high2d[s], mark_low2d[s], unmarked,
                                     brackets, execution[c], cross, fee_frac, initial, fill_next_open,
-                                    bars_per_year[s], row, no_equity, no_trades, block_fractions, stats,
+                                    bars_per_year[s], row, curve, no_trades, block_fractions, stats,
                                     detail_open2d[s], detail_high2d[s], detail_low2d[s], detail_mark_open2d[s],
                                     detail_mark_high2d[s], detail_mark_low2d[s], first[m0:], detail_ratio)
             finish_row(row, m0, m, index, warmup(params))
+            if day_out is not None:
+                _record_days(curve, index, m0, day_of_column, day_out, s, c)
             if block_fractions is not None:
                 for b in range(stats.shape[0]):
                     for k in range(N_BLOCK_STATS):
