@@ -247,3 +247,65 @@ def png_figure(title: str, top: list[dict[str, Any]], curves: list[EquityCurve],
         fig.colorbar(image, ax=grid[2], label="%", format=FuncFormatter(lambda v, _: formatted(v, "pct")))
     fig.suptitle(title, fontsize=14)
     return fig
+
+
+def stats_path(plot: Path) -> Path:
+    """Where a sweep's statistics picture goes beside its --plot: `<name>-stats<suffix>`."""
+    plot = Path(plot)
+    return plot.with_name(f"{plot.stem}-stats{plot.suffix}")
+
+
+def write_stats_plot(path: Path, stats: dict[str, Any], title: str) -> Path:
+    """A sweep's --stats as a picture (.png or .html): the pooled run's distribution of the sets' annualised
+    daily Sharpe ratios, with the best set, the benchmark, the best set's bootstrap interval and its
+    Harvey-Liu haircut marked, the SPA p-value and the MCS size in the title."""
+    pooled = stats["pooled"]
+    sharpes = np.array([s for s in pooled.get("set_sharpes") or [] if s is not None], dtype=float)
+    if sharpes.size == 0:
+        raise PipelineError(f"no statistics picture: {pooled.get('reason') or 'no set has a Sharpe ratio'}")
+    spa = pooled.get("spa")
+    heading = (f"{title}\nSharpe ratios of {sharpes.size:,} sets (pooled over {len(stats['symbols'])} symbols, "
+               f"{pooled['days']} days)" + (f"; SPA p = {spa['consistent']:.3f} vs {stats['benchmark']}" if spa else "")
+               + (f"; MCS {len(pooled['mcs'])} set(s)" if pooled.get("mcs") is not None else ""))
+    marks = [(f"best set {pooled['best_set']}", pooled.get("sharpe"), "#d62728", "-"),
+             (f"benchmark ({stats['benchmark']})", pooled.get("benchmark_sharpe") or 0.0, "#7f7f7f", "--"),
+             ("haircut (Harvey-Liu BHY)", pooled.get("haircut_sharpe"), "#2ca02c", "-.")]
+    interval = pooled.get("sharpe_ci")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".html":
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Histogram(x=sharpes, nbinsx=min(60, max(10, sharpes.size // 5)), name="sets",
+                                     marker_color="#1f77b4", opacity=0.75))
+        if interval:
+            fig.add_vrect(x0=interval[0], x1=interval[1], fillcolor="#d62728", opacity=0.12, line_width=0,
+                          annotation_text=f"{1 - stats['alpha']:.0%} bootstrap interval of the best")
+        for label, value, colour, dash in marks:
+            if value is not None:
+                fig.add_vline(x=value, line_color=colour, line_dash={"-": "solid", "--": "dash", "-.": "dashdot"}[dash],
+                              annotation_text=f"{label}: {value:.2f}")
+        fig.update_layout(title=heading.replace("\n", "<br>"), xaxis_title="annualised Sharpe ratio of daily returns", yaxis_title="sets",
+                          template="plotly_white", bargap=0.05)
+        fig.write_html(path, include_plotlyjs=True)
+        return path
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(11, 5.2), layout="constrained")
+    ax.hist(sharpes, bins=min(60, max(10, sharpes.size // 5)), color="#1f77b4", alpha=0.75, label="sets")
+    if interval:
+        ax.axvspan(interval[0], interval[1], color="#d62728", alpha=0.12,
+                   label=f"best set's {1 - stats['alpha']:.0%} bootstrap interval ({interval[0]:.2f} .. {interval[1]:.2f})")
+    for label, value, colour, style in marks:
+        if value is not None:
+            ax.axvline(value, color=colour, linestyle=style, linewidth=2, label=f"{label}: {value:.2f}")
+    ax.set_xlabel("annualised Sharpe ratio of daily returns")
+    ax.set_ylabel("parameter sets")
+    ax.set_title(heading, fontsize=10)
+    ax.legend(loc="upper left", fontsize=9)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -130,6 +130,26 @@ def test_sweep_answers_the_cli_shape(api, settings):
     assert events[-1][1]["results"] == 8
 
 
+def test_sweep_statistics_end_the_stream_as_the_cli_prints_them(api, settings):
+    """Issue 30: `stats` and its options in the body; the done event carries what `sweep --json` has, the
+    rows their columns; a bad `reps` is the CLI's one-line error, before any work."""
+    body = {"strategy": "rsi", "symbols": ["ETH_BTC", "SYN000"], "grid": ["rsi_period=7,14", "oversold_threshold=25,30"],
+            "stats": "spa,mcs,psr", "reps": 300, "seed": 4, "benchmark": "buy_and_hold"}
+    with api.stream("POST", "/api/sweep/stream", json=body) as response:
+        events = list(sse_events(response.iter_lines()))
+    assert events[-1][0] == "done", events[-1]
+    stats = events[-1][1]["stats"]
+    cli = _cli_json(settings, "sweep", "rsi", "-s", "ETH_BTC", "-s", "SYN000", "-g", "rsi_period=7,14",
+                    "-g", "oversold_threshold=25,30", "--stats", "spa,mcs,psr", "--reps", "300", "--seed", "4",
+                    "--benchmark", "buy_and_hold")["stats"]
+    assert stats == cli and stats["benchmark"] == "buy_and_hold"
+    assert stats["symbols"]["ETH_BTC"]["spa"] is not None and stats["symbols"]["ETH_BTC"]["stepm"] is None
+    rows = [data for name, data in events if name == "result"]
+    assert all(r["spa_consistent"] == stats["symbols"][r["symbol"]]["spa"]["consistent"] for r in rows)
+    bad = api.post("/api/sweep", json={**body, "reps": 0})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("--reps 0 is out of range"), bad.text
+
+
 def test_stops_size_and_slippage_in_the_body_answer_what_the_cli_flags_give(api, settings):
     body = {"strategy": "rsi", "symbols": ["ETH_BTC"], "grid": ["sl=1,2", "trail=0,1"], "tp": 3, "size": 0.5,
             "slippage": 0.05, "top": 4}

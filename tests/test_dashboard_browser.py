@@ -305,8 +305,8 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
     table = cells(browser, "#sweep-results")
     assert len(table) == 8
     for row in table:
-        want = written[(row["symbol"], row["set.rsi_period"], row["set.oversold_threshold"],
-                        row["set.overbought_threshold"], row["set.sl"])]
+        want = written[(row["symbol"], row["paramSet.rsi_period"], row["paramSet.oversold_threshold"],
+                        row["paramSet.overbought_threshold"], row["paramSet.sl"])]
         for column in ("total_return_pct", "sharpe", "deflated_sharpe", "pbo", "closed_trades", "win_rate_pct"):
             assert row[column] == shown(want[column], column), (row, column)
         assert row["open"] == shown(open_trades(want), "open")
@@ -343,6 +343,37 @@ def test_dashboard_sweeps_with_dsr_pbo_and_a_heatmap_slice(browser, site, tmp_pa
     assert heat_cells() == expected("LTC_BTC")
 
 
+def test_dashboard_sweep_shows_the_sweep_statistics(browser, site, tmp_path):
+    """--stats on the dashboard (issue 30): the pooled run and each symbol, their SPA p-values, StepM and MCS
+    sizes and the best set's numbers as the results table has them."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    base, api = site
+    wait = WebDriverWait(browser, 120)
+    rsi_sweep_tab(browser, base, wait, "7:28:7", "20,25,30", "70,80")
+    fill(browser, "stats", "all")
+    fill(browser, "reps", "300")
+    for symbol in ("ETH_BTC", "LTC_BTC"):
+        Select(browser.find_element(By.ID, "symbols")).select_by_visible_text(symbol)
+    run_id = start(browser, wait)
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#stats-table tbody tr"))
+    rows = api.get(f"/api/results/{run_id}").json()
+    table = {row["symbol"]: row for row in cells(browser, "#stats-table")}
+    assert set(table) == {"(pooled)", "ETH_BTC", "LTC_BTC"}
+    for symbol in ("ETH_BTC", "LTC_BTC"):
+        mine = [r for r in rows if r["symbol"] == symbol]
+        assert table[symbol]["spa"].split(" / ")[1] == f"{mine[0]['spa_consistent']:.3f}"
+        assert table[symbol]["mcs"] == shown(sum(r["in_mcs"] for r in mine), "mcs")
+        assert table[symbol]["stepm"] == shown(sum(r["in_stepm"] for r in mine), "stepm")
+        (best,) = [r for r in mine if r["psr"] is not None]
+        assert table[symbol]["best_set"] == shown(best["set"], "best_set")
+        assert table[symbol]["psr"] == shown(best["psr"], "psr")
+        assert table[symbol]["days"] == shown(best["stats_days"], "days")
+    assert "300 bootstrap repetitions" in browser.find_element(By.ID, "stats-title").text
+    shot(browser, tmp_path, "sweep-stats")
+
+
 @pytest.mark.slow
 def test_dashboard_sweeps_a_perpetual_over_leverage_and_direction(browser, site, tmp_path):
     """Issue 28: the dashboard's futures fields (market, leverage and direction as sweep axes, margin) reach
@@ -367,7 +398,7 @@ def test_dashboard_sweeps_a_perpetual_over_leverage_and_direction(browser, site,
     table = cells(browser, "#sweep-results")
     assert len(table) == 6
     for row in table:
-        want = written[(row["set.direction"], row["set.leverage"])]
+        want = written[(row["paramSet.direction"], row["paramSet.leverage"])]
         for column in ("total_return_pct", "sharpe", "closed_trades"):
             assert row[column] == shown(want[column], column), (row, column)
     # A row's detail is recomputed as the perpetual it was: its trades are the run's round trips.

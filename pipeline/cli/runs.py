@@ -206,6 +206,12 @@ def sweep_command(
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
         _plot(plot, settings, config, outcome, True, top)
+        if outcome.stats:
+            from pipeline import plots
+
+            written = plots.write_stats_plot(plots.stats_path(plot), outcome.stats,
+                                             f"{config.strategy.name} on snapshot {outcome.snapshot_id}")
+            err_console.print(f"statistics picture written to {written}")
     if as_json:
         emit_json({**_run_header(outcome), "best": engine.sweep_best(outcome.results, top, *engine.ranking(config)),
                     **({"walk_forward": outcome.walk_forward} if config.walk_forward else {}),

@@ -233,13 +233,15 @@ def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, b
 
     Returns the fields `--json` carries per symbol: days, block_size, tested (the sets tested), never_traded,
     spa, stepm, mcs (set indices), best_set, sharpe, sharpe_ci, psr, min_trl, haircut_sharpe (None until
-    `haircut_sharpes` fills it: its draws are shared across symbols) and `reason` when there are none."""
+    `haircut_sharpes` fills it: its draws are shared across symbols), benchmark_sharpe (0 for zero: None) and
+    `reason` when there are none."""
     n_days, n_sets = returns.shape
     tested = np.flatnonzero(traded)
     out: dict[str, Any] = {"days": int(n_days), "block_size": None, "tested": int(tested.size),
                            "never_traded": [int(c) for c in np.flatnonzero(~traded)], "spa": None, "stepm": None,
                            "mcs": None, "best_set": int(best) if best >= 0 else None, "sharpe": None,
-                           "sharpe_ci": None, "psr": None, "min_trl": None, "haircut_sharpe": None, "reason": None}
+                           "sharpe_ci": None, "psr": None, "min_trl": None, "haircut_sharpe": None,
+                           "benchmark_sharpe": None, "reason": None}
     if n_days < MIN_DAYS:
         out["reason"] = f"{n_days} full day(s) of returns; the statistics need at least {MIN_DAYS}"
         return out
@@ -248,6 +250,8 @@ def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, b
         return out
     block = request.block_for(n_days)
     out["block_size"] = block
+    benchmark_sharpe = annual_sharpe(benchmark)
+    out["benchmark_sharpe"] = benchmark_sharpe if math.isfinite(benchmark_sharpe) else None
     wanted = set(request.stats)
     best_returns = returns[:, best] if best >= 0 else None
     if best_returns is not None:

@@ -3,6 +3,7 @@ as columns, overfitting statistics and walk-forward per chunk, the progress of i
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -226,6 +227,9 @@ class DailyStatistics:
             pooled.update(_day_range(int(days[0]), pooled["days"]))
             pooled["last_day"] = _day_range(int(days[-1]), 1)["first_day"]
         self._haircut([pooled])
+        sharpes = [sweep_stats.annual_sharpe(returns[:, c]) if self.traded[c] else math.nan
+                   for c in range(returns.shape[1])] if days.size else []
+        pooled["set_sharpes"] = [s if math.isfinite(s) else None for s in sharpes]  # the picture's distribution
         return {"stats": list(request.stats), "benchmark": request.benchmark, "reps": request.reps,
                 "seed": request.seed, "alpha": request.alpha, "block_size": request.block_size or "sqrt(days)",
                 "sets_tried": request.sets_tried, "symbols": self.symbols, "pooled": pooled}

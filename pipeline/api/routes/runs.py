@@ -97,7 +97,7 @@ def _backtest_work(settings: Settings, request: RunRequest, command: str) -> Any
                 "interrupted": outcome.interrupted, "cache_hits": outcome.cache_hits,
                 "cache_misses": outcome.cache_misses, "seconds": outcome.seconds,
                 "kernel_seconds": outcome.kernel_seconds, "bar_steps": outcome.bar_steps,
-                "left_out": outcome.left_out}
+                "left_out": outcome.left_out, **({"stats": outcome.stats} if outcome.stats else {})}
         answer = outcome.results if top is None else engine.sweep_best(outcome.results, top, *engine.ranking(config))
         return done, answer
 
