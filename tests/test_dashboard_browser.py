@@ -364,12 +364,12 @@ def test_dashboard_sweep_shows_the_sweep_statistics(browser, site, tmp_path):
     for symbol in ("ETH_BTC", "LTC_BTC"):
         mine = [r for r in rows if r["symbol"] == symbol]
         assert table[symbol]["spa"].split(" / ")[1] == f"{mine[0]['spa_consistent']:.3f}"
-        assert table[symbol]["mcs"] == shown(sum(r["in_mcs"] for r in mine), "mcs")
-        assert table[symbol]["stepm"] == shown(sum(r["in_stepm"] for r in mine), "stepm")
+        assert table[symbol]["in_mcs"] == shown(sum(r["in_mcs"] for r in mine), "in_mcs")
+        assert table[symbol]["in_stepm"] == shown(sum(r["in_stepm"] for r in mine), "in_stepm")
         (best,) = [r for r in mine if r["psr"] is not None]
-        assert table[symbol]["best_set"] == shown(best["set"], "best_set")
+        assert table[symbol]["set"] == shown(best["set"], "set")
         assert table[symbol]["psr"] == shown(best["psr"], "psr")
-        assert table[symbol]["days"] == shown(best["stats_days"], "days")
+        assert table[symbol]["stats_days"] == shown(best["stats_days"], "stats_days")
     assert "300 bootstrap repetitions" in browser.find_element(By.ID, "stats-title").text
     shot(browser, tmp_path, "sweep-stats")
 
