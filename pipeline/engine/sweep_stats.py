@@ -46,7 +46,8 @@ def daily_returns(day_equity: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 
 def autocovariances(demeaned: np.ndarray) -> np.ndarray:
-    """gamma[i, k] = sum over t of demeaned[t, k] * demeaned[t + i, k], for every lag i (T x K), by FFT."""
+    """gamma[i, k] = sum over t of demeaned[t, k] * demeaned[t + i, k], for every lag i (T x K), by FFT (for tests:
+    `spa_recentring` needs only their kernel-weighted sum, `kernels.long_run_variance`)."""
     from scipy import fft
 
     n = demeaned.shape[0]
@@ -62,21 +63,17 @@ def spa_recentring(loss_diff: np.ndarray, block: int) -> np.ndarray:
     Romano's kernel with p = 1 / block)."""
     n = loss_diff.shape[0]
     mean = loss_diff.mean(axis=0)
-    gamma = autocovariances(loss_diff - mean)
-    p = 1.0 / block
-    lag = np.arange(1, n)
-    kappa = (1.0 - lag / n) * (1.0 - p) ** lag + (lag / n) * (1.0 - p) ** (n - lag)
-    variance = gamma[0] / n + 2.0 * (kappa[:, None] * gamma[1:]).sum(axis=0) / n
+    variance = kernels.long_run_variance(np.ascontiguousarray((loss_diff - mean).T), 1.0 - 1.0 / block)
     with np.errstate(invalid="ignore"):
         threshold = -np.sqrt(variance / n * 2.0 * math.log(math.log(n)))
     consistent = np.where(mean >= threshold, mean, 0.0)
     return np.vstack([np.maximum(mean, 0.0), consistent, mean])
 
 
-def spa_pvalues(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int) -> dict[str, float]:
+def spa_pvalues(loss_diff: np.ndarray, boot_diff: np.ndarray, recentre: np.ndarray) -> dict[str, float]:
     """Hansen's SPA p-values (lower, consistent, upper) that no column beats the benchmark: the share of
-    repetitions whose largest recentred bootstrap mean exceeds the largest mean loss differential."""
-    recentre = spa_recentring(loss_diff, block)
+    repetitions whose largest recentred bootstrap mean (`spa_recentring`) exceeds the largest mean loss
+    differential."""
     exceed = np.empty((boot_diff.shape[0], 3))
     observed = float(loss_diff.mean(axis=0).max())
     kernels.spa_exceedances(boot_diff, recentre, observed, np.ones(loss_diff.shape[1], dtype=np.bool_),
@@ -85,11 +82,12 @@ def spa_pvalues(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int) -> dic
     return {"lower": float(lower), "consistent": float(consistent), "upper": float(upper)}
 
 
-def stepm(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int, alpha: float) -> np.ndarray:
+def stepm(loss_diff: np.ndarray, boot_diff: np.ndarray, recentre: np.ndarray, alpha: float) -> np.ndarray:
     """Romano and Wolf's StepM as `arch` runs it: the columns whose mean loss differential exceeds the
     (1 - alpha) quantile of the largest consistent-recentred bootstrap mean over the columns not yet found
-    better, step by step until a step finds none (column indices, ascending)."""
-    recentre = spa_recentring(loss_diff, block)[1]
+    better, step by step until a step finds none (column indices, ascending); `recentre` is
+    `spa_recentring`'s."""
+    recentre = recentre[1]
     mean = loss_diff.mean(axis=0)
     n_cols = mean.size
     selected = np.ones(n_cols, dtype=np.bool_)
@@ -107,12 +105,33 @@ def stepm(loss_diff: np.ndarray, boot_diff: np.ndarray, block: int, alpha: float
     return np.array(sorted(found), dtype=np.int64)
 
 
+MCS_STEPS = 32  # elimination steps per kernel call: the set is usually known long before the last model
+
+
 def model_confidence_set(losses_mean: np.ndarray, boot_losses: np.ndarray, alpha: float) -> np.ndarray:
-    """The model confidence set at size `alpha` (column indices, ascending), by the range statistic."""
-    centred = boot_losses - losses_mean
+    """The model confidence set at size `alpha` (column indices, ascending), by the range statistic: the
+    elimination order comes from the sample (`kernels.mcs_order`); each step's p-value is the share of
+    repetitions whose statistic over the models left exceeds the sample's, a model's MCS p-value the largest
+    of the steps' up to its own. The set is the models left at the first step whose running p-value exceeds
+    `alpha` (every later p-value is at least that), so the steps stop there."""
+    centred = np.ascontiguousarray(boot_losses - losses_mean)
     weights = kernels.pair_weights(np.ascontiguousarray(centred.T))
-    included, _ = kernels.mcs_eliminate(losses_mean, np.ascontiguousarray(centred), weights, alpha)
-    return np.flatnonzero(included)
+    order, statistic = kernels.mcs_order(losses_mean, weights)
+    n_cols = losses_mean.size
+    eliminated_at = np.full(n_cols, n_cols - 1, dtype=np.int64)
+    eliminated_at[order] = np.arange(order.size)
+    row_max = np.empty_like(centred)
+    kernels.mcs_row_maxima(centred, weights, row_max)
+    running = 0.0
+    for first in range(0, order.size, MCS_STEPS):
+        stop = min(first + MCS_STEPS, order.size)
+        exceed = np.empty((centred.shape[0], stop - first))
+        kernels.mcs_exceedances(centred, weights, order, statistic, eliminated_at, first, stop, row_max, exceed)
+        for offset, p_value in enumerate(exceed.mean(axis=0)):
+            running = max(running, p_value)
+            if running > alpha:  # this step's model and every one left are in the set
+                return np.flatnonzero(eliminated_at >= first + offset)
+    return np.flatnonzero(eliminated_at == n_cols - 1)  # only the last model left
 
 
 def annual_sharpe(returns: np.ndarray) -> float:
@@ -217,13 +236,28 @@ def months_of(days: int) -> int:
 
 
 def _distinct(returns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(the first of each group of identical columns, each column's group): sets with the very same daily
-    returns are one model to the tests (identical columns make the MCS's pair variances 0)."""
-    _, first, group = np.unique(returns.T, axis=0, return_index=True, return_inverse=True)
-    order = np.argsort(first)
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    return first[order], rank[np.ravel(group)]
+    """(the first of each group of identical columns, each column's group, groups numbered in the order of
+    their first column): sets with the very same daily returns are one model to the tests (identical columns
+    make the MCS's pair variances 0). Columns are grouped by two random projections and confirmed equal
+    element by element: O(days x sets), where sorting the columns themselves is O(days x sets x log sets)."""
+    n_days, n_sets = returns.shape
+    keys = np.random.default_rng(0).standard_normal((n_days, 2)).T @ returns  # 2 x sets
+    order = np.lexsort((np.arange(n_sets), keys[1], keys[0]))
+    group = np.empty(n_sets, dtype=np.int64)
+    leaders: list[int] = []  # the first column of each group
+    previous = -1
+    for c in order:
+        if previous >= 0 and keys[0, c] == keys[0, previous] and keys[1, c] == keys[1, previous] and np.array_equal(
+                returns[:, c], returns[:, leaders[group[previous]]]):
+            group[c] = group[previous]
+        else:
+            group[c] = len(leaders)
+            leaders.append(int(c))
+        previous = c
+    first = np.array(leaders, dtype=np.int64)
+    rank = np.empty(first.size, dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(first.size)
+    return np.sort(first), rank[group]
 
 
 def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, best: int,
@@ -278,10 +312,11 @@ def statistics(returns: np.ndarray, traded: np.ndarray, benchmark: np.ndarray, b
             chosen = np.isin(group, columns)
             return [int(c) for c in tested[chosen]]
 
+        recentre = spa_recentring(loss_diff, block) if wanted & {"spa", "stepm"} else None
         if "spa" in wanted:
-            out["spa"] = spa_pvalues(loss_diff, boot_diff, block)
+            out["spa"] = spa_pvalues(loss_diff, boot_diff, recentre)
         if "stepm" in wanted:
-            out["stepm"] = members(stepm(loss_diff, boot_diff, block, request.alpha))
+            out["stepm"] = members(stepm(loss_diff, boot_diff, recentre, request.alpha))
         if "mcs" in wanted:
             if n_models >= 2:
                 out["mcs"] = members(model_confidence_set(-models.mean(axis=0), -boot_models, request.alpha))

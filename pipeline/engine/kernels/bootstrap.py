@@ -115,6 +115,41 @@ def bootstrap_means(prefix, seed, reps, block, out):
 
 
 @njit(cache=True, parallel=True)
+def long_run_variance(demeaned, q):
+    """omega^2 of each row of `demeaned` (K x T, each series minus its mean): (gamma_0 + 2 sum over lags
+    i = 1 .. T - 1 of kappa_i gamma_i) / T with Politis and Romano's stationary-bootstrap kernel kappa_i =
+    (1 - i / T) q^i + (i / T) q^(T - i), q = 1 - 1 / block, gamma_i = sum over t of x_t x_(t + i): `arch`'s
+    SPA variance. Sum over t of x_t A_t, A_t = sum over i of kappa_i x_(t + i), in O(T) by three backward
+    recursions (P1 = sum q^i x, P2 = sum i q^i x, S = sum i q^(T - i) x over the days after t) instead of
+    every lag's autocovariance."""
+    n_series, n = demeaned.shape
+    out = np.empty(n_series)
+    q_last = q ** (n - 1)
+    for k in prange(n_series):
+        x = demeaned[k]
+        total = x[n - 1] * x[n - 1]
+        if q == 0.0:  # a block of one day: kappa is 0 at every lag
+            for t in range(n - 1):
+                total += x[t] * x[t]
+            out[k] = total / n
+            continue
+        p1 = 0.0
+        p2 = 0.0
+        r_sum = 0.0  # sum over j > t of q^(T - j + t) x_j
+        s_sum = 0.0  # sum over j > t of (j - t) q^(T - j + t) x_j
+        for t in range(n - 2, -1, -1):
+            following = x[t + 1]
+            p2 = q * (following + p2 + p1)
+            p1 = q * (following + p1)
+            s_sum = q_last * following + (s_sum + r_sum) / q
+            r_sum = q_last * following + r_sum / q
+            weighted = p1 - p2 / n + s_sum / n
+            total += x[t] * x[t] + 2.0 * x[t] * weighted
+        out[k] = total / n
+    return out
+
+
+@njit(cache=True, parallel=True)
 def spa_exceedances(boot, recentre, observed, selected, tie, out):
     """The SPA's bootstrap statistics against the observed one: out[r, j] = 1 where max over the selected
     columns k of (boot[r, k] - recentre[j, k]) exceeds `observed` by more than `tie`, for each recentring j
@@ -177,106 +212,137 @@ def pair_weights(centred):
     return out
 
 
-@njit(cache=True, parallel=True)
-def _row_maxima(boot_t, weights, included, rows, out):
-    """out[r, i] = max over included j of (boot_t[r, i] - boot_t[r, j]) * weights[i, j], for the i in `rows`."""
-    reps = boot_t.shape[0]
-    n_cols = boot_t.shape[1]
-    for r in prange(reps):
-        for i in rows:
-            best = -np.inf
-            a = boot_t[r, i]
-            for j in range(n_cols):
-                if included[j]:
-                    value = (a - boot_t[r, j]) * weights[i, j]
-                    if value > best:
-                        best = value
-            out[r, i] = best
-
-
-@njit(cache=True, parallel=True)
-def _refresh_and_count(boot_t, weights, included, eliminated, row_max, statistic, exceed):
-    """After `eliminated` leaves the set: each repetition's row maxima that it attained are recomputed over
-    the models left (weights is symmetric: its row `eliminated` is read, in order), and exceed[r] = 1 where the repetition's largest statistic over the models left
-    exceeds `statistic`."""
-    reps, n_cols = boot_t.shape
-    for r in prange(reps):
-        best = -np.inf
-        for i in range(n_cols):
-            if not included[i]:
-                continue
-            a = boot_t[r, i]
-            if eliminated >= 0 and (a - boot_t[r, eliminated]) * weights[eliminated, i] == row_max[r, i]:
-                row = -np.inf
-                for j in range(n_cols):
-                    if included[j]:
-                        value = (a - boot_t[r, j]) * weights[i, j]
-                        if value > row:
-                            row = value
-                row_max[r, i] = row
-            if row_max[r, i] > best:
-                best = row_max[r, i]
-        exceed[r] = 1.0 if statistic < best else 0.0
-
-
 @njit(cache=True)
-def _row_best(stats, included, i):
-    """The largest stats[i, j] over the included j."""
+def _row_best(stats, alive, i):
+    """The largest stats[i, j] over the models j still in (alive)."""
     best = -np.inf
     for j in range(stats.shape[0]):
-        if included[j] and stats[i, j] > best:
+        if alive[j] and stats[i, j] > best:
             best = stats[i, j]
     return best
 
 
 @njit(cache=True)
-def mcs_eliminate(mean_loss, centred_t, weights, size):
-    """The model confidence set by the range statistic T_R (Hansen, Lunde and Nason 2011; `arch`'s MCS
-    method "R"), stopped at the first elimination whose p-value exceeds `size`.
-
-    mean_loss (K,) each model's mean loss; centred_t (R x K) each repetition's bootstrap mean loss minus the
-    mean loss; weights (K x K) from `pair_weights`. Each step eliminates the model i of the largest
-    t[i, j] = (mean_loss[i] - mean_loss[j]) * weights[i, j] over the models left, with p-value the share of
-    repetitions whose largest (centred_t[r, i] - centred_t[r, j]) * weights[i, j] over the models left
-    exceeds it; a model's MCS p-value is the largest p-value of the steps up to its own. Returns
-    (in_set (K,) bool: the models whose MCS p-value exceeds `size`, p_values (K,): those of the models
-    eliminated before the stop, NaN for the others)."""
+def mcs_order(mean_loss, weights):
+    """The model confidence set's elimination order and statistics, from the sample alone (Hansen, Lunde and
+    Nason 2011, the range statistic T_R; `arch`'s MCS method "R"): with t[i, j] = (mean_loss[i] -
+    mean_loss[j]) * weights[i, j], step s's statistic is the largest t[i, j] over the models left, and it
+    eliminates that pair's i (the first in row-major order). Returns (order (K - 1,): the model eliminated at
+    each step, statistic (K - 1,)). The bootstrap decides only the steps' p-values (`mcs_exceedances`)."""
     n_cols = mean_loss.shape[0]
-    reps = centred_t.shape[0]
     stats = np.empty((n_cols, n_cols))
     for i in range(n_cols):
         for j in range(n_cols):
             stats[i, j] = (mean_loss[i] - mean_loss[j]) * weights[i, j]
-    included = np.ones(n_cols, dtype=np.bool_)
-    p_values = np.full(n_cols, np.nan)
+    alive = np.ones(n_cols, dtype=np.bool_)
     observed = np.empty(n_cols)  # each model's largest t[i, j] over the models left
     for i in range(n_cols):
-        observed[i] = _row_best(stats, included, i)
-    row_max = np.empty((reps, n_cols))
-    _row_maxima(centred_t, weights, included, np.arange(n_cols), row_max)
-    exceed = np.empty(reps)
-    eliminated = -1
-    running = 0.0
-    left = n_cols
-    while left > 1:
-        statistic = -np.inf
+        observed[i] = _row_best(stats, alive, i)
+    order = np.empty(max(n_cols - 1, 0), dtype=np.int64)
+    statistic = np.empty(max(n_cols - 1, 0))
+    for step in range(n_cols - 1):
         worst = -1
-        for i in range(n_cols):  # the first model of the largest t (arch: row-major order)
-            if included[i] and observed[i] > statistic:
-                statistic = observed[i]
-                worst = i
-        _refresh_and_count(centred_t, weights, included, eliminated, row_max, statistic, exceed)
-        running = max(running, exceed.mean())
-        if running > size:
-            break  # this model and every one left have an MCS p-value above `size`
-        p_values[worst] = running
-        included[worst] = False
-        eliminated = worst
-        left -= 1
+        top = -np.inf
         for i in range(n_cols):
-            if included[i] and stats[i, worst] == observed[i]:
-                observed[i] = _row_best(stats, included, i)
-    return included, p_values
+            if alive[i] and observed[i] > top:
+                top = observed[i]
+                worst = i
+        order[step] = worst
+        statistic[step] = top
+        alive[worst] = False
+        for i in range(n_cols):
+            if alive[i] and stats[i, worst] == observed[i]:
+                observed[i] = _row_best(stats, alive, i)
+    return order, statistic
+
+
+@njit(cache=True, inline="always", fastmath={"nnan", "ninf", "nsz"})
+def _row_max(a, c, row):
+    """max over j of (a - c[j]) * row[j]."""
+    best = -np.inf
+    for j in range(c.shape[0]):
+        best = max(best, (a - c[j]) * row[j])
+    return best
+
+
+@njit(cache=True, parallel=True, fastmath={"nnan", "ninf", "nsz"})
+def mcs_row_maxima(centred_t, weights, out):
+    """out[r, i] = max over every j of (centred_t[r, i] - centred_t[r, j]) * weights[i, j]: each repetition's
+    row maxima before any elimination. Four repetitions share each pass over a row of the weights (the
+    weights are read a quarter as often, and the four maxima fill the vector unit); the flags only let the
+    maxima vectorise (no NaN here), the values are those of the plain loop, bit for bit."""
+    reps, n_cols = centred_t.shape
+    quads = reps // 4
+    for q in prange(quads + reps % 4):
+        if q >= quads:  # the repetitions past the last four, one at a time
+            r = 4 * quads + (q - quads)
+            for i in range(n_cols):
+                out[r, i] = _row_max(centred_t[r, i], centred_t[r], weights[i])
+            continue
+        r0 = 4 * q
+        c0 = centred_t[r0]
+        c1 = centred_t[r0 + 1]
+        c2 = centred_t[r0 + 2]
+        c3 = centred_t[r0 + 3]
+        for i in range(n_cols):
+            row = weights[i]
+            a0 = c0[i]
+            a1 = c1[i]
+            a2 = c2[i]
+            a3 = c3[i]
+            b0 = -np.inf
+            b1 = -np.inf
+            b2 = -np.inf
+            b3 = -np.inf
+            for j in range(n_cols):
+                x = row[j]
+                b0 = max(b0, (a0 - c0[j]) * x)
+                b1 = max(b1, (a1 - c1[j]) * x)
+                b2 = max(b2, (a2 - c2[j]) * x)
+                b3 = max(b3, (a3 - c3[j]) * x)
+            out[r0, i] = b0
+            out[r0 + 1, i] = b1
+            out[r0 + 2, i] = b2
+            out[r0 + 3, i] = b3
+
+
+@njit(cache=True, parallel=True)
+def mcs_exceedances(centred_t, weights, order, statistic, eliminated_at, first, stop, row_max, out):
+    """Steps first .. stop - 1 of the model confidence set for every repetition: out[r, s] = 1 where the largest
+    (centred_t[r, i] - centred_t[r, j]) * weights[i, j] over the models left at step s exceeds the step's
+    statistic. `row_max` (R x K) carries each repetition's row maxima over the models left from one call to
+    the next (`mcs_row_maxima` before the first); `eliminated_at[i]` is the step that eliminates model i (K - 1:
+    never). After step s eliminates e = order[s], the row maxima that e attained are recomputed (weights is
+    symmetric: its row e is read in order), and the next step's largest is found in the same pass."""
+    reps, n_cols = centred_t.shape
+    for r in prange(reps):
+        c = centred_t[r]
+        rm = row_max[r]
+        best = -np.inf
+        for i in range(n_cols):
+            if eliminated_at[i] >= first and rm[i] > best:
+                best = rm[i]
+        for step in range(first, stop):
+            out[r, step - first] = 1.0 if statistic[step] < best else 0.0
+            e = order[step]
+            ce = c[e]
+            we = weights[e]
+            best = -np.inf
+            for i in range(n_cols):
+                if eliminated_at[i] <= step:
+                    continue
+                if (c[i] - ce) * we[i] == rm[i]:
+                    a = c[i]
+                    wi = weights[i]
+                    top = -np.inf
+                    for j in range(n_cols):
+                        if eliminated_at[j] > step:
+                            value = (a - c[j]) * wi[j]
+                            if value > top:
+                                top = value
+                    rm[i] = top
+                if rm[i] > best:
+                    best = rm[i]
 
 
 @njit(cache=True, parallel=True)
