@@ -219,6 +219,11 @@ def main() -> None:
                              blocks_mb=blocks.nbytes / 2**20)
     del blocks
 
+    print("sweep statistics (one symbol against arch, then every symbol)...", flush=True)
+    from bench import sweep_stats as stats_bench
+
+    out["sweep_stats"] = stats_bench.bench_sweep_stats(settings, grid, one)
+
     print("sweep 100,000 combinations (CLI, its own process)...", flush=True)
     out["sweep_100k"] = bench_sweep_100k(settings, snapshot, env, 1 if args.quick else 10, args.quick)
 
@@ -825,6 +830,10 @@ def write_report(r: dict, path: Path) -> None:
                 f"{p['ours_agreement_case']['median'] * 1000:.1f} ms "
                 f"({v['median'] / p['ours_agreement_case']['median']:,.0f}x) | | final value rel. diff "
                 f"{v['rel_diff_final_value']:.1e} ({v['ours_skipped']} entries skipped) |")
+    if r.get("sweep_stats"):
+        from bench import sweep_stats as stats_bench
+
+        lines += stats_bench.report_lines(r["sweep_stats"])
     if r.get("seed"):
         lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")

@@ -36,13 +36,16 @@ def daily_returns(day_equity: np.ndarray, base: np.ndarray) -> np.ndarray:
 
     An equity that reached 0 stays there: its later returns are 0, not 0 / 0."""
     equity = np.vstack([base[None, :], day_equity])
-    # Carry the last equity over days without a bar (a forward fill along the days).
-    index = np.where(np.isfinite(equity), np.arange(equity.shape[0])[:, None], 0)
-    np.maximum.accumulate(index, axis=0, out=index)
-    equity = np.take_along_axis(equity, index, axis=0)
+    gaps = np.isnan(day_equity[:, 0]) if day_equity.size else np.zeros(0, dtype=bool)
+    if gaps.any():  # a day without a bar (every set alike): carry the last equity over it
+        index = np.where(np.isfinite(equity), np.arange(equity.shape[0])[:, None], 0)
+        np.maximum.accumulate(index, axis=0, out=index)
+        equity = np.take_along_axis(equity, index, axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        returns = equity[1:] / equity[:-1] - 1.0
-    return np.where(equity[:-1] > 0, returns, 0.0)
+        returns = np.divide(equity[1:], equity[:-1])
+    returns -= 1.0
+    returns[~(equity[:-1] > 0)] = 0.0
+    return returns
 
 
 def autocovariances(demeaned: np.ndarray) -> np.ndarray:
@@ -105,7 +108,7 @@ def stepm(loss_diff: np.ndarray, boot_diff: np.ndarray, recentre: np.ndarray, al
     return np.array(sorted(found), dtype=np.int64)
 
 
-MCS_STEPS = 32  # elimination steps per kernel call: the set is usually known long before the last model
+MCS_STEPS = 8  # elimination steps per kernel call: the set is usually known long before the last model
 
 
 def model_confidence_set(losses_mean: np.ndarray, boot_losses: np.ndarray, alpha: float) -> np.ndarray:
@@ -203,13 +206,30 @@ def hlz_parameters(correlation: float) -> tuple[float, float]:
     return tuple(float((1 - weight) * rows[low][k] + weight * rows[low + 1][k]) for k in (1, 2))  # type: ignore[return-value]
 
 
+_POPULATIONS: dict[tuple[int, int, int, float], tuple[np.ndarray, np.ndarray]] = {}
+POPULATION_CACHE_VALUES = 20_000_000  # a population kept for the next symbols up to this size (320 MB)
+
+
+def _population(n_tests: int, draws: int, seed: int, correlation: float) -> tuple[np.ndarray, np.ndarray]:
+    """`kernels.bhy_population`, the last one kept while small (a sweep's symbols share it)."""
+    key = (n_tests, draws, seed, correlation)
+    if key in _POPULATIONS:
+        return _POPULATIONS[key]
+    p_null, mean_effect = hlz_parameters(correlation)
+    found = kernels.bhy_population(n_tests, draws, seed, correlation, p_null, mean_effect)
+    _POPULATIONS.clear()
+    if n_tests * draws <= POPULATION_CACHE_VALUES:
+        _POPULATIONS[key] = found
+    return found
+
+
 def haircut_sharpes(sharpes: list[float | None], months: list[int], n_tests: int, seed: int,
                     correlation: float = 0.0, draws: int = HL_DRAWS) -> list[float | None]:
     """Harvey and Liu's (2015) haircut Sharpe ratio with the BHY adjustment, for each annualised Sharpe
     ratio over its number of months, as one strategy among `n_tests` tried whose returns have the average
     `correlation` (0: independent tests): the t-ratio sr / sqrt(12) * sqrt(months), its two-sided Student-t
     p-value on months - 1 degrees of freedom, the median over `draws` simulated populations of the other
-    tests of its BHY-adjusted p-value (`kernels.bhy_pvalues`), turned back into an annualised Sharpe ratio
+    tests of its BHY-adjusted p-value (`kernels.bhy_population`, `kernels.bhy_adjust`), turned back into an annualised Sharpe ratio
     the same way. None where the Sharpe ratio is not positive or there are fewer than two months."""
     from scipy import stats
 
@@ -221,9 +241,8 @@ def haircut_sharpes(sharpes: list[float | None], months: list[int], n_tests: int
     n = np.array([months[i] for i in wanted], dtype=np.float64)
     t_ratio = np.array([sharpes[i] for i in wanted]) / math.sqrt(12) * np.sqrt(n)
     p_value = 2 * stats.t.sf(t_ratio, n - 1)
-    p_null, mean_effect = hlz_parameters(correlation)
-    adjusted = np.median(kernels.bhy_pvalues(p_value, int(n_tests), int(draws), int(seed), float(correlation),
-                                             p_null, mean_effect), axis=0)
+    others, suffix = _population(int(n_tests), int(draws), int(seed), float(correlation))
+    adjusted = np.median(kernels.bhy_adjust(others, suffix, p_value), axis=0)
     z = stats.t.isf(adjusted / 2, n - 1)
     for i, value in zip(wanted, z / np.sqrt(n) * math.sqrt(12), strict=True):
         out[i] = float(max(value, 0.0))

@@ -62,6 +62,7 @@ class RunOutcome:
     # A sweep's --stats (pipeline.runs.sweep.DailyStatistics.outcome): empty without.
     stats: dict[str, Any] = field(default_factory=dict)
     returns_path: str | None = None  # --returns-out, once written
+    stats_seconds: float = 0.0  # the statistics' share of `seconds`
 
     @property
     def hit_ratio(self) -> float | None:
@@ -237,6 +238,7 @@ def _publish(plan: RunPlan, cache: ResultCache | None, lookup: CacheLookup, comp
         bar_steps=progress.bar_steps, cache_used=plan.use_cache, paths=paths, interrupted=computed.interrupted,
         planned=plan.planned, n_results=n_results, findings=data_findings(plan.snapshot, plan.names),
         stats=sweep.daily.outcome() if sweep is not None and sweep.daily is not None else {},
+        stats_seconds=sweep.daily.seconds if sweep is not None and sweep.daily is not None else 0.0,
         walk_forward=[] if sweep is None else sorted(
             sweep.summaries, key=lambda f: -(f["oos"]["total_return_pct"] or -math.inf)),
         set_returns=[] if sweep is None else sweep.set_returns(),

@@ -158,6 +158,7 @@ class DailyStatistics:
         self.objective_counts = np.zeros(n_sets, dtype=np.int64)
         self.trade_sums = np.zeros(n_sets)
         self.traded = np.zeros(n_sets, dtype=bool)
+        self.seconds = 0.0  # spent on the statistics (not the kernels, the daily returns or the file)
 
     def add_part(self, batch: reader.PriceBatch, cube: np.ndarray, columns: engine.ResultColumns,
                  has_reason: np.ndarray, days: np.ndarray) -> None:
@@ -191,7 +192,9 @@ class DailyStatistics:
             else:
                 best = int(columns.set_index[best_rows[y]]) if best_rows.size else -1
                 benchmark = series.benchmark if request.benchmark == "buy_and_hold" else np.zeros(len(series.benchmark))
+                started = time.perf_counter()
                 stats = sweep_stats.statistics(series.returns, traded, benchmark, best, request)
+                self.seconds += time.perf_counter() - started
                 stats.update(_day_range(series.first_day, stats["days"]))
             self.symbols[symbol] = stats
             found.append(stats)
@@ -202,9 +205,11 @@ class DailyStatistics:
     def _haircut(self, found: list[dict[str, Any]]) -> None:
         if "haircut" not in self.request.stats:
             return
+        started = time.perf_counter()
         cuts = sweep_stats.haircut_sharpes([s.get("sharpe") for s in found],
                                            [sweep_stats.months_of(s.get("days") or 0) for s in found],
                                            self.request.sets_tried, self.request.seed)
+        self.seconds += time.perf_counter() - started
         for stats, cut in zip(found, cuts, strict=True):
             stats["haircut_sharpe"] = cut
 
@@ -221,8 +226,10 @@ class DailyStatistics:
         n_symbols = max(len(self.symbols), 1)
         guarded[self.trade_sums / n_symbols < engine.ranking(self.config)[1]] = -np.inf
         best = int(np.argmax(guarded if np.isfinite(guarded).any() else mean))
+        started = time.perf_counter()
         pooled = sweep_stats.statistics(returns, self.traded, benchmark if request.benchmark == "buy_and_hold"
                                         else np.zeros(len(benchmark)), best, request)
+        self.seconds += time.perf_counter() - started
         if days.size:
             pooled.update(_day_range(int(days[0]), pooled["days"]))
             pooled["last_day"] = _day_range(int(days[-1]), 1)["first_day"]

@@ -346,49 +346,63 @@ def mcs_exceedances(centred_t, weights, order, statistic, eliminated_at, first, 
 
 
 @njit(cache=True, parallel=True)
-def bhy_pvalues(p_values, n_tests, draws, seed, correlation, p_null, mean_effect):
-    """Harvey and Liu's (2015) BHY-adjusted p-value of each of `p_values` as one test among `n_tests` others,
-    for each of `draws` simulated populations of the other tests (out: draws x len(p_values)).
-
-    The other tests' t-ratios follow Harvey, Liu and Zhu's model as Harvey and Liu's program draws them:
-    with probability p_null a strategy has no edge, else its monthly mean is exponential with mean
-    `mean_effect`; its t-ratio over 240 months of 15 % annual volatility is |mean / se + z|, the z standard
-    normals with pairwise `correlation` (0: independent tests); its p-value 2 (1 - Phi(t)). The adjustment is
-    their program's: with the n_tests + 1 p-values sorted, the k-th becomes the smallest over j >= k of
-    (n_tests + 1) c / j times the j-th (the largest unscaled), c = sum of 1 / i for i = 1 .. n_tests + 1."""
+def bhy_population(n_tests, draws, seed, correlation, p_null, mean_effect):
+    """Harvey and Liu's (2015) simulated populations of the other tests, as their program draws them: `draws`
+    populations of n_tests t-ratios from Harvey, Liu and Zhu's model (with probability p_null a strategy has
+    no edge, else its monthly mean is exponential with mean `mean_effect`; its t-ratio over 240 months of
+    15 % annual volatility is |mean / se + z|, the z standard normals with pairwise `correlation`, 0 for
+    independent tests), as sorted p-values 2 (1 - Phi(t)) (draws x n_tests), with each population's suffix
+    minima for `bhy_adjust` (draws x (n_tests + 1)): suffix[w, q] = the smallest scaled value of the others
+    from the q-th on, each as it stands after a tested p-value (combined position q + 2, 1-based, scaled by
+    (n_tests + 1) c / position, c = sum of 1 / i for i = 1 .. n_tests + 1; the largest of all unscaled)."""
     m = n_tests
-    c_const = 0.0
-    for i in range(1, m + 2):
-        c_const += 1.0 / i
-    scale = (m + 1) * c_const
+    scale = _bhy_scale(m)
     se = 0.15 / np.sqrt(12.0) / np.sqrt(240.0)
     shared = np.sqrt(correlation)
     own_part = np.sqrt(1.0 - correlation)
-    out = np.empty((draws, p_values.shape[0]))
+    others = np.empty((draws, m))
+    suffix = np.empty((draws, m + 1))
     for w in prange(draws):
         state = _stream(seed, w)
         state, common = _normal(state)
-        others = np.empty(m)
+        row = others[w]
         for q in range(m):
             state, z = _normal(state)
             state, edge = _uniform(state)
             state, e = _uniform(state)
             mean = -mean_effect * np.log(1.0 - e) if edge > p_null else 0.0
             t = abs(mean / se + shared * common + own_part * z)
-            others[q] = math.erfc(t / np.sqrt(2.0))  # 2 (1 - Phi(t))
-        others.sort()
-        # suffix[q] = the smallest scaled value of the others from the q-th on, as they stand after the
-        # tested p-value (combined position q + 2, 1-based); the largest of all is taken unscaled.
-        suffix = np.empty(m + 1)
-        suffix[m] = np.inf
+            row[q] = math.erfc(t / np.sqrt(2.0))  # 2 (1 - Phi(t))
+        row.sort()
+        suffix[w, m] = np.inf
         for q in range(m - 1, -1, -1):
-            value = others[q] if q == m - 1 else scale / (q + 2) * others[q]
-            suffix[q] = min(value, suffix[q + 1])
+            value = row[q] if q == m - 1 else scale / (q + 2) * row[q]
+            suffix[w, q] = min(value, suffix[w, q + 1])
+    return others, suffix
+
+
+@njit(cache=True, inline="always")
+def _bhy_scale(m):
+    c_const = 0.0
+    for i in range(1, m + 2):
+        c_const += 1.0 / i
+    return (m + 1) * c_const
+
+
+@njit(cache=True, parallel=True)
+def bhy_adjust(others, suffix, p_values):
+    """The BHY-adjusted p-value of each of `p_values` as one test among each population of `bhy_population`
+    (draws x len(p_values)): with the n_tests + 1 p-values sorted, the k-th becomes the smallest over j >= k
+    of (n_tests + 1) c / j times the j-th (the largest unscaled), as Harvey and Liu's program adjusts them."""
+    draws, m = others.shape
+    scale = _bhy_scale(m)
+    out = np.empty((draws, p_values.shape[0]))
+    for w in prange(draws):
         for n in range(p_values.shape[0]):
             p = p_values[n]
-            k = np.searchsorted(others, p)  # others below the tested p-value: its position is k + 1
+            k = np.searchsorted(others[w], p)  # others below the tested p-value: its position is k + 1
             own = p if k == m else scale / (k + 1) * p
-            out[w, n] = min(own, suffix[k])
+            out[w, n] = min(own, suffix[w, k])
     return out
 
 
