@@ -12,7 +12,8 @@ from pipeline.core.versions import ENGINE_VERSION, __version__  # noqa: E402,F40
 
 
 def __getattr__(name: str):  # the notebook API, imported on first use (the CLI never pays for it)
-    if name in ("run_backtest", "run_portfolio", "run_signals", "round_trips", "plot", "prices"):
+    if name in ("run_backtest", "run_portfolio", "run_signals", "round_trips", "plot", "prices", "sweep_statistics",
+                "daily_returns"):
         from pipeline import notebook
 
         return getattr(notebook, name)

@@ -229,3 +229,29 @@ def test_bad_input_is_one_line_before_any_work(lake_root: Path, tmp_path: Path, 
     lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "results").exists() or not any((tmp_path / "results").rglob("*.parquet"))
+
+
+def test_the_notebook_gives_the_clis_statistics_and_matrix(swept, lake_root: Path, tmp_path: Path) -> None:
+    """The notebook's sweep_statistics and daily_returns on the sample's own 5m frames equal `sweep --interval 5m
+    --stats ... --json` and its --returns-out on the lake built from them: one run path."""
+    import polars as pl
+
+    import pipeline as cryptobt
+
+    _, _, _, env = swept
+    names = ("ETH_BTC", "LTC_BTC")
+    frames = {s: pl.read_ipc(ROOT / "data" / "sample" / "binance-5m" / f"{s}-5m.feather") for s in names}
+    sets = list(strategies.parse_grid(strategies.get_strategy("rsi"), GRID))
+    ours = cryptobt.sweep_statistics(frames, "rsi", sets, stats="spa,stepm,mcs,bootstrap,psr", reps=REPS, seed=3)
+    path = tmp_path / "daily.parquet"
+    done = cli(env, "sweep", "rsi", *sum((["-g", g] for g in GRID), []), "-s", names[0], "-s", names[1],
+               "--interval", "5m", "--stats", "spa,stepm,mcs,bootstrap,psr", "--reps", str(REPS), "--seed", "3",
+               "--returns-out", str(path), "--json", "--no-cache")
+    assert ours == json.loads(done.stdout)["stats"]
+    assert ours["symbols"]["ETH_BTC"]["spa"] is not None
+    mine = cryptobt.daily_returns(frames, "rsi", sets).sort("symbol", "set", "day")
+    theirs = pl.read_parquet(path).sort("symbol", "set", "day")
+    assert mine.equals(theirs) and mine.height > 0
+    rows = cryptobt.run_backtest(frames, "rsi", sets, stats="mcs", reps=REPS, seed=3)
+    assert sorted(rows.filter(pl.col("symbol") == "ETH_BTC").filter(pl.col("in_mcs") == 1)["set"].to_list()) == \
+        ours["symbols"]["ETH_BTC"]["mcs"]

@@ -6,6 +6,9 @@
     results = cryptobt.run_backtest(frames, "rsi", {"rsi_period": 14})          # polars DataFrame
     trips = cryptobt.round_trips(frames, "rsi", sl=2, tp=4)                       # one row per round trip
     account = cryptobt.run_portfolio(frames, "rsi", max_open=3, stake="30%")  # Portfolio: .accounts, .trades, ...
+    sets = [{"rsi_period": p} for p in range(6, 30, 2)]
+    stats = cryptobt.sweep_statistics(frames, "rsi", sets, reps=1000)        # sweep --stats all --json's stats
+    daily = cryptobt.daily_returns(frames, "rsi", sets)                       # sweep --returns-out's long frame
 
 A frame is pandas or polars with a timestamp column (`date`, `ts`, `datetime`, `time`
 or `timestamp`; naive times are UTC) and `open, high, low, close, volume`. All frames
@@ -210,8 +213,65 @@ def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list
 
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     batch = _run_batch(frames, config, funding, mark, detail_frames=detail_frames)
-    results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
+    if config.stats:  # the sweep statistics' columns: the CLI's sweep, over the frames
+        results = _sweep(batch, config).rows
+    else:
+        results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
+
+
+@dataclass
+class _Swept:
+    rows: list[dict[str, Any]]
+    stats: dict[str, Any]
+
+
+def _sweep(batch: PriceBatch, config: options.RunConfig, returns_out: Path | None = None) -> _Swept:
+    """A sweep over `batch` as `cryptobt sweep` runs one (pipeline.runs.sweep): every result, with its
+    statistics when `config.stats` asks for them, and the daily returns into `returns_out`."""
+    from pipeline.runs.sweep import Progress, Sweep
+    from pipeline.store.returns_file import ReturnsWriter
+
+    if len(config.params_list) < 2:
+        raise PipelineError(f"the sweep statistics need at least two parameter sets; got {len(config.params_list)}")
+    writer = ReturnsWriter(returns_out, config.params_list) if returns_out is not None else None
+    sweep = Sweep(config, None, None, None, None, Progress(None, len(batch.symbols) * len(config.params_list), 0),
+                  writer)
+    try:
+        rows = sweep.run_part(batch)
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        writer.close()
+    return _Swept(rows, sweep.daily.outcome() if sweep.daily is not None else {})
+
+
+@_run_options(for_command("sweep"))
+def sweep_statistics(frames: Frames, strategy: str, params: list[dict[str, Any]], *, funding: Frames | None = None,
+                     mark: Frames | None = None, **run: Any) -> dict[str, Any]:
+    """A sweep's statistics over every parameter set's daily returns (docs/statistics.md): what `sweep --stats
+    --json` prints under `stats`, per symbol and pooled. `params` is the list of sets; `stats` (default
+    "all"), benchmark, reps, block_size, alpha and seed as the CLI's options, by keyword."""
+    run.setdefault("stats", "all")
+    config = options.run_config(options.resolve_strategy(strategy), params, **run)
+    return _sweep(_run_batch(frames, config, funding, mark), config).stats
+
+
+@_run_options(for_command("sweep"))
+def daily_returns(frames: Frames, strategy: str, params: list[dict[str, Any]], *, funding: Frames | None = None,
+                  mark: Frames | None = None, **run: Any) -> pl.DataFrame:
+    """A sweep's daily return matrix in long format, as `sweep --returns-out` writes it: symbol, set (the set's
+    index in `params`), one column per parameter, day, return."""
+    import tempfile
+
+    config = options.run_config(options.resolve_strategy(strategy), params, **run)
+    batch = _run_batch(frames, config, funding, mark)
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "daily.parquet"
+        _sweep(batch, config, path)
+        return pl.read_parquet(path)
 
 
 @_run_options()
