@@ -71,6 +71,17 @@ def test_equal_to_arch_on_the_same_draws(seed: int, benchmark_kind: str) -> None
     assert ours["sharpe_ci"] == pytest.approx([low, high], rel=1e-9)
 
 
+@pytest.mark.parametrize(("days", "block"), [(400, 20), (1826, 42), (13, 3), (5, 1)])
+def test_long_run_variance_is_archs(days: int, block: int) -> None:
+    """The SPA's variance by three recursions equals arch's sum over every lag (its SPA's own estimate)."""
+    returns = _matrix(days, days=days, sets=6)
+    spa = arch_bootstrap.SPA(np.zeros(days), -returns, block_size=block, reps=10)
+    spa.compute()
+    demeaned = returns - returns.mean(axis=0)
+    ours = kb.long_run_variance(np.ascontiguousarray(demeaned.T), 1.0 - 1.0 / block)
+    np.testing.assert_allclose(ours, spa._loss_diff_var, rtol=1e-12)
+
+
 def test_spa_p_values_that_are_not_all_zero_are_tested() -> None:
     """The parity above would be empty if every p-value were 0 or 1: this matrix gives middling ones."""
     returns = _matrix(1)

@@ -255,3 +255,36 @@ def test_the_notebook_gives_the_clis_statistics_and_matrix(swept, lake_root: Pat
     rows = cryptobt.run_backtest(frames, "rsi", sets, stats="mcs", reps=REPS, seed=3)
     assert sorted(rows.filter(pl.col("symbol") == "ETH_BTC").filter(pl.col("in_mcs") == 1)["set"].to_list()) == \
         ours["symbols"]["ETH_BTC"]["mcs"]
+
+
+def test_a_perpetuals_daily_matrix_is_each_sets_own_futures_equity() -> None:
+    """The futures sweep kernel marks its day ends too: on the real XRP perpetual (with its funding and mark
+    series), every set's daily returns equal those of its own futures run's equity (run_single_futures)."""
+    import polars as pl
+
+    import pipeline as cryptobt
+    from pipeline import notebook
+
+    sample = ROOT / "data" / "sample" / "binance-futures"
+    xrp = "XRP_USDT_USDT"
+    frames = {xrp: pl.read_ipc(sample / f"{xrp}-1h-futures.feather")}
+    funding = {xrp: pl.read_ipc(sample / f"{xrp}-8h-funding_rate.feather")}
+    mark = {xrp: pl.read_ipc(sample / f"{xrp}-1h-mark.feather")}
+    rsi = strategies.get_strategy("rsi")
+    sets = list(options.parse_grid(rsi, ["rsi_period=4,6", "oversold_threshold=35,40", "leverage=3,20",
+                                         "direction=long,both"]))
+    run = {"market": "futures", "mmr": 0.005}
+    daily = cryptobt.daily_returns(frames, "rsi", sets, funding=funding, mark=mark, **run)
+    config = options.run_config(rsi, sets, **run)
+    batch = notebook._run_batch(frames, config, funding, mark)
+    liquidated = 0
+    for c in range(len(config.params_list)):
+        mine = daily.filter(pl.col("set") == c).sort("day")
+        _, trips, equity = engine.trade_log(batch, config, 0, config.params_list[c], config.execution(c))
+        liquidated += sum(1 for t in trips if t.get("exit_reason") == "liquidation")
+        days, returns = _reference_days(batch.times, equity, config.initial)
+        assert [d.toordinal() - 719163 for d in mine["day"]] == days and len(days) >= 3
+        np.testing.assert_allclose(mine["return"].to_numpy(), returns, rtol=0, atol=1e-12)
+    assert liquidated > 0  # 20x positions were liquidated: the day ends after a liquidation are tested too
+    stats = cryptobt.sweep_statistics(frames, "rsi", sets, funding=funding, mark=mark, reps=100, **run)
+    assert "the statistics need at least 10" in stats["symbols"][xrp]["reason"]  # the sample is 4 days long

@@ -147,7 +147,8 @@ def by_symbol(slices: list[list[dict[str, Any]]], n_symbols: int) -> list[list[d
 
 
 def result_statistics(blocks: np.ndarray, config: RunConfig, has_reason: np.ndarray) -> dict[str, np.ndarray]:
-    """The n_trials, pbo and deflated_sharpe of a chunk of symbols' sweep results, each (Y x C), NaN
+    """The n_trials, pbo and deflated_sharpe of a chunk of symbols' sweep results (and each row's set index,
+    `set`), each (Y x C), NaN
     where a result has none: results with a `reason` (no bars, too few) have neither statistic,
     and a symbol whose PBO blocks hold fewer than two bars has no PBO (rather than a made-up one)."""
     stats = sweep_statistics(blocks, config)
@@ -157,7 +158,7 @@ def result_statistics(blocks: np.ndarray, config: RunConfig, has_reason: np.ndar
     usable = (config.pbo_blocks > 1) & (counts.min(axis=1) >= 2) & np.isfinite(stats["pbo"])
     pbo = np.where(usable[:, None] & ~has_reason, stats["pbo"][:, None], np.nan)
     return {"n_trials": np.broadcast_to(stats["n_trials"][:, None], (n_symbols, n_sets)), "pbo": pbo,
-            "deflated_sharpe": dsr}
+            "deflated_sharpe": dsr, "set": np.broadcast_to(np.arange(n_sets)[None, :], (n_symbols, n_sets))}
 
 
 def attach(rows: list[list[dict[str, Any]]], blocks: np.ndarray, config: RunConfig) -> None:

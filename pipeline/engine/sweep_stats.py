@@ -48,17 +48,6 @@ def daily_returns(day_equity: np.ndarray, base: np.ndarray) -> np.ndarray:
     return returns
 
 
-def autocovariances(demeaned: np.ndarray) -> np.ndarray:
-    """gamma[i, k] = sum over t of demeaned[t, k] * demeaned[t + i, k], for every lag i (T x K), by FFT (for tests:
-    `spa_recentring` needs only their kernel-weighted sum, `kernels.long_run_variance`)."""
-    from scipy import fft
-
-    n = demeaned.shape[0]
-    size = fft.next_fast_len(2 * n - 1, real=True)
-    spectrum = fft.rfft(demeaned, n=size, axis=0, workers=-1)
-    return fft.irfft(spectrum.real**2 + spectrum.imag**2, n=size, axis=0, workers=-1)[:n]
-
-
 def spa_recentring(loss_diff: np.ndarray, block: int) -> np.ndarray:
     """The SPA's three recentrings of the bootstrap means (3 x K: lower, consistent, upper), as `arch`'s SPA:
     upper the mean loss differential, lower that floored at 0, consistent that set to 0 where the mean is

@@ -93,7 +93,6 @@ class Sweep:
         has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
         columns.fields.update({name: values.ravel() for name, values in
                                overfit.result_statistics(blocks, config, has_reason).items()})
-        columns.fields["set"] = columns.set_index.copy()
         if self.daily is not None:
             self.daily.add_part(batch, cube, columns, has_reason, days)
             del days
