@@ -288,3 +288,14 @@ def test_a_perpetuals_daily_matrix_is_each_sets_own_futures_equity() -> None:
     assert liquidated > 0  # 20x positions were liquidated: the day ends after a liquidation are tested too
     stats = cryptobt.sweep_statistics(frames, "rsi", sets, funding=funding, mark=mark, reps=100, **run)
     assert "the statistics need at least 10" in stats["symbols"][xrp]["reason"]  # the sample is 4 days long
+
+
+@pytest.mark.parametrize(("run", "message"), [
+    ({"stats": "mcs", "n": 15_001}, "--stats mcs over 15,001 sets needs 1.7 GiB for its pair weights"),
+    ({"stats": "spa", "reps": 100_000, "n": 2_001}, "--reps 100,000 x 2,001 sets needs 1.5 GiB of bootstrap means"),
+])
+def test_statistics_too_big_for_memory_are_refused_before_any_work(run: dict, message: str) -> None:
+    rsi = strategies.get_strategy("rsi")
+    sets = [{"rsi_period": 14, "oversold_threshold": 10 + i * 1e-3} for i in range(run.pop("n"))]
+    with pytest.raises(options.PipelineError, match=message):
+        options.run_config(rsi, sets, **run)

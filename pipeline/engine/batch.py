@@ -98,9 +98,9 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
-def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0) -> None:
+def check_memory(n_symbols: int, n_time: int, n_combos: int, n_blocks: int = 0, n_days: int = 0) -> None:
     """Refuse a run that would not fit, saying what it would need."""
-    need = estimate_memory(n_symbols, n_time, n_combos, n_blocks)
+    need = estimate_memory(n_symbols, n_time, n_combos, n_blocks, n_days)
     have = available_memory()
     if need > 0.8 * have:
         raise PipelineError(

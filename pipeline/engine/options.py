@@ -375,13 +375,25 @@ def check_detail(detail: str | None, interval: str) -> None:
                             f"that tiles them ({', '.join(finer) or 'none'})")
 
 
+MAX_BOOTSTRAP_MEANS = 200_000_000  # 1.5 GiB of doubles
+MAX_MCS_SETS = 15_000  # its pair weights: 1.7 GiB
+
+
 def _check_stats(checked: dict[str, Any], params_list: list[dict[str, Any]]) -> None:
     """--stats names known statistics (kept in their canonical order) and a sweep of two sets or more."""
     names = run_options.parse_stats(checked["stats"])
     checked["stats"] = ",".join(names) or None
-    if names and len(params_list) < 2:
-        raise PipelineError(f"--stats needs a sweep of at least two parameter sets; this grid has "
-                            f"{len(params_list)}")
+    n_sets = len(params_list)
+    if names and n_sets < 2:
+        raise PipelineError(f"--stats needs a sweep of at least two parameter sets; this grid has {n_sets}")
+    # What one symbol's statistics hold at once: the bootstrap means (reps x sets) and the MCS's pair
+    # weights (sets x sets), in doubles. Refused here, before any work, where they pass a few GiB.
+    if names and checked["reps"] * n_sets > MAX_BOOTSTRAP_MEANS:
+        raise PipelineError(f"--reps {checked['reps']:,} x {n_sets:,} sets needs {checked['reps'] * n_sets * 8 / 2**30:.1f} "
+                            f"GiB of bootstrap means per symbol; keep reps x sets <= {MAX_BOOTSTRAP_MEANS:,}")
+    if "mcs" in names and n_sets > MAX_MCS_SETS:
+        raise PipelineError(f"--stats mcs over {n_sets:,} sets needs {n_sets**2 * 8 / 2**30:.1f} GiB for its pair "
+                            f"weights; sweep at most {MAX_MCS_SETS:,} sets with mcs, or leave mcs out")
 
 
 def _check_walk_forward(checked: dict[str, Any]) -> None:

@@ -142,8 +142,9 @@ def _parts(plan: RunPlan, missing: list[str], streaming: bool, watched: bool,
     return [(iv, group[o: o + chunk]) for iv, group in by_interval.items() for o in range(0, len(group), chunk)]
 
 
-def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch:
-    """One batched read of `symbols`' prices, refused when the run over them would not fit in memory."""
+def _read(plan: RunPlan, interval: str, symbols: list[str], daily: bool = False) -> reader.PriceBatch:
+    """One batched read of `symbols`' prices, refused when the run over them (with `daily`, each set's equity
+    at every day's end too) would not fit in memory."""
     config = plan.config
     # Only the columns the strategy and the fill read: the fewer, the faster the read.
     # From the start of the history: bars before --timerange warm the indicators up.
@@ -156,7 +157,8 @@ def _read(plan: RunPlan, interval: str, symbols: list[str]) -> reader.PriceBatch
     if config.detail is not None:
         batch = with_detail(batch, plan.settings.lake_root, plan.snapshot, config.detail, config.timerange_end)
     engine.check_memory(len(symbols), batch.times.size, plan.n_params,
-                        len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0)
+                        len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0,
+                        intervals.grid_days(batch.times)[1] if daily else 0)
     return batch
 
 
@@ -178,7 +180,7 @@ def _compute(plan: RunPlan, parts: list[tuple[str, list[str]]], computed: Comput
     symbols without its overfitting statistics, which need every parameter set)."""
     try:
         for part_interval, part in parts:
-            batch = _read(plan, part_interval, part)
+            batch = _read(plan, part_interval, part, sweep is not None and sweep.daily is not None)
             if sweep is not None:
                 computed.collected.extend(sweep.run_part(batch))
                 continue
