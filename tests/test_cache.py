@@ -416,3 +416,31 @@ def test_from_settings_uses_the_settings_prefix_ttl_and_timeout(redis_url: str) 
     assert (cache.prefix, cache.ttl_seconds, cache.timeout_seconds) == ("custom", 60, 0.25)
     assert cache.key(**KEY_FIELDS).startswith("custom:bt:")
     cache.close()
+
+
+@pytest.mark.parametrize(("field", "value", "ok"), [
+    ("sharpe", 1.5, True), ("sharpe", 2, True), ("sharpe", "1.5", False), ("sharpe", True, False),
+    ("bars", 500, True), ("bars", 500.0, False), ("bars", True, False), ("symbol", 7, False),
+    ("start", "2024-01-01T00:00:00+00:00", True), ("start", "yesterday", False),
+])
+def test_the_schema_check_of_cached_records_keeps_every_rule(field: str, value: Any, ok: bool) -> None:
+    """The fast path (plain JSON types by identity, issue 32) refuses what the isinstance checks refused: a
+    string for a number, a bool for a count, a float for a count, a bad timestamp; a NumPy float (a float
+    subclass) still passes, a NumPy integer (no int subclass) still does not."""
+    import numpy as np
+
+    from pipeline.store.results import record_problem
+
+    assert record_problem(make_result()) is None
+    problem = record_problem(make_result(**{field: value}))
+    assert (problem is None) == ok, problem
+    assert record_problem(make_result(sharpe=np.float64(1.5))) is None
+    assert record_problem(make_result(bars=np.int64(500))) is not None
+
+
+def test_a_record_with_a_nan_token_still_decodes(cache: ResultCache, redis_client: redis.Redis) -> None:
+    """orjson refuses the NaN token json.dumps writes; such a record goes to json.loads and is a hit as before."""
+    key = f"{cache.prefix}:bt:nan"
+    redis_client.set(key, json.dumps({**make_result(), "sortino": float("nan")}), ex=600)
+    found = cache.get_many([key])
+    assert list(found) == [key] and found[key]["sortino"] != found[key]["sortino"]

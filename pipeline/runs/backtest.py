@@ -70,12 +70,18 @@ class RunOutcome:
         return self.cache_hits / total if total else None
 
 
-def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: str) -> dict:
-    """The cache key of parameter set c on `symbol`: everything that decides its numbers."""
-    return {
-        "strategy": config.strategy.name, "params": config.params_list[c], "symbol": symbol, "interval": interval,
-        **config.key_fields(c), "market": config.market, "data_version": version, "engine_version": engine.code_version(config.strategy),
-    }
+def _key_fields(config: RunConfig, symbol: str, interval: str, c: int, version: str,
+                set_fields: dict[str, Any] | None = None) -> dict:
+    """The cache key of parameter set c on `symbol`: everything that decides its numbers (`set_fields`:
+    `_set_fields(config, c)` when the caller has them, the same for every symbol)."""
+    return {"symbol": symbol, "interval": interval, "data_version": version,
+            **(set_fields if set_fields is not None else _set_fields(config, c))}
+
+
+def _set_fields(config: RunConfig, c: int) -> dict:
+    """The key fields of parameter set c that do not depend on the symbol."""
+    return {"strategy": config.strategy.name, "params": config.params_list[c], **config.key_fields(c),
+            "market": config.market, "engine_version": engine.code_version(config.strategy)}
 
 
 @dataclass
@@ -104,10 +110,11 @@ def _look_up(plan: RunPlan, cache: ResultCache | None, every_set: bool = False) 
         return found
     config, snapshot = plan.config, plan.snapshot
     expected = {}
+    per_set = [_set_fields(config, c) for c in range(plan.n_params)]
     for symbol in plan.names:
+        version = reader.series_version(snapshot, symbol)
         for c in range(plan.n_params):
-            fields = _key_fields(config, symbol, plan.interval_of[symbol], c,
-                                 reader.series_version(snapshot, symbol))
+            fields = _key_fields(config, symbol, plan.interval_of[symbol], c, version, per_set[c])
             found.keys[(symbol, c)] = cache.key(**fields)
             expected[found.keys[(symbol, c)]] = fields
     records = cache.get_many(list(found.keys.values()), expected, results.record_problem)
