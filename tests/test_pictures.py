@@ -12,8 +12,7 @@ import pytest
 
 import pipeline as cryptobt
 from pipeline import notebook, plots
-from pipeline.engine import batch as engine
-from pipeline.engine import options, overfit
+from pipeline.engine import options
 from pipeline.engine.strategies import get_strategy
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-5m"
@@ -28,8 +27,7 @@ def frames() -> dict[str, pl.DataFrame]:
 @pytest.fixture(scope="module")
 def figure(frames):
     batch = notebook.prices(frames)
-    config = options.run_config(get_strategy("rsi"), GRID)
-    board = engine.leaderboard(overfit.run_sweep(batch, config))
+    board = notebook.run_backtest(frames, "rsi", GRID).to_dicts()
     drawn = plots.curves(batch, options.run_config(get_strategy("rsi"), board[0]["params"]), board[0])
     fig = plots.png_figure("rsi", board, drawn, board, plots.sweep_axes(board))
     fig.canvas.draw()

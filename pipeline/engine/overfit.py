@@ -26,7 +26,6 @@ from pipeline.engine.kernels.blocks import (
 
 if TYPE_CHECKING:
     from pipeline.engine.options import RunConfig
-    from pipeline.lake.reader import PriceBatch
 
 EULER_GAMMA = 0.5772156649015329
 _NORMAL = NormalDist()
@@ -175,14 +174,3 @@ def attach(rows: list[list[dict[str, Any]]], blocks: np.ndarray, config: RunConf
             for name in ("pbo", "deflated_sharpe"):
                 value = stats[name][y, c]
                 result[name] = None if math.isnan(value) else float(value)
-
-
-def run_sweep(batch: PriceBatch, config: RunConfig) -> list[dict[str, Any]]:
-    """Every result of a sweep over `batch` in one kernel call, with its overfitting statistics
-    (the notebook's path; `pipeline.runs` does the same in bounded chunks)."""
-    from pipeline.engine import batch as engine
-
-    blocks = new_blocks(len(batch.symbols), config)
-    results = engine.run(batch, config, block_fractions(config), blocks)
-    attach(by_symbol([results], len(batch.symbols)), blocks, config)
-    return results

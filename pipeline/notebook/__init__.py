@@ -209,14 +209,10 @@ def run_backtest(frames: Frames, strategy: str, params: Mapping[str, Any] | list
     tiers) take the symbols' `funding` rates and `mark` prices as frames too (see `with_futures`);
     `detail="5m"` decides stops on `detail_frames`, the symbols' finer bars (the contract's "Intrabar detail").
     """
-    from pipeline.engine import overfit
-
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     batch = _run_batch(frames, config, funding, mark, detail_frames=detail_frames)
-    if config.stats:  # the sweep statistics' columns: the CLI's sweep, over the frames
-        results = _sweep(batch, config).rows
-    else:
-        results = overfit.run_sweep(batch, config) if len(config.params_list) > 1 else engine.run(batch, config)
+    # A sweep runs as `cryptobt sweep` runs one (its statistics too); one set as a backtest.
+    results = _sweep(batch, config).rows if len(config.params_list) > 1 else engine.run(batch, config)
     return pl.DataFrame(engine.leaderboard(results, *engine.ranking(config)))
 
 
@@ -233,7 +229,7 @@ def _sweep(batch: PriceBatch, config: options.RunConfig, returns_out: Path | Non
     from pipeline.store.returns_file import ReturnsWriter
 
     if len(config.params_list) < 2:
-        raise PipelineError(f"the sweep statistics need at least two parameter sets; got {len(config.params_list)}")
+        raise PipelineError(f"a sweep needs at least two parameter sets; got {len(config.params_list)}")
     writer = ReturnsWriter(returns_out, config.params_list) if returns_out is not None else None
     sweep = Sweep(config, None, None, None, None, Progress(None, len(batch.symbols) * len(config.params_list), 0),
                   writer)
@@ -281,14 +277,12 @@ def plot(frames: Frames, strategy: str, path: str | Path,
     your frames: the leaderboard, the `top` symbols' equity against buy & hold, a sweep's heatmap;
     .html (Plotly, offline) or .png. Returns the file written."""
     from pipeline import plots
-    from pipeline.engine import overfit
-
     options.check_plot(Path(path))
     config = options.run_config(options.resolve_strategy(strategy), params or {}, **run)
     frames = by_symbol(frames)
     batch = _run_batch(frames, config)
     sweep = len(config.params_list) > 1
-    board = engine.leaderboard(overfit.run_sweep(batch, config) if sweep else engine.run(batch, config),
+    board = engine.leaderboard(_sweep(batch, config).rows if sweep else engine.run(batch, config),
                                *engine.ranking(config))
     shown = list(dict.fromkeys(r["symbol"] for r in board))[:top]
     drawn = plots.curves(_run_batch({s: frames[s] for s in shown}, config, informative_frames=frames), config,
