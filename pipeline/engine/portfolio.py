@@ -149,6 +149,12 @@ def _iso(epoch_seconds: int) -> str:
     return datetime.fromtimestamp(int(epoch_seconds), UTC).isoformat()
 
 
+def _isos(epoch_seconds: np.ndarray) -> list[str]:
+    """`_iso` of many times at once (a portfolio's round trips: thousands)."""
+    text = np.datetime_as_string(np.asarray(epoch_seconds, dtype="datetime64[s]"), unit="s")
+    return [f"{t}+00:00" for t in text.tolist()]
+
+
 def _number(value: float) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else float(value)
 
@@ -199,20 +205,46 @@ def _slippage(config: RunConfig) -> float:
     return config.execution(0).slippage_pct / 100.0
 
 
-def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto"
-        ) -> list[dict[str, Any]]:
+@dataclass
+class _Inputs:
+    """What every account of a run reads: the prices from the first simulated column, the entry ranks (and
+    the rule), and the signals of each distinct parameter set (filled as asked for)."""
+
+    open_: np.ndarray
+    close: np.ndarray
+    start: int
+    scores: np.ndarray
+    rule: str
+    signals: dict[tuple, tuple[np.ndarray, ...]]
+
+
+def _inputs(batch: PriceBatch, config: RunConfig, rank_by: str) -> _Inputs:
+    open_, close, start = _prices(batch, config)
+    scores, rule = rank_scores(batch, rank_by)
+    return _Inputs(open_, close, start, np.ascontiguousarray(scores[:, start:]), rule, {})
+
+
+def _signals_of(inputs: _Inputs, batch: PriceBatch, config: RunConfig, params: dict[str, Any]) -> tuple[np.ndarray, ...]:
+    """The signals of one parameter set, computed once per run."""
+    key = strategies_key(params)
+    if key not in inputs.signals:
+        inputs.signals[key] = _signals(batch, config.strategy, params, inputs.start, config.market == "futures")
+    return inputs.signals[key]
+
+
+def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto",
+        inputs: _Inputs | None = None) -> list[dict[str, Any]]:
     """One result per account in `sets`, best total return first (no trade lists)."""
     slippage = _slippage(config)
     futures = config.market == "futures"
-    open_, close, start = _prices(batch, config)
-    scores, rule = rank_scores(batch, rank_by)
-    scores = np.ascontiguousarray(scores[:, start:])
+    inputs = inputs or _inputs(batch, config, rank_by)
+    open_, close, start, scores, rule = inputs.open_, inputs.close, inputs.start, inputs.scores, inputs.rule
     distinct = list({strategies_key(s.params): s.params for s in sets}.values())
     index = {strategies_key(p): k for k, p in enumerate(distinct)}
     shape = (len(distinct), *close.shape)
     signals = tuple(np.empty(shape, dtype=np.bool_) for _ in range(4 if futures else 2))
     for k, params in enumerate(distinct):
-        for array, one in zip(signals, _signals(batch, config.strategy, params, start, futures), strict=True):
+        for array, one in zip(signals, _signals_of(inputs, batch, config, params), strict=True):
             array[k] = one
     out = np.empty((len(sets), enums.N_PORTFOLIO_METRICS))
     signal_set = np.array([index[strategies_key(s.params)] for s in sets], dtype=np.int64)
@@ -237,27 +269,35 @@ def run(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by:
     return sorted(results, key=lambda r: (r["total_return_pct"] is None, -(r["total_return_pct"] or 0.0)))
 
 
+_DETAIL_ONLY = ("contributions", "round_trips", "equity_curve")  # what `detail` adds to `run`'s row
+
+
 def accounts(batch: PriceBatch, config: RunConfig, sets: list[PortfolioSet], rank_by: str = "auto"
              ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Every account of `sets`, best first, and the best one in full (`detail`: contributions, round
     trips, curves; None without accounts)."""
-    found = run(batch, config, sets, rank_by)
+    inputs = _inputs(batch, config, rank_by)
+    if len(sets) == 1:  # one account: its full simulation gives its row too (the grid would run it twice)
+        full = detail(batch, config, sets[0], rank_by, inputs)
+        return [{k: v for k, v in full.items() if k not in _DETAIL_ONLY}], full
+    found = run(batch, config, sets, rank_by, inputs)
     if not found:
         return found, None
     best = found[0]
     chosen = next(s for s in sets if s.params == best["params"] and s.max_open == best["max_open"]
                   and s.stake.value == best["stake"])
-    return found, detail(batch, config, chosen, rank_by)
+    return found, detail(batch, config, chosen, rank_by, inputs)
 
 
-def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto") -> dict[str, Any]:
-    """One account in full: its result, per-symbol contributions, round trips and equity curves."""
+def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: str = "auto",
+           inputs: _Inputs | None = None) -> dict[str, Any]:
+    """One account in full: its result, per-symbol contributions, round trips and equity curves (`inputs`:
+    the run's own, when `run` has just read them)."""
     slippage = _slippage(config)
     futures = config.market == "futures"
-    open_, close, start = _prices(batch, config)
-    scores, rule = rank_scores(batch, rank_by)
-    scores = np.ascontiguousarray(scores[:, start:])
-    signals = _signals(batch, config.strategy, chosen.params, start, futures)
+    inputs = inputs or _inputs(batch, config, rank_by)
+    open_, close, start, scores, rule = inputs.open_, inputs.close, inputs.start, inputs.scores, inputs.rule
+    signals = _signals_of(inputs, batch, config, chosen.params)
     times = batch.times[start:]
     n_symbols, n_time = close.shape
     metrics = np.empty(enums.N_PORTFOLIO_METRICS)
@@ -286,12 +326,16 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
          "pnl": float(contrib[i, pk.CONTRIB_PNL]), "skipped_entries": int(contrib[i, pk.CONTRIB_SKIPPED])}
         for i, symbol in enumerate(batch.symbols)
     ]
+    done = trades[:k]
+    held = done["exit_bar"] >= 0
+    entry_times = _isos(times[done["entry_bar"]])
+    exit_times = _isos(times[np.where(held, done["exit_bar"], 0)])
     result["round_trips"] = [
         {
             "symbol": batch.symbols[int(t["symbol"])],
-            "entry_time": _iso(times[t["entry_bar"]]),
+            "entry_time": entry_times[j],
             "entry_price": float(t["entry_price"]),
-            "exit_time": _iso(times[t["exit_bar"]]) if t["exit_bar"] >= 0 else last_time,
+            "exit_time": exit_times[j] if held[j] else last_time,
             "exit_price": float(t["exit_price"]),
             "units": float(t["units"]),
             "fees": float(t["fees"]),
@@ -302,7 +346,7 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
             **({"side": "long" if t["side"] == 1 else "short", "leverage": execution.leverage,
                 "funding_paid": float(t["funding"])} if futures else {}),
         }
-        for t in trades[:k]
+        for j, t in enumerate(done)
     ]
     result["equity_curve"] = {"times": times, "equity": equity,
                               "buy_hold": equal_weight_buy_hold(close, config.initial)}
@@ -310,20 +354,13 @@ def detail(batch: PriceBatch, config: RunConfig, chosen: PortfolioSet, rank_by: 
 
 
 def equal_weight_buy_hold(close: np.ndarray, initial: float) -> np.ndarray:
-    """initial / S in each symbol from its first close, marked at its latest close (cash before)."""
+    """initial / S in each symbol from its first close, marked at its latest close (cash before); NaN before
+    any symbol has a bar (`kernels.portfolio.equal_weight_curve`)."""
     n_symbols, n_time = close.shape
     if n_symbols == 0:
         return np.full(n_time, np.nan)
-    valid = ~np.isnan(close)
-    first_idx = np.where(valid.any(axis=1), valid.argmax(axis=1), n_time)
-    first = np.array([close[s, i] if i < n_time else np.nan for s, i in enumerate(first_idx)])
-    # Forward-fill each symbol's latest close along time.
-    idx = np.where(valid, np.arange(n_time), 0)
-    np.maximum.accumulate(idx, axis=1, out=idx)
-    marked = np.take_along_axis(close, idx, axis=1)
-    ratio = np.where(np.arange(n_time)[None, :] >= first_idx[:, None], marked / first[:, None], 1.0)
-    curve = initial / n_symbols * ratio.sum(axis=0)
-    curve[~valid.any(axis=0)] = np.nan
+    curve = np.empty(n_time)
+    pk.equal_weight_curve(np.ascontiguousarray(close), float(initial), curve)
     return curve
 
 

@@ -483,3 +483,28 @@ def trailing_sum(values: np.ndarray, window: int, out: np.ndarray) -> None:
                 if not np.isnan(old):
                     acc -= old
             out[s, t] = acc
+
+
+@njit(cache=True)
+def equal_weight_curve(close, initial, out):
+    """out[t] = initial / S times the sum over the S symbols of close at its latest bar up to t over its first
+    close (1 before its first bar: the cash not yet spent), NaN where no symbol has a bar at t: an equal-weight
+    buy and hold. Symbols are added in order, each over the whole time line (the sum's order is numpy's
+    ratio.sum(axis=0) over such rows, so the floats are the same)."""
+    n_symbols, n_time = close.shape
+    total = np.zeros(n_time)
+    any_bar = np.zeros(n_time, dtype=np.bool_)
+    for s in range(n_symbols):
+        first = np.nan
+        latest = np.nan
+        for t in range(n_time):
+            price = close[s, t]
+            if not np.isnan(price):
+                any_bar[t] = True
+                latest = price
+                if np.isnan(first):
+                    first = price
+            total[t] += 1.0 if np.isnan(first) else latest / first
+    scale = initial / n_symbols
+    for t in range(n_time):
+        out[t] = scale * total[t] if any_bar[t] else np.nan
