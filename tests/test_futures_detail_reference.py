@@ -32,7 +32,7 @@ from pipeline.engine import tiers
 from pipeline.engine.strategies import get_strategy
 from pipeline.notebook import round_trips, run_backtest
 from tests import futures_reference
-from tests.test_detail_reference import Bar, aggregate, read_5m
+from tests.test_detail_reference import Bar, aggregate, frame, iso, read_5m, with_holes
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "sample" / "binance-futures"
 SYMBOL = "XRP_USDT_USDT"
@@ -53,25 +53,7 @@ DETAILS = (None, "5m", "5m-holes")
 # --- the data, by plain loops ----------------------------------------------------------------------
 
 
-read_bars = read_5m  # the plain-loop readers of the spot detail test: any feather candles
-
-
-def with_holes(bars: list[Bar]) -> list[Bar]:
-    """Drop every 9th hour of the 5m candles whole and every 7th candle of the rest."""
-    first_hour = bars[0][0] // HOUR
-    return [b for b in bars if (b[0] // HOUR - first_hour) % 9 != 4 and (b[0] // 300) % 7 != 3]
-
-
-def frame(bars: list[Bar]) -> pl.DataFrame:
-    names = ("open", "high", "low", "close", "volume")
-    return pl.DataFrame({
-        "date": pl.from_epoch(pl.Series([b[0] for b in bars], dtype=pl.Int64), "s").dt.replace_time_zone("UTC"),
-        **{name: pl.Series([b[i + 1] for b in bars], dtype=pl.Float64) for i, name in enumerate(names)},
-    })
-
-
-def iso(ts: int) -> str:
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat()
+read_bars = read_5m  # the plain-loop readers of the spot detail test (with_holes, frame, iso too)
 
 
 def finer(hours: list[Bar], fine: list[Bar], marks: dict[int, tuple[float, float, float]] | None = None

@@ -194,7 +194,7 @@ class DailyStatistics:
                 started = time.perf_counter()
                 stats = sweep_stats.statistics(series.returns, traded, benchmark, best, request)
                 self.seconds += time.perf_counter() - started
-                stats.update(_day_range(series.first_day, stats["days"]))
+                stats.update(_day_range(series.first_day, series.first_day + stats["days"] - 1))
             self.symbols[symbol] = stats
             found.append(stats)
         if request is not None:
@@ -229,9 +229,8 @@ class DailyStatistics:
         pooled = sweep_stats.statistics(returns, self.traded, benchmark if request.benchmark == "buy_and_hold"
                                         else np.zeros(len(benchmark)), best, request)
         self.seconds += time.perf_counter() - started
-        if days.size:
-            pooled.update(_day_range(int(days[0]), pooled["days"]))
-            pooled["last_day"] = _day_range(int(days[-1]), 1)["first_day"]
+        if days.size:  # the pooled days may have gaps (no symbol on a day): its first and last are its own
+            pooled.update(_day_range(int(days[0]), int(days[-1])))
         self._haircut([pooled])
         sharpes = [sweep_stats.annual_sharpe(returns[:, c]) if self.traded[c] else math.nan
                    for c in range(returns.shape[1])] if days.size else []
@@ -241,9 +240,9 @@ class DailyStatistics:
                 "sets_tried": request.sets_tried, "symbols": self.symbols, "pooled": pooled}
 
 
-def _day_range(first_day: int, n_days: int) -> dict[str, str]:
-    day = np.datetime64(first_day, "D")
-    return {"first_day": str(day), "last_day": str(day + max(n_days - 1, 0))}
+def _day_range(first_day: int, last_day: int) -> dict[str, str]:
+    """first_day and last_day (epoch days) as ISO dates."""
+    return {"first_day": str(np.datetime64(first_day, "D")), "last_day": str(np.datetime64(last_day, "D"))}
 
 
 def _into_columns(columns: engine.ResultColumns, found: list[dict[str, Any] | None], n_sets: int) -> None:
