@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -126,10 +125,10 @@ def lake_verify(
     from pipeline.lake import verify
 
     settings = Settings.from_env()
-    root = Path(settings.lake_root)
+    root = settings.lake_root
     if all_:
         folder = root / "snapshots"
-        paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+        paths = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.exists() else []
     else:
         paths = [lake.require_snapshot(root).path]
     problems = [problem for path in paths for problem in verify.problems(path)]

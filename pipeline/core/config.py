@@ -42,8 +42,14 @@ def _number_env(name: str, default: float, minimum: float, kind: type = int, max
     return value
 
 
-def _directory_env(name: str, path: Path) -> Path:
-    """A root folder setting: refused when it names an existing file (every read would trace back)."""
+def _directory_env(name: str, path: Path | str) -> Path:
+    """A root folder setting: refused when it names an existing file (every read would trace back). An
+    ``s3://bucket/prefix`` is a location on object storage (pipeline.core.objects)."""
+    from pipeline.core import objects
+
+    if objects.is_object_url(path):
+        return objects.ObjectPath(str(path))  # type: ignore[return-value] - quacks as the lake's Path
+    path = Path(path)
     if path.exists() and not path.is_dir():
         raise ConfigError(f"{name}={str(path)!r} is a file, not a folder; point it at a folder (it is created "
                           "if missing)")
@@ -168,11 +174,11 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
-        lake_root = _directory_env("CRYPTOBT_LAKE_ROOT", Path(os.environ.get("CRYPTOBT_LAKE_ROOT") or "data/lake"))
+        lake_root = _directory_env("CRYPTOBT_LAKE_ROOT", os.environ.get("CRYPTOBT_LAKE_ROOT") or "data/lake")
         # Results sit next to the price lake so `read_parquet('data/results/run_date=*/strategy=*/*.parquet')`
         # works with the defaults.
-        results_root = _directory_env("CRYPTOBT_RESULTS_ROOT", Path(
-            os.environ.get("CRYPTOBT_RESULTS_ROOT") or lake_root.parent / "results"))
+        results_root = _directory_env("CRYPTOBT_RESULTS_ROOT",
+                                      os.environ.get("CRYPTOBT_RESULTS_ROOT") or str(lake_root.parent / "results"))
         redis_url = _redis_url_env()
         return cls(
             database_url=os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL,

@@ -14,13 +14,15 @@ import json
 import os
 import secrets
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.core import formats
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import LakeBusy, PipelineError
+from pipeline.core.objects import ObjectPath
 from pipeline.lake import futures_table, staging
 from pipeline.lake.plan import CommitPlan, plan_commit
 from pipeline.lake.rowhash import ROW_HASH, data_version, year_sums
@@ -29,7 +31,10 @@ from pipeline.lake.snapshots import (
     MANIFEST_CHECKSUM,
     STATE,
     Snapshot,
+    all_file_records,
     fsync_dir,
+    head_key,
+    list_heads,
     load_snapshot,
     manifest_checksum,
     new_snapshot_id,
@@ -88,7 +93,10 @@ def commit(
     funding and mark rows, whole (pipeline.lake.futures_table; None keeps the parent's): a change in
     them alone makes a new snapshot too, naming the perpetuals it changed.
     """
-    lake_root = Path(lake_root)
+    lake_root = lake_root if isinstance(lake_root, ObjectPath) else Path(lake_root)
+    # On object storage the commit writes the head after the newest one now: one written meanwhile
+    # (another export) makes this commit lose instead of overwriting it.
+    base_seq = heads[-1]["seq"] if isinstance(lake_root, ObjectPath) and (heads := list_heads(lake_root)) else 0
     thresholds = thresholds or health.Thresholds()
     plan = plan_commit(lake_root, bars, natives, full=full, source=source, whole=whole,
                        refused=dict(sorted((refused or {}).items())))
@@ -112,7 +120,10 @@ def commit(
                              thresholds=thresholds)
         if futures_record is not None:
             manifest["futures"] = futures_record
-        final = publish(lake_root, folder, snapshot_id, manifest, state, fail_at)
+        if isinstance(lake_root, ObjectPath):
+            final = publish_objects(lake_root, folder, snapshot_id, manifest, state, plan.parent, base_seq, fail_at)
+        else:
+            final = publish(lake_root, folder, snapshot_id, manifest, state, fail_at)
     return CommitResult(load_snapshot(final), True, sorted(changed), rows_read, files.written, files.linked,
                         files.rows_written, files.bytes_written)
 
@@ -195,12 +206,7 @@ def publish(lake_root: Path, folder: Path, snapshot_id: str, manifest: dict, sta
             fail_at: str | None = None) -> Path:
     """Write the export state and the manifest (each checksummed) into the staged `folder`, sync it,
     rename it into ``snapshots/`` and point `current` at it; the snapshot's path."""
-    state_text = json.dumps(formats.EXPORT_STATE.stamped({"symbols": state}), sort_keys=True)
-    (folder / STATE).write_text(state_text)
-    manifest["state_sha256"] = hashlib.sha256(state_text.encode()).hexdigest()
-    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-    fsync_dir(folder)
+    _seal(folder, manifest, state)
     if fail_at == "before-commit":
         os._exit(137)
     final = lake_root / "snapshots" / snapshot_id
@@ -208,6 +214,54 @@ def publish(lake_root: Path, folder: Path, snapshot_id: str, manifest: dict, sta
     os.rename(folder, final)
     fsync_dir(final.parent)
     _point_current(lake_root, final)
+    return final
+
+
+def _seal(folder: Path, manifest: dict, state: dict[str, dict]) -> None:
+    """Write the export state and the manifest, each checksummed, into the staged `folder`, synced."""
+    state_text = json.dumps(formats.EXPORT_STATE.stamped({"symbols": state}), sort_keys=True)
+    (folder / STATE).write_text(state_text)
+    manifest["state_sha256"] = hashlib.sha256(state_text.encode()).hexdigest()
+    manifest[MANIFEST_CHECKSUM] = manifest_checksum(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    fsync_dir(folder)
+
+
+def publish_objects(lake_root: ObjectPath, folder: Path, snapshot_id: str, manifest: dict,
+                    state: dict[str, dict], parent: Snapshot | None, base_seq: int,
+                    fail_at: str | None = None) -> ObjectPath:
+    """`publish` on object storage: upload the staged files (a file the commit kept from the parent is
+    a server-side copy of the parent's object), the export state, the manifest, then write the head
+    `base_seq + 1` only if no object has its key. Until that head exists no reader lists or reads the
+    snapshot; if another export wrote it first, this one removes what it uploaded and says so."""
+    _seal(folder, manifest, state)
+    final = lake_root / "snapshots" / snapshot_id
+
+    def put(relative: str) -> None:
+        local = folder / relative
+        if local.exists():
+            (final / relative).upload(local)
+        else:  # kept from the parent: staging did not link it (no links on object storage)
+            assert parent is not None, relative
+            (final / relative).copy_from(parent.path / relative)
+
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:  # S3 latency, not bandwidth, bounds small files
+            list(pool.map(put, [record["path"] for record in all_file_records(manifest)] + [STATE]))
+        put(MANIFEST)
+        if fail_at == "before-commit":
+            os._exit(137)
+        head = {"seq": base_seq + 1, "snapshot_id": snapshot_id, "parent": parent.id if parent else None}
+        won = (lake_root / head_key(base_seq + 1)).put_if_absent(json.dumps(head, sort_keys=True).encode())
+    except BaseException:
+        final.remove_tree()
+        raise
+    if not won:
+        final.remove_tree()
+        winner = next((h["snapshot_id"] for h in list_heads(lake_root) if h["seq"] == base_seq + 1), "another")
+        raise LakeBusy(f"another export committed snapshot {winner} to {lake_root} while this one was being built; "
+                       "nothing of this export was kept: run it again (it builds on the new snapshot)")
+    shutil.rmtree(folder, ignore_errors=True)
     return final
 
 

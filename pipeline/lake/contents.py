@@ -20,7 +20,7 @@ from pipeline.source.ohlcv import SUPPORTED_SUFFIXES, read_ohlcv_file
 def listing(lake_root: Path, snapshot_id: str | None = None) -> list[dict]:
     """One row per symbol: native interval, readable intervals, first/last bar, bars, gaps, version, source,
     and why the export refused its source rows (`refused`: it keeps older bars, or has none)."""
-    snapshot = lake.require_snapshot(Path(lake_root), snapshot_id)
+    snapshot = lake.require_snapshot(lake_root, snapshot_id)
     refused = snapshot.manifest.get("refused", {})
     rows = []
     for name in sorted(set(snapshot.symbols) | set(refused)):
@@ -54,7 +54,7 @@ def check(lake_root: Path, targets: list[str], thresholds: health.Thresholds,
     symbols = [t for t in targets if t not in files]
     found = {str(path): check_file(Path(path), thresholds) for path in files}
     if symbols or not targets:
-        snapshot = lake.require_snapshot(Path(lake_root), snapshot_id)
+        snapshot = lake.require_snapshot(lake_root, snapshot_id)
         for name in reader.resolve_symbols(snapshot, symbols):
             found[name] = snapshot.symbols[name].get("health", [])
     return found

@@ -170,7 +170,7 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     if in_memory:
         return StagedExtract(None, None, extracted.watermark, extracted.rows_read, time.perf_counter() - started,
                              refused, extracted.orphans, bars, symbols, extracted.hidden_sessions, futures)
-    staging = Path(settings.lake_root) / ".staging"
+    staging = lake.local_folder(settings.lake_root) / ".staging"
     staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
     path = staging / f"extract-{stem}.arrow"

@@ -17,6 +17,8 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.core.objects import ObjectPath
+from pipeline.lake.snapshots import read_whole
 from pipeline.lake.verify import file_fingerprint
 
 PATH = "futures/futures.parquet"
@@ -66,6 +68,8 @@ def stage(frame: pl.DataFrame | None, folder: Path, parent: dict | None, parent_
     target = folder / PATH
     target.parent.mkdir(parents=True, exist_ok=True)
     if parent is not None and parent_path is not None and parent.get("digest") == digest:
+        if isinstance(parent_path, ObjectPath):  # copied server-side when published (commit.publish_objects)
+            return {**parent}
         os.link(parent_path, target)
         return {**parent}
     pq.write_table(frame.to_arrow(), target, compression="zstd")
@@ -79,4 +83,4 @@ def read(snapshot_path: Path, record: dict | None) -> pl.DataFrame | None:
     """The futures rows of the snapshot at `snapshot_path` (its manifest's `record`), or None."""
     if not record:
         return None
-    return pl.read_parquet(snapshot_path / record["path"])
+    return read_whole(snapshot_path / record["path"])

@@ -57,7 +57,7 @@ def enabled() -> bool:
 def _path(lake_root: Path, snapshot_id: str, interval: str, names: list[str], columns: tuple[str, ...],
           min_coverage: float) -> Path:
     key = hashlib.sha256(json.dumps([interval, names, list(columns), min_coverage]).encode()).hexdigest()[:32]
-    return Path(lake_root) / FOLDER / snapshot_id / key
+    return lake.local_folder(lake_root) / FOLDER / snapshot_id / key
 
 
 class _Unusable(Exception):
@@ -257,7 +257,7 @@ def _remove_dead_temporaries(folder: Path) -> None:
 def remove_except(lake_root: Path, snapshot_ids: set[str]) -> None:
     """Remove the grids of every snapshot not in `snapshot_ids`, and the temporaries of writers that are
     gone; never a live writer's (its lease is held): those wait for a later call."""
-    root = Path(lake_root) / FOLDER
+    root = lake.local_folder(lake_root) / FOLDER
     if not root.is_dir():
         return
     for folder in root.iterdir():
@@ -276,7 +276,7 @@ def remove_except(lake_root: Path, snapshot_ids: set[str]) -> None:
 
 def verify(lake_root: Path, snapshot: lake.Snapshot) -> list[str]:
     """One line per kept grid of `snapshot` that does not verify, naming its bad file (for `lake verify`)."""
-    root = Path(lake_root) / FOLDER / snapshot.id
+    root = lake.local_folder(lake_root) / FOLDER / snapshot.id
     if not root.is_dir():
         return []
     problems = []

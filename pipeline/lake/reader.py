@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
-from pipeline.core import intervals, markets
+from pipeline.core import intervals, markets, objects
 from pipeline.core.errors import PipelineError, SnapshotDamaged
+from pipeline.core.objects import ObjectPath
 from pipeline.lake import grids
 from pipeline.lake import snapshots as lake
 from pipeline.lake.align import bar_span, funding_to_grid, scatter_to_grid
@@ -85,11 +86,15 @@ def connect_duckdb() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _connection() -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB connection per thread: opening one costs ~15 ms."""
+def _connection(snapshot: lake.Snapshot | None = None) -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB connection per thread: opening one costs ~15 ms. Reading a snapshot on
+    object storage registers the S3 file system on it first (once)."""
     con = getattr(_local, "con", None)
     if con is None:
         con = _local.con = connect_duckdb()
+    if snapshot is not None and isinstance(snapshot.path, ObjectPath) and not getattr(_local, "objects", False):
+        objects.register(con)
+        _local.objects = True
     return con
 
 
@@ -232,7 +237,7 @@ def read_prices(
     Bars coarser than an hour carry their coverage (hours used / hours in the interval);
     those below `min_coverage` are dropped (NaN, so the kernels skip them like any gap).
     """
-    snapshot = snapshot or lake.require_snapshot(Path(lake_root))
+    snapshot = snapshot or lake.require_snapshot(lake_root)
     names, interval, columns = _check_request(snapshot, symbols, interval, start, end, columns, max_points)
     versions = [snapshot.symbols[s]["data_version"] for s in names]
     ids = np.array([snapshot.symbols[s]["symbol_id"] for s in names], dtype=np.int64)
@@ -422,7 +427,7 @@ def _batches(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]
 
     try:
         for query, params in queries:
-            yield from _connection().sql(query, params=params).to_arrow_reader(BATCH_ROWS)  # names checked
+            yield from _connection(snapshot).sql(query, params=params).to_arrow_reader(BATCH_ROWS)  # names checked
     except (duckdb.Error, pa.ArrowException) as exc:  # damaged in a way size, mtime and the footer did not show
         raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
                               "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
@@ -446,11 +451,13 @@ def _as_numpy(column: pa.Array) -> np.ndarray:
 
 def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h") -> str:
     """DuckDB's EXPLAIN ANALYZE of the one-symbol, one-year read (for tests and the docs)."""
-    snapshot = lake.require_snapshot(Path(lake_root))
+    snapshot = lake.require_snapshot(lake_root)
     symbol_id = snapshot.symbols[symbol]["symbol_id"]
     files = [str(p) for p in snapshot.files(interval, range(year, year + 1))]
     start = datetime(year, 1, 1, tzinfo=UTC)
     with connect_duckdb() as con:
+        if isinstance(snapshot.path, ObjectPath):
+            objects.register(con)
         con.execute("PRAGMA enable_profiling = 'json'")
         rows = con.execute(
             "EXPLAIN ANALYZE SELECT epoch(ts), close FROM read_parquet(?) "
@@ -467,7 +474,7 @@ def _futures_rows(snapshot: lake.Snapshot, names: list[str]) -> pl.DataFrame:
 
     path = snapshot.path / snapshot.manifest["futures"]["path"]
     check_files(snapshot, [path])
-    table = _connection().sql("SELECT * FROM read_parquet($path) WHERE list_contains($names::VARCHAR[], symbol)",
+    table = _connection(snapshot).sql("SELECT * FROM read_parquet($path) WHERE list_contains($names::VARCHAR[], symbol)",
                               params={"path": str(path), "names": names}).to_arrow_table()
     return pl.from_arrow(table)
 

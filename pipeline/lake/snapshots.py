@@ -39,12 +39,26 @@ iff the symbol's rows change), first/last bar and bar count per stored interval,
 data health findings. A symbol is its name: ids are the lake's own, never a source's.
 Coarser intervals are always derived from the lake's native rows (SPEC section 2), so the
 intervals of a symbol can never disagree.
+
+On object storage (``CRYPTOBT_LAKE_ROOT=s3://bucket/prefix``, pipeline.lake.objects) there are no
+symlinks, hard links or renames: the same ``snapshots/<id>/`` folders hold the same files (a year
+the commit did not rewrite is a server-side copy of the parent's object), and a snapshot becomes
+current when its head is written last::
+
+    _heads/<seq>.json      {"seq": 7, "snapshot_id": ..., "parent": ...}   (written If-None-Match: *)
+    _readers/<id>/<token>  (a run reading snapshot <id>; vacuum leaves it for a later vacuum)
+
+`current` is the newest head; a snapshot no head names (an export killed before its head, or one
+that lost the race for the head) is never listed nor read, and vacuum removes its objects. A commit
+builds on head `seq` and writes head `seq + 1` only if no object has that key: of two concurrent
+exports built on the same head exactly one wins; the other removes what it uploaded and says so.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -54,16 +68,26 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.core import formats
+from pipeline.core import formats, objects
 from pipeline.core.config import check_writable_folder
 from pipeline.core.errors import LakeBusy, PipelineError, SnapshotDamaged
+from pipeline.core.objects import ObjectPath
+
+if TYPE_CHECKING:
+    import polars as pl
 
 MANIFEST = "_manifest.json"
 # The manifest's own checksum (sha256 of its canonical JSON without this key).
 MANIFEST_CHECKSUM = "manifest_sha256"
 # Shared locks of the runs reading each snapshot (see `reading`).
 READERS = ".readers"
+# On object storage: the commit pointers, and the leases of the runs reading each snapshot.
+HEADS = "_heads"
+OBJECT_READERS = "_readers"
+# A reader's lease older than this is a killed reader's: vacuum no longer waits for it.
+LEASE_HOURS = 24.0
 # Per (symbol, year) content hashes and bar stats: what the next commit needs to
 # compute versions, kept out of the manifest so readers parse a small file.
 STATE = "_state.json"
@@ -74,7 +98,7 @@ class Snapshot:
     """A committed snapshot, as its manifest describes it."""
 
     id: str
-    path: Path
+    path: Path | ObjectPath
     manifest: dict
 
     @property
@@ -90,7 +114,7 @@ class Snapshot:
     def symbols(self) -> dict[str, dict]:
         return self.manifest["symbols"]
 
-    def files(self, interval: str, years: range | None = None) -> list[Path]:
+    def files(self, interval: str, years: range | None = None) -> list[Path | ObjectPath]:
         """The snapshot's files of `interval` (each year's base, then its tail), optionally only those of `years`."""
         entries = self.manifest["files"].get(interval, {})
         return [
@@ -118,8 +142,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def current_snapshot(lake_root: Path) -> Snapshot | None:
-    """The snapshot `current` points at, or None for an empty lake."""
+def current_snapshot(lake_root: Path | ObjectPath) -> Snapshot | None:
+    """The snapshot `current` points at (the newest head on object storage), or None for an empty lake."""
+    if isinstance(lake_root, ObjectPath):
+        heads = list_heads(lake_root)
+        return load_snapshot(lake_root / "snapshots" / heads[-1]["snapshot_id"]) if heads else None
     link = Path(lake_root) / "current"
     try:
         target = os.readlink(link)
@@ -132,7 +159,25 @@ def current_snapshot(lake_root: Path) -> Snapshot | None:
 _loaded: dict[str, Snapshot] = {}
 
 
-def load_snapshot(path: Path) -> Snapshot:
+def list_heads(lake_root: ObjectPath) -> list[dict]:
+    """The commit pointers of a lake on object storage, oldest first (`seq` order)."""
+    heads = []
+    for path in (lake_root / HEADS).iterdir():
+        if path.name.endswith(".json"):
+            try:
+                head = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # never written whole by us: S3 objects appear whole; someone else's
+            if isinstance(head, dict) and isinstance(head.get("seq"), int) and isinstance(head.get("snapshot_id"), str):
+                heads.append(head)
+    return sorted(heads, key=lambda head: head["seq"])
+
+
+def head_key(seq: int) -> str:
+    return f"{HEADS}/{seq:012d}.json"
+
+
+def load_snapshot(path: Path | ObjectPath) -> Snapshot:
     """The snapshot at `path`. A committed snapshot never changes, so it is parsed once per process."""
     key = str(path)
     snapshot = _loaded.get(key)
@@ -181,7 +226,7 @@ def load_state(snapshot: Snapshot | None) -> dict:
                               "`cryptobt export --full` writes a good snapshot") from None
 
 
-def require_snapshot(lake_root: Path, snapshot_id: str | None = None) -> Snapshot:
+def require_snapshot(lake_root: Path | ObjectPath, snapshot_id: str | None = None) -> Snapshot:
     """The current snapshot, or the kept snapshot `snapshot_id`; a one-line error otherwise."""
     if snapshot_id is not None:
         kept = list_snapshots(lake_root)
@@ -193,7 +238,7 @@ def require_snapshot(lake_root: Path, snapshot_id: str | None = None) -> Snapsho
         return found
     snapshot = current_snapshot(lake_root)
     if snapshot is None:
-        if list_snapshots(lake_root):
+        if not isinstance(lake_root, ObjectPath) and list_snapshots(lake_root):
             raise SnapshotDamaged(
                 f"the lake's current pointer {Path(lake_root) / 'current'} is missing though snapshots exist; "
                 "`cryptobt export` (or `cryptobt export --full`) makes a new current snapshot"
@@ -205,8 +250,16 @@ def require_snapshot(lake_root: Path, snapshot_id: str | None = None) -> Snapsho
     return snapshot
 
 
-def list_snapshots(lake_root: Path) -> list[Snapshot]:
-    """Every committed snapshot, oldest first."""
+def list_snapshots(lake_root: Path | ObjectPath) -> list[Snapshot]:
+    """Every committed snapshot, oldest first (on object storage: those a head names)."""
+    if isinstance(lake_root, ObjectPath):
+        found = []
+        for head in list_heads(lake_root):
+            try:
+                found.append(load_snapshot(lake_root / "snapshots" / head["snapshot_id"]))
+            except SnapshotDamaged:
+                continue  # `lake verify` names it; it is never read
+        return found
     root = Path(lake_root) / "snapshots"
     if not root.exists():
         return []
@@ -221,14 +274,16 @@ def list_snapshots(lake_root: Path) -> list[Snapshot]:
 
 
 @contextmanager
-def export_lock(lake_root: Path, *, wait_seconds: float = 0.0) -> Iterator[None]:
+def export_lock(lake_root: Path | ObjectPath, *, wait_seconds: float = 0.0) -> Iterator[None]:
     """Hold the lake's export lock; LakeBusy if another export holds it past `wait_seconds`.
 
-    An flock dies with its process, so a killed export never leaves the lake locked.
+    An flock dies with its process, so a killed export never leaves the lake locked. On object
+    storage the lock is this machine's (a local file per lake location): exports on other machines
+    are kept apart by the conditional head write instead (see the module's docstring).
     """
-    lake_root = Path(lake_root)
-    lake_root.mkdir(parents=True, exist_ok=True)
-    handle = open(lake_root / ".export.lock", "a+")  # noqa: SIM115 - held for the block
+    lock_folder = local_folder(lake_root)
+    lock_folder.mkdir(parents=True, exist_ok=True)
+    handle = open(lock_folder / ".export.lock", "a+")  # noqa: SIM115 - held for the block
     deadline = time.monotonic() + wait_seconds
     try:
         while True:
@@ -251,8 +306,42 @@ def export_lock(lake_root: Path, *, wait_seconds: float = 0.0) -> Iterator[None]
         handle.close()
 
 
+def local_folder(lake_root: Path | ObjectPath) -> Path:
+    """Where this machine keeps what belongs to a lake but not in it: the lake root itself on a local
+    disk; for a lake on object storage a folder per location under the user's cache (the export lock,
+    the staging of a commit, the kept price grids)."""
+    if not isinstance(lake_root, ObjectPath):
+        return Path(lake_root)
+    base = os.environ.get("CRYPTOBT_LOCAL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "cryptobt", "object-lakes")
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
+    digest = hashlib.sha256(f"{endpoint}|{lake_root}".encode()).hexdigest()[:16]
+    return Path(base) / f"{lake_root.bucket}-{digest}"
+
+
 @contextmanager
-def reading(lake_root: Path, snapshot: Snapshot) -> Iterator[Snapshot]:
+def _object_reading(lake_root: ObjectPath, snapshot: Snapshot) -> Iterator[Snapshot]:
+    """`reading` on object storage: a lease object per run, removed when the run ends; a killed run's
+    lease expires after LEASE_HOURS."""
+    for _ in range(3):
+        lease = lake_root / OBJECT_READERS / snapshot.id / f"{os.getpid()}-{secrets.token_hex(6)}"
+        lease.write_bytes(b"")
+        try:
+            if (snapshot.path / MANIFEST).exists():
+                yield snapshot
+                return
+        finally:
+            lease.unlink(missing_ok=True)
+        latest = current_snapshot(lake_root)
+        if latest is None or latest.id == snapshot.id:
+            break
+        snapshot = latest
+    raise PipelineError(f"snapshot {snapshot.id} was removed by `cryptobt lake vacuum` before this run could "
+                        "read it; run again (it reads the current snapshot)")
+
+
+@contextmanager
+def reading(lake_root: Path | ObjectPath, snapshot: Snapshot) -> Iterator[Snapshot]:
     """Pin `snapshot` while a run reads it: `vacuum` leaves a pinned snapshot for a later vacuum.
 
     A shared flock on `<lake>/.readers/<id>.lock` (it dies with the reader, so a killed reader
@@ -260,6 +349,10 @@ def reading(lake_root: Path, snapshot: Snapshot) -> Iterator[Snapshot]:
     pinning it, the current snapshot is pinned instead; a snapshot named explicitly that is
     gone is an error saying so.
     """
+    if isinstance(lake_root, ObjectPath):
+        with _object_reading(lake_root, snapshot) as pinned:
+            yield pinned
+        return
     lake_root = Path(lake_root)
     for _ in range(3):
         try:
@@ -284,8 +377,21 @@ def reading(lake_root: Path, snapshot: Snapshot) -> Iterator[Snapshot]:
                         "read it; run again (it reads the current snapshot)")
 
 
-def check_writable(lake_root: Path) -> None:
+def read_whole(path: Path | ObjectPath) -> pl.DataFrame:
+    """One lake file whole (what a commit merges into), from a local disk or object storage."""
+    import polars as pl
+
+    if isinstance(path, ObjectPath):
+        return pl.read_parquet(io.BytesIO(path.read_bytes()))
+    return pl.read_parquet(path)
+
+
+def check_writable(lake_root: Path | ObjectPath) -> None:
     """Fail before any work if the lake root cannot be written."""
+    if isinstance(lake_root, ObjectPath):
+        objects.check_reachable(lake_root, "CRYPTOBT_LAKE_ROOT")
+        check_writable_folder(local_folder(lake_root), "CRYPTOBT_LOCAL_CACHE")
+        return
     check_writable_folder(Path(lake_root), "CRYPTOBT_LAKE_ROOT")
 
 

@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 
 from pipeline.core import import_guard as imports
 from pipeline.core import intervals
+from pipeline.core.objects import ObjectPath
 from pipeline.lake.plan import CommitPlan
 from pipeline.lake.rowhash import hash_symbols, part_key, year_sums
-from pipeline.lake.snapshots import Snapshot, file_records
+from pipeline.lake.snapshots import Snapshot, file_records, local_folder, read_whole
 from pipeline.lake.verify import check_files, file_fingerprint
 from pipeline.source import health
 from pipeline.source.bar_rules import PRICE_COLUMNS, derive
@@ -117,7 +118,7 @@ class StagedFiles:
 @contextmanager
 def folder(lake_root: Path, snapshot_id: str) -> Iterator[Path]:
     """The staging folder of `snapshot_id`, removed if the block fails (publishing renames it away)."""
-    path = lake_root / ".staging" / snapshot_id
+    path = local_folder(lake_root) / ".staging" / snapshot_id  # on object storage: this machine's
     path.mkdir(parents=True)
     try:
         yield path
@@ -309,6 +310,9 @@ def _link(parent: Snapshot, record: dict, staging: Path, result: StagedFiles) ->
     # Never carry damage forward: a stat here; the export checked every file's sha256 under this
     # lock before reading PostgreSQL (`export.plan`), and read the rows whole if one differed.
     check_files(parent, [parent.path / record["path"]])
+    if isinstance(parent.path, ObjectPath):  # copied server-side when published (commit.publish_objects)
+        result.linked += 1
+        return record
     os.link(parent.path / record["path"], target)
     result.linked += 1
     return record if "sha256" in record else {**record, **file_fingerprint(target)}
@@ -319,7 +323,7 @@ def _read_records(snapshot: Snapshot, records: list[dict]) -> pl.DataFrame | Non
     if not paths:
         return None
     check_files(snapshot, paths)
-    return pl.concat([pl.read_parquet(path) for path in paths])
+    return pl.concat([read_whole(path) for path in paths])
 
 
 def _read_year(snapshot: Snapshot | None, interval: str, year: int) -> pl.DataFrame | None:

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipeline.core.errors import FileDamaged, SnapshotDamaged
+from pipeline.core.objects import ObjectPath
 from pipeline.lake import grids
 from pipeline.lake.snapshots import (
     MANIFEST,
@@ -50,6 +51,8 @@ def damaged_files(snapshot: Snapshot, paths: list[Path] | None = None, *,
     snapshots written before checksums existed are not checked."""
     recorded = {str(snapshot.path / record["path"]): record for record in all_file_records(snapshot.manifest)}
     wanted = list(recorded) if paths is None else [str(path) for path in paths]
+    if isinstance(snapshot.path, ObjectPath):
+        return _damaged_objects(snapshot, recorded, wanted, deep)
 
     def problem(key: str) -> str | None:
         record = recorded.get(key)
@@ -73,6 +76,32 @@ def damaged_files(snapshot: Snapshot, paths: list[Path] | None = None, *,
     return [(Path(key), what) for key, what in zip(wanted, problems, strict=True) if what]
 
 
+def _damaged_objects(snapshot: Snapshot, recorded: dict[str, dict], wanted: list[str],
+                     deep: bool) -> list[tuple[ObjectPath, str]]:
+    """`damaged_files` on object storage: one LIST of the snapshot's prefix gives every size (an
+    object's time is its upload's, not the commit's file's, so only the size is compared); `deep`
+    reads each object whole for its sha256."""
+    listed = snapshot.path.walk_files()
+    prefix = str(snapshot.path) + "/"
+
+    def problem(key: str) -> str | None:
+        record = recorded.get(key)
+        if record is None or "sha256" not in record:
+            return None
+        found = listed.get(key[len(prefix):])
+        if found is None:
+            return "missing"
+        if found.st_size != record["bytes"]:
+            return "changed"
+        if not deep:
+            return None
+        return "changed" if hashlib.sha256(ObjectPath(key).read_bytes()).hexdigest() != record["sha256"] else None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        problems = list(pool.map(problem, wanted))
+    return [(ObjectPath(key), what) for key, what in zip(wanted, problems, strict=True) if what]
+
+
 def check_files(snapshot: Snapshot, paths: list[Path] | None = None, *, deep: bool = False) -> None:
     """Refuse to read a file of `snapshot` that is not the one committed (truncated, rewritten, gone; with
     `deep`, also rotted): FileDamaged naming the first such file of `paths` (default: all).
@@ -91,9 +120,12 @@ def check_files(snapshot: Snapshot, paths: list[Path] | None = None, *, deep: bo
 
 
 def check_snapshot(snapshot: Snapshot, *, deep: bool = False) -> None:
-    """The whole-snapshot check an export builds on: state checksum, then each file (`check_files`)."""
+    """The whole-snapshot check an export builds on: state checksum, then each file (`check_files`).
+
+    On object storage `deep` compares sizes only: hashing would download the whole lake on every
+    export, and the store checks each object's bytes itself (`lake verify` still hashes them)."""
     load_state(snapshot)
-    check_files(snapshot, deep=deep)
+    check_files(snapshot, deep=deep and not isinstance(snapshot.path, ObjectPath))
 
 
 def problems(snapshot_path: Path) -> list[str]:
@@ -120,8 +152,11 @@ def problems(snapshot_path: Path) -> list[str]:
             found.append(f"{path}: no checksum recorded (written before checksums; re-export to add them)")
         elif path in damaged:
             found.append(f"{path}: sha256 differs from the one recorded at commit (damaged)")
-    for path in sorted(snapshot.path.rglob("*")):
-        relative = str(path.relative_to(snapshot.path))
-        if path.is_file() and relative not in known:
-            found.append(f"{path}: stray file (not part of the snapshot; readers ignore it)")
+    if isinstance(snapshot.path, ObjectPath):
+        present = sorted(snapshot.path.walk_files())
+    else:
+        present = sorted(str(p.relative_to(snapshot.path)) for p in snapshot.path.rglob("*") if p.is_file())
+    for relative in present:
+        if relative not in known:
+            found.append(f"{snapshot.path / relative}: stray file (not part of the snapshot; readers ignore it)")
     return found + grids.verify(snapshot_path.parent.parent, snapshot)
