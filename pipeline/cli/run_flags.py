@@ -9,7 +9,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from pipeline.core.run_options import for_command
+from pipeline.core.run_options import RunOption, for_command
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -21,15 +21,16 @@ Symbols = Annotated[list[str] | None, typer.Option("--symbol", "-s", help="Symbo
 AllSymbols = Annotated[bool, typer.Option("--all", help="Every symbol in the lake (the default).")]
 
 
-def run_options(command: str) -> Callable[[F], F]:
-    """Add the table's options that `command` takes to the command's signature, after its own, as
-    Typer options (flag, default, help); the command receives them by name in its `**run`."""
+def run_options(command: str, extra: tuple[RunOption, ...] = ()) -> Callable[[F], F]:
+    """Add the table's options that `command` takes (and `extra` ones: a sweep's scale-out options) to the
+    command's signature, after its own, as Typer options (flag, default, help); the command receives them by
+    name in its `**run`."""
 
     def add(func: F) -> F:
         own = inspect.signature(func, eval_str=True)
         added = [inspect.Parameter(o.name, inspect.Parameter.KEYWORD_ONLY, default=o.default, annotation=Annotated[
             o.type | None if o.nullable else o.type, typer.Option(o.flag, help=o.help_for(command))])
-            for o in for_command(command)]
+            for o in (*for_command(command), *extra)]
         func.__signature__ = own.replace(parameters=[  # type: ignore[attr-defined]
             *(p for p in own.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD), *added])
         return func

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +17,7 @@ from pipeline.cli.stoppable import RAN, stoppable
 from pipeline.core import stopping, tables
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
+from pipeline.core.run_options import BY_NAME, SCALE_OUT, check_scale_out
 from pipeline.engine import options
 
 app = typer.Typer()
@@ -154,10 +157,11 @@ def backtest_command(
 @app.command("sweep")
 @user_errors
 @stoppable
-@run_options("sweep")
+@run_options("sweep", SCALE_OUT)
 def sweep_command(
-    strategy: Annotated[str, typer.Argument(help="Strategy to sweep.")],
-    grid: Annotated[list[str], typer.Option("--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable).")],
+    strategy: Annotated[str | None, typer.Argument(help="Strategy to sweep (none with --resume).")] = None,
+    grid: Annotated[list[str] | None, typer.Option(
+        "--grid", "-g", help="name=start:stop:step or name=v1,v2 (repeatable; none with --resume).")] = None,
     symbol: Annotated[list[str] | None, typer.Option("--symbol", "-s")] = None,
     all_: Annotated[bool, typer.Option("--all")] = False,
     snapshot: Annotated[str | None, typer.Option(help="Run against this kept snapshot instead of the current one.")] = None,
@@ -187,21 +191,35 @@ def sweep_command(
       cryptobt sweep ma_crossover -g fast_period=5:20:5 -g slow_period=30:90:30 --top 3 --json
       cryptobt sweep rsi -g sl=2:10:2 -g tp=5,10,20 -g trail=0,1
       cryptobt sweep rsi -g rsi_period=7:28:1 -g oversold_threshold=20:35:5 --stats all --returns-out daily.parquet
+      cryptobt sweep rsi -g rsi_period=7:28:1 -g oversold_threshold=20:35:1 --cluster tcp://10.0.0.5:8786
+      cryptobt sweep --resume 20261206T101500123456Z-1a2b3c4d --workers 4
     """
     from pipeline.engine import batch as engine
     from pipeline.store.returns_file import check_path
 
+    scale = check_scale_out(**{o.name: run.pop(o.name) for o in SCALE_OUT})
+    if scale["resume"] is not None:
+        _check_resume(scale["resume"], strategy=strategy, grid=grid, symbol=symbol, all_=all_, snapshot=snapshot,
+                      samples=samples, returns_out=returns_out, strategy_path=strategy_path, run=run)
+    elif strategy is None:
+        raise PipelineError("Missing argument 'STRATEGY' (or --resume RUN_ID).")
+    elif not grid:
+        raise PipelineError("Missing option '--grid' / '-g' (or --resume RUN_ID).")
     options.load_strategy_paths(strategy_path)
     options.check_top(top)
     options.check_plot(plot)
     check_path(returns_out)
-    chosen = options.resolve_strategy(strategy)
-    params_list = options.parse_grid(chosen, grid, samples, run["seed"])
-    if params_list.dropped:
-        err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
-    outcome, config, settings = _run(chosen, params_list, symbol, all_, False, "sweep", no_cache,
-                                     None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top,
-                                     returns_out=returns_out, **run)
+    if scale["resume"] is not None or scale["cluster"] is not None or scale["workers"]:
+        outcome, config, settings = _run_distributed(strategy, grid, symbol, all_, snapshot, top, samples,
+                                                     returns_out, yes, scale, run)
+    else:
+        chosen = options.resolve_strategy(strategy)
+        params_list = options.parse_grid(chosen, grid, samples, run["seed"])
+        if params_list.dropped:
+            err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
+        outcome, config, settings = _run(chosen, params_list, symbol, all_, False, "sweep", no_cache,
+                                         None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot, keep=top,
+                                         returns_out=returns_out, **run)
     best = outcome.results[:top]
     per_symbol = engine.top_per_symbol(outcome.results, top, *engine.ranking(config))
     if plot and outcome.results:
@@ -229,3 +247,83 @@ def sweep_command(
         console.print(f"daily returns written to {outcome.returns_path}")
     console.print(f"run {outcome.run_id}: {outcome.seconds:.2f} s, {outcome.bar_steps / max(outcome.seconds, 1e-9) / 1e6:,.1f} "
                   f"M bar-steps/s; results in {settings.results_root}")
+
+
+def _check_resume(run_id: str, *, run: dict[str, Any], **asked: Any) -> None:
+    """`--resume RUN_ID` runs the sweep as first asked: refuse a strategy, grid, symbols or run option given
+    with it (one line naming it), before anything is read or written."""
+    given = [name for name, value in asked.items() if value not in (None, False, [])]
+    given += [BY_NAME[name].flag for name, value in run.items() if value != BY_NAME[name].default]
+    if given:
+        first = {"strategy": "STRATEGY", "grid": "--grid", "symbol": "--symbol", "all_": "--all",
+                 "returns_out": "--returns-out", "strategy_path": "--strategy-path"}.get(given[0], given[0])
+        first = first if first.startswith(("-", "S")) else "--" + first.replace("_", "-")
+        raise PipelineError(f"--resume {run_id!r} runs the sweep as it was first asked: drop {first} (only "
+                            "--cluster or --workers, --top, --json and --plot go with it)")
+
+
+def _run_distributed(strategy: str | None, grid: list[str] | None, symbols: list[str] | None, all_: bool,
+                     snapshot: str | None, top: int, samples: int | None, returns_out: Path | None, yes: bool,
+                     scale: dict[str, Any], run: dict[str, Any]) -> tuple[Any, Any, Settings]:
+    """A sweep in chunks on a Dask cluster (`--cluster`), a local one (`--workers`) or, resumed without
+    either, in this process (pipeline.runs.cluster), under the one progress bar of every run."""
+    from pipeline.runs import cluster
+
+    settings = Settings.from_env()
+    if scale["resume"] is not None:
+        request = cluster.SweepRequest.of_run(settings, scale["resume"])
+        request.keep = top
+    else:
+        chosen = options.resolve_strategy(strategy or "")
+        params_list = options.parse_grid(chosen, grid or [], samples, run["seed"])
+        if params_list.dropped:
+            err_console.print(f"skipped {params_list.dropped} invalid combination(s), e.g. {params_list.dropped_example}")
+        interval = run.pop("interval")
+        config, symbols, interval = options.run_request(chosen, params_list, symbols, all_, interval, **run)
+        if returns_out is not None and len(config.params_list) < 2:
+            raise PipelineError("--returns-out needs a sweep of at least two parameter sets; this grid has 1")
+        request = cluster.SweepRequest.asked(chosen, list(params_list), symbols, interval, run, top, returns_out)
+    with progress_bar(transient=True) as progress:
+        task = progress.add_task("chunks' backtests", total=None)
+        watch = None if progress.disable else (lambda done, total: progress.update(task, completed=done, total=total))
+        outcome, config = cluster.sweep(
+            settings, request, resume=scale["resume"] is not None,
+            executor=lambda: _dask(scale["cluster"], scale["workers"]), chunk_symbols=scale["chunk_symbols"],
+            chunk_sets=scale["chunk_sets"], on_progress=watch, on_plan=lambda m: err_console.print(m, highlight=False,
+                                                                                               soft_wrap=True),
+            confirm_seconds=None if yes else options.SWEEP_CONFIRM_SECONDS, snapshot_id=snapshot,
+            should_stop=stopping.requested)
+    ran = RAN.get()
+    if ran is not None:
+        ran.update(outcome=outcome, settings=settings)
+    _warn_findings(outcome.findings)
+    say_left_out(outcome.left_out, outcome.interval)
+    return outcome, config, settings
+
+
+@contextlib.contextmanager
+def _dask(address: str | None, workers: int) -> Iterator[Any]:
+    """An executor on the Dask scheduler at `address`, or on a local cluster of `workers` processes (one thread
+    each), its dashboard's address printed; none (this process) without either."""
+    if address is None and not workers:
+        yield None
+        return
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    with contextlib.ExitStack() as stack:
+        if address is not None:
+            try:
+                client = stack.enter_context(Client(address, timeout="10s"))
+            except (OSError, TimeoutError) as exc:
+                raise PipelineError(f"--cluster {address}: no Dask scheduler answers there ({exc}); start one with "
+                                    "`dask scheduler` and workers with `dask worker ADDRESS`") from None
+        else:
+            local = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                     dashboard_address=":0", silence_logs=logging.ERROR))
+            client = stack.enter_context(Client(local))
+        n_workers = len(client.scheduler_info().get("workers", {}))
+        err_console.print(f"dask: {client.scheduler.address} with {n_workers} worker(s); dashboard "
+                          f"{client.dashboard_link}", highlight=False, soft_wrap=True)
+        yield client.get_executor()

@@ -11,6 +11,7 @@ fields (pipeline.store.cache). Adding an option is one entry here plus its use i
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,8 +70,10 @@ class RunOption:
     noun: str = ""
     note: str = ""
     verdict: str = "is out of range"
-    # Text: the values allowed (none = any text the option's own parser takes, e.g. timerange).
+    # Text: the values allowed (none = any text the option's own parser takes, e.g. timerange), or a
+    # pattern it must match whole (`noun` says what it is).
     choices: tuple[str, ...] = ()
+    pattern: str = ""
     nullable: bool = False  # None is allowed (timerange: none = the whole history)
     # Where it goes: a RunConfig field (interval is the request's, chosen per symbol), named
     # `attribute` there and `record` in result records and cache keys when not `name`.
@@ -110,6 +113,8 @@ class RunOption:
         """What the one-line error says is allowed: 'a percentage >= 0 and < 100 (0.1 means 0.1 %)'."""
         if self.choices:
             return "use one of: " + ", ".join(self.choices)
+        if self.pattern:
+            return self.noun
         if self.type is bool:
             return "true or false"
         bounds = []
@@ -131,7 +136,8 @@ class RunOption:
                 raise PipelineError(f"{self.flag} {value!r} is not allowed: true or false")
             return value
         if self.type is str:
-            if not isinstance(value, str) or (self.choices and value not in self.choices):
+            if not isinstance(value, str) or (self.choices and value not in self.choices) or (
+                    self.pattern and not re.fullmatch(self.pattern, value)):
                 raise PipelineError(f"{self.flag} {value!r} is not allowed; {self.allowed()}")
             return value
         if not self._allows(value):
@@ -275,6 +281,53 @@ KEY_DEFAULTS: dict[str, Any] = {
     **{name: None for name in ("timerange_start", "timerange_end")},
     **{o.record_field: o.default for o in OPTIONS if o.in_cache_key and o.name != "timerange"},
 }
+
+
+# How a sweep is computed, never what it computes (issue 31): its chunks (a block of symbols x a block of
+# parameter sets) on Dask `distributed` workers, each chunk's kernel output kept as a part under the run id,
+# resumable. Not in RunConfig nor any cache key: the results equal a single-process run's bit for bit. The
+# CLI's sweep takes them (`pipeline.runs.cluster`); the API and the notebook run a sweep in their process.
+SCALE_OUT: tuple[RunOption, ...] = (
+    RunOption("cluster", str, None, "Run the sweep's chunks on the Dask scheduler at this address "
+              "(tcp://HOST:8786; `dask scheduler` and `dask worker` start one, docs/scale-out.md).",
+              commands=_SWEEP, nullable=True, in_config=False, pattern=r"(tcp|tls)://[^\s/:]+:\d{1,5}",
+              noun="a scheduler address tcp://HOST:PORT (or tls://HOST:PORT)"),
+    RunOption("workers", int, 0, "Run the sweep's chunks on a local cluster of this many worker processes "
+              "(0 = in this process, as one run).", commands=_SWEEP, minimum=1, maximum=256, also=(0,),
+              noun="a number of worker processes", in_config=False),
+    RunOption("resume", str, None, "Compute only the missing chunks of the distributed sweep RUN_ID (its "
+              "own request: give no strategy, grid or run option) and publish its results when all are there.",
+              commands=_SWEEP, nullable=True, in_config=False, pattern=r"[A-Za-z0-9_][A-Za-z0-9_.-]*",
+              noun="a run id (as the sweep printed it)"),
+    RunOption("chunk_symbols", int, 0, "Symbols per chunk of a --cluster or --workers sweep (0 = as a "
+              "single-process sweep chunks them, bounded by memory).", commands=_SWEEP, minimum=1,
+              maximum=1_000_000, also=(0,), noun="a number of symbols", in_config=False),
+    RunOption("chunk_sets", int, 0, "Parameter sets per chunk of a --cluster or --workers sweep (0 = about "
+              "a second of one worker's kernels each).", commands=_SWEEP, minimum=1, maximum=1_000_000,
+              also=(0,), noun="a number of parameter sets", in_config=False),
+)
+SCALE_OUT_BY_NAME = {option.name: option for option in SCALE_OUT}
+
+
+def check_scale_out(**given: Any) -> dict[str, Any]:
+    """The scale-out options of a sweep (`SCALE_OUT`, by name; absent ones take their defaults), each
+    checked by its rule and together: a one-line PipelineError naming the bad value and what is allowed."""
+    unknown = [name for name in given if name not in SCALE_OUT_BY_NAME]
+    if unknown:
+        raise PipelineError(f"unknown scale-out option {unknown[0]!r}; use one of: {', '.join(SCALE_OUT_BY_NAME)}")
+    values = {o.name: o.check(given.get(o.name, o.default)) for o in SCALE_OUT}
+    if values["cluster"] is not None and values["workers"]:
+        raise PipelineError(f"--cluster {values['cluster']!r} and --workers {values['workers']}: use one of them, "
+                            "not both (a scheduler's address, or a local cluster of N processes)")
+    scaled = values["cluster"] is not None or values["workers"] or values["resume"] is not None
+    for name in ("chunk_symbols", "chunk_sets"):
+        if values[name] and not scaled:
+            raise PipelineError(f"{SCALE_OUT_BY_NAME[name].flag} {values[name]} chunks a distributed sweep: "
+                                "give --cluster tcp://HOST:PORT or --workers N with it")
+    if values["resume"] is not None and (values["chunk_symbols"] or values["chunk_sets"]):
+        raise PipelineError(f"--resume {values['resume']!r} keeps the run's own chunks: drop --chunk-symbols "
+                            "and --chunk-sets")
+    return values
 
 
 def parse_stats(text: str | None) -> tuple[str, ...]:

@@ -152,19 +152,26 @@ def _parts(plan: RunPlan, missing: list[str], streaming: bool, watched: bool,
 def _read(plan: RunPlan, interval: str, symbols: list[str], daily: bool = False) -> reader.PriceBatch:
     """One batched read of `symbols`' prices, refused when the run over them (with `daily`, each set's equity
     at every day's end too) would not fit in memory."""
-    config = plan.config
+    return read_batch(plan.settings.lake_root, plan.snapshot, plan.config, interval, symbols, daily)
+
+
+def read_batch(lake_root: Any, snapshot: lake.Snapshot, config: RunConfig, interval: str, symbols: list[str],
+               daily: bool = False, n_sets: int | None = None) -> reader.PriceBatch:
+    """`_read` of a run of `config` over `snapshot` (a distributed sweep's chunk of `n_sets` of its sets too:
+    the same read, so the same grid, as the single-process run's)."""
+    n_params = len(config.params_list) if n_sets is None else n_sets
     # Only the columns the strategy and the fill read: the fewer, the faster the read.
     # From the start of the history: bars before --timerange warm the indicators up.
-    batch = reader.read_prices(plan.settings.lake_root, symbols, interval, None, config.timerange_end,
-                               columns=engine.columns_needed(config), snapshot=plan.snapshot,
+    batch = reader.read_prices(lake_root, symbols, interval, None, config.timerange_end,
+                               columns=engine.columns_needed(config), snapshot=snapshot,
                                min_coverage=config.min_bar_coverage)
     if config.market == "futures":
-        batch = reader.with_futures(batch, plan.snapshot)
-    batch = with_informative(batch, config.strategy, plan.settings.lake_root, plan.snapshot, config.timerange_end)
+        batch = reader.with_futures(batch, snapshot)
+    batch = with_informative(batch, config.strategy, lake_root, snapshot, config.timerange_end)
     if config.detail is not None:
-        batch = with_detail(batch, plan.settings.lake_root, plan.snapshot, config.detail, config.timerange_end)
-    engine.check_memory(len(symbols), batch.times.size, plan.n_params,
-                        len(overfit.block_fractions(config)) - 1 if plan.n_params > 1 else 0,
+        batch = with_detail(batch, lake_root, snapshot, config.detail, config.timerange_end)
+    engine.check_memory(len(symbols), batch.times.size, n_params,
+                        len(overfit.block_fractions(config)) - 1 if len(config.params_list) > 1 else 0,
                         intervals.grid_days(batch.times)[1] if daily else 0)
     return batch
 

@@ -67,28 +67,27 @@ class Sweep:
         self._part: tuple[reader.PriceBatch, np.ndarray, int] | None = None  # the chunk under way
 
     def run_part(self, batch: reader.PriceBatch) -> list[dict[str, Any]]:
+        cube, blocks, days = kernel_part(batch, self.config, self.daily is not None, self._called, self.should_stop)
+        self._part = None
+        return self.finish_part(batch, cube, blocks, days)
+
+    def _called(self, batch: reader.PriceBatch, cube: np.ndarray, first: int, stop: int, seconds: float) -> None:
+        """`kernel_part`'s report of a kernel call over sets first..stop-1 (none yet: stop 0)."""
+        self._part = (batch, cube, stop)
+        if stop == 0:
+            return
+        self.progress.kernel_seconds += seconds
+        self.progress.bar_steps += int(batch.bars.sum()) * (stop - first)
+        self.progress.within(len(batch.symbols) * stop)
+
+    def finish_part(self, batch: reader.PriceBatch, cube: np.ndarray, blocks: np.ndarray,
+                    days: np.ndarray | None) -> list[dict[str, Any]]:
+        """A chunk of symbols whose kernels ran (`kernel_part`, here or as a distributed sweep's parts put
+        together in set order): its result columns and overfitting statistics, its daily statistics,
+        walk-forward, the results written and the kept ones returned."""
         config, n_params = self.config, len(self.config.params_list)
         fractions = overfit.block_fractions(config)
-        blocks = overfit.new_blocks(len(batch.symbols), config)
-        cube = np.empty((len(batch.symbols), n_params, engine.enums.N_METRICS))
-        sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
         annual = engine.bars_per_year(batch, config, engine.start_column(batch, config))
-        days = None if self.daily is None else np.full(
-            (len(batch.symbols), intervals.grid_days(batch.times)[1], n_params), np.nan)
-        self._part = (batch, cube, 0)
-        for first in range(0, n_params, sets_per_call):
-            if self.should_stop is not None and self.should_stop():
-                raise KeyboardInterrupt
-            stop = min(first + sets_per_call, n_params)
-            t0 = time.perf_counter()
-            cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
-                                                     blocks[..., first:stop], annual,
-                                                     None if days is None else days[:, :, first:stop])
-            self.progress.kernel_seconds += time.perf_counter() - t0
-            self.progress.bar_steps += int(batch.bars.sum()) * (stop - first)
-            self._part = (batch, cube, stop)
-            self.progress.within(len(batch.symbols) * stop)
-        self._part = None
         columns = engine.result_columns(batch, config, cube, annual, engine.partial_bars(batch, config))
         has_reason = np.array([r is not None for r in columns.fields["reason"]]).reshape(len(batch.symbols), -1)
         columns.fields.update({name: values.ravel() for name, values in
@@ -238,6 +237,36 @@ class DailyStatistics:
         return {"stats": list(request.stats), "benchmark": request.benchmark, "reps": request.reps,
                 "seed": request.seed, "alpha": request.alpha, "block_size": request.block_size or "sqrt(days)",
                 "sets_tried": request.sets_tried, "symbols": self.symbols, "pooled": pooled}
+
+
+def kernel_part(batch: reader.PriceBatch, config: RunConfig, daily: bool,
+                on_call: Callable[[reader.PriceBatch, np.ndarray, int, int, float], None] | None = None,
+                should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Every parameter set of `config` over a chunk of symbols through the kernels, in bounded calls
+    (CHUNK_BAR_STEPS): the metrics cube (symbols x sets x metrics), the block sums (symbols x blocks x
+    stats x sets) and, with `daily`, each set's equity at every day's end (symbols x days x sets). A set's
+    numbers do not depend on the other sets of its call. `on_call(batch, cube, first, stop, seconds)` hears
+    of each call (first with stop 0, before any); `should_stop` True between calls raises KeyboardInterrupt."""
+    n_params = len(config.params_list)
+    fractions = overfit.block_fractions(config)
+    blocks = overfit.new_blocks(len(batch.symbols), config)
+    cube = np.empty((len(batch.symbols), n_params, engine.enums.N_METRICS))
+    sets_per_call = max(1, CHUNK_BAR_STEPS // max(int(batch.bars.sum()), 1))
+    annual = engine.bars_per_year(batch, config, engine.start_column(batch, config))
+    days = None if not daily else np.full((len(batch.symbols), intervals.grid_days(batch.times)[1], n_params), np.nan)
+    if on_call is not None:
+        on_call(batch, cube, 0, 0, 0.0)
+    for first in range(0, n_params, sets_per_call):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        stop = min(first + sets_per_call, n_params)
+        t0 = time.perf_counter()
+        cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
+                                                 blocks[..., first:stop], annual,
+                                                 None if days is None else days[:, :, first:stop])
+        if on_call is not None:
+            on_call(batch, cube, first, stop, time.perf_counter() - t0)
+    return cube, blocks, days
 
 
 def _day_range(first_day: int, last_day: int) -> dict[str, str]:

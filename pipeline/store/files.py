@@ -74,11 +74,12 @@ class _Temp:
     """A hidden temp file beside `final` (``.<final>.<pid>-<random>.tmp``), listed in its writer's
     lease before it is made (`_lease`): `sweep_stale` removes only what dead writers' leases list."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, lease_root: Path | None = None) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         self.final = final
         self.path = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        root = final.parents[2]  # every table file is <root>/run_date=.../strategy=.../<file>
+        # Every table file is <root>/run_date=.../strategy=.../<file>; other files name their root.
+        root = final.parents[2] if lease_root is None else lease_root
         os.write(_lease(root), f"{self.path.relative_to(root)}\n".encode())
         self.handle = open(self.path, "xb")  # noqa: SIM115 - closed by `writing`
 
@@ -196,12 +197,12 @@ def _publish(table: pa.Table, final: Path) -> Path:
 
 
 @contextmanager
-def writing(final: Path, needed_bytes: int | None = None) -> Iterator[Any]:
-    """A hidden temp file beside ``final`` to write (`_Temp`); when the block ends without an error
-    it is fsynced and published under ``final`` (inside `one_run`: staged, published with the
-    run); on an error it is removed and nothing is published."""
+def writing(final: Path, needed_bytes: int | None = None, lease_root: Path | None = None) -> Iterator[Any]:
+    """A hidden temp file beside ``final`` to write (`_Temp`, its lease in `lease_root`'s writers when
+    given); when the block ends without an error it is fsynced and published under ``final`` (inside
+    `one_run`: staged, published with the run); on an error it is removed and nothing is published."""
     try:
-        temp = _Temp(final)
+        temp = _Temp(final, lease_root)
     except OSError as exc:
         if is_disk_full(exc):
             raise disk_full(final.parent, needed_bytes, "CRYPTOBT_RESULTS_ROOT") from None
@@ -257,6 +258,22 @@ def sweep_lease(root: Path, lease: Path) -> list[tuple[Path, float]]:
         return removed
     finally:
         os.close(fd)
+
+
+def publish_once(table: pa.Table, final: Path, lease_root: Path) -> bool:
+    """Write ``table`` to ``final`` atomically (a hidden temp file, fsynced, hard-linked), outside any
+    run's publication; False, writing nothing, when ``final`` is there already (the same content
+    written by another attempt: a chunk a scheduler ran twice)."""
+    if final.exists():
+        return False
+    try:
+        with writing(final, table.nbytes, lease_root) as handle:
+            pq.write_table(table, handle, compression="zstd")
+    except PipelineError:
+        if final.exists():
+            return False
+        raise
+    return True
 
 
 def _link(temp: Path, final: Path) -> None:
