@@ -225,6 +225,59 @@ def _user_strategies_stay_in_their_module():
     strategies._loaded_paths.update(loaded)
 
 
+# --- object storage fixtures ---
+# A real S3 server: moto's, started as a process on a free port (not moto's in-process mock), one per
+# xdist worker; a bucket per test.
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """The endpoint URL of a moto S3 server this test session started (stopped after)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tests.api_server import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or server.poll() is not None:
+                server.kill()
+                raise RuntimeError(f"moto's S3 server did not start on {url}") from None
+            time.sleep(0.1)
+    yield url
+    server.terminate()
+    server.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, tmp_path) -> str:
+    """A new bucket on the session's S3 server, with this process's AWS variables pointing at it (and
+    this machine's cache of object lakes in the test's folder): its name."""
+    import secrets
+
+    import boto3
+
+    for name, value in {"AWS_ENDPOINT_URL": s3_server, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                        "AWS_DEFAULT_REGION": "us-east-1", "CRYPTOBT_LOCAL_CACHE": str(tmp_path / "local-cache")
+                        }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    bucket = f"lake-{secrets.token_hex(6)}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    return bucket
+
+
 # --- markers ---
 # `make test-fast` runs `-m "not services and not slow"`: the unit tests an edit-run loop can afford.
 # A test that asks for one of these fixtures (itself or through another fixture) reaches a server:
@@ -240,6 +293,7 @@ SERVER_FIXTURES = frozenset({
     "tiny_redis",  # test_cache: a redis-server with 1 MB of memory
     "own_postgres", "own_redis",  # test_servers_dying: servers the test kills
     "browser",  # test_dashboard_browser: chromium
+    "s3_server", "s3_bucket",  # moto's S3 server (above)
 })
 
 

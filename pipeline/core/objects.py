@@ -172,15 +172,20 @@ class ObjectPath:
         return self.write_bytes(text.encode())
 
     def unlink(self, missing_ok: bool = False) -> None:
-        try:
-            filesystem().delete_file(self.arrow)
-        except FileNotFoundError:
-            if not missing_ok:
-                raise
+        """Delete the object. Through boto3: pyarrow's delete writes an empty "folder" object in
+        its place to keep the parent listed, and the lake lists folders (snapshots, heads)."""
+        if not missing_ok and not self.is_file():
+            raise FileNotFoundError(str(self))
+        _client().delete_object(Bucket=self.bucket, Key=self.key)
 
     def remove_tree(self) -> None:
-        """Delete every object under this prefix."""
-        filesystem().delete_dir_contents(self.arrow, missing_dir_ok=True)
+        """Delete every object under this prefix (batches of 1,000 keys), leaving no folder object."""
+        client = _client()
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.key}/")
+        for page in pages:
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
     def upload(self, local: str | os.PathLike[str]) -> None:
         import pyarrow.fs as pafs
@@ -279,10 +284,19 @@ def _fsspec(endpoint: tuple[str | None, str], region: str) -> Any:
 
 
 def check_reachable(root: ObjectPath, setting: str) -> None:
-    """Fail before any work if the bucket of `root` cannot be listed: one line naming `setting`."""
+    """Fail before any work if the bucket of `root` is missing or cannot be reached: one line naming
+    `setting` (HEAD of the bucket: a listing of a missing bucket looks like an empty one)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        list(root.iterdir())
-    except OSError as exc:
-        reason = str(exc).splitlines()[0][:200]
+        _client().head_bucket(Bucket=root.bucket)
+    except ClientError as exc:
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        reason = (f"the bucket {root.bucket} does not exist" if code in ("404", "NoSuchBucket") else
+                  f"access to the bucket {root.bucket} is denied" if code in ("403", "AccessDenied") else
+                  f"the store answered {code}")
         raise PipelineError(f"{setting}={root} cannot be read ({reason}); check the bucket, AWS_ENDPOINT_URL "
                             "and the AWS credentials") from None
+    except BotoCoreError as exc:
+        raise PipelineError(f"{setting}={root} cannot be reached ({str(exc).splitlines()[0][:200]}); check "
+                            "AWS_ENDPOINT_URL and the network") from None

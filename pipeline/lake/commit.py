@@ -258,7 +258,10 @@ def publish_objects(lake_root: ObjectPath, folder: Path, snapshot_id: str, manif
         raise
     if not won:
         final.remove_tree()
-        winner = next((h["snapshot_id"] for h in list_heads(lake_root) if h["seq"] == base_seq + 1), "another")
+        try:
+            winner = json.loads((lake_root / head_key(base_seq + 1)).read_text())["snapshot_id"]
+        except (OSError, ValueError, KeyError, TypeError):
+            winner = "(unreadable head)"
         raise LakeBusy(f"another export committed snapshot {winner} to {lake_root} while this one was being built; "
                        "nothing of this export was kept: run it again (it builds on the new snapshot)")
     shutil.rmtree(folder, ignore_errors=True)

@@ -238,7 +238,9 @@ def require_snapshot(lake_root: Path | ObjectPath, snapshot_id: str | None = Non
         return found
     snapshot = current_snapshot(lake_root)
     if snapshot is None:
-        if not isinstance(lake_root, ObjectPath) and list_snapshots(lake_root):
+        if isinstance(lake_root, ObjectPath):
+            objects.check_reachable(lake_root, "CRYPTOBT_LAKE_ROOT")  # a missing bucket lists as an empty lake
+        elif list_snapshots(lake_root):
             raise SnapshotDamaged(
                 f"the lake's current pointer {Path(lake_root) / 'current'} is missing though snapshots exist; "
                 "`cryptobt export` (or `cryptobt export --full`) makes a new current snapshot"
