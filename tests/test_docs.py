@@ -37,7 +37,7 @@ MAKE = {"make demo": ".venv/bin/cryptobt demo --symbols 8 --years 0.5", "make te
 AFTER_DEMO = ". .venv/bin/activate\ncryptobt demo --symbols 8 --years 0.5 >/dev/null\n"
 PRELUDE = {"README.md": "", "cli.md": ". .venv/bin/activate\n", "contract.md": "", "benchmarks.md": "",
            "operations.md": "", "api.md": AFTER_DEMO, "portfolio.md": AFTER_DEMO, "strategies.md": AFTER_DEMO,
-           "sweeps.md": AFTER_DEMO, "statistics.md": AFTER_DEMO}
+           "sweeps.md": AFTER_DEMO, "statistics.md": AFTER_DEMO, "scale-out.md": AFTER_DEMO}
 
 
 def blocks(page: Path) -> list[tuple[str, str, str | None]]:
