@@ -177,9 +177,7 @@ def run_chunk(folder: str, index: int, lake_root: Any) -> dict[str, Any]:
 
 
 def _request_in(folder: Path) -> SweepRequest:
-    import json
-
-    kept = json.loads((folder / sweep_parts.REQUEST).read_text(encoding="utf-8"))
+    kept = sweep_parts.request_in(folder)
     kept.pop("version", None)
     return SweepRequest(**kept)
 

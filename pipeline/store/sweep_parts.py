@@ -63,12 +63,17 @@ def read_request(results_root: str | os.PathLike[str], run_id: str) -> dict[str,
     """The request of the distributed sweep `run_id`; a one-line error when there is none."""
     folder = run_folder(results_root, run_id)
     try:
-        return json.loads((folder / REQUEST).read_text(encoding="utf-8"))
+        return request_in(folder)
     except FileNotFoundError:
         raise InputError(f"--resume {run_id!r}: no distributed sweep of that id in {sweeps_root(results_root)} "
                          "(a --cluster or --workers sweep keeps its chunks there until it completes)") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{folder / REQUEST} cannot be read ({exc})") from None
+
+
+def request_in(folder: Path) -> dict[str, Any]:
+    """The request kept in a run's `folder` (a worker reads it there: the task names the folder only)."""
+    return json.loads((folder / REQUEST).read_text(encoding="utf-8"))
 
 
 def present(folder: Path) -> set[int]:
