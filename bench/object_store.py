@@ -61,7 +61,8 @@ def moto_server() -> Any:
         server.wait(timeout=10)
 
 
-def bench_object_store(n_symbols: int, years: float, sweep_sets: int = 1000, repeat: int = 3) -> dict:
+def bench_object_store(n_symbols: int, years: float, sweep_sets: int = 1000, repeat: int = 3,
+                       workers: tuple[int, ...] = (1, 2, 4), big_sets: int = 100_000) -> dict:
     import duckdb
     import polars as pl
     import pyarrow.dataset as ds
@@ -131,7 +132,74 @@ def bench_object_store(n_symbols: int, years: float, sweep_sets: int = 1000, rep
                 runs.backtest(settings, config, None, write_results=False, keep=1)
 
             out[f"sweep_{name}"] = timed(sweep, repeat=max(1, repeat - 1), warmup=1)
+        # The CLI, as a user runs it: one process on the local disk, then 1, 2, 4 local workers on S3.
+        env = {**os.environ, "CRYPTOBT_LAKE_ROOT": str(local), "CRYPTOBT_RESULTS_ROOT": str(Path(folder) / "r-cli"),
+               "REDIS_URL": "", "CRYPTOBT_GRID_CACHE": "0"}
+        specs = [arg for spec in _grid_specs(sweep_sets) for arg in ("-g", spec)]
+        command = [sys.executable, "-m", "pipeline", "sweep", "rsi", *specs, "--all", "--yes", "--json"]
+        out["cli_local_one_process"] = timed(lambda: _run(command, env), repeat=1, warmup=0)
+        s3_env = {**env, "CRYPTOBT_LAKE_ROOT": str(remote), "CRYPTOBT_RESULTS_ROOT": "s3://bench-lake/results"}
+        out["workers"] = {str(n): timed(lambda n=n: _run([*command, "--workers", str(n)], s3_env), repeat=1, warmup=0)
+                          for n in workers}
+        out["worker_peak"] = _worker_peak(big_sets, s3_env, remote, Path(folder))
     return out
+
+
+def _run(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[3:6]}: {done.stderr.strip()[-500:]}")
+
+
+def _worker_peak(sets: int, env: dict[str, str], remote: Any, folder: Path) -> dict:
+    """A `sets`-set sweep over 4 symbols of the S3 lake on a `dask scheduler` and two `dask worker`
+    processes (one thread each): each worker's peak RSS after it, and the client's."""
+    import resource
+    import socket
+
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(Path(sys.executable).parent / "dask")
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    time.sleep(2)
+    processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard", "--local-directory",
+                                    str(folder / "dask-space")], env=env, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+            from pipeline.lake import snapshots as lake
+
+            symbols = sorted(lake.current_snapshot(remote).symbols)[:4]
+            side = round(sets ** (1 / 3))
+            specs = [f"rsi_period=2:{1 + side}:1", f"oversold_threshold=10:{9 + side}:1",
+                     f"overbought_threshold=60:{59 + side}:1"]
+            command = [sys.executable, "-m", "pipeline", "sweep", "rsi", *[a for s in specs for a in ("-g", s)],
+                       *[a for name in symbols for a in ("--symbol", name)], "--yes", "--json", "--cluster", address]
+            t = time.perf_counter()
+            client_peak = _client_peak(command, env)
+            seconds = time.perf_counter() - t
+            peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            process.wait(timeout=30)
+    return {"sets": side ** 3, "symbols": 4, "seconds": seconds, "client_mb": client_peak,
+            "workers_mb": sorted(peaks.values())}
+
+
+def _client_peak(command: list[str], env: dict[str, str]) -> float:
+    """Run `command`; its peak RSS in MB (GNU time's, through /proc of the child: getrusage of children)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    _run(command, env)
+    return max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, before) / 1024
 
 
 def _year(year: int) -> Any:
@@ -178,10 +246,19 @@ def report_lines(r: dict) -> list[str]:
     for name, row in r["alternatives"].items():
         lines.append(f"| {name.replace('_', ' ')} | {ms(row)} |")
     if r.get("workers"):
-        lines += ["", "The same sweep spread over local Dask workers reading the lake on S3:", "",
-                  "| workers | time | vs one process on local disk |", "|---:|---:|---:|"]
+        one = r["cli_local_one_process"]["median"]
+        lines += ["", f"The {r['sweep_sets']:,}-set sweep from the command line (`cryptobt sweep ... --all`, each its "
+                  "own process, kernels compiled and cached): one process on the local disk, then `--workers N` "
+                  "(a local Dask cluster of N processes) with the lake and the results on S3:", "",
+                  "| run | time | vs one process on local disk |", "|---|---:|---:|",
+                  f"| one process, local disk | {one:.2f} s | 1.00x |"]
         for workers, row in sorted(r["workers"].items(), key=lambda kv: int(kv[0])):
-            lines.append(f"| {workers} | {row['median']:.2f} s | {row['median'] / local['median']:.2f}x |")
+            lines.append(f"| `--workers {workers}`, S3 | {row['median']:.2f} s | {row['median'] / one:.2f}x |")
+    if r.get("worker_peak"):
+        w = r["worker_peak"]
+        lines += ["", f"Memory: a {w['sets']:,}-set sweep over {w['symbols']} symbols of the S3 lake on a `dask scheduler` "
+                  f"and two `dask worker` processes took {w['seconds']:.1f} s; peak RSS per worker "
+                  + ", ".join(f"{mb:.0f} MB" for mb in w["workers_mb"]) + f"; the client {w['client_mb']:.0f} MB."]
     return lines
 
 
@@ -190,8 +267,9 @@ def main() -> None:
     parser.add_argument("--symbols", type=int, default=211)
     parser.add_argument("--years", type=float, default=1.0)
     parser.add_argument("--sets", type=int, default=1000)
+    parser.add_argument("--big-sets", type=int, default=100_000, help="The sweep whose per-worker memory is measured.")
     args = parser.parse_args()
-    result = bench_object_store(args.symbols, args.years, args.sets)
+    result = bench_object_store(args.symbols, args.years, args.sets, big_sets=args.big_sets)
     print("\n".join(report_lines(result)))
 
 

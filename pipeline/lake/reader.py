@@ -86,16 +86,24 @@ def connect_duckdb() -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _connection(snapshot: lake.Snapshot | None = None) -> duckdb.DuckDBPyConnection:
-    """One in-memory DuckDB connection per thread: opening one costs ~15 ms. Reading a snapshot on
-    object storage registers the S3 file system on it first (once)."""
+def _connection() -> duckdb.DuckDBPyConnection:
+    """One in-memory DuckDB connection per thread: opening one costs ~15 ms."""
     con = getattr(_local, "con", None)
     if con is None:
         con = _local.con = connect_duckdb()
-    if snapshot is not None and isinstance(snapshot.path, ObjectPath) and not getattr(_local, "objects", False):
-        objects.register(con)
-        _local.objects = True
     return con
+
+
+def _sql(snapshot: lake.Snapshot, query: str, params: dict[str, object]) -> duckdb.DuckDBPyRelation:
+    """`query` over `read_parquet($files)`; for a snapshot on object storage over a pyarrow dataset of the
+    same files (pipeline.core.objects.dataset) in its place: DuckDB pushes the columns and the range
+    filters into pyarrow's scan, which reads only those row groups' column chunks."""
+    con = _connection()
+    if isinstance(snapshot.path, ObjectPath):
+        con.register("lake_files", objects.dataset([ObjectPath(f) for f in params["files"]]))  # type: ignore[union-attr]
+        query = query.replace("read_parquet($files)", "lake_files")
+        params = {k: v for k, v in params.items() if k != "files"}
+    return con.sql(query, params=params)
 
 
 # Dates a --timerange may name: Unix time's start to the last day nanosecond timestamps reach.
@@ -427,7 +435,7 @@ def _batches(snapshot: lake.Snapshot, queries: list[tuple[str, dict[str, object]
 
     try:
         for query, params in queries:
-            yield from _connection(snapshot).sql(query, params=params).to_arrow_reader(BATCH_ROWS)  # names checked
+            yield from _sql(snapshot, query, params).to_arrow_reader(BATCH_ROWS)  # names checked
     except (duckdb.Error, pa.ArrowException) as exc:  # damaged in a way size, mtime and the footer did not show
         raise SnapshotDamaged(f"a file of snapshot {snapshot.id} cannot be read ({str(exc).splitlines()[0]}); "
                               "`cryptobt lake verify` names it; `cryptobt export --full` writes a good snapshot"
@@ -456,8 +464,6 @@ def explain_analyze(lake_root: Path, symbol: str, year: int, interval: str = "1h
     files = [str(p) for p in snapshot.files(interval, range(year, year + 1))]
     start = datetime(year, 1, 1, tzinfo=UTC)
     with connect_duckdb() as con:
-        if isinstance(snapshot.path, ObjectPath):
-            objects.register(con)
         con.execute("PRAGMA enable_profiling = 'json'")
         rows = con.execute(
             "EXPLAIN ANALYZE SELECT epoch(ts), close FROM read_parquet(?) "
@@ -474,8 +480,8 @@ def _futures_rows(snapshot: lake.Snapshot, names: list[str]) -> pl.DataFrame:
 
     path = snapshot.path / snapshot.manifest["futures"]["path"]
     check_files(snapshot, [path])
-    table = _connection(snapshot).sql("SELECT * FROM read_parquet($path) WHERE list_contains($names::VARCHAR[], symbol)",
-                              params={"path": str(path), "names": names}).to_arrow_table()
+    table = _sql(snapshot, "SELECT * FROM read_parquet($files) WHERE list_contains($names::VARCHAR[], symbol)",
+                 {"files": [str(path)], "names": names}).to_arrow_table()
     return pl.from_arrow(table)
 
 

@@ -312,13 +312,7 @@ def local_folder(lake_root: Path | ObjectPath) -> Path:
     """Where this machine keeps what belongs to a lake but not in it: the lake root itself on a local
     disk; for a lake on object storage a folder per location under the user's cache (the export lock,
     the staging of a commit, the kept price grids)."""
-    if not isinstance(lake_root, ObjectPath):
-        return Path(lake_root)
-    base = os.environ.get("CRYPTOBT_LOCAL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache"), "cryptobt", "object-lakes")
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "aws"
-    digest = hashlib.sha256(f"{endpoint}|{lake_root}".encode()).hexdigest()[:16]
-    return Path(base) / f"{lake_root.bucket}-{digest}"
+    return objects.local_folder(lake_root) if isinstance(lake_root, ObjectPath) else Path(lake_root)
 
 
 @contextmanager

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.core import intervals, stopping
+from pipeline.core import intervals, objects, stopping
 from pipeline.core.config import Settings
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
@@ -151,7 +151,7 @@ def run_chunk(folder: str, index: int, lake_root: Any) -> dict[str, Any]:
     `lake_root`, run its sets through the kernels and write its part. A chunk whose part is there already
     (another attempt wrote it) is not computed again. Returns what it did, in plain values."""
     with _ONE_CHUNK:
-        where = Path(folder)
+        where = objects.location(folder)
         if index in sweep_parts.present(where):
             return {"index": index, "written": False, "kernel_seconds": 0.0, "pid": os.getpid()}
         if folder not in _CONFIGS:

@@ -22,8 +22,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.core import stopping
+from pipeline.core import objects, stopping
 from pipeline.core.errors import InputError, PipelineError, disk_full, is_disk_full
+from pipeline.core.objects import ObjectPath
 from pipeline.store.values import (
     check_name,
 )
@@ -31,12 +32,19 @@ from pipeline.store.values import (
 
 def trades_root(results_root: str | os.PathLike[str]) -> Path:
     """Root of the trades table: the sibling ``trades`` directory of the results root."""
-    return Path(results_root).parent / "trades"
+    return objects.location(results_root).parent / "trades"
 
 
 def runs_root(results_root: str | os.PathLike[str]) -> Path:
     """Root of the runs table: the sibling ``runs`` directory of the results root."""
-    return Path(results_root).parent / "runs"
+    return objects.location(results_root).parent / "runs"
+
+
+def staging_root(root: Path | ObjectPath) -> Path:
+    """Where the hidden temp files (and their writers' leases) of the table folder `root` live: in it on
+    a local disk; on object storage in this machine's folder for it (pipeline.core.objects.local_folder),
+    uploaded under their final names when published."""
+    return objects.local_folder(root) if isinstance(root, ObjectPath) else root
 
 
 def write_table(
@@ -74,13 +82,16 @@ class _Temp:
     """A hidden temp file beside `final` (``.<final>.<pid>-<random>.tmp``), listed in its writer's
     lease before it is made (`_lease`): `sweep_stale` removes only what dead writers' leases list."""
 
-    def __init__(self, final: Path, lease_root: Path | None = None) -> None:
+    def __init__(self, final: Path | ObjectPath, lease_root: Path | ObjectPath | None = None) -> None:
         final.parent.mkdir(parents=True, exist_ok=True)
         self.final = final
-        self.path = final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         # Every table file is <root>/run_date=.../strategy=.../<file>; other files name their root.
-        root = final.parents[2] if lease_root is None else lease_root
-        os.write(_lease(root), f"{self.path.relative_to(root)}\n".encode())
+        root = final.parent.parent.parent if lease_root is None else lease_root
+        local_root = staging_root(root)
+        local_final = local_root / str(final)[len(str(root)) + 1:] if local_root is not root else final
+        local_final.parent.mkdir(parents=True, exist_ok=True)
+        self.path = local_final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        os.write(_lease(local_root), f"{self.path.relative_to(local_root)}\n".encode())
         self.handle = open(self.path, "xb")  # noqa: SIM115 - closed by `writing`
 
     def discard(self) -> None:
@@ -276,7 +287,12 @@ def publish_once(table: pa.Table, final: Path, lease_root: Path) -> bool:
     return True
 
 
-def _link(temp: Path, final: Path) -> None:
+def _link(temp: Path, final: Path | ObjectPath) -> None:
+    if isinstance(final, ObjectPath):
+        # One PUT, only if no object has the name: published whole, never replacing one.
+        if not final.put_if_absent(temp.read_bytes()):
+            raise PipelineError(f"{final} already exists; results are append-only (use a new run id)")
+        return
     try:
         # A hard link publishes atomically *and* fails if the name exists, which
         # os.replace would silently overwrite.
@@ -292,8 +308,10 @@ def _link(temp: Path, final: Path) -> None:
         os.replace(temp, final)
 
 
-def _fsync_dir(directory: Path) -> None:
-    # Makes the new directory entry durable; not possible on every platform.
+def _fsync_dir(directory: Path | ObjectPath) -> None:
+    # Makes the new directory entry durable; not possible on every platform (nor needed on S3).
+    if isinstance(directory, ObjectPath):
+        return
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError:

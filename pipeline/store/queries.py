@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from pipeline.core import run_options
+from pipeline.core import objects, run_options
 from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.objects import ObjectPath
 from pipeline.store.files import (
     runs_root,
     trades_root,
@@ -81,17 +82,23 @@ def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
 
     sweep_stale(results_root)
     con = connect_duckdb()
+    results = objects.location(results_root)
     tables = (
-        ("results", Path(results_root), RESULT_SCHEMA),
+        ("results", results, RESULT_SCHEMA),
         ("trades", trades_root(results_root), TRADE_SCHEMA),
         ("runs", runs_root(results_root), RUN_SCHEMA),
     )
     for name, root, schema in tables:
-        if root.is_dir() and next(root.rglob("*.parquet"), None) is not None:
-            # union_by_name: files written before a column was added still read.
-            relation = con.read_parquet(
-                str(root / "**" / "*.parquet"), hive_partitioning=True, union_by_name=True
-            )
+        files = _table_files(root) if isinstance(root, ObjectPath) else None
+        if files or (files is None and _has_files(root)):
+            if files:
+                con.register(f"_{name}_objects", _object_table(root, files))
+                relation = con.view(f"_{name}_objects")
+            else:
+                # union_by_name: files written before a column was added still read.
+                relation = con.read_parquet(
+                    str(root / "**" / "*.parquet"), hive_partitioning=True, union_by_name=True
+                )
             # Columns added after every file on disk was written read as NULL.
             missing = [f for f in schema if f.name not in relation.columns]
             if missing:
@@ -103,6 +110,31 @@ def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
             empty = pa.schema(list(schema) + PARTITION_FIELDS).empty_table()
             con.register(name, empty)
     return con
+
+
+def _has_files(root: Path) -> bool:
+    """Whether the local table folder `root` holds a published file yet."""
+    return root.is_dir() and next(root.rglob("*.parquet"), None) is not None
+
+
+def _table_files(root: ObjectPath) -> list[ObjectPath]:
+    """The published files of a table on object storage (one LIST): ``run_date=*/strategy=*/<run>.parquet``."""
+    return [root / key for key in sorted(root.walk_files())
+            if key.endswith(".parquet") and key.count("/") == 2 and not key.rpartition("/")[2].startswith(".")]
+
+
+def _object_table(root: ObjectPath, files: list[ObjectPath]) -> Any:
+    """A table's files on object storage as one pyarrow dataset for DuckDB: its columns are the union of
+    the files' (a file written before a column was added reads it as NULL, like `union_by_name`), plus the
+    `run_date` of its folder (hive partitioning, as DuckDB reads a local table)."""
+    import pyarrow.dataset as ds
+
+    partitioning = ds.partitioning(pa.schema(PARTITION_FIELDS), flavor="hive")
+    found = objects.dataset(files, partitioning=partitioning, partition_base_dir=root.arrow,
+                            exclude_invalid_files=False)
+    schema = pa.unify_schemas([fragment.physical_schema for fragment in found.get_fragments()]
+                              + [pa.schema(PARTITION_FIELDS)], promote_options="permissive")
+    return objects.dataset(files, schema=schema, partitioning=partitioning, partition_base_dir=root.arrow)
 
 
 def query(
@@ -142,8 +174,8 @@ def query(
 def _sandbox(con: duckdb.DuckDBPyConnection, results_root: str | os.PathLike[str]) -> None:
     """Confine `con` to reading the results, trades and runs folders: no other file, no network,
     no extension, and the configuration locked so the query cannot undo it."""
-    folders = [str(Path(root).resolve()) + os.sep for root in
-               (results_root, trades_root(results_root), runs_root(results_root))]
+    folders = [(str(root) + "/") if isinstance(root, ObjectPath) else str(Path(root).resolve()) + os.sep
+               for root in (objects.location(results_root), trades_root(results_root), runs_root(results_root))]
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET allowed_directories = ?", [folders])

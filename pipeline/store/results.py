@@ -44,6 +44,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core import objects
 from pipeline.store.files import (
     NothingToWrite,
     Publication,
@@ -110,7 +111,7 @@ def append_results(
         row = result_row(record, run_id, created)
         rows_by_strategy.setdefault(row["strategy"], []).append(row)
     return [
-        write_table(Path(results_root), run_id, strategy, created, rows, param_fields(RESULT_SCHEMA, rows))
+        write_table(objects.location(results_root), run_id, strategy, created, rows, param_fields(RESULT_SCHEMA, rows))
         for strategy, rows in rows_by_strategy.items()
     ]
 
@@ -134,7 +135,7 @@ class ResultSink:
         check_name(strategy, "strategy")
         self.created = as_utc(created, "created_at")
         self.run_id, self.strategy, self.schema = run_id, strategy, schema
-        self.path = (Path(results_root) / f"run_date={self.created.date().isoformat()}" / f"strategy={strategy}"
+        self.path = (objects.location(results_root) / f"run_date={self.created.date().isoformat()}" / f"strategy={strategy}"
                      / f"{run_id}.parquet")
         self.rows = 0
         self._files = contextlib.ExitStack()

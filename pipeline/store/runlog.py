@@ -8,13 +8,16 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pipeline.core import objects
 from pipeline.core.config import check_writable_folder
 from pipeline.core.errors import PipelineError
+from pipeline.core.objects import ObjectPath
 from pipeline.core.versions import ENGINE_VERSION, __version__
 from pipeline.store.files import (
     LEASED_TEMP,
     WRITERS,
     runs_root,
+    staging_root,
     sweep_lease,
     trades_root,
     write_table,
@@ -75,8 +78,10 @@ def append_run_metrics(
 def check_writable(results_root: str | os.PathLike[str]) -> None:
     """Fail before a run computes anything if any of its three tables' folders cannot be written;
     sweep up what killed runs left there."""
-    for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
-        check_writable_folder(root, "CRYPTOBT_RESULTS_ROOT")
+    for root in (objects.location(results_root), trades_root(results_root), runs_root(results_root)):
+        if isinstance(root, ObjectPath):
+            objects.check_reachable(root, "CRYPTOBT_RESULTS_ROOT")
+        check_writable_folder(staging_root(root), "CRYPTOBT_RESULTS_ROOT")
     sweep_stale(results_root)
 
 
@@ -88,16 +93,18 @@ def sweep_stale(results_root: str | os.PathLike[str]) -> list[Path]:
     A results file of a run that was never published means the run was killed: it is recorded in
     ``runs`` as interrupted, with no results. Best effort: what cannot be removed stays."""
     removed: list[Path] = []
-    for root in (Path(results_root), trades_root(results_root), runs_root(results_root)):
+    results = objects.location(results_root)
+    for root in (results, trades_root(results_root), runs_root(results_root)):
+        local = staging_root(root)  # where the temp files are (this machine's disk for a table on S3)
         try:
-            leases = [entry.path for entry in os.scandir(root / WRITERS) if entry.name.endswith(".lease")]
+            leases = [entry.path for entry in os.scandir(local / WRITERS) if entry.name.endswith(".lease")]
         except OSError:
             continue
         for lease in leases:
             with contextlib.suppress(OSError):
-                for temp, last_write in sweep_lease(root, Path(lease)):
+                for temp, last_write in sweep_lease(local, Path(lease)):
                     removed.append(temp)
-                    if root == Path(results_root):
+                    if root == results:
                         _record_killed(results_root, temp, last_write)
     return removed
 
@@ -106,7 +113,8 @@ def _record_killed(results_root: str | os.PathLike[str], temp: Path, last_write:
     """A runs row for the run whose results temp file `temp` a killed process left: interrupted,
     no results (unless the run was published after all: a kill between its links and the
     removal of its temp files)."""
-    final = temp.with_name(LEASED_TEMP.match(f"{temp.parent.parent.name}/{temp.parent.name}/{temp.name}")["final"])
+    name = LEASED_TEMP.match(f"{temp.parent.parent.name}/{temp.parent.name}/{temp.name}")["final"]
+    final = objects.location(results_root) / temp.parent.parent.name / temp.parent.name / name
     run_id = final.name.removesuffix(".parquet")
     strategy = final.parent.name.partition("=")[2]
     if final.exists() or not SAFE_NAME.match(run_id) or not SAFE_NAME.match(strategy):

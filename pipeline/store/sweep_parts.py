@@ -28,7 +28,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline.core import objects
 from pipeline.core.errors import InputError, PipelineError
+from pipeline.core.objects import ObjectPath
 from pipeline.store.files import publish_once, writing
 from pipeline.store.values import check_name
 
@@ -39,7 +41,7 @@ _META = b"cryptobt.sweep_part"
 
 def sweeps_root(results_root: str | os.PathLike[str]) -> Path:
     """Root of the distributed sweeps' parts: the sibling ``sweeps`` directory of the results root."""
-    return Path(results_root).parent / "sweeps"
+    return objects.location(results_root).parent / "sweeps"
 
 
 def run_folder(results_root: str | os.PathLike[str], run_id: str) -> Path:
@@ -79,7 +81,7 @@ def request_in(folder: Path) -> dict[str, Any]:
 def present(folder: Path) -> set[int]:
     """The chunks whose parts are in `folder`."""
     try:
-        names = os.listdir(folder)
+        names = [p.name for p in folder.iterdir()] if isinstance(folder, ObjectPath) else os.listdir(folder)
     except FileNotFoundError:
         return set()
     return {int(m[1]) for m in map(_PART.match, names) if m}
@@ -123,7 +125,8 @@ def read_part(folder: Path, index: int) -> tuple[dict[str, Any], np.ndarray, np.
     took them."""
     path = part_path(folder, index)
     try:
-        table = pq.read_table(path)
+        table = (pq.read_table(path.arrow, filesystem=objects.filesystem()) if isinstance(path, ObjectPath)
+                 else pq.read_table(path))
         meta = json.loads(table.schema.metadata[_META])
     except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
         raise PipelineError(f"{path} cannot be read ({exc}); remove it and resume to compute it again") from None
@@ -146,4 +149,7 @@ def read_part(folder: Path, index: int) -> tuple[dict[str, Any], np.ndarray, np.
 def remove(folder: Path) -> None:
     """The run's folder, once its results are published (best effort: what cannot go stays)."""
     with contextlib.suppress(OSError):
-        shutil.rmtree(folder)
+        if isinstance(folder, ObjectPath):
+            folder.remove_tree()
+        else:
+            shutil.rmtree(folder)
