@@ -281,3 +281,63 @@ def test_a_sweep_on_workers_with_lake_and_results_on_s3_equals_one_process_on_di
                    f"SELECT count(*) AS n FROM results WHERE run_id = '{spread_id}'", "--json")
     assert counted.returncode == 0, counted.stderr
     assert json.loads(counted.stdout) == [{"n": on_s3.num_rows}]
+
+
+def test_the_api_serves_a_lake_and_results_on_s3(s3_bucket):
+    """`cryptobt api` over a lake and a results table on S3: the catalog, a backtest, the run's rows."""
+    import httpx
+
+    from tests.api_server import serving
+
+    root = ObjectPath(f"s3://{s3_bucket}/lake")
+    build_sample_lake(root, n_symbols=2, years=0.3, sample=None)
+    settings = replace(Settings(), lake_root=root, results_root=ObjectPath(f"s3://{s3_bucket}/results"),
+                       redis_url="", cache_enabled=False)
+    with serving(settings) as (base, _app), httpx.Client(base_url=base, timeout=60) as client:
+        symbols = client.get("/api/symbols")
+        assert symbols.status_code == 200, symbols.text
+        answer = client.post("/api/backtest", json={"strategy": "rsi", "all": True})
+        assert answer.status_code == 200, answer.text
+        rows = client.get(f"/api/results/{answer.headers['x-run-id']}")
+        assert rows.status_code == 200, rows.text
+        assert sorted(r["symbol"] for r in rows.json()) == sorted(r["symbol"] for r in answer.json())
+    assert any(key.endswith(f"{answer.headers['x-run-id']}.parquet")
+               for key in ObjectPath(f"s3://{s3_bucket}/results").walk_files())
+
+
+EXPORT_CHILD = textwrap.dedent("""
+    import sys
+    from dataclasses import replace
+    from pipeline.core import objects
+    from pipeline.core.config import Settings
+    from pipeline.lake.export import run_export
+    settings = replace(Settings(), database_url=sys.argv[1], lake_root=objects.location(sys.argv[2]),
+                       snapshot_keep=2, snapshot_keep_hours=0)
+    run_export(settings, fail_at=sys.argv[3])
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_at", ["after-read", "mid-write", "before-commit"])
+def test_an_export_to_s3_killed_midway_leaves_the_lake_as_it_was_and_the_next_completes(s3_bucket, database_url,
+                                                                                        tmp_path, fail_at):
+    """The local disk's kill test (tests/test_lake.py), with the lake on S3."""
+    loaders.seed_database(database_url, n_symbols=3, years=0.3, seed=7)
+    remote = replace(Settings(), database_url=database_url, lake_root=ObjectPath(f"s3://{s3_bucket}/lake"),
+                     results_root=tmp_path / "results", snapshot_keep=2, snapshot_keep_hours=0)
+    previous = run_export(remote).snapshot_id
+    rows = _rows(remote.lake_root)
+    with psycopg.connect(database_url) as conn:
+        conn.execute("UPDATE crypto_prices SET volume = volume + 1 WHERE interval_type = '1h'"
+                     " AND datetime = (SELECT max(datetime) FROM crypto_prices)")
+    child = subprocess.run([sys.executable, "-c", EXPORT_CHILD, database_url, str(remote.lake_root), fail_at],
+                           env=dict(os.environ), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert child.returncode == 137, child.stderr
+    assert lake.current_snapshot(remote.lake_root).id == previous
+    assert [s.id for s in lake.list_snapshots(remote.lake_root)] == [previous]
+    assert _rows(remote.lake_root) == rows
+    finished = run_export(remote)
+    assert finished.created
+    reference = replace(remote, lake_root=tmp_path / "reference")
+    run_export(reference)
+    assert _rows(remote.lake_root) == _rows(reference.lake_root)
