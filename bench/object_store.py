@@ -112,12 +112,21 @@ def bench_object_store(n_symbols: int, years: float, sweep_sets: int = 1000, rep
             (pl.scan_parquet([f"s3://{f}" for f in files], storage_options=storage)
              .select("symbol_id", pl.col("ts").dt.epoch("us"), "close").sort("symbol_id", "ts").collect())
 
+        from fsspec.implementations.arrow import ArrowFSWrapper
+
+        class S3Arrow(ArrowFSWrapper):
+            protocol = ("s3",)
+
+        wrapped = S3Arrow(objects.filesystem())
+
         def duckdb_fsspec() -> None:
+            # One thread: with several, DuckDB's reads through the wrapper returned garbage (see objects.dataset).
             con = duckdb.connect()
-            objects.register(con)
+            con.execute("SET threads = 1")
+            con.register_filesystem(wrapped)
             con.execute(query.format("read_parquet($files)"), {"files": [f"s3://{f}" for f in files]}).fetchnumpy()
 
-        out["alternatives"] = {"duckdb_over_pyarrow_s3fs": timed(duckdb_fsspec, repeat),
+        out["alternatives"] = {"duckdb_read_parquet_over_fsspec_one_thread": timed(duckdb_fsspec, repeat),
                                "pyarrow_dataset_as_arrow": timed(pyarrow_dataset, repeat),
                                "polars_native_scan": timed(polars_scan, repeat)}
         rsi = strategies.get_strategy("rsi")

@@ -316,55 +316,46 @@ def local_folder(lake_root: Path | ObjectPath) -> Path:
 
 
 @contextmanager
-def _object_reading(lake_root: ObjectPath, snapshot: Snapshot) -> Iterator[Snapshot]:
-    """`reading` on object storage: a lease object per run, removed when the run ends; a killed run's
-    lease expires after LEASE_HOURS."""
-    for _ in range(3):
-        lease = lake_root / OBJECT_READERS / snapshot.id / f"{os.getpid()}-{secrets.token_hex(6)}"
+def _pin(lake_root: Path | ObjectPath, snapshot_id: str) -> Iterator[None]:
+    """A reader's pin on a snapshot for the block: a shared flock on `<lake>/.readers/<id>.lock` (it dies
+    with the reader); on object storage a lease object `_readers/<id>/<token>`, removed when the block
+    ends (a killed reader's expires after LEASE_HOURS). A read-only local lake pins nothing: nothing can
+    vacuum it under the reader either."""
+    if isinstance(lake_root, ObjectPath):
+        lease = lake_root / OBJECT_READERS / snapshot_id / f"{os.getpid()}-{secrets.token_hex(6)}"
         lease.write_bytes(b"")
         try:
-            if (snapshot.path / MANIFEST).exists():
-                yield snapshot
-                return
+            yield
         finally:
             lease.unlink(missing_ok=True)
-        latest = current_snapshot(lake_root)
-        if latest is None or latest.id == snapshot.id:
-            break
-        snapshot = latest
-    raise PipelineError(f"snapshot {snapshot.id} was removed by `cryptobt lake vacuum` before this run could "
-                        "read it; run again (it reads the current snapshot)")
+        return
+    try:
+        folder = lake_root / READERS
+        folder.mkdir(exist_ok=True)
+        handle = open(folder / f"{snapshot_id}.lock", "a+")  # noqa: SIM115 - held for the block
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(handle, fcntl.LOCK_SH)
+        yield
+    finally:
+        handle.close()
 
 
 @contextmanager
 def reading(lake_root: Path | ObjectPath, snapshot: Snapshot) -> Iterator[Snapshot]:
-    """Pin `snapshot` while a run reads it: `vacuum` leaves a pinned snapshot for a later vacuum.
+    """Pin `snapshot` while a run reads it (`_pin`): `vacuum` leaves a pinned snapshot for a later vacuum.
 
-    A shared flock on `<lake>/.readers/<id>.lock` (it dies with the reader, so a killed reader
-    never pins forever). If the snapshot was superseded and removed between resolving it and
-    pinning it, the current snapshot is pinned instead; a snapshot named explicitly that is
-    gone is an error saying so.
+    If the snapshot was superseded and removed between resolving it and pinning it, the current
+    snapshot is pinned instead; a snapshot named explicitly that is gone is an error saying so.
     """
-    if isinstance(lake_root, ObjectPath):
-        with _object_reading(lake_root, snapshot) as pinned:
-            yield pinned
-        return
-    lake_root = Path(lake_root)
+    lake_root = lake_root if isinstance(lake_root, ObjectPath) else Path(lake_root)
     for _ in range(3):
-        try:
-            folder = lake_root / READERS
-            folder.mkdir(exist_ok=True)
-            handle = open(folder / f"{snapshot.id}.lock", "a+")  # noqa: SIM115 - held for the block
-        except OSError:  # a read-only lake: nothing can vacuum it under us either
-            yield snapshot
-            return
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH)
+        with _pin(lake_root, snapshot.id):
             if (snapshot.path / MANIFEST).exists():
                 yield snapshot
                 return
-        finally:
-            handle.close()
         latest = current_snapshot(lake_root)
         if latest is None or latest.id == snapshot.id:
             break
