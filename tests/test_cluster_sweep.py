@@ -260,3 +260,20 @@ def test_bad_scale_out_options_are_one_line_errors_before_any_write(env, tmp_pat
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not Path(env["CRYPTOBT_RESULTS_ROOT"]).parent.joinpath("sweeps").exists()
     assert not Path(env["CRYPTOBT_RESULTS_ROOT"]).exists()
+
+
+def test_ctrl_c_stops_a_distributed_sweep_between_chunks_and_resume_finishes_it(reference, env, tmp_path):
+    """SIGINT: the chunks under way finish, the parts stay, the last line says how to resume, exit 130; the
+    resumed run equals the uninterrupted one."""
+    results_root = Path(env["CRYPTOBT_RESULTS_ROOT"])
+    sweep = _start_sweep([*SWEEP, "--workers", "1", "--chunk-sets", "2", "--chunk-symbols", "1"], env, tmp_path)
+    _wait_for_parts(results_root, sweep, 2)
+    sweep.send_signal(signal.SIGINT)
+    _, err = sweep.communicate(timeout=180)
+    assert sweep.returncode == 130, err
+    [folder] = (results_root.parent / "sweeps").iterdir()
+    assert f"`cryptobt sweep --resume {folder.name}` computes the rest" in err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    resumed = _cli(["sweep", "--resume", folder.name, "--json"], env, tmp_path)
+    _assert_identical(results_root, resumed["run_id"], reference[1])
+    _complete(results_root, resumed["run_id"])

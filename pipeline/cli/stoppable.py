@@ -37,6 +37,9 @@ def stoppable(func: F) -> F:
                 result = func(*args, **kwargs)
         except stopping.RunStopped as exc:
             _say_stopped(str(exc))
+        except stopping.ChunksKept as exc:
+            err_console.print(f"stopped ({stopping.name()}): {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(stopping.exit_code()) from None
         except BaseException as exc:  # before the run began writing, or after it returned
             if not isinstance(exc, KeyboardInterrupt) and not stopping.at_once(exc):
                 raise

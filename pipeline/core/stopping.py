@@ -39,6 +39,10 @@ class RunStopped(StopNow):
         super().__init__(text)
 
 
+class ChunksKept(StopNow):
+    """A distributed sweep stopped between its chunks: the parts written stay for `--resume`."""
+
+
 class _State:
     def __init__(self) -> None:
         self.first: int | None = None  # the first stop signal received

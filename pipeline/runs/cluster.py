@@ -256,8 +256,8 @@ def _run_chunks(pool: Executor | None, folder: Path, missing: list[Chunk], lake_
     def stopped() -> None:
         if should_stop is not None and should_stop():
             kept = len(sweep_parts.present(folder))
-            raise PipelineError(f"stopped ({stopping.name()}): {kept} of {n_chunks} chunks are kept in {folder}; "
-                                f"`cryptobt sweep --resume {run_id}` computes the rest")
+            raise stopping.ChunksKept(f"{kept} of {n_chunks} chunks are kept in {folder}; "
+                                      f"`cryptobt sweep --resume {run_id}` computes the rest")
 
     if pool is None:
         for chunk in missing:
