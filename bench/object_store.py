@@ -63,6 +63,17 @@ def moto_server() -> Any:
 
 def bench_object_store(n_symbols: int, years: float, sweep_sets: int = 1000, repeat: int = 3,
                        workers: tuple[int, ...] = (1, 2, 4), big_sets: int = 100_000) -> dict:
+    """The rows (see the module's docstring); this process's environment as it was afterwards."""
+    saved = dict(os.environ)
+    try:
+        return _bench(n_symbols, years, sweep_sets, repeat, workers, big_sets)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _bench(n_symbols: int, years: float, sweep_sets: int, repeat: int, workers: tuple[int, ...],
+           big_sets: int) -> dict:
     import duckdb
     import polars as pl
     import pyarrow.dataset as ds
@@ -186,8 +197,9 @@ def _worker_peak(sets: int, env: dict[str, str], remote: Any, folder: Path) -> d
 
             symbols = sorted(lake.current_snapshot(remote).symbols)[:4]
             side = round(sets ** (1 / 3))
-            specs = [f"rsi_period=2:{1 + side}:1", f"oversold_threshold=10:{9 + side}:1",
-                     f"overbought_threshold=60:{59 + side}:1"]
+            # Every threshold in range: oversold 5.., overbought ..99 (side <= 47 for 100k sets).
+            specs = [f"rsi_period=2:{1 + side}:1", f"oversold_threshold=5:{4 + side}:1",
+                     f"overbought_threshold={100 - side}:99:1"]
             command = [sys.executable, "-m", "pipeline", "sweep", "rsi", *[a for s in specs for a in ("-g", s)],
                        *[a for name in symbols for a in ("--symbol", name)], "--yes", "--json", "--cluster", address]
             t = time.perf_counter()

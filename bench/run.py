@@ -224,6 +224,14 @@ def main() -> None:
 
     out["sweep_stats"] = stats_bench.bench_sweep_stats(settings, grid, one)
 
+    print("the lake on object storage (moto S3) against the local disk, sweeps on 1, 2, 4 workers...", flush=True)
+    from bench import object_store
+
+    out["object_store"] = object_store.bench_object_store(
+        6 if args.smoke else 20 if args.quick else 211, 0.25 if args.smoke else 1.0,
+        64 if args.smoke else 1000, repeat=1 if args.quick else 3,
+        big_sets=1000 if args.quick else 100_000)
+
     print("sweep 100,000 combinations (CLI, its own process)...", flush=True)
     out["sweep_100k"] = bench_sweep_100k(settings, snapshot, env, 1 if args.quick else 10, args.quick)
 
@@ -834,6 +842,10 @@ def write_report(r: dict, path: Path) -> None:
         from bench import sweep_stats as stats_bench
 
         lines += stats_bench.report_lines(r["sweep_stats"])
+    if r.get("object_store"):
+        from bench import object_store
+
+        lines += object_store.report_lines(r["object_store"])
     if r.get("seed"):
         lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")
