@@ -229,8 +229,8 @@ def main() -> None:
 
     out["object_store"] = object_store.bench_object_store(
         6 if args.smoke else 20 if args.quick else 211, 0.25 if args.smoke else 1.0,
-        64 if args.smoke else 1000, repeat=1 if args.quick else 3,
-        big_sets=1000 if args.quick else 100_000)
+        64 if args.smoke else 1000, repeat=1 if args.quick else 3, workers=(2,) if args.smoke else (1, 2, 4),
+        big_sets=64 if args.smoke else 1000 if args.quick else 100_000)
 
     print("sweep 100,000 combinations (CLI, its own process)...", flush=True)
     out["sweep_100k"] = bench_sweep_100k(settings, snapshot, env, 1 if args.quick else 10, args.quick)
