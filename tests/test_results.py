@@ -361,3 +361,46 @@ def test_temp_file_left_behind_by_a_killed_writer_is_not_matched_by_the_glob(
     # The run can be retried under the same id: the leftover blocks nothing.
     rt.append_results(root, "run-killed", [make_result("ETH")], created_at=CREATED)
     assert sorted(r["symbol"] for r in read_plain(root, "symbol")) == ["BTC", "ETH"]
+
+
+def _full_ranking(root: Path, strategy: str | None, n: int, min_trades: int | None) -> list[tuple]:
+    """`results top` as it was before the cut: every row ranked (the dedup window over the whole table)."""
+    from pipeline.store import queries
+
+    return queries.query(root, queries._TOP_SQL, [strategy, None, n, min_trades, None])[1]
+
+
+def test_top_through_the_cut_equals_ranking_every_row(tmp_path_factory) -> None:
+    """For any history (backtests re-run many times, ties, strategies, trade counts), `top` ranking only the
+    rows above its cut answers what ranking every row answers: the same rows, in the same order."""
+    from hypothesis import HealthCheck, example, given, settings
+    from hypothesis import strategies as st
+
+    backtest = st.tuples(st.sampled_from(["BTC", "ETH", "SOL", "ADA"]), st.sampled_from(["rsi", "macd"]),
+                         st.sampled_from([7, 14, 21]), st.sampled_from([-5.0, 0.0, 1.5, 1.5, 8.0, 20.0]),
+                         st.integers(0, 4), st.integers(1, 12))
+
+    # Three backtests re-run 12 times each: the first cut (8 x 3 rows) holds two of them, so it goes deeper.
+    deeper = [("BTC", "rsi", 7, 20.0, 3, 12), ("ETH", "rsi", 7, 8.0, 3, 12), ("SOL", "rsi", 7, 1.5, 3, 12)]
+
+    @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(backtest, min_size=1, max_size=10), st.integers(1, 6), st.sampled_from([None, "rsi"]),
+           st.sampled_from([None, 2]))
+    @example(deeper, 3, None, None)
+    def check(backtests, n, strategy, min_trades):
+        root = tmp_path_factory.mktemp("history") / "results"
+        runs: dict[int, list[dict]] = {}
+        numbers: dict[tuple, tuple] = {}  # one backtest (its data, code and parameters) has one set of numbers
+        for symbol, name, period, total_return, trades, copies in backtests:
+            total_return, trades = numbers.setdefault((symbol, name, period), (total_return, trades))
+            params = {"rsi_period": period} if name == "rsi" else {"fast_period": period}
+            record = make_result(symbol, name, total_return_pct=total_return, num_trades=trades)
+            record["params"] = {**record["params"], **params}
+            for copy in range(copies):  # the same backtest re-run: the same numbers, a later run
+                runs.setdefault(copy, []).append(record)
+        for copy, records in sorted(runs.items()):
+            rt.append_results(root, f"run-{copy:02d}", records, created_at=CREATED + timedelta(hours=copy))
+        assert rt.top(root, strategy=strategy, n=n, min_trades=min_trades)[1] == \
+            _full_ranking(root, strategy, n, min_trades)
+
+    check()

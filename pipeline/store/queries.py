@@ -3,9 +3,11 @@ queries the CLI, the API and the dashboard ask: top, show, round trips, run hist
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +30,7 @@ from pipeline.store.schemas import (
     TRADE_SCHEMA,
 )
 from pipeline.store.values import (
+    SAFE_NAME,
     as_utc,
     utc_now,
 )
@@ -38,18 +41,26 @@ if TYPE_CHECKING:
 # The per-set run options' result columns (stops, size, slippage, leverage), as the SQL below names them.
 _PER_SET = ", ".join(o.record_field for o in run_options.PER_SET)
 
+# The rows `results top` ranks: $1 strategy, $2 run id, $4 fewest trades (each NULL: any).
+_TOP_FILTER = """($1::VARCHAR IS NULL OR strategy = $1)
+  AND ($2::VARCHAR IS NULL OR run_id = $2)
+  AND ($4::BIGINT IS NULL OR num_trades >= $4)
+  AND total_return_pct IS NOT NULL
+  AND coalesce(mode, 'single') = 'single'
+  AND fold IS NULL AND split IS NULL"""
+# The total return of the $3-th best row (0-based) among them: the rows at or above it are the candidates.
+_TOP_CUT_SQL = f"""
+SELECT total_return_pct FROM results WHERE {_TOP_FILTER}
+ORDER BY total_return_pct DESC LIMIT 1 OFFSET $3
+"""  # noqa: S608 (a constant)
 _TOP_SQL = f"""
 SELECT symbol, strategy, params_json, interval, total_return_pct, buy_hold_return_pct,
        sharpe, max_drawdown_pct, win_rate_pct, num_trades, closed_trades, final_value,
        {_PER_SET}, snapshot_id, source, coalesce(market, 'spot') AS market,
        data_version, run_id, created_at
 FROM results
-WHERE ($1::VARCHAR IS NULL OR strategy = $1)
-  AND ($2::VARCHAR IS NULL OR run_id = $2)
-  AND ($4::BIGINT IS NULL OR num_trades >= $4)
-  AND total_return_pct IS NOT NULL
-  AND coalesce(mode, 'single') = 'single'
-  AND fold IS NULL AND split IS NULL
+WHERE {_TOP_FILTER}
+  AND ($5::DOUBLE IS NULL OR total_return_pct >= $5)
 -- The same backtest re-run in later runs counts once: keep its newest row.
 QUALIFY row_number() OVER (
     PARTITION BY symbol, strategy, params_json, interval, timerange_start, timerange_end,
@@ -75,9 +86,11 @@ WHERE started_at >= $1
 """
 
 
-def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
+def connect(results_root: str | os.PathLike[str], run_id: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs`` (what killed
-    runs left in their folders swept up first)."""
+    runs left in their folders swept up first). With `run_id`, the views hold that run's files alone
+    (a run's file in every table is ``run_date=*/strategy=*/<run_id>.parquet``): a query about one run
+    reads one run's files, not the whole history."""
     from pipeline.lake.reader import connect_duckdb
 
     sweep_stale(results_root)
@@ -88,16 +101,21 @@ def connect(results_root: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
         ("trades", trades_root(results_root), TRADE_SCHEMA),
         ("runs", runs_root(results_root), RUN_SCHEMA),
     )
+    one_run = run_id is not None and SAFE_NAME.match(run_id) is not None
     for name, root, schema in tables:
         files = _table_files(root) if isinstance(root, ObjectPath) else None
+        if one_run:
+            files = ([f for f in files if f.name == f"{run_id}.parquet"] if files is not None
+                     else sorted(root.glob(f"run_date=*/strategy=*/{run_id}.parquet")))
         if files or (files is None and _has_files(root)):
-            if files:
+            if isinstance(root, ObjectPath):
                 con.register(f"_{name}_objects", _object_table(root, files))
                 relation = con.view(f"_{name}_objects")
             else:
                 # union_by_name: files written before a column was added still read.
                 relation = con.read_parquet(
-                    str(root / "**" / "*.parquet"), hive_partitioning=True, union_by_name=True
+                    [str(f) for f in files] if one_run else str(root / "**" / "*.parquet"),
+                    hive_partitioning=True, union_by_name=True
                 )
             # Columns added after every file on disk was written read as NULL.
             missing = [f for f in schema if f.name not in relation.columns]
@@ -141,19 +159,37 @@ def query(
     results_root: str | os.PathLike[str],
     sql: str,
     parameters: Sequence[Any] | None = None,
+    run_id: str | None = None,
 ) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Run read-only SQL over the views ``results``, ``trades``, ``runs``; returns (columns, rows).
+    """Run read-only SQL over the views ``results``, ``trades``, ``runs`` (of the run `run_id` alone when
+    given: `sql` must then be about that run only); returns (columns, rows).
 
     The query runs sandboxed (see `_sandbox`): SELECT statements only, and no file or network
     access beyond reading the three tables' folders.
     """
+    with session(results_root, run_id) as run:
+        return run(sql, parameters)
+
+
+@contextmanager
+def session(results_root: str | os.PathLike[str],
+            run_id: str | None = None) -> Iterator[Callable[..., tuple[list[str], list[tuple[Any, ...]]]]]:
+    """`query`'s sandboxed connection for several queries: yields run(sql, parameters) -> (columns, rows)."""
+    con = connect(results_root, run_id)
+    try:
+        _sandbox(con, results_root)
+        yield functools.partial(_execute, con)
+    finally:
+        con.close()
+
+
+def _execute(con: duckdb.DuckDBPyConnection, sql: str,
+             parameters: Sequence[Any] | None = None) -> tuple[list[str], list[tuple[Any, ...]]]:
     if not sql.strip():
         raise InputError("the query is empty; e.g. SELECT count(*) FROM results")
     import duckdb
 
-    con = connect(results_root)
     try:
-        _sandbox(con, results_root)
         statements = con.extract_statements(sql)
         kinds = {statement.type for statement in statements}
         if not statements or kinds - {duckdb.StatementType.SELECT}:
@@ -167,8 +203,6 @@ def query(
     except duckdb.Error as exc:
         # DuckDB's message spans lines (the query with a caret under the error): keep its first line.
         raise PipelineError(f"query failed: {str(exc).strip().splitlines()[0]}") from exc
-    finally:
-        con.close()
 
 
 def _sandbox(con: duckdb.DuckDBPyConnection, results_root: str | os.PathLike[str]) -> None:
@@ -195,7 +229,20 @@ def top(
     ``min_trades``, only results with at least that many entries."""
     if n < 1:
         raise InputError(f"n={n} must be >= 1")
-    return query(results_root, _TOP_SQL, [strategy, run_id, n, min_trades])
+    # Ranking every row of a long history (dedup window over millions of rows) cost seconds: rank only the
+    # rows at or above the total return of the `candidates`-th best. The copies of one backtest (the
+    # window's partition: same data, code, parameters and settings) have the same numbers, so they are all
+    # above the cut or all below it, and the answer is the whole table's. Fewer than `n` distinct
+    # backtests above the cut: a deeper cut, until it takes every row.
+    candidates = 8 * n
+    with session(results_root, run_id) as run:
+        while True:
+            _, cut = run(_TOP_CUT_SQL, [strategy, run_id, candidates - 1, min_trades])
+            threshold = cut[0][0] if cut else None
+            columns, rows = run(_TOP_SQL, [strategy, run_id, n, min_trades, threshold])
+            if threshold is None or len(rows) >= n:
+                return columns, rows
+            candidates *= 8
 
 
 _RUN_ROWS_SQL = """
@@ -206,7 +253,7 @@ ORDER BY total_return_pct DESC NULLS LAST, symbol
 
 def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Every results row of one run, best total return first."""
-    return query(results_root, _RUN_ROWS_SQL, [run_id])
+    return query(results_root, _RUN_ROWS_SQL, [run_id], run_id)
 
 
 # A run's full-range rows (fold IS NULL) and, apart, its walk-forward rows (fold, split).
@@ -262,15 +309,15 @@ def show(results_root: str | os.PathLike[str], run_id: str | None = None, n: int
     if n < 1:
         raise InputError(f"--n {n} must be >= 1")
     run_id = latest_run_id(results_root) if run_id is None else run_id
-    columns, rows = query(results_root, _SHOW_RUN_SQL, [run_id])
+    columns, rows = query(results_root, _SHOW_RUN_SQL, [run_id], run_id)
     if not rows:
         raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "
                          "cryptobt results runs")
     run = dict(zip(columns, rows[0], strict=True))
-    set_columns, sets = query(results_root, _SHOW_SETS_SQL, [run_id])
+    set_columns, sets = query(results_root, _SHOW_SETS_SQL, [run_id], run_id)
     run["swept"], run["fixed"] = _swept_and_fixed([dict(zip(set_columns, row, strict=True)) for row in sets])
-    board_columns, board = query(results_root, _SHOW_SQL, [run_id, n])
-    _, folds = query(results_root, _SHOW_FOLDS_SQL, [run_id])
+    board_columns, board = query(results_root, _SHOW_SQL, [run_id, n], run_id)
+    _, folds = query(results_root, _SHOW_FOLDS_SQL, [run_id], run_id)
     return {"run": run, "columns": board_columns, "rows": board, "walk_forward": folds}
 
 
@@ -302,10 +349,10 @@ def round_trips(results_root: str | os.PathLike[str], run_id: str | None = None,
     """A run's round trips (SPEC 4.1) from the trades table, the newest run with `run_id` None: an entry
     with its exit, one row each; a position open at the end has `exit_reason = end_of_data`."""
     run_id = latest_run_id(results_root) if run_id is None else run_id
-    columns, rows = query(results_root, _TRADES_SQL, [run_id, symbol])
+    columns, rows = query(results_root, _TRADES_SQL, [run_id, symbol], run_id)
     if not rows:
         _, found = query(results_root, "SELECT count(*), count(*) FILTER (WHERE symbol = $2) FROM results "
-                         "WHERE run_id = $1", [run_id, symbol])
+                         "WHERE run_id = $1", [run_id, symbol], run_id)
         total, of_symbol = found[0]
         if not total:
             raise InputError(f"no run {run_id!r} in the results table at {results_root}; recent runs: "
@@ -391,4 +438,4 @@ def sweep_sets(results_root: str | os.PathLike[str], run_id: str, symbol: str | 
                n: int = 100_000) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Each parameter set of a run with its mean metrics over the symbols (or on `symbol`): a
     sweep's heatmap. Walk-forward rows are left out."""
-    return query(results_root, _SWEEP_SETS_SQL, [run_id, symbol, n])
+    return query(results_root, _SWEEP_SETS_SQL, [run_id, symbol, n], run_id)
