@@ -232,6 +232,12 @@ def main() -> None:
         64 if args.smoke else 1000, repeat=1 if args.quick else 3, workers=(2,) if args.smoke else (1, 2, 4),
         big_sets=64 if args.smoke else 1000 if args.quick else 100_000)
 
+    print("results queries over a long history...", flush=True)
+    from bench import results_queries
+
+    out["results_queries"] = results_queries.bench_results_queries(20 if args.smoke else 100 if args.quick else 500,
+                                                                   repeat=1 if args.quick else 3)
+
     print("sweep 100,000 combinations (CLI, its own process)...", flush=True)
     out["sweep_100k"] = bench_sweep_100k(settings, snapshot, env, 1 if args.quick else 10, args.quick)
 
@@ -846,6 +852,10 @@ def write_report(r: dict, path: Path) -> None:
         from bench import object_store
 
         lines += object_store.report_lines(r["object_store"])
+    if r.get("results_queries"):
+        from bench import results_queries
+
+        lines += results_queries.report_lines(r["results_queries"])
     if r.get("seed"):
         lines.append(f"| seed (binary COPY, all indexes) | {r['seed']['rows_per_second']:,.0f} rows/s | "
                      f">= 1,000,000 rows/s | {_goal(r['seed']['rows_per_second'], 1e6, False)} |")

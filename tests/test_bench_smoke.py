@@ -40,6 +40,7 @@ def test_smoke_benchmark_writes_a_report_with_every_scenario(tmp_path, pg_admin_
     # Issue 31's rows: S3 against the local disk, a sweep on workers, a worker's peak memory.
     assert "## The lake on object storage" in report and raw["object_store"]["workers"]["2"]["median"] > 0
     assert len(raw["object_store"]["worker_peak"]["workers_mb"]) == 2
+    assert raw["results_queries"]["rows"] == 20 * 20_000 and "## Results queries over a long history" in report
     assert raw["futures"]["run_ratio"] > 0 and "as perpetual futures" in report and "futures sweep" in report
     if "seeds_original" in raw["baselines"]:  # the baselines ran (pandas is there): each peer has its row
         for peer in ("vectorbt", "vectorbt_rust", "fast_trade"):
