@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
@@ -82,10 +81,6 @@ class ObjectPath:
         return posixpath.basename(self.key)
 
     @property
-    def suffix(self) -> str:
-        return posixpath.splitext(self.name)[1]
-
-    @property
     def parent(self) -> ObjectPath:
         return ObjectPath(f"{SCHEME}{self.bucket}/{posixpath.dirname(self.key)}")
 
@@ -114,14 +109,6 @@ class ObjectPath:
 
         return self._info().type == pafs.FileType.File
 
-    def stat(self) -> ObjectStat:
-        import pyarrow.fs as pafs
-
-        info = self._info()
-        if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(str(self))
-        return ObjectStat(info.size or 0, info.mtime_ns or 0)
-
     def read_bytes(self) -> bytes:
         try:
             with filesystem().open_input_stream(self.arrow) as stream:
@@ -135,11 +122,6 @@ class ObjectPath:
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
-
-    def open(self, mode: str = "rb") -> Any:
-        if mode != "rb":
-            raise ValueError("an object is opened for reading only; write it whole with write_bytes")
-        return filesystem().open_input_file(self.arrow)
 
     def iterdir(self) -> Iterator[ObjectPath]:
         """The keys and "folders" directly under this prefix, sorted."""
@@ -202,17 +184,18 @@ class ObjectPath:
         """Write the object only if no object has this key (``If-None-Match: *``): True if this call
         wrote it, False if one was there. Of two concurrent calls exactly one wins (AWS S3 since
         2024-08, MinIO, R2, moto). A store that ignores the header would let both win: `put_if_absent`
-        then reads the object back and answers False unless it holds `data` (see the contract)."""
+        then asks for the object's ETag (a HEAD, not a read of it) and answers False unless it is the
+        one this PUT wrote (see the contract)."""
         from botocore.exceptions import ClientError
 
         try:
-            _client().put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
+            written = _client().put_object(Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 return False
             raise
-        return self.read_bytes() == data
+        return _client().head_object(Bucket=self.bucket, Key=self.key)["ETag"] == written["ETag"]
 
 
 def local_folder(root: ObjectPath) -> Path:
@@ -246,9 +229,6 @@ def _region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-_lock = threading.Lock()
-
-
 def filesystem() -> pafs.S3FileSystem:
     """pyarrow's S3FileSystem for the environment's endpoint, one per process and endpoint."""
     return _filesystem(_endpoint(), _region())
@@ -258,12 +238,11 @@ def filesystem() -> pafs.S3FileSystem:
 def _filesystem(endpoint: tuple[str | None, str], region: str) -> pafs.S3FileSystem:
     import pyarrow.fs as pafs
 
-    with _lock:
-        host, scheme = endpoint
-        return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region,
-                                 # A path-style address works with MinIO, moto and R2 alike.
-                                 force_virtual_addressing=False, allow_bucket_creation=False,
-                                 connect_timeout=5, request_timeout=30)
+    host, scheme = endpoint
+    return pafs.S3FileSystem(endpoint_override=host, scheme=scheme, region=region,
+                             # A path-style address works with MinIO, moto and R2 alike.
+                             force_virtual_addressing=False, allow_bucket_creation=False,
+                             connect_timeout=5, request_timeout=30)
 
 
 def _client() -> Any:

@@ -88,7 +88,7 @@ class _Temp:
         # Every table file is <root>/run_date=.../strategy=.../<file>; other files name their root.
         root = final.parent.parent.parent if lease_root is None else lease_root
         local_root = staging_root(root)
-        local_final = local_root / str(final)[len(str(root)) + 1:] if local_root is not root else final
+        local_final = local_root / str(final.relative_to(root)) if local_root is not root else final
         local_final.parent.mkdir(parents=True, exist_ok=True)
         self.path = local_final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
         os.write(_lease(local_root), f"{self.path.relative_to(local_root)}\n".encode())
@@ -199,10 +199,10 @@ def one_run() -> Iterator[Publication]:
             _fsync_dir(directory)
 
 
-def _publish(table: pa.Table, final: Path) -> Path:
+def _publish(table: pa.Table, final: Path, lease_root: Path | None = None) -> Path:
     """Write ``table`` to ``final`` atomically; never replaces an existing file (inside `one_run`,
     only staged: the block publishes it)."""
-    with writing(final, table.nbytes) as handle:
+    with writing(final, table.nbytes, lease_root) as handle:
         pq.write_table(table, handle, compression="zstd")
     return final
 
@@ -278,8 +278,7 @@ def publish_once(table: pa.Table, final: Path, lease_root: Path) -> bool:
     if final.exists():
         return False
     try:
-        with writing(final, table.nbytes, lease_root) as handle:
-            pq.write_table(table, handle, compression="zstd")
+        _publish(table, final, lease_root)
     except PipelineError:
         if final.exists():
             return False
