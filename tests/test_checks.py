@@ -155,7 +155,7 @@ def test_the_check_covers_a_strategys_own_short_signals(tmp_path, market):
 @pytest.mark.parametrize("name", ["rsi", "ma_crossover", "bollinger", "macd", "buy_and_hold"])
 def test_the_built_ins_have_no_look_ahead(name, market):
     report = checks.check_symbol(get_strategy(name), {}, "X", market)
-    assert report.lookahead == []
+    assert report.lookahead == [] and report.declaration == []
     assert report.cuts_checked == len(market["close"])
 
 
@@ -195,3 +195,23 @@ def test_cli_check_exits_1_naming_the_peek_and_0_for_a_causal_strategy(tmp_path)
                             timeout=600)
     assert causal.returncode == 0, causal.stderr
     assert "no look-ahead" in causal.stdout and "LOOK-AHEAD" not in causal.stdout
+
+
+DONCHIAN = (ROOT / "examples" / "strategies" / "donchian.py").read_text()
+
+
+@pytest.mark.slow
+def test_the_check_names_an_indicator_reading_a_parameter_its_mapping_leaves_out(tmp_path, market):
+    """A sweep reuses each indicator row across sets differing only in parameters it does not declare: a
+    mapping that hides one would give those sets a wrong indicator, so the check changes each such
+    parameter and names the row that moves. The honest Donchian passes."""
+    lying = DONCHIAN.replace('NAME = "donchian"', 'NAME = "donchian_lying"').replace(
+        '{"upper": ("entry_period",), "lower": ("exit_period",)}', '{"upper": ("exit_period",), "lower": ("exit_period",)}')
+    assert lying != DONCHIAN.replace('NAME = "donchian"', 'NAME = "donchian_lying"')
+    (tmp_path / "donchian_lying.py").write_text(lying)
+    (tmp_path / "donchian.py").write_text(DONCHIAN)
+    strategies.add_strategy_paths([tmp_path])
+    found = checks.check_symbol(get_strategy("donchian_lying"), {}, "X", market).declaration
+    assert len(found) == 1 and "indicator 'upper' changes with entry_period (20 -> 21)" in found[0]
+    honest = checks.check_symbol(get_strategy("donchian"), {}, "X", market)
+    assert honest.declaration == [] and honest.lookahead == []

@@ -170,6 +170,17 @@ BROKEN = {
               r"clash\.py: strategy name 'rsi' clashes with the built-in 'rsi'"),
     "plain": (DONCHIAN.read_text().replace('NAME = "donchian"', 'NAME = "plainpy"').replace(
         "@njit(cache=True)\ndef signals", "def signals"), r"plain\.py: signals is not a Numba function"),
+    "unmapped": (DONCHIAN.read_text().replace('NAME = "donchian"', 'NAME = "unmapped"').replace(
+        '"lower": ("exit_period",)', '"middle": ("exit_period",)'),
+        r"unmapped\.py: INDICATOR_PARAMS as a mapping must name every indicator of INDICATORS \('upper', 'lower'\) "
+        r"once: missing \['lower'\]; unknown \['middle'\]"),
+    "unknown_param": (DONCHIAN.read_text().replace('NAME = "donchian"', 'NAME = "unknown_param"').replace(
+        '"lower": ("exit_period",)', '"lower": ("exit",)'),
+        r"unknown_param\.py: INDICATOR_PARAMS names \['exit'\] which are not in PARAMS"),
+    "bare_name": (DONCHIAN.read_text().replace('NAME = "donchian"', 'NAME = "bare_name"').replace(
+        '"lower": ("exit_period",)', '"lower": "exit_period"'),
+        r"bare_name\.py: INDICATOR_PARAMS must be a tuple of parameter names \(or a mapping of each indicator to "
+        r"one\), not 'exit_period'"),
 }
 
 
@@ -199,3 +210,39 @@ def test_the_cli_refuses_a_broken_strategy_path_in_one_line(tmp_path):
     env["CRYPTOBT_STRATEGY_PATH"] = str(folder)
     done = _cli(["strategies"], env, tmp_path)
     assert done.returncode == 1 and "oops.py: missing declaration PARAMS" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_sweep_sharing_each_indicator_row_equals_every_set_run_alone(donchian):
+    """INDICATOR_PARAMS as a mapping: the kernel keeps upper per entry_period and lower per exit_period,
+    so a 3 x 4 sweep computes its indicators 6 times per symbol; every metric equals the set run alone
+    and the sweep computing the indicators for every set."""
+    strategy = strategies.get_strategy("donchian")
+    tables = [feather.read_table(path, columns=["open", "high", "low", "close"]) for path in BINANCE_FILES]
+    width = max(t.num_rows for t in tables)
+    grid2d = {k: np.full((len(tables), width), np.nan) for k in ("open", "high", "low", "close")}
+    for s, table in enumerate(tables):  # symbols of different lengths: NaN after each one's last bar
+        for k in grid2d:
+            grid2d[k][s, :table.num_rows] = table[k].to_numpy()
+    params_list = [{"entry_period": e, "exit_period": x} for e in (3, 55, 20) for x in (30, 2, 10, 7)]
+    combos, recompute, order = strategies.combos_matrix(strategy, params_list)
+    slots, fills, shared = strategies.indicator_slots(strategy, combos, recompute, width)
+    assert recompute.sum() == 12 and shared.sum() == 6 and slots.max() + 1 == 7
+    columns = tuple(grid2d[k] for k in strategy.columns)
+    kernels = strategy.kernels()
+    annual = np.full(len(tables), 105120.0)
+    every_set = np.empty((len(tables), len(params_list), enums.N_METRICS))
+    kept = np.empty_like(every_set)
+    kernels.run_grid(columns, grid2d["open"], grid2d["close"], combos, recompute, 0.001, 1000.0, True, annual, 0,
+                     every_set)
+    kernels.run_grid(columns, grid2d["open"], grid2d["close"], combos, shared, 0.001, 1000.0, True, annual, 0,
+                     kept, None, None, None, None, None, None, None, None, None, 0, None, None, slots, fills)
+    np.testing.assert_array_equal(kept, every_set)
+    for c in range(len(params_list)):
+        for s, table in enumerate(tables):
+            n = table.num_rows
+            alone, _, _ = kernels.run_single(tuple(grid2d[k][s:s + 1, :n] for k in strategy.columns),
+                                             grid2d["open"][s, :n], grid2d["close"][s, :n], combos[c], 0.001,
+                                             1000.0, True, 105120.0, 0)
+            np.testing.assert_array_equal(kept[s, c], alone)
+    assert kept[:, :, enums.M_NUM_TRADES].sum() > 100

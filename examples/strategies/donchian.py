@@ -24,7 +24,8 @@ PARAMS = (
 )
 COLUMNS = ("high", "low", "close")  # rows of `prices`, in this order
 INDICATORS = ("upper", "lower")  # rows of `ind`
-INDICATOR_PARAMS = ("entry_period", "exit_period")  # what the indicators depend on
+# What each indicator depends on: a sweep keeps each distinct one and shares it across the sets.
+INDICATOR_PARAMS = {"upper": ("entry_period",), "lower": ("exit_period",)}
 SIGNAL_VALUE = "upper"  # the value written to the trade log
 
 

@@ -66,12 +66,14 @@ def strategies_check(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
     strategy_path: StrategyPaths = None,
 ) -> None:
-    """Look-ahead and warm-up checks: exit 1 when the strategy reads bars after the one it decides on.
+    """Look-ahead, warm-up and declaration checks: exit 1 when the strategy reads bars after the one it
+    decides on, or an indicator reads a parameter its INDICATOR_PARAMS does not list.
 
     Look-ahead: every output (indicators, entries, exits, the logged value) is recomputed on the data
     cut right after every bar; any value that changes at or before that bar is named. Warm-up: the
     indicators are recomputed with the first 100/200/500/1000 bars dropped; the relative change of
-    each at the last bar is printed. Your own code runs with bounds checks: an index out of range is
+    each at the last bar is printed. Declaration: each indicator is recomputed with every parameter its
+    INDICATOR_PARAMS leaves out changed, and must not change. Your own code runs with bounds checks: an index out of range is
     an error naming the file.
 
     Example: cryptobt strategies check donchian --strategy-path examples/strategies -p entry_period=30
@@ -84,21 +86,22 @@ def strategies_check(
     reports = runs.check_strategy(Settings.from_env(), options.resolve_strategy(strategy),
                                   options.parse_params(param or []), symbol, interval)
     peeks = [line for report in reports for line in report.lookahead]
+    undeclared = [line for report in reports for line in report.declaration]
     if as_json:
         import json
         from dataclasses import asdict
 
-        print(json.dumps({"strategy": strategy, "lookahead": bool(peeks),
+        print(json.dumps({"strategy": strategy, "lookahead": bool(peeks), "undeclared": bool(undeclared),
                           "symbols": [asdict(report) for report in reports]}))
     else:
         for report in reports:
             console.print(f"[bold]{report.symbol}[/] ({report.bars} bars, {report.cuts_checked} cuts): "
                           + ("[red]LOOK-AHEAD[/]" if report.lookahead else "no look-ahead"), highlight=False)
-            for line in report.lookahead:
+            for line in report.lookahead + report.declaration:
                 console.print(f"  {line}", highlight=False, soft_wrap=True)
             for drop, changes in report.warmup.items():
                 shown = ", ".join(f"{name} {'n/a' if v is None else f'{v:.2e}'}" for name, v in changes.items())
                 console.print(f"  first {drop} bars dropped: relative change at the last bar: {shown or '-'}",
                               highlight=False)
-    if peeks:
+    if peeks or undeclared:
         raise typer.Exit(1)

@@ -189,6 +189,9 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     """
     strategy = config.strategy
     combos, recompute, order = strategies.combos_matrix(config.strategy, config.params_list)
+    shared = strategies.indicator_slots(config.strategy, combos, recompute, batch.columns["close"].shape[1])
+    ind_slots, ind_fills = (None, None) if shared is None else shared[:2]
+    recompute = recompute if shared is None else shared[2]
     open_ = batch.columns.get("open")
     if config.fill == "next_open" and open_ is None:
         raise PipelineError("fill=next_open needs the open column")
@@ -210,7 +213,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
             close, *futures_inputs(batch, config, every), tiers, counts, combos, recompute, execution,
             config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
             bars_per_year(batch, config, start) if annual_bars is None else annual_bars, start, out, fractions,
-            sorted_blocks, *detail_inputs(batch, every, futures=True), day_of_column, sorted_days)
+            sorted_blocks, *detail_inputs(batch, every, futures=True), day_of_column, sorted_days, ind_slots, ind_fills)
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     elif close.shape[0] and close.shape[1]:
@@ -221,7 +224,7 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
                                     *((_column(batch, "high", every), _column(batch, "low", every))
                                       if config.has_stops else (None, None)), execution, fractions, sorted_blocks,
                                     *(detail_inputs(batch, every) if config.has_stops else (None,) * 5),
-                                    day_of_column, sorted_days)
+                                    day_of_column, sorted_days, ind_slots, ind_fills)
         if blocks_out is not None:
             blocks_out[..., order] = sorted_blocks
     else:

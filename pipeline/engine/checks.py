@@ -16,7 +16,11 @@ Warm-up sensitivity: indicators are recomputed with the first 100, 200, 500 and
 how long the strategy's memory is (EMA and Wilder smoothing never forget
 entirely; an SMA forgets after its period).
 
-Both use the strategy's compiled kernel on one symbol's bars; nothing is written.
+Declaration: each indicator row is recomputed with every parameter its INDICATOR_PARAMS leaves out
+changed; a row that changes reads a parameter it did not declare, and a sweep, which reuses the row
+across sets that differ only there (`grid.indicator_slots`), would give those sets a wrong indicator.
+
+All three use the strategy's compiled kernel on one symbol's bars; nothing is written.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class CheckReport:
     cuts_checked: int = 0
     lookahead: list[str] = field(default_factory=list)  # one line per finding
     warmup: dict[int, dict[str, float | None]] = field(default_factory=dict)  # drop -> indicator -> rel. change
+    declaration: list[str] = field(default_factory=list)  # one line per indicator reading an undeclared parameter
 
 
 def output_labels(strategy: strategies.Strategy) -> list[str]:
@@ -99,6 +104,7 @@ def check_symbol(strategy: strategies.Strategy, params: dict, symbol: str,
         report.lookahead.append(
             f"{label} at bar {bar} is {_shown(label, values[k, 0])} computed on {since} but "
             f"{_shown(label, values[k, 1])} computed on bars {start}..{cut}: it reads bars after {bar}")
+    report.declaration = _undeclared_reads(strategy, resolved, prices, full)
     for drop in DROPS:
         if n - drop < 2:
             continue
@@ -113,3 +119,37 @@ def check_symbol(strategy: strategies.Strategy, params: dict, symbol: str,
                 changes[name] = float(abs(late_value - full_value) / scale)
         report.warmup[drop] = changes
     return report
+
+
+def _other_value(strategy: strategies.Strategy, resolved: dict, name: str) -> dict | None:
+    """`resolved` with parameter `name` moved to a nearby value its range and CHECK allow (None: none is)."""
+    value = resolved[name]
+    nearby = (value + 1, value - 1, value + 2, value * 2) if isinstance(value, int) else (
+        value * 1.1, value * 0.9, value + 1, value - 1)
+    for candidate in nearby:
+        try:
+            moved = strategies.resolve_params(strategy, {**resolved, name: candidate})
+        except PipelineError:
+            continue
+        if moved[name] != value and strategy.params_problem(moved) is None:
+            return moved
+    return None
+
+
+def _undeclared_reads(strategy: strategies.Strategy, resolved: dict, prices: np.ndarray,
+                      full: np.ndarray) -> list[str]:
+    """Each indicator row that changes with a parameter its INDICATOR_PARAMS does not list."""
+    found = []
+    kernels = strategy.kernels()
+    for name in strategy.param_names:
+        rows = [k for k, own in enumerate(strategy.row_params) if name not in own]
+        moved = _other_value(strategy, resolved, name) if rows else None
+        if moved is None:
+            continue
+        other = kernels.strategy_outputs(prices, np.array([float(moved[p]) for p in strategy.param_names]))
+        for k in rows:
+            if not np.array_equal(full[k], other[k], equal_nan=True):
+                found.append(f"indicator {strategy.indicators[k]!r} changes with {name} "
+                             f"({resolved[name]} -> {moved[name]}) but INDICATOR_PARAMS does not list {name} for it: "
+                             "a sweep would reuse it in sets where it differs; add it")
+    return found

@@ -10,7 +10,8 @@ Inputs are (symbols x time) arrays on a shared time grid with NaN where a symbol
 has no bar (close NaN <=> no bar). `columns` is a tuple of such arrays, the
 strategy's COLUMNS in order. Each symbol's bars are compacted once into
 buffers owned by the thread that runs it, the indicator is recomputed only when
-the parameter set needs a new one (`recompute`), and every result is written to
+the parameter set needs a new one (`recompute`; indicator rows of their own parameters are kept per
+distinct value, `_indicators_for`), and every result is written to
 its own cell of `out`: no reduction crosses threads, so results do not depend on
 the number of threads.
 """
@@ -134,11 +135,47 @@ def _same_row(combos, c):
     return True
 
 
+@njit(cache=True)
+def _indicators_for(prices, combos, c, recompute, ind, ind_slots, ind_fills, table):
+    """Bring `ind` to parameter row c's indicators; True when its signals must be computed again.
+
+    Without `ind_slots` the indicators are computed where `recompute` says (rows sharing them are adjacent).
+    With them (pipeline.engine.strategies.grid.indicator_slots), each indicator row is kept in `table` at
+    slot ind_slots[c, k] the first time a row needs it (ind_fills) and copied back when a later row does.
+    """
+    params = combos[c]
+    if ind_slots is None:
+        if c == 0 or recompute[c]:
+            indicators(prices, params, ind)
+            return True
+        return not _same_row(combos, c)
+    if c == 0 or recompute[c]:
+        indicators(prices, params, ind)
+        for k in range(ind.shape[0]):
+            if c == 0 or ind_fills[c, k]:
+                table[ind_slots[c, k], :] = ind[k]
+        return True
+    changed = False
+    for k in range(ind.shape[0]):
+        if ind_slots[c, k] != ind_slots[c - 1, k]:
+            ind[k, :] = table[ind_slots[c, k]]
+            changed = True
+    return changed or not _same_row(combos, c)
+
+
+@njit(cache=True)
+def _indicator_table(ind_slots, m):
+    """The table of kept indicator rows of one symbol (no rows without `ind_slots`)."""
+    if ind_slots is None or ind_slots.size == 0:
+        return np.empty((0, m))
+    return np.empty((ind_slots.max() + 1, m))
+
+
 @njit(cache=True, parallel=True)
 def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fill_next_open,
              bars_per_year, start_t, out, high2d=None, low2d=None, execution=None, block_fractions=None,
              block_out=None, detail_open2d=None, detail_high2d=None, detail_low2d=None, detail_first=None,
-             detail_ratio=0, day_of_column=None, day_out=None):
+             detail_ratio=0, day_of_column=None, day_out=None, ind_slots=None, ind_fills=None):
     """Fill `out[s, c, :]` (METRIC_NAMES order) for every symbol s and parameter row c.
 
     Args:
@@ -167,6 +204,8 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
         day_of_column, day_out: a sweep's daily returns (its statistics, --returns-out): (T,) the day of
             each grid column (0 = the grid's first UTC day) and (S x D x C), into which each row's equity
             at a day's last simulated bar is written (the cells of days without a bar are left as they are).
+        ind_slots, ind_fills: (C x N_INDICATORS) where each indicator row is kept and which row computes it
+            (pipeline.engine.strategies.grid.indicator_slots; recompute is then any(ind_fills[c])); None: none kept.
 
     A symbol with fewer bars than the warm-up gets STATUS_TOO_FEW_BARS, one
     without any bar STATUS_NO_BARS; first_index/last_index hold the time-grid
@@ -194,13 +233,10 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
                 first[j] = detail_first[index[j]]
         # One parameter set's block statistics at a time (simulate_1d fills them as it goes).
         stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        table = _indicator_table(ind_slots, m)
         for c in range(n_combos):
             params = combos[c]
-            # The first row of every symbol must compute, whatever recompute[0] says.
-            if c == 0 or recompute[c]:
-                indicators(prices, params, ind)
-                signals(prices, params, ind, en, ex, sv)
-            elif not _same_row(combos, c):
+            if _indicators_for(prices, combos, c, recompute, ind, ind_slots, ind_fills, table):
                 signals(prices, params, ind, en, ex, sv)
             row = out[s, c]
             if execution is None:
@@ -297,7 +333,8 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
                      tiers, tier_counts, combos, recompute, execution, cross, fee_frac, initial, fill_next_open,
                      bars_per_year, start_t, out, block_fractions=None, block_out=None, detail_open2d=None,
                      detail_high2d=None, detail_low2d=None, detail_mark_open2d=None, detail_mark_high2d=None,
-                     detail_mark_low2d=None, detail_first=None, detail_ratio=0, day_of_column=None, day_out=None):
+                     detail_mark_low2d=None, detail_first=None, detail_ratio=0, day_of_column=None, day_out=None,
+                     ind_slots=None, ind_fills=None):
     """run_grid for perpetual futures (kernels/futures.py): every symbol s and parameter row c into
     `out[s, c, :]`.
 
@@ -305,7 +342,7 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
     rate summed per grid column, NaN where none), mark_open2d/mark_high2d/mark_low2d (NaN where the mark
     has no bar), tiers (S x K x N_TIER) with tier_counts (S,) brackets used per symbol, execution
     (C x N_EXECUTION, leverage and direction included) and cross (bool); detail_* as run_grid's, with the
-    finer mark bars (S x F).
+    finer mark bars (S x F); ind_slots, ind_fills as run_grid's.
     """
     n_symbols, n_time = close2d.shape
     n_combos = combos.shape[0]
@@ -327,13 +364,10 @@ def run_grid_futures(columns, open2d, high2d, low2d, close2d, funding2d, mark_op
             first = np.empty(m, dtype=np.int64)
             for j in range(m):
                 first[j] = detail_first[index[j]]
+        table = _indicator_table(ind_slots, m)
         for c in range(n_combos):
             params = combos[c]
-            if c == 0 or recompute[c]:
-                indicators(prices, params, ind)
-                signals(prices, params, ind, en, ex, sv)
-                es, xs = short_side(prices, params, ind, en, ex, es_buf, xs_buf)
-            elif not _same_row(combos, c):
+            if _indicators_for(prices, combos, c, recompute, ind, ind_slots, ind_fills, table):
                 signals(prices, params, ind, en, ex, sv)
                 es, xs = short_side(prices, params, ind, en, ex, es_buf, xs_buf)
             row = out[s, c]

@@ -57,6 +57,9 @@ class Strategy:
 
     `indicator_params` are the parameters the indicators depend on: parameter
     sets that share them share one indicator computation in the batch kernel.
+    `row_params[k]` are those indicator row k depends on (all of `indicator_params` unless
+    INDICATOR_PARAMS maps each indicator to its own): a sweep then keeps each row per distinct value
+    of its own parameters and reuses it across sets that differ elsewhere (`grid.indicator_slots`).
     `code_version` hashes the strategy's code (`code_files`: a built-in's file; a
     user's strategy file and every helper module it imports, see `usercode`) with
     the shared kernels; it is part of every cache key, result and compiled kernel,
@@ -70,6 +73,7 @@ class Strategy:
     columns: tuple[str, ...]
     indicators: tuple[str, ...]
     indicator_params: tuple[str, ...]
+    row_params: tuple[tuple[str, ...], ...]
     indicator_label: str
     module_name: str
     origin: str  # "built-in" or the file it came from
@@ -187,11 +191,8 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
     bad = [c for c in columns if c not in PRICE_COLUMNS]
     if not columns or bad:
         raise PipelineError(f"{where}: COLUMNS={columns!r} must name one or more of {', '.join(PRICE_COLUMNS)}")
-    indicator_params = tuple(module.INDICATOR_PARAMS)
-    unknown = [p for p in indicator_params if p not in names]
-    if unknown:
-        raise PipelineError(f"{where}: INDICATOR_PARAMS names {unknown} which are not in PARAMS ({names})")
     indicators = tuple(module.INDICATORS)
+    indicator_params, row_params = _indicator_params(module.INDICATOR_PARAMS, indicators, names, where)
     check = getattr(module, "CHECK", None)
     if check is not None and not callable(check):
         raise PipelineError(f"{where}: CHECK must be a function of the parameters returning a message or None")
@@ -215,6 +216,7 @@ def strategy_from_module(module: ModuleType, origin: str | None = None, imported
         columns=columns,
         indicators=indicators,
         indicator_params=indicator_params,
+        row_params=row_params,
         indicator_label=str(getattr(module, "SIGNAL_VALUE", indicators[0] if indicators else "close")),
         module_name=module.__name__,
         origin=origin,
@@ -251,6 +253,38 @@ def _informative(module: ModuleType, where: str) -> tuple[tuple[str | None, str]
             raise PipelineError(f"{where}: INFORMATIVE names {item!r} twice")
         series.append((symbol, interval))
     return tuple(series)
+
+
+def _indicator_params(declared: object, indicators: tuple[str, ...], names: tuple[str, ...],
+                      where: str) -> tuple[tuple[str, ...], tuple[tuple[str, ...], ...]]:
+    """INDICATOR_PARAMS as (the parameters any indicator depends on, as declared; each row's own).
+
+    A tuple says every indicator depends on all of it; a mapping names each indicator's own parameters
+    ({"upper": ("entry_period",), "lower": ("exit_period",)}), every indicator once.
+    """
+    if isinstance(declared, Mapping):
+        missing = [name for name in indicators if name not in declared]
+        extra = [name for name in declared if name not in indicators]
+        if missing or extra:
+            raise PipelineError(f"{where}: INDICATOR_PARAMS as a mapping must name every indicator of INDICATORS "
+                                f"{indicators} once: " + "; ".join(
+                                    ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])))
+        rows = [declared[name] for name in indicators]
+    else:
+        rows = [declared] * len(indicators)
+        if not indicators:  # a tuple declared by a strategy without indicators still has to name parameters
+            rows = [declared]
+    checked: list[tuple[str, ...]] = []
+    for row in rows:
+        if isinstance(row, str) or not isinstance(row, (tuple, list)):
+            raise PipelineError(f"{where}: INDICATOR_PARAMS must be a tuple of parameter names (or a mapping of each "
+                                f"indicator to one), not {row!r}")
+        unknown = [p for p in row if p not in names]
+        if unknown:
+            raise PipelineError(f"{where}: INDICATOR_PARAMS names {unknown} which are not in PARAMS ({names})")
+        checked.append(tuple(row))
+    union = tuple(dict.fromkeys(p for row in checked for p in row))
+    return union, tuple(checked[:len(indicators)])
 
 
 def _short_rule(module: ModuleType, where: str) -> str | None:
@@ -424,4 +458,4 @@ def enable_bounds_checks() -> None:
 
 
 # The sweep grid lives in its own room; its names stay reachable as `strategies.parse_grid` etc.
-from pipeline.engine.strategies.grid import ParamGrid, combos_matrix, parse_grid  # noqa: E402,F401
+from pipeline.engine.strategies.grid import ParamGrid, combos_matrix, indicator_slots, parse_grid  # noqa: E402,F401

@@ -11,6 +11,8 @@ A strategy is one Python file that declares, at module level:
 - `INDICATORS`: names of the indicator rows `indicators` fills (may be empty);
 - `INDICATOR_PARAMS`: the parameters the indicators depend on, so a sweep
   computes each distinct indicator once and reuses it for the other parameters;
+  or a mapping of each indicator to its own (`{"upper": ("entry_period",), ...}`): each row is then
+  kept per distinct value of its own parameters and shared across the sets that differ elsewhere;
 - `SIGNAL_VALUE` (optional): what the trade log's `indicator` value is;
 - three Numba functions (`@njit(cache=True)`), over one symbol's bars in time
   order (gaps removed, no NaN in the prices):

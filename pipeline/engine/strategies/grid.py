@@ -207,3 +207,45 @@ def combos_matrix(
             same = np.ones(n - 1, dtype=np.bool_)
         recompute[1:] = ~same
     return combos, recompute, order
+
+
+# Memory a sweep may give each thread for the indicator rows it keeps (`indicator_slots`): past it, a set whose
+# indicator parameters differ from the set before computes every indicator again, as without the rows.
+INDICATOR_TABLE_BYTES = 256 * 2**20
+
+
+def indicator_slots(strategy: Strategy, combos: np.ndarray, recompute: np.ndarray,
+                    bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Where the batch kernel keeps each indicator row of each set of `combos` (from `combos_matrix`).
+
+    With INDICATOR_PARAMS naming each indicator's own parameters, indicator row k of a set depends only on
+    `strategy.row_params[k]`: the kernel keeps one row per distinct value of those (a slot of its table) and
+    copies it in wherever a set needs it, so a Donchian sweep of 40 entry x 25 exit periods computes its
+    indicators 64 times per symbol instead of 1,000.
+
+    Returns `(slots, fills, recompute)`: slots[c, k] is the table row holding indicator row k of set c;
+    fills[c, k] is True at the first set needing that slot (the kernel computes the indicators there and
+    keeps what is new); recompute[c] = any(fills[c]). None when keeping rows saves no computation (every
+    row depends on the same parameters) or the table of `bars` columns would pass INDICATOR_TABLE_BYTES.
+    """
+    rows = strategy.row_params
+    if not rows or all(set(row) == set(strategy.indicator_params) for row in rows):
+        return None
+    names = strategy.param_names
+    n = combos.shape[0]
+    slots = np.empty((n, len(rows)), dtype=np.int64)
+    fills = np.zeros((n, len(rows)), dtype=np.bool_)
+    taken = 0
+    for k, row in enumerate(rows):
+        if row:
+            values, inverse = np.unique(combos[:, [names.index(p) for p in row]], axis=0, return_inverse=True)
+            distinct, inverse = values.shape[0], inverse.reshape(-1)
+        else:
+            distinct, inverse = 1, np.zeros(n, dtype=np.int64)
+        slots[:, k] = inverse + taken
+        fills[np.unique(inverse, return_index=True)[1], k] = True
+        taken += distinct
+    shared = fills.any(axis=1)
+    if n == 0 or shared.sum() >= recompute.sum() or taken * bars * 8 > INDICATOR_TABLE_BYTES:
+        return None
+    return slots, fills, shared

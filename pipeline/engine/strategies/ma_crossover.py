@@ -10,7 +10,7 @@ PARAMS = (
 )
 COLUMNS = ("close",)
 INDICATORS = ("fast_sma", "slow_sma")
-INDICATOR_PARAMS = ("fast_period", "slow_period")
+INDICATOR_PARAMS = {"fast_sma": ("fast_period",), "slow_sma": ("slow_period",)}
 SIGNAL_VALUE = "fast_sma"
 SHORT_RULE = "mirror"  # futures: its exit opens a short, its entry closes it
 CHECK = fast_below_slow
