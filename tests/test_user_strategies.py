@@ -20,6 +20,8 @@ import duckdb
 import numpy as np
 import pyarrow.feather as feather
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.errors import PipelineError
 from pipeline.engine import batch as engine
@@ -246,3 +248,19 @@ def test_a_sweep_sharing_each_indicator_row_equals_every_set_run_alone(donchian)
                                              1000.0, True, 105120.0, 0)
             np.testing.assert_array_equal(kept[s, c], alone)
     assert kept[:, :, enums.M_NUM_TRADES].sum() > 100
+
+
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=0, max_size=60),
+       period=st.integers(1, 64), want_max=st.booleans())
+def test_the_templates_rolling_extreme_is_the_extreme_of_the_period_bars_before(donchian, values, period, want_max):
+    """The template's van Herk / Gil-Werman window: for every series and period, bar t holds exactly the
+    max (min) of the `period` bars before it, NaN while fewer precede it."""
+    module = sys.modules[strategies.get_strategy("donchian").module_name]
+    x = np.array(values, dtype=np.float64)
+    out = np.empty_like(x)
+    module._rolling_extreme_before(x, period, want_max, out)
+    pick = max if want_max else min
+    expected = [pick(values[t - period:t]) if t >= period else float("nan") for t in range(len(values))]
+    np.testing.assert_array_equal(out, np.array(expected, dtype=np.float64))
