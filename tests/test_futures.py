@@ -221,3 +221,24 @@ def test_a_leverage_above_the_tiers_cap_is_reported_not_enforced():
     assert tiers.load(None, 0.005).leverage_notes([XRP], [125.0], 1000.0) == []  # a flat rate has no caps
     ran = run_backtest(FRAMES, "rsi", LOOSE_RSI, market="futures", leverage=80, funding=FUNDING, mark=MARK)
     assert ran["num_trades"][0] > 0
+
+
+def test_a_futures_sweep_sharing_indicator_rows_equals_each_set_run_alone():
+    """ma_crossover maps each SMA to its own period, so a fast x slow futures sweep keeps each SMA row per
+    period (pipeline.engine.strategies.grid.indicator_slots) and copies it in: each set's numbers are those
+    of a run of that set alone, where nothing is shared."""
+    strategy = options.resolve_strategy("ma_crossover")
+    grid = options.parse_grid(strategy, ["fast_period=3,5,8", "slow_period=20,30"])
+    from pipeline.engine import strategies
+
+    combos, recompute, _ = strategies.combos_matrix(strategy, list(grid))
+    assert strategies.indicator_slots(strategy, combos, recompute, 1000)[2].sum() == 4 < recompute.sum() == 6
+    board = run_backtest(FRAMES, "ma_crossover", list(grid), market="futures", direction="both", leverage=3,
+                         funding=FUNDING, mark=MARK)
+    assert board.height == 6
+    for row in board.iter_rows(named=True):
+        alone = run_backtest(FRAMES, "ma_crossover", row["params"], market="futures", direction="both", leverage=3,
+                             funding=FUNDING, mark=MARK).row(0, named=True)
+        for name in ("final_value", "num_trades", "funding_paid", "liquidations", "max_margin_ratio"):
+            assert row[name] == alone[name], (row["params"], name)
+    assert board["num_trades"].sum() > 0 and board["final_value"].n_unique() == 6
