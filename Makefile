@@ -42,6 +42,7 @@ test-fast: venv-check $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
 	$(PY) -m bench.run
+	$(PY) -m bench.profile_sweep
 
 bench-quick: $(STAMP)
 	$(PY) -m bench.run --quick

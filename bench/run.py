@@ -876,6 +876,8 @@ def write_report(r: dict, path: Path) -> None:
         from bench import results_queries
 
         lines += results_queries.report_lines(r["results_queries"])
+    lines += ["", "Where a sweep's time goes, end to end under py-spy: [PROFILE.md](PROFILE.md) "
+              "(`python -m bench.profile_sweep`, run by `make bench` after this report)."]
     lines += ["", "## Baselines (same data, same run)", "",
               "End-to-end rows compare with our warm end-to-end run (lake read + kernel + results); "
               "the peers (vectorbt on its Numba and its Rust engine, fast-trade) get the same aligned arrays as "
