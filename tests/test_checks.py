@@ -14,6 +14,7 @@ from pipeline.engine.strategies import get_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = sorted((ROOT / "data" / "sample" / "binance-5m").glob("*.feather"))[0]
+DONCHIAN = (ROOT / "examples" / "strategies" / "donchian.py").read_text()
 
 PEEKING = '''
 import numpy as np
@@ -191,13 +192,18 @@ def test_cli_check_exits_1_naming_the_peek_and_0_for_a_causal_strategy(tmp_path)
                               text=True, env=env, timeout=600)
     assert suppress.returncode == 1, suppress.stdout + suppress.stderr
     assert "LOOK-AHEAD" in suppress.stdout and "the exit signal" in suppress.stdout
+    (folder / "donchian_lying.py").write_text(DONCHIAN.replace('NAME = "donchian"', 'NAME = "donchian_lying"').replace(
+        '{"upper": ("entry_period",), "lower": ("exit_period",)}', '{"upper": ("exit_period",), "lower": ("exit_period",)}'))
+    lying = subprocess.run([*run, "donchian_lying", "--strategy-path", str(folder)], capture_output=True, text=True,
+                           env=env, timeout=600)
+    assert lying.returncode == 1, lying.stdout + lying.stderr
+    assert "no look-ahead, INDICATOR_PARAMS INCOMPLETE" in lying.stdout
+    assert "indicator 'upper' changes with entry_period" in lying.stdout
     causal = subprocess.run([*run, "rsi", "-p", "rsi_period=10"], capture_output=True, text=True, env=env,
                             timeout=600)
     assert causal.returncode == 0, causal.stderr
     assert "no look-ahead" in causal.stdout and "LOOK-AHEAD" not in causal.stdout
 
-
-DONCHIAN = (ROOT / "examples" / "strategies" / "donchian.py").read_text()
 
 
 @pytest.mark.slow

@@ -96,7 +96,8 @@ def strategies_check(
     else:
         for report in reports:
             console.print(f"[bold]{report.symbol}[/] ({report.bars} bars, {report.cuts_checked} cuts): "
-                          + ("[red]LOOK-AHEAD[/]" if report.lookahead else "no look-ahead"), highlight=False)
+                          + ("[red]LOOK-AHEAD[/]" if report.lookahead else "no look-ahead")
+                          + (", [red]INDICATOR_PARAMS INCOMPLETE[/]" if report.declaration else ""), highlight=False)
             for line in report.lookahead + report.declaration:
                 console.print(f"  {line}", highlight=False, soft_wrap=True)
             for drop, changes in report.warmup.items():
