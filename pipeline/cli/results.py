@@ -12,6 +12,7 @@ from pipeline.cli.errors import user_errors
 from pipeline.cli.output import console, emit_json
 from pipeline.core import run_options, tables
 from pipeline.core.config import Settings
+from pipeline.core.errors import PipelineError
 from pipeline.engine import options
 
 app = typer.Typer(help="The append-only results table (plain DuckDB works too).", no_args_is_help=True)
@@ -302,6 +303,44 @@ def results_runs(
 
     cells = [[text(r, k) for k in keys] for r in records]
     tables.print_table(console, list(keys.values()), cells, f"newest {len(records)} run(s)")
+
+
+@app.command("compact")
+@user_errors
+def results_compact(
+    before: Annotated[str | None, typer.Option(
+        help="Merge the folders of days before this one (YYYY-MM-DD, UTC); default: before yesterday.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Merge each past day's files of a strategy into one file (results, trades and runs tables): the
+    same rows, swapped in whole, so queries over a long history open a few files instead of one a run.
+
+    Example: cryptobt results compact
+    """
+    from dataclasses import asdict
+    from datetime import date
+
+    from pipeline.cli.output import progress_bar
+    from pipeline.store import compact
+
+    day = None
+    if before is not None:
+        try:
+            day = date.fromisoformat(before)
+        except ValueError:
+            raise PipelineError(f"--before {before!r} is not a date: use YYYY-MM-DD, e.g. 2026-11-30") from None
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("compacting", total=None)
+        merged = compact.compact(Settings.from_env().results_root, day,
+                                 lambda done, total: bar.update(task, completed=done, total=total))
+    if as_json:
+        emit_json([asdict(m) for m in merged])
+        return
+    files, rows = sum(m.files for m in merged), sum(m.rows for m in merged)
+    before_mb = sum(m.bytes_before for m in merged) / 1e6
+    after_mb = sum(m.bytes_after for m in merged) / 1e6
+    console.print(f"merged {files:,} file(s) into {len(merged)} ({rows:,} rows; {before_mb:,.1f} MB -> "
+                  f"{after_mb:,.1f} MB)" if merged else "nothing to merge: no past day's folder holds two files")
 
 
 def _of(planned: int | None) -> str:

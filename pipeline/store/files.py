@@ -29,6 +29,26 @@ from pipeline.store.values import (
     check_name,
 )
 
+# The file `results compact` merges a folder's files into, ``compacted-<first run id>~<last run id>.parquet``:
+# it holds many runs' rows, where every other table file holds its run's alone (``<run_id>.parquet``). A run
+# id has no "~" (values.SAFE_NAME): a query about one run opens only the compacted files whose range holds it.
+COMPACTED_PREFIX = "compacted-"
+
+
+def compacted_name(first_run: str, last_run: str) -> str:
+    return f"{COMPACTED_PREFIX}{first_run}~{last_run}.parquet"
+
+
+def may_hold_run(name: str, run_id: str) -> bool:
+    """Whether the table file `name` may hold rows of `run_id`: its own file, or a compacted file whose run id
+    range holds it."""
+    if name == f"{run_id}.parquet":
+        return True
+    if not name.startswith(COMPACTED_PREFIX):
+        return False
+    first, tilde, last = name[len(COMPACTED_PREFIX):].removesuffix(".parquet").partition("~")
+    return not tilde or first <= run_id <= last
+
 
 def trades_root(results_root: str | os.PathLike[str]) -> Path:
     """Root of the trades table: the sibling ``trades`` directory of the results root."""
@@ -90,14 +110,47 @@ class _Temp:
         local_root = staging_root(root)
         local_final = local_root / str(final.relative_to(root)) if local_root is not root else final
         local_final.parent.mkdir(parents=True, exist_ok=True)
+        self.root = local_root
         self.path = local_final.with_name(f".{final.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-        os.write(_lease(local_root), f"{self.path.relative_to(local_root)}\n".encode())
-        self.handle = open(self.path, "xb")  # noqa: SIM115 - closed by `writing`
+        with publishing(local_root, exclusive=False):  # not while `results compact` swaps a folder
+            os.write(_lease(local_root), f"{self.path.relative_to(local_root)}\n".encode())
+            self.handle = open(self.path, "xb")  # noqa: SIM115 - closed by `writing`
 
     def discard(self) -> None:
         """Remove the temp name (the published name, if any, stays)."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+
+
+# Writers take this lock shared while they make a temp file or publish one, `results compact` exclusive
+# while it swaps a folder of the table: a file is never made or linked into a folder being replaced.
+_PUBLISH_LOCK = "publish.lock"
+
+
+@contextmanager
+def publishing(root: Path, *, exclusive: bool) -> Iterator[None]:
+    """The table folder `root`'s publish lock (`<root>/.writers/publish.lock`, an flock), held for the block."""
+    folder = root / WRITERS
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / _PUBLISH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def reading(roots: list[Path | ObjectPath]) -> Iterator[None]:
+    """The publish locks of the local table folders `roots` that exist, shared, for a query's life: a folder
+    is not swapped under it. Unlocked where the lock cannot be taken (a read-only folder): such a query
+    may fail if a compaction swaps a folder it listed, and is asked again."""
+    with contextlib.ExitStack() as held:
+        for root in roots:
+            if isinstance(root, Path) and root.is_dir():
+                with contextlib.suppress(OSError):
+                    held.enter_context(publishing(root, exclusive=False))
+        yield
 
 
 # Each process that writes a table holds a lease in its folder, `<root>/.writers/<pid>-<random>.lease`:
@@ -184,7 +237,7 @@ def one_run() -> Iterator[Publication]:
     with stopping.uninterrupted():
         try:
             for temp in staged:
-                _link(temp.path, temp.final)
+                _link(temp)
                 published.append(temp.final)
         except BaseException:
             for final in published:
@@ -232,7 +285,7 @@ def writing(final: Path, needed_bytes: int | None = None, lease_root: Path | Non
         if staged is not None:
             staged.append(temp)
             return
-        _link(temp.path, final)
+        _link(temp)
     finally:
         if staged is None or temp not in staged:
             temp.discard()
@@ -286,7 +339,9 @@ def publish_once(table: pa.Table, final: Path, lease_root: Path) -> bool:
     return True
 
 
-def _link(temp: Path, final: Path | ObjectPath) -> None:
+def _link(staged: _Temp) -> None:
+    """Publish `staged` under its final name."""
+    temp, final = staged.path, staged.final
     if isinstance(final, ObjectPath):
         # One PUT, only if no object has the name: published whole, never replacing one.
         if not final.put_if_absent(temp.read_bytes()):
@@ -295,7 +350,8 @@ def _link(temp: Path, final: Path | ObjectPath) -> None:
     try:
         # A hard link publishes atomically *and* fails if the name exists, which
         # os.replace would silently overwrite.
-        os.link(temp, final)
+        with publishing(staged.root, exclusive=False):
+            os.link(temp, final)
     except FileExistsError:
         raise PipelineError(
             f"{final} already exists; results are append-only (use a new run id)"

@@ -18,6 +18,9 @@ from pipeline.core import objects, run_options
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.objects import ObjectPath
 from pipeline.store.files import (
+    COMPACTED_PREFIX,
+    may_hold_run,
+    reading,
     runs_root,
     trades_root,
 )
@@ -67,7 +70,8 @@ QUALIFY row_number() OVER (
                  fill, fee_pct, initial_investment, {_PER_SET},
                  source, coalesce(market, 'spot'), data_version, engine_version
     ORDER BY created_at DESC, run_id DESC) = 1
-ORDER BY total_return_pct DESC, symbol, params_json
+-- Equal returns (a stop never hit, say) in a total order, whatever order the files are read in.
+ORDER BY total_return_pct DESC, symbol, params_json, {_PER_SET}, interval, market, created_at DESC, run_id DESC
 LIMIT $3
 """  # noqa: S608 (columns from the option table)
 
@@ -89,12 +93,21 @@ WHERE started_at >= $1
 def connect(results_root: str | os.PathLike[str], run_id: str | None = None) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with views ``results``, ``trades`` and ``runs`` (what killed
     runs left in their folders swept up first). With `run_id`, the views hold that run's files alone
-    (a run's file in every table is ``run_date=*/strategy=*/<run_id>.parquet``): a query about one run
-    reads one run's files, not the whole history."""
+    (a run's file in every table is ``run_date=*/strategy=*/<run_id>.parquet``, or its rows in a compacted
+    file, `pipeline.store.compact`): a query about one run reads one run's files, not the whole history."""
     from pipeline.lake.reader import connect_duckdb
 
     sweep_stale(results_root)
     con = connect_duckdb()
+    try:
+        _create_views(con, results_root, run_id)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, results_root: str | os.PathLike[str], run_id: str | None) -> None:
     results = objects.location(results_root)
     tables = (
         ("results", results, RESULT_SCHEMA),
@@ -105,8 +118,10 @@ def connect(results_root: str | os.PathLike[str], run_id: str | None = None) -> 
     for name, root, schema in tables:
         files = _table_files(root) if isinstance(root, ObjectPath) else None
         if one_run:
-            files = ([f for f in files if f.name == f"{run_id}.parquet"] if files is not None
-                     else sorted(root.glob(f"run_date=*/strategy=*/{run_id}.parquet")))
+            files = ([f for f in files if may_hold_run(f.name, run_id)] if files is not None else
+                     sorted(root.glob(f"run_date=*/strategy=*/{run_id}.parquet"))
+                     + [f for f in sorted(root.glob(f"run_date=*/strategy=*/{COMPACTED_PREFIX}*.parquet"))
+                        if may_hold_run(f.name, run_id)])
         if files or (files is None and _has_files(root)):
             if isinstance(root, ObjectPath):
                 con.register(f"_{name}_objects", _object_table(root, files))
@@ -117,6 +132,9 @@ def connect(results_root: str | os.PathLike[str], run_id: str | None = None) -> 
                     [str(f) for f in files] if one_run else str(root / "**" / "*.parquet"),
                     hive_partitioning=True, union_by_name=True
                 )
+            if one_run and any(f.name.startswith(COMPACTED_PREFIX) for f in files):
+                # A compacted file holds many runs: the run's own rows (its row groups, by their statistics).
+                relation = relation.filter(f"run_id = '{run_id}'")  # a SAFE_NAME: no quote in it
             # Columns added after every file on disk was written read as NULL.
             missing = [f for f in schema if f.name not in relation.columns]
             if missing:
@@ -127,7 +145,6 @@ def connect(results_root: str | os.PathLike[str], run_id: str | None = None) -> 
             # No file yet: an empty table of the same shape, so queries still run.
             empty = pa.schema(list(schema) + PARTITION_FIELDS).empty_table()
             con.register(name, empty)
-    return con
 
 
 def _has_files(root: Path) -> bool:
@@ -174,13 +191,15 @@ def query(
 @contextmanager
 def session(results_root: str | os.PathLike[str],
             run_id: str | None = None) -> Iterator[Callable[..., tuple[list[str], list[tuple[Any, ...]]]]]:
-    """`query`'s sandboxed connection for several queries: yields run(sql, parameters) -> (columns, rows)."""
-    con = connect(results_root, run_id)
-    try:
-        _sandbox(con, results_root)
-        yield functools.partial(_execute, con)
-    finally:
-        con.close()
+    """`query`'s sandboxed connection for several queries: yields run(sql, parameters) -> (columns, rows).
+    The tables' folders are not swapped by `results compact` meanwhile (`files.reading`)."""
+    with reading([objects.location(results_root), trades_root(results_root), runs_root(results_root)]):
+        con = connect(results_root, run_id)
+        try:
+            _sandbox(con, results_root)
+            yield functools.partial(_execute, con)
+        finally:
+            con.close()
 
 
 def _execute(con: duckdb.DuckDBPyConnection, sql: str,
@@ -245,10 +264,10 @@ def top(
             candidates *= 8
 
 
-_RUN_ROWS_SQL = """
+_RUN_ROWS_SQL = f"""
 SELECT * EXCLUDE (run_date) FROM results WHERE run_id = $1
-ORDER BY total_return_pct DESC NULLS LAST, symbol
-"""
+ORDER BY total_return_pct DESC NULLS LAST, symbol, params_json, {_PER_SET}, interval, fold NULLS FIRST, split
+"""  # noqa: S608 (columns from the option table)
 
 
 def run_rows(results_root: str | os.PathLike[str], run_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -263,14 +282,15 @@ _SHOW_COLUMNS = f"""symbol, interval, params_json, total_return_pct, buy_hold_re
 _SHOW_SQL = f"""
 SELECT {_SHOW_COLUMNS}
 FROM results WHERE run_id = ? AND fold IS NULL AND coalesce(split, '') <> 'oos'
-ORDER BY total_return_pct DESC NULLS LAST, symbol, params_json
+ORDER BY total_return_pct DESC NULLS LAST, symbol, params_json, {_PER_SET}, interval
 LIMIT ?
 """  # noqa: S608 (a constant)
 _SHOW_FOLDS_SQL = f"""
 SELECT {_SHOW_COLUMNS}
 FROM results WHERE run_id = ? AND (fold IS NOT NULL OR split = 'oos')
-ORDER BY symbol, fold NULLS LAST, CASE split WHEN 'train' THEN 0 WHEN 'test' THEN 1 ELSE 2 END
-"""  # noqa: S608 (a constant)
+ORDER BY symbol, fold NULLS LAST, CASE split WHEN 'train' THEN 0 WHEN 'test' THEN 1 ELSE 2 END, interval,
+         params_json, {_PER_SET}
+"""  # noqa: S608 (columns from the option table)
 _SHOW_RUN_SQL = """
 SELECT r.run_id, min(r.created_at) AS created_at, any_value(r.strategy) AS strategy, count(*) AS results,
        count(*) FILTER (WHERE r.fold IS NULL AND coalesce(r.split, '') <> 'oos') AS full_range_results,
@@ -364,15 +384,19 @@ def round_trips(results_root: str | os.PathLike[str], run_id: str | None = None,
     return {"run_id": run_id, "columns": columns, "rows": rows}
 
 
+# The newest $1 runs first (one column of every row), then their counts over their rows alone: a compacted
+# table keeps a run's rows together, so the second pass reads the row groups of those runs only.
 _RUNS_SQL = """
-SELECT r.run_id, min(r.created_at) AS created_at, any_value(u.command) AS command,
+WITH newest AS (
+    SELECT run_id, min(created_at) AS created_at FROM results GROUP BY run_id
+    ORDER BY created_at DESC, run_id DESC LIMIT $1)
+SELECT r.run_id, any_value(n.created_at) AS created_at, any_value(u.command) AS command,
        any_value(r.strategy) AS strategy, count(DISTINCT r.symbol) AS symbols, count(*) AS results,
        count(DISTINCT r.params_json) AS sets, any_value(r.snapshot_id) AS snapshot_id,
        any_value(u.duration_s) AS duration_s, coalesce(any_value(u.interrupted), false) AS interrupted
-FROM results r LEFT JOIN runs u USING (run_id)
+FROM results r JOIN newest n USING (run_id) LEFT JOIN runs u USING (run_id)
 GROUP BY r.run_id
 ORDER BY created_at DESC, r.run_id DESC
-LIMIT $1
 """
 
 

@@ -12,6 +12,9 @@ rows only. ``run_date`` is the UTC date of ``created_at`` (``started_at`` for ru
 and ``strategy`` come from the path, and ``strategy`` is also stored in every file so a
 file read on its own is complete.
 
+`results compact` (`pipeline.store.compact`) merges a past day's folder into one
+``compacted-<first>~<last run id>.parquet`` holding the same rows, swapped in whole.
+
 Writes never touch an existing file: each run writes a new file per strategy, first to a
 hidden temp file in the same directory (``.<run_id>.parquet.<pid>-<random>.tmp``, which no
 ``*.parquet`` glob matches), fsynced, then published under its final name with a hard
