@@ -122,17 +122,15 @@ class _Temp:
             self.path.unlink()
 
 
-# Writers take this lock shared while they make a temp file or publish one, `results compact` exclusive
-# while it swaps a folder of the table: a file is never made or linked into a folder being replaced.
-_PUBLISH_LOCK = "publish.lock"
-
-
 @contextmanager
 def publishing(root: Path, *, exclusive: bool) -> Iterator[None]:
-    """The table folder `root`'s publish lock (`<root>/.writers/publish.lock`, an flock), held for the block."""
+    """The table folder `root`'s publish lock, held for the block: an flock on its `.writers` folder (no file
+    of its own to leave behind). Writers take it shared while they make a temp file or publish one, our
+    queries while they read, `results compact` exclusive while it swaps a folder of the table: a file is never
+    made or linked into a folder being replaced, nor a folder swapped under a query."""
     folder = root / WRITERS
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / _PUBLISH_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
         yield
