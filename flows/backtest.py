@@ -3,7 +3,8 @@
 Symbols (and sweep grids) are split into shards, one task each, so the same flow
 runs on threads locally or on a Dask cluster (`prefect_dask.DaskTaskRunner`) with
 identical results: every shard computes its symbols independently and appends its
-own results file. The leaderboard is published as a Prefect table artifact.
+own results file. The leaderboard is published as a Prefect table artifact. Last, past days'
+results files are compacted (`cryptobt results compact`), as the export flow vacuums the lake.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from pipeline import runs
+from pipeline.core import objects
 from pipeline.core.config import Settings
 from pipeline.core.run_options import BY_NAME as OPTION
 from pipeline.engine import batch as engine
@@ -56,6 +58,22 @@ def portfolio_task(strategy: str, params_list: list[dict[str, Any]], interval: s
     outcome = runs.portfolio(settings, config, sets, None, interval, rank_by=rank_by, command="flow:portfolio")
     get_run_logger().info("%s portfolio: %d accounts in %.2f s", strategy, len(sets), outcome.seconds)
     return [{k: v for k, v in r.items() if k != "symbols"} for r in outcome.results]
+
+
+@task(name="compact-results", cache_policy=NO_CACHE)
+def compact_task(settings: Settings) -> int:
+    """Merge each past day's results files (the days before yesterday): queries over a long history open a
+    file a day, not a file a run. Returns the folders merged."""
+    from pipeline.store import compact
+
+    if objects.is_object_url(settings.results_root):
+        get_run_logger().info("results on object storage: not compacted (a query lists them in one request)")
+        return 0
+    merged = compact.compact(settings.results_root)
+    if merged:
+        get_run_logger().info("compacted %d folder(s): %d files into %d", len(merged),
+                              sum(m.files for m in merged), len(merged))
+    return len(merged)
 
 
 def shard(items: list[str], shards: int) -> list[list[str]]:
@@ -136,6 +154,7 @@ def backtest_flow(
     )
     get_run_logger().info("best: %s %s %.2f %%", board[0]["symbol"], board[0]["strategy"],
                           board[0]["total_return_pct"] or 0.0) if board else None
+    compact_task(settings)
     return board
 
 

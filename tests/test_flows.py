@@ -78,6 +78,34 @@ def test_backtest_flow_portfolio_mode_publishes_accounts_equal_to_the_cli_path(p
 
 
 @pytest.mark.slow
+def test_the_nightly_backtest_flow_compacts_past_days_results_and_leaves_todays(prefect_harness, tmp_path,
+                                                                               monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    from flows.backtest import backtest_flow
+    from pipeline.store import queries
+    from pipeline.store import results as rt
+    from tests.records import make_result
+
+    lake_root, results_root = tmp_path / "lake", tmp_path / "results"
+    demo.build_sample_lake(lake_root, n_symbols=3, years=0.2, sample=None)
+    monkeypatch.setenv("CRYPTOBT_LAKE_ROOT", str(lake_root))
+    monkeypatch.setenv("CRYPTOBT_RESULTS_ROOT", str(results_root))
+    monkeypatch.setenv("REDIS_URL", "")
+    old = datetime.now(UTC) - timedelta(days=10)
+    for k in range(3):
+        rt.append_results(results_root, f"run-old-{k}", [make_result("BTC", total_return_pct=float(k))], created_at=old)
+    backtest_flow(strategy_names=["rsi"], shards=2)
+    backtest_flow(strategy_names=["rsi"], shards=2)
+    files = sorted(p.relative_to(results_root) for p in results_root.rglob("*.parquet"))
+    old_folder = Path(f"run_date={old.date()}/strategy=rsi")
+    assert [f for f in files if f.parent == old_folder] != [] and all(
+        f.name.startswith("compacted-run-old-0~run-old-2") for f in files if f.parent == old_folder)
+    assert len([f for f in files if f.parent != old_folder]) == 4  # today's: two shards a run, as written
+    assert queries.query(results_root, "SELECT count(*) FROM results WHERE run_id LIKE 'run-old-%'")[1] == [(3,)]
+
+
+@pytest.mark.slow
 def test_nightly_backtest_flow_runs_a_daily_only_symbol_at_its_own_interval(prefect_harness, database_url, tmp_path,
                                                                             monkeypatch):
     """Issue 26: a lake holding a daily-only symbol failed the nightly flow (`no 1h bars for GOOG`)."""
