@@ -72,13 +72,13 @@ def _one_error(response: httpx.Response, status: int, *needles: str) -> str:
 
 
 @pytest.mark.slow
-def test_healthz_answers_within_a_second_while_the_largest_grid_is_checked(env):
+def test_healthz_answers_within_seconds_while_the_largest_grid_is_checked(env):
     """Before: the grid's values were deduplicated in quadratic time on the event loop (80,000 values:
     /healthz waited 27 s); a million would have held it for hours. Its own server: one whose loop is
     held must not fail the module's other tests."""
     with server_process(env) as base, httpx.Client(base_url=base, timeout=60) as api:
         answered = _healthz_while_the_largest_grid_is_checked(api)
-    print(f"/healthz answered {answered} times within 1 s each while the {MAX_GRID_COMBOS:,}-point grid was checked")
+    print(f"/healthz answered {answered} times within 5 s each while the {MAX_GRID_COMBOS:,}-point grid was checked")
 
 
 def _healthz_while_the_largest_grid_is_checked(api: httpx.Client) -> int:
@@ -104,7 +104,9 @@ def _healthz_while_the_largest_grid_is_checked(api: httpx.Client) -> int:
     # The stream's headers come once the grid is checked and queued: ask for /healthz until it ends.
     answered = 0
     while not finished.is_set():
-        health = api.get("/healthz", timeout=1.0)  # the bound: a ReadTimeout fails the test
+        # The bound: a ReadTimeout fails the test. Blocked by the check, /healthz waited 27 s (80,000 values) to
+        # hours (a million); 5 s, not 1 s: on the loaded 2-core host a healthy answer once took over 1 s.
+        health = api.get("/healthz", timeout=5.0)
         assert health.status_code == 200 and health.json()["lake"]["ok"], health.text
         answered += 1
         time.sleep(0.2)
