@@ -181,3 +181,28 @@ def test_a_reader_in_a_loop_survives_concurrent_vacuums(tmp_path):
         out, err = loop.communicate(timeout=300)
     assert loop.returncode == 0, err[-3000:]
     assert int(out) >= 5
+
+
+def test_every_symbol_of_one_market_is_kept_as_a_grid_on_a_lake_of_both_markets(tmp_path):
+    """Before: only a read of every symbol of the lake was kept, so `--all` on a lake holding spot pairs and a
+    perpetual (the demo's) scanned the lake on every run. Each market's whole read is kept now, and mapped
+    back equal; a read of part of a market is not kept."""
+    from pipeline.lake import reader
+    from pipeline.lake import snapshots as lake
+
+    root = tmp_path / "lake"
+    demo.build_sample_lake(root, n_symbols=3, years=0.2, sample=None, futures_sample=demo.DEFAULT_FUTURES)
+    snapshot = lake.require_snapshot(root)
+    spot = [n for n in snapshot.symbols if not n.endswith(":futures")]
+    perpetuals = [n for n in snapshot.symbols if n.endswith(":futures")]
+    assert len(spot) == 3 and len(perpetuals) == 1
+    for names in (spot, perpetuals):
+        built = reader.read_prices(root, names, "1h", columns=("close",))
+        assert not isinstance(built.columns["close"], np.memmap)
+        kept = reader.read_prices(root, names, "1h", columns=("close",))
+        assert isinstance(kept.columns["close"], np.memmap), names
+        np.testing.assert_array_equal(kept.columns["close"], built.columns["close"])
+        np.testing.assert_array_equal(kept.times, built.times)
+    part = spot[:2]
+    reader.read_prices(root, part, "1h", columns=("close",))
+    assert not isinstance(reader.read_prices(root, part, "1h", columns=("close",)).columns["close"], np.memmap)

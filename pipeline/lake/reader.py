@@ -258,9 +258,11 @@ def read_prices(
     queries, scanned = _queries(snapshot, names, ids, bool(symbols), interval, columns, start, end)
     if not queries:
         return empty
-    # A whole-history read of every symbol builds the same grid each time on an immutable snapshot:
-    # kept beside the lake (pipeline.lake.grids), mapped and checksummed instead of scanned the next time.
-    keep_grid = start is None and end is None and len(names) == len(snapshot.symbols) and grids.enabled()
+    # A whole-history read of every symbol of a market (`--all`: the spot pairs, or the perpetuals) builds the
+    # same grid each time on an immutable snapshot: kept beside the lake (pipeline.lake.grids), mapped and
+    # checksummed instead of scanned the next time. (Keeping only reads of the whole lake missed every
+    # `--all` on a lake holding both markets, the demo's: each run scanned it, and paid DuckDB's memory.)
+    keep_grid = start is None and end is None and _whole_market(snapshot, names) and grids.enabled()
     kept = grids.load(lake_root, snapshot, interval, names, columns, min_coverage) if keep_grid else None
     if kept is not None:
         return PriceBatch(snapshot.id, interval, names, kept["times"], {c: kept[c] for c in columns}, versions,
@@ -277,6 +279,12 @@ def read_prices(
         grids.store(lake_root, snapshot, interval, names, columns, min_coverage, scanned,
                     {"times": times, "bars": bars, **out, **({"coverage": coverage} if coverage is not None else {})})
     return PriceBatch(snapshot.id, interval, names, times, out, versions, start, end, bars, coverage, source=source)
+
+
+def _whole_market(snapshot: lake.Snapshot, names: list[str]) -> bool:
+    """Whether `names` are every symbol of one market of the snapshot."""
+    market = markets.market_of(names[0])
+    return set(names) == {n for n in snapshot.symbols if markets.market_of(n) == market}
 
 
 def _check_request(snapshot: lake.Snapshot, symbols: list[str] | None, interval: str, start: datetime | None,
