@@ -26,13 +26,15 @@ $(STAMP): pyproject.toml
 demo: venv-check $(STAMP)
 	$(VENV)/bin/cryptobt demo
 
-# Two xdist workers, a file each at a time (a module's fixtures are built once): most tests wait on
-# subprocesses, PostgreSQL, Prefect or sleeps, so one worker left a 2-core machine half idle. Each worker
-# has its own PostgreSQL databases, Redis key prefix, temporary folders and free ports (tests/conftest.py).
+# Two xdist workers: most tests wait on subprocesses, PostgreSQL, Prefect or sleeps, so one worker left a
+# 2-core machine half idle. Each worker has its own PostgreSQL databases, Redis key prefix, temporary folders
+# and free ports (tests/conftest.py). Work stealing, not a file per worker (loadfile): the docs pages and the
+# other slow files no longer end the run on one worker while the other idles (2026-12-06: 864 s with
+# loadfile, 740 s with worksteal; a module's fixtures may be built once per worker).
 test: venv-check $(STAMP)
 	$(VENV)/bin/ruff check pipeline flows tests bench
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist worksteal
 
 # The edit-run loop: the unit tests that need no server and spawn no CLI (markers in tests/conftest.py and
 # pyproject), under a minute on 2 cores once numba's cache is warm. `make test` stays the full suite.
