@@ -226,3 +226,38 @@ def test_the_cli_compacts_and_names_a_bad_date(tmp_path: Path, lake) -> None:
     done = cli(env, "results", "compact")
     assert done.returncode == 0 and "nothing to merge" in done.stdout
     assert date.fromisoformat(merged[0]["folder"][9:19]) == DAY.date()
+
+
+def test_for_any_history_compaction_keeps_every_row_and_every_answer(tmp_path_factory) -> None:
+    """Any runs over any past days and strategies, compacted, then more runs and compacted again: the tables'
+    rows, each run's rows, `top` and the run list are what they were before each compaction."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    run = st.tuples(st.integers(2, 6), st.sampled_from(["rsi", "macd"]), st.integers(1, 4),
+                    st.sampled_from([None, -3.5, 0.0, 1.25, 7.0]))
+
+    def answers(root: Path, ids: list[str]) -> tuple:
+        return (table_rows(root), [queries.run_rows(root, r) for r in ids], queries.top(root, n=7),
+                queries.run_history(root, 50))
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.lists(run, min_size=1, max_size=8), st.lists(run, min_size=1, max_size=4))
+    def check(first: list[tuple], later: list[tuple]) -> None:
+        root = tmp_path_factory.mktemp("any") / "results"
+        today = datetime.now(UTC)
+        ids: list[str] = []
+        for batch in (first, later):
+            for days_ago, strategy, rows, total_return in batch:
+                run_id = rt.new_run_id()
+                records = [make_result(f"S{i}", strategy, total_return_pct=total_return, num_trades=i)
+                           for i in range(rows)]
+                rt.append_results(root, run_id, records, created_at=today - timedelta(days=days_ago))
+                ids.append(run_id)
+            before = answers(root, ids)
+            compact.compact(root)
+            assert answers(root, ids) == before
+            folders = [p.parent for p in parquet_files(root)]
+            assert len(folders) == len(set(folders))  # every past day's folder holds one file
+
+    check()
