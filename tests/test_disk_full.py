@@ -71,6 +71,28 @@ def test_export_onto_a_full_disk_fails_in_one_line_and_keeps_the_previous_snapsh
     assert run_export(settings).created  # with room again, the next export goes through
 
 
+def test_a_full_export_whose_spooled_read_fills_the_disk_fails_in_one_line_and_keeps_the_snapshot(database_url,
+                                                                                                  small_disk):
+    """A full export spools psql's streams beside the lake (pipeline.source.extract): a disk that fills while
+    they are written is named with the space a read of the table needs, nothing is left in the staging area."""
+    loaders.seed_database(database_url, n_symbols=3, years=0.1, seed=1)
+    settings = replace(Settings(), database_url=database_url, lake_root=small_disk / "lake")
+    first = run_export(settings, full=True)
+    before = _files(settings.lake_root)
+    loaders.seed_database(database_url, n_symbols=12, years=0.3, seed=2, replace=True)
+    _fill(small_disk, 100_000)
+    with pytest.raises(PipelineError) as caught:
+        run_export(settings, full=True)
+    message = str(caught.value)
+    # Named where the read was spooled (before, the full read was held in memory and failed in the staging write).
+    assert message.startswith(f"no space left on the disk holding {settings.lake_root / '.staging'}:")
+    assert "\n" not in message and "MiB needed" in message and "lost PostgreSQL" not in message
+    assert lake.current_snapshot(settings.lake_root).id == first.snapshot_id
+    assert _files(settings.lake_root) == before, "no spooled stream is left behind"
+    (small_disk / "ballast").unlink()
+    assert run_export(settings, full=True).created
+
+
 def test_results_onto_a_full_disk_fail_in_one_line_and_keep_earlier_results(tmp_path, small_disk):
     from pipeline import demo
 

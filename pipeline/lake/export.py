@@ -158,9 +158,11 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     # Only an incremental read compares natives (a full one reads everything, even past a damaged lake).
     parent = lake.current_snapshot(settings.lake_root) if since is not None else None
     natives_before = {name: meta.get("native", "1h") for name, meta in parent.symbols.items()} if parent else {}
+    staging = lake.local_folder(settings.lake_root) / ".staging"  # psql's streams are spooled here first
+    staging.mkdir(parents=True, exist_ok=True)
     extracted = extract.extract_changed(
         settings.database_url, since, connections=settings.export_connections, natives_before=natives_before,
-        reread=set(parent.manifest.get("refused", {})) if parent else set(),
+        reread=set(parent.manifest.get("refused", {})) if parent else set(), spool=staging,
     )
     # One symbol's bad rows (a user's own INSERT: NaN, a BC time...) never block the others: it is refused alone.
     refused = bar_rules.bad_symbols(extracted.bars, extracted.natives, settings.bar_window)
@@ -170,8 +172,6 @@ def extract_to_staging(settings: Settings, since: datetime | None, in_memory: bo
     if in_memory:
         return StagedExtract(None, None, extracted.watermark, extracted.rows_read, time.perf_counter() - started,
                              refused, extracted.orphans, bars, symbols, extracted.hidden_sessions, futures)
-    staging = lake.local_folder(settings.lake_root) / ".staging"
-    staging.mkdir(parents=True, exist_ok=True)
     stem = lake.new_snapshot_id()
     path = staging / f"extract-{stem}.arrow"
     symbols_path = staging / f"extract-{stem}.symbols.json"
