@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from pipeline.core import objects
 from pipeline.core.errors import InputError, PipelineError
 from pipeline.core.objects import ObjectPath
+from pipeline.lake.snapshots import fsync_dir
 from pipeline.store.files import compacted_name, publishing, runs_root, trades_root
 from pipeline.store.runlog import sweep_stale
 from pipeline.store.values import utc_now
@@ -110,11 +111,12 @@ def _compact_folder(table: str, table_root: Path, folder: Path, staging: Path) -
             for other in folder.iterdir():  # a file of the user's in the folder moves with it
                 if other.suffix != ".parquet":
                     os.link(other, new / other.name)
-            _fsync(new)
+            merged = new / compacted_name(first, last)
+            fsync_dir(new)
             before = sum(p.stat().st_size for p in files)
-            after = sum(p.stat().st_size for p in new.glob("*.parquet"))
+            after = merged.stat().st_size
             _exchange(new, folder)  # `new` now names the old folder
-            _fsync(folder.parent)
+            fsync_dir(folder.parent)
         finally:
             shutil.rmtree(new, ignore_errors=True)
     return Compacted(table, str(folder.relative_to(table_root)), len(files), rows, before, after)
@@ -124,17 +126,20 @@ def _merge(files: list[Path], target: Path) -> tuple[int, str, str]:
     """Write the rows of `files` (in their order) to `target`, their schemas unified; checks the count.
     Returns it, with the smallest and largest run id written."""
     schema = pa.unify_schemas([pq.read_schema(p) for p in files], promote_options="permissive")
-    expected = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
-    written, pending, runs = 0, [], set()
-    with pq.ParquetWriter(target, schema, compression="zstd") as writer:
+    expected, written, pending, runs = 0, 0, [], set()
+    with open(target, "xb") as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
         for path in files:
             source = pq.ParquetFile(path)
+            expected += source.metadata.num_rows
             for group in range(source.num_row_groups):
                 pending.append(_conform(source.read_row_group(group), schema))
                 runs.update(pc.unique(pending[-1].column("run_id")).to_pylist())
                 if sum(t.num_rows for t in pending) >= _GROUP_ROWS:
                     written += _write(writer, pending)
         written += _write(writer, pending)
+        writer.close()
+        handle.flush()
+        os.fsync(handle.fileno())
     if written != expected or pq.ParquetFile(target).metadata.num_rows != expected:
         raise PipelineError(f"compacting {target.parent.name}: wrote {written:,} rows of {expected:,}; nothing replaced")
     runs.discard(None)
@@ -162,15 +167,6 @@ def _clear(staging: Path) -> None:
     if staging.is_dir():
         for leftover in staging.iterdir():
             shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _fsync(directory: Path) -> None:
-    for path in [*directory.iterdir(), directory]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 _RENAME_EXCHANGE = 2

@@ -206,7 +206,9 @@ def session(results_root: str | os.PathLike[str], run_id: str | None = None,
             tables: Collection[str] = TABLES) -> Iterator[Callable[..., tuple[list[str], list[tuple[Any, ...]]]]]:
     """`query`'s sandboxed connection for several queries: yields run(sql, parameters) -> (columns, rows).
     The tables' folders are not swapped by `results compact` meanwhile (`files.reading`)."""
-    with reading([objects.location(results_root), trades_root(results_root), runs_root(results_root)]):
+    roots = {"results": objects.location(results_root), "trades": trades_root(results_root),
+             "runs": runs_root(results_root)}
+    with reading([roots[name] for name in tables]):  # the tables it opens
         con = connect(results_root, run_id, tables)
         try:
             _sandbox(con, results_root)
