@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import demo, notebook
 from pipeline.engine import batch as engine
@@ -104,6 +106,52 @@ def test_each_blocks_statistics_equal_numpy_on_the_sets_own_equity_curve(sweep):
                         kb.B_DOWN2: (np.minimum(part, 0) ** 2).sum(), kb.B_START: path[lo], kb.B_END: path[hi]}
             for stat, value in expected.items():
                 assert blocks[y, b, stat, c] == pytest.approx(value, rel=1e-9, abs=1e-15), (b, stat)
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_blocks_made_from_the_fills_equal_the_blocks_summed_bar_by_bar(data):
+    """An all-in run's blocks come from its fills (blocks_from_fills): a held bar's return is the price's,
+    a flat bar's 0. Against the same run summed bar by bar: counts and start and end equities equal bit for
+    bit, the sums to the last bits; with stops, next-open fills, flat spells, more blocks than bars and
+    positions held across block edges or still open at the end."""
+    from pipeline.engine.kernels import blocks as kb
+    from pipeline.engine.kernels.enums import N_METRICS, TRADE_DTYPE
+    from pipeline.engine.kernels.simulate import simulate_1d
+
+    n = data.draw(st.integers(0, 300))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    steps = rng.normal(0.0, 0.02, n)
+    steps[rng.random(n) < data.draw(st.sampled_from([0.0, 0.5]))] = 0.0  # flat spells: returns of exactly 0
+    close = data.draw(st.sampled_from([0.07, 1.0, 1e4])) * np.exp(np.cumsum(steps))
+    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.005, n))
+    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
+    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    rate = data.draw(st.sampled_from([0.02, 0.2, 0.6]))
+    entries, exits = rng.random(n) < rate, rng.random(n) < rate
+    sl = data.draw(st.sampled_from([0.0, 0.01, 0.03]))
+    row = options.Execution(sl * 100, data.draw(st.sampled_from([0.0, 2.0])), sl > 0 and data.draw(st.booleans()),
+                            1.0, data.draw(st.sampled_from([0.0, 0.1]))).row()
+    n_blocks = data.draw(st.sampled_from([1, 4, 16, 40]))
+    fractions = np.linspace(0.0, 1.0, n_blocks + 1)
+    fill_next_open = data.draw(st.booleans())
+    fee = data.draw(st.sampled_from([0.0, 0.001]))
+
+    def blocks(by_fills: bool) -> np.ndarray:
+        out = np.full((n_blocks, kb.N_BLOCK_STATS), np.nan)
+        args = (open_, close, entries, exits, np.zeros(n), fee, 1000.0, fill_next_open, 8760.0,
+                np.empty(N_METRICS), np.empty(0), np.empty(0, dtype=TRADE_DTYPE), high, low, row, fractions, out)
+        if by_fills:
+            simulate_1d(*args, held_sums=kb.held_return_sums(close), fill_log=np.empty((n, kb.FILL_FIELDS)))
+        else:
+            simulate_1d(*args)
+        return out
+
+    by_bar, by_fill = blocks(False), blocks(True)
+    exact = [kb.B_COUNT, kb.B_START, kb.B_END]
+    np.testing.assert_array_equal(by_fill[:, exact], by_bar[:, exact])
+    sums = [kb.B_SUM, kb.B_SUM2, kb.B_SUM3, kb.B_SUM4, kb.B_DOWN2]
+    np.testing.assert_allclose(by_fill[:, sums], by_bar[:, sums], rtol=1e-10, atol=1e-15)
 
 
 def test_pbo_equals_combinatorially_symmetric_cross_validation_from_first_principles(sweep):

@@ -31,10 +31,146 @@ B_SUM4 = 7  # sum of r**4 (kurtosis)
 N_BLOCK_STATS = 8
 
 
+# Columns of `held_return_sums`: the running sums of the bars' own price returns.
+H_SUM = 0
+H_SUM2 = 1
+H_SUM3 = 2
+H_SUM4 = 3
+H_DOWN2 = 4
+N_HELD_SUMS = 5
+
+
+@njit(cache=True)
+def held_return_sums(close):
+    """Running sums of the price returns a[t] = close[t] / close[t-1] - 1 of one symbol's bars, as
+    (m + 1) x N_HELD_SUMS: row t sums a, a**2, a**3, a**4 and min(a, 0)**2 over bars 1 .. t - 1 (row 0
+    and row 1 are 0).
+
+    A position holding all the equity (size 1, spot) earns exactly a[t] on a bar it is held through
+    without a fill: the equity is units x close. So the block statistics of the bars between two fills
+    are two rows' difference, whatever the parameter set (`simulate_1d` with `held_sums`): a sweep's
+    block sums cost a few additions per trade, not per bar. The difference differs from the bar-by-bar
+    sum in the last bits only (a few 1e-16 of the sums' scale)."""
+    m = close.shape[0]
+    out = np.zeros((m + 1, N_HELD_SUMS))
+    s = 0.0
+    s2 = 0.0
+    s3 = 0.0
+    s4 = 0.0
+    d2 = 0.0
+    for t in range(1, m):
+        a = close[t] / close[t - 1] - 1.0
+        a2 = a * a
+        s += a
+        s2 += a2
+        s3 += a2 * a
+        s4 += a2 * a2
+        loss = min(a, 0.0)
+        d2 += loss * loss
+        out[t + 1, H_SUM] = s
+        out[t + 1, H_SUM2] = s2
+        out[t + 1, H_SUM3] = s3
+        out[t + 1, H_SUM4] = s4
+        out[t + 1, H_DOWN2] = d2
+    return out
+
+
 @njit(cache=True, inline="always")
 def block_edge(fraction: float, m: int) -> int:
     """The first bar of the block starting at `fraction` of a symbol's `m` simulated bars."""
     return int(np.floor(fraction * m + 1e-9))
+
+
+# Fields of a fill logged by `log_fill`: the bar, then the account after the fill.
+F_BAR = 0
+F_UNITS = 1
+F_CASH = 2
+FILL_FIELDS = 3
+
+
+@njit(cache=True)
+def log_fill(fill_log, k, t, units, cash):
+    """Log the account after a fill on bar t as the fill log's row k; returns k + 1 (k without a log).
+    Plain @njit, not inline: it prunes its own `is None` branch by its argument's type."""
+    if fill_log is None:
+        return k
+    fill_log[k, F_BAR] = t
+    fill_log[k, F_UNITS] = units
+    fill_log[k, F_CASH] = cash
+    return k + 1
+
+
+@njit(cache=True, inline="always")
+def _add_moments(sums, r):
+    sums[0] += r
+    r2 = r * r
+    sums[1] += r2
+    sums[2] += r2 * r
+    sums[3] += r2 * r2
+    loss = min(r, 0.0)
+    sums[4] += loss * loss
+
+
+@njit(cache=True)
+def blocks_from_fills(out, fractions, close, initial, held_sums, fill_log, n_fills):
+    """The block statistics of a run whose every entry committed all the cash, from its fills alone.
+
+    out: (B x N_BLOCK_STATS), as `simulate_1d` fills it bar by bar; fractions: (B + 1,) block edges;
+    close: the m bars simulated; held_sums: `held_return_sums(close)`; fill_log: `log_fill`'s rows, the
+    account (units, cash) after each of the n_fills fills, in bar order.
+
+    Between fills the account is constant, so the equity at any bar is `cash + units * close[t]` of the
+    last fill at or before it (the initial cash before the first), the simulator's own expression: the
+    blocks' start and end equities and a fill bar's return are the loop's, bit for bit. A flat bar
+    returns exactly 0; a bar held through earns the price's return (no cash beside the units), summed
+    from held_sums' rows; these sums differ from the loop's in the last bits only.
+    """
+    # Each `is None` is pruned by the argument's type (simulate_1d's variants without blocks or logs).
+    if out is None:
+        return
+    if fractions is None:
+        return
+    if held_sums is None:
+        return
+    if fill_log is None:
+        return
+    m = close.shape[0]
+    n_blocks = fractions.shape[0] - 1
+    sums = np.zeros(5)
+    cash = initial
+    units = 0.0
+    held = False
+    k = 0
+    hi = 0
+    for b in range(n_blocks):
+        lo = hi
+        hi = m if b == n_blocks - 1 else block_edge(fractions[b + 1], m)
+        start = initial if lo == 0 else cash + units * close[lo - 1]
+        sums[:] = 0.0
+        bar = lo  # first bar of the block not summed yet
+        while k < n_fills and fill_log[k, F_BAR] < hi:
+            t = int(fill_log[k, F_BAR])
+            if held and t > bar:
+                for j in range(5):
+                    sums[j] += held_sums[t, j] - held_sums[bar, j]
+            before = initial if t == 0 else cash + units * close[t - 1]
+            units = fill_log[k, F_UNITS]
+            cash = fill_log[k, F_CASH]
+            held = not held
+            _add_moments(sums, (cash + units * close[t]) / before - 1.0)
+            bar = t + 1
+            k += 1
+        if held and hi > bar:
+            for j in range(5):
+                sums[j] += held_sums[hi, j] - held_sums[bar, j]
+        out[b, B_COUNT] = hi - lo
+        out[b, B_SUM] = sums[0]
+        out[b, B_SUM2] = sums[1]
+        out[b, B_SUM3] = sums[2]
+        out[b, B_SUM4] = sums[3]
+        out[b, B_DOWN2] = sums[4]
+        out[b, B_START] = start
+        out[b, B_END] = start if hi == lo else cash + units * close[hi - 1]
 
 
 @njit(cache=True, inline="always", error_model="numpy")

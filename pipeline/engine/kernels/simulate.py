@@ -20,6 +20,8 @@ from pipeline.engine.kernels.blocks import (
     B_SUM3,
     B_SUM4,
     block_edge,
+    blocks_from_fills,
+    log_fill,
 )
 from pipeline.engine.kernels.enums import (
     ACTION_BUY,
@@ -407,6 +409,8 @@ def simulate_1d(
     detail_low: np.ndarray | None = None,
     detail_first: np.ndarray | None = None,
     detail_ratio: int = 0,
+    held_sums: np.ndarray | None = None,
+    fill_log: np.ndarray | None = None,
 ) -> int:
     """Simulate one symbol over its bars (no NaN) and write the metrics.
 
@@ -435,6 +439,11 @@ def simulate_1d(
             `detail_ratio` finer columns, detail_first[t]; a stop level within a held bar's range is then
             decided on them (`detail_stop_exit`), and the bars that needed them but had none are counted
             (`bars_without_detail`). None: every bar by its own rule.
+        held_sums, fill_log: with the block statistics, `held_return_sums(close)` and an (n x FILL_FIELDS)
+            buffer: when every entry commits all the cash (size 1), the loop only logs its fills and the
+            blocks are made from them afterwards (`blocks_from_fills`): a bar held through without a fill
+            earns the price's own return then, a flat bar exactly 0. None, or a smaller size: the block
+            sums are added bar by bar.
 
     Returns:
         The number of trade records written (0 when the log is skipped).
@@ -512,7 +521,11 @@ def simulate_1d(
     b_sum4 = 0.0
     b_down2 = 0.0
     b_start = initial
-    if with_blocks:
+    # Blocks from the fills when no cash is left beside a position (see held_sums): nothing per bar.
+    by_fills = (with_blocks and size == 1.0 and held_sums is not None and held_sums.shape[0] == n + 1
+                and fill_log is not None and fill_log.shape[0] >= n)
+    n_fills = 0
+    if with_blocks and not by_fills:
         n_blocks = block_fractions.shape[0] - 1
         block_hi = n if n_blocks == 1 else block_edge(block_fractions[1], n)
         while block < n_blocks and block_hi == 0:  # blocks without bars before the first bar
@@ -584,6 +597,8 @@ def simulate_1d(
             cash = cash - commit
             in_position = True
             num_trades += 1
+            if by_fills:
+                n_fills = log_fill(fill_log, n_fills, t, units, cash)
         elif action == ACTION_SELL:
             proceeds = units * price
             fee = proceeds * fee_frac
@@ -597,6 +612,8 @@ def simulate_1d(
                 n_records += 1
             units = 0.0
             in_position = False
+            if by_fills:
+                n_fills = log_fill(fill_log, n_fills, t, units, cash)
         if fill_next_open and t + 1 < n:
             # The state after this bar's fill decides; a signal on the last bar is not filled.
             pending = _signal(in_position, entries[t], exits[t])
@@ -613,7 +630,7 @@ def simulate_1d(
         loss = min(r, 0.0)  # branch-free: adds 0 for a gain, r * r for a loss
         down_sq += loss * loss
         prev_equity = equity
-        if with_blocks:
+        if with_blocks and not by_fills:
             r2 = r * r
             b_sum += r
             b_sum2 += r2
@@ -629,6 +646,8 @@ def simulate_1d(
                 b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
                 b_start = equity
 
+    if by_fills:
+        blocks_from_fills(blocks_out, block_fractions, close, initial, held_sums, fill_log, n_fills)
     last_close = close[n - 1] if n > 0 else 0.0
     write_metrics(metrics_out, n, initial, bars_per_year, close[0] if n > 0 else np.nan,
                   close[n - 1] if n > 0 else np.nan, cash + units * last_close,

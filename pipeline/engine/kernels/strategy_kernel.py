@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from pipeline.engine.kernels.batch import compact_bars, finish_row, first_at_or_after, gather_row
-from pipeline.engine.kernels.blocks import N_BLOCK_STATS
+from pipeline.engine.kernels.blocks import FILL_FIELDS, N_BLOCK_STATS, N_HELD_SUMS, held_return_sums
 from pipeline.engine.kernels.enums import FUTURES_TRADE_DTYPE, N_METRICS, TRADE_DTYPE
 from pipeline.engine.kernels.futures import simulate_futures_1d
 from pipeline.engine.kernels.simulate import simulate_1d
@@ -233,6 +233,14 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
                 first[j] = detail_first[index[j]]
         # One parameter set's block statistics at a time (simulate_1d fills them as it goes).
         stats = np.empty((0 if block_fractions is None else block_fractions.shape[0] - 1, N_BLOCK_STATS))
+        # What the block statistics of an all-in run are made from: the price returns' running sums and
+        # the run's fills (simulate_1d's held_sums and fill_log).
+        if block_fractions is None:
+            held = np.zeros((0, N_HELD_SUMS))
+            fills = np.zeros((0, FILL_FIELDS))
+        else:
+            held = held_return_sums(cl[m0:])
+            fills = np.empty((m - m0, FILL_FIELDS))
         table = _indicator_table(ind_slots, m)
         for c in range(n_combos):
             params = combos[c]
@@ -241,20 +249,21 @@ def run_grid(columns, open2d, close2d, combos, recompute, fee_frac, initial, fil
             row = out[s, c]
             if execution is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
-                            bars_per_year[s], row, curve, no_trades, None, None, None, block_fractions, stats)
+                            bars_per_year[s], row, curve, no_trades, None, None, None, block_fractions, stats,
+                            held_sums=held, fill_log=fills)
             elif high2d is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                             bars_per_year[s], row, curve, no_trades, None, None, execution[c], block_fractions,
-                            stats)
+                            stats, held_sums=held, fill_log=fills)
             elif detail_first is None:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                             bars_per_year[s], row, curve, no_trades, hi[m0:], lo[m0:], execution[c],
-                            block_fractions, stats)
+                            block_fractions, stats, held_sums=held, fill_log=fills)
             else:
                 simulate_1d(op[m0:], cl[m0:], en[m0:], ex[m0:], sv[m0:], fee_frac, initial, fill_next_open,
                             bars_per_year[s], row, curve, no_trades, hi[m0:], lo[m0:], execution[c],
                             block_fractions, stats, detail_open2d[s], detail_high2d[s], detail_low2d[s],
-                            first[m0:], detail_ratio)
+                            first[m0:], detail_ratio, held, fills)
             finish_row(row, m0, m, index, warmup(params))
             if day_out is not None:
                 _record_days(curve, index, m0, day_of_column, day_out, s, c)
