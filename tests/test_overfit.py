@@ -568,7 +568,7 @@ def test_pbo_breaks_exact_in_sample_ties_by_the_documented_rule_not_by_summation
     count, sums, sums2 = tied_block_sums(seed)
     pbo, logit, tied = cscv_from_block_sums(count, sums, sums2)
     assert tied > 0
-    assert pbo_cscv(count, sums, sums2) == pytest.approx((pbo, logit), abs=1e-12)
+    assert pbo_cscv(count, sums, sums2, np.ones(sums.shape[1], dtype=np.int64)) == pytest.approx((pbo, logit), abs=1e-12)
 
 
 def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
@@ -603,3 +603,19 @@ def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
     np.testing.assert_allclose(got, [(pbo, logit) for pbo, logit, _ in expected], rtol=0, atol=1e-12)
     for y, symbol in enumerate(batch.symbols):
         assert {r["pbo"] for r in results if r["symbol"] == symbol} == {stats["pbo"][y]}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pbo_of_the_distinct_sets_counted_by_their_weight_equals_the_pbo_of_every_set(seed):
+    """The sweep ranks each group of sets with equal block sums once, counted as often as it occurs
+    (overfit.distinct_sets): the same PBO and mean logit, bit for bit, as ranking every set."""
+    from pipeline.engine.kernels.blocks import pbo_cscv
+
+    count, sums, sums2 = tied_block_sums(seed)
+    copies = np.random.default_rng(seed).integers(0, sums.shape[1], 30)  # sets repeated in grid order
+    sums, sums2 = np.column_stack([sums, sums[:, copies]]), np.column_stack([sums2, sums2[:, copies]])
+    first, counts = overfit.distinct_sets(sums, sums2)
+    assert len(first) < sums.shape[1] and counts.sum() == sums.shape[1] and list(first) == sorted(first)
+    every = pbo_cscv(count, sums, sums2, np.ones(sums.shape[1], dtype=np.int64))
+    assert pbo_cscv(count, np.ascontiguousarray(sums[:, first]), np.ascontiguousarray(sums2[:, first]), counts) == every
+    assert every == pytest.approx(cscv_from_block_sums(count, sums, sums2)[:2], abs=1e-12)

@@ -187,16 +187,14 @@ def _split_sharpe(count, s, s2):
 
 
 @njit(cache=True)
-def _rank_among(values, i):
-    """Rank of values[i] among all values, 1 = lowest, ties averaged."""
+def _rank_among(values, i, weight):
+    """Rank of values[i] among all values, each counted weight[j] times, 1 = lowest, ties averaged."""
     below = 0
     equal = 0
     a = values[i]
     for j in range(values.shape[0]):
-        if values[j] < a:
-            below += 1
-        elif values[j] == a:
-            equal += 1
+        below += weight[j] * (values[j] < a)
+        equal += weight[j] * (values[j] == a)
     return below + (equal + 1) / 2.0
 
 
@@ -211,7 +209,7 @@ def _best(values):
 
 
 @njit(cache=True, error_model="numpy")
-def pbo_cscv(count, sums, sums2):
+def pbo_cscv(count, sums, sums2, weight):
     """Probability of backtest overfitting by combinatorially symmetric cross-validation.
 
     Bailey, Borwein, Lopez de Prado and Zhu (2015). `count` (S,) returns per block,
@@ -222,25 +220,32 @@ def pbo_cscv(count, sums, sums2):
     C(S, S/2) splits whose logit is <= 0 (n* no better than the median out of sample).
     Returns (pbo, mean logit); NaN with fewer than 2 sets or an odd or too small S.
 
+    weight (N,): how many parameter sets each column stands for (`distinct_sets`: sets whose block sums
+    are all equal have equal ratios on every half, so one column of them is ranked once and counted
+    weight times; N in w = rank / (N + 1) is the number of sets, sum(weight)).
+
     Each half's sums are its blocks' sums added in block order (((0 + b1) + b2) + ..., as Python's
     sum() adds them), the same numbers whatever splits came before: sets whose blocks are equal on
     a half tie exactly there, and the in-sample best among exact ties is the first set (grid
     order), as argmax picks it.
     """
-    n_blocks, n_sets = sums.shape
+    n_blocks, n_columns = sums.shape
+    n_sets = 0
+    for k in range(n_columns):
+        n_sets += weight[k]
     if n_sets < 2 or n_blocks < 2 or n_blocks % 2 == 1:
         return np.nan, np.nan
     half = n_blocks // 2
     # Side 0 is the half J, side 1 its complement. Row j of a side's partial sums = the sum of its
     # first j blocks in block order, from 0 (row 0 stays 0); its own sums are its last row plus its
     # last block.
-    rows = np.zeros((2, half, n_sets))
-    rows2 = np.zeros((2, half, n_sets))
+    rows = np.zeros((2, half, n_columns))
+    rows2 = np.zeros((2, half, n_columns))
     counts = np.zeros(2)
     taken = np.zeros(2, dtype=np.int64)
     last_block = np.zeros(2, dtype=np.int64)
-    train = np.empty(n_sets)
-    test = np.empty(n_sets)
+    train = np.empty(n_columns)
+    test = np.empty(n_columns)
     splits = 0
     overfit = 0
     logit_sum = 0.0
@@ -271,7 +276,7 @@ def pbo_cscv(count, sums, sums2):
             if j == half:
                 last_block[side] = b
             elif b >= first_changed:
-                for k in range(n_sets):
+                for k in range(n_columns):
                     rows[side, j, k] = rows[side, j - 1, k] + sums[b, k]
                     rows2[side, j, k] = rows2[side, j - 1, k] + sums2[b, k]
         previous = mask
@@ -280,16 +285,16 @@ def pbo_cscv(count, sums, sums2):
         mask = (((ripple ^ mask) >> 2) // lowest) | ripple
         b_in = last_block[0]
         b_out = last_block[1]
-        for k in range(n_sets):
+        for k in range(n_columns):
             train[k] = _split_sharpe(counts[0], rows[0, half - 1, k] + sums[b_in, k],
                                      rows2[0, half - 1, k] + sums2[b_in, k])
             test[k] = _split_sharpe(counts[1], rows[1, half - 1, k] + sums[b_out, k],
                                     rows2[1, half - 1, k] + sums2[b_out, k])
         for direction in range(2):
             if direction == 0:
-                w = _rank_among(test, _best(train)) / (n_sets + 1.0)
+                w = _rank_among(test, _best(train), weight) / (n_sets + 1.0)
             else:
-                w = _rank_among(train, _best(test)) / (n_sets + 1.0)
+                w = _rank_among(train, _best(test), weight) / (n_sets + 1.0)
             logit = np.log(w / (1.0 - w))
             logit_sum += logit
             splits += 1
@@ -299,10 +304,13 @@ def pbo_cscv(count, sums, sums2):
 
 
 @njit(cache=True, parallel=True)
-def pbo_many(count, sums, sums2, out):
-    """pbo_cscv for every symbol: count (Y x S), sums/sums2 (Y x S x N); out (Y x 2) = (pbo, mean logit)."""
+def pbo_many(count, sums, sums2, columns, weight, out):
+    """pbo_cscv for every symbol: count (Y x S), sums/sums2 (Y x S x N), of which symbol y's first
+    columns[y] are its distinct sets, counted weight (Y x N) times; out (Y x 2) = (pbo, mean logit)."""
     for y in prange(count.shape[0]):
-        p, lg = pbo_cscv(count[y], sums[y], sums2[y])
+        used = columns[y]
+        p, lg = pbo_cscv(count[y], np.ascontiguousarray(sums[y, :, :used]), np.ascontiguousarray(sums2[y, :, :used]),
+                         weight[y, :used])
         out[y, 0] = p
         out[y, 1] = lg
 
