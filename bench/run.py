@@ -54,7 +54,12 @@ REPEATS_CAP: int | None = None  # --smoke: 1, every row runs once after its warm
 
 def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
     """bench.timing.timed, with --smoke's cap on the repeats."""
-    return timing.timed(fn, min(repeat, REPEATS_CAP or repeat), warmup)
+    return timing.timed(fn, _cap(repeat), warmup)
+
+
+def _cap(repeat: int) -> int:
+    """--smoke's cap on the repeats."""
+    return min(repeat, REPEATS_CAP or repeat)
 
 
 def ensure_database(admin_url: str, name: str, cryptos: int, years: float) -> tuple[str, dict]:
@@ -491,16 +496,17 @@ def bench_futures(settings: Settings, snapshot: lake.Snapshot) -> dict:
     spot = options.run_config(rsi, {})
     futures = options.run_config(rsi, {}, market="futures", leverage=3, direction="both", mmr=0.005)
     found: dict = {"bar_steps": bar_steps}
-    found["spot_run"] = timed(lambda: engine.run_metrics(batch, spot), 10)
-    found["futures_run"] = timed(lambda: engine.run_metrics(futures_batch, futures), 10)
+    # Alternating (timing.alternating): the ratio under one load, however the shared host's drifts.
+    found["spot_run"], found["futures_run"] = timing.alternating(
+        lambda: engine.run_metrics(batch, spot), lambda: engine.run_metrics(futures_batch, futures), _cap(10))
     # One sweep each, 18 sets: leverage x direction (a grid axis like any parameter) against spot's
     # size x slippage, every set sharing the one RSI signal set.
     futures_sets = options.run_config(rsi, options.parse_grid(
         rsi, ["leverage=1,2,3,5,10,20", "direction=long,short,both"]), market="futures", mmr=0.005)
     spot_sets = options.run_config(rsi, options.parse_grid(
         rsi, ["size=0.5,0.6,0.7,0.8,0.9,1", "slippage=0,0.01,0.02"]))
-    found["spot_sweep"] = timed(lambda: engine.run_metrics(batch, spot_sets), 3)
-    found["futures_sweep"] = timed(lambda: engine.run_metrics(futures_batch, futures_sets), 3)
+    found["spot_sweep"], found["futures_sweep"] = timing.alternating(
+        lambda: engine.run_metrics(batch, spot_sets), lambda: engine.run_metrics(futures_batch, futures_sets), _cap(5))
     cube = engine.run_metrics(futures_batch, futures)
     found["liquidations"] = int(np.nansum(cube[:, :, enums.M_LIQUIDATIONS]))
     for name, steps in (("spot_run", bar_steps), ("futures_run", bar_steps), ("spot_sweep", bar_steps * 18),

@@ -17,3 +17,19 @@ def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
         fn()
         samples.append(time.perf_counter() - t)
     return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": repeat}
+
+
+def alternating(fn_a, fn_b, repeat: int = 5, warmup: int = 1) -> tuple[dict, dict]:
+    """`timed` of two functions called in turn (a, b, a, b, ...): on a shared host whose load drifts, their
+    ratio is then measured under the same load, not minutes apart."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(repeat):
+        for fn, out in ((fn_a, samples[0]), (fn_b, samples[1])):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+    return tuple({"min": min(s), "median": statistics.median(s), "max": max(s), "n": repeat}  # type: ignore[return-value]
+                 for s in samples)
