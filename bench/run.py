@@ -352,10 +352,16 @@ _COLD_CHILD = ("import sys\nfrom pipeline.cli import main\nsys.argv = ['cryptobt
 
 def _cold_backtest(env: dict[str, str], cwd: Path) -> tuple[float, float]:
     """`cryptobt backtest rsi --all` in a fresh process: (seconds, its own peak RSS in MB)."""
+    seconds, stderr = _child(_COLD_CHILD, env, cwd)
+    return seconds, int(stderr.rsplit("RSS", 1)[1].split()[0]) / 1024
+
+
+def _child(code: str, env: dict[str, str], cwd: Path) -> tuple[float, str]:
+    """`python -c code` in a fresh process on this checkout: (its seconds, its stderr)."""
     t = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _COLD_CHILD], env={**env, "PYTHONPATH": str(HERE.parent)},
-                          check=True, capture_output=True, text=True, cwd=cwd)
-    return time.perf_counter() - t, int(done.stderr.rsplit("RSS", 1)[1].split()[0]) / 1024
+    done = subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(HERE.parent)}, check=True,
+                          capture_output=True, text=True, cwd=cwd)
+    return time.perf_counter() - t, done.stderr
 
 
 def bench_cold_cli_demo(workdir: Path, env: dict[str, str], runs_: int) -> dict:
@@ -370,8 +376,8 @@ def bench_cold_cli_demo(workdir: Path, env: dict[str, str], runs_: int) -> dict:
     _cold_backtest(env, root.parent)  # keeps the grid
     cold, bare, floor = [], [], []
     for _ in range(runs_):  # interleaved: the host's load moves all three alike
-        bare.append(_child_seconds(_BARE_IMPORT, env, root.parent))
-        floor.append(_child_seconds(_NUMBA_FLOOR, env, root.parent))
+        bare.append(_child(_BARE_IMPORT, env, root.parent)[0])
+        floor.append(_child(_NUMBA_FLOOR, env, root.parent)[0])
         cold.append(_cold_backtest(env, root.parent))
     seconds, rss = [c for c, _ in cold], [m for _, m in cold]
     return {"median": statistics.median(seconds), "n": runs_, "peak_rss_mb": max(rss),
@@ -387,11 +393,6 @@ _BARE_IMPORT = "import pipeline\nimport numba, numpy, pyarrow, pyarrow.parquet, 
 _NUMBA_FLOOR = (_BARE_IMPORT + "\nimport numpy as np\nfrom pipeline.lake.checksum import checksum_words\n"
                 "checksum_words(np.zeros(4, np.uint64), 0)")
 
-
-def _child_seconds(code: str, env: dict[str, str], cwd: Path) -> float:
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONPATH": str(HERE.parent)}, check=True, cwd=cwd)
-    return time.perf_counter() - t
 
 
 SWEEP_100K_GRID = ("rsi_period=2:101:1", "oversold_threshold=10:49:1", "overbought_threshold=60:84:1")  # 100,000

@@ -16,7 +16,11 @@ def timed(fn, repeat: int = 5, warmup: int = 1) -> dict:
         t = time.perf_counter()
         fn()
         samples.append(time.perf_counter() - t)
-    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": repeat}
+    return _summary(samples)
+
+
+def _summary(samples: list[float]) -> dict:
+    return {"min": min(samples), "median": statistics.median(samples), "max": max(samples), "n": len(samples)}
 
 
 def alternating(fn_a, fn_b, repeat: int = 5, warmup: int = 1) -> tuple[dict, dict]:
@@ -31,5 +35,4 @@ def alternating(fn_a, fn_b, repeat: int = 5, warmup: int = 1) -> tuple[dict, dic
             t = time.perf_counter()
             fn()
             out.append(time.perf_counter() - t)
-    return tuple({"min": min(s), "median": statistics.median(s), "max": max(s), "n": repeat}  # type: ignore[return-value]
-                 for s in samples)
+    return _summary(samples[0]), _summary(samples[1])

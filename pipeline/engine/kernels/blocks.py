@@ -40,6 +40,18 @@ H_DOWN2 = 4
 N_HELD_SUMS = 5
 
 
+@njit(cache=True, inline="always")
+def _add_moments(sums, r):
+    """One return into running sums laid out as `held_return_sums`' columns."""
+    r2 = r * r
+    sums[H_SUM] += r
+    sums[H_SUM2] += r2
+    sums[H_SUM3] += r2 * r
+    sums[H_SUM4] += r2 * r2
+    loss = min(r, 0.0)
+    sums[H_DOWN2] += loss * loss
+
+
 @njit(cache=True)
 def held_return_sums(close):
     """Running sums of the price returns a[t] = close[t] / close[t-1] - 1 of one symbol's bars, as
@@ -53,25 +65,10 @@ def held_return_sums(close):
     sum in the last bits only (a few 1e-16 of the sums' scale)."""
     m = close.shape[0]
     out = np.zeros((m + 1, N_HELD_SUMS))
-    s = 0.0
-    s2 = 0.0
-    s3 = 0.0
-    s4 = 0.0
-    d2 = 0.0
     for t in range(1, m):
-        a = close[t] / close[t - 1] - 1.0
-        a2 = a * a
-        s += a
-        s2 += a2
-        s3 += a2 * a
-        s4 += a2 * a2
-        loss = min(a, 0.0)
-        d2 += loss * loss
-        out[t + 1, H_SUM] = s
-        out[t + 1, H_SUM2] = s2
-        out[t + 1, H_SUM3] = s3
-        out[t + 1, H_SUM4] = s4
-        out[t + 1, H_DOWN2] = d2
+        for j in range(N_HELD_SUMS):
+            out[t + 1, j] = out[t, j]
+        _add_moments(out[t + 1], close[t] / close[t - 1] - 1.0)
     return out
 
 
@@ -100,17 +97,6 @@ def log_fill(fill_log, k, t, units, cash):
     return k + 1
 
 
-@njit(cache=True, inline="always")
-def _add_moments(sums, r):
-    sums[0] += r
-    r2 = r * r
-    sums[1] += r2
-    sums[2] += r2 * r
-    sums[3] += r2 * r2
-    loss = min(r, 0.0)
-    sums[4] += loss * loss
-
-
 @njit(cache=True)
 def blocks_from_fills(out, fractions, close, initial, held_sums, fill_log, n_fills):
     """The block statistics of a run whose every entry committed all the cash, from its fills alone.
@@ -136,7 +122,7 @@ def blocks_from_fills(out, fractions, close, initial, held_sums, fill_log, n_fil
         return
     m = close.shape[0]
     n_blocks = fractions.shape[0] - 1
-    sums = np.zeros(5)
+    sums = np.zeros(N_HELD_SUMS)
     cash = initial
     units = 0.0
     held = False
@@ -151,7 +137,7 @@ def blocks_from_fills(out, fractions, close, initial, held_sums, fill_log, n_fil
         while k < n_fills and fill_log[k, F_BAR] < hi:
             t = int(fill_log[k, F_BAR])
             if held and t > bar:
-                for j in range(5):
+                for j in range(N_HELD_SUMS):  # (a loop, not array arithmetic: no temporary a fill)
                     sums[j] += held_sums[t, j] - held_sums[bar, j]
             before = initial if t == 0 else cash + units * close[t - 1]
             units = fill_log[k, F_UNITS]
@@ -161,14 +147,14 @@ def blocks_from_fills(out, fractions, close, initial, held_sums, fill_log, n_fil
             bar = t + 1
             k += 1
         if held and hi > bar:
-            for j in range(5):
+            for j in range(N_HELD_SUMS):
                 sums[j] += held_sums[hi, j] - held_sums[bar, j]
         out[b, B_COUNT] = hi - lo
-        out[b, B_SUM] = sums[0]
-        out[b, B_SUM2] = sums[1]
-        out[b, B_SUM3] = sums[2]
-        out[b, B_SUM4] = sums[3]
-        out[b, B_DOWN2] = sums[4]
+        out[b, B_SUM] = sums[H_SUM]
+        out[b, B_SUM2] = sums[H_SUM2]
+        out[b, B_SUM3] = sums[H_SUM3]
+        out[b, B_SUM4] = sums[H_SUM4]
+        out[b, B_DOWN2] = sums[H_DOWN2]
         out[b, B_START] = start
         out[b, B_END] = start if hi == lo else cash + units * close[hi - 1]
 
