@@ -409,3 +409,47 @@ def test_a_signal_can_fire_on_the_last_warmup_bar():
                                                      "overbought_threshold": 70.0})
     assert entries[3] and strategies.warmup_bars(get_strategy("rsi"), {"rsi_period": 2}) == 4
 
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data())
+def test_skipping_the_bars_without_a_fill_changes_no_number(data):
+    """simulate_1d skips a flat bar without an entry signal and runs a held bar without an exit signal (and
+    without stops) in a loop of its own; with per-bar block sums it runs every bar through the one loop.
+    Both give the same metrics, trades and equity, bit for bit: with entries on the first bar (a first
+    return that is not 0, which turns the skip off), losses that leave the flat bars under the peak, stops,
+    sizes below all-in, slippage and next-open fills."""
+    from pipeline.engine import options
+    from pipeline.engine.kernels import blocks as kb
+
+    n = data.draw(st.integers(0, 300))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    steps = rng.normal(0.0, 0.02, n)
+    steps[rng.random(n) < data.draw(st.sampled_from([0.0, 0.5]))] = 0.0
+    close = data.draw(st.sampled_from([0.07, 1.0, 1e4])) * np.exp(np.cumsum(steps))
+    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.005, n))
+    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
+    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    rate = data.draw(st.sampled_from([0.01, 0.05, 0.3]))
+    entries, exits = rng.random(n) < rate, rng.random(n) < rate
+    if n and data.draw(st.booleans()):
+        entries[0] = True
+    sl = data.draw(st.sampled_from([0.0, 0.01, 0.03]))
+    row = options.Execution(sl * 100, data.draw(st.sampled_from([0.0, 2.0])), sl > 0 and data.draw(st.booleans()),
+                            data.draw(st.sampled_from([1.0, 0.5])), data.draw(st.sampled_from([0.0, 0.1]))).row()
+    fill_next_open = data.draw(st.booleans())
+    fee = data.draw(st.sampled_from([0.0, 0.001]))
+
+    def run(every_bar: bool):
+        metrics, equity = np.full(enums.N_METRICS, np.nan), np.empty(n)  # slots it does not write stay NaN
+        trades = np.empty(n, dtype=enums.TRADE_DTYPE)
+        blocks = (np.array([0.0, 1.0]), np.empty((1, kb.N_BLOCK_STATS))) if every_bar else (None, None)
+        k = simulate_1d(open_, close, entries, exits, close, fee, 1000.0, fill_next_open, 8760.0, metrics, equity,
+                        trades, high, low, row, *blocks)
+        return metrics, equity, trades[:k]
+
+    (metrics, equity, trades), (every_metrics, every_equity, every_trades) = run(False), run(True)
+    np.testing.assert_array_equal(metrics, every_metrics)
+    np.testing.assert_array_equal(equity, every_equity)
+    for field in enums.TRADE_DTYPE.names:  # field by field: NaN equals NaN there
+        np.testing.assert_array_equal(trades[field], every_trades[field], err_msg=field)
