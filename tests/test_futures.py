@@ -11,9 +11,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.errors import PipelineError
 from pipeline.engine import options, tiers
+from pipeline.engine.kernels import enums
 from pipeline.notebook import round_trips, run_backtest, run_signals
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "binance-futures"
@@ -242,3 +245,51 @@ def test_a_futures_sweep_sharing_indicator_rows_equals_each_set_run_alone():
         for name in ("final_value", "num_trades", "funding_paid", "liquidations", "max_margin_ratio"):
             assert row[name] == alone[name], (row["params"], name)
     assert board["num_trades"].sum() > 0 and board["final_value"].n_unique() == 6
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_skipping_the_flat_bars_changes_no_number(data):
+    """simulate_futures_1d skips a flat bar without an entry signal on either side; with per-bar block sums
+    it runs every bar. Both give the same metrics, trades and equity, bit for bit: every direction, isolated
+    and cross, funding, liquidations at high leverage, stops and next-open fills. (Its liquidation price kept
+    until the balance moves and its margin ratio divided only where it could be the highest run on both
+    paths: test_futures_reference's matrix fails when either is broken.)"""
+    from pipeline.engine.kernels import blocks as kb
+    from pipeline.engine.kernels.futures import simulate_futures_1d
+
+    n = data.draw(st.integers(0, 300))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, data.draw(st.sampled_from([0.005, 0.03])), n)))
+    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.003, n))
+    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
+    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    funding = np.where(np.arange(n) % 8 == 1, rng.normal(0.0, 3e-4, n), np.nan)
+    rate = data.draw(st.sampled_from([0.01, 0.05, 0.3]))
+    entries, exits = rng.random(n) < rate, rng.random(n) < rate
+    enter_short, exit_short = rng.random(n) < rate, rng.random(n) < rate
+    if n and data.draw(st.booleans()):
+        entries[0] = True
+    execution = np.zeros(enums.N_EXECUTION)
+    execution[enums.EX_SL] = data.draw(st.sampled_from([0.0, 0.02]))
+    execution[enums.EX_SIZE] = data.draw(st.sampled_from([1.0, 0.5]))
+    execution[enums.EX_LEVERAGE] = data.draw(st.sampled_from([1.0, 5.0, 50.0]))
+    execution[enums.EX_DIRECTION] = enums.DIRECTIONS[data.draw(st.sampled_from(["long", "short", "both"]))]
+    cross, fill_next_open = data.draw(st.booleans()), data.draw(st.booleans())
+    tier_rows = tiers.load(None, None).of("XRP_USDT_USDT")
+    at = np.arange(n)
+
+    def run(every_bar: bool):
+        metrics, equity = np.full(enums.N_METRICS, np.nan), np.empty(n)
+        trades = np.empty(2 * n + 1, dtype=enums.FUTURES_TRADE_DTYPE)
+        blocks = (np.array([0.0, 1.0]), np.empty((1, kb.N_BLOCK_STATS))) if every_bar else (None, None)
+        k = simulate_futures_1d(open_, close, entries, exits, enter_short, exit_short, close, at, high, low, funding,
+                                open_, high, low, 0, tier_rows, execution, cross, 0.0005, 1000.0, fill_next_open,
+                                8760.0, metrics, equity, trades, *blocks)
+        return metrics, equity, trades[:k]
+
+    (metrics, equity, trades), (every_metrics, every_equity, every_trades) = run(False), run(True)
+    np.testing.assert_array_equal(metrics, every_metrics)
+    np.testing.assert_array_equal(equity, every_equity)
+    for field in enums.FUTURES_TRADE_DTYPE.names:  # field by field: NaN equals NaN there
+        np.testing.assert_array_equal(trades[field], every_trades[field], err_msg=field)

@@ -48,7 +48,9 @@ from pipeline.engine.kernels.simulate import (
     _no_drawdown,
     _write_block,
     add_return,
+    flat_bars,
     level_in_reach,
+    next_signal,
     side_stop_exit,
     write_metrics,
 )
@@ -269,6 +271,8 @@ def simulate_futures_1d(
     max_ratio = np.nan
     closed = _no_closed_trades()
     drawdown = _no_drawdown(initial)
+    lp = np.nan
+    lp_balance = np.nan
     prev_equity = initial
     r_count = 0
     r_shift = 0.0
@@ -295,7 +299,22 @@ def simulate_futures_1d(
             block += 1
             block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
-    for t in range(n):
+    # Flat bars without an entry signal are skipped (simulate_1d's rule; a flat bar returns 0 here too).
+    skip_flat = not with_blocks
+    t = -1
+    while t + 1 < n:
+        t += 1
+        if skip_flat and side == 0 and pending == NO_ORDER and (r_count == 0 or r_shift == 0.0):
+            j = next_signal(enter_long, t, n, enter_short)
+            if j > t:  # flat since the previous bar (or the first): the equity is the cash it closed at
+                if keep_equity:
+                    equity_out[t:j] = cash
+                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = flat_bars(
+                    j - t, cash, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
+                prev_equity = cash
+                t = j
+                if t == n:
+                    break
         target = NO_ORDER
         price = np.nan
         signal_bar = t
@@ -311,7 +330,10 @@ def simulate_futures_1d(
                 trade_funding += payment
                 funding_paid += payment
             balance = margin + cash if cross else margin
-            lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
+            # The liquidation price moves only with the balance (a funding payment, a fill): kept until then.
+            if balance != lp_balance or t == entry_bar + 1:
+                lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
+                lp_balance = balance
             adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (mark_high[g] if has_mark else high[g])
             liquidated = side * adverse <= side * lp
             stop_price, stop_reason = side_stop_exit(side, open_[t], high[g], low[g], sl_base, sl, entry_price, tp, trail)
@@ -357,9 +379,14 @@ def simulate_futures_1d(
             else:
                 maintenance = qty * adverse * mmr - cum
                 at_adverse = balance + side * qty * (adverse - entry_price)
-                ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
-                if pending == NO_ORDER and (np.isnan(max_ratio) or ratio > max_ratio):
-                    max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
+                # A ratio well under the highest so far cannot replace it: the division is skipped there
+                # (m <= M a (1 - 1e-12) bounds the rounded m / a below M, with a > 0 and M > 0), and made,
+                # exactly as before, wherever it could.
+                if pending == NO_ORDER and not (at_adverse > 0.0 and max_ratio > 0.0
+                                                and maintenance <= max_ratio * at_adverse * (1.0 - 1e-12)):
+                    ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
+                    if np.isnan(max_ratio) or ratio > max_ratio:
+                        max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
                 if trail and not replayed:
                     if side == 1 and high[g] > sl_base:
                         sl_base = high[g]

@@ -314,11 +314,28 @@ def _account_bar(equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2,
 
 
 @njit(cache=True, inline="always")
-def _next_signal(signals, t, n):
-    """The first bar at or after t whose signal is set (n without one)."""
-    while t < n and not signals[t]:
-        t += 1
+def next_signal(signals, t, n, others=None):
+    """The first bar at or after t where `signals` (or `others`, when given) is set; n without one."""
+    if others is None:
+        while t < n and not signals[t]:
+            t += 1
+    else:
+        while t < n and not (signals[t] or others[t]):
+            t += 1
     return t
+
+
+@njit(cache=True, inline="always")
+def flat_bars(k, equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
+    """k >= 1 bars flat at `equity`, after a bar that closed there too: each returns exactly 0, which moves
+    no sum once the first return (the shift) is 0, so they cost one bar's work, the bars under the peak
+    counted. Only when r_count == 0 or r_shift == 0. Returns (drawdown, r_count, r_shift, r_sum, r_sum2,
+    down_sq)."""
+    drawdown = _add_equity(drawdown, equity)
+    if drawdown[2] > 0:  # under the peak: each bar after the first is one more bar there
+        drawdown = (drawdown[0], drawdown[1], drawdown[2] + k - 1) + drawdown[3:]
+    r_count, r_shift, r_sum, r_sum2 = add_return(0.0, r_count, r_shift, r_sum, r_sum2)
+    return drawdown, r_count + k - 1, r_shift, r_sum, r_sum2, down_sq
 
 
 @njit(cache=True)
@@ -565,16 +582,12 @@ def simulate_1d(
     t = 0
     while t < n:
         if skip_flat and not in_position and pending == 0 and cash > 0.0 and (r_count == 0 or r_shift == 0.0):
-            j = _next_signal(entries, t, n)
-            if j > t:
+            j = next_signal(entries, t, n)
+            if j > t:  # flat since the previous bar (or the first): the equity is the cash it closed at
                 if keep_equity:
                     equity_out[t:j] = cash
-                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq, r = _account_bar(
-                    cash, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
-                if drawdown[2] > 0:  # under the peak: each flat bar after the first is one more bar there
-                    drawdown = (drawdown[0], drawdown[1], drawdown[2] + j - t - 1) + drawdown[3:]
-                r_count += j - t - 1
-                prev_equity = cash
+                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = flat_bars(
+                    j - t, cash, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
                 t = j
                 if t == n:
                     break
