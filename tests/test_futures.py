@@ -18,6 +18,7 @@ from pipeline.core.errors import PipelineError
 from pipeline.engine import options, tiers
 from pipeline.engine.kernels import enums
 from pipeline.notebook import round_trips, run_backtest, run_signals
+from tests.random_runs import assert_same_run, random_bars
 
 SAMPLE = Path(__file__).resolve().parent.parent / "data" / "sample" / "binance-futures"
 XRP = "XRP_USDT_USDT"
@@ -258,12 +259,8 @@ def test_skipping_the_flat_bars_changes_no_number(data):
     from pipeline.engine.kernels import blocks as kb
     from pipeline.engine.kernels.futures import simulate_futures_1d
 
-    n = data.draw(st.integers(0, 300))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    close = 100.0 * np.exp(np.cumsum(rng.normal(0.0, data.draw(st.sampled_from([0.005, 0.03])), n)))
-    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.003, n))
-    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
-    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    rng, open_, high, low, close = random_bars(data)
+    n = close.size
     funding = np.where(np.arange(n) % 8 == 1, rng.normal(0.0, 3e-4, n), np.nan)
     rate = data.draw(st.sampled_from([0.01, 0.05, 0.3]))
     entries, exits = rng.random(n) < rate, rng.random(n) < rate
@@ -288,8 +285,4 @@ def test_skipping_the_flat_bars_changes_no_number(data):
                                 8760.0, metrics, equity, trades, *blocks)
         return metrics, equity, trades[:k]
 
-    (metrics, equity, trades), (every_metrics, every_equity, every_trades) = run(False), run(True)
-    np.testing.assert_array_equal(metrics, every_metrics)
-    np.testing.assert_array_equal(equity, every_equity)
-    for field in enums.FUTURES_TRADE_DTYPE.names:  # field by field: NaN equals NaN there
-        np.testing.assert_array_equal(trades[field], every_trades[field], err_msg=field)
+    assert_same_run(run(False), run(True))

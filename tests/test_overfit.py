@@ -27,6 +27,7 @@ from pipeline.engine import options, overfit, strategies, walkforward
 from pipeline.engine.kernels.blocks import B_END, B_START
 from pipeline.engine.strategies import get_strategy
 from pipeline.lake import snapshots as lake
+from tests.random_runs import random_bars
 
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ["rsi_period=6:18:4", "oversold_threshold=25,35", "overbought_threshold=65,75"]  # 16 sets
@@ -119,14 +120,8 @@ def test_blocks_made_from_the_fills_equal_the_blocks_summed_bar_by_bar(data):
     from pipeline.engine.kernels.enums import N_METRICS, TRADE_DTYPE
     from pipeline.engine.kernels.simulate import simulate_1d
 
-    n = data.draw(st.integers(0, 300))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    steps = rng.normal(0.0, 0.02, n)
-    steps[rng.random(n) < data.draw(st.sampled_from([0.0, 0.5]))] = 0.0  # flat spells: returns of exactly 0
-    close = data.draw(st.sampled_from([0.07, 1.0, 1e4])) * np.exp(np.cumsum(steps))
-    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.005, n))
-    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
-    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    rng, open_, high, low, close = random_bars(data)
+    n = close.size
     rate = data.draw(st.sampled_from([0.02, 0.2, 0.6]))
     entries, exits = rng.random(n) < rate, rng.random(n) < rate
     sl = data.draw(st.sampled_from([0.0, 0.01, 0.03]))

@@ -16,6 +16,7 @@ from pipeline.engine import strategies
 from pipeline.engine.kernels import enums
 from pipeline.engine.kernels.simulate import simulate_1d
 from pipeline.engine.strategies import get_strategy
+from tests.random_runs import assert_same_run, random_bars
 from tests.reference import reference_backtest, reference_signals
 
 HYP = settings(max_examples=25, deadline=None)
@@ -422,14 +423,8 @@ def test_skipping_the_bars_without_a_fill_changes_no_number(data):
     from pipeline.engine import options
     from pipeline.engine.kernels import blocks as kb
 
-    n = data.draw(st.integers(0, 300))
-    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
-    steps = rng.normal(0.0, 0.02, n)
-    steps[rng.random(n) < data.draw(st.sampled_from([0.0, 0.5]))] = 0.0
-    close = data.draw(st.sampled_from([0.07, 1.0, 1e4])) * np.exp(np.cumsum(steps))
-    open_ = np.r_[close[:1], close[:-1]] * np.exp(rng.normal(0.0, 0.005, n))
-    high = np.maximum(open_, close) * (1 + rng.random(n) * 0.02)
-    low = np.minimum(open_, close) * (1 - rng.random(n) * 0.02)
+    rng, open_, high, low, close = random_bars(data)
+    n = close.size
     rate = data.draw(st.sampled_from([0.01, 0.05, 0.3]))
     entries, exits = rng.random(n) < rate, rng.random(n) < rate
     if n and data.draw(st.booleans()):
@@ -448,8 +443,4 @@ def test_skipping_the_bars_without_a_fill_changes_no_number(data):
                         trades, high, low, row, *blocks)
         return metrics, equity, trades[:k]
 
-    (metrics, equity, trades), (every_metrics, every_equity, every_trades) = run(False), run(True)
-    np.testing.assert_array_equal(metrics, every_metrics)
-    np.testing.assert_array_equal(equity, every_equity)
-    for field in enums.TRADE_DTYPE.names:  # field by field: NaN equals NaN there
-        np.testing.assert_array_equal(trades[field], every_trades[field], err_msg=field)
+    assert_same_run(run(False), run(True))

@@ -48,10 +48,9 @@ from pipeline.engine.kernels.simulate import (
     _no_drawdown,
     _write_block,
     add_return,
-    flat_bars,
     level_in_reach,
-    next_signal,
     side_stop_exit,
+    skip_flat_bars,
     write_metrics,
 )
 
@@ -305,16 +304,11 @@ def simulate_futures_1d(
     while t + 1 < n:
         t += 1
         if skip_flat and side == 0 and pending == NO_ORDER and (r_count == 0 or r_shift == 0.0):
-            j = next_signal(enter_long, t, n, enter_short)
-            if j > t:  # flat since the previous bar (or the first): the equity is the cash it closed at
-                if keep_equity:
-                    equity_out[t:j] = cash
-                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = flat_bars(
-                    j - t, cash, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
-                prev_equity = cash
-                t = j
-                if t == n:
-                    break
+            t, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = skip_flat_bars(
+                t, n, enter_long, enter_short, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
+                r_sum2, down_sq)
+            if t == n:
+                break
         target = NO_ORDER
         price = np.nan
         signal_bar = t

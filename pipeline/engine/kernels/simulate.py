@@ -326,16 +326,23 @@ def next_signal(signals, t, n, others=None):
 
 
 @njit(cache=True, inline="always")
-def flat_bars(k, equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
-    """k >= 1 bars flat at `equity`, after a bar that closed there too: each returns exactly 0, which moves
-    no sum once the first return (the shift) is 0, so they cost one bar's work, the bars under the peak
-    counted. Only when r_count == 0 or r_shift == 0. Returns (drawdown, r_count, r_shift, r_sum, r_sum2,
-    down_sq)."""
-    drawdown = _add_equity(drawdown, equity)
-    if drawdown[2] > 0:  # under the peak: each bar after the first is one more bar there
-        drawdown = (drawdown[0], drawdown[1], drawdown[2] + k - 1) + drawdown[3:]
-    r_count, r_shift, r_sum, r_sum2 = add_return(0.0, r_count, r_shift, r_sum, r_sum2)
-    return drawdown, r_count + k - 1, r_shift, r_sum, r_sum2, down_sq
+def skip_flat_bars(t, n, entries, other_entries, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
+                   r_sum2, down_sq):
+    """Skip the flat bars from t up to the next entry signal (in `entries` or `other_entries`); the caller
+    was flat at the previous bar's close (or t is 0), so each closes at `cash` and returns exactly 0, which
+    moves no sum once the first return (the shift) is 0: only when r_count == 0 or r_shift == 0. They cost
+    one bar's work, the bars under the peak counted. Returns (the entry signal's bar or n, drawdown,
+    r_count, r_shift, r_sum, r_sum2, down_sq)."""
+    j = next_signal(entries, t, n, other_entries)
+    if j > t:
+        if keep_equity:
+            equity_out[t:j] = cash
+        drawdown = _add_equity(drawdown, cash)
+        if drawdown[2] > 0:  # under the peak: each bar after the first is one more bar there
+            drawdown = (drawdown[0], drawdown[1], drawdown[2] + j - t - 1) + drawdown[3:]
+        r_count, r_shift, r_sum, r_sum2 = add_return(0.0, r_count, r_shift, r_sum, r_sum2)
+        r_count += j - t - 1
+    return j, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq
 
 
 @njit(cache=True)
@@ -582,15 +589,11 @@ def simulate_1d(
     t = 0
     while t < n:
         if skip_flat and not in_position and pending == 0 and cash > 0.0 and (r_count == 0 or r_shift == 0.0):
-            j = next_signal(entries, t, n)
-            if j > t:  # flat since the previous bar (or the first): the equity is the cash it closed at
-                if keep_equity:
-                    equity_out[t:j] = cash
-                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = flat_bars(
-                    j - t, cash, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
-                t = j
-                if t == n:
-                    break
+            t, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = skip_flat_bars(
+                t, n, entries, None, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum, r_sum2,
+                down_sq)
+            if t == n:
+                break
         if run_held and in_position and pending == 0:
             while t < n and not exits[t]:
                 equity = cash + units * close[t]
