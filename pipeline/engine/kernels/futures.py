@@ -300,13 +300,12 @@ def simulate_futures_1d(
 
     # Flat bars without an entry signal are skipped (simulate_1d's rule; a flat bar returns 0 here too).
     skip_flat = not with_blocks
-    t = -1
-    while t + 1 < n:
-        t += 1
+    t = 0
+    while t < n:
         if skip_flat and side == 0 and pending == NO_ORDER and (r_count == 0 or r_shift == 0.0):
-            t, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = skip_flat_bars(
+            t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
                 t, n, enter_long, enter_short, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
-                r_sum2, down_sq)
+                r_sum2)
             if t == n:
                 break
         target = NO_ORDER
@@ -464,6 +463,7 @@ def simulate_futures_1d(
                 block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
                 b_sum = b_sum2 = b_sum3 = b_sum4 = b_down2 = 0.0
                 b_start = equity
+        t += 1
 
     final_value = cash
     final_value_net = cash

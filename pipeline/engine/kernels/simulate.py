@@ -327,12 +327,12 @@ def next_signal(signals, t, n, others=None):
 
 @njit(cache=True, inline="always")
 def skip_flat_bars(t, n, entries, other_entries, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
-                   r_sum2, down_sq):
+                   r_sum2):
     """Skip the flat bars from t up to the next entry signal (in `entries` or `other_entries`); the caller
     was flat at the previous bar's close (or t is 0), so each closes at `cash` and returns exactly 0, which
     moves no sum once the first return (the shift) is 0: only when r_count == 0 or r_shift == 0. They cost
-    one bar's work, the bars under the peak counted. Returns (the entry signal's bar or n, drawdown,
-    r_count, r_shift, r_sum, r_sum2, down_sq)."""
+    one bar's work, the bars under the peak counted (a return of 0 adds nothing to the downside sum).
+    Returns (the entry signal's bar or n, drawdown, r_count, r_shift, r_sum, r_sum2)."""
     j = next_signal(entries, t, n, other_entries)
     if j > t:
         if keep_equity:
@@ -342,7 +342,7 @@ def skip_flat_bars(t, n, entries, other_entries, cash, equity_out, keep_equity, 
             drawdown = (drawdown[0], drawdown[1], drawdown[2] + j - t - 1) + drawdown[3:]
         r_count, r_shift, r_sum, r_sum2 = add_return(0.0, r_count, r_shift, r_sum, r_sum2)
         r_count += j - t - 1
-    return j, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq
+    return j, drawdown, r_count, r_shift, r_sum, r_sum2
 
 
 @njit(cache=True)
@@ -584,14 +584,14 @@ def simulate_1d(
     # flat, a bar without an entry signal only keeps the equity (its return is exactly 0, so with a first
     # return of 0 the sums do not move; at most the bars under the peak are counted), and held without
     # stops, a bar without an exit signal only marks the position. Per-bar block sums need every bar.
-    skip_flat = not (with_blocks and not by_fills)
+    skip_flat = not (with_blocks and not by_fills)  # (the test written out each time: Numba prunes the
+    # per-bar block code of a variant without blocks only by the expression itself, not by a name for it)
     run_held = skip_flat and not stops
     t = 0
     while t < n:
         if skip_flat and not in_position and pending == 0 and cash > 0.0 and (r_count == 0 or r_shift == 0.0):
-            t, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq = skip_flat_bars(
-                t, n, entries, None, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum, r_sum2,
-                down_sq)
+            t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
+                t, n, entries, None, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum, r_sum2)
             if t == n:
                 break
         if run_held and in_position and pending == 0:
