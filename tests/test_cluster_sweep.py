@@ -6,6 +6,7 @@ processes: `dask scheduler`, `dask worker` and the `cryptobt sweep` CLI, each st
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -272,3 +273,33 @@ def test_ctrl_c_stops_a_distributed_sweep_between_chunks_and_resume_finishes_it(
     resumed = _cli(["sweep", "--resume", folder.name, "--json"], env, tmp_path)
     _assert_identical(results_root, resumed["run_id"], reference[1])
     _complete(results_root, resumed["run_id"])
+
+
+def _big_result(marker: str) -> bytes:
+    """A chunk whose result takes a while to reach the client: it says (the file) when it has it."""
+    payload = bytes(800_000_000)
+    Path(marker).write_text("done")
+    return payload
+
+
+def test_a_cluster_closed_while_a_result_is_on_its_way_logs_no_traceback(tmp_path, caplog):
+    """CI's stop 43 failure: a chunk finished as the sweep stopped, the client closed while the chunk's result
+    was being gathered, and tornado logged the executor's callback error (CommClosedError) with its
+    traceback above the resume line; the scheduler logged that it could not gather the key. Here a result
+    big enough to be on its way for seconds is cut off."""
+    from distributed import default_client
+
+    from pipeline.cli.runs import _dask
+
+    marker = tmp_path / "finished"
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(KeyboardInterrupt), _dask(None, 1) as pool:
+        pool.submit(_big_result, str(marker))
+        deadline = time.monotonic() + 60
+        while not marker.exists() or not any(f.status == "finished" for f in default_client().futures.values()):
+            assert time.monotonic() < deadline, "the chunk did not finish in 60 s"
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+    time.sleep(1)  # what the client's loop thread would log comes now at the latest
+    errors = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []

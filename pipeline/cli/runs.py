@@ -312,7 +312,10 @@ def _dask(address: str | None, workers: int) -> Iterator[Any]:
 
     from distributed import Client, LocalCluster
 
+    quiet_teardown = _TeardownNoise()
     with contextlib.ExitStack() as stack:
+        for name in _TEARDOWN_LOGGERS:
+            stack.callback(logging.getLogger(name).removeFilter, quiet_teardown)
         if address is not None:
             try:
                 client = stack.enter_context(Client(address, timeout="10s"))
@@ -326,4 +329,31 @@ def _dask(address: str | None, workers: int) -> Iterator[Any]:
         n_workers = len(client.scheduler_info().get("workers", {}))
         err_console.print(f"dask: {client.scheduler.address} with {n_workers} worker(s); dashboard "
                           f"{client.dashboard_link}", highlight=False, soft_wrap=True)
-        yield client.get_executor()
+        try:
+            yield client.get_executor()
+        except BaseException:
+            # Runs last-in first-out: the filter is on before the client closes, off after the cluster has.
+            for name in _TEARDOWN_LOGGERS:
+                logging.getLogger(name).addFilter(quiet_teardown)
+            raise
+
+
+_TEARDOWN_LOGGERS = ("tornado.application", "distributed.scheduler")
+
+
+class _TeardownNoise:
+    """A logging filter for a Dask client closed under a stopped or failed sweep. A chunk that finished just
+    before the stop still has its result on the way to the executor (distributed's `ClientExecutor`
+    forwards it in a callback on the client's event loop); closing the client cuts that transfer: tornado
+    logs the callback's error with its traceback, and a local scheduler that it could not gather the
+    chunk's key. The sweep has already stopped and says what it kept (the chunk's part is on disk), so these
+    records are dropped; every other record passes."""
+
+    def filter(self, record: Any) -> bool:
+        import asyncio
+        import concurrent.futures
+
+        error = record.exc_info[1] if record.exc_info else None
+        cut_off = isinstance(error, (OSError, asyncio.CancelledError, concurrent.futures.CancelledError,
+                                     concurrent.futures.InvalidStateError))
+        return not cut_off and not str(record.msg).startswith("Couldn't gather keys")
