@@ -250,10 +250,12 @@ def test_a_futures_sweep_sharing_indicator_rows_equals_each_set_run_alone():
 
 @settings(max_examples=60, deadline=None)
 @given(data=st.data())
-def test_skipping_the_flat_bars_changes_no_number(data):
-    """simulate_futures_1d skips a flat bar without an entry signal on either side; with per-bar block sums
-    it runs every bar. Both give the same metrics, trades and equity, bit for bit: every direction, isolated
-    and cross, funding, liquidations at high leverage, stops and next-open fills. (Its liquidation price kept
+def test_skipping_the_flat_bars_and_looping_the_held_ones_changes_no_number(data):
+    """simulate_futures_1d skips a flat bar without an entry signal on either side and runs a held bar
+    without stops or next-open orders in a loop of its own; with per-bar block sums it runs every bar on the
+    general path. Both give the same metrics, trades and equity, bit for bit: every direction, isolated and
+    cross, funding, bars with and without a mark bar, liquidations at high leverage, stops and next-open
+    fills. (Its liquidation price kept
     until the balance moves and its margin ratio divided only where it could be the highest run on both
     paths: test_futures_reference's matrix fails when either is broken.)"""
     from pipeline.engine.kernels import blocks as kb
@@ -275,14 +277,18 @@ def test_skipping_the_flat_bars_changes_no_number(data):
     cross, fill_next_open = data.draw(st.booleans()), data.draw(st.booleans())
     tier_rows = tiers.load(None, None).of("XRP_USDT_USDT")
     at = np.arange(n)
+    mark_open, mark_high, mark_low = open_.copy(), high.copy(), low.copy()
+    if data.draw(st.booleans()):  # bars without a mark bar: the price bar's stand in
+        missing = rng.random(n) < 0.3
+        mark_open[missing] = mark_high[missing] = mark_low[missing] = np.nan
 
     def run(every_bar: bool):
         metrics, equity = np.full(enums.N_METRICS, np.nan), np.empty(n)
         trades = np.empty(2 * n + 1, dtype=enums.FUTURES_TRADE_DTYPE)
         blocks = (np.array([0.0, 1.0]), np.empty((1, kb.N_BLOCK_STATS))) if every_bar else (None, None)
         k = simulate_futures_1d(open_, close, entries, exits, enter_short, exit_short, close, at, high, low, funding,
-                                open_, high, low, 0, tier_rows, execution, cross, 0.0005, 1000.0, fill_next_open,
-                                8760.0, metrics, equity, trades, *blocks)
+                                mark_open, mark_high, mark_low, 0, tier_rows, execution, cross, 0.0005, 1000.0,
+                                fill_next_open, 8760.0, metrics, equity, trades, *blocks)
         return metrics, equity, trades[:k]
 
     assert_same_run(run(False), run(True))

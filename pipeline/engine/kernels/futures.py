@@ -298,14 +298,67 @@ def simulate_futures_1d(
             block += 1
             block_hi = n if block == n_blocks - 1 else block_edge(block_fractions[block + 1], n)
 
-    # Flat bars without an entry signal are skipped (simulate_1d's rule; a flat bar returns 0 here too).
+    # Flat bars without an entry signal are skipped (simulate_1d's rule; a flat bar returns 0 here too), and,
+    # as simulate_1d runs them, held bars without stops and orders at the close run in a tight loop of their
+    # own: a bar there pays its funding, moves the liquidation price and the margin ratio, and marks the
+    # position, by the general path's very operations. A bar whose signals close the position or whose
+    # range reaches the liquidation price leaves the loop untouched (nothing of it is kept), and the general
+    # path takes it whole.
     skip_flat = not with_blocks
+    run_held = skip_flat and not fill_next_open and not (sl > 0.0 or tp > 0.0)
+    both = direction == DIRECTION_BOTH
     t = 0
     while t < n:
         if skip_flat and side == 0 and pending == NO_ORDER and (r_count == 0 or r_shift == 0.0):
             t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
                 t, n, enter_long, enter_short, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
                 r_sum2)
+            if t == n:
+                break
+        if run_held and side != 0 and t > entry_bar:
+            # The signals that end a held position (_target): its own exit, and with both directions the
+            # other side's entry (a reversal).
+            own_exit = exit_long if side == 1 else exit_short
+            reversal = enter_short if side == 1 else enter_long
+            while t < n and not (own_exit[t] or (both and reversal[t])):
+                g = at[t]
+                has_mark = not np.isnan(mark_open[g])
+                rate = funding_rate[g]
+                paid = not np.isnan(rate)
+                payment = side * qty * (mark_open[g] if has_mark else open_[t]) * rate if paid else 0.0
+                bar_margin = margin - payment if paid else margin
+                balance = bar_margin + cash if cross else bar_margin
+                bar_lp = lp
+                if balance != lp_balance or t == entry_bar + 1:
+                    bar_lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
+                adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (
+                    mark_high[g] if has_mark else high[g])
+                if side * adverse <= side * bar_lp:
+                    break
+                if paid:
+                    margin = bar_margin
+                    trade_funding += payment
+                    funding_paid += payment
+                lp = bar_lp
+                lp_balance = balance
+                maintenance = qty * adverse * mmr - cum
+                at_adverse = balance + side * qty * (adverse - entry_price)
+                if not (at_adverse > 0.0 and max_ratio > 0.0
+                        and maintenance <= max_ratio * at_adverse * (1.0 - 1e-12)):
+                    ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
+                    if np.isnan(max_ratio) or ratio > max_ratio:
+                        max_ratio = ratio
+                equity = cash + margin + side * qty * (close[t] - entry_price)
+                if keep_equity:
+                    equity_out[t] = equity
+                held_bars += 1
+                drawdown = _add_equity(drawdown, equity)
+                r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0
+                r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
+                loss = min(r, 0.0)
+                down_sq += loss * loss
+                prev_equity = equity
+                t += 1
             if t == n:
                 break
         target = NO_ORDER

@@ -315,14 +315,18 @@ def _account_bar(equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2,
 
 @njit(cache=True, inline="always")
 def next_signal(signals, t, n, others=None):
-    """The first bar at or after t where `signals` (or `others`, when given) is set; n without one."""
+    """The first bar at or after t where `signals` (or `others`, when given) is set; n without one.
+    (t >= 0: the scan indexes with an unsigned bar, which spares each read the wrap-around of a negative
+    index.)"""
+    j = np.uint64(t)
+    stop = np.uint64(n)
     if others is None:
-        while t < n and not signals[t]:
-            t += 1
+        while j < stop and not signals[j]:
+            j += np.uint64(1)
     else:
-        while t < n and not (signals[t] or others[t]):
-            t += 1
-    return t
+        while j < stop and not (signals[j] or others[j]):
+            j += np.uint64(1)
+    return np.int64(j)
 
 
 @njit(cache=True, inline="always")
