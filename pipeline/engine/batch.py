@@ -202,10 +202,15 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
     execution = execution_matrix(config, order)
     every = slice(None)
     fractions = None if block_fractions is None else np.ascontiguousarray(block_fractions, dtype=np.float64)
-    sorted_blocks = None if fractions is None else np.empty((close.shape[0], fractions.size - 1, N_BLOCK_STATS,
-                                                             combos.shape[0]))
+    # The kernel writes in its own order; where that is the caller's (a grid whose sets sharing an indicator
+    # are adjacent already), it writes straight into the caller's arrays, without a copy back.
+    in_order = bool(np.array_equal(order, np.arange(order.size)))
+    sorted_blocks = None if fractions is None else _kernel_buffer(
+        blocks_out, in_order, (close.shape[0], fractions.size - 1, N_BLOCK_STATS, combos.shape[0]))
     day_of_column = None if day_equity is None else intervals.day_columns(batch.times)
-    sorted_days = None if day_equity is None else np.full(day_equity.shape, np.nan)
+    sorted_days = None if day_equity is None else _kernel_buffer(day_equity, in_order, day_equity.shape)
+    if sorted_days is not None:
+        sorted_days[:] = np.nan
     if close.shape[0] and close.shape[1] and config.market == "futures":
         tiers, counts = config.tier_table.stacked(batch.symbols)
         strategy.kernels().run_grid_futures(
@@ -214,8 +219,6 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
             config.margin == "cross", config.fee_frac, config.initial, config.fill == "next_open",
             bars_per_year(batch, config, start) if annual_bars is None else annual_bars, start, out, fractions,
             sorted_blocks, *detail_inputs(batch, every, futures=True), day_of_column, sorted_days, ind_slots, ind_fills)
-        if blocks_out is not None:
-            blocks_out[..., order] = sorted_blocks
     elif close.shape[0] and close.shape[1]:
         strategy.kernels().run_grid(strategy_columns(batch, config.strategy), open_, close, combos, recompute,
                                     config.fee_frac, config.initial, config.fill == "next_open",
@@ -225,19 +228,31 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
                                       if config.has_stops else (None, None)), execution, fractions, sorted_blocks,
                                     *(detail_inputs(batch, every) if config.has_stops else (None,) * 5),
                                     day_of_column, sorted_days, ind_slots, ind_fills)
-        if blocks_out is not None:
-            blocks_out[..., order] = sorted_blocks
     else:
         out[:] = 0.0
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
         out[:, :, enums.M_FIRST_INDEX] = -1
         out[:, :, enums.M_LAST_INDEX] = -1
-    if day_equity is not None:
-        day_equity[..., order] = sorted_days
     # Back to the caller's parameter order.
+    if blocks_out is not None and sorted_blocks is not blocks_out and close.shape[0] and close.shape[1]:
+        blocks_out[..., order] = sorted_blocks
+    if day_equity is not None and sorted_days is not day_equity:
+        day_equity[..., order] = sorted_days
+    if in_order:
+        return out
     unsorted = np.empty_like(out)
     unsorted[:, order] = out
     return unsorted
+
+
+def _kernel_buffer(caller: np.ndarray | None, in_order: bool, shape: tuple[int, ...]) -> np.ndarray:
+    """Where the kernel writes what the caller asked for in `caller`: that array itself when the kernel's
+    set order is the caller's and the array is one the kernel can take (C-contiguous float64 of the
+    shape), else a new one to copy back from."""
+    if (caller is not None and in_order and caller.shape == shape and caller.dtype == np.float64
+            and caller.flags.c_contiguous and caller.flags.writeable):
+        return caller
+    return np.empty(shape)
 
 
 # A sweep's statistics fields (pipeline/core/metrics.py's "sweep" section): None outside a sweep.
