@@ -310,9 +310,15 @@ def simulate_futures_1d(
     t = 0
     while t < n:
         if skip_flat and side == 0 and pending == NO_ORDER and (r_count == 0 or r_shift == 0.0):
-            t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
-                t, n, enter_long, enter_short, cash, equity_out, keep_equity, drawdown, r_count, r_shift, r_sum,
-                r_sum2)
+            # Flat, only the entries of the sides the set trades can open a position (_target).
+            if both:
+                t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
+                    t, n, enter_long, enter_short, cash, equity_out, keep_equity, drawdown, r_count, r_shift,
+                    r_sum, r_sum2)
+            else:
+                t, drawdown, r_count, r_shift, r_sum, r_sum2 = skip_flat_bars(
+                    t, n, enter_long if direction == DIRECTION_LONG else enter_short, None, cash, equity_out,
+                    keep_equity, drawdown, r_count, r_shift, r_sum, r_sum2)
             if t == n:
                 break
         if run_held and side != 0 and t > entry_bar:
@@ -321,11 +327,13 @@ def simulate_futures_1d(
             own_exit = exit_long if side == 1 else exit_short
             reversal = enter_short if side == 1 else enter_long
             while t < n and not (own_exit[t] or (both and reversal[t])):
-                g = at[t]
+                # Unsigned bars index without Numba's wrap-around of a negative index (t, at[t] >= 0).
+                u = np.uint64(t)
+                g = np.uint64(at[u])
                 has_mark = not np.isnan(mark_open[g])
                 rate = funding_rate[g]
                 paid = not np.isnan(rate)
-                payment = side * qty * (mark_open[g] if has_mark else open_[t]) * rate if paid else 0.0
+                payment = side * qty * (mark_open[g] if has_mark else open_[u]) * rate if paid else 0.0
                 bar_margin = margin - payment if paid else margin
                 balance = bar_margin + cash if cross else bar_margin
                 bar_lp = lp
@@ -348,9 +356,9 @@ def simulate_futures_1d(
                     ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
                     if np.isnan(max_ratio) or ratio > max_ratio:
                         max_ratio = ratio
-                equity = cash + margin + side * qty * (close[t] - entry_price)
+                equity = cash + margin + side * qty * (close[u] - entry_price)
                 if keep_equity:
-                    equity_out[t] = equity
+                    equity_out[u] = equity
                 held_bars += 1
                 drawdown = _add_equity(drawdown, equity)
                 r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0

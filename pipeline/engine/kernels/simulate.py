@@ -600,9 +600,10 @@ def simulate_1d(
                 break
         if run_held and in_position and pending == 0:
             while t < n and not exits[t]:
-                equity = cash + units * close[t]
+                u = np.uint64(t)  # (t >= 0: an unsigned bar indexes without Numba's negative wrap-around)
+                equity = cash + units * close[u]
                 if keep_equity:
-                    equity_out[t] = equity
+                    equity_out[u] = equity
                 held_bars += 1
                 drawdown, r_count, r_shift, r_sum, r_sum2, down_sq, r = _account_bar(
                     equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
