@@ -233,11 +233,13 @@ def run_metrics(batch: PriceBatch, config: RunConfig, block_fractions: np.ndarra
         out[:, :, enums.M_STATUS] = enums.STATUS_NO_BARS
         out[:, :, enums.M_FIRST_INDEX] = -1
         out[:, :, enums.M_LAST_INDEX] = -1
-    # Back to the caller's parameter order.
+    # Back to the caller's parameter order (in order, a plain copy: numpy's copy through an index array
+    # along the last axis took 45 ms for 135 sets' block sums of 211 symbols, a slice's 7 ms).
+    back = slice(None) if in_order else order
     if blocks_out is not None and sorted_blocks is not blocks_out and close.shape[0] and close.shape[1]:
-        blocks_out[..., order] = sorted_blocks
+        blocks_out[..., back] = sorted_blocks
     if day_equity is not None and sorted_days is not day_equity:
-        day_equity[..., order] = sorted_days
+        day_equity[..., back] = sorted_days
     if in_order:
         return out
     unsorted = np.empty_like(out)

@@ -30,9 +30,13 @@ T = TypeVar("T")
 # progress bar, large enough that the per-call read stays cheap.
 STREAM_CHUNK = 16
 PROGRESS_CHUNK = 64
-# Bar-steps per kernel call (a tenth to a fifth of a second on two busy cores). Ctrl-C is honoured
-# between calls, so a run of any size stops within about a second and keeps what finished.
+# Bar-steps per kernel call (a tenth to a fifth of a second on two busy cores for a run's kernel). Ctrl-C
+# is honoured between calls, so a run of any size stops within about a second and keeps what finished.
 CHUNK_BAR_STEPS = 10_000_000
+# A sweep's calls after its first are sized from the time the last one took, to about this long: the
+# sweep kernel does 10 M bar-steps in about 10 ms, and a call per set paid each call's own work (every
+# symbol's buffers and indicators again) on every set.
+SWEEP_CALL_SECONDS = 0.5
 # A sweep's chunk of symbols in memory (metrics, block sums, result columns): a 100,000-set sweep
 # runs two symbols at a time (one per core) within it.
 SWEEP_CHUNK_BYTES = 640 * 2**20

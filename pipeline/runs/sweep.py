@@ -17,7 +17,7 @@ from pipeline.engine import overfit, sweep_stats, walkforward
 from pipeline.engine.kernels import enums
 from pipeline.engine.options import RunConfig
 from pipeline.lake import reader
-from pipeline.runs.plan import CHUNK_BAR_STEPS
+from pipeline.runs.plan import CHUNK_BAR_STEPS, SWEEP_CALL_SECONDS
 from pipeline.store import results
 from pipeline.store.returns_file import ReturnsWriter
 
@@ -46,10 +46,9 @@ class Progress:
 
 
 class Sweep:
-    """A sweep's chunks of symbols: every parameter set in bounded kernel calls (CHUNK_BAR_STEPS),
-    the chunk's results as columns into the results file (no dict per result), its overfitting
-    statistics and walk-forward, and only the `keep` best results of each symbol kept as dicts
-    (all with None)."""
+    """A sweep's chunks of symbols: every parameter set in bounded kernel calls (`kernel_part`), the
+    chunk's results as columns into the results file (no dict per result), its overfitting statistics
+    and walk-forward, and only the `keep` best results of each symbol kept as dicts (all with None)."""
 
     def __init__(self, config: RunConfig, sink: results.ResultSink | None, keep: int | None,
                  on_results: Callable[[list[dict[str, Any]]], None] | None,
@@ -243,7 +242,7 @@ def kernel_part(batch: reader.PriceBatch, config: RunConfig, daily: bool,
                 on_call: Callable[[reader.PriceBatch, np.ndarray, int, int, float], None] | None = None,
                 should_stop: Callable[[], bool] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Every parameter set of `config` over a chunk of symbols through the kernels, in bounded calls
-    (CHUNK_BAR_STEPS): the metrics cube (symbols x sets x metrics), the block sums (symbols x blocks x
+    (CHUNK_BAR_STEPS, then about SWEEP_CALL_SECONDS each): the metrics cube (symbols x sets x metrics), the block sums (symbols x blocks x
     stats x sets) and, with `daily`, each set's equity at every day's end (symbols x days x sets). A set's
     numbers do not depend on the other sets of its call. `on_call(batch, cube, first, stop, seconds)` hears
     of each call (first with stop 0, before any); `should_stop` True between calls raises KeyboardInterrupt."""
@@ -256,7 +255,8 @@ def kernel_part(batch: reader.PriceBatch, config: RunConfig, daily: bool,
     days = None if not daily else np.full((len(batch.symbols), intervals.grid_days(batch.times)[1], n_params), np.nan)
     if on_call is not None:
         on_call(batch, cube, 0, 0, 0.0)
-    for first in range(0, n_params, sets_per_call):
+    first = 0
+    while first < n_params:
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         stop = min(first + sets_per_call, n_params)
@@ -264,8 +264,13 @@ def kernel_part(batch: reader.PriceBatch, config: RunConfig, daily: bool,
         cube[:, first:stop] = engine.run_metrics(batch, config.sliced(first, stop), fractions,
                                                  blocks[..., first:stop], annual,
                                                  None if days is None else days[:, :, first:stop])
+        seconds = time.perf_counter() - t0
         if on_call is not None:
-            on_call(batch, cube, first, stop, time.perf_counter() - t0)
+            on_call(batch, cube, first, stop, seconds)
+        # The next call about SWEEP_CALL_SECONDS long, growing at most 8x a call (a first call's time is
+        # mostly its fixed cost).
+        sets_per_call = max(1, min(8 * sets_per_call, int(sets_per_call * SWEEP_CALL_SECONDS / max(seconds, 1e-6))))
+        first = stop
     return cube, blocks, days
 
 
