@@ -41,13 +41,12 @@ from pipeline.engine.kernels.enums import (
     TIER_MMR,
 )
 from pipeline.engine.kernels.simulate import (
+    _account_bar,
     _add_closed_trade,
-    _add_equity,
     _end_drawdown,
     _no_closed_trades,
     _no_drawdown,
     _write_block,
-    add_return,
     level_in_reach,
     side_stop_exit,
     skip_flat_bars,
@@ -142,6 +141,34 @@ def liquidation_price(side, qty, entry, balance, mmr, cum):
     """LP = (M + cum - side x qty x E) / (qty x mmr - side x qty): where the margin balance equals the
     maintenance margin (SPEC 4.3). Below 0 (a long) it is never reached."""
     return (balance + cum - side * qty * entry) / (qty * mmr - side * qty)
+
+
+@njit(cache=True, inline="always")
+def _kept_liquidation_price(lp, lp_balance, balance, fresh, side, qty, entry, mmr, cum):
+    """The liquidation price at `balance`. It moves only with the balance (a funding payment, a fill), so
+    `lp`, made at `lp_balance`, is kept until then; `fresh` (the first bar held after an entry) makes it anew."""
+    if balance != lp_balance or fresh:
+        return liquidation_price(side, qty, entry, balance, mmr, cum)
+    return lp
+
+
+@njit(cache=True, inline="always")
+def _funding_payment(side, qty, mark_open_g, open_t, rate):
+    """What a position held into a bar pays from its margin at the bar's funding `rate` (not NaN): side x qty
+    x the mark bar's open (the price bar's where the mark has no bar) x rate."""
+    return side * qty * (open_t if np.isnan(mark_open_g) else mark_open_g) * rate
+
+
+@njit(cache=True, inline="always")
+def _higher_margin_ratio(max_ratio, maintenance, at_adverse):
+    """The highest margin ratio so far after a bar whose maintenance margin is `maintenance` against the
+    balance `at_adverse` at the bar's adverse extreme (1 where that balance is gone). A ratio well under the
+    highest cannot replace it: the division is skipped there (m <= M a (1 - 1e-12) bounds the rounded m / a
+    below M, with a > 0 and M > 0), and made, exactly as before, wherever it could."""
+    if at_adverse > 0.0 and max_ratio > 0.0 and maintenance <= max_ratio * at_adverse * (1.0 - 1e-12):
+        return max_ratio
+    ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
+    return ratio if np.isnan(max_ratio) or ratio > max_ratio else max_ratio
 
 
 @njit(cache=True)
@@ -333,12 +360,11 @@ def simulate_futures_1d(
                 has_mark = not np.isnan(mark_open[g])
                 rate = funding_rate[g]
                 paid = not np.isnan(rate)
-                payment = side * qty * (mark_open[g] if has_mark else open_[u]) * rate if paid else 0.0
+                payment = _funding_payment(side, qty, mark_open[g], open_[u], rate) if paid else 0.0
                 bar_margin = margin - payment if paid else margin
                 balance = bar_margin + cash if cross else bar_margin
-                bar_lp = lp
-                if balance != lp_balance or t == entry_bar + 1:
-                    bar_lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
+                bar_lp = _kept_liquidation_price(lp, lp_balance, balance, t == entry_bar + 1, side, qty, entry_price,
+                                                 mmr, cum)
                 adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (
                     mark_high[g] if has_mark else high[g])
                 if side * adverse <= side * bar_lp:
@@ -349,22 +375,14 @@ def simulate_futures_1d(
                     funding_paid += payment
                 lp = bar_lp
                 lp_balance = balance
-                maintenance = qty * adverse * mmr - cum
-                at_adverse = balance + side * qty * (adverse - entry_price)
-                if not (at_adverse > 0.0 and max_ratio > 0.0
-                        and maintenance <= max_ratio * at_adverse * (1.0 - 1e-12)):
-                    ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
-                    if np.isnan(max_ratio) or ratio > max_ratio:
-                        max_ratio = ratio
+                max_ratio = _higher_margin_ratio(max_ratio, qty * adverse * mmr - cum,
+                                                 balance + side * qty * (adverse - entry_price))
                 equity = cash + margin + side * qty * (close[u] - entry_price)
                 if keep_equity:
                     equity_out[u] = equity
                 held_bars += 1
-                drawdown = _add_equity(drawdown, equity)
-                r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0
-                r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
-                loss = min(r, 0.0)
-                down_sq += loss * loss
+                drawdown, r_count, r_shift, r_sum, r_sum2, down_sq, r = _account_bar(
+                    equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
                 prev_equity = equity
                 t += 1
             if t == n:
@@ -379,15 +397,13 @@ def simulate_futures_1d(
             has_mark = not np.isnan(mark_open[g])
             rate = funding_rate[g]
             if not np.isnan(rate):
-                payment = side * qty * (mark_open[g] if has_mark else open_[t]) * rate
+                payment = _funding_payment(side, qty, mark_open[g], open_[t], rate)
                 margin -= payment
                 trade_funding += payment
                 funding_paid += payment
             balance = margin + cash if cross else margin
-            # The liquidation price moves only with the balance (a funding payment, a fill): kept until then.
-            if balance != lp_balance or t == entry_bar + 1:
-                lp = liquidation_price(side, qty, entry_price, balance, mmr, cum)
-                lp_balance = balance
+            lp = _kept_liquidation_price(lp, lp_balance, balance, t == entry_bar + 1, side, qty, entry_price, mmr, cum)
+            lp_balance = balance
             adverse = (mark_low[g] if has_mark else low[g]) if side == 1 else (mark_high[g] if has_mark else high[g])
             liquidated = side * adverse <= side * lp
             stop_price, stop_reason = side_stop_exit(side, open_[t], high[g], low[g], sl_base, sl, entry_price, tp, trail)
@@ -431,16 +447,9 @@ def simulate_futures_1d(
                 pending = NO_ORDER
                 exited_early = True
             else:
-                maintenance = qty * adverse * mmr - cum
-                at_adverse = balance + side * qty * (adverse - entry_price)
-                # A ratio well under the highest so far cannot replace it: the division is skipped there
-                # (m <= M a (1 - 1e-12) bounds the rounded m / a below M, with a > 0 and M > 0), and made,
-                # exactly as before, wherever it could.
-                if pending == NO_ORDER and not (at_adverse > 0.0 and max_ratio > 0.0
-                                                and maintenance <= max_ratio * at_adverse * (1.0 - 1e-12)):
-                    ratio = maintenance / at_adverse if at_adverse > 0.0 else 1.0
-                    if np.isnan(max_ratio) or ratio > max_ratio:
-                        max_ratio = ratio  # not when a next_open order leaves at the open, before the extreme
+                if pending == NO_ORDER:  # not when a next_open order leaves at the open, before the extreme
+                    max_ratio = _higher_margin_ratio(max_ratio, qty * adverse * mmr - cum,
+                                                     balance + side * qty * (adverse - entry_price))
                 if trail and not replayed:
                     if side == 1 and high[g] > sl_base:
                         sl_base = high[g]
@@ -503,13 +512,11 @@ def simulate_futures_1d(
             equity_out[t] = equity
         if side != 0:
             held_bars += 1
-        drawdown = _add_equity(drawdown, equity)
-        r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0
-        r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
-        loss = min(r, 0.0)
-        down_sq += loss * loss
+        drawdown, r_count, r_shift, r_sum, r_sum2, down_sq, r = _account_bar(
+            equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq)
         prev_equity = equity
         if with_blocks:
+            loss = min(r, 0.0)
             r2 = r * r
             b_sum += r
             b_sum2 += r2

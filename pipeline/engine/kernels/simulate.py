@@ -305,9 +305,10 @@ def _end_drawdown(drawdown):
 @njit(cache=True, inline="always")
 def _account_bar(equity, prev_equity, drawdown, r_count, r_shift, r_sum, r_sum2, down_sq):
     """A bar closing at `equity` into the drawdown and the returns' sums: (drawdown, r_count, r_shift,
-    r_sum, r_sum2, down_sq, the bar's return)."""
+    r_sum, r_sum2, down_sq, the bar's return). After an equity of 0 (a futures account a cross-margin
+    liquidation took) the return is 0; a spot account's equity stays above 0."""
     drawdown = _add_equity(drawdown, equity)
-    r = equity / prev_equity - 1.0
+    r = equity / prev_equity - 1.0 if prev_equity > 0.0 else 0.0
     r_count, r_shift, r_sum, r_sum2 = add_return(r, r_count, r_shift, r_sum, r_sum2)
     loss = min(r, 0.0)  # branch-free: adds 0 for a gain, r * r for a loss
     return drawdown, r_count, r_shift, r_sum, r_sum2, down_sq + loss * loss, r
