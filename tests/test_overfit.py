@@ -600,6 +600,66 @@ def test_a_sweeps_pbo_with_tied_sets_equals_cscv_from_its_block_sums():
         assert {r["pbo"] for r in results if r["symbol"] == symbol} == {stats["pbo"][y]}
 
 
+def near_tied_block_sums(data: st.DataObject) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Block sums built to defeat an approximate ranking: sets whose returns are another's scaled (equal
+    Sharpe ratios in exact arithmetic, a few ulps apart in floats), sets a few ulps from another on one
+    block, copies on some blocks, blocks without a trade, constant returns (a variance cancelled to
+    its rounding noise, on either side of 0 and of the 1e-30 threshold), returns that barely vary
+    (per-bar ratios up to 1e6, where the variance's rounding outweighs the key's own), single-return
+    blocks, and magnitudes from subnormal squares to 1e140."""
+    n_blocks = data.draw(st.sampled_from([2, 4, 6, 8]), label="blocks")
+    n_sets = data.draw(st.integers(2, 12), label="sets")
+    scale = data.draw(st.sampled_from([1e-160, 1e-20, 1e-3, 1.0, 1e140]), label="scale")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), label="seed"))
+    count = rng.choice([1.0, 2.0, 3.0, 40.0, 1000.0], n_blocks)
+    mean = rng.normal(0.0, 0.3, n_sets)[None, :] * rng.choice([0.01, 1.0], (n_blocks, 1))
+    sums = scale * (count[:, None] * mean + rng.normal(0, 1, (n_blocks, n_sets)) * np.sqrt(count)[:, None])
+    sums2 = scale**2 * (count[:, None] * (1 + mean**2)) * rng.uniform(0.5, 2.0, (n_blocks, n_sets))
+    for k in range(1, n_sets):
+        j = int(rng.integers(0, k))
+        kind = data.draw(st.sampled_from(["free", "scaled", "ulps", "copy", "idle", "constant", "steady"]),
+                         label=f"set {k}")
+        some = rng.random(n_blocks) < 0.5
+        if kind == "scaled":  # the same returns times c: the same ratio up to rounding
+            c = float(rng.choice([3.0, 0.1, 1 + 2**-40, 7.000000001]))
+            sums[:, k], sums2[:, k] = sums[:, j] * c, sums2[:, j] * (c * c)
+        elif kind == "ulps":
+            sums[:, k], sums2[:, k] = sums[:, j], sums2[:, j]
+            b = int(rng.integers(0, n_blocks))
+            steps = int(rng.integers(-3, 4))
+            target = np.inf if steps > 0 else -np.inf
+            for _ in range(abs(steps)):
+                sums[b, k] = np.nextafter(sums[b, k], target)
+        elif kind == "copy":
+            sums[some, k], sums2[some, k] = sums[some, j], sums2[some, j]
+        elif kind == "idle":
+            sums[some, k] = sums2[some, k] = 0.0
+        elif kind == "constant":  # every return r: s = n r, s2 = n r**2, nudged by an ulp or two
+            r = scale * float(rng.choice([1e-3, 1e-16, 0.5]))
+            sums[some, k] = count[some] * r
+            sums2[some, k] = np.nextafter(count[some] * r * r, rng.choice([np.inf, -np.inf], int(some.sum())))
+        elif kind == "steady":  # returns that barely vary: per-bar ratios up to 1e6, their variance cancelled
+            r = scale * float(rng.choice([1e-3, 0.5]))
+            sums[:, k] = count * r
+            sums2[:, k] = count * r * r * (1 + float(rng.choice([1e-8, 1e-11, 1e-13])) * rng.uniform(1, 2, n_blocks))
+    return count, sums, sums2
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_pbo_ranks_by_the_exact_ratios_where_they_nearly_tie(data):
+    """pbo_cscv orders sets through cheap bounds of their Sharpe ratios and computes a ratio only where
+    bounds overlap: its PBO and mean logit are those of ranking the exact ratios (cscv_from_block_sums,
+    by the same float operations), on block sums made to sit inside the bounds' margins."""
+    from pipeline.engine.kernels.blocks import pbo_cscv
+
+    count, sums, sums2 = near_tied_block_sums(data)
+    pbo, logit, _ = cscv_from_block_sums(count, sums, sums2)
+    got = pbo_cscv(count, sums, sums2, np.ones(sums.shape[1], dtype=np.int64))
+    assert got[0] == pbo
+    assert got[1] == pytest.approx(logit, rel=1e-12, abs=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_pbo_of_the_distinct_sets_counted_by_their_weight_equals_the_pbo_of_every_set(seed):
     """The sweep ranks each group of sets with equal block sums once, counted as often as it occurs
