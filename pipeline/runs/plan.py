@@ -40,6 +40,10 @@ SWEEP_CALL_SECONDS = 0.5
 # A sweep's chunk of symbols in memory (metrics, block sums, result columns): a 100,000-set sweep
 # runs two symbols at a time (one per core) within it.
 SWEEP_CHUNK_BYTES = 640 * 2**20
+# Below that bound, a sweep's chunk holds at least this much: each chunk pays a read, a results write and
+# its first small kernel calls, and the 1,000-set sweep over 211 symbols in chunks of 4 symbols (53 chunks)
+# spent ~1.4 s of its 12.8 s on them (11.4 s in 7 chunks of 32; peak RSS 403 -> 540 MB).
+SWEEP_PART_BYTES = 64 * 2**20
 
 # The pins a run holds on the snapshots it reads, released when the run returns (see `pinning`).
 _PINS: contextvars.ContextVar[contextlib.ExitStack | None] = contextvars.ContextVar("pins", default=None)
@@ -147,9 +151,10 @@ def symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n
                       n_blocks: int, daily: bool = False) -> int:
     """Symbols per read: all of them unless their parameter sets are a lot of work. A sweep's chunk
     of symbols gets all its sets in a few kernel calls (an indicator is computed once per distinct
-    value within a call: one set per call over every symbol recomputed it for every set), and at
-    least two symbols per thread (the kernel runs symbols in parallel), unless its metrics, block
-    sums and result columns (and, with `daily`, each set's equity at every day's end: --stats) would pass
+    value within a call: one set per call over every symbol recomputed it for every set), at least two
+    symbols per thread (the kernel runs symbols in parallel) and at least SWEEP_PART_BYTES of work (a
+    chunk's read and write cost the same whatever its sets), unless its metrics, block sums and result
+    columns (and, with `daily`, each set's equity at every day's end: --stats) would pass
     SWEEP_CHUNK_BYTES: memory is bounded by the chunk."""
     bars = [(snapshot.symbols[s].get(interval) or {}).get("bars", 0) for s in names]
     per_call = CHUNK_BAR_STEPS // max(max(bars, default=0) * n_params, 1)
@@ -160,7 +165,8 @@ def symbols_per_call(snapshot: lake.Snapshot, names: list[str], interval: str, n
         n_days = max(bars, default=0) * intervals.SECONDS.get(interval, 3600) // 86_400 + 2
     per_symbol = engine.estimate_memory(1, 0, n_params, n_blocks, n_days)
     fits = max(1, SWEEP_CHUNK_BYTES // max(per_symbol, 1))
-    return max(1, min(len(names), fits, max(per_call, 2 * engine.thread_count())))
+    least = max(per_call, 2 * engine.thread_count(), SWEEP_PART_BYTES // max(per_symbol, 1))
+    return max(1, min(len(names), fits, least))
 
 
 def _plan_sweep(snapshot: lake.Snapshot, names: list[str], interval: str, n_params: int,
