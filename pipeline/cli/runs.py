@@ -323,8 +323,12 @@ def _dask(address: str | None, workers: int) -> Iterator[Any]:
                 raise PipelineError(f"--cluster {address}: no Dask scheduler answers there ({exc}); start one with "
                                     "`dask scheduler` and workers with `dask worker ADDRESS`") from None
         else:
+            # Its processes' records below CRITICAL are comm noise as the sweep stops (a worker's heartbeat to
+            # the scheduler closing before it: "Failed to communicate with scheduler during heartbeat" with a
+            # traceback, printed by the worker process above the resume line): a chunk's failure reaches the
+            # sweep as its exception, said in one line.
             local = stack.enter_context(LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                     dashboard_address=":0", silence_logs=logging.ERROR))
+                                                     dashboard_address=":0", silence_logs=logging.CRITICAL))
             client = stack.enter_context(Client(local))
         n_workers = len(client.scheduler_info().get("workers", {}))
         err_console.print(f"dask: {client.scheduler.address} with {n_workers} worker(s); dashboard "
