@@ -15,9 +15,12 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline.core.config import Settings
-from pipeline.store.cache import CacheWarning, ResultCache, cache_key
+from pipeline.core.run_options import KEY_DEFAULTS
+from pipeline.store.cache import CacheWarning, ResultCache, cache_key, key_function
 from tests import records
 
 CLOSED_PORT_URL = "redis://127.0.0.1:1/0"
@@ -444,3 +447,25 @@ def test_a_record_with_a_nan_token_still_decodes(cache: ResultCache, redis_clien
     redis_client.set(key, json.dumps({**make_result(), "sortino": float("nan")}), ex=600)
     found = cache.get_many([key])
     assert list(found) == [key] and found[key]["sortino"] != found[key]["sortino"]
+
+
+_KEY_TEXT = st.text(min_size=0, max_size=12)  # quotes, backslashes, NULs, any unicode: spliced as JSON
+_KEY_VALUE = st.one_of(st.none(), _KEY_TEXT, st.integers(-10**6, 10**6),
+                       st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=300, deadline=None)
+@given(symbol=_KEY_TEXT, interval=_KEY_TEXT, version=st.one_of(st.none(), _KEY_TEXT),
+       strategy=_KEY_TEXT, params=st.dictionaries(_KEY_TEXT, _KEY_VALUE, max_size=4),
+       options=st.dictionaries(st.sampled_from(sorted(set(KEY_DEFAULTS) - {"interval"})), _KEY_VALUE, max_size=5))
+def test_a_runs_keys_made_from_one_template_equal_each_key_made_whole(symbol, interval, version, strategy, params,
+                                                                       options):
+    """`key_function` (a 211-symbol cache hit's keys, 4.4 of its 12 ms when each was made whole) splices a
+    symbol, an interval and a data version into the run's canonical JSON: the same key as `cache_key`'s,
+    for any text in them, NULs and the placeholders' own spelling included."""
+    fields = {"strategy": strategy, "params": params, **options}
+    make = key_function("p", ("symbol", "interval", "data_version"), **fields)
+    assert make(symbol, interval, version) == cache_key("p", symbol=symbol, interval=interval,
+                                                        data_version=version, **fields)
+    assert make("\x00symbol", "\x00interval", version) == cache_key(
+        "p", symbol="\x00symbol", interval="\x00interval", data_version=version, **fields)

@@ -111,12 +111,13 @@ def _look_up(plan: RunPlan, cache: ResultCache | None, every_set: bool = False) 
     config, snapshot = plan.config, plan.snapshot
     expected = {}
     per_set = [_set_fields(config, c) for c in range(plan.n_params)]
+    key_of = [cache.key_function(("symbol", "interval", "data_version"), **fields) for fields in per_set]
     for symbol in plan.names:
         version = reader.series_version(snapshot, symbol)
+        interval = plan.interval_of[symbol]
         for c in range(plan.n_params):
-            fields = _key_fields(config, symbol, plan.interval_of[symbol], c, version, per_set[c])
-            found.keys[(symbol, c)] = cache.key(**fields)
-            expected[found.keys[(symbol, c)]] = fields
+            key = found.keys[(symbol, c)] = key_of[c](symbol, interval, version)
+            expected[key] = _key_fields(config, symbol, interval, c, version, per_set[c])
     records = cache.get_many(list(found.keys.values()), expected, results.record_problem)
     for slot, key in found.keys.items():
         record = records.get(key)

@@ -88,10 +88,44 @@ def cache_key(
     """The cache key of one backtest: ``<prefix>:bt:<sha256 of the canonical fields>``. `run_options` are
     the result fields of the run options in the key (``KEY_DEFAULTS``: fee_pct, sl_pct, ...); those
     not given take their defaults."""
+    fields = _key_fields_of(strategy=strategy, params=params, symbol=symbol, data_version=data_version,
+                            engine_version=engine_version, market=market, **run_options)
+    return _hashed(prefix, _canonical_text(fields))
+
+
+def key_function(prefix: str, varying: Sequence[str], **fields: Any) -> Callable[..., str]:
+    """`cache_key` over many backtests that differ only in the fields named by `varying` (a run's symbols,
+    their intervals and data versions): f(*values) is cache_key(prefix, **fields, **dict(zip(varying,
+    values))), the same string. The canonical JSON of `fields` is made once and each call splices its
+    values' JSON into it: a 211-symbol cache hit spent 4.4 of its 12 ms making every key whole."""
+    slots = {name: f"\x00{name}" for name in varying}  # a NUL never reaches a key field's text
+    text = _canonical_text(_key_fields_of(**fields, **slots))
+    found = sorted((text.find(json.dumps(slot)), name) for name, slot in slots.items())
+    if any(at < 0 or text.count(json.dumps(slots[name])) != 1 for at, name in found):
+        return lambda *values: cache_key(prefix, **fields, **dict(zip(varying, values, strict=True)))
+    pieces, order, start = [], [], 0
+    for at, name in found:
+        pieces.append(text[start:at])
+        order.append(list(varying).index(name))
+        start = at + len(json.dumps(slots[name]))
+    pieces.append(text[start:])
+
+    def key(*values: Any) -> str:
+        parts = [pieces[0]]
+        for piece, index in zip(pieces[1:], order, strict=True):
+            parts.append(json.dumps(_canonical(values[index]), allow_nan=False))
+            parts.append(piece)
+        return _hashed(prefix, "".join(parts))
+
+    return key
+
+
+def _key_fields_of(*, strategy: Any, params: Mapping[str, Any], symbol: Any, data_version: Any,
+                   engine_version: str = ENGINE_VERSION, market: Any = "spot", **run_options: Any) -> dict[str, Any]:
     unknown = sorted(set(run_options) - set(KEY_DEFAULTS))
     if unknown:
         raise TypeError(f"cache_key() got fields that are not in the cache key: {', '.join(unknown)}")
-    fields = {
+    return {
         "engine_version": engine_version,
         "strategy": strategy,
         "params": dict(params),
@@ -101,9 +135,13 @@ def cache_key(
         "market": market,
         "data_version": data_version,
     }
-    canonical = json.dumps(
-        _canonical(fields), sort_keys=True, separators=(",", ":"), allow_nan=False
-    )
+
+
+def _canonical_text(fields: Mapping[str, Any]) -> str:
+    return json.dumps(_canonical(fields), sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def _hashed(prefix: str, canonical: str) -> str:
     return f"{prefix}:bt:{hashlib.sha256(canonical.encode()).hexdigest()}"
 
 
@@ -176,6 +214,10 @@ class ResultCache:
     def key(self, **fields: Any) -> str:
         """The key of one backtest under this cache's prefix; `fields` are `cache_key`'s keywords."""
         return cache_key(self.prefix, **fields)
+
+    def key_function(self, varying: Sequence[str], **fields: Any) -> Callable[..., str]:
+        """`key_function` under this cache's prefix: the keys of backtests that differ in `varying` alone."""
+        return key_function(self.prefix, varying, **fields)
 
     def key_for_record(self, record: Mapping[str, Any]) -> str:
         """The key of the backtest that produced ``record`` (fields it lacks take `cache_key`'s defaults)."""
