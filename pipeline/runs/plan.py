@@ -42,7 +42,7 @@ SWEEP_CALL_SECONDS = 0.5
 SWEEP_CHUNK_BYTES = 640 * 2**20
 # Below that bound, a sweep's chunk holds at least this much: each chunk pays a read, a results write and
 # its first small kernel calls, and the 1,000-set sweep over 211 symbols in chunks of 4 symbols (53 chunks)
-# spent ~1.4 s of its 12.8 s on them (11.4 s in 7 chunks of 32; peak RSS 403 -> 540 MB).
+# spent ~1.4 s of its 12.8 s on them (11.4 s in 7 chunks of 31; peak RSS 403 -> 540 MB).
 SWEEP_PART_BYTES = 64 * 2**20
 
 # The pins a run holds on the snapshots it reads, released when the run returns (see `pinning`).
