@@ -166,8 +166,8 @@ def test_invalidate_symbol_deletes_exactly_that_symbols_keys(
 def test_clear_deletes_only_keys_under_the_prefix(
     cache: ResultCache, redis_client: redis.Redis
 ) -> None:
-    stored(cache, make_result("BTC"), make_result("ETH"))
-    cache.record_hits(1, 1)
+    keys = stored(cache, make_result("BTC"), make_result("ETH"))
+    cache.get_many([keys[0], f"{cache.prefix}:bt:absent"])  # one hit, one miss: both counters exist
     # Same characters plus more: a naive `<prefix>*` pattern would catch this one.
     neighbour = f"{cache.prefix}x:bt:kept"
     redis_client.set(neighbour, "1", ex=600)
@@ -201,7 +201,6 @@ def test_unreachable_redis_gives_all_misses_and_exactly_one_warning() -> None:
         assert cache.get_many([key]) == {}
         assert cache.put_many([(key, record)]) == 0
         assert cache.get_many([key, key]) == {}
-        cache.record_hits(1, 0)
         assert cache.invalidate_symbol("BTC") == 0
         assert cache.clear() == 0
         assert cache.stats()["available"] is False
@@ -374,9 +373,10 @@ def test_cache_value_that_is_a_pickle_is_never_unpickled(
 
 
 def test_stats_count_entries_hits_misses_and_memory(cache: ResultCache) -> None:
-    stored(cache, make_result("BTC"), make_result("ETH"), make_result("SOL"))
-    cache.record_hits(5, 3)
-    cache.record_hits(1, 0)
+    btc, eth, sol = stored(cache, make_result("BTC"), make_result("ETH"), make_result("SOL"))
+    absent = [f"{cache.prefix}:bt:absent-{n}" for n in range(3)]
+    cache.get_many([btc, eth, sol, *absent])
+    cache.get_many([btc, btc, eth, sol])  # a key asked twice is one lookup
 
     stats = cache.stats()
 
@@ -385,6 +385,39 @@ def test_stats_count_entries_hits_misses_and_memory(cache: ResultCache) -> None:
     assert (stats["hits"], stats["misses"]) == (6, 3)
     assert stats["hit_rate"] == pytest.approx(6 / 9)
     assert stats["used_memory"] > 0
+
+
+def test_stats_add_the_counters_that_versions_before_kept(cache: ResultCache, redis_client: redis.Redis) -> None:
+    redis_client.set(f"{cache.prefix}:stats:hits", 40)
+    redis_client.set(f"{cache.prefix}:stats:misses", 10)
+    btc, = stored(cache, make_result("BTC"))
+    cache.get_many([btc, f"{cache.prefix}:bt:absent"])
+
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (41, 11)
+
+
+def test_a_sound_record_the_caller_cannot_use_is_a_miss_and_stays_cached(cache: ResultCache) -> None:
+    with_trades, without = stored(cache, make_result("BTC"), make_result("ETH", trades=None))
+    wanted = cache.get_many([with_trades, without], usable=lambda record: record.get("trades") is not None)
+
+    assert set(wanted) == {with_trades}
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (1, 1)
+    assert set(cache.get_many([with_trades, without])) == {with_trades, without}
+
+
+def test_under_out_of_memory_cached_records_are_still_served(tiny_redis) -> None:
+    url, client = tiny_redis
+    messages: list[str] = []
+    cache = ResultCache(url, "p", on_warning=messages.append)
+    record = make_result("BTC")
+    key = cache.key_for_record(record)
+    assert cache.put_many([(key, record)]) == 1
+    client.config_set("maxmemory", 1)  # every write refused from now on: the lookup counter too
+
+    assert set(cache.get_many([key])) == {key}
+
+    assert len(messages) == 1 and "OutOfMemoryError" in messages[0] and "count lookups" in messages[0]
+    assert cache.available
 
 
 def test_stats_of_an_empty_prefix_have_no_hit_rate(cache: ResultCache) -> None:
@@ -402,7 +435,6 @@ def test_disabled_cache_is_a_no_op_without_warning() -> None:
             assert cache.get_many(["k"]) == {}
             assert cache.invalidate_symbol("BTC") == 0
             assert cache.clear() == 0
-            cache.record_hits(1, 1)
             assert cache.stats()["enabled"] is False
             assert not cache.warned
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import duckdb
 import psycopg
 import pytest
+import redis
 from typer.testing import CliRunner
 
 from pipeline import runs
@@ -60,6 +61,32 @@ def test_second_identical_run_is_served_entirely_from_cache_and_equals_the_first
     assert _strip(first.results) == _strip(second.results)
     stats = cache.stats()
     assert stats["hits"] == 12 and stats["misses"] == 12
+
+
+def test_a_run_served_from_the_cache_makes_one_round_trip_to_redis(settings, monkeypatch):
+    """The hit counters ride in the MGET's round trip: a single hit made two (MGET, then a pipeline of the
+    counters), 0.2 of its 0.6 ms. A run that computes counts its misses in a second one, beside the put."""
+    cache = ResultCache.from_settings(settings)
+    config = options.run_config(get_strategy("rsi"), {"rsi_period": 9}, trades=True)
+    symbol = next(iter(lake.current_snapshot(settings.lake_root).symbols))
+    runs.backtest(settings, config, [symbol], cache=cache)
+    sent: list[bytes] = []
+    send = redis.connection.AbstractConnection.send_packed_command
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command",
+                        lambda self, command, *a, **k: (sent.append(command), send(self, command, *a, **k))[1])
+
+    served = runs.backtest(settings, config, [symbol], cache=cache, write_results=False)
+
+    assert served.cache_hits == 1 and served.cache_misses == 0
+    assert len(sent) == 1
+    monkeypatch.undo()
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (1, 1)
+    # A record cached without trades is sound: a run asking for trades recomputes it, counted as a miss.
+    runs.backtest(settings, options.run_config(get_strategy("rsi"), {"rsi_period": 8}), [symbol], cache=cache)
+    again = runs.backtest(settings, options.run_config(get_strategy("rsi"), {"rsi_period": 8}, trades=True),
+                          [symbol], cache=cache, write_results=False)
+    assert again.cache_misses == 1 and again.results[0]["trades"] is not None
+    assert (cache.stats()["hits"], cache.stats()["misses"]) == (1, 3)
 
 
 def test_new_export_that_changes_one_symbol_recomputes_exactly_that_symbol(database_url, tmp_path, redis_url,

@@ -10,7 +10,10 @@ Keys (``<prefix>`` is ``settings.cache_prefix``):
   (engine version) or another option value gives a new key.
 - ``<prefix>:sym:<symbol>``: set of that symbol's ``bt`` keys, for ``invalidate_symbol``
   (a pattern cannot find a symbol inside a hash).
-- ``<prefix>:stats:hits`` / ``<prefix>:stats:misses``: counters fed by ``record_hits``.
+- ``<prefix>:stats:lookups`` / ``<prefix>:stats:unserved``: counters kept by ``get_many``: the keys asked
+  for (sent in the MGET's own round trip, so a run served from the cache makes one) and those not served
+  (sent only when there are some, when the run computes anyway). Hits are lookups - unserved, plus the
+  ``stats:hits`` / ``stats:misses`` that versions before kept (read, no longer written).
 
 Redis is an accelerator, never a dependency: when it is unreachable, too slow (socket
 timeout) or refuses a command (e.g. OOM under ``maxmemory`` + ``noeviction``), reads
@@ -228,21 +231,26 @@ class ResultCache:
         keys: Sequence[str],
         expected: Mapping[str, Mapping[str, Any]] | None = None,
         schema_problem: Callable[[Mapping[str, Any]], str | None] | None = None,
+        usable: Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> dict[str, dict[str, Any]]:
-        """The cached records among ``keys`` (one MGET), each with ``from_cache=True``.
+        """The cached records among ``keys`` (one MGET), each with ``from_cache=True``; the hit counters
+        count them (the lookups in the MGET's round trip, the keys not served in a second one when there
+        are some).
 
         A record is trusted only if it is what its key promises: with ``expected`` (key -> the
         `cache_key` keywords it was built from) every key field of the record must equal the
         key's, and ``schema_problem`` (a record -> why it is malformed, or None) must find
-        nothing. Anything else is a miss, is deleted, and one warning says so.
+        nothing. Anything else is a miss, is deleted, and one warning says so. A sound record that
+        ``usable`` refuses (a run that asks for trades, a record stored without them) is a miss and stays.
         """
         keys = list(keys)
         if not keys:
             return {}
-        raw = self._guard("get", lambda client: client.mget(keys), None)
+        asked = len(set(keys))
+        raw = self._guard("get", lambda client: self._counted_mget(client, keys, asked), None)
         found: dict[str, dict[str, Any]] = {}
+        bad: list[str] = []
         if raw is not None:
-            bad: list[str] = []
             first_problem = None
             for key, value in zip(keys, raw, strict=True):
                 if value is None:
@@ -257,14 +265,16 @@ class ResultCache:
                     bad.append(key)
                     first_problem = first_problem or problem
                     continue
-                record["from_cache"] = True
-                found[key] = record
+                if usable is None or usable(record):
+                    record["from_cache"] = True
+                    found[key] = record
             if bad:
                 self._report(f"dropped {len(bad)} cached record(s) that did not match their key or the results "
                              f"schema (e.g. {first_problem}); they are recomputed")
-                self._guard("delete", lambda client: client.unlink(*bad), None)
+            if bad or asked > len(found):
+                self._guard("count misses", lambda client: self._settle(client, bad, asked - len(found)), None)
         self.hits += len(found)
-        self.misses += len(set(keys)) - len(found)
+        self.misses += asked - len(found)
         return found
 
     def put_many(
@@ -315,19 +325,6 @@ class ResultCache:
 
         return self._guard("clear", run, 0)
 
-    def record_hits(self, hits: int, misses: int) -> None:
-        """Add to the hit/miss counters kept in Redis (shared by all runs)."""
-        if hits < 0 or misses < 0:
-            raise ValueError("hits and misses must be >= 0")
-
-        def run(client: redis.Redis) -> None:
-            pipe = client.pipeline(transaction=False)
-            pipe.incrby(self._stat_key("hits"), hits)
-            pipe.incrby(self._stat_key("misses"), misses)
-            pipe.execute()
-
-        self._guard("record hits", run, None)
-
     def stats(self) -> dict[str, Any]:
         """Entries under the prefix, hit/miss counters, hit rate and Redis memory use."""
         out: dict[str, Any] = {
@@ -346,8 +343,10 @@ class ResultCache:
 
         def run(client: redis.Redis) -> dict[str, Any]:
             keys = sum(1 for _ in client.scan_iter(match=self._pattern("bt:*"), count=1000))
-            hits_raw, misses_raw = client.mget(self._stat_key("hits"), self._stat_key("misses"))
-            hits, misses = self._counter("hits", hits_raw), self._counter("misses", misses_raw)
+            counters = dict(zip(_COUNTERS, client.mget([self._stat_key(name) for name in _COUNTERS]), strict=True))
+            counts = {name: self._counter(name, raw) for name, raw in counters.items()}
+            served = max(counts["lookups"] - counts["unserved"], 0)  # a counter reset alone can leave fewer
+            hits, misses = counts["hits"] + served, counts["misses"] + counts["unserved"]
             memory: dict[str, Any] = {}
             try:
                 memory = client.info("memory")
@@ -376,6 +375,28 @@ class ResultCache:
             self._client.close()
 
     # --- internals ----------------------------------------------------------------------
+
+    def _counted_mget(self, client: redis.Redis, keys: list[str], asked: int) -> list[bytes | None]:
+        """MGET `keys` and count the lookups in the same round trip. A refused count (a write, so OOM under
+        noeviction) warns once and the values still count."""
+        pipe = client.pipeline(transaction=False)
+        pipe.mget(keys)
+        pipe.incrby(self._stat_key("lookups"), asked)
+        values, counted = pipe.execute(raise_on_error=False)
+        if isinstance(values, Exception):
+            raise values
+        if isinstance(counted, Exception):
+            self._warn("count lookups", counted)
+        return values
+
+    def _settle(self, client: redis.Redis, bad: list[str], unserved: int) -> None:
+        """Delete the records that were not what their keys promise and count the keys not served."""
+        pipe = client.pipeline(transaction=False)
+        if bad:
+            pipe.unlink(*bad)
+        if unserved:
+            pipe.incrby(self._stat_key("unserved"), unserved)
+        pipe.execute()
 
     def _symbol_key(self, symbol: str) -> str:
         return f"{self.prefix}:sym:{symbol}"
@@ -445,6 +466,8 @@ class ResultCache:
 # A record's fields that its key is made of (`market` is left out: records cached before it was
 # kept lack it, and spot is all there is).
 _KEY_FIELDS = ("strategy", "params", "symbol", *KEY_DEFAULTS, "data_version", "engine_version")
+# The hit counters: lookups and unserved, and hits and misses as versions before kept them.
+_COUNTERS = ("lookups", "unserved", "hits", "misses")
 
 
 def _key_mismatch(record: Mapping[str, Any], fields: Mapping[str, Any]) -> str | None:
