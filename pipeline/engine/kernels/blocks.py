@@ -227,6 +227,24 @@ def _ordered(bits):
     return bits ^ ((bits >> 63) & _ORDER_MASK)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _half_sharpe(count, part, last, part2, last2, k):
+    """`_split_sharpe` of set k on a half whose sums are its partial sums plus its last block's."""
+    return _split_sharpe(count, part[k] + last[k], part2[k] + last2[k])
+
+
+@njit(cache=True, inline="always")
+def _unsure(low, high, floor, ceiling, j):
+    """Whether set j's bounds reach into [floor, ceiling]: its order against a ratio there is unknown."""
+    return (high[j] >= floor) & (low[j] <= ceiling)
+
+
+@njit(cache=True, inline="always")
+def _same_sums(part, last, part2, last2, j, s, s2):
+    """Whether set j's sums on the half are s and s2: then its ratio is the very ratio of those sums."""
+    return (part[j] + last[j] == s) & (part2[j] + last2[j] == s2)
+
+
 @njit(cache=True, inline="always")
 def _best(low, high, count, part, last, part2, last2, scratch):
     """Index of the largest exact ratio of a half (`_split_sharpe`), the first among equals: the
@@ -251,7 +269,7 @@ def _best(low, high, count, part, last, part2, last2, scratch):
     k = 0
     while candidates > 0:
         if high[k] >= floor:
-            value = _split_sharpe(count, part[k] + last[k], part2[k] + last2[k])
+            value = _half_sharpe(count, part, last, part2, last2, k)
             if best < 0 or value > best_value:
                 best = k
                 best_value = value
@@ -265,7 +283,7 @@ def _rank(low, high, count, part, last, part2, last2, i, weight):
     """Rank of set i's exact ratio among a half's, each set counted weight[j] times, 1 = lowest, ties
     averaged: sets whose bounds lie clearly below or above set i's count from their bounds, the others
     (set i itself, ties, near ties) from their exact ratios."""
-    a = _split_sharpe(count, part[i] + last[i], part2[i] + last2[i])
+    a = _half_sharpe(count, part, last, part2, last2, i)
     below = 0
     equal = 0
     if abs(a) < 1e150:
@@ -277,7 +295,7 @@ def _rank(low, high, count, part, last, part2, last2, i, weight):
         unsure_index_sum = 0
         for j in range(low.shape[0]):
             below += weight[j] if high[j] < floor else 0
-            maybe = (high[j] >= floor) & (low[j] <= ceiling)
+            maybe = _unsure(low, high, floor, ceiling, j)
             unsure += maybe
             unsure_index_sum += j if maybe else 0
         if unsure == 1 and unsure_index_sum == i:
@@ -288,24 +306,23 @@ def _rank(low, high, count, part, last, part2, last2, i, weight):
         s2 = part2[i] + last2[i]
         unsure = 0
         for j in range(low.shape[0]):
-            maybe = (high[j] >= floor) & (low[j] <= ceiling)
-            same = (part[j] + last[j] == s) & (part2[j] + last2[j] == s2)
+            maybe = _unsure(low, high, floor, ceiling, j)
+            same = _same_sums(part, last, part2, last2, j, s, s2)
             equal += weight[j] if maybe & same else 0
             unsure += maybe & (not same)
         # A loop that stops at the last of them: a plain loop over every set would be vectorised,
         # with the exact ratio computed for all of them.
         j = 0
         while unsure > 0:
-            if (high[j] >= floor) & (low[j] <= ceiling) & (not ((part[j] + last[j] == s)
-                                                                & (part2[j] + last2[j] == s2))):
-                value = _split_sharpe(count, part[j] + last[j], part2[j] + last2[j])
+            if _unsure(low, high, floor, ceiling, j) & (not _same_sums(part, last, part2, last2, j, s, s2)):
+                value = _half_sharpe(count, part, last, part2, last2, j)
                 below += weight[j] * (value < a)
                 equal += weight[j] * (value == a)
                 unsure -= 1
             j += 1
         return below + (equal + 1) / 2.0
-    for j in range(low.shape[0]):
-        value = _split_sharpe(count, part[j] + last[j], part2[j] + last2[j])
+    for j in range(low.shape[0]):  # |a| too large for the bounds' margin: every ratio exactly
+        value = _half_sharpe(count, part, last, part2, last2, j)
         below += weight[j] * (value < a)
         equal += weight[j] * (value == a)
     return below + (equal + 1) / 2.0
