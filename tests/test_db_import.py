@@ -184,11 +184,16 @@ def test_a_big_csv_imports_in_memory_that_does_not_grow_with_the_file(env, tmp_p
     code, text, big_peak = _import_peak(env, big)
     assert code == 0 and "4,000,000 1m" in text, text
     # The reader's threads put a few batches in flight at once, how many depends on scheduling (peaks of one
-    # file varied by 50 MB between runs): the bound is on the smaller of two imports of the big file (the
-    # second finds every row already there and reads the file the same way).
-    code, text, again_peak = _import_peak(env, big)
-    assert code == 0, text
-    big_peak = min(big_peak, again_peak)
+    # file varied by 50 MB between runs): the bound is on the smaller of two imports of each file (the second
+    # finds every row already there and reads the file the same way). With the small file's taken once, a
+    # low first reading of it failed the bound in a full suite (447 vs 496 MB: 49 MB against 47).
+    for path in (small, big):
+        code, text, again_peak = _import_peak(env, path)
+        assert code == 0, text
+        if path == small:
+            small_peak = min(small_peak, again_peak)
+        else:
+            big_peak = min(big_peak, again_peak)
     print(f"peak RSS: {small_mb:.0f} MB file -> {small_peak:.0f} MB; {big_mb:.0f} MB file -> {big_peak:.0f} MB")
     assert big_peak <= big_mb + 500
     # Four times the rows, (almost) the same memory: it is bounded by a batch, not by the file.
