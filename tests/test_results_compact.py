@@ -183,6 +183,30 @@ def test_a_compaction_that_fails_before_the_swap_leaves_the_table_as_it_was(tmp_
     assert not (tmp_path / ".compacting").exists() and table_rows(root) == before
 
 
+def test_a_compacted_results_file_holds_its_rows_best_return_first(tmp_path: Path) -> None:
+    """`results top` reads the first row groups of each compacted file and skips the rest by their statistics;
+    the rows in run id order (as before) put the best anywhere. NULL returns (a symbol with too few bars) last;
+    equal returns in run, symbol and parameters order."""
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "results"
+    for r, returns in enumerate(([3.0, None, -1.0, 7.5], [9.0, 3.0, None, 0.5], [-4.0, 3.0, 12.0, 7.5])):
+        records = [make_result(f"S{i}", total_return_pct=value, **({"reason": "too few bars"} if value is None else {}))
+                   for i, value in enumerate(returns)]
+        rt.append_results(root, f"run-{r:02d}", records, created_at=DAY + timedelta(minutes=r))
+    expected = queries.top(root, n=12)
+
+    compact.compact(root, before=TOMORROW)
+
+    [merged] = parquet_files(root)
+    table = pq.read_table(merged, columns=["total_return_pct", "run_id", "symbol"])
+    returns = table.column("total_return_pct").to_pylist()
+    assert returns == [12.0, 9.0, 7.5, 7.5, 3.0, 3.0, 3.0, 0.5, -1.0, -4.0, None, None]
+    assert list(zip(table.column("run_id").to_pylist(), table.column("symbol").to_pylist(), strict=True))[4:7] == [
+        ("run-00", "S0"), ("run-01", "S1"), ("run-02", "S1")]
+    assert queries.top(root, n=12) == expected
+
+
 def test_files_written_before_a_column_was_added_merge_with_it_as_null(tmp_path: Path) -> None:
     root = tmp_path / "results"
     _history(root, days=1, runs_a_day=2)

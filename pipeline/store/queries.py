@@ -463,10 +463,14 @@ def run_stats(
     }
 
 
+# Each mean adds its symbols in one order (a float sum's last bits depend on it), whatever order the rows are
+# stored in: a compacted file holds them best return first, the run's own file in the order it ran them.
 _SWEEP_SETS_SQL = f"""
 SELECT params_json, {_PER_SET}, count(total_return_pct) AS symbols,
-       avg(total_return_pct) AS total_return_pct, avg(sharpe) AS sharpe, avg(max_drawdown_pct) AS max_drawdown_pct,
-       avg(num_trades) AS num_trades
+       avg(total_return_pct ORDER BY symbol, interval) AS total_return_pct,
+       avg(sharpe ORDER BY symbol, interval) AS sharpe,
+       avg(max_drawdown_pct ORDER BY symbol, interval) AS max_drawdown_pct,
+       avg(num_trades ORDER BY symbol, interval) AS num_trades
 FROM results WHERE run_id = $1 AND split IS NULL AND ($2::VARCHAR IS NULL OR symbol = $2)
 GROUP BY ALL
 ORDER BY params_json, {_PER_SET}
