@@ -26,7 +26,7 @@ import ctypes.util
 import errno
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -140,22 +140,18 @@ def _merge(files: list[Path], target: Path) -> tuple[int, str, str]:
     """Write the rows of `files` (in their order) to `target`, their schemas unified; checks the count.
     Returns it, with the smallest and largest run id written."""
     schema = pa.unify_schemas([pq.read_schema(p) for p in files], promote_options="permissive")
-    expected, written, pending, runs = 0, 0, [], set()
-    with open(target, "xb") as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+    expected = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+    runs: set[str | None] = set()
+
+    def groups() -> Iterator[pa.Table]:
         for path in files:
             source = pq.ParquetFile(path)
-            expected += source.metadata.num_rows
             for group in range(source.num_row_groups):
-                pending.append(_conform(source.read_row_group(group), schema))
-                runs.update(pc.unique(pending[-1].column("run_id")).to_pylist())
-                if sum(t.num_rows for t in pending) >= _GROUP_ROWS:
-                    written += _write(writer, pending)
-        written += _write(writer, pending)
-        writer.close()
-        handle.flush()
-        os.fsync(handle.fileno())
-    if written != expected or pq.ParquetFile(target).metadata.num_rows != expected:
-        raise PipelineError(f"compacting {target.parent.name}: wrote {written:,} rows of {expected:,}; nothing replaced")
+                table = source.read_row_group(group)
+                runs.update(pc.unique(table.column("run_id")).to_pylist())
+                yield table
+
+    written = _write_file(target, schema, groups(), expected, "wrote")
     runs.discard(None)
     return written, min(runs), max(runs)
 
@@ -165,28 +161,34 @@ def _sort_results(merged: Path, target: Path, expected: int) -> None:
     of core past `_SORT_MEMORY`, and hands the rows back in batches, which pyarrow writes as `_merge` does."""
     from pipeline.lake.reader import connect_duckdb
 
-    schema = pq.read_schema(merged)
     spill = target.parent / "spill"
     con = connect_duckdb()
-    written, pending = 0, []
     try:
         con.execute(f"SET memory_limit = '{_SORT_MEMORY}'")
         con.execute("SET temp_directory = ?", [str(spill)])
         batches = con.execute(_SORTED_RESULTS_SQL, [str(merged)]).to_arrow_reader(_GROUP_ROWS)
-        with open(target, "xb") as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
-            for batch in batches:
-                pending.append(_conform(pa.Table.from_batches([batch]), schema))
-                if sum(t.num_rows for t in pending) >= _GROUP_ROWS:
-                    written += _write(writer, pending)
-            written += _write(writer, pending)
-            writer.close()
-            handle.flush()
-            os.fsync(handle.fileno())
+        _write_file(target, pq.read_schema(merged), (pa.Table.from_batches([b]) for b in batches), expected, "sorted")
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _write_file(target: Path, schema: pa.Schema, tables: Iterable[pa.Table], expected: int, verb: str) -> int:
+    """`tables`, each conformed to `schema`, into the new file `target` in row groups of about `_GROUP_ROWS`,
+    synced to disk; checks that it holds `expected` rows (else nothing is replaced). Returns how many."""
+    written, pending = 0, []
+    with open(target, "xb") as handle, pq.ParquetWriter(handle, schema, compression="zstd") as writer:
+        for table in tables:
+            pending.append(_conform(table, schema))
+            if sum(t.num_rows for t in pending) >= _GROUP_ROWS:
+                written += _write(writer, pending)
+        written += _write(writer, pending)
+        writer.close()
+        handle.flush()
+        os.fsync(handle.fileno())
     if written != expected or pq.ParquetFile(target).metadata.num_rows != expected:
-        raise PipelineError(f"compacting {target.parent.name}: sorted {written:,} rows of {expected:,}; nothing replaced")
+        raise PipelineError(f"compacting {target.parent.name}: {verb} {written:,} rows of {expected:,}; nothing replaced")
+    return written
 
 
 def _write(writer: pq.ParquetWriter, pending: list[pa.Table]) -> int:
