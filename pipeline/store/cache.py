@@ -273,7 +273,7 @@ class ResultCache:
                 self._report(f"dropped {len(bad)} cached record(s) that did not match their key or the results "
                              f"schema (e.g. {first_problem}); they are recomputed")
             if bad or asked > len(found):
-                self._guard("count misses", lambda client: self._settle(client, bad, asked - len(found)), None)
+                self._guard("hit count", lambda client: self._settle(client, bad, asked - len(found)), None)
         self.hits += len(found)
         self.misses += asked - len(found)
         return found
@@ -387,7 +387,7 @@ class ResultCache:
         if isinstance(values, Exception):
             raise values
         if isinstance(counted, Exception):
-            self._warn("count lookups", counted)
+            self._warn("hit count", counted)
         return values
 
     def _settle(self, client: redis.Redis, bad: list[str], unserved: int) -> None:
