@@ -196,8 +196,11 @@ def test_a_big_csv_imports_in_memory_that_does_not_grow_with_the_file(env, tmp_p
             big_peak = min(big_peak, again_peak)
     print(f"peak RSS: {small_mb:.0f} MB file -> {small_peak:.0f} MB; {big_mb:.0f} MB file -> {big_peak:.0f} MB")
     assert big_peak <= big_mb + 500
-    # Four times the rows, (almost) the same memory: it is bounded by a batch, not by the file.
-    assert big_peak - small_peak < 0.25 * (big_mb - small_mb)
+    # Four times the rows, (almost) the same memory: it is bounded by a batch, not by the file. Alone the peaks
+    # differ by 13-15 MB; in a cold full suite (numba compiling beside it, PostgreSQL slower) by 49-56 MB, which
+    # failed a quarter of the files' difference (47 MB) twice. Holding the file would add all of its 190 MB (its
+    # parsed rows more): half of it is the bound.
+    assert big_peak - small_peak < 0.5 * (big_mb - small_mb)
     with psycopg.connect(env["DATABASE_URL"]) as conn:
         counts = dict(conn.execute("SELECT c.symbol, count(*) FROM crypto_prices p JOIN cryptocurrencies c "
                                    "ON c.id = p.crypto_id WHERE p.interval_type = '1m' GROUP BY 1").fetchall())

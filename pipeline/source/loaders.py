@@ -202,7 +202,8 @@ def import_files(url: str, paths: list[Path], symbol: str | None = None,
         with source.connect(url) as conn:
             ids = source.register_symbols(conn, sorted(files))
             mode = _mode(conn, ids, natives, replace, how)
-            load = price_load.PriceLoad(conn, mode=mode, natives={ids[n]: natives[n] for n in files}, progress=progress)
+            load = price_load.PriceLoad(conn, mode=mode, natives={ids[n]: natives[n] for n in files}, progress=progress,
+                                         chunk_rows=65_536)
             for name, file in files.items():
                 native, records = natives[name], []
                 for bars in file.years():
