@@ -50,12 +50,12 @@ from pipeline.store.values import utc_now
 _GROUP_ROWS = 131_072
 _STAGING = ".compacting"
 # The results' order in a compacted file: best total return first, so that `results top`'s cut and its ranking
-# skip every row group but the first few of each file (10 M rows in 28 files: top 210 -> 155 ms; `results show`,
-# whose run's rows are now spread over its day's groups, 76 -> 110 ms; the run list 130 -> 146 ms). The run,
+# skip every row group but the first few of each file (bench.results_queries, 10 M rows in 28 files: top 211 ->
+# 166 ms; `results show`, whose run's rows are now spread over its day's groups, 76-94 -> 137 ms; the run list
+# 124-152 -> 166 ms; the compaction 26.8 -> 53.3 s). The run,
 # symbol and parameters break ties, so a folder compacts to the same file whatever order its files came in.
 _RESULTS_ORDER = "total_return_pct DESC NULLS LAST, run_id, symbol, params_json"
-# No hive partitioning: the staging folder's name is `run_date=D.strategy=S`, and the file holds both columns.
-_SORTED_RESULTS_SQL = f"SELECT * FROM read_parquet(?, hive_partitioning = false) ORDER BY {_RESULTS_ORDER}"  # noqa: S608 (a constant)
+_SORTED_RESULTS_SQL = f"SELECT * FROM merged ORDER BY {_RESULTS_ORDER}"  # noqa: S608 (a constant)
 # DuckDB sorts out of core: this much memory, the rest spilled beside the new file.
 _SORT_MEMORY = "512MB"
 
@@ -117,10 +117,7 @@ def _compact_folder(table: str, table_root: Path, folder: Path, staging: Path) -
         new = staging / f"{folder.parent.name}.{folder.name}"
         new.mkdir(parents=True)
         try:
-            rows, first, last = _merge(files, new / "merging.parquet")
-            if table == "results":
-                _sort_results(new / "merging.parquet", new / "sorted.parquet", rows)
-                (new / "sorted.parquet").replace(new / "merging.parquet")
+            rows, first, last = _merge(files, new / "merging.parquet", by_return=table == "results")
             (new / "merging.parquet").rename(new / compacted_name(first, last))
             for other in folder.iterdir():  # a file of the user's in the folder moves with it
                 if other.suffix != ".parquet":
@@ -136,9 +133,9 @@ def _compact_folder(table: str, table_root: Path, folder: Path, staging: Path) -
     return Compacted(table, str(folder.relative_to(table_root)), len(files), rows, before, after)
 
 
-def _merge(files: list[Path], target: Path) -> tuple[int, str, str]:
-    """Write the rows of `files` (in their order) to `target`, their schemas unified; checks the count.
-    Returns it, with the smallest and largest run id written."""
+def _merge(files: list[Path], target: Path, by_return: bool = False) -> tuple[int, str, str]:
+    """Write the rows of `files` to `target`, their schemas unified, in the files' order (`by_return`: in
+    `_RESULTS_ORDER`); checks the count. Returns it, with the smallest and largest run id written."""
     schema = pa.unify_schemas([pq.read_schema(p) for p in files], promote_options="permissive")
     expected = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
     runs: set[str | None] = set()
@@ -151,23 +148,27 @@ def _merge(files: list[Path], target: Path) -> tuple[int, str, str]:
                 runs.update(pc.unique(table.column("run_id")).to_pylist())
                 yield table
 
-    written = _write_file(target, schema, groups(), expected, "wrote")
+    tables = _sorted_by_return(schema, groups(), target.parent / "spill") if by_return else groups()
+    written = _write_file(target, schema, tables, expected, "wrote")
     runs.discard(None)
     return written, min(runs), max(runs)
 
 
-def _sort_results(merged: Path, target: Path, expected: int) -> None:
-    """`merged`'s rows into `target` in `_RESULTS_ORDER`, with its schema; checks the count. DuckDB sorts, out
-    of core past `_SORT_MEMORY`, and hands the rows back in batches, which pyarrow writes as `_merge` does."""
+def _sorted_by_return(schema: pa.Schema, tables: Iterable[pa.Table], spill: Path) -> Iterator[pa.Table]:
+    """`tables` (conformed to `schema`) again in `_RESULTS_ORDER`, in batches: DuckDB reads them as one stream
+    and sorts, out of core past `_SORT_MEMORY` (spilling to `spill`, removed after), so the rows are read and
+    written once."""
     from pipeline.lake.reader import connect_duckdb
 
-    spill = target.parent / "spill"
+    stream = pa.RecordBatchReader.from_batches(
+        schema, (batch for table in tables for batch in _conform(table, schema).to_batches()))
     con = connect_duckdb()
     try:
         con.execute(f"SET memory_limit = '{_SORT_MEMORY}'")
         con.execute("SET temp_directory = ?", [str(spill)])
-        batches = con.execute(_SORTED_RESULTS_SQL, [str(merged)]).to_arrow_reader(_GROUP_ROWS)
-        _write_file(target, pq.read_schema(merged), (pa.Table.from_batches([b]) for b in batches), expected, "sorted")
+        con.register("merged", stream)
+        for batch in con.execute(_SORTED_RESULTS_SQL).to_arrow_reader(_GROUP_ROWS):
+            yield pa.Table.from_batches([batch])
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
