@@ -15,8 +15,13 @@ packages as they load themselves, whether or not their caller needs them:
 - redis imports `redis.asyncio` from its package (50-80 ms: asyncio and the async client); the
   synchronous client never uses it. Its code runs when one of its names is first used.
 
+The same hook puts numba's on-disk cache under a file lock as it loads (`numba.core.caching`:
+pipeline/core/compile_cache.py says why: two processes compiling at once could leave one signature's
+machine code under another's).
+
 `install()` (called by `pipeline/__init__.py`) adds one import hook doing only these, and only
-for packages that load after it; each module's loader is its own again once it has loaded.
+for packages that load after it (numba's cache, already loaded, is locked at once); each module's
+loader is its own again once it has loaded.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
+
+from pipeline.core import compile_cache
 
 # pyarrow's first look at pandas was made with pandas out of reach (pyarrow must be told when it arrives).
 _pyarrow_told_no_pandas = False
@@ -75,6 +82,12 @@ def _numba_arraymath(module: ModuleType) -> Iterator[None]:
 
 
 @contextmanager
+def _numba_caching(module: ModuleType) -> Iterator[None]:
+    yield
+    compile_cache.lock_saves(module)
+
+
+@contextmanager
 def _pyarrow(module: ModuleType) -> Iterator[None]:
     global _pyarrow_told_no_pandas
     yield
@@ -118,6 +131,7 @@ def _redis(module: ModuleType) -> Iterator[None]:
 _AROUND: dict[str, Callable[[ModuleType], AbstractContextManager[None]]] = {
     "numba": _numba,
     "numba.np.arraymath": _numba_arraymath,
+    "numba.core.caching": _numba_caching,
     "pyarrow": _pyarrow,
     "pandas": _pandas,
     "redis": _redis,
@@ -168,6 +182,8 @@ def install() -> None:
     """Add the hook (once) in front of the other finders."""
     if not any(isinstance(finder, _Hook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _HOOK)
+    if "numba.core.caching" in sys.modules:  # numba came first (a notebook that imported it before us)
+        compile_cache.lock_saves(sys.modules["numba.core.caching"])
 
 
 class Deferred(ModuleType):
