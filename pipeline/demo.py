@@ -24,6 +24,7 @@ from pipeline.core.config import PROJECT_ROOT, Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
 from pipeline.engine import options, strategies
+from pipeline.engine.strategies import compiler
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
 from pipeline.source import futures
@@ -158,6 +159,10 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
         if os.environ.get("REDIS_URL") else None
 
+    if not compiler.compiled_before(strategies.get_strategy("rsi")):
+        # Otherwise the next line appears a minute or two later, with nothing said in between.
+        console.print("first run on this machine: Numba compiles each kernel once (1-2 minutes on 2 cores); "
+                      "later runs load the machine code in seconds")
     table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
     outcomes = {}
     for name in strategies.strategy_names():

@@ -116,3 +116,23 @@ def test_the_lock_wraps_numbas_cache_file_once():
     compile_cache.lock_saves(caching)
     assert caching.IndexDataCacheFile.save is save and caching.IndexDataCacheFile.load is load
     assert hasattr(save, "__wrapped__") and hasattr(load, "__wrapped__")
+
+
+def test_a_cached_function_says_whether_an_earlier_process_compiled_it(tmp_path):
+    import importlib.util
+
+    import numpy as np
+
+    from pipeline.core.compile_cache import has_machine_code
+
+    def fresh_import():
+        spec = importlib.util.spec_from_file_location(f"kernel_{tmp_path.name}", tmp_path / "kernel.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    (tmp_path / "kernel.py").write_text(KERNEL)
+    first = fresh_import()
+    assert not has_machine_code(first.tripled)
+    assert first.tripled(np.arange(3.0)).tolist() == [0.0, 3.0, 6.0]
+    assert has_machine_code(first.tripled) and has_machine_code(fresh_import().tripled)

@@ -60,3 +60,11 @@ def lock_saves(caching: ModuleType) -> None:
         return
     cache_file.save = _under(cache_file.save, fcntl.LOCK_EX)
     cache_file.load = _under(cache_file.load, fcntl.LOCK_SH)
+
+
+def has_machine_code(dispatcher: Any) -> bool:
+    """Whether numba's cache holds machine code of this cached function (any signature): False means
+    its first call compiles. True when the cache cannot be looked at (it is not ours to claim then)."""
+    cache_file = getattr(getattr(dispatcher, "_cache", None), "_cache_file", None)
+    index = getattr(cache_file, "_index_path", None)
+    return index is None or os.path.exists(index)

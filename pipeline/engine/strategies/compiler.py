@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import numba
 import numpy as np
 
-from pipeline.core import config
+from pipeline.core import compile_cache, config
 from pipeline.core.errors import PipelineError
 from pipeline.engine.strategies import usercode
 
@@ -124,6 +124,14 @@ def kernel_module(strategy: Strategy) -> ModuleType | usercode.GuardedKernels:
         kernels = usercode.GuardedKernels(module, strategy.origin, strategy.name)
     _loaded[key] = kernels
     return kernels
+
+
+def compiled_before(strategy: Strategy) -> bool:
+    """Whether this version of `strategy`'s batch kernel was compiled by an earlier process (its run
+    then loads machine code; else it compiles first, the better part of a minute)."""
+    kernels = kernel_module(strategy)
+    module = kernels.module if isinstance(kernels, usercode.GuardedKernels) else kernels
+    return compile_cache.has_machine_code(module.run_grid)
 
 
 def _probe(strategy: Strategy, module: ModuleType) -> None:

@@ -266,6 +266,11 @@ class GuardedKernels:
         self._origin = origin
         self._what = f"strategy {strategy_name!r}"
 
+    @property
+    def module(self) -> types.ModuleType:
+        """The kernel module itself, unguarded (to look at its functions, not to run them)."""
+        return self._module
+
     def __getattr__(self, name: str) -> Any:
         value = getattr(self._module, name)
         return _Guarded(value, self._origin, self._what) if callable(value) else value
