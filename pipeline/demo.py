@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -24,6 +26,7 @@ from pipeline.core.config import PROJECT_ROOT, Settings
 from pipeline.core.errors import PipelineError
 from pipeline.core.tables import cell
 from pipeline.engine import options, strategies
+from pipeline.engine.options import RunConfig
 from pipeline.engine.strategies import compiler
 from pipeline.lake import snapshots as lake
 from pipeline.lake.commit import CommitResult, commit
@@ -39,6 +42,7 @@ DEFAULT_SAMPLE = PROJECT_ROOT / "data" / "sample" / "binance-5m"
 DEFAULT_FUTURES = PROJECT_ROOT / "data" / "sample" / "binance-futures"
 FUTURES_SYMBOL = "XRP_USDT_USDT"
 SWEEP_GRID = ["rsi_period=7,14,21,28", "oversold_threshold=20,25,30,35", "overbought_threshold=65,70,75,80"]
+FUTURES_RUNS = ((3, "isolated"), (50, "cross"))  # (leverage, margin) of the demo's runs on the perpetual
 
 
 def build_sample_lake(lake_root: Path, n_symbols: int, years: float, sample: Path | None,
@@ -87,16 +91,63 @@ def _futures_rows(folder: Path, name: str) -> pl.DataFrame:
     ])
 
 
-def _futures_demo(settings: Settings, cache: ResultCache | None, console: Console) -> None:
+def demo_runs() -> dict[str, RunConfig]:
+    """The demo's runs in the order it makes them: each strategy's defaults, the RSI sweep (SWEEP_GRID),
+    then RSI(6, 40/60) long and short on the sample perpetual at 3x isolated and at 50x cross (where
+    this data liquidates), keyed "futures 3x isolated" and "futures 50x cross"."""
+    configs = {name: options.run_config(options.resolve_strategy(name), {}) for name in strategies.strategy_names()}
+    rsi = configs["rsi"].strategy
+    configs["sweep"] = options.run_config(rsi, strategies.parse_grid(rsi, SWEEP_GRID))
+    for leverage, margin in FUTURES_RUNS:
+        configs[f"futures {leverage}x {margin}"] = options.run_config(
+            rsi, {"rsi_period": 6, "oversold_threshold": 40, "overbought_threshold": 60}, market="futures",
+            leverage=leverage, direction="both", margin=margin)
+    return configs
+
+
+def compile_ahead(lake_root: str) -> None:
+    """The demo's runs in reverse order on two symbols (the perpetual's on it), nothing written or cached.
+
+    Run beside a demo on empty caches (`_start_compiling_ahead`): Numba compiles one function at a time
+    in a process, so this second process compiles the kernels of the demo's last runs while the demo
+    compiles its first ones, and each finds in the cache what the other compiled (the cache's file lock,
+    pipeline/core/compile_cache.py, keeps two processes filling it at once from mixing signatures)."""
+    settings = replace(Settings.from_env(), lake_root=Path(lake_root))
+    snapshot = lake.require_snapshot(settings.lake_root)
+    perpetual = markets.series_name(FUTURES_SYMBOL, "futures")
+    spot = [name for name in sorted(snapshot.symbols) if name != perpetual][:2]
+    configs = demo_runs()
+    runs.equity_curves(settings, configs["rsi"], spot[:1], "1h")  # the demo's last step: its pictures
+    for config in reversed(configs.values()):
+        symbols = [perpetual] if config.market == "futures" else spot
+        if set(symbols) <= snapshot.symbols.keys():
+            runs.backtest(settings, config, symbols, "1h", write_results=False)
+
+
+def _start_compiling_ahead(lake_root: Path) -> subprocess.Popen | None:
+    """`compile_ahead` in a process of its own, silent: it only fills the caches, and if it fails the demo
+    compiles what it needs itself."""
+    package_parent = str(Path(__file__).resolve().parents[1])
+    # No grid cache: its reads would keep aligned arrays of two-symbol sets in the lake (pipeline/lake/grids.py).
+    env = {**os.environ, "CRYPTOBT_GRID_CACHE": "0",
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))}
+    code = f"from pipeline.demo import compile_ahead; compile_ahead({str(lake_root)!r})"
+    try:
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
+    except OSError:
+        return None
+
+
+def _futures_demo(settings: Settings, configs: dict[str, RunConfig], cache: ResultCache | None,
+                  console: Console) -> None:
     """RSI on the sample perpetual, long and short at 3x, and at 50x where this data liquidates."""
     snapshot = lake.require_snapshot(settings.lake_root)
     if markets.series_name(FUTURES_SYMBOL, "futures") not in snapshot.symbols:
         return
     lines = []
-    for leverage, margin in ((3, "isolated"), (50, "cross")):
-        config = options.run_config(options.resolve_strategy("rsi"), {"rsi_period": 6, "oversold_threshold": 40,
-                                                                      "overbought_threshold": 60},
-                                    market="futures", leverage=leverage, direction="both", margin=margin)
+    for leverage, margin in FUTURES_RUNS:
+        config = configs[f"futures {leverage}x {margin}"]
         (r,) = runs.backtest(settings, config, None, "1h", cache=cache, command="demo futures").results
         lines.append(f"{leverage}x {margin}: {cell('total_return_pct', r['total_return_pct'])} %, "
                      f"{r['num_trades']} trades, funding paid {r['funding_paid']:+.2f}, "
@@ -159,14 +210,28 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
     cache = ResultCache.from_settings(settings, on_warning=lambda m: err_console.print(f"[yellow]warning:[/] {m}")) \
         if os.environ.get("REDIS_URL") else None
 
+    helper = None
     if not compiler.compiled_before(strategies.get_strategy("rsi")):
         # Otherwise the next line appears a minute or two later, with nothing said in between.
-        console.print("first run on this machine: Numba compiles each kernel once (1-2 minutes on 2 cores); "
+        console.print("first run on this machine: Numba compiles each kernel once (about a minute on 2 cores); "
                       "later runs load the machine code in seconds")
+        helper = _start_compiling_ahead(settings.lake_root)
+    try:
+        return _runs_and_pictures(settings, workdir, cache, console, started)
+    finally:
+        if helper is not None:  # done or not, its work is no longer needed
+            helper.kill()
+            helper.wait()
+
+
+def _runs_and_pictures(settings: Settings, workdir: Path, cache: ResultCache | None, console: Console,
+                       started: float) -> dict:
+    """The demo on its lake: `demo_runs` in order, their tables and lines, then the pictures."""
+    configs = demo_runs()
     table = Table("strategy", "symbols", "best symbol", "best return %", "median return %", "ms", title="All-crypto backtests (1h)")
     outcomes = {}
     for name in strategies.strategy_names():
-        config = options.run_config(options.resolve_strategy(name), {})
+        config = configs[name]
         outcome = runs.backtest(settings, config, None, "1h", cache=cache, command="demo")
         outcomes[name] = (config, outcome)
         returns = sorted(r["total_return_pct"] for r in outcome.results if r["total_return_pct"] is not None)
@@ -185,14 +250,14 @@ def run_demo(workdir: Path, sample: Path | None, n_symbols: int, years: float, *
                       *(cell(k, r[k]) for k in ("win_rate_pct", "max_drawdown_pct", "sharpe")))
     console.print(board)
 
-    grid = strategies.parse_grid(rsi_config.strategy, SWEEP_GRID)
-    sweep_config = options.run_config(rsi_config.strategy, grid)
+    sweep_config = configs["sweep"]
+    grid = sweep_config.params_list
     sweep = runs.backtest(settings, sweep_config, None, "1h", cache=cache, command="demo sweep")
     console.print(f"sweep: {len(grid)} RSI parameter sets x {len(sweep.results) // len(grid)} symbols in "
                   f"{sweep.seconds:.2f} s; best {sweep.results[0]['symbol']} {sweep.results[0]['params']} "
                   f"{cell('total_return_pct', sweep.results[0]['total_return_pct'])} %")
 
-    _futures_demo(settings, cache, console)
+    _futures_demo(settings, configs, cache, console)
 
     pictures = workdir / "plots"
     top_symbols = [r["symbol"] for r in rsi_outcome.results[:5]]
