@@ -91,6 +91,11 @@ def _futures_rows(folder: Path, name: str) -> pl.DataFrame:
     ])
 
 
+def _futures_run(leverage: int, margin: str) -> str:
+    """The key of a run on the perpetual in `demo_runs`."""
+    return f"futures {leverage}x {margin}"
+
+
 def demo_runs() -> dict[str, RunConfig]:
     """The demo's runs in the order it makes them: each strategy's defaults, the RSI sweep (SWEEP_GRID),
     then RSI(6, 40/60) long and short on the sample perpetual at 3x isolated and at 50x cross (where
@@ -99,7 +104,7 @@ def demo_runs() -> dict[str, RunConfig]:
     rsi = configs["rsi"].strategy
     configs["sweep"] = options.run_config(rsi, strategies.parse_grid(rsi, SWEEP_GRID))
     for leverage, margin in FUTURES_RUNS:
-        configs[f"futures {leverage}x {margin}"] = options.run_config(
+        configs[_futures_run(leverage, margin)] = options.run_config(
             rsi, {"rsi_period": 6, "oversold_threshold": 40, "overbought_threshold": 60}, market="futures",
             leverage=leverage, direction="both", margin=margin)
     return configs
@@ -147,7 +152,7 @@ def _futures_demo(settings: Settings, configs: dict[str, RunConfig], cache: Resu
         return
     lines = []
     for leverage, margin in FUTURES_RUNS:
-        config = configs[f"futures {leverage}x {margin}"]
+        config = configs[_futures_run(leverage, margin)]
         (r,) = runs.backtest(settings, config, None, "1h", cache=cache, command="demo futures").results
         lines.append(f"{leverage}x {margin}: {cell('total_return_pct', r['total_return_pct'])} %, "
                      f"{r['num_trades']} trades, funding paid {r['funding_paid']:+.2f}, "

@@ -167,7 +167,8 @@ def _sorted_by_return(schema: pa.Schema, tables: Iterable[pa.Table], spill: Path
         con.execute(f"SET memory_limit = '{_SORT_MEMORY}'")
         con.execute("SET temp_directory = ?", [str(spill)])
         con.register("merged", stream)
-        for batch in con.execute(_SORTED_RESULTS_SQL).to_arrow_reader(_GROUP_ROWS):
+        # A relation's reader streams the sorted rows; a DB-API result's would copy them all first (DuckDB 2.0).
+        for batch in con.sql(_SORTED_RESULTS_SQL).to_arrow_reader(_GROUP_ROWS):
             yield pa.Table.from_batches([batch])
     finally:
         con.close()
