@@ -111,7 +111,8 @@ def demo_runs() -> dict[str, RunConfig]:
 
 
 def compile_ahead(lake_root: str) -> None:
-    """The demo's runs in reverse order on two symbols (the perpetual's on it), nothing written or cached.
+    """The demo's runs on two symbols (the perpetual's on it), its sweep first and the rest in reverse
+    order, nothing written or cached.
 
     Run beside a demo on empty caches (`_start_compiling_ahead`): Numba compiles one function at a time
     in a process, so this second process compiles the kernels of the demo's last runs while the demo
@@ -123,7 +124,10 @@ def compile_ahead(lake_root: str) -> None:
     spot = [name for name in sorted(snapshot.symbols) if name != perpetual][:2]
     configs = demo_runs()
     runs.equity_curves(settings, configs["rsi"], spot[:1], "1h")  # the demo's last step: its pictures
-    for config in reversed(configs.values()):
+    # The sweep first: it compiles longest, and in reverse order the demo reached it before this process
+    # had (first demo on empty caches: 80.0 s reversed, 64.9 s sweep first; docs/benchmarks.md).
+    sweep = configs.pop("sweep")
+    for config in [sweep, *reversed(configs.values())]:
         symbols = [perpetual] if config.market == "futures" else spot
         if set(symbols) <= snapshot.symbols.keys():
             runs.backtest(settings, config, symbols, "1h", write_results=False)

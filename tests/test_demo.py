@@ -16,7 +16,7 @@ def _files(root):
             if p.is_file() and p.parent.name != ".readers"}
 
 
-def test_compiling_ahead_makes_the_demos_runs_in_reverse_on_two_symbols_and_writes_nothing(build_lake, tmp_path,
+def test_compiling_ahead_makes_the_demos_sweep_then_its_runs_in_reverse_on_two_symbols_and_writes_nothing(build_lake, tmp_path,
                                                                                             monkeypatch):
     from pipeline import demo, runs
 
@@ -41,8 +41,9 @@ def test_compiling_ahead_makes_the_demos_runs_in_reverse_on_two_symbols_and_writ
 
     perpetual = "XRP_USDT_USDT:futures"
     spot = tuple(sorted(s for s in demo.lake.require_snapshot(root).symbols if s != perpetual)[:2])
-    runs_made = list(reversed(demo.demo_runs().items()))
-    assert [key for key, _ in runs_made[:3]] == ["futures 50x cross", "futures 3x isolated", "sweep"]
+    configs = demo.demo_runs()
+    runs_made = [("sweep", configs.pop("sweep")), *reversed(configs.items())]
+    assert [key for key, _ in runs_made[:3]] == ["sweep", "futures 50x cross", "futures 3x isolated"]
     assert made == [("curves", spot[:1])] + [(c, (perpetual,) if c.market == "futures" else spot) for _, c in runs_made]
     assert _files(root.parent) == before and not (tmp_path / "results").exists()
 
