@@ -13,16 +13,6 @@ workers, the API's workers, a CLI beside the API, the suite's two workers.
 (`<index>.lock`, flock), and each load read under a shared one: a save reads the index the last save
 wrote, so names never collide, and a load never sees an index whose data file is not written yet.
 Where the lock file cannot be opened (a read-only cache: nobody saves there) the read goes unlocked.
-
-`compile_once(dispatching)` makes a cached function compile in one process at a time: the first call of a
-signature (load it from the cache, else compile and save it) holds an exclusive lock of
-`<index>.compiling`, so a process that needs what another one is compiling waits for it and loads its
-machine code instead of compiling it again (seconds to a minute per kernel on 2 cores, at the very
-moments when every process starts: the suite's two workers, a cluster's workers, the demo's helper).
-A function compiling itself again (recursion) holds its lock already and takes it no second time; the
-lock is taken under numba's own compiler lock, so that threads of one process never wait on each other
-for it. Compiling a function compiles the functions it calls (callees, never callers), each under its own
-lock: locks are taken in call order, which has no cycles, so two processes cannot wait on each other.
 """
 
 from __future__ import annotations
@@ -40,9 +30,9 @@ except ImportError:  # not POSIX (Windows): numba's cache stays as numba ships i
 
 
 @contextlib.contextmanager
-def _locked(index_path: str, mode: int, suffix: str = "lock") -> Iterator[None]:
+def _locked(index_path: str, mode: int) -> Iterator[None]:
     try:
-        fd = os.open(f"{index_path}.{suffix}", os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(f"{index_path}.lock", os.O_RDWR | os.O_CREAT, 0o666)
     except OSError:
         yield
         return
@@ -70,40 +60,6 @@ def lock_saves(caching: ModuleType) -> None:
         return
     cache_file.save = _under(cache_file.save, fcntl.LOCK_EX)
     cache_file.load = _under(cache_file.load, fcntl.LOCK_SH)
-
-
-# Indexes of the functions whose compile lock this process holds (under numba's compiler lock).
-_compiling: set[str] = set()
-
-
-def compile_once(dispatching: ModuleType) -> None:
-    """Put the first call of each signature of a cached function (`dispatching.Dispatcher.compile`: load
-    from the cache, else compile and save) under an exclusive lock per function, across processes. Once
-    per process; a numba without that method is left as it is."""
-    dispatcher = getattr(dispatching, "Dispatcher", None)
-    compile_ = getattr(dispatcher, "compile", None)
-    if fcntl is None or compile_ is None or hasattr(compile_, "__wrapped__"):
-        return
-    from numba.core import sigutils
-    from numba.core.compiler_lock import global_compiler_lock
-
-    def compile_under_lock(self: Any, sig: Any) -> Any:
-        index = getattr(getattr(getattr(self, "_cache", None), "_cache_file", None), "_index_path", None)
-        if index is None:  # not cached on disk: nothing another process could give it
-            return compile_(self, sig)
-        with global_compiler_lock:
-            args, _ = sigutils.normalize_signature(sig)
-            if index in _compiling or tuple(args) in self.overloads:
-                return compile_(self, sig)
-            with _locked(index, fcntl.LOCK_EX, "compiling"):
-                _compiling.add(index)
-                try:
-                    return compile_(self, sig)
-                finally:
-                    _compiling.discard(index)
-
-    compile_under_lock.__wrapped__ = compile_  # type: ignore[attr-defined]
-    dispatcher.compile = compile_under_lock
 
 
 def has_machine_code(dispatcher: Any) -> bool:

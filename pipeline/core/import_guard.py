@@ -17,8 +17,7 @@ packages as they load themselves, whether or not their caller needs them:
 
 The same hook puts numba's on-disk cache under a file lock as it loads (`numba.core.caching`:
 pipeline/core/compile_cache.py says why: two processes compiling at once could leave one signature's
-machine code under another's), and a cached function's compiling under another, so that one process
-compiles it while the others wait and load it (`numba.core.dispatcher`).
+machine code under another's).
 
 `install()` (called by `pipeline/__init__.py`) adds one import hook doing only these, and only
 for packages that load after it (numba's cache, already loaded, is locked at once); each module's
@@ -89,12 +88,6 @@ def _numba_caching(module: ModuleType) -> Iterator[None]:
 
 
 @contextmanager
-def _numba_dispatcher(module: ModuleType) -> Iterator[None]:
-    yield
-    compile_cache.compile_once(module)
-
-
-@contextmanager
 def _pyarrow(module: ModuleType) -> Iterator[None]:
     global _pyarrow_told_no_pandas
     yield
@@ -139,7 +132,6 @@ _AROUND: dict[str, Callable[[ModuleType], AbstractContextManager[None]]] = {
     "numba": _numba,
     "numba.np.arraymath": _numba_arraymath,
     "numba.core.caching": _numba_caching,
-    "numba.core.dispatcher": _numba_dispatcher,
     "pyarrow": _pyarrow,
     "pandas": _pandas,
     "redis": _redis,
@@ -192,8 +184,6 @@ def install() -> None:
         sys.meta_path.insert(0, _HOOK)
     if "numba.core.caching" in sys.modules:  # numba came first (a notebook that imported it before us)
         compile_cache.lock_saves(sys.modules["numba.core.caching"])
-    if "numba.core.dispatcher" in sys.modules:
-        compile_cache.compile_once(sys.modules["numba.core.dispatcher"])
 
 
 class Deferred(ModuleType):
