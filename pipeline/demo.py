@@ -115,8 +115,8 @@ def compile_ahead(lake_root: str) -> None:
     order, nothing written or cached.
 
     Run beside a demo on empty caches (`_start_compiling_ahead`): Numba compiles one function at a time
-    in a process, so this second process compiles the kernels of the demo's last runs while the demo
-    compiles its first ones, and each finds in the cache what the other compiled (the cache's file lock,
+    in a process, so this second process compiles the kernels of the demo's sweep and last runs while
+    the demo compiles its first ones, and each finds in the cache what the other compiled (the cache's file lock,
     pipeline/core/compile_cache.py, keeps two processes filling it at once from mixing signatures)."""
     settings = replace(Settings.from_env(), lake_root=Path(lake_root))
     snapshot = lake.require_snapshot(settings.lake_root)
@@ -125,7 +125,8 @@ def compile_ahead(lake_root: str) -> None:
     configs = demo_runs()
     runs.equity_curves(settings, configs["rsi"], spot[:1], "1h")  # the demo's last step: its pictures
     # The sweep first: it compiles longest, and in reverse order the demo reached it before this process
-    # had (first demo on empty caches: 80.0 s reversed, 64.9 s sweep first; docs/benchmarks.md).
+    # had (first demo on empty caches, reversed -> sweep first: 36.0 -> 34.3 s, and 80.0 -> 64.9 s on a
+    # slower host; docs/benchmarks.md).
     sweep = configs.pop("sweep")
     for config in [sweep, *reversed(configs.values())]:
         symbols = [perpetual] if config.market == "futures" else spot

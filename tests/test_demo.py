@@ -16,8 +16,8 @@ def _files(root):
             if p.is_file() and p.parent.name != ".readers"}
 
 
-def test_compiling_ahead_makes_the_demos_sweep_then_its_runs_in_reverse_on_two_symbols_and_writes_nothing(build_lake, tmp_path,
-                                                                                            monkeypatch):
+def test_compiling_ahead_makes_the_demos_sweep_then_its_runs_in_reverse_on_two_symbols_and_writes_nothing(
+        build_lake, tmp_path, monkeypatch):
     from pipeline import demo, runs
 
     root = build_lake(6, 0.3, None, demo.DEFAULT_FUTURES)
