@@ -116,8 +116,9 @@ def compile_ahead(lake_root: str) -> None:
 
     Run beside a demo on empty caches (`_start_compiling_ahead`): Numba compiles one function at a time
     in a process, so this second process compiles the kernels of the demo's sweep and last runs while
-    the demo compiles its first ones, and each finds in the cache what the other compiled (the cache's file lock,
-    pipeline/core/compile_cache.py, keeps two processes filling it at once from mixing signatures)."""
+    the demo compiles its first ones, and each finds in the cache what the other compiled (the cache's
+    file lock, pipeline/core/compile_cache.py, keeps two processes filling it at once from mixing
+    signatures)."""
     settings = replace(Settings.from_env(), lake_root=Path(lake_root))
     snapshot = lake.require_snapshot(settings.lake_root)
     perpetual = markets.series_name(FUTURES_SYMBOL, "futures")
@@ -125,8 +126,7 @@ def compile_ahead(lake_root: str) -> None:
     configs = demo_runs()
     runs.equity_curves(settings, configs["rsi"], spot[:1], "1h")  # the demo's last step: its pictures
     # The sweep first: it compiles longest, and in reverse order the demo reached it before this process
-    # had (first demo on empty caches, reversed -> sweep first: 36.0 -> 34.3 s, and 80.0 -> 64.9 s on a
-    # slower host; docs/benchmarks.md).
+    # had compiled it (the first demo's figures: docs/benchmarks.md, sixth session).
     sweep = configs.pop("sweep")
     for config in [sweep, *reversed(configs.values())]:
         symbols = [perpetual] if config.market == "futures" else spot
